@@ -1,0 +1,10 @@
+#pragma once
+// Each binding file registers one concept on the extension module; module.cpp
+// calls them in order. Every blocking call they bind releases the GIL.
+#include <pybind11/pybind11.h>
+
+namespace mpool::bindings {
+
+void register_errors(pybind11::module_& m);
+
+}  // namespace mpool::bindings

@@ -1,0 +1,9 @@
+# System dependencies shared by every target. scripts/setup.sh installs them;
+# each failure below says which package is missing.
+find_package(Threads REQUIRED)
+
+find_package(TBB CONFIG QUIET)
+if(NOT TBB_FOUND)
+  message(FATAL_ERROR "oneTBB not found. Install it (Debian: apt-get install libtbb-dev) "
+                      "or point TBB_DIR at its TBBConfig.cmake; scripts/setup.sh does this for you.")
+endif()
