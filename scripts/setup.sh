@@ -38,7 +38,8 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 VPY="$ROOT/.venv/bin/python"
-pipi() { "$VPY" -m pip install -q --disable-pip-version-check "$@"; }
+# pip.conf on some machines names absent local indexes; drop that noise, keep errors.
+pipi() { "$VPY" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 # Pin torch: an unpinned `torch` resolves to a multi-GB CUDA build.
 TORCH_VERSION="${MPOOL_TORCH_VERSION:-2.13.0}"
 "$VPY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null \

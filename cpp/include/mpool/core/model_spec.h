@@ -1,0 +1,28 @@
+#pragma once
+// What the registry knows about a model: nothing but how to load it, where, and
+// how much memory a replica takes.
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mpool/core/instance.h"
+
+namespace mpool::core {
+
+/// Creates one instance on one device ("cpu", "cuda:0", ...); runs on the replica's thread.
+using Loader = std::function<std::shared_ptr<Instance>(const std::string& device)>;
+
+/// A registered model.
+struct ModelSpec {
+  std::vector<std::string> capabilities;   ///< names the model serves, e.g. "text_embedding"
+  Loader loader;                           ///< makes one instance
+  double memory_mb = 0;                    ///< estimate per replica
+  std::vector<std::string> devices{"cpu"}; ///< where replicas may live, in preference order
+  int max_replicas = 4;
+  std::optional<double> keep_alive_s;      ///< idle unload delay; pool default if unset
+  bool pinned = false;                     ///< never evicted automatically
+};
+
+}  // namespace mpool::core

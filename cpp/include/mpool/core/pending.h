@@ -1,0 +1,140 @@
+#pragma once
+// The caller's side of a request with one result: wait (bounded by the request's
+// deadline) or get a callback. UnaryJob is the Job that fills it.
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <utility>
+
+#include "mpool/core/job.h"
+
+namespace mpool::core {
+
+/// A result that a replica will deliver exactly once: a value or an Error.
+template <class T>
+class Pending {
+ public:
+  using Callback = std::function<void()>;
+
+  explicit Pending(std::shared_ptr<RequestContext> context) : context_(std::move(context)) {}
+
+  /// Delivers the value; false if the request had already settled (the value is dropped).
+  bool set_value(T value) {
+    if (!context_->settle(Outcome::kSucceeded)) return false;
+    finish([&] { value_.emplace(std::move(value)); });
+    return true;
+  }
+  /// Delivers an error; false if the request had already settled.
+  bool set_error(const Error& error) {
+    if (!context_->settle(outcome_for(error))) return false;
+    finish([&] { error_.emplace(error); });
+    return true;
+  }
+
+  /// Blocks until the result or the deadline; on the deadline settles Timeout and
+  /// cancels the job. Returns the value or throws the Error.
+  T wait() {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_until(lock, context_->deadline(), [&] { return done_; })) {
+      lock.unlock();
+      if (context_->settle(Outcome::kTimedOut)) {
+        context_->request_cancel();
+        throw context_->stop_error();
+      }
+      lock.lock();  // a replica won the race and is delivering right now
+      cv_.wait(lock, [&] { return done_; });
+    }
+    return take(lock);
+  }
+
+  /// Cancels the request if it has not settled; true if this call settled it.
+  bool cancel() {
+    context_->request_cancel();
+    if (!context_->settle(Outcome::kCancelled)) return false;
+    finish([&] { error_.emplace(ErrorCode::kCancelled, "request cancelled"); });
+    return true;
+  }
+
+  /// Runs `callback` once the result is there (immediately if it already is), on
+  /// whichever thread delivers it.
+  void on_done(Callback callback) {
+    std::unique_lock lock(mu_);
+    if (!done_) {
+      callback_ = std::move(callback);
+      return;
+    }
+    lock.unlock();
+    callback();
+  }
+
+  /// True once the result is there.
+  bool done() const {
+    std::lock_guard lock(mu_);
+    return done_;
+  }
+  /// The result of a done Pending: the value, or throws its Error.
+  T get() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return done_; });
+    return take(lock);
+  }
+  /// The request's shared state.
+  const std::shared_ptr<RequestContext>& context() const { return context_; }
+
+ private:
+  template <class Fill>
+  void finish(Fill fill) {
+    Callback callback;
+    {
+      std::lock_guard lock(mu_);
+      fill();
+      done_ = true;
+      callback = std::move(callback_);
+    }
+    cv_.notify_all();
+    if (callback) callback();
+  }
+
+  T take(std::unique_lock<std::mutex>&) {
+    if (error_) throw *error_;
+    return *value_;  // copies: get() may be called more than once
+  }
+
+  std::shared_ptr<RequestContext> context_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::optional<T> value_;
+  std::optional<Error> error_;
+  Callback callback_;
+};
+
+/// A job that computes one T with `fn` and delivers it to a Pending<T>.
+template <class T>
+class UnaryJob final : public Job {
+ public:
+  using Fn = std::function<T(Instance&, RequestContext&)>;
+
+  UnaryJob(std::shared_ptr<Pending<T>> pending, Fn fn)
+      : Job(pending->context()), pending_(std::move(pending)), fn_(std::move(fn)) {}
+
+  void run(Instance& instance) override {
+    T value = fn_(instance, context());
+    pending_->set_value(std::move(value));
+  }
+  void fail(const Error& error) noexcept override {
+    try {
+      pending_->set_error(error);
+    } catch (...) {  // allocation failure while storing the error: nothing left to tell
+    }
+  }
+
+ private:
+  std::shared_ptr<Pending<T>> pending_;
+  Fn fn_;
+};
+
+}  // namespace mpool::core

@@ -1,0 +1,150 @@
+#pragma once
+// The pool: a registry of models, each with one bounded job queue that its
+// replicas (worker threads owning a loaded instance) pull from; a memory governor
+// that admits, evicts and refuses; and a maintenance thread. It moves jobs and
+// memory and never looks inside them.
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mpool/core/job.h"
+#include "mpool/core/memory.h"
+#include "mpool/core/metrics.h"
+#include "mpool/core/model_spec.h"
+
+namespace mpool::core {
+
+/// Pool-wide settings.
+struct PoolOptions {
+  GovernorOptions memory;                 ///< budgets per device
+  std::shared_ptr<MemoryProbe> probe;     ///< null: the system probe
+  double request_timeout_s = 30;          ///< default per request (queue + compute)
+  double keep_alive_s = 300;              ///< default idle unload delay; 0 = at once, <0 = never
+  size_t max_queue = 1024;                ///< queued jobs per model before Overloaded
+  int cold_start_replicas = 2;            ///< replicas on first request, when memory admits them
+  double scale_up_queue_depth = 2;        ///< queued jobs per replica that asks for another
+  double scale_up_after_s = 0.05;         ///< ... sustained this long
+  double scale_down_after_s = 60;         ///< an extra replica idle this long retires
+  double maintenance_interval_s = 0.25;   ///< maintenance tick
+};
+
+/// Per-request settings.
+struct RequestOptions {
+  std::optional<double> timeout_s;  ///< overrides the pool's request_timeout_s
+};
+
+/// A model's state as seen from outside.
+struct ModelStats {
+  std::string key;
+  std::vector<std::string> capabilities;
+  std::vector<std::string> devices;
+  std::string state;  ///< "unloaded", "loading" or "ready"
+  bool pinned = false;
+  double memory_mb = 0;      ///< estimate per replica
+  double keep_alive_s = 0;   ///< effective
+  int max_replicas = 0;
+  int replicas = 0;          ///< live (loading or ready)
+  int busy_replicas = 0;
+  size_t queued = 0;
+  std::map<std::string, int> replicas_per_device;
+  std::map<std::string, double> reserved_mb_per_device;
+  std::string last_spawn_error;
+  MetricsSnapshot metrics;
+};
+
+/// Everything stats() reports.
+struct PoolStats {
+  std::vector<ModelStats> models;
+  std::vector<DeviceMemory> devices;
+  size_t threads = 0;  ///< replica threads not yet joined, plus maintenance
+};
+
+/// The pool of models.
+class Pool {
+ public:
+  explicit Pool(PoolOptions options = {});
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  /// Registers a model under `key`; nothing loads until its first request.
+  void register_model(const std::string& key, ModelSpec spec);
+  /// Unloads (if loaded) and forgets a model.
+  void unregister_model(const std::string& key, double timeout_s = 30);
+  /// True if `key` is registered.
+  bool has_model(const std::string& key) const;
+
+  /// Queues a job for `key`, which must serve `capability`. Loads the model on
+  /// first use. Throws ModelNotFound, InvalidInput, MemoryExhausted, Overloaded or
+  /// ShuttingDown; every other outcome reaches the job.
+  void submit(const std::string& key, const std::string& capability, std::shared_ptr<Job> job);
+  /// A fresh request context for `key` with the effective deadline.
+  std::shared_ptr<RequestContext> make_context(const std::string& key, const RequestOptions& options);
+
+  /// Retires every replica of `key` once its queued work is done; returns when they
+  /// are gone or after `timeout_s` (false then).
+  bool unload(const std::string& key, double timeout_s = 30);
+  /// Pins or unpins: pinned models are never evicted automatically.
+  void set_pinned(const std::string& key, bool pinned);
+  /// Overrides a model's keep-alive (seconds; 0 = at once; <0 = never).
+  void set_keep_alive(const std::string& key, double keep_alive_s);
+
+  /// Snapshot of all models and devices.
+  PoolStats stats() const;
+  /// Snapshot of one model.
+  ModelStats model_stats(const std::string& key) const;
+
+  /// Stops accepting, drains for up to `drain_timeout_s`, cancels what is left,
+  /// joins every thread, releases every reservation. Idempotent.
+  void shutdown(double drain_timeout_s = 5);
+  /// True once shutdown began.
+  bool shutting_down() const;
+
+  /// The governor (for inspection and tests).
+  MemoryGovernor& governor() { return *governor_; }
+
+ private:
+  struct Replica;
+  struct Model;
+
+  std::shared_ptr<Model> find_locked(const std::string& key) const;
+  void cold_start_locked(Model& model);
+  bool spawn_locked(const std::shared_ptr<Model>& model, int count, bool allow_evict);
+  void spawn_replica_locked(const std::shared_ptr<Model>& model, Reservation reservation);
+  bool evict_one_locked(const std::string& device, const Model* protect);
+  void retire_locked(Model& model, int count);
+  void wait_exits_locked(std::unique_lock<std::mutex>& lock, Model& model, int expected_dead,
+                         Clock::time_point until);
+  void reap_locked();
+  void maybe_scale_up_locked(const std::shared_ptr<Model>& model);
+  void drain_queue_locked(Model& model, const Error& error);
+  void maintenance_loop();
+  void maintain_locked();
+  void worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> replica);
+  double keep_alive_of(const Model& model) const;
+  ModelStats stats_locked(const Model& model) const;
+  void wake_maintenance();
+
+  PoolOptions options_;
+  std::shared_ptr<MemoryGovernor> governor_;
+  mutable std::mutex mu_;                 // registry, replica lists, lifecycle
+  std::condition_variable exit_cv_;       // a replica exited (with mu_)
+  std::map<std::string, std::shared_ptr<Model>> models_;
+  bool shutting_down_ = false;
+  bool shut_down_ = false;
+  uint64_t next_replica_id_ = 1;
+
+  std::mutex maintenance_mu_;
+  std::condition_variable maintenance_cv_;
+  bool maintenance_wake_ = false;
+  bool maintenance_stop_ = false;
+  std::thread maintenance_;
+};
+
+}  // namespace mpool::core

@@ -1,0 +1,47 @@
+#include "mpool/core/request.h"
+
+#include "mpool/core/metrics.h"
+
+namespace mpool::core {
+
+RequestContext::RequestContext(Clock::time_point deadline, std::shared_ptr<ModelMetrics> metrics)
+    : created_(Clock::now()), deadline_(deadline), metrics_(std::move(metrics)) {}
+
+Error RequestContext::stop_error() const {
+  switch (outcome()) {
+    case Outcome::kTimedOut: return Error(ErrorCode::kTimeout, "request timed out");
+    case Outcome::kCancelled: return Error(ErrorCode::kCancelled, "request cancelled");
+    default: break;
+  }
+  if (expired()) return Error(ErrorCode::kTimeout, "request timed out");
+  return Error(ErrorCode::kCancelled, "request cancelled");
+}
+
+void RequestContext::throw_if_stopped() const {
+  if (should_stop()) throw stop_error();
+}
+
+bool RequestContext::settle(Outcome outcome) noexcept {
+  Outcome expected = Outcome::kPending;
+  if (!outcome_.compare_exchange_strong(expected, outcome, std::memory_order_acq_rel)) return false;
+  if (metrics_) metrics_->record_outcome(outcome);
+  return true;
+}
+
+void RequestContext::note_first_chunk() noexcept {
+  if (first_chunk_seen_.exchange(true, std::memory_order_relaxed)) return;
+  if (metrics_) {
+    std::chrono::duration<double, std::milli> ms = Clock::now() - created_;
+    metrics_->first_chunk.add(ms.count());
+  }
+}
+
+Outcome outcome_for(const Error& error) noexcept {
+  switch (error.code()) {
+    case ErrorCode::kTimeout: return Outcome::kTimedOut;
+    case ErrorCode::kCancelled: return Outcome::kCancelled;
+    default: return Outcome::kFailed;
+  }
+}
+
+}  // namespace mpool::core
