@@ -157,7 +157,7 @@ void Reservation::release() noexcept {
 }
 
 Reservation Reservation::split(double mb) {
-  check(governor_ != nullptr && mb > 0 && mb <= mb_ + 1e-9, ErrorCode::kInternal,
+  check(governor_ != nullptr && mb >= 0 && mb <= mb_ + 1e-9, ErrorCode::kInternal,
         "cannot split " + std::to_string(mb) + " MB off a reservation of " + std::to_string(mb_) + " MB");
   mb = std::min(mb, mb_);
   mb_ -= mb;

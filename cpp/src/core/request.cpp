@@ -24,7 +24,10 @@ void RequestContext::throw_if_stopped() const {
 bool RequestContext::settle(Outcome outcome) noexcept {
   Outcome expected = Outcome::kPending;
   if (!outcome_.compare_exchange_strong(expected, outcome, std::memory_order_acq_rel)) return false;
-  if (metrics_) metrics_->record_outcome(outcome);
+  if (metrics_) {
+    metrics_->record_outcome(outcome);
+    if (accepted_.load(std::memory_order_acquire)) metrics_->in_flight.fetch_sub(1, std::memory_order_acq_rel);
+  }
   return true;
 }
 
@@ -34,6 +37,11 @@ void RequestContext::note_first_chunk() noexcept {
     std::chrono::duration<double, std::milli> ms = Clock::now() - created_;
     metrics_->first_chunk.add(ms.count());
   }
+}
+
+void RequestContext::mark_accepted() noexcept {
+  if (metrics_ && !accepted_.exchange(true, std::memory_order_acq_rel))
+    metrics_->in_flight.fetch_add(1, std::memory_order_acq_rel);
 }
 
 Outcome outcome_for(const Error& error) noexcept {

@@ -123,6 +123,8 @@ class UnaryJob final : public Job {
 
   void run(Instance& instance) override {
     T value = fn_(instance, context());
+    // A result that arrives past the deadline (or after a cancel) is not a success.
+    if (context().should_stop()) throw context().stop_error();
     pending_->set_value(std::move(value));
   }
   void fail(const Error& error) noexcept override {

@@ -113,20 +113,18 @@ class Pool {
   struct Replica;
   struct Model;
 
+  using Lock = std::unique_lock<std::mutex>;
+
   std::shared_ptr<Model> find_locked(const std::string& key) const;
-  void cold_start_locked(Model& model);
-  bool spawn_locked(const std::shared_ptr<Model>& model, int count, bool allow_evict);
+  bool spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int count, bool allow_evict);
   void spawn_replica_locked(const std::shared_ptr<Model>& model, Reservation reservation);
-  bool evict_one_locked(const std::string& device, const Model* protect);
+  bool evict_one_locked(Lock& lock, const std::string& device, const Model* protect);
   void retire_locked(Model& model, int count);
-  void wait_exits_locked(std::unique_lock<std::mutex>& lock, Model& model, int expected_dead,
-                         Clock::time_point until);
   void reap_locked();
-  void maybe_scale_up_locked(const std::shared_ptr<Model>& model);
-  void drain_queue_locked(Model& model, const Error& error);
+  void maybe_scale_up_locked(Lock& lock, const std::shared_ptr<Model>& model);
   void maintenance_loop();
-  void maintain_locked();
-  void worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> replica);
+  void maintain_locked(Lock& lock);
+  void worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> replica, Reservation reservation);
   double keep_alive_of(const Model& model) const;
   ModelStats stats_locked(const Model& model) const;
   void wake_maintenance();

@@ -47,6 +47,8 @@ class RequestContext {
   Clock::time_point created() const noexcept { return created_; }
   /// Metrics of the model serving it (null for requests that never reached one).
   const std::shared_ptr<ModelMetrics>& metrics() const noexcept { return metrics_; }
+  /// Called by the pool once the request is queued: it counts as in flight until settled.
+  void mark_accepted() noexcept;
   /// Called by streams on their first chunk; records time to first chunk once.
   void note_first_chunk() noexcept;
 
@@ -56,6 +58,7 @@ class RequestContext {
   std::shared_ptr<ModelMetrics> metrics_;
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> first_chunk_seen_{false};
+  std::atomic<bool> accepted_{false};
   std::atomic<Outcome> outcome_{Outcome::kPending};
 };
 

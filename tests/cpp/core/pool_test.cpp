@@ -1,0 +1,403 @@
+#include <gtest/gtest.h>
+
+#include <set>
+#include <vector>
+
+#include "test_support.h"
+
+namespace mpool::core {
+namespace {
+using namespace testing;
+using namespace std::chrono_literals;
+
+int identity(int x, RequestContext&) { return x; }
+
+int error_code_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return static_cast<int>(e.code());
+  }
+  return -1;
+}
+
+TEST(PoolColdStart, SpawnsTwoReplicasWhenBudgetAdmitsTwice) {
+  Pool pool(test_options(1000));
+  pool.register_model("m", fn_spec(400, identity));
+  EXPECT_EQ(pool.model_stats("m").replicas, 0);  // registering loads nothing
+  EXPECT_EQ(call(pool, "m", 7), 7);
+  auto s = pool.model_stats("m");
+  EXPECT_EQ(s.replicas, 2);
+  EXPECT_DOUBLE_EQ(s.reserved_mb_per_device["cpu"], 800);
+}
+
+TEST(PoolColdStart, SpawnsOneReplicaWhenBudgetAdmitsOnlyOnce) {
+  Pool pool(test_options(700));
+  pool.register_model("m", fn_spec(400, identity));
+  EXPECT_EQ(call(pool, "m", 3), 3);
+  EXPECT_EQ(pool.model_stats("m").replicas, 1);
+}
+
+TEST(PoolColdStart, RefusesWithMemoryExhaustedNamingRequestedAndAvailable) {
+  Pool pool(test_options(300));
+  pool.register_model("big", fn_spec(400, identity));
+  try {
+    call(pool, "big", 1);
+    FAIL() << "expected MemoryExhausted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kMemoryExhausted);
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("400.0 MB"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("300.0 MB available"), std::string::npos) << msg;
+  }
+  EXPECT_EQ(pool.model_stats("big").replicas, 0);
+  EXPECT_DOUBLE_EQ(pool.governor().device("cpu")->committed_mb, 0);
+}
+
+TEST(PoolColdStart, ConcurrentFirstRequestsSpawnExactlyOnce) {
+  Pool pool(test_options(10000));
+  std::atomic<int> loads{0};
+  auto spec = fn_spec(100, identity, &loads);
+  auto loader = spec.loader;
+  spec.loader = [loader](const std::string& d) {
+    std::this_thread::sleep_for(30ms);  // a slow load widens the race window
+    return loader(d);
+  };
+  pool.register_model("m", spec);
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 16; ++t)
+    threads.emplace_back([&, t] { ok += call(pool, "m", t) == t; });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 16);
+  // One cold start of two replicas, not one per caller.
+  EXPECT_TRUE(eventually([&] { return pool.model_stats("m").metrics.replicas_spawned == 2; }));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(loads.load(), 2);
+  EXPECT_EQ(pool.model_stats("m").replicas, 2);
+}
+
+TEST(PoolEviction, EvictsIdleModelLeastRecentlyUsedToMakeRoom) {
+  Pool pool(test_options(1000));
+  std::atomic<int> alive{0};
+  pool.register_model("a", fn_spec(400, identity, nullptr, &alive));
+  pool.register_model("b", fn_spec(400, identity, nullptr, &alive));
+  pool.register_model("c", fn_spec(400, identity, nullptr, &alive));
+  ASSERT_EQ(call(pool, "a", 1), 1);  // 2 replicas: 800 MB
+  ASSERT_EQ(pool.model_stats("a").replicas, 2);
+  ASSERT_EQ(call(pool, "b", 2), 2);  // evicts a's extra replica first
+  EXPECT_EQ(pool.model_stats("a").replicas, 1);
+  EXPECT_EQ(pool.model_stats("b").replicas, 1);
+  ASSERT_EQ(call(pool, "c", 3), 3);  // now a whole model goes: a is least recently used
+  EXPECT_EQ(pool.model_stats("a").replicas, 0);
+  EXPECT_EQ(pool.model_stats("b").replicas, 1);
+  EXPECT_EQ(pool.model_stats("c").replicas, 1);
+  EXPECT_EQ(alive.load(), 2);  // the evicted instances were destroyed
+  EXPECT_EQ(pool.model_stats("a").metrics.replicas_evicted, 2u);
+}
+
+TEST(PoolEviction, NeverEvictsBusyModel) {
+  Pool pool(test_options(500));
+  Gate gate;
+  pool.register_model("busy", fn_spec(400, [&](int x, RequestContext& ctx) {
+                        gate.wait(ctx);
+                        return x;
+                      }));
+  pool.register_model("other", fn_spec(400, identity));
+  auto held = call_async(pool, "busy", 5);
+  ASSERT_TRUE(gate.wait_entered(1));
+  EXPECT_EQ(error_code_of([&] { call(pool, "other", 1); }), static_cast<int>(ErrorCode::kMemoryExhausted));
+  EXPECT_EQ(pool.model_stats("busy").replicas, 1);
+  gate.open();
+  EXPECT_EQ(held->wait(), 5);
+}
+
+TEST(PoolEviction, NeverEvictsPinnedModel) {
+  Pool pool(test_options(500));
+  auto spec = fn_spec(400, identity);
+  spec.pinned = true;
+  pool.register_model("pinned", spec);
+  pool.register_model("other", fn_spec(400, identity));
+  ASSERT_EQ(call(pool, "pinned", 1), 1);
+  EXPECT_EQ(error_code_of([&] { call(pool, "other", 1); }), static_cast<int>(ErrorCode::kMemoryExhausted));
+  EXPECT_EQ(pool.model_stats("pinned").replicas, 1);
+  pool.set_pinned("pinned", false);  // unpinned, it becomes a candidate
+  EXPECT_EQ(call(pool, "other", 4), 4);
+  EXPECT_EQ(pool.model_stats("pinned").replicas, 0);
+}
+
+TEST(PoolEviction, CriticalPressureEvictsIdleReplicas) {
+  auto options = test_options(1000);
+  auto probe = std::make_shared<FixedProbe>(1e6, 1e6);
+  options.probe = probe;
+  Pool pool(options);
+  pool.register_model("m", fn_spec(100, identity));
+  ASSERT_EQ(call(pool, "m", 1), 1);
+  ASSERT_EQ(pool.model_stats("m").replicas, 2);
+  probe->set_free(10);  // something else took the machine's memory
+  EXPECT_TRUE(eventually([&] { return pool.model_stats("m").replicas == 0; }));
+}
+
+TEST(PoolKeepAlive, UnloadsModelIdleLongerThanKeepAlive) {
+  Pool pool(test_options(1000, /*keep_alive_s=*/0.2));
+  std::atomic<int> alive{0};
+  pool.register_model("m", fn_spec(100, identity, nullptr, &alive));
+  ASSERT_EQ(call(pool, "m", 1), 1);
+  EXPECT_EQ(pool.model_stats("m").replicas, 2);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(pool.model_stats("m").replicas, 2);  // not yet
+  EXPECT_TRUE(eventually([&] { return pool.model_stats("m").replicas == 0; }));
+  EXPECT_EQ(alive.load(), 0);
+  EXPECT_DOUBLE_EQ(pool.governor().device("cpu")->committed_mb, 0);
+  EXPECT_EQ(call(pool, "m", 2), 2);  // and it comes back on demand
+}
+
+TEST(PoolKeepAlive, ZeroUnloadsRightAfterLastRequestAndNegativeNever) {
+  Pool pool(test_options(1000));
+  auto zero = fn_spec(100, identity);
+  zero.keep_alive_s = 0;
+  auto never = fn_spec(100, identity);
+  never.keep_alive_s = -1;
+  pool.register_model("zero", zero);
+  pool.register_model("never", never);
+  ASSERT_EQ(call(pool, "zero", 1), 1);
+  ASSERT_EQ(call(pool, "never", 1), 1);
+  EXPECT_TRUE(eventually([&] { return pool.model_stats("zero").replicas == 0; }, 2));
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(pool.model_stats("never").replicas, 2);
+}
+
+TEST(PoolFailures, LoaderFailureGivesSpawnFailedAndLeavesNothingBehind) {
+  Pool pool(test_options(1000));
+  ModelSpec spec;
+  spec.capabilities = {"compute"};
+  spec.memory_mb = 100;
+  spec.loader = [](const std::string&) -> std::shared_ptr<Instance> { throw std::runtime_error("weights.bin is corrupt"); };
+  pool.register_model("bad", spec);
+  std::vector<std::shared_ptr<Pending<int>>> waiting;
+  for (int i = 0; i < 5; ++i) waiting.push_back(call_async(pool, "bad", i));
+  for (auto& p : waiting) {
+    try {
+      p->wait();
+      FAIL() << "expected SpawnFailed";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kSpawnFailed);
+      EXPECT_NE(std::string(e.what()).find("weights.bin is corrupt"), std::string::npos);
+    }
+  }
+  EXPECT_TRUE(eventually([&] { return pool.stats().threads == 1; }));  // only maintenance
+  EXPECT_DOUBLE_EQ(pool.governor().device("cpu")->committed_mb, 0);
+  EXPECT_EQ(pool.model_stats("bad").metrics.spawn_failures, 2u);
+}
+
+TEST(PoolFailures, ModelExceptionIsModelErrorAndReplicaKeepsServing) {
+  Pool pool(test_options(1000));
+  pool.register_model("m", fn_spec(100, [](int x, RequestContext&) {
+                        if (x < 0) throw std::runtime_error("negative input");
+                        return x;
+                      }));
+  for (int i = 0; i < 10; ++i) {
+    try {
+      call(pool, "m", -1);
+      FAIL();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kModelError);
+      EXPECT_NE(std::string(e.what()).find("negative input"), std::string::npos);
+    }
+  }
+  EXPECT_EQ(call(pool, "m", 9), 9);
+  auto s = pool.model_stats("m");
+  EXPECT_EQ(s.replicas, 2);
+  EXPECT_EQ(s.metrics.errors, 10u);
+}
+
+TEST(PoolTimeouts, TimeoutCoversComputeAndCancelsTheModel) {
+  Pool pool(test_options(1000));
+  std::atomic<bool> saw_stop{false};
+  pool.register_model("slow", fn_spec(100, [&](int x, RequestContext& ctx) {
+                        while (!ctx.should_stop()) std::this_thread::sleep_for(1ms);
+                        saw_stop = true;
+                        return x;
+                      }));
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(error_code_of([&] { call(pool, "slow", 1, 0.1); }), static_cast<int>(ErrorCode::kTimeout));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+  EXPECT_TRUE(eventually([&] { return saw_stop.load(); }));
+  EXPECT_TRUE(eventually([&] { return pool.model_stats("slow").busy_replicas == 0; }));
+  EXPECT_EQ(pool.model_stats("slow").metrics.timeouts, 1u);
+}
+
+TEST(PoolTimeouts, TimeoutCoversQueueWait) {
+  auto options = test_options(1000);
+  options.cold_start_replicas = 1;
+  Pool pool(options);
+  Gate gate;
+  auto spec = fn_spec(100, [&](int x, RequestContext& ctx) {
+    gate.wait(ctx);
+    return x;
+  });
+  spec.max_replicas = 1;
+  pool.register_model("m", spec);
+  auto first = call_async(pool, "m", 1);
+  ASSERT_TRUE(gate.wait_entered(1));
+  EXPECT_EQ(error_code_of([&] { call(pool, "m", 2, 0.05); }), static_cast<int>(ErrorCode::kTimeout));
+  gate.open();
+  EXPECT_EQ(first->wait(), 1);
+}
+
+TEST(PoolQueue, OverloadedWhenQueueIsFull) {
+  auto options = test_options(1000);
+  options.max_queue = 3;
+  options.cold_start_replicas = 1;
+  Pool pool(options);
+  Gate gate;
+  auto spec = fn_spec(100, [&](int x, RequestContext& ctx) {
+    gate.wait(ctx);
+    return x;
+  });
+  spec.max_replicas = 1;
+  pool.register_model("m", spec);
+  std::vector<std::shared_ptr<Pending<int>>> accepted;
+  accepted.push_back(call_async(pool, "m", 0));
+  ASSERT_TRUE(gate.wait_entered(1));
+  for (int i = 1; i <= 3; ++i) accepted.push_back(call_async(pool, "m", i));
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(error_code_of([&] { call_async(pool, "m", 99); }), static_cast<int>(ErrorCode::kOverloaded));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 100ms);  // fast reject, never a blocked caller
+  gate.open();
+  for (int i = 0; i <= 3; ++i) EXPECT_EQ(accepted[i]->wait(), i);
+  EXPECT_EQ(pool.model_stats("m").metrics.rejections, 1u);
+}
+
+TEST(PoolQueue, AdaptiveReplicasGrowUnderSustainedQueueUpToMax) {
+  auto options = test_options(10000);
+  options.cold_start_replicas = 1;
+  options.scale_up_after_s = 0;
+  Pool pool(options);
+  auto spec = fn_spec(100, [](int x, RequestContext&) {
+    std::this_thread::sleep_for(5ms);
+    return x;
+  });
+  spec.max_replicas = 3;
+  pool.register_model("m", spec);
+  std::vector<std::shared_ptr<Pending<int>>> ps;
+  for (int i = 0; i < 60; ++i) ps.push_back(call_async(pool, "m", i));
+  for (int i = 0; i < 60; ++i) EXPECT_EQ(ps[i]->wait(), i);
+  EXPECT_EQ(pool.model_stats("m").metrics.replicas_spawned, 3u);
+}
+
+TEST(PoolStreams, ConsumerCancelMidStreamFreesTheReplica) {
+  auto options = test_options(1000);
+  options.cold_start_replicas = 1;
+  Pool pool(options);
+  auto spec = fn_spec(100, identity);
+  spec.max_replicas = 1;
+  pool.register_model("m", spec);
+  std::atomic<int> produced{0};
+  auto s = stream(pool, "m", 1000000, 2, &produced);
+  EXPECT_EQ(s->next().value(), 0);
+  EXPECT_EQ(s->next().value(), 1);
+  s->cancel();
+  EXPECT_TRUE(eventually([&] { return pool.model_stats("m").busy_replicas == 0; }));
+  EXPECT_LT(produced.load(), 10);
+  EXPECT_EQ(call(pool, "m", 42), 42);  // the only replica serves again
+  EXPECT_EQ(pool.model_stats("m").metrics.cancellations, 1u);
+}
+
+TEST(PoolStreams, SlowConsumerGetsEveryChunkInOrder) {
+  Pool pool(test_options(1000));
+  pool.register_model("m", fn_spec(100, identity));
+  auto s = stream(pool, "m", 200, 3);
+  for (int i = 0; i < 200; ++i) {
+    if (i % 50 == 0) std::this_thread::sleep_for(10ms);
+    auto chunk = s->next();
+    ASSERT_TRUE(chunk.has_value());
+    EXPECT_EQ(*chunk, i);
+  }
+  EXPECT_FALSE(s->next().has_value());
+}
+
+TEST(PoolShutdown, ShutdownMidStreamEndsItAndJoinsEverything) {
+  std::atomic<int> alive{0};
+  auto pool = std::make_unique<Pool>(test_options(1000));
+  pool->register_model("m", fn_spec(100, identity, nullptr, &alive));
+  auto s = stream(*pool, "m", 1000000, 2, nullptr, 1ms);
+  ASSERT_TRUE(s->next().has_value());
+  std::thread closer([&] { pool->shutdown(0.05); });
+  int code = -1;
+  try {
+    while (s->next()) {
+    }
+  } catch (const Error& e) {
+    code = static_cast<int>(e.code());
+  }
+  closer.join();
+  EXPECT_EQ(code, static_cast<int>(ErrorCode::kShuttingDown));
+  EXPECT_EQ(alive.load(), 0);
+  EXPECT_EQ(error_code_of([&] { call(*pool, "m", 1); }), static_cast<int>(ErrorCode::kShuttingDown));
+  pool.reset();  // destructor after shutdown is a no-op
+}
+
+TEST(PoolRegistry, UnknownModelAndCapabilityAreTypedErrors) {
+  Pool pool(test_options(1000));
+  pool.register_model("m", fn_spec(100, identity));
+  EXPECT_EQ(error_code_of([&] { call(pool, "nope", 1); }), static_cast<int>(ErrorCode::kModelNotFound));
+  auto pending = std::make_shared<Pending<int>>(pool.make_context("m", {}));
+  EXPECT_EQ(error_code_of([&] {
+              pool.submit("m", "vision", std::make_shared<UnaryJob<int>>(pending, [](Instance&, RequestContext&) { return 0; }));
+            }),
+            static_cast<int>(ErrorCode::kInvalidInput));
+  EXPECT_EQ(error_code_of([&] { pool.register_model("m", fn_spec(1, identity)); }),
+            static_cast<int>(ErrorCode::kInvalidInput));
+}
+
+TEST(PoolStress, TwoThousandConcurrentMixedRequestsEachGetExactlyOneOutcome) {
+  auto options = test_options(1000);
+  options.max_queue = 64;
+  Pool pool(options);
+  pool.register_model("ok", fn_spec(100, [](int x, RequestContext&) { return x; }));
+  pool.register_model("flaky", fn_spec(100, [](int x, RequestContext&) {
+                        if (x % 3 == 0) throw std::runtime_error("flaky");
+                        return x;
+                      }));
+  pool.register_model("slow", fn_spec(100, [](int x, RequestContext& ctx) {
+                        auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(x % 7);
+                        while (std::chrono::steady_clock::now() < until && !ctx.should_stop()) std::this_thread::yield();
+                        return x;
+                      }));
+  std::atomic<int> values{0}, errors{0}, streams{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 20; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 100; ++i) {
+        int x = t * 100 + i;
+        try {
+          if (x % 5 == 0) {
+            auto s = stream(pool, "ok", 5);
+            int n = 0;
+            while (s->next()) ++n;
+            if (n == 5) streams++;
+          } else {
+            const char* key = x % 5 == 1 ? "flaky" : (x % 5 == 2 ? "slow" : "ok");
+            int v = call(pool, key, x, x % 11 == 0 ? std::optional<double>(0.001) : std::nullopt);
+            if (v == x) values++;
+          }
+        } catch (const Error&) {
+          errors++;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(values + errors + streams, 2000);
+  uint64_t settled = 0, requests = 0;
+  for (auto& m : pool.stats().models) {
+    requests += m.metrics.requests;
+    settled += m.metrics.succeeded + m.metrics.errors + m.metrics.timeouts + m.metrics.cancellations +
+               m.metrics.rejections;
+  }
+  EXPECT_EQ(settled, requests);  // every accepted request settled exactly once
+}
+
+}  // namespace
+}  // namespace mpool::core
