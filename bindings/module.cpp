@@ -3,4 +3,8 @@
 PYBIND11_MODULE(_core, m) {
   m.doc() = "mpool native core";
   mpool::bindings::register_errors(m);
+  mpool::bindings::register_streams(m);
+  mpool::bindings::register_pool(m);
+  mpool::bindings::register_py_model(m);
+  mpool::bindings::register_testing(m);
 }

@@ -6,5 +6,9 @@
 namespace mpool::bindings {
 
 void register_errors(pybind11::module_& m);
+void register_streams(pybind11::module_& m);
+void register_pool(pybind11::module_& m);
+void register_py_model(pybind11::module_& m);
+void register_testing(pybind11::module_& m);
 
 }  // namespace mpool::bindings

@@ -7,3 +7,13 @@ if(NOT TBB_FOUND)
   message(FATAL_ERROR "oneTBB not found. Install it (Debian: apt-get install libtbb-dev) "
                       "or point TBB_DIR at its TBBConfig.cmake; scripts/setup.sh does this for you.")
 endif()
+
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(STB IMPORTED_TARGET stb)
+if(NOT STB_FOUND)
+  message(FATAL_ERROR "stb_image not found (Debian: apt-get install libstb-dev); scripts/setup.sh installs it.")
+endif()
+find_package(CURL)
+if(NOT CURL_FOUND)
+  message(FATAL_ERROR "libcurl headers not found (Debian: apt-get install libcurl4-openssl-dev); scripts/setup.sh installs it.")
+endif()

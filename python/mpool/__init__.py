@@ -1,11 +1,58 @@
-"""mpool: many ML models in one process, served by native replicas."""
+"""mpool: many ML models in one process, served by native replica threads.
+
+>>> import mpool
+>>> with mpool.Pool() as pool:
+...     pool.register("emb", mpool.PyModel("text_embedding", loader, memory_mb=300))
+...     vectors = pool.embed("emb", ["hello", "world"])
+"""
 
 from __future__ import annotations
 
 from . import _core
-from .errors import *  # noqa: F403
-from .errors import ALL_ERRORS, PoolError
+from .errors import (
+    ALL_ERRORS,
+    Cancelled,
+    InternalError,
+    InvalidInput,
+    MemoryExhausted,
+    ModelError,
+    ModelNotFound,
+    Overloaded,
+    PoolError,
+    ShuttingDown,
+    SpawnFailed,
+    Timeout,
+)
+from .models import CAPABILITIES, Model, PyModel
+from .pool import ImageStream, Pool, TextStream
 
 __version__ = "0.1.0"
 
 _core._set_error_classes({cls.code: cls for cls in ALL_ERRORS})
+
+TextChunk = _core.TextChunk
+ImageProgress = _core.ImageProgress
+GenerationStats = _core.GenerationStats
+
+__all__ = [
+    "CAPABILITIES",
+    "Cancelled",
+    "GenerationStats",
+    "ImageProgress",
+    "ImageStream",
+    "InternalError",
+    "InvalidInput",
+    "MemoryExhausted",
+    "Model",
+    "ModelError",
+    "ModelNotFound",
+    "Overloaded",
+    "Pool",
+    "PoolError",
+    "PyModel",
+    "ShuttingDown",
+    "SpawnFailed",
+    "TextChunk",
+    "TextStream",
+    "Timeout",
+]

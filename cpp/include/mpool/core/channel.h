@@ -58,7 +58,7 @@ class Channel {
         return chunk;
       }
       if (ended_) {
-        if (error_) throw *error_;
+        if (error_) throw error_->error();
         return std::nullopt;
       }
       if (!not_empty_.wait_until(lock, context_->deadline(),
@@ -91,9 +91,9 @@ class Channel {
       ended_ = true;
       if (!context_->settle(outcome)) {
         // Someone else settled (e.g. the consumer timed out): report that instead.
-        if (context_->outcome() != Outcome::kSucceeded) error_.emplace(context_->stop_error());
+        if (context_->outcome() != Outcome::kSucceeded) error_.emplace(ErrorInfo::of(context_->stop_error()));
       } else if (error) {
-        error_.emplace(std::move(*error));
+        error_.emplace(ErrorInfo::of(*error));
       }
     }
     not_empty_.notify_all();
@@ -108,7 +108,7 @@ class Channel {
   std::condition_variable not_full_;
   std::deque<T> buffer_;
   bool ended_ = false;
-  std::optional<Error> error_;
+  std::optional<ErrorInfo> error_;
 };
 
 /// A job that runs `fn`, which pushes chunks into a Channel<T>, then ends it.

@@ -34,6 +34,18 @@ class Error : public std::runtime_error {
   ErrorCode code_;
 };
 
+/// An Error held as plain data. Copies of std::runtime_error share their message
+/// through a reference count that ThreadSanitizer cannot see (libstdc++ is not
+/// instrumented), so results that cross threads keep this instead.
+struct ErrorInfo {
+  ErrorCode code;
+  std::string message;
+  /// Captures an Error.
+  static ErrorInfo of(const Error& e) { return {e.code(), e.what()}; }
+  /// A fresh Error to throw.
+  Error error() const { return Error(code, message); }
+};
+
 /// Throws Error(code, message) when cond is false.
 inline void check(bool cond, ErrorCode code, const std::string& message) {
   if (!cond) throw Error(code, message);

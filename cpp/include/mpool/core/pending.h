@@ -30,7 +30,7 @@ class Pending {
   /// Delivers an error; false if the request had already settled.
   bool set_error(const Error& error) {
     if (!context_->settle(outcome_for(error))) return false;
-    finish([&] { error_.emplace(error); });
+    finish([&] { error_.emplace(ErrorInfo::of(error)); });
     return true;
   }
 
@@ -54,7 +54,7 @@ class Pending {
   bool cancel() {
     context_->request_cancel();
     if (!context_->settle(Outcome::kCancelled)) return false;
-    finish([&] { error_.emplace(ErrorCode::kCancelled, "request cancelled"); });
+    finish([&] { error_.emplace(ErrorInfo{ErrorCode::kCancelled, "request cancelled"}); });
     return true;
   }
 
@@ -99,7 +99,7 @@ class Pending {
   }
 
   T take(std::unique_lock<std::mutex>&) {
-    if (error_) throw *error_;
+    if (error_) throw error_->error();
     return *value_;  // copies: get() may be called more than once
   }
 
@@ -108,7 +108,7 @@ class Pending {
   std::condition_variable cv_;
   bool done_ = false;
   std::optional<T> value_;
-  std::optional<Error> error_;
+  std::optional<ErrorInfo> error_;
   Callback callback_;
 };
 

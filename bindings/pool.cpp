@@ -1,0 +1,234 @@
+// The Pool class and model specs. Python-side validation happens in
+// mpool/pool.py; this file converts, releases the GIL and submits.
+#include <pybind11/functional.h>
+
+#include "convert.h"
+#include "module.h"
+#include "mpool/capabilities/requests.h"
+#include "mpool/core/pool.h"
+
+namespace mpool::bindings {
+
+py::object wrap_future(std::shared_ptr<core::Pending<at::Tensor>> p);
+py::object wrap_text_stream(std::shared_ptr<capabilities::TextStream> c);
+py::object wrap_image_stream(std::shared_ptr<capabilities::ImageStream> c);
+
+namespace {
+
+namespace cap = capabilities;
+
+core::RequestOptions request_options(std::optional<double> timeout) { return core::RequestOptions{timeout}; }
+
+py::dict latency(const core::LatencySummary& l) {
+  py::dict d;
+  d["p50_ms"] = l.p50_ms;
+  d["p95_ms"] = l.p95_ms;
+  d["count"] = l.count;
+  return d;
+}
+
+py::dict model_dict(const core::ModelStats& s) {
+  py::dict d;
+  d["key"] = s.key;
+  d["capabilities"] = s.capabilities;
+  d["devices"] = s.devices;
+  d["state"] = s.state;
+  d["pinned"] = s.pinned;
+  d["memory_mb"] = s.memory_mb;
+  d["keep_alive"] = s.keep_alive_s;
+  d["max_replicas"] = s.max_replicas;
+  d["replicas"] = s.replicas;
+  d["busy_replicas"] = s.busy_replicas;
+  d["queued"] = s.queued;
+  d["replicas_per_device"] = s.replicas_per_device;
+  d["reserved_mb"] = s.reserved_mb_per_device;
+  d["last_spawn_error"] = s.last_spawn_error.empty() ? py::none() : py::cast(s.last_spawn_error);
+  const auto& m = s.metrics;
+  py::dict counts;
+  counts["requests"] = m.requests;
+  counts["succeeded"] = m.succeeded;
+  counts["errors"] = m.errors;
+  counts["timeouts"] = m.timeouts;
+  counts["rejections"] = m.rejections;
+  counts["cancellations"] = m.cancellations;
+  counts["replicas_spawned"] = m.replicas_spawned;
+  counts["replicas_evicted"] = m.replicas_evicted;
+  counts["spawn_failures"] = m.spawn_failures;
+  d["counts"] = counts;
+  d["queue_time"] = latency(m.queue);
+  d["compute_time"] = latency(m.compute);
+  d["time_to_first_chunk"] = latency(m.first_chunk);
+  return d;
+}
+
+py::dict device_dict(const core::DeviceMemory& dm) {
+  py::dict d;
+  d["device"] = dm.device;
+  d["total_mb"] = dm.total_mb;
+  d["budget_mb"] = dm.budget_mb;
+  d["committed_mb"] = dm.committed_mb;
+  d["os_free_mb"] = dm.os_free_mb;
+  d["available_mb"] = dm.available_mb;
+  d["pressure"] = core::pressure_name(dm.pressure);
+  return d;
+}
+
+// Destroying a pool joins its replica threads, which may need the GIL (Python
+// models): let go of it first, as CTranslate2 learned the hard way.
+struct ReleaseGilDelete {
+  void operator()(core::Pool* pool) const {
+    if (PyGILState_Check()) {
+      py::gil_scoped_release nogil;
+      delete pool;
+    } else {
+      delete pool;
+    }
+  }
+};
+using PoolHolder = std::unique_ptr<core::Pool, ReleaseGilDelete>;
+
+}  // namespace
+
+void register_pool(py::module_& m) {
+  py::class_<core::ModelSpec>(m, "ModelSpec", "How to load a model, where, and how much memory a replica takes.")
+      .def_readonly("capabilities", &core::ModelSpec::capabilities)
+      .def_readwrite("memory_mb", &core::ModelSpec::memory_mb)
+      .def_readwrite("devices", &core::ModelSpec::devices)
+      .def_readwrite("max_replicas", &core::ModelSpec::max_replicas)
+      .def_readwrite("keep_alive", &core::ModelSpec::keep_alive_s)
+      .def_readwrite("pinned", &core::ModelSpec::pinned);
+
+  py::class_<core::Pool, PoolHolder>(m, "Pool", "The native pool; use mpool.Pool.")
+      .def(py::init([](double memory_fraction, double reserve_mb, std::map<std::string, double> budget_mb,
+                       double request_timeout, double keep_alive, size_t max_queue, int cold_start_replicas,
+                       double scale_up_queue_depth, double scale_up_after, double scale_down_after,
+                       double maintenance_interval) {
+             core::PoolOptions o;
+             o.memory.memory_fraction = memory_fraction;
+             o.memory.reserve_mb = reserve_mb;
+             o.memory.budget_mb = std::move(budget_mb);
+             o.request_timeout_s = request_timeout;
+             o.keep_alive_s = keep_alive;
+             o.max_queue = max_queue;
+             o.cold_start_replicas = cold_start_replicas;
+             o.scale_up_queue_depth = scale_up_queue_depth;
+             o.scale_up_after_s = scale_up_after;
+             o.scale_down_after_s = scale_down_after;
+             o.maintenance_interval_s = maintenance_interval;
+             return PoolHolder(new core::Pool(std::move(o)));
+           }),
+           py::arg("memory_fraction"), py::arg("reserve_mb"), py::arg("budget_mb"), py::arg("request_timeout"),
+           py::arg("keep_alive"), py::arg("max_queue"), py::arg("cold_start_replicas"),
+           py::arg("scale_up_queue_depth"), py::arg("scale_up_after"), py::arg("scale_down_after"),
+           py::arg("maintenance_interval"))
+      .def("register", &core::Pool::register_model, py::arg("key"), py::arg("spec"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("unregister", &core::Pool::unregister_model, py::arg("key"), py::arg("timeout"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("has_model", &core::Pool::has_model, py::call_guard<py::gil_scoped_release>())
+      .def("unload", &core::Pool::unload, py::arg("key"), py::arg("timeout"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("set_pinned", &core::Pool::set_pinned, py::call_guard<py::gil_scoped_release>())
+      .def("set_keep_alive", &core::Pool::set_keep_alive, py::call_guard<py::gil_scoped_release>())
+      .def("shutdown", &core::Pool::shutdown, py::arg("drain_timeout"), py::call_guard<py::gil_scoped_release>())
+      .def("shutting_down", &core::Pool::shutting_down)
+      .def("stats", [](const core::Pool& pool) {
+        core::PoolStats s;
+        {
+          py::gil_scoped_release nogil;
+          s = pool.stats();
+        }
+        py::dict out, models;
+        py::list devices;
+        for (auto& ms : s.models) models[ms.key.c_str()] = model_dict(ms);
+        for (auto& dm : s.devices) devices.append(device_dict(dm));
+        out["models"] = models;
+        out["devices"] = devices;
+        out["threads"] = s.threads;
+        return out;
+      })
+      .def("embed_async",
+           [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
+              std::optional<double> timeout) {
+             std::shared_ptr<core::Pending<at::Tensor>> p;
+             {
+               py::gil_scoped_release nogil;
+               p = cap::embed(pool, key, std::move(texts), std::move(task), request_options(timeout));
+             }
+             return wrap_future(std::move(p));
+           })
+      .def("embed",
+           [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
+              std::optional<double> timeout) {
+             at::Tensor t;
+             {
+               py::gil_scoped_release nogil;
+               t = cap::embed(pool, key, std::move(texts), std::move(task), request_options(timeout))->wait();
+             }
+             return tensor_to_numpy(t);
+           })
+      .def("embed_images_async",
+           [](core::Pool& pool, const std::string& key, py::list items, std::optional<double> timeout,
+              double fetch_timeout) {
+             auto inputs = image_inputs(items);
+             std::shared_ptr<core::Pending<at::Tensor>> p;
+             {
+               py::gil_scoped_release nogil;
+               p = cap::embed_images(pool, key, decode_images(inputs, fetch_timeout), request_options(timeout));
+             }
+             return wrap_future(std::move(p));
+           })
+      .def("generate",
+           [](core::Pool& pool, const std::string& key, py::object prompt, py::dict params,
+              std::optional<double> timeout) {
+             std::variant<std::string, std::vector<int64_t>> p;
+             if (py::isinstance<py::str>(prompt))
+               p = prompt.cast<std::string>();
+             else
+               p = prompt.cast<std::vector<int64_t>>();
+             auto gp = params_from_dict(params);
+             std::shared_ptr<cap::TextStream> s;
+             {
+               py::gil_scoped_release nogil;
+               s = cap::generate(pool, key, std::move(p), std::move(gp), request_options(timeout));
+             }
+             return wrap_text_stream(std::move(s));
+           })
+      .def("describe",
+           [](core::Pool& pool, const std::string& key, py::list image, std::string query, py::dict params,
+              std::optional<double> timeout, double fetch_timeout) {
+             auto inputs = image_inputs(image);
+             auto gp = params_from_dict(params);
+             std::shared_ptr<cap::TextStream> s;
+             {
+               py::gil_scoped_release nogil;
+               auto images = decode_images(inputs, fetch_timeout);
+               s = cap::describe(pool, key, images.at(0), std::move(query), std::move(gp), request_options(timeout));
+             }
+             return wrap_text_stream(std::move(s));
+           })
+      .def("generate_image",
+           [](core::Pool& pool, const std::string& key, std::string prompt, int64_t width, int64_t height,
+              int64_t steps, double guidance_scale, std::optional<std::string> negative_prompt,
+              std::optional<uint64_t> seed, py::list init_image, double strength, std::optional<double> timeout,
+              double fetch_timeout) {
+             cap::ImageConfig c;
+             c.width = width;
+             c.height = height;
+             c.steps = steps;
+             c.guidance_scale = guidance_scale;
+             c.negative_prompt = std::move(negative_prompt);
+             c.seed = seed;
+             c.strength = strength;
+             auto inputs = image_inputs(init_image);
+             std::shared_ptr<cap::ImageStream> s;
+             {
+               py::gil_scoped_release nogil;
+               if (!inputs.empty()) c.init_image = decode_images(inputs, fetch_timeout).at(0);
+               s = cap::generate_image(pool, key, std::move(prompt), std::move(c), request_options(timeout));
+             }
+             return wrap_image_stream(std::move(s));
+           });
+}
+
+}  // namespace mpool::bindings

@@ -1,0 +1,216 @@
+// Python-defined models: a Python object served by native replica threads. The
+// replica takes the GIL only while it calls into Python.
+#include <pybind11/functional.h>
+
+#include "convert.h"
+#include "module.h"
+#include "mpool/capabilities/interfaces.h"
+#include "mpool/core/model_spec.h"
+
+namespace mpool::bindings {
+namespace {
+
+namespace cap = capabilities;
+
+bool python_alive() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsInitialized() && !Py_IsFinalizing();
+#else
+  return Py_IsInitialized() && !_Py_IsFinalizing();
+#endif
+}
+
+// Holds a Python object and drops it with the GIL (or leaks it once the
+// interpreter is going away, when taking the GIL would hang the thread).
+struct PyRef {
+  py::object obj;
+  explicit PyRef(py::object o) : obj(std::move(o)) {}
+  ~PyRef() {
+    if (python_alive()) {
+      py::gil_scoped_acquire gil;
+      obj = py::object();
+    } else {
+      obj.release();
+    }
+  }
+};
+
+// Turns one yielded item into (text, ids); dicts may also carry final fields.
+void read_text_item(const py::handle& item, std::string& text, std::vector<int64_t>& ids, cap::Completion& done) {
+  if (py::isinstance<py::str>(item)) {
+    text = item.cast<std::string>();
+    return;
+  }
+  auto get = [&](const char* name) -> py::object {
+    if (py::isinstance<py::dict>(item)) {
+      auto d = py::reinterpret_borrow<py::dict>(item);
+      return d.contains(name) ? py::object(d[name]) : py::none();
+    }
+    return py::hasattr(item, name) ? item.attr(name) : py::none();
+  };
+  py::object t = get("text"), i = get("token_ids"), f = get("finish_reason"), p = get("prompt_tokens"),
+             c = get("completion_tokens");
+  if (t.is_none() && i.is_none() && f.is_none())
+    throw Error(ErrorCode::kModelError, "a text stream item must be a str, or a dict/object with 'text' (got " +
+                                            std::string(py::str(py::type::of(item).attr("__name__"))) + ")");
+  if (!t.is_none()) text = t.cast<std::string>();
+  if (!i.is_none()) ids = i.cast<std::vector<int64_t>>();
+  if (!f.is_none()) done.finish_reason = f.cast<std::string>();
+  if (!p.is_none()) done.prompt_tokens = p.cast<int64_t>();
+  if (!c.is_none()) done.completion_tokens = c.cast<int64_t>();
+}
+
+class PyInstance final : public core::Instance,
+                         public cap::TextEmbedding,
+                         public cap::TextToText,
+                         public cap::ImageEmbedding,
+                         public cap::Vision,
+                         public cap::TextToImage {
+ public:
+  explicit PyInstance(py::object obj) : ref_(std::move(obj)) {}
+
+  at::Tensor embed(const std::vector<std::string>& texts, const std::optional<std::string>& task,
+                   cap::RequestContext&) override {
+    return call([&] {
+      py::object out = task ? ref_.obj.attr("embed")(texts, py::arg("task") = *task) : ref_.obj.attr("embed")(texts);
+      return numpy_to_tensor(out, at::kFloat, "embed() result");
+    });
+  }
+  int64_t dimension() const override {
+    return call([&] { return ref_.obj.attr("dimension").cast<int64_t>(); });
+  }
+  at::Tensor embed_images(const std::vector<cap::Image>& images, cap::RequestContext&) override {
+    return call([&] {
+      py::list arrays;
+      for (auto& img : images) arrays.append(tensor_to_numpy(img));
+      return numpy_to_tensor(ref_.obj.attr("embed_images")(arrays), at::kFloat, "embed_images() result");
+    });
+  }
+  cap::Completion generate(const std::variant<std::string, std::vector<int64_t>>& prompt,
+                           const cap::GenerationParams& params, const cap::TextSink& sink,
+                           cap::RequestContext& ctx) override {
+    return stream_text(sink, ctx, [&] {
+      py::object p = std::holds_alternative<std::string>(prompt) ? py::cast(std::get<std::string>(prompt))
+                                                                  : py::cast(std::get<std::vector<int64_t>>(prompt));
+      return ref_.obj.attr("generate")(p, params_to_dict(params));
+    });
+  }
+  cap::Completion describe(const cap::Image& image, const std::string& query, const cap::GenerationParams& params,
+                           const cap::TextSink& sink, cap::RequestContext& ctx) override {
+    return stream_text(sink, ctx, [&] {
+      return ref_.obj.attr("describe")(tensor_to_numpy(image), query, params_to_dict(params));
+    });
+  }
+  cap::Image generate_image(const std::string& prompt, const cap::ImageConfig& config,
+                            const cap::ProgressSink& progress, cap::RequestContext& ctx) override {
+    return call([&] {
+      py::dict c;
+      c["width"] = config.width;
+      c["height"] = config.height;
+      c["steps"] = config.steps;
+      c["guidance_scale"] = config.guidance_scale;
+      c["negative_prompt"] = config.negative_prompt;
+      c["seed"] = config.seed;
+      c["init_image"] = config.init_image ? py::object(tensor_to_numpy(*config.init_image)) : py::none();
+      c["strength"] = config.strength;
+      // The model calls this each step; raising Cancelled unwinds it when the request must stop.
+      py::cpp_function report([&progress, &ctx](int64_t step, int64_t total, py::object preview) {
+        cap::ImageProgress p{step, total, std::nullopt};
+        if (!preview.is_none()) p.preview = numpy_to_tensor(preview, at::kByte, "progress preview");
+        bool more;
+        {
+          py::gil_scoped_release nogil;
+          more = progress(std::move(p)) && !ctx.should_stop();
+        }
+        if (!more) throw Error(ErrorCode::kCancelled, "image generation stopped");
+      },
+                              py::arg("step"), py::arg("total"), py::arg("preview") = py::none());
+      py::object img = ref_.obj.attr("generate_image")(prompt, c, report);
+      if (py::hasattr(img, "convert") && py::hasattr(img, "size"))  // a PIL image
+        img = py::module_::import("numpy").attr("asarray")(img.attr("convert")("RGB"));
+      return numpy_to_tensor(img, at::kByte, "generate_image() result");
+    });
+  }
+
+ private:
+  template <class Fn>
+  auto call(Fn fn) const -> decltype(fn()) {
+    py::gil_scoped_acquire gil;
+    try {
+      return fn();
+    } catch (py::error_already_set& e) {
+      throw error_from_python(e, ErrorCode::kModelError);
+    } catch (const py::cast_error& e) {
+      throw Error(ErrorCode::kModelError, std::string("model returned a value of the wrong type: ") + e.what());
+    }
+  }
+
+  template <class Start>
+  cap::Completion stream_text(const cap::TextSink& sink, cap::RequestContext& ctx, Start start) {
+    cap::Completion done;
+    call([&] {
+      py::iterator it = py::iter(start());
+      while (true) {
+        if (ctx.should_stop()) break;
+        py::object item;
+        {
+          auto* raw = PyIter_Next(it.ptr());
+          if (raw == nullptr) {
+            if (PyErr_Occurred()) throw py::error_already_set();
+            break;
+          }
+          item = py::reinterpret_steal<py::object>(raw);
+        }
+        std::string text;
+        std::vector<int64_t> ids;
+        read_text_item(item, text, ids, done);
+        if (text.empty() && ids.empty()) continue;
+        bool more;
+        {
+          py::gil_scoped_release nogil;  // the sink may wait for a slow consumer
+          more = sink(std::move(text), std::move(ids));
+        }
+        if (!more) break;
+      }
+      if (py::hasattr(it, "close")) it.attr("close")();  // runs the generator's finally blocks
+      return 0;
+    });
+    return done;
+  }
+
+  PyRef ref_;
+};
+
+}  // namespace
+
+void register_py_model(py::module_& m) {
+  m.def(
+      "python_model_spec",
+      [](std::vector<std::string> capabilities, py::object loader, double memory_mb, std::vector<std::string> devices,
+         int max_replicas, std::optional<double> keep_alive, bool pinned) {
+        auto ref = std::make_shared<PyRef>(std::move(loader));
+        core::ModelSpec spec;
+        spec.capabilities = std::move(capabilities);
+        spec.memory_mb = memory_mb;
+        spec.devices = std::move(devices);
+        spec.max_replicas = max_replicas;
+        spec.keep_alive_s = keep_alive;
+        spec.pinned = pinned;
+        spec.loader = [ref](const std::string& device) -> std::shared_ptr<core::Instance> {
+          if (!python_alive()) throw Error(ErrorCode::kShuttingDown, "the Python interpreter is shutting down");
+          py::gil_scoped_acquire gil;
+          try {
+            py::object obj = ref->obj(device);
+            if (obj.is_none()) throw Error(ErrorCode::kSpawnFailed, "loader returned None");
+            return std::make_shared<PyInstance>(std::move(obj));
+          } catch (py::error_already_set& e) {
+            throw error_from_python(e, ErrorCode::kSpawnFailed);
+          }
+        };
+        return spec;
+      },
+      py::arg("capabilities"), py::arg("loader"), py::arg("memory_mb"), py::arg("devices"), py::arg("max_replicas"),
+      py::arg("keep_alive"), py::arg("pinned"));
+}
+
+}  // namespace mpool::bindings

@@ -1,0 +1,166 @@
+// Results handed to Python: futures of tensors, text streams and image streams.
+// Every wait releases the GIL and takes it back only to build the Python object.
+#include <pybind11/functional.h>
+
+#include "convert.h"
+#include "module.h"
+#include "mpool/capabilities/requests.h"
+
+namespace mpool::bindings {
+namespace {
+
+using capabilities::GenerationStats;
+using capabilities::ImageEvent;
+using capabilities::ImageProgress;
+using capabilities::TextChunk;
+
+// A Python callable that may be dropped on any thread: takes the GIL to do so.
+struct PyCallback {
+  std::shared_ptr<py::object> fn;
+  explicit PyCallback(py::object f)
+      : fn(new py::object(std::move(f)), [](py::object* p) {
+          if (Py_IsInitialized()) {
+            py::gil_scoped_acquire gil;
+            delete p;
+          }
+        }) {}
+};
+
+/// A native future of a tensor (embeddings).
+struct Future {
+  std::shared_ptr<core::Pending<at::Tensor>> pending;
+
+  py::array result() {
+    at::Tensor t;
+    {
+      py::gil_scoped_release nogil;
+      t = pending->wait();
+    }
+    return tensor_to_numpy(t);
+  }
+  double remaining() const {
+    return std::chrono::duration<double>(pending->context()->deadline() - core::Clock::now()).count();
+  }
+  void add_done_callback(py::object fn) {
+    PyCallback cb(std::move(fn));
+    py::gil_scoped_release nogil;
+    pending->on_done([cb] {
+      py::gil_scoped_acquire gil;
+      try {
+        (*cb.fn)();
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("mpool future callback");
+      }
+    });
+  }
+};
+
+/// Text stream: iterating yields TextChunk until the end.
+struct PyTextStream {
+  std::shared_ptr<capabilities::TextStream> channel;
+  explicit PyTextStream(std::shared_ptr<capabilities::TextStream> c) : channel(std::move(c)) {}
+  PyTextStream(PyTextStream&&) = default;  // the moved-from one must not cancel
+  ~PyTextStream() {
+    if (channel) channel->cancel();  // a dropped iterator frees its replica
+  }
+  TextChunk next() {
+    std::optional<TextChunk> chunk;
+    {
+      py::gil_scoped_release nogil;
+      chunk = channel->next();
+    }
+    if (!chunk) throw py::stop_iteration();
+    return std::move(*chunk);
+  }
+  void cancel() { channel->cancel(); }
+};
+
+/// Image stream: iterating yields ImageProgress; the final image ends iteration.
+struct PyImageStream {
+  std::shared_ptr<capabilities::ImageStream> channel;
+  std::optional<at::Tensor> image;
+  explicit PyImageStream(std::shared_ptr<capabilities::ImageStream> c) : channel(std::move(c)) {}
+  PyImageStream(PyImageStream&&) = default;  // the moved-from one must not cancel
+  ~PyImageStream() {
+    if (channel) channel->cancel();
+  }
+  ImageProgress next() {
+    while (true) {
+      std::optional<ImageEvent> event;
+      {
+        py::gil_scoped_release nogil;
+        event = channel->next();
+      }
+      if (!event) throw py::stop_iteration();
+      if (auto* progress = std::get_if<ImageProgress>(&*event)) return std::move(*progress);
+      image = std::get<at::Tensor>(*event);
+    }
+  }
+  py::object final_image() {
+    if (!image) return py::none();
+    return tensor_to_numpy(*image);
+  }
+  void cancel() { channel->cancel(); }
+};
+
+}  // namespace
+
+void register_streams(py::module_& m) {
+  py::class_<GenerationStats>(m, "GenerationStats", "Counts and timings of a finished generation.")
+      .def_readonly("prompt_tokens", &GenerationStats::prompt_tokens)
+      .def_readonly("completion_tokens", &GenerationStats::completion_tokens)
+      .def_readonly("time_to_first_token", &GenerationStats::time_to_first_token_s)
+      .def_readonly("tokens_per_second", &GenerationStats::tokens_per_second)
+      .def("__repr__", [](const GenerationStats& s) {
+        return "GenerationStats(prompt_tokens=" + std::to_string(s.prompt_tokens) +
+               ", completion_tokens=" + std::to_string(s.completion_tokens) +
+               ", time_to_first_token=" + std::to_string(s.time_to_first_token_s) +
+               ", tokens_per_second=" + std::to_string(s.tokens_per_second) + ")";
+      });
+  py::class_<TextChunk>(m, "TextChunk", "One piece of a text stream.")
+      .def_readonly("text", &TextChunk::text)
+      .def_readonly("token_ids", &TextChunk::token_ids)
+      .def_readonly("finish_reason", &TextChunk::finish_reason)
+      .def_readonly("stats", &TextChunk::stats)
+      .def("__repr__", [](const TextChunk& c) {
+        return "TextChunk(text=" + std::string(py::repr(py::str(c.text))) +
+               (c.finish_reason ? ", finish_reason='" + *c.finish_reason + "'" : std::string()) + ")";
+      });
+  py::class_<ImageProgress>(m, "ImageProgress", "Progress of an image generation.")
+      .def_readonly("step", &ImageProgress::step)
+      .def_readonly("total", &ImageProgress::total)
+      .def_property_readonly("preview", [](const ImageProgress& p) -> py::object {
+        if (!p.preview) return py::none();
+        return tensor_to_numpy(*p.preview);
+      })
+      .def("__repr__", [](const ImageProgress& p) {
+        return "ImageProgress(step=" + std::to_string(p.step) + ", total=" + std::to_string(p.total) + ")";
+      });
+  py::class_<Future>(m, "Future", "A pending embedding result.")
+      .def("result", &Future::result, "Waits (GIL released) until the result or the request's deadline.")
+      .def("done", [](const Future& f) { return f.pending->done(); })
+      .def("cancel", [](Future& f) { return f.pending->cancel(); }, py::call_guard<py::gil_scoped_release>())
+      .def("remaining", &Future::remaining, "Seconds left before the request's deadline.")
+      .def("add_done_callback", &Future::add_done_callback,
+           "Calls fn() (on the delivering thread, with the GIL) once the result is there.");
+  py::class_<PyTextStream>(m, "TextStream", "Chunks of generated text; iterate it.")
+      .def("__iter__", [](py::object self) { return self; })
+      .def("__next__", &PyTextStream::next)
+      .def("cancel", &PyTextStream::cancel, py::call_guard<py::gil_scoped_release>());
+  py::class_<PyImageStream>(m, "ImageStream", "Progress chunks of an image generation, then the image.")
+      .def("__iter__", [](py::object self) { return self; })
+      .def("__next__", &PyImageStream::next)
+      .def("final_image", &PyImageStream::final_image)
+      .def("cancel", &PyImageStream::cancel, py::call_guard<py::gil_scoped_release>());
+}
+
+// Factories used by pool.cpp (kept here so the stream types stay private).
+py::object wrap_future(std::shared_ptr<core::Pending<at::Tensor>> p) { return py::cast(Future{std::move(p)}); }
+py::object wrap_text_stream(std::shared_ptr<capabilities::TextStream> c) {
+  return py::cast(PyTextStream(std::move(c)), py::return_value_policy::move);
+}
+py::object wrap_image_stream(std::shared_ptr<capabilities::ImageStream> c) {
+  return py::cast(PyImageStream(std::move(c)), py::return_value_policy::move);
+}
+
+}  // namespace mpool::bindings

@@ -1,0 +1,72 @@
+#pragma once
+// The five capability interfaces. A model implements the ones it has, next to
+// mpool::core::Instance; the pool never sees these types. Each method runs on the
+// replica's own thread and checks `ctx.should_stop()` between steps.
+#include <functional>
+
+#include "mpool/capabilities/types.h"
+#include "mpool/core/request.h"
+
+namespace mpool::capabilities {
+
+using core::RequestContext;
+
+/// Receives generated text as it completes; false means stop generating now.
+using TextSink = std::function<bool(std::string text, std::vector<int64_t> token_ids)>;
+/// Receives image progress; false means stop generating now.
+using ProgressSink = std::function<bool(ImageProgress progress)>;
+
+/// texts -> float32 (n, d).
+class TextEmbedding {
+ public:
+  static constexpr const char* kName = "text_embedding";
+  virtual ~TextEmbedding() = default;
+  /// Embeds `texts`; `task` selects a prompt (e.g. "query") when the model has them.
+  virtual at::Tensor embed(const std::vector<std::string>& texts, const std::optional<std::string>& task,
+                           RequestContext& ctx) = 0;
+  /// Embedding width d.
+  virtual int64_t dimension() const = 0;
+};
+
+/// prompt -> streamed text.
+class TextToText {
+ public:
+  static constexpr const char* kName = "text_to_text";
+  virtual ~TextToText() = default;
+  /// Generates from a text prompt or from token ids, emitting text through `sink`.
+  virtual Completion generate(const std::variant<std::string, std::vector<int64_t>>& prompt,
+                              const GenerationParams& params, const TextSink& sink, RequestContext& ctx) = 0;
+};
+
+/// images -> float32 (n, d).
+class ImageEmbedding {
+ public:
+  static constexpr const char* kName = "image_embedding";
+  virtual ~ImageEmbedding() = default;
+  /// Embeds decoded HWC uint8 images.
+  virtual at::Tensor embed_images(const std::vector<Image>& images, RequestContext& ctx) = 0;
+  /// Embedding width d.
+  virtual int64_t dimension() const = 0;
+};
+
+/// image + question -> streamed text.
+class Vision {
+ public:
+  static constexpr const char* kName = "vision";
+  virtual ~Vision() = default;
+  /// Answers `query` about `image`, emitting text through `sink`.
+  virtual Completion describe(const Image& image, const std::string& query, const GenerationParams& params,
+                              const TextSink& sink, RequestContext& ctx) = 0;
+};
+
+/// prompt (+ optional init image) -> progress, then an image.
+class TextToImage {
+ public:
+  static constexpr const char* kName = "text_to_image";
+  virtual ~TextToImage() = default;
+  /// Generates an image, reporting each step through `progress`.
+  virtual Image generate_image(const std::string& prompt, const ImageConfig& config, const ProgressSink& progress,
+                               RequestContext& ctx) = 0;
+};
+
+}  // namespace mpool::capabilities

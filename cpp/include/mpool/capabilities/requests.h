@@ -1,0 +1,41 @@
+#pragma once
+// Capability calls as pool requests: each builds one generic job (unary or
+// streaming) around the interface method and submits it. This is the only place
+// that knows both the pool and the capability interfaces.
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "mpool/capabilities/interfaces.h"
+#include "mpool/core/channel.h"
+#include "mpool/core/pending.h"
+#include "mpool/core/pool.h"
+
+namespace mpool::capabilities {
+
+using TextStream = core::Channel<TextChunk>;
+using ImageStream = core::Channel<ImageEvent>;
+using Tensor = at::Tensor;
+
+/// Chunks a stream buffers before its producer waits for the consumer.
+inline constexpr size_t kStreamBuffer = 64;
+
+/// Queues an embedding of `texts`; the result is float32 (n, d) on the CPU.
+std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string& key, std::vector<std::string> texts,
+                                             std::optional<std::string> task, const core::RequestOptions& options);
+/// Queues an embedding of decoded images; float32 (n, d) on the CPU.
+std::shared_ptr<core::Pending<Tensor>> embed_images(core::Pool& pool, const std::string& key,
+                                                    std::vector<Image> images, const core::RequestOptions& options);
+/// Streams a generation from a text prompt or token ids.
+std::shared_ptr<TextStream> generate(core::Pool& pool, const std::string& key,
+                                     std::variant<std::string, std::vector<int64_t>> prompt, GenerationParams params,
+                                     const core::RequestOptions& options);
+/// Streams an answer about an image.
+std::shared_ptr<TextStream> describe(core::Pool& pool, const std::string& key, Image image, std::string query,
+                                     GenerationParams params, const core::RequestOptions& options);
+/// Streams progress, then the final image.
+std::shared_ptr<ImageStream> generate_image(core::Pool& pool, const std::string& key, std::string prompt,
+                                            ImageConfig config, const core::RequestOptions& options);
+
+}  // namespace mpool::capabilities

@@ -1,0 +1,83 @@
+#pragma once
+// Values that cross the capability interfaces: generation parameters, text and
+// image stream chunks. Numeric payloads are ATen tensors (CPU unless a model says
+// otherwise); the bindings turn them into numpy arrays.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace mpool::capabilities {
+
+/// Sampling and stopping parameters of one text generation.
+struct GenerationParams {
+  int64_t max_tokens = 256;
+  double temperature = 1.0;  ///< 0 = greedy
+  std::optional<int64_t> top_k;
+  std::optional<double> top_p;
+  std::optional<double> min_p;
+  double repetition_penalty = 1.0;
+  double presence_penalty = 0.0;
+  double frequency_penalty = 0.0;
+  std::optional<uint64_t> seed;
+  std::vector<std::string> stop;            ///< stop strings, never emitted
+  std::vector<int64_t> stop_token_ids;      ///< in addition to the model's eos
+  bool ignore_eos = false;
+  std::optional<int64_t> logprobs;          ///< top-n logprobs per token, when set
+  /// The names of the fields the caller set explicitly (Python models receive only these).
+  std::vector<std::string> explicitly_set;
+};
+
+/// Counts and timings reported with the last chunk of a text stream.
+struct GenerationStats {
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  double time_to_first_token_s = 0;
+  double tokens_per_second = 0;
+};
+
+/// One piece of a text stream; the last one has finish_reason and stats.
+struct TextChunk {
+  std::string text;
+  std::vector<int64_t> token_ids;
+  std::optional<std::string> finish_reason;  ///< "stop", "length", "cancelled", "error"
+  std::optional<GenerationStats> stats;
+};
+
+/// What a text-producing model reports when it returns.
+struct Completion {
+  std::string finish_reason = "stop";  ///< "stop" or "length"
+  int64_t prompt_tokens = 0;
+  std::optional<int64_t> completion_tokens;  ///< counted from emitted ids when unset
+};
+
+/// An image: HWC uint8 tensor with 1, 3 or 4 channels.
+using Image = at::Tensor;
+
+/// Settings of one text-to-image generation.
+struct ImageConfig {
+  int64_t width = 512;
+  int64_t height = 512;
+  int64_t steps = 20;
+  double guidance_scale = 7.0;
+  std::optional<std::string> negative_prompt;
+  std::optional<uint64_t> seed;
+  std::optional<Image> init_image;  ///< img2img source
+  double strength = 0.8;            ///< img2img: 0 keeps init_image, 1 ignores it
+};
+
+/// Progress of an image generation.
+struct ImageProgress {
+  int64_t step = 0;
+  int64_t total = 0;
+  std::optional<Image> preview;
+};
+
+/// One item of an image stream: progress, then the final image.
+using ImageEvent = std::variant<ImageProgress, Image>;
+
+}  // namespace mpool::capabilities

@@ -1,0 +1,84 @@
+"""What can be registered in a pool: native specs and Python-defined models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _core
+from .errors import InvalidInput
+
+CAPABILITIES = ("text_embedding", "text_to_text", "image_embedding", "vision", "text_to_image")
+
+# The methods a Python-defined model must have for each capability.
+_PROTOCOL = {
+    "text_embedding": ("embed",),
+    "text_to_text": ("generate",),
+    "image_embedding": ("embed_images",),
+    "vision": ("describe",),
+    "text_to_image": ("generate_image",),
+}
+
+
+class Model:
+    """A registrable model: wraps the native spec the pool loads replicas from."""
+
+    def __init__(self, spec: Any) -> None:
+        self._spec = spec
+
+    @property
+    def capabilities(self) -> list[str]:
+        return list(self._spec.capabilities)
+
+
+def _check_capabilities(capability: str | Sequence[str]) -> list[str]:
+    caps = [capability] if isinstance(capability, str) else list(capability)
+    if not caps:
+        raise InvalidInput("capability: at least one is required")
+    for c in caps:
+        if c not in CAPABILITIES:
+            raise InvalidInput(f"capability {c!r} is not one of {', '.join(CAPABILITIES)}")
+    return caps
+
+
+class PyModel(Model):
+    """A Python-defined model served by native replica threads.
+
+    ``loader(device)`` builds one instance on ``device`` ("cpu", "cuda:0", ...). The
+    instance implements the capability's protocol:
+
+    - text_embedding: ``embed(texts, task=None) -> array (n, d)``
+    - text_to_text: ``generate(prompt, params) -> iterable of str | dict(text=..., token_ids=...)``
+    - image_embedding: ``embed_images(list of HWC uint8 arrays) -> array (n, d)``
+    - vision: ``describe(image, query, params) -> iterable like generate``
+    - text_to_image: ``generate_image(prompt, config, progress) -> PIL image or HWC uint8 array``,
+      calling ``progress(step, total, preview=None)`` each step.
+
+    Replicas take the GIL only while they call into Python.
+    """
+
+    def __init__(
+        self,
+        capability: str | Sequence[str],
+        loader: Callable[[str], Any],
+        memory_mb: float,
+        devices: Sequence[str] = ("cpu",),
+        max_replicas: int = 4,
+        keep_alive: float | None = None,
+        pinned: bool = False,
+    ) -> None:
+        caps = _check_capabilities(capability)
+        if not callable(loader):
+            raise InvalidInput(f"loader must be callable, got {type(loader).__name__}")
+        if not isinstance(memory_mb, (int, float)) or memory_mb < 0:
+            raise InvalidInput(f"memory_mb must be a number >= 0, got {memory_mb!r}")
+        if not isinstance(max_replicas, int) or max_replicas < 1:
+            raise InvalidInput(f"max_replicas must be an int >= 1, got {max_replicas!r}")
+        if isinstance(devices, str):
+            devices = [devices]
+        super().__init__(
+            _core.python_model_spec(
+                caps, loader, float(memory_mb), list(devices), max_replicas, keep_alive, bool(pinned)
+            )
+        )
+        self.protocol = {c: _PROTOCOL[c] for c in caps}
