@@ -308,13 +308,13 @@ bool Pool::evict_one_locked(Lock& lock, const std::string& device, const Model* 
       int serving = m->serving();
       bool on_device = std::any_of(m->replicas.begin(), m->replicas.end(), [&](auto& r) {
         // in_flight == 0 already says no request is running; a replica may still be
-        // flagged busy for the instant after it delivered its last result.
-        int st = r->state.load();
-        return r->device == device && (st == kIdle || st == kBusy);
+        // flagged busy for the instant after it delivered its last result, or still
+        // loading (it takes its retire pill once loaded).
+        return r->device == device && r->state.load() != kDead;
       });
-      if (!on_device || m->count(kLoading) > 0) continue;
+      if (!on_device) continue;
       if (pass == 0 && serving <= 1) continue;
-      if (pass == 1 && serving < 1) continue;
+      if (pass == 1 && (serving < 1 || m->count(kLoading) > 0)) continue;
       if (!victim || m->last_used_ns.load() < victim->last_used_ns.load()) {
         victim = m;
         count = pass == 0 ? 1 : serving;

@@ -1,0 +1,167 @@
+"""Cold start, eviction, keep-alive, spawn-once, loader failures: the memory policy from Python."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import mpool
+import mpool.testing
+from models_for_tests import Counter, HashEmbedder
+
+
+def embedder(memory_mb, counter=None, **kw):
+    def load(device):
+        if counter is not None:
+            counter.bump()
+        return HashEmbedder(**kw)
+
+    return mpool.PyModel("text_embedding", load, memory_mb=memory_mb)
+
+
+def wait_for(pred, seconds=5.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+def replicas(pool, key):
+    return pool.stats()["models"][key]["replicas"]
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(1000, 2), (700, 1)])
+def test_cold_start_spawns_two_replicas_only_when_budget_admits_twice(budget, expected):
+    with mpool.Pool(memory_budget_mb={"cpu": budget}) as pool:
+        pool.register("m", embedder(400))
+        assert pool.models()[0]["state"] == "unloaded"  # registering loads nothing
+        pool.embed("m", ["x"])
+        assert replicas(pool, "m") == expected
+        assert pool.stats()["models"]["m"]["reserved_mb"]["cpu"] == 400 * expected
+
+
+def test_memory_exhausted_names_requested_and_available_megabytes():
+    with mpool.Pool(memory_budget_mb={"cpu": 300}) as pool:
+        pool.register("big", embedder(400))
+        with pytest.raises(mpool.MemoryExhausted, match=r"400\.0 MB.*300\.0 MB available") as e:
+            pool.embed("big", ["x"])
+        assert isinstance(e.value, MemoryError)
+        pool.register("small", embedder(100))
+        assert pool.embed("small", ["ok"]).shape == (1, 8)  # the pool stays healthy
+
+
+def test_idle_model_is_evicted_to_make_room_least_recently_used_first():
+    with mpool.Pool(memory_budget_mb={"cpu": 1000}) as pool:
+        for k in "abc":
+            pool.register(k, embedder(400))
+        pool.embed("a", ["x"])
+        pool.embed("b", ["x"])  # takes a's extra replica
+        pool.embed("c", ["x"])  # evicts a: least recently used
+        assert [replicas(pool, k) for k in "abc"] == [0, 1, 1]
+        assert pool.stats()["models"]["a"]["counts"]["replicas_evicted"] == 2
+
+
+def test_busy_model_is_never_evicted():
+    gate = threading.Event()
+    with mpool.Pool(memory_budget_mb={"cpu": 500}) as pool:
+        pool.register("busy", embedder(400, gate=gate))
+        pool.register("other", embedder(400))
+        t = threading.Thread(target=pool.embed, args=("busy", ["x"]))
+        t.start()
+        assert wait_for(lambda: pool.stats()["models"]["busy"]["busy_replicas"] == 1)
+        with pytest.raises(mpool.MemoryExhausted):
+            pool.embed("other", ["x"])
+        gate.set()
+        t.join()
+        assert replicas(pool, "busy") == 1
+
+
+def test_pinned_model_is_never_evicted_until_unpinned():
+    with mpool.Pool(memory_budget_mb={"cpu": 500}) as pool:
+        pool.register("p", embedder(400), pinned=True)
+        pool.register("other", embedder(400))
+        pool.embed("p", ["x"])
+        with pytest.raises(mpool.MemoryExhausted):
+            pool.embed("other", ["x"])
+        pool.unpin("p")
+        pool.embed("other", ["x"])
+        assert replicas(pool, "p") == 0
+
+
+def test_keep_alive_unloads_idle_model_and_it_reloads_on_demand():
+    counter = Counter()
+    with mpool.Pool(keep_alive=0.3, maintenance_interval=0.02) as pool:
+        pool.register("m", embedder(10, counter))
+        pool.embed("m", ["x"])
+        assert replicas(pool, "m") == 2
+        assert wait_for(lambda: replicas(pool, "m") == 0)
+        assert pool.stats()["devices"][0]["committed_mb"] == 0
+        pool.embed("m", ["x"])
+        assert wait_for(lambda: counter.loads == 4)
+
+
+def test_keep_alive_zero_unloads_right_after_the_last_request():
+    with mpool.Pool(maintenance_interval=0.5) as pool:
+        pool.register("m", embedder(10), keep_alive=0)
+        pool.embed("m", ["x"])
+        assert wait_for(lambda: replicas(pool, "m") == 0, seconds=0.4)  # before the next tick
+
+
+def test_concurrent_first_requests_spawn_exactly_once():
+    counter = Counter()
+    with mpool.Pool(scale_up_after=60.0) as pool:  # growth would add replicas too
+        pool.register("m", embedder(10, counter, delay=0.05))
+        threads = [threading.Thread(target=pool.embed, args=("m", [str(i)])) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert wait_for(lambda: pool.stats()["models"]["m"]["counts"]["replicas_spawned"] == 2)
+        assert counter.loads == 2
+
+
+def test_loader_failure_gives_spawn_failed_and_leaves_no_thread_or_reservation():
+    def bad_loader(device):
+        raise OSError("model.safetensors: truncated")
+
+    with mpool.Pool() as pool:
+        pool.register("bad", mpool.PyModel("text_embedding", bad_loader, memory_mb=100))
+        with pytest.raises(mpool.SpawnFailed, match="OSError: model.safetensors: truncated"):
+            pool.embed("bad", ["x"])
+        assert wait_for(lambda: pool.stats()["threads"] == 1)  # only maintenance remains
+        assert pool.stats()["devices"][0]["committed_mb"] == 0
+        with pytest.raises(mpool.SpawnFailed):  # a later request retries the load
+            pool.embed("bad", ["x"])
+
+
+def test_model_exception_is_model_error_and_the_replica_keeps_serving(pool):
+    pool.register("m", embedder(10))
+    for _ in range(5):
+        with pytest.raises(mpool.ModelError, match="cannot embed 'boom'"):
+            pool.embed("m", ["boom"])
+    assert pool.embed("m", ["fine"]).shape == (1, 8)
+    assert pool.stats()["models"]["m"]["counts"]["errors"] == 5
+
+
+def test_unload_and_pin_and_models_report_state(pool):
+    pool.register("m", embedder(10))
+    pool.embed("m", ["x"])
+    assert pool.models()[0]["state"] == "ready"
+    assert pool.unload("m")
+    assert pool.models()[0]["state"] == "unloaded"
+    pool.pin("m")
+    assert pool.models()[0]["pinned"]
+
+
+def test_adaptive_replicas_grow_under_sustained_queue_up_to_max():
+    with mpool.Pool(cold_start_replicas=1, scale_up_after=0.0, maintenance_interval=0.01) as pool:
+        pool.register("m", mpool.testing.sleep_model(0.005, max_replicas=3))
+        futures = [pool._native.embed_async("m", ["x"], None, None) for _ in range(200)]
+        for f in futures:
+            f.result()
+        assert pool.stats()["models"]["m"]["counts"]["replicas_spawned"] == 3
+
