@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,8 +19,8 @@ import mpool
 FACTS = [
     "mpool keeps many models loaded in one process and serves each with native replica threads.",
     "A model loads on its first request and unloads after it has been idle for its keep-alive time.",
-    "When a queue grows the pool starts another replica, up to the model's max_replicas.",
-    "Memory is budgeted per device, so loading a model never overcommits it.",
+    "When a queue grows the pool starts another replica, up to max_replicas, while memory allows.",
+    "Each device has a memory budget: a model that does not fit evicts idle models, or fails with MemoryExhausted.",
     "Generated text streams back chunk by chunk while the replica keeps working.",
 ]
 
@@ -52,7 +53,7 @@ class Answerer:
         self.pool, self.facts = pool, facts
         self.vectors = pool.embed("minilm", facts)
 
-    def generate(self, prompt: str, params: dict) -> object:
+    def generate(self, prompt: str, params: dict) -> Iterator[str]:
         scores = self.vectors @ self.pool.embed("minilm", [prompt])[0]
         words = self.facts[int(np.argmax(scores))].split()
         for word in words[: params.get("max_tokens", len(words))]:
@@ -68,7 +69,8 @@ def similarity_table(sentences: list[str], vectors: np.ndarray) -> str:
 
 
 def sentences_200() -> list[str]:
-    subjects = ["The chef", "A student", "My neighbour", "The pilot", "An engineer", "The doctor", "A child", "The farmer"]
+    subjects = ["The chef", "A student", "My neighbour", "The pilot",
+                "An engineer", "The doctor", "A child", "The farmer"]
     verbs = ["reads about", "writes about", "talks about", "dreams about", "asks about"]
     topics = ["the weather", "fresh bread", "old trains", "the ocean", "football"]
     return [f"{s} {v} {t}." for s in subjects for v in verbs for t in topics]
@@ -76,7 +78,10 @@ def sentences_200() -> list[str]:
 
 def stats_summary(pool: mpool.Pool) -> str:
     stats = pool.stats()
-    lines = [f"{'model':<10}{'replicas':>9}{'requests':>9}{'queue p50/p95 ms':>20}{'compute p50/p95 ms':>22}{'reserved MB':>13}"]
+    lines = [
+        f"{'model':<10}{'replicas':>9}{'requests':>9}"
+        f"{'queue p50/p95 ms':>20}{'compute p50/p95 ms':>22}{'reserved MB':>13}"
+    ]
     for key, m in stats["models"].items():
         q, c = m["queue_time"], m["compute_time"]
         lines.append(
@@ -94,13 +99,13 @@ def stats_summary(pool: mpool.Pool) -> str:
 
 def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"  # everything is on disk; never try the network
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # replicas load in parallel and their bars interleave
+    # Replicas load in parallel and their progress bars would interleave (read when transformers is imported).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     with mpool.Pool(memory_fraction=0.8, request_timeout=60.0) as pool:
         pool.register("minilm", mpool.PyModel("text_embedding", minilm_loader, memory_mb=300))
-        pool.register("answerer", mpool.PyModel("text_to_text", lambda device: Answerer(pool, FACTS), memory_mb=5))
+        answerer = mpool.PyModel("text_to_text", lambda device: Answerer(pool, FACTS), memory_mb=5)
+        pool.register("answerer", answerer)
 
         print("== Embeddings (all-MiniLM-L6-v2), cosine similarity ==")
         sentences = [
@@ -111,7 +116,8 @@ def main() -> None:
         ]
         start = time.perf_counter()
         vectors = pool.embed("minilm", sentences)
-        print(f"{vectors.shape[0]} vectors of {vectors.shape[1]} dims in {time.perf_counter() - start:.2f} s (includes loading)")
+        elapsed = time.perf_counter() - start
+        print(f"{len(vectors)} vectors of {vectors.shape[1]} dims in {elapsed:.2f} s, first request: import + load")
         print(similarity_table(sentences, vectors))
 
         prompt = "What happens when a model is not used for a while?"
@@ -119,8 +125,8 @@ def main() -> None:
         stream = pool.generate("answerer", prompt, max_tokens=32)
         for chunk in stream:
             print(chunk.text, end="", flush=True)
-        s = stream.stats
-        print(f"\n[{stream.finish_reason}: {s.completion_tokens} chunks, first after {s.time_to_first_token * 1000:.1f} ms]")
+        ttft_ms = stream.stats.time_to_first_token * 1e3
+        print(f"\n[{stream.finish_reason}: {stream.stats.completion_tokens} chunks, first after {ttft_ms:.1f} ms]")
 
         print("\n== 200 sentences from 8 threads, one request each ==")
         texts = sentences_200()

@@ -106,7 +106,9 @@ def test_final_chunk_carries_finish_reason_and_stats(pool):
 def test_overloaded_under_a_full_queue_rejects_fast():
     with mpool.Pool(max_queue=4, cold_start_replicas=1) as pool:
         pool.register("m", mpool.testing.sleep_model(0.3, max_replicas=1))
-        futures = [pool._native.embed_async("m", ["x"], None, None) for _ in range(5)]  # 1 running + 4 queued
+        futures = [pool._native.embed_async("m", ["x"], None, None)]
+        assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
+        futures += [pool._native.embed_async("m", ["x"], None, None) for _ in range(4)]  # 1 running + 4 queued
         t0 = time.monotonic()
         with pytest.raises(mpool.Overloaded, match="max_queue=4"):
             pool.embed("m", ["x"])
@@ -298,3 +300,16 @@ def test_random_mixed_load_from_many_threads_leaves_the_pool_idle_and_consistent
             t.join()
         assert errors == []
         assert wait_for(lambda: pool.stats()["models"]["native"]["busy_replicas"] == 0)
+
+
+def test_max_tokens_holds_even_for_a_model_that_ignores_it(pool):
+    class Chatty:
+        def generate(self, prompt, params):
+            while True:
+                yield "blah "
+
+    pool.register("chatty", mpool.PyModel("text_to_text", lambda d: Chatty(), memory_mb=1))
+    stream = pool.generate("chatty", "hi", max_tokens=3)
+    assert stream.text() == "blah blah blah "
+    assert stream.finish_reason == "length"
+    assert stream.stats.completion_tokens == 3

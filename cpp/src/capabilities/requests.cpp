@@ -47,14 +47,21 @@ double seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 // chunk with finish_reason and stats.
 template <class Cap>
 std::shared_ptr<TextStream> submit_text_stream(
-    core::Pool& pool, const std::string& key, const core::RequestOptions& options,
+    core::Pool& pool, const std::string& key, const core::RequestOptions& options, int64_t max_tokens,
     std::function<Completion(Cap&, const TextSink&, RequestContext&)> run) {
   auto channel = std::make_shared<TextStream>(pool.make_context(key, options), kStreamBuffer);
-  auto fn = [run = std::move(run)](Instance& inst, RequestContext& ctx, TextStream& out) {
+  auto fn = [run = std::move(run), max_tokens](Instance& inst, RequestContext& ctx, TextStream& out) {
     auto start = Clock::now();
     std::optional<Clock::time_point> first;
     int64_t ids = 0, chunks = 0;
+    bool hit_limit = false;
+    // max_tokens holds whatever the model does: tokens are counted from the ids it
+    // reports, or one per chunk when it reports none.
     TextSink sink = [&](std::string text, std::vector<int64_t> token_ids) {
+      if ((ids > 0 ? ids : chunks) >= max_tokens) {  // one more than allowed: drop it, stop
+        hit_limit = true;
+        return false;
+      }
       if (!first) first = Clock::now();
       ids += static_cast<int64_t>(token_ids.size());
       ++chunks;
@@ -62,6 +69,7 @@ std::shared_ptr<TextStream> submit_text_stream(
     };
     Completion done = run(as<Cap>(inst), sink, ctx);
     if (ctx.should_stop()) return;  // the job reports Timeout or Cancelled
+    if (hit_limit) done.finish_reason = "length";
     if (done.finish_reason != "stop" && done.finish_reason != "length")
       throw Error(ErrorCode::kModelError, "model finished with finish_reason '" + done.finish_reason +
                                               "'; expected 'stop' or 'length'");
@@ -105,8 +113,9 @@ std::shared_ptr<core::Pending<Tensor>> embed_images(core::Pool& pool, const std:
 std::shared_ptr<TextStream> generate(core::Pool& pool, const std::string& key,
                                      std::variant<std::string, std::vector<int64_t>> prompt, GenerationParams params,
                                      const core::RequestOptions& options) {
+  const int64_t max_tokens = params.max_tokens;
   return submit_text_stream<TextToText>(
-      pool, key, options,
+      pool, key, options, max_tokens,
       [prompt = std::move(prompt), params = std::move(params)](TextToText& model, const TextSink& sink,
                                                                RequestContext& ctx) {
         return model.generate(prompt, params, sink, ctx);
@@ -115,8 +124,9 @@ std::shared_ptr<TextStream> generate(core::Pool& pool, const std::string& key,
 
 std::shared_ptr<TextStream> describe(core::Pool& pool, const std::string& key, Image image, std::string query,
                                      GenerationParams params, const core::RequestOptions& options) {
+  const int64_t max_tokens = params.max_tokens;
   return submit_text_stream<Vision>(
-      pool, key, options,
+      pool, key, options, max_tokens,
       [image = std::move(image), query = std::move(query), params = std::move(params)](
           Vision& model, const TextSink& sink, RequestContext& ctx) {
         return model.describe(image, query, params, sink, ctx);

@@ -1,4 +1,5 @@
 #include "mpool/core/pool.h"
+#include "mpool/core/spin.h"
 
 #include <tbb/concurrent_queue.h>
 
@@ -56,7 +57,7 @@ struct Pool::Model {
   std::string key;
   ModelSpec spec;
   bool pinned = false;
-  std::optional<double> keep_alive_s;
+  std::atomic<double> keep_alive_s{0};  // effective: the spec's or the pool default
   tbb::concurrent_bounded_queue<std::shared_ptr<Job>> queue;  // nullptr = retire one replica
   std::vector<std::shared_ptr<Replica>> replicas;             // until reaped (mu_)
   std::atomic<int> pills{0};                                  // retire pills still queued
@@ -117,7 +118,7 @@ void Pool::register_model(const std::string& key, ModelSpec spec) {
   auto model = std::make_shared<Model>();
   model->key = key;
   model->pinned = spec.pinned;
-  model->keep_alive_s = spec.keep_alive_s;
+  model->keep_alive_s = spec.keep_alive_s.value_or(options_.keep_alive_s);
   // Room for one retire pill per replica beyond the request cap, so pills never block.
   model->queue.set_capacity(static_cast<std::ptrdiff_t>(options_.max_queue) + 4 * spec.max_replicas + 16);
   model->spec = std::move(spec);
@@ -380,7 +381,8 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
     replica->state = kIdle;
     while (true) {
       std::shared_ptr<Job> job;
-      model->queue.pop(job);
+      // Poll briefly (a busy model's next job is usually right behind), then sleep.
+      if (!spin_until([&] { return model->queue.try_pop(job); })) model->queue.pop(job);
       if (!job) {
         model->pills--;
         break;
@@ -415,7 +417,9 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
       replica->last_active_ns = now_ns();
       model->last_used_ns = now_ns();
       replica->state = kIdle;
-      if (model->metrics->in_flight.load() == 0) wake_maintenance();  // keep-alive 0 and drains react at once
+      // keep_alive == 0 unloads right after the last request, not at the next tick.
+      if (model->metrics->in_flight.load() == 0 && model->keep_alive_s.load() == 0)
+        wake_maintenance();
     }
     instance.reset();  // the model's memory goes back before the reservation does
   }
@@ -452,7 +456,7 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
 // --- lifecycle -----------------------------------------------------------------
 
 double Pool::keep_alive_of(const Model& model) const {
-  return model.keep_alive_s.value_or(options_.keep_alive_s);
+  return model.keep_alive_s.load();
 }
 
 bool Pool::unload(const std::string& key, double timeout_s) {

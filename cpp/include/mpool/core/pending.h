@@ -1,6 +1,7 @@
 #pragma once
 // The caller's side of a request with one result: wait (bounded by the request's
 // deadline) or get a callback. UnaryJob is the Job that fills it.
+#include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <functional>
@@ -10,6 +11,7 @@
 #include <utility>
 
 #include "mpool/core/job.h"
+#include "mpool/core/spin.h"
 
 namespace mpool::core {
 
@@ -37,6 +39,7 @@ class Pending {
   /// Blocks until the result or the deadline; on the deadline settles Timeout and
   /// cancels the job. Returns the value or throws the Error.
   T wait() {
+    spin_until([&] { return ready_.load(std::memory_order_acquire); });
     std::unique_lock lock(mu_);
     if (!cv_.wait_until(lock, context_->deadline(), [&] { return done_; })) {
       lock.unlock();
@@ -92,6 +95,7 @@ class Pending {
       std::lock_guard lock(mu_);
       fill();
       done_ = true;
+      ready_.store(true, std::memory_order_release);
       callback = std::move(callback_);
     }
     cv_.notify_all();
@@ -107,6 +111,7 @@ class Pending {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
+  std::atomic<bool> ready_{false};  // done_, readable without the lock (for spinning)
   std::optional<T> value_;
   std::optional<ErrorInfo> error_;
   Callback callback_;
