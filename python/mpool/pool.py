@@ -17,7 +17,7 @@ from ._images import image_input
 from .errors import InvalidInput, PoolError
 from .models import Model
 
-_GENERATION_PARAMS = {
+_GENERATION_PARAMS: dict[str, type | tuple[type, ...]] = {
     "max_tokens": int,
     "temperature": (int, float),
     "top_k": int,
@@ -208,8 +208,12 @@ async def _await_native(future: Any) -> np.ndarray:
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
+    def settle() -> None:
+        if not done.done():
+            done.set_result(None)
+
     def on_done() -> None:  # on the replica thread, with the GIL
-        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+        loop.call_soon_threadsafe(settle)
 
     future.add_done_callback(on_done)
     try:
@@ -392,7 +396,7 @@ class Pool:
             if not prompt:
                 raise InvalidInput("prompt is empty")
         elif isinstance(prompt, Sequence) and prompt and all(isinstance(i, int) for i in prompt):
-            prompt = list(prompt)
+            prompt = [int(i) for i in prompt]
         else:
             raise InvalidInput("prompt must be a non-empty str or a non-empty list of token ids")
         return TextStream(self._native.generate(key, prompt, _params(params), _timeout(timeout)))
