@@ -187,7 +187,9 @@ TEST(PoolFailures, LoaderFailureGivesSpawnFailedAndLeavesNothingBehind) {
   }
   EXPECT_TRUE(eventually([&] { return pool.stats().threads == 1; }));  // only maintenance
   EXPECT_DOUBLE_EQ(pool.governor().device("cpu")->committed_mb, 0);
-  EXPECT_EQ(pool.model_stats("bad").metrics.spawn_failures, 2u);
+  // Each cold start tries two replicas; a request that arrives after one failed retries.
+  EXPECT_GE(pool.model_stats("bad").metrics.spawn_failures, 2u);
+  EXPECT_EQ(pool.model_stats("bad").metrics.spawn_failures % 2, 0u);
 }
 
 TEST(PoolFailures, ModelExceptionIsModelErrorAndReplicaKeepsServing) {
