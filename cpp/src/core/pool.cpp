@@ -315,7 +315,7 @@ bool Pool::evict_one_locked(Lock& lock, const std::string& device, const Model* 
       });
       if (!on_device) continue;
       if (pass == 0 && serving <= 1) continue;
-      if (pass == 1 && (serving < 1 || m->count(kLoading) > 0)) continue;
+      if (pass == 1 && serving < 1) continue;
       if (!victim || m->last_used_ns.load() < victim->last_used_ns.load()) {
         victim = m;
         count = pass == 0 ? 1 : serving;
