@@ -187,7 +187,7 @@ void register_py_model(py::module_& m) {
   m.def(
       "python_model_spec",
       [](std::vector<std::string> capabilities, py::object loader, double memory_mb, std::vector<std::string> devices,
-         int max_replicas, std::optional<double> keep_alive, bool pinned) {
+         int max_replicas, std::optional<double> keep_alive, bool pinned, size_t batch_budget) {
         auto ref = std::make_shared<PyRef>(std::move(loader));
         core::ModelSpec spec;
         spec.capabilities = std::move(capabilities);
@@ -196,6 +196,7 @@ void register_py_model(py::module_& m) {
         spec.max_replicas = max_replicas;
         spec.keep_alive_s = keep_alive;
         spec.pinned = pinned;
+        spec.batch_budget = batch_budget;
         spec.loader = [ref](const std::string& device) -> std::shared_ptr<core::Instance> {
           if (!python_alive()) throw Error(ErrorCode::kShuttingDown, "the Python interpreter is shutting down");
           py::gil_scoped_acquire gil;
@@ -210,7 +211,7 @@ void register_py_model(py::module_& m) {
         return spec;
       },
       py::arg("capabilities"), py::arg("loader"), py::arg("memory_mb"), py::arg("devices"), py::arg("max_replicas"),
-      py::arg("keep_alive"), py::arg("pinned"));
+      py::arg("keep_alive"), py::arg("pinned"), py::arg("batch_budget"));
 }
 
 }  // namespace mpool::bindings

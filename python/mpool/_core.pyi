@@ -57,6 +57,7 @@ class ModelSpec:
     max_replicas: int
     keep_alive: float | None
     pinned: bool
+    batch_budget: int
 
 class Pool:
     def __init__(
@@ -100,7 +101,7 @@ class Pool:
 
 def python_model_spec(
     capabilities: Sequence[str], loader: Callable[[str], Any], memory_mb: float, devices: Sequence[str],
-    max_replicas: int, keep_alive: float | None, pinned: bool,
+    max_replicas: int, keep_alive: float | None, pinned: bool, batch_budget: int,
 ) -> ModelSpec: ...
 def native_test_model_spec(dimension: int, sleep: float, memory_mb: float, max_replicas: int) -> ModelSpec: ...
 def _set_error_classes(classes: dict[str, type[BaseException]]) -> None: ...

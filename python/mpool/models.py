@@ -54,7 +54,10 @@ class PyModel(Model):
     - text_to_image: ``generate_image(prompt, config, progress) -> PIL image or HWC uint8 array``,
       calling ``progress(step, total, preview=None)`` each step.
 
-    Replicas take the GIL only while they call into Python.
+    Replicas take the GIL only while they call into Python. Embedding requests
+    that queue up while a replica is busy are merged into one ``embed`` /
+    ``embed_images`` call of up to ``batch_budget`` (about a token per 4 bytes of
+    text, 256 per image; 0 turns merging off); each caller gets its own rows.
     """
 
     def __init__(
@@ -66,8 +69,11 @@ class PyModel(Model):
         max_replicas: int = 4,
         keep_alive: float | None = None,
         pinned: bool = False,
+        batch_budget: int = 8192,
     ) -> None:
         caps = _check_capabilities(capability)
+        if not isinstance(batch_budget, int) or batch_budget < 0:
+            raise InvalidInput(f"batch_budget must be an int >= 0, got {batch_budget!r}")
         if not callable(loader):
             raise InvalidInput(f"loader must be callable, got {type(loader).__name__}")
         if not isinstance(memory_mb, (int, float)) or memory_mb < 0:
@@ -78,7 +84,7 @@ class PyModel(Model):
             devices = [devices]
         super().__init__(
             _core.python_model_spec(
-                caps, loader, float(memory_mb), list(devices), max_replicas, keep_alive, bool(pinned)
+                caps, loader, float(memory_mb), list(devices), max_replicas, keep_alive, bool(pinned), batch_budget
             )
         )
         self.protocol = {c: _PROTOCOL[c] for c in caps}

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 
 namespace mpool::capabilities {
@@ -30,14 +31,87 @@ Tensor checked_embedding(const Tensor& out, size_t rows, const char* what) {
   return out.to(at::kCPU, at::kFloat).contiguous();
 }
 
-template <class Cap>
-std::shared_ptr<core::Pending<Tensor>> submit_unary(core::Pool& pool, const std::string& key,
-                                                    const core::RequestOptions& options,
-                                                    std::function<Tensor(Cap&, RequestContext&)> fn) {
+// An embedding request (texts or images) that can share a forward pass with
+// others of the same kind: the replica's batch runs as one model call, ordered by
+// cost (length), and each request gets its own rows back.
+template <class Cap, class Input>
+class EmbeddingJob final : public core::Job {
+ public:
+  using Embed = std::function<Tensor(Cap&, const std::vector<Input>&, RequestContext&)>;
+
+  EmbeddingJob(std::shared_ptr<core::Pending<Tensor>> pending, std::vector<Input> inputs, std::string batch_key,
+               size_t cost, Embed embed, const char* what)
+      : Job(pending->context()),
+        pending_(std::move(pending)),
+        inputs_(std::move(inputs)),
+        key_(std::move(batch_key)),
+        cost_(cost),
+        embed_(std::move(embed)),
+        what_(what) {}
+
+  std::string_view batch_key() const override { return key_; }
+  size_t batch_cost() const override { return cost_; }
+
+  void run(Instance& instance) override {
+    Tensor out = checked_embedding(embed_(as<Cap>(instance), inputs_, context()), inputs_.size(), what_);
+    deliver(out);
+  }
+
+  void run_batch(Instance& instance, const std::vector<std::shared_ptr<core::Job>>& batch) override {
+    std::vector<EmbeddingJob*> jobs;
+    for (auto& j : batch) jobs.push_back(static_cast<EmbeddingJob*>(j.get()));  // same key: same type
+    std::stable_sort(jobs.begin(), jobs.end(), [](auto* a, auto* b) { return a->cost_ < b->cost_; });
+    std::vector<Input> all;
+    for (auto* j : jobs) all.insert(all.end(), j->inputs_.begin(), j->inputs_.end());
+    Tensor out;
+    try {
+      out = checked_embedding(embed_(as<Cap>(instance), all, context()), all.size(), what_);
+    } catch (const std::exception&) {
+      // One bad input must fail only its own request: retry them one by one.
+      for (auto* j : jobs) core::run_isolated(*j, instance, "model");
+      return;
+    }
+    int64_t row = 0;
+    for (auto* j : jobs) {
+      auto n = static_cast<int64_t>(j->inputs_.size());
+      j->deliver(out.narrow(0, row, n));
+      row += n;
+    }
+  }
+
+  void fail(const Error& error) noexcept override {
+    try {
+      pending_->set_error(error);
+    } catch (...) {  // allocation failure while storing the error: nothing left to tell
+    }
+  }
+
+ private:
+  void deliver(const Tensor& rows) {
+    if (context().should_stop())  // past the deadline or cancelled: not a success
+      fail(context().stop_error());
+    else
+      pending_->set_value(rows);
+  }
+
+  std::shared_ptr<core::Pending<Tensor>> pending_;
+  std::vector<Input> inputs_;
+  std::string key_;
+  size_t cost_;
+  Embed embed_;
+  const char* what_;
+};
+
+template <class Cap, class Input>
+std::shared_ptr<core::Pending<Tensor>> submit_embedding(core::Pool& pool, const std::string& key,
+                                                        const core::RequestOptions& options, std::vector<Input> inputs,
+                                                        std::string batch_key, size_t cost,
+                                                        typename EmbeddingJob<Cap, Input>::Embed embed,
+                                                        const char* what) {
   auto pending = std::make_shared<core::Pending<Tensor>>(pool.make_context(key, options));
   pool.submit(key, Cap::kName,
-              std::make_shared<core::UnaryJob<Tensor>>(
-                  pending, [fn = std::move(fn)](Instance& inst, RequestContext& ctx) { return fn(as<Cap>(inst), ctx); }));
+              std::make_shared<EmbeddingJob<Cap, Input>>(pending, std::move(inputs), std::move(batch_key), cost,
+                                                         std::move(embed), what));
   return pending;
 }
 
@@ -93,21 +167,28 @@ std::shared_ptr<TextStream> submit_text_stream(
 std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string& key, std::vector<std::string> texts,
                                              std::optional<std::string> task, const core::RequestOptions& options) {
   check(!texts.empty(), ErrorCode::kInvalidInput, "embed() needs at least one text");
-  return submit_unary<TextEmbedding>(
-      pool, key, options,
-      [texts = std::move(texts), task = std::move(task)](TextEmbedding& model, RequestContext& ctx) {
-        return checked_embedding(model.embed(texts, task, ctx), texts.size(), "texts");
-      });
+  size_t cost = 0;
+  for (auto& t : texts) cost += t.size() / 4 + 2;  // about a token per 4 bytes, plus special tokens
+  // Requests batch together only when they ask for the same task (prompt).
+  std::string batch_key = std::string(TextEmbedding::kName) + (task ? ":" + *task : std::string());
+  return submit_embedding<TextEmbedding, std::string>(
+      pool, key, options, std::move(texts), std::move(batch_key), cost,
+      [task = std::move(task)](TextEmbedding& model, const std::vector<std::string>& all, RequestContext& ctx) {
+        return model.embed(all, task, ctx);
+      },
+      "texts");
 }
 
 std::shared_ptr<core::Pending<Tensor>> embed_images(core::Pool& pool, const std::string& key,
                                                     std::vector<Image> images, const core::RequestOptions& options) {
   check(!images.empty(), ErrorCode::kInvalidInput, "embed_images() needs at least one image");
-  return submit_unary<ImageEmbedding>(pool, key, options,
-                                      [images = std::move(images)](ImageEmbedding& model, RequestContext& ctx) {
-                                        return checked_embedding(model.embed_images(images, ctx), images.size(),
-                                                                 "images");
-                                      });
+  size_t cost = images.size() * kImageBatchCost;
+  return submit_embedding<ImageEmbedding, Image>(
+      pool, key, options, std::move(images), ImageEmbedding::kName, cost,
+      [](ImageEmbedding& model, const std::vector<Image>& all, RequestContext& ctx) {
+        return model.embed_images(all, ctx);
+      },
+      "images");
 }
 
 std::shared_ptr<TextStream> generate(core::Pool& pool, const std::string& key,

@@ -50,7 +50,7 @@ struct Pool::Replica {
   std::atomic<int> state{kLoading};
   std::atomic<int64_t> last_active_ns{now_ns()};
   std::mutex current_mu;
-  std::shared_ptr<Job> current;  // the job running now, for shutdown
+  std::vector<std::shared_ptr<Job>> current;  // the jobs running now, for shutdown
 };
 
 struct Pool::Model {
@@ -379,41 +379,74 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
     model->metrics->replicas_spawned++;
     replica->last_active_ns = now_ns();
     replica->state = kIdle;
-    while (true) {
-      std::shared_ptr<Job> job;
+    std::shared_ptr<Job> carry;  // popped while batching but not taken: runs next
+    bool retire = false;
+    while (!retire) {
+      std::shared_ptr<Job> job = std::move(carry);
       // Poll briefly (a busy model's next job is usually right behind), then sleep.
-      if (!spin_until([&] { return model->queue.try_pop(job); })) model->queue.pop(job);
+      if (!job && !spin_until([&] { return model->queue.try_pop(job); })) model->queue.pop(job);
       if (!job) {
         model->pills--;
         break;
       }
-      RequestContext& ctx = job->context();
-      if (ctx.should_stop()) {  // expired or cancelled while queued
-        job->fail(ctx.stop_error());
-      } else {
-        replica->state = kBusy;
-        {
-          std::lock_guard lock(replica->current_mu);
-          replica->current = job;
-        }
-        auto start = Clock::now();
-        model->metrics->queue.add(std::chrono::duration<double, std::milli>(start - ctx.created()).count());
-        try {
-          job->run(*instance);
-        } catch (const Error& e) {
-          job->fail(e);
-        } catch (const std::exception& e) {
-          job->fail(Error(ErrorCode::kModelError, "model '" + model->key + "' failed: " + e.what()));
-        } catch (...) {
-          job->fail(Error(ErrorCode::kModelError, "model '" + model->key + "' threw a non-standard exception"));
-        }
-        model->metrics->compute.add(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
-        {
-          std::lock_guard lock(replica->current_mu);
-          replica->current.reset();
+      if (job->context().should_stop()) {  // expired or cancelled while queued
+        job->fail(job->context().stop_error());
+        continue;
+      }
+      std::vector<std::shared_ptr<Job>> batch{job};
+      const size_t budget = model->spec.batch_budget;
+      if (budget > 0 && !job->batch_key().empty()) {
+        // No timer: the batch is whatever of the same kind is queued right now.
+        size_t total = job->batch_cost();
+        std::shared_ptr<Job> next;
+        while (total < budget && model->queue.try_pop(next)) {
+          if (!next) {  // a retire pill: finish this batch, then go
+            model->pills--;
+            retire = true;
+            break;
+          }
+          if (next->context().should_stop()) {
+            next->fail(next->context().stop_error());
+            continue;
+          }
+          if (next->batch_key() != job->batch_key() || total + next->batch_cost() > budget) {
+            carry = std::move(next);
+            break;
+          }
+          total += next->batch_cost();
+          batch.push_back(std::move(next));
         }
       }
+      replica->state = kBusy;
+      {
+        std::lock_guard lock(replica->current_mu);
+        replica->current = batch;
+      }
+      auto start = Clock::now();
+      for (auto& j : batch)
+        model->metrics->queue.add(std::chrono::duration<double, std::milli>(start - j->context().created()).count());
+      if (batch.size() == 1) {
+        run_isolated(*job, *instance, model->key);
+      } else {
+        try {
+          job->run_batch(*instance, batch);
+        } catch (const Error& e) {
+          for (auto& j : batch) j->fail(e);
+        } catch (const std::exception& e) {
+          for (auto& j : batch) j->fail(Error(ErrorCode::kModelError, "model '" + model->key + "' failed: " + e.what()));
+        } catch (...) {
+          for (auto& j : batch)
+            j->fail(Error(ErrorCode::kModelError, "model '" + model->key + "' threw a non-standard exception"));
+        }
+      }
+      double compute_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+      for (size_t i = 0; i < batch.size(); ++i) model->metrics->compute.add(compute_ms);
+      {
+        std::lock_guard lock(replica->current_mu);
+        replica->current.clear();
+      }
       job.reset();
+      batch.clear();
       replica->last_active_ns = now_ns();
       model->last_used_ns = now_ns();
       replica->state = kIdle;
@@ -610,9 +643,9 @@ void Pool::shutdown(double drain_timeout_s) {
     }
     for (auto& r : m->replicas) {
       std::lock_guard current_lock(r->current_mu);
-      if (r->current) {
-        deferred.emplace_back(r->current, refused);
-        r->current->context().request_cancel();
+      for (auto& job : r->current) {
+        deferred.emplace_back(job, refused);
+        job->context().request_cancel();
       }
     }
     retire_locked(*m, m->live() - m->pills.load());

@@ -1,5 +1,6 @@
 #include "mpool/core/request.h"
 
+#include "mpool/core/job.h"
 #include "mpool/core/metrics.h"
 
 namespace mpool::core {
@@ -42,6 +43,22 @@ void RequestContext::note_first_chunk() noexcept {
 void RequestContext::mark_accepted() noexcept {
   if (metrics_ && !accepted_.exchange(true, std::memory_order_acq_rel))
     metrics_->in_flight.fetch_add(1, std::memory_order_acq_rel);
+}
+
+void Job::run_batch(Instance& instance, const std::vector<std::shared_ptr<Job>>& batch) {
+  for (auto& job : batch) run_isolated(*job, instance, "model");
+}
+
+void run_isolated(Job& job, Instance& instance, const std::string& model) noexcept {
+  try {
+    job.run(instance);
+  } catch (const Error& e) {
+    job.fail(e);
+  } catch (const std::exception& e) {
+    job.fail(Error(ErrorCode::kModelError, "model '" + model + "' failed: " + e.what()));
+  } catch (...) {
+    job.fail(Error(ErrorCode::kModelError, "model '" + model + "' threw a non-standard exception"));
+  }
 }
 
 Outcome outcome_for(const Error& error) noexcept {

@@ -403,3 +403,77 @@ TEST(PoolStress, TwoThousandConcurrentMixedRequestsEachGetExactlyOneOutcome) {
 
 }  // namespace
 }  // namespace mpool::core
+
+namespace mpool::core {
+namespace {
+using namespace testing;
+
+// A batchable job: doubles its input; run_batch records how many ran together.
+class DoubleJob final : public Job {
+ public:
+  DoubleJob(std::shared_ptr<Pending<int>> p, int x, std::string key, size_t cost, std::vector<size_t>* sizes,
+            std::mutex* mu)
+      : Job(p->context()), pending_(std::move(p)), x_(x), key_(std::move(key)), cost_(cost), sizes_(sizes), mu_(mu) {}
+  std::string_view batch_key() const override { return key_; }
+  size_t batch_cost() const override { return cost_; }
+  void run(Instance&) override {
+    if (x_ < 0) throw Error(ErrorCode::kInvalidInput, "negative input " + std::to_string(x_));
+    pending_->set_value(2 * x_);
+  }
+  void run_batch(Instance& inst, const std::vector<std::shared_ptr<Job>>& batch) override {
+    {
+      std::lock_guard lock(*mu_);
+      sizes_->push_back(batch.size());
+    }
+    for (auto& j : batch) run_isolated(*j, inst, "m");  // each fails alone
+  }
+  void fail(const Error& e) noexcept override { pending_->set_error(e); }
+
+ private:
+  std::shared_ptr<Pending<int>> pending_;
+  int x_;
+  std::string key_;
+  size_t cost_;
+  std::vector<size_t>* sizes_;
+  std::mutex* mu_;
+};
+
+TEST(PoolBatching, FreeReplicaTakesQueuedJobsOfOneKeyUpToTheBudget) {
+  auto options = test_options(1000);
+  options.cold_start_replicas = 1;
+  Pool pool(options);
+  Gate gate;
+  auto spec = fn_spec(100, [&](int x, RequestContext& ctx) {
+    gate.wait(ctx);
+    return x;
+  });
+  spec.max_replicas = 1;
+  spec.batch_budget = 10;  // cost 3 each: at most 3 per batch
+  pool.register_model("m", spec);
+  auto blocker = call_async(pool, "m", 0);  // holds the only replica while the queue fills
+  ASSERT_TRUE(gate.wait_entered(1));
+  std::vector<size_t> sizes;
+  std::mutex mu;
+  std::vector<std::shared_ptr<Pending<int>>> results;
+  for (int i = 0; i < 8; ++i) {
+    auto p = std::make_shared<Pending<int>>(pool.make_context("m", {}));
+    std::string key = i == 4 ? "other" : "k";  // a different kind never joins the batch
+    pool.submit("m", "compute", std::make_shared<DoubleJob>(p, i == 6 ? -1 : i, key, 3, &sizes, &mu));
+    results.push_back(p);
+  }
+  gate.open();
+  EXPECT_EQ(blocker->wait(), 0);
+  for (int i = 0; i < 8; ++i) {
+    if (i == 6) {
+      EXPECT_THROW(results[i]->wait(), Error);  // the bad one fails alone
+    } else {
+      EXPECT_EQ(results[i]->wait(), 2 * i);
+    }
+  }
+  std::lock_guard lock(mu);
+  // k0 k1 k2 | k3 | other4 | k5 k6 k7: batches never mix keys or exceed the budget.
+  EXPECT_EQ(sizes, (std::vector<size_t>{3, 3}));
+}
+
+}  // namespace
+}  // namespace mpool::core

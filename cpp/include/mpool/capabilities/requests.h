@@ -21,6 +21,9 @@ using Tensor = at::Tensor;
 /// Chunks a stream buffers before its producer waits for the consumer.
 inline constexpr size_t kStreamBuffer = 64;
 
+/// What one image counts against a batch budget, in the same (approximate token) units as text.
+inline constexpr size_t kImageBatchCost = 256;
+
 /// Queues an embedding of `texts`; the result is float32 (n, d) on the CPU.
 std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string& key, std::vector<std::string> texts,
                                              std::optional<std::string> task, const core::RequestOptions& options);

@@ -2,6 +2,8 @@
 // A unit of work for a replica. The pool moves jobs; what a job computes and how
 // it reports its result belong to the capability layer (see pending.h, channel.h).
 #include <memory>
+#include <string_view>
+#include <vector>
 
 #include "mpool/core/error.h"
 #include "mpool/core/instance.h"
@@ -22,6 +24,14 @@ class Job {
   /// Delivers a terminal error to the caller (no-op if the request already settled).
   virtual void fail(const Error& error) noexcept = 0;
 
+  /// Jobs with the same non-empty key may run together through run_batch().
+  virtual std::string_view batch_key() const { return {}; }
+  /// What this job counts against its model's batch budget (approximate tokens, say).
+  virtual size_t batch_cost() const { return 1; }
+  /// Runs `batch` (this job first; all share its batch_key) in one go, delivering
+  /// an outcome to each. The default runs them one at a time.
+  virtual void run_batch(Instance& instance, const std::vector<std::shared_ptr<Job>>& batch);
+
   /// The request's shared state.
   RequestContext& context() noexcept { return *context_; }
   /// Shared handle to the request's state.
@@ -30,5 +40,9 @@ class Job {
  private:
   std::shared_ptr<RequestContext> context_;
 };
+
+/// Runs one job, turning whatever it throws into its error (ModelError for
+/// foreign exceptions, naming `model`). Never throws.
+void run_isolated(Job& job, Instance& instance, const std::string& model) noexcept;
 
 }  // namespace mpool::core

@@ -23,6 +23,9 @@ struct ModelSpec {
   int max_replicas = 4;
   std::optional<double> keep_alive_s;      ///< idle unload delay; pool default if unset
   bool pinned = false;                     ///< never evicted automatically
+  /// Cross-request batching: a free replica takes queued jobs of one batch key
+  /// until their summed batch_cost() reaches this (0 = one job at a time).
+  size_t batch_budget = 0;
 };
 
 }  // namespace mpool::core

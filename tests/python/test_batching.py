@@ -1,0 +1,132 @@
+"""Cross-request batching: queued embedding requests share one model call, and nothing else changes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mpool
+from models_for_tests import HashEmbedder
+
+
+class RecordingEmbedder(HashEmbedder):
+    """HashEmbedder that records how many texts each call got; the first call waits on a gate."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.calls: list[list[str]] = []
+        self.first_gate = gate
+
+    def embed(self, texts, task=None):
+        if not self.calls:
+            self.first_gate.wait(10)
+        self.calls.append(list(texts))
+        return super().embed(texts, task)
+
+
+def wait_for(pred, seconds=5.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()
+
+
+@pytest.fixture
+def one_replica_pool():
+    with mpool.Pool(cold_start_replicas=1) as pool:
+        yield pool
+
+
+def test_requests_queued_behind_a_busy_replica_run_as_one_model_call(one_replica_pool):
+    pool = one_replica_pool
+    gate = threading.Event()
+    model = RecordingEmbedder(gate)
+    pool.register("m", mpool.PyModel("text_embedding", lambda d: model, memory_mb=1, max_replicas=1))
+    first = pool._native.embed_async("m", ["first"], None, None)
+    assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
+    texts = [f"text number {i}" + "!" * i for i in range(10)]
+    futures = [pool._native.embed_async("m", [t], None, None) for t in texts]
+    gate.set()
+    first.result()
+    rows = [f.result() for f in futures]
+    assert len(model.calls) == 2  # the first request, then all ten together
+    assert sorted(model.calls[1]) == sorted(texts)
+    assert [len(t) for t in model.calls[1]] == sorted(len(t) for t in texts)  # shortest first
+    expected = HashEmbedder().embed(texts)
+    for i, r in enumerate(rows):
+        np.testing.assert_array_equal(r, expected[i : i + 1])
+
+
+def test_results_are_identical_together_one_by_one_and_from_16_threads(pool):
+    pool.register("m", mpool.PyModel("text_embedding", lambda d: HashEmbedder(delay=0.001), memory_mb=1))
+    texts = [f"sentence {i} " * (1 + i % 5) for i in range(64)]
+    together = pool.embed("m", texts)
+    one_by_one = np.concatenate([pool.embed("m", [t]) for t in texts])
+    from_threads = [None] * len(texts)
+
+    def worker(k):
+        for i in range(k, len(texts), 16):
+            from_threads[i] = pool.embed("m", [texts[i]])
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_array_equal(together, one_by_one)
+    np.testing.assert_array_equal(together, np.concatenate(from_threads))
+
+
+def test_a_malformed_input_in_a_batch_fails_only_its_own_request(one_replica_pool):
+    pool = one_replica_pool
+    gate = threading.Event()
+    model = RecordingEmbedder(gate)
+    pool.register("m", mpool.PyModel("text_embedding", lambda d: model, memory_mb=1, max_replicas=1))
+    first = pool._native.embed_async("m", ["first"], None, None)
+    assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
+    good = [pool._native.embed_async("m", [f"good {i}"], None, None) for i in range(3)]
+    bad = pool._native.embed_async("m", ["boom"], None, None)
+    more = [pool._native.embed_async("m", [f"more {i}"], None, None) for i in range(3)]
+    gate.set()
+    first.result()
+    for f in good + more:
+        assert f.result().shape == (1, 8)
+    with pytest.raises(mpool.ModelError, match="cannot embed 'boom'"):
+        bad.result()
+
+
+def test_requests_with_different_tasks_are_never_merged(one_replica_pool):
+    pool = one_replica_pool
+    gate = threading.Event()
+    model = RecordingEmbedder(gate)
+    pool.register("m", mpool.PyModel("text_embedding", lambda d: model, memory_mb=1, max_replicas=1))
+    first = pool._native.embed_async("m", ["first"], None, None)
+    assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
+    doc = pool._native.embed_async("m", ["abc"], None, None)
+    query = pool._native.embed_async("m", ["abc"], "query", None)
+    gate.set()
+    first.result()
+    np.testing.assert_array_equal(query.result(), -doc.result())
+    assert len(model.calls) == 3
+
+
+def test_batch_budget_zero_turns_merging_off(one_replica_pool):
+    pool = one_replica_pool
+    gate = threading.Event()
+    model = RecordingEmbedder(gate)
+    pool.register(
+        "m", mpool.PyModel("text_embedding", lambda d: model, memory_mb=1, max_replicas=1, batch_budget=0)
+    )
+    first = pool._native.embed_async("m", ["first"], None, None)
+    assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
+    futures = [pool._native.embed_async("m", [str(i)], None, None) for i in range(4)]
+    gate.set()
+    first.result()
+    for f in futures:
+        f.result()
+    assert [len(c) for c in model.calls] == [1, 1, 1, 1, 1]
