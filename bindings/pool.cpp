@@ -150,24 +150,31 @@ void register_pool(py::module_& m) {
       })
       .def("embed_async",
            [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
-              std::optional<double> timeout) {
+              std::optional<double> timeout, bool truncate) {
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
-               p = cap::embed(pool, key, std::move(texts), std::move(task), request_options(timeout));
+               p = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate},
+                              request_options(timeout));
              }
              return wrap_future(std::move(p));
-           })
+           },
+           py::arg("key"), py::arg("texts"), py::arg("task") = py::none(), py::arg("timeout") = py::none(),
+           py::arg("truncate") = true)
       .def("embed",
            [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
-              std::optional<double> timeout) {
+              std::optional<double> timeout, bool truncate) {
              at::Tensor t;
              {
                py::gil_scoped_release nogil;
-               t = cap::embed(pool, key, std::move(texts), std::move(task), request_options(timeout))->wait();
+               t = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate},
+                              request_options(timeout))
+                       ->wait();
              }
              return tensor_to_numpy(t);
-           })
+           },
+           py::arg("key"), py::arg("texts"), py::arg("task") = py::none(), py::arg("timeout") = py::none(),
+           py::arg("truncate") = true)
       .def("embed_images_async",
            [](core::Pool& pool, const std::string& key, py::list items, std::optional<double> timeout,
               double fetch_timeout) {

@@ -69,10 +69,12 @@ class PyInstance final : public core::Instance,
  public:
   explicit PyInstance(py::object obj) : ref_(std::move(obj)) {}
 
-  at::Tensor embed(const std::vector<std::string>& texts, const std::optional<std::string>& task,
+  at::Tensor embed(const std::vector<std::string>& texts, const cap::EmbedOptions& options,
                    cap::RequestContext&) override {
     return call([&] {
-      py::object out = task ? ref_.obj.attr("embed")(texts, py::arg("task") = *task) : ref_.obj.attr("embed")(texts);
+      // Python models get task= only when one was asked for, so embed(texts) suffices otherwise.
+      py::object out = options.task ? ref_.obj.attr("embed")(texts, py::arg("task") = *options.task)
+                                    : ref_.obj.attr("embed")(texts);
       return numpy_to_tensor(out, at::kFloat, "embed() result");
     });
   }

@@ -20,7 +20,7 @@ class NativeTestModel final : public core::Instance, public cap::TextEmbedding, 
  public:
   NativeTestModel(int64_t dimension, double sleep_s) : dimension_(dimension), sleep_s_(sleep_s) {}
 
-  at::Tensor embed(const std::vector<std::string>& texts, const std::optional<std::string>&,
+  at::Tensor embed(const std::vector<std::string>& texts, const cap::EmbedOptions&,
                    cap::RequestContext& ctx) override {
     if (sleep_s_ > 0) {
       auto until = core::Clock::now() + std::chrono::duration_cast<core::Clock::duration>(

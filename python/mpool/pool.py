@@ -350,16 +350,37 @@ class Pool:
         return texts
 
     def embed(
-        self, key: str, texts: str | Sequence[str], task: str | None = None, *, timeout: float | None = None
+        self,
+        key: str,
+        texts: str | Sequence[str],
+        task: str | None = None,
+        *,
+        truncate: bool = True,
+        timeout: float | None = None,
     ) -> np.ndarray:
-        """Embeds texts: float32 array (n, d)."""
-        return self._native.embed(key, self._texts(texts), task, _timeout(timeout))
+        """Embeds texts: float32 array (n, d).
+
+        ``task`` picks the model's prompt (e.g. "query"). Texts longer than the model's
+        limit are truncated, or raise InvalidInput with ``truncate=False``.
+        """
+        if task is not None and not isinstance(task, str):
+            raise InvalidInput(f"task must be a str or None, got {type(task).__name__}")
+        return self._native.embed(key, self._texts(texts), task, _timeout(timeout), bool(truncate))
 
     async def aembed(
-        self, key: str, texts: str | Sequence[str], task: str | None = None, *, timeout: float | None = None
+        self,
+        key: str,
+        texts: str | Sequence[str],
+        task: str | None = None,
+        *,
+        truncate: bool = True,
+        timeout: float | None = None,
     ) -> np.ndarray:
         """``embed`` for asyncio: does not block the event loop."""
-        return await _await_native(self._native.embed_async(key, self._texts(texts), task, _timeout(timeout)))
+        if task is not None and not isinstance(task, str):
+            raise InvalidInput(f"task must be a str or None, got {type(task).__name__}")
+        future = self._native.embed_async(key, self._texts(texts), task, _timeout(timeout), bool(truncate))
+        return await _await_native(future)
 
     # --- image embedding ------------------------------------------------------
 

@@ -165,16 +165,17 @@ std::shared_ptr<TextStream> submit_text_stream(
 }  // namespace
 
 std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string& key, std::vector<std::string> texts,
-                                             std::optional<std::string> task, const core::RequestOptions& options) {
+                                             EmbedOptions embed_options, const core::RequestOptions& options) {
   check(!texts.empty(), ErrorCode::kInvalidInput, "embed() needs at least one text");
   size_t cost = 0;
   for (auto& t : texts) cost += t.size() / 4 + 2;  // about a token per 4 bytes, plus special tokens
-  // Requests batch together only when they ask for the same task (prompt).
-  std::string batch_key = std::string(TextEmbedding::kName) + (task ? ":" + *task : std::string());
+  // Requests batch together only when they ask for the same task (prompt) and truncation.
+  std::string batch_key = std::string(TextEmbedding::kName) + (embed_options.truncate ? "" : "/strict") +
+                          (embed_options.task ? ":" + *embed_options.task : std::string());
   return submit_embedding<TextEmbedding, std::string>(
       pool, key, options, std::move(texts), std::move(batch_key), cost,
-      [task = std::move(task)](TextEmbedding& model, const std::vector<std::string>& all, RequestContext& ctx) {
-        return model.embed(all, task, ctx);
+      [embed_options = std::move(embed_options)](TextEmbedding& model, const std::vector<std::string>& all,
+                                                 RequestContext& ctx) { return model.embed(all, embed_options, ctx);
       },
       "texts");
 }

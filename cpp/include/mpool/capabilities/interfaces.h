@@ -21,8 +21,8 @@ class TextEmbedding {
  public:
   static constexpr const char* kName = "text_embedding";
   virtual ~TextEmbedding() = default;
-  /// Embeds `texts`; `task` selects a prompt (e.g. "query") when the model has them.
-  virtual at::Tensor embed(const std::vector<std::string>& texts, const std::optional<std::string>& task,
+  /// Embeds `texts` as `options` say (task prompt, truncation).
+  virtual at::Tensor embed(const std::vector<std::string>& texts, const EmbedOptions& options,
                            RequestContext& ctx) = 0;
   /// Embedding width d.
   virtual int64_t dimension() const = 0;

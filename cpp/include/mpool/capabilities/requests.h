@@ -26,7 +26,7 @@ inline constexpr size_t kImageBatchCost = 256;
 
 /// Queues an embedding of `texts`; the result is float32 (n, d) on the CPU.
 std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string& key, std::vector<std::string> texts,
-                                             std::optional<std::string> task, const core::RequestOptions& options);
+                                             EmbedOptions embed_options, const core::RequestOptions& options);
 /// Queues an embedding of decoded images; float32 (n, d) on the CPU.
 std::shared_ptr<core::Pending<Tensor>> embed_images(core::Pool& pool, const std::string& key,
                                                     std::vector<Image> images, const core::RequestOptions& options);

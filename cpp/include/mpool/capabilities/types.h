@@ -13,6 +13,12 @@
 
 namespace mpool::capabilities {
 
+/// Options of one embedding request.
+struct EmbedOptions {
+  std::optional<std::string> task;  ///< selects a prompt (e.g. "query") when the model has them
+  bool truncate = true;             ///< false: a text longer than the model's limit is InvalidInput
+};
+
 /// Sampling and stopping parameters of one text generation.
 struct GenerationParams {
   int64_t max_tokens = 256;
