@@ -181,7 +181,8 @@ def build_t5(byte_fallback=False):
     trainer = trainers.UnigramTrainer(
         vocab_size=800, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
     )
-    tok.train_from_iterator(TRAIN_TEXTS, trainer)
+    # A restricted alphabet leaves rare scripts to <unk> (or to byte fallback).
+    tok.train_from_iterator([t for t in TRAIN_TEXTS if t.isascii()] + ["東京 日本 नमस्ते café"], trainer)
     if byte_fallback:
         tok = _with_byte_pieces(tok, unigram=True)
         tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="▁")])

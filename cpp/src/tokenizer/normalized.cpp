@@ -13,10 +13,13 @@ namespace mpool::tokenizer {
 
 namespace {
 
-// Oniguruma (what the reference uses) gives \w the Unicode Word property and
-// \s the White_Space property; PCRE2's UCP classes differ on marks and NEL, so
-// the spellings are rewritten into explicit property sets.
-constexpr const char* kWordSet = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}";
+// Oniguruma (what the reference uses) and PCRE2's UCP mode disagree on \w and
+// \s, so those spellings are rewritten into explicit sets. Oniguruma's \w, as
+// measured over every code point against the reference: Alphabetic, marks,
+// decimal digits, connector punctuation, plus the Latin-1 superscripts and
+// fractions its single-byte ctype table marks as word characters. Its \s adds
+// NEL to PCRE2's.
+constexpr const char* kWordSet = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE}";
 constexpr const char* kSpaceSet = "\\s\\x{85}";
 
 std::string translate_oniguruma(const std::string& p) {
@@ -62,7 +65,8 @@ Regex::Regex(const std::string& pattern, bool literal) {
   std::string source = literal ? pattern : translate_oniguruma(pattern);
   int err = 0;
   PCRE2_SIZE err_off = 0;
-  uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+  // PCRE2_LITERAL admits UTF but not UCP, which a literal does not need anyway.
+  uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
   auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(source.data()), source.size(), opts, &err, &err_off,
                              nullptr);
   if (code == nullptr) {

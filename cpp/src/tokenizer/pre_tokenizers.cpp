@@ -170,8 +170,12 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const JsonNode& node) {
                                                    node.bool_or("split", true));
   }
   if (type == "Whitespace")
-    return std::make_unique<PatternPreTokenizer>(std::make_unique<Regex>(R"(\w+|[^\w\s]+)"), SplitBehavior::kRemoved,
-                                                 /*invert=*/true);
+    // The reference runs `\w+|[^\w\s]+` here with Rust regex semantics, whose \w
+    // (UTS #18 Word) differs from Oniguruma's: Join_Control in, Latin-1 No out.
+    return std::make_unique<PatternPreTokenizer>(
+        std::make_unique<Regex>(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}]+)"
+                                R"(|[^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}\s]+)"),
+        SplitBehavior::kRemoved, /*invert=*/true);
   if (type == "WhitespaceSplit")
     return std::make_unique<PatternPreTokenizer>(std::make_unique<CharPredicatePattern>(is_whitespace),
                                                  SplitBehavior::kRemoved, false);

@@ -254,6 +254,9 @@ void Tokenizer::load(const JsonNode& root) {
 }
 
 void Tokenizer::build_added_matchers() {
+  // A normalized added token reads back (id_to_token, decode) in its normalized form.
+  added_text_.clear();
+  for (const auto& a : added_) added_text_.push_back(a.content);
   raw_matcher_ = std::make_unique<Matcher>();
   normalized_matcher_ = std::make_unique<Matcher>();
   // Special tokens first, then the others, as the reference orders its patterns.
@@ -264,6 +267,7 @@ void Tokenizer::build_added_matchers() {
         NormalizedString n(a.content);
         normalizer_->normalize(n);
         normalized_matcher_->add(n.get(), a.id);
+        added_text_[added_by_id_.at(a.id)] = n.get();
       } else if (a.normalized) {
         normalized_matcher_->add(a.content, a.id);
       } else {
@@ -306,10 +310,8 @@ Encoding Tokenizer::encode_single(std::string_view text, uint32_t type_id) const
       for (size_t i = 0; i < pieces.size(); ++i) {
         if (pieces[i].empty()) continue;
         Split s{std::move(pieces[i]), std::nullopt};
-        if (ids[i]) {
-          const auto& content = added_[added_by_id_.at(*ids[i])].content;
-          s.tokens = std::vector<Token>{{*ids[i], content, {0, s.normalized.get().size()}}};
-        }
+        // The token's text is what matched, stripped whitespace and normalization included.
+        if (ids[i]) s.tokens = std::vector<Token>{{*ids[i], s.normalized.get(), {0, s.normalized.get().size()}}};
         next.push_back(std::move(s));
       }
     }
@@ -479,17 +481,11 @@ std::string Tokenizer::decode(const std::vector<uint32_t>& ids, bool skip_specia
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (uint32_t id : ids) {
-    std::optional<std::string> t;
-    auto it = added_by_id_.find(id);
-    if (it != added_by_id_.end()) {
-      const AddedToken& a = added_[it->second];
-      if (skip_special_tokens && a.special) continue;
-      t = a.content;
-    } else {
-      t = model_->id_to_token(id);
-      if (t && skip_special_tokens && special_contents_.count(*t)) continue;
-    }
-    if (t) tokens.push_back(std::move(*t));
+    // Skipping looks the token's text up among the special contents, so a
+    // special token whose normalized form differs is kept, as in the reference.
+    auto t = id_to_token(id);
+    if (!t || (skip_special_tokens && special_contents_.count(*t))) continue;
+    tokens.push_back(std::move(*t));
   }
   if (!decoder_) {
     std::string out;
@@ -527,7 +523,7 @@ std::optional<uint32_t> Tokenizer::token_to_id(std::string_view token) const {
 
 std::optional<std::string> Tokenizer::id_to_token(uint32_t id) const {
   auto it = added_by_id_.find(id);
-  if (it != added_by_id_.end()) return added_[it->second].content;
+  if (it != added_by_id_.end()) return added_text_[it->second];
   return model_->id_to_token(id);
 }
 

@@ -113,6 +113,7 @@ class Tokenizer {
   std::unique_ptr<PostProcessor> post_processor_;
   std::unique_ptr<Decoder> decoder_;
   std::vector<AddedToken> added_;
+  std::vector<std::string> added_text_;  // per added token: content, normalized when it is normalized
   std::unordered_map<std::string, uint32_t> added_by_content_;
   std::unordered_map<uint32_t, size_t> added_by_id_;
   std::unordered_set<std::string> special_contents_;
