@@ -1,4 +1,6 @@
 // Byte-pair encoding model.
+#include <array>
+#include <mutex>
 #include <queue>
 
 #include "mpool/core/error.h"
@@ -62,6 +64,20 @@ class BpeModel : public Model {
         return out;
       }
     }
+    // Words repeat heavily in real text; the merge result of a word is cached.
+    if (word.size() <= kMaxCachedWordBytes) {
+      auto& shard = cache_[std::hash<std::string_view>{}(word) % cache_.size()];
+      std::lock_guard<std::mutex> lock(shard.mutex);
+      auto it = shard.words.find(word);
+      if (it != shard.words.end()) {
+        size_t offset = 0;
+        for (auto [id, len] : it->second) {
+          out.push_back({id, vocab_.known(id), {offset, offset + len}});
+          offset += len;
+        }
+        return out;
+      }
+    }
     std::vector<Symbol> syms;
     syms.reserve(word.size());
     auto add = [&](uint32_t id, size_t len) {
@@ -113,11 +129,18 @@ class BpeModel : public Model {
     }
     if (unk) add(unk->first, unk->second);
     merge_all(syms);
+    std::vector<std::pair<uint32_t, size_t>> pieces;
     size_t offset = 0;
     for (const auto& sym : syms) {
       if (sym.len == 0) continue;
       out.push_back({sym.id, vocab_.known(sym.id), {offset, offset + sym.len}});
+      pieces.emplace_back(sym.id, sym.len);
       offset += sym.len;
+    }
+    if (word.size() <= kMaxCachedWordBytes) {
+      auto& shard = cache_[std::hash<std::string_view>{}(word) % cache_.size()];
+      std::lock_guard<std::mutex> lock(shard.mutex);
+      if (shard.words.size() < kCacheEntriesPerShard) shard.words.emplace(std::string(word), std::move(pieces));
     }
     return out;
   }
@@ -177,7 +200,15 @@ class BpeModel : public Model {
     }
   }
 
+  static constexpr size_t kMaxCachedWordBytes = 256;
+  static constexpr size_t kCacheEntriesPerShard = 4096;
+  struct CacheShard {
+    std::mutex mutex;
+    std::unordered_map<std::string, std::vector<std::pair<uint32_t, size_t>>, StringHash, std::equal_to<>> words;
+  };
+
   Vocab vocab_;
+  mutable std::array<CacheShard, 16> cache_;
   std::unordered_map<uint64_t, Merge, PairHash> merges_;
   std::optional<std::string> unk_token_, prefix_, suffix_;
   bool fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;

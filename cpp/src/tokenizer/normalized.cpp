@@ -85,20 +85,24 @@ Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
 std::vector<Offsets> Regex::find_all(std::string_view s) const {
   std::vector<Offsets> out;
   auto* code = static_cast<pcre2_code*>(code_);
-  std::unique_ptr<pcre2_match_data, MatchDataDeleter> md(pcre2_match_data_create_from_pattern(code, nullptr));
-  if (!md) throw Error(ErrorCode::kInternal, "pcre2: out of memory");
+  // One match block per thread, reused by every regex: only the whole-match
+  // pair is read, so a small ovector suffices whatever the pattern's groups.
+  thread_local std::unique_ptr<pcre2_match_data, MatchDataDeleter> tls_md(pcre2_match_data_create(16, nullptr));
+  pcre2_match_data* md = tls_md.get();
+  if (md == nullptr) throw Error(ErrorCode::kInternal, "pcre2: out of memory");
   auto subject = reinterpret_cast<PCRE2_SPTR>(s.data());
   size_t pos = 0;
   std::optional<size_t> last_end;
   while (pos <= s.size()) {
-    int rc = pcre2_match(code, subject, s.size(), pos, PCRE2_NO_UTF_CHECK, md.get(), nullptr);
+    // rc == 0 means the ovector was too small for all groups; the whole match is still set.
+    int rc = pcre2_match(code, subject, s.size(), pos, PCRE2_NO_UTF_CHECK, md, nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       PCRE2_UCHAR buf[256];
       pcre2_get_error_message(rc, buf, sizeof(buf));
       throw Error(ErrorCode::kInvalidInput, std::string("regex match failed: ") + reinterpret_cast<char*>(buf));
     }
-    PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
+    PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     size_t ms = ov[0], me = ov[1];
     bool empty = ms == me;
     if (empty && last_end && *last_end == me) {
@@ -161,7 +165,7 @@ NormalizedString::NormalizedString(std::string original) : original_(std::move(o
   alignments_.reserve(original_.size());
   for (size_t i = 0; i < original_.size();) {
     size_t n = std::min(utf8_len(static_cast<unsigned char>(original_[i])), original_.size() - i);
-    for (size_t k = 0; k < n; ++k) alignments_.emplace_back(i, i + n);
+    for (size_t k = 0; k < n; ++k) alignments_.emplace_back(static_cast<uint32_t>(i), static_cast<uint32_t>(i + n));
     i += n;
   }
 }
@@ -181,8 +185,9 @@ NormalizedString NormalizedString::slice_normalized(size_t start, size_t end) co
   out.normalized_ = normalized_.substr(start, end - start);
   out.alignments_.reserve(end - start);
   for (size_t i = start; i < end; ++i)
-    out.alignments_.emplace_back(alignments_[i].first - std::min(alignments_[i].first, orig.first),
-                                 alignments_[i].second - std::min(alignments_[i].second, orig.first));
+    out.alignments_.emplace_back(
+        static_cast<uint32_t>(alignments_[i].first - std::min<size_t>(alignments_[i].first, orig.first)),
+        static_cast<uint32_t>(alignments_[i].second - std::min<size_t>(alignments_[i].second, orig.first)));
   out.shift_ = shift_ + orig.first;
   return out;
 }
@@ -202,11 +207,11 @@ void NormalizedString::transform_range(size_t start, size_t end, const std::vect
   for (size_t k = 0; k < initial_offset; ++k) offset += take();
 
   std::string text;
-  std::vector<Offsets> aligns;
+  std::vector<std::pair<uint32_t, uint32_t>> aligns;
   text.reserve(dest.size());
   aligns.reserve(dest.size());
   for (const auto& [c, change] : dest) {
-    Offsets align{0, 0};
+    std::pair<uint32_t, uint32_t> align{0, 0};
     if (change > 0) {
       if (offset >= 1 && offset - 1 < alignments_.size()) align = alignments_[offset - 1];
     } else if (offset < alignments_.size()) {
