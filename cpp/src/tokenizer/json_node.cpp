@@ -14,8 +14,15 @@ bool JsonNode::has(const std::string& key) const {
   return it != value_->end() && !it->is_null();
 }
 
+namespace {
+// Component factories recurse into Sequence members; bound the depth so a
+// hostile file cannot exhaust the stack.
+constexpr size_t kMaxPathLength = 2048;
+}  // namespace
+
 JsonNode JsonNode::at(const std::string& key) const {
   if (!value_->is_object()) fail("expected an object");
+  if (path_.size() > kMaxPathLength) fail("nesting too deep");
   auto it = value_->find(key);
   if (it == value_->end()) fail("missing field '" + key + "'");
   return JsonNode(*it, path_ + "." + key, file_);
@@ -29,6 +36,7 @@ std::optional<JsonNode> JsonNode::opt(const std::string& key) const {
 }
 
 JsonNode JsonNode::at(size_t i) const {
+  if (path_.size() > kMaxPathLength) fail("nesting too deep");
   if (!value_->is_array() || i >= value_->size()) fail("expected an array with element " + std::to_string(i));
   return JsonNode((*value_)[i], path_ + "[" + std::to_string(i) + "]", file_);
 }

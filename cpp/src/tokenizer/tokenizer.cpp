@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "mpool/core/error.h"
 #include "mpool/tokenizer/components.h"
@@ -186,6 +187,51 @@ PaddingParams parse_padding(const JsonNode& n) {
 
 }  // namespace
 
+// ---------------------------------------------------------------- parallelism
+
+namespace {
+
+// Runs fn(i) for i in [0, n) on up to num_threads threads (0: all cores).
+// Under ThreadSanitizer, plain std::threads replace TBB: libtbb.so is not
+// instrumented, so its task-pool hand-offs are invisible to the sanitizer and
+// every parallel_for reports false races inside TBB. The std::thread path keeps
+// the sanitizer's verdict on our own code meaningful.
+template <typename Fn>
+void parallel_index(size_t n, int num_threads, const Fn& fn) {
+#if defined(__SANITIZE_THREAD__)
+  size_t workers = num_threads > 0 ? static_cast<size_t>(num_threads) : std::max(1u, std::thread::hardware_concurrency());
+  workers = std::max<size_t>(1, std::min(workers, n));
+  std::vector<std::exception_ptr> errors(workers);
+  std::vector<std::thread> threads;
+  for (size_t w = 0; w < workers; ++w) {
+    threads.emplace_back([&, w] {
+      try {
+        for (size_t i = w; i < n; i += workers) fn(i);
+      } catch (...) {
+        errors[w] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+#else
+  auto body = [&] {
+    tbb::parallel_for(tbb::blocked_range<size_t>(0, n, 16), [&](const tbb::blocked_range<size_t>& r) {
+      for (size_t i = r.begin(); i != r.end(); ++i) fn(i);
+    });
+  };
+  if (num_threads > 0) {
+    tbb::task_arena arena(num_threads);
+    arena.execute(body);
+  } else {
+    body();
+  }
+#endif
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------- loading
 
 Tokenizer::Tokenizer() = default;
@@ -335,7 +381,7 @@ Encoding Tokenizer::encode_single(std::string_view text, uint32_t type_id) const
     }
   }
   auto to_chars = [&](std::pair<size_t, size_t> o) -> std::pair<size_t, size_t> {
-    if (o.first >= text.size()) return o;
+    if (o.first >= text.size() || o.second > text.size()) return o;
     if (o.second < text.size()) return {char_of_byte[o.first], char_of_byte[o.second]};
     if (o.second == 0) return {char_of_byte[o.first], char_of_byte[o.first] + 1};
     return {char_of_byte[o.first], static_cast<size_t>(char_of_byte[o.second - 1]) + 1};
@@ -455,22 +501,12 @@ std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& te
     if (pairs) require_utf8((*pairs)[i], "input pair text " + std::to_string(i));
   }
   std::vector<Encoding> out(texts.size());
-  auto body = [&] {
-    tbb::parallel_for(tbb::blocked_range<size_t>(0, texts.size(), 16), [&](const tbb::blocked_range<size_t>& r) {
-      for (size_t i = r.begin(); i != r.end(); ++i) {
-        Encoding a = encode_single(texts[i], 0);
-        std::optional<Encoding> b;
-        if (pairs) b = encode_single((*pairs)[i], 1);
-        out[i] = post_process(std::move(a), std::move(b), add_special_tokens);
-      }
-    });
-  };
-  if (num_threads > 0) {
-    tbb::task_arena arena(num_threads);
-    arena.execute(body);
-  } else {
-    body();
-  }
+  parallel_index(texts.size(), num_threads, [&](size_t i) {
+    Encoding a = encode_single(texts[i], 0);
+    std::optional<Encoding> b;
+    if (pairs) b = encode_single((*pairs)[i], 1);
+    out[i] = post_process(std::move(a), std::move(b), add_special_tokens);
+  });
   pad_batch(out);
   return out;
 }
@@ -503,15 +539,7 @@ std::string Tokenizer::decode(const std::vector<uint32_t>& ids, bool skip_specia
 std::vector<std::string> Tokenizer::decode_batch(const std::vector<std::vector<uint32_t>>& ids,
                                                  bool skip_special_tokens, int num_threads) const {
   std::vector<std::string> out(ids.size());
-  auto body = [&] {
-    tbb::parallel_for(size_t{0}, ids.size(), [&](size_t i) { out[i] = decode(ids[i], skip_special_tokens); });
-  };
-  if (num_threads > 0) {
-    tbb::task_arena arena(num_threads);
-    arena.execute(body);
-  } else {
-    body();
-  }
+  parallel_index(ids.size(), num_threads, [&](size_t i) { out[i] = decode(ids[i], skip_special_tokens); });
   return out;
 }
 

@@ -227,3 +227,29 @@ TEST(TokenizerTest, BpeDropoutIsRejected) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(TokenizerTest, BpeWordCacheGivesSameResultsAcrossThreads) {
+  auto tok = Tokenizer::from_json(byte_level_json());
+  std::vector<std::string> texts;
+  for (int i = 0; i < 400; ++i) texts.push_back(i % 2 ? "hello world hello" : "well hello \xE4\xB8\x80 world");
+  auto first = tok->encode_batch(texts, nullptr, true, 2);
+  auto second = tok->encode_batch(texts, nullptr, true, 2);  // served from the cache
+  for (size_t i = 0; i < texts.size(); ++i) {
+    EXPECT_EQ(first[i].ids, second[i].ids);
+    EXPECT_EQ(first[i].offsets, second[i].offsets);
+    EXPECT_EQ(first[i].ids, tok->encode(texts[i]).ids);
+  }
+}
+
+TEST(TokenizerTest, NestingTooDeepIsRejectedNotACrash) {
+  std::string json = R"({"model":{"type":"WordPiece","vocab":{"a":0,"[UNK]":1}},"normalizer":)";
+  for (int i = 0; i < 5000; ++i) json += R"({"type":"Sequence","normalizers":[)";
+  json += R"({"type":"Lowercase"})";
+  for (int i = 0; i < 5000; ++i) json += "]}";
+  json += "}";
+  EXPECT_THROW(Tokenizer::from_json(json), Error);
+}
+
+}  // namespace
