@@ -20,13 +20,23 @@ tk::Direction parse_direction(const std::string& d) {
   throw Error(ErrorCode::kInvalidInput, "direction must be 'left' or 'right', got '" + d + "'");
 }
 
+// str becomes UTF-8; bytes pass through (the tokenizer validates them and names
+// the bad byte offset). A str with lone surrogates has no UTF-8 form at all.
+std::string text_arg(const py::handle& obj, const std::string& what) {
+  if (PyBytes_Check(obj.ptr())) return obj.cast<std::string>();
+  if (!PyUnicode_Check(obj.ptr())) throw Error(ErrorCode::kInvalidInput, what + " must be str or bytes");
+  Py_ssize_t size = 0;
+  const char* data = PyUnicode_AsUTF8AndSize(obj.ptr(), &size);
+  if (data == nullptr) {
+    py::error_already_set err;  // the UnicodeEncodeError, consumed here
+    throw Error(ErrorCode::kInvalidInput, what + " is not valid UTF-8: " + std::string(py::str(err.value())));
+  }
+  return std::string(data, static_cast<size_t>(size));
+}
+
 std::vector<std::string> to_strings(const py::iterable& items, const char* what) {
   std::vector<std::string> out;
-  for (auto item : items) {
-    if (!py::isinstance<py::str>(item))
-      throw Error(ErrorCode::kInvalidInput, std::string(what) + " must contain only str");
-    out.push_back(item.cast<std::string>());
-  }
+  for (auto item : items) out.push_back(text_arg(item, std::string(what) + "[" + std::to_string(out.size()) + "]"));
   return out;
 }
 
@@ -71,8 +81,11 @@ void register_tokenizer(py::module_& m) {
           py::arg("json"), py::call_guard<py::gil_scoped_release>())
       .def(
           "encode",
-          [](const tk::Tokenizer& t, const std::string& text, std::optional<std::string> pair,
+          [](const tk::Tokenizer& t, const py::object& text_obj, const py::object& pair_obj,
              bool add_special_tokens) {
+            std::string text = text_arg(text_obj, "text");
+            std::optional<std::string> pair;
+            if (!pair_obj.is_none()) pair = text_arg(pair_obj, "pair");
             py::gil_scoped_release release;
             std::optional<std::string_view> p;
             if (pair) p = *pair;

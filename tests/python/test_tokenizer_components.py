@@ -235,6 +235,21 @@ def test_from_pretrained_without_tokenizer_json_raises_model_not_found(tmp_path)
         mpool.Tokenizer.from_pretrained(str(tmp_path))
 
 
+def test_invalid_utf8_bytes_raise_invalid_input_naming_the_byte_offset(wordpiece, tmp_path):
+    tok = mpool.Tokenizer.from_file(_write(tmp_path, wordpiece))
+    with pytest.raises(mpool.InvalidInput, match="byte offset 3"):
+        tok.encode(b"abc\xff")
+    with pytest.raises(mpool.InvalidInput, match="byte offset 1"):
+        tok.encode_batch(["fine", b"x\xc3"])
+    assert tok.encode(b"hello world").ids == tok.encode("hello world").ids
+
+
+def test_lone_surrogate_raises_invalid_input(wordpiece, tmp_path):
+    tok = mpool.Tokenizer.from_file(_write(tmp_path, wordpiece))
+    with pytest.raises(mpool.InvalidInput, match="not valid UTF-8"):
+        tok.encode("ab\ud800")
+
+
 def test_encode_batch_rejects_non_string_items(wordpiece, tmp_path):
     tok = mpool.Tokenizer.from_file(_write(tmp_path, wordpiece))
     with pytest.raises(mpool.InvalidInput):
