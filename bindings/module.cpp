@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   mpool::bindings::register_pool(m);
   mpool::bindings::register_py_model(m);
   mpool::bindings::register_testing(m);
+  mpool::bindings::register_tokenizer(m);
 }

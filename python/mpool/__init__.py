@@ -25,6 +25,7 @@ from .errors import (
 )
 from .models import CAPABILITIES, Model, PyModel
 from .pool import ImageStream, Pool, TextStream
+from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
@@ -54,5 +55,6 @@ __all__ = [
     "SpawnFailed",
     "TextChunk",
     "TextStream",
+    "Tokenizer",
     "Timeout",
 ]

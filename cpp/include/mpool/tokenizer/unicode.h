@@ -1,0 +1,81 @@
+#pragma once
+// UTF-8 and Unicode-property helpers shared by the tokenizer components. Every
+// property comes from utf8proc; the predicates mirror the Rust `char` methods
+// that the reference tokenizers implementation relies on.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mpool::tokenizer {
+
+/// Number of bytes of the UTF-8 sequence that starts with lead byte b (1 for invalid leads).
+inline size_t utf8_len(unsigned char b) {
+  if (b < 0x80) return 1;
+  if ((b >> 5) == 0x6) return 2;
+  if ((b >> 4) == 0xE) return 3;
+  if ((b >> 3) == 0x1E) return 4;
+  return 1;
+}
+
+/// Decodes the (valid) UTF-8 code point at s[i], advancing i past it.
+char32_t next_code_point(std::string_view s, size_t& i);
+
+/// Appends the UTF-8 encoding of c to out.
+void append_utf8(std::string& out, char32_t c);
+
+/// Encodes one code point as UTF-8.
+std::string to_utf8(char32_t c);
+
+/// Decodes a whole (valid) UTF-8 string into code points.
+std::u32string to_u32(std::string_view s);
+
+/// Byte offset of the first invalid UTF-8 sequence in s, or npos when s is valid.
+size_t find_invalid_utf8(std::string_view s);
+
+/// Throws kInvalidInput naming the byte offset when s is not valid UTF-8.
+void require_utf8(std::string_view s, std::string_view what);
+
+/// Rust's String::from_utf8_lossy: each maximal invalid subpart becomes U+FFFD.
+std::string utf8_lossy(std::string_view bytes);
+
+/// Rust char::is_whitespace (the White_Space property).
+bool is_whitespace(char32_t c);
+/// Rust char::is_numeric (categories Nd, Nl, No).
+bool is_numeric(char32_t c);
+/// Rust char::is_alphabetic approximated by letter categories plus Nl.
+bool is_alphabetic(char32_t c);
+/// Any punctuation category (Pc, Pd, Ps, Pe, Pi, Pf, Po).
+bool is_punctuation(char32_t c);
+/// Any "other" category (Cc, Cf, Cs, Co, Cn).
+bool is_other(char32_t c);
+/// Nonspacing mark (Mn).
+bool is_mark_nonspacing(char32_t c);
+/// Any mark category (Mn, Mc, Me).
+bool is_mark(char32_t c);
+/// Letter category (L*).
+bool is_letter(char32_t c);
+/// Canonical combining class.
+int combining_class(char32_t c);
+/// Full lowercase mapping as Rust char::to_lowercase yields it.
+void append_lowercase(std::u32string& out, char32_t c);
+/// Full uppercase mapping (simple mapping from utf8proc).
+char32_t to_upper(char32_t c);
+
+/// Normalization forms.
+enum class NormForm { kNfd, kNfkd, kNfc, kNfkc };
+
+/// One produced character and its alignment change (see NormalizedString::transform).
+struct CharChange {
+  char32_t c;  ///< produced character
+  int change;  ///< 1 inserted, 0 replaces, -n replaces and removes n following
+};
+
+/// Normalizes s, reporting for each produced char how it aligns with the input chars.
+std::vector<CharChange> normalize_with_changes(std::u32string_view s, NormForm form);
+
+/// Splits s into extended grapheme clusters (byte ranges).
+std::vector<std::pair<size_t, size_t>> graphemes(std::string_view s);
+
+}  // namespace mpool::tokenizer

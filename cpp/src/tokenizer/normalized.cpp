@@ -1,0 +1,422 @@
+#include "mpool/tokenizer/normalized.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <algorithm>
+
+#include "mpool/core/error.h"
+
+namespace mpool::tokenizer {
+
+// ---------------------------------------------------------------- Regex
+
+namespace {
+
+// Oniguruma (what the reference uses) and PCRE2's UCP mode disagree on \w and
+// \s, so those spellings are rewritten into explicit sets. Oniguruma's \w, as
+// measured over every code point against the reference: Alphabetic, marks,
+// decimal digits, connector punctuation, plus the Latin-1 superscripts and
+// fractions its single-byte ctype table marks as word characters. Its \s adds
+// NEL to PCRE2's.
+constexpr const char* kWordSet = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE}";
+constexpr const char* kSpaceSet = "\\s\\x{85}";
+
+std::string translate_oniguruma(const std::string& p) {
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < p.size(); ++i) {
+    char c = p[i];
+    if (c == '\\' && i + 1 < p.size()) {
+      char n = p[i + 1];
+      ++i;
+      if (n == 'w' || n == 's') {
+        const char* set = n == 'w' ? kWordSet : kSpaceSet;
+        out += in_class ? std::string(set) : "[" + std::string(set) + "]";
+      } else if ((n == 'W' || n == 'S') && !in_class) {
+        out += "[^" + std::string(n == 'W' ? kWordSet : kSpaceSet) + "]";
+      } else {
+        out.push_back('\\');
+        out.push_back(n);
+      }
+      continue;
+    }
+    if (!in_class && c == '[') {
+      in_class = true;
+      out.push_back(c);
+      // A ']' right after '[' or '[^' is a literal member, not the end.
+      if (i + 1 < p.size() && p[i + 1] == '^') out.push_back(p[++i]);
+      if (i + 1 < p.size() && p[i + 1] == ']') out.push_back(p[++i]);
+      continue;
+    }
+    if (in_class && c == ']') in_class = false;
+    out.push_back(c);
+  }
+  return out;
+}
+
+struct MatchDataDeleter {
+  void operator()(pcre2_match_data* m) const { pcre2_match_data_free(m); }
+};
+
+}  // namespace
+
+Regex::Regex(const std::string& pattern, bool literal) {
+  std::string source = literal ? pattern : translate_oniguruma(pattern);
+  int err = 0;
+  PCRE2_SIZE err_off = 0;
+  // PCRE2_LITERAL admits UTF but not UCP, which a literal does not need anyway.
+  uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
+  auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(source.data()), source.size(), opts, &err, &err_off,
+                             nullptr);
+  if (code == nullptr) {
+    PCRE2_UCHAR buf[256];
+    pcre2_get_error_message(err, buf, sizeof(buf));
+    throw Error(ErrorCode::kInvalidInput, "invalid regex '" + pattern + "' at offset " + std::to_string(err_off) +
+                                              ": " + reinterpret_cast<char*>(buf));
+  }
+  // JIT is an optimization only; the interpreter is used when it is unavailable.
+  pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
+  code_ = code;
+}
+
+Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
+
+std::vector<Offsets> Regex::find_all(std::string_view s) const {
+  std::vector<Offsets> out;
+  auto* code = static_cast<pcre2_code*>(code_);
+  // One match block per thread, reused by every regex: only the whole-match
+  // pair is read, so a small ovector suffices whatever the pattern's groups.
+  thread_local std::unique_ptr<pcre2_match_data, MatchDataDeleter> tls_md(pcre2_match_data_create(16, nullptr));
+  pcre2_match_data* md = tls_md.get();
+  if (md == nullptr) throw Error(ErrorCode::kInternal, "pcre2: out of memory");
+  auto subject = reinterpret_cast<PCRE2_SPTR>(s.data());
+  size_t pos = 0;
+  std::optional<size_t> last_end;
+  while (pos <= s.size()) {
+    // rc == 0 means the ovector was too small for all groups; the whole match is still set.
+    int rc = pcre2_match(code, subject, s.size(), pos, PCRE2_NO_UTF_CHECK, md, nullptr);
+    if (rc == PCRE2_ERROR_NOMATCH) break;
+    if (rc < 0) {
+      PCRE2_UCHAR buf[256];
+      pcre2_get_error_message(rc, buf, sizeof(buf));
+      throw Error(ErrorCode::kInvalidInput, std::string("regex match failed: ") + reinterpret_cast<char*>(buf));
+    }
+    PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+    size_t ms = ov[0], me = ov[1];
+    bool empty = ms == me;
+    if (empty && last_end && *last_end == me) {
+      if (me >= s.size()) break;
+      pos = me + utf8_len(static_cast<unsigned char>(s[me]));
+      continue;
+    }
+    out.emplace_back(ms, me);
+    last_end = me;
+    if (empty) {
+      if (me >= s.size()) break;
+      pos = me + utf8_len(static_cast<unsigned char>(s[me]));
+    } else {
+      pos = me;
+    }
+  }
+  return out;
+}
+
+std::vector<PatternPiece> Regex::find_matches(std::string_view s) const {
+  if (s.empty()) return {{0, 0, false}};
+  std::vector<PatternPiece> out;
+  size_t prev = 0;
+  for (auto [ms, me] : find_all(s)) {
+    if (prev != ms) out.push_back({prev, ms, false});
+    out.push_back({ms, me, true});
+    prev = me;
+  }
+  if (prev != s.size()) out.push_back({prev, s.size(), false});
+  return out;
+}
+
+std::vector<PatternPiece> CharPredicatePattern::find_matches(std::string_view s) const {
+  if (s.empty()) return {{0, 0, false}};
+  std::vector<PatternPiece> out;
+  size_t last_offset = 0;
+  for (size_t i = 0; i < s.size();) {
+    size_t b = i;
+    char32_t c = next_code_point(s, i);
+    if (pred_(c)) {
+      if (last_offset < b) out.push_back({last_offset, b, false});
+      out.push_back({b, i, true});
+      last_offset = i;
+    }
+  }
+  if (s.size() > last_offset) out.push_back({last_offset, s.size(), false});
+  return out;
+}
+
+std::vector<PatternPiece> InvertPattern::find_matches(std::string_view s) const {
+  auto v = inner_.find_matches(s);
+  for (auto& p : v) p.is_match = !p.is_match;
+  return v;
+}
+
+// ---------------------------------------------------------------- NormalizedString
+
+NormalizedString::NormalizedString(std::string original) : original_(std::move(original)) {
+  normalized_ = original_;
+  alignments_.reserve(original_.size());
+  for (size_t i = 0; i < original_.size();) {
+    size_t n = std::min(utf8_len(static_cast<unsigned char>(original_[i])), original_.size() - i);
+    for (size_t k = 0; k < n; ++k) alignments_.emplace_back(static_cast<uint32_t>(i), static_cast<uint32_t>(i + n));
+    i += n;
+  }
+}
+
+std::optional<Offsets> NormalizedString::normalized_to_original(size_t start, size_t end) const {
+  if (start == end) return Offsets{start, end};
+  if (start > end || end > alignments_.size()) return std::nullopt;
+  return Offsets{alignments_[start].first, alignments_[end - 1].second};
+}
+
+NormalizedString NormalizedString::slice_normalized(size_t start, size_t end) const {
+  NormalizedString out;
+  auto orig = normalized_to_original(start, end).value_or(Offsets{0, 0});
+  orig.first = std::min(orig.first, original_.size());
+  orig.second = std::clamp(orig.second, orig.first, original_.size());
+  out.original_ = original_.substr(orig.first, orig.second - orig.first);
+  out.normalized_ = normalized_.substr(start, end - start);
+  out.alignments_.reserve(end - start);
+  for (size_t i = start; i < end; ++i)
+    out.alignments_.emplace_back(
+        static_cast<uint32_t>(alignments_[i].first - std::min<size_t>(alignments_[i].first, orig.first)),
+        static_cast<uint32_t>(alignments_[i].second - std::min<size_t>(alignments_[i].second, orig.first)));
+  out.shift_ = shift_ + orig.first;
+  return out;
+}
+
+void NormalizedString::transform_range(size_t start, size_t end, const std::vector<CharChange>& dest,
+                                       size_t initial_offset) {
+  // Sizes of the characters being replaced, consumed as dest says.
+  std::vector<size_t> sizes;
+  for (size_t i = start; i < end;) {
+    size_t n = utf8_len(static_cast<unsigned char>(normalized_[i]));
+    sizes.push_back(n);
+    i += n;
+  }
+  size_t next = 0;
+  auto take = [&]() -> size_t { return next < sizes.size() ? sizes[next++] : 0; };
+  size_t offset = start;
+  for (size_t k = 0; k < initial_offset; ++k) offset += take();
+
+  std::string text;
+  std::vector<std::pair<uint32_t, uint32_t>> aligns;
+  text.reserve(dest.size());
+  aligns.reserve(dest.size());
+  for (const auto& [c, change] : dest) {
+    std::pair<uint32_t, uint32_t> align{0, 0};
+    if (change > 0) {
+      if (offset >= 1 && offset - 1 < alignments_.size()) align = alignments_[offset - 1];
+    } else if (offset < alignments_.size()) {
+      align = alignments_[offset];
+    } else if (!alignments_.empty()) {
+      // Only reachable with inconsistent change counts; stay in bounds.
+      align = alignments_.back();
+    }
+    if (change <= 0) offset += take();
+    if (change < 0)
+      for (int r = 0; r < -change; ++r) offset += take();
+    size_t before = text.size();
+    append_utf8(text, c);
+    aligns.insert(aligns.end(), text.size() - before, align);
+  }
+  normalized_.replace(start, end - start, text);
+  alignments_.erase(alignments_.begin() + static_cast<long>(start), alignments_.begin() + static_cast<long>(end));
+  alignments_.insert(alignments_.begin() + static_cast<long>(start), aligns.begin(), aligns.end());
+}
+
+void NormalizedString::transform(const std::vector<CharChange>& dest, size_t initial_offset) {
+  transform_range(0, normalized_.size(), dest, initial_offset);
+}
+
+namespace {
+bool is_ascii(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+}
+}  // namespace
+
+void NormalizedString::normalize(NormForm form) {
+  // ASCII is invariant under every normalization form.
+  if (is_ascii(normalized_)) return;
+  transform(normalize_with_changes(to_u32(normalized_), form), 0);
+}
+
+void NormalizedString::filter(const std::function<bool(char32_t)>& keep) {
+  auto chars = to_u32(normalized_);
+  std::vector<CharChange> rev;
+  rev.reserve(chars.size());
+  int removed = 0;
+  for (auto it = chars.rbegin(); it != chars.rend(); ++it) {
+    if (keep(*it)) {
+      rev.push_back({*it, -removed});
+      removed = 0;
+    } else {
+      ++removed;
+    }
+  }
+  if (rev.size() == chars.size()) return;
+  std::vector<CharChange> dest(rev.rbegin(), rev.rend());
+  transform(dest, static_cast<size_t>(removed));
+}
+
+void NormalizedString::map(const std::function<char32_t(char32_t)>& fn) {
+  auto chars = to_u32(normalized_);
+  std::vector<CharChange> dest;
+  dest.reserve(chars.size());
+  bool changed = false;
+  for (char32_t c : chars) {
+    char32_t m = fn(c);
+    changed |= m != c;
+    dest.push_back({m, 0});
+  }
+  if (changed) transform(dest, 0);
+}
+
+void NormalizedString::lowercase() {
+  auto chars = to_u32(normalized_);
+  std::vector<CharChange> dest;
+  dest.reserve(chars.size());
+  std::u32string buf;
+  bool changed = false;
+  for (char32_t c : chars) {
+    buf.clear();
+    append_lowercase(buf, c);
+    changed |= buf.size() != 1 || buf[0] != c;
+    for (size_t k = 0; k < buf.size(); ++k) dest.push_back({buf[k], k == 0 ? 0 : 1});
+  }
+  if (changed) transform(dest, 0);
+}
+
+void NormalizedString::prepend(std::string_view s) {
+  if (normalized_.empty() || s.empty()) return;
+  size_t i = 0;
+  char32_t first = next_code_point(normalized_, i);
+  std::vector<CharChange> dest;
+  bool head = true;
+  for (char32_t c : to_u32(s)) {
+    dest.push_back({c, head ? 0 : 1});
+    head = false;
+  }
+  dest.push_back({first, 1});
+  transform_range(0, i, dest, 0);
+}
+
+void NormalizedString::replace(const Pattern& pattern, std::string_view content) {
+  auto pieces = pattern.find_matches(normalized_);
+  auto content_chars = to_u32(content);
+  std::vector<CharChange> dest;
+  for (char32_t c : content_chars) dest.push_back({c, 1});
+  long shift = 0;
+  for (const auto& p : pieces) {
+    if (!p.is_match) continue;
+    size_t s = static_cast<size_t>(static_cast<long>(p.start) + shift);
+    size_t e = static_cast<size_t>(static_cast<long>(p.end) + shift);
+    size_t removed_chars = 0;
+    for (size_t i = s; i < e; i += utf8_len(static_cast<unsigned char>(normalized_[i]))) ++removed_chars;
+    transform_range(s, e, dest, removed_chars);
+    shift += static_cast<long>(content.size()) - static_cast<long>(p.end - p.start);
+  }
+}
+
+void NormalizedString::strip(bool left, bool right) {
+  auto chars = to_u32(normalized_);
+  size_t lead = 0, trail = 0;
+  if (left)
+    while (lead < chars.size() && is_whitespace(chars[lead])) ++lead;
+  if (right)
+    while (trail < chars.size() && is_whitespace(chars[chars.size() - 1 - trail])) ++trail;
+  if (lead == 0 && trail == 0) return;
+  std::vector<CharChange> dest;
+  size_t n = chars.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (i < lead || i + trail >= n) continue;
+    dest.push_back({chars[i], i + trail + 1 == n ? -static_cast<int>(trail) : 0});
+  }
+  transform(dest, lead);
+}
+
+std::vector<NormalizedString> NormalizedString::split(const Pattern& pattern, SplitBehavior behavior) const {
+  auto matches = pattern.find_matches(normalized_);
+  struct Piece {
+    size_t start, end;
+    bool remove;
+  };
+  std::vector<Piece> splits;
+  splits.reserve(matches.size());
+  switch (behavior) {
+    case SplitBehavior::kIsolated:
+      for (auto& m : matches) splits.push_back({m.start, m.end, false});
+      break;
+    case SplitBehavior::kRemoved:
+      for (auto& m : matches) splits.push_back({m.start, m.end, m.is_match});
+      break;
+    case SplitBehavior::kContiguous: {
+      bool prev = false;
+      for (auto& m : matches) {
+        if (m.is_match == prev && !splits.empty())
+          splits.back().end = m.end;
+        else
+          splits.push_back({m.start, m.end, false});
+        prev = m.is_match;
+      }
+      break;
+    }
+    case SplitBehavior::kMergedWithPrevious: {
+      bool prev = false;
+      for (auto& m : matches) {
+        if (m.is_match && !prev && !splits.empty())
+          splits.back().end = m.end;
+        else
+          splits.push_back({m.start, m.end, false});
+        prev = m.is_match;
+      }
+      break;
+    }
+    case SplitBehavior::kMergedWithNext: {
+      bool prev = false;
+      for (auto it = matches.rbegin(); it != matches.rend(); ++it) {
+        if (it->is_match && !prev && !splits.empty())
+          splits.back().start = it->start;
+        else
+          splits.push_back({it->start, it->end, false});
+        prev = it->is_match;
+      }
+      std::reverse(splits.begin(), splits.end());
+      break;
+    }
+  }
+  std::vector<NormalizedString> out;
+  out.reserve(splits.size());
+  for (auto& p : splits)
+    if (!p.remove) out.push_back(slice_normalized(p.start, p.end));
+  return out;
+}
+
+// ---------------------------------------------------------------- PreTokenizedString
+
+PreTokenizedString::PreTokenizedString(std::string text) {
+  splits_.push_back({NormalizedString(std::move(text)), std::nullopt});
+}
+
+void PreTokenizedString::split(const std::function<std::vector<NormalizedString>(size_t, NormalizedString&&)>& fn) {
+  std::vector<Split> next;
+  next.reserve(splits_.size());
+  for (size_t i = 0; i < splits_.size(); ++i) {
+    if (splits_[i].tokens) {
+      next.push_back(std::move(splits_[i]));
+      continue;
+    }
+    for (auto& n : fn(i, std::move(splits_[i].normalized)))
+      if (!n.empty()) next.push_back({std::move(n), std::nullopt});
+  }
+  splits_ = std::move(next);
+}
+
+}  // namespace mpool::tokenizer
