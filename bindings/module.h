@@ -6,5 +6,6 @@
 namespace mpool::bindings {
 
 void register_errors(pybind11::module_& m);
+void register_loading(pybind11::module_& m);
 
 }  // namespace mpool::bindings

@@ -7,3 +7,9 @@ if(NOT TBB_FOUND)
   message(FATAL_ERROR "oneTBB not found. Install it (Debian: apt-get install libtbb-dev) "
                       "or point TBB_DIR at its TBBConfig.cmake; scripts/setup.sh does this for you.")
 endif()
+
+find_package(nlohmann_json 3.10 CONFIG QUIET)
+if(NOT nlohmann_json_FOUND)
+  message(FATAL_ERROR "nlohmann_json not found. Install it (Debian: apt-get install nlohmann-json3-dev); "
+                      "scripts/setup.sh does this for you.")
+endif()

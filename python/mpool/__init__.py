@@ -9,3 +9,4 @@ from .errors import ALL_ERRORS, PoolError
 __version__ = "0.1.0"
 
 _core._set_error_classes({cls.code: cls for cls in ALL_ERRORS})
+from .loading import inspect, safetensors_load
