@@ -7,6 +7,7 @@
 
 #include "mpool/core/error.h"
 #include "mpool/loading/json.h"
+#include "mpool/loading/safetensors.h"
 
 namespace mpool::loading {
 namespace {
@@ -48,9 +49,10 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 std::vector<std::string> files_matching(const fs::path& dir, std::string_view suffix) {
   std::vector<std::string> out;
   std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.is_regular_file(ec) && ends_with(e.path().filename().string(), suffix))
-      out.push_back(e.path().filename().string());
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file(ec) && ends_with(name, suffix) && !is_training_artifact(name)) out.push_back(name);
+  }
   std::sort(out.begin(), out.end());
   return out;
 }

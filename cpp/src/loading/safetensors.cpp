@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mpool/core/error.h"
+#include "mpool/loading/json.h"
 
 namespace mpool::loading {
 namespace {
@@ -139,16 +140,6 @@ const char* kGgufAdvice =
     "`AutoModelForCausalLM.from_pretrained(dir, gguf_file=name).save_pretrained(out, "
     "safe_serialization=True)` (this dequantizes the weights)";
 
-json read_json_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) invalid(path.string(), "cannot be read");
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    invalid(path.string(), std::string("malformed JSON: ") + e.what());
-  }
-}
-
 }  // namespace
 
 std::size_t dtype_size(DType dtype) noexcept { return spec(dtype).size; }
@@ -225,6 +216,12 @@ const TensorInfo* SafetensorsFile::find(std::string_view name) const noexcept {
   return it == index_.end() ? nullptr : &header_.tensors[it->second];
 }
 
+bool is_training_artifact(std::string_view filename) noexcept {
+  for (std::string_view prefix : {"training_args.", "optimizer.", "scheduler.", "scaler.", "rng_state"})
+    if (filename.substr(0, prefix.size()) == prefix) return true;
+  return false;
+}
+
 std::optional<std::string> unsupported_format_advice(const std::filesystem::path& path) {
   const std::string name = path.filename().string();
   for (const char* ext : {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
@@ -260,8 +257,8 @@ Checkpoint Checkpoint::open(const std::filesystem::path& file_or_dir) {
       for (const auto& e : fs::directory_iterator(dir, ec)) {
         if (!e.is_regular_file(ec)) continue;
         if (e.path().extension() == ".safetensors") found.push_back(e.path());
-        else if (unsupported_format_advice(e.path()).has_value() &&
-                 e.path().extension() != ".json")
+        else if (e.path().extension() != ".json" && !is_training_artifact(e.path().filename().string()) &&
+                 unsupported_format_advice(e.path()).has_value())
           foreign.push_back(e.path());
       }
       std::sort(found.begin(), found.end());
@@ -291,7 +288,7 @@ Checkpoint Checkpoint::open(const std::filesystem::path& file_or_dir) {
 
   if (!index.empty()) {
     ckpt.index_path_ = index;
-    const json root = read_json_file(index);
+    const json root = load_json(index);
     const auto map_it = root.is_object() ? root.find("weight_map") : root.end();
     if (map_it == root.end() || !map_it->is_object())
       invalid(index.string(), "\"weight_map\" must be an object mapping tensor names to files");

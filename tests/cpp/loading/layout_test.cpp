@@ -89,6 +89,7 @@ TEST(DescribeLayout, SentenceTransformersModulesPoolingAndPrompts) {
   write_file(d / "config.json", R"({"model_type":"bert"})");
   write_file(d / "model.safetensors", "");
   write_file(d / "pytorch_model.bin", "");
+  write_file(d / "training_args.bin", "");
   write_file(d / "vocab.txt", "[PAD]\n");
   const ModelLayout l = describe_layout(d);
   ASSERT_TRUE(l.sentence_transformers.has_value());

@@ -131,6 +131,10 @@ class Checkpoint {
   std::string searched_;
 };
 
+/// True for files training leaves beside a model that hold no model weights
+/// (training_args.bin, optimizer.pt, rng_state.pth, ...).
+bool is_training_artifact(std::string_view filename) noexcept;
+
 /// Advice for a checkpoint file mpool cannot read (pickle, .pt, GGUF), or nullopt
 /// when `path` does not look like one.
 std::optional<std::string> unsupported_format_advice(const std::filesystem::path& path);
