@@ -74,7 +74,8 @@ void read_chat_templates(const json& value, const std::string& where,
 }  // namespace
 
 ModelConfig parse_model_config(const JsonView& j) {
-  ModelConfig c{.raw = j};
+  ModelConfig c;
+  c.raw = j;
   c.model_type = j.get_or<std::string>("model_type", "");
   c.architectures = j.get_or<std::vector<std::string>>("architectures", {});
   c.torch_dtype = j.get_optional<std::string>("torch_dtype");
@@ -113,7 +114,8 @@ ModelConfig parse_model_config(const JsonView& j) {
 }
 
 GenerationConfig parse_generation_config(const JsonView& j) {
-  GenerationConfig g{.raw = j};
+  GenerationConfig g;
+  g.raw = j;
   g.bos_token_id = j.get_token_ids("bos_token_id");
   g.eos_token_id = j.get_token_ids("eos_token_id");
   g.pad_token_id = j.get_token_ids("pad_token_id");
@@ -128,7 +130,8 @@ GenerationConfig parse_generation_config(const JsonView& j) {
 }
 
 TokenizerConfig parse_tokenizer_config(const JsonView& j, const std::optional<fs::path>& dir) {
-  TokenizerConfig t{.raw = j};
+  TokenizerConfig t;
+  t.raw = j;
   t.tokenizer_class = j.get_optional<std::string>("tokenizer_class");
   t.special = parse_special(j);
   if (j.has("model_max_length")) {

@@ -101,6 +101,9 @@ std::map<std::string, std::string> json_as<std::map<std::string, std::string>>(c
   return out;
 }
 
+JsonView::JsonView()
+    : root_(std::make_shared<const nlohmann::json>(nlohmann::json::object())), node_(root_.get()) {}
+
 JsonView::JsonView(std::shared_ptr<const nlohmann::json> root, const nlohmann::json* node, std::string file, std::string path)
     : root_(std::move(root)), node_(node), file_(std::move(file)), path_(std::move(path)) {}
 

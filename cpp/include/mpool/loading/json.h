@@ -18,6 +18,8 @@ namespace mpool::loading {
 /// A node of a parsed JSON file that knows where it came from, for error messages.
 class JsonView {
  public:
+  /// An empty object, so config structs can be default-constructed and filled in.
+  JsonView();
   /// Views `node` of the file called `file`; `path` is the dotted key path to it ("" at the root).
   JsonView(std::shared_ptr<const nlohmann::json> root, const nlohmann::json* node, std::string file,
            std::string path);
