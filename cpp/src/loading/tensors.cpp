@@ -3,6 +3,8 @@
 #include <bit>
 #include <cstring>
 
+#include <tbb/parallel_for.h>
+
 #include "mpool/core/error.h"
 
 namespace mpool::loading {
@@ -12,6 +14,26 @@ namespace {
 static_assert(std::endian::native == std::endian::little, "mpool loads safetensors on little-endian hosts only");
 
 std::vector<std::int64_t> sizes_of(const TensorInfo& info) { return info.shape; }
+
+// A byte range of one mapping to prefault.
+struct PopulateRange {
+  const MappedFile* mapping;
+  std::size_t offset;
+  std::size_t length;
+};
+
+// Prefaulting is page-table work that scales with cores; chunks keep one huge
+// file from serialising it.
+void populate_parallel(const std::vector<PopulateRange>& ranges) {
+  constexpr std::size_t kChunk = 64u << 20;
+  std::vector<PopulateRange> chunks;
+  for (const auto& r : ranges)
+    for (std::size_t at = 0; at < r.length; at += kChunk)
+      chunks.push_back({r.mapping, r.offset + at, std::min(kChunk, r.length - at)});
+  tbb::parallel_for(std::size_t{0}, chunks.size(), [&](std::size_t i) {
+    chunks[i].mapping->populate(chunks[i].offset, chunks[i].length);
+  });
+}
 
 }  // namespace
 
@@ -101,13 +123,16 @@ LoadResult load_checkpoint(const Checkpoint& checkpoint, const LoadOptions& opti
   for (const auto& name : names) refs.push_back(checkpoint.require(name));  // fail before loading anything
 
   if (options.populate) {
+    std::vector<PopulateRange> ranges;
     if (expected) {
       for (const auto& ref : refs)
-        ref.file->mapping()->populate(ref.file->header().data_offset + ref.info->begin, ref.info->end - ref.info->begin);
+        ranges.push_back({ref.file->mapping().get(), ref.file->header().data_offset + ref.info->begin,
+                          ref.info->end - ref.info->begin});
     } else {
       for (const auto& file : checkpoint.files())
-        file->mapping()->populate(file->header().data_offset, file->header().data_size);
+        ranges.push_back({file->mapping().get(), file->header().data_offset, file->header().data_size});
     }
+    populate_parallel(ranges);
   }
   result.tensors.reserve(refs.size());
   for (std::size_t i = 0; i < refs.size(); ++i) {
