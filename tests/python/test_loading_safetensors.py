@@ -278,6 +278,13 @@ def test_other_checkpoint_formats_explain_how_to_convert(tmp_path, name, content
         assert name in str(info.value) and advice in str(info.value)
 
 
+def test_valid_file_whose_header_length_looks_like_pickle_magic_loads(tmp_path):
+    # A 640-byte header (0x280) makes the file start with b"\x80\x02", pickle's protocol-2 opcode.
+    text = json.dumps({"w": entry("U8", [2], 0, 2)}).encode().ljust(640)
+    loaded = mpool.safetensors_load(raw_file(tmp_path / "model.safetensors", text, b"\x01\x02"))
+    np.testing.assert_array_equal(loaded["w"], np.array([1, 2], np.uint8))
+
+
 def test_pickle_renamed_to_safetensors_is_recognised(tmp_path):
     torch.save({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
     with pytest.raises(mpool.InvalidInput, match="PyTorch pickle checkpoint"):

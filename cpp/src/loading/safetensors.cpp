@@ -140,6 +140,25 @@ const char* kGgufAdvice =
     "`AutoModelForCausalLM.from_pretrained(dir, gguf_file=name).save_pretrained(out, "
     "safe_serialization=True)` (this dequantizes the weights)";
 
+std::optional<std::string> advice_by_name(const std::string& name) {
+  for (const char* ext : {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
+    if (has_suffix(name, ext)) return std::string(kPickleAdvice);
+  if (has_suffix(name, ".gguf")) return std::string(kGgufAdvice);
+  return std::nullopt;
+}
+
+// Only consulted once a file failed to parse as safetensors: a valid header
+// length can start with the same bytes (640 = 0x280 reads as pickle's "\x80\x02").
+std::optional<std::string> advice_by_magic(const std::byte* data, std::size_t size) {
+  if (size < 4) return std::nullopt;
+  const auto* m = reinterpret_cast<const unsigned char*>(data);
+  if (std::memcmp(m, "GGUF", 4) == 0) return std::string(kGgufAdvice);
+  if (std::memcmp(m, "PK\x03\x04", 4) == 0) return std::string(kPickleAdvice);
+  // Pickle protocol 2+ starts with PROTO (0x80) and the protocol number.
+  if (m[0] == 0x80 && m[1] >= 2 && m[1] <= 5) return std::string(kPickleAdvice);
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::size_t dtype_size(DType dtype) noexcept { return spec(dtype).size; }
@@ -205,9 +224,16 @@ SafetensorsFile::SafetensorsFile(std::shared_ptr<MappedFile> mapping, Safetensor
 }
 
 std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
-  if (auto advice = unsupported_format_advice(path)) invalid(path.string(), "is " + *advice);
+  if (auto advice = advice_by_name(path.filename().string())) invalid(path.string(), "is " + *advice);
   auto mapping = MappedFile::open(path);
-  auto header = parse_safetensors_header(mapping->data(), mapping->size(), path.string());
+  SafetensorsHeader header;
+  try {
+    header = parse_safetensors_header(mapping->data(), mapping->size(), path.string());
+  } catch (const Error&) {
+    // A misnamed pickle or GGUF file: say what it is rather than why it is not safetensors.
+    if (auto advice = advice_by_magic(mapping->data(), mapping->size())) invalid(path.string(), "is " + *advice);
+    throw;
+  }
   return std::shared_ptr<const SafetensorsFile>(new SafetensorsFile(std::move(mapping), std::move(header)));
 }
 
@@ -223,20 +249,11 @@ bool is_training_artifact(std::string_view filename) noexcept {
 }
 
 std::optional<std::string> unsupported_format_advice(const std::filesystem::path& path) {
-  const std::string name = path.filename().string();
-  for (const char* ext : {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
-    if (has_suffix(name, ext)) return std::string(kPickleAdvice);
-  if (has_suffix(name, ".gguf")) return std::string(kGgufAdvice);
-  // A misnamed file: recognise it by its first bytes.
+  if (auto advice = advice_by_name(path.filename().string())) return advice;
   std::ifstream in(path, std::ios::binary);
   char magic[4] = {};
   if (!in.read(magic, sizeof magic)) return std::nullopt;
-  if (std::memcmp(magic, "GGUF", 4) == 0) return std::string(kGgufAdvice);
-  if (std::memcmp(magic, "PK\x03\x04", 4) == 0) return std::string(kPickleAdvice);
-  // Pickle protocol 2+ starts with PROTO (0x80) and the protocol number.
-  if (static_cast<unsigned char>(magic[0]) == 0x80 && magic[1] >= 2 && magic[1] <= 5)
-    return std::string(kPickleAdvice);
-  return std::nullopt;
+  return advice_by_magic(reinterpret_cast<const std::byte*>(magic), sizeof magic);
 }
 
 Checkpoint Checkpoint::open(const std::filesystem::path& file_or_dir) {

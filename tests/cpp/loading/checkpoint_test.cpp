@@ -121,6 +121,16 @@ TEST(Checkpoint, PickleAndGgufGiveConversionAdvice) {
   EXPECT_NE(msg.find("pickle"), std::string::npos) << msg;
 }
 
+TEST(Checkpoint, HeaderLengthThatLooksLikePickleMagicStillLoads) {
+  // 640 = 0x280: the file starts "\x80\x02", like a protocol-2 pickle.
+  std::string header = R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})";
+  header.resize(640, ' ');
+  TempDir dir;
+  write_file(dir.path() / "model.safetensors", safetensors_bytes(header, "x"));
+  const Checkpoint ckpt = Checkpoint::open(dir.path());
+  EXPECT_EQ(ckpt.names(), std::vector<std::string>{"w"});
+}
+
 TEST(Checkpoint, DirectoryWithoutWeightsSaysWhatItLookedFor) {
   TempDir dir;
   const std::string msg = message_of([&] { Checkpoint::open(dir.path()); });
