@@ -1,5 +1,6 @@
 #include "mpool/loading/tensors.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 
@@ -12,8 +13,6 @@ namespace {
 
 // safetensors stores little-endian data; viewing it in place needs the same order.
 static_assert(std::endian::native == std::endian::little, "mpool loads safetensors on little-endian hosts only");
-
-std::vector<std::int64_t> sizes_of(const TensorInfo& info) { return info.shape; }
 
 // A byte range of one mapping to prefault.
 struct PopulateRange {
@@ -81,7 +80,7 @@ at::Tensor load_tensor(const TensorRef& ref, std::optional<at::ScalarType> dtype
   const at::ScalarType target = dtype.value_or(stored);
   std::byte* data = ref.file->tensor_data(info);
   const bool aligned = reinterpret_cast<std::uintptr_t>(data) % dtype_size(info.dtype) == 0;
-  const auto sizes = sizes_of(info);
+  const std::vector<std::int64_t>& sizes = info.shape;
 
   at::Tensor tensor;
   bool shares = false;

@@ -1,6 +1,8 @@
 #pragma once
 // What a model directory holds and which registered family can serve it: the data
 // behind mpool.inspect(). Torch-free; reads JSON files and safetensors headers only.
+#include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
