@@ -173,3 +173,15 @@ def test_sentence_transformers_prompts_are_reported(tmp_path):
     assert st["default_prompt_name"] == "query"
     assert st["pooling"]["mode"] == "cls" and st["normalize"] is False
     assert st["other_modules"] == ["sentence_transformers.models.Dense"]
+
+
+def test_concurrent_loads_from_threads_all_match_the_reference():
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = safetensors.numpy.load_file(os.path.join(MINILM, "model.safetensors"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda dtype: mpool.safetensors_load(MINILM, dtype=dtype), [None, "float16"] * 4))
+    for i, loaded in enumerate(results):
+        for name, value in expected.items():
+            want = value.astype(np.float16) if i % 2 and value.dtype == np.float32 else value
+            np.testing.assert_array_equal(loaded[name], want, err_msg=name)
