@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   mpool::bindings::register_py_model(m);
   mpool::bindings::register_testing(m);
   mpool::bindings::register_tokenizer(m);
+  mpool::bindings::register_loading(m);
 }

@@ -8,6 +8,12 @@ if(NOT TBB_FOUND)
                       "or point TBB_DIR at its TBBConfig.cmake; scripts/setup.sh does this for you.")
 endif()
 
+find_package(nlohmann_json 3.10 CONFIG QUIET)
+if(NOT nlohmann_json_FOUND)
+  message(FATAL_ERROR "nlohmann_json not found. Install it (Debian: apt-get install nlohmann-json3-dev); "
+                      "scripts/setup.sh does this for you.")
+endif()
+
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(STB IMPORTED_TARGET stb)
 if(NOT STB_FOUND)

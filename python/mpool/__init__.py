@@ -25,6 +25,7 @@ from .errors import (
 )
 from .models import CAPABILITIES, Model, PyModel
 from .pool import ImageStream, Pool, TextStream
+from .loading import inspect, safetensors_load
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
@@ -36,6 +37,8 @@ ImageProgress = _core.ImageProgress
 GenerationStats = _core.GenerationStats
 
 __all__ = [
+    "inspect",
+    "safetensors_load",
     "CAPABILITIES",
     "Cancelled",
     "GenerationStats",

@@ -1,0 +1,167 @@
+#pragma once
+// Typed views of the Hugging Face JSON files every family reads. Only the common
+// fields live here; a family reads its own ones through `raw` and JsonView::get.
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mpool/loading/json.h"
+
+namespace mpool::loading {
+
+/// rope_scaling (or the newer rope_parameters) of config.json.
+struct RopeScaling {
+  /// "linear", "dynamic", "yarn", "llama3", ... ("rope_type", or legacy "type").
+  std::string type;
+  /// Scaling factor, when the type has one.
+  std::optional<double> factor;
+  /// Context length the model was trained with before scaling.
+  std::optional<std::int64_t> original_max_position_embeddings;
+  /// llama3 low frequency factor.
+  std::optional<double> low_freq_factor;
+  /// llama3 high frequency factor.
+  std::optional<double> high_freq_factor;
+};
+
+/// The common fields of config.json.
+struct ModelConfig {
+  /// "bert", "llama", "clip", ...
+  std::string model_type;
+  /// Class names such as "LlamaForCausalLM".
+  std::vector<std::string> architectures;
+  /// Checkpoint dtype as written ("float32", "bfloat16"; "torch_dtype" or newer "dtype").
+  std::optional<std::string> torch_dtype;
+  /// Vocabulary size.
+  std::optional<std::int64_t> vocab_size;
+  /// Hidden size (n_embd / d_model in some families: read those via raw).
+  std::optional<std::int64_t> hidden_size;
+  /// Number of transformer layers.
+  std::optional<std::int64_t> num_hidden_layers;
+  /// Number of attention heads.
+  std::optional<std::int64_t> num_attention_heads;
+  /// Number of key/value heads (grouped-query attention); absent means num_attention_heads.
+  std::optional<std::int64_t> num_key_value_heads;
+  /// Explicit per-head size, when not hidden_size / num_attention_heads.
+  std::optional<std::int64_t> head_dim;
+  /// MLP inner size.
+  std::optional<std::int64_t> intermediate_size;
+  /// Longest position the model has embeddings or rope for.
+  std::optional<std::int64_t> max_position_embeddings;
+  /// Activation name ("gelu", "silu", ...).
+  std::optional<std::string> hidden_act;
+  /// RoPE base frequency.
+  std::optional<double> rope_theta;
+  /// RoPE scaling, when configured.
+  std::optional<RopeScaling> rope_scaling;
+  /// Fraction of each head that is rotated (partial rotary models).
+  std::optional<double> partial_rotary_factor;
+  /// LayerNorm epsilon.
+  std::optional<double> layer_norm_eps;
+  /// RMSNorm epsilon.
+  std::optional<double> rms_norm_eps;
+  /// Whether the output projection shares the input embedding.
+  std::optional<bool> tie_word_embeddings;
+  /// Beginning-of-sequence ids (one or several).
+  std::vector<std::int64_t> bos_token_id;
+  /// End-of-sequence ids (one or several).
+  std::vector<std::int64_t> eos_token_id;
+  /// Padding ids.
+  std::vector<std::int64_t> pad_token_id;
+  /// The whole file, for family-specific fields.
+  JsonView raw;
+};
+
+/// generation_config.json.
+struct GenerationConfig {
+  /// Beginning-of-sequence ids.
+  std::vector<std::int64_t> bos_token_id;
+  /// End-of-sequence ids; generation stops at any of them.
+  std::vector<std::int64_t> eos_token_id;
+  /// Padding ids.
+  std::vector<std::int64_t> pad_token_id;
+  /// Longest total length (prompt + generated).
+  std::optional<std::int64_t> max_length;
+  /// Most tokens to generate.
+  std::optional<std::int64_t> max_new_tokens;
+  /// Sample instead of greedy decoding.
+  std::optional<bool> do_sample;
+  /// Sampling temperature.
+  std::optional<double> temperature;
+  /// Nucleus sampling mass.
+  std::optional<double> top_p;
+  /// Top-k sampling cut.
+  std::optional<std::int64_t> top_k;
+  /// Repetition penalty.
+  std::optional<double> repetition_penalty;
+  /// The whole file.
+  JsonView raw;
+};
+
+/// Special tokens named in tokenizer_config.json or special_tokens_map.json; each may
+/// be written as a string or as an AddedToken object, stored here as its content.
+struct SpecialTokens {
+  /// Beginning-of-sequence token.
+  std::optional<std::string> bos_token;
+  /// End-of-sequence token.
+  std::optional<std::string> eos_token;
+  /// Unknown token.
+  std::optional<std::string> unk_token;
+  /// Separator token.
+  std::optional<std::string> sep_token;
+  /// Padding token.
+  std::optional<std::string> pad_token;
+  /// Classification token.
+  std::optional<std::string> cls_token;
+  /// Mask token.
+  std::optional<std::string> mask_token;
+  /// Further special tokens.
+  std::vector<std::string> additional_special_tokens;
+};
+
+/// tokenizer_config.json (plus chat_template.jinja / chat_template.json when present).
+struct TokenizerConfig {
+  /// "BertTokenizer", "LlamaTokenizerFast", ...
+  std::optional<std::string> tokenizer_class;
+  /// Special tokens.
+  SpecialTokens special;
+  /// Longest input; nullopt when the file says "unlimited" (the 1e30 sentinel) or nothing.
+  std::optional<std::int64_t> model_max_length;
+  /// Jinja chat templates by name; a single template is called "default".
+  std::map<std::string, std::string> chat_templates;
+  /// Whether the tokenizer prepends bos.
+  std::optional<bool> add_bos_token;
+  /// Whether the tokenizer appends eos.
+  std::optional<bool> add_eos_token;
+  /// Lower-case before tokenizing (BERT uncased).
+  std::optional<bool> do_lower_case;
+  /// Padding side, "right" or "left".
+  std::optional<std::string> padding_side;
+  /// Added tokens by id: content and whether they are special.
+  std::map<std::int64_t, std::pair<std::string, bool>> added_tokens;
+  /// The whole file.
+  JsonView raw;
+};
+
+/// Reads the common fields of config.json; errors name the file and key.
+ModelConfig parse_model_config(const JsonView& json);
+/// Reads generation_config.json.
+GenerationConfig parse_generation_config(const JsonView& json);
+/// Reads tokenizer_config.json; `dir` is searched for chat_template.jinja/.json too.
+TokenizerConfig parse_tokenizer_config(const JsonView& json,
+                                       const std::optional<std::filesystem::path>& dir = std::nullopt);
+/// Reads special_tokens_map.json.
+SpecialTokens parse_special_tokens_map(const JsonView& json);
+
+/// Loads `dir`/config.json.
+ModelConfig load_model_config(const std::filesystem::path& dir);
+/// Loads `dir`/generation_config.json, or nullopt when absent.
+std::optional<GenerationConfig> load_generation_config(const std::filesystem::path& dir);
+/// Loads `dir`/tokenizer_config.json, or nullopt when absent.
+std::optional<TokenizerConfig> load_tokenizer_config(const std::filesystem::path& dir);
+/// Loads `dir`/special_tokens_map.json, or nullopt when absent.
+std::optional<SpecialTokens> load_special_tokens_map(const std::filesystem::path& dir);
+
+}  // namespace mpool::loading

@@ -1,0 +1,61 @@
+#pragma once
+// What a model directory holds and which registered family can serve it: the data
+// behind mpool.inspect(). Torch-free; reads JSON files and safetensors headers only.
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "mpool/loading/config.h"
+#include "mpool/loading/layout.h"
+#include "mpool/loading/registry.h"
+
+namespace mpool::loading {
+
+/// Summary of the safetensors headers of a checkpoint.
+struct WeightsSummary {
+  /// Number of tensors.
+  std::size_t num_tensors = 0;
+  /// Total number of elements.
+  std::uint64_t num_parameters = 0;
+  /// Total bytes of tensor data.
+  std::uint64_t num_bytes = 0;
+  /// Tensor count per stored dtype ("F32" -> 101).
+  std::map<std::string, std::size_t> dtypes;
+  /// Why the weights cannot be loaded, when they cannot (a malformed file, another format).
+  std::optional<std::string> error;
+};
+
+/// Everything inspect() reports.
+struct InspectReport {
+  /// Where the model was found.
+  ResolvedModel resolved;
+  /// What the directory holds.
+  ModelLayout layout;
+  /// config.json, when present.
+  std::optional<ModelConfig> config;
+  /// generation_config.json, when present.
+  std::optional<GenerationConfig> generation_config;
+  /// tokenizer_config.json, when present.
+  std::optional<TokenizerConfig> tokenizer_config;
+  /// special_tokens_map.json, when present.
+  std::optional<SpecialTokens> special_tokens_map;
+  /// The weights' headers.
+  WeightsSummary weights;
+  /// Each registered family's verdict.
+  std::vector<FamilyMatch> families;
+  /// One sentence on who can serve the model, or why nobody can.
+  std::string support;
+  /// The report as JSON (what the Python binding returns as a dict).
+  nlohmann::json to_json() const;
+};
+
+/// Resolves `path_or_repo_id` (offline) and reports on it, asking `registry` for support.
+InspectReport inspect_model(std::string_view path_or_repo_id,
+                            const FamilyRegistry& registry = FamilyRegistry::global());
+
+}  // namespace mpool::loading

@@ -1,0 +1,206 @@
+#include "mpool/loading/config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "mpool/core/error.h"
+
+namespace mpool::loading {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// A special token is a plain string or an AddedToken object {"content": ...}.
+std::optional<std::string> token_content(const JsonView& view, std::string_view key) {
+  if (!view.has(key)) return std::nullopt;
+  const json& v = view.json().at(std::string(key));
+  if (v.is_object()) return view.child(key)->get<std::string>("content");
+  return view.get<std::string>(key);
+}
+
+SpecialTokens parse_special(const JsonView& view) {
+  SpecialTokens s;
+  s.bos_token = token_content(view, "bos_token");
+  s.eos_token = token_content(view, "eos_token");
+  s.unk_token = token_content(view, "unk_token");
+  s.sep_token = token_content(view, "sep_token");
+  s.pad_token = token_content(view, "pad_token");
+  s.cls_token = token_content(view, "cls_token");
+  s.mask_token = token_content(view, "mask_token");
+  if (view.has("additional_special_tokens")) {
+    const json& list = view.json().at("additional_special_tokens");
+    const std::string where = view.file() + ": \"additional_special_tokens\"";
+    if (!list.is_array())
+      throw Error(ErrorCode::kInvalidInput, where + " must be a list of tokens");
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      const json& t = list[i];
+      const std::string at = where + "[" + std::to_string(i) + "]";
+      s.additional_special_tokens.push_back(
+          t.is_object() && t.contains("content") ? json_as<std::string>(t["content"], at + ".content")
+                                                 : json_as<std::string>(t, at));
+    }
+  }
+  return s;
+}
+
+std::optional<std::string> read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+void read_chat_templates(const json& value, const std::string& where,
+                         std::map<std::string, std::string>& out) {
+  if (value.is_string()) {
+    out["default"] = value.get<std::string>();
+    return;
+  }
+  // The multi-template form: [{"name": "default", "template": "..."}, {"name": "tool_use", ...}].
+  if (!value.is_array())
+    throw Error(ErrorCode::kInvalidInput,
+                where + " must be a template string or a list of {name, template}");
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    const std::string at = where + "[" + std::to_string(i) + "]";
+    if (!value[i].is_object())
+      throw Error(ErrorCode::kInvalidInput, at + " must be an object with \"name\" and \"template\"");
+    out[json_as<std::string>(value[i].value("name", json()), at + ".name")] =
+        json_as<std::string>(value[i].value("template", json()), at + ".template");
+  }
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const JsonView& j) {
+  ModelConfig c;
+  c.raw = j;
+  c.model_type = j.get_or<std::string>("model_type", "");
+  c.architectures = j.get_or<std::vector<std::string>>("architectures", {});
+  c.torch_dtype = j.get_optional<std::string>("torch_dtype");
+  if (!c.torch_dtype) c.torch_dtype = j.get_optional<std::string>("dtype");
+  c.vocab_size = j.get_optional<std::int64_t>("vocab_size");
+  c.hidden_size = j.get_optional<std::int64_t>("hidden_size");
+  c.num_hidden_layers = j.get_optional<std::int64_t>("num_hidden_layers");
+  c.num_attention_heads = j.get_optional<std::int64_t>("num_attention_heads");
+  c.num_key_value_heads = j.get_optional<std::int64_t>("num_key_value_heads");
+  c.head_dim = j.get_optional<std::int64_t>("head_dim");
+  c.intermediate_size = j.get_optional<std::int64_t>("intermediate_size");
+  c.max_position_embeddings = j.get_optional<std::int64_t>("max_position_embeddings");
+  c.hidden_act = j.get_optional<std::string>("hidden_act");
+  c.rope_theta = j.get_optional<double>("rope_theta");
+  c.partial_rotary_factor = j.get_optional<double>("partial_rotary_factor");
+  c.layer_norm_eps = j.get_optional<double>("layer_norm_eps");
+  c.rms_norm_eps = j.get_optional<double>("rms_norm_eps");
+  c.tie_word_embeddings = j.get_optional<bool>("tie_word_embeddings");
+  c.bos_token_id = j.get_token_ids("bos_token_id");
+  c.eos_token_id = j.get_token_ids("eos_token_id");
+  c.pad_token_id = j.get_token_ids("pad_token_id");
+  // Newer transformers moved rope settings (theta included) into rope_parameters.
+  auto rope = j.child("rope_scaling");
+  if (!rope) rope = j.child("rope_parameters");
+  if (rope) {
+    RopeScaling r;
+    r.type = rope->has("rope_type") ? rope->get<std::string>("rope_type") : rope->get_or<std::string>("type", "");
+    r.factor = rope->get_optional<double>("factor");
+    r.original_max_position_embeddings = rope->get_optional<std::int64_t>("original_max_position_embeddings");
+    r.low_freq_factor = rope->get_optional<double>("low_freq_factor");
+    r.high_freq_factor = rope->get_optional<double>("high_freq_factor");
+    if (!c.rope_theta) c.rope_theta = rope->get_optional<double>("rope_theta");
+    c.rope_scaling = std::move(r);
+  }
+  return c;
+}
+
+GenerationConfig parse_generation_config(const JsonView& j) {
+  GenerationConfig g;
+  g.raw = j;
+  g.bos_token_id = j.get_token_ids("bos_token_id");
+  g.eos_token_id = j.get_token_ids("eos_token_id");
+  g.pad_token_id = j.get_token_ids("pad_token_id");
+  g.max_length = j.get_optional<std::int64_t>("max_length");
+  g.max_new_tokens = j.get_optional<std::int64_t>("max_new_tokens");
+  g.do_sample = j.get_optional<bool>("do_sample");
+  g.temperature = j.get_optional<double>("temperature");
+  g.top_p = j.get_optional<double>("top_p");
+  g.top_k = j.get_optional<std::int64_t>("top_k");
+  g.repetition_penalty = j.get_optional<double>("repetition_penalty");
+  return g;
+}
+
+TokenizerConfig parse_tokenizer_config(const JsonView& j, const std::optional<fs::path>& dir) {
+  TokenizerConfig t;
+  t.raw = j;
+  t.tokenizer_class = j.get_optional<std::string>("tokenizer_class");
+  t.special = parse_special(j);
+  if (j.has("model_max_length")) {
+    // transformers writes int(1e30) for "no limit": treat anything that large as absent.
+    const json& v = j.json().at("model_max_length");
+    if (!(v.is_number() && v.get<double>() >= 1e18))
+      t.model_max_length = json_as<std::int64_t>(v, j.file() + ": \"model_max_length\"");
+  }
+  t.add_bos_token = j.get_optional<bool>("add_bos_token");
+  t.add_eos_token = j.get_optional<bool>("add_eos_token");
+  t.do_lower_case = j.get_optional<bool>("do_lower_case");
+  t.padding_side = j.get_optional<std::string>("padding_side");
+  if (j.has("chat_template"))
+    read_chat_templates(j.json().at("chat_template"), j.file() + ": \"chat_template\"", t.chat_templates);
+  if (auto added = j.child("added_tokens_decoder")) {
+    for (const auto& [id_text, token] : added->json().items()) {
+      const std::string at = j.file() + ": \"added_tokens_decoder." + id_text + "\"";
+      std::int64_t id = 0;
+      try {
+        std::size_t used = 0;
+        id = std::stoll(id_text, &used);
+        if (used != id_text.size()) throw std::invalid_argument(id_text);
+      } catch (const std::exception&) {
+        throw Error(ErrorCode::kInvalidInput, at + ": the key must be a token id");
+      }
+      if (!token.is_object()) throw Error(ErrorCode::kInvalidInput, at + " must be an object");
+      t.added_tokens[id] = {json_as<std::string>(token.value("content", json()), at + ".content"),
+                            token.contains("special") && json_as<bool>(token["special"], at + ".special")};
+    }
+  }
+  // Newer exports keep the template in its own file.
+  if (t.chat_templates.empty() && dir) {
+    if (auto text = read_text(*dir / "chat_template.jinja")) {
+      t.chat_templates["default"] = *text;
+    } else if (fs::exists(*dir / "chat_template.json")) {
+      const JsonView file = load_json_object(*dir / "chat_template.json");
+      if (file.has("chat_template"))
+        read_chat_templates(file.json().at("chat_template"), file.file() + ": \"chat_template\"",
+                            t.chat_templates);
+    }
+  }
+  return t;
+}
+
+SpecialTokens parse_special_tokens_map(const JsonView& j) { return parse_special(j); }
+
+ModelConfig load_model_config(const fs::path& dir) {
+  const fs::path path = dir / "config.json";
+  if (!fs::is_regular_file(path))
+    throw Error(ErrorCode::kInvalidInput, path.string() + ": no such file; a model directory needs its config.json");
+  return parse_model_config(load_json_object(path));
+}
+
+std::optional<GenerationConfig> load_generation_config(const fs::path& dir) {
+  const fs::path path = dir / "generation_config.json";
+  if (!fs::is_regular_file(path)) return std::nullopt;
+  return parse_generation_config(load_json_object(path));
+}
+
+std::optional<TokenizerConfig> load_tokenizer_config(const fs::path& dir) {
+  const fs::path path = dir / "tokenizer_config.json";
+  if (!fs::is_regular_file(path)) return std::nullopt;
+  return parse_tokenizer_config(load_json_object(path), dir);
+}
+
+std::optional<SpecialTokens> load_special_tokens_map(const fs::path& dir) {
+  const fs::path path = dir / "special_tokens_map.json";
+  if (!fs::is_regular_file(path)) return std::nullopt;
+  return parse_special_tokens_map(load_json_object(path));
+}
+
+}  // namespace mpool::loading

@@ -1,0 +1,217 @@
+#include "mpool/loading/inspect.h"
+
+#include <set>
+
+#include "mpool/core/error.h"
+#include "mpool/loading/safetensors.h"
+
+namespace mpool::loading {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+template <typename T>
+json opt(const std::optional<T>& v) {
+  return v ? json(*v) : json(nullptr);
+}
+
+json special_json(const SpecialTokens& s) {
+  return {{"bos_token", opt(s.bos_token)}, {"eos_token", opt(s.eos_token)}, {"unk_token", opt(s.unk_token)},
+          {"sep_token", opt(s.sep_token)}, {"pad_token", opt(s.pad_token)}, {"cls_token", opt(s.cls_token)},
+          {"mask_token", opt(s.mask_token)}, {"additional_special_tokens", s.additional_special_tokens}};
+}
+
+WeightsSummary summarize_weights(const ModelLayout& layout) {
+  WeightsSummary w;
+  switch (layout.weights.format) {
+    case WeightsFormat::kSafetensors:
+    case WeightsFormat::kSafetensorsSharded:
+      break;
+    case WeightsFormat::kNone:
+      w.error = "no weight files found in " + layout.model_dir.string();
+      return w;
+    default: {
+      const fs::path first = layout.root / layout.weights.files.front();
+      w.error = first.string() + " is " + unsupported_format_advice(first).value_or("not a safetensors file");
+      return w;
+    }
+  }
+  try {
+    const fs::path target = layout.weights.index ? layout.root / *layout.weights.index
+                            : layout.weights.files.size() == 1 ? layout.root / layout.weights.files.front()
+                                                               : layout.model_dir;
+    const Checkpoint ckpt = Checkpoint::open(target);
+    for (const auto& name : ckpt.names()) {
+      const TensorInfo& info = *ckpt.find(name)->info;
+      ++w.num_tensors;
+      w.num_parameters += info.numel();
+      w.num_bytes += info.end - info.begin;
+      ++w.dtypes[dtype_name(info.dtype)];
+    }
+  } catch (const Error& e) {
+    w.error = e.what();
+  }
+  return w;
+}
+
+std::string support_sentence(const InspectReport& r) {
+  if (!r.config) return "no config.json in " + r.layout.model_dir.string() + ", so no family can be chosen";
+  const std::string type = r.config->model_type.empty() ? "(none: config.json has no \"model_type\")"
+                                                        : "\"" + r.config->model_type + "\"";
+  std::vector<std::string> yes;
+  for (const auto& f : r.families)
+    if (f.supported) yes.push_back(f.name);
+  if (!yes.empty()) {
+    std::string s = "supported by ";
+    for (std::size_t i = 0; i < yes.size(); ++i) s += (i ? ", " : "") + yes[i];
+    return s;
+  }
+  if (r.families.empty()) return "no registered family supports model_type " + type + " (no families are registered)";
+  std::string s = "no registered family supports model_type " + type + ": ";
+  for (std::size_t i = 0; i < r.families.size(); ++i)
+    s += (i ? "; " : "") + r.families[i].name + ": " + r.families[i].reason;
+  return s;
+}
+
+}  // namespace
+
+InspectReport inspect_model(std::string_view path_or_repo_id, const FamilyRegistry& registry) {
+  InspectReport r;
+  r.resolved = resolve_model(path_or_repo_id);
+  r.layout = describe_layout(r.resolved.path);
+  if (r.layout.has_config) r.config = load_model_config(r.layout.model_dir);
+  r.generation_config = load_generation_config(r.layout.model_dir);
+  if (!r.layout.tokenizer_dir.empty()) {
+    r.tokenizer_config = load_tokenizer_config(r.layout.tokenizer_dir);
+    r.special_tokens_map = load_special_tokens_map(r.layout.tokenizer_dir);
+  }
+  r.weights = summarize_weights(r.layout);
+  if (r.config) r.families = registry.match(*r.config, r.layout);
+  r.support = support_sentence(r);
+  return r;
+}
+
+json InspectReport::to_json() const {
+  json out;
+  out["path"] = resolved.path.string();
+  out["source"] = resolved.source;
+  out["repo_id"] = opt(resolved.repo_id);
+  out["revision"] = opt(resolved.revision);
+  out["model_dir"] = layout.model_dir.string();
+
+  if (config) {
+    const ModelConfig& c = *config;
+    json rope = nullptr;
+    if (c.rope_scaling)
+      rope = {{"type", c.rope_scaling->type},
+              {"factor", opt(c.rope_scaling->factor)},
+              {"original_max_position_embeddings", opt(c.rope_scaling->original_max_position_embeddings)},
+              {"low_freq_factor", opt(c.rope_scaling->low_freq_factor)},
+              {"high_freq_factor", opt(c.rope_scaling->high_freq_factor)}};
+    out["model_type"] = c.model_type.empty() ? json(nullptr) : json(c.model_type);
+    out["architectures"] = c.architectures;
+    out["config"] = {{"torch_dtype", opt(c.torch_dtype)},
+                     {"vocab_size", opt(c.vocab_size)},
+                     {"hidden_size", opt(c.hidden_size)},
+                     {"num_hidden_layers", opt(c.num_hidden_layers)},
+                     {"num_attention_heads", opt(c.num_attention_heads)},
+                     {"num_key_value_heads", opt(c.num_key_value_heads)},
+                     {"head_dim", opt(c.head_dim)},
+                     {"intermediate_size", opt(c.intermediate_size)},
+                     {"max_position_embeddings", opt(c.max_position_embeddings)},
+                     {"hidden_act", opt(c.hidden_act)},
+                     {"rope_theta", opt(c.rope_theta)},
+                     {"rope_scaling", rope},
+                     {"tie_word_embeddings", opt(c.tie_word_embeddings)},
+                     {"bos_token_id", c.bos_token_id},
+                     {"eos_token_id", c.eos_token_id},
+                     {"pad_token_id", c.pad_token_id}};
+  } else {
+    out["model_type"] = nullptr;
+    out["architectures"] = json::array();
+    out["config"] = nullptr;
+  }
+
+  json weights = {{"format", weights_format_name(layout.weights.format)},
+                  {"files", layout.weights.files},
+                  {"index", opt(layout.weights.index)},
+                  {"sharded", layout.weights.index.has_value()},
+                  {"other_files", layout.weights.other_files},
+                  {"num_tensors", this->weights.num_tensors},
+                  {"num_parameters", this->weights.num_parameters},
+                  {"num_bytes", this->weights.num_bytes},
+                  {"dtypes", this->weights.dtypes},
+                  {"error", opt(this->weights.error)}};
+  json tokenizer = {{"files", layout.tokenizer_files}};
+  if (tokenizer_config) {
+    const TokenizerConfig& t = *tokenizer_config;
+    std::vector<std::string> templates;
+    for (const auto& [name, text] : t.chat_templates) templates.push_back(name);
+    tokenizer["tokenizer_class"] = opt(t.tokenizer_class);
+    tokenizer["model_max_length"] = opt(t.model_max_length);
+    tokenizer["chat_templates"] = templates;
+    tokenizer["special_tokens"] = special_json(t.special);
+    tokenizer["do_lower_case"] = opt(t.do_lower_case);
+  }
+  if (special_tokens_map) tokenizer["special_tokens_map"] = special_json(*special_tokens_map);
+  json generation = nullptr;
+  if (generation_config)
+    generation = {{"eos_token_id", generation_config->eos_token_id},
+                  {"bos_token_id", generation_config->bos_token_id},
+                  {"pad_token_id", generation_config->pad_token_id},
+                  {"max_length", opt(generation_config->max_length)},
+                  {"max_new_tokens", opt(generation_config->max_new_tokens)},
+                  {"do_sample", opt(generation_config->do_sample)},
+                  {"temperature", opt(generation_config->temperature)},
+                  {"top_p", opt(generation_config->top_p)},
+                  {"top_k", opt(generation_config->top_k)}};
+  json st = nullptr;
+  if (layout.sentence_transformers) {
+    const auto& s = *layout.sentence_transformers;
+    json modules = json::array();
+    for (const auto& m : s.modules) modules.push_back({{"idx", m.idx}, {"name", m.name}, {"path", m.path}, {"type", m.type}});
+    json pooling = nullptr;
+    if (s.pooling)
+      pooling = {{"mode", s.pooling->mode},
+                 {"word_embedding_dimension", opt(s.pooling->word_embedding_dimension)},
+                 {"include_prompt", s.pooling->include_prompt}};
+    st = {{"modules", modules},
+          {"transformer_path", s.transformer_path},
+          {"pooling", pooling},
+          {"normalize", s.normalize},
+          {"other_modules", s.other_modules},
+          {"max_seq_length", opt(s.max_seq_length)},
+          {"do_lower_case", opt(s.do_lower_case)},
+          {"prompts", s.prompts},
+          {"default_prompt_name", opt(s.default_prompt_name)},
+          {"similarity_fn_name", opt(s.similarity_fn_name)}};
+  }
+  out["files"] = {{"config", layout.has_config},
+                  {"generation_config", layout.has_generation_config},
+                  {"weights", weights},
+                  {"tokenizer", tokenizer}};
+  out["generation_config"] = generation;
+  out["sentence_transformers"] = st;
+
+  json families_json = json::array();
+  std::set<std::string> capabilities;
+  std::vector<std::string> supported_by;
+  for (const auto& f : families) {
+    families_json.push_back({{"name", f.name},
+                             {"capabilities", f.capabilities},
+                             {"supported", f.supported},
+                             {"reason", f.supported ? json(nullptr) : json(f.reason)}});
+    if (f.supported) {
+      supported_by.push_back(f.name);
+      capabilities.insert(f.capabilities.begin(), f.capabilities.end());
+    }
+  }
+  out["families"] = families_json;
+  out["supported_by"] = supported_by;
+  out["capabilities"] = std::vector<std::string>(capabilities.begin(), capabilities.end());
+  out["support"] = support;
+  return out;
+}
+
+}  // namespace mpool::loading

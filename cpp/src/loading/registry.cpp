@@ -1,0 +1,62 @@
+#include "mpool/loading/registry.h"
+
+#include <algorithm>
+#include <mutex>
+
+#include "mpool/core/error.h"
+
+namespace mpool::loading {
+
+FamilyRegistry& FamilyRegistry::global() {
+  static FamilyRegistry registry;
+  return registry;
+}
+
+void FamilyRegistry::add(FamilyInfo family) {
+  if (family.name.empty()) throw Error(ErrorCode::kInvalidInput, "a model family needs a name");
+  if (!family.predicate)
+    throw Error(ErrorCode::kInvalidInput, "model family \"" + family.name + "\" has no support predicate");
+  std::unique_lock lock(mutex_);
+  for (const auto& f : families_)
+    if (f.name == family.name)
+      throw Error(ErrorCode::kInvalidInput, "model family \"" + family.name + "\" is already registered");
+  families_.push_back(std::move(family));
+}
+
+bool FamilyRegistry::remove(std::string_view name) {
+  std::unique_lock lock(mutex_);
+  const auto it = std::find_if(families_.begin(), families_.end(), [&](const auto& f) { return f.name == name; });
+  if (it == families_.end()) return false;
+  families_.erase(it);
+  return true;
+}
+
+std::vector<std::string> FamilyRegistry::names() const {
+  std::shared_lock lock(mutex_);
+  std::vector<std::string> out;
+  for (const auto& f : families_) out.push_back(f.name);
+  return out;
+}
+
+std::vector<FamilyMatch> FamilyRegistry::match(const ModelConfig& config, const ModelLayout& layout) const {
+  std::vector<FamilyInfo> families;
+  {
+    std::shared_lock lock(mutex_);
+    families = families_;
+  }
+  std::vector<FamilyMatch> out;
+  for (const auto& f : families) {
+    FamilyMatch m{f.name, f.capabilities, false, {}};
+    try {
+      const FamilySupport s = f.predicate(config, layout);
+      m.supported = s.supported;
+      m.reason = s.supported ? std::string() : s.reason;
+    } catch (const std::exception& e) {
+      m.reason = std::string("support check failed: ") + e.what();
+    }
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+}  // namespace mpool::loading

@@ -1,0 +1,70 @@
+"""Model inspection and the safetensors reader (the native loading layer).
+
+Nothing here contacts a model hub: models are local directories or snapshots that
+are already in the Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Iterable
+
+from . import _core
+
+__all__ = ["LoadedWeights", "inspect", "safetensors_load"]
+
+_log = logging.getLogger("mpool.loading")
+
+
+class LoadedWeights(dict):
+    """Tensor name -> numpy array, plus what the load noticed.
+
+    ``zero_copy`` names the arrays that view the memory-mapped file instead of a
+    copy (they keep the mapping alive; writing to one copies only the touched
+    page, never the file). ``warnings`` lists unexpected extra tensors and shard
+    index inconsistencies; they are also logged on the ``mpool.loading`` logger.
+    """
+
+    zero_copy: frozenset[str]
+    warnings: list[str]
+
+
+def safetensors_load(
+    path_or_dir: str | os.PathLike[str],
+    dtype: str | None = None,
+    *,
+    expected: Iterable[str] | None = None,
+) -> LoadedWeights:
+    """Load a ``.safetensors`` file, a ``model.safetensors.index.json`` or a model directory.
+
+    ``dtype`` ("float32", "float16", "bfloat16", "float64") converts the floating-point
+    tensors on load; integer and bool tensors keep their dtype. numpy has no bfloat16
+    (nor float8), so such tensors are returned as float32, which represents each of
+    their values exactly: ``dtype="bfloat16"`` rounds to bfloat16 and then widens.
+    With ``expected``, exactly those tensors are loaded: a missing one raises
+    InvalidInput naming it, and extra stored tensors become warnings.
+    Malformed files and other formats (pickle, GGUF) raise InvalidInput.
+    """
+    loaded = _core._safetensors_load(
+        os.fspath(path_or_dir), dtype, None if expected is None else list(expected)
+    )
+    out = LoadedWeights(loaded.arrays())
+    out.zero_copy = frozenset(loaded.zero_copy)
+    out.warnings = list(loaded.warnings)
+    for message in out.warnings:
+        _log.warning("%s", message)
+    return out
+
+
+def inspect(path_or_repo_id: str | os.PathLike[str]) -> dict[str, Any]:
+    """Report what a model directory (or a repo id in the local Hugging Face cache) holds.
+
+    The dict names the resolved path, model_type and architectures, the weight and
+    tokenizer files, the sentence-transformers modules (pooling, normalize, prompts,
+    max_seq_length) and, for each registered model family, whether it supports the
+    model or why not (``support`` sums this up in one sentence).
+    """
+    return json.loads(_core._inspect_json(os.fspath(path_or_repo_id)))
+

@@ -1,0 +1,130 @@
+#include <gtest/gtest.h>
+
+#include <functional>
+
+#include "mpool/core/error.h"
+#include "mpool/loading/layout.h"
+#include "test_util.h"
+
+namespace mpool::loading {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+using testing::write_file;
+
+std::string message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ResolveModel, LocalDirectoryWins) {
+  TempDir dir;
+  const auto r = resolve_model(dir.path().string(), dir.path() / "no-cache");
+  EXPECT_EQ(r.source, "local_directory");
+  EXPECT_EQ(r.path, dir.path());
+}
+
+TEST(ResolveModel, CachedRepoUsesRefsMain) {
+  TempDir cache;
+  const fs::path repo = cache.path() / "models--org--name";
+  write_file(repo / "refs" / "main", "abc123\n");
+  write_file(repo / "snapshots" / "abc123" / "config.json", "{}");
+  write_file(repo / "snapshots" / "old999" / "config.json", "{}");
+  const auto r = resolve_model("org/name", cache.path());
+  EXPECT_EQ(r.source, "hf_cache");
+  EXPECT_EQ(r.path, repo / "snapshots" / "abc123");
+  EXPECT_EQ(*r.revision, "abc123");
+  EXPECT_EQ(resolve_model("org/name@old999", cache.path()).path, repo / "snapshots" / "old999");
+}
+
+TEST(ResolveModel, SeveralSnapshotsWithoutRefsAskForARevision) {
+  TempDir cache;
+  write_file(cache.path() / "models--org--name" / "snapshots" / "a" / "config.json", "{}");
+  write_file(cache.path() / "models--org--name" / "snapshots" / "b" / "config.json", "{}");
+  const std::string msg = message_of([&] { resolve_model("org/name", cache.path()); });
+  EXPECT_NE(msg.find("several snapshots (a, b)"), std::string::npos) << msg;
+  fs::remove_all(cache.path() / "models--org--name" / "snapshots" / "b");
+  EXPECT_EQ(resolve_model("org/name", cache.path()).revision, "a");
+}
+
+TEST(ResolveModel, NotFoundNamesEveryPathSearched) {
+  TempDir cache;
+  const std::string msg = message_of([&] { resolve_model("org/missing", cache.path()); });
+  EXPECT_NE(msg.find(fs::absolute("org/missing").string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find((cache.path() / "models--org--missing").string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("never downloads"), std::string::npos) << msg;
+}
+
+TEST(ResolveModel, CacheDirectoryFollowsEnvironment) {
+  ::setenv("HF_HUB_CACHE", "/x/hub-cache", 1);
+  EXPECT_EQ(hf_hub_cache_dir(), fs::path("/x/hub-cache"));
+  ::unsetenv("HF_HUB_CACHE");
+  ::setenv("HF_HOME", "/x/hf-home", 1);
+  EXPECT_EQ(hf_hub_cache_dir(), fs::path("/x/hf-home/hub"));
+  ::unsetenv("HF_HOME");
+  const char* home = std::getenv("HOME");
+  const std::string saved = home != nullptr ? home : "";
+  ::setenv("HOME", "/x/home", 1);
+  EXPECT_EQ(hf_hub_cache_dir(), fs::path("/x/home/.cache/huggingface/hub"));
+  ::setenv("HOME", saved.c_str(), 1);
+}
+
+TEST(DescribeLayout, SentenceTransformersModulesPoolingAndPrompts) {
+  TempDir dir;
+  const fs::path d = dir.path();
+  write_file(d / "modules.json", R"([
+    {"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+    {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
+    {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}])");
+  write_file(d / "1_Pooling" / "config.json",
+             R"({"word_embedding_dimension":384,"pooling_mode_cls_token":false,"pooling_mode_mean_tokens":true})");
+  write_file(d / "sentence_bert_config.json", R"({"max_seq_length":256,"do_lower_case":false})");
+  write_file(d / "config_sentence_transformers.json",
+             R"({"prompts":{"query":"query: ","doc":"passage: "},"default_prompt_name":"query","similarity_fn_name":"cosine"})");
+  write_file(d / "config.json", R"({"model_type":"bert"})");
+  write_file(d / "model.safetensors", "");
+  write_file(d / "pytorch_model.bin", "");
+  write_file(d / "training_args.bin", "");
+  write_file(d / "vocab.txt", "[PAD]\n");
+  const ModelLayout l = describe_layout(d);
+  ASSERT_TRUE(l.sentence_transformers.has_value());
+  const auto& st = *l.sentence_transformers;
+  EXPECT_EQ(st.modules.size(), 3u);
+  EXPECT_EQ(st.pooling->mode, "mean");
+  EXPECT_EQ(*st.pooling->word_embedding_dimension, 384);
+  EXPECT_TRUE(st.normalize);
+  EXPECT_EQ(*st.max_seq_length, 256);
+  EXPECT_EQ(st.prompts.at("doc"), "passage: ");
+  EXPECT_EQ(*st.default_prompt_name, "query");
+  EXPECT_TRUE(l.has_config);
+  EXPECT_EQ(l.weights.format, WeightsFormat::kSafetensors);
+  EXPECT_EQ(l.weights.files, std::vector<std::string>{"model.safetensors"});
+  EXPECT_EQ(l.weights.other_files, std::vector<std::string>{"pytorch_model.bin"});
+  EXPECT_EQ(l.tokenizer_files, std::vector<std::string>{"vocab.txt"});
+}
+
+TEST(DescribeLayout, UndefinedDefaultPromptIsAnError) {
+  TempDir dir;
+  write_file(dir.path() / "modules.json", "[]");
+  write_file(dir.path() / "config_sentence_transformers.json", R"({"prompts":{},"default_prompt_name":"q"})");
+  EXPECT_NE(message_of([&] { describe_layout(dir.path()); }).find("\"default_prompt_name\""), std::string::npos);
+}
+
+TEST(DescribeLayout, ShardedWeightsListTheirShards) {
+  TempDir dir;
+  write_file(dir.path() / "model.safetensors.index.json",
+             R"({"weight_map":{"a":"m-2.safetensors","b":"m-1.safetensors","c":"m-1.safetensors"}})");
+  const ModelLayout l = describe_layout(dir.path());
+  EXPECT_EQ(l.weights.format, WeightsFormat::kSafetensorsSharded);
+  EXPECT_EQ(l.weights.files, (std::vector<std::string>{"m-1.safetensors", "m-2.safetensors"}));
+  EXPECT_EQ(*l.weights.index, "model.safetensors.index.json");
+  EXPECT_STREQ(weights_format_name(l.weights.format), "safetensors_sharded");
+}
+
+}  // namespace
+}  // namespace mpool::loading
