@@ -36,6 +36,8 @@ at::Tensor numpy_to_tensor(const py::handle& obj, at::ScalarType dtype, const st
       arr = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(obj);
     else if (dtype == at::kByte)
       arr = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(obj);
+    else if (dtype == at::kLong)
+      arr = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(obj);
     else
       throw Error(ErrorCode::kInternal, "numpy_to_tensor: unsupported dtype");
   } catch (const py::error_already_set&) {

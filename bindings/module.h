@@ -12,5 +12,6 @@ void register_py_model(pybind11::module_& m);
 void register_testing(pybind11::module_& m);
 void register_tokenizer(pybind11::module_& m);
 void register_loading(pybind11::module_& m);
+void register_models(pybind11::module_& m);
 
 }  // namespace mpool::bindings

@@ -23,7 +23,7 @@ from .errors import (
     SpawnFailed,
     Timeout,
 )
-from .models import CAPABILITIES, Model, PyModel
+from .models import CAPABILITIES, Model, NativeModel, PyModel, default_embedding_model_path
 from .pool import ImageStream, Pool, TextStream
 from .loading import inspect, safetensors_load
 from .tokenizer import Tokenizer
@@ -50,6 +50,7 @@ __all__ = [
     "Model",
     "ModelError",
     "ModelNotFound",
+    "NativeModel",
     "Overloaded",
     "Pool",
     "PoolError",
@@ -59,5 +60,6 @@ __all__ = [
     "TextChunk",
     "TextStream",
     "Tokenizer",
+    "default_embedding_model_path",
     "Timeout",
 ]

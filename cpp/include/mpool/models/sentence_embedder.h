@@ -1,0 +1,61 @@
+#pragma once
+// text_embedding for any backbone that maps token ids to hidden states: the
+// sentence-transformers pipeline (prompt, tokenize, truncate, forward, pool,
+// normalize) written once. Families supply the backbone.
+#include <ATen/ATen.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mpool/capabilities/interfaces.h"
+#include "mpool/core/instance.h"
+#include "mpool/models/pooling.h"
+#include "mpool/tokenizer/tokenizer.h"
+
+namespace mpool::models {
+
+/// token ids -> last hidden state.
+class Backbone {
+ public:
+  virtual ~Backbone() = default;
+  /// (b, t, h) for right-padded (b, t) int64 ids, type ids and 0/1 mask on device().
+  virtual at::Tensor forward(const at::Tensor& ids, const at::Tensor& type_ids, const at::Tensor& mask) const = 0;
+  /// Where the inputs must live.
+  virtual at::Device device() const = 0;
+};
+
+/// How a model turns hidden states into sentence embeddings (from the
+/// sentence-transformers layout, or family defaults).
+struct EmbedderSettings {
+  std::vector<PoolingMode> pooling{PoolingMode::kMean};
+  bool include_prompt = true;
+  bool normalize = false;
+  size_t max_seq_length = 512;
+  std::map<std::string, std::string> prompts;
+  std::optional<std::string> default_prompt_name;
+  int64_t dimension = 0;
+  size_t tokens_per_forward = 16384;  ///< padded tokens per forward pass (bounds activation memory)
+};
+
+/// A loaded text-embedding model.
+class SentenceEmbedder final : public core::Instance, public capabilities::TextEmbedding {
+ public:
+  /// `tokenizer` must not truncate or pad: the embedder does both itself.
+  SentenceEmbedder(std::unique_ptr<Backbone> backbone, std::unique_ptr<tokenizer::Tokenizer> tokenizer,
+                   EmbedderSettings settings);
+
+  at::Tensor embed(const std::vector<std::string>& texts, const capabilities::EmbedOptions& options,
+                   capabilities::RequestContext& ctx) override;
+  int64_t dimension() const override { return settings_.dimension; }
+
+ private:
+  std::unique_ptr<Backbone> backbone_;
+  std::unique_ptr<tokenizer::Tokenizer> truncating_;
+  std::unique_ptr<tokenizer::Tokenizer> full_;
+  EmbedderSettings settings_;
+};
+
+}  // namespace mpool::models

@@ -1,0 +1,59 @@
+#include "mpool/models/pooling.h"
+
+#include <sstream>
+
+#include "mpool/core/error.h"
+
+namespace mpool::models {
+
+std::vector<PoolingMode> parse_pooling_modes(const std::string& modes, const std::string& source) {
+  std::vector<PoolingMode> out;
+  std::stringstream list(modes);
+  std::string m;
+  while (std::getline(list, m, '+')) {
+    if (m == "cls") out.push_back(PoolingMode::kCls);
+    else if (m == "mean") out.push_back(PoolingMode::kMean);
+    else if (m == "max") out.push_back(PoolingMode::kMax);
+    else if (m == "mean_sqrt_len_tokens") out.push_back(PoolingMode::kMeanSqrtLen);
+    else if (m == "lasttoken") out.push_back(PoolingMode::kLastToken);
+    else
+      throw Error(ErrorCode::kInvalidInput, source + ": pooling mode '" + m +
+                                                "' is not supported (supported: cls, mean, max, "
+                                                "mean_sqrt_len_tokens, lasttoken)");
+  }
+  check(!out.empty(), ErrorCode::kInvalidInput, source + ": no pooling mode");
+  return out;
+}
+
+at::Tensor pool(const at::Tensor& hidden_in, const at::Tensor& mask_in, const std::vector<PoolingMode>& modes) {
+  at::Tensor hidden = hidden_in.to(at::kFloat);
+  at::Tensor mask = mask_in.to(hidden.device(), at::kFloat).unsqueeze(-1);  // (b, t, 1)
+  at::Tensor counts = mask.sum(1).clamp_min(1e-9);                           // (b, 1)
+  std::vector<at::Tensor> parts;
+  for (auto mode : modes) {
+    switch (mode) {
+      case PoolingMode::kCls:
+        parts.push_back(hidden.select(1, 0));
+        break;
+      case PoolingMode::kMean:
+        parts.push_back((hidden * mask).sum(1) / counts);
+        break;
+      case PoolingMode::kMeanSqrtLen:
+        parts.push_back((hidden * mask).sum(1) / counts.sqrt());
+        break;
+      case PoolingMode::kMax:
+        // Padding must never win the max: sentence-transformers uses -1e9 there.
+        parts.push_back(hidden.masked_fill(mask.eq(0), -1e9).amax(1));
+        break;
+      case PoolingMode::kLastToken: {
+        // The last attended position of each row (right padding).
+        at::Tensor last = mask.squeeze(-1).sum(1).to(at::kLong).sub(1).clamp_min(0);
+        parts.push_back(hidden.gather(1, last.view({-1, 1, 1}).expand({-1, 1, hidden.size(2)})).squeeze(1));
+        break;
+      }
+    }
+  }
+  return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
+}
+
+}  // namespace mpool::models

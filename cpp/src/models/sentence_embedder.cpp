@@ -1,0 +1,102 @@
+#include "mpool/models/sentence_embedder.h"
+
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "mpool/core/error.h"
+
+namespace mpool::models {
+
+SentenceEmbedder::SentenceEmbedder(std::unique_ptr<Backbone> backbone, std::unique_ptr<tokenizer::Tokenizer> tok,
+                                   EmbedderSettings settings)
+    : backbone_(std::move(backbone)), full_(std::move(tok)), settings_(std::move(settings)) {
+  full_->set_truncation(std::nullopt);
+  full_->set_padding(std::nullopt);
+}
+
+at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const capabilities::EmbedOptions& options,
+                                   capabilities::RequestContext& ctx) {
+  // The prompt: the task's, else the model's default, else none.
+  std::string prompt;
+  std::optional<std::string> prompt_name = options.task ? options.task : settings_.default_prompt_name;
+  if (prompt_name) {
+    auto it = settings_.prompts.find(*prompt_name);
+    if (it == settings_.prompts.end()) {
+      std::string known;
+      for (auto& [name, _] : settings_.prompts) known += (known.empty() ? "" : ", ") + name;
+      throw Error(ErrorCode::kInvalidInput, "unknown task '" + *prompt_name + "'; this model's tasks: " +
+                                                (known.empty() ? std::string("none (it has no prompts)") : known));
+    }
+    prompt = it->second;
+  }
+  std::vector<std::string> inputs;
+  inputs.reserve(texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    check(!texts[i].empty(), ErrorCode::kInvalidInput, "text #" + std::to_string(i) + " is empty");
+    inputs.push_back(prompt + texts[i]);
+  }
+  // Tokenize without truncation, then cut to max_seq_length keeping the closing
+  // special token(s), exactly as truncation before post-processing would.
+  std::vector<tokenizer::Encoding> enc = full_->encode_batch(inputs, nullptr, true, 1);
+  const size_t limit = settings_.max_seq_length;
+  for (size_t i = 0; i < enc.size(); ++i) {
+    if (enc[i].size() <= limit) continue;
+    if (!options.truncate)
+      throw Error(ErrorCode::kInvalidInput, "text #" + std::to_string(i) + " has " + std::to_string(enc[i].size()) +
+                                                " tokens; the model takes at most " + std::to_string(limit) +
+                                                " (pass truncate=True to cut it)");
+    auto& e = enc[i];
+    size_t tail = 0;  // trailing special tokens ([SEP], </s>) stay
+    while (tail < e.size() && e.special_tokens_mask[e.size() - 1 - tail]) ++tail;
+    std::vector<size_t> keep(limit);
+    std::iota(keep.begin(), keep.end() - static_cast<std::ptrdiff_t>(tail), 0);
+    for (size_t k = 0; k < tail; ++k) keep[limit - tail + k] = e.size() - tail + k;
+    tokenizer::Encoding cut;
+    for (size_t k : keep)
+      cut.push(e.ids[k], e.tokens[k], e.offsets[k], e.char_offsets[k], e.word_ids[k], e.type_ids[k],
+               e.special_tokens_mask[k]);
+    e = std::move(cut);
+  }
+  size_t prompt_tokens = 0;  // [CLS] + prompt tokens, masked out of pooling when include_prompt is false
+  if (!prompt.empty() && !settings_.include_prompt) prompt_tokens = full_->encode(prompt).size() - 1;
+
+  // Shortest first, so each forward pass pads little.
+  std::vector<size_t> order(enc.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return enc[a].size() < enc[b].size(); });
+  at::Tensor out = at::empty({static_cast<int64_t>(enc.size()), settings_.dimension}, at::kFloat);
+  c10::InferenceMode inference;
+  size_t start = 0;
+  while (start < order.size()) {
+    ctx.throw_if_stopped();
+    size_t end = start + 1;
+    while (end < order.size() && (end - start + 1) * enc[order[end]].size() <= settings_.tokens_per_forward) ++end;
+    const int64_t rows = static_cast<int64_t>(end - start);
+    const int64_t width = static_cast<int64_t>(enc[order[end - 1]].size());
+    at::Tensor ids = at::zeros({rows, width}, at::kLong), types = at::zeros({rows, width}, at::kLong),
+               mask = at::zeros({rows, width}, at::kLong);
+    auto ia = ids.accessor<int64_t, 2>(), ta = types.accessor<int64_t, 2>(), ma = mask.accessor<int64_t, 2>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto& e = enc[order[start + r]];
+      for (size_t k = 0; k < e.size(); ++k) {
+        ia[r][k] = e.ids[k];
+        ta[r][k] = e.type_ids[k];
+        ma[r][k] = 1;
+      }
+    }
+    at::Device dev = backbone_->device();
+    at::Tensor hidden = backbone_->forward(ids.to(dev), types.to(dev), mask.to(dev));
+    at::Tensor pool_mask = mask.to(dev);
+    if (prompt_tokens > 0) pool_mask.narrow(1, 0, std::min<int64_t>(prompt_tokens, width)).zero_();
+    at::Tensor pooled = pool(hidden, pool_mask, settings_.pooling);
+    if (settings_.normalize) pooled = pooled / pooled.norm(2, -1, true).clamp_min(1e-12);
+    pooled = pooled.to(at::kCPU, at::kFloat);
+    for (int64_t r = 0; r < rows; ++r) out[static_cast<int64_t>(order[start + r])].copy_(pooled[r]);
+    start = end;
+  }
+  return out;
+}
+
+}  // namespace mpool::models
