@@ -66,5 +66,6 @@ def inspect(path_or_repo_id: str | os.PathLike[str]) -> dict[str, Any]:
     max_seq_length) and, for each registered model family, whether it supports the
     model or why not (``support`` sums this up in one sentence).
     """
+    _core.register_builtin_families()  # the native families answer too
     return json.loads(_core._inspect_json(os.fspath(path_or_repo_id)))
 
