@@ -206,12 +206,16 @@ void register_pool(py::module_& m) {
            [](core::Pool& pool, const std::string& key, py::list image, std::string query, py::dict params,
               std::optional<double> timeout, double fetch_timeout) {
              auto inputs = image_inputs(image);
+             if (inputs.size() != 1)
+               throw Error(ErrorCode::kInvalidInput, "describe() takes exactly one image, got " +
+                                                         std::to_string(inputs.size()));
              auto gp = params_from_dict(params);
              std::shared_ptr<cap::TextStream> s;
              {
                py::gil_scoped_release nogil;
                auto images = decode_images(inputs, fetch_timeout);
-               s = cap::describe(pool, key, images.at(0), std::move(query), std::move(gp), request_options(timeout));
+               s = cap::describe(pool, key, std::move(images.front()), std::move(query), std::move(gp),
+                                 request_options(timeout));
              }
              return wrap_text_stream(std::move(s));
            })
@@ -229,10 +233,12 @@ void register_pool(py::module_& m) {
              c.seed = seed;
              c.strength = strength;
              auto inputs = image_inputs(init_image);
+             if (inputs.size() > 1)
+               throw Error(ErrorCode::kInvalidInput, "generate_image() takes at most one init_image");
              std::shared_ptr<cap::ImageStream> s;
              {
                py::gil_scoped_release nogil;
-               if (!inputs.empty()) c.init_image = decode_images(inputs, fetch_timeout).at(0);
+               if (!inputs.empty()) c.init_image = std::move(decode_images(inputs, fetch_timeout).front());
                s = cap::generate_image(pool, key, std::move(prompt), std::move(c), request_options(timeout));
              }
              return wrap_image_stream(std::move(s));

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "module.h"
+#include "mpool/loading/layout.h"
 #include "mpool/core/error.h"
 #include "mpool/tokenizer/tokenizer.h"
 
@@ -69,13 +70,15 @@ void register_tokenizer(py::module_& m) {
           py::call_guard<py::gil_scoped_release>())
       .def_static(
           "from_pretrained",
-          [](const std::string& dir) {
-            std::filesystem::path p = std::filesystem::path(dir) / "tokenizer.json";
+          [](const std::string& dir_or_repo_id) {
+            // A local directory, or a repo id in the local Hugging Face cache (never downloaded).
+            auto layout = loading::describe_layout(loading::resolve_model(dir_or_repo_id).path);
+            std::filesystem::path p = layout.tokenizer_dir / "tokenizer.json";
             if (!std::filesystem::is_regular_file(p))
-              throw Error(ErrorCode::kModelNotFound, "no tokenizer.json in directory '" + dir + "'");
+              throw Error(ErrorCode::kInvalidInput, p.string() + " is missing: only tokenizer.json tokenizers are supported");
             return tk::Tokenizer::from_file(p.string());
           },
-          py::arg("directory"), py::call_guard<py::gil_scoped_release>())
+          py::arg("dir_or_repo_id"), py::call_guard<py::gil_scoped_release>())
       .def_static(
           "from_str", [](const std::string& json) { return tk::Tokenizer::from_json(json, "<string>"); },
           py::arg("json"), py::call_guard<py::gil_scoped_release>())

@@ -328,6 +328,10 @@ class Pool:
         """Unloads every replica of ``key`` once its queued work is done."""
         return self._native.unload(key, float(timeout))
 
+    async def aunload(self, key: str, timeout: float = 30.0) -> bool:
+        """``unload`` without blocking the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.unload, key, timeout)
+
     def pin(self, key: str) -> None:
         """Never evict ``key`` automatically (keep-alive and memory pressure skip it)."""
         self._native.set_pinned(key, True)

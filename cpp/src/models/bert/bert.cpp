@@ -87,7 +87,9 @@ BertEncoder::BertEncoder(BertConfig config, const loading::Checkpoint& checkpoin
     w[t.name.substr(prefix.size())] = t.tensor;
   }
   auto take = [&](const std::string& name, std::vector<int64_t> shape) {
-    at::Tensor t = w.at(name);  // present: load_checkpoint required every name
+    auto it = w.find(name);
+    check(it != w.end(), ErrorCode::kInvalidInput, "checkpoint has no tensor '" + prefix + name + "'");
+    at::Tensor t = it->second;
     check(t.sizes().vec() == shape, ErrorCode::kInvalidInput,
           "tensor '" + prefix + name + "' has shape " + c10::str(t.sizes()) + " but config.json implies " +
               c10::str(at::IntArrayRef(shape)));
