@@ -254,3 +254,29 @@ def test_cli_embed_uses_the_bundled_model_by_default(capsys):
     out = json.loads(capsys.readouterr().out)
     assert len(out["embeddings"]) == 1 and len(out["embeddings"][0]) == 384
     assert os.path.samefile(out["model"], MINILM)
+
+
+def test_bfloat16_replicas_stay_close_to_float32():
+    texts = [t for t in CORPUS[:32] if t.strip()]
+    with mpool.Pool() as pool:
+        pool.register("fp32", MINILM)
+        pool.register("bf16", MINILM, dtype="bfloat16")
+        full, half = pool.embed("fp32", texts), pool.embed("bf16", texts)
+    assert half.dtype == np.float32
+    assert cosine(full, half).min() >= 0.99
+
+
+def test_register_by_repo_id_from_the_local_hf_cache(tmp_path, monkeypatch):
+    snapshot = tmp_path / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / "abc123"
+    snapshot.parent.mkdir(parents=True)
+    os.symlink(MINILM, snapshot)  # huggingface_hub lays snapshots out as links too
+    refs = snapshot.parent.parent / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with mpool.Pool() as pool:
+        info = pool.register("minilm", "sentence-transformers/all-MiniLM-L6-v2")
+        assert info["family"] == "bert"
+        assert pool.embed("minilm", ["hello"]).shape == (1, 384)
+        with pytest.raises(mpool.InvalidInput, match="acme/nothing"):
+            pool.register("missing", "acme/nothing")
