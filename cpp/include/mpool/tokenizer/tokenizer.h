@@ -94,8 +94,8 @@ class Tokenizer {
   const std::optional<PaddingParams>& padding() const { return padding_; }
   /// Sets or clears truncation.
   void set_truncation(std::optional<TruncationParams> params) { truncation_ = std::move(params); }
-  /// Sets or clears padding.
-  void set_padding(std::optional<PaddingParams> params) { padding_ = std::move(params); }
+  /// Sets or clears padding; kInvalidInput for lengths beyond 2^24 tokens.
+  void set_padding(std::optional<PaddingParams> params);
 
  private:
   Tokenizer();
