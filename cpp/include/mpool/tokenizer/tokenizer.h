@@ -62,6 +62,7 @@ class Tokenizer {
   static std::unique_ptr<Tokenizer> from_file(const std::string& path);
   /// Parses tokenizer.json text; source names it in error messages.
   static std::unique_ptr<Tokenizer> from_json(std::string_view json, const std::string& source = "<tokenizer.json>");
+  /// Releases the pipeline.
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;
