@@ -118,11 +118,15 @@ def test_inspect_reports_unsupported_weight_formats_without_raising(tmp_path):
     assert "safe_serialization=True" in weights["error"]
 
 
-def test_inspect_says_no_registered_family_supports_the_model_type(tmp_path):
+def test_inspect_says_why_no_registered_family_supports_the_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
     report = mpool.inspect(tmp_path)
-    assert report["families"] == [] and report["supported_by"] == [] and report["capabilities"] == []
-    assert report["support"] == 'no registered family supports model_type "mistral" (no families are registered)'
+    assert report["supported_by"] == [] and report["capabilities"] == []
+    assert [f["name"] for f in report["families"]] == ["bert"]
+    assert report["support"] == (
+        'no registered family supports model_type "mistral": '
+        "bert: model_type 'mistral' is not bert, roberta or xlm-roberta"
+    )
 
 
 def test_inspect_minilm_reports_the_sentence_transformers_layout():
@@ -143,7 +147,8 @@ def test_inspect_minilm_reports_the_sentence_transformers_layout():
     assert "tokenizer.json" in tokenizer["files"] and "vocab.txt" in tokenizer["files"]
     assert tokenizer["special_tokens"]["cls_token"] == "[CLS]"
     assert tokenizer["model_max_length"] == 512
-    assert report["support"] == 'no registered family supports model_type "bert" (no families are registered)'
+    assert report["support"] == "supported by bert"
+    assert report["supported_by"] == ["bert"] and report["capabilities"] == ["text_embedding"]
 
 
 def test_minilm_weights_equal_the_safetensors_package():

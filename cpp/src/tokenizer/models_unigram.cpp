@@ -1,5 +1,6 @@
 // Unigram language model (SentencePiece) with Viterbi decoding.
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <limits>
 
@@ -51,6 +52,69 @@ class PieceTrie {
   std::vector<Node> nodes_;
 };
 
+// The reference reads scores with serde_json's default float parser, which is
+// not correctly rounded: it builds a u64 significand, converts it to f64 and
+// scales by one power of ten, so a score can land one ulp away from the exact
+// value. Viterbi near-ties then break differently, so the same arithmetic is
+// replayed here on the shortest decimal form of the (exactly parsed) value,
+// which is the text a serializer of these files writes.
+double reference_score(double exact) {
+  if (!std::isfinite(exact)) return exact;
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof(buf), exact);
+  std::string_view text(buf, static_cast<size_t>(res.ptr - buf));
+  bool negative = !text.empty() && text[0] == '-';
+  if (negative) text.remove_prefix(1);
+  uint64_t significand = 0;
+  int exponent = 0;
+  bool overflowed = false, in_fraction = false;
+  size_t i = 0;
+  for (; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '.') {
+      in_fraction = true;
+      continue;
+    }
+    if (c < '0' || c > '9') break;
+    auto digit = static_cast<uint64_t>(c - '0');
+    if (!overflowed && significand > (std::numeric_limits<uint64_t>::max() - digit) / 10) overflowed = true;
+    if (overflowed) {
+      if (!in_fraction) ++exponent;
+      continue;
+    }
+    significand = significand * 10 + digit;
+    if (in_fraction) --exponent;
+  }
+  if (i < text.size() && (text[i] == 'e' || text[i] == 'E')) {
+    int e = 0;
+    std::from_chars(text.data() + i + 1 + (text[i + 1] == '+' ? 1 : 0), text.data() + text.size(), e);
+    exponent += e;
+  }
+  double f = static_cast<double>(significand);
+  while (true) {
+    int mag = exponent < 0 ? -exponent : exponent;
+    if (mag <= 308) {
+      static const std::vector<double> kPow10 = [] {
+        // Correctly rounded 10^k, as the reference's literal table holds them.
+        std::vector<double> t(309);
+        for (int k = 0; k <= 308; ++k) {
+          std::string lit = "1e" + std::to_string(k);
+          std::from_chars(lit.data(), lit.data() + lit.size(), t[static_cast<size_t>(k)]);
+        }
+        return t;
+      }();
+      double pow = kPow10[static_cast<size_t>(mag)];
+      f = exponent >= 0 ? f * pow : f / pow;
+      break;
+    }
+    if (f == 0.0) break;
+    if (exponent >= 0) return exact;
+    f /= 1e308;
+    exponent += 308;
+  }
+  return negative ? -f : f;
+}
+
 class UnigramModel : public Model {
  public:
   explicit UnigramModel(const JsonNode& node) {
@@ -60,7 +124,7 @@ class UnigramModel : public Model {
       auto entry = vocab.at(i);
       if (entry.size() != 2) entry.fail("expected [piece, score]");
       std::string piece = entry.at(0).str();
-      double score = entry.at(1).number();
+      double score = reference_score(entry.at(1).number());
       if (!vocab_.id(piece)) vocab_.add(piece, static_cast<uint32_t>(i));
       scores_.push_back(score);
       trie_.insert(piece, static_cast<uint32_t>(i));

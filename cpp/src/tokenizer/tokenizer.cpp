@@ -166,6 +166,10 @@ TruncationParams parse_truncation(const JsonNode& n) {
   return p;
 }
 
+// Padding allocates the target length per encoding; a bound turns a corrupt
+// file into an error instead of an out-of-memory abort.
+constexpr size_t kMaxPadLength = size_t{1} << 24;
+
 PaddingParams parse_padding(const JsonNode& n) {
   PaddingParams p;
   if (auto s = n.opt("strategy")) {
@@ -173,9 +177,13 @@ PaddingParams parse_padding(const JsonNode& n) {
       if (s->str() != "BatchLongest") s->fail("unknown padding strategy '" + s->str() + "'");
     } else {
       p.fixed_length = s->at("Fixed").uint();
+      if (*p.fixed_length > kMaxPadLength) s->at("Fixed").fail("padding length is unreasonably large");
     }
   }
-  if (auto m = n.opt("pad_to_multiple_of")) p.pad_to_multiple_of = m->uint();
+  if (auto m = n.opt("pad_to_multiple_of")) {
+    p.pad_to_multiple_of = m->uint();
+    if (*p.pad_to_multiple_of > kMaxPadLength) m->fail("pad_to_multiple_of is unreasonably large");
+  }
   std::string d = n.str_or("direction", "Right");
   if (d != "Left" && d != "Right") n.at("direction").fail("unknown direction '" + d + "'");
   p.direction = d == "Left" ? Direction::kLeft : Direction::kRight;
@@ -321,6 +329,14 @@ void Tokenizer::build_added_matchers() {
       }
     }
   }
+}
+
+void Tokenizer::set_padding(std::optional<PaddingParams> params) {
+  if (params && ((params->fixed_length && *params->fixed_length > kMaxPadLength) ||
+                 (params->pad_to_multiple_of && *params->pad_to_multiple_of > kMaxPadLength)))
+    throw Error(ErrorCode::kInvalidInput, "padding length is unreasonably large (limit " +
+                                              std::to_string(kMaxPadLength) + " tokens)");
+  padding_ = std::move(params);
 }
 
 // ---------------------------------------------------------------- encoding

@@ -20,11 +20,16 @@ struct StringHash {
 /// A bidirectional vocabulary.
 class Vocab {
  public:
-  /// Adds token with id (ids may be sparse).
+  /// Adds token with id. Ids may be sparse: far-out ids go to a map, so a
+  /// hostile id cannot make the dense table huge.
   void add(const std::string& token, uint32_t id) {
     to_id_[token] = id;
-    if (id >= to_token_.size()) to_token_.resize(static_cast<size_t>(id) + 1);
-    to_token_[id] = token;
+    if (id < to_token_.size() || id < 2 * to_id_.size() + 1024) {
+      if (id >= to_token_.size()) to_token_.resize(static_cast<size_t>(id) + 1);
+      to_token_[id] = token;
+    } else {
+      sparse_[id] = token;
+    }
   }
   /// Id of token.
   std::optional<uint32_t> id(std::string_view token) const {
@@ -34,11 +39,11 @@ class Vocab {
   }
   /// Token of id.
   std::optional<std::string> token(uint32_t id) const {
-    if (id >= to_token_.size() || !to_token_[id]) return std::nullopt;
-    return to_token_[id];
+    if (const std::string* t = find(id)) return *t;
+    return std::nullopt;
   }
-  /// Token of a known id.
-  const std::string& known(uint32_t id) const { return *to_token_[id]; }
+  /// Token of an id known to be present.
+  const std::string& known(uint32_t id) const { return *find(id); }
   /// Number of tokens.
   size_t size() const { return to_id_.size(); }
   /// Loads {"token": id, ...}.
@@ -54,7 +59,14 @@ class Vocab {
 
  private:
   std::unordered_map<std::string, uint32_t, StringHash, std::equal_to<>> to_id_;
+  const std::string* find(uint32_t id) const {
+    if (id < to_token_.size() && to_token_[id]) return &*to_token_[id];
+    auto it = sparse_.find(id);
+    return it == sparse_.end() ? nullptr : &it->second;
+  }
+
   std::vector<std::optional<std::string>> to_token_;
+  std::unordered_map<uint32_t, std::string> sparse_;
 };
 
 }  // namespace mpool::tokenizer

@@ -253,3 +253,24 @@ TEST(TokenizerTest, NestingTooDeepIsRejectedNotACrash) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(TokenizerTest, SparseHugeTokenIdDoesNotAllocateADenseTable) {
+  std::string json = R"({"model":{"type":"WordPiece","unk_token":"[UNK]","vocab":{"[UNK]":0,"hi":2000000000}}})";
+  auto tok = Tokenizer::from_json(json);
+  EXPECT_EQ(tok->encode("hi").ids, std::vector<uint32_t>{2000000000u});
+  EXPECT_EQ(tok->id_to_token(2000000000u), std::optional<std::string>("hi"));
+}
+
+TEST(TokenizerTest, HugePaddingLengthIsRejected) {
+  std::string json = R"({"padding":{"strategy":{"Fixed":1000000000000}},"model":{"type":"WordPiece","vocab":{"[UNK]":0}}})";
+  try {
+    Tokenizer::from_json(json);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("$.padding.strategy.Fixed"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace

@@ -38,21 +38,29 @@ class JsonNode {
   JsonNode at(size_t i) const;
   /// Array size; fails when not an array.
   size_t size() const;
-  /// Whether this is an object / array / string / null.
+  /// Whether this is an object.
   bool is_object() const { return value_->is_object(); }
+  /// Whether this is an array.
   bool is_array() const { return value_->is_array(); }
+  /// Whether this is a string.
   bool is_string() const { return value_->is_string(); }
+  /// Whether this is null.
   bool is_null() const { return value_->is_null(); }
-  /// Typed accessors; each fails with the expected type.
+  /// The string value; fails on another type.
   std::string str() const;
+  /// The boolean value; fails on another type.
   bool boolean() const;
+  /// The numeric value; fails on another type.
   double number() const;
+  /// The non-negative integer value; fails on another type.
   uint64_t uint() const;
   /// A one-character string.
   char32_t character() const;
-  /// Typed member accessors with defaults for absent or null members.
+  /// Member key as a string, dflt when absent or null.
   std::string str_or(const std::string& key, const std::string& dflt) const;
+  /// Member key as a boolean, dflt when absent or null.
   bool bool_or(const std::string& key, bool dflt) const;
+  /// Member key as a non-negative integer, dflt when absent or null.
   uint64_t uint_or(const std::string& key, uint64_t dflt) const;
   /// The "type" member.
   std::string type() const { return at("type").str(); }

@@ -38,9 +38,11 @@ class Regex : public Pattern {
  public:
   /// Compiles pattern; Oniguruma spellings of \w, \W are translated. Throws kInvalidInput.
   explicit Regex(const std::string& pattern, bool literal = false);
+  /// Frees the compiled pattern.
   ~Regex() override;
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
+  /// Matches in Oniguruma iteration order, as pieces covering s.
   std::vector<PatternPiece> find_matches(std::string_view s) const override;
   /// Every match range, skipping an empty match right after the previous match (Oniguruma iteration).
   std::vector<Offsets> find_all(std::string_view s) const;
@@ -54,6 +56,7 @@ class CharPredicatePattern : public Pattern {
  public:
   /// Wraps pred.
   explicit CharPredicatePattern(std::function<bool(char32_t)> pred) : pred_(std::move(pred)) {}
+  /// Each matching character is its own match.
   std::vector<PatternPiece> find_matches(std::string_view s) const override;
 
  private:
@@ -65,6 +68,7 @@ class InvertPattern : public Pattern {
  public:
   /// Wraps inner (not owned; must outlive this).
   explicit InvertPattern(const Pattern& inner) : inner_(inner) {}
+  /// The inner pattern's pieces with is_match flipped.
   std::vector<PatternPiece> find_matches(std::string_view s) const override;
 
  private:
@@ -79,6 +83,7 @@ class NormalizedString {
  public:
   /// Starts as the identity normalization of original.
   explicit NormalizedString(std::string original);
+  /// An empty string.
   NormalizedString() = default;
 
   /// The normalized text.

@@ -62,6 +62,7 @@ class Tokenizer {
   static std::unique_ptr<Tokenizer> from_file(const std::string& path);
   /// Parses tokenizer.json text; source names it in error messages.
   static std::unique_ptr<Tokenizer> from_json(std::string_view json, const std::string& source = "<tokenizer.json>");
+  /// Releases the pipeline.
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;
   Tokenizer& operator=(const Tokenizer&) = delete;
@@ -94,8 +95,8 @@ class Tokenizer {
   const std::optional<PaddingParams>& padding() const { return padding_; }
   /// Sets or clears truncation.
   void set_truncation(std::optional<TruncationParams> params) { truncation_ = std::move(params); }
-  /// Sets or clears padding.
-  void set_padding(std::optional<PaddingParams> params) { padding_ = std::move(params); }
+  /// Sets or clears padding; kInvalidInput for lengths beyond 2^24 tokens.
+  void set_padding(std::optional<PaddingParams> params);
 
  private:
   Tokenizer();
