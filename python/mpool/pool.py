@@ -80,6 +80,12 @@ def _params(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _task(task: str | None) -> str | None:
+    if task is not None and not isinstance(task, str):
+        raise InvalidInput(f"task must be a str or None, got {type(task).__name__}")
+    return task
+
+
 def _timeout(timeout: float | None) -> float | None:
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise InvalidInput(f"timeout must be a number of seconds > 0, got {timeout!r}")
@@ -384,9 +390,7 @@ class Pool:
         ``task`` picks the model's prompt (e.g. "query"). Texts longer than the model's
         limit are truncated, or raise InvalidInput with ``truncate=False``.
         """
-        if task is not None and not isinstance(task, str):
-            raise InvalidInput(f"task must be a str or None, got {type(task).__name__}")
-        return self._native.embed(key, self._texts(texts), task, _timeout(timeout), bool(truncate))
+        return self._native.embed(key, self._texts(texts), _task(task), _timeout(timeout), bool(truncate))
 
     async def aembed(
         self,
@@ -398,9 +402,7 @@ class Pool:
         timeout: float | None = None,
     ) -> np.ndarray:
         """``embed`` for asyncio: does not block the event loop."""
-        if task is not None and not isinstance(task, str):
-            raise InvalidInput(f"task must be a str or None, got {type(task).__name__}")
-        future = self._native.embed_async(key, self._texts(texts), task, _timeout(timeout), bool(truncate))
+        future = self._native.embed_async(key, self._texts(texts), _task(task), _timeout(timeout), bool(truncate))
         return await _await_native(future)
 
     # --- image embedding ------------------------------------------------------

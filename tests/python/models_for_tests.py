@@ -62,3 +62,13 @@ class WordStreamer:
             yield {"finish_reason": "length", "prompt_tokens": len(prompt.split())}
         finally:
             self.closed += 1
+
+
+def wait_for(pred, seconds: float = 5.0) -> bool:
+    """Polls pred until it holds or `seconds` pass; returns its last value."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()

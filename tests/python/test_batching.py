@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 
 import mpool
-from models_for_tests import HashEmbedder
+from models_for_tests import HashEmbedder, wait_for
 
 
 class RecordingEmbedder(HashEmbedder):
@@ -26,14 +25,6 @@ class RecordingEmbedder(HashEmbedder):
         self.calls.append(list(texts))
         return super().embed(texts, task)
 
-
-def wait_for(pred, seconds=5.0):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return pred()
 
 
 @pytest.fixture

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 import mpool
 import mpool.testing
-from models_for_tests import Counter, HashEmbedder
+from models_for_tests import Counter, HashEmbedder, wait_for
 
 
 def embedder(memory_mb, counter=None, **kw):
@@ -20,14 +19,6 @@ def embedder(memory_mb, counter=None, **kw):
 
     return mpool.PyModel("text_embedding", load, memory_mb=memory_mb)
 
-
-def wait_for(pred, seconds=5.0):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 def replicas(pool, key):

@@ -12,7 +12,7 @@ import pytest
 
 import mpool
 import mpool.testing
-from models_for_tests import HashEmbedder, WordStreamer
+from models_for_tests import HashEmbedder, WordStreamer, wait_for
 
 
 def streamer(memory_mb=10, delay=0.0, instances=None, **kw):
@@ -24,14 +24,6 @@ def streamer(memory_mb=10, delay=0.0, instances=None, **kw):
 
     return mpool.PyModel("text_to_text", load, memory_mb=memory_mb, **kw)
 
-
-def wait_for(pred, seconds=5.0):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 def test_timeout_covers_compute_and_is_a_timeout_error(pool):

@@ -40,6 +40,20 @@ void fail_all(Deferred& deferred) {
   deferred.clear();
 }
 
+// Empties `queue`, keeping its retire pills counted right, and sets every job
+// aside to fail with `error` once the pool lock is released.
+template <class Queue>
+void drain(Queue& queue, std::atomic<int>& pills, const Error& error, Deferred& deferred) {
+  std::shared_ptr<Job> job;
+  while (queue.try_pop(job)) {
+    if (!job) {
+      pills--;
+      continue;
+    }
+    deferred.emplace_back(std::move(job), error);
+  }
+}
+
 }  // namespace
 
 struct Pool::Replica {
@@ -134,14 +148,8 @@ void Pool::unregister_model(const std::string& key, double timeout_s) {
   {
     std::lock_guard lock(mu_);
     auto model = find_locked(key);
-    std::shared_ptr<Job> job;
-    while (model->queue.try_pop(job)) {
-      if (!job) {
-        model->pills--;
-        continue;
-      }
-      deferred.emplace_back(job, Error(ErrorCode::kModelNotFound, "model '" + key + "' was unregistered"));
-    }
+    drain(model->queue, model->pills, Error(ErrorCode::kModelNotFound, "model '" + key + "' was unregistered"),
+          deferred);
     models_.erase(key);
   }
   fail_all(deferred);
@@ -200,14 +208,7 @@ void Pool::submit(const std::string& key, const std::string& capability, std::sh
       model->starting = false;
       model->metrics->errors++;
       // Requests that queued behind this cold start share its fate.
-      std::shared_ptr<Job> queued;
-      while (model->queue.try_pop(queued)) {
-        if (!queued) {
-          model->pills--;
-          continue;
-        }
-        deferred.emplace_back(queued, e);
-      }
+      drain(model->queue, model->pills, e, deferred);
       lock.unlock();
       fail_all(deferred);
       throw;
@@ -468,18 +469,11 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
     replica->state = kDead;
     model->dead++;
     // A failed load with nobody else left to serve: the waiting requests fail now.
-    if (!load_error.empty() && model->serving() <= 0 && !model->starting) {
-      std::shared_ptr<Job> job;
-      while (model->queue.try_pop(job)) {
-        if (!job) {
-          model->pills--;
-          continue;
-        }
-        deferred.emplace_back(job, Error(ErrorCode::kSpawnFailed,
-                                         "model '" + model->key + "' failed to load on " + replica->device +
-                                             ": " + load_error));
-      }
-    }
+    if (!load_error.empty() && model->serving() <= 0 && !model->starting)
+      drain(model->queue, model->pills,
+            Error(ErrorCode::kSpawnFailed,
+                  "model '" + model->key + "' failed to load on " + replica->device + ": " + load_error),
+            deferred);
   }
   exit_cv_.notify_all();
   fail_all(deferred);
@@ -556,28 +550,15 @@ void Pool::maintain_locked(Lock& lock) {
     // Requests queued with nobody to serve them (a failed load, or an eviction race).
     if (serving <= 0 && m->queued() > 0 && !m->starting) {
       if (!m->last_spawn_error.empty() && m->count(kLoading) == 0) {
-        std::shared_ptr<Job> job;
-        while (m->queue.try_pop(job)) {
-          if (!job) {
-            m->pills--;
-            continue;
-          }
-          deferred.emplace_back(job, Error(ErrorCode::kSpawnFailed,
-                                           "model '" + m->key + "' failed to load: " + m->last_spawn_error));
-        }
+        drain(m->queue, m->pills,
+              Error(ErrorCode::kSpawnFailed, "model '" + m->key + "' failed to load: " + m->last_spawn_error),
+              deferred);
       } else if (m->count(kLoading) == 0) {
         m->starting = true;
         try {
           spawn_locked(lock, m, 1, /*allow_evict=*/true);
         } catch (const Error& e) {
-          std::shared_ptr<Job> job;
-          while (m->queue.try_pop(job)) {
-            if (!job) {
-              m->pills--;
-              continue;
-            }
-            deferred.emplace_back(job, e);
-          }
+          drain(m->queue, m->pills, e, deferred);
         }
         m->starting = false;
       }
@@ -633,14 +614,7 @@ void Pool::shutdown(double drain_timeout_s) {
   Deferred deferred;
   const Error refused(ErrorCode::kShuttingDown, "pool shut down before the request finished");
   for (auto& [k, m] : models_) {
-    std::shared_ptr<Job> job;
-    while (m->queue.try_pop(job)) {
-      if (!job) {
-        m->pills--;
-        continue;
-      }
-      deferred.emplace_back(job, refused);
-    }
+    drain(m->queue, m->pills, refused, deferred);
     for (auto& r : m->replicas) {
       std::lock_guard current_lock(r->current_mu);
       for (auto& job : r->current) {
