@@ -92,6 +92,17 @@ def _timeout(timeout: float | None) -> float | None:
     return None if timeout is None else float(timeout)
 
 
+async def _wait_chunks(stream: Any) -> AsyncIterator[Any]:
+    """Yields `next(stream)` items, each waited for on a stream-waiter thread (GIL released in C++)."""
+    loop = asyncio.get_running_loop()
+    sentinel = object()
+    while True:
+        item = await loop.run_in_executor(_STREAM_WAITERS, next, stream, sentinel)
+        if item is sentinel:
+            return
+        yield item
+
+
 class TextStream:
     """Chunks of generated text. Iterating waits natively with the GIL released.
 
@@ -144,13 +155,8 @@ class TextStream:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        sentinel = object()
         try:
-            while True:
-                chunk = await loop.run_in_executor(_STREAM_WAITERS, next, self, sentinel)
-                if chunk is sentinel:
-                    return
+            async for chunk in _wait_chunks(self):
                 yield chunk
         finally:
             if self.finish_reason is None:
@@ -194,16 +200,7 @@ class ImageStream:
         self.close()
 
     def __aiter__(self) -> AsyncIterator[Any]:
-        return self._aiter()
-
-    async def _aiter(self) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        sentinel = object()
-        while True:
-            item = await loop.run_in_executor(_STREAM_WAITERS, next, self, sentinel)
-            if item is sentinel:
-                return
-            yield item
+        return _wait_chunks(self)
 
     async def aresult(self) -> Any:
         """``result()`` without blocking the event loop."""

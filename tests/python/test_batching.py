@@ -33,13 +33,20 @@ def one_replica_pool():
         yield pool
 
 
-def test_requests_queued_behind_a_busy_replica_run_as_one_model_call(one_replica_pool):
-    pool = one_replica_pool
+def busy_gated_model(pool, **kw):
+    """Registers a one-replica RecordingEmbedder as "m" and holds its replica busy
+    on a first request; returns (model, gate, first): set the gate to release it."""
     gate = threading.Event()
     model = RecordingEmbedder(gate)
-    pool.register("m", mpool.PyModel("text_embedding", lambda d: model, memory_mb=1, max_replicas=1))
+    pool.register("m", mpool.PyModel("text_embedding", lambda d: model, memory_mb=1, max_replicas=1, **kw))
     first = pool._native.embed_async("m", ["first"], None, None)
     assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
+    return model, gate, first
+
+
+def test_requests_queued_behind_a_busy_replica_run_as_one_model_call(one_replica_pool):
+    pool = one_replica_pool
+    model, gate, first = busy_gated_model(pool)
     texts = [f"text number {i}" + "!" * i for i in range(10)]
     futures = [pool._native.embed_async("m", [t], None, None) for t in texts]
     gate.set()
@@ -75,11 +82,7 @@ def test_results_are_identical_together_one_by_one_and_from_16_threads(pool):
 
 def test_a_malformed_input_in_a_batch_fails_only_its_own_request(one_replica_pool):
     pool = one_replica_pool
-    gate = threading.Event()
-    model = RecordingEmbedder(gate)
-    pool.register("m", mpool.PyModel("text_embedding", lambda d: model, memory_mb=1, max_replicas=1))
-    first = pool._native.embed_async("m", ["first"], None, None)
-    assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
+    model, gate, first = busy_gated_model(pool)
     good = [pool._native.embed_async("m", [f"good {i}"], None, None) for i in range(3)]
     bad = pool._native.embed_async("m", ["boom"], None, None)
     more = [pool._native.embed_async("m", [f"more {i}"], None, None) for i in range(3)]
@@ -93,11 +96,7 @@ def test_a_malformed_input_in_a_batch_fails_only_its_own_request(one_replica_poo
 
 def test_requests_with_different_tasks_are_never_merged(one_replica_pool):
     pool = one_replica_pool
-    gate = threading.Event()
-    model = RecordingEmbedder(gate)
-    pool.register("m", mpool.PyModel("text_embedding", lambda d: model, memory_mb=1, max_replicas=1))
-    first = pool._native.embed_async("m", ["first"], None, None)
-    assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
+    model, gate, first = busy_gated_model(pool)
     doc = pool._native.embed_async("m", ["abc"], None, None)
     query = pool._native.embed_async("m", ["abc"], "query", None)
     gate.set()
@@ -108,13 +107,7 @@ def test_requests_with_different_tasks_are_never_merged(one_replica_pool):
 
 def test_batch_budget_zero_turns_merging_off(one_replica_pool):
     pool = one_replica_pool
-    gate = threading.Event()
-    model = RecordingEmbedder(gate)
-    pool.register(
-        "m", mpool.PyModel("text_embedding", lambda d: model, memory_mb=1, max_replicas=1, batch_budget=0)
-    )
-    first = pool._native.embed_async("m", ["first"], None, None)
-    assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
+    model, gate, first = busy_gated_model(pool, batch_budget=0)
     futures = [pool._native.embed_async("m", [str(i)], None, None) for i in range(4)]
     gate.set()
     first.result()
