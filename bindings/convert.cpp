@@ -69,6 +69,7 @@ capabilities::GenerationParams params_from_dict(const py::dict& params) {
     else if (key == "stop_token_ids") p.stop_token_ids = v.cast<std::vector<int64_t>>();
     else if (key == "ignore_eos") p.ignore_eos = v.cast<bool>();
     else if (key == "logprobs") p.logprobs = v.cast<int64_t>();
+    else if (key == "add_special_tokens") p.add_special_tokens = v.cast<bool>();
     else throw Error(ErrorCode::kInvalidInput, "unknown generation parameter '" + key + "'");
     p.explicitly_set.push_back(key);
   }
@@ -91,6 +92,7 @@ py::dict params_to_dict(const capabilities::GenerationParams& p) {
     else if (key == "stop_token_ids") d[key.c_str()] = p.stop_token_ids;
     else if (key == "ignore_eos") d[key.c_str()] = p.ignore_eos;
     else if (key == "logprobs") d[key.c_str()] = p.logprobs;
+    else if (key == "add_special_tokens") d[key.c_str()] = p.add_special_tokens;
   }
   return d;
 }

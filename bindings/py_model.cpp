@@ -170,7 +170,7 @@ class PyInstance final : public core::Instance,
         bool more;
         {
           py::gil_scoped_release nogil;  // the sink may wait for a slow consumer
-          more = sink(std::move(text), std::move(ids));
+          more = sink(cap::TextPiece{std::move(text), std::move(ids), {}});
         }
         if (!more) break;
       }

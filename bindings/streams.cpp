@@ -117,9 +117,19 @@ void register_streams(py::module_& m) {
                ", time_to_first_token=" + std::to_string(s.time_to_first_token_s) +
                ", tokens_per_second=" + std::to_string(s.tokens_per_second) + ")";
       });
+  py::class_<capabilities::TokenLogprob>(m, "TokenLogprob",
+                                         "A generated token's log-probability under the model, and the most likely "
+                                         "alternatives at that step.")
+      .def_readonly("token_id", &capabilities::TokenLogprob::token_id)
+      .def_readonly("logprob", &capabilities::TokenLogprob::logprob)
+      .def_readonly("top", &capabilities::TokenLogprob::top, "(token id, logprob) pairs, most likely first")
+      .def("__repr__", [](const capabilities::TokenLogprob& t) {
+        return "TokenLogprob(token_id=" + std::to_string(t.token_id) + ", logprob=" + std::to_string(t.logprob) + ")";
+      });
   py::class_<TextChunk>(m, "TextChunk", "One piece of a text stream.")
       .def_readonly("text", &TextChunk::text)
       .def_readonly("token_ids", &TextChunk::token_ids)
+      .def_readonly("logprobs", &TextChunk::logprobs, "per token, when the request set logprobs")
       .def_readonly("finish_reason", &TextChunk::finish_reason)
       .def_readonly("stats", &TextChunk::stats)
       .def("__repr__", [](const TextChunk& c) {

@@ -39,7 +39,7 @@ class NativeTestModel final : public core::Instance, public cap::TextEmbedding, 
     for (int64_t i = 0; i < params.max_tokens; ++i) {
       if (ctx.should_stop()) break;
       if (sleep_s_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(sleep_s_));
-      if (!sink(std::to_string(i) + " ", {i})) break;
+      if (!sink(cap::TextPiece{std::to_string(i) + " ", {i}, {}})) break;
     }
     return cap::Completion{"length", 1, std::nullopt};
   }

@@ -105,10 +105,13 @@ class NativeModel(Model):
         *,
         dtype: str | None = None,
         devices: Sequence[str] = ("cpu",),
+        context_length: int | None = None,
     ) -> None:
         if isinstance(devices, str):
             devices = [devices]
-        spec, info = _core.native_model(os.fspath(path_or_repo_id), dtype, list(devices))
+        if context_length is not None and (isinstance(context_length, bool) or not isinstance(context_length, int)):
+            raise InvalidInput(f"context_length must be an int, got {context_length!r}")
+        spec, info = _core.native_model(os.fspath(path_or_repo_id), dtype, list(devices), context_length)
         super().__init__(spec)
         self.info: dict[str, Any] = info
 

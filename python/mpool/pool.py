@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _core
 from ._images import image_input
+from .chat import ChatTemplate
 from .errors import InvalidInput, PoolError
 from .models import Model, NativeModel
 
@@ -32,6 +33,7 @@ _GENERATION_PARAMS: dict[str, type | tuple[type, ...]] = {
     "stop_token_ids": (list, tuple),
     "ignore_eos": bool,
     "logprobs": int,
+    "add_special_tokens": bool,
 }
 
 # Stream waits for the asyncio twins run here: each wait releases the GIL in C++.
@@ -68,6 +70,10 @@ def _params(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidInput(f"top_p must be in (0, 1], got {out['top_p']}")
     if "min_p" in out and not 0 <= out["min_p"] <= 1:
         raise InvalidInput(f"min_p must be in [0, 1], got {out['min_p']}")
+    if "logprobs" in out and not 0 <= out["logprobs"] <= 20:
+        raise InvalidInput(f"logprobs must be in [0, 20], got {out['logprobs']}")
+    if "repetition_penalty" in out and out["repetition_penalty"] <= 0:
+        raise InvalidInput(f"repetition_penalty must be > 0, got {out['repetition_penalty']}")
     if "top_k" in out and out["top_k"] < 0:
         raise InvalidInput(f"top_k must be >= 0, got {out['top_k']}")
     if "stop" in out:
@@ -275,6 +281,8 @@ class Pool:
         )
         self._closed = False
         self._lock = threading.Lock()
+        # Chat templates by key: the model directory until first use, then the template.
+        self._chat_sources: dict[str, str | ChatTemplate | None] = {}
         _LIVE_POOLS.add(self)
 
     # --- registry -------------------------------------------------------------
@@ -290,21 +298,26 @@ class Pool:
         devices: Sequence[str] | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        context_length: int | None = None,
     ) -> dict[str, Any]:
         """Registers ``model`` under ``key``. Nothing loads until its first request.
 
         ``model`` is a Python-defined model (``mpool.PyModel``), or a path / cached repo
         id of a native model, whose family and capability are detected from its files
-        (``dtype`` and ``device`` apply to those). Returns what the pool knows of it.
+        (``dtype``, ``device`` and, for decoders, ``context_length`` apply to those:
+        the longest prompt plus output, which sizes each replica's KV cache). Returns
+        what the pool knows of it.
         """
         if not isinstance(key, str) or not key:
             raise InvalidInput(f"key must be a non-empty str, got {key!r}")
         if device is not None:
             devices = [device]
         if isinstance(model, (str, os.PathLike)):
-            model = NativeModel(model, dtype=dtype, devices=devices or ("cpu",))
-        elif dtype is not None:
-            raise InvalidInput("dtype applies to native models (a path or repo id), not to Python-defined ones")
+            model = NativeModel(model, dtype=dtype, devices=devices or ("cpu",), context_length=context_length)
+        elif dtype is not None or context_length is not None:
+            raise InvalidInput(
+                "dtype and context_length apply to native models (a path or repo id), not to Python-defined ones"
+            )
         if not isinstance(model, Model):
             raise InvalidInput(f"model must be an mpool model (e.g. mpool.PyModel), got {type(model).__name__}")
         spec = model._spec
@@ -321,11 +334,15 @@ class Pool:
         self._native.register(key, spec)
         info: dict[str, Any] = {"key": key, "capabilities": list(spec.capabilities), "memory_mb": spec.memory_mb}
         info.update(getattr(model, "info", {}))
+        with self._lock:
+            self._chat_sources[key] = info.get("path")
         return info
 
     def unregister(self, key: str, timeout: float = 30.0) -> None:
         """Unloads ``key`` (after its queued work) and forgets it."""
         self._native.unregister(key, float(timeout))
+        with self._lock:
+            self._chat_sources.pop(key, None)
 
     def unload(self, key: str, timeout: float = 30.0) -> bool:
         """Unloads every replica of ``key`` once its queued work is done."""
@@ -447,6 +464,71 @@ class Pool:
     ) -> AsyncIterator[Any]:
         """``generate`` for asyncio: ``async for chunk in pool.agenerate(...)``."""
         return self.generate(key, prompt, timeout=timeout, **params).__aiter__()
+
+    def chat_template(self, key: str) -> ChatTemplate:
+        """The chat template of ``key`` (from its ``tokenizer_config.json``); InvalidInput if it has none."""
+        with self._lock:
+            if key not in self._chat_sources:
+                raise InvalidInput(f"no model is registered under {key!r}")
+            source = self._chat_sources[key]
+        if isinstance(source, ChatTemplate):
+            return source
+        template = ChatTemplate.from_model_dir(source) if source is not None else None
+        if template is None:
+            where = f"{source}" if source is not None else "a Python-defined model"
+            raise InvalidInput(f"model {key!r} has no chat template ({where} defines no chat_template)")
+        with self._lock:
+            if key in self._chat_sources:
+                self._chat_sources[key] = template
+        return template
+
+    def render_chat(
+        self,
+        key: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        **template_kwargs: Any,
+    ) -> str:
+        """The prompt ``chat`` sends: ``messages`` rendered by the model's chat template."""
+        return self.chat_template(key).render(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools, **template_kwargs
+        )
+
+    def chat(
+        self,
+        key: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> TextStream:
+        """Streams the assistant's reply to ``messages`` (``[{"role": ..., "content": ...}]``).
+
+        The model's ``chat_template`` renders them with jinja2 as transformers does,
+        with ``add_generation_prompt`` on; the prompt is then tokenized without
+        adding special tokens again (the template writes them). ``params`` are
+        those of ``generate``.
+        """
+        prompt = self.render_chat(key, messages, tools=tools, **dict(template_kwargs or {}))
+        params.setdefault("add_special_tokens", False)
+        return self.generate(key, prompt, timeout=timeout, **params)
+
+    def achat(
+        self,
+        key: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> AsyncIterator[Any]:
+        """``chat`` for asyncio: ``async for chunk in pool.achat(...)``."""
+        return self.chat(key, messages, timeout=timeout, tools=tools, template_kwargs=template_kwargs, **params).__aiter__()
 
     # --- vision ---------------------------------------------------------------
 

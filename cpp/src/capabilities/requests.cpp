@@ -131,15 +131,16 @@ std::shared_ptr<TextStream> submit_text_stream(
     bool hit_limit = false;
     // max_tokens holds whatever the model does: tokens are counted from the ids it
     // reports, or one per chunk when it reports none.
-    TextSink sink = [&](std::string text, std::vector<int64_t> token_ids) {
+    TextSink sink = [&](TextPiece piece) {
       if ((ids > 0 ? ids : chunks) >= max_tokens) {  // one more than allowed: drop it, stop
         hit_limit = true;
         return false;
       }
       if (!first) first = Clock::now();
-      ids += static_cast<int64_t>(token_ids.size());
+      ids += static_cast<int64_t>(piece.token_ids.size());
       ++chunks;
-      return out.push(TextChunk{std::move(text), std::move(token_ids), std::nullopt, std::nullopt});
+      return out.push(TextChunk{std::move(piece.text), std::move(piece.token_ids), std::move(piece.logprobs),
+                                std::nullopt, std::nullopt});
     };
     Completion done = run(as<Cap>(inst), sink, ctx);
     if (ctx.should_stop()) return;  // the job reports Timeout or Cancelled
@@ -156,7 +157,7 @@ std::shared_ptr<TextStream> submit_text_stream(
     stats.tokens_per_second = decode_s > 0 && stats.completion_tokens > 1
                                   ? static_cast<double>(stats.completion_tokens - 1) / decode_s
                                   : 0;
-    out.push(TextChunk{"", {}, done.finish_reason, stats});
+    out.push(TextChunk{"", {}, {}, done.finish_reason, stats});
   };
   pool.submit(key, Cap::kName, std::make_shared<core::StreamJob<TextChunk>>(channel, std::move(fn)));
   return channel;

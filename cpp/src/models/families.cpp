@@ -18,7 +18,7 @@ std::vector<Family>& families() {
 void register_builtin_families() {
   static std::once_flag once;
   std::call_once(once, [] {
-    for (Family f : {bert::family()}) {
+    for (Family f : {bert::family(), llama::family()}) {
       loading::FamilyRegistry::global().add(loading::FamilyInfo{f.name, f.capabilities, f.supports});
       families().push_back(std::move(f));
     }

@@ -6,8 +6,30 @@
 #include <numeric>
 
 #include "mpool/core/error.h"
+#include "mpool/loading/config.h"
 
 namespace mpool::models {
+
+EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t hidden_size, size_t max_seq_length,
+                                   std::vector<PoolingMode> default_pooling) {
+  EmbedderSettings s;
+  s.pooling = std::move(default_pooling);
+  s.max_seq_length = max_seq_length;
+  if (auto tc = loading::load_tokenizer_config(layout.tokenizer_dir); tc && tc->model_max_length)
+    s.max_seq_length = std::min<size_t>(s.max_seq_length, static_cast<size_t>(*tc->model_max_length));
+  if (const auto& st = layout.sentence_transformers) {
+    if (st->pooling) {
+      s.pooling = parse_pooling_modes(st->pooling->mode, "1_Pooling/config.json");
+      s.include_prompt = st->pooling->include_prompt;
+    }
+    s.normalize = st->normalize;
+    if (st->max_seq_length) s.max_seq_length = std::min<size_t>(s.max_seq_length, *st->max_seq_length);
+    s.prompts = st->prompts;
+    s.default_prompt_name = st->default_prompt_name;
+  }
+  s.dimension = hidden_size * static_cast<int64_t>(s.pooling.size());
+  return s;
+}
 
 SentenceEmbedder::SentenceEmbedder(std::unique_ptr<Backbone> backbone, std::unique_ptr<tokenizer::Tokenizer> tok,
                                    EmbedderSettings settings)

@@ -12,7 +12,7 @@ namespace mpool::capabilities {
 using core::RequestContext;
 
 /// Receives generated text as it completes; false means stop generating now.
-using TextSink = std::function<bool(std::string text, std::vector<int64_t> token_ids)>;
+using TextSink = std::function<bool(TextPiece piece)>;
 /// Receives image progress; false means stop generating now.
 using ProgressSink = std::function<bool(ImageProgress progress)>;
 

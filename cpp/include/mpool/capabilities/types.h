@@ -33,7 +33,8 @@ struct GenerationParams {
   std::vector<std::string> stop;            ///< stop strings, never emitted
   std::vector<int64_t> stop_token_ids;      ///< in addition to the model's eos
   bool ignore_eos = false;
-  std::optional<int64_t> logprobs;          ///< top-n logprobs per token, when set
+  std::optional<int64_t> logprobs;          ///< report each token's logprob and this many alternatives
+  bool add_special_tokens = true;           ///< text prompts: let the tokenizer add bos etc. (chat turns it off)
   /// The names of the fields the caller set explicitly (Python models receive only these).
   std::vector<std::string> explicitly_set;
 };
@@ -46,10 +47,27 @@ struct GenerationStats {
   double tokens_per_second = 0;
 };
 
+/// The log-probability of one generated token under the model, with the most
+/// likely alternatives at that step.
+struct TokenLogprob {
+  int64_t token_id = 0;
+  double logprob = 0;
+  std::vector<std::pair<int64_t, double>> top;  ///< (token id, logprob), most likely first
+};
+
+/// What a text model emits at a time: text, the ids it came from, and their
+/// logprobs when the request asked for them.
+struct TextPiece {
+  std::string text;
+  std::vector<int64_t> token_ids;
+  std::vector<TokenLogprob> logprobs;
+};
+
 /// One piece of a text stream; the last one has finish_reason and stats.
 struct TextChunk {
   std::string text;
   std::vector<int64_t> token_ids;
+  std::vector<TokenLogprob> logprobs;
   std::optional<std::string> finish_reason;  ///< "stop", "length", "cancelled", "error"
   std::optional<GenerationStats> stats;
 };

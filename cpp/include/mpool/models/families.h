@@ -18,6 +18,7 @@ namespace mpool::models {
 struct NativeOptions {
   std::optional<std::string> dtype;         ///< "float32", "bfloat16", "float16"; nullopt: the family's default
   std::vector<std::string> devices{"cpu"};  ///< where replicas may live
+  std::optional<int64_t> context_length;    ///< decoders: longest prompt + output; nullopt: the model's maximum
 };
 
 /// A native model ready to register.
@@ -50,5 +51,11 @@ namespace bert {
 /// The BERT encoder family as a text_embedding model.
 Family family();
 }  // namespace bert
+
+namespace llama {
+/// The Llama-style decoder family (llama, mistral, qwen2, qwen3, phi3) as a
+/// text_to_text and text_embedding model.
+Family family();
+}  // namespace llama
 
 }  // namespace mpool::models

@@ -12,6 +12,7 @@
 
 #include "mpool/capabilities/interfaces.h"
 #include "mpool/core/instance.h"
+#include "mpool/loading/layout.h"
 #include "mpool/models/pooling.h"
 #include "mpool/tokenizer/tokenizer.h"
 
@@ -39,6 +40,12 @@ struct EmbedderSettings {
   int64_t dimension = 0;
   size_t tokens_per_forward = 16384;  ///< padded tokens per forward pass (bounds activation memory)
 };
+
+/// The settings of a model directory: the sentence-transformers files (pooling,
+/// normalize, max_seq_length, prompts) when `layout` has them, over the family's
+/// `default_pooling`; the length is also bounded by tokenizer_config.json.
+EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t hidden_size, size_t max_seq_length,
+                                   std::vector<PoolingMode> default_pooling);
 
 /// A loaded text-embedding model.
 class SentenceEmbedder final : public core::Instance, public capabilities::TextEmbedding {

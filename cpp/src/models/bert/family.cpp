@@ -28,25 +28,9 @@ class BertBackbone final : public Backbone {
 };
 
 EmbedderSettings settings_for(const loading::ModelLayout& layout, const BertConfig& config) {
-  EmbedderSettings s;
-  s.dimension = config.hidden_size;
   // Positions bound the length; roberta spends pad_token_id + 1 of them on the offset.
   int64_t positions = config.max_position_embeddings - (config.padding_offset_positions ? config.pad_token_id + 1 : 0);
-  s.max_seq_length = static_cast<size_t>(positions);
-  if (auto tc = loading::load_tokenizer_config(layout.tokenizer_dir); tc && tc->model_max_length)
-    s.max_seq_length = std::min<size_t>(s.max_seq_length, static_cast<size_t>(*tc->model_max_length));
-  if (const auto& st = layout.sentence_transformers) {
-    if (st->pooling) {
-      s.pooling = parse_pooling_modes(st->pooling->mode, "1_Pooling/config.json");
-      s.include_prompt = st->pooling->include_prompt;
-    }
-    s.normalize = st->normalize;
-    if (st->max_seq_length) s.max_seq_length = std::min<size_t>(s.max_seq_length, *st->max_seq_length);
-    s.prompts = st->prompts;
-    s.default_prompt_name = st->default_prompt_name;
-    s.dimension = config.hidden_size * static_cast<int64_t>(s.pooling.size());
-  }
-  return s;
+  return embedder_settings(layout, config.hidden_size, static_cast<size_t>(positions), {PoolingMode::kMean});
 }
 
 NativeModel build(const loading::ModelLayout& layout, const loading::ModelConfig& model_config,

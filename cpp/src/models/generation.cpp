@@ -1,0 +1,245 @@
+#include "mpool/models/generation.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <unordered_set>
+
+#include "mpool/core/error.h"
+
+namespace mpool::models {
+
+using capabilities::GenerationParams;
+using capabilities::TextPiece;
+using capabilities::TokenLogprob;
+
+namespace {
+
+void require(bool ok, const std::string& message) { check(ok, ErrorCode::kInvalidInput, message); }
+
+std::string num(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+}  // namespace
+
+void validate_generation_params(const GenerationParams& p) {
+  require(p.max_tokens > 0, "max_tokens must be > 0, got " + std::to_string(p.max_tokens));
+  require(std::isfinite(p.temperature) && p.temperature >= 0, "temperature must be >= 0, got " + num(p.temperature));
+  if (p.top_k) require(*p.top_k >= 0, "top_k must be >= 0 (0 disables it), got " + std::to_string(*p.top_k));
+  if (p.top_p) require(*p.top_p > 0 && *p.top_p <= 1, "top_p must be in (0, 1], got " + num(*p.top_p));
+  if (p.min_p) require(*p.min_p >= 0 && *p.min_p <= 1, "min_p must be in [0, 1], got " + num(*p.min_p));
+  require(std::isfinite(p.repetition_penalty) && p.repetition_penalty > 0,
+          "repetition_penalty must be > 0, got " + num(p.repetition_penalty));
+  require(std::isfinite(p.presence_penalty), "presence_penalty must be finite");
+  require(std::isfinite(p.frequency_penalty), "frequency_penalty must be finite");
+  if (p.logprobs) require(*p.logprobs >= 0 && *p.logprobs <= 20, "logprobs must be in [0, 20], got " +
+                                                                      std::to_string(*p.logprobs));
+  for (size_t i = 0; i < p.stop.size(); ++i)
+    require(!p.stop[i].empty(), "stop string #" + std::to_string(i) + " is empty");
+}
+
+// ---------------------------------------------------------------------------
+// Sampler
+
+Sampler::Sampler(const GenerationParams& params, const std::vector<int64_t>& prompt) : params_(params) {
+  if (params_.repetition_penalty != 1.0) {
+    std::unordered_set<int64_t> distinct(prompt.begin(), prompt.end());
+    seen_.assign(distinct.begin(), distinct.end());
+  }
+  uint64_t seed = params_.seed ? *params_.seed : (static_cast<uint64_t>(std::random_device{}()) << 32) ^
+                                                     static_cast<uint64_t>(std::random_device{}());
+  generator_ = at::make_generator<at::CPUGeneratorImpl>(seed);
+}
+
+int64_t Sampler::next(at::Tensor logits) {
+  // Penalties: transformers' RepetitionPenaltyLogitsProcessor over prompt and
+  // output, then OpenAI-style presence/frequency penalties over the output.
+  if (params_.repetition_penalty != 1.0 && !seen_.empty()) {
+    at::Tensor idx = at::tensor(seen_, at::kLong);
+    at::Tensor score = logits.index_select(0, idx);
+    score = at::where(score < 0, score * params_.repetition_penalty, score / params_.repetition_penalty);
+    logits = logits.index_copy(0, idx, score);
+  }
+  if ((params_.presence_penalty != 0 || params_.frequency_penalty != 0) && !counts_.empty()) {
+    std::vector<int64_t> ids;
+    std::vector<float> penalty;
+    for (auto [id, n] : counts_) {
+      ids.push_back(id);
+      penalty.push_back(static_cast<float>(params_.presence_penalty + params_.frequency_penalty * n));
+    }
+    logits = logits.index_add(0, at::tensor(ids, at::kLong), -at::tensor(penalty, at::kFloat));
+  }
+
+  int64_t token;
+  if (params_.temperature == 0) {
+    token = logits.argmax().item<int64_t>();
+  } else {
+    if (params_.temperature != 1.0) logits = logits / params_.temperature;
+    const int64_t vocab = logits.size(0);
+    if (params_.top_k && *params_.top_k > 0 && *params_.top_k < vocab) {
+      at::Tensor kth = std::get<0>(logits.topk(*params_.top_k)).select(0, *params_.top_k - 1);
+      logits = logits.masked_fill(logits < kth, kMinusInf);
+    }
+    if (params_.top_p && *params_.top_p < 1.0) {
+      // Drop the least likely tokens whose total mass stays within 1 - top_p;
+      // the most likely token always stays.
+      auto [sorted, order] = logits.sort(/*dim=*/0, /*descending=*/false);
+      at::Tensor cumulative = sorted.softmax(0).cumsum(0);
+      at::Tensor drop_sorted = cumulative <= (1.0 - *params_.top_p);
+      drop_sorted.index_put_({vocab - 1}, false);
+      at::Tensor drop = at::zeros_like(drop_sorted).scatter(0, order, drop_sorted);
+      logits = logits.masked_fill(drop, kMinusInf);
+    }
+    if (params_.min_p && *params_.min_p > 0) {
+      at::Tensor probs = logits.softmax(0);
+      at::Tensor drop = probs < probs.max() * *params_.min_p;
+      logits = logits.masked_fill(drop, kMinusInf);
+    }
+    at::Tensor probs = logits.softmax(0);
+    token = at::multinomial(probs, 1, /*replacement=*/false, generator_).item<int64_t>();
+  }
+  if (params_.repetition_penalty != 1.0 && std::find(seen_.begin(), seen_.end(), token) == seen_.end())
+    seen_.push_back(token);
+  ++counts_[token];
+  return token;
+}
+
+TokenLogprob Sampler::logprob(const at::Tensor& logits, int64_t token, int64_t top) {
+  at::Tensor lp = logits.log_softmax(0);
+  TokenLogprob out;
+  out.token_id = token;
+  out.logprob = lp[token].item<double>();
+  if (top > 0) {
+    auto [values, ids] = lp.topk(std::min<int64_t>(top, lp.size(0)));
+    auto v = values.accessor<float, 1>();
+    auto i = ids.accessor<int64_t, 1>();
+    for (int64_t k = 0; k < values.size(0); ++k) out.top.emplace_back(i[k], v[k]);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// TextAssembler
+
+TextAssembler::TextAssembler(const tokenizer::Tokenizer& tokenizer, std::vector<std::string> stop_strings)
+    : decoder_(tokenizer, /*skip_special_tokens=*/true), stops_(std::move(stop_strings)) {}
+
+bool TextAssembler::push(int64_t id, std::optional<TokenLogprob> logprob) {
+  ids_.push_back(id);
+  if (logprob) logprobs_.push_back(std::move(*logprob));
+  std::optional<std::string> text = id >= 0 ? decoder_.step(static_cast<uint32_t>(id)) : std::nullopt;
+  if (!text) {
+    releasable_ = std::min(releasable_, held_.size());
+    return false;  // a character is still incomplete
+  }
+  held_ += *text;
+  size_t cut = std::string::npos;
+  for (const auto& s : stops_) cut = std::min(cut, held_.find(s));
+  if (cut != std::string::npos) {
+    held_.resize(cut);
+    releasable_ = cut;
+    return true;
+  }
+  // Hold back the longest tail that could still grow into a stop string.
+  size_t hold = 0;
+  for (const auto& s : stops_) {
+    for (size_t k = std::min(s.size() - 1, held_.size()); k > hold; --k) {
+      if (held_.compare(held_.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  releasable_ = held_.size() - hold;
+  // A token with no text of its own (a skipped special token) goes out with the
+  // next piece that has text, unless nothing is held.
+  return false;
+}
+
+std::optional<TextPiece> TextAssembler::ready() {
+  if (releasable_ == 0) {
+    if (!held_.empty() || ids_.empty()) return std::nullopt;
+    // Nothing held: the ids decoded to no text; send them so counts stay live.
+  }
+  TextPiece piece;
+  piece.text = held_.substr(0, releasable_);
+  held_.erase(0, releasable_);
+  releasable_ = 0;
+  piece.token_ids = std::move(ids_);
+  piece.logprobs = std::move(logprobs_);
+  ids_.clear();
+  logprobs_.clear();
+  return piece;
+}
+
+std::optional<TextPiece> TextAssembler::flush() {
+  releasable_ = held_.size();
+  if (held_.empty() && ids_.empty()) return std::nullopt;
+  return ready();
+}
+
+// ---------------------------------------------------------------------------
+// The loop
+
+capabilities::Completion run_generation(const StepFn& step, const tokenizer::Tokenizer& tokenizer,
+                                        const GenerationParams& params, const GenerationSetup& setup,
+                                        const capabilities::TextSink& sink, capabilities::RequestContext& ctx) {
+  capabilities::Completion done;
+  done.prompt_tokens = static_cast<int64_t>(setup.prompt.size());
+  done.completion_tokens = 0;
+  std::unordered_set<int64_t> stop_ids(params.stop_token_ids.begin(), params.stop_token_ids.end());
+  if (!params.ignore_eos) stop_ids.insert(setup.eos_ids.begin(), setup.eos_ids.end());
+  Sampler sampler(params, setup.prompt);
+  TextAssembler text(tokenizer, params.stop);
+  bool open = true;
+  auto send = [&](std::optional<TextPiece> piece) {
+    if (piece && open) open = sink(std::move(*piece));
+    return open;
+  };
+
+  done.finish_reason = "length";
+  if (ctx.should_stop()) return done;
+  at::Tensor logits = step(setup.prompt);
+  int64_t generated = 0;
+  while (true) {
+    if (ctx.should_stop()) return done;  // the request reports Timeout or Cancelled
+    std::optional<TokenLogprob> lp;
+    int64_t token;
+    if (params.logprobs) {
+      at::Tensor raw = logits;
+      token = sampler.next(logits);
+      lp = Sampler::logprob(raw, token, *params.logprobs);
+    } else {
+      token = sampler.next(logits);
+    }
+    ++generated;
+    done.completion_tokens = generated;
+    if (stop_ids.count(token)) {
+      done.finish_reason = "stop";
+      break;
+    }
+    if (text.push(token, std::move(lp))) {
+      done.finish_reason = "stop";
+      break;
+    }
+    if (!send(text.ready())) return done;  // consumer gone, or max_tokens reached by the stream's count
+    if (generated >= setup.max_new_tokens) {
+      done.finish_reason = "length";
+      break;
+    }
+    logits = step({token});
+  }
+  send(text.flush());
+  return done;
+}
+
+}  // namespace mpool::models

@@ -1,0 +1,205 @@
+// The Llama-style decoder family as a pool model: recognizes llama, mistral,
+// qwen2, qwen3 and phi3 directories and builds specs whose replicas generate text
+// (text_to_text) and embed by last-token pooling (text_embedding).
+#include <algorithm>
+#include <filesystem>
+
+#include "mpool/core/error.h"
+#include "mpool/loading/tensors.h"
+#include "mpool/models/families.h"
+#include "mpool/models/generation.h"
+#include "mpool/models/llama/llama.h"
+#include "mpool/models/sentence_embedder.h"
+
+namespace mpool::models::llama {
+namespace {
+
+namespace fs = std::filesystem;
+namespace cap = capabilities;
+
+// Prompt tokens per forward pass of a prefill: bounds activation memory and lets
+// a long prefill notice cancellation between chunks.
+constexpr int64_t kPrefillChunk = 512;
+
+class DecoderBackbone final : public Backbone {
+ public:
+  explicit DecoderBackbone(std::shared_ptr<const LlamaDecoder> decoder) : decoder_(std::move(decoder)) {}
+  at::Tensor forward(const at::Tensor& ids, const at::Tensor&, const at::Tensor& mask) const override {
+    return decoder_->hidden_states(ids, mask);
+  }
+  at::Device device() const override { return decoder_->device(); }
+
+ private:
+  std::shared_ptr<const LlamaDecoder> decoder_;
+};
+
+class LlamaModel final : public core::Instance, public cap::TextToText, public cap::TextEmbedding {
+ public:
+  LlamaModel(std::shared_ptr<const LlamaDecoder> decoder, std::unique_ptr<tokenizer::Tokenizer> tokenizer,
+             std::unique_ptr<SentenceEmbedder> embedder, std::vector<int64_t> eos_ids, int64_t context_length)
+      : decoder_(std::move(decoder)),
+        tokenizer_(std::move(tokenizer)),
+        embedder_(std::move(embedder)),
+        eos_ids_(std::move(eos_ids)),
+        context_(context_length) {
+    tokenizer_->set_truncation(std::nullopt);
+    tokenizer_->set_padding(std::nullopt);
+  }
+
+  cap::Completion generate(const std::variant<std::string, std::vector<int64_t>>& prompt,
+                           const cap::GenerationParams& params, const cap::TextSink& sink,
+                           cap::RequestContext& ctx) override {
+    validate_generation_params(params);
+    GenerationSetup setup;
+    setup.prompt = prompt_ids(prompt, params);
+    const auto prompt_len = static_cast<int64_t>(setup.prompt.size());
+    check(prompt_len < context_, ErrorCode::kInvalidInput,
+          "the prompt has " + std::to_string(prompt_len) + " tokens but the context holds " +
+              std::to_string(context_) + " (prompt and output together)" +
+              (context_ < decoder_->config().max_position_embeddings
+                   ? "; register the model with a larger context_length (up to " +
+                         std::to_string(decoder_->config().max_position_embeddings) + ")"
+                   : std::string()));
+    setup.max_new_tokens = std::min(params.max_tokens, context_ - prompt_len);
+    setup.bounded_by_context = setup.max_new_tokens < params.max_tokens;
+    setup.eos_ids = eos_ids_;
+    // The cache holds exactly what this request can reach.
+    KvCache cache = decoder_->new_cache(prompt_len + setup.max_new_tokens);
+    StepFn step = [&](const std::vector<int64_t>& ids) {
+      at::Tensor logits;
+      for (size_t at = 0; at < ids.size(); at += kPrefillChunk) {
+        ctx.throw_if_stopped();
+        size_t end = std::min(ids.size(), at + static_cast<size_t>(kPrefillChunk));
+        logits = decoder_->extend(std::vector<int64_t>(ids.begin() + static_cast<std::ptrdiff_t>(at),
+                                                       ids.begin() + static_cast<std::ptrdiff_t>(end)),
+                                  cache);
+      }
+      return logits;
+    };
+    return run_generation(step, *tokenizer_, params, setup, sink, ctx);
+  }
+
+  at::Tensor embed(const std::vector<std::string>& texts, const cap::EmbedOptions& options,
+                   cap::RequestContext& ctx) override {
+    return embedder_->embed(texts, options, ctx);
+  }
+  int64_t dimension() const override { return embedder_->dimension(); }
+
+ private:
+  std::vector<int64_t> prompt_ids(const std::variant<std::string, std::vector<int64_t>>& prompt,
+                                  const cap::GenerationParams& params) const {
+    std::vector<int64_t> ids;
+    if (const auto* text = std::get_if<std::string>(&prompt)) {
+      check(!text->empty(), ErrorCode::kInvalidInput, "the prompt is empty");
+      auto enc = tokenizer_->encode(*text, std::nullopt, params.add_special_tokens);
+      ids.assign(enc.ids.begin(), enc.ids.end());
+      check(!ids.empty(), ErrorCode::kInvalidInput, "the prompt encodes to no tokens");
+    } else {
+      ids = std::get<std::vector<int64_t>>(prompt);
+      check(!ids.empty(), ErrorCode::kInvalidInput, "the prompt has no token ids");
+      const int64_t vocab = decoder_->config().vocab_size;
+      for (size_t i = 0; i < ids.size(); ++i)
+        check(ids[i] >= 0 && ids[i] < vocab, ErrorCode::kInvalidInput,
+              "prompt token #" + std::to_string(i) + " is " + std::to_string(ids[i]) +
+                  ", outside the vocabulary [0, " + std::to_string(vocab) + ")");
+    }
+    return ids;
+  }
+
+  std::shared_ptr<const LlamaDecoder> decoder_;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
+  std::unique_ptr<SentenceEmbedder> embedder_;
+  std::vector<int64_t> eos_ids_;
+  int64_t context_;
+};
+
+at::ScalarType pick_dtype(const NativeOptions& options) {
+  const bool cuda = !options.devices.empty() && options.devices.front().rfind("cuda", 0) == 0;
+  std::string name = options.dtype.value_or(cuda ? "bfloat16" : "float32");
+  auto dtype = loading::parse_scalar_type(name);
+  check(dtype && (*dtype == at::kFloat || *dtype == at::kBFloat16 || *dtype == at::kHalf), ErrorCode::kInvalidInput,
+        "dtype '" + name + "' is not supported for decoder models (float32, bfloat16, float16)");
+  return *dtype;
+}
+
+NativeModel build(const loading::ModelLayout& layout, const loading::ModelConfig& model_config,
+                  const NativeOptions& options) {
+  LlamaConfig config = LlamaConfig::from(model_config);
+  const fs::path tokenizer_file = layout.tokenizer_dir / "tokenizer.json";
+  check(fs::is_regular_file(tokenizer_file), ErrorCode::kInvalidInput,
+        tokenizer_file.string() + " is missing: mpool needs the tokenizer.json form of the tokenizer");
+  const at::ScalarType dtype = pick_dtype(options);
+  int64_t context = options.context_length.value_or(config.max_position_embeddings);
+  check(context > 1 && context <= config.max_position_embeddings, ErrorCode::kInvalidInput,
+        "context_length " + std::to_string(context) + " must be in [2, " +
+            std::to_string(config.max_position_embeddings) + "] (max_position_embeddings)");
+
+  // End of generation: generation_config.json's eos, else config.json's.
+  std::vector<int64_t> eos = config.eos_token_id;
+  if (auto gen = loading::load_generation_config(layout.model_dir); gen && !gen->eos_token_id.empty())
+    eos = gen->eos_token_id;
+
+  EmbedderSettings settings =
+      embedder_settings(layout, config.hidden_size, static_cast<size_t>(context), {PoolingMode::kLastToken});
+
+  // Memory: weights at the target dtype, the KV cache of one full context, and
+  // the activations of one prefill chunk (or one embedding forward pass).
+  auto checkpoint = loading::Checkpoint::open(layout.model_dir);
+  const double elem = static_cast<double>(at::elementSize(dtype));
+  double weight_bytes = 0;
+  const WeightLayout weights = WeightLayout::detect(checkpoint, config);
+  for (const auto& name : LlamaDecoder::weight_names(config, weights))
+    if (auto ref = checkpoint.find(name)) weight_bytes += static_cast<double>(ref->info->numel()) * elem;
+  const double kv_bytes = 2.0 * static_cast<double>(config.num_layers * config.num_kv_heads * config.head_dim) *
+                          static_cast<double>(context) * elem;
+  const double tokens = static_cast<double>(std::max<size_t>(kPrefillChunk, settings.tokens_per_forward));
+  const double act_bytes =
+      tokens * static_cast<double>(2 * config.intermediate_size + 4 * config.hidden_size) * 4.0 +
+      static_cast<double>(kPrefillChunk) * static_cast<double>(context) * static_cast<double>(config.num_heads) * 4.0 +
+      static_cast<double>(config.vocab_size) * 4.0 * 4.0;
+  const double mb = 1024.0 * 1024.0;
+
+  NativeModel model;
+  model.weight_mb = weight_bytes / mb;
+  model.warnings = checkpoint.warnings();
+  core::ModelSpec& spec = model.spec;
+  // A base model without an output head (an embedder's checkpoint) only embeds.
+  if (weights.has_lm_head)
+    spec.capabilities = {cap::TextToText::kName, cap::TextEmbedding::kName};
+  else
+    spec.capabilities = {cap::TextEmbedding::kName};
+  spec.memory_mb = (weight_bytes + kv_bytes + act_bytes) / mb + 64.0;
+  spec.devices = options.devices;
+  spec.batch_budget = settings.tokens_per_forward;
+  const fs::path model_dir = layout.model_dir;
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, eos, context](const std::string& device) {
+    auto ckpt = loading::Checkpoint::open(model_dir);
+    auto decoder = std::make_shared<const LlamaDecoder>(config, ckpt, dtype, at::Device(device));
+    auto embedder = std::make_unique<SentenceEmbedder>(std::make_unique<DecoderBackbone>(decoder),
+                                                       tokenizer::Tokenizer::from_file(tokenizer_file.string()),
+                                                       settings);
+    return std::make_shared<LlamaModel>(decoder, tokenizer::Tokenizer::from_file(tokenizer_file.string()),
+                                        std::move(embedder), eos, context);
+  };
+  return model;
+}
+
+}  // namespace
+
+Family family() {
+  Family f;
+  f.name = "llama";
+  f.capabilities = {cap::TextToText::kName, cap::TextEmbedding::kName};
+  f.supports = [](const loading::ModelConfig& c, const loading::ModelLayout& layout) {
+    if (std::find(kModelTypes.begin(), kModelTypes.end(), c.model_type) == kModelTypes.end())
+      return loading::FamilySupport::no("model_type '" + c.model_type +
+                                        "' is not llama, mistral, qwen2, qwen3 or phi3");
+    if (layout.weights.format == loading::WeightsFormat::kNone)
+      return loading::FamilySupport::no("no weights found in " + layout.model_dir.string());
+    return loading::FamilySupport::yes();
+  };
+  f.build = build;
+  return f;
+}
+
+}  // namespace mpool::models::llama
