@@ -1,0 +1,265 @@
+"""Greedy text generation: native mpool decoder vs transformers, one run, one machine.
+
+A random-weight Llama (12 layers, hidden 768, 12 heads, intermediate 3072, vocab
+32000, fp32, ~162M parameters) is built with transformers and saved to a temp
+directory with a 32000-entry byte-level BPE tokenizer. Both engines then decode
+the same prompt ids, batch 1, exactly --new-tokens tokens (EOS ignored), on the
+same torch intra-op threads (mpool links the same libtorch, so
+torch.set_num_threads applies to it too). Reported, medians of --repeats:
+
+- time to first token (TTFT): transformers = generate(max_new_tokens=1);
+  mpool = wall clock from submit to the first chunk;
+- decode tokens/s: tokens after the first one / time from the first to the last
+  (transformers timed with a streamer, mpool from its chunks);
+- a memory-bandwidth bound: bandwidth from a 256 MiB tensor copy divided by the
+  weight bytes read per decoded token (every parameter but the input embedding
+  table, which is only gathered; the lm_head counts), and each engine's fraction.
+  The KV cache (a few % here) is left out of the bound.
+
+    python bench/generate.py [--threads N] [--prompt-tokens 128] [--new-tokens 128] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# bench/tokenize.py would shadow the standard library's tokenize module.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import torch  # noqa: E402
+
+VOCAB = 32000
+SPECIALS = ["<unk>", "<s>", "</s>"]
+
+
+def build_tokenizer_json() -> str:
+    """A valid byte-level BPE with exactly VOCAB entries: bytes, specials, then merges of existing tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {t: i for i, t in enumerate(SPECIALS)}
+    for ch in alphabet:
+        vocab[ch] = len(vocab)
+    rng = random.Random(0)
+    # Merge mostly printable ASCII pieces (letters, 'Ġ' = space) so decoded text is readable.
+    pieces = [c for c in alphabet if c.isascii() and c.isalpha()] + ["Ġ"]
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < VOCAB:
+        a, b = rng.choice(pieces), rng.choice(pieces)
+        if a + b in vocab or len(a + b) > 12:
+            continue
+        merges.append((a, b))
+        vocab[a + b] = len(vocab)
+        pieces.append(a + b)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    return tok.to_str()
+
+
+def build_model(out: Path) -> Any:
+    from tokenizers import Tokenizer
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        initializer_range=0.05,  # logits not too flat, so both engines' argmax agree
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=False)
+    model.save_pretrained(str(out), safe_serialization=True)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(build_tokenizer_json()), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    fast.save_pretrained(str(out))
+    assert len(fast) == VOCAB, len(fast)
+    return model
+
+
+def memory_bandwidth(repeats: int = 10) -> float:
+    """Bytes/s of a 256 MiB fp32 tensor copy (read + write), median."""
+    n = 256 * 2**20 // 4
+    src, dst = torch.randn(n), torch.empty(n)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t)
+    return 2 * n * 4 / statistics.median(times)
+
+
+def bytes_per_token(model: Any) -> int:
+    total = 0
+    embed = model.get_input_embeddings().weight
+    for p in model.parameters():  # tied weights appear once: then the table is read by the lm_head
+        if p is embed and not model.config.tie_word_embeddings:
+            continue
+        total += p.numel() * p.element_size()
+    return total
+
+
+class _Clock:  # duck-typed transformers.generation.BaseStreamer
+    """A transformers streamer that records when each new token arrives."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # the first put is the prompt
+            self._prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def bench_transformers(model: Any, prompt: list[int], new_tokens: int, repeats: int) -> dict[str, Any]:
+    ids = torch.tensor([prompt])
+    mask = torch.ones_like(ids)
+    # eos_token_id=None: exactly new_tokens tokens, EOS picked like any other token.
+    # (min_new_tokens would instead mask EOS out of the logits and change the tokens.)
+    kw = dict(attention_mask=mask, do_sample=False, eos_token_id=None, pad_token_id=0, use_cache=True)
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=4, **kw)  # warm-up
+        ttft = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, **kw)
+            ttft.append(time.perf_counter() - t)
+        decode, out = [], None
+        for _ in range(repeats):
+            clock = _Clock()
+            out = model.generate(ids, max_new_tokens=new_tokens, streamer=clock, **kw)
+            assert len(clock.times) == new_tokens, len(clock.times)
+            decode.append((new_tokens - 1) / (clock.times[-1] - clock.times[0]))
+    assert out is not None
+    tokens = out[0, len(prompt):].tolist()
+    assert len(tokens) == new_tokens, len(tokens)
+    return {"ttft": statistics.median(ttft), "tps": statistics.median(decode), "tokens": tokens}
+
+
+def _stat(stats: Any, *names: str) -> Any:
+    for n in names:
+        if hasattr(stats, n):
+            return getattr(stats, n)
+    return None
+
+
+def bench_mpool(model_dir: Path, prompt: list[int], new_tokens: int, repeats: int) -> dict[str, Any]:
+    import mpool
+
+    pool = mpool.Pool()
+    try:
+        pool.register("llm", str(model_dir), max_replicas=1)
+        params = dict(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+        for _ in pool.generate("llm", prompt, **params):  # warm-up: loads the replica
+            pass
+        ttft, decode, tokens, final = [], [], [], None
+        for _ in range(repeats):
+            tokens = []
+            t0 = time.perf_counter()
+            t_first = t_last = None
+            first_count = 0
+            for chunk in pool.generate("llm", prompt, **params):
+                now = time.perf_counter()
+                if chunk.token_ids:
+                    if t_first is None:
+                        t_first, first_count = now, len(chunk.token_ids)
+                    t_last = now
+                    tokens.extend(chunk.token_ids)
+                if chunk.finish_reason is not None:
+                    final = chunk
+            assert t_first is not None and t_last is not None
+            ttft.append(t_first - t0)
+            decode.append((len(tokens) - first_count) / max(t_last - t_first, 1e-9))
+        stats = final.stats if final is not None else None
+        reported = {
+            "finish_reason": final.finish_reason if final is not None else None,
+            "prompt_tokens": _stat(stats, "prompt_tokens"),
+            "completion_tokens": _stat(stats, "completion_tokens"),
+            "time_to_first_token_s": _stat(stats, "time_to_first_token_s", "time_to_first_token"),
+            "tokens_per_second": _stat(stats, "tokens_per_second"),
+        }
+        return {"ttft": statistics.median(ttft), "tps": statistics.median(decode), "tokens": tokens, "reported": reported}
+    finally:
+        pool.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--engines", default="transformers,mpool", help="comma-separated subset of transformers,mpool")
+    args = ap.parse_args()
+    engines = {e.strip() for e in args.engines.split(",") if e.strip()}
+    torch.set_num_threads(args.threads)
+
+    rng = random.Random(1)
+    prompt = [1] + [rng.randrange(len(SPECIALS) + 256, VOCAB) for _ in range(args.prompt_tokens - 1)]
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="mpool-bench-llama-") as tmp:
+        model_dir = Path(tmp) / "llama"
+        model = build_model(model_dir)
+        weight_bytes = bytes_per_token(model)
+        n_params = sum(p.numel() for p in model.parameters())
+        if "mpool" in engines:
+            results["mpool"] = bench_mpool(model_dir, prompt, args.new_tokens, args.repeats)
+        if "transformers" in engines:
+            results["transformers"] = bench_transformers(model, prompt, args.new_tokens, args.repeats)
+        bw = memory_bandwidth()
+
+    cfg = model.config
+    kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    bound = bw / weight_bytes
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}")
+    print(f"model: Llama {n_params / 1e6:.0f}M params fp32; prompt {args.prompt_tokens} tokens, "
+          f"{args.new_tokens} new tokens, batch 1, greedy, median of {args.repeats}")
+    print(f"memory bandwidth (256 MiB copy): {bw / 1e9:.1f} GB/s; weight bytes per token {weight_bytes / 2**20:.0f} MiB "
+          f"(+ KV cache {kv_bytes * (args.prompt_tokens + args.new_tokens // 2) / 2**20:.1f} MiB on average, not counted)")
+    print(f"bandwidth bound: {bound:.1f} tokens/s")
+    print(f"{'engine':14s} {'TTFT ms':>9s} {'decode tok/s':>13s} {'of bound':>9s}")
+    for name, r in results.items():
+        print(f"{name:14s} {r['ttft'] * 1e3:9.1f} {r['tps']:13.2f} {r['tps'] / bound:9.0%}")
+    if "mpool" in results:
+        print(f"mpool reported (last run): {results['mpool']['reported']}")
+    if len(results) == 2:
+        mp, tf = results["mpool"], results["transformers"]
+        print(f"ratio mpool / transformers: decode {mp['tps'] / tf['tps']:.2f}x, "
+              f"TTFT {mp['ttft'] / tf['ttft']:.2f}x (lower is better)")
+        if mp["tokens"] != tf["tokens"]:
+            first = next((i for i, (a, b) in enumerate(zip(mp["tokens"], tf["tokens"])) if a != b), None)
+            print(f"WARNING: token ids differ (mpool {len(mp['tokens'])}, transformers {len(tf['tokens'])} tokens; "
+                  f"first difference at {first})")
+        else:
+            print(f"token ids: identical ({len(tf['tokens'])} tokens)")
+
+
+if __name__ == "__main__":
+    main()
