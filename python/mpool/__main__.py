@@ -1,4 +1,4 @@
-"""Command line: ``python -m mpool demo | embed | inspect | info``."""
+"""Command line: ``python -m mpool demo | embed | generate | inspect | info``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,46 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    import os
+
+    import mpool
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    params: dict[str, object] = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+    for name in ("top_k", "top_p", "min_p", "repetition_penalty", "seed"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    if args.stop:
+        params["stop"] = args.stop
+    with mpool.Pool() as pool:
+        try:
+            pool.register("model", args.model, dtype=args.dtype, context_length=args.context_length, max_replicas=1)
+            if args.chat:
+                stream = pool.chat("model", [{"role": "user", "content": args.prompt}], **params)
+            else:
+                stream = pool.generate("model", args.prompt, **params)
+            with stream:
+                for chunk in stream:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+        except mpool.PoolError as e:
+            print(f"\nmpool: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:  # closing the stream above cancelled the generation
+            print(file=sys.stderr)
+            return 130
+    sys.stdout.write("\n")
+    if args.stats and stream.stats is not None:
+        s = stream.stats
+        print(
+            f"[{stream.finish_reason}] {s.prompt_tokens} prompt tokens, {s.completion_tokens} generated, "
+            f"first token after {s.time_to_first_token * 1e3:.1f} ms, {s.tokens_per_second:.1f} tokens/s",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     import mpool
 
@@ -83,6 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", help="float32 (default), bfloat16 or float16")
     p.add_argument("--json", action="store_true", help="print the vectors as JSON")
     p.set_defaults(fn=_embed)
+    p = sub.add_parser("generate", help="stream text from a native decoder model (Llama, Mistral, Qwen2/3, Phi-3)")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--model", required=True, help="model directory or cached repo id")
+    p.add_argument("--chat", action="store_true", help="send PROMPT as a user message through the chat template")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    p.add_argument("--dtype", help="float32 (default on CPU), bfloat16 or float16")
+    p.add_argument("--context-length", type=int, help="longest prompt + output (default: the model's maximum)")
+    p.add_argument("--stats", action="store_true", help="print token counts and speed to stderr")
+    p.set_defaults(fn=_generate)
     p = sub.add_parser("inspect", help="what a model directory holds and which native family serves it")
     p.add_argument("path", help="model directory or cached repo id")
     p.set_defaults(fn=_inspect)

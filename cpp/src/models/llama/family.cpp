@@ -36,12 +36,14 @@ class DecoderBackbone final : public Backbone {
 class LlamaModel final : public core::Instance, public cap::TextToText, public cap::TextEmbedding {
  public:
   LlamaModel(std::shared_ptr<const LlamaDecoder> decoder, std::unique_ptr<tokenizer::Tokenizer> tokenizer,
-             std::unique_ptr<SentenceEmbedder> embedder, std::vector<int64_t> eos_ids, int64_t context_length)
+             std::unique_ptr<SentenceEmbedder> embedder, std::vector<int64_t> eos_ids, int64_t context_length,
+             int64_t max_context)
       : decoder_(std::move(decoder)),
         tokenizer_(std::move(tokenizer)),
         embedder_(std::move(embedder)),
         eos_ids_(std::move(eos_ids)),
-        context_(context_length) {
+        context_(context_length),
+        max_context_(max_context) {
     tokenizer_->set_truncation(std::nullopt);
     tokenizer_->set_padding(std::nullopt);
   }
@@ -56,9 +58,8 @@ class LlamaModel final : public core::Instance, public cap::TextToText, public c
     check(prompt_len < context_, ErrorCode::kInvalidInput,
           "the prompt has " + std::to_string(prompt_len) + " tokens but the context holds " +
               std::to_string(context_) + " (prompt and output together)" +
-              (context_ < decoder_->config().max_position_embeddings
-                   ? "; register the model with a larger context_length (up to " +
-                         std::to_string(decoder_->config().max_position_embeddings) + ")"
+              (context_ < max_context_
+                   ? "; register the model with a larger context_length (up to " + std::to_string(max_context_) + ")"
                    : std::string()));
     setup.max_new_tokens = std::min(params.max_tokens, context_ - prompt_len);
     setup.bounded_by_context = setup.max_new_tokens < params.max_tokens;
@@ -111,6 +112,7 @@ class LlamaModel final : public core::Instance, public cap::TextToText, public c
   std::unique_ptr<SentenceEmbedder> embedder_;
   std::vector<int64_t> eos_ids_;
   int64_t context_;
+  int64_t max_context_;
 };
 
 at::ScalarType pick_dtype(const NativeOptions& options) {
@@ -129,10 +131,16 @@ NativeModel build(const loading::ModelLayout& layout, const loading::ModelConfig
   check(fs::is_regular_file(tokenizer_file), ErrorCode::kInvalidInput,
         tokenizer_file.string() + " is missing: mpool needs the tokenizer.json form of the tokenizer");
   const at::ScalarType dtype = pick_dtype(options);
-  int64_t context = options.context_length.value_or(config.max_position_embeddings);
-  check(context > 1 && context <= config.max_position_embeddings, ErrorCode::kInvalidInput,
-        "context_length " + std::to_string(context) + " must be in [2, " +
-            std::to_string(config.max_position_embeddings) + "] (max_position_embeddings)");
+  // Dynamic NTK scaling exists to run past the trained length, up to factor times it.
+  const int64_t max_context =
+      config.rope.type == "dynamic"
+          ? static_cast<int64_t>(static_cast<double>(config.max_position_embeddings) * config.rope.factor)
+          : config.max_position_embeddings;
+  int64_t context = options.context_length.value_or(max_context);
+  check(context > 1 && context <= max_context, ErrorCode::kInvalidInput,
+        "context_length " + std::to_string(context) + " must be in [2, " + std::to_string(max_context) + "]" +
+            (config.rope.type == "dynamic" ? " (max_position_embeddings times the dynamic rope factor)"
+                                           : " (max_position_embeddings)"));
 
   // End of generation: generation_config.json's eos, else config.json's.
   std::vector<int64_t> eos = config.eos_token_id;
@@ -172,14 +180,15 @@ NativeModel build(const loading::ModelLayout& layout, const loading::ModelConfig
   spec.devices = options.devices;
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, eos, context](const std::string& device) {
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, eos, context,
+                 max_context](const std::string& device) {
     auto ckpt = loading::Checkpoint::open(model_dir);
     auto decoder = std::make_shared<const LlamaDecoder>(config, ckpt, dtype, at::Device(device));
     auto embedder = std::make_unique<SentenceEmbedder>(std::make_unique<DecoderBackbone>(decoder),
                                                        tokenizer::Tokenizer::from_file(tokenizer_file.string()),
                                                        settings);
     return std::make_shared<LlamaModel>(decoder, tokenizer::Tokenizer::from_file(tokenizer_file.string()),
-                                        std::move(embedder), eos, context);
+                                        std::move(embedder), eos, context, max_context);
   };
   return model;
 }

@@ -1,0 +1,441 @@
+"""The native Llama-style decoder against transformers on tiny random models.
+
+Every architecture of the family (Llama, Mistral, Qwen2, Qwen3, Phi-3) and every
+RoPE variant is built in the test with random weights (decoder_models.py) and
+compared with transformers: prefill logits, 64-token greedy generation, and the
+KV cache against recomputing the whole sequence.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import mpool
+from decoder_models import ARCHS, build_decoder, build_embedder, special_ids
+
+PROMPT_LEN = 12  # fits every variant with 64 new tokens (the dynamic one has 40 x 2 positions)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("decoders")
+    return {arch: build_decoder(root, arch) for arch in ARCHS}
+
+
+def hf_model(path: Path, dtype: Any = None) -> Any:
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    return model.eval()
+
+
+def prompt_ids(n: int = PROMPT_LEN, seed: int = 0, vocab: int = 400) -> list[int]:
+    rng = np.random.RandomState(seed)
+    return [int(i) for i in rng.randint(8, vocab, size=n)]  # past the special tokens
+
+
+def hf_greedy(path: Path, ids: list[int], n: int, **kwargs: Any) -> list[int]:
+    model = hf_model(path)  # fresh: dynamic RoPE keeps state between calls
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]), do_sample=False, max_new_tokens=n, eos_token_id=None, **kwargs
+        )
+    return [int(t) for t in out[0, len(ids) :]]
+
+
+def run(stream: mpool.TextStream) -> tuple[list[int], str, list[Any]]:
+    ids: list[int] = []
+    text = ""
+    chunks = []
+    for chunk in stream:
+        ids.extend(chunk.token_ids)
+        text += chunk.text
+        chunks.append(chunk)
+    return ids, text, chunks
+
+
+# --- parity with transformers ------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefill_logits_match_transformers_within_1e4_fp32(models: dict[str, Path], arch: str) -> None:
+    ids = prompt_ids(40, seed=1)  # past the sliding windows (8) and the llama3/longrope original lengths (32)
+    with torch.no_grad():
+        ref = hf_model(models[arch])(torch.tensor([ids])).logits[0].numpy()
+    _, ours = mpool._core._decoder_logits(str(models[arch]), ids)
+    rel = np.abs(ours - ref).max() / np.abs(ref).max()
+    assert rel <= 1e-4, f"{arch}: max relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_generation_is_token_identical_to_transformers_for_64_tokens(
+    pool: mpool.Pool, models: dict[str, Path], arch: str
+) -> None:
+    ids = prompt_ids()
+    pool.register(arch, models[arch])
+    ours, _, chunks = run(pool.generate(arch, ids, max_tokens=64, temperature=0, ignore_eos=True))
+    assert ours == hf_greedy(models[arch], ids, 64)
+    final = chunks[-1]
+    assert final.finish_reason == "length"
+    assert final.stats.prompt_tokens == PROMPT_LEN and final.stats.completion_tokens == 64
+    assert final.stats.time_to_first_token > 0 and final.stats.tokens_per_second > 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kv_cache_decode_equals_recomputing_the_full_sequence(models: dict[str, Path], arch: str) -> None:
+    # 30 tokens: past the sliding windows, inside every original RoPE length, so a
+    # recompute and the cache see the same rotations.
+    ids = prompt_ids(30, seed=2)
+    _, full = mpool._core._decoder_logits(str(models[arch]), ids)
+    for chunk in (1, 7):  # token by token, and prefill chunks that start mid-sequence
+        positions, cached = mpool._core._decoder_logits(str(models[arch]), ids, chunk)
+        rel = np.abs(cached - full[positions]).max() / np.abs(full).max()
+        assert rel <= 1e-5, f"{arch}, {chunk} tokens per step: max relative error {rel:.2e}"
+
+
+def test_longrope_cache_recomputes_once_when_the_sequence_outgrows_the_original_length(
+    models: dict[str, Path],
+) -> None:
+    # phi3_longrope: original length 32. Token by token, the 33rd token switches every
+    # position to the long factors, as transformers' Phi-3 does by re-prefilling.
+    ids = prompt_ids(48, seed=3)
+    _, full = mpool._core._decoder_logits(str(models["phi3_longrope"]), ids)
+    positions, cached = mpool._core._decoder_logits(str(models["phi3_longrope"]), ids, 1)
+    late = positions >= 32
+    rel = np.abs(cached[late] - full[positions[late]]).max() / np.abs(full).max()
+    assert rel <= 1e-5
+    assert hf_greedy(models["phi3_longrope"], ids[:28], 20) == _greedy_native(models["phi3_longrope"], ids[:28], 20)
+
+
+def _greedy_native(path: Path, ids: list[int], n: int, **params: Any) -> list[int]:
+    with mpool.Pool() as p:
+        p.register("m", path, max_replicas=1)
+        return run(p.generate("m", ids, max_tokens=n, temperature=0, ignore_eos=True, **params))[0]
+
+
+def test_legacy_rope_scaling_config_loads_like_rope_parameters(tmp_path: Path) -> None:
+    modern = build_decoder(tmp_path, "llama3_rope", name="modern")
+    legacy = build_decoder(tmp_path, "llama3_rope", name="legacy", legacy_config=True)
+    ids = prompt_ids(40)
+    _, a = mpool._core._decoder_logits(str(modern), ids)
+    _, b = mpool._core._decoder_logits(str(legacy), ids)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_prefill_logits_track_transformers_bfloat16(models: dict[str, Path]) -> None:
+    ids = prompt_ids(24)
+    with torch.no_grad():
+        ref = hf_model(models["qwen2"], torch.bfloat16)(torch.tensor([ids])).logits[0].float().numpy()
+        ref32 = hf_model(models["qwen2"])(torch.tensor([ids])).logits[0].numpy()
+    _, ours = mpool._core._decoder_logits(str(models["qwen2"]), ids, 0, "bfloat16")
+    scale = np.abs(ref32).max()
+    # Both round to bf16 at the same places; they stay far closer to each other than to fp32.
+    assert np.abs(ours - ref).max() / scale <= 0.03
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_repetition_penalty_greedy_matches_transformers(pool: mpool.Pool, models: dict[str, Path]) -> None:
+    ids = prompt_ids(seed=4)
+    pool.register("m", models["llama"])
+    ours, _, _ = run(
+        pool.generate("m", ids, max_tokens=32, temperature=0, ignore_eos=True, repetition_penalty=1.5)
+    )
+    assert ours == hf_greedy(models["llama"], ids, 32, repetition_penalty=1.5)
+    plain, _, _ = run(pool.generate("m", ids, max_tokens=32, temperature=0, ignore_eos=True))
+    assert ours != plain
+
+
+def test_text_prompt_is_tokenized_with_bos_like_transformers(pool: mpool.Pool, models: dict[str, Path]) -> None:
+    tok = transformers.AutoTokenizer.from_pretrained(str(models["qwen3"]))
+    text = "The quick brown fox"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == special_ids()["<s>"]
+    pool.register("m", models["qwen3"])
+    ours, out_text, _ = run(pool.generate("m", text, max_tokens=16, temperature=0, ignore_eos=True))
+    expected = hf_greedy(models["qwen3"], ids, 16)
+    assert ours == expected
+    assert out_text == tok.decode(expected, skip_special_tokens=True)
+
+
+# --- embeddings --------------------------------------------------------------------
+
+
+def test_decoder_embedder_matches_sentence_transformers_last_token_pooling(
+    pool: mpool.Pool, tmp_path: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    path = build_embedder(tmp_path)
+    info = pool.register("emb", path)
+    assert info["capabilities"] == ["text_embedding"]  # a base model without lm_head cannot generate
+    texts = ["a short one", "The cache keeps keys and values.", "東京は日本の首都です。", "x"]
+    ours = pool.embed("emb", texts)
+    ref = SentenceTransformer(str(path), device="cpu").encode(texts, convert_to_numpy=True)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    cos = (ours * ref).sum(1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.99999
+
+
+def test_causal_lm_also_embeds_by_its_last_token(pool: mpool.Pool, models: dict[str, Path]) -> None:
+    info = pool.register("m", models["qwen2"])
+    assert sorted(info["capabilities"]) == ["text_embedding", "text_to_text"]
+    tok = transformers.AutoTokenizer.from_pretrained(str(models["qwen2"]))
+    texts = ["first text here", "a second, longer text for padding"]
+    ours = pool.embed("m", texts)
+    model = hf_model(models["qwen2"])
+    with torch.no_grad():
+        ref = np.stack(
+            [model.model(torch.tensor([tok(t)["input_ids"]])).last_hidden_state[0, -1].numpy() for t in texts]
+        )
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+# --- sampling ------------------------------------------------------------------------
+
+
+def test_same_seed_gives_same_tokens_and_another_seed_differs(pool: mpool.Pool, models: dict[str, Path]) -> None:
+    pool.register("m", models["llama"])
+    ids = prompt_ids()
+
+    def sample(seed: int) -> list[int]:
+        params = dict(max_tokens=32, temperature=1.5, top_p=0.95, top_k=50, min_p=0.01, seed=seed, ignore_eos=True)
+        return run(pool.generate("m", ids, **params))[0]
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+
+
+def test_top_k_1_equals_greedy(pool: mpool.Pool, models: dict[str, Path]) -> None:
+    pool.register("m", models["mistral_sliding"])
+    ids = prompt_ids(seed=5)
+    greedy = run(pool.generate("m", ids, max_tokens=40, temperature=0, ignore_eos=True))[0]
+    top1 = run(pool.generate("m", ids, max_tokens=40, temperature=1.3, top_k=1, ignore_eos=True))[0]
+    tiny_p = run(pool.generate("m", ids, max_tokens=40, temperature=1.0, top_p=1e-6, ignore_eos=True))[0]
+    assert top1 == greedy and tiny_p == greedy
+
+
+def test_frequency_penalty_stops_tokens_repeating(pool: mpool.Pool, models: dict[str, Path]) -> None:
+    pool.register("m", models["llama"])
+    ids = prompt_ids(seed=6)
+    out = run(pool.generate("m", ids, max_tokens=40, temperature=0, ignore_eos=True, frequency_penalty=1000.0))[0]
+    assert len(set(out)) == len(out) == 40
+
+
+def test_stop_string_split_across_tokens_stops_generation_and_is_not_emitted(
+    pool: mpool.Pool, models: dict[str, Path]
+) -> None:
+    pool.register("m", models["qwen2"])
+    ids = prompt_ids(seed=7)
+    _, full, chunks = run(pool.generate("m", ids, max_tokens=64, temperature=0, ignore_eos=True))
+    pieces = [c.text for c in chunks if c.text]
+    # A stop string made of the end of one token's text and the start of the next.
+    for i in range(len(pieces) // 2, len(pieces) - 1):
+        a, b = pieces[i], pieces[i + 1]
+        if len(a) >= 2 and len(b) >= 1:
+            stop = a[-2:] + b[:1]
+            break
+    else:
+        pytest.fail(f"no two adjacent multi-character pieces in {pieces}")
+    _, text, chunks = run(pool.generate("m", ids, max_tokens=64, temperature=0, ignore_eos=True, stop=[stop]))
+    assert text == full[: full.index(stop)]
+    assert stop not in text
+    assert chunks[-1].finish_reason == "stop"
+
+
+def test_stop_token_ids_and_the_generation_config_eos_end_generation(
+    pool: mpool.Pool, models: dict[str, Path], tmp_path: Path
+) -> None:
+    pool.register("m", models["phi3"])
+    ids = prompt_ids(seed=8)
+    greedy = run(pool.generate("m", ids, max_tokens=30, temperature=0, ignore_eos=True))[0]
+    stop_at = next(i for i in range(3, 30) if greedy[i] not in greedy[:i])
+    out, _, chunks = run(pool.generate("m", ids, max_tokens=30, temperature=0, stop_token_ids=[greedy[stop_at]]))
+    assert out == greedy[:stop_at] and chunks[-1].finish_reason == "stop"
+    assert chunks[-1].stats.completion_tokens == stop_at + 1  # the stop token was generated, not emitted
+
+    # The model's eos comes from generation_config.json.
+    import json
+    import shutil
+
+    copy = tmp_path / "eos"
+    shutil.copytree(models["phi3"], copy)
+    cfg = json.loads((copy / "generation_config.json").read_text())
+    cfg["eos_token_id"] = [greedy[stop_at]]
+    (copy / "generation_config.json").write_text(json.dumps(cfg))
+    pool.register("eos", copy)
+    assert run(pool.generate("eos", ids, max_tokens=30, temperature=0))[0] == greedy[:stop_at]
+    assert run(pool.generate("eos", ids, max_tokens=30, temperature=0, ignore_eos=True))[0] == greedy
+
+
+def test_logprobs_are_the_models_log_softmax_with_top_alternatives(
+    pool: mpool.Pool, models: dict[str, Path]
+) -> None:
+    pool.register("m", models["qwen3"])
+    ids = prompt_ids(seed=9)
+    out, _, chunks = run(pool.generate("m", ids, max_tokens=8, temperature=0, ignore_eos=True, logprobs=3))
+    lps = [lp for c in chunks for lp in c.logprobs]
+    assert [lp.token_id for lp in lps] == out
+    with torch.no_grad():
+        logits = hf_model(models["qwen3"])(torch.tensor([ids + out])).logits[0, len(ids) - 1 : -1]
+    ref = torch.log_softmax(logits, -1).numpy()
+    for step, lp in enumerate(lps):
+        assert abs(lp.logprob - ref[step, lp.token_id]) <= 1e-4
+        assert len(lp.top) == 3 and lp.top[0][0] == lp.token_id  # greedy picks the most likely
+        assert lp.top[0][1] >= lp.top[1][1] >= lp.top[2][1]
+
+
+# --- streaming, cancellation, concurrency --------------------------------------------
+
+
+def test_closing_a_stream_mid_generation_frees_the_replica(pool: mpool.Pool, models: dict[str, Path]) -> None:
+    pool.register("m", models["llama"], max_replicas=1)
+    ids = prompt_ids()
+    stream = pool.generate("m", ids, max_tokens=200, temperature=0, ignore_eos=True)
+    first = [next(stream) for _ in range(3)]
+    assert all(c.finish_reason is None for c in first)
+    stream.close()
+    assert stream.finish_reason == "cancelled"
+    # The only replica is free again: a new request completes.
+    out = run(pool.generate("m", ids, max_tokens=5, temperature=0, ignore_eos=True, timeout=10))[0]
+    assert len(out) == 5
+
+
+def test_timeout_ends_a_stream_whose_reader_stalls(pool: mpool.Pool, models: dict[str, Path]) -> None:
+    import time
+
+    pool.register("m", models["llama"], max_replicas=1)
+    stream = pool.generate("m", prompt_ids(), max_tokens=200, temperature=0, ignore_eos=True, timeout=0.3)
+    next(stream)
+    time.sleep(0.6)  # the bounded stream fills, the deadline passes
+    with pytest.raises(mpool.Timeout):
+        for _ in stream:
+            pass
+    assert len(run(pool.generate("m", prompt_ids(), max_tokens=3, temperature=0))[0]) <= 3
+
+
+def test_eight_concurrent_streams_on_two_replicas_each_equal_their_solo_run(
+    pool: mpool.Pool, models: dict[str, Path]
+) -> None:
+    pool.register("m", models["qwen2_sliding"], max_replicas=2)
+    prompts = [prompt_ids(6 + i, seed=20 + i) for i in range(8)]
+    solo = [run(pool.generate("m", p, max_tokens=40, temperature=0, ignore_eos=True))[0] for p in prompts]
+    results: list[Any] = [None] * 8
+
+    def worker(i: int) -> None:
+        results[i] = run(pool.generate("m", prompts[i], max_tokens=40, temperature=0, ignore_eos=True))[0]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == solo
+    assert pool.stats()["models"]["m"]["replicas"] <= 2
+
+
+# --- chat ------------------------------------------------------------------------------
+
+
+def test_chat_renders_the_template_and_generates_like_transformers(
+    pool: mpool.Pool, models: dict[str, Path]
+) -> None:
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Count: one two three"},
+    ]
+    pool.register("m", models["phi3"])
+    tok = transformers.AutoTokenizer.from_pretrained(str(models["phi3"]))
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert pool.render_chat("m", messages) == tok.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
+    ours, _, chunks = run(pool.chat("m", messages, max_tokens=24, temperature=0, ignore_eos=True))
+    assert chunks[-1].stats.prompt_tokens == len(ids)  # one <s>: the template writes it, tokenizing adds none
+    assert ours == hf_greedy(models["phi3"], list(ids), 24)
+
+
+def test_async_chat_streams_the_same_tokens(pool: mpool.Pool, models: dict[str, Path]) -> None:
+    import asyncio
+
+    pool.register("m", models["llama"])
+    messages = [{"role": "user", "content": "hello"}]
+    sync = run(pool.chat("m", messages, max_tokens=10, temperature=0, ignore_eos=True))[0]
+
+    async def main() -> list[int]:
+        out: list[int] = []
+        async for chunk in pool.achat("m", messages, max_tokens=10, temperature=0, ignore_eos=True):
+            out.extend(chunk.token_ids)
+        return out
+
+    assert asyncio.run(main()) == sync
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_bad_generation_inputs_get_typed_errors_and_the_pool_stays_healthy(
+    pool: mpool.Pool, models: dict[str, Path], tmp_path: Path
+) -> None:
+    pool.register("m", models["llama"], context_length=32)
+    bad: list[tuple[Any, dict[str, Any], str]] = [
+        ("", {}, "empty"),
+        ([], {}, "non-empty"),
+        (prompt_ids(40), {}, "context holds 32"),
+        ([5, 400], {}, "outside the vocabulary"),
+        ([-1], {}, "outside the vocabulary"),
+        ("hi", {"max_tokens": 0}, "max_tokens"),
+        ("hi", {"temperature": -0.5}, "temperature"),
+        ("hi", {"top_p": 0.0}, "top_p"),
+        ("hi", {"top_p": 1.5}, "top_p"),
+        ("hi", {"min_p": 2.0}, "min_p"),
+        ("hi", {"top_k": -1}, "top_k"),
+        ("hi", {"repetition_penalty": 0.0}, "repetition_penalty"),
+        ("hi", {"temprature": 0.5}, "unknown generation parameter 'temprature'"),
+        ("hi", {"stop": [""]}, "stop"),
+    ]
+    for prompt, params, message in bad:
+        with pytest.raises(mpool.InvalidInput, match=message):
+            run(pool.generate("m", prompt, **params))
+    # A prompt that fits, with max_tokens past the context: it ends with "length" at the context.
+    out, _, chunks = run(pool.generate("m", prompt_ids(30), max_tokens=10, temperature=0, ignore_eos=True))
+    assert len(out) == 2 and chunks[-1].finish_reason == "length"
+
+    build_decoder(tmp_path, "llama", name="no_template")
+    cfg = tmp_path / "no_template" / "tokenizer_config.json"
+    import json
+
+    data = json.loads(cfg.read_text())
+    data.pop("chat_template", None)
+    cfg.write_text(json.dumps(data))
+    pool.register("plain", tmp_path / "no_template")
+    with pytest.raises(mpool.InvalidInput, match="no chat template"):
+        pool.chat("plain", [{"role": "user", "content": "hi"}])
+    with pytest.raises(mpool.InvalidInput, match="Unknown role"):
+        pool.chat("m", [{"role": "wizard", "content": "hi"}])
+    with pytest.raises(mpool.InvalidInput):
+        pool.register("bad", models["llama"], context_length=10_000)
+    assert len(run(pool.generate("m", "hello", max_tokens=4, temperature=0, ignore_eos=True))[0]) == 4
+    assert pool.stats()["models"]["m"]["counts"]["errors"] >= 1
+
+
+def test_cli_generate_streams_the_greedy_text(models: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    with mpool.Pool() as p:
+        p.register("m", models["qwen2"])
+        expected = run(p.generate("m", "Hello there", max_tokens=12, temperature=0))[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "mpool", "generate", "--model", str(models["qwen2"]), "--max-tokens", "12", "Hello there"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout == expected + "\n"
