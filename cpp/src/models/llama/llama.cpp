@@ -8,6 +8,7 @@
 
 #include "mpool/core/error.h"
 #include "mpool/loading/tensors.h"
+#include "mpool/models/kernels.h"
 
 namespace mpool::models::llama {
 namespace {
@@ -365,7 +366,7 @@ at::Tensor LlamaDecoder::run(at::Tensor x, int64_t start, KvCache* cache, const 
     const Layer& L = layers_[li];
     const int64_t window = c.sliding_window[li];
     at::Tensor hs = rms_norm(x, L.ln1);
-    at::Tensor qkv = at::linear(hs, L.qkv_w, L.qkv_b);
+    at::Tensor qkv = kernels::linear(hs, L.qkv_w, L.qkv_b);
     at::Tensor q = qkv.narrow(-1, 0, q_width).view({b, n, heads, hd});
     at::Tensor k = qkv.narrow(-1, q_width, kv_width).view({b, n, kvh, hd});
     at::Tensor v = qkv.narrow(-1, q_width + kv_width, kv_width).view({b, n, kvh, hd});
@@ -398,12 +399,12 @@ at::Tensor LlamaDecoder::run(at::Tensor x, int64_t start, KvCache* cache, const 
                                                              std::nullopt, group > 1);
       attn = attn.transpose(1, 2).reshape({b, n, q_width});
     }
-    x = x + at::linear(attn, L.o_w, L.o_b);
+    x = x + kernels::linear(attn, L.o_w, L.o_b);
     hs = rms_norm(x, L.ln2);
-    at::Tensor gate_up = at::linear(hs, L.gate_up_w, L.gate_up_b);
+    at::Tensor gate_up = kernels::linear(hs, L.gate_up_w, L.gate_up_b);
     at::Tensor act = at::silu(gate_up.narrow(-1, 0, c.intermediate_size)) *
                      gate_up.narrow(-1, c.intermediate_size, c.intermediate_size);
-    x = x + at::linear(act, L.down_w, L.down_b);
+    x = x + kernels::linear(act, L.down_w, L.down_b);
   }
   if (cache) cache->length = total;
   return rms_norm(x, norm_);
@@ -437,7 +438,7 @@ at::Tensor LlamaDecoder::extend(const std::vector<int64_t>& ids, KvCache& cache)
 at::Tensor LlamaDecoder::logits(const at::Tensor& hidden) const {
   check(lm_head_.defined(), ErrorCode::kInvalidInput,
         "this checkpoint has no lm_head.weight (a base model): it can embed but not generate");
-  return at::linear(hidden, lm_head_).to(at::kCPU, at::kFloat);
+  return kernels::linear(hidden, lm_head_).to(at::kCPU, at::kFloat);
 }
 
 at::Tensor LlamaDecoder::all_logits(const std::vector<int64_t>& ids) const {
