@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -58,7 +59,7 @@ def _generate(args: argparse.Namespace) -> int:
     import mpool
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    params: dict[str, object] = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+    params: dict[str, Any] = {"max_tokens": args.max_tokens, "temperature": args.temperature}
     for name in ("top_k", "top_p", "min_p", "repetition_penalty", "seed"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)

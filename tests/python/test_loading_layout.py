@@ -119,14 +119,23 @@ def test_inspect_reports_unsupported_weight_formats_without_raising(tmp_path):
 
 
 def test_inspect_says_why_no_registered_family_supports_the_model_type(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
     report = mpool.inspect(tmp_path)
     assert report["supported_by"] == [] and report["capabilities"] == []
-    assert [f["name"] for f in report["families"]] == ["bert"]
+    assert [f["name"] for f in report["families"]] == ["bert", "llama"]
     assert report["support"] == (
-        'no registered family supports model_type "mistral": '
-        "bert: model_type 'mistral' is not bert, roberta or xlm-roberta"
+        'no registered family supports model_type "gpt_neox": '
+        "bert: model_type 'gpt_neox' is not bert, roberta or xlm-roberta; "
+        "llama: model_type 'gpt_neox' is not llama, mistral, qwen2, qwen3 or phi3"
     )
+
+
+def test_inspect_names_the_llama_family_for_a_decoder_directory(tmp_path):
+    from decoder_models import build_decoder
+
+    report = mpool.inspect(build_decoder(tmp_path, "qwen3"))
+    assert report["supported_by"] == ["llama"]
+    assert sorted(report["capabilities"]) == ["text_embedding", "text_to_text"]
 
 
 def test_inspect_minilm_reports_the_sentence_transformers_layout():
