@@ -439,3 +439,29 @@ def test_cli_generate_streams_the_greedy_text(models: dict[str, Path]) -> None:
         check=True,
     )
     assert out.stdout == expected + "\n"
+
+
+def test_streamed_text_equals_decoding_all_ids_for_multibyte_prompts(
+    pool: mpool.Pool, models: dict[str, Path]
+) -> None:
+    # Byte-level BPE: random weights emit byte tokens that split UTF-8 characters;
+    # chunks must hold whole characters and add up to the full decode.
+    tok = transformers.AutoTokenizer.from_pretrained(str(models["llama"]))
+    pool.register("m", models["llama"])
+    for prompt in ["東京は日本の首都です。", "Emoji: 😀 👍🏽 🚀", "Ελληνικά и русский"]:
+        ids, text, chunks = run(pool.generate("m", prompt, max_tokens=64, temperature=0.8, seed=3, ignore_eos=True))
+        assert text == tok.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
+        for chunk in chunks:
+            chunk.text.encode("utf-8")  # a str built from valid UTF-8 only
+
+
+def test_memory_estimate_is_weights_plus_the_kv_cache_of_the_context(pool: mpool.Pool, models: dict[str, Path]) -> None:
+    small = pool.register("a", models["qwen3"], context_length=64)
+    large = pool.register("b", models["qwen3"], context_length=256)
+    cfg = transformers.AutoConfig.from_pretrained(str(models["qwen3"]))
+    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4  # fp32 keys and values
+    params = sum(t.numel() for t in hf_model(models["qwen3"]).state_dict().values())
+    assert small["weight_mb"] == pytest.approx(params * 4 / 2**20, rel=1e-6)
+    grown = large["memory_mb"] - small["memory_mb"]
+    kv = 192 * kv_per_token / 2**20
+    assert kv <= grown <= kv + 192 * 512 * cfg.num_attention_heads * 4 / 2**20  # + the prefill chunk's scores

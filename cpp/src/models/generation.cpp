@@ -137,10 +137,8 @@ bool TextAssembler::push(int64_t id, std::optional<TokenLogprob> logprob) {
   ids_.push_back(id);
   if (logprob) logprobs_.push_back(std::move(*logprob));
   std::optional<std::string> text = id >= 0 ? decoder_.step(static_cast<uint32_t>(id)) : std::nullopt;
-  if (!text) {
-    releasable_ = std::min(releasable_, held_.size());
-    return false;  // a character is still incomplete
-  }
+  mid_character_ = !text.has_value();
+  if (mid_character_) return false;  // the id waits for the rest of its character
   held_ += *text;
   size_t cut = std::string::npos;
   for (const auto& s : stops_) cut = std::min(cut, held_.find(s));
@@ -160,15 +158,14 @@ bool TextAssembler::push(int64_t id, std::optional<TokenLogprob> logprob) {
     }
   }
   releasable_ = held_.size() - hold;
-  // A token with no text of its own (a skipped special token) goes out with the
-  // next piece that has text, unless nothing is held.
   return false;
 }
 
 std::optional<TextPiece> TextAssembler::ready() {
   if (releasable_ == 0) {
-    if (!held_.empty() || ids_.empty()) return std::nullopt;
-    // Nothing held: the ids decoded to no text; send them so counts stay live.
+    // Ids whose text is complete but empty (a skipped special token) go out on
+    // their own; ids waiting for held text or an unfinished character wait.
+    if (!held_.empty() || ids_.empty() || mid_character_) return std::nullopt;
   }
   TextPiece piece;
   piece.text = held_.substr(0, releasable_);
@@ -183,6 +180,7 @@ std::optional<TextPiece> TextAssembler::ready() {
 
 std::optional<TextPiece> TextAssembler::flush() {
   releasable_ = held_.size();
+  mid_character_ = false;
   if (held_.empty() && ids_.empty()) return std::nullopt;
   return ready();
 }

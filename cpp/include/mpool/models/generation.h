@@ -62,6 +62,7 @@ class TextAssembler {
   std::vector<std::string> stops_;
   std::string held_;       // decoded text not yet sent
   size_t releasable_ = 0;  // bytes of held_ that cannot start a stop string
+  bool mid_character_ = false;  // the last id left a UTF-8 character unfinished
   std::vector<int64_t> ids_;
   std::vector<capabilities::TokenLogprob> logprobs_;
 };
