@@ -465,3 +465,26 @@ def test_memory_estimate_is_weights_plus_the_kv_cache_of_the_context(pool: mpool
     grown = large["memory_mb"] - small["memory_mb"]
     kv = 192 * kv_per_token / 2**20
     assert kv <= grown <= kv + 192 * 512 * cfg.num_attention_heads * 4 / 2**20  # + the prefill chunk's scores
+
+
+def test_unset_sampling_parameters_take_the_generation_config_defaults(
+    pool: mpool.Pool, models: dict[str, Path], tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    ids = prompt_ids(seed=11)
+    pool.register("greedy_cfg", models["llama"])  # generation_config.json: do_sample false
+    greedy = run(pool.generate("greedy_cfg", ids, max_tokens=24, ignore_eos=True))[0]
+    assert greedy == hf_greedy(models["llama"], ids, 24)
+    sampled = run(pool.generate("greedy_cfg", ids, max_tokens=24, ignore_eos=True, temperature=1.5, seed=1))[0]
+    assert sampled != greedy  # an explicit temperature wins over the model's default
+
+    copy = tmp_path / "top1"
+    shutil.copytree(models["llama"], copy)
+    cfg = json.loads((copy / "generation_config.json").read_text())
+    cfg.update(do_sample=True, temperature=1.5, top_k=1)
+    (copy / "generation_config.json").write_text(json.dumps(cfg))
+    pool.register("top1_cfg", copy)
+    assert run(pool.generate("top1_cfg", ids, max_tokens=24, ignore_eos=True, seed=5))[0] == greedy
+    assert run(pool.generate("top1_cfg", ids, max_tokens=24, ignore_eos=True, seed=5, top_k=0))[0] != greedy

@@ -33,24 +33,64 @@ class DecoderBackbone final : public Backbone {
   std::shared_ptr<const LlamaDecoder> decoder_;
 };
 
+// Sampling defaults from generation_config.json, as transformers' generate and
+// vLLM apply them: a parameter the request does not set takes the model's value.
+struct SamplingDefaults {
+  std::optional<bool> do_sample;
+  std::optional<double> temperature, top_p, min_p, repetition_penalty;
+  std::optional<int64_t> top_k;
+
+  static SamplingDefaults from(const std::optional<loading::GenerationConfig>& g) {
+    SamplingDefaults d;
+    if (!g) return d;
+    d.do_sample = g->do_sample;
+    d.temperature = g->temperature;
+    d.top_p = g->top_p;
+    d.top_k = g->top_k;
+    d.repetition_penalty = g->repetition_penalty;
+    d.min_p = g->raw.get_optional<double>("min_p");
+    return d;
+  }
+
+  cap::GenerationParams apply(cap::GenerationParams p) const {
+    auto unset = [&](const char* name) {
+      return std::find(p.explicitly_set.begin(), p.explicitly_set.end(), name) == p.explicitly_set.end();
+    };
+    if (unset("temperature")) {
+      if (do_sample && !*do_sample)
+        p.temperature = 0;  // the model asks for greedy decoding
+      else if (temperature)
+        p.temperature = *temperature;
+    }
+    if (unset("top_p") && top_p) p.top_p = *top_p;
+    if (unset("top_k") && top_k) p.top_k = *top_k;
+    if (unset("min_p") && min_p) p.min_p = *min_p;
+    if (unset("repetition_penalty") && repetition_penalty) p.repetition_penalty = *repetition_penalty;
+    return p;
+  }
+};
+
 class LlamaModel final : public core::Instance, public cap::TextToText, public cap::TextEmbedding {
  public:
   LlamaModel(std::shared_ptr<const LlamaDecoder> decoder, std::unique_ptr<tokenizer::Tokenizer> tokenizer,
              std::unique_ptr<SentenceEmbedder> embedder, std::vector<int64_t> eos_ids, int64_t context_length,
-             int64_t max_context)
+             int64_t max_context, SamplingDefaults defaults)
       : decoder_(std::move(decoder)),
         tokenizer_(std::move(tokenizer)),
         embedder_(std::move(embedder)),
         eos_ids_(std::move(eos_ids)),
         context_(context_length),
-        max_context_(max_context) {
+        max_context_(max_context),
+        defaults_(defaults) {
     tokenizer_->set_truncation(std::nullopt);
     tokenizer_->set_padding(std::nullopt);
   }
 
   cap::Completion generate(const std::variant<std::string, std::vector<int64_t>>& prompt,
-                           const cap::GenerationParams& params, const cap::TextSink& sink,
+                           const cap::GenerationParams& requested, const cap::TextSink& sink,
                            cap::RequestContext& ctx) override {
+    validate_generation_params(requested);
+    const cap::GenerationParams params = defaults_.apply(requested);
     validate_generation_params(params);
     GenerationSetup setup;
     setup.prompt = prompt_ids(prompt, params);
@@ -113,6 +153,7 @@ class LlamaModel final : public core::Instance, public cap::TextToText, public c
   std::vector<int64_t> eos_ids_;
   int64_t context_;
   int64_t max_context_;
+  SamplingDefaults defaults_;
 };
 
 at::ScalarType pick_dtype(const NativeOptions& options) {
@@ -144,8 +185,9 @@ NativeModel build(const loading::ModelLayout& layout, const loading::ModelConfig
 
   // End of generation: generation_config.json's eos, else config.json's.
   std::vector<int64_t> eos = config.eos_token_id;
-  if (auto gen = loading::load_generation_config(layout.model_dir); gen && !gen->eos_token_id.empty())
-    eos = gen->eos_token_id;
+  const auto gen = loading::load_generation_config(layout.model_dir);
+  if (gen && !gen->eos_token_id.empty()) eos = gen->eos_token_id;
+  const SamplingDefaults defaults = SamplingDefaults::from(gen);
 
   EmbedderSettings settings =
       embedder_settings(layout, config.hidden_size, static_cast<size_t>(context), {PoolingMode::kLastToken});
@@ -180,15 +222,15 @@ NativeModel build(const loading::ModelLayout& layout, const loading::ModelConfig
   spec.devices = options.devices;
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, eos, context,
-                 max_context](const std::string& device) {
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, eos, context, max_context,
+                 defaults](const std::string& device) {
     auto ckpt = loading::Checkpoint::open(model_dir);
     auto decoder = std::make_shared<const LlamaDecoder>(config, ckpt, dtype, at::Device(device));
     auto embedder = std::make_unique<SentenceEmbedder>(std::make_unique<DecoderBackbone>(decoder),
                                                        tokenizer::Tokenizer::from_file(tokenizer_file.string()),
                                                        settings);
     return std::make_shared<LlamaModel>(decoder, tokenizer::Tokenizer::from_file(tokenizer_file.string()),
-                                        std::move(embedder), eos, context, max_context);
+                                        std::move(embedder), eos, context, max_context, defaults);
   };
   return model;
 }
