@@ -36,6 +36,7 @@ class DecoderBackbone final : public Backbone {
 // Sampling defaults from generation_config.json, as transformers' generate and
 // vLLM apply them: a parameter the request does not set takes the model's value.
 struct SamplingDefaults {
+  bool present = false;  // the model has a generation_config.json
   std::optional<bool> do_sample;
   std::optional<double> temperature, top_p, min_p, repetition_penalty;
   std::optional<int64_t> top_k;
@@ -43,6 +44,7 @@ struct SamplingDefaults {
   static SamplingDefaults from(const std::optional<loading::GenerationConfig>& g) {
     SamplingDefaults d;
     if (!g) return d;
+    d.present = true;
     d.do_sample = g->do_sample;
     d.temperature = g->temperature;
     d.top_p = g->top_p;
@@ -57,8 +59,8 @@ struct SamplingDefaults {
       return std::find(p.explicitly_set.begin(), p.explicitly_set.end(), name) == p.explicitly_set.end();
     };
     if (unset("temperature")) {
-      if (do_sample && !*do_sample)
-        p.temperature = 0;  // the model asks for greedy decoding
+      if (present && !do_sample.value_or(false))
+        p.temperature = 0;  // transformers decodes greedily unless the config says do_sample
       else if (temperature)
         p.temperature = *temperature;
     }
