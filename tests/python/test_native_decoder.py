@@ -488,3 +488,27 @@ def test_unset_sampling_parameters_take_the_generation_config_defaults(
     pool.register("top1_cfg", copy)
     assert run(pool.generate("top1_cfg", ids, max_tokens=24, ignore_eos=True, seed=5))[0] == greedy
     assert run(pool.generate("top1_cfg", ids, max_tokens=24, ignore_eos=True, seed=5, top_k=0))[0] != greedy
+
+
+def test_bad_decoder_directories_get_errors_naming_the_key_or_tensor(pool: mpool.Pool, tmp_path: Path) -> None:
+    import json
+
+    def variant(name: str, **changes: Any) -> Path:
+        path = build_decoder(tmp_path, "llama", name=name)
+        cfg = json.loads((path / "config.json").read_text())
+        cfg.update(changes)
+        (path / "config.json").write_text(json.dumps(cfg))
+        return path
+
+    with pytest.raises(mpool.InvalidInput, match="rope type 'yarn' is not supported"):
+        pool.register("yarn", variant("yarn", rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}))
+    with pytest.raises(mpool.InvalidInput, match="hidden_act 'gelu'"):
+        pool.register("gelu", variant("gelu", hidden_act="gelu"))
+    with pytest.raises(mpool.InvalidInput, match="not a multiple of num_key_value_heads"):
+        pool.register("gqa", variant("gqa", num_key_value_heads=3))
+    # Shapes are checked when a replica loads: the request fails naming the tensor.
+    pool.register("wide", variant("wide", intermediate_size=96))
+    with pytest.raises(mpool.SpawnFailed, match=r"model\.layers\.0\.mlp\.(gate|up|down)_proj\.weight' has shape"):
+        run(pool.generate("wide", "hello", max_tokens=2))
+    pool.register("ok", build_decoder(tmp_path, "llama", name="ok"))  # the pool stays healthy
+    assert len(run(pool.generate("ok", "hello", max_tokens=3, ignore_eos=True))[0]) == 3
