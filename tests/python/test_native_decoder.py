@@ -139,6 +139,17 @@ def test_bfloat16_prefill_logits_track_transformers_bfloat16(models: dict[str, P
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
+def test_bfloat16_decode_steps_track_transformers_bfloat16(models: dict[str, Path]) -> None:
+    # Token by token through the cache: every projection runs the single-row bf16 kernel.
+    ids = prompt_ids(24, seed=12)
+    with torch.no_grad():
+        ref = hf_model(models["llama_bias"], torch.bfloat16)(torch.tensor([ids])).logits[0].float().numpy()
+    positions, ours = mpool._core._decoder_logits(str(models["llama_bias"]), ids, 1, "bfloat16")
+    scale = np.abs(ref).max()
+    assert np.abs(ours - ref[positions]).max() / scale <= 0.03
+    assert (ours.argmax(-1) == ref[positions].argmax(-1)).mean() >= 0.9
+
+
 def test_repetition_penalty_greedy_matches_transformers(pool: mpool.Pool, models: dict[str, Path]) -> None:
     ids = prompt_ids(seed=4)
     pool.register("m", models["llama"])

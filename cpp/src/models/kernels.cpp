@@ -2,6 +2,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <cstring>
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define MPOOL_X86_GEMV 1
@@ -60,6 +62,59 @@ __attribute__((target("avx2,fma"))) void gemv_rows(const float* w, const float* 
   }
 }
 
+// The same for bfloat16 weights: each 8-value load widens to float32 (a bf16 is
+// the top half of a float), so the weights stream at half the bytes.
+__attribute__((target("avx2,fma"))) inline __m256 load_bf16(const uint16_t* p) {
+  __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+inline float bf16_to_float(uint16_t v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+__attribute__((target("avx2,fma"))) void gemv_rows_bf16(const uint16_t* w, const float* x, float* y, int64_t in,
+                                                        int64_t r0, int64_t r1) {
+  const int64_t vec_end = in - in % 8;
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const uint16_t* a = w + r * in;
+    const uint16_t* b = a + in;
+    const uint16_t* c = b + in;
+    const uint16_t* d = c + in;
+    __m256 sa = _mm256_setzero_ps(), sb = _mm256_setzero_ps(), sc = _mm256_setzero_ps(), sd = _mm256_setzero_ps();
+    for (int64_t i = 0; i < vec_end; i += 8) {
+      __m256 xv = _mm256_loadu_ps(x + i);
+      sa = _mm256_fmadd_ps(load_bf16(a + i), xv, sa);
+      sb = _mm256_fmadd_ps(load_bf16(b + i), xv, sb);
+      sc = _mm256_fmadd_ps(load_bf16(c + i), xv, sc);
+      sd = _mm256_fmadd_ps(load_bf16(d + i), xv, sd);
+    }
+    float ta = hsum(sa), tb = hsum(sb), tc = hsum(sc), td = hsum(sd);
+    for (int64_t i = vec_end; i < in; ++i) {
+      ta += bf16_to_float(a[i]) * x[i];
+      tb += bf16_to_float(b[i]) * x[i];
+      tc += bf16_to_float(c[i]) * x[i];
+      td += bf16_to_float(d[i]) * x[i];
+    }
+    y[r] = ta;
+    y[r + 1] = tb;
+    y[r + 2] = tc;
+    y[r + 3] = td;
+  }
+  for (; r < r1; ++r) {
+    const uint16_t* a = w + r * in;
+    __m256 s = _mm256_setzero_ps();
+    for (int64_t i = 0; i < vec_end; i += 8) s = _mm256_fmadd_ps(load_bf16(a + i), _mm256_loadu_ps(x + i), s);
+    float t = hsum(s);
+    for (int64_t i = vec_end; i < in; ++i) t += bf16_to_float(a[i]) * x[i];
+    y[r] = t;
+  }
+}
+
 bool cpu_has_avx2_fma() {
   static const bool yes = [] {
     __builtin_cpu_init();
@@ -81,26 +136,34 @@ bool has_fast_gemv() {
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
 #ifdef MPOOL_X86_GEMV
-  const int64_t in = weight.size(1);
-  if (cpu_has_avx2_fma() && x.device().is_cpu() && weight.device().is_cpu() && x.scalar_type() == at::kFloat &&
-      weight.scalar_type() == at::kFloat && x.numel() == in && x.size(-1) == in && weight.is_contiguous() &&
-      (!bias.defined() || bias.scalar_type() == at::kFloat)) {
+  const int64_t in = weight.dim() == 2 ? weight.size(1) : -1;
+  const at::ScalarType type = weight.scalar_type();
+  if (cpu_has_avx2_fma() && in > 0 && x.device().is_cpu() && weight.device().is_cpu() &&
+      (type == at::kFloat || type == at::kBFloat16) && x.scalar_type() == type && x.numel() == in &&
+      x.size(-1) == in && weight.is_contiguous() && (!bias.defined() || bias.scalar_type() == type)) {
     const int64_t out = weight.size(0);
-    at::Tensor xc = x.contiguous();
+    // float32 in and out; a bfloat16 row is widened first and the result rounded
+    // back, as ATen's bf16 GEMM accumulates in float32 and rounds once.
+    at::Tensor xf = x.to(at::kFloat).contiguous();
+    at::Tensor yf = at::empty({out}, xf.options());
+    const float* xp = xf.const_data_ptr<float>();
+    float* yp = yf.data_ptr<float>();
+    const int64_t blocks = (out + 3) / 4;  // four rows per pass
+    if (type == at::kFloat) {
+      const float* w = weight.const_data_ptr<float>();
+      at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+        gemv_rows(w, xp, yp, in, b0 * 4, std::min(out, b1 * 4));
+      });
+    } else {
+      const auto* w = reinterpret_cast<const uint16_t*>(weight.const_data_ptr<at::BFloat16>());
+      at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+        gemv_rows_bf16(w, xp, yp, in, b0 * 4, std::min(out, b1 * 4));
+      });
+    }
+    if (bias.defined()) yf.add_(bias.to(at::kFloat).view({out}));
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = out;
-    at::Tensor y = bias.defined() ? bias.reshape(shape).clone() : at::empty(shape, x.options());
-    at::Tensor dots = bias.defined() ? at::empty({out}, x.options()) : y;
-    const float* w = weight.const_data_ptr<float>();
-    const float* xp = xc.const_data_ptr<float>();
-    float* yp = dots.data_ptr<float>();
-    // Blocks of 4 rows; a grain of 64 rows keeps small matrices on one thread.
-    const int64_t blocks = (out + 3) / 4;
-    at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-      gemv_rows(w, xp, yp, in, b0 * 4, std::min(out, b1 * 4));
-    });
-    if (bias.defined()) y.view({out}).add_(dots);
-    return y;
+    return yf.view(shape).to(type);
   }
 #endif
   return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
