@@ -170,12 +170,12 @@ def _stat(stats: Any, *names: str) -> Any:
     return None
 
 
-def bench_mpool(model_dir: Path, prompt: list[int], new_tokens: int, repeats: int) -> dict[str, Any]:
+def bench_mpool(model_dir: Path, prompt: list[int], new_tokens: int, repeats: int, dtype: str) -> dict[str, Any]:
     import mpool
 
     pool = mpool.Pool()
     try:
-        pool.register("llm", str(model_dir), max_replicas=1)
+        pool.register("llm", str(model_dir), max_replicas=1, dtype=dtype)
         params = dict(max_tokens=new_tokens, temperature=0, ignore_eos=True)
         for _ in pool.generate("llm", prompt, **params):  # warm-up: loads the replica
             pass
@@ -216,6 +216,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both engines run in it")
     ap.add_argument("--engines", default="transformers,mpool", help="comma-separated subset of transformers,mpool")
     args = ap.parse_args()
     engines = {e.strip() for e in args.engines.split(",") if e.strip()}
@@ -227,19 +228,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mpool-bench-llama-") as tmp:
         model_dir = Path(tmp) / "llama"
         model = build_model(model_dir)
+        model = model.to(getattr(torch, args.dtype))  # saved in float32; each engine converts at load
         weight_bytes = bytes_per_token(model)
         n_params = sum(p.numel() for p in model.parameters())
         if "mpool" in engines:
-            results["mpool"] = bench_mpool(model_dir, prompt, args.new_tokens, args.repeats)
+            results["mpool"] = bench_mpool(model_dir, prompt, args.new_tokens, args.repeats, args.dtype)
         if "transformers" in engines:
             results["transformers"] = bench_transformers(model, prompt, args.new_tokens, args.repeats)
         bw = memory_bandwidth()
 
     cfg = model.config
-    kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * (
+        2 if args.dtype == "bfloat16" else 4
+    )
     bound = bw / weight_bytes
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}")
-    print(f"model: Llama {n_params / 1e6:.0f}M params fp32; prompt {args.prompt_tokens} tokens, "
+    print(f"model: Llama {n_params / 1e6:.0f}M params {args.dtype}; prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, batch 1, greedy, median of {args.repeats}")
     print(f"memory bandwidth (256 MiB copy): {bw / 1e9:.1f} GB/s; weight bytes per token {weight_bytes / 2**20:.0f} MiB "
           f"(+ KV cache {kv_bytes * (args.prompt_tokens + args.new_tokens // 2) / 2**20:.1f} MiB on average, not counted)")
