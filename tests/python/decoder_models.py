@@ -247,6 +247,10 @@ def _make_model(arch: str, seed: int, overrides: dict[str, Any]) -> Any:
     config.dtype = torch.float32
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls_name)(config).to(torch.float32).eval()
+    if config.tie_word_embeddings:
+        # Tie explicitly: whether the constructor ties depends on process-wide
+        # transformers state that other tests (loading models) can leave behind.
+        model.lm_head.weight = model.model.embed_tokens.weight
     _reinit_(model, seed=hash_seed(arch, seed))
     if config.tie_word_embeddings:
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

@@ -31,6 +31,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def hf_model(path: Path, dtype: Any = None) -> Any:
     model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    if model.config.tie_word_embeddings:
+        # Tie explicitly: whether from_pretrained ties depends on process-wide
+        # transformers state that other tests can leave behind.
+        model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
 
 

@@ -21,96 +21,47 @@ __attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-// y[r] = dot(w[r, :], x) for rows [r0, r1): four rows per pass so each load of x
-// serves four weight streams.
-__attribute__((target("avx2,fma"))) void gemv_rows(const float* w, const float* x, float* y, int64_t in, int64_t r0,
-                                                   int64_t r1) {
-  const int64_t vec_end = in - in % 8;
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const float* a = w + r * in;
-    const float* b = a + in;
-    const float* c = b + in;
-    const float* d = c + in;
-    __m256 sa = _mm256_setzero_ps(), sb = _mm256_setzero_ps(), sc = _mm256_setzero_ps(), sd = _mm256_setzero_ps();
-    for (int64_t i = 0; i < vec_end; i += 8) {
-      __m256 xv = _mm256_loadu_ps(x + i);
-      sa = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), xv, sa);
-      sb = _mm256_fmadd_ps(_mm256_loadu_ps(b + i), xv, sb);
-      sc = _mm256_fmadd_ps(_mm256_loadu_ps(c + i), xv, sc);
-      sd = _mm256_fmadd_ps(_mm256_loadu_ps(d + i), xv, sd);
-    }
-    float ta = hsum(sa), tb = hsum(sb), tc = hsum(sc), td = hsum(sd);
-    for (int64_t i = vec_end; i < in; ++i) {
-      ta += a[i] * x[i];
-      tb += b[i] * x[i];
-      tc += c[i] * x[i];
-      td += d[i] * x[i];
-    }
-    y[r] = ta;
-    y[r + 1] = tb;
-    y[r + 2] = tc;
-    y[r + 3] = td;
-  }
-  for (; r < r1; ++r) {
-    const float* a = w + r * in;
-    __m256 s = _mm256_setzero_ps();
-    for (int64_t i = 0; i < vec_end; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(x + i), s);
-    float t = hsum(s);
-    for (int64_t i = vec_end; i < in; ++i) t += a[i] * x[i];
-    y[r] = t;
-  }
-}
-
-// The same for bfloat16 weights: each 8-value load widens to float32 (a bf16 is
-// the top half of a float), so the weights stream at half the bytes.
-__attribute__((target("avx2,fma"))) inline __m256 load_bf16(const uint16_t* p) {
+// Eight weights as float32: a float32 load, or a bfloat16 load widened (a bf16
+// is the top half of a float), which streams the weights at half the bytes.
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2,fma"))) inline __m256 load8(const uint16_t* p) {
   __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
-
-inline float bf16_to_float(uint16_t v) {
+inline float to_float(float v) { return v; }
+inline float to_float(uint16_t v) {
   uint32_t bits = static_cast<uint32_t>(v) << 16;
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
 
-__attribute__((target("avx2,fma"))) void gemv_rows_bf16(const uint16_t* w, const float* x, float* y, int64_t in,
-                                                        int64_t r0, int64_t r1) {
+// y[r] = dot(w[r, :], x) for rows [r0, r1): four rows per pass so each load of x
+// serves four weight streams; float32 accumulation whatever the weight type.
+template <class W>
+__attribute__((target("avx2,fma"))) void gemv_rows(const W* w, const float* x, float* y, int64_t in, int64_t r0,
+                                                   int64_t r1) {
   const int64_t vec_end = in - in % 8;
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {
-    const uint16_t* a = w + r * in;
-    const uint16_t* b = a + in;
-    const uint16_t* c = b + in;
-    const uint16_t* d = c + in;
-    __m256 sa = _mm256_setzero_ps(), sb = _mm256_setzero_ps(), sc = _mm256_setzero_ps(), sd = _mm256_setzero_ps();
+    const W* rows[4] = {w + r * in, w + (r + 1) * in, w + (r + 2) * in, w + (r + 3) * in};
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < vec_end; i += 8) {
       __m256 xv = _mm256_loadu_ps(x + i);
-      sa = _mm256_fmadd_ps(load_bf16(a + i), xv, sa);
-      sb = _mm256_fmadd_ps(load_bf16(b + i), xv, sb);
-      sc = _mm256_fmadd_ps(load_bf16(c + i), xv, sc);
-      sd = _mm256_fmadd_ps(load_bf16(d + i), xv, sd);
+      for (int k = 0; k < 4; ++k) acc[k] = _mm256_fmadd_ps(load8(rows[k] + i), xv, acc[k]);
     }
-    float ta = hsum(sa), tb = hsum(sb), tc = hsum(sc), td = hsum(sd);
-    for (int64_t i = vec_end; i < in; ++i) {
-      ta += bf16_to_float(a[i]) * x[i];
-      tb += bf16_to_float(b[i]) * x[i];
-      tc += bf16_to_float(c[i]) * x[i];
-      td += bf16_to_float(d[i]) * x[i];
+    for (int k = 0; k < 4; ++k) {
+      float t = hsum(acc[k]);
+      for (int64_t i = vec_end; i < in; ++i) t += to_float(rows[k][i]) * x[i];
+      y[r + k] = t;
     }
-    y[r] = ta;
-    y[r + 1] = tb;
-    y[r + 2] = tc;
-    y[r + 3] = td;
   }
   for (; r < r1; ++r) {
-    const uint16_t* a = w + r * in;
-    __m256 s = _mm256_setzero_ps();
-    for (int64_t i = 0; i < vec_end; i += 8) s = _mm256_fmadd_ps(load_bf16(a + i), _mm256_loadu_ps(x + i), s);
-    float t = hsum(s);
-    for (int64_t i = vec_end; i < in; ++i) t += bf16_to_float(a[i]) * x[i];
+    const W* a = w + r * in;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < vec_end; i += 8) acc = _mm256_fmadd_ps(load8(a + i), _mm256_loadu_ps(x + i), acc);
+    float t = hsum(acc);
+    for (int64_t i = vec_end; i < in; ++i) t += to_float(a[i]) * x[i];
     y[r] = t;
   }
 }
@@ -149,17 +100,15 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
     const float* xp = xf.const_data_ptr<float>();
     float* yp = yf.data_ptr<float>();
     const int64_t blocks = (out + 3) / 4;  // four rows per pass
-    if (type == at::kFloat) {
-      const float* w = weight.const_data_ptr<float>();
+    auto run = [&](const auto* w) {
       at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
         gemv_rows(w, xp, yp, in, b0 * 4, std::min(out, b1 * 4));
       });
-    } else {
-      const auto* w = reinterpret_cast<const uint16_t*>(weight.const_data_ptr<at::BFloat16>());
-      at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-        gemv_rows_bf16(w, xp, yp, in, b0 * 4, std::min(out, b1 * 4));
-      });
-    }
+    };
+    if (type == at::kFloat)
+      run(weight.const_data_ptr<float>());
+    else
+      run(reinterpret_cast<const uint16_t*>(weight.const_data_ptr<at::BFloat16>()));
     if (bias.defined()) yf.add_(bias.to(at::kFloat).view({out}));
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = out;
