@@ -16,7 +16,7 @@ import numpy as np
 from . import _core
 from ._images import image_input
 from .chat import ChatTemplate
-from .errors import InvalidInput, PoolError
+from .errors import InvalidInput, ModelNotFound, PoolError
 from .models import Model, NativeModel
 
 _GENERATION_PARAMS: dict[str, type | tuple[type, ...]] = {
@@ -469,7 +469,8 @@ class Pool:
         """The chat template of ``key`` (from its ``tokenizer_config.json``); InvalidInput if it has none."""
         with self._lock:
             if key not in self._chat_sources:
-                raise InvalidInput(f"no model is registered under {key!r}")
+                known = ", ".join(sorted(self._chat_sources)) or "none"
+                raise ModelNotFound(f"no model is registered under {key!r}; registered: {known}")
             source = self._chat_sources[key]
         if isinstance(source, ChatTemplate):
             return source

@@ -431,6 +431,8 @@ def test_bad_generation_inputs_get_typed_errors_and_the_pool_stays_healthy(
     pool.register("plain", tmp_path / "no_template")
     with pytest.raises(mpool.InvalidInput, match="no chat template"):
         pool.chat("plain", [{"role": "user", "content": "hi"}])
+    with pytest.raises(mpool.ModelNotFound, match="'nope'"):
+        pool.chat("nope", [{"role": "user", "content": "hi"}])
     with pytest.raises(mpool.InvalidInput, match="Unknown role"):
         pool.chat("m", [{"role": "wizard", "content": "hi"}])
     with pytest.raises(mpool.InvalidInput):
