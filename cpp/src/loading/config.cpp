@@ -178,6 +178,12 @@ TokenizerConfig parse_tokenizer_config(const JsonView& j, const std::optional<fs
 
 SpecialTokens parse_special_tokens_map(const JsonView& j) { return parse_special(j); }
 
+std::int64_t require_positive(const std::optional<std::int64_t>& value, const char* key) {
+  if (!value || *value <= 0)
+    throw Error(ErrorCode::kInvalidInput, std::string("config.json: \"") + key + "\" must be a positive integer");
+  return *value;
+}
+
 ModelConfig load_model_config(const fs::path& dir) {
   const fs::path path = dir / "config.json";
   if (!fs::is_regular_file(path))

@@ -145,6 +145,10 @@ struct TokenizerConfig {
   JsonView raw;
 };
 
+/// `value` of config.json's `key` when it is set and positive; InvalidInput naming
+/// the key otherwise (a family's required dimensions).
+std::int64_t require_positive(const std::optional<std::int64_t>& value, const char* key);
+
 /// Reads the common fields of config.json; errors name the file and key.
 ModelConfig parse_model_config(const JsonView& json);
 /// Reads generation_config.json.

@@ -9,12 +9,6 @@
 namespace mpool::models::bert {
 namespace {
 
-int64_t required(const std::optional<int64_t>& v, const char* key) {
-  if (!v || *v <= 0)
-    throw Error(ErrorCode::kInvalidInput, std::string("config.json: \"") + key + "\" must be a positive integer");
-  return *v;
-}
-
 // Checkpoints are saved with or without the base-model prefix (BertModel vs
 // BertForMaskedLM, sentence-transformers vs transformers).
 std::string find_prefix(const loading::Checkpoint& ckpt) {
@@ -33,12 +27,12 @@ BertConfig BertConfig::from(const loading::ModelConfig& c) {
   check(std::find(kModelTypes.begin(), kModelTypes.end(), c.model_type) != kModelTypes.end(),
         ErrorCode::kInvalidInput,
         "config.json: model_type '" + c.model_type + "' is not a BERT-family type (bert, roberta, xlm-roberta)");
-  b.vocab_size = required(c.vocab_size, "vocab_size");
-  b.hidden_size = required(c.hidden_size, "hidden_size");
-  b.num_layers = required(c.num_hidden_layers, "num_hidden_layers");
-  b.num_heads = required(c.num_attention_heads, "num_attention_heads");
-  b.intermediate_size = required(c.intermediate_size, "intermediate_size");
-  b.max_position_embeddings = required(c.max_position_embeddings, "max_position_embeddings");
+  b.vocab_size = loading::require_positive(c.vocab_size, "vocab_size");
+  b.hidden_size = loading::require_positive(c.hidden_size, "hidden_size");
+  b.num_layers = loading::require_positive(c.num_hidden_layers, "num_hidden_layers");
+  b.num_heads = loading::require_positive(c.num_attention_heads, "num_attention_heads");
+  b.intermediate_size = loading::require_positive(c.intermediate_size, "intermediate_size");
+  b.max_position_embeddings = loading::require_positive(c.max_position_embeddings, "max_position_embeddings");
   b.type_vocab_size = c.raw.get_or<int64_t>("type_vocab_size", 2);
   b.layer_norm_eps = c.layer_norm_eps.value_or(1e-12);
   b.hidden_act = c.hidden_act.value_or("gelu");

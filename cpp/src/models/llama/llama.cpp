@@ -13,12 +13,6 @@
 namespace mpool::models::llama {
 namespace {
 
-int64_t required(const std::optional<int64_t>& v, const char* key) {
-  if (!v || *v <= 0)
-    throw Error(ErrorCode::kInvalidInput, std::string("config.json: \"") + key + "\" must be a positive integer");
-  return *v;
-}
-
 // rope_parameters (transformers 5) or rope_scaling (older files), or nothing.
 std::optional<loading::JsonView> rope_node(const loading::ModelConfig& c) {
   if (auto r = c.raw.child("rope_parameters")) return r;
@@ -113,10 +107,10 @@ LlamaConfig LlamaConfig::from(const loading::ModelConfig& c) {
   check(std::find(kModelTypes.begin(), kModelTypes.end(), c.model_type) != kModelTypes.end(),
         ErrorCode::kInvalidInput,
         "config.json: model_type '" + c.model_type + "' is not a Llama-style decoder (llama, mistral, qwen2, qwen3, phi3)");
-  l.vocab_size = required(c.vocab_size, "vocab_size");
-  l.hidden_size = required(c.hidden_size, "hidden_size");
-  l.num_layers = required(c.num_hidden_layers, "num_hidden_layers");
-  l.num_heads = required(c.num_attention_heads, "num_attention_heads");
+  l.vocab_size = loading::require_positive(c.vocab_size, "vocab_size");
+  l.hidden_size = loading::require_positive(c.hidden_size, "hidden_size");
+  l.num_layers = loading::require_positive(c.num_hidden_layers, "num_hidden_layers");
+  l.num_heads = loading::require_positive(c.num_attention_heads, "num_attention_heads");
   l.num_kv_heads = c.num_key_value_heads.value_or(l.num_heads);
   check(l.num_kv_heads > 0 && l.num_heads % l.num_kv_heads == 0, ErrorCode::kInvalidInput,
         "config.json: num_attention_heads " + std::to_string(l.num_heads) +
@@ -125,8 +119,8 @@ LlamaConfig LlamaConfig::from(const loading::ModelConfig& c) {
   check(c.head_dim.value_or(0) > 0 || l.hidden_size % l.num_heads == 0, ErrorCode::kInvalidInput,
         "config.json: hidden_size " + std::to_string(l.hidden_size) + " is not divisible by num_attention_heads " +
             std::to_string(l.num_heads) + " and no head_dim is given");
-  l.intermediate_size = required(c.intermediate_size, "intermediate_size");
-  l.max_position_embeddings = required(c.max_position_embeddings, "max_position_embeddings");
+  l.intermediate_size = loading::require_positive(c.intermediate_size, "intermediate_size");
+  l.max_position_embeddings = loading::require_positive(c.max_position_embeddings, "max_position_embeddings");
   l.rms_norm_eps = c.rms_norm_eps.value_or(1e-6);
   l.tie_word_embeddings = c.tie_word_embeddings.value_or(false);
   const std::string act = c.hidden_act.value_or("silu");
