@@ -54,6 +54,7 @@ py::dict model_dict(const core::ModelStats& s) {
   counts["replicas_spawned"] = m.replicas_spawned;
   counts["replicas_evicted"] = m.replicas_evicted;
   counts["spawn_failures"] = m.spawn_failures;
+  counts["replica_deaths"] = m.replica_deaths;
   d["counts"] = counts;
   d["queue_time"] = latency(m.queue);
   d["compute_time"] = latency(m.compute);
@@ -74,9 +75,16 @@ py::dict device_dict(const core::DeviceMemory& dm) {
 }
 
 // Destroying a pool joins its replica threads, which may need the GIL (Python
-// models): let go of it first, as CTranslate2 learned the hard way.
+// models): let go of it first, as CTranslate2 learned the hard way. When the last
+// reference drops on one of the pool's own threads (a done-callback, a model
+// method, a __del__ running there), that thread cannot join itself: a fresh
+// thread does the shutdown while this one returns to its loop and exits.
 struct ReleaseGilDelete {
   void operator()(core::Pool* pool) const {
+    if (pool->on_own_thread()) {
+      std::thread([pool] { delete pool; }).detach();
+      return;
+    }
     if (PyGILState_Check()) {
       py::gil_scoped_release nogil;
       delete pool;

@@ -14,17 +14,48 @@ using capabilities::ImageEvent;
 using capabilities::ImageProgress;
 using capabilities::TextChunk;
 
-// A Python callable that may be dropped on any thread: takes the GIL to do so.
+bool python_alive() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsInitialized() && !Py_IsFinalizing();
+#else
+  return Py_IsInitialized() && !_Py_IsFinalizing();
+#endif
+}
+
+// A Python callable that may be called or dropped on any thread: takes the GIL
+// to do either (and leaks it once the interpreter is finalizing, when taking the
+// GIL would hang the thread). Never call or drop it under a native lock.
 struct PyCallback {
   std::shared_ptr<py::object> fn;
   explicit PyCallback(py::object f)
       : fn(new py::object(std::move(f)), [](py::object* p) {
-          if (Py_IsInitialized()) {
+          if (python_alive()) {
             py::gil_scoped_acquire gil;
             delete p;
           }
         }) {}
+  void operator()(const char* what) const {
+    if (!python_alive()) return;
+    py::gil_scoped_acquire gil;
+    try {
+      (*fn)();
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable(what);
+    }
+  }
 };
+
+// Registers a one-shot native "ready" callback that calls `fn` with the GIL.
+template <class Channel>
+void on_ready(Channel& channel, py::object fn) {
+  PyCallback cb(std::move(fn));
+  py::gil_scoped_release nogil;
+  channel.on_ready([cb] { cb("mpool stream ready callback"); });
+}
+
+double seconds_left(const core::RequestContext& context) {
+  return std::chrono::duration<double>(context.deadline() - core::Clock::now()).count();
+}
 
 /// A native future of a tensor (embeddings).
 struct Future {
@@ -38,20 +69,11 @@ struct Future {
     }
     return tensor_to_numpy(t);
   }
-  double remaining() const {
-    return std::chrono::duration<double>(pending->context()->deadline() - core::Clock::now()).count();
-  }
+  double remaining() const { return seconds_left(*pending->context()); }
   void add_done_callback(py::object fn) {
     PyCallback cb(std::move(fn));
     py::gil_scoped_release nogil;
-    pending->on_done([cb] {
-      py::gil_scoped_acquire gil;
-      try {
-        (*cb.fn)();
-      } catch (py::error_already_set& e) {
-        e.discard_as_unraisable("mpool future callback");
-      }
-    });
+    pending->on_done([cb] { cb("mpool future callback"); });
   }
 };
 
@@ -72,6 +94,19 @@ struct PyTextStream {
     if (!chunk) throw py::stop_iteration();
     return std::move(*chunk);
   }
+  // (True, chunk), (True, None) at the end, or (False, None) when nothing is there yet.
+  py::tuple poll() {
+    std::optional<TextChunk> chunk;
+    bool got;
+    {
+      py::gil_scoped_release nogil;
+      got = channel->try_next(chunk);
+    }
+    if (!got) return py::make_tuple(false, py::none());
+    if (!chunk) return py::make_tuple(true, py::none());
+    return py::make_tuple(true, py::cast(std::move(*chunk)));
+  }
+  double remaining() const { return seconds_left(*channel->context()); }
   void cancel() { channel->cancel(); }
 };
 
@@ -96,6 +131,22 @@ struct PyImageStream {
       image = std::get<at::Tensor>(*event);
     }
   }
+  // Like PyTextStream::poll, for progress chunks (the final image is kept aside).
+  py::tuple poll() {
+    while (true) {
+      std::optional<ImageEvent> event;
+      bool got;
+      {
+        py::gil_scoped_release nogil;
+        got = channel->try_next(event);
+      }
+      if (!got) return py::make_tuple(false, py::none());
+      if (!event) return py::make_tuple(true, py::none());
+      if (auto* progress = std::get_if<ImageProgress>(&*event)) return py::make_tuple(true, py::cast(std::move(*progress)));
+      image = std::get<at::Tensor>(*event);
+    }
+  }
+  double remaining() const { return seconds_left(*channel->context()); }
   py::object final_image() {
     if (!image) return py::none();
     return tensor_to_numpy(*image);
@@ -156,10 +207,18 @@ void register_streams(py::module_& m) {
   py::class_<PyTextStream>(m, "TextStream", "Chunks of generated text; iterate it.")
       .def("__iter__", [](py::object self) { return self; })
       .def("__next__", &PyTextStream::next)
+      .def("poll", &PyTextStream::poll, "(True, chunk), (True, None) at the end, or (False, None): never waits.")
+      .def("on_ready", [](PyTextStream& s, py::object fn) { on_ready(*s.channel, std::move(fn)); },
+           "Calls fn() once (with the GIL, on the producing thread) when a chunk or the end is there.")
+      .def("remaining", &PyTextStream::remaining, "Seconds left before the request's deadline.")
       .def("cancel", &PyTextStream::cancel, py::call_guard<py::gil_scoped_release>());
   py::class_<PyImageStream>(m, "ImageStream", "Progress chunks of an image generation, then the image.")
       .def("__iter__", [](py::object self) { return self; })
       .def("__next__", &PyImageStream::next)
+      .def("poll", &PyImageStream::poll, "(True, progress), (True, None) at the end, or (False, None).")
+      .def("on_ready", [](PyImageStream& s, py::object fn) { on_ready(*s.channel, std::move(fn)); },
+           "Calls fn() once (with the GIL, on the producing thread) when an event or the end is there.")
+      .def("remaining", &PyImageStream::remaining, "Seconds left before the request's deadline.")
       .def("final_image", &PyImageStream::final_image)
       .def("cancel", &PyImageStream::cancel, py::call_guard<py::gil_scoped_release>());
 }

@@ -2,10 +2,13 @@
 // exercise the pool without Python in the replica loop.
 #include <ATen/ATen.h>
 
+#include <pybind11/stl.h>
+
 #include <thread>
 
 #include "module.h"
 #include "mpool/capabilities/interfaces.h"
+#include "mpool/core/faults.h"
 #include "mpool/core/model_spec.h"
 
 namespace mpool::bindings {
@@ -51,7 +54,31 @@ class NativeTestModel final : public core::Instance, public cap::TextEmbedding, 
 
 }  // namespace
 
+core::faults::Fault fault_named(const std::string& name) {
+  if (auto f = core::faults::fault_from_name(name)) return *f;
+  std::string known;
+  for (int i = 0; i < core::faults::kFaultKinds; ++i)
+    known += std::string(i ? ", " : "") + core::faults::fault_name(static_cast<core::faults::Fault>(i));
+  throw Error(ErrorCode::kInvalidInput, "unknown fault '" + name + "'; known: " + known);
+}
+
 void register_testing(py::module_& m) {
+  m.def(
+      "inject_fault",
+      [](const std::string& name, int count, const std::string& key, double seconds) {
+        core::faults::arm(fault_named(name), count, key, seconds);
+      },
+      py::arg("name"), py::arg("count"), py::arg("key"), py::arg("seconds"));
+  m.def("clear_faults", &core::faults::disarm_all);
+  m.def(
+      "faults_fired", [](const std::string& name) { return core::faults::fired(fault_named(name)); },
+      py::arg("name"));
+  m.def("fault_names", [] {
+    std::vector<std::string> names;
+    for (int i = 0; i < core::faults::kFaultKinds; ++i)
+      names.emplace_back(core::faults::fault_name(static_cast<core::faults::Fault>(i)));
+    return names;
+  });
   m.def(
       "native_test_model_spec",
       [](int64_t dimension, double sleep, double memory_mb, int max_replicas) {

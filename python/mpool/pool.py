@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
-import concurrent.futures
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,8 +35,6 @@ _GENERATION_PARAMS: dict[str, type | tuple[type, ...]] = {
     "add_special_tokens": bool,
 }
 
-# Stream waits for the asyncio twins run here: each wait releases the GIL in C++.
-_STREAM_WAITERS = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="mpool-stream")
 _LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
@@ -98,15 +95,43 @@ def _timeout(timeout: float | None) -> float | None:
     return None if timeout is None else float(timeout)
 
 
-async def _wait_chunks(stream: Any) -> AsyncIterator[Any]:
-    """Yields `next(stream)` items, each waited for on a stream-waiter thread (GIL released in C++)."""
+def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> Callable[[], None]:
+    """A callback for a native thread that completes ``waiter`` on ``loop``."""
+
+    def settle() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def ready() -> None:  # on the producing native thread, with the GIL
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    return ready
+
+
+async def _wait_chunks(poll: Callable[[], tuple[bool, Any]], native: Any) -> AsyncIterator[Any]:
+    """Yields a stream's items without holding any thread while it waits.
+
+    ``poll()`` takes what is there; when nothing is, the native stream calls back
+    (``on_ready``) as soon as a chunk or the end arrives. Past the deadline,
+    ``poll()`` settles the stream as Timeout.
+    """
     loop = asyncio.get_running_loop()
-    sentinel = object()
     while True:
-        item = await loop.run_in_executor(_STREAM_WAITERS, next, stream, sentinel)
-        if item is sentinel:
-            return
-        yield item
+        got, item = poll()
+        if got:
+            if item is None:
+                return
+            yield item
+            continue
+        waiter: asyncio.Future[None] = loop.create_future()
+        native.on_ready(_wake(loop, waiter))
+        try:
+            await asyncio.wait_for(waiter, timeout=max(native.remaining(), 0.0) + 0.05)
+        except asyncio.TimeoutError:
+            pass  # past the deadline: the next poll() raises Timeout
 
 
 class TextStream:
@@ -134,10 +159,22 @@ class TextStream:
             if self.finish_reason is None:
                 self.finish_reason = "error"
             raise
-        if chunk.finish_reason is not None:
+        return self._seen(chunk)
+
+    def _seen(self, chunk: Any) -> Any:
+        if chunk is not None and chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
             self.stats = chunk.stats
         return chunk
+
+    def _poll(self) -> tuple[bool, Any]:
+        try:
+            got, chunk = self._native.poll()
+        except PoolError:
+            if self.finish_reason is None:
+                self.finish_reason = "error"
+            raise
+        return got, self._seen(chunk)
 
     def text(self) -> str:
         """Reads the stream to its end and returns the text."""
@@ -162,7 +199,7 @@ class TextStream:
 
     async def _aiter(self) -> AsyncIterator[Any]:
         try:
-            async for chunk in _wait_chunks(self):
+            async for chunk in _wait_chunks(self._poll, self._native):
                 yield chunk
         finally:
             if self.finish_reason is None:
@@ -206,11 +243,14 @@ class ImageStream:
         self.close()
 
     def __aiter__(self) -> AsyncIterator[Any]:
-        return _wait_chunks(self)
+        return _wait_chunks(self._native.poll, self._native)
 
     async def aresult(self) -> Any:
-        """``result()`` without blocking the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(_STREAM_WAITERS, self.result)
+        """``result()`` without blocking the event loop or holding a thread while it waits."""
+        if self._image is None:
+            async for _ in self:
+                pass
+        return self.result()
 
 
 async def _await_native(future: Any) -> np.ndarray:
@@ -439,8 +479,9 @@ class Pool:
         """``embed_images`` for asyncio (decoding and fetching run off the loop too)."""
         items = self._images(images)
         loop = asyncio.get_running_loop()
+        # Decoding and fetching are bounded work (the fetch timeout): the default executor.
         future = await loop.run_in_executor(
-            _STREAM_WAITERS, self._native.embed_images_async, key, items, _timeout(timeout), self._fetch_timeout
+            None, self._native.embed_images_async, key, items, _timeout(timeout), self._fetch_timeout
         )
         return await _await_native(future)
 

@@ -2,8 +2,59 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
+
 from . import _core
+from .errors import InvalidInput
 from .models import Model
+
+FAULTS: tuple[str, ...] = tuple(_core.fault_names())
+"""The failure points compiled into the library (see :func:`inject`)."""
+
+
+def inject(fault: str, count: int = 1, *, key: str | None = None, seconds: float = 0.0) -> None:
+    """Arms a failure point to fire ``count`` times (only for model ``key``, if given).
+
+    ``loader_throws``, ``forward_throws``, ``out_of_memory`` (torch's OutOfMemoryError
+    inside a request), ``replica_dies`` (the replica thread stops mid-job),
+    ``thread_create_fails``, ``slow_load`` (by ``seconds``), ``consumer_stalls`` (a
+    stream's consumer sleeps ``seconds`` before reading on) and ``clock_jump`` (the
+    pool clock moves ``seconds`` forward, at once). Off by default; a disarmed point
+    costs one atomic load. Faults are process-wide: clear them with :func:`clear_faults`.
+    """
+    if fault not in FAULTS:
+        raise InvalidInput(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 2**31 - 1:
+        raise InvalidInput(f"count must be an int in [1, 2**31 - 1], got {count!r}")
+    if key is not None and not isinstance(key, str):
+        raise InvalidInput(f"key must be a str or None, got {type(key).__name__}")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
+        raise InvalidInput(f"seconds must be a finite number >= 0, got {seconds!r}")
+    _core.inject_fault(fault, count, key or "", float(seconds))
+
+
+def clear_faults() -> None:
+    """Disarms every failure point."""
+    _core.clear_faults()
+
+
+def faults_fired(fault: str) -> int:
+    """How many times ``fault`` has fired in this process."""
+    if fault not in FAULTS:
+        raise InvalidInput(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+    return int(_core.faults_fired(fault))
+
+
+@contextlib.contextmanager
+def fault(name: str, count: int = 1, *, key: str | None = None, seconds: float = 0.0) -> Iterator[None]:
+    """``with mpool.testing.fault("forward_throws", key="emb"):`` arms, then clears every fault."""
+    inject(name, count, key=key, seconds=seconds)
+    try:
+        yield
+    finally:
+        clear_faults()
 
 
 def noop_model(dimension: int = 4, *, memory_mb: float = 1.0, max_replicas: int = 4) -> Model:

@@ -96,17 +96,20 @@ def test_final_chunk_carries_finish_reason_and_stats(pool):
 
 
 def test_overloaded_under_a_full_queue_rejects_fast():
+    gate = threading.Event()
     with mpool.Pool(max_queue=4, cold_start_replicas=1) as pool:
-        pool.register("m", mpool.testing.sleep_model(0.3, max_replicas=1))
+        pool.register("m", mpool.PyModel("text_embedding", lambda d: HashEmbedder(gate=gate), memory_mb=1,
+                                         max_replicas=1))
         futures = [pool._native.embed_async("m", ["x"], None, None)]
         assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
         futures += [pool._native.embed_async("m", ["x"], None, None) for _ in range(4)]  # 1 running + 4 queued
-        t0 = time.monotonic()
+        # Refused while the gate is still shut: a caller that blocked would wait for it.
         with pytest.raises(mpool.Overloaded, match="max_queue=4"):
             pool.embed("m", ["x"])
-        assert time.monotonic() - t0 < 0.1
+        assert not gate.is_set() and not futures[0].done()
+        gate.set()
         for f in futures:
-            assert f.result().shape == (1, 4)
+            assert f.result().shape == (1, 8)
 
 
 def test_shutdown_mid_stream_ends_the_stream_with_shutting_down():
@@ -148,7 +151,8 @@ def test_native_waits_release_the_gil_so_python_threads_progress(pool):
 
 
 def test_two_thousand_concurrent_mixed_requests_each_get_exactly_one_outcome():
-    outcomes: dict[int, str] = {}
+    outcomes: list[tuple[int, str]] = []
+    callbacks: dict[int, int] = {}
     lock = threading.Lock()
     with mpool.Pool(max_queue=200, request_timeout=30) as pool:
         pool.register("emb", mpool.PyModel("text_embedding", lambda d: HashEmbedder(), memory_mb=10))
@@ -156,18 +160,25 @@ def test_two_thousand_concurrent_mixed_requests_each_get_exactly_one_outcome():
         pool.register("gen", streamer())
         pool.register("slow", mpool.testing.sleep_model(0.002))
 
+        def called(i):
+            with lock:
+                callbacks[i] = callbacks.get(i, 0) + 1
+
         def one(i):
             kind = i % 5
             try:
                 if kind == 0:
-                    r = pool.embed("emb", ["boom" if i % 7 == 0 else f"text {i}"])
-                    assert r.shape == (1, 8)
+                    future = pool._native.embed_async("emb", ["boom" if i % 7 == 0 else f"text {i}"], None, None)
+                    future.add_done_callback(lambda: called(i))
+                    assert future.result().shape == (1, 8)
                 elif kind == 1:
                     assert pool.embed("native", [str(i)] * 3).shape == (3, 4)
                 elif kind == 2:
                     assert pool.generate("gen", "a b c", max_tokens=3).text() == "a b c "
                 elif kind == 3:
-                    pool.embed("slow", ["x"], timeout=0.001 if i % 11 == 0 else None)
+                    future = pool._native.embed_async("slow", ["x"], None, 0.001 if i % 11 == 0 else None)
+                    future.add_done_callback(lambda: called(i))
+                    future.result()
                 else:
                     s = pool.generate("native", "x", max_tokens=50)
                     next(s)
@@ -176,21 +187,28 @@ def test_two_thousand_concurrent_mixed_requests_each_get_exactly_one_outcome():
             except mpool.PoolError as e:
                 result = type(e).__name__
             with lock:
-                assert i not in outcomes
-                outcomes[i] = result
+                outcomes.append((i, result))
 
         threads = [threading.Thread(target=lambda k=k: [one(k * 100 + j) for j in range(100)]) for k in range(20)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert len(outcomes) == 2000
-        assert set(outcomes.values()) <= {"value", "ModelError", "Timeout", "Overloaded"}
-        assert "ModelError" in outcomes.values()
+        # Every request ended in exactly one outcome for its caller ...
+        assert sorted(i for i, _ in outcomes) == list(range(2000))
+        results = dict(outcomes)
+        assert set(results.values()) <= {"value", "ModelError", "Timeout", "Overloaded"}
+        assert "ModelError" in results.values()
+        # ... every future's callbacks ran exactly once, whatever its outcome ...
+        futures = [i for i in range(2000) if i % 5 in (0, 3) and results[i] != "Overloaded"]
+        assert wait_for(lambda: all(callbacks.get(i) == 1 for i in futures), 30)
+        assert all(n == 1 for n in callbacks.values())
+        # ... and the pool counted each accepted request once.
         stats = pool.stats()["models"]
         for m in stats.values():
             c = m["counts"]
             assert c["requests"] == c["succeeded"] + c["errors"] + c["timeouts"] + c["cancellations"] + c["rejections"]
+        assert stats["emb"]["counts"]["errors"] == sum(1 for i in range(0, 2000, 5) if i % 7 == 0)
 
 
 def test_asyncio_twins_do_not_block_the_event_loop(pool):
@@ -267,21 +285,35 @@ def test_random_mixed_load_from_many_threads_leaves_the_pool_idle_and_consistent
     with mpool.Pool(max_queue=64) as pool:
         pool.register("native", mpool.testing.noop_model())
         errors = []
+        done = {"embed": 0, "stream": 0, "closed": 0, "overloaded": 0}
+        lock = threading.Lock()
+
+        def count(what):
+            with lock:
+                done[what] += 1
 
         def worker(seed):
             r = random.Random(seed)
             for _ in range(50):
                 try:
                     if r.random() < 0.5:
-                        pool.embed("native", ["x"] * r.randint(1, 4))
+                        n = r.randint(1, 4)
+                        out = pool.embed("native", ["x"] * n)
+                        assert out.shape == (n, 4) and not out.any()  # the noop model's zeros
+                        count("embed")
                     else:
-                        s = pool.generate("native", "x", max_tokens=r.randint(1, 20))
+                        n = r.randint(1, 20)
+                        s = pool.generate("native", "x", max_tokens=n)
                         if r.random() < 0.3:
                             s.close()
+                            assert s.finish_reason == "cancelled"
+                            count("closed")
                         else:
-                            s.text()
+                            assert s.text() == "".join(f"{i} " for i in range(n))
+                            assert s.finish_reason == "length" and s.stats.completion_tokens == n
+                            count("stream")
                 except mpool.Overloaded:
-                    pass
+                    count("overloaded")
                 except Exception as e:  # noqa: BLE001 - the assertion below reports it
                     errors.append(e)
 
@@ -291,7 +323,17 @@ def test_random_mixed_load_from_many_threads_leaves_the_pool_idle_and_consistent
         for t in threads:
             t.join()
         assert errors == []
+        assert sum(done.values()) == 400
         assert wait_for(lambda: pool.stats()["models"]["native"]["busy_replicas"] == 0)
+        m = pool.stats()["models"]["native"]
+        c = m["counts"]
+        assert m["queued"] == 0
+        assert c["requests"] == 400
+        assert c["rejections"] == done["overloaded"]
+        # A closed stream settles as cancelled, unless it had already finished.
+        assert c["succeeded"] + c["cancellations"] == done["embed"] + done["stream"] + done["closed"]
+        assert c["cancellations"] <= done["closed"]
+        assert c["errors"] == 0 and c["timeouts"] == 0
 
 
 def test_max_tokens_holds_even_for_a_model_that_ignores_it(pool):

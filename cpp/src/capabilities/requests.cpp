@@ -2,8 +2,12 @@
 
 #include <ATen/ATen.h>
 
+#include <c10/util/Exception.h>
+
 #include <algorithm>
 #include <chrono>
+
+#include "mpool/core/faults.h"
 
 namespace mpool::capabilities {
 namespace {
@@ -19,6 +23,20 @@ Cap& as(Instance& instance) {
   if (auto* cap = dynamic_cast<Cap*>(&instance)) return *cap;
   throw Error(ErrorCode::kModelError,
               std::string("the loaded instance does not implement ") + Cap::kName + " although its spec declares it");
+}
+
+// Runs a model call; the allocator running out of memory (torch's
+// OutOfMemoryError, or the out_of_memory fault) becomes MemoryExhausted.
+template <class F>
+auto guard_oom(F&& call) -> decltype(call()) {
+  try {
+    if (core::faults::fire(core::faults::Fault::kOutOfMemory, core::faults::current_model()))
+      throw c10::OutOfMemoryError(c10::SourceLocation{__func__, __FILE__, __LINE__}, "injected fault out_of_memory");
+    return call();
+  } catch (const c10::OutOfMemoryError& e) {
+    throw Error(ErrorCode::kMemoryExhausted,
+                std::string("the model ran out of memory during the request: ") + e.what_without_backtrace());
+  }
 }
 
 // Checks an embedding the model returned and brings it to float32 on the CPU.
@@ -53,7 +71,8 @@ class EmbeddingJob final : public core::Job {
   size_t batch_cost() const override { return cost_; }
 
   void run(Instance& instance) override {
-    Tensor out = checked_embedding(embed_(as<Cap>(instance), inputs_, context()), inputs_.size(), what_);
+    Tensor out = checked_embedding(guard_oom([&] { return embed_(as<Cap>(instance), inputs_, context()); }),
+                                   inputs_.size(), what_);
     deliver(out);
   }
 
@@ -63,9 +82,13 @@ class EmbeddingJob final : public core::Job {
     std::stable_sort(jobs.begin(), jobs.end(), [](auto* a, auto* b) { return a->cost_ < b->cost_; });
     std::vector<Input> all;
     for (auto* j : jobs) all.insert(all.end(), j->inputs_.begin(), j->inputs_.end());
+    // The merged call stops only when every request in it should stop.
+    std::vector<std::shared_ptr<RequestContext>> contexts;
+    for (auto* j : jobs) contexts.push_back(j->context_ptr());
+    auto group = RequestContext::group(std::move(contexts));
     Tensor out;
     try {
-      out = checked_embedding(embed_(as<Cap>(instance), all, context()), all.size(), what_);
+      out = checked_embedding(guard_oom([&] { return embed_(as<Cap>(instance), all, *group); }), all.size(), what_);
     } catch (const std::exception&) {
       // One bad input must fail only its own request: retry them one by one.
       for (auto* j : jobs) core::run_isolated(*j, instance, "model");
@@ -142,7 +165,7 @@ std::shared_ptr<TextStream> submit_text_stream(
       return out.push(TextChunk{std::move(piece.text), std::move(piece.token_ids), std::move(piece.logprobs),
                                 std::nullopt, std::nullopt});
     };
-    Completion done = run(as<Cap>(inst), sink, ctx);
+    Completion done = guard_oom([&] { return run(as<Cap>(inst), sink, ctx); });
     if (ctx.should_stop()) return;  // the job reports Timeout or Cancelled
     if (hit_limit) done.finish_reason = "length";
     if (done.finish_reason != "stop" && done.finish_reason != "length")
@@ -222,7 +245,7 @@ std::shared_ptr<ImageStream> generate_image(core::Pool& pool, const std::string&
   auto fn = [prompt = std::move(prompt), config = std::move(config)](Instance& inst, RequestContext& ctx,
                                                                      ImageStream& out) {
     ProgressSink progress = [&](ImageProgress p) { return out.push(ImageEvent(std::move(p))); };
-    Image image = as<TextToImage>(inst).generate_image(prompt, config, progress, ctx);
+    Image image = guard_oom([&] { return as<TextToImage>(inst).generate_image(prompt, config, progress, ctx); });
     if (ctx.should_stop()) return;
     if (!image.defined() || image.dim() != 3 || image.scalar_type() != at::kByte ||
         (image.size(2) != 1 && image.size(2) != 3 && image.size(2) != 4))

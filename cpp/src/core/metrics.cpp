@@ -53,6 +53,7 @@ MetricsSnapshot ModelMetrics::snapshot() const {
   s.replicas_spawned = replicas_spawned.load();
   s.replicas_evicted = replicas_evicted.load();
   s.spawn_failures = spawn_failures.load();
+  s.replica_deaths = replica_deaths.load();
   s.queue = queue.summary();
   s.compute = compute.summary();
   s.first_chunk = first_chunk.summary();

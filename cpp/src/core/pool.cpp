@@ -1,16 +1,28 @@
 #include "mpool/core/pool.h"
+#include "mpool/core/faults.h"
 #include "mpool/core/spin.h"
 
 #include <tbb/concurrent_queue.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <sstream>
+#include <system_error>
 
 namespace mpool::core {
 namespace {
 
 enum ReplicaState : int { kLoading, kIdle, kBusy, kDead };
+
+// The pool whose replica or maintenance thread this is (null elsewhere).
+thread_local const void* tls_pool = nullptr;
+
+// A replica thread that stops in the middle of a job (the replica_dies fault, or
+// anything thrown by the replica's own bookkeeping).
+struct ReplicaDeath : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
@@ -40,18 +52,26 @@ void fail_all(Deferred& deferred) {
   deferred.clear();
 }
 
-// Empties `queue`, keeping its retire pills counted right, and sets every job
-// aside to fail with `error` once the pool lock is released.
+// Takes every job out of `queue` and sets it aside to fail with `error` once the
+// pool lock is released. Retire pills stay queued: each belongs to a replica that
+// must still exit.
 template <class Queue>
-void drain(Queue& queue, std::atomic<int>& pills, const Error& error, Deferred& deferred) {
+void drain(Queue& queue, const Error& error, Deferred& deferred) {
   std::shared_ptr<Job> job;
+  int pills = 0;
   while (queue.try_pop(job)) {
     if (!job) {
-      pills--;
+      ++pills;
       continue;
     }
     deferred.emplace_back(std::move(job), error);
   }
+  for (int i = 0; i < pills; ++i) queue.push(nullptr);  // capacity keeps room for pills
+}
+
+Error as_error(const std::exception& e, ErrorCode code, const std::string& what) {
+  if (auto* err = dynamic_cast<const Error*>(&e)) return *err;
+  return Error(code, what + ": " + e.what());
 }
 
 }  // namespace
@@ -60,17 +80,18 @@ struct Pool::Replica {
   uint64_t id = 0;
   std::string device;
   double mb = 0;
-  std::thread thread;
+  std::thread thread;  // moved to exited_ once dead (mu_)
   std::atomic<int> state{kLoading};
   std::atomic<int64_t> last_active_ns{now_ns()};
   std::mutex current_mu;
-  std::vector<std::shared_ptr<Job>> current;  // the jobs running now, for shutdown
+  std::vector<std::shared_ptr<Job>> current;  // the jobs running now, for shutdown and death
 };
 
 struct Pool::Model {
   std::string key;
   ModelSpec spec;
-  bool pinned = false;
+  bool pinned = false;            // (mu_)
+  bool removed = false;           // unregistered: nothing may spawn for it again (mu_)
   std::atomic<double> keep_alive_s{0};  // effective: the spec's or the pool default
   tbb::concurrent_bounded_queue<std::shared_ptr<Job>> queue;  // nullptr = retire one replica
   std::vector<std::shared_ptr<Replica>> replicas;             // until reaped (mu_)
@@ -97,20 +118,34 @@ struct Pool::Model {
     auto size = static_cast<long>(queue.size()) - pills.load();
     return size > 0 ? static_cast<size_t>(size) : 0;
   }
+  // Nothing asked of it is unfinished: no request in flight and no replica in a
+  // job (a job whose caller gave up still runs, and still uses the model).
+  bool idle() const { return metrics->in_flight.load() == 0 && count(kBusy) == 0; }
 };
 
 Pool::Pool(PoolOptions options)
     : options_(std::move(options)),
       governor_(std::make_shared<MemoryGovernor>(options_.probe, options_.memory)) {
+  check_duration("request_timeout", options_.request_timeout_s);
+  check_duration("keep_alive", options_.keep_alive_s);
+  check_duration("scale_up_after", options_.scale_up_after_s);
+  check_duration("scale_down_after", options_.scale_down_after_s);
+  check_duration("maintenance_interval", options_.maintenance_interval_s);
   check(options_.request_timeout_s > 0, ErrorCode::kInvalidInput,
         "request_timeout must be > 0 seconds, got " + std::to_string(options_.request_timeout_s));
   check(options_.max_queue > 0, ErrorCode::kInvalidInput, "max_queue must be > 0");
   check(options_.cold_start_replicas >= 1, ErrorCode::kInvalidInput, "cold_start_replicas must be >= 1");
   check(options_.maintenance_interval_s > 0, ErrorCode::kInvalidInput, "maintenance_interval must be > 0");
+  check(!std::isnan(options_.scale_up_queue_depth) && options_.scale_up_queue_depth >= 0, ErrorCode::kInvalidInput,
+        "scale_up_queue_depth must be >= 0");
+  check(options_.scale_up_after_s >= 0, ErrorCode::kInvalidInput, "scale_up_after must be >= 0 seconds");
+  check(options_.scale_down_after_s >= 0, ErrorCode::kInvalidInput, "scale_down_after must be >= 0 seconds");
   maintenance_ = std::thread([this] { maintenance_loop(); });
 }
 
 Pool::~Pool() { shutdown(); }
+
+bool Pool::on_own_thread() const noexcept { return tls_pool == this; }
 
 // --- registry ------------------------------------------------------------------
 
@@ -118,13 +153,14 @@ void Pool::register_model(const std::string& key, ModelSpec spec) {
   check(!key.empty(), ErrorCode::kInvalidInput, "model key must not be empty");
   check(static_cast<bool>(spec.loader), ErrorCode::kInvalidInput, "model '" + key + "' has no loader");
   check(!spec.capabilities.empty(), ErrorCode::kInvalidInput, "model '" + key + "' declares no capability");
-  check(spec.memory_mb >= 0, ErrorCode::kInvalidInput,
-        "model '" + key + "': memory_mb must be >= 0, got " + std::to_string(spec.memory_mb));
-  check(spec.max_replicas >= 1, ErrorCode::kInvalidInput,
-        "model '" + key + "': max_replicas must be >= 1, got " + std::to_string(spec.max_replicas));
+  check(spec.memory_mb >= 0 && std::isfinite(spec.memory_mb), ErrorCode::kInvalidInput,
+        "model '" + key + "': memory_mb must be finite and >= 0, got " + std::to_string(spec.memory_mb));
+  check(spec.max_replicas >= 1 && spec.max_replicas <= 1024, ErrorCode::kInvalidInput,
+        "model '" + key + "': max_replicas must be in [1, 1024], got " + std::to_string(spec.max_replicas));
+  if (spec.keep_alive_s) check_duration("model '" + key + "': keep_alive", *spec.keep_alive_s);
   check(!spec.devices.empty(), ErrorCode::kInvalidInput, "model '" + key + "' lists no device");
   for (auto& d : spec.devices) {
-    bool ok = d == "cpu" || (d.rfind("cuda:", 0) == 0 && d.size() > 5 &&
+    bool ok = d == "cpu" || (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() < 10 &&
                              d.find_first_not_of("0123456789", 5) == std::string::npos);
     check(ok, ErrorCode::kInvalidInput,
           "model '" + key + "': device '" + d + "' is not \"cpu\" or \"cuda:N\"");
@@ -143,16 +179,27 @@ void Pool::register_model(const std::string& key, ModelSpec spec) {
 }
 
 void Pool::unregister_model(const std::string& key, double timeout_s) {
-  unload(key, timeout_s);
+  check_duration("timeout", timeout_s);
   Deferred deferred;
-  {
-    std::lock_guard lock(mu_);
-    auto model = find_locked(key);
-    drain(model->queue, model->pills, Error(ErrorCode::kModelNotFound, "model '" + key + "' was unregistered"),
-          deferred);
-    models_.erase(key);
-  }
+  Lock lock(mu_);
+  auto model = find_locked(key);
+  // From here no request can reach it and nothing can spawn for it; every replica
+  // it has, loading ones included, gets a retire pill behind the queued work it
+  // may still be running.
+  model->removed = true;
+  models_.erase(key);
+  unregistered_.push_back(model);
+  drain(model->queue, Error(ErrorCode::kModelNotFound, "model '" + key + "' was unregistered"), deferred);
+  retire_locked(*model, model->live() - model->pills.load());
+  lock.unlock();
   fail_all(deferred);
+  lock.lock();
+  // Waiting on our own replica would wait for ourselves: then the maintenance
+  // thread reaps it once it exits.
+  if (!on_own_thread()) wait_exits(lock, deadline_after(timeout_s), [&] { return model->live() == 0; });
+  reap_locked();
+  lock.unlock();
+  join_exited();
 }
 
 bool Pool::has_model(const std::string& key) const {
@@ -171,14 +218,14 @@ std::shared_ptr<Pool::Model> Pool::find_locked(const std::string& key) const {
 
 std::shared_ptr<RequestContext> Pool::make_context(const std::string& key, const RequestOptions& options) {
   double timeout = options.timeout_s.value_or(options_.request_timeout_s);
+  check_duration("timeout", timeout);
   check(timeout > 0, ErrorCode::kInvalidInput, "timeout must be > 0 seconds, got " + std::to_string(timeout));
   std::shared_ptr<ModelMetrics> metrics;
   {
     std::lock_guard lock(mu_);
     metrics = find_locked(key)->metrics;
   }
-  auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout));
-  return std::make_shared<RequestContext>(deadline, std::move(metrics));
+  return std::make_shared<RequestContext>(deadline_after(timeout), std::move(metrics));
 }
 
 // --- requests ------------------------------------------------------------------
@@ -186,7 +233,7 @@ std::shared_ptr<RequestContext> Pool::make_context(const std::string& key, const
 void Pool::submit(const std::string& key, const std::string& capability, std::shared_ptr<Job> job) {
   check(job != nullptr, ErrorCode::kInternal, "submit() got no job");
   Deferred deferred;
-  std::unique_lock lock(mu_);
+  Lock lock(mu_);
   check(!shutting_down_, ErrorCode::kShuttingDown, "pool is shutting down; request for '" + key + "' refused");
   auto model = find_locked(key);
   auto& caps = model->spec.capabilities;
@@ -202,38 +249,67 @@ void Pool::submit(const std::string& key, const std::string& capability, std::sh
   if (model->serving() <= 0 && !model->starting) {
     model->starting = true;
     model->last_spawn_error.clear();
+    std::optional<Error> failed;
     try {
-      spawn_locked(lock, model, std::min(options_.cold_start_replicas, model->spec.max_replicas), /*allow_evict=*/true);
-    } catch (const Error& e) {
-      model->starting = false;
-      model->metrics->errors++;
-      // Requests that queued behind this cold start share its fate.
-      drain(model->queue, model->pills, e, deferred);
-      lock.unlock();
-      fail_all(deferred);
-      throw;
+      // Waiting for memory (evictions, retiring replicas) is bounded by this request's deadline.
+      spawn_locked(lock, model, std::min(options_.cold_start_replicas, model->spec.max_replicas),
+                   /*allow_evict=*/true, job->context().deadline());
+    } catch (const std::exception& e) {
+      failed = as_error(e, ErrorCode::kSpawnFailed, "cannot load '" + key + "'");
     }
     model->starting = false;
+    if (failed) {
+      // Requests that queued behind this cold start share its fate; this one
+      // settles with it too (its caller gets the exception).
+      drain(model->queue, *failed, deferred);
+      deferred.emplace_back(job, *failed);
+      lock.unlock();
+      fail_all(deferred);
+      throw *failed;
+    }
   }
   model->last_used_ns = now_ns();
   auto context = job->context_ptr();
   context->mark_accepted();  // before the push: a replica may settle it at once
-  if (!model->queue.try_push(std::move(job))) {  // capacity has headroom; this is a bug guard
-    context->settle(Outcome::kFailed);
+  if (!model->queue.try_push(job)) {  // capacity has headroom; this is a bug guard
+    lock.unlock();
+    job->fail(Error(ErrorCode::kOverloaded, "model '" + key + "' queue is full"));
     throw Error(ErrorCode::kOverloaded, "model '" + key + "' queue is full");
   }
-  maybe_scale_up_locked(lock, model);
+  // The job is queued: whatever growth does, the caller's request stands.
+  try {
+    maybe_scale_up_locked(lock, model);
+  } catch (const std::exception& e) {
+    model->last_spawn_error = e.what();
+  }
 }
 
 // --- replicas ------------------------------------------------------------------
 
-bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int count, bool allow_evict) {
-  check(!shutting_down_, ErrorCode::kShuttingDown, "pool is shutting down; '" + model->key + "' not loaded");
+bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int count, bool allow_evict,
+                        Clock::time_point deadline) {
+  auto still_wanted = [&] {
+    check(!shutting_down_, ErrorCode::kShuttingDown, "pool is shutting down; '" + model->key + "' not loaded");
+    check(!model->removed, ErrorCode::kModelNotFound, "model '" + model->key + "' was unregistered");
+  };
+  auto out_of_time = [&] {
+    if (Clock::now() >= deadline)
+      throw Error(ErrorCode::kTimeout,
+                  "request timed out while waiting for memory to load '" + model->key + "'");
+  };
+  still_wanted();
   const double est = model->spec.memory_mb;
   for (int n = count; n >= 1; --n) {
     for (auto& device : model->spec.devices) {
       if (auto r = governor_->try_reserve(device, n * est)) {
-        for (int i = 0; i < n; ++i) spawn_replica_locked(model, r->split(est));
+        for (int i = 0; i < n; ++i) {
+          try {
+            spawn_replica_locked(model, r->split(est));
+          } catch (const std::exception&) {
+            if (i == 0) throw;  // none started: the caller gets the error
+            return true;        // one is serving; the error is recorded on the model
+          }
+        }
         return true;
       }
     }
@@ -247,19 +323,23 @@ bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int cou
         spawn_replica_locked(model, std::move(*r));
         return true;
       }
-      if (!evict_one_locked(lock, device, model.get())) break;
-      check(!shutting_down_, ErrorCode::kShuttingDown, "pool is shutting down; '" + model->key + "' not loaded");
+      out_of_time();
+      if (!evict_one_locked(lock, device, model.get(), deadline)) break;
+      still_wanted();
     }
   }
   // Replicas already retiring (keep-alive, unload) will hand their memory back soon.
   auto retiring = [&] {
     for (auto& [k, m] : models_)
       if (m->pills.load() > 0) return true;
+    for (auto& m : unregistered_)
+      if (m->live() > 0) return true;
     return false;
   };
-  auto give_up = Clock::now() + std::chrono::seconds(30);
-  while (retiring() && Clock::now() < give_up && !shutting_down_) {
-    exit_cv_.wait_for(lock, std::chrono::milliseconds(50));
+  auto give_up = std::min(deadline, Clock::now() + std::chrono::seconds(30));
+  while (retiring() && Clock::now() < give_up) {
+    exit_cv_.wait_until(lock, std::min(give_up, Clock::now() + std::chrono::milliseconds(50)));
+    still_wanted();
     reap_locked();
     for (auto& device : model->spec.devices) {
       if (auto r = governor_->try_reserve(device, est)) {
@@ -268,6 +348,7 @@ bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int cou
       }
     }
   }
+  out_of_time();
   std::string detail;
   for (auto& device : model->spec.devices) {
     auto d = governor_->device(device);
@@ -282,15 +363,31 @@ bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int cou
 }
 
 void Pool::spawn_replica_locked(const std::shared_ptr<Model>& model, Reservation reservation) {
+  // The one place a replica is born: never after shutdown began, never for a
+  // model that is gone. A throw here releases the reservation (RAII).
+  check(!shutting_down_, ErrorCode::kShuttingDown, "pool is shutting down; '" + model->key + "' not loaded");
+  check(!model->removed, ErrorCode::kModelNotFound, "model '" + model->key + "' was unregistered");
   auto replica = std::make_shared<Replica>();
   replica->id = next_replica_id_++;
   replica->device = reservation.device();
   replica->mb = reservation.mb();
+  std::thread thread;
+  try {
+    if (faults::fire(faults::Fault::kThreadCreateFails, &model->key))
+      throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again),
+                              "injected fault thread_create_fails");
+    thread = std::thread([this, model, replica, r = std::move(reservation)]() mutable {
+      worker_main(model, replica, std::move(r));
+    });
+  } catch (const std::exception& e) {
+    model->metrics->spawn_failures++;
+    model->last_spawn_error = std::string("could not start a replica thread: ") + e.what();
+    throw Error(ErrorCode::kSpawnFailed, "model '" + model->key + "': " + model->last_spawn_error);
+  }
+  // Recorded only once its thread exists (we hold mu_, so the thread cannot look yet).
+  replica->thread = std::move(thread);
   model->replicas.push_back(replica);
   model->scale_pressure_since = {};
-  replica->thread = std::thread([this, model, replica, r = std::move(reservation)]() mutable {
-    worker_main(model, replica, std::move(r));
-  });
 }
 
 void Pool::retire_locked(Model& model, int count) {
@@ -300,18 +397,20 @@ void Pool::retire_locked(Model& model, int count) {
   }
 }
 
-bool Pool::evict_one_locked(Lock& lock, const std::string& device, const Model* protect) {
+template <class Pred>
+bool Pool::wait_exits(Lock& lock, Clock::time_point until, Pred pred) {
+  return wait_until_sliced(exit_cv_, lock, until, pred);
+}
+
+bool Pool::evict_one_locked(Lock& lock, const std::string& device, const Model* protect, Clock::time_point deadline) {
   // Idle extra replicas go first, then whole idle models; least recently used first.
   std::shared_ptr<Model> victim;
   int count = 0;
   for (int pass = 0; pass < 2 && !victim; ++pass) {
     for (auto& [key, m] : models_) {
-      if (m.get() == protect || m->pinned || m->starting || m->metrics->in_flight.load() != 0) continue;
+      if (m.get() == protect || m->pinned || m->starting || !m->idle()) continue;
       int serving = m->serving();
       bool on_device = std::any_of(m->replicas.begin(), m->replicas.end(), [&](auto& r) {
-        // in_flight == 0 already says no request is running; a replica may still be
-        // flagged busy for the instant after it delivered its last result, or still
-        // loading (it takes its retire pill once loaded).
         return r->device == device && r->state.load() != kDead;
       });
       if (!on_device) continue;
@@ -327,31 +426,55 @@ bool Pool::evict_one_locked(Lock& lock, const std::string& device, const Model* 
   int target = victim->dead + count;
   retire_locked(*victim, count);
   victim->metrics->replicas_evicted += count;
-  // Wait (lock released) until the memory is actually back.
-  exit_cv_.wait_for(lock, std::chrono::seconds(60), [&] { return victim->dead >= target; });
+  // Wait (lock released) until the memory is actually back, within the deadline.
+  wait_exits(lock, std::min(deadline, Clock::now() + std::chrono::seconds(60)),
+             [&] { return victim->dead >= target; });
   reap_locked();
   return true;
 }
 
 void Pool::reap_locked() {
-  for (auto& [key, m] : models_) {
-    auto& rs = m->replicas;
+  // Dead replicas leave the lists; their threads are joined later, outside mu_
+  // (a dead replica may still be running callbacks that call into the pool).
+  auto reap = [&](Model& m) {
+    auto& rs = m.replicas;
     for (auto it = rs.begin(); it != rs.end();) {
       if ((*it)->state.load() == kDead) {
-        if ((*it)->thread.joinable()) (*it)->thread.join();  // it has left the pool's code
+        if ((*it)->thread.joinable()) exited_.push_back(std::move((*it)->thread));
         it = rs.erase(it);
       } else {
         ++it;
       }
     }
+  };
+  for (auto& [key, m] : models_) reap(*m);
+  for (auto& m : unregistered_) reap(*m);
+  unregistered_.erase(std::remove_if(unregistered_.begin(), unregistered_.end(),
+                                     [](auto& m) { return m->replicas.empty(); }),
+                      unregistered_.end());
+}
+
+void Pool::join_exited() {
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard lock(mu_);
+    threads.swap(exited_);
+    // A dead replica may itself be here, in a callback: it is never joined by itself.
+    auto self = std::find_if(threads.begin(), threads.end(),
+                             [](auto& t) { return t.get_id() == std::this_thread::get_id(); });
+    if (self != threads.end()) {
+      exited_.push_back(std::move(*self));
+      threads.erase(self);
+    }
   }
+  for (auto& t : threads) t.join();
 }
 
 void Pool::maybe_scale_up_locked(Lock& lock, const std::shared_ptr<Model>& model) {
   int serving = model->serving();
   bool wants = serving > 0 && serving < model->spec.max_replicas && model->count(kLoading) == 0 &&
                static_cast<double>(model->queued()) > options_.scale_up_queue_depth * serving;
-  if (!wants || shutting_down_) {
+  if (!wants || shutting_down_ || model->removed) {
     model->scale_pressure_since = {};
     return;
   }
@@ -359,15 +482,21 @@ void Pool::maybe_scale_up_locked(Lock& lock, const std::shared_ptr<Model>& model
   if (model->scale_pressure_since == Clock::time_point{}) model->scale_pressure_since = now;
   std::chrono::duration<double> held = now - model->scale_pressure_since;
   if (held.count() < options_.scale_up_after_s) return;
-  // Growth never evicts: only spare memory buys an extra replica.
-  spawn_locked(lock, model, 1, /*allow_evict=*/false);
   model->scale_pressure_since = {};
+  // Growth never evicts: only spare memory buys an extra replica.
+  spawn_locked(lock, model, 1, /*allow_evict=*/false, Clock::now());
 }
 
 void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> replica, Reservation reservation) {
+  tls_pool = this;
+  faults::set_current_model(&model->key);
   std::shared_ptr<Instance> instance;
   std::string load_error;
   try {
+    double slow = 0;
+    if (faults::fire(faults::Fault::kSlowLoad, &model->key, &slow)) std::this_thread::sleep_for(to_duration(slow));
+    if (faults::fire(faults::Fault::kLoaderThrows, &model->key))
+      throw Error(ErrorCode::kSpawnFailed, "injected fault loader_throws");
     instance = model->spec.loader(replica->device);
     if (!instance) load_error = "the loader returned no instance";
   } catch (const std::exception& e) {
@@ -376,84 +505,15 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
     load_error = "the loader threw a non-standard exception";
   }
 
+  std::string death;  // why this replica stopped in the middle of a job
   if (instance) {
     model->metrics->replicas_spawned++;
-    replica->last_active_ns = now_ns();
-    replica->state = kIdle;
-    std::shared_ptr<Job> carry;  // popped while batching but not taken: runs next
-    bool retire = false;
-    while (!retire) {
-      std::shared_ptr<Job> job = std::move(carry);
-      // Poll briefly (a busy model's next job is usually right behind), then sleep.
-      if (!job && !spin_until([&] { return model->queue.try_pop(job); })) model->queue.pop(job);
-      if (!job) {
-        model->pills--;
-        break;
-      }
-      if (job->context().should_stop()) {  // expired or cancelled while queued
-        job->fail(job->context().stop_error());
-        continue;
-      }
-      std::vector<std::shared_ptr<Job>> batch{job};
-      const size_t budget = model->spec.batch_budget;
-      if (budget > 0 && !job->batch_key().empty()) {
-        // No timer: the batch is whatever of the same kind is queued right now.
-        size_t total = job->batch_cost();
-        std::shared_ptr<Job> next;
-        while (total < budget && model->queue.try_pop(next)) {
-          if (!next) {  // a retire pill: finish this batch, then go
-            model->pills--;
-            retire = true;
-            break;
-          }
-          if (next->context().should_stop()) {
-            next->fail(next->context().stop_error());
-            continue;
-          }
-          if (next->batch_key() != job->batch_key() || total + next->batch_cost() > budget) {
-            carry = std::move(next);
-            break;
-          }
-          total += next->batch_cost();
-          batch.push_back(std::move(next));
-        }
-      }
-      replica->state = kBusy;
-      {
-        std::lock_guard lock(replica->current_mu);
-        replica->current = batch;
-      }
-      auto start = Clock::now();
-      for (auto& j : batch)
-        model->metrics->queue.add(std::chrono::duration<double, std::milli>(start - j->context().created()).count());
-      if (batch.size() == 1) {
-        run_isolated(*job, *instance, model->key);
-      } else {
-        try {
-          job->run_batch(*instance, batch);
-        } catch (const Error& e) {
-          for (auto& j : batch) j->fail(e);
-        } catch (const std::exception& e) {
-          for (auto& j : batch) j->fail(Error(ErrorCode::kModelError, "model '" + model->key + "' failed: " + e.what()));
-        } catch (...) {
-          for (auto& j : batch)
-            j->fail(Error(ErrorCode::kModelError, "model '" + model->key + "' threw a non-standard exception"));
-        }
-      }
-      double compute_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-      for (size_t i = 0; i < batch.size(); ++i) model->metrics->compute.add(compute_ms);
-      {
-        std::lock_guard lock(replica->current_mu);
-        replica->current.clear();
-      }
-      job.reset();
-      batch.clear();
-      replica->last_active_ns = now_ns();
-      model->last_used_ns = now_ns();
-      replica->state = kIdle;
-      // keep_alive == 0 unloads right after the last request, not at the next tick.
-      if (model->metrics->in_flight.load() == 0 && model->keep_alive_s.load() == 0)
-        wake_maintenance();
+    try {
+      serve(*model, *replica, *instance);
+    } catch (const std::exception& e) {
+      death = e.what();
+    } catch (...) {
+      death = "a non-standard exception";
     }
     instance.reset();  // the model's memory goes back before the reservation does
   }
@@ -461,16 +521,35 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
 
   Deferred deferred;
   {
-    std::lock_guard lock(mu_);
-    if (!instance && !load_error.empty()) {
+    Lock lock(mu_);
+    if (!load_error.empty()) {
       model->metrics->spawn_failures++;
       model->last_spawn_error = load_error;
     }
     replica->state = kDead;
     model->dead++;
+    if (!death.empty()) {
+      // The jobs it was running get one typed outcome each; a replacement takes its place.
+      model->metrics->replica_deaths++;
+      std::vector<std::shared_ptr<Job>> current;
+      {
+        std::lock_guard current_lock(replica->current_mu);
+        current.swap(replica->current);
+      }
+      for (auto& job : current)
+        deferred.emplace_back(job, Error(ErrorCode::kModelError, "a replica of model '" + model->key +
+                                                                     "' died in the middle of the request: " + death));
+      if (!shutting_down_ && !model->removed) {
+        try {
+          spawn_locked(lock, model, 1, /*allow_evict=*/false, Clock::now());  // never releases the lock
+        } catch (const std::exception& e) {
+          model->last_spawn_error = std::string("replacing a dead replica failed: ") + e.what();
+        }
+      }
+    }
     // A failed load with nobody else left to serve: the waiting requests fail now.
     if (!load_error.empty() && model->serving() <= 0 && !model->starting)
-      drain(model->queue, model->pills,
+      drain(model->queue,
             Error(ErrorCode::kSpawnFailed,
                   "model '" + model->key + "' failed to load on " + replica->device + ": " + load_error),
             deferred);
@@ -478,6 +557,93 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
   exit_cv_.notify_all();
   fail_all(deferred);
   wake_maintenance();
+  faults::set_current_model(nullptr);
+}
+
+void Pool::serve(Model& model, Replica& replica, Instance& instance) {
+  replica.last_active_ns = now_ns();
+  replica.state = kIdle;
+  std::shared_ptr<Job> carry;  // popped while batching but not taken: runs next
+  bool retire = false;
+  while (!retire) {
+    std::shared_ptr<Job> job = std::move(carry);
+    // Poll briefly (a busy model's next job is usually right behind), then sleep.
+    if (!job && !spin_until([&] { return model.queue.try_pop(job); })) model.queue.pop(job);
+    if (!job) {
+      model.pills--;
+      break;
+    }
+    if (job->context().should_stop()) {  // expired or cancelled while queued
+      job->fail(job->context().stop_error());
+      continue;
+    }
+    std::vector<std::shared_ptr<Job>> batch{job};
+    const size_t budget = model.spec.batch_budget;
+    if (budget > 0 && !job->batch_key().empty()) {
+      // No timer: the batch is whatever of the same kind is queued right now.
+      size_t total = job->batch_cost();
+      std::shared_ptr<Job> next;
+      while (total < budget && model.queue.try_pop(next)) {
+        if (!next) {  // a retire pill: finish this batch, then go
+          model.pills--;
+          retire = true;
+          break;
+        }
+        if (next->context().should_stop()) {
+          next->fail(next->context().stop_error());
+          continue;
+        }
+        if (next->batch_key() != job->batch_key() || total + next->batch_cost() > budget) {
+          carry = std::move(next);
+          break;
+        }
+        total += next->batch_cost();
+        batch.push_back(std::move(next));
+      }
+    }
+    replica.state = kBusy;
+    {
+      std::lock_guard lock(replica.current_mu);
+      replica.current = batch;
+    }
+    if (carry) {  // a held-over job is this replica's too: it dies with it
+      std::lock_guard lock(replica.current_mu);
+      replica.current.push_back(carry);
+    }
+    auto start = Clock::now();
+    for (auto& j : batch)
+      model.metrics->queue.add(std::chrono::duration<double, std::milli>(start - j->context().created()).count());
+    if (faults::fire(faults::Fault::kReplicaDies, &model.key)) throw ReplicaDeath("injected fault replica_dies");
+    if (faults::fire(faults::Fault::kForwardThrows, &model.key)) {
+      for (auto& j : batch) j->fail(Error(ErrorCode::kModelError, "model '" + model.key + "' failed: injected fault forward_throws"));
+    } else if (batch.size() == 1) {
+      run_isolated(*job, instance, model.key);
+    } else {
+      try {
+        job->run_batch(instance, batch);
+      } catch (const Error& e) {
+        for (auto& j : batch) j->fail(e);
+      } catch (const std::exception& e) {
+        for (auto& j : batch) j->fail(Error(ErrorCode::kModelError, "model '" + model.key + "' failed: " + e.what()));
+      } catch (...) {
+        for (auto& j : batch)
+          j->fail(Error(ErrorCode::kModelError, "model '" + model.key + "' threw a non-standard exception"));
+      }
+    }
+    double compute_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    for (size_t i = 0; i < batch.size(); ++i) model.metrics->compute.add(compute_ms);
+    {
+      std::lock_guard lock(replica.current_mu);
+      replica.current.clear();
+    }
+    job.reset();
+    batch.clear();
+    replica.last_active_ns = now_ns();
+    model.last_used_ns = now_ns();
+    replica.state = kIdle;
+    // keep_alive == 0 unloads right after the last request, not at the next tick.
+    if (model.metrics->in_flight.load() == 0 && model.keep_alive_s.load() == 0) wake_maintenance();
+  }
 }
 
 // --- lifecycle -----------------------------------------------------------------
@@ -487,15 +653,21 @@ double Pool::keep_alive_of(const Model& model) const {
 }
 
 bool Pool::unload(const std::string& key, double timeout_s) {
+  check_duration("timeout", timeout_s);
   Lock lock(mu_);
   auto model = find_locked(key);
   int count = model->serving();
-  if (count <= 0) return true;
-  int target = model->dead + count;
-  retire_locked(*model, count);  // behind queued work, which finishes first
-  bool done = exit_cv_.wait_for(lock, std::chrono::duration<double>(timeout_s),
-                                [&] { return model->dead >= target; });
+  bool done = true;
+  if (count > 0) {
+    int target = model->dead + count;
+    retire_locked(*model, count);  // behind queued work, which finishes first
+    // On one of our own threads the replica to wait for may be this one.
+    done = !on_own_thread() &&
+           wait_exits(lock, deadline_after(timeout_s), [&] { return model->dead >= target; });
+  }
   reap_locked();
+  lock.unlock();
+  join_exited();
   return done;
 }
 
@@ -505,6 +677,7 @@ void Pool::set_pinned(const std::string& key, bool pinned) {
 }
 
 void Pool::set_keep_alive(const std::string& key, double keep_alive_s) {
+  check_duration("keep_alive", keep_alive_s);
   {
     std::lock_guard lock(mu_);
     find_locked(key)->keep_alive_s = keep_alive_s;
@@ -521,7 +694,8 @@ void Pool::wake_maintenance() {
 }
 
 void Pool::maintenance_loop() {
-  auto interval = std::chrono::duration<double>(options_.maintenance_interval_s);
+  tls_pool = this;
+  const auto interval = to_duration(options_.maintenance_interval_s);
   while (true) {
     {
       std::unique_lock lock(maintenance_mu_);
@@ -536,6 +710,7 @@ void Pool::maintenance_loop() {
     } catch (const std::exception& e) {  // keep maintaining; say why once per failure
       std::fprintf(stderr, "mpool: maintenance step failed: %s\n", e.what());
     }
+    join_exited();
   }
 }
 
@@ -546,28 +721,27 @@ void Pool::maintain_locked(Lock& lock) {
   std::vector<std::shared_ptr<Model>> models;
   for (auto& [key, m] : models_) models.push_back(m);
   for (auto& m : models) {
+    if (m->removed || shutting_down_) continue;  // changed while an eviction waited
     int serving = m->serving();
     // Requests queued with nobody to serve them (a failed load, or an eviction race).
     if (serving <= 0 && m->queued() > 0 && !m->starting) {
       if (!m->last_spawn_error.empty() && m->count(kLoading) == 0) {
-        drain(m->queue, m->pills,
-              Error(ErrorCode::kSpawnFailed, "model '" + m->key + "' failed to load: " + m->last_spawn_error),
+        drain(m->queue, Error(ErrorCode::kSpawnFailed, "model '" + m->key + "' failed to load: " + m->last_spawn_error),
               deferred);
       } else if (m->count(kLoading) == 0) {
         m->starting = true;
         try {
-          spawn_locked(lock, m, 1, /*allow_evict=*/true);
-        } catch (const Error& e) {
-          drain(m->queue, m->pills, e, deferred);
+          spawn_locked(lock, m, 1, /*allow_evict=*/true, deadline_after(30));
+        } catch (const std::exception& e) {
+          drain(m->queue, as_error(e, ErrorCode::kSpawnFailed, "cannot load '" + m->key + "'"), deferred);
         }
         m->starting = false;
       }
       continue;
     }
     if (serving <= 0) continue;
-    bool idle = m->metrics->in_flight.load() == 0;
     double keep_alive = keep_alive_of(*m);
-    if (idle && !m->pinned && keep_alive >= 0 && seconds_since(m->last_used_ns.load()) >= keep_alive) {
+    if (m->idle() && !m->pinned && keep_alive >= 0 && seconds_since(m->last_used_ns.load()) >= keep_alive) {
       retire_locked(*m, serving);  // keep-alive expired: unload
       m->metrics->replicas_evicted += serving;
       continue;
@@ -580,15 +754,18 @@ void Pool::maintain_locked(Lock& lock) {
         }
       }
     }
-    maybe_scale_up_locked(lock, m);
-  }
-  // Critical pressure: evict idle memory, least recently used first, until it eases.
-  for (auto& d : governor_->snapshot()) {
-    auto reading = governor_->device(d.device);
-    while (reading && reading->pressure == Pressure::kCritical && !shutting_down_) {
-      if (!evict_one_locked(lock, d.device, nullptr)) break;
-      reading = governor_->device(d.device);
+    try {
+      maybe_scale_up_locked(lock, m);
+    } catch (const std::exception& e) {
+      m->last_spawn_error = e.what();
     }
+  }
+  // Critical pressure: evict one idle victim per device per tick, least recently
+  // used first. The next tick reads the memory afresh before deciding again, so
+  // one stale reading never empties the pool.
+  for (auto& d : governor_->snapshot()) {
+    if (shutting_down_) break;
+    if (d.pressure == Pressure::kCritical) evict_one_locked(lock, d.device, nullptr, deadline_after(60));
   }
   lock.unlock();
   fail_all(deferred);
@@ -596,57 +773,71 @@ void Pool::maintain_locked(Lock& lock) {
 }
 
 void Pool::shutdown(double drain_timeout_s) {
+  check_duration("timeout", drain_timeout_s);
+  check(!on_own_thread(), ErrorCode::kInvalidInput,
+        "close() was called on one of the pool's own threads (a done-callback, a model method or a __del__ "
+        "running there); it would wait for itself. Close the pool from another thread.");
   Lock lock(mu_);
   if (shutting_down_) {
     exit_cv_.wait(lock, [&] { return shut_down_; });
     return;
   }
   shutting_down_ = true;
-  // Drain: let queued and running work finish, up to the timeout.
-  auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(drain_timeout_s));
-  auto busy = [&] {
-    for (auto& [k, m] : models_)
-      if (m->metrics->in_flight.load() > 0 && m->live() > 0) return true;
-    return false;
+  auto each_model = [&](auto fn) {
+    for (auto& [k, m] : models_) fn(*m);
+    for (auto& m : unregistered_) fn(*m);
   };
-  while (busy() && Clock::now() < until) exit_cv_.wait_for(lock, std::chrono::milliseconds(5));
-  // What is left gets ShuttingDown; running jobs are told to stop.
+  // Drain: let queued and running work finish, up to the timeout.
+  auto busy = [&] {
+    bool any = false;
+    each_model([&](Model& m) { any = any || (m.live() > 0 && (m.metrics->in_flight.load() > 0 || m.count(kBusy) > 0)); });
+    return any;
+  };
+  wait_exits(lock, deadline_after(drain_timeout_s), [&] { return !busy(); });
+  // What is left gets ShuttingDown; running jobs are told to stop once their
+  // outcome is recorded (so they end as ShuttingDown, never as Cancelled).
   Deferred deferred;
+  std::vector<std::shared_ptr<Job>> running;
   const Error refused(ErrorCode::kShuttingDown, "pool shut down before the request finished");
-  for (auto& [k, m] : models_) {
-    drain(m->queue, m->pills, refused, deferred);
-    for (auto& r : m->replicas) {
+  each_model([&](Model& m) {
+    drain(m.queue, refused, deferred);
+    for (auto& r : m.replicas) {
       std::lock_guard current_lock(r->current_mu);
       for (auto& job : r->current) {
         deferred.emplace_back(job, refused);
-        job->context().request_cancel();
+        running.push_back(job);
       }
     }
-    retire_locked(*m, m->live() - m->pills.load());
-  }
+    retire_locked(m, m.live() - m.pills.load());
+  });
   lock.unlock();
   fail_all(deferred);
+  for (auto& job : running) job->context().request_cancel();
+  running.clear();
   // Join every replica; a model that ignores cancellation is waited for, loudly.
   lock.lock();
   auto all_dead = [&] {
-    for (auto& [k, m] : models_)
-      if (m->live() > 0) return false;
-    return true;
+    bool dead = true;
+    each_model([&](Model& m) { dead = dead && m.live() == 0; });
+    return dead;
   };
-  while (!exit_cv_.wait_for(lock, std::chrono::seconds(10), all_dead)) {
-    for (auto& [k, m] : models_)
-      if (m->live() > 0)
+  while (!wait_exits(lock, Clock::now() + std::chrono::seconds(10), all_dead)) {
+    each_model([&](Model& m) {
+      if (m.live() > 0)
         std::fprintf(stderr, "mpool: shutdown is waiting for model '%s' to stop (%d replica(s) busy)\n",
-                     k.c_str(), m->live());
+                     m.key.c_str(), m.live());
+    });
   }
   reap_locked();
   lock.unlock();
+  join_exited();
   {
     std::lock_guard m(maintenance_mu_);
     maintenance_stop_ = true;
   }
   maintenance_cv_.notify_all();
   if (maintenance_.joinable()) maintenance_.join();
+  join_exited();  // anything the maintenance thread reaped last
   lock.lock();
   shut_down_ = true;
   exit_cv_.notify_all();
@@ -696,6 +887,8 @@ PoolStats Pool::stats() const {
       out.models.push_back(stats_locked(*m));
       out.threads += m->replicas.size();
     }
+    for (auto& m : unregistered_) out.threads += m->replicas.size();
+    out.threads += exited_.size();
     out.threads += maintenance_.joinable() ? 1 : 0;
   }
   out.devices = governor_->snapshot();

@@ -8,6 +8,14 @@ namespace mpool::core {
 RequestContext::RequestContext(Clock::time_point deadline, std::shared_ptr<ModelMetrics> metrics)
     : created_(Clock::now()), deadline_(deadline), metrics_(std::move(metrics)) {}
 
+std::shared_ptr<RequestContext> RequestContext::group(std::vector<std::shared_ptr<RequestContext>> members) {
+  Clock::time_point latest = Clock::time_point::min();
+  for (auto& m : members) latest = std::max(latest, m->deadline());
+  auto g = std::make_shared<RequestContext>(latest, nullptr);
+  g->members_ = std::move(members);
+  return g;
+}
+
 Error RequestContext::stop_error() const {
   switch (outcome()) {
     case Outcome::kTimedOut: return Error(ErrorCode::kTimeout, "request timed out");

@@ -18,12 +18,18 @@ namespace mpool::core::testing {
 class FixedProbe final : public MemoryProbe {
  public:
   explicit FixedProbe(double cpu_total_mb = 1e6, double cpu_free_mb = 1e6) : total_(cpu_total_mb), free_(cpu_free_mb) {}
-  std::vector<DeviceReading> read() override { return {{"cpu", total_, free_.load()}}; }
+  std::vector<DeviceReading> read() override {
+    reads_++;
+    return {{"cpu", total_, free_.load()}};
+  }
   void set_free(double mb) { free_ = mb; }
+  /// Readings taken so far: each maintenance tick takes one.
+  long reads() const { return reads_.load(); }
 
  private:
   double total_;
   std::atomic<double> free_;
+  std::atomic<long> reads_{0};
 };
 
 /// An instance whose work is a callable, so each test decides what "compute" means.
@@ -102,6 +108,13 @@ inline bool eventually(const std::function<bool()>& pred, double seconds = 5) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   return pred();
+}
+
+/// Waits until the pool's maintenance thread has ticked `n` more times (each tick
+/// reads `probe` once): event-driven, never a guess at how long a tick takes.
+inline bool wait_ticks(const FixedProbe& probe, long n, double seconds = 30) {
+  long target = probe.reads() + n;
+  return eventually([&] { return probe.reads() >= target; }, seconds);
 }
 
 /// Blocks callers until open() (for holding a replica busy).

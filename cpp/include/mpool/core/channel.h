@@ -10,6 +10,10 @@
 #include <optional>
 #include <utility>
 
+#include <thread>
+
+#include "mpool/core/clock.h"
+#include "mpool/core/faults.h"
 #include "mpool/core/job.h"
 
 namespace mpool::core {
@@ -28,14 +32,17 @@ class Channel {
   /// consumer is gone or the request must stop; the producer should then return.
   bool push(T chunk) {
     std::unique_lock lock(mu_);
-    not_full_.wait_until(lock, context_->deadline(), [&] {
+    wait_until_sliced(not_full_, lock, context_->deadline(), [&] {
       return buffer_.size() < capacity_ || ended_ || context_->cancel_requested();
     });
     if (ended_ || context_->should_stop()) return false;
     buffer_.push_back(std::move(chunk));
+    auto ready = std::move(ready_);
+    ready_ = nullptr;
     lock.unlock();
     context_->note_first_chunk();
     not_empty_.notify_one();
+    if (ready) ready();
     return true;
   }
   /// Ends the stream normally; false if it had already ended.
@@ -48,27 +55,49 @@ class Channel {
   /// Next chunk; nullopt at the normal end. Throws the stream's Error, or Timeout
   /// once the deadline passes with nothing to deliver.
   std::optional<T> next() {
+    double stall = 0;
+    if (faults::fire(faults::Fault::kConsumerStalls, nullptr, &stall))
+      std::this_thread::sleep_for(to_duration(stall));
     std::unique_lock lock(mu_);
     while (true) {
-      if (!buffer_.empty()) {
-        T chunk = std::move(buffer_.front());
-        buffer_.pop_front();
-        lock.unlock();
-        not_full_.notify_one();
-        return chunk;
-      }
-      if (ended_) {
-        if (error_) throw error_->error();
-        return std::nullopt;
-      }
-      if (!not_empty_.wait_until(lock, context_->deadline(),
-                                 [&] { return !buffer_.empty() || ended_; })) {
+      std::optional<T> chunk;
+      if (take_locked(lock, chunk)) return chunk;
+      if (!wait_until_sliced(not_empty_, lock, context_->deadline(), [&] { return !buffer_.empty() || ended_; })) {
         lock.unlock();
         end(Outcome::kTimedOut, Error(ErrorCode::kTimeout, "stream timed out"));
         context_->request_cancel();
         lock.lock();
       }
     }
+  }
+  /// next() without waiting: false when nothing is there yet; true with the
+  /// chunk, or with nullopt at the normal end (throws like next()).
+  bool try_next(std::optional<T>& out) {
+    std::unique_lock lock(mu_);
+    if (take_locked(lock, out)) return true;
+    if (Clock::now() < context_->deadline()) return false;
+    lock.unlock();
+    end(Outcome::kTimedOut, Error(ErrorCode::kTimeout, "stream timed out"));
+    context_->request_cancel();
+    lock.lock();
+    if (take_locked(lock, out)) return true;
+    return false;  // unreachable: the stream has ended
+  }
+  /// Calls `callback` once, when a chunk or the end is there (at once, on this
+  /// thread, if one already is); on the producer's thread otherwise, with no lock
+  /// held. A newer callback replaces an older one that has not run (the old one is
+  /// destroyed outside the lock). For consumers that wait without a thread.
+  void on_ready(std::function<void()> callback) {
+    std::function<void()> replaced;
+    {
+      std::lock_guard lock(mu_);
+      if (buffer_.empty() && !ended_) {
+        replaced = std::move(ready_);
+        ready_ = std::move(callback);
+        return;
+      }
+    }
+    callback();
   }
   /// The consumer is done reading: cancels the producer and frees its replica.
   void cancel() {
@@ -84,7 +113,27 @@ class Channel {
   const std::shared_ptr<RequestContext>& context() const { return context_; }
 
  private:
+  // Under the lock: pops the next chunk into `out` (true), or reports the end
+  // (true, out empty; throws the stream's error); false if nothing is there yet.
+  bool take_locked(std::unique_lock<std::mutex>& lock, std::optional<T>& out) {
+    if (!buffer_.empty()) {
+      out.emplace(std::move(buffer_.front()));
+      buffer_.pop_front();
+      lock.unlock();
+      not_full_.notify_one();
+      lock.lock();
+      return true;
+    }
+    if (ended_) {
+      out.reset();
+      if (error_) throw error_->error();
+      return true;
+    }
+    return false;
+  }
+
   bool end(Outcome outcome, std::optional<Error> error) {
+    std::function<void()> ready;
     {
       std::lock_guard lock(mu_);
       if (ended_) return false;
@@ -95,9 +144,12 @@ class Channel {
       } else if (error) {
         error_.emplace(ErrorInfo::of(*error));
       }
+      ready = std::move(ready_);
+      ready_ = nullptr;
     }
     not_empty_.notify_all();
     not_full_.notify_all();
+    if (ready) ready();
     return true;
   }
 
@@ -109,6 +161,7 @@ class Channel {
   std::deque<T> buffer_;
   bool ended_ = false;
   std::optional<ErrorInfo> error_;
+  std::function<void()> ready_;  // on_ready's callback, until it runs
 };
 
 /// A job that runs `fn`, which pushes chunks into a Channel<T>, then ends it.

@@ -35,7 +35,7 @@ class LatencyWindow {
 /// Plain copy of a model's counters.
 struct MetricsSnapshot {
   uint64_t requests = 0, succeeded = 0, errors = 0, timeouts = 0, rejections = 0, cancellations = 0;
-  uint64_t replicas_spawned = 0, replicas_evicted = 0, spawn_failures = 0;
+  uint64_t replicas_spawned = 0, replicas_evicted = 0, spawn_failures = 0, replica_deaths = 0;
   LatencySummary queue, compute, first_chunk;
 };
 
@@ -45,6 +45,8 @@ class ModelMetrics {
   std::atomic<uint64_t> requests{0}, succeeded{0}, errors{0}, timeouts{0}, rejections{0},
       cancellations{0};
   std::atomic<uint64_t> replicas_spawned{0}, replicas_evicted{0}, spawn_failures{0};
+  /// Replicas whose thread died in the middle of a job (and were replaced).
+  std::atomic<uint64_t> replica_deaths{0};
   /// Requests accepted and not yet settled; a model with none is idle.
   std::atomic<int64_t> in_flight{0};
   LatencyWindow queue, compute, first_chunk;

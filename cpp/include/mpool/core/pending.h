@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "mpool/core/job.h"
 #include "mpool/core/spin.h"
@@ -16,6 +17,9 @@
 namespace mpool::core {
 
 /// A result that a replica will deliver exactly once: a value or an Error.
+/// Whoever settles the request (the replica, the waiter at the deadline, a
+/// cancel) also completes the Pending: done() turns true and every callback runs
+/// once, on the settling thread, with no lock held.
 template <class T>
 class Pending {
  public:
@@ -36,19 +40,17 @@ class Pending {
     return true;
   }
 
-  /// Blocks until the result or the deadline; on the deadline settles Timeout and
-  /// cancels the job. Returns the value or throws the Error.
+  /// Blocks until the result or the deadline; on the deadline settles Timeout
+  /// (which completes this Pending) and cancels the job. Returns the value or
+  /// throws the Error; later calls return or throw the same at once.
   T wait() {
     spin_until([&] { return ready_.load(std::memory_order_acquire); });
     std::unique_lock lock(mu_);
-    if (!cv_.wait_until(lock, context_->deadline(), [&] { return done_; })) {
+    if (!wait_until_sliced(cv_, lock, context_->deadline(), [&] { return done_; })) {
       lock.unlock();
-      if (context_->settle(Outcome::kTimedOut)) {
-        context_->request_cancel();
-        throw context_->stop_error();
-      }
-      lock.lock();  // a replica won the race and is delivering right now
-      cv_.wait(lock, [&] { return done_; });
+      if (set_error(Error(ErrorCode::kTimeout, "request timed out"))) context_->request_cancel();
+      lock.lock();
+      cv_.wait(lock, [&] { return done_; });  // whoever settled completes it
     }
     return take(lock);
   }
@@ -56,28 +58,24 @@ class Pending {
   /// Cancels the request if it has not settled; true if this call settled it.
   bool cancel() {
     context_->request_cancel();
-    if (!context_->settle(Outcome::kCancelled)) return false;
-    finish([&] { error_.emplace(ErrorInfo{ErrorCode::kCancelled, "request cancelled"}); });
-    return true;
+    return set_error(Error(ErrorCode::kCancelled, "request cancelled"));
   }
 
-  /// Runs `callback` once the result is there (immediately if it already is), on
-  /// whichever thread delivers it.
+  /// Runs `callback` once the result is there (immediately, on this thread, if it
+  /// already is), on whichever thread delivers it. Every callback added runs.
   void on_done(Callback callback) {
-    std::unique_lock lock(mu_);
-    if (!done_) {
-      callback_ = std::move(callback);
-      return;
+    {
+      std::lock_guard lock(mu_);
+      if (!done_) {
+        callbacks_.push_back(std::move(callback));
+        return;
+      }
     }
-    lock.unlock();
     callback();
   }
 
-  /// True once the result is there.
-  bool done() const {
-    std::lock_guard lock(mu_);
-    return done_;
-  }
+  /// True once the result is there (lock-free: callers may hold other locks, the GIL).
+  bool done() const noexcept { return ready_.load(std::memory_order_acquire); }
   /// The result of a done Pending: the value, or throws its Error.
   T get() {
     std::unique_lock lock(mu_);
@@ -90,16 +88,22 @@ class Pending {
  private:
   template <class Fill>
   void finish(Fill fill) {
-    Callback callback;
+    std::vector<Callback> callbacks;
     {
       std::lock_guard lock(mu_);
       fill();
       done_ = true;
       ready_.store(true, std::memory_order_release);
-      callback = std::move(callback_);
+      callbacks.swap(callbacks_);
     }
     cv_.notify_all();
-    if (callback) callback();
+    // Run and destroy the callbacks with no lock held: they may take the GIL.
+    for (auto& cb : callbacks) {
+      try {
+        cb();
+      } catch (...) {  // a callback's failure is its own; the result stands
+      }
+    }
   }
 
   T take(std::unique_lock<std::mutex>&) {
@@ -111,10 +115,10 @@ class Pending {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
-  std::atomic<bool> ready_{false};  // done_, readable without the lock (for spinning)
+  std::atomic<bool> ready_{false};  // done_, readable without the lock
   std::optional<T> value_;
   std::optional<ErrorInfo> error_;
-  Callback callback_;
+  std::vector<Callback> callbacks_;
 };
 
 /// A job that computes one T with `fn` and delivers it to a Pending<T>.

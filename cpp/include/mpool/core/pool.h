@@ -100,9 +100,15 @@ class Pool {
   /// Snapshot of one model.
   ModelStats model_stats(const std::string& key) const;
 
-  /// Stops accepting, drains for up to `drain_timeout_s`, cancels what is left,
-  /// joins every thread, releases every reservation. Idempotent.
+  /// Stops accepting, drains for up to `drain_timeout_s` (inf: until done),
+  /// cancels what is left, joins every thread, releases every reservation.
+  /// Idempotent; a concurrent call returns once the first one finished. Throws
+  /// InvalidInput on one of the pool's own threads (it would wait for itself).
   void shutdown(double drain_timeout_s = 5);
+  /// True on one of this pool's replica threads or its maintenance thread (where
+  /// done-callbacks and model code run): shutdown() and destruction must not
+  /// happen there.
+  bool on_own_thread() const noexcept;
   /// True once shutdown began.
   bool shutting_down() const;
 
@@ -116,15 +122,20 @@ class Pool {
   using Lock = std::unique_lock<std::mutex>;
 
   std::shared_ptr<Model> find_locked(const std::string& key) const;
-  bool spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int count, bool allow_evict);
+  bool spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int count, bool allow_evict,
+                    Clock::time_point deadline);
   void spawn_replica_locked(const std::shared_ptr<Model>& model, Reservation reservation);
-  bool evict_one_locked(Lock& lock, const std::string& device, const Model* protect);
+  bool evict_one_locked(Lock& lock, const std::string& device, const Model* protect, Clock::time_point deadline);
   void retire_locked(Model& model, int count);
   void reap_locked();
+  void join_exited();
   void maybe_scale_up_locked(Lock& lock, const std::shared_ptr<Model>& model);
   void maintenance_loop();
   void maintain_locked(Lock& lock);
   void worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> replica, Reservation reservation);
+  void serve(Model& model, Replica& replica, Instance& instance);
+  template <class Pred>
+  bool wait_exits(Lock& lock, Clock::time_point until, Pred pred);
   double keep_alive_of(const Model& model) const;
   ModelStats stats_locked(const Model& model) const;
   void wake_maintenance();
@@ -134,6 +145,8 @@ class Pool {
   mutable std::mutex mu_;                 // registry, replica lists, lifecycle
   std::condition_variable exit_cv_;       // a replica exited (with mu_)
   std::map<std::string, std::shared_ptr<Model>> models_;
+  std::vector<std::shared_ptr<Model>> unregistered_;  // removed, replicas still exiting (mu_)
+  std::vector<std::thread> exited_;  // threads of dead replicas, joined outside mu_ (mu_)
   bool shutting_down_ = false;
   bool shut_down_ = false;
   uint64_t next_replica_id_ = 1;

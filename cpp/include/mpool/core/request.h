@@ -2,15 +2,16 @@
 // Per-request state shared by the caller, the queue and the replica: the
 // deadline, the cancel flag that models poll between steps, and the single
 // terminal outcome.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <vector>
 
+#include "mpool/core/clock.h"
 #include "mpool/core/error.h"
 
 namespace mpool::core {
-
-using Clock = std::chrono::steady_clock;
 
 class ModelMetrics;
 
@@ -23,8 +24,17 @@ class RequestContext {
   /// A request that must finish by `deadline`, reporting to `metrics` (may be null).
   RequestContext(Clock::time_point deadline, std::shared_ptr<ModelMetrics> metrics);
 
+  /// The context of a merged batch: it stops only when every member request
+  /// should stop, and its deadline is the latest of theirs.
+  static std::shared_ptr<RequestContext> group(std::vector<std::shared_ptr<RequestContext>> members);
+
   /// True once the caller cancelled or the deadline passed: the model should stop.
-  bool should_stop() const noexcept { return cancel_requested() || expired(); }
+  /// For a batch's group context: once every member should stop.
+  bool should_stop() const noexcept {
+    if (!members_.empty())
+      return std::all_of(members_.begin(), members_.end(), [](auto& m) { return m->should_stop(); });
+    return cancel_requested() || expired();
+  }
   /// True once someone asked to cancel (consumer closed, timeout, shutdown).
   bool cancel_requested() const noexcept { return cancelled_.load(std::memory_order_acquire); }
   /// True once the deadline has passed.
@@ -56,6 +66,7 @@ class RequestContext {
   Clock::time_point created_;
   Clock::time_point deadline_;
   std::shared_ptr<ModelMetrics> metrics_;
+  std::vector<std::shared_ptr<RequestContext>> members_;  // a batch's group context only
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> first_chunk_seen_{false};
   std::atomic<bool> accepted_{false};
