@@ -72,6 +72,18 @@ def run_async(coro_or_iter):
     return asyncio.run(main())
 
 
+IMAGE = np.zeros((2, 2, 3), dtype=np.uint8)
+
+
+def test_values_the_bindings_cannot_convert_are_invalid_input_not_runtime_error(full_pool):
+    # The Python layer never sends these; the bindings still translate a failed
+    # conversion (pybind11 cast_error) into InvalidInput, as a safety net.
+    with pytest.raises(mpool.InvalidInput, match="invalid argument"):
+        full_pool._native.generate("gen", "x", {"max_tokens": "5"}, None)
+    with pytest.raises(mpool.InvalidInput, match="invalid argument"):
+        full_pool._native.generate("gen", [1, "2"], {}, None)
+
+
 # --- a model that keeps its progress callback -----------------------------------------
 
 STASH_SCRIPT = textwrap.dedent(
