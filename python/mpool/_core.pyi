@@ -100,17 +100,17 @@ class Pool:
         self, key: str, texts: list[str], task: str | None = None, timeout: float | None = None, truncate: bool = True
     ) -> Future: ...
     def embed_images_async(
-        self, key: str, items: list[tuple[str, Any]], timeout: float | None, fetch_timeout: float
+        self, key: str, items: list[tuple[str, Any]], timeout: float, fetch_timeout: float
     ) -> Future: ...
     def generate(self, key: str, prompt: str | list[int], params: dict[str, Any], timeout: float | None) -> TextStream: ...
     def describe(
-        self, key: str, image: list[tuple[str, Any]], query: str, params: dict[str, Any], timeout: float | None,
+        self, key: str, image: list[tuple[str, Any]], query: str, params: dict[str, Any], timeout: float,
         fetch_timeout: float,
     ) -> TextStream: ...
     def generate_image(
         self, key: str, prompt: str, width: int, height: int, steps: int, guidance_scale: float,
         negative_prompt: str | None, seed: int | None, init_image: list[tuple[str, Any]], strength: float,
-        timeout: float | None, fetch_timeout: float,
+        timeout: float, fetch_timeout: float,
     ) -> ImageStream: ...
 
 def python_model_spec(
