@@ -154,7 +154,9 @@ void register_pool(py::module_& m) {
       .def_readwrite("max_replicas", &core::ModelSpec::max_replicas)
       .def_readwrite("keep_alive", &core::ModelSpec::keep_alive_s)
       .def_readwrite("pinned", &core::ModelSpec::pinned)
-      .def_readwrite("batch_budget", &core::ModelSpec::batch_budget);
+      .def_readwrite("batch_budget", &core::ModelSpec::batch_budget)
+      .def("copy", [](const core::ModelSpec& spec) { return core::ModelSpec(spec); },
+           "A copy to change without touching this spec (the loader is shared).");
 
   py::class_<core::Pool, PoolHolder>(m, "Pool", "The native pool; use mpool.Pool.")
       .def(py::init([](double memory_fraction, double reserve_mb, std::map<std::string, double> budget_mb,

@@ -68,6 +68,7 @@ class ModelSpec:
     keep_alive: float | None
     pinned: bool
     batch_budget: int
+    def copy(self) -> ModelSpec: ...
 
 class Pool:
     def __init__(

@@ -291,7 +291,8 @@ class Pool:
         id of a native model, whose family and capability are detected from its files
         (``dtype``, ``device`` and, for decoders, ``context_length`` apply to those:
         the longest prompt plus output, which sizes each replica's KV cache). Returns
-        what the pool knows of it.
+        what the pool knows of it. The overrides apply to this registration only:
+        the model object keeps its own settings.
         """
         key = v.key(key)
         if not key:
@@ -312,7 +313,7 @@ class Pool:
             )
         if not isinstance(model, Model):
             raise InvalidInput(f"model must be an mpool model (e.g. mpool.PyModel), got {type(model).__name__}")
-        spec = model._spec
+        spec = model._spec.copy()  # the overrides below must not leak into the model object
         if keep_alive is not None:
             spec.keep_alive = keep_alive
         if pinned is not None:

@@ -156,3 +156,23 @@ def test_adaptive_replicas_grow_under_sustained_queue_up_to_max():
             f.result()
         assert pool.stats()["models"]["m"]["counts"]["replicas_spawned"] == 3
 
+
+
+def test_register_overrides_apply_to_that_registration_only_never_to_the_model_object():
+    model = embedder(10)  # its own settings: keep_alive unset, not pinned, 4 replicas, cpu
+    with mpool.Pool(keep_alive=300.0) as pool:
+        pool.register("a", model, keep_alive=5.0, pinned=True, max_replicas=2, devices=["cuda:0"])
+        with pytest.raises(mpool.InvalidInput, match="already registered"):  # fails after the overrides
+            pool.register("a", model, keep_alive=7.0, pinned=True, max_replicas=3, devices=["cuda:1"])
+        pool.register("b", model)
+        settings = {m["key"]: m for m in pool.models()}
+    keep = ("keep_alive", "pinned", "max_replicas", "devices")
+    assert {k: settings["a"][k] for k in keep} == {
+        "keep_alive": 5.0, "pinned": True, "max_replicas": 2, "devices": ["cuda:0"]
+    }
+    assert {k: settings["b"][k] for k in keep} == {
+        "keep_alive": 300.0, "pinned": False, "max_replicas": 4, "devices": ["cpu"]
+    }
+    spec = model._spec
+    assert (spec.keep_alive, spec.pinned, spec.max_replicas, spec.devices) == (None, False, 4, ["cpu"])
+
