@@ -263,9 +263,8 @@ class Pool:
             # A tick, not a limit: inf would silently turn keep-alive, scale-down and eviction off.
             maintenance_interval=v.duration("maintenance_interval", maintenance_interval, allow_inf=False),
         )
-        self._native = native
-        self._closed = False
         self._lock = threading.Lock()
+        self._native = native
         # Chat templates by key: the model directory until first use, then the template.
         self._chat_sources: dict[str, str | ChatTemplate | None] = {}
         _LIVE_POOLS.add(self)
@@ -621,15 +620,16 @@ class Pool:
     # --- lifecycle ------------------------------------------------------------
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stops accepting, drains up to ``timeout`` s, cancels the rest, joins every thread."""
+        """Stops accepting, drains up to ``timeout`` s, cancels the rest, joins every thread.
+
+        Returns only once the pool is shut down, also when another thread is closing
+        it at the same time.
+        """
         drain = v.duration("timeout", timeout, allow_zero=True)
-        if not hasattr(self, "_lock"):  # __init__ refused its arguments
+        native = getattr(self, "_native", None)  # None: __init__ refused its arguments
+        if native is None:
             return
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._native.shutdown(drain)
+        native.shutdown(drain)  # idempotent; a concurrent call waits until the first one finished
         _LIVE_POOLS.discard(self)
 
     async def aclose(self, timeout: float = 5.0) -> None:
