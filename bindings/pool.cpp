@@ -192,6 +192,13 @@ void register_pool(py::module_& m) {
       .def("set_keep_alive", &core::Pool::set_keep_alive, py::call_guard<py::gil_scoped_release>())
       .def("shutdown", &core::Pool::shutdown, py::arg("drain_timeout"), py::call_guard<py::gil_scoped_release>())
       .def("shutting_down", &core::Pool::shutting_down)
+      .def(
+          "_abandon_after_fork",
+          // In a fork()ed child this pool's threads do not exist and its mutexes may be
+          // held forever, so its destructor (which shuts down and joins) would hang.
+          // One reference that is never dropped keeps it from ever running.
+          [](py::object self) { self.inc_ref(); },
+          "In a fork()ed child: never destroy this pool (its threads live in the parent only).")
       .def("stats", [](const core::Pool& pool) {
         core::PoolStats s;
         {

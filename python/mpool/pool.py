@@ -17,7 +17,7 @@ from . import _core
 from . import _validate as v
 from ._images import image_input
 from .chat import ChatTemplate
-from .errors import InvalidInput, ModelNotFound, PoolError
+from .errors import InvalidInput, ModelNotFound, NotCopyable, PoolError, ShuttingDown
 from .models import MAX_REPLICAS, Model, NativeModel, keep_alive_seconds
 
 
@@ -222,13 +222,54 @@ async def _await_native(future: Any) -> np.ndarray:
     return future.result()
 
 
+# --- fork() ---------------------------------------------------------------------
+#
+# A forked child has only the thread that called fork(): the replica and maintenance
+# threads of every pool exist in the parent alone, and any mutex one of them held at
+# that moment stays locked in the child forever. So a pool inherited through fork()
+# must never touch its native side in the child: not for requests, not to shut
+# down, and not to be destroyed (its destructor joins those threads and would hang
+# the child at exit). The hook below swaps each live pool's native object for a
+# stand-in that raises ShuttingDown, and deliberately leaks the native object: its
+# reference count is raised once and never lowered, so its destructor never runs,
+# not even at interpreter exit. The memory is the child's copy of the parent's and
+# goes away with the child.
+
+_FORKED_MESSAGE = (
+    "this mpool.Pool was created in the parent process before fork() and cannot be used in the "
+    "child (its native threads exist only in the parent); create a new Pool in the child"
+)
+
+
+class _ForkedNative:
+    """Stands in for the native pool of a Pool inherited through fork(): every use raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ShuttingDown(_FORKED_MESSAGE)
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_LIVE_POOLS):
+        pool._abandon_after_fork()
+    _LIVE_POOLS.clear()  # so the atexit hook leaves them alone too
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Pool:
     """Many models in one process, each served by native replica threads.
 
     >>> with mpool.Pool() as pool:
     ...     pool.register("emb", mpool.PyModel("text_embedding", loader, memory_mb=300))
     ...     vectors = pool.embed("emb", ["hello"])
+
+    A Pool cannot be copied or pickled (``NotCopyable``), and one inherited through
+    ``fork()`` is unusable in the child (``ShuttingDown``).
     """
+
+    _forked = False
 
     def __init__(
         self,
@@ -264,10 +305,28 @@ class Pool:
             maintenance_interval=v.duration("maintenance_interval", maintenance_interval, allow_inf=False),
         )
         self._lock = threading.Lock()
-        self._native = native
+        self._native: Any = native  # Any: a _ForkedNative in a fork()ed child
         # Chat templates by key: the model directory until first use, then the template.
         self._chat_sources: dict[str, str | ChatTemplate | None] = {}
         _LIVE_POOLS.add(self)
+
+    def _abandon_after_fork(self) -> None:
+        """In a fork()ed child: make this pool unusable without touching its native side."""
+        native, self._native = self._native, _ForkedNative()
+        self._forked = True
+        self._lock = threading.Lock()  # a parent thread may have held the old one at fork time
+        native._abandon_after_fork()  # never destroyed in the child: see the comment above _ForkedNative
+
+    # --- copying --------------------------------------------------------------
+
+    def __copy__(self) -> Pool:
+        raise NotCopyable(_NOT_COPYABLE)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Pool:
+        raise NotCopyable(_NOT_COPYABLE)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise NotCopyable(_NOT_COPYABLE)
 
     # --- registry -------------------------------------------------------------
 
@@ -487,6 +546,8 @@ class Pool:
     def chat_template(self, key: str) -> ChatTemplate:
         """The chat template of ``key`` (from its ``tokenizer_config.json``); InvalidInput if it has none."""
         key = v.key(key)
+        if self._forked:
+            raise ShuttingDown(_FORKED_MESSAGE)
         with self._lock:
             if key not in self._chat_sources:
                 known = ", ".join(sorted(self._chat_sources)) or "none"
@@ -623,11 +684,11 @@ class Pool:
         """Stops accepting, drains up to ``timeout`` s, cancels the rest, joins every thread.
 
         Returns only once the pool is shut down, also when another thread is closing
-        it at the same time.
+        it at the same time. A no-op in a fork()ed child (the pool belongs to the parent).
         """
         drain = v.duration("timeout", timeout, allow_zero=True)
         native = getattr(self, "_native", None)  # None: __init__ refused its arguments
-        if native is None:
+        if native is None or self._forked:
             return
         native.shutdown(drain)  # idempotent; a concurrent call waits until the first one finished
         _LIVE_POOLS.discard(self)
@@ -655,3 +716,8 @@ class Pool:
         except Exception:  # noqa: BLE001 - never raise from a finalizer
             pass
 
+
+_NOT_COPYABLE = (
+    "mpool.Pool cannot be copied or pickled: it owns native replica threads and loaded models. "
+    "Share the Pool object itself (it is thread-safe), or create a new Pool in the other process"
+)

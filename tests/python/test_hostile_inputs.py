@@ -469,6 +469,97 @@ def test_a_request_without_timeout_gets_the_pool_timeout_and_image_requests_pass
     assert calls["embed_images_async"][2:] == (7.0, 3.0)  # fetching counts against it: see below
 
 
+# --- copying and fork() -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [copy.copy, copy.deepcopy, pickle.dumps, lambda p: pickle.dumps(p, protocol=0)],
+    ids=["copy", "deepcopy", "pickle", "pickle_protocol_0"],
+)
+def test_a_pool_refuses_to_be_copied_or_pickled_with_a_type_error_naming_pool(pool, attempt):
+    with pytest.raises(TypeError, match=r"mpool\.Pool cannot be copied or pickled") as e:
+        attempt(pool)
+    assert isinstance(e.value, mpool.NotCopyable) and isinstance(e.value, mpool.PoolError)
+    pool.register("emb", mpool.PyModel("text_embedding", lambda d: HashEmbedder(), memory_mb=1))
+    assert pool.embed("emb", ["ok"]).shape == (1, 8)
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {tests!r})
+    import mpool
+    from models_for_tests import HashEmbedder
+
+    pool = mpool.Pool(request_timeout=5.0)
+    pool.register("emb", mpool.PyModel("text_embedding", lambda d: HashEmbedder(), memory_mb=1))
+    pool.embed("emb", ["warm"])  # replica and maintenance threads are running now
+
+    def child_checks():
+        failures = []
+        checks = {{
+            "embed": lambda: pool.embed("emb", ["x"]),
+            "generate": lambda: pool.generate("emb", "x"),
+            "stats": lambda: pool.stats(),
+            "models": lambda: pool.models(),
+            "register": lambda: pool.register("other", mpool.testing.noop_model()),
+            "unload": lambda: pool.unload("emb"),
+            "pin": lambda: pool.pin("emb"),
+            "chat_template": lambda: pool.chat_template("emb"),
+        }}
+        for name, call in checks.items():
+            try:
+                call()
+                failures.append(name + ": no error")
+            except mpool.ShuttingDown as e:
+                if "before fork()" not in str(e):
+                    failures.append(name + ": " + str(e))
+            except Exception as e:
+                failures.append(name + ": " + type(e).__name__ + ": " + str(e))
+        pool.close()  # a no-op in the child
+        with mpool.Pool() as fresh:  # a pool made in the child works
+            fresh.register("emb", mpool.PyModel("text_embedding", lambda d: HashEmbedder(), memory_mb=1))
+            if fresh.embed("emb", ["x"]).shape != (1, 8):
+                failures.append("fresh pool")
+        return failures
+
+    import mpool.testing
+    pid = os.fork()
+    if pid == 0:
+        failures = child_checks()
+        if failures:
+            print("child:", failures, flush=True)
+        if {normal_exit}:
+            del pool  # the finalizer, then interpreter exit with atexit hooks: neither may hang
+            sys.exit(3 if failures else 0)
+        os._exit(3 if failures else 0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        print("child hung", flush=True)
+        sys.exit(4)
+    assert pool.embed("emb", ["parent"]).shape == (1, 8)  # the parent's pool is untouched
+    pool.close()
+    sys.exit(os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+@pytest.mark.parametrize("normal_exit", [False, True], ids=["os._exit", "sys.exit"])
+def test_a_pool_inherited_through_fork_raises_shutting_down_in_the_child_which_exits_cleanly(normal_exit):
+    import os
+
+    script = FORK_SCRIPT.format(tests=os.path.dirname(__file__), normal_exit=normal_exit)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # --- image fetching counts against the request's deadline --------------------------
 
 
