@@ -198,4 +198,4 @@ def iterable(name: str, x: Any, what: str) -> Iterable[Any]:
         iter(x)
     except TypeError:
         raise InvalidInput(f"{name} must be {what}, got {_show(x)} ({type(x).__name__})") from None
-    return x  # type: ignore[no-any-return]
+    return x
