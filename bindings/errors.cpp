@@ -40,6 +40,11 @@ void register_errors(py::module_& m) {
       if (p) std::rethrow_exception(p);
     } catch (const Error& e) {
       PyErr_SetString(class_for(e.code()), e.what());
+    } catch (const py::cast_error& e) {
+      // A Python value a binding could not convert (the Python layer validates
+      // first; this is the safety net): a bad argument, not a bug in the pool.
+      PyErr_SetString(class_for(ErrorCode::kInvalidInput),
+                      (std::string("invalid argument: ") + e.what()).c_str());
     }
   });
 }

@@ -2,6 +2,9 @@
 // mpool/pool.py; this file converts, releases the GIL and submits.
 #include <pybind11/functional.h>
 
+#include <algorithm>
+#include <sstream>
+
 #include "convert.h"
 #include "module.h"
 #include "mpool/capabilities/requests.h"
@@ -18,6 +21,60 @@ namespace {
 namespace cap = capabilities;
 
 core::RequestOptions request_options(std::optional<double> timeout) { return core::RequestOptions{timeout}; }
+
+// Image requests: fetching and decoding count against the request's deadline.
+// The fetch may take min(fetch_timeout, the request's timeout), and the request
+// then gets what is left of its timeout. A request whose deadline passed while
+// its images were fetched is a Timeout, whatever the fetch itself reported (a
+// fetch that fails earlier, a 404 or its own fetch_timeout, is InvalidInput).
+class ImageDeadline {
+ public:
+  /// `timeout_s`: the request's effective timeout (Python passes the pool's when unset).
+  ImageDeadline(double timeout_s, double fetch_timeout_s)
+      : start_(core::Clock::now()), timeout_s_(timeout_s), fetch_timeout_s_(fetch_timeout_s) {}
+
+  /// Decodes (and fetches) without the GIL; call with it released.
+  std::vector<cap::Image> decode(const std::vector<ImageInput>& inputs) const {
+    std::vector<cap::Image> images;
+    try {
+      images = decode_images(inputs, fetch_limit());
+    } catch (const Error&) {
+      // libcurl counts whole milliseconds from its own start, so a fetch cut off by
+      // the request's deadline may report a hair before our clock reaches it.
+      if (left() <= kClockSlackS) throw timeout_error();
+      throw;
+    }
+    if (left() <= 0) throw timeout_error();
+    return images;
+  }
+
+  /// The request's options: what is left of its timeout.
+  core::RequestOptions remaining() const {
+    double l = left();
+    if (l <= 0) throw timeout_error();
+    return core::RequestOptions{l};
+  }
+
+ private:
+  // libcurl takes whole milliseconds in a long, and 0 means no limit: keep the
+  // limit within [1 ms, 1e6 s] (an infinite request timeout leaves fetch_timeout).
+  static constexpr double kMinFetchS = 0.001, kMaxFetchS = 1e6;
+  static constexpr double kClockSlackS = 0.005;
+
+  double fetch_limit() const { return std::clamp(std::min(fetch_timeout_s_, timeout_s_), kMinFetchS, kMaxFetchS); }
+  double left() const {
+    return timeout_s_ - std::chrono::duration<double>(core::Clock::now() - start_).count();
+  }
+  Error timeout_error() const {
+    std::ostringstream msg;
+    msg << "fetching and decoding the image(s) took the request's whole timeout (" << timeout_s_ << " s)";
+    return Error(ErrorCode::kTimeout, msg.str());
+  }
+
+  core::Clock::time_point start_;
+  double timeout_s_;
+  double fetch_timeout_s_;
+};
 
 py::dict latency(const core::LatencySummary& l) {
   py::dict d;
@@ -105,7 +162,9 @@ void register_pool(py::module_& m) {
       .def_readwrite("max_replicas", &core::ModelSpec::max_replicas)
       .def_readwrite("keep_alive", &core::ModelSpec::keep_alive_s)
       .def_readwrite("pinned", &core::ModelSpec::pinned)
-      .def_readwrite("batch_budget", &core::ModelSpec::batch_budget);
+      .def_readwrite("batch_budget", &core::ModelSpec::batch_budget)
+      .def("copy", [](const core::ModelSpec& spec) { return core::ModelSpec(spec); },
+           "A copy to change without touching this spec (the loader is shared).");
 
   py::class_<core::Pool, PoolHolder>(m, "Pool", "The native pool; use mpool.Pool.")
       .def(py::init([](double memory_fraction, double reserve_mb, std::map<std::string, double> budget_mb,
@@ -141,6 +200,13 @@ void register_pool(py::module_& m) {
       .def("set_keep_alive", &core::Pool::set_keep_alive, py::call_guard<py::gil_scoped_release>())
       .def("shutdown", &core::Pool::shutdown, py::arg("drain_timeout"), py::call_guard<py::gil_scoped_release>())
       .def("shutting_down", &core::Pool::shutting_down)
+      .def(
+          "_abandon_after_fork",
+          // In a fork()ed child this pool's threads do not exist and its mutexes may be
+          // held forever, so its destructor (which shuts down and joins) would hang.
+          // One reference that is never dropped keeps it from ever running.
+          [](py::object self) { self.inc_ref(); },
+          "In a fork()ed child: never destroy this pool (its threads live in the parent only).")
       .def("stats", [](const core::Pool& pool) {
         core::PoolStats s;
         {
@@ -184,16 +250,18 @@ void register_pool(py::module_& m) {
            py::arg("key"), py::arg("texts"), py::arg("task") = py::none(), py::arg("timeout") = py::none(),
            py::arg("truncate") = true)
       .def("embed_images_async",
-           [](core::Pool& pool, const std::string& key, py::list items, std::optional<double> timeout,
-              double fetch_timeout) {
+           [](core::Pool& pool, const std::string& key, py::list items, double timeout, double fetch_timeout) {
+             ImageDeadline deadline(timeout, fetch_timeout);
              auto inputs = image_inputs(items);
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
-               p = cap::embed_images(pool, key, decode_images(inputs, fetch_timeout), request_options(timeout));
+               auto images = deadline.decode(inputs);
+               p = cap::embed_images(pool, key, std::move(images), deadline.remaining());
              }
              return wrap_future(std::move(p));
-           })
+           },
+           py::arg("key"), py::arg("items"), py::arg("timeout"), py::arg("fetch_timeout"))
       .def("generate",
            [](core::Pool& pool, const std::string& key, py::object prompt, py::dict params,
               std::optional<double> timeout) {
@@ -212,7 +280,8 @@ void register_pool(py::module_& m) {
            })
       .def("describe",
            [](core::Pool& pool, const std::string& key, py::list image, std::string query, py::dict params,
-              std::optional<double> timeout, double fetch_timeout) {
+              double timeout, double fetch_timeout) {
+             ImageDeadline deadline(timeout, fetch_timeout);
              auto inputs = image_inputs(image);
              if (inputs.size() != 1)
                throw Error(ErrorCode::kInvalidInput, "describe() takes exactly one image, got " +
@@ -221,17 +290,18 @@ void register_pool(py::module_& m) {
              std::shared_ptr<cap::TextStream> s;
              {
                py::gil_scoped_release nogil;
-               auto images = decode_images(inputs, fetch_timeout);
+               auto images = deadline.decode(inputs);
                s = cap::describe(pool, key, std::move(images.front()), std::move(query), std::move(gp),
-                                 request_options(timeout));
+                                 deadline.remaining());
              }
              return wrap_text_stream(std::move(s));
            })
       .def("generate_image",
            [](core::Pool& pool, const std::string& key, std::string prompt, int64_t width, int64_t height,
               int64_t steps, double guidance_scale, std::optional<std::string> negative_prompt,
-              std::optional<uint64_t> seed, py::list init_image, double strength, std::optional<double> timeout,
+              std::optional<uint64_t> seed, py::list init_image, double strength, double timeout,
               double fetch_timeout) {
+             ImageDeadline deadline(timeout, fetch_timeout);
              cap::ImageConfig c;
              c.width = width;
              c.height = height;
@@ -246,8 +316,8 @@ void register_pool(py::module_& m) {
              std::shared_ptr<cap::ImageStream> s;
              {
                py::gil_scoped_release nogil;
-               if (!inputs.empty()) c.init_image = std::move(decode_images(inputs, fetch_timeout).front());
-               s = cap::generate_image(pool, key, std::move(prompt), std::move(c), request_options(timeout));
+               if (!inputs.empty()) c.init_image = std::move(deadline.decode(inputs).front());
+               s = cap::generate_image(pool, key, std::move(prompt), std::move(c), deadline.remaining());
              }
              return wrap_image_stream(std::move(s));
            });

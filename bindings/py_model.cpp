@@ -2,6 +2,9 @@
 // replica takes the GIL only while it calls into Python.
 #include <pybind11/functional.h>
 
+#include <condition_variable>
+#include <mutex>
+
 #include "convert.h"
 #include "module.h"
 #include "mpool/capabilities/interfaces.h"
@@ -32,6 +35,55 @@ struct PyRef {
     } else {
       obj.release();
     }
+  }
+};
+
+// What the `progress` callable given to a Python model's generate_image reaches.
+// The model may keep that callable and call it after its request ended, from any
+// thread: the sink and context it reports to live in the request's frame and are
+// gone by then. So the callable holds this state (shared), never the frame:
+// `open` is cleared when generate_image returns, and generate_image waits until
+// no call is still inside the sink (`in_flight`) before it returns. A call after
+// that raises Cancelled and touches nothing of the request.
+struct ProgressReport {
+  std::mutex mu;
+  std::condition_variable idle;
+  bool open = true;
+  int in_flight = 0;
+  const cap::ProgressSink* sink;  // valid while open or in_flight > 0
+  cap::RequestContext* ctx;       // likewise
+
+  ProgressReport(const cap::ProgressSink& s, cap::RequestContext& c) : sink(&s), ctx(&c) {}
+
+  // With the GIL held (a Python call): reports one step; false if the request must stop.
+  bool report(int64_t step, int64_t total, const py::object& preview) {
+    {
+      std::lock_guard lock(mu);
+      if (!open)
+        throw Error(ErrorCode::kCancelled,
+                    "this progress callback belongs to a finished request; a model must not call it after "
+                    "generate_image returned");
+      ++in_flight;
+    }
+    struct Leave {
+      ProgressReport& r;
+      ~Leave() {
+        std::lock_guard lock(r.mu);
+        if (--r.in_flight == 0) r.idle.notify_all();
+      }
+    } leave{*this};
+    cap::ImageProgress p{step, total, std::nullopt};
+    if (!preview.is_none()) p.preview = numpy_to_tensor(preview, at::kByte, "progress preview");
+    py::gil_scoped_release nogil;  // the sink may wait for a slow consumer
+    return (*sink)(std::move(p)) && !ctx->should_stop();
+  }
+
+  // When generate_image returns (GIL held): no call reaches the sink or context after this.
+  void close() {
+    py::gil_scoped_release nogil;  // a call in flight may need the GIL to finish
+    std::unique_lock lock(mu);
+    open = false;
+    idle.wait(lock, [&] { return in_flight == 0; });
   }
 };
 
@@ -116,17 +168,17 @@ class PyInstance final : public core::Instance,
       c["init_image"] = config.init_image ? py::object(tensor_to_numpy(*config.init_image)) : py::none();
       c["strength"] = config.strength;
       // The model calls this each step; raising Cancelled unwinds it when the request must stop.
-      py::cpp_function report([&progress, &ctx](int64_t step, int64_t total, py::object preview) {
-        cap::ImageProgress p{step, total, std::nullopt};
-        if (!preview.is_none()) p.preview = numpy_to_tensor(preview, at::kByte, "progress preview");
-        bool more;
-        {
-          py::gil_scoped_release nogil;
-          more = progress(std::move(p)) && !ctx.should_stop();
-        }
-        if (!more) throw Error(ErrorCode::kCancelled, "image generation stopped");
-      },
-                              py::arg("step"), py::arg("total"), py::arg("preview") = py::none());
+      // It holds only `state`, so a model that keeps it past the request cannot reach freed memory.
+      auto state = std::make_shared<ProgressReport>(progress, ctx);
+      py::cpp_function report(
+          [state](int64_t step, int64_t total, py::object preview) {
+            if (!state->report(step, total, preview)) throw Error(ErrorCode::kCancelled, "image generation stopped");
+          },
+          py::arg("step"), py::arg("total"), py::arg("preview") = py::none());
+      struct CloseOnExit {
+        ProgressReport& state;
+        ~CloseOnExit() { state.close(); }
+      } close_on_exit{*state};
       py::object img = ref_.obj.attr("generate_image")(prompt, c, report);
       if (py::hasattr(img, "convert") && py::hasattr(img, "size"))  // a PIL image
         img = py::module_::import("numpy").attr("asarray")(img.attr("convert")("RGB"));

@@ -74,6 +74,7 @@ class ModelSpec:
     keep_alive: float | None
     pinned: bool
     batch_budget: int
+    def copy(self) -> ModelSpec: ...
 
 class Pool:
     def __init__(
@@ -98,6 +99,7 @@ class Pool:
     def set_keep_alive(self, key: str, keep_alive: float) -> None: ...
     def shutdown(self, drain_timeout: float) -> None: ...
     def shutting_down(self) -> bool: ...
+    def _abandon_after_fork(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
     def embed(
         self, key: str, texts: list[str], task: str | None = None, timeout: float | None = None, truncate: bool = True
@@ -106,17 +108,17 @@ class Pool:
         self, key: str, texts: list[str], task: str | None = None, timeout: float | None = None, truncate: bool = True
     ) -> Future: ...
     def embed_images_async(
-        self, key: str, items: list[tuple[str, Any]], timeout: float | None, fetch_timeout: float
+        self, key: str, items: list[tuple[str, Any]], timeout: float, fetch_timeout: float
     ) -> Future: ...
     def generate(self, key: str, prompt: str | list[int], params: dict[str, Any], timeout: float | None) -> TextStream: ...
     def describe(
-        self, key: str, image: list[tuple[str, Any]], query: str, params: dict[str, Any], timeout: float | None,
+        self, key: str, image: list[tuple[str, Any]], query: str, params: dict[str, Any], timeout: float,
         fetch_timeout: float,
     ) -> TextStream: ...
     def generate_image(
         self, key: str, prompt: str, width: int, height: int, steps: int, guidance_scale: float,
         negative_prompt: str | None, seed: int | None, init_image: list[tuple[str, Any]], strength: float,
-        timeout: float | None, fetch_timeout: float,
+        timeout: float, fetch_timeout: float,
     ) -> ImageStream: ...
 
 def python_model_spec(

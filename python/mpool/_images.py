@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ._validate import text
 from .errors import InvalidInput
 
 
@@ -24,6 +25,12 @@ def _from_base64(text: str, what: str) -> bytes:
         raise InvalidInput(f"{what}: not valid base64 ({e})") from None
 
 
+def _not_empty(pixels: np.ndarray, what: str) -> np.ndarray:
+    if pixels.size == 0:
+        raise InvalidInput(f"{what}: the image is empty (shape {pixels.shape})")
+    return pixels
+
+
 def image_input(image: Any, index: int = 0) -> tuple[str, Any]:
     """One image as a ("path"|"url"|"bytes"|"array", payload) pair."""
     what = f"image #{index}"
@@ -31,7 +38,7 @@ def image_input(image: Any, index: int = 0) -> tuple[str, Any]:
         image = os.fspath(image)
     if isinstance(image, str):
         if image.startswith(("http://", "https://")):
-            return ("url", image)
+            return ("url", text(what, image))
         if image.startswith("data:"):
             header, _, data = image.partition(",")
             if ";base64" not in header:
@@ -48,14 +55,14 @@ def image_input(image: Any, index: int = 0) -> tuple[str, Any]:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return ("bytes", bytes(image))
     if hasattr(image, "convert") and hasattr(image, "size") and hasattr(image, "mode"):  # PIL.Image
-        return ("array", np.asarray(image.convert("RGB")))
+        return ("array", _not_empty(np.asarray(image.convert("RGB")), what))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3, 4):
             raise InvalidInput(
                 f"{what}: numpy images must be HWC uint8 with 1, 3 or 4 channels, "
                 f"got shape {image.shape} dtype {image.dtype}"
             )
-        return ("array", np.ascontiguousarray(image))
+        return ("array", _not_empty(np.ascontiguousarray(image), what))
     raise InvalidInput(
         f"{what}: unsupported type {type(image).__name__}; pass a path, URL, base64 string, "
         "data URI, bytes, PIL image or HWC uint8 numpy array"

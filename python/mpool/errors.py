@@ -66,6 +66,16 @@ class InvalidInput(PoolError, ValueError):
     code = "invalid_input"
 
 
+class NotCopyable(PoolError, TypeError):
+    """A Pool cannot be copied or pickled: it owns native threads and loaded models.
+
+    A ``TypeError`` too, which is what ``copy`` and ``pickle`` callers expect of an
+    object that refuses them.
+    """
+
+    code = "invalid_input"
+
+
 class InternalError(PoolError):
     """A bug in mpool itself."""
 
@@ -85,4 +95,5 @@ ALL_ERRORS = (
     InternalError,
 )
 
-__all__ = ["PoolError", *[c.__name__ for c in ALL_ERRORS]]
+# NotCopyable is raised by Python alone: it has no native error code of its own.
+__all__ = ["PoolError", "NotCopyable", *[c.__name__ for c in ALL_ERRORS]]

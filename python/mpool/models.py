@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _core
+from . import _validate as v
 from .errors import InvalidInput
 
 CAPABILITIES = ("text_embedding", "text_to_text", "image_embedding", "vision", "text_to_image")
@@ -21,6 +22,15 @@ _PROTOCOL = {
 }
 
 
+# Replicas are threads: more than this per model is a mistake, not a plan.
+MAX_REPLICAS = 1024
+
+
+def keep_alive_seconds(name: str, x: Any) -> float | None:
+    """A keep-alive: None (pool default), seconds, 0 (at once), < 0 or inf (never)."""
+    return v.optional_duration(name, x, allow_zero=True, allow_negative=True)
+
+
 class Model:
     """A registrable model: wraps the native spec the pool loads replicas from."""
 
@@ -33,12 +43,21 @@ class Model:
 
 
 def _check_capabilities(capability: str | Sequence[str]) -> list[str]:
-    caps = [capability] if isinstance(capability, str) else list(capability)
+    if isinstance(capability, str):
+        caps = [capability]
+    elif isinstance(capability, Sequence) and not isinstance(capability, (bytes, bytearray)):
+        caps = list(capability)
+    else:
+        raise InvalidInput(
+            f"capability must be one of {', '.join(CAPABILITIES)} or a list of them, got {capability!r}"
+        )
     if not caps:
         raise InvalidInput("capability: at least one is required")
     for c in caps:
-        if c not in CAPABILITIES:
+        if not isinstance(c, str) or c not in CAPABILITIES:
             raise InvalidInput(f"capability {c!r} is not one of {', '.join(CAPABILITIES)}")
+        if caps.count(c) > 1:
+            raise InvalidInput(f"capability {c!r} is listed twice")
     return caps
 
 
@@ -73,19 +92,18 @@ class PyModel(Model):
         batch_budget: int = 8192,
     ) -> None:
         caps = _check_capabilities(capability)
-        if not isinstance(batch_budget, int) or batch_budget < 0:
-            raise InvalidInput(f"batch_budget must be an int >= 0, got {batch_budget!r}")
         if not callable(loader):
             raise InvalidInput(f"loader must be callable, got {type(loader).__name__}")
-        if not isinstance(memory_mb, (int, float)) or memory_mb < 0:
-            raise InvalidInput(f"memory_mb must be a number >= 0, got {memory_mb!r}")
-        if not isinstance(max_replicas, int) or max_replicas < 1:
-            raise InvalidInput(f"max_replicas must be an int >= 1, got {max_replicas!r}")
-        if isinstance(devices, str):
-            devices = [devices]
         super().__init__(
             _core.python_model_spec(
-                caps, loader, float(memory_mb), list(devices), max_replicas, keep_alive, bool(pinned), batch_budget
+                caps,
+                loader,
+                v.finite("memory_mb", memory_mb, lo=0),
+                v.devices(devices),
+                v.int_in("max_replicas", max_replicas, 1, MAX_REPLICAS),
+                keep_alive_seconds("keep_alive", keep_alive),
+                v.flag("pinned", pinned),
+                v.int_in("batch_budget", batch_budget, 0, v.INT32_MAX),
             )
         )
         self.protocol = {c: _PROTOCOL[c] for c in caps}
@@ -107,11 +125,20 @@ class NativeModel(Model):
         devices: Sequence[str] = ("cpu",),
         context_length: int | None = None,
     ) -> None:
-        if isinstance(devices, str):
-            devices = [devices]
-        if context_length is not None and (isinstance(context_length, bool) or not isinstance(context_length, int)):
-            raise InvalidInput(f"context_length must be an int, got {context_length!r}")
-        spec, info = _core.native_model(os.fspath(path_or_repo_id), dtype, list(devices), context_length)
+        if not isinstance(path_or_repo_id, (str, os.PathLike)):
+            raise InvalidInput(
+                f"path_or_repo_id must be a str or os.PathLike, got {path_or_repo_id!r} "
+                f"({type(path_or_repo_id).__name__})"
+            )
+        path = os.fspath(path_or_repo_id)
+        if not isinstance(path, str):  # a bytes path
+            raise InvalidInput(f"path_or_repo_id must be a str path, got {path!r}")
+        spec, info = _core.native_model(
+            v.text("path_or_repo_id", path, allow_empty=False),
+            v.optional_text("dtype", dtype),
+            v.devices(devices),
+            v.optional_int_in("context_length", context_length, 1, v.INT32_MAX),
+        )
         super().__init__(spec)
         self.info: dict[str, Any] = info
 

@@ -13,28 +13,41 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from . import _validate as v
 from ._images import image_input
 from .chat import ChatTemplate
-from .errors import InvalidInput, ModelNotFound, PoolError
-from .models import Model, NativeModel
+from .errors import InvalidInput, ModelNotFound, NotCopyable, PoolError, ShuttingDown
+from .models import MAX_REPLICAS, Model, NativeModel, keep_alive_seconds
 
-_GENERATION_PARAMS: dict[str, type | tuple[type, ...]] = {
-    "max_tokens": int,
-    "temperature": (int, float),
-    "top_k": int,
-    "top_p": (int, float),
-    "min_p": (int, float),
-    "repetition_penalty": (int, float),
-    "presence_penalty": (int, float),
-    "frequency_penalty": (int, float),
-    "seed": int,
-    "stop": (str, list, tuple),
-    "stop_token_ids": (list, tuple),
-    "ignore_eos": bool,
-    "logprobs": int,
-    "add_special_tokens": bool,
+
+def _stop(name: str, value: Any) -> list[str]:
+    stop = [value] if isinstance(value, str) else value
+    if not isinstance(stop, (list, tuple)):
+        raise InvalidInput(f"{name} must be a non-empty string or a list of them, got {value!r}")
+    return [v.text(f"{name}[{i}]", s, allow_empty=False) for i, s in enumerate(stop)]
+
+
+# Each generation parameter's check: the C++ field it becomes and a sane range.
+_GENERATION_PARAMS: dict[str, Callable[[str, Any], Any]] = {
+    "max_tokens": lambda n, x: v.int_in(n, x, 1, v.INT32_MAX),  # int64 in C++
+    "temperature": lambda n, x: v.finite(n, x, lo=0),
+    "top_k": lambda n, x: v.int_in(n, x, 0, v.INT32_MAX),  # int64 in C++
+    "top_p": lambda n, x: v.finite(n, x, lo=0, hi=1, lo_open=True),
+    "min_p": lambda n, x: v.finite(n, x, lo=0, hi=1),
+    "repetition_penalty": lambda n, x: v.finite(n, x, lo=0, lo_open=True),
+    "presence_penalty": lambda n, x: v.finite(n, x),
+    "frequency_penalty": lambda n, x: v.finite(n, x),
+    "seed": lambda n, x: v.int_in(n, x, 0, v.UINT64_MAX),  # uint64 in C++
+    "stop": _stop,
+    "stop_token_ids": v.token_ids,
+    "ignore_eos": v.flag,
+    "logprobs": lambda n, x: v.int_in(n, x, 0, 20),
+    "add_special_tokens": v.flag,
 }
 
+# Images larger than this per side are refused before any work (16384² RGB is 768 MB).
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_STEPS = 10_000
 _LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
@@ -54,45 +67,17 @@ def _params(kwargs: Mapping[str, Any]) -> dict[str, Any]:
             )
         if value is None:
             continue
-        if isinstance(value, bool) and _GENERATION_PARAMS[name] is not bool:
-            raise InvalidInput(f"{name} must be a number, got {value!r}")
-        if not isinstance(value, _GENERATION_PARAMS[name]):
-            raise InvalidInput(f"{name} has the wrong type: {type(value).__name__}")
-        out[name] = value
-    if "max_tokens" in out and out["max_tokens"] <= 0:
-        raise InvalidInput(f"max_tokens must be > 0, got {out['max_tokens']}")
-    if "temperature" in out and out["temperature"] < 0:
-        raise InvalidInput(f"temperature must be >= 0, got {out['temperature']}")
-    if "top_p" in out and not 0 < out["top_p"] <= 1:
-        raise InvalidInput(f"top_p must be in (0, 1], got {out['top_p']}")
-    if "min_p" in out and not 0 <= out["min_p"] <= 1:
-        raise InvalidInput(f"min_p must be in [0, 1], got {out['min_p']}")
-    if "logprobs" in out and not 0 <= out["logprobs"] <= 20:
-        raise InvalidInput(f"logprobs must be in [0, 20], got {out['logprobs']}")
-    if "repetition_penalty" in out and out["repetition_penalty"] <= 0:
-        raise InvalidInput(f"repetition_penalty must be > 0, got {out['repetition_penalty']}")
-    if "top_k" in out and out["top_k"] < 0:
-        raise InvalidInput(f"top_k must be >= 0, got {out['top_k']}")
-    if "stop" in out:
-        stop = [out["stop"]] if isinstance(out["stop"], str) else list(out["stop"])
-        if not all(isinstance(s, str) and s for s in stop):
-            raise InvalidInput("stop must be a non-empty string or a list of them")
-        out["stop"] = stop
-    if "stop_token_ids" in out:
-        out["stop_token_ids"] = [int(i) for i in out["stop_token_ids"]]
+        out[name] = _GENERATION_PARAMS[name](name, value)
     return out
 
 
 def _task(task: str | None) -> str | None:
-    if task is not None and not isinstance(task, str):
-        raise InvalidInput(f"task must be a str or None, got {type(task).__name__}")
-    return task
+    return v.optional_text("task", task)
 
 
 def _timeout(timeout: float | None) -> float | None:
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise InvalidInput(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    return None if timeout is None else float(timeout)
+    """A request's timeout: None (the pool's), seconds > 0, or inf (no limit)."""
+    return v.optional_duration("timeout", timeout)
 
 
 def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> Callable[[], None]:
@@ -276,13 +261,54 @@ async def _await_native(future: Any) -> np.ndarray:
     return future.result()
 
 
+# --- fork() ---------------------------------------------------------------------
+#
+# A forked child has only the thread that called fork(): the replica and maintenance
+# threads of every pool exist in the parent alone, and any mutex one of them held at
+# that moment stays locked in the child forever. So a pool inherited through fork()
+# must never touch its native side in the child: not for requests, not to shut
+# down, and not to be destroyed (its destructor joins those threads and would hang
+# the child at exit). The hook below swaps each live pool's native object for a
+# stand-in that raises ShuttingDown, and deliberately leaks the native object: its
+# reference count is raised once and never lowered, so its destructor never runs,
+# not even at interpreter exit. The memory is the child's copy of the parent's and
+# goes away with the child.
+
+_FORKED_MESSAGE = (
+    "this mpool.Pool was created in the parent process before fork() and cannot be used in the "
+    "child (its native threads exist only in the parent); create a new Pool in the child"
+)
+
+
+class _ForkedNative:
+    """Stands in for the native pool of a Pool inherited through fork(): every use raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ShuttingDown(_FORKED_MESSAGE)
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_LIVE_POOLS):
+        pool._abandon_after_fork()
+    _LIVE_POOLS.clear()  # so the atexit hook leaves them alone too
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Pool:
     """Many models in one process, each served by native replica threads.
 
     >>> with mpool.Pool() as pool:
     ...     pool.register("emb", mpool.PyModel("text_embedding", loader, memory_mb=300))
     ...     vectors = pool.embed("emb", ["hello"])
+
+    A Pool cannot be copied or pickled (``NotCopyable``), and one inherited through
+    ``fork()`` is unusable in the child (``ShuttingDown``).
     """
+
+    _forked = False
 
     def __init__(
         self,
@@ -300,30 +326,46 @@ class Pool:
         maintenance_interval: float = 0.25,
         fetch_timeout: float = 10.0,
     ) -> None:
-        if not isinstance(memory_fraction, (int, float)) or not 0 < memory_fraction <= 1:
-            raise InvalidInput(f"memory_fraction must be in (0, 1], got {memory_fraction!r}")
-        _timeout(request_timeout)
-        if not isinstance(max_queue, int) or max_queue < 1:
-            raise InvalidInput(f"max_queue must be an int >= 1, got {max_queue!r}")
-        self._fetch_timeout = float(fetch_timeout)
-        self._native = _core.Pool(
-            memory_fraction=float(memory_fraction),
-            reserve_mb=float(reserve_mb),
-            budget_mb={str(k): float(v) for k, v in (memory_budget_mb or {}).items()},
-            request_timeout=float(request_timeout),
-            keep_alive=float(keep_alive),
-            max_queue=max_queue,
-            cold_start_replicas=int(cold_start_replicas),
-            scale_up_queue_depth=float(scale_up_queue_depth),
-            scale_up_after=float(scale_up_after),
-            scale_down_after=float(scale_down_after),
-            maintenance_interval=float(maintenance_interval),
+        self._request_timeout = v.duration("request_timeout", request_timeout)
+        self._fetch_timeout = v.duration("fetch_timeout", fetch_timeout)
+        native = _core.Pool(
+            memory_fraction=v.finite("memory_fraction", memory_fraction, lo=0, hi=1, lo_open=True),
+            reserve_mb=v.finite("reserve_mb", reserve_mb, lo=0),
+            budget_mb=v.budgets("memory_budget_mb", memory_budget_mb),
+            request_timeout=self._request_timeout,
+            keep_alive=v.duration("keep_alive", keep_alive, allow_zero=True, allow_negative=True),
+            max_queue=v.int_in("max_queue", max_queue, 1, v.INT32_MAX),  # size_t in C++
+            cold_start_replicas=v.int_in("cold_start_replicas", cold_start_replicas, 1, MAX_REPLICAS),  # int
+            # inf: never grow; queued jobs per replica is no duration, but the same rules hold.
+            scale_up_queue_depth=v.duration("scale_up_queue_depth", scale_up_queue_depth, allow_zero=True),
+            scale_up_after=v.duration("scale_up_after", scale_up_after, allow_zero=True),
+            scale_down_after=v.duration("scale_down_after", scale_down_after, allow_zero=True),
+            # A tick, not a limit: inf would silently turn keep-alive, scale-down and eviction off.
+            maintenance_interval=v.duration("maintenance_interval", maintenance_interval),
         )
-        self._closed = False
         self._lock = threading.Lock()
+        self._native: Any = native  # Any: a _ForkedNative in a fork()ed child
         # Chat templates by key: the model directory until first use, then the template.
         self._chat_sources: dict[str, str | ChatTemplate | None] = {}
         _LIVE_POOLS.add(self)
+
+    def _abandon_after_fork(self) -> None:
+        """In a fork()ed child: make this pool unusable without touching its native side."""
+        native, self._native = self._native, _ForkedNative()
+        self._forked = True
+        self._lock = threading.Lock()  # a parent thread may have held the old one at fork time
+        native._abandon_after_fork()  # never destroyed in the child: see the comment above _ForkedNative
+
+    # --- copying --------------------------------------------------------------
+
+    def __copy__(self) -> Pool:
+        raise NotCopyable(_NOT_COPYABLE)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Pool:
+        raise NotCopyable(_NOT_COPYABLE)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise NotCopyable(_NOT_COPYABLE)
 
     # --- registry -------------------------------------------------------------
 
@@ -346,31 +388,37 @@ class Pool:
         id of a native model, whose family and capability are detected from its files
         (``dtype``, ``device`` and, for decoders, ``context_length`` apply to those:
         the longest prompt plus output, which sizes each replica's KV cache). Returns
-        what the pool knows of it.
+        what the pool knows of it. The overrides apply to this registration only:
+        the model object keeps its own settings.
         """
-        if not isinstance(key, str) or not key:
-            raise InvalidInput(f"key must be a non-empty str, got {key!r}")
+        key = v.key(key)
+        if not key:
+            raise InvalidInput("key must be a non-empty str")
+        keep_alive = keep_alive_seconds("keep_alive", keep_alive)
+        pinned = None if pinned is None else v.flag("pinned", pinned)
+        max_replicas = v.optional_int_in("max_replicas", max_replicas, 1, MAX_REPLICAS)
         if device is not None:
+            if devices is not None:
+                raise InvalidInput("pass device or devices, not both")
             devices = [device]
+        device_list = None if devices is None else v.devices(devices, "device" if device is not None else "devices")
         if isinstance(model, (str, os.PathLike)):
-            model = NativeModel(model, dtype=dtype, devices=devices or ("cpu",), context_length=context_length)
+            model = NativeModel(model, dtype=dtype, devices=device_list or ["cpu"], context_length=context_length)
         elif dtype is not None or context_length is not None:
             raise InvalidInput(
                 "dtype and context_length apply to native models (a path or repo id), not to Python-defined ones"
             )
         if not isinstance(model, Model):
             raise InvalidInput(f"model must be an mpool model (e.g. mpool.PyModel), got {type(model).__name__}")
-        spec = model._spec
+        spec = model._spec.copy()  # the overrides below must not leak into the model object
         if keep_alive is not None:
-            spec.keep_alive = float(keep_alive)
+            spec.keep_alive = keep_alive
         if pinned is not None:
-            spec.pinned = bool(pinned)
+            spec.pinned = pinned
         if max_replicas is not None:
-            if not isinstance(max_replicas, int) or max_replicas < 1:
-                raise InvalidInput(f"max_replicas must be an int >= 1, got {max_replicas!r}")
             spec.max_replicas = max_replicas
-        if devices is not None:
-            spec.devices = [devices] if isinstance(devices, str) else list(devices)
+        if device_list is not None:
+            spec.devices = device_list
         self._native.register(key, spec)
         info: dict[str, Any] = {"key": key, "capabilities": list(spec.capabilities), "memory_mb": spec.memory_mb}
         info.update(getattr(model, "info", {}))
@@ -380,29 +428,33 @@ class Pool:
 
     def unregister(self, key: str, timeout: float = 30.0) -> None:
         """Unloads ``key`` (after its queued work) and forgets it."""
-        self._native.unregister(key, float(timeout))
+        key = v.key(key)
+        self._native.unregister(key, v.duration("timeout", timeout, allow_zero=True))
         with self._lock:
             self._chat_sources.pop(key, None)
 
     def unload(self, key: str, timeout: float = 30.0) -> bool:
-        """Unloads every replica of ``key`` once its queued work is done."""
-        return self._native.unload(key, float(timeout))
+        """Unloads every replica of ``key`` once its queued work is done (0: do not wait for it)."""
+        return bool(self._native.unload(v.key(key), v.duration("timeout", timeout, allow_zero=True)))
 
     async def aunload(self, key: str, timeout: float = 30.0) -> bool:
         """``unload`` without blocking the event loop."""
+        key, timeout = v.key(key), v.duration("timeout", timeout, allow_zero=True)
         return await asyncio.get_running_loop().run_in_executor(None, self.unload, key, timeout)
 
     def pin(self, key: str) -> None:
         """Never evict ``key`` automatically (keep-alive and memory pressure skip it)."""
-        self._native.set_pinned(key, True)
+        self._native.set_pinned(v.key(key), True)
 
     def unpin(self, key: str) -> None:
         """Makes ``key`` evictable again."""
-        self._native.set_pinned(key, False)
+        self._native.set_pinned(v.key(key), False)
 
     def set_keep_alive(self, key: str, seconds: float) -> None:
-        """Idle time before ``key`` unloads: 0 = right after the last request, < 0 = never."""
-        self._native.set_keep_alive(key, float(seconds))
+        """Idle time before ``key`` unloads: 0 = right after the last request, < 0 or inf = never."""
+        self._native.set_keep_alive(
+            v.key(key), v.duration("seconds", seconds, allow_zero=True, allow_negative=True)
+        )
 
     def models(self) -> list[dict[str, Any]]:
         """One dict per registered model: state, replicas, memory, settings."""
@@ -425,10 +477,7 @@ class Pool:
         texts = list(texts)
         if not texts:
             raise InvalidInput("texts is empty; pass at least one text")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InvalidInput(f"texts[{i}] must be a str, got {type(t).__name__}")
-        return texts
+        return [v.text(f"texts[{i}]", t) for i, t in enumerate(texts)]
 
     def embed(
         self,
@@ -444,7 +493,9 @@ class Pool:
         ``task`` picks the model's prompt (e.g. "query"). Texts longer than the model's
         limit are truncated, or raise InvalidInput with ``truncate=False``.
         """
-        return self._native.embed(key, self._texts(texts), _task(task), _timeout(timeout), bool(truncate))
+        return self._native.embed(
+            v.key(key), self._texts(texts), _task(task), _timeout(timeout), v.flag("truncate", truncate)
+        )
 
     async def aembed(
         self,
@@ -456,32 +507,49 @@ class Pool:
         timeout: float | None = None,
     ) -> np.ndarray:
         """``embed`` for asyncio: does not block the event loop."""
-        future = self._native.embed_async(key, self._texts(texts), _task(task), _timeout(timeout), bool(truncate))
+        future = self._native.embed_async(
+            v.key(key), self._texts(texts), _task(task), _timeout(timeout), v.flag("truncate", truncate)
+        )
         return await _await_native(future)
 
     # --- image embedding ------------------------------------------------------
 
     @staticmethod
     def _images(images: Any) -> list[tuple[str, Any]]:
-        if isinstance(images, (str, bytes, bytearray, np.ndarray)) or hasattr(images, "convert"):
+        if isinstance(images, (str, bytes, bytearray, memoryview, np.ndarray, os.PathLike)) or hasattr(
+            images, "convert"
+        ):
             images = [images]
-        images = list(images)
+        elif images is None or isinstance(images, Mapping):
+            raise InvalidInput(f"images must be an image or a list of images, got {type(images).__name__}")
+        images = list(v.iterable("images", images, "an image or a list of images"))
         if not images:
             raise InvalidInput("images is empty; pass at least one image")
         return [image_input(img, i) for i, img in enumerate(images)]
 
+    def _image_timeout(self, timeout: float | None) -> float:
+        # Image requests pass their effective timeout: fetching and decoding count against it.
+        checked = _timeout(timeout)
+        return self._request_timeout if checked is None else checked
+
     def embed_images(self, key: str, images: Any, *, timeout: float | None = None) -> np.ndarray:
-        """Embeds images (paths, URLs, base64, bytes, PIL, HWC uint8 arrays): float32 (n, d)."""
-        future = self._native.embed_images_async(key, self._images(images), _timeout(timeout), self._fetch_timeout)
+        """Embeds images (paths, URLs, base64, bytes, PIL, HWC uint8 arrays): float32 (n, d).
+
+        Fetching and decoding count against ``timeout``: a URL slower than what is left
+        of it raises ``Timeout``.
+        """
+        future = self._native.embed_images_async(
+            v.key(key), self._images(images), self._image_timeout(timeout), self._fetch_timeout
+        )
         return future.result()
 
     async def aembed_images(self, key: str, images: Any, *, timeout: float | None = None) -> np.ndarray:
         """``embed_images`` for asyncio (decoding and fetching run off the loop too)."""
-        items = self._images(images)
+        key, items, effective = v.key(key), self._images(images), self._image_timeout(timeout)
         loop = asyncio.get_running_loop()
         # Decoding and fetching are bounded work (the fetch timeout): the default executor.
         future = await loop.run_in_executor(
-            None, self._native.embed_images_async, key, items, _timeout(timeout), self._fetch_timeout
+            None, self._native.embed_images_async, key, items, effective, self._fetch_timeout
         )
         return await _await_native(future)
 
@@ -491,14 +559,23 @@ class Pool:
         self, key: str, prompt: str | Sequence[int], *, timeout: float | None = None, **params: Any
     ) -> TextStream:
         """Streams generated text: iterate the returned TextStream for TextChunks."""
+        key = v.key(key)
+        checked: str | list[int]
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidInput("prompt is empty")
-        elif isinstance(prompt, Sequence) and prompt and all(isinstance(i, int) for i in prompt):
-            prompt = [int(i) for i in prompt]
+            checked = v.text("prompt", prompt)
+        elif isinstance(prompt, (Sequence, np.ndarray)) and not isinstance(prompt, (bytes, bytearray, memoryview)):
+            checked = v.token_ids("prompt", prompt)
+            if not checked:
+                raise InvalidInput("prompt must be a non-empty str or a non-empty list of token ids, got []")
         else:
-            raise InvalidInput("prompt must be a non-empty str or a non-empty list of token ids")
-        return TextStream(self._native.generate(key, prompt, _params(params), _timeout(timeout)))
+            raise InvalidInput(
+                "prompt must be a non-empty str or a non-empty list of token ids, "
+                f"got {type(prompt).__name__}"
+                + (" (bytes are not token ids: decode them to a str)" if isinstance(prompt, (bytes, bytearray)) else "")
+            )
+        return TextStream(self._native.generate(key, checked, _params(params), _timeout(timeout)))
 
     def agenerate(
         self, key: str, prompt: str | Sequence[int], *, timeout: float | None = None, **params: Any
@@ -508,6 +585,9 @@ class Pool:
 
     def chat_template(self, key: str) -> ChatTemplate:
         """The chat template of ``key`` (from its ``tokenizer_config.json``); InvalidInput if it has none."""
+        key = v.key(key)
+        if self._forked:
+            raise ShuttingDown(_FORKED_MESSAGE)
         with self._lock:
             if key not in self._chat_sources:
                 known = ", ".join(sorted(self._chat_sources)) or "none"
@@ -535,7 +615,10 @@ class Pool:
     ) -> str:
         """The prompt ``chat`` sends: ``messages`` rendered by the model's chat template."""
         return self.chat_template(key).render(
-            messages, add_generation_prompt=add_generation_prompt, tools=tools, **template_kwargs
+            messages,
+            add_generation_prompt=v.flag("add_generation_prompt", add_generation_prompt),
+            tools=tools,
+            **template_kwargs,
         )
 
     def chat(
@@ -555,6 +638,11 @@ class Pool:
         adding special tokens again (the template writes them). ``params`` are
         those of ``generate``.
         """
+        if template_kwargs is not None and not isinstance(template_kwargs, Mapping):
+            raise InvalidInput(f"template_kwargs must be a dict or None, got {type(template_kwargs).__name__}")
+        # Checked before rendering, so a bad timeout or parameter fails the same way with any template.
+        _timeout(timeout)
+        _params(params)
         prompt = self.render_chat(key, messages, tools=tools, **dict(template_kwargs or {}))
         params.setdefault("add_special_tokens", False)
         return self.generate(key, prompt, timeout=timeout, **params)
@@ -577,12 +665,14 @@ class Pool:
     def describe(
         self, key: str, image: Any, query: str, *, timeout: float | None = None, **params: Any
     ) -> TextStream:
-        """Streams an answer to ``query`` about ``image``."""
-        if not isinstance(query, str) or not query:
-            raise InvalidInput("query must be a non-empty str")
+        """Streams an answer to ``query`` about ``image`` (fetching it counts against ``timeout``)."""
+        key = v.key(key)
+        query = v.text("query", query, allow_empty=False)
         item = [image_input(image)]
         return TextStream(
-            self._native.describe(key, item, query, _params(params), _timeout(timeout), self._fetch_timeout)
+            self._native.describe(
+                key, item, query, _params(params), self._image_timeout(timeout), self._fetch_timeout
+            )
         )
 
     def adescribe(self, key: str, image: Any, query: str, *, timeout: float | None = None, **params: Any) -> AsyncIterator[Any]:
@@ -607,22 +697,20 @@ class Pool:
         timeout: float | None = None,
     ) -> ImageStream:
         """Streams progress chunks; ``.result()`` returns the PIL image. img2img with ``init_image``."""
-        if not isinstance(prompt, str) or not prompt:
-            raise InvalidInput("prompt must be a non-empty str")
-        for name, value in (("width", width), ("height", height), ("steps", steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise InvalidInput(f"{name} must be an int > 0, got {value!r}")
-        if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-            raise InvalidInput(f"strength must be in [0, 1], got {strength!r}")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise InvalidInput(f"guidance_scale must be >= 0, got {guidance_scale!r}")
-        if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise InvalidInput(f"seed must be an int >= 0, got {seed!r}")
+        key = v.key(key)
+        prompt = v.text("prompt", prompt, allow_empty=False)
+        width = v.int_in("width", width, 1, MAX_IMAGE_SIDE)
+        height = v.int_in("height", height, 1, MAX_IMAGE_SIDE)
+        steps = v.int_in("steps", steps, 1, MAX_IMAGE_STEPS)
+        guidance = v.finite("guidance_scale", guidance_scale, lo=0)
+        negative = v.optional_text("negative_prompt", negative_prompt)
+        seed = v.optional_int_in("seed", seed, 0, v.UINT64_MAX)
+        strength = v.finite("strength", strength, lo=0, hi=1)
         init = [] if init_image is None else [image_input(init_image)]
         return ImageStream(
             self._native.generate_image(
-                key, prompt, width, height, steps, float(guidance_scale), negative_prompt, seed, init,
-                float(strength), _timeout(timeout), self._fetch_timeout,
+                key, prompt, width, height, steps, guidance, negative, seed, init,
+                strength, self._image_timeout(timeout), self._fetch_timeout,
             )
         )
 
@@ -633,17 +721,22 @@ class Pool:
     # --- lifecycle ------------------------------------------------------------
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stops accepting, drains up to ``timeout`` s, cancels the rest, joins every thread."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._native.shutdown(float(timeout))
+        """Stops accepting, drains up to ``timeout`` s, cancels the rest, joins every thread.
+
+        Returns only once the pool is shut down, also when another thread is closing
+        it at the same time. A no-op in a fork()ed child (the pool belongs to the parent).
+        """
+        drain = v.duration("timeout", timeout, allow_zero=True)
+        native = getattr(self, "_native", None)  # None: __init__ refused its arguments
+        if native is None or self._forked:
+            return
+        native.shutdown(drain)  # idempotent; a concurrent call waits until the first one finished
         _LIVE_POOLS.discard(self)
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """``close`` without blocking the event loop."""
-        await asyncio.get_running_loop().run_in_executor(None, self.close, timeout)
+        drain = v.duration("timeout", timeout, allow_zero=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.close, drain)
 
     def __enter__(self) -> Pool:
         return self
@@ -662,3 +755,9 @@ class Pool:
             self.close(timeout=1.0)
         except Exception:  # noqa: BLE001 - never raise from a finalizer
             pass
+
+
+_NOT_COPYABLE = (
+    "mpool.Pool cannot be copied or pickled: it owns native replica threads and loaded models. "
+    "Share the Pool object itself (it is thread-safe), or create a new Pool in the other process"
+)

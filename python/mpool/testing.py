@@ -7,8 +7,9 @@ import math
 from collections.abc import Iterator
 
 from . import _core
+from . import _validate as v
 from .errors import InvalidInput
-from .models import Model
+from .models import MAX_REPLICAS, Model
 
 FAULTS: tuple[str, ...] = tuple(_core.fault_names())
 """The failure points compiled into the library (see :func:`inject`)."""
@@ -59,11 +60,18 @@ def fault(name: str, count: int = 1, *, key: str | None = None, seconds: float =
 
 def noop_model(dimension: int = 4, *, memory_mb: float = 1.0, max_replicas: int = 4) -> Model:
     """A native model that embeds instantly (zeros) and streams counting tokens."""
-    return Model(_core.native_test_model_spec(dimension, 0.0, memory_mb, max_replicas))
+    return sleep_model(0.0, dimension, memory_mb=memory_mb, max_replicas=max_replicas)
 
 
 def sleep_model(
     seconds: float, dimension: int = 4, *, memory_mb: float = 1.0, max_replicas: int = 4
 ) -> Model:
     """A native model whose every step blocks in C++ for ``seconds`` (cancellable)."""
-    return Model(_core.native_test_model_spec(dimension, float(seconds), memory_mb, max_replicas))
+    return Model(
+        _core.native_test_model_spec(
+            v.int_in("dimension", dimension, 1, 1 << 20),
+            v.finite("seconds", seconds, lo=0),
+            v.finite("memory_mb", memory_mb, lo=0),
+            v.int_in("max_replicas", max_replicas, 1, MAX_REPLICAS),
+        )
+    )

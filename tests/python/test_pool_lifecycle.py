@@ -172,3 +172,55 @@ def test_adaptive_replicas_grow_under_sustained_queue_up_to_max():
         gate.set()
         assert [s.text() for s in streams] == [f"w{i}" for i in range(60)]
         assert pool.stats()["models"]["m"]["counts"]["replicas_spawned"] == 3
+
+
+def test_register_overrides_apply_to_that_registration_only_never_to_the_model_object():
+    model = embedder(10)  # its own settings: keep_alive unset, not pinned, 4 replicas, cpu
+    with mpool.Pool(keep_alive=300.0) as pool:
+        pool.register("a", model, keep_alive=5.0, pinned=True, max_replicas=2, devices=["cuda:0"])
+        with pytest.raises(mpool.InvalidInput, match="already registered"):  # fails after the overrides
+            pool.register("a", model, keep_alive=7.0, pinned=True, max_replicas=3, devices=["cuda:1"])
+        pool.register("b", model)
+        settings = {m["key"]: m for m in pool.models()}
+    keep = ("keep_alive", "pinned", "max_replicas", "devices")
+    assert {k: settings["a"][k] for k in keep} == {
+        "keep_alive": 5.0, "pinned": True, "max_replicas": 2, "devices": ["cuda:0"]
+    }
+    assert {k: settings["b"][k] for k in keep} == {
+        "keep_alive": 300.0, "pinned": False, "max_replicas": 4, "devices": ["cpu"]
+    }
+    spec = model._spec
+    assert (spec.keep_alive, spec.pinned, spec.max_replicas, spec.devices) == (None, False, 4, ["cpu"])
+
+
+def test_concurrent_close_returns_only_after_the_pool_is_shut_down():
+    gate, finished = threading.Event(), threading.Event()
+
+    class Blocking(HashEmbedder):
+        def embed(self, texts, task=None):
+            gate.wait(30)
+            finished.set()
+            return super().embed(texts, task)
+
+    pool = mpool.Pool()
+    pool.register("m", mpool.PyModel("text_embedding", lambda d: Blocking(), memory_mb=1))
+    request = threading.Thread(target=pool.embed, args=("m", ["x"]))
+    request.start()
+    assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1)
+    returned_before_request_finished = []
+
+    def close():
+        pool.close(timeout=30.0)  # drains: waits for the blocked request
+        returned_before_request_finished.append(not finished.is_set())
+
+    first = threading.Thread(target=close)
+    first.start()
+    assert wait_for(lambda: pool._native.shutting_down())
+    second = threading.Thread(target=close)
+    second.start()
+    second.join(1.0)  # before the fix, the second close returned here at once
+    gate.set()
+    for t in (first, second, request):
+        t.join(30)
+    assert returned_before_request_finished == [False, False]
+    assert pool.stats()["threads"] == 0  # both returned after every thread was joined
