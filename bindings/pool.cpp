@@ -198,6 +198,8 @@ void register_pool(py::module_& m) {
            py::call_guard<py::gil_scoped_release>())
       .def("set_pinned", &core::Pool::set_pinned, py::call_guard<py::gil_scoped_release>())
       .def("set_keep_alive", &core::Pool::set_keep_alive, py::call_guard<py::gil_scoped_release>())
+      .def("set_memory_budget", &core::Pool::set_memory_budget, py::arg("device"), py::arg("mb"),
+           py::call_guard<py::gil_scoped_release>())
       .def("shutdown", &core::Pool::shutdown, py::arg("drain_timeout"), py::call_guard<py::gil_scoped_release>())
       .def("shutting_down", &core::Pool::shutting_down)
       .def(

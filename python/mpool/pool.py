@@ -183,10 +183,12 @@ class TextStream:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[Any]:
+        chunks = _wait_chunks(self._poll, self._native)
         try:
-            async for chunk in _wait_chunks(self._poll, self._native):
+            async for chunk in chunks:
                 yield chunk
         finally:
+            await chunks.aclose()  # now, on this loop: never left to the garbage collector
             if self.finish_reason is None:
                 self.close()
 
@@ -455,6 +457,18 @@ class Pool:
         self._native.set_keep_alive(
             v.key(key), v.duration("seconds", seconds, allow_zero=True, allow_negative=True)
         )
+
+    def set_memory_budget(self, device: str, mb: float | None) -> None:
+        """Sets ``device``'s memory budget in MB (``None``: back to ``memory_fraction`` of its total).
+
+        Lowering it below what loaded models hold makes the device's pressure critical:
+        maintenance evicts idle, unpinned replicas (one per tick, each on a fresh
+        reading), and new loads evict, wait or raise MemoryExhausted. Busy and pinned
+        models are never evicted for it.
+        """
+        device = v.text("device", device, allow_empty=False)
+        budget = None if mb is None else v.finite("mb", mb, lo=0)
+        self._native.set_memory_budget(device, budget)
 
     def models(self) -> list[dict[str, Any]]:
         """One dict per registered model: state, replicas, memory, settings."""

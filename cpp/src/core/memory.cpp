@@ -1,5 +1,7 @@
 #include "mpool/core/memory.h"
 
+#include <cmath>
+
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -240,6 +242,17 @@ std::vector<DeviceMemory> MemoryGovernor::snapshot() const {
   std::vector<DeviceMemory> out;
   for (auto& [name, reading] : readings_) out.push_back(account(reading));
   return out;
+}
+
+void MemoryGovernor::set_budget(const std::string& device, std::optional<double> mb) {
+  if (mb)
+    check(std::isfinite(*mb) && *mb >= 0, ErrorCode::kInvalidInput,
+          "the memory budget of '" + device + "' must be a finite number of MB >= 0, got " + std::to_string(*mb));
+  std::lock_guard lock(mu_);
+  if (mb)
+    options_.budget_mb[device] = *mb;
+  else
+    options_.budget_mb.erase(device);
 }
 
 bool MemoryGovernor::has_device(const std::string& name) const {

@@ -4,6 +4,13 @@
 
 #include <tbb/concurrent_queue.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -67,6 +74,25 @@ void drain(Queue& queue, const Error& error, Deferred& deferred) {
     deferred.emplace_back(std::move(job), error);
   }
   for (int i = 0; i < pills; ++i) queue.push(nullptr);  // capacity keeps room for pills
+}
+
+// Names the calling thread as the OS shows it (/proc, top -H, gdb), so that tools
+// and tests can tell the pool's threads from everyone else's.
+void name_this_thread(const char* name) noexcept {
+#if defined(__linux__)
+  pthread_setname_np(pthread_self(), name);
+#else
+  (void)name;
+#endif
+}
+
+// An unloaded model's freed heap goes back to the OS, not only to malloc's free
+// lists: the governor reads the OS's free memory, and a long-running process that
+// loads and unloads models must not creep upwards.
+void give_memory_back_to_os() noexcept {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
 }
 
 Error as_error(const std::exception& e, ErrorCode code, const std::string& what) {
@@ -489,6 +515,7 @@ void Pool::maybe_scale_up_locked(Lock& lock, const std::shared_ptr<Model>& model
 
 void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> replica, Reservation reservation) {
   tls_pool = this;
+  name_this_thread("mpool-replica");
   faults::set_current_model(&model->key);
   std::shared_ptr<Instance> instance;
   std::string load_error;
@@ -517,6 +544,7 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
     }
     instance.reset();  // the model's memory goes back before the reservation does
   }
+  give_memory_back_to_os();
   reservation.release();
 
   Deferred deferred;
@@ -685,6 +713,14 @@ void Pool::set_keep_alive(const std::string& key, double keep_alive_s) {
   wake_maintenance();
 }
 
+void Pool::set_memory_budget(const std::string& device, std::optional<double> mb) {
+  check(device == "cpu" || device.rfind("cuda:", 0) == 0, ErrorCode::kInvalidInput,
+        "device '" + device + "' is not \"cpu\" or \"cuda:N\"");
+  governor_->set_budget(device, mb);
+  governor_->refresh();
+  wake_maintenance();
+}
+
 void Pool::wake_maintenance() {
   {
     std::lock_guard lock(maintenance_mu_);
@@ -695,6 +731,7 @@ void Pool::wake_maintenance() {
 
 void Pool::maintenance_loop() {
   tls_pool = this;
+  name_this_thread("mpool-maint");
   const auto interval = to_duration(options_.maintenance_interval_s);
   while (true) {
     {

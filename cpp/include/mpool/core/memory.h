@@ -100,6 +100,9 @@ class MemoryGovernor : public std::enable_shared_from_this<MemoryGovernor> {
   std::vector<DeviceMemory> snapshot() const;
   /// True if `name` is a present device.
   bool has_device(const std::string& name) const;
+  /// Sets (or, with nullopt, removes) an explicit budget for `device` in MB.
+  /// Reservations already held stay; a budget below them only refuses new ones.
+  void set_budget(const std::string& device, std::optional<double> mb);
 
  private:
   friend class Reservation;

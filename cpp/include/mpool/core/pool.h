@@ -95,6 +95,11 @@ class Pool {
   /// Overrides a model's keep-alive (seconds; 0 = at once; <0 = never).
   void set_keep_alive(const std::string& key, double keep_alive_s);
 
+  /// Sets a device's memory budget in MB (nullopt: back to memory_fraction of
+  /// its total). Lowering it below what is committed makes the device's pressure
+  /// critical: maintenance then evicts idle replicas, and new loads wait or fail.
+  void set_memory_budget(const std::string& device, std::optional<double> mb);
+
   /// Snapshot of all models and devices.
   PoolStats stats() const;
   /// Snapshot of one model.
