@@ -4,7 +4,18 @@
 
 #include <tbb/concurrent_queue.h>
 
-#if defined(__GLIBC__)
+// Sanitizers bring their own allocator: glibc's malloc_trim would then work on
+// arenas nobody uses (and trips glibc's thread-exit bookkeeping under TSan).
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define MPOOL_SANITIZED_ALLOCATOR 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define MPOOL_SANITIZED_ALLOCATOR 1
+#endif
+#if defined(__GLIBC__) && !defined(MPOOL_SANITIZED_ALLOCATOR)
+#define MPOOL_TRIM_HEAP 1
 #include <malloc.h>
 #endif
 #if defined(__linux__)
@@ -90,7 +101,7 @@ void name_this_thread(const char* name) noexcept {
 // lists: the governor reads the OS's free memory, and a long-running process that
 // loads and unloads models must not creep upwards.
 void give_memory_back_to_os() noexcept {
-#if defined(__GLIBC__)
+#if defined(MPOOL_TRIM_HEAP)
   malloc_trim(0);
 #endif
 }
@@ -342,6 +353,18 @@ bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int cou
   }
   if (!allow_evict) return false;
   // Nothing fits: evict idle, unpinned memory (least recently used first) until one replica does.
+  // A model whose requests have all settled but whose replica is still in a job
+  // (finishing the instant after it delivered, or running for a caller that gave
+  // up) is not idle; it becomes evictable when the job returns.
+  auto finishing = [&](const std::string& device) {
+    for (auto& [k, m] : models_) {
+      if (m == model || m->pinned || m->starting || m->metrics->in_flight.load() != 0 || m->count(kBusy) == 0)
+        continue;
+      for (auto& r : m->replicas)
+        if (r->device == device && r->state.load() != kDead) return true;
+    }
+    return false;
+  };
   for (auto& device : model->spec.devices) {
     if (!governor_->has_device(device)) continue;
     while (true) {
@@ -350,7 +373,12 @@ bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int cou
         return true;
       }
       out_of_time();
-      if (!evict_one_locked(lock, device, model.get(), deadline)) break;
+      if (!evict_one_locked(lock, device, model.get(), deadline)) {
+        if (!finishing(device)) break;
+        // Wait (lock released, within the deadline) for its job to return.
+        exit_cv_.wait_until(lock, std::min(deadline, Clock::now() + std::chrono::milliseconds(50)));
+        reap_locked();
+      }
       still_wanted();
     }
   }
@@ -669,8 +697,11 @@ void Pool::serve(Model& model, Replica& replica, Instance& instance) {
     replica.last_active_ns = now_ns();
     model.last_used_ns = now_ns();
     replica.state = kIdle;
-    // keep_alive == 0 unloads right after the last request, not at the next tick.
-    if (model.metrics->in_flight.load() == 0 && model.keep_alive_s.load() == 0) wake_maintenance();
+    if (model.metrics->in_flight.load() == 0) {
+      exit_cv_.notify_all();  // a cold start may be waiting for this model to become evictable
+      // keep_alive == 0 unloads right after the last request, not at the next tick.
+      if (model.keep_alive_s.load() == 0) wake_maintenance();
+    }
   }
 }
 

@@ -236,7 +236,7 @@ TEST_F(Reliability, ThreadCreationFailureDuringGrowthNeverFailsTheQueuedRequest)
   auto options = test_options(10000);
   options.cold_start_replicas = 1;
   options.scale_up_after_s = 0;
-  options.scale_up_queue_depth = 0;  // any queued job asks for growth
+  options.scale_up_queue_depth = 1;  // growth once more than one job per replica waits
   Pool pool(options);
   Gate gate;
   auto spec = fn_spec(100, [&](int x, RequestContext& ctx) {
@@ -247,17 +247,41 @@ TEST_F(Reliability, ThreadCreationFailureDuringGrowthNeverFailsTheQueuedRequest)
   pool.register_model("m", spec);
   auto first = call_async(pool, "m", 1, 60.0);
   ASSERT_TRUE(gate.wait_entered(1));
+  ASSERT_EQ(pool.model_stats("m").replicas, 1);  // one job never asked for growth
   faults::arm(faults::Fault::kThreadCreateFails, 1000, "m");
-  std::shared_ptr<Pending<int>> second;
-  EXPECT_FALSE(code_of([&] { second = call_async(pool, "m", 2, 60.0); }).has_value());  // queued: no throw
+  std::shared_ptr<Pending<int>> second, third;
+  EXPECT_FALSE(code_of([&] { second = call_async(pool, "m", 2, 60.0); }).has_value());
+  EXPECT_FALSE(code_of([&] { third = call_async(pool, "m", 3, 60.0); }).has_value());  // asks for growth: fails
   EXPECT_GE(faults::fired(faults::Fault::kThreadCreateFails), 1);
+  EXPECT_EQ(pool.model_stats("m").replicas, 1);  // no phantom replica
   faults::disarm_all();
   gate.open();
   EXPECT_EQ(first->wait(), 1);
   EXPECT_EQ(second->wait(), 2);
+  EXPECT_EQ(third->wait(), 3);
 }
 
 // --- defect 8: a running job is busy; deadlines bound memory waits ------------------
+
+TEST_F(Reliability, ColdStartWaitsForAJobThatOutlivedItsCallerAndThenEvictsItsModel) {
+  auto options = test_options(500);
+  options.cold_start_replicas = 1;
+  Pool pool(options);
+  std::atomic<bool> release{false};
+  pool.register_model("a", fn_spec(400, [&](int x, RequestContext&) {
+                        while (!release) std::this_thread::sleep_for(1ms);  // ignores cancellation
+                        return x;
+                      }));
+  pool.register_model("b", fn_spec(400, identity));
+  EXPECT_EQ(code_of([&] { call(pool, "a", 1, 0.05); }), ErrorCode::kTimeout);
+  std::thread releaser([&] {
+    ASSERT_TRUE(eventually([&] { return pool.model_stats("b").metrics.requests == 1; }, 30));
+    release = true;  // while b's cold start waits
+  });
+  EXPECT_EQ(call(pool, "b", 2, 60.0), 2);
+  releaser.join();
+  EXPECT_EQ(pool.model_stats("a").replicas, 0);  // evicted once its job returned
+}
 
 TEST_F(Reliability, ModelRunningAJobWhoseCallerTimedOutIsNeverEvicted) {
   auto options = test_options(500);
@@ -272,8 +296,10 @@ TEST_F(Reliability, ModelRunningAJobWhoseCallerTimedOutIsNeverEvicted) {
   pool.register_model("b", fn_spec(400, identity));
   EXPECT_EQ(code_of([&] { call(pool, "a", 1, 0.05); }), ErrorCode::kTimeout);
   EXPECT_EQ(pool.model_stats("a").busy_replicas, 1);  // the caller left; the job still runs
-  EXPECT_EQ(code_of([&] { call(pool, "b", 2, 1.0); }), ErrorCode::kMemoryExhausted);
-  EXPECT_EQ(alive.load(), 1);  // not evicted while busy
+  // b waits, within its own deadline, for a's job to return: a is never evicted mid-job.
+  EXPECT_EQ(code_of([&] { call(pool, "b", 2, 0.3); }), ErrorCode::kTimeout);
+  EXPECT_EQ(alive.load(), 1);
+  EXPECT_EQ(pool.model_stats("a").busy_replicas, 1);
   release = true;
   EXPECT_TRUE(eventually([&] { return pool.model_stats("a").busy_replicas == 0; }));
   EXPECT_EQ(call(pool, "b", 3, 30.0), 3);  // now idle, it makes room
