@@ -7,7 +7,7 @@ import atexit
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,7 +96,7 @@ def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> Call
     return ready
 
 
-async def _wait_chunks(poll: Callable[[], tuple[bool, Any]], native: Any) -> AsyncIterator[Any]:
+async def _wait_chunks(poll: Callable[[], tuple[bool, Any]], native: Any) -> AsyncGenerator[Any, None]:
     """Yields a stream's items without holding any thread while it waits.
 
     ``poll()`` takes what is there; when nothing is, the native stream calls back

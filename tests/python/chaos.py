@@ -43,9 +43,14 @@ def os_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def pool_threads() -> list[str]:
-    """Names of this process's OS threads that belong to a pool (mpool-replica, mpool-maint)."""
-    names = []
+def pool_threads() -> set[tuple[str, str]]:
+    """(tid, name) of this process's OS threads named like a pool's (mpool-replica, mpool-maint).
+
+    Linux threads inherit their creator's name, so threads that a library starts
+    from a replica thread (a tokenizer's or BLAS's worker pool, which lives on)
+    carry it too: compare sets taken before and after, never absolute counts.
+    """
+    out = set()
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
@@ -53,8 +58,8 @@ def pool_threads() -> list[str]:
         except OSError:  # exited meanwhile
             continue
         if name.startswith("mpool-"):
-            names.append(name)
-    return names
+            out.add((tid, name))
+    return out
 
 
 def rss_mb() -> float:
@@ -326,6 +331,7 @@ def _settled_threads(limit: int, seconds: float = 30.0) -> int:
 def run_chaos(requests: int = 2000, threads: int = 32, seed: int = 0) -> ChaosReport:
     _warm_up()
     before = os_threads()
+    named_before = pool_threads()
     ids = itertools.count()
     lock = threading.Lock()
     outcomes: dict[int, str] = {}
@@ -399,7 +405,7 @@ def run_chaos(requests: int = 2000, threads: int = 32, seed: int = 0) -> ChaosRe
         monkey=actions,
         os_threads_before=before,
         os_threads_after=after,
-        pool_threads_after=pool_threads(),
+        pool_threads_after=sorted(name for _, name in pool_threads() - named_before),
         committed_mb_after=committed,
         count_mismatches=mismatches,
     )

@@ -9,7 +9,8 @@ from chaos import GRACE_S, run_chaos, rss_cycles
 
 def test_chaos_every_request_ends_once_nothing_hangs_and_close_leaves_no_thread_or_memory():
     report = run_chaos(requests=2000, threads=32, seed=0)
-    assert report.problems() == []
+    problems = report.problems()
+    assert not problems, "\n".join(problems)
     assert sum(report.outcomes.values()) == 2000
     assert report.outcomes["ok"] > 0
     assert report.worst_overrun_s <= GRACE_S
