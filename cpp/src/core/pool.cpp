@@ -296,9 +296,10 @@ void Pool::submit(const std::string& key, const std::string& capability, std::sh
     }
     model->starting = false;
     if (failed) {
-      // Requests that queued behind this cold start share its fate; this one
-      // settles with it too (its caller gets the exception).
-      drain(model->queue, *failed, deferred);
+      // Requests that queued behind this cold start share its fate, unless it only
+      // ran out of this request's time: theirs is their own, and maintenance
+      // cold-starts for them. This one settles with it (its caller gets the exception).
+      if (failed->code() != ErrorCode::kTimeout) drain(model->queue, *failed, deferred);
       deferred.emplace_back(job, *failed);
       lock.unlock();
       fail_all(deferred);
