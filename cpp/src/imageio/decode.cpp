@@ -14,6 +14,8 @@
 // stb_image, compiled here with internal linkage (no symbol can clash with another
 // copy in the process) and only the formats mpool documents. Built as part of
 // this library, it gets the sanitizer and fuzzer instrumentation of the build.
+// mpool_stb_image.h is the system's stb_image.h with the fixes listed in
+// cpp/src/imageio/CMakeLists.txt applied at configure time.
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_STATIC
 #define STBI_NO_STDIO
@@ -30,7 +32,7 @@
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-function"
 #endif
-#include <stb/stb_image.h>
+#include "mpool_stb_image.h"
 #if defined(__clang__)
 #pragma clang diagnostic pop
 #elif defined(__GNUC__)

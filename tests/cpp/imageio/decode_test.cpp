@@ -279,6 +279,21 @@ TEST(ImageDecode, TruncatedDataIsRefused) {
   expect_invalid([&] { decode_bytes(cut_bmp, "cut.bmp"); }, "cut.bmp: ", "cannot decode image");
 }
 
+TEST(ImageDecode, JpegHuffmanTableWithTooManyCodesIsRefused) {
+  // stb_image 2.27 wrote past its 257-entry code-size table for such a DHT
+  // (found by image_decode_fuzz); the configure-time fix refuses it.
+  Bytes jpeg = kRedJpeg;
+  std::size_t dht = 0;
+  for (std::size_t i = 2; i + 1 < jpeg.size(); ++i)
+    if (jpeg[i] == 0xff && jpeg[i + 1] == 0xc4) {
+      dht = i;
+      break;
+    }
+  ASSERT_GT(dht, 0u);
+  for (std::size_t i = dht + 5; i < dht + 21; ++i) jpeg[i] = 0xff;  // 16 counts of 255 codes
+  expect_invalid([&] { decode_bytes(jpeg, "dht.jpg"); }, "dht.jpg: ", "cannot decode image (bad DHT header)");
+}
+
 TEST(ImageDecode, HugeDeclaredDimensionsAreRefusedFromTheHeader) {
   // 17000 x 17000 gray = 289e6 pixels: a valid header with no pixel data. The cap
   // is checked from the header, so the message is about size, not truncation.
