@@ -235,6 +235,17 @@ TEST(ImageDecode, PngRgbRgbaAndGrayComeOutAsRgb) {
   EXPECT_EQ(pixels_of(c), (Bytes{0, 0, 0, 128, 128, 128, 255, 255, 255}));
 }
 
+TEST(ImageDecode, PngWithAnEmptyFirstIdatChunkDecodes) {
+  // stb_image 2.27 read the empty chunk with memcpy(NULL, src, 0), undefined
+  // behaviour that the asan test build aborts on (found by image_decode_fuzz).
+  const Bytes rgb = {1, 2, 3, 4, 5, 6};  // 2x1
+  Bytes data = png(2, 1, 2, rgb);
+  Bytes empty_idat;
+  chunk(empty_idat, "IDAT", {});
+  data.insert(data.begin() + 33, empty_idat.begin(), empty_idat.end());  // after the signature and IHDR
+  EXPECT_EQ(pixels_of(decode_bytes(data)), rgb);
+}
+
 TEST(ImageDecode, JpegDecodesToItsColor) {
   DecodedImage img = decode_bytes(kRedJpeg);
   ASSERT_EQ(img.height, 8);
