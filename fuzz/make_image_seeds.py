@@ -5,7 +5,10 @@ with the project's environment:
     .venv/bin/python fuzz/make_image_seeds.py
 
 The output is deterministic for a given Pillow version (13.0 made the committed
-files); rerunning it only matters when seeds are added.
+files); rerunning it only matters when seeds are added. The finding-* files next
+to them are not made here: they are the inputs image_decode_fuzz found (one per
+stb_image fix in cpp/src/imageio/CMakeLists.txt), kept as regression seeds that
+every run, the test command's included, replays first.
 """
 
 from __future__ import annotations
