@@ -38,6 +38,7 @@ CLANG_MAJOR="$(clang++ -dumpversion | cut -d. -f1)"
 if [[ ! -f "$(clang++ -print-resource-dir)/lib/linux/libclang_rt.fuzzer-x86_64.a" ]]; then
   if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
     log "installing libclang-rt-${CLANG_MAJOR}-dev"
+    [[ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$')" ]] || apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "libclang-rt-${CLANG_MAJOR}-dev" >/dev/null
   else
     echo "libFuzzer runtime missing: apt-get install libclang-rt-${CLANG_MAJOR}-dev" >&2
