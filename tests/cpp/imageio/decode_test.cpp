@@ -246,6 +246,18 @@ TEST(ImageDecode, PngWithAnEmptyFirstIdatChunkDecodes) {
   EXPECT_EQ(pixels_of(decode_bytes(data)), rgb);
 }
 
+TEST(ImageDecode, PngIdatLongerThanTheDataIsRefusedBeforeAllocating) {
+  // The IDAT chunk claims 2 GiB - 64 KiB; stb_image 2.27 grew its buffer to
+  // that before finding the bytes missing (found by image_decode_fuzz).
+  Bytes data = png(2, 1, 2, {1, 2, 3, 4, 5, 6});
+  const std::size_t idat = 33;  // the IDAT chunk's length field
+  ASSERT_EQ(std::string(data.begin() + idat + 4, data.begin() + idat + 8), "IDAT");
+  data[idat] = 0x7f;
+  data[idat + 1] = 0xff;
+  expect_invalid([&] { decode_bytes(data, "long-idat.png"); }, "long-idat.png: ",
+                 "cannot decode image (IDAT past the end)");
+}
+
 TEST(ImageDecode, JpegDecodesToItsColor) {
   DecodedImage img = decode_bytes(kRedJpeg);
   ASSERT_EQ(img.height, 8);
