@@ -5,7 +5,8 @@
 # Targets are the mpool_add_fuzzer() calls in fuzz/CMakeLists.txt. Seeds come from
 # fuzz/corpus/<target>/ (copied into the working corpus build/fuzz/corpus/<target>/,
 # which grows across runs), a dictionary from fuzz/<target>.dict when present.
-# Crashing inputs land in build/fuzz/artifacts/<target>/.
+# Crashing inputs land in build/fuzz/artifacts/<target>/. FUZZ_CORPUS=<dir> uses
+# <dir> as the working corpus instead (still seeded from fuzz/corpus/<target>/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -37,6 +38,7 @@ CLANG_MAJOR="$(clang++ -dumpversion | cut -d. -f1)"
 if [[ ! -f "$(clang++ -print-resource-dir)/lib/linux/libclang_rt.fuzzer-x86_64.a" ]]; then
   if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
     log "installing libclang-rt-${CLANG_MAJOR}-dev"
+    [[ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$')" ]] || apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "libclang-rt-${CLANG_MAJOR}-dev" >/dev/null
   else
     echo "libFuzzer runtime missing: apt-get install libclang-rt-${CLANG_MAJOR}-dev" >&2
@@ -49,7 +51,7 @@ log "building $TARGET"
 CC=clang CXX=clang++ cmake -S . -B "$BUILD" -DMPOOL_BUILD_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$BUILD" --target "$TARGET" -j "${FUZZ_JOBS:-2}" >/dev/null
 
-CORPUS="$BUILD/corpus/$TARGET"
+CORPUS="${FUZZ_CORPUS:-$BUILD/corpus/$TARGET}"  # FUZZ_CORPUS: another working corpus (scripts/test.sh: a fresh one)
 ARTIFACTS="$BUILD/artifacts/$TARGET"
 mkdir -p "$CORPUS" "$ARTIFACTS"
 [[ -d "fuzz/corpus/$TARGET" ]] && cp -n "fuzz/corpus/$TARGET"/* "$CORPUS"/ 2>/dev/null || true

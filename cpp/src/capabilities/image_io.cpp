@@ -2,15 +2,13 @@
 
 #include <ATen/ATen.h>
 #include <curl/curl.h>
-#include <stb/stb_image.h>
 
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <mutex>
-#include <sstream>
 
 #include "mpool/core/error.h"
+#include "mpool/imageio/decode.h"
 
 namespace mpool::capabilities {
 namespace {
@@ -51,29 +49,23 @@ Image image_from_pixels(const uint8_t* data, int64_t height, int64_t width, int6
   return pixels.slice(2, 0, 3).contiguous();  // RGBA: drop alpha
 }
 
-Image decode_image(const std::string& bytes, const std::string& source) {
-  check(!bytes.empty(), ErrorCode::kInvalidInput, source + ": image data is empty");
-  check(bytes.size() < (1u << 31), ErrorCode::kInvalidInput, source + ": image data is larger than 2 GiB");
-  int w = 0, h = 0, n = 0;
-  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
-      stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &w, &h,
-                            &n, 3),
-      stbi_image_free);
-  if (!pixels) {
-    const char* why = stbi_failure_reason();
-    throw Error(ErrorCode::kInvalidInput, source + ": cannot decode image (" + (why ? why : "unknown format") +
-                                              "); supported: PNG, JPEG, BMP, GIF, TGA, PNM");
-  }
-  return image_from_pixels(pixels.get(), h, w, 3);
+namespace {
+
+// The decoder's buffer becomes the tensor's storage, without a copy.
+Image to_tensor(imageio::DecodedImage decoded) {
+  const int64_t h = decoded.height, w = decoded.width;
+  auto deleter = decoded.pixels.get_deleter();
+  std::uint8_t* data = decoded.pixels.release();
+  return at::from_blob(data, {h, w, 3}, [deleter](void* p) { deleter(p); }, at::TensorOptions().dtype(at::kByte));
 }
 
-Image read_image_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  check(in.good(), ErrorCode::kInvalidInput, path + ": cannot open image file (" + std::strerror(errno) + ")");
-  std::ostringstream data;
-  data << in.rdbuf();
-  return decode_image(data.str(), path);
+}  // namespace
+
+Image decode_image(const std::string& bytes, const std::string& source) {
+  return to_tensor(imageio::decode(bytes.data(), bytes.size(), source));
 }
+
+Image read_image_file(const std::string& path) { return to_tensor(imageio::decode_file(path)); }
 
 Image fetch_image(const std::string& url, double timeout_s, size_t max_bytes) {
   curl_init_once();

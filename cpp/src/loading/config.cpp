@@ -178,9 +178,12 @@ TokenizerConfig parse_tokenizer_config(const JsonView& j, const std::optional<fs
 
 SpecialTokens parse_special_tokens_map(const JsonView& j) { return parse_special(j); }
 
-std::int64_t require_positive(const std::optional<std::int64_t>& value, const char* key) {
+std::int64_t require_positive(const std::optional<std::int64_t>& value, const char* key, std::int64_t max) {
   if (!value || *value <= 0)
     throw Error(ErrorCode::kInvalidInput, std::string("config.json: \"") + key + "\" must be a positive integer");
+  if (*value > max)
+    throw Error(ErrorCode::kInvalidInput, std::string("config.json: \"") + key + "\" is " + std::to_string(*value) +
+                                              ", more than the " + std::to_string(max) + " mpool accepts");
   return *value;
 }
 

@@ -145,9 +145,17 @@ struct TokenizerConfig {
   JsonView raw;
 };
 
-/// `value` of config.json's `key` when it is set and positive; InvalidInput naming
-/// the key otherwise (a family's required dimensions).
-std::int64_t require_positive(const std::optional<std::int64_t>& value, const char* key);
+/// Largest dimension a family accepts from config.json (2^31 - 1): bounds every
+/// size, count and product the model code derives from the file.
+inline constexpr std::int64_t kMaxConfigDimension = (std::int64_t{1} << 31) - 1;
+/// Most layers a family accepts from config.json; the families allocate and name
+/// weights per layer before any checkpoint is read.
+inline constexpr std::int64_t kMaxConfigLayers = std::int64_t{1} << 16;
+
+/// `value` of config.json's `key` when it is set, positive and at most `max`;
+/// InvalidInput naming the key otherwise (a family's required dimensions).
+std::int64_t require_positive(const std::optional<std::int64_t>& value, const char* key,
+                              std::int64_t max = kMaxConfigDimension);
 
 /// Reads the common fields of config.json; errors name the file and key.
 ModelConfig parse_model_config(const JsonView& json);

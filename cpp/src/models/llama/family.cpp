@@ -202,7 +202,8 @@ NativeModel build(const loading::ModelLayout& layout, const loading::ModelConfig
   const WeightLayout weights = WeightLayout::detect(checkpoint, config);
   for (const auto& name : LlamaDecoder::weight_names(config, weights))
     if (auto ref = checkpoint.find(name)) weight_bytes += static_cast<double>(ref->info->numel()) * elem;
-  const double kv_bytes = 2.0 * static_cast<double>(config.num_layers * config.num_kv_heads * config.head_dim) *
+  const double kv_bytes = 2.0 * static_cast<double>(config.num_layers) * static_cast<double>(config.num_kv_heads) *
+                          static_cast<double>(config.head_dim) *
                           static_cast<double>(context) * elem;
   const double tokens = static_cast<double>(std::max<size_t>(kPrefillChunk, settings.tokens_per_forward));
   const double act_bytes =

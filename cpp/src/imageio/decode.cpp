@@ -1,0 +1,143 @@
+#include "mpool/imageio/decode.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+#include "mpool/core/error.h"
+
+// stb_image, compiled here with internal linkage (no symbol can clash with another
+// copy in the process) and only the formats mpool documents. Built as part of
+// this library, it gets the sanitizer and fuzzer instrumentation of the build.
+// mpool_stb_image.h is the system's stb_image.h with the fixes listed in
+// cpp/src/imageio/CMakeLists.txt applied at configure time.
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_STATIC
+#define STBI_NO_STDIO
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_BMP
+#define STBI_ONLY_GIF
+#define STBI_ONLY_TGA
+#define STBI_ONLY_PNM
+#if defined(__clang__)
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wunused-function"
+#elif defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#endif
+#include "mpool_stb_image.h"
+#if defined(__clang__)
+#pragma clang diagnostic pop
+#elif defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+namespace mpool::imageio {
+namespace {
+
+constexpr const char* kFormats = "supported: PNG, JPEG, BMP, GIF, TGA, PNM";
+
+void free_pixels(void* p) { stbi_image_free(p); }
+
+[[noreturn]] void undecodable(const std::string& source) {
+  const char* why = stbi_failure_reason();
+  throw Error(ErrorCode::kInvalidInput, source + ": cannot decode image (" + (why ? why : "unknown format") +
+                                            "); " + kFormats);
+}
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+// Closes the descriptor on every path.
+struct Fd {
+  int fd;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
+
+DecodedImage decode(const void* data, std::size_t size, const std::string& source, std::int64_t max_pixels) {
+  check(size > 0, ErrorCode::kInvalidInput, source + ": image data is empty");
+  check(size <= static_cast<std::size_t>(INT_MAX), ErrorCode::kInvalidInput,
+        source + ": image data is larger than 2 GiB");
+  const auto* bytes = static_cast<const stbi_uc*>(data);
+  const int len = static_cast<int>(size);
+
+  // The header first: refuse absurd dimensions before any pixel is allocated.
+  int w = 0, h = 0, n = 0;
+  if (!stbi_info_from_memory(bytes, len, &w, &h, &n)) undecodable(source);
+  auto too_large = [&](std::int64_t height, std::int64_t width) {
+    return source + ": image is " + std::to_string(width) + "x" + std::to_string(height) + ", " +
+           std::to_string(height * width) + " pixels; at most " + std::to_string(max_pixels) +
+           " pixels are decoded";
+  };
+  check(w > 0 && h > 0, ErrorCode::kInvalidInput,
+        source + ": image has no pixels (" + std::to_string(w) + "x" + std::to_string(h) + ")");
+  check(std::int64_t{w} * h <= max_pixels, ErrorCode::kInvalidInput, too_large(h, w));
+
+  w = h = n = 0;
+  DecodedImage image;
+  image.pixels = PixelBuffer(stbi_load_from_memory(bytes, len, &w, &h, &n, 3), free_pixels);
+  if (!image.pixels) undecodable(source);
+  // The decoder's own dimensions are checked again: they are what the buffer holds.
+  check(w > 0 && h > 0, ErrorCode::kInvalidInput,
+        source + ": image has no pixels (" + std::to_string(w) + "x" + std::to_string(h) + ")");
+  check(std::int64_t{w} * h <= max_pixels, ErrorCode::kInvalidInput, too_large(h, w));
+  image.height = h;
+  image.width = w;
+  return image;
+}
+
+std::string read_file(const std::string& path, std::size_t max_bytes) {
+  // O_NONBLOCK: opening a FIFO for reading must not wait for a writer. It only
+  // matters for what is refused below; a regular file reads the same with it.
+  Fd file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)};
+  check(file.fd >= 0, ErrorCode::kInvalidInput,
+        path + ": cannot open image file (" + errno_text(errno) + ")");
+  struct stat st {};
+  check(::fstat(file.fd, &st) == 0, ErrorCode::kInvalidInput,
+        path + ": cannot stat image file (" + errno_text(errno) + ")");
+  const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
+                     : S_ISCHR(st.st_mode)  ? "a character device"
+                     : S_ISBLK(st.st_mode)  ? "a block device"
+                     : S_ISFIFO(st.st_mode) ? "a FIFO"
+                     : S_ISSOCK(st.st_mode) ? "a socket"
+                                            : "not a regular file";
+  check(S_ISREG(st.st_mode), ErrorCode::kInvalidInput,
+        path + ": not a regular file (" + kind + "); an image path must name a regular file");
+  const std::string over_cap = path + ": image file is larger than " + std::to_string(max_bytes) + " bytes (" +
+                               std::to_string(max_bytes >> 20) + " MiB), the most mpool reads";
+  check(static_cast<std::uint64_t>(st.st_size) <= max_bytes, ErrorCode::kInvalidInput, over_cap);
+
+  // Read at most max_bytes + 1 bytes: a file that grew since fstat is refused, not read whole.
+  std::string data;
+  data.resize(static_cast<std::size_t>(st.st_size) + 1 <= max_bytes ? static_cast<std::size_t>(st.st_size) + 1
+                                                                    : max_bytes + 1);
+  std::size_t got = 0;
+  while (got < data.size()) {
+    ssize_t r = ::read(file.fd, data.data() + got, data.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    check(r >= 0, ErrorCode::kInvalidInput, path + ": cannot read image file (" + errno_text(errno) + ")");
+    if (r == 0) break;
+    got += static_cast<std::size_t>(r);
+    if (got == data.size() && got <= max_bytes) data.resize(std::min(data.size() * 2, max_bytes + 1));
+  }
+  check(got <= max_bytes, ErrorCode::kInvalidInput, over_cap);
+  data.resize(got);
+  return data;
+}
+
+DecodedImage decode_file(const std::string& path, std::size_t max_bytes, std::int64_t max_pixels) {
+  const std::string bytes = read_file(path, max_bytes);
+  return decode(bytes.data(), bytes.size(), path, max_pixels);
+}
+
+}  // namespace mpool::imageio

@@ -1,0 +1,98 @@
+// libFuzzer target: arbitrary bytes as a model's JSON configuration, through
+// everything torch-free that reads it when a model is registered:
+//   parse_model_config (config.json's common fields), then each family's own
+//   reader, BertConfig::from and LlamaConfig::from (the model_type field picks
+//   which one accepts, as in production; both are tried on every input), and
+//   parse_generation_config, parse_tokenizer_config and
+//   parse_special_tokens_map on the same document.
+// Every failure must be mpool::Error(kInvalidInput). A config a family accepts
+// must satisfy what its model code relies on (checked below); anything else (a
+// crash, a sanitizer report, another exception, an allocation over libFuzzer's
+// limit) is a finding.
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string_view>
+
+#include "mpool/core/error.h"
+#include "mpool/loading/config.h"
+#include "mpool/loading/json.h"
+#include "mpool/models/bert/config.h"
+#include "mpool/models/llama/config.h"
+
+namespace {
+
+using mpool::Error;
+using mpool::ErrorCode;
+namespace loading = mpool::loading;
+
+template <typename F>
+void expect_only_invalid_input(F f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kInvalidInput) std::abort();
+  }
+}
+
+void require(bool ok) {
+  if (!ok) std::abort();
+}
+
+// What bert/bert.cpp and bert/family.cpp rely on.
+void check_bert(const mpool::models::bert::BertConfig& b) {
+  require(b.vocab_size > 0 && b.hidden_size > 0 && b.num_layers > 0 && b.num_heads > 0);
+  require(b.intermediate_size > 0 && b.max_position_embeddings > 0);
+  require(b.hidden_size % b.num_heads == 0);
+  require(b.type_vocab_size >= 0);
+  // Positions left for tokens: roberta spends pad_token_id + 1 of them.
+  if (b.padding_offset_positions) {
+    require(b.pad_token_id >= 0 && b.pad_token_id < b.max_position_embeddings - 1);
+  }
+}
+
+// What llama/llama.cpp and llama/family.cpp rely on.
+void check_llama(const mpool::models::llama::LlamaConfig& l) {
+  require(l.vocab_size > 0 && l.hidden_size > 0 && l.num_layers > 0 && l.num_heads > 0);
+  require(l.intermediate_size > 0 && l.max_position_embeddings > 0);
+  require(l.num_kv_heads > 0 && l.num_heads % l.num_kv_heads == 0);
+  require(l.head_dim > 0);
+  require(l.sliding_window.size() == static_cast<std::size_t>(l.num_layers));
+  for (std::int64_t w : l.sliding_window) require(w >= 0);
+  const auto& r = l.rope;
+  require(r.rotary_dim >= 2 && r.rotary_dim % 2 == 0 && r.rotary_dim <= l.head_dim);
+  require(r.factor > 0);
+  if (r.type == "longrope") {
+    require(r.short_factor.size() == static_cast<std::size_t>(r.rotary_dim / 2));
+    require(r.long_factor.size() == r.short_factor.size());
+    require(r.original_max_position_embeddings > 0);
+  }
+  if (r.type == "dynamic") {
+    // family.cpp: max_context = max_position_embeddings * factor, as an int64.
+    const double max_context = static_cast<double>(l.max_position_embeddings) * r.factor;
+    require(max_context < static_cast<double>(std::numeric_limits<std::int64_t>::max()));
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  std::string_view text(reinterpret_cast<const char*>(data), size);
+  loading::JsonView json;
+  try {
+    json = loading::parse_json_object(text, "config.json");
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kInvalidInput) std::abort();
+    return 0;
+  }
+  expect_only_invalid_input([&] {
+    const loading::ModelConfig config = loading::parse_model_config(json);
+    expect_only_invalid_input([&] { check_bert(mpool::models::bert::BertConfig::from(config)); });
+    expect_only_invalid_input([&] { check_llama(mpool::models::llama::LlamaConfig::from(config)); });
+  });
+  expect_only_invalid_input([&] { (void)loading::parse_generation_config(json); });
+  expect_only_invalid_input([&] { (void)loading::parse_tokenizer_config(json); });
+  expect_only_invalid_input([&] { (void)loading::parse_special_tokens_map(json); });
+  return 0;
+}

@@ -1,0 +1,107 @@
+// The families' config.json readers (torch-free): what they accept, and the
+// bounds that keep the model code's sizes, allocations and arithmetic sane.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "mpool/core/error.h"
+#include "mpool/loading/config.h"
+#include "mpool/loading/json.h"
+#include "mpool/models/bert/config.h"
+#include "mpool/models/llama/config.h"
+
+namespace mpool::models {
+namespace {
+
+loading::ModelConfig config(const std::string& json) {
+  return loading::parse_model_config(loading::parse_json_object(json, "config.json"));
+}
+
+const std::string kLlama =
+    R"("model_type": "llama", "vocab_size": 100, "hidden_size": 32, "num_attention_heads": 4,
+       "intermediate_size": 64, "max_position_embeddings": 64)";
+const std::string kRoberta =
+    R"("model_type": "roberta", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
+       "num_attention_heads": 4, "intermediate_size": 64)";
+
+template <typename F>
+void expect_invalid(F f, const std::string& part) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidInput) << e.what();
+    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+  }
+}
+
+TEST(FamilyConfigs, AcceptSmallConfigs) {
+  auto l = llama::LlamaConfig::from(config("{" + kLlama + R"(, "num_hidden_layers": 3})"));
+  EXPECT_EQ(l.num_layers, 3);
+  EXPECT_EQ(l.sliding_window.size(), 3u);
+  EXPECT_EQ(l.head_dim, 8);
+  auto b = bert::BertConfig::from(config("{" + kRoberta + R"(, "max_position_embeddings": 66, "pad_token_id": 1})"));
+  EXPECT_TRUE(b.padding_offset_positions);
+  EXPECT_EQ(b.pad_token_id, 1);
+}
+
+TEST(FamilyConfigs, LayerCountIsBoundedBeforeAnythingIsAllocatedPerLayer) {
+  // 4e12 layers: the per-layer sliding-window table alone would be 32 TB.
+  expect_invalid([] { llama::LlamaConfig::from(config("{" + kLlama + R"(, "num_hidden_layers": 4000000000000})")); },
+                 "config.json: \"num_hidden_layers\" is 4000000000000, more than the 65536 mpool accepts");
+  expect_invalid(
+      [] {
+        bert::BertConfig::from(config("{" + kRoberta.substr(0, kRoberta.find("\"num_hidden_layers\"")) +
+                                      R"("num_hidden_layers": 65537, "num_attention_heads": 4, "intermediate_size": 64,
+                                         "max_position_embeddings": 66})"));
+      },
+      "more than the 65536 mpool accepts");
+}
+
+TEST(FamilyConfigs, DimensionsAreBounded) {
+  expect_invalid(
+      [] {
+        llama::LlamaConfig::from(config(
+            R"({"model_type": "llama", "vocab_size": 100, "hidden_size": 4294967296, "num_attention_heads": 4,
+                "num_hidden_layers": 1, "intermediate_size": 64, "max_position_embeddings": 64})"));
+      },
+      "\"hidden_size\" is 4294967296, more than the 2147483647 mpool accepts");
+}
+
+TEST(FamilyConfigs, RobertaPadTokenMustLeavePositions) {
+  // Positions start at pad_token_id + 1: a pad id past the position table left
+  // a negative number of positions (and an out-of-range embedding row).
+  expect_invalid([] { bert::BertConfig::from(config("{" + kRoberta + R"(, "max_position_embeddings": 514, "pad_token_id": 900})")); },
+                 "pad_token_id (900) must be in [0, max_position_embeddings - 1) = [0, 513)");
+  expect_invalid([] { bert::BertConfig::from(config("{" + kRoberta + R"(, "max_position_embeddings": 514, "pad_token_id": -1})")); },
+                 "pad_token_id (-1)");
+  // bert does not offset positions: its pad id is not a position.
+  std::string bert = kRoberta;
+  bert.replace(bert.find("roberta"), 7, "bert");
+  EXPECT_EQ(bert::BertConfig::from(config("{" + bert + R"(, "max_position_embeddings": 8, "pad_token_id": 900})")).pad_token_id,
+            900);
+  expect_invalid([] { bert::BertConfig::from(config("{" + kRoberta + R"(, "max_position_embeddings": 8, "type_vocab_size": -2})")); },
+                 "\"type_vocab_size\" is -2");
+}
+
+TEST(FamilyConfigs, RopeScalingBounds) {
+  const std::string head = "{" + kLlama + R"(, "num_hidden_layers": 1, "rope_scaling": )";
+  expect_invalid([&] { llama::LlamaConfig::from(config(head + R"({"type": "dynamic", "factor": 1e300}})")); },
+                 "max_position_embeddings x factor must be at most 2147483647");
+  EXPECT_EQ(llama::LlamaConfig::from(config(head + R"({"type": "dynamic", "factor": 4}})")).rope.factor, 4);
+  expect_invalid(
+      [&] {
+        llama::LlamaConfig::from(config(head + R"({"type": "longrope", "short_factor": [1, 1, 1, 1], "long_factor": [1, 1, 1, 1],
+                                                 "original_max_position_embeddings": 0}})"));
+      },
+      "\"original_max_position_embeddings\" must be in [1, 2147483647], got 0");
+  expect_invalid(
+      [&] {
+        llama::LlamaConfig::from(config(head + R"({"type": "longrope", "short_factor": [1, 1, 1, 1], "long_factor": [1, 1, 1, 1],
+                                                 "factor": -2}})"));
+      },
+      "\"factor\" must be > 0");
+}
+
+}  // namespace
+}  // namespace mpool::models
