@@ -18,18 +18,13 @@ for variant in plain tsan asan; do
   flags=(-DMPOOL_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
   [[ $variant == tsan ]] && flags+=(-DMPOOL_SANITIZE=thread)
   [[ $variant == asan ]] && flags+=(-DMPOOL_SANITIZE=address)  # ASan + UBSan
-  # Under ASan the pool core's shutdown test once saw Cancelled where it expects
-  # ShuttingDown (a timing outcome, no sanitizer report; docs/fuzzing.md,
-  # "Sanitizers"): core runs plain and under TSan only until that is settled.
-  skip=()
-  [[ $variant == asan ]] && skip=(-LE '^core_tests$')
   log "C++ tests ($variant)"
   cmake -S . -B "$dir" "${flags[@]}" >/dev/null
   cmake --build "$dir" -j "$JOBS" >/dev/null
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}" \
   ASAN_OPTIONS="detect_leaks=1 strict_string_checks=1 detect_stack_use_after_return=1 check_initialization_order=1 ${ASAN_OPTIONS:-}" \
   UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1 ${UBSAN_OPTIONS:-}" \
-    ctest --test-dir "$dir" --output-on-failure -j "$JOBS" "${skip[@]}"
+    ctest --test-dir "$dir" --output-on-failure -j "$JOBS"
 done
 
 # Each fuzz target for a few seconds from its committed seeds only (a fresh
