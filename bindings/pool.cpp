@@ -10,6 +10,13 @@
 #include "mpool/capabilities/requests.h"
 #include "mpool/core/pool.h"
 
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
 namespace mpool::bindings {
 
 py::object wrap_future(std::shared_ptr<core::Pending<at::Tensor>> p);
@@ -136,10 +143,31 @@ py::dict device_dict(const core::DeviceMemory& dm) {
 // reference drops on one of the pool's own threads (a done-callback, a model
 // method, a __del__ running there), that thread cannot join itself: a fresh
 // thread does the shutdown while this one returns to its loop and exits.
+// Pools being shut down that way; interpreter exit waits for them (see
+// wait_for_closing_pools) so that none of their threads takes the GIL while the
+// interpreter finalizes.
+std::mutex closing_mu;
+std::condition_variable closing_cv;
+int closing = 0;
+
 struct ReleaseGilDelete {
   void operator()(core::Pool* pool) const {
     if (pool->on_own_thread()) {
-      std::thread([pool] { delete pool; }).detach();
+      {
+        std::lock_guard lock(closing_mu);
+        ++closing;
+      }
+      std::thread([pool] {
+#if defined(__linux__)
+        pthread_setname_np(pthread_self(), "mpool-closer");
+#endif
+        delete pool;
+        {
+          std::lock_guard lock(closing_mu);
+          --closing;
+        }
+        closing_cv.notify_all();
+      }).detach();
       return;
     }
     if (PyGILState_Check()) {
@@ -155,6 +183,15 @@ using PoolHolder = std::unique_ptr<core::Pool, ReleaseGilDelete>;
 }  // namespace
 
 void register_pool(py::module_& m) {
+  m.def(
+      "_wait_for_closing_pools",
+      [](double timeout_s) {
+        core::check_duration("timeout", timeout_s);
+        std::unique_lock lock(closing_mu);
+        return closing_cv.wait_for(lock, core::to_duration(timeout_s), [] { return closing == 0; });
+      },
+      py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
+      "Waits until pools whose last reference dropped on one of their own threads are shut down.");
   py::class_<core::ModelSpec>(m, "ModelSpec", "How to load a model, where, and how much memory a replica takes.")
       .def_readonly("capabilities", &core::ModelSpec::capabilities)
       .def_readwrite("memory_mb", &core::ModelSpec::memory_mb)

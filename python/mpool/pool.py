@@ -53,9 +53,12 @@ _LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 @atexit.register
 def _close_live_pools() -> None:
-    # Before the interpreter finalizes, so replica threads can still take the GIL.
+    # Before the interpreter finalizes, so replica threads can still take the GIL:
+    # the live pools, then those whose last reference dropped on their own thread
+    # (a fresh native thread is shutting them down).
     for pool in list(_LIVE_POOLS):
         pool.close(timeout=1.0)
+    _core._wait_for_closing_pools(60.0)
 
 
 def _params(kwargs: Mapping[str, Any]) -> dict[str, Any]:
