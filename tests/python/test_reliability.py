@@ -309,9 +309,9 @@ def test_fault_slow_load_of_one_model_never_delays_a_resident_one():
         pool.register("slow", mpool.testing.noop_model())
         pool.register("resident", mpool.testing.noop_model())
         pool.embed("resident", ["warm"])
-        mpool.testing.inject("slow_load", count=2, key="slow", seconds=3.0)
-        future = pool._native.embed_async("slow", ["x"], None, 60.0)
-        for _ in range(100):
+        mpool.testing.inject("slow_load", count=2, key="slow", seconds=20.0)
+        future = pool._native.embed_async("slow", ["x"], None, 120.0)
+        for _ in range(20):  # milliseconds of work, against a 20 s load
             assert pool.embed("resident", ["y"]).shape == (1, 4)
         assert not future.done()  # still loading: the resident model never waited for it
         assert future.result().shape == (1, 4)
