@@ -7,6 +7,14 @@
 
 namespace mpool::bindings {
 
+bool python_alive() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsInitialized() && !Py_IsFinalizing();
+#else
+  return Py_IsInitialized() && !_Py_IsFinalizing();
+#endif
+}
+
 py::array tensor_to_numpy(const at::Tensor& tensor) {
   at::Tensor t = tensor.device().is_cpu() ? tensor.contiguous() : tensor.to(at::kCPU).contiguous();
   py::dtype dtype;

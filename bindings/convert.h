@@ -15,6 +15,9 @@ namespace mpool::bindings {
 
 namespace py = pybind11;
 
+/// True while the interpreter runs and is not finalizing: only then may a
+/// native thread take the GIL (during finalization it would hang or be killed).
+bool python_alive();
 /// A CPU tensor as a numpy array that shares its memory (the array keeps it alive).
 py::array tensor_to_numpy(const at::Tensor& tensor);
 /// A numpy array (any dtype convertible to `dtype`) copied into a contiguous tensor.

@@ -15,14 +15,6 @@ namespace {
 
 namespace cap = capabilities;
 
-bool python_alive() {
-#if PY_VERSION_HEX >= 0x030D0000
-  return Py_IsInitialized() && !Py_IsFinalizing();
-#else
-  return Py_IsInitialized() && !_Py_IsFinalizing();
-#endif
-}
-
 // Holds a Python object and drops it with the GIL (or leaks it once the
 // interpreter is going away, when taking the GIL would hang the thread).
 struct PyRef {

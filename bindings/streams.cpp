@@ -14,14 +14,6 @@ using capabilities::ImageEvent;
 using capabilities::ImageProgress;
 using capabilities::TextChunk;
 
-bool python_alive() {
-#if PY_VERSION_HEX >= 0x030D0000
-  return Py_IsInitialized() && !Py_IsFinalizing();
-#else
-  return Py_IsInitialized() && !_Py_IsFinalizing();
-#endif
-}
-
 // A Python callable that may be called or dropped on any thread: takes the GIL
 // to do either (and leaks it once the interpreter is finalizing, when taking the
 // GIL would hang the thread). Never call or drop it under a native lock.
