@@ -1,33 +1,64 @@
-// Native model families: build a ModelSpec from a directory or cached repo id.
+// Native model families: build a ModelSpec from a directory or cached repo id,
+// and run probes (blocks and families, for the parity tests). No family header
+// is included here: families are reached through families.h and probe names.
 #include <pybind11/stl.h>
 
-#include "module.h"
 #include "convert.h"
-#include "mpool/loading/layout.h"
-#include "mpool/models/bert/bert.h"
+#include "module.h"
+#include "mpool/core/error.h"
 #include "mpool/models/families.h"
-#include "mpool/models/llama/llama.h"
-#include "mpool/loading/tensors.h"
-
-#include <c10/core/InferenceMode.h>
+#include "mpool/nn/probe.h"
 
 namespace mpool::bindings {
 
 namespace py = pybind11;
 
+namespace {
+
+// A Python dict of family options -> the typed bag (bool before int: a Python
+// bool is an int).
+models::FamilyOptions family_options(const py::dict& options) {
+  models::FamilyOptions out;
+  for (const auto& [k, v] : options) {
+    if (!py::isinstance<py::str>(k))
+      throw Error(ErrorCode::kInvalidInput, "options keys must be str, got " +
+                                                std::string(py::str(py::type::of(k).attr("__name__"))));
+    const std::string name = k.cast<std::string>();
+    if (py::isinstance<py::bool_>(v))
+      out.values[name] = v.cast<bool>();
+    else if (py::isinstance<py::int_>(v)) {
+      try {
+        out.values[name] = v.cast<int64_t>();
+      } catch (const py::cast_error&) {
+        throw Error(ErrorCode::kInvalidInput, "option '" + name + "' is out of the int64 range");
+      }
+    } else if (py::isinstance<py::float_>(v))
+      out.values[name] = v.cast<double>();
+    else if (py::isinstance<py::str>(v))
+      out.values[name] = v.cast<std::string>();
+    else
+      throw Error(ErrorCode::kInvalidInput, "option '" + name + "' must be a bool, int, float or str, got " +
+                                                std::string(py::str(py::type::of(v).attr("__name__"))));
+  }
+  return out;
+}
+
+}  // namespace
+
 void register_models(py::module_& m) {
   m.def(
       "native_model",
       [](const std::string& path_or_repo_id, std::optional<std::string> dtype, std::vector<std::string> devices,
-         std::optional<int64_t> context_length) {
+         std::optional<int64_t> context_length, py::dict options) {
         models::NativeModel model;
+        models::NativeOptions native;
+        native.options = family_options(options);
         {
           py::gil_scoped_release nogil;
-          models::NativeOptions options;
-          options.dtype = std::move(dtype);
-          options.devices = std::move(devices);
-          options.context_length = context_length;
-          model = models::native_model(path_or_repo_id, options);
+          native.dtype = std::move(dtype);
+          native.devices = std::move(devices);
+          native.context_length = context_length;
+          model = models::native_model(path_or_repo_id, native);
         }
         py::dict info;
         info["family"] = model.family;
@@ -39,60 +70,42 @@ void register_models(py::module_& m) {
         return py::make_tuple(py::cast(std::move(model.spec)), info);
       },
       py::arg("path_or_repo_id"), py::arg("dtype") = py::none(), py::arg("devices") = std::vector<std::string>{"cpu"},
-      py::arg("context_length") = py::none(),
+      py::arg("context_length") = py::none(), py::arg("options") = py::dict(),
       "Builds the ModelSpec of a native model directory (or cached repo id), and facts about it.");
   m.def(
-      "_bert_last_hidden_state",
-      [](const std::string& dir, py::array_t<int64_t> ids, py::array_t<int64_t> types, py::array_t<int64_t> mask) {
-        at::Tensor i = numpy_to_tensor(ids, at::kLong, "input_ids"), t = numpy_to_tensor(types, at::kLong, "token_type_ids"),
-                   k = numpy_to_tensor(mask, at::kLong, "attention_mask");
-        at::Tensor out;
+      "_probe",
+      [](const std::string& name, const std::string& options_json, const py::dict& tensors) {
+        models::register_builtin_probes();
+        nn::ProbeInput input;
+        try {
+          input.options = nlohmann::json::parse(options_json);
+        } catch (const nlohmann::json::exception& e) {
+          throw Error(ErrorCode::kInvalidInput, std::string("probe options are not JSON: ") + e.what());
+        }
+        for (const auto& [k, v] : tensors) {
+          const std::string key = py::str(k);
+          const char kind = py::array::ensure(v) ? py::array::ensure(v).dtype().kind() : 'f';
+          input.tensors[key] = numpy_to_tensor(v, kind == 'i' || kind == 'u' || kind == 'b' ? at::kLong : at::kFloat,
+                                               "probe tensor '" + key + "'");
+        }
+        nn::ProbeOutput out;
         {
           py::gil_scoped_release nogil;
-          auto layout = loading::describe_layout(dir);
-          auto config = models::bert::BertConfig::from(loading::load_model_config(layout.model_dir));
-          models::bert::BertEncoder encoder(config, loading::Checkpoint::open(layout.model_dir), at::kFloat, at::kCPU);
-          c10::InferenceMode inference;
-          out = encoder.forward(i, t, k);
+          out = nn::run_probe(name, input);
         }
-        return tensor_to_numpy(out);
+        py::dict result;
+        for (const auto& [k, t] : out) result[py::str(k)] = tensor_to_numpy(t);
+        return result;
       },
-      "Test hook: the BERT encoder's last hidden state for given inputs (float32).");
+      py::arg("name"), py::arg("options_json"), py::arg("tensors"),
+      "Runs a registered probe (a block or a model on given tensors); see mpool.testing.probe.");
   m.def(
-      "_decoder_logits",
-      [](const std::string& dir, std::vector<int64_t> ids, int64_t chunk, const std::string& dtype) {
-        at::Tensor out, positions;
-        {
-          py::gil_scoped_release nogil;
-          auto layout = loading::describe_layout(dir);
-          auto config = models::llama::LlamaConfig::from(loading::load_model_config(layout.model_dir));
-          auto type = loading::parse_scalar_type(dtype);
-          check(type.has_value(), ErrorCode::kInvalidInput, "unknown dtype '" + dtype + "'");
-          models::llama::LlamaDecoder decoder(config, loading::Checkpoint::open(layout.model_dir), *type, at::kCPU);
-          if (chunk <= 0) {
-            out = decoder.all_logits(ids);
-            positions = at::arange(static_cast<int64_t>(ids.size()), at::kLong);
-          } else {
-            // Through the KV cache, `chunk` tokens per step: the logits at each step's last position.
-            auto cache = decoder.new_cache(static_cast<int64_t>(ids.size()));
-            std::vector<at::Tensor> rows;
-            std::vector<int64_t> at_positions;
-            for (size_t i = 0; i < ids.size(); i += static_cast<size_t>(chunk)) {
-              size_t end = std::min(ids.size(), i + static_cast<size_t>(chunk));
-              rows.push_back(decoder.extend(std::vector<int64_t>(ids.begin() + static_cast<std::ptrdiff_t>(i),
-                                                                 ids.begin() + static_cast<std::ptrdiff_t>(end)),
-                                            cache));
-              at_positions.push_back(static_cast<int64_t>(end) - 1);
-            }
-            out = at::stack(rows);
-            positions = at::tensor(at_positions, at::kLong);
-          }
-        }
-        return py::make_tuple(tensor_to_numpy(positions), tensor_to_numpy(out));
+      "_probe_names",
+      [] {
+        models::register_builtin_probes();
+        return nn::probe_names();
       },
-      py::arg("path"), py::arg("ids"), py::arg("chunk") = 0, py::arg("dtype") = "float32",
-      "Test hook: (positions, float32 logits) of the decoder for `ids`, all at once (chunk=0) or through the KV "
-      "cache `chunk` tokens at a time.");
+      "The registered probe names.");
   m.def("register_builtin_families", &models::register_builtin_families,
         "Registers the native families with the inspect registry (idempotent).");
 }

@@ -1,7 +1,7 @@
 // libFuzzer target: arbitrary bytes as a model's JSON configuration, through
 // everything torch-free that reads it when a model is registered:
 //   parse_model_config (config.json's common fields), then each family's own
-//   reader, BertConfig::from and LlamaConfig::from (the model_type field picks
+//   reader, BertConfig::from and DecoderConfig::from (the model_type field picks
 //   which one accepts, as in production; both are tried on every input), and
 //   parse_generation_config, parse_tokenizer_config and
 //   parse_special_tokens_map on the same document.
@@ -10,6 +10,7 @@
 // crash, a sanitizer report, another exception, an allocation over libFuzzer's
 // limit) is a finding.
 #include <cstddef>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -18,8 +19,8 @@
 #include "mpool/core/error.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/json.h"
-#include "mpool/models/bert/config.h"
-#include "mpool/models/llama/config.h"
+#include "models/bert/config.h"
+#include "models/decoder/config.h"
 
 namespace {
 
@@ -52,8 +53,8 @@ void check_bert(const mpool::models::bert::BertConfig& b) {
   }
 }
 
-// What llama/llama.cpp and llama/family.cpp rely on.
-void check_llama(const mpool::models::llama::LlamaConfig& l) {
+// What decoder/decoder.cpp and decoder/family.cpp rely on.
+void check_llama(const mpool::models::decoder::DecoderConfig& l) {
   require(l.vocab_size > 0 && l.hidden_size > 0 && l.num_layers > 0 && l.num_heads > 0);
   require(l.intermediate_size > 0 && l.max_position_embeddings > 0);
   require(l.num_kv_heads > 0 && l.num_heads % l.num_kv_heads == 0);
@@ -66,6 +67,12 @@ void check_llama(const mpool::models::llama::LlamaConfig& l) {
   if (r.type == "longrope") {
     require(r.short_factor.size() == static_cast<std::size_t>(r.rotary_dim / 2));
     require(r.long_factor.size() == r.short_factor.size());
+    require(r.original_max_position_embeddings > 0);
+  }
+  if (r.type == "yarn") {
+    // nn/rope.cpp divides by these and takes their logarithms.
+    require(std::isfinite(r.factor) && r.beta_fast > 0 && r.beta_slow > 0);
+    require(std::isfinite(r.attention_factor) && r.attention_factor > 0);
     require(r.original_max_position_embeddings > 0);
   }
   if (r.type == "dynamic") {
@@ -89,7 +96,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   expect_only_invalid_input([&] {
     const loading::ModelConfig config = loading::parse_model_config(json);
     expect_only_invalid_input([&] { check_bert(mpool::models::bert::BertConfig::from(config)); });
-    expect_only_invalid_input([&] { check_llama(mpool::models::llama::LlamaConfig::from(config)); });
+    expect_only_invalid_input([&] { check_llama(mpool::models::decoder::DecoderConfig::from(config)); });
   });
   expect_only_invalid_input([&] { (void)loading::parse_generation_config(json); });
   expect_only_invalid_input([&] { (void)loading::parse_tokenizer_config(json); });

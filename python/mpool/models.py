@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import _core
@@ -114,7 +115,9 @@ class NativeModel(Model):
 
     ``path_or_repo_id`` is a local directory or a repo id in the local Hugging
     Face cache (nothing is downloaded). The family and capability are detected
-    from its files; ``info`` says what was found.
+    from its files; ``info`` says what was found. ``options`` are the family's own
+    settings (e.g. ``{"prefill_chunk": 256}`` for decoders,
+    ``{"tokens_per_forward": 8192}`` for BERT-family encoders).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class NativeModel(Model):
         dtype: str | None = None,
         devices: Sequence[str] = ("cpu",),
         context_length: int | None = None,
+        options: Mapping[str, bool | int | float | str] | None = None,
     ) -> None:
         if not isinstance(path_or_repo_id, (str, os.PathLike)):
             raise InvalidInput(
@@ -138,9 +142,32 @@ class NativeModel(Model):
             v.optional_text("dtype", dtype),
             v.devices(devices),
             v.optional_int_in("context_length", context_length, 1, v.INT32_MAX),
+            family_options(options),
         )
         super().__init__(spec)
         self.info: dict[str, Any] = info
+
+
+def family_options(options: Any) -> dict[str, bool | int | float | str]:
+    """A native model's family options: a mapping of str to bool, int, float or str.
+
+    Which names a family takes, and their kinds, is checked natively against the
+    family's declared options (an unknown name raises ``InvalidInput`` listing them).
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidInput(f"options must be a mapping of str to bool, int, float or str, got {type(options).__name__}")
+    out: dict[str, bool | int | float | str] = {}
+    for name, value in options.items():
+        if not isinstance(name, str):
+            raise InvalidInput(f"options keys must be str, got {type(name).__name__}")
+        if not isinstance(value, (bool, int, float, str)):
+            raise InvalidInput(f"option {name!r} must be a bool, int, float or str, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInput(f"option {name!r} must be finite, got {value!r}")
+        out[name] = value
+    return out
 
 
 def default_embedding_model_path() -> str | None:

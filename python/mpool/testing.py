@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
 
 from . import _core
 from . import _validate as v
@@ -75,3 +79,31 @@ def sleep_model(
             v.int_in("max_replicas", max_replicas, 1, MAX_REPLICAS),
         )
     )
+
+
+def probe_names() -> list[str]:
+    """The registered probes: ``nn.*`` for the shared blocks, ``<family>.*`` for models."""
+    return list(_core._probe_names())
+
+
+def probe(name: str, tensors: Mapping[str, Any] | None = None, **options: Any) -> dict[str, np.ndarray]:
+    """Runs one native block or model on given inputs, for parity tests.
+
+    ``tensors`` maps input names to arrays (integer arrays become int64, others
+    float32); ``options`` are JSON values (numbers, strings, lists, a ``path`` or
+    ``checkpoint``, a ``config`` dict). Returns the probe's named outputs. See
+    :func:`probe_names` for what exists; an unknown name or a missing or mistyped
+    argument raises ``InvalidInput``.
+    """
+    if not isinstance(name, str):
+        raise InvalidInput(f"name must be a str, got {type(name).__name__}")
+    arrays = {} if tensors is None else dict(tensors)
+    for key, value in arrays.items():
+        if not isinstance(key, str):
+            raise InvalidInput(f"tensor names must be str, got {type(key).__name__}")
+        arrays[key] = np.asarray(value)
+    try:
+        text = json.dumps(options, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"probe options must be JSON values: {e}") from None
+    return dict(_core._probe(name, text, arrays))

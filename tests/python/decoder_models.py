@@ -176,6 +176,33 @@ _ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "LlamaConfig",
         dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=40),
     ),
+    "llama_yarn_rope": (
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        dict(
+            rope_scaling={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 32,
+                "beta_fast": 16.0,
+                "beta_slow": 2.0,
+            }
+        ),
+    ),
+    "qwen2_yarn_mscale": (
+        "Qwen2ForCausalLM",
+        "Qwen2Config",
+        dict(
+            rope_scaling={
+                "rope_type": "yarn",
+                "factor": 2.0,
+                "original_max_position_embeddings": 64,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.5,
+                "truncate": False,
+            }
+        ),
+    ),
     "llama_tied": ("LlamaForCausalLM", "LlamaConfig", dict(tie_word_embeddings=True)),
     "llama_bias": ("LlamaForCausalLM", "LlamaConfig", dict(attention_bias=True, mlp_bias=True)),
     "mistral_sliding": ("MistralForCausalLM", "MistralConfig", dict(sliding_window=8)),

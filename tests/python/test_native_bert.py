@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import mpool
+import mpool.testing
 from corpus import CORPUS
 
 MINILM = mpool.default_embedding_model_path()
@@ -151,9 +152,15 @@ def test_tiny_random_encoder_last_hidden_state_matches_transformers(tmp_path, mo
     types = batch.get("token_type_ids", torch.zeros_like(batch["input_ids"]))
     with torch.no_grad():
         ref = model(**batch).last_hidden_state.numpy()
-    ours = mpool._core._bert_last_hidden_state(
-        str(d), batch["input_ids"].numpy(), types.numpy(), batch["attention_mask"].numpy()
-    )
+    ours = mpool.testing.probe(
+        "bert.last_hidden_state",
+        {
+            "input_ids": batch["input_ids"].numpy(),
+            "token_type_ids": types.numpy(),
+            "attention_mask": batch["attention_mask"].numpy(),
+        },
+        path=str(d),
+    )["last_hidden_state"]
     mask = batch["attention_mask"].numpy().astype(bool)  # padded positions are not compared
     rel = np.abs(ours - ref)[mask].max() / np.abs(ref[mask]).max()
     assert rel <= 1e-4

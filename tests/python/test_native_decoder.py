@@ -18,6 +18,7 @@ import torch
 import transformers
 
 import mpool
+import mpool.testing
 from decoder_models import ARCHS, build_decoder, build_embedder, special_ids
 
 PROMPT_LEN = 12  # fits every variant with 64 new tokens (the dynamic one has 40 x 2 positions)
@@ -36,6 +37,12 @@ def hf_model(path: Path, dtype: Any = None) -> Any:
         # transformers state that other tests can leave behind.
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
+
+
+def decoder_logits(path: str, ids: list[int], chunk: int = 0, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """(positions, float32 logits) of the native decoder: all at once, or `chunk` tokens per cached step."""
+    out = mpool.testing.probe("decoder.logits", path=path, ids=[int(i) for i in ids], chunk=chunk, dtype=dtype)
+    return out["positions"], out["logits"]
 
 
 def prompt_ids(n: int = PROMPT_LEN, seed: int = 0, vocab: int = 400) -> list[int]:
@@ -71,7 +78,7 @@ def test_prefill_logits_match_transformers_within_1e4_fp32(models: dict[str, Pat
     ids = prompt_ids(40, seed=1)  # past the sliding windows (8) and the llama3/longrope original lengths (32)
     with torch.no_grad():
         ref = hf_model(models[arch])(torch.tensor([ids])).logits[0].numpy()
-    _, ours = mpool._core._decoder_logits(str(models[arch]), ids)
+    _, ours = decoder_logits(str(models[arch]), ids)
     rel = np.abs(ours - ref).max() / np.abs(ref).max()
     assert rel <= 1e-4, f"{arch}: max relative error {rel:.2e}"
 
@@ -95,9 +102,9 @@ def test_kv_cache_decode_equals_recomputing_the_full_sequence(models: dict[str, 
     # 30 tokens: past the sliding windows, inside every original RoPE length, so a
     # recompute and the cache see the same rotations.
     ids = prompt_ids(30, seed=2)
-    _, full = mpool._core._decoder_logits(str(models[arch]), ids)
+    _, full = decoder_logits(str(models[arch]), ids)
     for chunk in (1, 7):  # token by token, and prefill chunks that start mid-sequence
-        positions, cached = mpool._core._decoder_logits(str(models[arch]), ids, chunk)
+        positions, cached = decoder_logits(str(models[arch]), ids, chunk)
         rel = np.abs(cached - full[positions]).max() / np.abs(full).max()
         assert rel <= 1e-5, f"{arch}, {chunk} tokens per step: max relative error {rel:.2e}"
 
@@ -108,8 +115,8 @@ def test_longrope_cache_recomputes_once_when_the_sequence_outgrows_the_original_
     # phi3_longrope: original length 32. Token by token, the 33rd token switches every
     # position to the long factors, as transformers' Phi-3 does by re-prefilling.
     ids = prompt_ids(48, seed=3)
-    _, full = mpool._core._decoder_logits(str(models["phi3_longrope"]), ids)
-    positions, cached = mpool._core._decoder_logits(str(models["phi3_longrope"]), ids, 1)
+    _, full = decoder_logits(str(models["phi3_longrope"]), ids)
+    positions, cached = decoder_logits(str(models["phi3_longrope"]), ids, 1)
     late = positions >= 32
     rel = np.abs(cached[late] - full[positions[late]]).max() / np.abs(full).max()
     assert rel <= 1e-5
@@ -126,8 +133,8 @@ def test_legacy_rope_scaling_config_loads_like_rope_parameters(tmp_path: Path) -
     modern = build_decoder(tmp_path, "llama3_rope", name="modern")
     legacy = build_decoder(tmp_path, "llama3_rope", name="legacy", legacy_config=True)
     ids = prompt_ids(40)
-    _, a = mpool._core._decoder_logits(str(modern), ids)
-    _, b = mpool._core._decoder_logits(str(legacy), ids)
+    _, a = decoder_logits(str(modern), ids)
+    _, b = decoder_logits(str(legacy), ids)
     np.testing.assert_array_equal(a, b)
 
 
@@ -136,7 +143,7 @@ def test_bfloat16_prefill_logits_track_transformers_bfloat16(models: dict[str, P
     with torch.no_grad():
         ref = hf_model(models["qwen2"], torch.bfloat16)(torch.tensor([ids])).logits[0].float().numpy()
         ref32 = hf_model(models["qwen2"])(torch.tensor([ids])).logits[0].numpy()
-    _, ours = mpool._core._decoder_logits(str(models["qwen2"]), ids, 0, "bfloat16")
+    _, ours = decoder_logits(str(models["qwen2"]), ids, 0, "bfloat16")
     scale = np.abs(ref32).max()
     # Both round to bf16 at the same places; they stay far closer to each other than to fp32.
     assert np.abs(ours - ref).max() / scale <= 0.03
@@ -148,7 +155,7 @@ def test_bfloat16_decode_steps_track_transformers_bfloat16(models: dict[str, Pat
     ids = prompt_ids(24, seed=12)
     with torch.no_grad():
         ref = hf_model(models["llama_bias"], torch.bfloat16)(torch.tensor([ids])).logits[0].float().numpy()
-    positions, ours = mpool._core._decoder_logits(str(models["llama_bias"]), ids, 1, "bfloat16")
+    positions, ours = decoder_logits(str(models["llama_bias"]), ids, 1, "bfloat16")
     scale = np.abs(ref).max()
     assert np.abs(ours - ref[positions]).max() / scale <= 0.03
     assert (ours.argmax(-1) == ref[positions].argmax(-1)).mean() >= 0.9
@@ -517,8 +524,8 @@ def test_bad_decoder_directories_get_errors_naming_the_key_or_tensor(pool: mpool
         (path / "config.json").write_text(json.dumps(cfg))
         return path
 
-    with pytest.raises(mpool.InvalidInput, match="rope type 'yarn' is not supported"):
-        pool.register("yarn", variant("yarn", rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}))
+    with pytest.raises(mpool.InvalidInput, match="rope type 'proportional' is not supported"):
+        pool.register("prop", variant("prop", rope_parameters={"rope_type": "proportional", "rope_theta": 1e4}))
     with pytest.raises(mpool.InvalidInput, match="hidden_act 'gelu'"):
         pool.register("gelu", variant("gelu", hidden_act="gelu"))
     with pytest.raises(mpool.InvalidInput, match="not a multiple of num_key_value_heads"):

@@ -98,9 +98,7 @@ ModelConfig parse_model_config(const JsonView& j) {
   c.eos_token_id = j.get_token_ids("eos_token_id");
   c.pad_token_id = j.get_token_ids("pad_token_id");
   // Newer transformers moved rope settings (theta included) into rope_parameters.
-  auto rope = j.child("rope_scaling");
-  if (!rope) rope = j.child("rope_parameters");
-  if (rope) {
+  if (auto rope = rope_parameters_node(j)) {
     RopeScaling r;
     r.type = rope->has("rope_type") ? rope->get<std::string>("rope_type") : rope->get_or<std::string>("type", "");
     r.factor = rope->get_optional<double>("factor");
@@ -178,6 +176,11 @@ TokenizerConfig parse_tokenizer_config(const JsonView& j, const std::optional<fs
 
 SpecialTokens parse_special_tokens_map(const JsonView& j) { return parse_special(j); }
 
+std::optional<JsonView> rope_parameters_node(const JsonView& j) {
+  if (auto r = j.child("rope_parameters")) return r;
+  return j.child("rope_scaling");
+}
+
 std::int64_t require_positive(const std::optional<std::int64_t>& value, const char* key, std::int64_t max) {
   if (!value || *value <= 0)
     throw Error(ErrorCode::kInvalidInput, std::string("config.json: \"") + key + "\" must be a positive integer");
@@ -185,6 +188,31 @@ std::int64_t require_positive(const std::optional<std::int64_t>& value, const ch
     throw Error(ErrorCode::kInvalidInput, std::string("config.json: \"") + key + "\" is " + std::to_string(*value) +
                                               ", more than the " + std::to_string(max) + " mpool accepts");
   return *value;
+}
+
+TransformerSizes TransformerSizes::require(const ModelConfig& c, const std::vector<std::string>& model_types,
+                                           const std::string& what, std::int64_t default_max_positions) {
+  TransformerSizes s;
+  s.model_type = c.model_type;
+  bool known = false;
+  std::string list;
+  for (const auto& t : model_types) {
+    known = known || t == c.model_type;
+    list += (list.empty() ? "" : ", ") + t;
+  }
+  if (!known)
+    throw Error(ErrorCode::kInvalidInput,
+                "config.json: model_type '" + c.model_type + "' is not " + what + " (" + list + ")");
+  s.vocab_size = require_positive(c.vocab_size, "vocab_size");
+  s.hidden_size = require_positive(c.hidden_size, "hidden_size");
+  s.num_layers = require_positive(c.num_hidden_layers, "num_hidden_layers", kMaxConfigLayers);
+  s.num_heads = require_positive(c.num_attention_heads, "num_attention_heads");
+  s.intermediate_size = require_positive(c.intermediate_size, "intermediate_size");
+  const auto positions =
+      c.max_position_embeddings || default_max_positions <= 0 ? c.max_position_embeddings
+                                                              : std::optional<std::int64_t>(default_max_positions);
+  s.max_position_embeddings = require_positive(positions, "max_position_embeddings");
+  return s;
 }
 
 ModelConfig load_model_config(const fs::path& dir) {

@@ -103,6 +103,15 @@ at::Tensor load_tensor(const TensorRef& ref, std::optional<at::ScalarType> dtype
   return tensor;
 }
 
+void prefault(const std::vector<TensorRef>& refs) {
+  std::vector<PopulateRange> ranges;
+  ranges.reserve(refs.size());
+  for (const auto& ref : refs)
+    ranges.push_back({ref.file->mapping().get(), ref.file->header().data_offset + ref.info->begin,
+                      ref.info->end - ref.info->begin});
+  populate_parallel(ranges);
+}
+
 LoadResult load_checkpoint(const Checkpoint& checkpoint, const LoadOptions& options,
                            const std::optional<std::vector<std::string>>& expected) {
   LoadResult result;
@@ -124,14 +133,12 @@ LoadResult load_checkpoint(const Checkpoint& checkpoint, const LoadOptions& opti
   if (options.populate) {
     std::vector<PopulateRange> ranges;
     if (expected) {
-      for (const auto& ref : refs)
-        ranges.push_back({ref.file->mapping().get(), ref.file->header().data_offset + ref.info->begin,
-                          ref.info->end - ref.info->begin});
+      prefault(refs);
     } else {
       for (const auto& file : checkpoint.files())
         ranges.push_back({file->mapping().get(), file->header().data_offset, file->header().data_size});
+      populate_parallel(ranges);
     }
-    populate_parallel(ranges);
   }
   result.tensors.reserve(refs.size());
   for (std::size_t i = 0; i < refs.size(); ++i) {

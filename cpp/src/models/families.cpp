@@ -1,27 +1,107 @@
 #include "mpool/models/families.h"
 
+#include <map>
 #include <mutex>
 
 #include "mpool/core/error.h"
 #include "mpool/loading/registry.h"
+#include "mpool/nn/probe.h"
 
 namespace mpool::models {
 namespace {
 
-std::vector<Family>& families() {
-  static std::vector<Family> all;
-  return all;
+// The builders and option specs of the built-in families, by name. Recognition
+// lives in loading::FamilyRegistry alone.
+struct Builders {
+  std::map<std::string, Family> by_name;
+};
+
+Builders& builders() {
+  static Builders b;
+  return b;
+}
+
+const char* kind_name(OptionSpec::Kind kind) {
+  switch (kind) {
+    case OptionSpec::Kind::kBool: return "a bool";
+    case OptionSpec::Kind::kInt: return "an int";
+    case OptionSpec::Kind::kFloat: return "a float";
+    case OptionSpec::Kind::kString: return "a str";
+  }
+  return "?";
+}
+
+bool fits(const OptionValue& v, OptionSpec::Kind kind) {
+  switch (kind) {
+    case OptionSpec::Kind::kBool: return std::holds_alternative<bool>(v);
+    case OptionSpec::Kind::kInt: return std::holds_alternative<int64_t>(v);
+    case OptionSpec::Kind::kFloat: return std::holds_alternative<double>(v) || std::holds_alternative<int64_t>(v);
+    case OptionSpec::Kind::kString: return std::holds_alternative<std::string>(v);
+  }
+  return false;
+}
+
+void check_options(const Family& f, const FamilyOptions& options) {
+  for (const auto& [name, value] : options.values) {
+    const OptionSpec* spec = nullptr;
+    for (const auto& s : f.options)
+      if (s.name == name) spec = &s;
+    if (!spec) {
+      std::string known;
+      for (const auto& s : f.options) known += (known.empty() ? "" : ", ") + s.name;
+      throw Error(ErrorCode::kInvalidInput, "option '" + name + "' is not one the " + f.name + " family takes (" +
+                                                (known.empty() ? std::string("it takes none") : known) + ")");
+    }
+    check(fits(value, spec->kind), ErrorCode::kInvalidInput,
+          "option '" + name + "' must be " + kind_name(spec->kind) + " for the " + f.name + " family");
+  }
+}
+
+template <class T>
+const T* option(const FamilyOptions& o, const std::string& name) {
+  auto it = o.values.find(name);
+  return it == o.values.end() ? nullptr : std::get_if<T>(&it->second);
 }
 
 }  // namespace
 
+bool FamilyOptions::get_bool(const std::string& name, bool fallback) const {
+  const bool* v = option<bool>(*this, name);
+  return v ? *v : fallback;
+}
+
+int64_t FamilyOptions::get_int(const std::string& name, int64_t fallback) const {
+  const int64_t* v = option<int64_t>(*this, name);
+  return v ? *v : fallback;
+}
+
+double FamilyOptions::get_float(const std::string& name, double fallback) const {
+  if (const double* v = option<double>(*this, name)) return *v;
+  if (const int64_t* v = option<int64_t>(*this, name)) return static_cast<double>(*v);
+  return fallback;
+}
+
+std::string FamilyOptions::get_string(const std::string& name, const std::string& fallback) const {
+  const std::string* v = option<std::string>(*this, name);
+  return v ? *v : fallback;
+}
+
 void register_builtin_families() {
   static std::once_flag once;
   std::call_once(once, [] {
-    for (Family f : {bert::family(), llama::family()}) {
+    for (Family f : {bert::family(), decoder::family()}) {
       loading::FamilyRegistry::global().add(loading::FamilyInfo{f.name, f.capabilities, f.supports});
-      families().push_back(std::move(f));
+      builders().by_name.emplace(f.name, std::move(f));
     }
+  });
+}
+
+void register_builtin_probes() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    nn::register_block_probes();
+    bert::register_probes();
+    decoder::register_probes();
   });
 }
 
@@ -33,15 +113,18 @@ NativeModel native_model(const std::string& path_or_repo_id, const NativeOptions
         (layout.model_dir / "config.json").string() + " is missing: not a transformers model directory");
   loading::ModelConfig config = loading::load_model_config(layout.model_dir);
   std::string reasons;
-  for (const auto& f : families()) {
-    auto support = f.supports(config, layout);
-    if (support.supported) {
+  for (const auto& match : loading::FamilyRegistry::global().match(config, layout)) {
+    auto it = builders().by_name.find(match.name);
+    if (it == builders().by_name.end()) continue;  // registered by someone else: recognizes, cannot build
+    if (match.supported) {
+      const Family& f = it->second;
+      check_options(f, options.options);
       NativeModel model = f.build(layout, config, options);
       model.family = f.name;
       model.path = resolved.path.string();
       return model;
     }
-    reasons += "; " + f.name + ": " + support.reason;
+    reasons += "; " + match.name + ": " + match.reason;
   }
   throw Error(ErrorCode::kInvalidInput, resolved.path.string() + ": no native family supports model_type '" +
                                             config.model_type + "'" + reasons);

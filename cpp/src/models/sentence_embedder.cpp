@@ -32,8 +32,11 @@ EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t h
 }
 
 SentenceEmbedder::SentenceEmbedder(std::unique_ptr<Backbone> backbone, std::unique_ptr<tokenizer::Tokenizer> tok,
-                                   EmbedderSettings settings)
-    : backbone_(std::move(backbone)), full_(std::move(tok)), settings_(std::move(settings)) {
+                                   EmbedderSettings settings, std::shared_ptr<const Pooler> pooler)
+    : backbone_(std::move(backbone)),
+      full_(std::move(tok)),
+      settings_(std::move(settings)),
+      pooler_(pooler ? std::move(pooler) : std::make_shared<ModePooler>(settings_.pooling)) {
   full_->set_truncation(std::nullopt);
   full_->set_padding(std::nullopt);
 }
@@ -112,7 +115,7 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
     at::Tensor hidden = backbone_->forward(ids.to(dev), types.to(dev), mask.to(dev));
     at::Tensor pool_mask = mask.to(dev);
     if (prompt_tokens > 0) pool_mask.narrow(1, 0, std::min<int64_t>(prompt_tokens, width)).zero_();
-    at::Tensor pooled = pool(hidden, pool_mask, settings_.pooling);
+    at::Tensor pooled = (*pooler_)(hidden, pool_mask);
     if (settings_.normalize) pooled = pooled / pooled.norm(2, -1, true).clamp_min(1e-12);
     pooled = pooled.to(at::kCPU, at::kFloat);
     for (int64_t r = 0; r < rows; ++r) out[static_cast<int64_t>(order[start + r])].copy_(pooled[r]);

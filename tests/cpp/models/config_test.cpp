@@ -7,8 +7,8 @@
 #include "mpool/core/error.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/json.h"
-#include "mpool/models/bert/config.h"
-#include "mpool/models/llama/config.h"
+#include "models/bert/config.h"
+#include "models/decoder/config.h"
 
 namespace mpool::models {
 namespace {
@@ -36,7 +36,7 @@ void expect_invalid(F f, const std::string& part) {
 }
 
 TEST(FamilyConfigs, AcceptSmallConfigs) {
-  auto l = llama::LlamaConfig::from(config("{" + kLlama + R"(, "num_hidden_layers": 3})"));
+  auto l = decoder::DecoderConfig::from(config("{" + kLlama + R"(, "num_hidden_layers": 3})"));
   EXPECT_EQ(l.num_layers, 3);
   EXPECT_EQ(l.sliding_window.size(), 3u);
   EXPECT_EQ(l.head_dim, 8);
@@ -47,7 +47,7 @@ TEST(FamilyConfigs, AcceptSmallConfigs) {
 
 TEST(FamilyConfigs, LayerCountIsBoundedBeforeAnythingIsAllocatedPerLayer) {
   // 4e12 layers: the per-layer sliding-window table alone would be 32 TB.
-  expect_invalid([] { llama::LlamaConfig::from(config("{" + kLlama + R"(, "num_hidden_layers": 4000000000000})")); },
+  expect_invalid([] { decoder::DecoderConfig::from(config("{" + kLlama + R"(, "num_hidden_layers": 4000000000000})")); },
                  "config.json: \"num_hidden_layers\" is 4000000000000, more than the 65536 mpool accepts");
   expect_invalid(
       [] {
@@ -61,7 +61,7 @@ TEST(FamilyConfigs, LayerCountIsBoundedBeforeAnythingIsAllocatedPerLayer) {
 TEST(FamilyConfigs, DimensionsAreBounded) {
   expect_invalid(
       [] {
-        llama::LlamaConfig::from(config(
+        decoder::DecoderConfig::from(config(
             R"({"model_type": "llama", "vocab_size": 100, "hidden_size": 4294967296, "num_attention_heads": 4,
                 "num_hidden_layers": 1, "intermediate_size": 64, "max_position_embeddings": 64})"));
       },
@@ -86,18 +86,18 @@ TEST(FamilyConfigs, RobertaPadTokenMustLeavePositions) {
 
 TEST(FamilyConfigs, RopeScalingBounds) {
   const std::string head = "{" + kLlama + R"(, "num_hidden_layers": 1, "rope_scaling": )";
-  expect_invalid([&] { llama::LlamaConfig::from(config(head + R"({"type": "dynamic", "factor": 1e300}})")); },
+  expect_invalid([&] { decoder::DecoderConfig::from(config(head + R"({"type": "dynamic", "factor": 1e300}})")); },
                  "max_position_embeddings x factor must be at most 2147483647");
-  EXPECT_EQ(llama::LlamaConfig::from(config(head + R"({"type": "dynamic", "factor": 4}})")).rope.factor, 4);
+  EXPECT_EQ(decoder::DecoderConfig::from(config(head + R"({"type": "dynamic", "factor": 4}})")).rope.factor, 4);
   expect_invalid(
       [&] {
-        llama::LlamaConfig::from(config(head + R"({"type": "longrope", "short_factor": [1, 1, 1, 1], "long_factor": [1, 1, 1, 1],
+        decoder::DecoderConfig::from(config(head + R"({"type": "longrope", "short_factor": [1, 1, 1, 1], "long_factor": [1, 1, 1, 1],
                                                  "original_max_position_embeddings": 0}})"));
       },
       "\"original_max_position_embeddings\" must be in [1, 2147483647], got 0");
   expect_invalid(
       [&] {
-        llama::LlamaConfig::from(config(head + R"({"type": "longrope", "short_factor": [1, 1, 1, 1], "long_factor": [1, 1, 1, 1],
+        decoder::DecoderConfig::from(config(head + R"({"type": "longrope", "short_factor": [1, 1, 1, 1], "long_factor": [1, 1, 1, 1],
                                                  "factor": -2}})"));
       },
       "\"factor\" must be > 0");

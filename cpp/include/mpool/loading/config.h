@@ -157,6 +157,30 @@ inline constexpr std::int64_t kMaxConfigLayers = std::int64_t{1} << 16;
 std::int64_t require_positive(const std::optional<std::int64_t>& value, const char* key,
                               std::int64_t max = kMaxConfigDimension);
 
+/// The rope settings object of config.json: "rope_parameters" (transformers 5)
+/// when present, else the older "rope_scaling"; nullopt when neither is an object.
+/// Everything that reads rope settings goes through this one precedence.
+std::optional<JsonView> rope_parameters_node(const JsonView& config_json);
+
+/// The sizes every transformer family requires of config.json, checked once.
+/// A family's config struct derives from it.
+struct TransformerSizes {
+  std::string model_type;
+  std::int64_t vocab_size = 0;
+  std::int64_t hidden_size = 0;
+  std::int64_t num_layers = 0;
+  std::int64_t num_heads = 0;
+  std::int64_t intermediate_size = 0;
+  std::int64_t max_position_embeddings = 0;
+
+  /// Checks that `config`'s model_type is one of `model_types` (InvalidInput says
+  /// `config.json: model_type 'x' is not <what> (a, b, c)`), then reads and bounds
+  /// each size (require_positive). `default_max_positions` > 0 stands in for an
+  /// absent max_position_embeddings.
+  static TransformerSizes require(const struct ModelConfig& config, const std::vector<std::string>& model_types,
+                                  const std::string& what, std::int64_t default_max_positions = 0);
+};
+
 /// Reads the common fields of config.json; errors name the file and key.
 ModelConfig parse_model_config(const JsonView& json);
 /// Reads generation_config.json.

@@ -53,6 +53,10 @@ std::optional<at::ScalarType> parse_scalar_type(std::string_view name);
 at::Tensor load_tensor(const TensorRef& ref, std::optional<at::ScalarType> dtype, at::Device device,
                        bool* zero_copy = nullptr);
 
+/// Faults in the file pages of `refs` in parallel, so that the first inference
+/// does not pay for them (what LoadOptions::populate does).
+void prefault(const std::vector<TensorRef>& refs);
+
 /// Loads the tensors of `checkpoint`: all of them, or exactly `expected`. A name in
 /// `expected` that is missing throws Error(kInvalidInput) naming it and the files
 /// searched; stored tensors not in `expected` become warnings and are not loaded.

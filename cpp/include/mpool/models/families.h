@@ -2,9 +2,12 @@
 // Native model families: each registers how to recognize its models (for
 // mpool.inspect) and how to build a pool ModelSpec from a model directory. The
 // pool never sees any of this; it gets a ModelSpec like any other.
+#include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "mpool/core/model_spec.h"
@@ -14,11 +17,35 @@
 
 namespace mpool::models {
 
+/// One family-specific option's value.
+using OptionValue = std::variant<bool, int64_t, double, std::string>;
+
+/// An option a family takes beyond NativeOptions' common fields.
+struct OptionSpec {
+  enum class Kind { kBool, kInt, kFloat, kString };
+  std::string name;
+  Kind kind = Kind::kBool;
+  std::string help;  ///< one line: what it does and its default
+};
+
+/// The typed options bag: family-specific settings by name (for example "keep
+/// the text encoders on CPU"). native_model() checks it against the chosen
+/// family's OptionSpecs before building, so a family reads only names it declared,
+/// with the kind it declared (an int is accepted where a float is declared).
+struct FamilyOptions {
+  std::map<std::string, OptionValue> values;
+  bool get_bool(const std::string& name, bool fallback) const;
+  int64_t get_int(const std::string& name, int64_t fallback) const;
+  double get_float(const std::string& name, double fallback) const;
+  std::string get_string(const std::string& name, const std::string& fallback) const;
+};
+
 /// What the caller asks of a native model.
 struct NativeOptions {
-  std::optional<std::string> dtype;         ///< "float32", "bfloat16", "float16"; nullopt: the family's default
+  std::optional<std::string> dtype;         ///< "float32", "bfloat16", "float16"; nullopt: the kit's policy
   std::vector<std::string> devices{"cpu"};  ///< where replicas may live
   std::optional<int64_t> context_length;    ///< decoders: longest prompt + output; nullopt: the model's maximum
+  FamilyOptions options;                    ///< family-specific options (Family::options)
 };
 
 /// A native model ready to register.
@@ -34,14 +61,21 @@ struct NativeModel {
 struct Family {
   std::string name;
   std::vector<std::string> capabilities;  ///< pool capability names
-  /// Whether this family serves the model, or why not.
-  std::function<loading::FamilySupport(const loading::ModelConfig&, const loading::ModelLayout&)> supports;
+  /// Whether this family serves the model, or why not (kit::serves_model_types).
+  loading::SupportPredicate supports;
   /// Builds the spec (runs on the registering thread; the loader runs on replicas).
   std::function<NativeModel(const loading::ModelLayout&, const loading::ModelConfig&, const NativeOptions&)> build;
+  /// The options it takes in NativeOptions::options.
+  std::vector<OptionSpec> options;
 };
 
-/// Registers the built-in families once (also in loading::FamilyRegistry, for inspect).
+/// Registers the built-in families once: their recognizers go to the one
+/// registry (loading::FamilyRegistry, which inspect asks too), their builders
+/// are kept by name.
 void register_builtin_families();
+
+/// Registers the built-in families' probes (probe.h) once.
+void register_builtin_probes();
 
 /// Resolves a directory or cached repo id and builds its ModelSpec through the
 /// first family that supports it; InvalidInput says why none does.
@@ -50,12 +84,16 @@ NativeModel native_model(const std::string& path_or_repo_id, const NativeOptions
 namespace bert {
 /// The BERT encoder family as a text_embedding model.
 Family family();
+/// Its probes ("bert.last_hidden_state").
+void register_probes();
 }  // namespace bert
 
-namespace llama {
-/// The Llama-style decoder family (llama, mistral, qwen2, qwen3, phi3) as a
-/// text_to_text and text_embedding model.
+namespace decoder {
+/// The decoder family, published as "llama" (llama, mistral, qwen2, qwen3, phi3)
+/// as a text_to_text and text_embedding model.
 Family family();
-}  // namespace llama
+/// Its probes ("decoder.logits").
+void register_probes();
+}  // namespace decoder
 
 }  // namespace mpool::models

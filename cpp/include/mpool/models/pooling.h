@@ -19,4 +19,30 @@ std::vector<PoolingMode> parse_pooling_modes(const std::string& modes, const std
 /// (b, t, h) hidden states and (b, t) 0/1 mask -> (b, h * modes) float32.
 at::Tensor pool(const at::Tensor& hidden, const at::Tensor& mask, const std::vector<PoolingMode>& modes);
 
+/// How an embedder turns a batch's hidden states into sentence vectors. The
+/// sentence-transformers modes are one implementation; a learned pooler (such as
+/// NV-Embed's latent attention) is another, with weights of its own.
+class Pooler {
+ public:
+  virtual ~Pooler() = default;
+  /// (b, t, h) hidden states and (b, t) 0/1 mask (prompt tokens already masked out
+  /// when the model excludes them) -> (b, dimension) float32.
+  virtual at::Tensor operator()(const at::Tensor& hidden, const at::Tensor& mask) const = 0;
+  /// The output width for hidden states of width `hidden`.
+  virtual int64_t dimension(int64_t hidden) const = 0;
+};
+
+/// sentence-transformers' Pooling module: the modes, concatenated.
+class ModePooler final : public Pooler {
+ public:
+  explicit ModePooler(std::vector<PoolingMode> modes) : modes_(std::move(modes)) {}
+  at::Tensor operator()(const at::Tensor& hidden, const at::Tensor& mask) const override {
+    return pool(hidden, mask, modes_);
+  }
+  int64_t dimension(int64_t hidden) const override { return hidden * static_cast<int64_t>(modes_.size()); }
+
+ private:
+  std::vector<PoolingMode> modes_;
+};
+
 }  // namespace mpool::models

@@ -51,8 +51,9 @@ EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t h
 class SentenceEmbedder final : public core::Instance, public capabilities::TextEmbedding {
  public:
   /// `tokenizer` must not truncate or pad: the embedder does both itself.
+  /// `pooler` null: the settings' pooling modes (ModePooler).
   SentenceEmbedder(std::unique_ptr<Backbone> backbone, std::unique_ptr<tokenizer::Tokenizer> tokenizer,
-                   EmbedderSettings settings);
+                   EmbedderSettings settings, std::shared_ptr<const Pooler> pooler = nullptr);
 
   at::Tensor embed(const std::vector<std::string>& texts, const capabilities::EmbedOptions& options,
                    capabilities::RequestContext& ctx) override;
@@ -60,9 +61,9 @@ class SentenceEmbedder final : public core::Instance, public capabilities::TextE
 
  private:
   std::unique_ptr<Backbone> backbone_;
-  std::unique_ptr<tokenizer::Tokenizer> truncating_;
   std::unique_ptr<tokenizer::Tokenizer> full_;
   EmbedderSettings settings_;
+  std::shared_ptr<const Pooler> pooler_;
 };
 
 }  // namespace mpool::models

@@ -1,4 +1,4 @@
-#include "mpool/models/bert/config.h"
+#include "models/bert/config.h"
 
 #include <algorithm>
 
@@ -8,19 +8,11 @@ namespace mpool::models::bert {
 
 BertConfig BertConfig::from(const loading::ModelConfig& c) {
   BertConfig b;
-  b.model_type = c.model_type;
-  check(std::find(kModelTypes.begin(), kModelTypes.end(), c.model_type) != kModelTypes.end(),
-        ErrorCode::kInvalidInput,
-        "config.json: model_type '" + c.model_type + "' is not a BERT-family type (bert, roberta, xlm-roberta)");
-  b.vocab_size = loading::require_positive(c.vocab_size, "vocab_size");
-  b.hidden_size = loading::require_positive(c.hidden_size, "hidden_size");
-  b.num_layers = loading::require_positive(c.num_hidden_layers, "num_hidden_layers", loading::kMaxConfigLayers);
-  b.num_heads = loading::require_positive(c.num_attention_heads, "num_attention_heads");
-  b.intermediate_size = loading::require_positive(c.intermediate_size, "intermediate_size");
-  b.max_position_embeddings = loading::require_positive(c.max_position_embeddings, "max_position_embeddings");
+  static_cast<loading::TransformerSizes&>(b) =
+      loading::TransformerSizes::require(c, kModelTypes, "a BERT-family type");
   b.type_vocab_size = c.raw.get_or<int64_t>("type_vocab_size", 2);
   b.layer_norm_eps = c.layer_norm_eps.value_or(1e-12);
-  b.hidden_act = c.hidden_act.value_or("gelu");
+  b.hidden_act = nn::parse_activation(c.hidden_act.value_or("gelu"), "config.json: \"hidden_act\"");
   b.pad_token_id = c.pad_token_id.empty() ? 0 : c.pad_token_id.front();
   b.padding_offset_positions = c.model_type != "bert";
   check(b.type_vocab_size >= 0 && b.type_vocab_size <= loading::kMaxConfigDimension, ErrorCode::kInvalidInput,
@@ -36,10 +28,6 @@ BertConfig BertConfig::from(const loading::ModelConfig& c) {
   check(b.hidden_size % b.num_heads == 0, ErrorCode::kInvalidInput,
         "config.json: hidden_size " + std::to_string(b.hidden_size) + " is not divisible by num_attention_heads " +
             std::to_string(b.num_heads));
-  const std::string& act = b.hidden_act;
-  check(act == "gelu" || act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "relu" || act == "silu" ||
-            act == "swish",
-        ErrorCode::kInvalidInput, "config.json: hidden_act '" + act + "' is not supported");
   return b;
 }
 

@@ -1,4 +1,4 @@
-#include "mpool/models/kernels.h"
+#include "mpool/nn/kernels.h"
 
 #include <ATen/Parallel.h>
 
@@ -9,7 +9,7 @@
 #define MPOOL_X86_GEMV 1
 #endif
 
-namespace mpool::models::kernels {
+namespace mpool::nn::kernels {
 namespace {
 
 #ifdef MPOOL_X86_GEMV
@@ -118,4 +118,4 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
 }
 
-}  // namespace mpool::models::kernels
+}  // namespace mpool::nn::kernels

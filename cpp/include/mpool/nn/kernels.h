@@ -3,7 +3,7 @@
 // speed on the table. Each one falls back to ATen when it does not apply.
 #include <ATen/ATen.h>
 
-namespace mpool::models::kernels {
+namespace mpool::nn::kernels {
 
 /// x @ weight^T + bias, like at::linear. A single float32 or bfloat16 row on the
 /// CPU (one decode step) runs as a matrix-vector product that streams the weight
@@ -14,4 +14,4 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 /// Whether linear() has its fast path on this CPU.
 bool has_fast_gemv();
 
-}  // namespace mpool::models::kernels
+}  // namespace mpool::nn::kernels

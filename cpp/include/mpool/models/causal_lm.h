@@ -1,0 +1,34 @@
+#pragma once
+// The interface every text-producing model implements for the shared generation
+// loop (text_generator.h): extend a sequence by token ids or by embeddings, and
+// get the logits of its last position. A dense decoder, a mixture-of-experts
+// decoder or a latent-attention (MLA) decoder plugs in the same way; a vision
+// model splices image features in through extend_embeddings.
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "mpool/nn/kv_cache.h"
+
+namespace mpool::models {
+
+class CausalLM {
+ public:
+  virtual ~CausalLM() = default;
+  /// An empty per-sequence cache for up to `capacity` positions.
+  virtual nn::KvCache new_cache(int64_t capacity) const = 0;
+  /// Input embeddings (n, hidden) of `ids`, in the model's dtype and device.
+  virtual at::Tensor embed_tokens(const std::vector<int64_t>& ids) const = 0;
+  /// Runs `embeddings` (n, hidden) after the cache's contents, appends them to the
+  /// cache, and returns float32 CPU logits (vocab) of the last position.
+  virtual at::Tensor extend_embeddings(const at::Tensor& embeddings, nn::KvCache& cache) const = 0;
+  /// The same for token ids.
+  virtual at::Tensor extend(const std::vector<int64_t>& ids, nn::KvCache& cache) const {
+    return extend_embeddings(embed_tokens(ids), cache);
+  }
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t hidden_size() const = 0;
+};
+
+}  // namespace mpool::models

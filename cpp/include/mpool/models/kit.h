@@ -1,0 +1,46 @@
+#pragma once
+// The family kit: what every native family needs besides its own blocks,
+// written once. A family folder (cpp/src/models/<family>/) holds its config
+// reader, its network (on mpool_nn) and a family.cpp that uses these.
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "mpool/loading/layout.h"
+#include "mpool/loading/registry.h"
+#include "mpool/models/families.h"
+#include "mpool/nn/weights.h"
+
+namespace mpool::models::kit {
+
+/// The dtype policy, the same for every family: the caller's choice when given
+/// (float32, bfloat16, float16), else float32 on the CPU and bfloat16 on CUDA.
+/// InvalidInput names the family and the accepted names.
+at::ScalarType pick_dtype(const NativeOptions& options, const std::string& family);
+
+/// `dir`/tokenizer.json, or InvalidInput saying mpool needs that form.
+std::filesystem::path require_tokenizer(const std::filesystem::path& dir);
+
+/// The support predicate of a family that serves `model_types`, described as
+/// `what` ("bert, roberta or xlm-roberta"): the type must match and weights exist.
+loading::SupportPredicate serves_model_types(std::vector<std::string> model_types, std::string what);
+
+/// Fixed allowance per replica for the tokenizer, allocator slack and small buffers.
+inline constexpr double kReplicaOverheadMb = 64.0;
+
+/// A replica's memory estimate: weights, plus caches and activations, plus the overhead.
+double replica_memory_mb(double weight_bytes, double other_bytes);
+
+/// The bytes of weights a model takes from `checkpoint` as `dtype`: `build` runs
+/// the model's constructor on a meta-device view (nothing is read), so the count
+/// covers exactly the tensors the model loads and checks every name and shape at
+/// registration. Returns the bytes, and appends the unused-tensor warnings. When
+/// the checkpoint does not fit the config, registration still succeeds (loading
+/// will fail with the same error): it warns so and counts every stored tensor.
+double measure_weights(const loading::Checkpoint& checkpoint, at::ScalarType dtype,
+                       const std::function<void(const nn::Weights&)>& build, std::vector<std::string>& warnings);
+
+}  // namespace mpool::models::kit

@@ -1,0 +1,78 @@
+#pragma once
+// text_to_text over any CausalLM: the glue every generating family shares.
+// Sampling defaults from generation_config.json, the prompt's ids, the context
+// check, chunked prefill (with embeddings spliced in, for vision-language models),
+// and the sampling loop (generation.h).
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "mpool/capabilities/interfaces.h"
+#include "mpool/loading/config.h"
+#include "mpool/models/causal_lm.h"
+#include "mpool/tokenizer/tokenizer.h"
+
+namespace mpool::models {
+
+/// Sampling defaults from generation_config.json, as transformers' generate and
+/// vLLM apply them: a parameter the request does not set takes the model's value.
+struct SamplingDefaults {
+  bool present = false;  ///< the model has a generation_config.json
+  std::optional<bool> do_sample;
+  std::optional<double> temperature, top_p, min_p, repetition_penalty;
+  std::optional<int64_t> top_k;
+
+  static SamplingDefaults from(const std::optional<loading::GenerationConfig>& config);
+  capabilities::GenerationParams apply(capabilities::GenerationParams params) const;
+};
+
+/// What a TextGenerator needs besides the model and tokenizer.
+struct TextGeneratorSettings {
+  std::vector<int64_t> eos_ids;  ///< generation_config.json's, else config.json's
+  int64_t context = 0;           ///< positions per sequence (prompt and output)
+  int64_t max_context = 0;       ///< the most the model supports (named in errors)
+  SamplingDefaults defaults;
+  /// Prompt tokens per forward pass of a prefill: bounds activation memory and
+  /// lets a long prefill notice cancellation between chunks.
+  int64_t prefill_chunk = 512;
+};
+
+/// A prompt with embeddings inserted: `inserts[i].first` is the index in `ids`
+/// before which `inserts[i].second` (m, hidden) goes (ids.size() = at the end).
+struct SplicedPrompt {
+  std::vector<int64_t> ids;
+  std::vector<std::pair<size_t, at::Tensor>> inserts;
+};
+
+/// Generates text with a CausalLM; one per replica, used from its thread.
+class TextGenerator {
+ public:
+  TextGenerator(std::shared_ptr<const CausalLM> model, std::unique_ptr<tokenizer::Tokenizer> tokenizer,
+                TextGeneratorSettings settings);
+
+  /// The TextToText call: a text prompt (tokenized with the request's
+  /// add_special_tokens) or token ids.
+  capabilities::Completion generate(const std::variant<std::string, std::vector<int64_t>>& prompt,
+                                    const capabilities::GenerationParams& params, const capabilities::TextSink& sink,
+                                    capabilities::RequestContext& ctx) const;
+  /// The same for a prompt with embeddings spliced in (image features).
+  capabilities::Completion generate(const SplicedPrompt& prompt, const capabilities::GenerationParams& params,
+                                    const capabilities::TextSink& sink, capabilities::RequestContext& ctx) const;
+
+  const tokenizer::Tokenizer& tokenizer() const noexcept { return *tokenizer_; }
+
+ private:
+  std::vector<int64_t> prompt_ids(const std::variant<std::string, std::vector<int64_t>>& prompt,
+                                  const capabilities::GenerationParams& params) const;
+
+  std::shared_ptr<const CausalLM> model_;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
+  TextGeneratorSettings settings_;
+};
+
+}  // namespace mpool::models

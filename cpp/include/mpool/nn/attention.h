@@ -1,0 +1,82 @@
+#pragma once
+// Attention: masks, grouped-query attention, optional q/k norms, cross-attention,
+// and the one place that calls scaled_dot_product_attention (where the backend
+// choice lives).
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "mpool/nn/linear.h"
+#include "mpool/nn/norm.h"
+#include "mpool/nn/weights.h"
+
+namespace mpool::nn {
+
+// --- masks: boolean, true = attend; additive biases are float tensors added to the scores.
+
+/// (1, 1, n, total): queries at positions [start, start + n) see keys at or before
+/// their own position, and with `window` > 0 only the last `window` of them.
+at::Tensor causal_mask(int64_t start, int64_t n, int64_t total, int64_t window, at::Device device);
+/// (b, 1, 1, t) from a (b, t) 0/1 key padding mask.
+at::Tensor key_padding_mask(const at::Tensor& mask);
+/// A boolean mask turned into an additive one of `dtype` (0 where attended, -inf
+/// elsewhere) plus `bias` (ALiBi slopes x distance, T5's relative bias, ...), which
+/// broadcasts against (b, heads, n, total). Either may be undefined.
+at::Tensor additive_mask(const at::Tensor& keep, const at::Tensor& bias, at::ScalarType dtype);
+
+/// softmax(q k^T * scale + mask) v for q (b, heads, n, d) and k, v (b, kv_heads, t, d),
+/// heads a multiple of kv_heads (grouped-query attention). `mask` is boolean or
+/// additive (see above) or undefined; `causal` applies the plain causal mask
+/// without building one. scale defaults to 1/sqrt(d). One query per group and no
+/// mask (a decode step) folds the group into the query axis instead of repeating keys.
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask = {},
+                  bool causal = false, std::optional<double> scale = std::nullopt);
+
+/// Where a checkpoint keeps an attention block's tensors, relative to its scope.
+struct AttentionNames {
+  std::string q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj";
+  std::string fused_qkv = "qkv_proj";  ///< one stored q/k/v tensor, when a checkpoint has it
+  std::string q_norm = "q_norm", k_norm = "k_norm";
+};
+
+/// An attention block's sizes.
+struct AttentionShape {
+  int64_t hidden = 0;    ///< input width of the queries
+  int64_t heads = 0;
+  int64_t kv_heads = 0;  ///< heads of k and v (== heads without GQA)
+  int64_t head_dim = 0;
+  int64_t kv_input = 0;  ///< input width of k and v: 0 = hidden (self-attention)
+  int64_t out = 0;       ///< output width: 0 = hidden
+  bool qkv_bias = false;
+  bool o_bias = false;
+};
+
+/// Multi-head attention with projections: self-attention (q, k and v as one GEMM)
+/// or cross-attention (k and v from a context), optional per-head RMSNorm on q and k.
+class Attention {
+ public:
+  /// Loads the projections under `w`; `qk_norm_eps` set: per-head RMSNorm on q and k.
+  static Attention load(const Weights& w, const AttentionShape& shape, const AttentionNames& names = {},
+                        std::optional<double> qk_norm_eps = std::nullopt);
+
+  /// q (b, heads, n, d), k and v (b, kv_heads, n, d) of x (b, n, hidden), q/k
+  /// normed; `context` (b, m, kv_input) gives k and v for cross-attention.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> project(const at::Tensor& x, const at::Tensor& context = {}) const;
+  /// (b, heads, n, d) -> (b, n, out).
+  at::Tensor output(const at::Tensor& attended) const;
+  /// The whole block without positions or cache: project, attend, output.
+  at::Tensor operator()(const at::Tensor& x, const at::Tensor& mask = {}, bool causal = false,
+                        const at::Tensor& context = {}) const;
+  const AttentionShape& shape() const noexcept { return shape_; }
+
+ private:
+  AttentionShape shape_;
+  FusedLinear qkv_;  // self-attention: q, k, v; cross-attention: k, v (q_ apart)
+  Linear q_, o_;
+  bool cross_ = false;
+  std::optional<RMSNorm> q_norm_, k_norm_;
+};
+
+}  // namespace mpool::nn

@@ -1,0 +1,51 @@
+#pragma once
+// Activations and feed-forward blocks. A decoder layer holds its feed-forward
+// block through the FeedForward interface: a dense MLP today, a mixture of
+// experts where a family needs one.
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string_view>
+
+#include "mpool/nn/activation.h"
+#include "mpool/nn/linear.h"
+#include "mpool/nn/weights.h"
+
+namespace mpool::nn {
+
+/// `act`(x).
+at::Tensor activate(Activation act, const at::Tensor& x);
+
+/// The feed-forward slot of a transformer layer: (..., hidden) -> (..., hidden).
+class FeedForward {
+ public:
+  virtual ~FeedForward() = default;
+  virtual at::Tensor operator()(const at::Tensor& x) const = 0;
+};
+
+/// How an MLP's checkpoint names its projections.
+struct MlpNames {
+  std::string up = "up_proj";      ///< plain: the first projection; gated: the "up" half
+  std::string gate = "gate_proj";  ///< gated only
+  std::string down = "down_proj";
+  std::string fused_gate_up = "gate_up_proj";  ///< gated: one stored tensor (gate rows first), when present
+};
+
+/// A dense MLP: down(act(up(x))), or gated down(act(gate(x)) * up(x)) (SwiGLU
+/// with silu, GEGLU with gelu). Gate and up run as one GEMM.
+class Mlp final : public FeedForward {
+ public:
+  /// `hidden` -> `inner` -> `hidden`, under `w`.
+  static Mlp load(const Weights& w, int64_t hidden, int64_t inner, Activation act, bool gated, bool bias,
+                  const MlpNames& names = {});
+  at::Tensor operator()(const at::Tensor& x) const override;
+
+ private:
+  Linear in_;  // up, or gate and up fused (gate rows first)
+  Linear down_;
+  Activation act_ = Activation::kGelu;
+  bool gated_ = false;
+  int64_t inner_ = 0;
+};
+
+}  // namespace mpool::nn

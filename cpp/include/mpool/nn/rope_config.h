@@ -1,0 +1,40 @@
+#pragma once
+// Rotary position embedding settings, read from config.json in one place for
+// every family. Torch-free: the config readers use it, and it is fuzzed with them.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mpool/loading/config.h"
+
+namespace mpool::nn {
+
+/// Every rope type transformers defines for decoders, read from `rope_parameters`
+/// (transformers 5) or `rope_scaling` (older files): see loading::rope_parameters_node.
+struct RopeConfig {
+  std::string type = "default";  ///< default, linear, dynamic, yarn, llama3, longrope
+  double theta = 10000.0;
+  int64_t rotary_dim = 0;  ///< rotated part of each head (head_dim x partial_rotary_factor)
+  double factor = 1.0;
+  int64_t max_position_embeddings = 0;
+  int64_t original_max_position_embeddings = 0;
+  double low_freq_factor = 1.0;   ///< llama3
+  double high_freq_factor = 4.0;  ///< llama3
+  std::vector<double> short_factor, long_factor;  ///< longrope, rotary_dim / 2 each
+  /// Scales cos and sin (longrope and yarn; 1 otherwise).
+  double attention_factor = 1.0;
+  double beta_fast = 32.0;  ///< yarn: rotations where extrapolation ends
+  double beta_slow = 1.0;   ///< yarn: rotations where interpolation starts
+  bool truncate = true;     ///< yarn: round the correction range outwards
+  /// yarn's mscale_all_dim (DeepSeek's MLA folds it into the softmax scale); 0 when absent.
+  double mscale_all_dim = 0.0;
+
+  /// Whether inv_freq depends on the sequence length (dynamic, longrope).
+  bool depends_on_length() const noexcept { return type == "dynamic" || type == "longrope"; }
+};
+
+/// Reads the rope settings of a model with heads of `head_dim` and
+/// `max_position_embeddings` positions; errors name config.json and the key.
+RopeConfig read_rope_config(const loading::ModelConfig& config, int64_t head_dim, int64_t max_position_embeddings);
+
+}  // namespace mpool::nn

@@ -1,0 +1,77 @@
+#pragma once
+// A scoped view of a checkpoint: how every block takes its tensors.
+//   Weights w = Weights::open(checkpoint, at::kBFloat16, device);
+//   Weights layer = w.sub("model.layers").sub(3);
+//   at::Tensor q = layer.get("self_attn.q_proj.weight", {q_out, hidden});
+// A tensor is read (converted to the dtype, moved to the device) when a block
+// takes it, with its shape checked against what the config implies; errors name
+// the full tensor name. What nobody took is reported as warnings. On the meta
+// device nothing is read: a model built that way measures its weights exactly
+// (the family kit's memory estimate) and checks every name and shape up front.
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "mpool/loading/safetensors.h"
+
+namespace mpool::nn {
+
+using Shape = std::vector<int64_t>;
+
+class Weights {
+ public:
+  /// The whole of `checkpoint`; floating-point tensors become `dtype` on `device`
+  /// (integer and bool tensors keep theirs). The file pages under `prefix` are
+  /// faulted in up front unless the device is meta.
+  static Weights open(loading::Checkpoint checkpoint, at::ScalarType dtype, at::Device device,
+                      std::string_view prefix = "");
+
+  /// The view under `name` ("encoder" -> "encoder."); an empty name is this view.
+  Weights sub(std::string_view name) const;
+  /// The view under index `i` ("layers" then sub(3) -> "layers.3.").
+  Weights sub(int64_t i) const;
+  /// The full name of `name` in this view.
+  std::string name(std::string_view name) const { return prefix_ + std::string(name); }
+  const std::string& prefix() const noexcept { return prefix_; }
+
+  /// Whether the checkpoint holds `name` in this view.
+  bool has(std::string_view name) const;
+  /// The tensor `name`, which must have `shape`; InvalidInput names it otherwise.
+  at::Tensor get(std::string_view name, const Shape& shape) const;
+  /// The tensor when present (shape checked), else an undefined tensor.
+  at::Tensor get_optional(std::string_view name, const Shape& shape) const;
+  /// `parts` concatenated along dim 0 (q/k/v into one projection, gate/up into one):
+  /// costs one copy of the parts, which then no longer view the file mapping.
+  at::Tensor fused(const std::vector<std::pair<std::string, Shape>>& parts) const;
+  /// The stored fused tensor `fused_name` when the checkpoint has it (Phi-3's
+  /// qkv_proj), else `parts` fused: one weight whatever the checkpoint stores.
+  at::Tensor fused_or_parts(std::string_view fused_name, const Shape& fused_shape,
+                            const std::vector<std::pair<std::string, Shape>>& parts) const;
+
+  /// The first of `candidates` (prefixes such as "", "model.", "bert.") under which
+  /// `probe` exists, as a view; InvalidInput lists what was tried and `what`.
+  Weights find_prefix(const std::vector<std::string>& candidates, std::string_view probe, std::string_view what) const;
+
+  /// Bytes of every distinct tensor taken so far (fused parts count as the fused tensor).
+  size_t bytes_taken() const;
+  /// Warnings: the checkpoint's own, then one per stored tensor nobody took.
+  std::vector<std::string> warnings() const;
+  at::ScalarType dtype() const;
+  at::Device device() const;
+  const loading::Checkpoint& checkpoint() const;
+
+ private:
+  struct State;
+  Weights(std::shared_ptr<State> state, std::string prefix) : state_(std::move(state)), prefix_(std::move(prefix)) {}
+  at::Tensor take(const std::string& full, const Shape& shape, bool count) const;
+
+  std::shared_ptr<State> state_;
+  std::string prefix_;
+};
+
+}  // namespace mpool::nn

@@ -1,0 +1,35 @@
+#pragma once
+// What the decoder family reads from config.json, as a plain struct. Torch-free
+// (part of mpool_model_configs), so it runs under the sanitizers and is fuzzed
+// (fuzz/config_json_fuzz.cpp).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mpool/loading/config.h"
+#include "mpool/nn/rope_config.h"
+
+namespace mpool::models::decoder {
+
+/// The model_types this family serves.
+inline const std::vector<std::string> kModelTypes = {"llama", "mistral", "qwen2", "qwen3", "phi3"};
+
+/// Everything the decoder needs from config.json, beyond the common sizes.
+struct DecoderConfig : loading::TransformerSizes {
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  double rms_norm_eps = 1e-6;
+  bool tie_word_embeddings = false;
+  bool qkv_bias = false;   ///< q, k, v projections have biases (Qwen2, attention_bias)
+  bool o_bias = false;     ///< o_proj has a bias (attention_bias)
+  bool mlp_bias = false;   ///< gate, up, down have biases
+  bool qk_norm = false;    ///< per-head RMSNorm on q and k before RoPE (Qwen3)
+  std::vector<int64_t> sliding_window;  ///< per layer; 0 = full attention
+  nn::RopeConfig rope;
+  std::vector<int64_t> eos_token_id;
+
+  /// Reads and checks the fields; errors name config.json and the key.
+  static DecoderConfig from(const loading::ModelConfig& config);
+};
+
+}  // namespace mpool::models::decoder

@@ -1,0 +1,142 @@
+#include "models/decoder/decoder.h"
+
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <map>
+
+#include "mpool/core/error.h"
+#include "mpool/nn/kernels.h"
+
+namespace mpool::models::decoder {
+
+Decoder::Decoder(DecoderConfig config, const nn::Weights& checkpoint)
+    : config_(std::move(config)), dtype_(checkpoint.dtype()), device_(checkpoint.device()) {
+  const auto& c = config_;
+  const nn::Weights model = checkpoint.find_prefix({"model.", ""}, "embed_tokens.weight", "a " + c.model_type + " decoder");
+  const int64_t h = c.hidden_size;
+  embed_ = model.get("embed_tokens.weight", {c.vocab_size, h});
+  norm_ = nn::RMSNorm::load(model, "norm", h, c.rms_norm_eps);
+  // The head sits outside the base model; a bare base model (an embedder's
+  // checkpoint) has none and only embeds.
+  if (c.tie_word_embeddings)
+    lm_head_ = embed_;
+  else
+    lm_head_ = checkpoint.get_optional("lm_head.weight", {c.vocab_size, h});
+  nn::AttentionShape shape;
+  shape.hidden = h;
+  shape.heads = c.num_heads;
+  shape.kv_heads = c.num_kv_heads;
+  shape.head_dim = c.head_dim;
+  shape.qkv_bias = c.qkv_bias;
+  shape.o_bias = c.o_bias;
+  const nn::Weights layers = model.sub("layers");
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const nn::Weights l = layers.sub(i);
+    layers_.push_back(Layer{
+        nn::RMSNorm::load(l, "input_layernorm", h, c.rms_norm_eps),
+        nn::RMSNorm::load(l, "post_attention_layernorm", h, c.rms_norm_eps),
+        nn::Attention::load(l.sub("self_attn"), shape, {},
+                            c.qk_norm ? std::optional<double>(c.rms_norm_eps) : std::nullopt),
+        std::make_shared<nn::Mlp>(nn::Mlp::load(l.sub("mlp"), h, c.intermediate_size, nn::Activation::kSilu,
+                                                /*gated=*/true, c.mlp_bias)),
+    });
+  }
+  rope_ = nn::Rope(c.rope, dtype_, device_);
+}
+
+nn::KvCache Decoder::new_cache(int64_t capacity) const {
+  return nn::KvCache::key_value(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity,
+                                at::TensorOptions().dtype(dtype_).device(device_));
+}
+
+at::Tensor Decoder::embed_tokens(const std::vector<int64_t>& ids) const {
+  c10::InferenceMode guard;
+  return at::embedding(embed_, at::tensor(ids, at::kLong).to(device_));
+}
+
+at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const at::Tensor& key_mask) const {
+  const int64_t b = x.size(0), n = x.size(1), total = start + n;
+  auto [cos, sin] = rope_.tables(start, n);
+  // Masks: only built when the plain causal case does not apply; one per window.
+  std::map<int64_t, at::Tensor> masks;
+  auto mask_for = [&](int64_t window) -> at::Tensor {
+    auto it = masks.find(window);
+    if (it != masks.end()) return it->second;
+    at::Tensor m = nn::causal_mask(start, n, total, window, device_);
+    if (key_mask.defined()) m = m.logical_and(nn::key_padding_mask(key_mask).view({b, 1, 1, total}));
+    return masks[window] = m;
+  };
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const Layer& L = layers_[li];
+    const int64_t window = config_.sliding_window[li];
+    auto [q, k, v] = L.attention.project(L.input_norm(x));
+    q = rope_.apply(q, cos, sin);
+    k = rope_.apply(k, cos, sin);
+    at::Tensor attended;
+    if (cache) {
+      // A decode step under a sliding window reads only the window's keys.
+      const int64_t first = n == 1 && window > 0 ? std::max<int64_t>(0, total - window) : 0;
+      auto [keys, values] = cache->append(li, start, k, v, first);
+      if (n == 1)
+        attended = nn::attend(q, keys, values);
+      else if (start == 0 && window == 0)
+        attended = nn::attend(q, keys, values, {}, /*causal=*/true);
+      else
+        attended = nn::attend(q, keys, values, mask_for(window));
+    } else {
+      const bool plain_causal = window == 0 && !key_mask.defined();
+      attended = plain_causal ? nn::attend(q, k, v, {}, /*causal=*/true) : nn::attend(q, k, v, mask_for(window));
+    }
+    x = x + L.attention.output(attended);
+    x = x + (*L.feed_forward)(L.post_attention_norm(x));
+  }
+  if (cache) cache->length = total;
+  return norm_(x);
+}
+
+at::Tensor Decoder::extend_embeddings(const at::Tensor& embeddings, nn::KvCache& cache) const {
+  const int64_t n = embeddings.size(0);
+  check(n > 0, ErrorCode::kInvalidInput, "no tokens to run");
+  check(cache.length + n <= cache.capacity, ErrorCode::kInvalidInput,
+        "sequence of " + std::to_string(cache.length + n) + " tokens exceeds the cache's " +
+            std::to_string(cache.capacity));
+  c10::InferenceMode guard;
+  at::Tensor input = embeddings.to(device_, dtype_);
+  const auto& rope = config_.rope;
+  if (rope.type == "longrope") {
+    const int64_t original = rope.original_max_position_embeddings;
+    if (cache.length > 0 && cache.length <= original && cache.length + n > original) {
+      // Crossing into the long factors: every cached key was rotated with the
+      // short ones, so recompute the whole sequence (as transformers' Phi-3 does).
+      std::vector<at::Tensor> all = cache.replay;
+      all.push_back(input);
+      input = at::cat(all);
+      cache.clear();
+    }
+    cache.replay.push_back(input.narrow(0, input.size(0) - n, n));
+  }
+  const int64_t m = input.size(0);
+  at::Tensor hidden = run(input.unsqueeze(0), cache.length, &cache, at::Tensor());
+  return logits(hidden.select(1, m - 1)).view({-1});
+}
+
+at::Tensor Decoder::logits(const at::Tensor& hidden) const {
+  check(lm_head_.defined(), ErrorCode::kInvalidInput,
+        "this checkpoint has no lm_head.weight (a base model): it can embed but not generate");
+  return nn::kernels::linear(hidden, lm_head_).to(at::kCPU, at::kFloat);
+}
+
+at::Tensor Decoder::all_logits(const std::vector<int64_t>& ids) const {
+  c10::InferenceMode guard;
+  at::Tensor hidden = run(embed_tokens(ids).unsqueeze(0), 0, nullptr, at::Tensor());
+  return logits(hidden.squeeze(0));
+}
+
+at::Tensor Decoder::hidden_states(const at::Tensor& ids, const at::Tensor& mask) const {
+  c10::InferenceMode guard;
+  const bool padded = mask.defined() && !mask.all().item<bool>();
+  return run(at::embedding(embed_, ids.to(device_)), 0, nullptr, padded ? mask.to(device_) : at::Tensor());
+}
+
+}  // namespace mpool::models::decoder

@@ -1,0 +1,69 @@
+#pragma once
+// The pre-norm RoPE decoder: grouped-query attention, RMSNorm, a gated MLP
+// (SwiGLU) and rotary positions, parameterized by config.json. It serves
+// LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and
+// Phi3ForCausalLM, which differ only in flags read from the config (biases, q/k
+// norm, sliding windows, rope type) and in whether q/k/v and gate/up are stored
+// fused (Phi-3). Every block comes from mpool_nn; this file only wires them.
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/decoder/config.h"
+#include "mpool/models/causal_lm.h"
+#include "mpool/nn/attention.h"
+#include "mpool/nn/mlp.h"
+#include "mpool/nn/norm.h"
+#include "mpool/nn/rope.h"
+#include "mpool/nn/weights.h"
+
+namespace mpool::models::decoder {
+
+/// The decoder's weights and forward passes.
+class Decoder final : public CausalLM {
+ public:
+  /// Takes every weight the config implies from `checkpoint` (a ForCausalLM
+  /// checkpoint with "model." names, or a bare base model) as the view's dtype on
+  /// its device; on the meta device nothing is read (measuring).
+  Decoder(DecoderConfig config, const nn::Weights& checkpoint);
+
+  nn::KvCache new_cache(int64_t capacity) const override;
+  at::Tensor embed_tokens(const std::vector<int64_t>& ids) const override;
+  at::Tensor extend_embeddings(const at::Tensor& embeddings, nn::KvCache& cache) const override;
+  int64_t vocab_size() const override { return config_.vocab_size; }
+  int64_t hidden_size() const override { return config_.hidden_size; }
+
+  /// Logits (n, vocab) float32 of every position of `ids` from an empty cache (probes).
+  at::Tensor all_logits(const std::vector<int64_t>& ids) const;
+  /// Last hidden state (b, t, hidden) after the final norm, for right-padded (b, t)
+  /// ids and 0/1 mask, without a cache (the embedding backbone).
+  at::Tensor hidden_states(const at::Tensor& ids, const at::Tensor& mask) const;
+
+  const DecoderConfig& config() const noexcept { return config_; }
+  at::Device device() const noexcept { return device_; }
+  /// Whether it can produce logits (it has an output head or tied embeddings).
+  bool has_lm_head() const noexcept { return lm_head_.defined(); }
+
+ private:
+  struct Layer {
+    nn::RMSNorm input_norm, post_attention_norm;
+    nn::Attention attention;
+    std::shared_ptr<const nn::FeedForward> feed_forward;  // the slot an MoE block fills
+  };
+  // Runs the layers on x (b, n, hidden) at positions [start, start + n); keys and
+  // values go to `cache` when given; `key_mask` (b, t) marks padding otherwise.
+  at::Tensor run(at::Tensor x, int64_t start, nn::KvCache* cache, const at::Tensor& key_mask) const;
+  at::Tensor logits(const at::Tensor& hidden) const;
+
+  DecoderConfig config_;
+  at::ScalarType dtype_;
+  at::Device device_;
+  at::Tensor embed_, lm_head_;
+  nn::RMSNorm norm_;
+  nn::Rope rope_;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace mpool::models::decoder

@@ -1,0 +1,172 @@
+// The decoder family as a pool model: recognizes llama, mistral, qwen2, qwen3 and
+// phi3 directories and builds specs whose replicas generate text (text_to_text,
+// through the kit's TextGenerator) and embed by last-token pooling
+// (text_embedding, through the kit's SentenceEmbedder).
+#include <algorithm>
+#include <filesystem>
+
+#include "models/decoder/decoder.h"
+#include "mpool/core/error.h"
+#include "mpool/loading/tensors.h"
+#include "mpool/models/families.h"
+#include "mpool/models/kit.h"
+#include "mpool/models/sentence_embedder.h"
+#include "mpool/models/text_generator.h"
+#include "mpool/nn/probe.h"
+
+namespace mpool::models::decoder {
+namespace {
+
+namespace fs = std::filesystem;
+namespace cap = capabilities;
+
+constexpr int64_t kDefaultPrefillChunk = 512;
+
+class DecoderBackbone final : public Backbone {
+ public:
+  explicit DecoderBackbone(std::shared_ptr<const Decoder> decoder) : decoder_(std::move(decoder)) {}
+  at::Tensor forward(const at::Tensor& ids, const at::Tensor&, const at::Tensor& mask) const override {
+    return decoder_->hidden_states(ids, mask);
+  }
+  at::Device device() const override { return decoder_->device(); }
+
+ private:
+  std::shared_ptr<const Decoder> decoder_;
+};
+
+class DecoderModel final : public core::Instance, public cap::TextToText, public cap::TextEmbedding {
+ public:
+  DecoderModel(TextGenerator generator, std::unique_ptr<SentenceEmbedder> embedder)
+      : generator_(std::move(generator)), embedder_(std::move(embedder)) {}
+
+  cap::Completion generate(const std::variant<std::string, std::vector<int64_t>>& prompt,
+                           const cap::GenerationParams& params, const cap::TextSink& sink,
+                           cap::RequestContext& ctx) override {
+    return generator_.generate(prompt, params, sink, ctx);
+  }
+  at::Tensor embed(const std::vector<std::string>& texts, const cap::EmbedOptions& options,
+                   cap::RequestContext& ctx) override {
+    return embedder_->embed(texts, options, ctx);
+  }
+  int64_t dimension() const override { return embedder_->dimension(); }
+
+ private:
+  TextGenerator generator_;
+  std::unique_ptr<SentenceEmbedder> embedder_;
+};
+
+NativeModel build(const loading::ModelLayout& layout, const loading::ModelConfig& model_config,
+                  const NativeOptions& options) {
+  const DecoderConfig config = DecoderConfig::from(model_config);
+  const fs::path tokenizer_file = kit::require_tokenizer(layout.tokenizer_dir);
+  const at::ScalarType dtype = kit::pick_dtype(options, "decoder");
+  // Dynamic NTK scaling exists to run past the trained length, up to factor times it.
+  const int64_t max_context =
+      config.rope.type == "dynamic"
+          ? static_cast<int64_t>(static_cast<double>(config.max_position_embeddings) * config.rope.factor)
+          : config.max_position_embeddings;
+  const int64_t context = options.context_length.value_or(max_context);
+  check(context > 1 && context <= max_context, ErrorCode::kInvalidInput,
+        "context_length " + std::to_string(context) + " must be in [2, " + std::to_string(max_context) + "]" +
+            (config.rope.type == "dynamic" ? " (max_position_embeddings times the dynamic rope factor)"
+                                           : " (max_position_embeddings)"));
+  const int64_t prefill_chunk = options.options.get_int("prefill_chunk", kDefaultPrefillChunk);
+  check(prefill_chunk >= 1 && prefill_chunk <= 1 << 20, ErrorCode::kInvalidInput,
+        "option prefill_chunk must be in [1, 1048576], got " + std::to_string(prefill_chunk));
+
+  // End of generation: generation_config.json's eos, else config.json's.
+  TextGeneratorSettings gen;
+  gen.eos_ids = config.eos_token_id;
+  const auto generation_config = loading::load_generation_config(layout.model_dir);
+  if (generation_config && !generation_config->eos_token_id.empty()) gen.eos_ids = generation_config->eos_token_id;
+  gen.defaults = SamplingDefaults::from(generation_config);
+  gen.context = context;
+  gen.max_context = max_context;
+  gen.prefill_chunk = prefill_chunk;
+
+  const EmbedderSettings settings =
+      embedder_settings(layout, config.hidden_size, static_cast<size_t>(context), {PoolingMode::kLastToken});
+
+  // Memory: the weights it loads, the KV cache of one full context, and the
+  // activations of one prefill chunk (or one embedding forward pass).
+  NativeModel model;
+  const auto checkpoint = loading::Checkpoint::open(layout.model_dir);
+  // The head sits outside the base model: tied embeddings, or lm_head.weight.
+  const bool has_head = config.tie_word_embeddings || checkpoint.find("lm_head.weight").has_value();
+  const double weight_bytes = kit::measure_weights(
+      checkpoint, dtype, [&](const nn::Weights& w) { Decoder(config, w); }, model.warnings);
+  const double kv_bytes = nn::KvCache::bytes_per_position(config.num_layers, config.num_kv_heads, config.head_dim,
+                                                          at::elementSize(dtype)) *
+                          static_cast<double>(context);
+  const double chunk = static_cast<double>(prefill_chunk);
+  const double tokens = std::max(chunk, static_cast<double>(settings.tokens_per_forward));
+  const double act_bytes = tokens * static_cast<double>(2 * config.intermediate_size + 4 * config.hidden_size) * 4.0 +
+                           chunk * static_cast<double>(context) * static_cast<double>(config.num_heads) * 4.0 +
+                           static_cast<double>(config.vocab_size) * 4.0 * 4.0;
+
+  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
+  core::ModelSpec& spec = model.spec;
+  // A base model without an output head (an embedder's checkpoint) only embeds.
+  if (has_head)
+    spec.capabilities = {cap::TextToText::kName, cap::TextEmbedding::kName};
+  else
+    spec.capabilities = {cap::TextEmbedding::kName};
+  spec.memory_mb = kit::replica_memory_mb(weight_bytes, kv_bytes + act_bytes);
+  spec.devices = options.devices;
+  spec.batch_budget = settings.tokens_per_forward;
+  const fs::path model_dir = layout.model_dir;
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, gen](const std::string& device) {
+    const nn::Weights weights = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, at::Device(device));
+    auto decoder = std::make_shared<const Decoder>(config, weights);
+    auto embedder = std::make_unique<SentenceEmbedder>(std::make_unique<DecoderBackbone>(decoder),
+                                                       tokenizer::Tokenizer::from_file(tokenizer_file.string()),
+                                                       settings);
+    return std::make_shared<DecoderModel>(
+        TextGenerator(decoder, tokenizer::Tokenizer::from_file(tokenizer_file.string()), gen), std::move(embedder));
+  };
+  return model;
+}
+
+}  // namespace
+
+Family family() {
+  Family f;
+  f.name = "llama";
+  f.capabilities = {cap::TextToText::kName, cap::TextEmbedding::kName};
+  f.supports = kit::serves_model_types(kModelTypes, "llama, mistral, qwen2, qwen3 or phi3");
+  f.build = build;
+  f.options = {{"prefill_chunk", OptionSpec::Kind::kInt,
+                "prompt tokens per forward pass of a prefill (default 512): bounds activation memory"}};
+  return f;
+}
+
+void register_probes() {
+  // (positions, float32 logits) of the decoder for `ids`: all at once (chunk 0)
+  // or through the KV cache `chunk` tokens at a time.
+  nn::register_probe("decoder.logits", [](const nn::ProbeInput& in) {
+    const std::string dir = in.get<std::string>("path");
+    const auto ids = in.get<std::vector<int64_t>>("ids");
+    const int64_t chunk = in.get_or<int64_t>("chunk", 0);
+    const auto dtype = loading::parse_scalar_type(in.get_or<std::string>("dtype", "float32"));
+    check(dtype.has_value(), ErrorCode::kInvalidInput, "unknown dtype");
+    const auto layout = loading::describe_layout(dir);
+    const auto config = DecoderConfig::from(loading::load_model_config(layout.model_dir));
+    const Decoder decoder(config, nn::Weights::open(loading::Checkpoint::open(layout.model_dir), *dtype, at::kCPU));
+    if (chunk <= 0)
+      return nn::ProbeOutput{{"logits", decoder.all_logits(ids)},
+                             {"positions", at::arange(static_cast<int64_t>(ids.size()), at::kLong)}};
+    nn::KvCache cache = decoder.new_cache(static_cast<int64_t>(ids.size()));
+    std::vector<at::Tensor> rows;
+    std::vector<int64_t> positions;
+    for (size_t i = 0; i < ids.size(); i += static_cast<size_t>(chunk)) {
+      const size_t end = std::min(ids.size(), i + static_cast<size_t>(chunk));
+      rows.push_back(decoder.extend(std::vector<int64_t>(ids.begin() + static_cast<ptrdiff_t>(i),
+                                                         ids.begin() + static_cast<ptrdiff_t>(end)),
+                                    cache));
+      positions.push_back(static_cast<int64_t>(end) - 1);
+    }
+    return nn::ProbeOutput{{"logits", at::stack(rows)}, {"positions", at::tensor(positions, at::kLong)}};
+  });
+}
+
+}  // namespace mpool::models::decoder

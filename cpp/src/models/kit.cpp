@@ -1,0 +1,65 @@
+#include "mpool/models/kit.h"
+
+#include "mpool/core/error.h"
+#include "mpool/loading/tensors.h"
+
+namespace mpool::models::kit {
+
+namespace fs = std::filesystem;
+
+at::ScalarType pick_dtype(const NativeOptions& options, const std::string& family) {
+  const bool cuda = !options.devices.empty() && options.devices.front().rfind("cuda", 0) == 0;
+  const std::string name = options.dtype.value_or(cuda ? "bfloat16" : "float32");
+  auto dtype = loading::parse_scalar_type(name);
+  check(dtype && (*dtype == at::kFloat || *dtype == at::kBFloat16 || *dtype == at::kHalf), ErrorCode::kInvalidInput,
+        "dtype '" + name + "' is not supported for " + family + " models (float32, bfloat16, float16)");
+  return *dtype;
+}
+
+fs::path require_tokenizer(const fs::path& dir) {
+  const fs::path file = dir / "tokenizer.json";
+  check(fs::is_regular_file(file), ErrorCode::kInvalidInput,
+        file.string() + " is missing: mpool needs the tokenizer.json form of the tokenizer");
+  return file;
+}
+
+loading::SupportPredicate serves_model_types(std::vector<std::string> model_types, std::string what) {
+  return [types = std::move(model_types), what = std::move(what)](const loading::ModelConfig& c,
+                                                                 const loading::ModelLayout& layout) {
+    if (std::find(types.begin(), types.end(), c.model_type) == types.end())
+      return loading::FamilySupport::no("model_type '" + c.model_type + "' is not " + what);
+    if (layout.weights.format == loading::WeightsFormat::kNone)
+      return loading::FamilySupport::no("no weights found in " + layout.model_dir.string());
+    return loading::FamilySupport::yes();
+  };
+}
+
+double replica_memory_mb(double weight_bytes, double other_bytes) {
+  return (weight_bytes + other_bytes) / (1024.0 * 1024.0) + kReplicaOverheadMb;
+}
+
+double measure_weights(const loading::Checkpoint& checkpoint, at::ScalarType dtype,
+                       const std::function<void(const nn::Weights&)>& build, std::vector<std::string>& warnings) {
+  const nn::Weights weights = nn::Weights::open(checkpoint, dtype, at::Device(at::kMeta));
+  try {
+    build(weights);
+  } catch (const Error& e) {
+    // The checkpoint does not fit config.json (a missing tensor, a wrong shape):
+    // registration still succeeds and loading fails with this same error, as a
+    // spawn failure of the request that needs the model. Budget for every tensor.
+    if (e.code() != ErrorCode::kInvalidInput) throw;
+    warnings.push_back(std::string("the weights do not match config.json, so loading will fail: ") + e.what());
+    double bytes = 0;
+    for (const auto& name : checkpoint.names()) {
+      const auto ref = checkpoint.require(name);
+      const at::ScalarType stored = loading::scalar_type(ref.info->dtype);
+      bytes += static_cast<double>(ref.info->numel()) *
+               static_cast<double>(at::elementSize(at::isFloatingType(stored) ? dtype : stored));
+    }
+    return bytes;
+  }
+  for (auto& w : weights.warnings()) warnings.push_back(std::move(w));
+  return static_cast<double>(weights.bytes_taken());
+}
+
+}  // namespace mpool::models::kit

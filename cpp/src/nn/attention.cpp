@@ -1,0 +1,109 @@
+#include "mpool/nn/attention.h"
+
+#include <limits>
+
+#include "mpool/core/error.h"
+
+namespace mpool::nn {
+
+at::Tensor causal_mask(int64_t start, int64_t n, int64_t total, int64_t window, at::Device device) {
+  at::Tensor qpos = at::arange(start, start + n, at::kLong).view({n, 1});
+  at::Tensor kpos = at::arange(0, total, at::kLong).view({1, total});
+  at::Tensor m = kpos <= qpos;
+  if (window > 0) m = m.logical_and(kpos > qpos - window);
+  return m.view({1, 1, n, total}).to(device);
+}
+
+at::Tensor key_padding_mask(const at::Tensor& mask) {
+  return mask.to(at::kBool).view({mask.size(0), 1, 1, mask.size(1)});
+}
+
+at::Tensor additive_mask(const at::Tensor& keep, const at::Tensor& bias, at::ScalarType dtype) {
+  at::Tensor out;
+  if (keep.defined())
+    out = at::zeros(keep.sizes(), keep.options().dtype(dtype))
+              .masked_fill(keep.logical_not(), -std::numeric_limits<double>::infinity());
+  if (bias.defined()) out = out.defined() ? out + bias.to(dtype) : bias.to(dtype);
+  return out;
+}
+
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, bool causal,
+                  std::optional<double> scale) {
+  const int64_t b = q.size(0), heads = q.size(1), n = q.size(2), d = q.size(3), kvh = k.size(1);
+  check(heads % kvh == 0, ErrorCode::kInvalidInput,
+        std::to_string(heads) + " query heads do not group over " + std::to_string(kvh) + " key/value heads");
+  const int64_t group = heads / kvh;
+  // The backend: ATen picks flash / memory-efficient / math per device and dtype
+  // from the inputs; this is the single call site, so a policy goes here.
+  if (n == 1 && !mask.defined() && group > 1) {
+    // One query per head: each kv group's queries become one block, no repeated keys.
+    at::Tensor qg = q.reshape({b, kvh, group, d});
+    return at::scaled_dot_product_attention(qg, k, v, {}, 0.0, false, scale).reshape({b, heads, 1, v.size(3)});
+  }
+  return at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt,
+                                          0.0, causal && !mask.defined(), scale, group > 1);
+}
+
+Attention Attention::load(const Weights& w, const AttentionShape& shape, const AttentionNames& names,
+                          std::optional<double> qk_norm_eps) {
+  Attention a;
+  a.shape_ = shape;
+  AttentionShape& s = a.shape_;
+  check(s.hidden > 0 && s.heads > 0 && s.head_dim > 0, ErrorCode::kInvalidInput, "attention needs positive sizes");
+  if (s.kv_heads == 0) s.kv_heads = s.heads;
+  if (s.out == 0) s.out = s.hidden;
+  a.cross_ = s.kv_input != 0;
+  const int64_t q = s.heads * s.head_dim, kv = s.kv_heads * s.head_dim;
+  if (a.cross_) {
+    a.q_ = Linear::load(w, names.q, q, s.hidden, s.qkv_bias);
+    a.qkv_ = FusedLinear::load(w, "", {{names.k, kv}, {names.v, kv}}, s.kv_input, s.qkv_bias);
+  } else {
+    a.qkv_ = FusedLinear::load(w, names.fused_qkv, {{names.q, q}, {names.k, kv}, {names.v, kv}}, s.hidden, s.qkv_bias);
+  }
+  a.o_ = Linear::load(w, names.o, s.out, q, s.o_bias);
+  if (qk_norm_eps) {
+    a.q_norm_ = RMSNorm::load(w, names.q_norm, s.head_dim, *qk_norm_eps);
+    a.k_norm_ = RMSNorm::load(w, names.k_norm, s.head_dim, *qk_norm_eps);
+  }
+  return a;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> Attention::project(const at::Tensor& x, const at::Tensor& context) const {
+  const auto& s = shape_;
+  const int64_t b = x.size(0), n = x.size(1);
+  at::Tensor q, k, v;
+  if (cross_) {
+    check(context.defined(), ErrorCode::kInvalidInput, "cross-attention needs a context");
+    q = q_(x);
+    auto kv = qkv_(context);
+    k = kv[0];
+    v = kv[1];
+  } else {
+    auto qkv = qkv_(x);
+    q = qkv[0];
+    k = qkv[1];
+    v = qkv[2];
+  }
+  const int64_t m = k.size(1);
+  q = q.view({b, n, s.heads, s.head_dim});
+  k = k.view({b, m, s.kv_heads, s.head_dim});
+  v = v.view({b, m, s.kv_heads, s.head_dim});
+  if (q_norm_) {
+    q = (*q_norm_)(q);
+    k = (*k_norm_)(k);
+  }
+  return {q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)};
+}
+
+at::Tensor Attention::output(const at::Tensor& attended) const {
+  const int64_t b = attended.size(0), n = attended.size(2);
+  return o_(attended.transpose(1, 2).reshape({b, n, shape_.heads * shape_.head_dim}));
+}
+
+at::Tensor Attention::operator()(const at::Tensor& x, const at::Tensor& mask, bool causal,
+                                 const at::Tensor& context) const {
+  auto [q, k, v] = project(x, context);
+  return output(attend(q, k, v, mask, causal));
+}
+
+}  // namespace mpool::nn

@@ -1,0 +1,128 @@
+// Probes of the nn blocks (probe.h): each runs one block on the caller's tensors
+// so that tests can compare it with the torch / transformers / diffusers code it
+// reproduces. Blocks with weights read them from a safetensors file the test
+// wrote ("checkpoint", with an optional "prefix").
+#include <mutex>
+
+#include "mpool/core/error.h"
+#include "mpool/loading/json.h"
+#include "mpool/nn/attention.h"
+#include "mpool/nn/mlp.h"
+#include "mpool/nn/norm.h"
+#include "mpool/nn/probe.h"
+#include "mpool/nn/rope.h"
+
+namespace mpool::nn {
+namespace {
+
+Weights probe_weights(const ProbeInput& in) {
+  const auto dtype = in.get_or<std::string>("dtype", "float32");
+  check(dtype == "float32", ErrorCode::kInvalidInput, "block probes run in float32");
+  return Weights::open(loading::Checkpoint::open(in.get<std::string>("checkpoint")), at::kFloat, at::kCPU)
+      .sub(in.get_or<std::string>("prefix", ""));
+}
+
+RopeLayout layout_of(const ProbeInput& in) {
+  const auto name = in.get_or<std::string>("layout", "rotate_half");
+  if (name == "rotate_half") return RopeLayout::kRotateHalf;
+  check(name == "interleaved", ErrorCode::kInvalidInput, "layout must be rotate_half or interleaved");
+  return RopeLayout::kInterleaved;
+}
+
+void register_all() {
+  // inv_freq and attention factor of a config.json (given as an object), as
+  // transformers' ROPE_INIT_FUNCTIONS compute them for a sequence of seq_len.
+  register_probe("nn.rope_inv_freq", [](const ProbeInput& in) {
+    const loading::ModelConfig config =
+        loading::parse_model_config(loading::parse_json_object(in.options.at("config").dump(), "config.json"));
+    const RopeConfig rope = read_rope_config(config, in.get<int64_t>("head_dim"),
+                                             in.get<int64_t>("max_position_embeddings"));
+    auto [inv, factor] = rope_inv_freq(rope, in.get_or<int64_t>("seq_len", 0));
+    return ProbeOutput{{"inv_freq", inv}, {"attention_factor", at::tensor(factor, at::kDouble)}};
+  });
+  register_probe("nn.rope_apply", [](const ProbeInput& in) {
+    const RopeLayout layout = layout_of(in);
+    auto [cos, sin] = rope_tables(in.tensor("positions").to(at::kFloat), in.tensor("inv_freq"),
+                                  in.get_or<double>("scale", 1.0), layout);
+    return ProbeOutput{{"out", apply_rope(in.tensor("x"), cos, sin, layout)}, {"cos", cos}, {"sin", sin}};
+  });
+  register_probe("nn.multi_axis_rope", [](const ProbeInput& in) {
+    auto [cos, sin] = multi_axis_rope_tables(in.tensor("positions"), in.get<std::vector<int64_t>>("axes_dims"),
+                                             in.get<double>("theta"));
+    ProbeOutput out{{"cos", cos}, {"sin", sin}};
+    if (in.tensors.count("x")) out["out"] = apply_rope(in.tensor("x"), cos, sin, RopeLayout::kInterleaved);
+    return out;
+  });
+  register_probe("nn.activation", [](const ProbeInput& in) {
+    return ProbeOutput{
+        {"out", activate(parse_activation(in.get<std::string>("name"), "probe"), in.tensor("x"))}};
+  });
+  register_probe("nn.rms_norm", [](const ProbeInput& in) {
+    RMSNorm n{in.tensor("weight"), in.get<double>("eps"), in.get_or<bool>("unit_offset", false)};
+    return ProbeOutput{{"out", n(in.tensor("x"))}};
+  });
+  register_probe("nn.layer_norm", [](const ProbeInput& in) {
+    LayerNorm n{in.tensor("weight"), in.tensors.count("bias") ? in.tensor("bias") : at::Tensor(),
+                in.get<double>("eps")};
+    return ProbeOutput{{"out", n(in.tensor("x"))}};
+  });
+  register_probe("nn.group_norm", [](const ProbeInput& in) {
+    const Weights w = probe_weights(in);
+    const at::Tensor& x = in.tensor("x");
+    GroupNorm n = GroupNorm::load(w, in.get<std::string>("name"), in.get<int64_t>("groups"), x.size(1),
+                                  in.get<double>("eps"), in.get_or<bool>("affine", true));
+    return ProbeOutput{{"out", n(x)}};
+  });
+  register_probe("nn.mlp", [](const ProbeInput& in) {
+    const Weights w = probe_weights(in);
+    MlpNames names;
+    names.up = in.get_or<std::string>("up", names.up);
+    names.gate = in.get_or<std::string>("gate", names.gate);
+    names.down = in.get_or<std::string>("down", names.down);
+    Mlp m = Mlp::load(w, in.get<int64_t>("hidden"), in.get<int64_t>("inner"),
+                      parse_activation(in.get<std::string>("act"), "probe"), in.get<bool>("gated"),
+                      in.get<bool>("bias"), names);
+    return ProbeOutput{{"out", m(in.tensor("x"))}};
+  });
+  // Attention with projections; masks: "causal" (bool), "window" (int), an
+  // optional (b, t) "key_mask" and an additive "bias" (b|1, heads, n, t).
+  register_probe("nn.attention", [](const ProbeInput& in) {
+    const Weights w = probe_weights(in);
+    AttentionShape shape;
+    shape.hidden = in.get<int64_t>("hidden");
+    shape.heads = in.get<int64_t>("heads");
+    shape.kv_heads = in.get_or<int64_t>("kv_heads", 0);
+    shape.head_dim = in.get<int64_t>("head_dim");
+    shape.kv_input = in.get_or<int64_t>("kv_input", 0);
+    shape.qkv_bias = in.get_or<bool>("qkv_bias", false);
+    shape.o_bias = in.get_or<bool>("o_bias", false);
+    const std::optional<double> qk_norm =
+        in.options.contains("qk_norm_eps") ? std::optional<double>(in.get<double>("qk_norm_eps")) : std::nullopt;
+    Attention a = Attention::load(w, shape, {}, qk_norm);
+    const at::Tensor& x = in.tensor("x");
+    const int64_t n = x.size(1);
+    const at::Tensor context = in.tensors.count("context") ? in.tensor("context") : at::Tensor();
+    const int64_t t = context.defined() ? context.size(1) : n;
+    at::Tensor keep;
+    const bool causal = in.get_or<bool>("causal", false);
+    const int64_t window = in.get_or<int64_t>("window", 0);
+    if (causal && (window > 0 || in.tensors.count("key_mask") || in.tensors.count("bias")))
+      keep = causal_mask(0, n, t, window, x.device());
+    if (in.tensors.count("key_mask")) {
+      at::Tensor pad = key_padding_mask(in.tensor("key_mask"));
+      keep = keep.defined() ? keep.logical_and(pad) : pad;
+    }
+    at::Tensor mask = keep;
+    if (in.tensors.count("bias")) mask = additive_mask(keep, in.tensor("bias"), x.scalar_type());
+    return ProbeOutput{{"out", a(x, mask, causal && !mask.defined(), context)}};
+  });
+}
+
+}  // namespace
+
+void register_block_probes() {
+  static std::once_flag once;
+  std::call_once(once, register_all);
+}
+
+}  // namespace mpool::nn

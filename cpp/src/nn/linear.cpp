@@ -1,0 +1,43 @@
+#include "mpool/nn/linear.h"
+
+#include "mpool/nn/kernels.h"
+
+namespace mpool::nn {
+
+Linear Linear::load(const Weights& w, std::string_view name, int64_t out, int64_t in, bool bias) {
+  const Weights scope = w.sub(name);
+  Linear l;
+  l.weight = scope.get("weight", {out, in});
+  if (bias) l.bias = scope.get("bias", {out});
+  return l;
+}
+
+at::Tensor Linear::operator()(const at::Tensor& x) const { return kernels::linear(x, weight, bias); }
+
+FusedLinear FusedLinear::load(const Weights& w, std::string_view fused_name,
+                              const std::vector<std::pair<std::string, int64_t>>& parts, int64_t in, bool bias) {
+  FusedLinear f;
+  int64_t total = 0;
+  std::vector<std::pair<std::string, Shape>> weights, biases;
+  for (const auto& [name, out] : parts) {
+    f.splits.push_back(out);
+    total += out;
+    weights.push_back({name + ".weight", {out, in}});
+    biases.push_back({name + ".bias", {out}});
+  }
+  if (fused_name.empty()) {  // no stored fused form
+    f.linear.weight = w.fused(weights);
+    if (bias) f.linear.bias = w.fused(biases);
+    return f;
+  }
+  const std::string fused(fused_name);
+  f.linear.weight = w.fused_or_parts(fused + ".weight", {total, in}, weights);
+  if (bias) f.linear.bias = w.fused_or_parts(fused + ".bias", {total}, biases);
+  return f;
+}
+
+std::vector<at::Tensor> FusedLinear::operator()(const at::Tensor& x) const {
+  return linear(x).split_with_sizes(splits, -1);
+}
+
+}  // namespace mpool::nn

@@ -1,0 +1,38 @@
+#include "mpool/nn/mlp.h"
+
+namespace mpool::nn {
+
+at::Tensor activate(Activation act, const at::Tensor& x) {
+  switch (act) {
+    case Activation::kGelu: return at::gelu(x);
+    case Activation::kGeluTanh: return at::gelu(x, "tanh");
+    case Activation::kQuickGelu: return x * at::sigmoid(x * 1.702);
+    case Activation::kRelu: return at::relu(x);
+    case Activation::kSilu: return at::silu(x);
+  }
+  return x;
+}
+
+Mlp Mlp::load(const Weights& w, int64_t hidden, int64_t inner, Activation act, bool gated, bool bias,
+              const MlpNames& names) {
+  Mlp m;
+  m.act_ = act;
+  m.gated_ = gated;
+  m.inner_ = inner;
+  if (gated) {
+    m.in_ = FusedLinear::load(w, names.fused_gate_up, {{names.gate, inner}, {names.up, inner}}, hidden, bias).linear;
+  } else {
+    m.in_ = Linear::load(w, names.up, inner, hidden, bias);
+  }
+  m.down_ = Linear::load(w, names.down, hidden, inner, bias);
+  return m;
+}
+
+at::Tensor Mlp::operator()(const at::Tensor& x) const {
+  at::Tensor h = in_(x);
+  if (gated_) h = activate(act_, h.narrow(-1, 0, inner_)) * h.narrow(-1, inner_, inner_);
+  else h = activate(act_, h);
+  return down_(h);
+}
+
+}  // namespace mpool::nn

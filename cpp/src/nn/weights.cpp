@@ -1,0 +1,117 @@
+#include "mpool/nn/weights.h"
+
+#include <mutex>
+#include <set>
+
+#include "mpool/core/error.h"
+#include "mpool/loading/tensors.h"
+
+namespace mpool::nn {
+
+struct Weights::State {
+  State(loading::Checkpoint c, at::ScalarType t, at::Device d, std::string r)
+      : checkpoint(std::move(c)), dtype(t), device(d), root(std::move(r)) {}
+  loading::Checkpoint checkpoint;
+  at::ScalarType dtype;
+  at::Device device;
+  std::string root;  // the prefix opened: unused tensors are reported under it only
+  mutable std::mutex mutex;
+  std::set<std::string, std::less<>> taken;
+  size_t bytes = 0;
+};
+
+Weights Weights::open(loading::Checkpoint checkpoint, at::ScalarType dtype, at::Device device, std::string_view prefix) {
+  auto state = std::make_shared<State>(std::move(checkpoint), dtype, device, std::string(prefix));
+  if (device.type() != at::kMeta) {
+    std::vector<loading::TensorRef> refs;
+    for (const auto& n : state->checkpoint.names())
+      if (n.starts_with(prefix)) refs.push_back(state->checkpoint.require(n));
+    loading::prefault(refs);
+  }
+  return Weights(std::move(state), std::string(prefix));
+}
+
+Weights Weights::sub(std::string_view name) const {
+  if (name.empty()) return *this;
+  return Weights(state_, prefix_ + std::string(name) + ".");
+}
+
+Weights Weights::sub(int64_t i) const { return Weights(state_, prefix_ + std::to_string(i) + "."); }
+
+bool Weights::has(std::string_view name) const { return state_->checkpoint.find(this->name(name)).has_value(); }
+
+at::Tensor Weights::take(const std::string& full, const Shape& shape, bool count) const {
+  const auto ref = state_->checkpoint.find(full);
+  check(ref.has_value(), ErrorCode::kInvalidInput, "checkpoint has no tensor '" + full + "'");
+  const Shape stored(ref->info->shape.begin(), ref->info->shape.end());
+  check(stored == shape, ErrorCode::kInvalidInput,
+        "tensor '" + full + "' has shape " + c10::str(at::IntArrayRef(stored)) + " but config.json implies " +
+            c10::str(at::IntArrayRef(shape)));
+  const at::ScalarType kind = loading::scalar_type(ref->info->dtype);
+  const std::optional<at::ScalarType> target =
+      at::isFloatingType(kind) ? std::optional<at::ScalarType>(state_->dtype) : std::nullopt;
+  at::Tensor t = state_->device.type() == at::kMeta
+                     ? at::empty(shape, at::TensorOptions().dtype(target.value_or(kind)).device(at::kMeta))
+                     : loading::load_tensor(*ref, target, state_->device);
+  std::lock_guard lock(state_->mutex);
+  if (state_->taken.insert(full).second && count) state_->bytes += t.numel() * t.element_size();
+  return t;
+}
+
+at::Tensor Weights::get(std::string_view name, const Shape& shape) const { return take(this->name(name), shape, true); }
+
+at::Tensor Weights::get_optional(std::string_view name, const Shape& shape) const {
+  return has(name) ? get(name, shape) : at::Tensor();
+}
+
+at::Tensor Weights::fused(const std::vector<std::pair<std::string, Shape>>& parts) const {
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(parts.size());
+  for (const auto& [n, shape] : parts) tensors.push_back(take(this->name(n), shape, false));
+  at::Tensor out = at::cat(tensors);
+  std::lock_guard lock(state_->mutex);
+  state_->bytes += out.numel() * out.element_size();
+  return out;
+}
+
+at::Tensor Weights::fused_or_parts(std::string_view fused_name, const Shape& fused_shape,
+                                   const std::vector<std::pair<std::string, Shape>>& parts) const {
+  return has(fused_name) ? get(fused_name, fused_shape) : fused(parts);
+}
+
+Weights Weights::find_prefix(const std::vector<std::string>& candidates, std::string_view probe,
+                             std::string_view what) const {
+  std::string tried;
+  for (const auto& c : candidates) {
+    Weights view(state_, prefix_ + c);
+    if (view.has(probe)) return view;
+    tried += (tried.empty() ? "'" : ", '") + c + "'";
+  }
+  throw Error(ErrorCode::kInvalidInput, "checkpoint has no " + std::string(probe) + " (tried the prefixes " + tried +
+                                            "); is this " + std::string(what) + "?");
+}
+
+size_t Weights::bytes_taken() const {
+  std::lock_guard lock(state_->mutex);
+  return state_->bytes;
+}
+
+std::vector<std::string> Weights::warnings() const {
+  std::vector<std::string> taken;
+  {
+    std::lock_guard lock(state_->mutex);
+    taken.assign(state_->taken.begin(), state_->taken.end());
+  }
+  std::vector<std::string> out = state_->checkpoint.warnings();
+  // Tensors outside the opened prefix belong to other components: not ours to report.
+  for (const auto& n : state_->checkpoint.names())
+    if (!n.starts_with(state_->root)) taken.push_back(n);
+  for (auto& w : state_->checkpoint.unexpected(taken)) out.push_back(std::move(w));
+  return out;
+}
+
+at::ScalarType Weights::dtype() const { return state_->dtype; }
+at::Device Weights::device() const { return state_->device; }
+const loading::Checkpoint& Weights::checkpoint() const { return state_->checkpoint; }
+
+}  // namespace mpool::nn
