@@ -14,9 +14,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _core
 from . import _validate as v
 from ._images import image_input
-from .errors import InvalidInput
+from .errors import InternalError, InvalidInput
 
 __all__ = [
     "MAX_IMAGE_SIDE",
@@ -43,22 +44,31 @@ def _stop(name: str, value: Any) -> list[str]:
     return [v.text(f"{name}[{i}]", s, allow_empty=False) for i, s in enumerate(stop)]
 
 
-# Each generation parameter's check: the C++ field it becomes and a sane range.
+def _check_of(rule: Mapping[str, Any]) -> Callable[[str, Any], Any]:
+    """The check of one entry of the extension's generation parameter table."""
+    kind = rule["kind"]
+    if kind == "integer":
+        lo, hi = rule["min_int"], rule["max_int"]
+        return lambda n, x: v.int_in(n, x, lo, hi)
+    if kind == "real":
+        bounds = {k: rule[k] for k in ("lo", "hi", "lo_open", "hi_open")}
+        return lambda n, x: v.finite(n, x, **bounds)
+    if kind == "flag":
+        return v.flag
+    if kind == "stop_strings":
+        return _stop
+    if kind == "token_ids":
+        lo, hi = rule["min_int"], rule["max_int"]
+        return lambda n, x: v.token_ids(n, x, lo, hi)
+    raise InternalError(
+        f"the extension's generation parameter {rule['name']!r} has a kind this package does not know: {kind!r}"
+    )
+
+
+# Each generation parameter's check, from the table the native models check requests with
+# (capabilities/generation_params.h): one set of ranges for both sides.
 _GENERATION_PARAMS: dict[str, Callable[[str, Any], Any]] = {
-    "max_tokens": lambda n, x: v.int_in(n, x, 1, v.INT32_MAX),  # int64 in C++
-    "temperature": lambda n, x: v.finite(n, x, lo=0),
-    "top_k": lambda n, x: v.int_in(n, x, 0, v.INT32_MAX),  # int64 in C++
-    "top_p": lambda n, x: v.finite(n, x, lo=0, hi=1, lo_open=True),
-    "min_p": lambda n, x: v.finite(n, x, lo=0, hi=1),
-    "repetition_penalty": lambda n, x: v.finite(n, x, lo=0, lo_open=True),
-    "presence_penalty": lambda n, x: v.finite(n, x),
-    "frequency_penalty": lambda n, x: v.finite(n, x),
-    "seed": lambda n, x: v.int_in(n, x, 0, v.UINT64_MAX),  # uint64 in C++
-    "stop": _stop,
-    "stop_token_ids": v.token_ids,
-    "ignore_eos": v.flag,
-    "logprobs": lambda n, x: v.int_in(n, x, 0, 20),
-    "add_special_tokens": v.flag,
+    rule["name"]: _check_of(rule) for rule in _core._generation_param_rules()
 }
 
 
