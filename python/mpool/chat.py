@@ -248,14 +248,15 @@ class ChatTemplate:
                     f"no chat template named {template_name!r}; this model has {sorted(self._compiled)}"
                 )
             return template_name
-        if len(self._compiled) == 1:
-            return next(iter(self._compiled))
+        # As transformers' get_chat_template: named templates without a "default" (even a
+        # single one, e.g. only additional_chat_templates/tool_use.jinja) need a name or tools.
         if has_tools and "tool_use" in self._compiled:
             return "tool_use"
         if "default" in self._compiled:
             return "default"
         raise InvalidInput(
-            f"this model has several chat templates and none is the default; pass template_name= one of {sorted(self._compiled)}"
+            f"this model's chat templates {sorted(self._compiled)} include no 'default'; "
+            "pass template_name= one of them (or tools=, for 'tool_use')"
         )
 
     def render(

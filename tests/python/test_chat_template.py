@@ -373,6 +373,17 @@ def test_additional_templates_alone_replace_tokenizer_config_template_like_trans
     assert ours(d, USER_ASSISTANT, tools=[WEATHER_TOOL]) == reference(d, USER_ASSISTANT, tools=[WEATHER_TOOL])
 
 
+def test_a_lone_named_template_needs_tools_or_its_name_like_transformers(tmp_path):
+    d = model_dir(tmp_path, CHATML_QWEN2)
+    (d / "additional_chat_templates").mkdir()
+    (d / "additional_chat_templates" / "tool_use.jinja").write_text(TOOLS, encoding="utf-8")
+    with pytest.raises(ValueError, match="no default"):  # transformers' own refusal
+        reference(d, USER_ASSISTANT)
+    with pytest.raises(InvalidInput, match=r"\['tool_use'\] include no 'default'"):
+        ours(d, USER_ASSISTANT)
+    assert ours(d, USER_ASSISTANT, template_name="tool_use") == reference(d, USER_ASSISTANT, chat_template="tool_use")
+
+
 def test_chat_template_jinja_without_tokenizer_config_is_reported_and_used(tmp_path):
     d = model_dir(tmp_path, PHI3, jinja_file=True)
     (d / "tokenizer_config.json").unlink()
