@@ -28,7 +28,8 @@ from .chat import ChatTemplate
 from .errors import InvalidInput, ModelNotFound, NotCopyable, ShuttingDown
 from .models import MAX_REPLICAS, Model, NativeModel, keep_alive_seconds
 
-# Names defined in the modules above that were always importable from here.
+# TextStream, ImageStream and the image limits now live in _streams and _params;
+# they stay importable from here, where they always were.
 __all__ = ["MAX_IMAGE_SIDE", "MAX_IMAGE_STEPS", "ImageStream", "Pool", "TextStream"]
 
 _LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
