@@ -5,6 +5,7 @@
 
 #include "module.h"
 #include "mpool/core/error.h"
+#include "mpool/loading/config.h"
 #include "mpool/loading/inspect.h"
 #include "mpool/loading/tensors.h"
 
@@ -70,6 +71,17 @@ py::array to_numpy(const at::Tensor& tensor) {
   return py::array(numpy_dtype(tensor.scalar_type()), shape, strides, tensor.data_ptr(), base);
 }
 
+// `text` as a Python str; InvalidInput naming `where` when it is not UTF-8 (a
+// template file is read as bytes, and transformers reads it as UTF-8).
+py::str utf8_text(const std::string& text, const std::string& where) {
+  PyObject* str = PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "strict");
+  if (str == nullptr) {
+    PyErr_Clear();
+    throw Error(ErrorCode::kInvalidInput, where + " is not valid UTF-8");
+  }
+  return py::reinterpret_steal<py::str>(str);
+}
+
 }  // namespace
 
 void register_loading(py::module_& m) {
@@ -102,6 +114,22 @@ void register_loading(py::module_& m) {
       [](const std::string& path_or_repo_id) { return loading::inspect_model(path_or_repo_id).to_json().dump(); },
       py::arg("path_or_repo_id"), py::call_guard<py::gil_scoped_release>(),
       "Reports on a model directory or cached repo id, as JSON text.");
+
+  m.def(
+      "_chat_templates",
+      [](const std::string& dir) {
+        std::map<std::string, loading::ChatTemplateSource> templates;
+        {
+          py::gil_scoped_release nogil;
+          templates = loading::load_chat_templates(dir);
+        }
+        py::dict out;
+        for (const auto& [name, source] : templates)
+          out[py::str(name)] = py::make_tuple(utf8_text(source.text, source.where), source.where);
+        return out;
+      },
+      py::arg("dir"),
+      "The chat templates of a tokenizer directory, read as transformers reads them: {name: (text, where)}.");
 }
 
 }  // namespace mpool::bindings

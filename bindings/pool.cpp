@@ -7,6 +7,7 @@
 
 #include "convert.h"
 #include "module.h"
+#include "mpool/capabilities/generation_params.h"
 #include "mpool/capabilities/requests.h"
 #include "mpool/core/pool.h"
 
@@ -183,6 +184,32 @@ using PoolHolder = std::unique_ptr<core::Pool, ReleaseGilDelete>;
 }  // namespace
 
 void register_pool(py::module_& m) {
+  m.def(
+      "_generation_param_rules",
+      [] {
+        py::list rules;
+        for (const cap::GenerationParamRule& r : cap::generation_param_rules()) {
+          py::dict d;
+          d["name"] = std::string(r.name);
+          switch (r.kind) {
+            case cap::GenerationParamKind::kInteger: d["kind"] = "integer"; break;
+            case cap::GenerationParamKind::kReal: d["kind"] = "real"; break;
+            case cap::GenerationParamKind::kFlag: d["kind"] = "flag"; break;
+            case cap::GenerationParamKind::kStopStrings: d["kind"] = "stop_strings"; break;
+            case cap::GenerationParamKind::kTokenIds: d["kind"] = "token_ids"; break;
+          }
+          d["min_int"] = r.min_int;
+          d["max_int"] = r.max_int;
+          d["lo"] = r.lo;
+          d["hi"] = r.hi;
+          d["lo_open"] = r.lo_open;
+          d["hi_open"] = r.hi_open;
+          d["what"] = cap::describe(r);
+          rules.append(std::move(d));
+        }
+        return rules;
+      },
+      "The generation parameters and the values each accepts (the table native models check requests with).");
   m.def(
       "_wait_for_closing_pools",
       [](double timeout_s) {

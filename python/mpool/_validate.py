@@ -171,14 +171,15 @@ def devices(x: Any, name: str = "devices") -> list[str]:
     return out
 
 
-def token_ids(name: str, x: Any) -> list[int]:
-    """A sequence of token ids (int64 values; the model checks its vocabulary); bytes, floats and bools are refused.
+def token_ids(name: str, x: Any, lo: int = INT64_MIN, hi: int = INT64_MAX) -> list[int]:
+    """A sequence of token ids, each in [lo, hi] (int64 by default; the model checks its vocabulary).
 
-    ``bytes`` and ``bytearray`` are sequences of ints, but never token ids.
+    Bytes, floats and bools are refused: ``bytes`` and ``bytearray`` are sequences
+    of ints, but never token ids.
     """
     if isinstance(x, (str, bytes, bytearray, memoryview)) or not isinstance(x, (Sequence, np.ndarray)):
         raise InvalidInput(f"{name} must be a list of int token ids, got {_show(x)} ({type(x).__name__})")
-    return [int_in(f"{name}[{i}]", t, INT64_MIN, INT64_MAX) for i, t in enumerate(x)]
+    return [int_in(f"{name}[{i}]", t, lo, hi) for i, t in enumerate(x)]
 
 
 def budgets(name: str, x: Any) -> dict[str, float]:

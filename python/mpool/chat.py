@@ -23,6 +23,7 @@ import jinja2.parser
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from . import _core
 from .errors import InvalidInput
 
 __all__ = ["ChatTemplate"]
@@ -195,9 +196,11 @@ class ChatTemplate:
     def from_model_dir(cls, path: str | os.PathLike[str]) -> ChatTemplate | None:
         """Reads the template(s) and special tokens of a HF model directory; None without a template.
 
-        Precedence follows transformers: chat_template.jinja (plus additional_chat_templates/*.jinja)
-        over tokenizer_config.json's "chat_template" (a string or a list of {name, template});
-        chat_template.json (the processor file) is used when neither has one.
+        The templates are read by the extension's one reader (``mpool.inspect`` reports
+        the same names), in transformers' order: chat_template.jinja ("default") and
+        additional_chat_templates/<name>.jinja; when none of those files exists,
+        tokenizer_config.json's "chat_template" (a string or a list of {name, template});
+        chat_template.json (the processor file) when neither has one.
         """
         root = Path(path)
         config_path = root / "tokenizer_config.json"
@@ -207,44 +210,11 @@ class ChatTemplate:
             if not isinstance(loaded, Mapping):
                 raise InvalidInput(f"{config_path} is not a JSON object")
             config = loaded
-
-        templates: dict[str, str] = {}
-        sources: dict[str, str] = {}
-        jinja_path = root / "chat_template.jinja"
-        extra_dir = root / "additional_chat_templates"
-        if jinja_path.is_file():
-            templates["default"] = jinja_path.read_text(encoding="utf-8")
-            sources["default"] = str(jinja_path)
-        if extra_dir.is_dir():
-            for file in sorted(extra_dir.glob("*.jinja")):
-                name = file.name.removesuffix(".jinja")
-                templates[name] = file.read_text(encoding="utf-8")
-                sources[name] = str(file)
-        if not templates:
-            raw = config.get("chat_template")
-            if raw is None and (root / "chat_template.json").is_file():
-                legacy = _read_json(root / "chat_template.json")
-                raw = legacy.get("chat_template") if isinstance(legacy, Mapping) else None
-                origin = str(root / "chat_template.json")
-            else:
-                origin = str(config_path)
-            if isinstance(raw, str):
-                templates["default"] = raw
-                sources["default"] = origin
-            elif isinstance(raw, Sequence):
-                for entry in raw:
-                    if not (
-                        isinstance(entry, Mapping)
-                        and isinstance(entry.get("name"), str)
-                        and isinstance(entry.get("template"), str)
-                    ):
-                        raise InvalidInput(f"{origin}: chat_template list entries need 'name' and 'template' strings")
-                    templates[entry["name"]] = entry["template"]
-                    sources[entry["name"]] = f"{origin} (template {entry['name']!r})"
-            elif raw is not None:
-                raise InvalidInput(f"{origin}: chat_template must be a string or a list, not {type(raw).__name__}")
-        if not templates:
+        found = _core._chat_templates(os.fspath(root))
+        if not found:
             return None
+        templates = {name: text for name, (text, _) in found.items()}
+        sources = {name: where for name, (_, where) in found.items()}
         return cls(templates, cls._special_tokens(root, config), sources=sources)
 
     @staticmethod
@@ -278,14 +248,15 @@ class ChatTemplate:
                     f"no chat template named {template_name!r}; this model has {sorted(self._compiled)}"
                 )
             return template_name
-        if len(self._compiled) == 1:
-            return next(iter(self._compiled))
+        # As transformers' get_chat_template: named templates without a "default" (even a
+        # single one, e.g. only additional_chat_templates/tool_use.jinja) need a name or tools.
         if has_tools and "tool_use" in self._compiled:
             return "tool_use"
         if "default" in self._compiled:
             return "default"
         raise InvalidInput(
-            f"this model has several chat templates and none is the default; pass template_name= one of {sorted(self._compiled)}"
+            f"this model's chat templates {sorted(self._compiled)} include no 'default'; "
+            "pass template_name= one of them (or tools=, for 'tool_use')"
         )
 
     def render(

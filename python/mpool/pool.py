@@ -1,4 +1,9 @@
-"""The Pool: register models, then embed, generate, describe and draw with them."""
+"""The Pool: register models, then embed, generate, describe and draw with them.
+
+The Pool owns the native pool and the models' registrations. What a request's
+arguments may be is in ``_params``, the asyncio bridge in ``_async`` and the
+stream objects in ``_streams``; none of those depend on the Pool.
+"""
 
 from __future__ import annotations
 
@@ -7,47 +12,26 @@ import atexit
 import os
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _core
+from . import _params as req
 from . import _validate as v
+from ._async import await_native
 from ._images import image_input
+from ._params import MAX_IMAGE_SIDE, MAX_IMAGE_STEPS
+from ._streams import ImageStream, TextStream
 from .chat import ChatTemplate
-from .errors import InvalidInput, ModelNotFound, NotCopyable, PoolError, ShuttingDown
+from .errors import InvalidInput, ModelNotFound, NotCopyable, ShuttingDown
 from .models import MAX_REPLICAS, Model, NativeModel, keep_alive_seconds
 
+# TextStream, ImageStream and the image limits now live in _streams and _params;
+# they stay importable from here, where they always were.
+__all__ = ["MAX_IMAGE_SIDE", "MAX_IMAGE_STEPS", "ImageStream", "Pool", "TextStream"]
 
-def _stop(name: str, value: Any) -> list[str]:
-    stop = [value] if isinstance(value, str) else value
-    if not isinstance(stop, (list, tuple)):
-        raise InvalidInput(f"{name} must be a non-empty string or a list of them, got {value!r}")
-    return [v.text(f"{name}[{i}]", s, allow_empty=False) for i, s in enumerate(stop)]
-
-
-# Each generation parameter's check: the C++ field it becomes and a sane range.
-_GENERATION_PARAMS: dict[str, Callable[[str, Any], Any]] = {
-    "max_tokens": lambda n, x: v.int_in(n, x, 1, v.INT32_MAX),  # int64 in C++
-    "temperature": lambda n, x: v.finite(n, x, lo=0),
-    "top_k": lambda n, x: v.int_in(n, x, 0, v.INT32_MAX),  # int64 in C++
-    "top_p": lambda n, x: v.finite(n, x, lo=0, hi=1, lo_open=True),
-    "min_p": lambda n, x: v.finite(n, x, lo=0, hi=1),
-    "repetition_penalty": lambda n, x: v.finite(n, x, lo=0, lo_open=True),
-    "presence_penalty": lambda n, x: v.finite(n, x),
-    "frequency_penalty": lambda n, x: v.finite(n, x),
-    "seed": lambda n, x: v.int_in(n, x, 0, v.UINT64_MAX),  # uint64 in C++
-    "stop": _stop,
-    "stop_token_ids": v.token_ids,
-    "ignore_eos": v.flag,
-    "logprobs": lambda n, x: v.int_in(n, x, 0, 20),
-    "add_special_tokens": v.flag,
-}
-
-# Images larger than this per side are refused before any work (16384² RGB is 768 MB).
-MAX_IMAGE_SIDE = 16384
-MAX_IMAGE_STEPS = 10_000
 _LIVE_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
@@ -59,211 +43,6 @@ def _close_live_pools() -> None:
     for pool in list(_LIVE_POOLS):
         pool.close(timeout=1.0)
     _core._wait_for_closing_pools(60.0)
-
-
-def _params(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in kwargs.items():
-        if name not in _GENERATION_PARAMS:
-            raise InvalidInput(
-                f"unknown generation parameter {name!r}; known: {', '.join(sorted(_GENERATION_PARAMS))}"
-            )
-        if value is None:
-            continue
-        out[name] = _GENERATION_PARAMS[name](name, value)
-    return out
-
-
-def _task(task: str | None) -> str | None:
-    return v.optional_text("task", task)
-
-
-def _timeout(timeout: float | None) -> float | None:
-    """A request's timeout: None (the pool's), seconds > 0, or inf (no limit)."""
-    return v.optional_duration("timeout", timeout)
-
-
-def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> Callable[[], None]:
-    """A callback for a native thread that completes ``waiter`` on ``loop``."""
-
-    def settle() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    def ready() -> None:  # on the producing native thread, with the GIL
-        try:
-            loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
-
-    return ready
-
-
-async def _wait_chunks(poll: Callable[[], tuple[bool, Any]], native: Any) -> AsyncGenerator[Any, None]:
-    """Yields a stream's items without holding any thread while it waits.
-
-    ``poll()`` takes what is there; when nothing is, the native stream calls back
-    (``on_ready``) as soon as a chunk or the end arrives. Past the deadline,
-    ``poll()`` settles the stream as Timeout.
-    """
-    loop = asyncio.get_running_loop()
-    while True:
-        got, item = poll()
-        if got:
-            if item is None:
-                return
-            yield item
-            continue
-        waiter: asyncio.Future[None] = loop.create_future()
-        native.on_ready(_wake(loop, waiter))
-        try:
-            await asyncio.wait_for(waiter, timeout=max(native.remaining(), 0.0) + 0.05)
-        except asyncio.TimeoutError:
-            pass  # past the deadline: the next poll() raises Timeout
-
-
-class TextStream:
-    """Chunks of generated text. Iterating waits natively with the GIL released.
-
-    Closing it (``close()``, ``with``, or dropping it) cancels the generation and
-    frees its replica. After the end, ``finish_reason`` and ``stats`` hold the final
-    chunk's values; ``text()`` collects what is left into one string.
-    """
-
-    def __init__(self, native: Any) -> None:
-        self._native = native
-        self.finish_reason: str | None = None
-        self.stats: Any = None
-
-    def __iter__(self) -> TextStream:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            chunk = next(self._native)
-        except StopIteration:
-            raise
-        except PoolError:
-            if self.finish_reason is None:
-                self.finish_reason = "error"
-            raise
-        return self._seen(chunk)
-
-    def _seen(self, chunk: Any) -> Any:
-        if chunk is not None and chunk.finish_reason is not None:
-            self.finish_reason = chunk.finish_reason
-            self.stats = chunk.stats
-        return chunk
-
-    def _poll(self) -> tuple[bool, Any]:
-        try:
-            got, chunk = self._native.poll()
-        except PoolError:
-            if self.finish_reason is None:
-                self.finish_reason = "error"
-            raise
-        return got, self._seen(chunk)
-
-    def text(self) -> str:
-        """Reads the stream to its end and returns the text."""
-        return "".join(chunk.text for chunk in self)
-
-    def close(self) -> None:
-        """Cancels the generation (if still running) and frees its replica."""
-        if self.finish_reason is None:
-            self.finish_reason = "cancelled"
-        self._native.cancel()
-
-    cancel = close
-
-    def __enter__(self) -> TextStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._aiter()
-
-    async def _aiter(self) -> AsyncIterator[Any]:
-        chunks = _wait_chunks(self._poll, self._native)
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            await chunks.aclose()  # now, on this loop: never left to the garbage collector
-            if self.finish_reason is None:
-                self.close()
-
-
-class ImageStream:
-    """Progress chunks of an image generation; ``result()`` gives the image."""
-
-    def __init__(self, native: Any) -> None:
-        self._native = native
-        self._image: Any = None
-
-    def __iter__(self) -> ImageStream:
-        return self
-
-    def __next__(self) -> Any:
-        return next(self._native)
-
-    def result(self) -> Any:
-        """Waits for the end (GIL released) and returns the image as a PIL.Image."""
-        if self._image is None:
-            for _ in self._native:
-                pass
-            pixels = self._native.final_image()
-            if pixels is None:
-                raise PoolError("the image stream ended without an image")
-            from PIL import Image
-
-            self._image = Image.fromarray(np.ascontiguousarray(pixels))
-        return self._image
-
-    def close(self) -> None:
-        """Cancels the generation and frees its replica."""
-        self._native.cancel()
-
-    def __enter__(self) -> ImageStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return _wait_chunks(self._native.poll, self._native)
-
-    async def aresult(self) -> Any:
-        """``result()`` without blocking the event loop or holding a thread while it waits."""
-        if self._image is None:
-            async for _ in self:
-                pass
-        return self.result()
-
-
-async def _await_native(future: Any) -> np.ndarray:
-    """Awaits a native future: completion arrives by callback, never by a blocked thread."""
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def settle() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    def on_done() -> None:  # on the replica thread, with the GIL
-        loop.call_soon_threadsafe(settle)
-
-    future.add_done_callback(on_done)
-    try:
-        await asyncio.wait_for(asyncio.shield(done), timeout=max(future.remaining(), 0.0) + 0.05)
-    except asyncio.TimeoutError:
-        pass  # past the deadline: result() below settles it as Timeout
-    except asyncio.CancelledError:
-        future.cancel()
-        raise
-    return future.result()
 
 
 # --- fork() ---------------------------------------------------------------------
@@ -485,17 +264,6 @@ class Pool:
 
     # --- text embedding -------------------------------------------------------
 
-    @staticmethod
-    def _texts(texts: str | Sequence[str]) -> list[str]:
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, Sequence) or isinstance(texts, (bytes, bytearray)):
-            raise InvalidInput(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
-        texts = list(texts)
-        if not texts:
-            raise InvalidInput("texts is empty; pass at least one text")
-        return [v.text(f"texts[{i}]", t) for i, t in enumerate(texts)]
-
     def embed(
         self,
         key: str,
@@ -511,7 +279,7 @@ class Pool:
         limit are truncated, or raise InvalidInput with ``truncate=False``.
         """
         return self._native.embed(
-            v.key(key), self._texts(texts), _task(task), _timeout(timeout), v.flag("truncate", truncate)
+            v.key(key), req.texts(texts), req.task(task), req.timeout(timeout), v.flag("truncate", truncate)
         )
 
     async def aembed(
@@ -525,28 +293,15 @@ class Pool:
     ) -> np.ndarray:
         """``embed`` for asyncio: does not block the event loop."""
         future = self._native.embed_async(
-            v.key(key), self._texts(texts), _task(task), _timeout(timeout), v.flag("truncate", truncate)
+            v.key(key), req.texts(texts), req.task(task), req.timeout(timeout), v.flag("truncate", truncate)
         )
-        return await _await_native(future)
+        return await await_native(future)
 
     # --- image embedding ------------------------------------------------------
 
-    @staticmethod
-    def _images(images: Any) -> list[tuple[str, Any]]:
-        if isinstance(images, (str, bytes, bytearray, memoryview, np.ndarray, os.PathLike)) or hasattr(
-            images, "convert"
-        ):
-            images = [images]
-        elif images is None or isinstance(images, Mapping):
-            raise InvalidInput(f"images must be an image or a list of images, got {type(images).__name__}")
-        images = list(v.iterable("images", images, "an image or a list of images"))
-        if not images:
-            raise InvalidInput("images is empty; pass at least one image")
-        return [image_input(img, i) for i, img in enumerate(images)]
-
     def _image_timeout(self, timeout: float | None) -> float:
         # Image requests pass their effective timeout: fetching and decoding count against it.
-        checked = _timeout(timeout)
+        checked = req.timeout(timeout)
         return self._request_timeout if checked is None else checked
 
     def embed_images(self, key: str, images: Any, *, timeout: float | None = None) -> np.ndarray:
@@ -556,19 +311,19 @@ class Pool:
         of it raises ``Timeout``.
         """
         future = self._native.embed_images_async(
-            v.key(key), self._images(images), self._image_timeout(timeout), self._fetch_timeout
+            v.key(key), req.images(images), self._image_timeout(timeout), self._fetch_timeout
         )
         return future.result()
 
     async def aembed_images(self, key: str, images: Any, *, timeout: float | None = None) -> np.ndarray:
         """``embed_images`` for asyncio (decoding and fetching run off the loop too)."""
-        key, items, effective = v.key(key), self._images(images), self._image_timeout(timeout)
+        key, items, effective = v.key(key), req.images(images), self._image_timeout(timeout)
         loop = asyncio.get_running_loop()
         # Decoding and fetching are bounded work (the fetch timeout): the default executor.
         future = await loop.run_in_executor(
             None, self._native.embed_images_async, key, items, effective, self._fetch_timeout
         )
-        return await _await_native(future)
+        return await await_native(future)
 
     # --- text generation ------------------------------------------------------
 
@@ -577,22 +332,8 @@ class Pool:
     ) -> TextStream:
         """Streams generated text: iterate the returned TextStream for TextChunks."""
         key = v.key(key)
-        checked: str | list[int]
-        if isinstance(prompt, str):
-            if not prompt:
-                raise InvalidInput("prompt is empty")
-            checked = v.text("prompt", prompt)
-        elif isinstance(prompt, (Sequence, np.ndarray)) and not isinstance(prompt, (bytes, bytearray, memoryview)):
-            checked = v.token_ids("prompt", prompt)
-            if not checked:
-                raise InvalidInput("prompt must be a non-empty str or a non-empty list of token ids, got []")
-        else:
-            raise InvalidInput(
-                "prompt must be a non-empty str or a non-empty list of token ids, "
-                f"got {type(prompt).__name__}"
-                + (" (bytes are not token ids: decode them to a str)" if isinstance(prompt, (bytes, bytearray)) else "")
-            )
-        return TextStream(self._native.generate(key, checked, _params(params), _timeout(timeout)))
+        checked = req.prompt(prompt)
+        return TextStream(self._native.generate(key, checked, req.generation(params), req.timeout(timeout)))
 
     def agenerate(
         self, key: str, prompt: str | Sequence[int], *, timeout: float | None = None, **params: Any
@@ -658,8 +399,8 @@ class Pool:
         if template_kwargs is not None and not isinstance(template_kwargs, Mapping):
             raise InvalidInput(f"template_kwargs must be a dict or None, got {type(template_kwargs).__name__}")
         # Checked before rendering, so a bad timeout or parameter fails the same way with any template.
-        _timeout(timeout)
-        _params(params)
+        req.timeout(timeout)
+        req.generation(params)
         prompt = self.render_chat(key, messages, tools=tools, **dict(template_kwargs or {}))
         params.setdefault("add_special_tokens", False)
         return self.generate(key, prompt, timeout=timeout, **params)
@@ -688,7 +429,7 @@ class Pool:
         item = [image_input(image)]
         return TextStream(
             self._native.describe(
-                key, item, query, _params(params), self._image_timeout(timeout), self._fetch_timeout
+                key, item, query, req.generation(params), self._image_timeout(timeout), self._fetch_timeout
             )
         )
 
@@ -715,19 +456,15 @@ class Pool:
     ) -> ImageStream:
         """Streams progress chunks; ``.result()`` returns the PIL image. img2img with ``init_image``."""
         key = v.key(key)
-        prompt = v.text("prompt", prompt, allow_empty=False)
-        width = v.int_in("width", width, 1, MAX_IMAGE_SIDE)
-        height = v.int_in("height", height, 1, MAX_IMAGE_SIDE)
-        steps = v.int_in("steps", steps, 1, MAX_IMAGE_STEPS)
-        guidance = v.finite("guidance_scale", guidance_scale, lo=0)
-        negative = v.optional_text("negative_prompt", negative_prompt)
-        seed = v.optional_int_in("seed", seed, 0, v.UINT64_MAX)
-        strength = v.finite("strength", strength, lo=0, hi=1)
+        s = req.image_settings(
+            prompt, width=width, height=height, steps=steps, guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt, seed=seed, strength=strength,
+        )
         init = [] if init_image is None else [image_input(init_image)]
         return ImageStream(
             self._native.generate_image(
-                key, prompt, width, height, steps, guidance, negative, seed, init,
-                strength, self._image_timeout(timeout), self._fetch_timeout,
+                key, s.prompt, s.width, s.height, s.steps, s.guidance_scale, s.negative_prompt, s.seed, init,
+                s.strength, self._image_timeout(timeout), self._fetch_timeout,
             )
         )
 

@@ -19,7 +19,7 @@ except ModuleNotFoundError:  # an installed mpool from before chat.py: use this 
     mpool.__path__.append(str(Path(__file__).resolve().parents[2] / "python" / "mpool"))
     from mpool.chat import ChatTemplate
 
-from decoder_models import save_tokenizer  # noqa: E402
+from decoder_models import CHAT_TEMPLATE, build_decoder, save_tokenizer  # noqa: E402
 
 # --- real-world-style templates (written for these tests) -------------------
 
@@ -331,6 +331,73 @@ def test_model_without_a_template_gives_none(tmp_path):
     assert ChatTemplate.from_model_dir(tmp_path / "missing") is None
 
 
+# --- which templates a model has: one reader, transformers' order ------------------
+
+
+def transformers_template_names(d: Path) -> list[str]:
+    from transformers import AutoTokenizer
+
+    templates = AutoTokenizer.from_pretrained(str(d)).chat_template
+    return sorted(templates) if isinstance(templates, dict) else ["default"]
+
+
+def test_disagreeing_template_sources_inspect_and_chat_both_follow_transformers(tmp_path, pool):
+    # Four sources that disagree: tokenizer_config.json's template (CHAT_TEMPLATE, from
+    # build_decoder), chat_template.jinja, additional_chat_templates/tool_use.jinja and the
+    # legacy chat_template.json. transformers takes the two files and ignores the others.
+    d = build_decoder(tmp_path, "llama")
+    assert json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))["chat_template"] == CHAT_TEMPLATE
+    (d / "chat_template.jinja").write_text(CHATML_QWEN2, encoding="utf-8")
+    (d / "additional_chat_templates").mkdir()
+    (d / "additional_chat_templates" / "tool_use.jinja").write_text(TOOLS, encoding="utf-8")
+    (d / "chat_template.json").write_text(json.dumps({"chat_template": LLAMA3}), encoding="utf-8")
+
+    assert transformers_template_names(d) == ["default", "tool_use"]
+    assert mpool.inspect(d)["files"]["tokenizer"]["chat_templates"] == ["default", "tool_use"]
+
+    pool.register("m", d)
+    plain = reference(d, USER_ASSISTANT)
+    with_tools = reference(d, USER_ASSISTANT, tools=[WEATHER_TOOL])
+    assert plain.startswith("<|im_start|>system\nYou are a helpful assistant.")  # chat_template.jinja's
+    assert "<tools>" in with_tools  # tool_use.jinja's
+    assert pool.render_chat("m", USER_ASSISTANT) == plain
+    assert pool.render_chat("m", USER_ASSISTANT, tools=[WEATHER_TOOL]) == with_tools
+
+
+def test_additional_templates_alone_replace_tokenizer_config_template_like_transformers(tmp_path):
+    d = model_dir(tmp_path, CHATML_QWEN2)
+    (d / "additional_chat_templates").mkdir()
+    (d / "additional_chat_templates" / "tool_use.jinja").write_text(TOOLS, encoding="utf-8")
+    assert transformers_template_names(d) == ["tool_use"]
+    assert mpool.inspect(d)["files"]["tokenizer"]["chat_templates"] == ["tool_use"]
+    assert ours(d, USER_ASSISTANT, tools=[WEATHER_TOOL]) == reference(d, USER_ASSISTANT, tools=[WEATHER_TOOL])
+
+
+def test_a_lone_named_template_needs_tools_or_its_name_like_transformers(tmp_path):
+    d = model_dir(tmp_path, CHATML_QWEN2)
+    (d / "additional_chat_templates").mkdir()
+    (d / "additional_chat_templates" / "tool_use.jinja").write_text(TOOLS, encoding="utf-8")
+    with pytest.raises(ValueError, match="no default"):  # transformers' own refusal
+        reference(d, USER_ASSISTANT)
+    with pytest.raises(InvalidInput, match=r"\['tool_use'\] include no 'default'"):
+        ours(d, USER_ASSISTANT)
+    assert ours(d, USER_ASSISTANT, template_name="tool_use") == reference(d, USER_ASSISTANT, chat_template="tool_use")
+
+
+def test_chat_template_jinja_without_tokenizer_config_is_reported_and_used(tmp_path):
+    d = model_dir(tmp_path, PHI3, jinja_file=True)
+    (d / "tokenizer_config.json").unlink()
+    assert mpool.inspect(d)["files"]["tokenizer"]["chat_templates"] == ["default"]
+    assert ours(d, CONVERSATION).startswith("<|system|>\nYou are terse.<|end|>")
+
+
+def test_legacy_chat_template_json_is_the_last_resort(tmp_path):
+    d = model_dir(tmp_path, None)
+    (d / "chat_template.json").write_text(json.dumps({"chat_template": CHATML_QWEN2}), encoding="utf-8")
+    assert mpool.inspect(d)["files"]["tokenizer"]["chat_templates"] == ["default"]
+    assert ours(d, USER_ASSISTANT) == ChatTemplate({"default": CHATML_QWEN2}).render(USER_ASSISTANT)
+
+
 # --- errors --------------------------------------------------------------------
 
 
@@ -365,6 +432,21 @@ def test_syntax_error_in_tokenizer_config_template_names_the_file(tmp_path):
 def test_syntax_error_in_chat_template_jinja_names_the_file(tmp_path):
     d = model_dir(tmp_path, "{{ messages[0].content ", jinja_file=True)
     with pytest.raises(InvalidInput, match="chat_template.jinja"):
+        ChatTemplate.from_model_dir(d)
+
+
+def test_syntax_error_in_an_additional_template_names_its_file(tmp_path):
+    d = model_dir(tmp_path, CHATML_QWEN2)
+    (d / "additional_chat_templates").mkdir()
+    (d / "additional_chat_templates" / "rag.jinja").write_text("{% if %}", encoding="utf-8")
+    with pytest.raises(InvalidInput, match=r"additional_chat_templates/rag\.jinja, line 1"):
+        ChatTemplate.from_model_dir(d)
+
+
+def test_a_template_file_that_is_not_utf8_raises_invalid_input_naming_it(tmp_path):
+    d = model_dir(tmp_path, CHATML_QWEN2)
+    (d / "chat_template.jinja").write_bytes(b"{{ bos_token }}\xff")
+    with pytest.raises(InvalidInput, match=r"chat_template\.jinja is not valid UTF-8"):
         ChatTemplate.from_model_dir(d)
 
 

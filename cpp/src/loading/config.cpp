@@ -44,21 +44,24 @@ SpecialTokens parse_special(const JsonView& view) {
   return s;
 }
 
-std::optional<std::string> read_text(const fs::path& path) {
+// A chat template file's text; InvalidInput naming it when it cannot be read.
+std::string read_template_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return std::nullopt;
   std::ostringstream text;
-  text << in.rdbuf();
+  if (in) text << in.rdbuf();
+  if (!in || in.bad()) throw Error(ErrorCode::kInvalidInput, path.string() + ": cannot be read");
   return text.str();
 }
 
-void read_chat_templates(const json& value, const std::string& where,
-                         std::map<std::string, std::string>& out) {
+// A "chat_template" value of `file`: a template string ("default") or the
+// multi-template form [{"name": "default", "template": "..."}, {"name": "tool_use", ...}].
+void read_chat_templates(const json& value, const std::string& file,
+                         std::map<std::string, ChatTemplateSource>& out) {
+  const std::string where = file + ": \"chat_template\"";
   if (value.is_string()) {
-    out["default"] = value.get<std::string>();
+    out["default"] = {value.get<std::string>(), file, file};
     return;
   }
-  // The multi-template form: [{"name": "default", "template": "..."}, {"name": "tool_use", ...}].
   if (!value.is_array())
     throw Error(ErrorCode::kInvalidInput,
                 where + " must be a template string or a list of {name, template}");
@@ -66,9 +69,52 @@ void read_chat_templates(const json& value, const std::string& where,
     const std::string at = where + "[" + std::to_string(i) + "]";
     if (!value[i].is_object())
       throw Error(ErrorCode::kInvalidInput, at + " must be an object with \"name\" and \"template\"");
-    out[json_as<std::string>(value[i].value("name", json()), at + ".name")] =
-        json_as<std::string>(value[i].value("template", json()), at + ".template");
+    const std::string name = json_as<std::string>(value[i].value("name", json()), at + ".name");
+    out[name] = {json_as<std::string>(value[i].value("template", json()), at + ".template"), file,
+                 file + " (template '" + name + "')"};
   }
+}
+
+// load_chat_templates() with tokenizer_config.json already parsed (`config`;
+// nullptr when the directory has none). Without a directory, the config's own.
+std::map<std::string, ChatTemplateSource> chat_templates_in(const std::optional<fs::path>& dir,
+                                                            const JsonView* config) {
+  std::map<std::string, ChatTemplateSource> out;
+  if (!dir) {
+    if (config != nullptr && config->has("chat_template"))
+      read_chat_templates(config->json().at("chat_template"), config->file(), out);
+    return out;
+  }
+  // 1. The template files. transformers reads chat_template.jinja first, then each
+  //    additional template, so additional_chat_templates/default.jinja would win.
+  const fs::path jinja = *dir / "chat_template.jinja";
+  if (fs::is_regular_file(jinja)) out["default"] = {read_template_file(jinja), jinja, jinja.string()};
+  const fs::path extra = *dir / "additional_chat_templates";
+  if (fs::is_directory(extra)) {
+    std::error_code ec;
+    std::vector<fs::path> files;
+    for (fs::directory_iterator it(extra, ec), end; !ec && it != end; it.increment(ec)) files.push_back(it->path());
+    if (ec) throw Error(ErrorCode::kInvalidInput, extra.string() + ": cannot be listed (" + ec.message() + ")");
+    constexpr std::string_view kSuffix = ".jinja";
+    for (const fs::path& file : files) {
+      const std::string name = file.filename().string();
+      if (!name.ends_with(kSuffix) || !fs::is_regular_file(file)) continue;
+      out[name.substr(0, name.size() - kSuffix.size())] = {read_template_file(file), file, file.string()};
+    }
+  }
+  if (!out.empty()) return out;
+  // 2. tokenizer_config.json's own.
+  if (config != nullptr && config->has("chat_template")) {
+    read_chat_templates(config->json().at("chat_template"), config->file(), out);
+    return out;
+  }
+  // 3. The legacy processor file.
+  const fs::path legacy = *dir / "chat_template.json";
+  if (fs::is_regular_file(legacy)) {
+    const JsonView file = load_json_object(legacy);
+    if (file.has("chat_template")) read_chat_templates(file.json().at("chat_template"), file.file(), out);
+  }
+  return out;
 }
 
 }  // namespace
@@ -142,8 +188,7 @@ TokenizerConfig parse_tokenizer_config(const JsonView& j, const std::optional<fs
   t.add_eos_token = j.get_optional<bool>("add_eos_token");
   t.do_lower_case = j.get_optional<bool>("do_lower_case");
   t.padding_side = j.get_optional<std::string>("padding_side");
-  if (j.has("chat_template"))
-    read_chat_templates(j.json().at("chat_template"), j.file() + ": \"chat_template\"", t.chat_templates);
+  for (const auto& [name, source] : chat_templates_in(dir, &j)) t.chat_templates[name] = source.text;
   if (auto added = j.child("added_tokens_decoder")) {
     for (const auto& [id_text, token] : added->json().items()) {
       const std::string at = j.file() + ": \"added_tokens_decoder." + id_text + "\"";
@@ -158,17 +203,6 @@ TokenizerConfig parse_tokenizer_config(const JsonView& j, const std::optional<fs
       if (!token.is_object()) throw Error(ErrorCode::kInvalidInput, at + " must be an object");
       t.added_tokens[id] = {json_as<std::string>(token.value("content", json()), at + ".content"),
                             token.contains("special") && json_as<bool>(token["special"], at + ".special")};
-    }
-  }
-  // Newer exports keep the template in its own file.
-  if (t.chat_templates.empty() && dir) {
-    if (auto text = read_text(*dir / "chat_template.jinja")) {
-      t.chat_templates["default"] = *text;
-    } else if (fs::exists(*dir / "chat_template.json")) {
-      const JsonView file = load_json_object(*dir / "chat_template.json");
-      if (file.has("chat_template"))
-        read_chat_templates(file.json().at("chat_template"), file.file() + ": \"chat_template\"",
-                            t.chat_templates);
     }
   }
   return t;
@@ -238,6 +272,13 @@ std::optional<SpecialTokens> load_special_tokens_map(const fs::path& dir) {
   const fs::path path = dir / "special_tokens_map.json";
   if (!fs::is_regular_file(path)) return std::nullopt;
   return parse_special_tokens_map(load_json_object(path));
+}
+
+std::map<std::string, ChatTemplateSource> load_chat_templates(const fs::path& dir) {
+  const fs::path config = dir / "tokenizer_config.json";
+  if (!fs::is_regular_file(config)) return chat_templates_in(dir, nullptr);
+  const JsonView view = load_json_object(config);
+  return chat_templates_in(dir, &view);
 }
 
 }  // namespace mpool::loading

@@ -85,6 +85,7 @@ InspectReport inspect_model(std::string_view path_or_repo_id, const FamilyRegist
   if (!r.layout.tokenizer_dir.empty()) {
     r.tokenizer_config = load_tokenizer_config(r.layout.tokenizer_dir);
     r.special_tokens_map = load_special_tokens_map(r.layout.tokenizer_dir);
+    r.chat_templates = load_chat_templates(r.layout.tokenizer_dir);
   }
   r.weights = summarize_weights(r.layout);
   if (r.config) r.families = registry.match(*r.config, r.layout);
@@ -143,14 +144,13 @@ json InspectReport::to_json() const {
                   {"num_bytes", this->weights.num_bytes},
                   {"dtypes", this->weights.dtypes},
                   {"error", opt(this->weights.error)}};
-  json tokenizer = {{"files", layout.tokenizer_files}};
+  std::vector<std::string> templates;
+  for (const auto& [name, source] : chat_templates) templates.push_back(name);
+  json tokenizer = {{"files", layout.tokenizer_files}, {"chat_templates", templates}};
   if (tokenizer_config) {
     const TokenizerConfig& t = *tokenizer_config;
-    std::vector<std::string> templates;
-    for (const auto& [name, text] : t.chat_templates) templates.push_back(name);
     tokenizer["tokenizer_class"] = opt(t.tokenizer_class);
     tokenizer["model_max_length"] = opt(t.model_max_length);
-    tokenizer["chat_templates"] = templates;
     tokenizer["special_tokens"] = special_json(t.special);
     tokenizer["do_lower_case"] = opt(t.do_lower_case);
   }

@@ -19,33 +19,9 @@ using capabilities::TokenLogprob;
 
 namespace {
 
-void require(bool ok, const std::string& message) { check(ok, ErrorCode::kInvalidInput, message); }
-
-std::string num(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
-
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
 }  // namespace
-
-void validate_generation_params(const GenerationParams& p) {
-  require(p.max_tokens > 0, "max_tokens must be > 0, got " + std::to_string(p.max_tokens));
-  require(std::isfinite(p.temperature) && p.temperature >= 0, "temperature must be >= 0, got " + num(p.temperature));
-  if (p.top_k) require(*p.top_k >= 0, "top_k must be >= 0 (0 disables it), got " + std::to_string(*p.top_k));
-  if (p.top_p) require(*p.top_p > 0 && *p.top_p <= 1, "top_p must be in (0, 1], got " + num(*p.top_p));
-  if (p.min_p) require(*p.min_p >= 0 && *p.min_p <= 1, "min_p must be in [0, 1], got " + num(*p.min_p));
-  require(std::isfinite(p.repetition_penalty) && p.repetition_penalty > 0,
-          "repetition_penalty must be > 0, got " + num(p.repetition_penalty));
-  require(std::isfinite(p.presence_penalty), "presence_penalty must be finite");
-  require(std::isfinite(p.frequency_penalty), "frequency_penalty must be finite");
-  if (p.logprobs) require(*p.logprobs >= 0 && *p.logprobs <= 20, "logprobs must be in [0, 20], got " +
-                                                                      std::to_string(*p.logprobs));
-  for (size_t i = 0; i < p.stop.size(); ++i)
-    require(!p.stop[i].empty(), "stop string #" + std::to_string(i) + " is empty");
-}
 
 // ---------------------------------------------------------------------------
 // Sampler

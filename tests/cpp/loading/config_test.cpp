@@ -105,6 +105,58 @@ TEST(TokenizerConfig, ChatTemplateFileIsUsedWhenConfigHasNone) {
   EXPECT_FALSE(load_generation_config(dir.path()).has_value());
 }
 
+TEST(ChatTemplates, TemplateFilesReplaceTokenizerConfigsTemplateAsInTransformers) {
+  TempDir dir;
+  write_file(dir.path() / "tokenizer_config.json", R"({"chat_template":"from config"})");
+  write_file(dir.path() / "chat_template.jinja", "from jinja");
+  write_file(dir.path() / "additional_chat_templates" / "tool_use.jinja", "from tool_use");
+  write_file(dir.path() / "additional_chat_templates" / "notes.txt", "not a template");
+  write_file(dir.path() / "chat_template.json", R"({"chat_template":"from legacy"})");
+  const auto templates = load_chat_templates(dir.path());
+  ASSERT_EQ(templates.size(), 2u);
+  EXPECT_EQ(templates.at("default").text, "from jinja");
+  EXPECT_EQ(templates.at("default").file, dir.path() / "chat_template.jinja");
+  EXPECT_EQ(templates.at("tool_use").text, "from tool_use");
+  EXPECT_EQ(templates.at("tool_use").where, (dir.path() / "additional_chat_templates" / "tool_use.jinja").string());
+  // parse_tokenizer_config with the directory reads the same ones (inspect's source).
+  EXPECT_EQ(load_tokenizer_config(dir.path())->chat_templates,
+            (std::map<std::string, std::string>{{"default", "from jinja"}, {"tool_use", "from tool_use"}}));
+}
+
+TEST(ChatTemplates, AnAdditionalTemplateAloneStillReplacesTheConfigs) {
+  TempDir dir;
+  write_file(dir.path() / "tokenizer_config.json", R"({"chat_template":"from config"})");
+  write_file(dir.path() / "additional_chat_templates" / "tool_use.jinja", "from tool_use");
+  const auto templates = load_chat_templates(dir.path());
+  ASSERT_EQ(templates.size(), 1u);
+  EXPECT_EQ(templates.at("tool_use").text, "from tool_use");
+}
+
+TEST(ChatTemplates, TokenizerConfigListThenLegacyJsonAreTheFallbacks) {
+  TempDir dir;
+  write_file(dir.path() / "tokenizer_config.json",
+             R"({"chat_template":[{"name":"default","template":"a"},{"name":"rag","template":"b"}]})");
+  write_file(dir.path() / "chat_template.json", R"({"chat_template":"from legacy"})");
+  auto templates = load_chat_templates(dir.path());
+  ASSERT_EQ(templates.size(), 2u);
+  EXPECT_EQ(templates.at("rag").text, "b");
+  EXPECT_EQ(templates.at("rag").where, (dir.path() / "tokenizer_config.json").string() + " (template 'rag')");
+  write_file(dir.path() / "tokenizer_config.json", R"({"chat_template":null})");
+  templates = load_chat_templates(dir.path());
+  ASSERT_EQ(templates.size(), 1u);
+  EXPECT_EQ(templates.at("default").text, "from legacy");
+  EXPECT_EQ(templates.at("default").file, dir.path() / "chat_template.json");
+}
+
+TEST(ChatTemplates, ADirectoryWithoutAnyIsEmptyAndAMalformedEntryNamesTheFile) {
+  TempDir dir;
+  EXPECT_TRUE(load_chat_templates(dir.path()).empty());
+  EXPECT_TRUE(load_chat_templates(dir.path() / "missing").empty());
+  write_file(dir.path() / "tokenizer_config.json", R"({"chat_template":5})");
+  const std::string msg = message_of([&] { load_chat_templates(dir.path()); });
+  EXPECT_NE(msg.find("tokenizer_config.json: \"chat_template\" must be a template string"), std::string::npos) << msg;
+}
+
 TEST(GenerationConfig, ReadsSamplingDefaults) {
   const GenerationConfig g = parse_generation_config(parse_json_object(
       R"({"eos_token_id":[1,2],"do_sample":true,"temperature":0.6,"top_p":0.9,"max_new_tokens":64})",

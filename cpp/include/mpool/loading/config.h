@@ -121,6 +121,16 @@ struct SpecialTokens {
   std::vector<std::string> additional_special_tokens;
 };
 
+/// One chat template and where it was read from.
+struct ChatTemplateSource {
+  /// The Jinja source, as the file holds it.
+  std::string text;
+  /// The file it was read from.
+  std::filesystem::path file;
+  /// The file for messages; for an entry of a JSON list, followed by ` (template 'name')`.
+  std::string where;
+};
+
 /// tokenizer_config.json (plus chat_template.jinja / chat_template.json when present).
 struct TokenizerConfig {
   /// "BertTokenizer", "LlamaTokenizerFast", ...
@@ -129,7 +139,8 @@ struct TokenizerConfig {
   SpecialTokens special;
   /// Longest input; nullopt when the file says "unlimited" (the 1e30 sentinel) or nothing.
   std::optional<std::int64_t> model_max_length;
-  /// Jinja chat templates by name; a single template is called "default".
+  /// Jinja chat templates by name; a single template is called "default". With a
+  /// directory, what load_chat_templates() reads from it; without, the file's own.
   std::map<std::string, std::string> chat_templates;
   /// Whether the tokenizer prepends bos.
   std::optional<bool> add_bos_token;
@@ -185,7 +196,8 @@ struct TransformerSizes {
 ModelConfig parse_model_config(const JsonView& json);
 /// Reads generation_config.json.
 GenerationConfig parse_generation_config(const JsonView& json);
-/// Reads tokenizer_config.json; `dir` is searched for chat_template.jinja/.json too.
+/// Reads tokenizer_config.json; with `dir` (the directory it came from), the chat
+/// templates are the directory's, as load_chat_templates() reads them.
 TokenizerConfig parse_tokenizer_config(const JsonView& json,
                                        const std::optional<std::filesystem::path>& dir = std::nullopt);
 /// Reads special_tokens_map.json.
@@ -199,5 +211,20 @@ std::optional<GenerationConfig> load_generation_config(const std::filesystem::pa
 std::optional<TokenizerConfig> load_tokenizer_config(const std::filesystem::path& dir);
 /// Loads `dir`/special_tokens_map.json, or nullopt when absent.
 std::optional<SpecialTokens> load_special_tokens_map(const std::filesystem::path& dir);
+
+/// The chat templates of tokenizer directory `dir` by name (empty when it has
+/// none), read as transformers 5's tokenizers read them
+/// (PreTrainedTokenizerBase.from_pretrained and _from_pretrained):
+///  1. chat_template.jinja (named "default") and additional_chat_templates/<name>.jinja;
+///     when any of these files exists, they are the templates and
+///     tokenizer_config.json's "chat_template" is not read;
+///  2. otherwise tokenizer_config.json's "chat_template": a string ("default") or
+///     a list of {"name", "template"};
+///  3. otherwise chat_template.json's "chat_template" (the legacy processor file,
+///     which only transformers' processors read), when tokenizer_config.json has
+///     no "chat_template" at all.
+/// This is the one reader: inspect reports these names and Pool.chat renders these
+/// texts. Errors (InvalidInput) name the file.
+std::map<std::string, ChatTemplateSource> load_chat_templates(const std::filesystem::path& dir);
 
 }  // namespace mpool::loading

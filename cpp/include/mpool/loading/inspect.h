@@ -44,6 +44,8 @@ struct InspectReport {
   std::optional<TokenizerConfig> tokenizer_config;
   /// special_tokens_map.json, when present.
   std::optional<SpecialTokens> special_tokens_map;
+  /// The tokenizer directory's chat templates (load_chat_templates), with or without tokenizer_config.json.
+  std::map<std::string, ChatTemplateSource> chat_templates;
   /// The weights' headers.
   WeightsSummary weights;
   /// Each registered family's verdict.

@@ -12,14 +12,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "mpool/capabilities/generation_params.h"  // validate_generation_params
 #include "mpool/capabilities/interfaces.h"
 #include "mpool/tokenizer/tokenizer.h"
 
 namespace mpool::models {
-
-/// Checks the sampling parameters a native model honours; InvalidInput names the
-/// parameter and the accepted range.
-void validate_generation_params(const capabilities::GenerationParams& params);
 
 /// Picks the next token from logits, as transformers' logits processors do:
 /// repetition penalty (prompt and output), presence/frequency penalties (output),

@@ -1,0 +1,83 @@
+"""asyncio bridging: native completions wake an event loop, no thread waits for them.
+
+A native stream or future calls a Python callback from the producing replica
+thread (with the GIL) when something is ready; these helpers turn that callback
+into an asyncio wake-up on the waiting loop. Nothing here knows the Pool: any
+front end with native streams and futures can use them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["await_native", "wait_chunks", "wake"]
+
+# Past a native deadline, the loop waits this much longer before the next poll()
+# or result(), which then settle the request as Timeout.
+_DEADLINE_SLACK_S = 0.05
+
+
+def wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> Callable[[], None]:
+    """A callback for a native thread that completes ``waiter`` on ``loop``."""
+
+    def settle() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def ready() -> None:  # on the producing native thread, with the GIL
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    return ready
+
+
+async def wait_chunks(poll: Callable[[], tuple[bool, Any]], native: Any) -> AsyncGenerator[Any, None]:
+    """Yields a stream's items without holding any thread while it waits.
+
+    ``poll()`` takes what is there; when nothing is, the native stream calls back
+    (``on_ready``) as soon as a chunk or the end arrives. Past the deadline,
+    ``poll()`` settles the stream as Timeout.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        got, item = poll()
+        if got:
+            if item is None:
+                return
+            yield item
+            continue
+        waiter: asyncio.Future[None] = loop.create_future()
+        native.on_ready(wake(loop, waiter))
+        try:
+            await asyncio.wait_for(waiter, timeout=max(native.remaining(), 0.0) + _DEADLINE_SLACK_S)
+        except asyncio.TimeoutError:
+            pass  # past the deadline: the next poll() raises Timeout
+
+
+async def await_native(future: Any) -> np.ndarray:
+    """Awaits a native future: completion arrives by callback, never by a blocked thread."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def settle() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def on_done() -> None:  # on the replica thread, with the GIL
+        loop.call_soon_threadsafe(settle)
+
+    future.add_done_callback(on_done)
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout=max(future.remaining(), 0.0) + _DEADLINE_SLACK_S)
+    except asyncio.TimeoutError:
+        pass  # past the deadline: result() below settles it as Timeout
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    return future.result()

@@ -1,0 +1,175 @@
+"""Request parameters: each request's arguments, checked before anything is queued.
+
+Every check raises ``InvalidInput`` naming the parameter (see ``_validate``, the
+value-level helpers these build on) and returns what the extension takes. Nothing
+here knows the Pool: any front end that turns requests into native calls (the
+Pool, a server) checks its arguments with these.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _core
+from . import _validate as v
+from ._images import image_input
+from .errors import InternalError, InvalidInput
+
+__all__ = [
+    "MAX_IMAGE_SIDE",
+    "MAX_IMAGE_STEPS",
+    "ImageSettings",
+    "generation",
+    "image_settings",
+    "images",
+    "prompt",
+    "task",
+    "texts",
+    "timeout",
+]
+
+# Images larger than this per side are refused before any work (16384² RGB is 768 MB).
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_STEPS = 10_000
+
+
+def _stop(name: str, value: Any) -> list[str]:
+    stop = [value] if isinstance(value, str) else value
+    if not isinstance(stop, (list, tuple)):
+        raise InvalidInput(f"{name} must be a non-empty string or a list of them, got {value!r}")
+    return [v.text(f"{name}[{i}]", s, allow_empty=False) for i, s in enumerate(stop)]
+
+
+def _check_of(rule: Mapping[str, Any]) -> Callable[[str, Any], Any]:
+    """The check of one entry of the extension's generation parameter table."""
+    kind = rule["kind"]
+    if kind == "integer":
+        lo, hi = rule["min_int"], rule["max_int"]
+        return lambda n, x: v.int_in(n, x, lo, hi)
+    if kind == "real":
+        bounds = {k: rule[k] for k in ("lo", "hi", "lo_open", "hi_open")}
+        return lambda n, x: v.finite(n, x, **bounds)
+    if kind == "flag":
+        return v.flag
+    if kind == "stop_strings":
+        return _stop
+    if kind == "token_ids":
+        lo, hi = rule["min_int"], rule["max_int"]
+        return lambda n, x: v.token_ids(n, x, lo, hi)
+    raise InternalError(
+        f"the extension's generation parameter {rule['name']!r} has a kind this package does not know: {kind!r}"
+    )
+
+
+# Each generation parameter's check, from the table the native models check requests with
+# (capabilities/generation_params.h): one set of ranges for both sides.
+_GENERATION_PARAMS: dict[str, Callable[[str, Any], Any]] = {
+    rule["name"]: _check_of(rule) for rule in _core._generation_param_rules()
+}
+
+
+def generation(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The generation parameters of ``generate``/``chat``/``describe``; ``None`` values are dropped."""
+    out: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if name not in _GENERATION_PARAMS:
+            raise InvalidInput(
+                f"unknown generation parameter {name!r}; known: {', '.join(sorted(_GENERATION_PARAMS))}"
+            )
+        if value is None:
+            continue
+        out[name] = _GENERATION_PARAMS[name](name, value)
+    return out
+
+
+def task(x: str | None) -> str | None:
+    """An embedding request's task (selects the model's prompt), or None."""
+    return v.optional_text("task", x)
+
+
+def timeout(x: float | None) -> float | None:
+    """A request's timeout: None (the pool's), seconds > 0, or inf (no limit)."""
+    return v.optional_duration("timeout", x)
+
+
+def texts(x: str | Sequence[str]) -> list[str]:
+    """The texts of an embedding request: one str or a non-empty sequence of them."""
+    if isinstance(x, str):
+        x = [x]
+    if not isinstance(x, Sequence) or isinstance(x, (bytes, bytearray)):
+        raise InvalidInput(f"texts must be a str or a sequence of str, got {type(x).__name__}")
+    items = list(x)
+    if not items:
+        raise InvalidInput("texts is empty; pass at least one text")
+    return [v.text(f"texts[{i}]", t) for i, t in enumerate(items)]
+
+
+def images(x: Any) -> list[tuple[str, Any]]:
+    """The images of an image request: one image or a non-empty list of them, as the extension's inputs."""
+    if isinstance(x, (str, bytes, bytearray, memoryview, np.ndarray, os.PathLike)) or hasattr(x, "convert"):
+        x = [x]
+    elif x is None or isinstance(x, Mapping):
+        raise InvalidInput(f"images must be an image or a list of images, got {type(x).__name__}")
+    items = list(v.iterable("images", x, "an image or a list of images"))
+    if not items:
+        raise InvalidInput("images is empty; pass at least one image")
+    return [image_input(img, i) for i, img in enumerate(items)]
+
+
+def prompt(x: str | Sequence[int]) -> str | list[int]:
+    """A generation prompt: a non-empty str, or a non-empty sequence of token ids."""
+    if isinstance(x, str):
+        if not x:
+            raise InvalidInput("prompt is empty")
+        return v.text("prompt", x)
+    if isinstance(x, (Sequence, np.ndarray)) and not isinstance(x, (bytes, bytearray, memoryview)):
+        ids = v.token_ids("prompt", x)
+        if not ids:
+            raise InvalidInput("prompt must be a non-empty str or a non-empty list of token ids, got []")
+        return ids
+    raise InvalidInput(
+        "prompt must be a non-empty str or a non-empty list of token ids, "
+        f"got {type(x).__name__}"
+        + (" (bytes are not token ids: decode them to a str)" if isinstance(x, (bytes, bytearray)) else "")
+    )
+
+
+class ImageSettings(NamedTuple):
+    """A text-to-image request's checked settings, in the extension's argument order."""
+
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    negative_prompt: str | None
+    seed: int | None
+    strength: float
+
+
+def image_settings(
+    prompt: Any,
+    *,
+    width: Any,
+    height: Any,
+    steps: Any,
+    guidance_scale: Any,
+    negative_prompt: Any,
+    seed: Any,
+    strength: Any,
+) -> ImageSettings:
+    """The settings of ``generate_image``."""
+    return ImageSettings(
+        prompt=v.text("prompt", prompt, allow_empty=False),
+        width=v.int_in("width", width, 1, MAX_IMAGE_SIDE),
+        height=v.int_in("height", height, 1, MAX_IMAGE_SIDE),
+        steps=v.int_in("steps", steps, 1, MAX_IMAGE_STEPS),
+        guidance_scale=v.finite("guidance_scale", guidance_scale, lo=0),
+        negative_prompt=v.optional_text("negative_prompt", negative_prompt),
+        seed=v.optional_int_in("seed", seed, 0, v.UINT64_MAX),
+        strength=v.finite("strength", strength, lo=0, hi=1),
+    )
