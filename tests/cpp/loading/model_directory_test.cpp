@@ -1,8 +1,10 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <map>
 
 #include "mpool/core/error.h"
+#include "mpool/loading/inspect.h"
 #include "mpool/loading/model_directory.h"
 #include "test_util.h"
 
@@ -470,6 +472,56 @@ TEST(ModelDirectorySingleComponent, WeightsInAnotherFormatGetConversionAdvice) {
   const ModelDirectory md = ModelDirectory::open(dir.path());
   EXPECT_NE(message_of([&] { md.checkpoint("model"); }).find("safe_serialization=True"), std::string::npos);
   EXPECT_STREQ(component_kind_name(md.require("model").kind), "transformers_model");
+}
+
+TEST(InspectComponents, APipelineReportsEachComponentWithItsSummaries) {
+  TempDir dir;
+  write_sdxl_pipeline(dir.path());
+  FamilyRegistry none;
+  const nlohmann::json report = inspect_model(dir.path().string(), none).to_json();
+  EXPECT_EQ(report["pipeline"]["class_name"], "StableDiffusionXLPipeline");
+  EXPECT_EQ(report["pipeline"]["entries"].size(), 9u);
+  EXPECT_EQ(report["pipeline"]["options"]["force_zeros_for_empty_prompt"], true);
+  ASSERT_EQ(report["components"].size(), 7u);
+  std::map<std::string, nlohmann::json> by_name;
+  for (const auto& c : report["components"]) by_name[c["name"]] = c;
+  const auto& unet = by_name.at("unet");
+  EXPECT_EQ(unet["kind"], "diffusers_model");
+  EXPECT_EQ(unet["class"], "UNet2DConditionModel");
+  EXPECT_EQ(unet["config"]["in_channels"], 4);
+  EXPECT_EQ(unet["config"]["block_out_channels"], nlohmann::json::array({2, 4}));
+  EXPECT_EQ(unet["weights"]["num_tensors"], 2);
+  EXPECT_EQ(unet["weights"]["num_parameters"], 4);
+  EXPECT_EQ(unet["weights"]["num_bytes"], 16);
+  EXPECT_EQ(unet["weights"]["dtypes"]["F32"], 2);
+  EXPECT_EQ(by_name.at("vae")["weights"]["sharded"], true);
+  EXPECT_EQ(by_name.at("vae")["weights"]["num_tensors"], 2);
+  const auto& te = by_name.at("text_encoder");
+  EXPECT_EQ(te["config"]["model_type"], "clip_text_model");
+  EXPECT_EQ(te["config"]["hidden_size"], 32);
+  EXPECT_EQ(te["weights"]["prefixes"][0]["prefix"], "text_model.");
+  EXPECT_EQ(te["weights"]["prefixes"][0]["num_tensors"], 2);
+  EXPECT_EQ(by_name.at("scheduler")["config"]["num_train_timesteps"], 1000);
+  EXPECT_TRUE(by_name.at("scheduler")["weights"].is_null());
+  EXPECT_EQ(by_name.at("tokenizer")["config"]["tokenizer_class"], "CLIPTokenizer");
+  EXPECT_EQ(by_name.at("tokenizer_2")["tokenizer_files"], nlohmann::json::array({"tokenizer_2/tokenizer.json"}));
+  EXPECT_TRUE(by_name.at("tokenizer_2")["config"].is_null());  // no tokenizer_config.json
+  // The single-model keys stay: no root config, no root weights.
+  EXPECT_TRUE(report["config"].is_null());
+  EXPECT_EQ(report["files"]["weights"]["format"], "none");
+
+  // Missing folders are reported on their components, whatever kind their class suggests.
+  for (const char* folder : {"unet", "scheduler", "tokenizer", "text_encoder"}) fs::remove_all(dir.path() / folder);
+  const nlohmann::json partial = inspect_model(dir.path().string(), none).to_json();
+  std::size_t missing = 0;
+  for (const auto& c : partial["components"]) {
+    if (c["error"].is_null()) continue;
+    ++missing;
+    EXPECT_TRUE(c["config"].is_null()) << c.dump();
+    EXPECT_TRUE(c["weights"].is_null()) << c.dump();
+    EXPECT_NE(c["error"].get<std::string>().find("is not a directory"), std::string::npos) << c.dump();
+  }
+  EXPECT_EQ(missing, 4u);
 }
 
 }  // namespace
