@@ -4,7 +4,10 @@
 //   reader, BertConfig::from and DecoderConfig::from (the model_type field picks
 //   which one accepts, as in production; both are tried on every input), and
 //   parse_generation_config, parse_tokenizer_config and
-//   parse_special_tokens_map on the same document.
+//   parse_special_tokens_map on the same document; then, as ModelDirectory reads
+//   them, the nested configs (nested_config_keys, parse_model_config on each),
+//   parse_model_index (model_index.json) and parse_image_processor_config
+//   (preprocessor_config.json).
 // Every failure must be mpool::Error(kInvalidInput). A config a family accepts
 // must satisfy what its model code relies on (checked below); anything else (a
 // crash, a sanitizer report, another exception, an allocation over libFuzzer's
@@ -21,6 +24,7 @@
 #include "mpool/loading/json.h"
 #include "models/bert/config.h"
 #include "models/decoder/config.h"
+#include "mpool/loading/model_directory.h"
 
 namespace {
 
@@ -101,5 +105,30 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   expect_only_invalid_input([&] { (void)loading::parse_generation_config(json); });
   expect_only_invalid_input([&] { (void)loading::parse_tokenizer_config(json); });
   expect_only_invalid_input([&] { (void)loading::parse_special_tokens_map(json); });
+  expect_only_invalid_input([&] {
+    for (const auto& key : loading::nested_config_keys(json)) {
+      const auto nested = json.child(key);
+      require(nested.has_value());  // nested_config_keys names objects only
+      (void)loading::parse_model_config(*nested);
+    }
+  });
+  expect_only_invalid_input([&] {
+    const loading::PipelineIndex index = loading::parse_model_index(json);
+    for (const auto& e : index.entries) {
+      // Each entry is a folder inside the pipeline directory.
+      require(!e.name.empty() && e.name.front() != '_' && e.name != "." && e.name != "..");
+      require(e.name.find_first_of("/\\") == std::string::npos);
+      require(e.library.has_value() == e.class_name.has_value());
+    }
+  });
+  expect_only_invalid_input([&] {
+    const loading::ImageProcessorConfig p = loading::parse_image_processor_config(json);
+    for (const auto* size : {&p.size, &p.crop_size})
+      if (*size)
+        for (const auto* v : {&(*size)->height, &(*size)->width, &(*size)->shortest_edge, &(*size)->longest_edge,
+                              &(*size)->value})
+          require(!*v || **v > 0);
+    for (double s : p.image_std) require(s > 0);
+  });
   return 0;
 }

@@ -65,6 +65,14 @@ def inspect(path_or_repo_id: str | os.PathLike[str]) -> dict[str, Any]:
     tokenizer files, the sentence-transformers modules (pooling, normalize, prompts,
     max_seq_length) and, for each registered model family, whether it supports the
     model or why not (``support`` sums this up in one sentence).
+
+    ``components`` lists every part of the directory: the model and the configs
+    nested in its config.json (``text_config``, ``vision_config``), each folder of a
+    diffusers pipeline (``pipeline`` holds its model_index.json), every tokenizer,
+    the image processor, and the prefixes a lone ``.safetensors`` file groups its
+    tensors under. Each has ``name``, ``kind``, ``class``, ``folder``, a ``config``
+    summary, ``weights`` (tensor count, parameters, bytes, dtypes, per-prefix
+    counts), ``tokenizer_files`` and ``error``.
     """
     _core.register_builtin_families()  # the native families answer too
     return json.loads(_core._inspect_json(os.fspath(path_or_repo_id)))

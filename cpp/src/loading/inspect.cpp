@@ -1,5 +1,6 @@
 #include "mpool/loading/inspect.h"
 
+#include <initializer_list>
 #include <set>
 
 #include "mpool/core/error.h"
@@ -22,6 +23,13 @@ json special_json(const SpecialTokens& s) {
           {"mask_token", opt(s.mask_token)}, {"additional_special_tokens", s.additional_special_tokens}};
 }
 
+void add_tensor(WeightsSummary& w, const TensorInfo& info) {
+  ++w.num_tensors;
+  w.num_parameters += info.numel();
+  w.num_bytes += info.end - info.begin;
+  ++w.dtypes[dtype_name(info.dtype)];
+}
+
 WeightsSummary summarize_weights(const ModelLayout& layout) {
   WeightsSummary w;
   switch (layout.weights.format) {
@@ -42,17 +50,167 @@ WeightsSummary summarize_weights(const ModelLayout& layout) {
                             : layout.weights.files.size() == 1 ? layout.root / layout.weights.files.front()
                                                                : layout.model_dir;
     const Checkpoint ckpt = Checkpoint::open(target);
-    for (const auto& name : ckpt.names()) {
-      const TensorInfo& info = *ckpt.find(name)->info;
-      ++w.num_tensors;
-      w.num_parameters += info.numel();
-      w.num_bytes += info.end - info.begin;
-      ++w.dtypes[dtype_name(info.dtype)];
-    }
+    for (const auto& name : ckpt.names()) add_tensor(w, *ckpt.find(name)->info);
   } catch (const Error& e) {
     w.error = e.what();
   }
   return w;
+}
+
+// A component's weights: only its prefix's tensors, grouped by component prefix.
+WeightsSummary summarize_component_weights(const ModelDirectory& dir, const Component& c) {
+  WeightsSummary w;
+  const WeightsLayout& layout = *c.weights;
+  if (layout.format == WeightsFormat::kNone) {
+    w.error = "no weight files found in " + dir.path_of(c).string();
+    return w;
+  }
+  try {
+    const Checkpoint ckpt = dir.checkpoint(c.name);
+    const std::vector<std::string> names = ckpt.names();
+    for (const auto& name : names) add_tensor(w, *ckpt.find(name)->info);
+    if (!c.tensor_prefix)
+      for (const auto& group : group_by_component_prefix(names)) {
+        WeightsSummary g;
+        for (const auto& name : group.names) add_tensor(g, *ckpt.find(name)->info);
+        w.prefixes.push_back({group.prefix, g.num_tensors, g.num_parameters, g.num_bytes});
+      }
+  } catch (const Error& e) {
+    w.error = e.what();
+  }
+  return w;
+}
+
+// The fields of `config` named in `keys` that are set, as written.
+json present_fields(const JsonView& config, std::initializer_list<const char*> keys) {
+  json out = json::object();
+  for (const char* key : keys)
+    if (config.has(key)) out[key] = config.json().at(key);
+  return out;
+}
+
+json image_size_json(const std::optional<ImageSize>& s) {
+  if (!s) return nullptr;
+  if (s->value) return *s->value;
+  json out = json::object();
+  if (s->height) out["height"] = *s->height;
+  if (s->width) out["width"] = *s->width;
+  if (s->shortest_edge) out["shortest_edge"] = *s->shortest_edge;
+  if (s->longest_edge) out["longest_edge"] = *s->longest_edge;
+  return out;
+}
+
+// What a component's config says, in brief: sizes and types, per kind.
+json config_summary(const ComponentReport& r) {
+  const Component& c = r.component;
+  // A component whose folder is missing or unrecognised has no config to sum up.
+  if (!c.config && c.kind != ComponentKind::kTokenizer) return nullptr;
+  switch (c.kind) {
+    case ComponentKind::kTransformersModel:
+    case ComponentKind::kSubConfig: {
+      const ModelConfig& m = *c.model_config;
+      json out = {{"model_type", m.model_type.empty() ? json(nullptr) : json(m.model_type)},
+                  {"architectures", m.architectures},
+                  {"torch_dtype", opt(m.torch_dtype)},
+                  {"vocab_size", opt(m.vocab_size)},
+                  {"hidden_size", opt(m.hidden_size)},
+                  {"num_hidden_layers", opt(m.num_hidden_layers)},
+                  {"num_attention_heads", opt(m.num_attention_heads)},
+                  {"intermediate_size", opt(m.intermediate_size)},
+                  {"max_position_embeddings", opt(m.max_position_embeddings)}};
+      // Sizes other families spell differently (T5: d_model, num_layers; vision towers: image_size).
+      out.update(present_fields(*c.config, {"projection_dim", "image_size", "patch_size", "num_channels", "d_model",
+                                            "num_layers", "num_heads", "d_ff"}));
+      return out;
+    }
+    case ComponentKind::kDiffusersModel: {
+      json out = {{"class_name", opt(c.config->get_optional<std::string>("_class_name"))},
+                  {"diffusers_version", opt(c.config->get_optional<std::string>("_diffusers_version"))}};
+      out.update(present_fields(*c.config,
+                                {"in_channels", "out_channels", "latent_channels", "sample_size", "block_out_channels",
+                                 "layers_per_block", "cross_attention_dim", "attention_head_dim", "num_attention_heads",
+                                 "num_layers", "patch_size", "joint_attention_dim", "pooled_projection_dim",
+                                 "caption_projection_dim", "norm_num_groups", "scaling_factor", "shift_factor"}));
+      return out;
+    }
+    case ComponentKind::kScheduler: {
+      json out = {{"class_name", opt(c.config->get_optional<std::string>("_class_name"))},
+                  {"diffusers_version", opt(c.config->get_optional<std::string>("_diffusers_version"))}};
+      out.update(present_fields(*c.config, {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                            "prediction_type", "timestep_spacing", "steps_offset", "shift",
+                                            "use_dynamic_shifting"}));
+      return out;
+    }
+    case ComponentKind::kImageProcessor: {
+      const ImageProcessorConfig& p = *c.image_processor;
+      return {{"image_processor_type", opt(p.image_processor_type)},
+              {"processor_class", opt(p.processor_class)},
+              {"do_resize", opt(p.do_resize)},
+              {"size", image_size_json(p.size)},
+              {"resample", opt(p.resample)},
+              {"do_center_crop", opt(p.do_center_crop)},
+              {"crop_size", image_size_json(p.crop_size)},
+              {"do_rescale", opt(p.do_rescale)},
+              {"rescale_factor", opt(p.rescale_factor)},
+              {"do_normalize", opt(p.do_normalize)},
+              {"image_mean", p.image_mean},
+              {"image_std", p.image_std},
+              {"do_convert_rgb", opt(p.do_convert_rgb)}};
+    }
+    case ComponentKind::kFeatureExtractor:
+      return present_fields(*c.config, {"feature_extractor_type", "processor_class", "sampling_rate", "feature_size"});
+    case ComponentKind::kTokenizer: {
+      if (!r.tokenizer_config) return nullptr;
+      const TokenizerConfig& t = *r.tokenizer_config;
+      std::vector<std::string> templates;
+      for (const auto& [name, text] : t.chat_templates) templates.push_back(name);
+      return {{"tokenizer_class", opt(t.tokenizer_class)},
+              {"model_max_length", opt(t.model_max_length)},
+              {"chat_templates", templates},
+              {"special_tokens", special_json(t.special)}};
+    }
+    case ComponentKind::kCheckpoint:
+    case ComponentKind::kOther:
+      break;
+  }
+  return nullptr;
+}
+
+json component_json(const ComponentReport& r) {
+  const Component& c = r.component;
+  json weights = nullptr;
+  if (c.weights && r.weights) {
+    json prefixes = json::array();
+    for (const auto& g : r.weights->prefixes)
+      prefixes.push_back({{"prefix", g.prefix},
+                          {"num_tensors", g.num_tensors},
+                          {"num_parameters", g.num_parameters},
+                          {"num_bytes", g.num_bytes}});
+    weights = {{"format", weights_format_name(c.weights->format)},
+               {"files", c.weights->files},
+               {"index", opt(c.weights->index)},
+               {"sharded", c.weights->index.has_value()},
+               {"other_files", c.weights->other_files},
+               {"tensor_prefix", opt(c.tensor_prefix)},
+               {"num_tensors", r.weights->num_tensors},
+               {"num_parameters", r.weights->num_parameters},
+               {"num_bytes", r.weights->num_bytes},
+               {"dtypes", r.weights->dtypes},
+               {"prefixes", prefixes},
+               {"error", opt(r.weights->error)}};
+  }
+  return {{"name", c.name},
+          {"kind", component_kind_name(c.kind)},
+          {"library", opt(c.library)},
+          {"class", opt(c.class_name)},
+          {"folder", c.folder},
+          {"config_file", opt(c.config_file)},
+          {"config_key", opt(c.config_key)},
+          {"parent", opt(c.parent)},
+          {"config", config_summary(r)},
+          {"weights", weights},
+          {"tokenizer_files", c.tokenizer_files},
+          {"error", opt(c.error)}};
 }
 
 std::string support_sentence(const InspectReport& r) {
@@ -79,7 +237,8 @@ std::string support_sentence(const InspectReport& r) {
 InspectReport inspect_model(std::string_view path_or_repo_id, const FamilyRegistry& registry) {
   InspectReport r;
   r.resolved = resolve_model(path_or_repo_id);
-  r.layout = describe_layout(r.resolved.path);
+  const ModelDirectory dir = ModelDirectory::open(r.resolved.path);
+  r.layout = dir.layout();
   if (r.layout.has_config) r.config = load_model_config(r.layout.model_dir);
   r.generation_config = load_generation_config(r.layout.model_dir);
   if (!r.layout.tokenizer_dir.empty()) {
@@ -88,6 +247,13 @@ InspectReport inspect_model(std::string_view path_or_repo_id, const FamilyRegist
     r.chat_templates = load_chat_templates(r.layout.tokenizer_dir);
   }
   r.weights = summarize_weights(r.layout);
+  r.pipeline = dir.pipeline();
+  for (const Component& c : dir.components()) {
+    ComponentReport cr{c, std::nullopt, std::nullopt};
+    if (c.weights) cr.weights = summarize_component_weights(dir, c);
+    if (c.kind == ComponentKind::kTokenizer) cr.tokenizer_config = load_tokenizer_config(dir.path_of(c));
+    r.components.push_back(std::move(cr));
+  }
   if (r.config) r.families = registry.match(*r.config, r.layout);
   r.support = support_sentence(r);
   return r;
@@ -207,6 +373,21 @@ json InspectReport::to_json() const {
       capabilities.insert(f.capabilities.begin(), f.capabilities.end());
     }
   }
+  json pipeline_json = nullptr;
+  if (pipeline) {
+    json entries = json::array();
+    for (const auto& e : pipeline->entries)
+      entries.push_back({{"name", e.name}, {"library", opt(e.library)}, {"class", opt(e.class_name)}});
+    pipeline_json = {{"class_name", pipeline->class_name},
+                     {"diffusers_version", opt(pipeline->diffusers_version)},
+                     {"entries", entries},
+                     {"options", pipeline->options}};
+  }
+  out["pipeline"] = pipeline_json;
+  json components_json = json::array();
+  for (const auto& c : components) components_json.push_back(component_json(c));
+  out["components"] = components_json;
+
   out["families"] = families_json;
   out["supported_by"] = supported_by;
   out["capabilities"] = std::vector<std::string>(capabilities.begin(), capabilities.end());

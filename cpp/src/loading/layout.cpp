@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <initializer_list>
 #include <set>
 
 #include "mpool/core/error.h"
@@ -67,9 +68,18 @@ std::vector<std::string> shards_of(const fs::path& index) {
   return {files.begin(), files.end()};
 }
 
+// The first of `names` that is a file in `dir`.
+std::optional<std::string> first_file(const fs::path& dir, std::initializer_list<const char*> names) {
+  std::error_code ec;
+  for (const char* name : names)
+    if (fs::is_regular_file(dir / name, ec)) return std::string(name);
+  return std::nullopt;
+}
+
+}  // namespace
+
 WeightsLayout describe_weights(const fs::path& dir, const std::string& prefix) {
   WeightsLayout w;
-  std::error_code ec;
   auto rel = [&](const std::string& name) { return prefix + name; };
   const auto safetensors = files_matching(dir, ".safetensors");
   const auto bins = files_matching(dir, ".bin");
@@ -78,20 +88,25 @@ WeightsLayout describe_weights(const fs::path& dir, const std::string& prefix) {
   for (const char* ext : {".pt", ".pth", ".ckpt"})
     for (auto& f : files_matching(dir, ext)) others.push_back(f);
 
-  if (fs::is_regular_file(dir / "model.safetensors.index.json", ec)) {
+  // transformers' names first, then diffusers' (diffusion_pytorch_model.*).
+  const auto safetensors_index =
+      first_file(dir, {"model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"});
+  const auto safetensors_main = first_file(dir, {"model.safetensors", "diffusion_pytorch_model.safetensors"});
+  const auto bin_index = first_file(dir, {"pytorch_model.bin.index.json", "diffusion_pytorch_model.bin.index.json"});
+  if (safetensors_index) {
     w.format = WeightsFormat::kSafetensorsSharded;
-    w.index = rel("model.safetensors.index.json");
-    for (const auto& f : shards_of(dir / "model.safetensors.index.json")) w.files.push_back(rel(f));
+    w.index = rel(*safetensors_index);
+    for (const auto& f : shards_of(dir / *safetensors_index)) w.files.push_back(rel(f));
   } else if (!safetensors.empty()) {
     w.format = WeightsFormat::kSafetensors;
-    if (std::find(safetensors.begin(), safetensors.end(), "model.safetensors") != safetensors.end())
-      w.files.push_back(rel("model.safetensors"));
+    if (safetensors_main)
+      w.files.push_back(rel(*safetensors_main));
     else
       for (const auto& f : safetensors) w.files.push_back(rel(f));
-  } else if (fs::is_regular_file(dir / "pytorch_model.bin.index.json", ec)) {
+  } else if (bin_index) {
     w.format = WeightsFormat::kPytorchBinSharded;
-    w.index = rel("pytorch_model.bin.index.json");
-    for (const auto& f : shards_of(dir / "pytorch_model.bin.index.json")) w.files.push_back(rel(f));
+    w.index = rel(*bin_index);
+    for (const auto& f : shards_of(dir / *bin_index)) w.files.push_back(rel(f));
   } else if (!bins.empty()) {
     w.format = WeightsFormat::kPytorchBin;
     for (const auto& f : bins) w.files.push_back(rel(f));
@@ -108,6 +123,8 @@ WeightsLayout describe_weights(const fs::path& dir, const std::string& prefix) {
       if (!chosen.count(rel(f))) w.other_files.push_back(rel(f));
   return w;
 }
+
+namespace {
 
 std::string pooling_mode(const JsonView& j) {
   static const std::pair<const char*, const char*> kModes[] = {
@@ -256,6 +273,19 @@ const char* weights_format_name(WeightsFormat format) noexcept {
   return "unknown";
 }
 
+std::vector<std::string> tokenizer_files_in(const fs::path& dir, const std::string& prefix) {
+  static const char* kTokenizerFiles[] = {
+      "tokenizer.json",  "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+      "vocab.txt",       "vocab.json",            "merges.txt",              "tokenizer.model",
+      "spiece.model",    "sentencepiece.bpe.model", "chat_template.jinja",   "chat_template.json",
+  };
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const char* name : kTokenizerFiles)
+    if (fs::is_regular_file(dir / name, ec)) out.push_back(prefix + name);
+  return out;
+}
+
 ModelLayout describe_layout(const fs::path& dir) {
   ModelLayout layout;
   layout.root = dir;
@@ -272,15 +302,8 @@ ModelLayout describe_layout(const fs::path& dir) {
   layout.has_generation_config = fs::is_regular_file(layout.model_dir / "generation_config.json");
   layout.weights = describe_weights(layout.model_dir, prefix);
 
-  static const char* kTokenizerFiles[] = {
-      "tokenizer.json",  "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-      "vocab.txt",       "vocab.json",            "merges.txt",              "tokenizer.model",
-      "spiece.model",    "sentencepiece.bpe.model", "chat_template.jinja",   "chat_template.json",
-  };
   for (const fs::path& d : {layout.model_dir, dir}) {
-    for (const char* name : kTokenizerFiles)
-      if (fs::is_regular_file(d / name))
-        layout.tokenizer_files.push_back((d == dir ? std::string() : prefix) + name);
+    layout.tokenizer_files = tokenizer_files_in(d, d == dir ? std::string() : prefix);
     if (!layout.tokenizer_files.empty()) {
       layout.tokenizer_dir = d;
       break;

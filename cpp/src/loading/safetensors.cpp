@@ -265,10 +265,15 @@ Checkpoint Checkpoint::open(const std::filesystem::path& file_or_dir) {
 
   if (fs::is_directory(file_or_dir, ec)) {
     const fs::path dir = file_or_dir;
+    // transformers' names, then diffusers' (a pipeline's unet/, vae/, transformer/ folders).
     if (fs::is_regular_file(dir / "model.safetensors.index.json", ec)) {
       index = dir / "model.safetensors.index.json";
+    } else if (fs::is_regular_file(dir / "diffusion_pytorch_model.safetensors.index.json", ec)) {
+      index = dir / "diffusion_pytorch_model.safetensors.index.json";
     } else if (fs::is_regular_file(dir / "model.safetensors", ec)) {
       files.push_back(dir / "model.safetensors");
+    } else if (fs::is_regular_file(dir / "diffusion_pytorch_model.safetensors", ec)) {
+      files.push_back(dir / "diffusion_pytorch_model.safetensors");
     } else {
       std::vector<fs::path> found, foreign;
       for (const auto& e : fs::directory_iterator(dir, ec)) {
@@ -292,8 +297,9 @@ Checkpoint Checkpoint::open(const std::filesystem::path& file_or_dir) {
                                   " is " + *unsupported_format_advice(foreign.front()));
       } else {
         invalid(dir.string(),
-                "has no weights: looked for model.safetensors.index.json, model.safetensors and "
-                "*.safetensors");
+                "has no weights: looked for model.safetensors.index.json, "
+                "diffusion_pytorch_model.safetensors.index.json, model.safetensors, "
+                "diffusion_pytorch_model.safetensors and *.safetensors");
       }
     }
   } else if (fs::is_regular_file(file_or_dir, ec)) {
@@ -378,8 +384,32 @@ std::optional<TensorRef> Checkpoint::find(std::string_view name) const {
 
 TensorRef Checkpoint::require(std::string_view name) const {
   if (auto ref = find(name)) return *ref;
-  throw Error(ErrorCode::kInvalidInput, "missing tensor \"" + std::string(name) +
-                                            "\": not found in " + searched_);
+  const std::string stored = prefix_.empty() ? "" : " (stored as \"" + prefix_ + std::string(name) + "\")";
+  throw Error(ErrorCode::kInvalidInput, "missing tensor \"" + std::string(name) + "\"" + stored +
+                                            ": not found in " + searched_);
+}
+
+Checkpoint Checkpoint::with_prefix(std::string_view prefix) const {
+  Checkpoint view;
+  view.prefix_ = prefix_ + std::string(prefix);
+  view.index_path_ = index_path_;
+  view.warnings_ = warnings_;
+  std::set<const SafetensorsFile*> used;
+  for (auto it = tensors_.lower_bound(prefix); it != tensors_.end(); ++it) {
+    const std::string_view name = it->first;
+    if (name.substr(0, prefix.size()) != prefix) break;  // sorted: the prefix's names are contiguous
+    if (name.size() == prefix.size()) continue;          // a tensor named exactly the prefix has no name under it
+    view.tensors_.emplace(std::string(name.substr(prefix.size())), it->second);
+    used.insert(it->second.file.get());
+  }
+  if (view.tensors_.empty())
+    throw Error(ErrorCode::kInvalidInput, searched_ + ": no tensor is stored under the prefix \"" +
+                                              view.prefix_ + "\"");
+  for (const auto& f : files_)
+    if (used.count(f.get())) view.files_.push_back(f);
+  for (const auto& f : view.files_) view.searched_ += (view.searched_.empty() ? "" : ", ") + f->path().string();
+  view.searched_ += " (tensors under \"" + view.prefix_ + "\")";
+  return view;
 }
 
 std::vector<std::string> Checkpoint::unexpected(const std::vector<std::string>& expected) const {
@@ -387,7 +417,7 @@ std::vector<std::string> Checkpoint::unexpected(const std::vector<std::string>& 
   std::vector<std::string> out;
   for (const auto& [name, ref] : tensors_)
     if (!wanted.count(name))
-      out.push_back(ref.file->path().string() + ": unexpected tensor \"" + name +
+      out.push_back(ref.file->path().string() + ": unexpected tensor \"" + prefix_ + name +
                     "\" is not used by the model and was not loaded");
   return out;
 }

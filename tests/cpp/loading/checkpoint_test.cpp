@@ -10,6 +10,7 @@
 namespace mpool::loading {
 namespace {
 
+using testing::float_tensors;
 using testing::safetensors_bytes;
 using testing::TempDir;
 using testing::write_file;
@@ -136,6 +137,41 @@ TEST(Checkpoint, DirectoryWithoutWeightsSaysWhatItLookedFor) {
   const std::string msg = message_of([&] { Checkpoint::open(dir.path()); });
   EXPECT_NE(msg.find("has no weights"), std::string::npos) << msg;
   EXPECT_NE(message_of([&] { Checkpoint::open(dir.path() / "nope"); }).find("no such file"), std::string::npos);
+}
+
+TEST(CheckpointWithPrefix, ViewsNameStoredTensorsInTheirMessagesAndCompose) {
+  TempDir dir;
+  write_file(dir.path() / "model.safetensors",
+             float_tensors({"text_model.encoder.layers.0.w", "text_model.embeddings.w", "vision_model.w"}));
+  const Checkpoint whole = Checkpoint::open(dir.path());
+  const Checkpoint text = whole.with_prefix("text_model.");
+  EXPECT_EQ(text.names(), (std::vector<std::string>{"embeddings.w", "encoder.layers.0.w"}));
+  EXPECT_EQ(text.files().size(), 1u);
+  EXPECT_FALSE(text.find("vision_model.w").has_value());
+  EXPECT_EQ(text.unexpected({"embeddings.w"}),
+            std::vector<std::string>{(dir.path() / "model.safetensors").string() +
+                                     ": unexpected tensor \"text_model.encoder.layers.0.w\" is not used by the model "
+                                     "and was not loaded"});
+  EXPECT_EQ(message_of([&] { text.require("pooler.w"); }),
+            "missing tensor \"pooler.w\" (stored as \"text_model.pooler.w\"): not found in " +
+                (dir.path() / "model.safetensors").string() + " (tensors under \"text_model.\")");
+  const Checkpoint encoder = text.with_prefix("encoder.");
+  EXPECT_EQ(encoder.prefix(), "text_model.encoder.");
+  EXPECT_EQ(encoder.names(), std::vector<std::string>{"layers.0.w"});
+  EXPECT_EQ(message_of([&] { whole.with_prefix("audio_model."); }),
+            (dir.path() / "model.safetensors").string() + ": no tensor is stored under the prefix \"audio_model.\"");
+}
+
+TEST(Checkpoint, DiffusersFolderOpensItsMainFileBesideAVariant) {
+  TempDir dir;
+  write_file(dir.path() / "diffusion_pytorch_model.safetensors", float_tensors({"conv_in.weight", "conv_out.weight"}));
+  write_file(dir.path() / "diffusion_pytorch_model.fp16.safetensors", float_tensors({"conv_in.weight"}));
+  EXPECT_EQ(Checkpoint::open(dir.path()).names(), (std::vector<std::string>{"conv_in.weight", "conv_out.weight"}));
+  write_file(dir.path() / "diffusion_pytorch_model.safetensors.index.json",
+             R"({"weight_map": {"conv_in.weight": "diffusion_pytorch_model.fp16.safetensors"}})");
+  const Checkpoint sharded = Checkpoint::open(dir.path());
+  EXPECT_EQ(sharded.index_path(), dir.path() / "diffusion_pytorch_model.safetensors.index.json");
+  EXPECT_EQ(sharded.names(), std::vector<std::string>{"conv_in.weight"});
 }
 
 }  // namespace

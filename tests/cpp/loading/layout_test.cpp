@@ -126,5 +126,37 @@ TEST(DescribeLayout, ShardedWeightsListTheirShards) {
   EXPECT_STREQ(weights_format_name(l.weights.format), "safetensors_sharded");
 }
 
+TEST(DescribeWeights, DiffusersNamesAndShardIndexes) {
+  TempDir dir;
+  const fs::path d = dir.path();
+  write_file(d / "unet" / "diffusion_pytorch_model.safetensors", "");
+  write_file(d / "unet" / "diffusion_pytorch_model.fp16.safetensors", "");
+  const WeightsLayout unet = describe_weights(d / "unet", "unet/");
+  EXPECT_EQ(unet.format, WeightsFormat::kSafetensors);
+  EXPECT_EQ(unet.files, std::vector<std::string>{"unet/diffusion_pytorch_model.safetensors"});
+  EXPECT_EQ(unet.other_files, std::vector<std::string>{"unet/diffusion_pytorch_model.fp16.safetensors"});
+  write_file(d / "vae" / "diffusion_pytorch_model.safetensors.index.json",
+             R"({"weight_map":{"a":"diffusion_pytorch_model-00002-of-00002.safetensors","b":"diffusion_pytorch_model-00001-of-00002.safetensors"}})");
+  const WeightsLayout vae = describe_weights(d / "vae", "vae/");
+  EXPECT_EQ(vae.format, WeightsFormat::kSafetensorsSharded);
+  EXPECT_EQ(*vae.index, "vae/diffusion_pytorch_model.safetensors.index.json");
+  EXPECT_EQ(vae.files, (std::vector<std::string>{"vae/diffusion_pytorch_model-00001-of-00002.safetensors",
+                                                 "vae/diffusion_pytorch_model-00002-of-00002.safetensors"}));
+  write_file(d / "vae" / "diffusion_pytorch_model.safetensors.index.json", R"({"weight_map":{"a":1}})");
+  EXPECT_EQ(message_of([&] { describe_weights(d / "vae"); }),
+            (d / "vae" / "diffusion_pytorch_model.safetensors.index.json").string() +
+                ": \"weight_map.a\" must be a string, got 1");
+}
+
+TEST(DescribeWeights, TokenizerFilesInAFolderKeepTheirFixedOrder) {
+  TempDir dir;
+  write_file(dir.path() / "merges.txt", "");
+  write_file(dir.path() / "vocab.json", "{}");
+  write_file(dir.path() / "tokenizer_config.json", "{}");
+  EXPECT_EQ(tokenizer_files_in(dir.path(), "tokenizer_2/"),
+            (std::vector<std::string>{"tokenizer_2/tokenizer_config.json", "tokenizer_2/vocab.json", "tokenizer_2/merges.txt"}));
+  EXPECT_TRUE(tokenizer_files_in(dir.path() / "absent").empty());
+}
+
 }  // namespace
 }  // namespace mpool::loading

@@ -47,4 +47,13 @@ inline std::string safetensors_bytes(const std::string& header, const std::strin
   return out + header + data;
 }
 
+/// A safetensors file image holding each of `names` as an F32 tensor of shape [2], zeros.
+inline std::string float_tensors(const std::vector<std::string>& names) {
+  std::string header = "{";
+  for (std::size_t i = 0; i < names.size(); ++i)
+    header += std::string(i ? "," : "") + "\"" + names[i] + "\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[" +
+              std::to_string(8 * i) + "," + std::to_string(8 * i + 8) + "]}";
+  return safetensors_bytes(header + "}", std::string(8 * names.size(), '\0'));
+}
+
 }  // namespace mpool::loading::testing

@@ -50,6 +50,16 @@ struct WeightsLayout {
   std::vector<std::string> other_files;
 };
 
+/// The weights of one model folder `dir`: transformers' file names (model.safetensors,
+/// its index, pytorch_model.bin, ...) and diffusers' (diffusion_pytorch_model.*);
+/// every path is `prefix` + the file name. A malformed shard index raises
+/// Error(kInvalidInput) naming it.
+WeightsLayout describe_weights(const std::filesystem::path& dir, const std::string& prefix = "");
+
+/// The tokenizer files present in `dir` (tokenizer.json, tokenizer_config.json,
+/// vocab.txt, vocab.json, merges.txt, spiece.model, ...), as `prefix` + name, in a fixed order.
+std::vector<std::string> tokenizer_files_in(const std::filesystem::path& dir, const std::string& prefix = "");
+
 /// One entry of modules.json.
 struct SentenceTransformersModule {
   /// Position in the pipeline.

@@ -122,6 +122,14 @@ class Checkpoint {
   const std::vector<std::string>& warnings() const noexcept { return warnings_; }
   /// The index file, when the checkpoint is sharded.
   const std::optional<std::filesystem::path>& index_path() const noexcept { return index_path_; }
+  /// The tensors stored under `prefix` ("text_model.", "first_stage_model."), named
+  /// without it: a component of a checkpoint that holds several. Only the files that
+  /// hold one of them are kept; warnings are the whole checkpoint's. Reads no tensor
+  /// data. Throws Error(kInvalidInput) naming the prefix and the files when no stored
+  /// name starts with it. Prefixes compose: a view's view adds its prefix to this one's.
+  Checkpoint with_prefix(std::string_view prefix) const;
+  /// What with_prefix() removed from every stored name ("" for a whole checkpoint).
+  const std::string& prefix() const noexcept { return prefix_; }
 
  private:
   std::vector<std::shared_ptr<const SafetensorsFile>> files_;
@@ -129,6 +137,7 @@ class Checkpoint {
   std::vector<std::string> warnings_;
   std::optional<std::filesystem::path> index_path_;
   std::string searched_;
+  std::string prefix_;
 };
 
 /// True for files training leaves beside a model that hold no model weights
