@@ -86,7 +86,7 @@ def probe_names() -> list[str]:
     return list(_core._probe_names())
 
 
-def probe(name: str, tensors: Mapping[str, Any] | None = None, **options: Any) -> dict[str, np.ndarray]:
+def probe(name: str, tensors: Mapping[str, Any] | None = None, /, **options: Any) -> dict[str, np.ndarray]:
     """Runs one native block or model on given inputs, for parity tests.
 
     ``tensors`` maps input names to arrays (integer arrays become int64, others

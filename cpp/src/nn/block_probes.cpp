@@ -38,7 +38,7 @@ void register_all() {
     const RopeConfig rope = read_rope_config(config, in.get<int64_t>("head_dim"),
                                              in.get<int64_t>("max_position_embeddings"));
     auto [inv, factor] = rope_inv_freq(rope, in.get_or<int64_t>("seq_len", 0));
-    return ProbeOutput{{"inv_freq", inv}, {"attention_factor", at::tensor(factor, at::kDouble)}};
+    return ProbeOutput{{"inv_freq", inv}, {"attention_factor", at::scalar_tensor(factor, at::kDouble)}};
   });
   register_probe("nn.rope_apply", [](const ProbeInput& in) {
     const RopeLayout layout = layout_of(in);

@@ -1,0 +1,488 @@
+"""The shared neural layer (mpool_nn), block by block, against the code it reproduces.
+
+Each test runs one native block through a probe (mpool.testing.probe) and compares
+it with its transformers / torch counterpart at 1e-5 relative in float32. Where
+the counterpart is not a public function (interleaved rotation, masked attention
+with GQA), the reference is a few lines of plain torch written from the published
+architecture, and the test says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.torch import save_file
+from transformers.activations import ACT2FN
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+import mpool
+import mpool.testing
+
+REL = 1e-5
+
+
+def rel_err(ours: np.ndarray, ref: Any) -> float:
+    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    scale = max(float(np.abs(ref).max()), 1e-30)
+    return float(np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max()) / scale
+
+
+def config_json(config: transformers.PretrainedConfig) -> dict[str, Any]:
+    return json.loads(config.to_json_string())
+
+
+# --- RoPE: every rope type against transformers' rope init functions -----------------
+
+ROPE_CASES: dict[str, tuple[str, dict[str, Any], int]] = {
+    # name -> (config class, config kwargs, seq_len)
+    "default": ("LlamaConfig", dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0}), 0),
+    "default_partial": (
+        "PhiConfig",
+        dict(partial_rotary_factor=0.5, rope_parameters={"rope_type": "default", "rope_theta": 500.0}),
+        0,
+    ),
+    "linear": ("LlamaConfig", dict(rope_parameters={"rope_type": "linear", "factor": 3.0, "rope_theta": 10000.0}), 0),
+    "dynamic_within": (
+        "LlamaConfig",
+        dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}),
+        100,
+    ),
+    "dynamic_beyond": (
+        "LlamaConfig",
+        dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}),
+        200,
+    ),
+    "llama3": (
+        "LlamaConfig",
+        dict(
+            rope_parameters={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+                "rope_theta": 500000.0,
+            }
+        ),
+        0,
+    ),
+    "yarn": (
+        "LlamaConfig",
+        dict(
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 32,
+                "rope_theta": 10000.0,
+            }
+        ),
+        0,
+    ),
+    "yarn_betas_untruncated": (
+        "LlamaConfig",
+        dict(
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 8.0,
+                "original_max_position_embeddings": 16,
+                "beta_fast": 8.0,
+                "beta_slow": 0.5,
+                "truncate": False,
+                "rope_theta": 50000.0,
+            }
+        ),
+        0,
+    ),
+    "yarn_mscale": (
+        "LlamaConfig",
+        dict(
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 40.0,
+                "original_max_position_embeddings": 4,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.8,
+                "rope_theta": 10000.0,
+            }
+        ),
+        0,
+    ),
+    "yarn_explicit_attention_factor": (
+        "LlamaConfig",
+        dict(
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 2.0,
+                "attention_factor": 0.75,
+                "original_max_position_embeddings": 64,
+                "rope_theta": 10000.0,
+            }
+        ),
+        0,
+    ),
+    "longrope_short": (
+        "Phi3Config",
+        dict(
+            original_max_position_embeddings=32,
+            rope_parameters={
+                "rope_type": "longrope",
+                "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5],
+                "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 12.0, 16.0],
+                "rope_theta": 10000.0,
+            },
+        ),
+        20,
+    ),
+    "longrope_long": (
+        "Phi3Config",
+        dict(
+            original_max_position_embeddings=32,
+            rope_parameters={
+                "rope_type": "longrope",
+                "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5],
+                "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 12.0, 16.0],
+                "rope_theta": 10000.0,
+            },
+        ),
+        100,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROPE_CASES))
+def test_rope_inv_freq_and_attention_factor_match_transformers_init_functions(case: str) -> None:
+    cls, kwargs, seq_len = ROPE_CASES[case]
+    config = getattr(transformers, cls)(hidden_size=64, num_attention_heads=4, max_position_embeddings=128, **kwargs)
+    rope_type = config.rope_parameters["rope_type"]
+    if rope_type == "default":
+        # The default init is each model's own static method; Phi's honours partial_rotary_factor.
+        from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
+
+        rotary = PhiRotaryEmbedding if cls == "PhiConfig" else LlamaRotaryEmbedding
+        ref_inv, ref_factor = rotary.compute_default_rope_parameters(config)
+    else:
+        ref_inv, ref_factor = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu", seq_len=seq_len or None)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    out = mpool.testing.probe(
+        "nn.rope_inv_freq",
+        config=config_json(config),
+        head_dim=head_dim,
+        max_position_embeddings=config.max_position_embeddings,
+        seq_len=seq_len,
+    )
+    assert rel_err(out["inv_freq"], ref_inv) <= REL
+    assert float(out["attention_factor"]) == pytest.approx(ref_factor, rel=1e-12)
+
+
+def test_rope_rotate_half_matches_transformers_apply_rotary_pos_emb() -> None:
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 9, 16)
+    inv = 1.0 / (10000 ** (torch.arange(0, 16, 2).float() / 16))
+    positions = torch.arange(3, 12).float()
+    freqs = torch.outer(positions, inv)
+    emb = torch.cat([freqs, freqs], -1)
+    ref, _ = apply_rotary_pos_emb(q, q, emb.cos()[None], emb.sin()[None])
+    out = mpool.testing.probe(
+        "nn.rope_apply", {"x": q.numpy(), "positions": positions.numpy(), "inv_freq": inv.numpy()}, layout="rotate_half"
+    )
+    assert rel_err(out["out"], ref) <= REL
+
+
+def test_rope_partial_rotation_leaves_the_rest_of_each_head_unchanged() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(1, 2, 5, 16)
+    inv = 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8))  # rotates 8 of 16 dimensions
+    positions = torch.arange(5).float()
+    freqs = torch.outer(positions, inv)
+    emb = torch.cat([freqs, freqs], -1)
+    rot, _ = apply_rotary_pos_emb(x[..., :8], x[..., :8], emb.cos()[None], emb.sin()[None])
+    ref = torch.cat([rot, x[..., 8:]], -1)
+    out = mpool.testing.probe("nn.rope_apply", {"x": x.numpy(), "positions": positions.numpy(), "inv_freq": inv.numpy()})
+    assert rel_err(out["out"], ref) <= REL
+
+
+def test_rope_interleaved_matches_a_plain_torch_rotate_every_two_reference() -> None:
+    # Reference written from GPT-J's published rotation: pairs (2i, 2i+1) rotate together.
+    torch.manual_seed(2)
+    x = torch.randn(1, 3, 7, 12)
+    inv = 1.0 / (10000 ** (torch.arange(0, 12, 2).float() / 12))
+    positions = torch.arange(7).float()
+    angle = torch.outer(positions, inv)  # (n, 6)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    ref = torch.stack([x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos()], -1).flatten(-2)
+    out = mpool.testing.probe(
+        "nn.rope_apply", {"x": x.numpy(), "positions": positions.numpy(), "inv_freq": inv.numpy()}, layout="interleaved"
+    )
+    assert rel_err(out["out"], ref) <= REL
+
+
+def test_multi_axis_rope_matches_diffusers_flux_position_embedding() -> None:
+    from diffusers.models.embeddings import apply_rotary_emb
+    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+
+    torch.manual_seed(3)
+    axes = [4, 6, 6]
+    ids = torch.cat([torch.zeros(5, 1), torch.randint(0, 9, (5, 2)).float()], 1)
+    cos, sin = FluxPosEmbed(theta=10000, axes_dim=axes)(ids)
+    x = torch.randn(1, 2, 5, sum(axes))
+    ref = apply_rotary_emb(x, (cos, sin))
+    out = mpool.testing.probe(
+        "nn.multi_axis_rope", {"positions": ids.numpy(), "x": x.numpy()}, axes_dims=axes, theta=10000.0
+    )
+    assert rel_err(out["cos"], cos) <= REL and rel_err(out["sin"], sin) <= REL
+    assert rel_err(out["out"], ref) <= REL
+
+
+def test_unsupported_rope_type_names_the_type_and_the_supported_ones() -> None:
+    config = {"model_type": "llama", "rope_parameters": {"rope_type": "proportional", "rope_theta": 1e4}}
+    with pytest.raises(mpool.InvalidInput, match="rope type 'proportional' is not supported .*yarn"):
+        mpool.testing.probe("nn.rope_inv_freq", config=config, head_dim=16, max_position_embeddings=64)
+
+
+# --- norms and activations -------------------------------------------------------
+
+
+def test_rms_norm_matches_transformers_in_float32() -> None:
+    torch.manual_seed(4)
+    norm = LlamaRMSNorm(24, eps=1e-6)
+    norm.weight.data = torch.randn(24)
+    x = torch.randn(3, 5, 24) * 4
+    out = mpool.testing.probe("nn.rms_norm", {"x": x.numpy(), "weight": norm.weight.detach().numpy()}, eps=1e-6)
+    assert rel_err(out["out"], norm(x)) <= REL
+
+
+def test_unit_offset_rms_norm_matches_gemma() -> None:
+    torch.manual_seed(5)
+    norm = GemmaRMSNorm(24, eps=1e-6)
+    norm.weight.data = torch.randn(24) * 0.1
+    x = torch.randn(2, 7, 24)
+    out = mpool.testing.probe(
+        "nn.rms_norm", {"x": x.numpy(), "weight": norm.weight.detach().numpy()}, eps=1e-6, unit_offset=True
+    )
+    assert rel_err(out["out"], norm(x)) <= REL
+
+
+def test_layer_norm_with_and_without_bias_matches_torch() -> None:
+    torch.manual_seed(6)
+    x = torch.randn(4, 10)
+    w, b = torch.randn(10), torch.randn(10)
+    out = mpool.testing.probe("nn.layer_norm", {"x": x.numpy(), "weight": w.numpy(), "bias": b.numpy()}, eps=1e-5)
+    assert rel_err(out["out"], torch.nn.functional.layer_norm(x, (10,), w, b, 1e-5)) <= REL
+    out = mpool.testing.probe("nn.layer_norm", {"x": x.numpy(), "weight": w.numpy()}, eps=1e-5)
+    assert rel_err(out["out"], torch.nn.functional.layer_norm(x, (10,), w, None, 1e-5)) <= REL
+
+
+@pytest.mark.parametrize("groups", [1, 4, 32])
+def test_group_norm_matches_torch(tmp_path: Path, groups: int) -> None:
+    torch.manual_seed(7)
+    norm = torch.nn.GroupNorm(groups, 64, eps=1e-6)
+    norm.weight.data, norm.bias.data = torch.randn(64), torch.randn(64)
+    save_file({k: v.contiguous() for k, v in {"norm.weight": norm.weight, "norm.bias": norm.bias}.items()},
+              tmp_path / "w.safetensors")
+    x = torch.randn(2, 64, 5, 3)
+    out = mpool.testing.probe(
+        "nn.group_norm", {"x": x.numpy()}, checkpoint=str(tmp_path / "w.safetensors"), name="norm", groups=groups,
+        eps=1e-6,
+    )
+    assert rel_err(out["out"], norm(x)) <= REL
+
+
+def test_group_norm_refuses_channels_that_do_not_split_into_groups(tmp_path: Path) -> None:
+    save_file({"norm.weight": torch.ones(10), "norm.bias": torch.zeros(10)}, tmp_path / "w.safetensors")
+    with pytest.raises(mpool.InvalidInput, match="norm: 10 channels do not split into 4 groups"):
+        mpool.testing.probe(
+            "nn.group_norm", {"x": np.zeros((1, 10, 2, 2), np.float32)}, checkpoint=str(tmp_path / "w.safetensors"),
+            name="norm", groups=4, eps=1e-6,
+        )
+
+
+@pytest.mark.parametrize(
+    "name", ["gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish"]
+)
+def test_activation_matches_transformers_act2fn(name: str) -> None:
+    x = torch.linspace(-6, 6, 301)
+    out = mpool.testing.probe("nn.activation", {"x": x.numpy()}, name=name)
+    assert rel_err(out["out"], ACT2FN[name](x)) <= REL
+
+
+def test_unknown_activation_names_itself_and_the_supported_ones() -> None:
+    with pytest.raises(mpool.InvalidInput, match="activation 'mish' is not supported \\(gelu"):
+        mpool.testing.probe("nn.activation", {"x": np.zeros(3, np.float32)}, name="mish")
+
+
+# --- MLPs ------------------------------------------------------------------------
+
+
+def save_module(module: torch.nn.Module, path: Path, prefix: str = "") -> str:
+    save_file({prefix + k: v.detach().contiguous() for k, v in module.state_dict().items()}, path)
+    return str(path)
+
+
+def test_gated_mlp_matches_transformers_llama_mlp(tmp_path: Path) -> None:
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    torch.manual_seed(8)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=80, mlp_bias=True, hidden_act="silu")
+    mlp = LlamaMLP(config).eval()
+    x = torch.randn(2, 6, 32)
+    out = mpool.testing.probe(
+        "nn.mlp", {"x": x.numpy()}, checkpoint=save_module(mlp, tmp_path / "m.safetensors", "mlp."), prefix="mlp",
+        hidden=32, inner=80, act="silu", gated=True, bias=True,
+    )
+    assert rel_err(out["out"], mlp(x)) <= REL
+
+
+def test_plain_mlp_matches_transformers_clip_mlp(tmp_path: Path) -> None:
+    from transformers.models.clip.modeling_clip import CLIPMLP
+
+    torch.manual_seed(9)
+    config = transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, hidden_act="quick_gelu"
+    )
+    mlp = CLIPMLP(config).eval()
+    x = torch.randn(3, 32)
+    out = mpool.testing.probe(
+        "nn.mlp", {"x": x.numpy()}, checkpoint=save_module(mlp, tmp_path / "m.safetensors"), hidden=32, inner=64,
+        act="quick_gelu", gated=False, bias=True, up="fc1", down="fc2",
+    )
+    assert rel_err(out["out"], mlp(x)) <= REL
+
+
+def test_mlp_weight_of_the_wrong_shape_names_the_tensor(tmp_path: Path) -> None:
+    save_file({"up_proj.weight": torch.zeros(8, 4), "down_proj.weight": torch.zeros(4, 9)}, tmp_path / "m.safetensors")
+    with pytest.raises(mpool.InvalidInput, match="tensor 'down_proj.weight' has shape \\[4, 9\\]"):
+        mpool.testing.probe(
+            "nn.mlp", {"x": np.zeros((1, 4), np.float32)}, checkpoint=str(tmp_path / "m.safetensors"), hidden=4,
+            inner=8, act="gelu", gated=False, bias=False,
+        )
+
+
+# --- attention -------------------------------------------------------------------
+
+
+class RefAttention(torch.nn.Module):
+    """Plain-torch multi-head attention written from the published architecture:
+    projections, optional per-head RMSNorm on q and k, grouped-query heads
+    (each key/value head serves heads / kv_heads query heads), softmax(q k^T /
+    sqrt(d) + mask) v, output projection."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, kv_input: int | None = None,
+                 bias: bool = False, qk_norm: bool = False) -> None:
+        super().__init__()
+        kv_in = kv_input or hidden
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q_proj = torch.nn.Linear(hidden, heads * head_dim, bias=bias)
+        self.k_proj = torch.nn.Linear(kv_in, kv_heads * head_dim, bias=bias)
+        self.v_proj = torch.nn.Linear(kv_in, kv_heads * head_dim, bias=bias)
+        self.o_proj = torch.nn.Linear(heads * head_dim, hidden, bias=bias)
+        self.q_norm = LlamaRMSNorm(head_dim, 1e-6) if qk_norm else None
+        self.k_norm = LlamaRMSNorm(head_dim, 1e-6) if qk_norm else None
+        if qk_norm:
+            self.q_norm.weight.data = torch.randn(head_dim)
+            self.k_norm.weight.data = torch.randn(head_dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                additive: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, _ = x.shape
+        kv = x if context is None else context
+        q = self.q_proj(x).view(b, n, self.heads, self.head_dim)
+        k = self.k_proj(kv).view(b, kv.shape[1], self.kv_heads, self.head_dim)
+        v = self.v_proj(kv).view(b, kv.shape[1], self.kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        group = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+        scores = q @ k.transpose(-1, -2) / self.head_dim**0.5
+        if additive is not None:
+            scores = scores + additive
+        out = scores.softmax(-1) @ v
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def additive_from(keep: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+
+
+def test_causal_gqa_attention_with_qk_norm_and_padding_matches_the_reference(tmp_path: Path) -> None:
+    torch.manual_seed(10)
+    ref = RefAttention(32, heads=4, kv_heads=2, head_dim=8, bias=True, qk_norm=True).eval()
+    x = torch.randn(2, 6, 32)
+    key_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    n = 6
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    keep = causal[None, None] & key_mask.bool()[:, None, None, :]
+    expected = ref(x, additive=additive_from(keep))
+    out = mpool.testing.probe(
+        "nn.attention", {"x": x.numpy(), "key_mask": key_mask.numpy()},
+        checkpoint=save_module(ref, tmp_path / "a.safetensors"), hidden=32, heads=4, kv_heads=2, head_dim=8,
+        qkv_bias=True, o_bias=True, qk_norm_eps=1e-6, causal=True,
+    )["out"]
+    valid = key_mask.bool().numpy()  # padded queries are not compared
+    assert rel_err(out[valid], expected.detach().numpy()[valid]) <= REL
+
+
+def test_sliding_window_attention_sees_only_the_window(tmp_path: Path) -> None:
+    torch.manual_seed(11)
+    ref = RefAttention(16, heads=2, kv_heads=2, head_dim=8).eval()
+    x = torch.randn(1, 9, 16)
+    q = torch.arange(9)[:, None]
+    k = torch.arange(9)[None, :]
+    keep = (k <= q) & (k > q - 3)
+    out = mpool.testing.probe(
+        "nn.attention", {"x": x.numpy()}, checkpoint=save_module(ref, tmp_path / "a.safetensors"), hidden=16, heads=2,
+        head_dim=8, causal=True, window=3,
+    )["out"]
+    assert rel_err(out, ref(x, additive=additive_from(keep)[None, None])) <= REL
+
+
+def test_cross_attention_takes_keys_and_values_from_the_context(tmp_path: Path) -> None:
+    torch.manual_seed(12)
+    ref = RefAttention(16, heads=2, kv_heads=2, head_dim=8, kv_input=24, bias=True).eval()
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 7, 24)
+    out = mpool.testing.probe(
+        "nn.attention", {"x": x.numpy(), "context": ctx.numpy()}, checkpoint=save_module(ref, tmp_path / "a.safetensors"),
+        hidden=16, heads=2, head_dim=8, kv_input=24, qkv_bias=True, o_bias=True,
+    )["out"]
+    assert rel_err(out, ref(x, context=ctx)) <= REL
+
+
+def test_additive_bias_adds_to_the_scores_with_the_causal_mask(tmp_path: Path) -> None:
+    # An ALiBi-style bias: slope x distance per head, on top of the causal mask.
+    torch.manual_seed(13)
+    ref = RefAttention(16, heads=2, kv_heads=1, head_dim=8).eval()
+    x = torch.randn(1, 6, 16)
+    distance = (torch.arange(6)[None, :] - torch.arange(6)[:, None]).float()
+    bias = torch.stack([0.5 * distance, 0.25 * distance])[None]  # (1, heads, n, t)
+    keep = torch.ones(6, 6, dtype=torch.bool).tril()
+    out = mpool.testing.probe(
+        "nn.attention", {"x": x.numpy(), "bias": bias.numpy()}, checkpoint=save_module(ref, tmp_path / "a.safetensors"),
+        hidden=16, heads=2, kv_heads=1, head_dim=8, causal=True,
+    )["out"]
+    assert rel_err(out, ref(x, additive=additive_from(keep)[None, None] + bias)) <= REL
+
+
+def test_missing_attention_weight_names_the_full_tensor_name(tmp_path: Path) -> None:
+    ref = RefAttention(16, heads=2, kv_heads=2, head_dim=8)
+    weights = {"blk." + k: v.detach().contiguous() for k, v in ref.state_dict().items() if not k.startswith("v_proj")}
+    save_file(weights, tmp_path / "a.safetensors")
+    with pytest.raises(mpool.InvalidInput, match="checkpoint has no tensor 'blk.v_proj.weight'"):
+        mpool.testing.probe(
+            "nn.attention", {"x": np.zeros((1, 2, 16), np.float32)}, checkpoint=str(tmp_path / "a.safetensors"),
+            prefix="blk", hidden=16, heads=2, head_dim=8,
+        )
+
+
+def test_probe_with_an_unknown_name_lists_the_known_ones() -> None:
+    assert "nn.attention" in mpool.testing.probe_names()
+    with pytest.raises(mpool.InvalidInput, match="no probe named 'nn.nothing' \\(known: .*nn.attention"):
+        mpool.testing.probe("nn.nothing")
