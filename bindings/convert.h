@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "mpool/capabilities/types.h"
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::bindings {
 

@@ -2,7 +2,7 @@
 #include <Python.h>
 
 #include "module.h"
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace py = pybind11;
 

@@ -4,7 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "module.h"
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/inspect.h"
 #include "mpool/loading/tensors.h"

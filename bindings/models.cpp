@@ -5,7 +5,7 @@
 
 #include "convert.h"
 #include "module.h"
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/models/families.h"
 #include "mpool/nn/probe.h"
 

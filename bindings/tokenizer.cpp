@@ -6,7 +6,7 @@
 
 #include "module.h"
 #include "mpool/loading/layout.h"
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/tokenizer/tokenizer.h"
 
 namespace py = pybind11;

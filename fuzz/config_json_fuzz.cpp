@@ -19,7 +19,7 @@
 #include <limits>
 #include <string_view>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/json.h"
 #include "models/bert/config.h"

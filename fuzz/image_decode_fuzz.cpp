@@ -13,7 +13,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/imageio/decode.h"
 
 namespace {

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

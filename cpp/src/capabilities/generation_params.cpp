@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <limits>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::capabilities {
 namespace {

@@ -7,7 +7,7 @@
 #include <memory>
 #include <mutex>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/imageio/decode.h"
 
 namespace mpool::capabilities {

@@ -5,7 +5,7 @@
 #include <mutex>
 
 #include "mpool/core/clock.h"
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::core::faults {
 namespace {

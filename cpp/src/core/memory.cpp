@@ -9,7 +9,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::core {
 namespace {

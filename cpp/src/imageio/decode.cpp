@@ -9,7 +9,7 @@
 #include <climits>
 #include <cstring>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 // stb_image, compiled here with internal linkage (no symbol can clash with another
 // copy in the process) and only the formats mpool documents. Built as part of

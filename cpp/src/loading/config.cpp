@@ -3,7 +3,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::loading {
 namespace {

@@ -3,7 +3,7 @@
 #include <initializer_list>
 #include <set>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/safetensors.h"
 
 namespace mpool::loading {

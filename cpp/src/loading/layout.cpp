@@ -6,7 +6,7 @@
 #include <initializer_list>
 #include <set>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/json.h"
 #include "mpool/loading/safetensors.h"
 

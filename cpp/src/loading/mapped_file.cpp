@@ -9,7 +9,7 @@
 #include <cstring>
 #include <string>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::loading {
 namespace {

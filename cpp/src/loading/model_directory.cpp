@@ -4,7 +4,7 @@
 #include <cmath>
 #include <set>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::loading {
 namespace {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <mutex>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::loading {
 

@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/json.h"
 
 namespace mpool::loading {

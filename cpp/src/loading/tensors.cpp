@@ -6,7 +6,7 @@
 
 #include <tbb/parallel_for.h>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::loading {
 namespace {

@@ -3,7 +3,7 @@
 #include <map>
 #include <mutex>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/registry.h"
 #include "mpool/nn/probe.h"
 

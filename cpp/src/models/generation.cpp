@@ -9,7 +9,7 @@
 #include <sstream>
 #include <unordered_set>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::models {
 

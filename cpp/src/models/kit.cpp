@@ -1,6 +1,6 @@
 #include "mpool/models/kit.h"
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/tensors.h"
 
 namespace mpool::models::kit {

@@ -2,7 +2,7 @@
 
 #include <sstream>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::models {
 

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <numeric>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/config.h"
 
 namespace mpool::models {

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/models/generation.h"
 
 namespace mpool::models {

@@ -2,7 +2,7 @@
 
 #include <limits>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::nn {
 

@@ -4,7 +4,7 @@
 // wrote ("checkpoint", with an optional "prefix").
 #include <mutex>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/json.h"
 #include "mpool/nn/attention.h"
 #include "mpool/nn/mlp.h"

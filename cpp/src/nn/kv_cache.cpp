@@ -1,6 +1,6 @@
 #include "mpool/nn/kv_cache.h"
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::nn {
 

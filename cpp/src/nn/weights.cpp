@@ -3,7 +3,7 @@
 #include <mutex>
 #include <set>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/tensors.h"
 
 namespace mpool::nn {

@@ -1,4 +1,4 @@
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/tokenizer/components.h"
 
 namespace mpool::tokenizer {

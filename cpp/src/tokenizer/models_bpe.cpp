@@ -3,7 +3,7 @@
 #include <mutex>
 #include <queue>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "vocab.h"
 
 namespace mpool::tokenizer {

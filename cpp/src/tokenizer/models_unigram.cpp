@@ -4,7 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "vocab.h"
 
 namespace mpool::tokenizer {

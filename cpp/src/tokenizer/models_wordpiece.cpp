@@ -1,5 +1,5 @@
 // WordPiece: greedy longest-match-first subwords.
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "vocab.h"
 
 namespace mpool::tokenizer {

@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::tokenizer {
 

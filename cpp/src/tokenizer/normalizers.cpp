@@ -1,7 +1,7 @@
 // Normalizers of tokenizer.json.
 #include <cstring>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/tokenizer/components.h"
 
 namespace mpool::tokenizer {

@@ -1,5 +1,5 @@
 // Post-processors of tokenizer.json: special tokens, type ids, offset trimming.
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/tokenizer/components.h"
 
 namespace mpool::tokenizer {

@@ -1,5 +1,5 @@
 // Pre-tokenizers of tokenizer.json.
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/tokenizer/components.h"
 
 namespace mpool::tokenizer {

@@ -8,7 +8,7 @@
 #include <sstream>
 #include <thread>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/tokenizer/components.h"
 
 namespace mpool::tokenizer {

@@ -15,7 +15,7 @@
 
 #include <gtest/gtest.h>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/imageio/decode.h"
 
 namespace mpool::imageio {

@@ -3,7 +3,7 @@
 #include <cstring>
 #include <functional>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/safetensors.h"
 #include "test_util.h"
 

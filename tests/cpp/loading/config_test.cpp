@@ -2,7 +2,7 @@
 
 #include <functional>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/config.h"
 #include "test_util.h"
 

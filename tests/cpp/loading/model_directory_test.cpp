@@ -3,7 +3,7 @@
 #include <functional>
 #include <map>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/inspect.h"
 #include "mpool/loading/model_directory.h"
 #include "test_util.h"

@@ -3,7 +3,7 @@
 #include <atomic>
 #include <thread>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/inspect.h"
 #include "mpool/loading/registry.h"
 #include "test_util.h"

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/safetensors.h"
 #include "test_util.h"
 

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/json.h"
 #include "models/bert/config.h"

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 using mpool::Error;
 using mpool::ErrorCode;

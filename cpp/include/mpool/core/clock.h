@@ -8,7 +8,7 @@
 #include <cmath>
 #include <string>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::core {
 

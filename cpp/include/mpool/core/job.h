@@ -5,7 +5,7 @@
 #include <string_view>
 #include <vector>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/core/instance.h"
 #include "mpool/core/request.h"
 

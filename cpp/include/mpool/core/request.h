@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "mpool/core/clock.h"
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::core {
 

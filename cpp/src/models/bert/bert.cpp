@@ -1,6 +1,6 @@
 #include "models/bert/bert.h"
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 
 namespace mpool::models::bert {
 

@@ -7,7 +7,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "models/bert/bert.h"
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/models/families.h"
 #include "mpool/models/kit.h"
 #include "mpool/models/sentence_embedder.h"

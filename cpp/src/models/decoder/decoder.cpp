@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <map>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/nn/kernels.h"
 
 namespace mpool::models::decoder {

@@ -6,7 +6,7 @@
 #include <filesystem>
 
 #include "models/decoder/decoder.h"
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/loading/tensors.h"
 #include "mpool/models/families.h"
 #include "mpool/models/kit.h"
