@@ -13,6 +13,9 @@
 #include "mpool/nn/rope.h"
 
 namespace mpool::nn {
+
+void register_position_and_conv_probes();  // block_probes_positions_conv.cpp
+
 namespace {
 
 Weights probe_weights(const ProbeInput& in) {
@@ -122,7 +125,7 @@ void register_all() {
 
 void register_block_probes() {
   static std::once_flag once;
-  std::call_once(once, register_all);
+  std::call_once(once, [] { register_all(); register_position_and_conv_probes(); });
 }
 
 }  // namespace mpool::nn
