@@ -13,9 +13,6 @@
 #include "mpool/nn/rope.h"
 
 namespace mpool::nn {
-
-void register_position_and_conv_probes();  // block_probes_positions_conv.cpp
-
 namespace {
 
 Weights probe_weights(const ProbeInput& in) {

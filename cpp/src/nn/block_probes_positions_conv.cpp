@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/nn/conv.h"
 #include "mpool/nn/positions.h"
 #include "mpool/nn/probe.h"

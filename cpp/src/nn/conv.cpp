@@ -1,6 +1,6 @@
 #include "mpool/nn/conv.h"
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/nn/mlp.h"
 
 namespace mpool::nn {

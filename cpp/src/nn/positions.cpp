@@ -3,7 +3,7 @@
 #include <cmath>
 #include <string>
 
-#include "mpool/core/error.h"
+#include "mpool/base/error.h"
 #include "mpool/nn/mlp.h"
 
 namespace mpool::nn {

@@ -55,5 +55,7 @@ std::vector<std::string> probe_names();
 
 /// Registers the probes of the nn blocks (idempotent).
 void register_block_probes();
+/// The position and convolution blocks' part of it (block_probes_positions_conv.cpp).
+void register_position_and_conv_probes();
 
 }  // namespace mpool::nn
