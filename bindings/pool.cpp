@@ -227,6 +227,7 @@ void register_pool(py::module_& m) {
       .def_readwrite("keep_alive", &core::ModelSpec::keep_alive_s)
       .def_readwrite("pinned", &core::ModelSpec::pinned)
       .def_readwrite("batch_budget", &core::ModelSpec::batch_budget)
+      .def_readwrite("defaults", &core::ModelSpec::defaults)
       .def("copy", [](const core::ModelSpec& spec) { return core::ModelSpec(spec); },
            "A copy to change without touching this spec (the loader is shared).");
 

@@ -151,6 +151,29 @@ class ImageSettings(NamedTuple):
     strength: float
 
 
+IMAGE_DEFAULTS: dict[str, float] = {"width": 512, "height": 512, "steps": 20, "guidance_scale": 7.0, "strength": 0.8}
+"""What ``generate_image`` uses for a setting that neither the request nor the model sets."""
+
+
+def image_defaults(defaults: Any) -> dict[str, float]:
+    """A text_to_image model's own defaults (``PyModel(defaults=...)``), checked like the request settings."""
+    if defaults is None:
+        return {}
+    if not isinstance(defaults, Mapping):
+        raise InvalidInput(f"defaults must be a mapping of setting to number, got {type(defaults).__name__}")
+    unknown = sorted(str(k) for k in defaults if k not in IMAGE_DEFAULTS)
+    if unknown:
+        raise InvalidInput(f"defaults has unknown settings {unknown}; known: {', '.join(IMAGE_DEFAULTS)}")
+    checks = {
+        "width": lambda x: v.int_in("defaults['width']", x, 1, MAX_IMAGE_SIDE),
+        "height": lambda x: v.int_in("defaults['height']", x, 1, MAX_IMAGE_SIDE),
+        "steps": lambda x: v.int_in("defaults['steps']", x, 1, MAX_IMAGE_STEPS),
+        "guidance_scale": lambda x: v.finite("defaults['guidance_scale']", x, lo=0),
+        "strength": lambda x: v.finite("defaults['strength']", x, lo=0, hi=1),
+    }
+    return {k: float(checks[k](x)) for k, x in defaults.items()}
+
+
 def image_settings(
     prompt: Any,
     *,
@@ -161,8 +184,19 @@ def image_settings(
     negative_prompt: Any,
     seed: Any,
     strength: Any,
+    model_defaults: Mapping[str, float] | None = None,
 ) -> ImageSettings:
-    """The settings of ``generate_image``."""
+    """The settings of ``generate_image``; a setting left None takes ``model_defaults``, then IMAGE_DEFAULTS."""
+    chosen = {**IMAGE_DEFAULTS, **(model_defaults or {})}
+
+    def pick(name: str, value: Any) -> Any:
+        if value is not None:
+            return value
+        x = chosen[name]
+        return int(x) if name in ("width", "height", "steps") else x
+
+    width, height, steps = pick("width", width), pick("height", height), pick("steps", steps)
+    guidance_scale, strength = pick("guidance_scale", guidance_scale), pick("strength", strength)
     return ImageSettings(
         prompt=v.text("prompt", prompt, allow_empty=False),
         width=v.int_in("width", width, 1, MAX_IMAGE_SIDE),

@@ -9,6 +9,7 @@ from typing import Any
 
 from . import _core
 from . import _validate as v
+from ._params import image_defaults
 from .errors import InvalidInput
 
 CAPABILITIES = ("text_embedding", "text_to_text", "image_embedding", "vision", "text_to_image")
@@ -73,7 +74,9 @@ class PyModel(Model):
     - image_embedding: ``embed_images(list of HWC uint8 arrays) -> array (n, d)``
     - vision: ``describe(image, query, params) -> iterable like generate``
     - text_to_image: ``generate_image(prompt, config, progress) -> PIL image or HWC uint8 array``,
-      calling ``progress(step, total, preview=None)`` each step.
+      calling ``progress(step, total, preview=None)`` each step. ``defaults`` (for
+      example ``{"steps": 4, "width": 1024, "height": 1024, "guidance_scale": 0.0}``)
+      are the model's own values for the settings a request leaves unset.
 
     Replicas take the GIL only while they call into Python. Embedding requests
     that queue up while a replica is busy are merged into one ``embed`` /
@@ -91,6 +94,7 @@ class PyModel(Model):
         keep_alive: float | None = None,
         pinned: bool = False,
         batch_budget: int = 8192,
+        defaults: Mapping[str, float] | None = None,
     ) -> None:
         caps = _check_capabilities(capability)
         if not callable(loader):
@@ -107,6 +111,10 @@ class PyModel(Model):
                 v.int_in("batch_budget", batch_budget, 0, v.INT32_MAX),
             )
         )
+        if defaults is not None:
+            if "text_to_image" not in caps:
+                raise InvalidInput("defaults apply to text_to_image models (steps, width, height, guidance_scale, strength)")
+            self._spec.defaults = image_defaults(defaults)
         self.protocol = {c: _PROTOCOL[c] for c in caps}
 
 

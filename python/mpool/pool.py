@@ -131,6 +131,7 @@ class Pool:
         self._native: Any = native  # Any: a _ForkedNative in a fork()ed child
         # Chat templates by key: the model directory until first use, then the template.
         self._chat_sources: dict[str, str | ChatTemplate | None] = {}
+        self._defaults: dict[str, dict[str, float]] = {}  # each model's own request defaults
         _LIVE_POOLS.add(self)
 
     def _abandon_after_fork(self) -> None:
@@ -165,13 +166,15 @@ class Pool:
         device: str | None = None,
         dtype: str | None = None,
         context_length: int | None = None,
+        options: Mapping[str, bool | int | float | str] | None = None,
     ) -> dict[str, Any]:
         """Registers ``model`` under ``key``. Nothing loads until its first request.
 
         ``model`` is a Python-defined model (``mpool.PyModel``), or a path / cached repo
         id of a native model, whose family and capability are detected from its files
         (``dtype``, ``device`` and, for decoders, ``context_length`` apply to those:
-        the longest prompt plus output, which sizes each replica's KV cache). Returns
+        the longest prompt plus output, which sizes each replica's KV cache;
+        ``options`` are the family's own settings, see ``mpool.NativeModel``). Returns
         what the pool knows of it. The overrides apply to this registration only:
         the model object keeps its own settings.
         """
@@ -187,10 +190,13 @@ class Pool:
             devices = [device]
         device_list = None if devices is None else v.devices(devices, "device" if device is not None else "devices")
         if isinstance(model, (str, os.PathLike)):
-            model = NativeModel(model, dtype=dtype, devices=device_list or ["cpu"], context_length=context_length)
-        elif dtype is not None or context_length is not None:
+            model = NativeModel(
+                model, dtype=dtype, devices=device_list or ["cpu"], context_length=context_length, options=options
+            )
+        elif dtype is not None or context_length is not None or options is not None:
             raise InvalidInput(
-                "dtype and context_length apply to native models (a path or repo id), not to Python-defined ones"
+                "dtype, context_length and options apply to native models (a path or repo id), "
+                "not to Python-defined ones"
             )
         if not isinstance(model, Model):
             raise InvalidInput(f"model must be an mpool model (e.g. mpool.PyModel), got {type(model).__name__}")
@@ -208,6 +214,7 @@ class Pool:
         info.update(getattr(model, "info", {}))
         with self._lock:
             self._chat_sources[key] = info.get("path")
+            self._defaults[key] = dict(spec.defaults)
         return info
 
     def unregister(self, key: str, timeout: float = 30.0) -> None:
@@ -216,6 +223,7 @@ class Pool:
         self._native.unregister(key, v.duration("timeout", timeout, allow_zero=True))
         with self._lock:
             self._chat_sources.pop(key, None)
+            self._defaults.pop(key, None)
 
     def unload(self, key: str, timeout: float = 30.0) -> bool:
         """Unloads every replica of ``key`` once its queued work is done (0: do not wait for it)."""
@@ -444,21 +452,27 @@ class Pool:
         key: str,
         prompt: str,
         *,
-        width: int = 512,
-        height: int = 512,
-        steps: int = 20,
-        guidance_scale: float = 7.0,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
         negative_prompt: str | None = None,
         seed: int | None = None,
         init_image: Any = None,
-        strength: float = 0.8,
+        strength: float | None = None,
         timeout: float | None = None,
     ) -> ImageStream:
-        """Streams progress chunks; ``.result()`` returns the PIL image. img2img with ``init_image``."""
+        """Streams progress chunks; ``.result()`` returns the PIL image. img2img with ``init_image``.
+
+        A setting left None takes the model's own default (its ``defaults``), else
+        512 x 512, 20 steps, guidance 7.0 and strength 0.8.
+        """
         key = v.key(key)
+        with self._lock:
+            model_defaults = self._defaults.get(key)
         s = req.image_settings(
             prompt, width=width, height=height, steps=steps, guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt, seed=seed, strength=strength,
+            negative_prompt=negative_prompt, seed=seed, strength=strength, model_defaults=model_defaults,
         )
         init = [] if init_image is None else [image_input(init_image)]
         return ImageStream(

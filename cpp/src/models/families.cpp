@@ -108,7 +108,8 @@ void register_builtin_probes() {
 NativeModel native_model(const std::string& path_or_repo_id, const NativeOptions& options) {
   register_builtin_families();
   loading::ResolvedModel resolved = loading::resolve_model(path_or_repo_id);
-  loading::ModelLayout layout = loading::describe_layout(resolved.path);
+  const loading::ModelDirectory directory = loading::ModelDirectory::open(resolved.path);
+  const loading::ModelLayout& layout = directory.layout();
   check(layout.has_config, ErrorCode::kInvalidInput,
         (layout.model_dir / "config.json").string() + " is missing: not a transformers model directory");
   loading::ModelConfig config = loading::load_model_config(layout.model_dir);
@@ -119,7 +120,7 @@ NativeModel native_model(const std::string& path_or_repo_id, const NativeOptions
     if (match.supported) {
       const Family& f = it->second;
       check_options(f, options.options);
-      NativeModel model = f.build(layout, config, options);
+      NativeModel model = f.build(directory, config, options);
       model.family = f.name;
       model.path = resolved.path.string();
       return model;

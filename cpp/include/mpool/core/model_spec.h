@@ -2,6 +2,7 @@
 // What the registry knows about a model: nothing but how to load it, where, and
 // how much memory a replica takes.
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -26,6 +27,10 @@ struct ModelSpec {
   /// Cross-request batching: a free replica takes queued jobs of one batch key
   /// until their summed batch_cost() reaches this (0 = one job at a time).
   size_t batch_budget = 0;
+  /// The model's own defaults for the settings of the requests it serves (an
+  /// image model's "steps", "width", "height", "guidance_scale", "strength"), used
+  /// where a request leaves one unset. Opaque to the pool: the API layer applies them.
+  std::map<std::string, double> defaults;
 };
 
 }  // namespace mpool::core

@@ -13,6 +13,7 @@
 #include "mpool/core/model_spec.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/layout.h"
+#include "mpool/loading/model_directory.h"
 #include "mpool/loading/registry.h"
 
 namespace mpool::models {
@@ -64,7 +65,9 @@ struct Family {
   /// Whether this family serves the model, or why not (kit::serves_model_types).
   loading::SupportPredicate supports;
   /// Builds the spec (runs on the registering thread; the loader runs on replicas).
-  std::function<NativeModel(const loading::ModelLayout&, const loading::ModelConfig&, const NativeOptions&)> build;
+  /// The directory gives every component (model_index.json folders, nested
+  /// text/vision configs, tokenizers, image processor); `config` is the root config.json.
+  std::function<NativeModel(const loading::ModelDirectory&, const loading::ModelConfig&, const NativeOptions&)> build;
   /// The options it takes in NativeOptions::options.
   std::vector<OptionSpec> options;
 };

@@ -31,8 +31,9 @@ class BertBackbone final : public Backbone {
   at::Device device_;
 };
 
-NativeModel build(const loading::ModelLayout& layout, const loading::ModelConfig& model_config,
+NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
+  const loading::ModelLayout& layout = directory.layout();
   const BertConfig config = BertConfig::from(model_config);
   const fs::path tokenizer_file = kit::require_tokenizer(layout.tokenizer_dir);
   const at::ScalarType dtype = kit::pick_dtype(options, "BERT");

@@ -55,8 +55,9 @@ class DecoderModel final : public core::Instance, public cap::TextToText, public
   std::unique_ptr<SentenceEmbedder> embedder_;
 };
 
-NativeModel build(const loading::ModelLayout& layout, const loading::ModelConfig& model_config,
+NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
+  const loading::ModelLayout& layout = directory.layout();
   const DecoderConfig config = DecoderConfig::from(model_config);
   const fs::path tokenizer_file = kit::require_tokenizer(layout.tokenizer_dir);
   const at::ScalarType dtype = kit::pick_dtype(options, "decoder");
@@ -141,6 +142,43 @@ Family family() {
 }
 
 void register_probes() {
+  // Greedy token ids from the TextGenerator for `ids` with ids[from, to) passed
+  // as embeddings spliced into the prompt (the path a vision model's image
+  // features take), or as plain ids when from == to.
+  nn::register_probe("decoder.generate_spliced", [](const nn::ProbeInput& in) {
+    const std::string dir = in.get<std::string>("path");
+    const auto ids = in.get<std::vector<int64_t>>("ids");
+    const auto from = static_cast<size_t>(in.get<int64_t>("from")), to = static_cast<size_t>(in.get<int64_t>("to"));
+    check(from <= to && to <= ids.size(), ErrorCode::kInvalidInput, "need 0 <= from <= to <= len(ids)");
+    const auto layout = loading::describe_layout(dir);
+    const auto config = DecoderConfig::from(loading::load_model_config(layout.model_dir));
+    auto decoder = std::make_shared<const Decoder>(
+        config, nn::Weights::open(loading::Checkpoint::open(layout.model_dir), at::kFloat, at::kCPU));
+    TextGeneratorSettings settings;
+    settings.context = settings.max_context = config.max_position_embeddings;
+    settings.prefill_chunk = in.get_or<int64_t>("prefill_chunk", kDefaultPrefillChunk);
+    const TextGenerator generator(decoder, tokenizer::Tokenizer::from_file(kit::require_tokenizer(layout.tokenizer_dir).string()),
+                                  settings);
+    SplicedPrompt prompt;
+    prompt.ids.assign(ids.begin(), ids.begin() + static_cast<ptrdiff_t>(from));
+    prompt.ids.insert(prompt.ids.end(), ids.begin() + static_cast<ptrdiff_t>(to), ids.end());
+    if (to > from)
+      prompt.inserts.push_back(
+          {from, decoder->embed_tokens(std::vector<int64_t>(ids.begin() + static_cast<ptrdiff_t>(from),
+                                                            ids.begin() + static_cast<ptrdiff_t>(to)))});
+    cap::GenerationParams params;
+    params.max_tokens = in.get<int64_t>("max_tokens");
+    params.temperature = 0;
+    params.ignore_eos = true;
+    std::vector<int64_t> out;
+    core::RequestContext ctx(core::Clock::time_point::max(), nullptr);
+    generator.generate(prompt, params, [&](cap::TextPiece piece) {
+      out.insert(out.end(), piece.token_ids.begin(), piece.token_ids.end());
+      return true;
+    }, ctx);
+    return nn::ProbeOutput{{"ids", at::tensor(out, at::kLong)}};
+  });
+
   // (positions, float32 logits) of the decoder for `ids`: all at once (chunk 0)
   // or through the KV cache `chunk` tokens at a time.
   nn::register_probe("decoder.logits", [](const nn::ProbeInput& in) {
