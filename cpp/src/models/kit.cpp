@@ -34,6 +34,14 @@ loading::SupportPredicate serves_model_types(std::vector<std::string> model_type
   };
 }
 
+BuildInputs build_inputs(const loading::ModelDirectory& directory, const NativeOptions& options,
+                         const std::string& family) {
+  const loading::ModelLayout& layout = directory.layout();
+  fs::path tokenizer = require_tokenizer(layout.tokenizer_dir);
+  const at::ScalarType dtype = pick_dtype(options, family);
+  return BuildInputs{layout, std::move(tokenizer), dtype, loading::Checkpoint::open(layout.model_dir)};
+}
+
 double replica_memory_mb(double weight_bytes, double other_bytes) {
   return (weight_bytes + other_bytes) / (1024.0 * 1024.0) + kReplicaOverheadMb;
 }
@@ -60,6 +68,16 @@ double measure_weights(const loading::Checkpoint& checkpoint, at::ScalarType dty
   }
   for (auto& w : weights.warnings()) warnings.push_back(std::move(w));
   return static_cast<double>(weights.bytes_taken());
+}
+
+ProbedModel open_probed_model(const nn::ProbeInput& in) {
+  loading::ModelLayout layout = loading::describe_layout(in.get<std::string>("path"));
+  loading::ModelConfig config = loading::load_model_config(layout.model_dir);
+  const std::string dtype_name = in.get_or<std::string>("dtype", "float32");
+  const auto dtype = loading::parse_scalar_type(dtype_name);
+  check(dtype.has_value(), ErrorCode::kInvalidInput, "unknown dtype '" + dtype_name + "'");
+  nn::Weights weights = nn::Weights::open(loading::Checkpoint::open(layout.model_dir), *dtype, at::kCPU);
+  return ProbedModel{std::move(layout), std::move(config), std::move(weights)};
 }
 
 }  // namespace mpool::models::kit

@@ -15,13 +15,6 @@
 namespace mpool::nn {
 namespace {
 
-Weights probe_weights(const ProbeInput& in) {
-  const auto dtype = in.get_or<std::string>("dtype", "float32");
-  check(dtype == "float32", ErrorCode::kInvalidInput, "block probes run in float32");
-  return Weights::open(loading::Checkpoint::open(in.get<std::string>("checkpoint")), at::kFloat, at::kCPU)
-      .sub(in.get_or<std::string>("prefix", ""));
-}
-
 RopeLayout layout_of(const ProbeInput& in) {
   const auto name = in.get_or<std::string>("layout", "rotate_half");
   if (name == "rotate_half") return RopeLayout::kRotateHalf;
@@ -62,19 +55,19 @@ void register_all() {
     return ProbeOutput{{"out", n(in.tensor("x"))}};
   });
   register_probe("nn.layer_norm", [](const ProbeInput& in) {
-    LayerNorm n{in.tensor("weight"), in.tensors.count("bias") ? in.tensor("bias") : at::Tensor(),
+    LayerNorm n{in.tensor("weight"), in.optional_tensor("bias"),
                 in.get<double>("eps")};
     return ProbeOutput{{"out", n(in.tensor("x"))}};
   });
   register_probe("nn.group_norm", [](const ProbeInput& in) {
-    const Weights w = probe_weights(in);
+    const Weights w = in.weights();
     const at::Tensor& x = in.tensor("x");
     GroupNorm n = GroupNorm::load(w, in.get<std::string>("name"), in.get<int64_t>("groups"), x.size(1),
                                   in.get<double>("eps"), in.get_or<bool>("affine", true));
     return ProbeOutput{{"out", n(x)}};
   });
   register_probe("nn.mlp", [](const ProbeInput& in) {
-    const Weights w = probe_weights(in);
+    const Weights w = in.weights();
     MlpNames names;
     names.up = in.get_or<std::string>("up", names.up);
     names.gate = in.get_or<std::string>("gate", names.gate);
@@ -87,7 +80,7 @@ void register_all() {
   // Attention with projections; masks: "causal" (bool), "window" (int), an
   // optional (b, t) "key_mask" and an additive "bias" (b|1, heads, n, t).
   register_probe("nn.attention", [](const ProbeInput& in) {
-    const Weights w = probe_weights(in);
+    const Weights w = in.weights();
     AttentionShape shape;
     shape.hidden = in.get<int64_t>("hidden");
     shape.heads = in.get<int64_t>("heads");
@@ -101,7 +94,7 @@ void register_all() {
     Attention a = Attention::load(w, shape, {}, qk_norm);
     const at::Tensor& x = in.tensor("x");
     const int64_t n = x.size(1);
-    const at::Tensor context = in.tensors.count("context") ? in.tensor("context") : at::Tensor();
+    const at::Tensor context = in.optional_tensor("context");
     const int64_t t = context.defined() ? context.size(1) : n;
     at::Tensor keep;
     const bool causal = in.get_or<bool>("causal", false);

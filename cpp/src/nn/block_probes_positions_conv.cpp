@@ -15,17 +15,6 @@
 namespace mpool::nn {
 namespace {
 
-Weights weights_of(const ProbeInput& in) {
-  const auto dtype = in.get_or<std::string>("dtype", "float32");
-  check(dtype == "float32", ErrorCode::kInvalidInput, "block probes run in float32");
-  return Weights::open(loading::Checkpoint::open(in.get<std::string>("checkpoint")), at::kFloat, at::kCPU)
-      .sub(in.get_or<std::string>("prefix", ""));
-}
-
-at::Tensor optional_tensor(const ProbeInput& in, const std::string& name) {
-  return in.tensors.count(name) ? in.tensor(name) : at::Tensor();
-}
-
 TimeEmbeddingNorm time_embedding_norm_of(const ProbeInput& in) {
   const auto name = in.get_or<std::string>("time_embedding_norm", "default");
   if (name == "default") return TimeEmbeddingNorm::kDefault;
@@ -51,7 +40,7 @@ void register_positions() {
   // The bias of "n" queries from position "start" over "t" keys, from the
   // embedding "scope".weight (default relative_attention_bias).
   register_probe("nn.t5_bias", [](const ProbeInput& in) {
-    const Weights w = weights_of(in);
+    const Weights w = in.weights();
     T5RelativeBias b = T5RelativeBias::load(w, in.get_or<std::string>("scope", "relative_attention_bias"),
                                             in.get<int64_t>("num_buckets"), in.get<int64_t>("heads"),
                                             in.get<int64_t>("max_distance"), in.get<bool>("bidirectional"));
@@ -66,7 +55,7 @@ void register_positions() {
     return ProbeOutput{{"out", timestep_embedding(in.tensor("timesteps"), in.get<int64_t>("dim"), o)}};
   });
   register_probe("nn.timestep_mlp", [](const ProbeInput& in) {
-    const Weights w = weights_of(in);
+    const Weights w = in.weights();
     TimestepEmbedding e = TimestepEmbedding::load(w, in.get<int64_t>("in_channels"), in.get<int64_t>("time_embed_dim"),
                                                   parse_activation(in.get_or<std::string>("act", "silu"), "probe"),
                                                   in.get_or<int64_t>("out_dim", 0), in.get_or<bool>("bias", true));
@@ -87,7 +76,7 @@ void register_positions() {
 
 void register_conv() {
   register_probe("nn.conv2d", [](const ProbeInput& in) {
-    const Weights w = weights_of(in);
+    const Weights w = in.weights();
     Conv2d c = Conv2d::load(w, in.get_or<std::string>("scope", "conv"), in.get<int64_t>("in_channels"),
                             in.get<int64_t>("out_channels"), in.get<int64_t>("kernel"),
                             in.get_or<int64_t>("stride", 1), in.get_or<int64_t>("padding", 0),
@@ -95,7 +84,7 @@ void register_conv() {
     return ProbeOutput{{"out", c(in.tensor("x"))}};
   });
   register_probe("nn.resnet_block", [](const ProbeInput& in) {
-    const Weights w = weights_of(in);
+    const Weights w = in.weights();
     ResnetBlockConfig c;
     c.in_channels = in.get<int64_t>("in_channels");
     c.out_channels = in.get_or<int64_t>("out_channels", 0);
@@ -109,11 +98,11 @@ void register_conv() {
     c.skip_time_act = in.get_or<bool>("skip_time_act", false);
     c.conv_shortcut_bias = in.get_or<bool>("conv_shortcut_bias", true);
     ResnetBlock2D r = ResnetBlock2D::load(w, c);
-    return ProbeOutput{{"out", r(in.tensor("x"), optional_tensor(in, "temb"))}};
+    return ProbeOutput{{"out", r(in.tensor("x"), in.optional_tensor("temb"))}};
   });
   // Optional "size": [h, w] instead of 2x.
   register_probe("nn.upsample", [](const ProbeInput& in) {
-    const Weights w = weights_of(in);
+    const Weights w = in.weights();
     Upsample2D u = Upsample2D::load(w, in.get<int64_t>("channels"), in.get_or<bool>("use_conv", true),
                                     in.get_or<int64_t>("out_channels", 0), in.get_or<int64_t>("kernel", 3),
                                     in.get_or<int64_t>("padding", 1), in.get_or<std::string>("scope", "conv"));
@@ -126,14 +115,14 @@ void register_conv() {
     return ProbeOutput{{"out", u(in.tensor("x"), size)}};
   });
   register_probe("nn.downsample", [](const ProbeInput& in) {
-    const Weights w = weights_of(in);
+    const Weights w = in.weights();
     Downsample2D d = Downsample2D::load(w, in.get<int64_t>("channels"), in.get_or<bool>("use_conv", true),
                                         in.get_or<int64_t>("out_channels", 0), in.get_or<int64_t>("kernel", 3),
                                         in.get_or<int64_t>("padding", 1), in.get_or<std::string>("scope", "conv"));
     return ProbeOutput{{"out", d(in.tensor("x"))}};
   });
   register_probe("nn.vae_attention", [](const ProbeInput& in) {
-    const Weights w = weights_of(in);
+    const Weights w = in.weights();
     SpatialAttention a = SpatialAttention::load(w, in.get<int64_t>("channels"), in.get<int64_t>("groups"),
                                                 in.get_or<double>("eps", 1e-6), in.get_or<int64_t>("heads", 1),
                                                 in.get_or<double>("rescale_output_factor", 1.0));

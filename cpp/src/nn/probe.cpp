@@ -25,6 +25,17 @@ const at::Tensor& ProbeInput::tensor(const std::string& name) const {
   return it->second;
 }
 
+at::Tensor ProbeInput::optional_tensor(const std::string& name) const {
+  auto it = tensors.find(name);
+  return it == tensors.end() ? at::Tensor() : it->second;
+}
+
+Weights ProbeInput::weights() const {
+  check(get_or<std::string>("dtype", "float32") == "float32", ErrorCode::kInvalidInput, "block probes run in float32");
+  return Weights::open(loading::Checkpoint::open(get<std::string>("checkpoint")), at::kFloat, at::kCPU)
+      .sub(get_or<std::string>("prefix", ""));
+}
+
 void ProbeInput::require(const std::string& name) const {
   check(options.is_object() && options.contains(name), ErrorCode::kInvalidInput,
         "probe option '" + name + "' is missing");

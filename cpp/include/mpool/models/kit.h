@@ -12,6 +12,7 @@
 #include "mpool/loading/layout.h"
 #include "mpool/loading/registry.h"
 #include "mpool/models/families.h"
+#include "mpool/nn/probe.h"
 #include "mpool/nn/weights.h"
 
 namespace mpool::models::kit {
@@ -28,6 +29,18 @@ std::filesystem::path require_tokenizer(const std::filesystem::path& dir);
 /// `what` ("bert, roberta or xlm-roberta"): the type must match and weights exist.
 loading::SupportPredicate serves_model_types(std::vector<std::string> model_types, std::string what);
 
+/// What every family's build step starts from: the single-model layout of the
+/// directory, its tokenizer.json (required), the dtype by the policy above, and
+/// the checkpoint's headers (for measuring).
+struct BuildInputs {
+  loading::ModelLayout layout;
+  std::filesystem::path tokenizer_file;
+  at::ScalarType dtype;
+  loading::Checkpoint checkpoint;
+};
+BuildInputs build_inputs(const loading::ModelDirectory& directory, const NativeOptions& options,
+                         const std::string& family);
+
 /// Fixed allowance per replica for the tokenizer, allocator slack and small buffers.
 inline constexpr double kReplicaOverheadMb = 64.0;
 
@@ -42,5 +55,14 @@ double replica_memory_mb(double weight_bytes, double other_bytes);
 /// will fail with the same error): it warns so and counts every stored tensor.
 double measure_weights(const loading::Checkpoint& checkpoint, at::ScalarType dtype,
                        const std::function<void(const nn::Weights&)>& build, std::vector<std::string>& warnings);
+
+/// What a family's probe runs on: the model directory in option "path", its
+/// config.json, and its weights as option "dtype" (default float32) on the CPU.
+struct ProbedModel {
+  loading::ModelLayout layout;
+  loading::ModelConfig config;
+  nn::Weights weights;
+};
+ProbedModel open_probed_model(const nn::ProbeInput& input);
 
 }  // namespace mpool::models::kit

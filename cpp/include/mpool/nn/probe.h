@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "mpool/nn/weights.h"
+
 namespace mpool::nn {
 
 /// A probe's arguments: settings (numbers, strings, lists, a model path, a config
@@ -22,6 +24,11 @@ struct ProbeInput {
 
   /// The tensor `name`; InvalidInput names the probe argument when it is missing.
   const at::Tensor& tensor(const std::string& name) const;
+  /// The tensor `name`, or an undefined tensor when it was not given.
+  at::Tensor optional_tensor(const std::string& name) const;
+  /// The float32 CPU view of the safetensors file in option "checkpoint", under
+  /// option "prefix" (blocks with weights read them from a file the test wrote).
+  Weights weights() const;
   /// The option `name` as T; InvalidInput when it is missing or of another type.
   template <class T>
   T get(const std::string& name) const {

@@ -33,10 +33,11 @@ class BertBackbone final : public Backbone {
 
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
-  const loading::ModelLayout& layout = directory.layout();
   const BertConfig config = BertConfig::from(model_config);
-  const fs::path tokenizer_file = kit::require_tokenizer(layout.tokenizer_dir);
-  const at::ScalarType dtype = kit::pick_dtype(options, "BERT");
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "BERT");
+  const loading::ModelLayout& layout = in.layout;
+  const fs::path tokenizer_file = in.tokenizer_file;
+  const at::ScalarType dtype = in.dtype;
   EmbedderSettings settings =
       embedder_settings(layout, config.hidden_size, static_cast<size_t>(config.max_tokens()), {PoolingMode::kMean});
   const int64_t per_forward = options.options.get_int("tokens_per_forward", static_cast<int64_t>(settings.tokens_per_forward));
@@ -48,9 +49,8 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // tokens_per_forward tokens (hidden states, the MLP's inner layer, and attention
   // scores).
   NativeModel model;
-  const auto checkpoint = loading::Checkpoint::open(layout.model_dir);
   const double weight_bytes = kit::measure_weights(
-      checkpoint, dtype, [&](const nn::Weights& w) { BertEncoder(config, w); }, model.warnings);
+      in.checkpoint, dtype, [&](const nn::Weights& w) { BertEncoder(config, w); }, model.warnings);
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double act_bytes = tokens * static_cast<double>(config.intermediate_size + 6 * config.hidden_size) * 4.0 +
                            tokens * static_cast<double>(std::min<size_t>(settings.max_seq_length, 512)) *
@@ -75,23 +75,17 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
 }  // namespace
 
 Family family() {
-  Family f;
-  f.name = "bert";
-  f.capabilities = {capabilities::TextEmbedding::kName};
-  f.supports = kit::serves_model_types(kModelTypes, "bert, roberta or xlm-roberta");
-  f.build = build;
-  f.options = {{"tokens_per_forward", OptionSpec::Kind::kInt,
-                "padded tokens per forward pass (default 16384): bounds activation memory"}};
-  return f;
+  return Family{"bert", {capabilities::TextEmbedding::kName},
+                kit::serves_model_types(kModelTypes, "bert, roberta or xlm-roberta"), build,
+                {{"tokens_per_forward", OptionSpec::Kind::kInt,
+                  "padded tokens per forward pass (default 16384): bounds activation memory"}}};
 }
 
 void register_probes() {
   // The encoder's last hidden state (float32) for given inputs.
   nn::register_probe("bert.last_hidden_state", [](const nn::ProbeInput& in) {
-    const auto layout = loading::describe_layout(in.get<std::string>("path"));
-    const auto config = BertConfig::from(loading::load_model_config(layout.model_dir));
-    const BertEncoder encoder(config,
-                              nn::Weights::open(loading::Checkpoint::open(layout.model_dir), at::kFloat, at::kCPU));
+    const kit::ProbedModel m = kit::open_probed_model(in);
+    const BertEncoder encoder(BertConfig::from(m.config), m.weights);
     c10::InferenceMode inference;
     return nn::ProbeOutput{{"last_hidden_state", encoder.forward(in.tensor("input_ids").to(at::kLong),
                                                                  in.tensor("token_type_ids").to(at::kLong),

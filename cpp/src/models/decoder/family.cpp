@@ -57,10 +57,11 @@ class DecoderModel final : public core::Instance, public cap::TextToText, public
 
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
-  const loading::ModelLayout& layout = directory.layout();
   const DecoderConfig config = DecoderConfig::from(model_config);
-  const fs::path tokenizer_file = kit::require_tokenizer(layout.tokenizer_dir);
-  const at::ScalarType dtype = kit::pick_dtype(options, "decoder");
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "decoder");
+  const loading::ModelLayout& layout = in.layout;
+  const fs::path tokenizer_file = in.tokenizer_file;
+  const at::ScalarType dtype = in.dtype;
   // Dynamic NTK scaling exists to run past the trained length, up to factor times it.
   const int64_t max_context =
       config.rope.type == "dynamic"
@@ -91,7 +92,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // Memory: the weights it loads, the KV cache of one full context, and the
   // activations of one prefill chunk (or one embedding forward pass).
   NativeModel model;
-  const auto checkpoint = loading::Checkpoint::open(layout.model_dir);
+  const loading::Checkpoint& checkpoint = in.checkpoint;
   // The head sits outside the base model: tied embeddings, or lm_head.weight.
   const bool has_head = config.tie_word_embeddings || checkpoint.find("lm_head.weight").has_value();
   const double weight_bytes = kit::measure_weights(
@@ -131,14 +132,10 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
 }  // namespace
 
 Family family() {
-  Family f;
-  f.name = "llama";
-  f.capabilities = {cap::TextToText::kName, cap::TextEmbedding::kName};
-  f.supports = kit::serves_model_types(kModelTypes, "llama, mistral, qwen2, qwen3 or phi3");
-  f.build = build;
-  f.options = {{"prefill_chunk", OptionSpec::Kind::kInt,
-                "prompt tokens per forward pass of a prefill (default 512): bounds activation memory"}};
-  return f;
+  return Family{"llama", {cap::TextToText::kName, cap::TextEmbedding::kName},
+                kit::serves_model_types(kModelTypes, "llama, mistral, qwen2, qwen3 or phi3"), build,
+                {{"prefill_chunk", OptionSpec::Kind::kInt,
+                  "prompt tokens per forward pass of a prefill (default 512): bounds activation memory"}}};
 }
 
 void register_probes() {
@@ -146,18 +143,16 @@ void register_probes() {
   // as embeddings spliced into the prompt (the path a vision model's image
   // features take), or as plain ids when from == to.
   nn::register_probe("decoder.generate_spliced", [](const nn::ProbeInput& in) {
-    const std::string dir = in.get<std::string>("path");
     const auto ids = in.get<std::vector<int64_t>>("ids");
     const auto from = static_cast<size_t>(in.get<int64_t>("from")), to = static_cast<size_t>(in.get<int64_t>("to"));
     check(from <= to && to <= ids.size(), ErrorCode::kInvalidInput, "need 0 <= from <= to <= len(ids)");
-    const auto layout = loading::describe_layout(dir);
-    const auto config = DecoderConfig::from(loading::load_model_config(layout.model_dir));
-    auto decoder = std::make_shared<const Decoder>(
-        config, nn::Weights::open(loading::Checkpoint::open(layout.model_dir), at::kFloat, at::kCPU));
+    const kit::ProbedModel m = kit::open_probed_model(in);
+    const DecoderConfig config = DecoderConfig::from(m.config);
+    auto decoder = std::make_shared<const Decoder>(config, m.weights);
     TextGeneratorSettings settings;
     settings.context = settings.max_context = config.max_position_embeddings;
     settings.prefill_chunk = in.get_or<int64_t>("prefill_chunk", kDefaultPrefillChunk);
-    const TextGenerator generator(decoder, tokenizer::Tokenizer::from_file(kit::require_tokenizer(layout.tokenizer_dir).string()),
+    const TextGenerator generator(decoder, tokenizer::Tokenizer::from_file(kit::require_tokenizer(m.layout.tokenizer_dir).string()),
                                   settings);
     SplicedPrompt prompt;
     prompt.ids.assign(ids.begin(), ids.begin() + static_cast<ptrdiff_t>(from));
@@ -182,14 +177,10 @@ void register_probes() {
   // (positions, float32 logits) of the decoder for `ids`: all at once (chunk 0)
   // or through the KV cache `chunk` tokens at a time.
   nn::register_probe("decoder.logits", [](const nn::ProbeInput& in) {
-    const std::string dir = in.get<std::string>("path");
     const auto ids = in.get<std::vector<int64_t>>("ids");
     const int64_t chunk = in.get_or<int64_t>("chunk", 0);
-    const auto dtype = loading::parse_scalar_type(in.get_or<std::string>("dtype", "float32"));
-    check(dtype.has_value(), ErrorCode::kInvalidInput, "unknown dtype");
-    const auto layout = loading::describe_layout(dir);
-    const auto config = DecoderConfig::from(loading::load_model_config(layout.model_dir));
-    const Decoder decoder(config, nn::Weights::open(loading::Checkpoint::open(layout.model_dir), *dtype, at::kCPU));
+    const kit::ProbedModel m = kit::open_probed_model(in);
+    const Decoder decoder(DecoderConfig::from(m.config), m.weights);
     if (chunk <= 0)
       return nn::ProbeOutput{{"logits", decoder.all_logits(ids)},
                              {"positions", at::arange(static_cast<int64_t>(ids.size()), at::kLong)}};
