@@ -74,6 +74,7 @@ class ModelSpec:
     keep_alive: float | None
     pinned: bool
     batch_budget: int
+    defaults: dict[str, float]
     def copy(self) -> ModelSpec: ...
 
 class Pool:
