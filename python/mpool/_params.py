@@ -20,10 +20,12 @@ from ._images import image_input
 from .errors import InternalError, InvalidInput
 
 __all__ = [
+    "IMAGE_DEFAULTS",
     "MAX_IMAGE_SIDE",
     "MAX_IMAGE_STEPS",
     "ImageSettings",
     "generation",
+    "image_defaults",
     "image_settings",
     "images",
     "prompt",
