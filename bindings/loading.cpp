@@ -130,6 +130,18 @@ void register_loading(py::module_& m) {
       },
       py::arg("dir"),
       "The chat templates of a tokenizer directory, read as transformers reads them: {name: (text, where)}.");
+  m.def(
+      "_tokenizer_dir",
+      [](const std::string& dir) {
+        std::string out;
+        {
+          py::gil_scoped_release nogil;
+          out = loading::describe_layout(dir).tokenizer_dir.string();
+        }
+        return out.empty() ? dir : out;
+      },
+      py::arg("dir"),
+      "The folder of a model directory that holds its tokenizer files (what inspect reads); `dir` when none does.");
 }
 
 }  // namespace mpool::bindings

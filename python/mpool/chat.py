@@ -202,7 +202,9 @@ class ChatTemplate:
         tokenizer_config.json's "chat_template" (a string or a list of {name, template});
         chat_template.json (the processor file) when neither has one.
         """
-        root = Path(path)
+        # The folder inspect reads too: a sentence-transformers layout keeps the
+        # tokenizer beside its Transformer module, in a subfolder.
+        root = Path(_core._tokenizer_dir(os.fspath(path)))
         config_path = root / "tokenizer_config.json"
         config: Mapping[str, Any] = {}
         if config_path.is_file():

@@ -465,3 +465,20 @@ def test_unknown_template_name_and_non_mapping_tools_raise_invalid_input():
         tpl.render(USER_ASSISTANT, template_name="tool_use")
     with pytest.raises(InvalidInput, match="tools"):
         tpl.render(USER_ASSISTANT, tools=["get_weather"])  # type: ignore[list-item]
+
+
+def test_sentence_transformers_layout_reads_the_template_beside_its_transformer_module(tmp_path: Path) -> None:
+    # The tokenizer sits in the Transformer module's folder: chat and inspect both read it there.
+    root = tmp_path / "st"
+    module = root / "0_Transformer"
+    module.mkdir(parents=True)
+    save_tokenizer(module, chat_template=None)
+    (module / "chat_template.jinja").write_text(str(CHAT_TEMPLATE), encoding="utf-8")
+    (module / "config.json").write_text(json.dumps({"model_type": "llama"}), encoding="utf-8")
+    (root / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+    ]), encoding="utf-8")
+    template = ChatTemplate.from_model_dir(root)
+    assert template is not None
+    assert mpool.inspect(root)["files"]["tokenizer"]["chat_templates"] == sorted(template.templates)
+    assert template.render(USER_ASSISTANT) == reference(module, USER_ASSISTANT)
