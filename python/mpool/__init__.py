@@ -27,6 +27,7 @@ from .errors import (
 from .models import CAPABILITIES, Model, NativeModel, PyModel, default_embedding_model_path
 from .pool import ImageStream, Pool, TextStream
 from .loading import inspect, safetensors_load
+from .similarity import TopK, similarity
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
@@ -40,6 +41,8 @@ GenerationStats = _core.GenerationStats
 __all__ = [
     "inspect",
     "safetensors_load",
+    "similarity",
+    "TopK",
     "CAPABILITIES",
     "Cancelled",
     "GenerationStats",
