@@ -357,7 +357,7 @@ PipelineIndex parse_model_index(const JsonView& j) {
       invalid(where + " must be [library, class] (two strings, or [null, null]), got " + show(value));
     if (value[0].is_null() != value[1].is_null())
       invalid(where + " must name both a library and a class, or neither, got " + show(value));
-    if (key == "." || key == ".." || key.find_first_of("/\\") != std::string::npos)
+    if (key.empty() || key == "." || key == ".." || key.find_first_of("/\\") != std::string::npos)
       invalid(where + " is not a folder name, so it cannot be a component");
     PipelineEntry e;
     e.name = key;

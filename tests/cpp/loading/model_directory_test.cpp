@@ -164,6 +164,9 @@ TEST(ModelDirectoryPipeline, MalformedModelIndexEntriesNameTheFileAndKey) {
             index.string() + ": \"unet\" must name both a library and a class, or neither, got [\"diffusers\",null]");
   EXPECT_EQ(error_for(R"({"_class_name": "P", "../up": ["diffusers", "X"]})"),
             index.string() + ": \"../up\" is not a folder name, so it cannot be a component");
+  // Found by config_json_fuzz: an entry with an empty name.
+  EXPECT_EQ(error_for(R"({"_class_name": "P", "": ["diffusers", "X"]})"),
+            index.string() + ": \"\" is not a folder name, so it cannot be a component");
   EXPECT_EQ(error_for(R"({"unet": ["diffusers", "X"]})"), index.string() + ": \"_class_name\" is required but missing");
   EXPECT_EQ(error_for(R"({"_class_name": 3})"), index.string() + ": \"_class_name\" must be a string, got 3");
   EXPECT_NE(error_for("[1]").find("must hold a JSON object"), std::string::npos);
