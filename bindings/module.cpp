@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
   mpool::bindings::register_tokenizer(m);
   mpool::bindings::register_loading(m);
   mpool::bindings::register_models(m);
+  mpool::bindings::register_preprocess(m);
 }

@@ -13,5 +13,6 @@ void register_testing(pybind11::module_& m);
 void register_tokenizer(pybind11::module_& m);
 void register_loading(pybind11::module_& m);
 void register_models(pybind11::module_& m);
+void register_preprocess(pybind11::module_& m);
 
 }  // namespace mpool::bindings

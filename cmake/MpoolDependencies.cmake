@@ -14,6 +14,12 @@ if(NOT nlohmann_json_FOUND)
                       "scripts/setup.sh does this for you.")
 endif()
 
+find_package(Eigen3 3.3 CONFIG QUIET)
+if(NOT Eigen3_FOUND)
+  message(FATAL_ERROR "Eigen 3 not found. Install it (Debian: apt-get install libeigen3-dev); "
+                      "scripts/setup.sh does this for you.")
+endif()
+
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(STB IMPORTED_TARGET stb)
 if(NOT STB_FOUND)

@@ -534,4 +534,42 @@ Checkpoint ModelDirectory::checkpoint(std::string_view name) const {
   return whole;
 }
 
+imageio::PreprocessConfig preprocess_config(const ImageProcessorConfig& c, const std::string& where) {
+  imageio::PreprocessConfig p;
+  p.do_resize = c.do_resize.value_or(c.size.has_value());
+  if (p.do_resize) {
+    check(c.size.has_value(), ErrorCode::kInvalidInput, where + ": \"do_resize\" is set but \"size\" is missing");
+    const ImageSize& s = *c.size;
+    check(!s.longest_edge && !s.value, ErrorCode::kInvalidInput,
+          where + ": \"size\" must give \"shortest_edge\", or \"height\" and \"width\"");
+    p.shortest_edge = s.shortest_edge;
+    if (!s.shortest_edge) {
+      p.height = s.height;
+      p.width = s.width;
+    }
+  }
+  p.resample = static_cast<imageio::Resample>(c.resample.value_or(3));
+  p.do_center_crop = c.do_center_crop.value_or(c.crop_size.has_value());
+  if (p.do_center_crop) {
+    check(c.crop_size && c.crop_size->height && c.crop_size->width, ErrorCode::kInvalidInput,
+          where + ": \"do_center_crop\" needs \"crop_size\" with \"height\" and \"width\"");
+    p.crop_height = *c.crop_size->height;
+    p.crop_width = *c.crop_size->width;
+  }
+  p.do_rescale = c.do_rescale.value_or(true);
+  p.rescale_factor = c.rescale_factor.value_or(1.0 / 255.0);
+  p.do_normalize = c.do_normalize.value_or(!c.image_mean.empty());
+  if (p.do_normalize) {
+    auto three = [&](const std::vector<double>& v, const char* key) {
+      check(v.size() == 3 || v.size() == 1, ErrorCode::kInvalidInput,
+            where + ": \"" + key + "\" needs 3 values (one per RGB channel), got " + std::to_string(v.size()));
+      return v.size() == 3 ? std::array<double, 3>{v[0], v[1], v[2]} : std::array<double, 3>{v[0], v[0], v[0]};
+    };
+    p.mean = three(c.image_mean, "image_mean");
+    p.std = three(c.image_std, "image_std");
+  }
+  p.validate(where);
+  return p;
+}
+
 }  // namespace mpool::loading

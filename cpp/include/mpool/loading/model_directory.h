@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mpool/loading/config.h"
+#include "mpool/imageio/preprocess.h"
 #include "mpool/loading/json.h"
 #include "mpool/loading/layout.h"
 #include "mpool/loading/safetensors.h"
@@ -100,6 +101,13 @@ struct ImageProcessorConfig {
 /// Reads preprocessor_config.json; errors name the file and key
 /// (`preprocessor_config.json: "size.height" must be a positive integer`).
 ImageProcessorConfig parse_image_processor_config(const JsonView& json);
+/// What the image processor does, for imageio::preprocess: "size" with
+/// "shortest_edge" or "height" and "width", "resample" (bilinear or bicubic;
+/// bicubic when absent), "crop_size", "rescale_factor", three-channel "image_mean"
+/// and "image_std". A step whose do_* flag is absent runs when its settings are
+/// present. InvalidInput names `where` and the key when the file asks for
+/// something imageio does not do.
+imageio::PreprocessConfig preprocess_config(const ImageProcessorConfig& config, const std::string& where);
 /// Whether a preprocessor_config.json is an image processor's: it names an
 /// image_processor_type or an *ImageProcessor / *FeatureExtractor class of an image
 /// model, or has an image field (image_mean, image_std, size, crop_size, do_resize,
