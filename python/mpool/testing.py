@@ -97,11 +97,16 @@ def probe(name: str, tensors: Mapping[str, Any] | None = None, /, **options: Any
     """
     if not isinstance(name, str):
         raise InvalidInput(f"name must be a str, got {type(name).__name__}")
+    if tensors is not None and not isinstance(tensors, Mapping):
+        raise InvalidInput(f"tensors must be a mapping of name to array, got {type(tensors).__name__}")
     arrays = {} if tensors is None else dict(tensors)
     for key, value in arrays.items():
         if not isinstance(key, str):
             raise InvalidInput(f"tensor names must be str, got {type(key).__name__}")
-        arrays[key] = np.asarray(value)
+        array = np.asarray(value)
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise InvalidInput(f"tensor {key!r} must be a numeric array, got dtype {array.dtype}")
+        arrays[key] = array
     try:
         text = json.dumps(options, allow_nan=False)
     except (TypeError, ValueError) as e:

@@ -482,6 +482,15 @@ def test_missing_attention_weight_names_the_full_tensor_name(tmp_path: Path) -> 
         )
 
 
+def test_probe_arguments_of_the_wrong_type_are_invalid_input() -> None:
+    with pytest.raises(mpool.InvalidInput, match="tensors must be a mapping"):
+        mpool.testing.probe("nn.activation", [np.zeros(3)], name="gelu")  # type: ignore[arg-type]
+    with pytest.raises(mpool.InvalidInput, match="tensor 'x' must be a numeric array"):
+        mpool.testing.probe("nn.activation", {"x": ["a", "b"]}, name="gelu")
+    with pytest.raises(mpool.InvalidInput, match="probe option 'name' has the wrong type"):
+        mpool.testing.probe("nn.activation", {"x": np.zeros(3, np.float32)}, name=3)
+
+
 def test_probe_with_an_unknown_name_lists_the_known_ones() -> None:
     assert "nn.attention" in mpool.testing.probe_names()
     with pytest.raises(mpool.InvalidInput, match="no probe named 'nn.nothing' \\(known: .*nn.attention"):

@@ -9,17 +9,9 @@
 namespace mpool::loading {
 namespace {
 
+using testing::message_of;
 using testing::TempDir;
 using testing::write_file;
-
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(JsonView, TypedAccessorsNameFileAndKeyOnMismatch) {
   const JsonView j = parse_json_object(R"({"hidden_size":"abc","n":3,"x":null,"sub":{"k":true}})", "config.json");

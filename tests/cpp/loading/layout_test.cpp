@@ -10,17 +10,9 @@ namespace mpool::loading {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::message_of;
 using testing::TempDir;
 using testing::write_file;
-
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(ResolveModel, LocalDirectoryWins) {
   TempDir dir;

@@ -16,14 +16,16 @@ using testing::float_tensors;
 using testing::TempDir;
 using testing::write_file;
 
+// Every refusal here must be InvalidInput: the message, after checking the code.
 std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kInvalidInput) << e.what();
-    return e.what();
-  }
-  return "";
+  return testing::message_of([&] {
+    try {
+      f();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidInput) << e.what();
+      throw;
+    }
+  });
 }
 
 std::vector<std::string> names_of(const std::vector<const Component*>& components) {

@@ -5,9 +5,12 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include "mpool/base/error.h"
 
 namespace mpool::loading::testing {
 
@@ -54,6 +57,16 @@ inline std::string float_tensors(const std::vector<std::string>& names) {
     header += std::string(i ? "," : "") + "\"" + names[i] + "\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[" +
               std::to_string(8 * i) + "," + std::to_string(8 * i + 8) + "]}";
   return safetensors_bytes(header + "}", std::string(8 * names.size(), '\0'));
+}
+
+/// The message of the mpool::Error that `f` throws, or "" when it throws none.
+inline std::string message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 }  // namespace mpool::loading::testing
