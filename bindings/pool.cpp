@@ -291,44 +291,61 @@ void register_pool(py::module_& m) {
       })
       .def("embed_async",
            [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
-              std::optional<double> timeout, bool truncate) {
+              std::optional<double> timeout, bool truncate, std::optional<bool> normalize) {
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
-               p = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate},
+               p = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize},
                               request_options(timeout));
              }
              return wrap_future(std::move(p));
            },
            py::arg("key"), py::arg("texts"), py::arg("task") = py::none(), py::arg("timeout") = py::none(),
-           py::arg("truncate") = true)
+           py::arg("truncate") = true, py::arg("normalize") = py::none())
       .def("embed",
            [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
-              std::optional<double> timeout, bool truncate) {
+              std::optional<double> timeout, bool truncate, std::optional<bool> normalize) {
              at::Tensor t;
              {
                py::gil_scoped_release nogil;
-               t = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate},
+               t = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize},
                               request_options(timeout))
                        ->wait();
              }
              return tensor_to_numpy(t);
            },
            py::arg("key"), py::arg("texts"), py::arg("task") = py::none(), py::arg("timeout") = py::none(),
-           py::arg("truncate") = true)
+           py::arg("truncate") = true, py::arg("normalize") = py::none())
       .def("embed_images_async",
-           [](core::Pool& pool, const std::string& key, py::list items, double timeout, double fetch_timeout) {
+           [](core::Pool& pool, const std::string& key, py::list items, double timeout, double fetch_timeout,
+              std::optional<bool> normalize) {
              ImageDeadline deadline(timeout, fetch_timeout);
              auto inputs = image_inputs(items);
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
                auto images = deadline.decode(inputs);
-               p = cap::embed_images(pool, key, std::move(images), deadline.remaining());
+               p = cap::embed_images(pool, key, std::move(images), cap::ImageEmbedOptions{normalize},
+                                     deadline.remaining());
              }
              return wrap_future(std::move(p));
            },
-           py::arg("key"), py::arg("items"), py::arg("timeout"), py::arg("fetch_timeout"))
+           py::arg("key"), py::arg("items"), py::arg("timeout"), py::arg("fetch_timeout"),
+           py::arg("normalize") = py::none())
+      .def("zero_shot_async",
+           [](core::Pool& pool, const std::string& key, py::list items, std::vector<std::string> texts,
+              double timeout, double fetch_timeout) {
+             ImageDeadline deadline(timeout, fetch_timeout);
+             auto inputs = image_inputs(items);
+             std::shared_ptr<core::Pending<at::Tensor>> p;
+             {
+               py::gil_scoped_release nogil;
+               auto images = deadline.decode(inputs);
+               p = cap::zero_shot(pool, key, std::move(images), std::move(texts), deadline.remaining());
+             }
+             return wrap_future(std::move(p));
+           },
+           py::arg("key"), py::arg("items"), py::arg("texts"), py::arg("timeout"), py::arg("fetch_timeout"))
       .def("generate",
            [](core::Pool& pool, const std::string& key, py::object prompt, py::dict params,
               std::optional<double> timeout) {

@@ -125,7 +125,8 @@ class PyInstance final : public core::Instance,
   int64_t dimension() const override {
     return call([&] { return ref_.obj.attr("dimension").cast<int64_t>(); });
   }
-  at::Tensor embed_images(const std::vector<cap::Image>& images, cap::RequestContext&) override {
+  at::Tensor embed_images(const std::vector<cap::Image>& images, const cap::ImageEmbedOptions&,
+                          cap::RequestContext&) override {
     return call([&] {
       py::list arrays;
       for (auto& img : images) arrays.append(tensor_to_numpy(img));

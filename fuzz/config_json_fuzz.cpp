@@ -1,8 +1,9 @@
 // libFuzzer target: arbitrary bytes as a model's JSON configuration, through
 // everything torch-free that reads it when a model is registered:
 //   parse_model_config (config.json's common fields), then each family's own
-//   reader, BertConfig::from and DecoderConfig::from (the model_type field picks
-//   which one accepts, as in production; both are tried on every input), and
+//   reader, BertConfig::from, DecoderConfig::from, ClipConfig::from and
+//   SiglipConfig::from (the model_type field picks which one accepts, as in
+//   production; all are tried on every input), and
 //   parse_generation_config, parse_tokenizer_config and
 //   parse_special_tokens_map on the same document; then, as ModelDirectory reads
 //   them, the nested configs (nested_config_keys, parse_model_config on each),
@@ -23,7 +24,9 @@
 #include "mpool/loading/config.h"
 #include "mpool/loading/json.h"
 #include "models/bert/config.h"
+#include "models/clip/config.h"
 #include "models/decoder/config.h"
+#include "models/siglip/config.h"
 #include "mpool/loading/model_directory.h"
 
 namespace {
@@ -86,6 +89,27 @@ void check_llama(const mpool::models::decoder::DecoderConfig& l) {
   }
 }
 
+// What nn/vit.cpp and the two-tower families rely on.
+void check_encoder(const mpool::nn::EncoderConfig& e) {
+  require(e.hidden_size > 0 && e.intermediate_size > 0 && e.num_layers > 0 && e.num_heads > 0);
+  require(e.hidden_size % e.num_heads == 0);
+  require(std::isfinite(e.layer_norm_eps) && e.layer_norm_eps > 0);
+}
+void check_towers(const mpool::nn::VisionTowerConfig& v, const mpool::nn::TextTowerConfig& t) {
+  check_encoder(v);
+  check_encoder(t);
+  require(v.patch_size > 0 && v.image_size % v.patch_size == 0 && v.grid() > 0 && v.grid() <= 4096);
+  require(v.num_channels > 0 && t.vocab_size > 0 && t.max_positions > 0);
+}
+void check_clip(const mpool::models::clip::ClipConfig& c) {
+  check_towers(c.vision, c.text);
+  require(c.projection_dim > 0);
+}
+void check_siglip(const mpool::models::siglip::SiglipConfig& c) {
+  check_towers(c.vision, c.text);
+  require(c.projection_size == c.vision.hidden_size);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -101,6 +125,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const loading::ModelConfig config = loading::parse_model_config(json);
     expect_only_invalid_input([&] { check_bert(mpool::models::bert::BertConfig::from(config)); });
     expect_only_invalid_input([&] { check_llama(mpool::models::decoder::DecoderConfig::from(config)); });
+    expect_only_invalid_input([&] { check_clip(mpool::models::clip::ClipConfig::from(config)); });
+    expect_only_invalid_input([&] { check_siglip(mpool::models::siglip::SiglipConfig::from(config)); });
   });
   expect_only_invalid_input([&] { (void)loading::parse_generation_config(json); });
   expect_only_invalid_input([&] { (void)loading::parse_tokenizer_config(json); });

@@ -1,4 +1,4 @@
-"""Command line: ``python -m mpool demo | embed | generate | inspect | info``."""
+"""Command line: ``python -m mpool demo | embed | embed-image | generate | inspect | info``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,37 @@ def _embed(args: argparse.Namespace) -> int:
         for text, v in zip(args.texts, vectors):
             head = " ".join(f"{x:+.4f}" for x in v[:6])
             print(f"  [{head} ...]  {text}")
+    return 0
+
+
+def _embed_image(args: argparse.Namespace) -> int:
+    import os
+
+    import mpool
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with mpool.Pool() as pool:
+        try:
+            pool.register("model", args.model, dtype=args.dtype)
+            vectors = pool.embed_images("model", args.images)
+            probs = pool.zero_shot("model", args.images, args.labels, template=args.template) if args.labels else None
+        except mpool.PoolError as e:
+            print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+    if args.json:
+        out: dict[str, Any] = {"model": args.model, "embeddings": vectors.tolist()}
+        if probs is not None:
+            out["labels"] = args.labels
+            out["probabilities"] = probs.tolist()
+        print(json.dumps(out))
+        return 0
+    print(f"{args.model} -> {vectors.shape[1]} dimensions")
+    for i, (image, v) in enumerate(zip(args.images, vectors)):
+        head = " ".join(f"{x:+.4f}" for x in v[:6])
+        print(f"  [{head} ...]  {image}")
+        if probs is not None:
+            ranked = sorted(zip(args.labels, probs[i]), key=lambda p: -p[1])
+            print("      " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
     return 0
 
 
@@ -124,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", help="float32 (default), bfloat16 or float16")
     p.add_argument("--json", action="store_true", help="print the vectors as JSON")
     p.set_defaults(fn=_embed)
+    p = sub.add_parser("embed-image", help="embed images with a native CLIP or SigLIP model (and classify them)")
+    p.add_argument("images", nargs="+", metavar="PATH_OR_URL", help="image files, http(s) URLs or data URIs")
+    p.add_argument("--model", required=True, help="model directory or cached repo id (CLIP, SigLIP)")
+    p.add_argument("--labels", nargs="+", metavar="LABEL", help="zero-shot: print each label's probability per image")
+    p.add_argument("--template", default="a photo of a {}.", help="zero-shot prompt around each label")
+    p.add_argument("--dtype", help="float32 (default), bfloat16 or float16")
+    p.add_argument("--json", action="store_true", help="print the vectors (and probabilities) as JSON")
+    p.set_defaults(fn=_embed_image)
     p = sub.add_parser("generate", help="stream text from a native decoder model (Llama, Mistral, Qwen2/3, Phi-3)")
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--model", required=True, help="model directory or cached repo id")

@@ -104,13 +104,33 @@ class Pool:
     def _abandon_after_fork(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
     def embed(
-        self, key: str, texts: list[str], task: str | None = None, timeout: float | None = None, truncate: bool = True
+        self,
+        key: str,
+        texts: list[str],
+        task: str | None = None,
+        timeout: float | None = None,
+        truncate: bool = True,
+        normalize: bool | None = None,
     ) -> np.ndarray: ...
     def embed_async(
-        self, key: str, texts: list[str], task: str | None = None, timeout: float | None = None, truncate: bool = True
+        self,
+        key: str,
+        texts: list[str],
+        task: str | None = None,
+        timeout: float | None = None,
+        truncate: bool = True,
+        normalize: bool | None = None,
     ) -> Future: ...
     def embed_images_async(
-        self, key: str, items: list[tuple[str, Any]], timeout: float, fetch_timeout: float
+        self,
+        key: str,
+        items: list[tuple[str, Any]],
+        timeout: float,
+        fetch_timeout: float,
+        normalize: bool | None = None,
+    ) -> Future: ...
+    def zero_shot_async(
+        self, key: str, items: list[tuple[str, Any]], texts: list[str], timeout: float, fetch_timeout: float
     ) -> Future: ...
     def generate(self, key: str, prompt: str | list[int], params: dict[str, Any], timeout: float | None) -> TextStream: ...
     def describe(

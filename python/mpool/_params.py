@@ -9,6 +9,7 @@ Pool, a server) checks its arguments with these.
 from __future__ import annotations
 
 import os
+import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -28,6 +29,7 @@ __all__ = [
     "image_defaults",
     "image_settings",
     "images",
+    "labels",
     "prompt",
     "task",
     "texts",
@@ -108,6 +110,27 @@ def texts(x: str | Sequence[str]) -> list[str]:
     if not items:
         raise InvalidInput("texts is empty; pass at least one text")
     return [v.text(f"texts[{i}]", t) for i, t in enumerate(items)]
+
+
+def labels(x: Sequence[str], template: str) -> list[str]:
+    """Zero-shot labels put into ``template`` (which must hold one ``{}``): the texts to embed."""
+    if not isinstance(template, str):
+        raise InvalidInput(f"template must be a str with one {{}} for the label, got {type(template).__name__}")
+    v.text("template", template)
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise InvalidInput(f"template {template!r} is not a valid format string ({e})") from None
+    if fields != [""]:
+        raise InvalidInput(
+            f"template must hold exactly one empty {{}} where the label goes, got {template!r}"
+        )
+    if isinstance(x, str) or not isinstance(x, Sequence):
+        raise InvalidInput(f"labels must be a sequence of str, got {type(x).__name__}")
+    items = list(x)
+    if not items:
+        raise InvalidInput("labels is empty; pass at least one label")
+    return [template.format(v.text(f"labels[{i}]", label, allow_empty=False)) for i, label in enumerate(items)]
 
 
 def images(x: Any) -> list[tuple[str, Any]]:

@@ -279,15 +279,20 @@ class Pool:
         task: str | None = None,
         *,
         truncate: bool = True,
+        normalize: bool | None = None,
         timeout: float | None = None,
     ) -> np.ndarray:
         """Embeds texts: float32 array (n, d).
 
         ``task`` picks the model's prompt (e.g. "query"). Texts longer than the model's
         limit are truncated, or raise InvalidInput with ``truncate=False``.
+        ``normalize``: True gives unit-length rows, False the model's raw output (a
+        CLIP or SigLIP projection), None the model's default (CLIP and SigLIP
+        normalize; a sentence-transformers model as its Normalize module says).
         """
         return self._native.embed(
-            v.key(key), req.texts(texts), req.task(task), req.timeout(timeout), v.flag("truncate", truncate)
+            v.key(key), req.texts(texts), req.task(task), req.timeout(timeout), v.flag("truncate", truncate),
+            _normalize(normalize),
         )
 
     async def aembed(
@@ -297,11 +302,13 @@ class Pool:
         task: str | None = None,
         *,
         truncate: bool = True,
+        normalize: bool | None = None,
         timeout: float | None = None,
     ) -> np.ndarray:
         """``embed`` for asyncio: does not block the event loop."""
         future = self._native.embed_async(
-            v.key(key), req.texts(texts), req.task(task), req.timeout(timeout), v.flag("truncate", truncate)
+            v.key(key), req.texts(texts), req.task(task), req.timeout(timeout), v.flag("truncate", truncate),
+            _normalize(normalize),
         )
         return await await_native(future)
 
@@ -312,24 +319,68 @@ class Pool:
         checked = req.timeout(timeout)
         return self._request_timeout if checked is None else checked
 
-    def embed_images(self, key: str, images: Any, *, timeout: float | None = None) -> np.ndarray:
+    def embed_images(
+        self, key: str, images: Any, *, normalize: bool | None = None, timeout: float | None = None
+    ) -> np.ndarray:
         """Embeds images (paths, URLs, base64, bytes, PIL, HWC uint8 arrays): float32 (n, d).
 
-        Fetching and decoding count against ``timeout``: a URL slower than what is left
-        of it raises ``Timeout``.
+        ``normalize`` as for ``embed``. Fetching and decoding count against
+        ``timeout``: a URL slower than what is left of it raises ``Timeout``.
         """
         future = self._native.embed_images_async(
-            v.key(key), req.images(images), self._image_timeout(timeout), self._fetch_timeout
+            v.key(key), req.images(images), self._image_timeout(timeout), self._fetch_timeout, _normalize(normalize)
         )
         return future.result()
 
-    async def aembed_images(self, key: str, images: Any, *, timeout: float | None = None) -> np.ndarray:
+    async def aembed_images(
+        self, key: str, images: Any, *, normalize: bool | None = None, timeout: float | None = None
+    ) -> np.ndarray:
         """``embed_images`` for asyncio (decoding and fetching run off the loop too)."""
         key, items, effective = v.key(key), req.images(images), self._image_timeout(timeout)
         loop = asyncio.get_running_loop()
         # Decoding and fetching are bounded work (the fetch timeout): the default executor.
         future = await loop.run_in_executor(
-            None, self._native.embed_images_async, key, items, effective, self._fetch_timeout
+            None, self._native.embed_images_async, key, items, effective, self._fetch_timeout, _normalize(normalize)
+        )
+        return await await_native(future)
+
+    def zero_shot(
+        self,
+        key: str,
+        images: Any,
+        labels: Sequence[str],
+        *,
+        template: str = "a photo of a {}.",
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        """Zero-shot classification: float32 (images, labels) probabilities.
+
+        Each label is put into ``template`` (its ``{}``), embedded with the model's
+        text tower and scored against each image with the model's logit scale: a
+        softmax over the labels for CLIP (rows sum to 1), an independent sigmoid per
+        label with SigLIP's bias. The model must embed images and texts (CLIP, SigLIP).
+        """
+        future = self._native.zero_shot_async(
+            v.key(key), req.images(images), req.labels(labels, template), self._image_timeout(timeout),
+            self._fetch_timeout,
+        )
+        return future.result()
+
+    async def azero_shot(
+        self,
+        key: str,
+        images: Any,
+        labels: Sequence[str],
+        *,
+        template: str = "a photo of a {}.",
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        """``zero_shot`` for asyncio."""
+        key, items, texts = v.key(key), req.images(images), req.labels(labels, template)
+        effective = self._image_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        future = await loop.run_in_executor(
+            None, self._native.zero_shot_async, key, items, texts, effective, self._fetch_timeout
         )
         return await await_native(future)
 
@@ -529,3 +580,7 @@ _NOT_COPYABLE = (
     "mpool.Pool cannot be copied or pickled: it owns native replica threads and loaded models. "
     "Share the Pool object itself (it is thread-safe), or create a new Pool in the other process"
 )
+
+
+def _normalize(normalize: Any) -> bool | None:
+    return None if normalize is None else v.flag("normalize", normalize)

@@ -114,3 +114,43 @@ def test_batch_budget_zero_turns_merging_off(one_replica_pool):
     for f in futures:
         f.result()
     assert [len(c) for c in model.calls] == [1, 1, 1, 1, 1]
+
+
+class GatedImageEmbedder:
+    """Mean colour per image; records each call's image count; the first call waits
+    on a gate; an all-black image is one it cannot embed."""
+
+    dimension = 3
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+        self.calls: list[int] = []
+
+    def embed_images(self, images):
+        if not self.calls:
+            self.gate.wait(10)
+        self.calls.append(len(images))
+        if any(int(i.max()) == 0 for i in images):
+            raise ValueError("cannot embed a black image")
+        return np.stack([i.reshape(-1, 3).mean(0) for i in images]).astype(np.float32)
+
+
+def test_queued_image_requests_share_one_call_and_a_bad_image_fails_only_its_request(one_replica_pool):
+    pool = one_replica_pool
+    gate = threading.Event()
+    model = GatedImageEmbedder(gate)
+    pool.register("img", mpool.PyModel("image_embedding", lambda d: model, memory_mb=1, max_replicas=1))
+    first = pool._native.embed_images_async("img", [("array", np.full((2, 2, 3), 1, np.uint8))], 60.0, 10.0)
+    assert wait_for(lambda: pool.stats()["models"]["img"]["busy_replicas"] == 1)
+    colors = [10 * (i + 1) for i in range(5)]
+    good = [pool._native.embed_images_async("img", [("array", np.full((3, 3, 3), c, np.uint8))], 60.0, 10.0)
+            for c in colors]
+    bad = pool._native.embed_images_async("img", [("array", np.zeros((3, 3, 3), np.uint8))], 60.0, 10.0)
+    gate.set()
+    first.result()
+    for c, f in zip(colors, good):
+        np.testing.assert_array_equal(f.result(), np.full((1, 3), c, np.float32))
+    with pytest.raises(mpool.ModelError, match="black image"):
+        bad.result()
+    # The six queued requests ran as one call, which failed; then one by one.
+    assert model.calls[:2] == [1, 6] and sorted(model.calls[2:]) == [1] * 6

@@ -465,7 +465,7 @@ def test_a_request_without_timeout_gets_the_pool_timeout_and_image_requests_pass
     pool.embed_images("k", IMAGE)
     calls = dict(pool._native.calls)
     assert calls["embed"][3] is None  # the native pool applies its default
-    assert calls["embed_images_async"][2:] == (7.0, 3.0)  # fetching counts against it: see below
+    assert calls["embed_images_async"][2:4] == (7.0, 3.0)  # fetching counts against it: see below
 
 
 # --- copying and fork() -------------------------------------------------------------

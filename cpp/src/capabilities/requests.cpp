@@ -138,6 +138,46 @@ std::shared_ptr<core::Pending<Tensor>> submit_embedding(core::Pool& pool, const 
   return pending;
 }
 
+// The batch-key suffix of a normalize option: requests batch only with their like.
+std::string normalize_key(std::optional<bool> normalize) {
+  return !normalize ? std::string() : *normalize ? "/unit" : "/raw";
+}
+
+// normalize == true: the model's rows scaled to unit length, whatever the model
+// does by default (a shape the model got wrong is left for checked_embedding).
+Tensor normalized_if(std::optional<bool> normalize, Tensor out) {
+  if (normalize.value_or(false) && out.defined() && out.dim() == 2 && out.is_floating_point()) {
+    out = out.to(at::kFloat);
+    out = out / out.norm(2, -1, true).clamp_min(1e-12);
+  }
+  return out;
+}
+
+// A request that runs once on one replica and yields one tensor.
+class ValueJob final : public core::Job {
+ public:
+  using Run = std::function<Tensor(Instance&, RequestContext&)>;
+  ValueJob(std::shared_ptr<core::Pending<Tensor>> pending, Run run)
+      : Job(pending->context()), pending_(std::move(pending)), run_(std::move(run)) {}
+  void run(Instance& instance) override {
+    Tensor out = run_(instance, context());
+    if (context().should_stop())
+      fail(context().stop_error());
+    else
+      pending_->set_value(out);
+  }
+  void fail(const Error& error) noexcept override {
+    try {
+      pending_->set_error(error);
+    } catch (...) {  // allocation failure while storing the error: nothing left to tell
+    }
+  }
+
+ private:
+  std::shared_ptr<core::Pending<Tensor>> pending_;
+  Run run_;
+};
+
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // A text stream around `run`, which calls the model with a sink; adds the final
@@ -193,27 +233,73 @@ std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string
   check(!texts.empty(), ErrorCode::kInvalidInput, "embed() needs at least one text");
   size_t cost = 0;
   for (auto& t : texts) cost += t.size() / 4 + 2;  // about a token per 4 bytes, plus special tokens
-  // Requests batch together only when they ask for the same task (prompt) and truncation.
+  // Requests batch together only when they ask for the same task (prompt),
+  // truncation and normalization.
   std::string batch_key = std::string(TextEmbedding::kName) + (embed_options.truncate ? "" : "/strict") +
+                          normalize_key(embed_options.normalize) +
                           (embed_options.task ? ":" + *embed_options.task : std::string());
   return submit_embedding<TextEmbedding, std::string>(
       pool, key, options, std::move(texts), std::move(batch_key), cost,
       [embed_options = std::move(embed_options)](TextEmbedding& model, const std::vector<std::string>& all,
-                                                 RequestContext& ctx) { return model.embed(all, embed_options, ctx);
+                                                 RequestContext& ctx) {
+        return normalized_if(embed_options.normalize, model.embed(all, embed_options, ctx));
       },
       "texts");
 }
 
 std::shared_ptr<core::Pending<Tensor>> embed_images(core::Pool& pool, const std::string& key,
-                                                    std::vector<Image> images, const core::RequestOptions& options) {
+                                                    std::vector<Image> images, ImageEmbedOptions image_options,
+                                                    const core::RequestOptions& options) {
   check(!images.empty(), ErrorCode::kInvalidInput, "embed_images() needs at least one image");
   size_t cost = images.size() * kImageBatchCost;
   return submit_embedding<ImageEmbedding, Image>(
-      pool, key, options, std::move(images), ImageEmbedding::kName, cost,
-      [](ImageEmbedding& model, const std::vector<Image>& all, RequestContext& ctx) {
-        return model.embed_images(all, ctx);
+      pool, key, options, std::move(images), std::string(ImageEmbedding::kName) + normalize_key(image_options.normalize),
+      cost,
+      [image_options](ImageEmbedding& model, const std::vector<Image>& all, RequestContext& ctx) {
+        return normalized_if(image_options.normalize, model.embed_images(all, image_options, ctx));
       },
       "images");
+}
+
+std::shared_ptr<core::Pending<Tensor>> zero_shot(core::Pool& pool, const std::string& key, std::vector<Image> images,
+                                                 std::vector<std::string> texts, const core::RequestOptions& options) {
+  check(!images.empty(), ErrorCode::kInvalidInput, "zero_shot() needs at least one image");
+  check(!texts.empty(), ErrorCode::kInvalidInput, "zero_shot() needs at least one label");
+  const std::vector<std::string> caps = pool.model_stats(key).capabilities;
+  std::string listed;
+  for (const auto& c : caps) listed += (listed.empty() ? "" : ", ") + c;
+  check(std::find(caps.begin(), caps.end(), TextEmbedding::kName) != caps.end() &&
+            std::find(caps.begin(), caps.end(), ImageEmbedding::kName) != caps.end(),
+        ErrorCode::kInvalidInput,
+        "zero_shot() needs a model that embeds images and texts into one space (CLIP, SigLIP); '" + key +
+            "' does not embed " + (std::find(caps.begin(), caps.end(), TextEmbedding::kName) == caps.end() ? "texts" : "images") +
+            " (its capabilities: " + listed + ")");
+  auto pending = std::make_shared<core::Pending<Tensor>>(pool.make_context(key, options));
+  auto run = [images = std::move(images), texts = std::move(texts)](Instance& inst, RequestContext& ctx) {
+    ImageEmbedding& vision = as<ImageEmbedding>(inst);
+    auto* text = dynamic_cast<TextEmbedding*>(&inst);
+    const std::optional<ContrastiveHead> head = vision.contrastive_head();
+    check(text != nullptr && head.has_value(), ErrorCode::kInvalidInput,
+          "zero_shot() needs a model that embeds images and texts into one space with a contrastive head "
+          "(CLIP, SigLIP); this one " +
+              std::string(text == nullptr ? "does not embed texts" : "has no contrastive head"));
+    return guard_oom([&] {
+      Tensor img = checked_embedding(vision.embed_images(images, ImageEmbedOptions{true}, ctx), images.size(), "images");
+      ctx.throw_if_stopped();
+      EmbedOptions text_options;
+      text_options.normalize = true;
+      Tensor txt = checked_embedding(text->embed(texts, text_options, ctx), texts.size(), "labels");
+      check(img.size(1) == txt.size(1), ErrorCode::kModelError,
+            "the model's image embeddings have " + std::to_string(img.size(1)) + " dimensions and its text embeddings " +
+                std::to_string(txt.size(1)) + "; zero-shot needs one space");
+      img = img / img.norm(2, -1, true).clamp_min(1e-12);
+      txt = txt / txt.norm(2, -1, true).clamp_min(1e-12);
+      Tensor logits = at::matmul(img.to(at::kDouble), txt.to(at::kDouble).t()) * head->logit_scale + head->logit_bias;
+      return (head->sigmoid ? at::sigmoid(logits) : at::softmax(logits, -1)).to(at::kFloat).contiguous();
+    });
+  };
+  pool.submit(key, ImageEmbedding::kName, std::make_shared<ValueJob>(pending, std::move(run)));
+  return pending;
 }
 
 std::shared_ptr<TextStream> generate(core::Pool& pool, const std::string& key,

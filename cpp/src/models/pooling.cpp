@@ -56,4 +56,17 @@ at::Tensor pool(const at::Tensor& hidden_in, const at::Tensor& mask_in, const st
   return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
 }
 
+at::Tensor TokenPooler::operator()(const at::Tensor& hidden, const at::Tensor& mask, const at::Tensor& ids) const {
+  at::Tensor index;
+  switch (pick_) {
+    // argmax returns the first of equal maxima, as transformers relies on.
+    case TokenPick::kFirstId: index = ids.eq(id_).to(at::kInt).argmax(1); break;
+    case TokenPick::kLargestId: index = ids.masked_fill(mask.eq(0), -1).argmax(1); break;
+    case TokenPick::kLast: index = at::full({hidden.size(0)}, hidden.size(1) - 1, ids.options()); break;
+  }
+  at::Tensor picked = hidden.gather(1, index.to(at::kLong).view({-1, 1, 1}).expand({-1, 1, hidden.size(2)})).squeeze(1);
+  if (weight_.defined()) picked = at::linear(picked, weight_, bias_);
+  return picked.to(at::kFloat);
+}
+
 }  // namespace mpool::models

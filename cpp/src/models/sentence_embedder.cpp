@@ -97,11 +97,17 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
   while (start < order.size()) {
     ctx.throw_if_stopped();
     size_t end = start + 1;
-    while (end < order.size() && (end - start + 1) * enc[order[end]].size() <= settings_.tokens_per_forward) ++end;
+    auto width_of = [&](size_t i) {
+      return settings_.pad_to_max_length_with ? settings_.max_seq_length : enc[order[i]].size();
+    };
+    while (end < order.size() && (end - start + 1) * width_of(end) <= settings_.tokens_per_forward) ++end;
     const int64_t rows = static_cast<int64_t>(end - start);
-    const int64_t width = static_cast<int64_t>(enc[order[end - 1]].size());
-    at::Tensor ids = at::zeros({rows, width}, at::kLong), types = at::zeros({rows, width}, at::kLong),
-               mask = at::zeros({rows, width}, at::kLong);
+    const std::optional<int64_t> pad = settings_.pad_to_max_length_with;
+    const int64_t width =
+        pad ? static_cast<int64_t>(settings_.max_seq_length) : static_cast<int64_t>(enc[order[end - 1]].size());
+    at::Tensor ids = pad ? at::full({rows, width}, *pad, at::kLong) : at::zeros({rows, width}, at::kLong),
+               types = at::zeros({rows, width}, at::kLong),
+               mask = pad ? at::ones({rows, width}, at::kLong) : at::zeros({rows, width}, at::kLong);
     auto ia = ids.accessor<int64_t, 2>(), ta = types.accessor<int64_t, 2>(), ma = mask.accessor<int64_t, 2>();
     for (int64_t r = 0; r < rows; ++r) {
       const auto& e = enc[order[start + r]];
@@ -115,8 +121,8 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
     at::Tensor hidden = backbone_->forward(ids.to(dev), types.to(dev), mask.to(dev));
     at::Tensor pool_mask = mask.to(dev);
     if (prompt_tokens > 0) pool_mask.narrow(1, 0, std::min<int64_t>(prompt_tokens, width)).zero_();
-    at::Tensor pooled = (*pooler_)(hidden, pool_mask);
-    if (settings_.normalize) pooled = pooled / pooled.norm(2, -1, true).clamp_min(1e-12);
+    at::Tensor pooled = (*pooler_)(hidden, pool_mask, ids.to(dev));
+    if (options.normalize.value_or(settings_.normalize)) pooled = pooled / pooled.norm(2, -1, true).clamp_min(1e-12);
     pooled = pooled.to(at::kCPU, at::kFloat);
     for (int64_t r = 0; r < rows; ++r) out[static_cast<int64_t>(order[start + r])].copy_(pooled[r]);
     start = end;

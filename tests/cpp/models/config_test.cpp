@@ -8,7 +8,9 @@
 #include "mpool/loading/config.h"
 #include "mpool/loading/json.h"
 #include "models/bert/config.h"
+#include "models/clip/config.h"
 #include "models/decoder/config.h"
+#include "models/siglip/config.h"
 
 namespace mpool::models {
 namespace {
@@ -101,6 +103,53 @@ TEST(FamilyConfigs, RopeScalingBounds) {
                                                  "factor": -2}})"));
       },
       "\"factor\" must be > 0");
+}
+
+TEST(TwoTowerConfigs, ClipTakesCLIPConfigDefaultsForWhatTheFileLeavesOut) {
+  auto c = clip::ClipConfig::from(config(R"({"model_type": "clip", "vision_config": {"patch_size": 14}})"));
+  EXPECT_EQ(c.text.hidden_size, 512);
+  EXPECT_EQ(c.text.num_heads, 8);
+  EXPECT_EQ(c.text.max_positions, 77);
+  EXPECT_EQ(c.vision.hidden_size, 768);
+  EXPECT_EQ(c.vision.grid(), 16);
+  EXPECT_EQ(c.projection_dim, 512);
+  EXPECT_EQ(c.vision.act, nn::Activation::kQuickGelu);
+  EXPECT_FALSE(c.pool_at_largest_id());
+  auto legacy = clip::ClipConfig::from(config(R"({"model_type": "clip", "text_config": {"eos_token_id": 2}})"));
+  EXPECT_TRUE(legacy.pool_at_largest_id());
+}
+
+TEST(TwoTowerConfigs, TowerSizesAreCheckedAndNamedWithTheirNestedKey) {
+  expect_invalid([] { clip::ClipConfig::from(config(R"({"model_type": "clip", "vision_config": {"patch_size": 33}})")); },
+                 "config.json: \"vision_config.patch_size\" (33) must divide");
+  expect_invalid(
+      [] { clip::ClipConfig::from(config(R"({"model_type": "clip", "text_config": {"num_attention_heads": 7}})")); },
+      "\"text_config.hidden_size\" (512) is not divisible by");
+  expect_invalid(
+      [] { clip::ClipConfig::from(config(R"({"model_type": "clip", "text_config": {"num_hidden_layers": 70000}})")); },
+      "\"text_config.num_hidden_layers\" is 70000; it must be in [1, 65536]");
+  expect_invalid([] { clip::ClipConfig::from(config(R"({"model_type": "clip", "projection_dim": 0})")); },
+                 "\"projection_dim\" is 0");
+  expect_invalid(
+      [] { clip::ClipConfig::from(config(R"({"model_type": "clip", "vision_config": {"layer_norm_eps": -1}})")); },
+      "\"vision_config.layer_norm_eps\" must be a positive finite number");
+  expect_invalid([] { clip::ClipConfig::from(config(R"({"model_type": "clip", "text_config": {"hidden_act": "nope"}})")); },
+                 "text_config.hidden_act");
+}
+
+TEST(TwoTowerConfigs, SiglipNeedsItsPoolingHeadAndOneSpace) {
+  auto s = siglip::SiglipConfig::from(config(R"({"model_type": "siglip"})"));
+  EXPECT_EQ(s.vision.grid(), 14);
+  EXPECT_EQ(s.text.max_positions, 64);
+  EXPECT_EQ(s.projection_size, 768);
+  EXPECT_EQ(s.vision.act, nn::Activation::kGeluTanh);
+  expect_invalid(
+      [] { siglip::SiglipConfig::from(config(R"({"model_type": "siglip", "vision_config": {"vision_use_head": false}})")); },
+      "vision_use_head\" is false");
+  expect_invalid(
+      [] { siglip::SiglipConfig::from(config(R"({"model_type": "siglip", "text_config": {"projection_size": 512}})")); },
+      "do not share one space");
+  expect_invalid([] { siglip::SiglipConfig::from(config(R"({"model_type": "siglip2"})")); }, "NaFlex");
 }
 
 }  // namespace

@@ -43,10 +43,14 @@ class ImageEmbedding {
  public:
   static constexpr const char* kName = "image_embedding";
   virtual ~ImageEmbedding() = default;
-  /// Embeds decoded HWC uint8 images.
-  virtual at::Tensor embed_images(const std::vector<Image>& images, RequestContext& ctx) = 0;
+  /// Embeds decoded HWC uint8 images as `options` say.
+  virtual at::Tensor embed_images(const std::vector<Image>& images, const ImageEmbedOptions& options,
+                                  RequestContext& ctx) = 0;
   /// Embedding width d.
   virtual int64_t dimension() const = 0;
+  /// How image-text pairs are scored, for a model that also implements
+  /// TextEmbedding in the same space; nullopt when it has no such head.
+  virtual std::optional<ContrastiveHead> contrastive_head() const { return std::nullopt; }
 };
 
 /// image + question -> streamed text.

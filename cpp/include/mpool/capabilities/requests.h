@@ -29,7 +29,14 @@ std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string
                                              EmbedOptions embed_options, const core::RequestOptions& options);
 /// Queues an embedding of decoded images; float32 (n, d) on the CPU.
 std::shared_ptr<core::Pending<Tensor>> embed_images(core::Pool& pool, const std::string& key,
-                                                    std::vector<Image> images, const core::RequestOptions& options);
+                                                    std::vector<Image> images, ImageEmbedOptions image_options,
+                                                    const core::RequestOptions& options);
+/// Zero-shot classification on one replica of an image-and-text model: each
+/// image scored against each text (the labels, already templated) through the
+/// model's ContrastiveHead; float32 (images, texts) probabilities (rows sum to
+/// one under a softmax head; independent sigmoids otherwise).
+std::shared_ptr<core::Pending<Tensor>> zero_shot(core::Pool& pool, const std::string& key, std::vector<Image> images,
+                                                 std::vector<std::string> texts, const core::RequestOptions& options);
 /// Streams a generation from a text prompt or token ids.
 std::shared_ptr<TextStream> generate(core::Pool& pool, const std::string& key,
                                      std::variant<std::string, std::vector<int64_t>> prompt, GenerationParams params,

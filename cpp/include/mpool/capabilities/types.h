@@ -17,6 +17,24 @@ namespace mpool::capabilities {
 struct EmbedOptions {
   std::optional<std::string> task;  ///< selects a prompt (e.g. "query") when the model has them
   bool truncate = true;             ///< false: a text longer than the model's limit is InvalidInput
+  /// true: unit-length rows; false: the model's raw output (a CLIP projection
+  /// before its normalization); nullopt: the model's own default.
+  std::optional<bool> normalize;
+};
+
+/// Options of one image embedding request.
+struct ImageEmbedOptions {
+  /// As EmbedOptions::normalize.
+  std::optional<bool> normalize;
+};
+
+/// How a model that embeds images and texts into one space scores a pair
+/// (zero-shot classification): logit = scale * cos(image, text) + bias, then a
+/// softmax over the labels (CLIP) or a sigmoid per label (SigLIP).
+struct ContrastiveHead {
+  double logit_scale = 1.0;  ///< already exponentiated (the checkpoint stores its log)
+  double logit_bias = 0.0;
+  bool sigmoid = false;
 };
 
 /// Sampling and stopping parameters of one text generation.

@@ -47,11 +47,12 @@ class JsonView {
   std::vector<std::int64_t> get_token_ids(std::string_view key) const;
   /// The object under `key`; nullopt when absent or null; throws if not an object.
   std::optional<JsonView> child(std::string_view key) const;
+  /// How messages name `key` of this node: `config.json: "vision_config.patch_size"`.
+  std::string where(std::string_view key) const;
 
  private:
   const nlohmann::json* find(std::string_view key) const;
   const nlohmann::json& require(std::string_view key) const;
-  std::string where(std::string_view key) const;
 
   std::shared_ptr<const nlohmann::json> root_;  // keeps node_ valid
   const nlohmann::json* node_;

@@ -91,6 +91,20 @@ Family family();
 void register_probes();
 }  // namespace bert
 
+namespace clip {
+/// The CLIP family (CLIPModel) as an image_embedding and text_embedding model.
+Family family();
+/// Its probes ("clip.features").
+void register_probes();
+}  // namespace clip
+
+namespace siglip {
+/// The SigLIP family (SiglipModel) as an image_embedding and text_embedding model.
+Family family();
+/// Its probes ("siglip.features").
+void register_probes();
+}  // namespace siglip
+
 namespace decoder {
 /// The decoder family, published as "llama" (llama, mistral, qwen2, qwen3, phi3)
 /// as a text_to_text and text_embedding model.

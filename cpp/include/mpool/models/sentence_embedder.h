@@ -39,6 +39,9 @@ struct EmbedderSettings {
   std::optional<std::string> default_prompt_name;
   int64_t dimension = 0;
   size_t tokens_per_forward = 16384;  ///< padded tokens per forward pass (bounds activation memory)
+  /// Pad every text to max_seq_length with this id, and feed the padding as
+  /// input (mask all ones): what SigLIP's processor does and its model expects.
+  std::optional<int64_t> pad_to_max_length_with;
 };
 
 /// The settings of a model directory: the sentence-transformers files (pooling,

@@ -1,0 +1,46 @@
+#include "models/clip/clip.h"
+
+#include "mpool/base/error.h"
+#include "mpool/nn/attention.h"
+
+namespace mpool::models::clip {
+
+ClipVision::ClipVision(const nn::VisionTowerConfig& c, const nn::Weights& w, const nn::Weights& projection,
+                       int64_t projection_dim, at::Device device)
+    : embeddings_(nn::PatchEmbedding::load(w.sub("embeddings"), c, /*class_token=*/true, /*conv_bias=*/false)),
+      // "pre_layrnorm" is how CLIP's checkpoints spell it.
+      pre_norm_(nn::LayerNorm::load(w, "pre_layrnorm", c.hidden_size, c.layer_norm_eps)),
+      post_norm_(nn::LayerNorm::load(w, "post_layernorm", c.hidden_size, c.layer_norm_eps)),
+      encoder_(nn::PreNormEncoder::load(w.sub("encoder"), c)),
+      device_(device) {
+  if (projection_dim > 0) projection_ = projection.get("weight", {projection_dim, c.hidden_size});
+}
+
+at::Tensor ClipVision::hidden_states(const at::Tensor& pixels, int64_t layers) const {
+  return encoder_(pre_norm_(embeddings_(pixels.to(device_))), {}, false, layers);
+}
+
+at::Tensor ClipVision::forward(const at::Tensor& pixels) const {
+  at::Tensor pooled = post_norm_(hidden_states(pixels).select(1, 0));
+  return projection_.defined() ? at::linear(pooled, projection_) : pooled;
+}
+
+ClipText::ClipText(const nn::TextTowerConfig& c, const nn::Weights& w, at::Device device)
+    : token_(w.get("embeddings.token_embedding.weight", {c.vocab_size, c.hidden_size})),
+      position_(w.get("embeddings.position_embedding.weight", {c.max_positions, c.hidden_size})),
+      encoder_(nn::PreNormEncoder::load(w.sub("encoder"), c)),
+      final_norm_(nn::LayerNorm::load(w, "final_layer_norm", c.hidden_size, c.layer_norm_eps)),
+      device_(device) {}
+
+at::Tensor ClipText::forward(const at::Tensor& ids, const at::Tensor&, const at::Tensor&) const {
+  const int64_t t = ids.size(1);
+  check(t <= position_.size(0), ErrorCode::kInvalidInput,
+        "input of " + std::to_string(t) + " tokens is longer than the text tower's " +
+            std::to_string(position_.size(0)) + " positions");
+  // Causal attention: a token never sees the right padding after it, so the
+  // padding needs no mask of its own for the pooled (end-of-text) token.
+  at::Tensor x = at::embedding(token_, ids) + position_.narrow(0, 0, t).unsqueeze(0);
+  return final_norm_(encoder_(x, {}, /*causal=*/true));
+}
+
+}  // namespace mpool::models::clip

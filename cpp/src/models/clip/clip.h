@@ -1,0 +1,52 @@
+#pragma once
+// CLIP's two towers on mpool_nn. The vision tower is also what LLaVA builds on
+// (hidden_states() at a chosen layer).
+#include <ATen/ATen.h>
+
+#include "models/clip/config.h"
+#include "mpool/models/image_text_embedder.h"
+#include "mpool/models/sentence_embedder.h"
+#include "mpool/nn/linear.h"
+#include "mpool/nn/norm.h"
+#include "mpool/nn/vit.h"
+#include "mpool/nn/weights.h"
+
+namespace mpool::models::clip {
+
+/// CLIPVisionTransformer (+ visual_projection when loaded with a projection).
+class ClipVision final : public ImageTower {
+ public:
+  /// `w`: the view holding "embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.";
+  /// `projection`: the view holding visual_projection's "weight" of (projection_dim,
+  /// hidden); projection_dim 0: no projection (a bare CLIPVisionModel, LLaVA's tower).
+  ClipVision(const nn::VisionTowerConfig& config, const nn::Weights& w, const nn::Weights& projection,
+             int64_t projection_dim, at::Device device);
+  /// (b, 3, S, S) float32 -> the projected class token (b, projection_dim).
+  at::Tensor forward(const at::Tensor& pixels) const override;
+  /// The hidden states after `layers` encoder layers (-1: all), before post_layernorm.
+  at::Tensor hidden_states(const at::Tensor& pixels, int64_t layers = -1) const;
+
+ private:
+  nn::PatchEmbedding embeddings_;
+  nn::LayerNorm pre_norm_, post_norm_;
+  nn::PreNormEncoder encoder_;
+  at::Tensor projection_;  // (projection_dim, hidden) or undefined
+  at::Device device_;
+};
+
+/// CLIPTextTransformer up to final_layer_norm: (b, t) ids -> (b, t, h). The pooling
+/// at the end-of-text token and text_projection are the kit's TokenPooler.
+class ClipText final : public Backbone {
+ public:
+  ClipText(const nn::TextTowerConfig& config, const nn::Weights& w, at::Device device);
+  at::Tensor forward(const at::Tensor& ids, const at::Tensor& type_ids, const at::Tensor& mask) const override;
+  at::Device device() const override { return device_; }
+
+ private:
+  at::Tensor token_, position_;
+  nn::PreNormEncoder encoder_;
+  nn::LayerNorm final_norm_;
+  at::Device device_;
+};
+
+}  // namespace mpool::models::clip
