@@ -71,6 +71,16 @@ struct Fd {
 // clipping at 255 (min(v, 255), not v >> 8).
 detail::RawImage decode_stb(const stbi_uc* bytes, int len, const std::string& source, std::int64_t max_pixels) {
   // The header first: refuse absurd dimensions before any pixel is allocated.
+  // A PNG's IHDR is read here, so a size stb_image's own header check refuses
+  // (more than 2^30 bytes of pixels) is reported as what it is.
+  if (len >= 24 && std::memcmp(bytes, "\x89PNG\r\n\x1a\n", 8) == 0 && std::memcmp(bytes + 12, "IHDR", 4) == 0) {
+    auto be32 = [&](int at) {
+      return (std::int64_t{bytes[at]} << 24) | (std::int64_t{bytes[at + 1]} << 16) | (std::int64_t{bytes[at + 2]} << 8) |
+             std::int64_t{bytes[at + 3]};
+    };
+    const std::int64_t pw = be32(16), ph = be32(20);
+    if (pw > 0 && ph > 0) detail::check_dimensions(ph, pw, max_pixels, source);
+  }
   int w = 0, h = 0, n = 0;
   if (!stbi_info_from_memory(bytes, len, &w, &h, &n)) undecodable(source);
   detail::check_dimensions(h, w, max_pixels, source);

@@ -348,9 +348,10 @@ TEST(ImageDecode, HugeDeclaredDimensionsAreRefusedFromTheHeader) {
   // is checked from the header, so the message is about size, not truncation.
   expect_invalid([] { decode_bytes(png(17000, 17000, 0, {}, false), "huge.png"); }, "huge.png: ",
                  "image is 17000x17000, 289000000 pixels; at most 268435456 pixels are decoded");
-  // stb_image itself refuses a header whose pixels would pass 2^30 bytes.
+  // stb_image itself refuses a header whose pixels would pass 2^30 bytes; the
+  // PNG header is read first, so the message says why.
   expect_invalid([] { decode_bytes(png(20000, 20000, 2, {}, false), "huger.png"); }, "huger.png: ",
-                 "cannot decode image");
+                 "image is 20000x20000, 400000000 pixels; at most 268435456 pixels are decoded");
   // Within stb's per-side limit and under the cap: then the missing data is what fails.
   expect_invalid([] { decode_bytes(png(10000, 10000, 2, {}, false), "big.png"); }, "big.png: ", "cannot decode image");
   // A caller's own cap.
