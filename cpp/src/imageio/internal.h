@@ -19,7 +19,8 @@ struct RawImage {
 /// A malloc'd buffer of `bytes` bytes (released with free), or kInvalidInput naming `source`.
 PixelBuffer allocate_pixels(std::size_t bytes, const std::string& source);
 
-/// "<source>: image is WxH, N pixels; at most M pixels are decoded", or "has no pixels".
+/// "<source>: image is WxH, N pixels; at most M pixels are decoded", or "has no
+/// pixels". `height` and `width` must be below 2^32 (every header's are).
 void check_dimensions(std::int64_t height, std::int64_t width, std::int64_t max_pixels, const std::string& source);
 
 /// True when the bytes start like a WebP file (RIFF....WEBP).

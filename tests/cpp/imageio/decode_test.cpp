@@ -352,6 +352,10 @@ TEST(ImageDecode, HugeDeclaredDimensionsAreRefusedFromTheHeader) {
   // PNG header is read first, so the message says why.
   expect_invalid([] { decode_bytes(png(20000, 20000, 2, {}, false), "huger.png"); }, "huger.png: ",
                  "image is 20000x20000, 400000000 pixels; at most 268435456 pixels are decoded");
+  // The largest sizes a PNG header can declare: their product does not fit in
+  // int64 (signed overflow found by image_decode_fuzz), so the cap is checked by division.
+  expect_invalid([] { decode_bytes(png(0xffffffffu, 0xffffffffu, 2, {}, false), "max.png"); }, "max.png: ",
+                 "image is 4294967295x4294967295, 18446744065119617025 pixels; at most 268435456 pixels");
   // Within stb's per-side limit and under the cap: then the missing data is what fails.
   expect_invalid([] { decode_bytes(png(10000, 10000, 2, {}, false), "big.png"); }, "big.png: ", "cannot decode image");
   // A caller's own cap.
