@@ -194,11 +194,6 @@ size_t drain_released_images() {
   return batch.size();
 }
 
-size_t released_images_pending() {
-  std::lock_guard lock(release_mu);
-  return release_queue.size();
-}
-
 std::vector<ImageInput> image_inputs(const py::list& items) {
   drain_released_images();
   std::vector<ImageInput> out;

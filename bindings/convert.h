@@ -67,7 +67,5 @@ std::vector<capabilities::Image> decode_images(const std::vector<ImageInput>& in
 /// ones. Call with the GIL held (image_inputs, pool shutdown and interpreter
 /// exit do). Returns how many were released.
 size_t drain_released_images();
-/// References queued and not yet released (tests).
-size_t released_images_pending();
 
 }  // namespace mpool::bindings

@@ -234,8 +234,6 @@ void register_pool(py::module_& m) {
   m.def("_drain_image_releases", &drain_released_images,
         "Releases the image arrays that finished requests shared (done at each image request, pool shutdown "
         "and exit); returns how many.");
-  m.def("_image_releases_pending", &released_images_pending,
-        "Image arrays whose tensors are gone and whose release waits for the GIL (tests).");
   m.def("_set_test_allowed_endpoint", &imageio::set_test_allowed_endpoint, py::arg("endpoint"),
         "Tests only: connections to this 'ip:port' pass the private-address check; '' clears.");
   py::module_::import("atexit").attr("register")(py::cpp_function([] { drain_released_images(); }));

@@ -230,7 +230,6 @@ def test_a_contiguous_rgb_array_reaches_the_model_without_a_copy_and_is_released
     pool.close()  # joins the replicas, then releases what their requests shared
     gc.collect()
     assert ref() is None
-    assert _core._image_releases_pending() == 0
 
 
 def test_a_read_only_or_four_channel_array_is_copied_not_shared(pool):
@@ -412,7 +411,9 @@ def test_a_failing_url_is_invalid_input_naming_it_and_the_cause(open_pool, serve
 
 def test_a_body_that_stalls_is_cut_off_by_fetch_timeout_as_invalid_input(server):
     with _make_pool(allow_private_urls=True, fetch_timeout=0.3) as pool:
-        with pytest.raises(mpool.InvalidInput, match=rf"image #0: {server.url}/stall: fetch failed \(Operation timed out after 300 milliseconds"):
+        # The headers came (the size is known), the body never did.
+        stalled = rf"fetch failed \(Operation timed out after \d+ milliseconds with 0 out of {len(PNG)} bytes received\)"
+        with pytest.raises(mpool.InvalidInput, match=rf"image #0: {server.url}/stall: {stalled}"):
             pool.embed_images("rec", f"{server.url}/stall")
         assert_healthy(pool)
 
