@@ -3,7 +3,10 @@
 #include <ATen/ATen.h>
 #include <tbb/parallel_for.h>
 
+#include <mutex>
+
 #include "mpool/capabilities/image_io.h"
+#include "mpool/imageio/source.h"
 
 namespace mpool::bindings {
 
@@ -121,27 +124,108 @@ Error error_from_python(const py::error_already_set& e, ErrorCode fallback) {
   return Error(code, code == fallback ? type + ": " + msg : msg);
 }
 
+namespace {
+
+std::mutex release_mu;
+std::vector<PyObject*> release_queue;  // guarded by release_mu
+
+// A tensor deleter: never takes the GIL (see drain_released_images).
+void release_later(PyObject* obj) {
+  std::lock_guard lock(release_mu);
+  release_queue.push_back(obj);
+}
+
+std::string_view encoded_payload(const py::handle& obj, const std::string& what) {
+  if (PyBytes_Check(obj.ptr())) {
+    char* data = nullptr;
+    Py_ssize_t size = 0;
+    if (PyBytes_AsStringAndSize(obj.ptr(), &data, &size) != 0) throw py::error_already_set();
+    return {data, static_cast<size_t>(size)};
+  }
+  if (PyUnicode_Check(obj.ptr())) {
+    Py_ssize_t size = 0;
+    // The UTF-8 form is cached in the str object: a view, no copy (ASCII strings share it).
+    const char* data = PyUnicode_AsUTF8AndSize(obj.ptr(), &size);
+    if (data == nullptr) {
+      PyErr_Clear();
+      throw Error(ErrorCode::kInvalidInput, what + ": the string is not valid Unicode (lone surrogate)");
+    }
+    return {data, static_cast<size_t>(size)};
+  }
+  throw Error(ErrorCode::kInvalidInput, what + ": expected bytes or str, got " +
+                                            std::string(py::str(py::type::of(obj).attr("__name__"))));
+}
+
+void read_array(const py::handle& obj, ImageInput& in, const std::string& what) {
+  if (!py::isinstance<py::array>(obj))
+    throw Error(ErrorCode::kInvalidInput, what + ": expected a numpy array");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().is(py::dtype::of<uint8_t>()) || arr.ndim() != 3)
+    throw Error(ErrorCode::kInvalidInput, what + ": numpy images must be HWC uint8 with 1, 3 or 4 channels");
+  in.kind = ImageInput::kPixels;
+  in.data = static_cast<const std::uint8_t*>(arr.data());
+  in.height = arr.shape(0);
+  in.width = arr.shape(1);
+  in.channels = arr.shape(2);
+  for (int d = 0; d < 3; ++d) in.strides[d] = arr.strides(d);
+  if (in.height <= 0 || in.width <= 0 || (in.channels != 1 && in.channels != 3 && in.channels != 4))
+    throw Error(ErrorCode::kInvalidInput, what + ": the image is empty or not HWC with 1, 3 or 4 channels (shape " +
+                                              std::to_string(in.height) + "x" + std::to_string(in.width) + "x" +
+                                              std::to_string(in.channels) + ")");
+  const bool c_contiguous = in.strides[2] == 1 && in.strides[1] == 3 && in.strides[0] == 3 * in.width;
+  if (in.channels == 3 && c_contiguous && arr.writeable()) {
+    PyObject* ref = obj.ptr();
+    Py_INCREF(ref);
+    in.shared = at::from_blob(const_cast<std::uint8_t*>(in.data), {in.height, in.width, 3},
+                              [ref](void*) { release_later(ref); }, at::TensorOptions().dtype(at::kByte));
+  }
+}
+
+}  // namespace
+
+size_t drain_released_images() {
+  std::vector<PyObject*> batch;
+  {
+    std::lock_guard lock(release_mu);
+    batch.swap(release_queue);
+  }
+  // Outside the lock: a release may run Python code that queues more.
+  for (PyObject* obj : batch) Py_DECREF(obj);
+  return batch.size();
+}
+
 std::vector<ImageInput> image_inputs(const py::list& items) {
+  drain_released_images();
   std::vector<ImageInput> out;
-  for (auto item : items) {
-    auto pair = item.cast<py::tuple>();
-    std::string kind = pair[0].cast<std::string>();
+  out.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const std::string what = "image #" + std::to_string(i);
+    auto pair = py::reinterpret_borrow<py::object>(items[i]);
+    if (!py::isinstance<py::tuple>(pair) || py::len(pair) != 2)
+      throw Error(ErrorCode::kInternal, what + ": malformed image input");
+    const std::string kind = py::str(pair[py::int_(0)]);
+    py::object payload = pair[py::int_(1)];
     ImageInput in{};
     if (kind == "path") {
       in.kind = ImageInput::kPath;
-      in.text = pair[1].cast<std::string>();
+      in.text = payload.cast<std::string>();
     } else if (kind == "url") {
       in.kind = ImageInput::kUrl;
-      in.text = pair[1].cast<std::string>();
+      in.text = payload.cast<std::string>();
     } else if (kind == "bytes") {
       in.kind = ImageInput::kBytes;
-      in.text = pair[1].cast<std::string>();  // copies out of Python
+      in.payload = encoded_payload(payload, what);
+    } else if (kind == "base64") {
+      in.kind = ImageInput::kBase64;
+      in.payload = encoded_payload(payload, what);
+      py::object start = payload[py::slice(0, 60, 1)];
+      in.text = py::repr(start).cast<std::string>();
+      if (in.payload.size() > 60) in.text += "...";
+    } else if (kind == "data_uri") {
+      in.kind = ImageInput::kDataUri;
+      in.payload = encoded_payload(payload, what);
     } else if (kind == "array") {
-      in.kind = ImageInput::kPixels;
-      auto arr = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(pair[1]);
-      if (!arr || arr.ndim() != 3)
-        throw Error(ErrorCode::kInvalidInput, "image array must be HWC uint8 with 3 dimensions");
-      in.pixels = capabilities::image_from_pixels(arr.data(), arr.shape(0), arr.shape(1), arr.shape(2));
+      read_array(payload, in, what);
     } else {
       throw Error(ErrorCode::kInternal, "unknown image input kind '" + kind + "'");
     }
@@ -150,20 +234,47 @@ std::vector<ImageInput> image_inputs(const py::list& items) {
   return out;
 }
 
-std::vector<capabilities::Image> decode_images(const std::vector<ImageInput>& inputs, double timeout_s) {
+std::vector<capabilities::Image> decode_images(const std::vector<ImageInput>& inputs,
+                                               const ImageFetchOptions& options) {
   std::vector<capabilities::Image> images(inputs.size());
   std::vector<std::optional<Error>> errors(inputs.size());
+  imageio::FetchOptions fetch;
+  fetch.timeout_s = options.timeout_s;
+  fetch.max_bytes = options.max_bytes;
+  fetch.allow_private = options.allow_private_urls;
   tbb::parallel_for(size_t{0}, inputs.size(), [&](size_t i) {
     try {
       const auto& in = inputs[i];
       switch (in.kind) {
-        case ImageInput::kPath: images[i] = capabilities::read_image_file(in.text); break;
-        case ImageInput::kUrl: images[i] = capabilities::fetch_image(in.text, timeout_s); break;
-        case ImageInput::kBytes: images[i] = capabilities::decode_image(in.text, "image #" + std::to_string(i) + " (bytes)"); break;
-        case ImageInput::kPixels: images[i] = in.pixels; break;
+        case ImageInput::kPath: images[i] = capabilities::read_image_file(in.text, options.max_bytes); break;
+        case ImageInput::kUrl: images[i] = capabilities::fetch_image(in.text, fetch); break;
+        case ImageInput::kBytes:
+          images[i] = capabilities::decode_image(in.payload.data(), in.payload.size(), "bytes");
+          break;
+        case ImageInput::kBase64: {
+          const std::string bytes = imageio::decode_base64(
+              in.payload, in.text + " (not an existing file, an http(s) URL or a data URI)");
+          images[i] = capabilities::decode_image(bytes.data(), bytes.size(), "base64 " + in.text);
+          break;
+        }
+        case ImageInput::kDataUri: {
+          const imageio::DataUri uri = imageio::parse_data_uri(in.payload, "data URI");
+          images[i] = capabilities::decode_image(uri.data.data(), uri.data.size(),
+                                                 "data URI (" + (uri.media_type.empty() ? std::string("no media type")
+                                                                                        : uri.media_type) + ")");
+          break;
+        }
+        case ImageInput::kPixels:
+          images[i] = in.shared.defined()
+                          ? in.shared
+                          : capabilities::image_from_pixels(in.data, in.height, in.width, in.channels, in.strides[0],
+                                                            in.strides[1], in.strides[2], "array");
+          break;
       }
     } catch (const Error& e) {
       errors[i].emplace(e.code(), e.what());
+    } catch (const std::bad_alloc&) {
+      errors[i].emplace(ErrorCode::kInvalidInput, "out of memory while decoding the image");
     }
   });
   for (size_t i = 0; i < errors.size(); ++i)

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "mpool/capabilities/types.h"
@@ -30,15 +31,41 @@ py::dict params_to_dict(const capabilities::GenerationParams& params);
 /// code if it is an mpool error); clears nothing, call inside the catch.
 Error error_from_python(const py::error_already_set& e, ErrorCode fallback);
 
-/// An undecoded image input, copied out of Python so it can be decoded without the GIL.
+/// An undecoded image input, read out of Python so it can be decoded without
+/// the GIL. Paths and URLs are copied; encoded payloads (bytes, base64 strings,
+/// data URIs) and pixel arrays are views of the Python objects in the list
+/// given to image_inputs, which must outlive the inputs.
 struct ImageInput {
-  enum Kind { kPath, kUrl, kBytes, kPixels } kind;
-  std::string text;      ///< path, URL or encoded bytes
-  at::Tensor pixels;     ///< HWC uint8 for kPixels
+  enum Kind { kPath, kUrl, kBytes, kBase64, kDataUri, kPixels } kind;
+  std::string text;          ///< path or URL; for kBase64 a repr() of its start, for messages
+  std::string_view payload;  ///< kBytes, kBase64, kDataUri: the encoded data
+  // kPixels: HWC uint8 with byte strides.
+  const std::uint8_t* data = nullptr;
+  int64_t height = 0, width = 0, channels = 0;
+  int64_t strides[3] = {0, 0, 0};
+  /// kPixels that pass to the model without a copy (a writeable C-contiguous
+  /// 3-channel array): a tensor over the array's memory that keeps it alive.
+  at::Tensor shared;
 };
-/// Reads ("path"|"url"|"bytes"|"array", payload) pairs prepared by mpool/_images.py.
+/// Reads ("path"|"url"|"bytes"|"base64"|"data_uri"|"array", payload) pairs
+/// prepared by mpool/_images.py. Drains the image release queue first.
 std::vector<ImageInput> image_inputs(const py::list& items);
+
+/// How image URLs are fetched (Pool options, passed with each request).
+struct ImageFetchOptions {
+  double timeout_s = 10.0;
+  bool allow_private_urls = false;
+  size_t max_bytes = size_t{64} << 20;  ///< URL bodies and files
+};
 /// Decodes and fetches, in parallel, without the GIL (call with it released).
-std::vector<capabilities::Image> decode_images(const std::vector<ImageInput>& inputs, double timeout_s);
+std::vector<capabilities::Image> decode_images(const std::vector<ImageInput>& inputs,
+                                               const ImageFetchOptions& options);
+
+/// Arrays shared with tensors (ImageInput::shared) are released through a
+/// queue: a tensor's deleter may run on any native thread, holding any lock, so
+/// it never takes the GIL; it queues the reference, and this drops the queued
+/// ones. Call with the GIL held (image_inputs, pool shutdown and interpreter
+/// exit do). Returns how many were released.
+size_t drain_released_images();
 
 }  // namespace mpool::bindings

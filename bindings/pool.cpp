@@ -10,6 +10,7 @@
 #include "mpool/capabilities/generation_params.h"
 #include "mpool/capabilities/requests.h"
 #include "mpool/core/pool.h"
+#include "mpool/imageio/fetch.h"
 
 #include <condition_variable>
 #include <mutex>
@@ -38,14 +39,23 @@ core::RequestOptions request_options(std::optional<double> timeout) { return cor
 class ImageDeadline {
  public:
   /// `timeout_s`: the request's effective timeout (Python passes the pool's when unset).
-  ImageDeadline(double timeout_s, double fetch_timeout_s)
-      : start_(core::Clock::now()), timeout_s_(timeout_s), fetch_timeout_s_(fetch_timeout_s) {}
+  /// `allow_private_urls`, `max_image_bytes`: the Python Pool's options.
+  ImageDeadline(double timeout_s, double fetch_timeout_s, bool allow_private_urls, size_t max_image_bytes)
+      : start_(core::Clock::now()),
+        timeout_s_(timeout_s),
+        fetch_timeout_s_(fetch_timeout_s),
+        allow_private_urls_(allow_private_urls),
+        max_image_bytes_(max_image_bytes) {
+    core::check_duration("timeout", timeout_s);
+    core::check_duration("fetch_timeout", fetch_timeout_s);
+    check(max_image_bytes > 0, ErrorCode::kInvalidInput, "max_image_bytes must be > 0");
+  }
 
   /// Decodes (and fetches) without the GIL; call with it released.
   std::vector<cap::Image> decode(const std::vector<ImageInput>& inputs) const {
     std::vector<cap::Image> images;
     try {
-      images = decode_images(inputs, fetch_limit());
+      images = decode_images(inputs, ImageFetchOptions{fetch_limit(), allow_private_urls_, max_image_bytes_});
     } catch (const Error&) {
       // libcurl counts whole milliseconds from its own start, so a fetch cut off by
       // the request's deadline may report a hair before our clock reaches it.
@@ -82,6 +92,8 @@ class ImageDeadline {
   core::Clock::time_point start_;
   double timeout_s_;
   double fetch_timeout_s_;
+  bool allow_private_urls_;
+  size_t max_image_bytes_;
 };
 
 py::dict latency(const core::LatencySummary& l) {
@@ -219,6 +231,12 @@ void register_pool(py::module_& m) {
       },
       py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
       "Waits until pools whose last reference dropped on one of their own threads are shut down.");
+  m.def("_drain_image_releases", &drain_released_images,
+        "Releases the image arrays that finished requests shared (done at each image request, pool shutdown "
+        "and exit); returns how many.");
+  m.def("_set_test_allowed_endpoint", &imageio::set_test_allowed_endpoint, py::arg("endpoint"),
+        "Tests only: connections to this 'ip:port' pass the private-address check; '' clears.");
+  py::module_::import("atexit").attr("register")(py::cpp_function([] { drain_released_images(); }));
   py::class_<core::ModelSpec>(m, "ModelSpec", "How to load a model, where, and how much memory a replica takes.")
       .def_readonly("capabilities", &core::ModelSpec::capabilities)
       .def_readwrite("memory_mb", &core::ModelSpec::memory_mb)
@@ -265,7 +283,16 @@ void register_pool(py::module_& m) {
       .def("set_keep_alive", &core::Pool::set_keep_alive, py::call_guard<py::gil_scoped_release>())
       .def("set_memory_budget", &core::Pool::set_memory_budget, py::arg("device"), py::arg("mb"),
            py::call_guard<py::gil_scoped_release>())
-      .def("shutdown", &core::Pool::shutdown, py::arg("drain_timeout"), py::call_guard<py::gil_scoped_release>())
+      .def(
+          "shutdown",
+          [](core::Pool& pool, double drain_timeout) {
+            {
+              py::gil_scoped_release nogil;
+              pool.shutdown(drain_timeout);
+            }
+            drain_released_images();  // the arrays the finished requests shared
+          },
+          py::arg("drain_timeout"))
       .def("shutting_down", &core::Pool::shutting_down)
       .def(
           "_abandon_after_fork",
@@ -318,8 +345,8 @@ void register_pool(py::module_& m) {
            py::arg("truncate") = true, py::arg("normalize") = py::none())
       .def("embed_images_async",
            [](core::Pool& pool, const std::string& key, py::list items, double timeout, double fetch_timeout,
-              std::optional<bool> normalize) {
-             ImageDeadline deadline(timeout, fetch_timeout);
+              bool allow_private_urls, size_t max_image_bytes, std::optional<bool> normalize) {
+             ImageDeadline deadline(timeout, fetch_timeout, allow_private_urls, max_image_bytes);
              auto inputs = image_inputs(items);
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
@@ -331,11 +358,11 @@ void register_pool(py::module_& m) {
              return wrap_future(std::move(p));
            },
            py::arg("key"), py::arg("items"), py::arg("timeout"), py::arg("fetch_timeout"),
-           py::arg("normalize") = py::none())
+           py::arg("allow_private_urls"), py::arg("max_image_bytes"), py::arg("normalize") = py::none())
       .def("zero_shot_async",
            [](core::Pool& pool, const std::string& key, py::list items, std::vector<std::string> texts,
-              double timeout, double fetch_timeout) {
-             ImageDeadline deadline(timeout, fetch_timeout);
+              double timeout, double fetch_timeout, bool allow_private_urls, size_t max_image_bytes) {
+             ImageDeadline deadline(timeout, fetch_timeout, allow_private_urls, max_image_bytes);
              auto inputs = image_inputs(items);
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
@@ -345,7 +372,8 @@ void register_pool(py::module_& m) {
              }
              return wrap_future(std::move(p));
            },
-           py::arg("key"), py::arg("items"), py::arg("texts"), py::arg("timeout"), py::arg("fetch_timeout"))
+           py::arg("key"), py::arg("items"), py::arg("texts"), py::arg("timeout"), py::arg("fetch_timeout"),
+           py::arg("allow_private_urls"), py::arg("max_image_bytes"))
       .def("generate",
            [](core::Pool& pool, const std::string& key, py::object prompt, py::dict params,
               std::optional<double> timeout) {
@@ -364,8 +392,8 @@ void register_pool(py::module_& m) {
            })
       .def("describe",
            [](core::Pool& pool, const std::string& key, py::list image, std::string query, py::dict params,
-              double timeout, double fetch_timeout) {
-             ImageDeadline deadline(timeout, fetch_timeout);
+              double timeout, double fetch_timeout, bool allow_private_urls, size_t max_image_bytes) {
+             ImageDeadline deadline(timeout, fetch_timeout, allow_private_urls, max_image_bytes);
              auto inputs = image_inputs(image);
              if (inputs.size() != 1)
                throw Error(ErrorCode::kInvalidInput, "describe() takes exactly one image, got " +
@@ -384,8 +412,8 @@ void register_pool(py::module_& m) {
            [](core::Pool& pool, const std::string& key, std::string prompt, int64_t width, int64_t height,
               int64_t steps, double guidance_scale, std::optional<std::string> negative_prompt,
               std::optional<uint64_t> seed, py::list init_image, double strength, double timeout,
-              double fetch_timeout) {
-             ImageDeadline deadline(timeout, fetch_timeout);
+              double fetch_timeout, bool allow_private_urls, size_t max_image_bytes) {
+             ImageDeadline deadline(timeout, fetch_timeout, allow_private_urls, max_image_bytes);
              cap::ImageConfig c;
              c.width = width;
              c.height = height;

@@ -1,6 +1,9 @@
 // libFuzzer target: arbitrary bytes to the torch-free image decoder
-// (mpool::imageio::decode, stb_image compiled into mpool_imageio with this
-// build's coverage and ASan + UBSan). Any failure must be
+// (mpool::imageio::decode: stb_image compiled into mpool_imageio with this
+// build's coverage and ASan + UBSan; libwebp for WebP and libexif for the EXIF
+// orientation, the system's uninstrumented builds, with mpool's container walks
+// that find the EXIF block instrumented; then the conversion to RGB and the
+// orientation, also instrumented). Any failure must be
 // mpool::Error(kInvalidInput) naming the source; a decoded image must have
 // positive dimensions within the pixel cap and a buffer of at least
 // height * width * 3 bytes, every one of them readable. The cap is 2^22 pixels

@@ -1,5 +1,6 @@
 """Writes the seeds of image_decode_fuzz: tiny images in every format and
-variant the decoder accepts, made with Pillow. Run from the repository root
+variant the decoder accepts (WebP and EXIF-oriented JPEG/WebP/PNG included),
+made with Pillow. Run from the repository root
 with the project's environment:
 
     .venv/bin/python fuzz/make_image_seeds.py
@@ -54,6 +55,19 @@ def main() -> None:
     save("rle.tga", gradient("RGB", (6, 2)), "TGA", compression="tga_rle")
     save("rgb.ppm", gradient("RGB", (3, 2)), "PPM")
     save("gray.pgm", gradient("L", (3, 2)), "PPM")
+    # WebP (libwebp) and EXIF orientation (libexif) paths.
+    save("lossy.webp", gradient("RGB", (16, 8)), "WEBP", quality=60)
+    save("lossless.webp", gradient("RGB", (5, 3)), "WEBP", lossless=True)
+    save("alpha.webp", gradient("RGBA", (6, 4)), "WEBP", lossless=True)
+    save("lossy-alpha.webp", gradient("RGBA", (8, 8)), "WEBP", quality=50)
+    save("animated.webp", frames[0].convert("RGB"), "WEBP", save_all=True,
+         append_images=[frames[1].convert("RGB")], lossless=True)
+    for orientation in (3, 6):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        save(f"exif-{orientation}.jpg", gradient("RGB", (8, 4)), "JPEG", quality=80, exif=exif.tobytes())
+        save(f"exif-{orientation}.webp", gradient("RGB", (4, 2)), "WEBP", lossless=True, exif=exif.tobytes())
+        save(f"exif-{orientation}.png", gradient("RGB", (4, 2)), "PNG", exif=exif.tobytes())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # --- System packages (C++ libraries the build links). -----------------------
 SYS_PKGS=(g++ make libtbb-dev libeigen3-dev libcurl4-openssl-dev libstb-dev
-          libpcre2-dev libutf8proc-dev nlohmann-json3-dev ccache)
+          libwebp-dev libexif-dev libpcre2-dev libutf8proc-dev nlohmann-json3-dev ccache)
 [[ $WITH_TESTS == 1 ]] && SYS_PKGS+=(libgtest-dev)
 missing=()
 for p in "${SYS_PKGS[@]}"; do

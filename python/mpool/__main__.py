@@ -59,7 +59,7 @@ def _embed_image(args: argparse.Namespace) -> int:
     import mpool
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with mpool.Pool() as pool:
+    with mpool.Pool(allow_private_urls=args.allow_private_urls) as pool:
         try:
             pool.register("model", args.model, dtype=args.dtype)
             vectors = pool.embed_images("model", args.images)
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="zero-shot: print each label's probability per image")
     p.add_argument("--template", default="a photo of a {}.", help="zero-shot prompt around each label")
     p.add_argument("--dtype", help="float32 (default), bfloat16 or float16")
+    p.add_argument("--allow-private-urls", action="store_true", help="fetch URLs on loopback or private networks")
     p.add_argument("--json", action="store_true", help="print the vectors (and probabilities) as JSON")
     p.set_defaults(fn=_embed_image)
     p = sub.add_parser("generate", help="stream text from a native decoder model (Llama, Mistral, Qwen2/3, Phi-3)")

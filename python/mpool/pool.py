@@ -90,6 +90,12 @@ class Pool:
 
     A Pool cannot be copied or pickled (``NotCopyable``), and one inherited through
     ``fork()`` is unusable in the child (``ShuttingDown``).
+
+    Image URLs: ``fetch_timeout`` bounds each fetch, ``max_image_bytes`` each body
+    (and each image file), and with ``allow_private_urls=False`` (the default) no
+    connection is made to a loopback, private, link-local, unique-local or
+    unspecified address, checked on the address connected to for the first
+    request and every redirect (docs/images.md).
     """
 
     _forked = False
@@ -109,9 +115,17 @@ class Pool:
         scale_down_after: float = 60.0,
         maintenance_interval: float = 0.25,
         fetch_timeout: float = 10.0,
+        allow_private_urls: bool = False,
+        max_image_bytes: int = 64 << 20,
     ) -> None:
         self._request_timeout = v.duration("request_timeout", request_timeout)
         self._fetch_timeout = v.duration("fetch_timeout", fetch_timeout)
+        # How image requests fetch: passed to the native image methods with each call.
+        self._fetch = (
+            self._fetch_timeout,
+            v.flag("allow_private_urls", allow_private_urls),
+            v.int_in("max_image_bytes", max_image_bytes, 1, v.INT32_MAX),  # decoding takes at most 2 GiB
+        )
         native = _core.Pool(
             memory_fraction=v.finite("memory_fraction", memory_fraction, lo=0, hi=1, lo_open=True),
             reserve_mb=v.finite("reserve_mb", reserve_mb, lo=0),
@@ -328,7 +342,7 @@ class Pool:
         ``timeout``: a URL slower than what is left of it raises ``Timeout``.
         """
         future = self._native.embed_images_async(
-            v.key(key), req.images(images), self._image_timeout(timeout), self._fetch_timeout, _normalize(normalize)
+            v.key(key), req.images(images), self._image_timeout(timeout), *self._fetch, _normalize(normalize)
         )
         return future.result()
 
@@ -340,7 +354,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         # Decoding and fetching are bounded work (the fetch timeout): the default executor.
         future = await loop.run_in_executor(
-            None, self._native.embed_images_async, key, items, effective, self._fetch_timeout, _normalize(normalize)
+            None, self._native.embed_images_async, key, items, effective, *self._fetch, _normalize(normalize)
         )
         return await await_native(future)
 
@@ -361,8 +375,7 @@ class Pool:
         label with SigLIP's bias. The model must embed images and texts (CLIP, SigLIP).
         """
         future = self._native.zero_shot_async(
-            v.key(key), req.images(images), req.labels(labels, template), self._image_timeout(timeout),
-            self._fetch_timeout,
+            v.key(key), req.images(images), req.labels(labels, template), self._image_timeout(timeout), *self._fetch
         )
         return future.result()
 
@@ -380,7 +393,7 @@ class Pool:
         effective = self._image_timeout(timeout)
         loop = asyncio.get_running_loop()
         future = await loop.run_in_executor(
-            None, self._native.zero_shot_async, key, items, texts, effective, self._fetch_timeout
+            None, self._native.zero_shot_async, key, items, texts, effective, *self._fetch
         )
         return await await_native(future)
 
@@ -488,7 +501,7 @@ class Pool:
         item = [image_input(image)]
         return TextStream(
             self._native.describe(
-                key, item, query, req.generation(params), self._image_timeout(timeout), self._fetch_timeout
+                key, item, query, req.generation(params), self._image_timeout(timeout), *self._fetch
             )
         )
 
@@ -529,7 +542,7 @@ class Pool:
         return ImageStream(
             self._native.generate_image(
                 key, s.prompt, s.width, s.height, s.steps, s.guidance_scale, s.negative_prompt, s.seed, init,
-                s.strength, self._image_timeout(timeout), self._fetch_timeout,
+                s.strength, self._image_timeout(timeout), *self._fetch,
             )
         )
 

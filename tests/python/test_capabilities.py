@@ -71,7 +71,16 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_embed_images_accepts_every_input_kind_and_decodes_exactly(pool, tmp_path, image_server):
+@pytest.fixture
+def url_pool():
+    # The image server listens on loopback, which a default pool refuses to fetch from.
+    p = mpool.Pool(maintenance_interval=0.02, request_timeout=20.0, allow_private_urls=True)
+    yield p
+    p.close()
+
+
+def test_embed_images_accepts_every_input_kind_and_decodes_exactly(url_pool, tmp_path, image_server):
+    pool = url_pool
     pool.register("clip", mpool.PyModel("image_embedding", lambda d: MeanColorEmbedder(), memory_mb=1))
     path = tmp_path / "green.png"
     path.write_bytes(png_bytes((0, 255, 0)))
@@ -85,10 +94,12 @@ def test_embed_images_accepts_every_input_kind_and_decodes_exactly(pool, tmp_pat
         blue,
         Image.new("RGB", (6, 4), (10, 20, 30)),
         np.full((4, 6, 3), 7, dtype=np.uint8),
-        np.full((4, 6, 4), 9, dtype=np.uint8),  # RGBA: alpha dropped
+        np.full((4, 6, 4), 9, dtype=np.uint8),  # RGBA: composited over white, as a PIL RGBA image is
     ]
     out = pool.embed_images("clip", inputs)
-    expected = [(0, 255, 0), (0, 255, 0), (255, 0, 0), (0, 0, 255), (0, 0, 255), (0, 0, 255), (10, 20, 30), (7, 7, 7), (9, 9, 9)]
+    over_white = Image.alpha_composite(Image.new("RGBA", (1, 1), "white"), Image.new("RGBA", (1, 1), (9, 9, 9, 9)))
+    rgba = over_white.getpixel((0, 0))[:3]
+    expected = [(0, 255, 0), (0, 255, 0), (255, 0, 0), (0, 0, 255), (0, 0, 255), (0, 0, 255), (10, 20, 30), (7, 7, 7), rgba]
     np.testing.assert_allclose(out[:, :3], np.array(expected, dtype=np.float32))
     assert (out[:, 3:] == [4, 6]).all()
 
@@ -98,7 +109,8 @@ def test_embed_images_accepts_every_input_kind_and_decodes_exactly(pool, tmp_pat
     [
         (b"not an image", r"image #0.*cannot decode image"),
         ("/no/such/file.png", "not an existing file"),
-        ("http://127.0.0.1:9/missing.png", r"image #0: http://127.0.0.1:9/missing.png: fetch failed"),
+        ("http://127.0.0.1:9/missing.png", r"image #0: http://127.0.0.1:9/missing.png: refused to connect to "
+         r"127\.0\.0\.1:9, a loopback address \(the pool was made with allow_private_urls=False\)"),
         (np.zeros((4, 4), dtype=np.uint8), "HWC uint8"),
         (3.5, "unsupported type float"),
     ],
@@ -110,7 +122,8 @@ def test_bad_images_raise_invalid_input_naming_the_image(pool, image, match):
     assert pool.embed_images("clip", [np.zeros((2, 2, 3), np.uint8)]).shape == (1, 5)
 
 
-def test_missing_url_is_invalid_input_with_the_http_status(pool, image_server):
+def test_missing_url_is_invalid_input_with_the_http_status(url_pool, image_server):
+    pool = url_pool
     pool.register("clip", mpool.PyModel("image_embedding", lambda d: MeanColorEmbedder(), memory_mb=1))
     with pytest.raises(mpool.InvalidInput, match="404"):
         pool.embed_images("clip", [f"{image_server}/nope.png"])

@@ -465,7 +465,8 @@ def test_a_request_without_timeout_gets_the_pool_timeout_and_image_requests_pass
     pool.embed_images("k", IMAGE)
     calls = dict(pool._native.calls)
     assert calls["embed"][3] is None  # the native pool applies its default
-    assert calls["embed_images_async"][2:4] == (7.0, 3.0)  # fetching counts against it: see below
+    # Fetching counts against it (see below); the pool's fetch options come with each call.
+    assert calls["embed_images_async"][2:] == (7.0, 3.0, False, 64 << 20, None)
 
 
 # --- copying and fork() -------------------------------------------------------------
@@ -604,7 +605,9 @@ def slow_server():
 @pytest.mark.parametrize("per_request", [True, False], ids=["timeout=", "Pool(request_timeout=)"])
 def test_a_slow_image_url_times_out_with_the_request_not_after_fetch_timeout(slow_server, call, per_request):
     timeout = 0.5
-    with mpool.Pool(request_timeout=20.0 if per_request else timeout, fetch_timeout=60.0) as pool:
+    with mpool.Pool(
+        request_timeout=20.0 if per_request else timeout, fetch_timeout=60.0, allow_private_urls=True  # loopback
+    ) as pool:
         pool.register("img", mpool.PyModel("image_embedding", lambda d: ImageEmbedder(), memory_mb=1))
         pool.register("vis", mpool.PyModel("vision", lambda d: Describer(), memory_mb=1))
         pool.register("paint", mpool.PyModel("text_to_image", lambda d: Painter(), memory_mb=1))
@@ -616,7 +619,7 @@ def test_a_slow_image_url_times_out_with_the_request_not_after_fetch_timeout(slo
 
 def test_a_fetch_timeout_shorter_than_the_request_is_invalid_input_naming_the_url(slow_server):
     # The request still had time: the URL was too slow, an input problem.
-    with mpool.Pool(request_timeout=20.0, fetch_timeout=0.3) as pool:
+    with mpool.Pool(request_timeout=20.0, fetch_timeout=0.3, allow_private_urls=True) as pool:  # loopback
         pool.register("img", mpool.PyModel("image_embedding", lambda d: ImageEmbedder(), memory_mb=1))
         with pytest.raises(mpool.InvalidInput, match=r"image #0: .*slow\.png: fetch failed"):
             pool.embed_images("img", slow_server)

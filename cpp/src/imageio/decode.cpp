@@ -9,6 +9,7 @@
 #include <climits>
 #include <cstring>
 
+#include "internal.h"
 #include "mpool/base/error.h"
 
 // stb_image, compiled here with internal linkage (no symbol can clash with another
@@ -42,7 +43,7 @@
 namespace mpool::imageio {
 namespace {
 
-constexpr const char* kFormats = "supported: PNG, JPEG, BMP, GIF, TGA, PNM";
+constexpr const char* kFormats = "supported: PNG, JPEG, WebP, BMP, GIF, TGA, PNM";
 
 void free_pixels(void* p) { stbi_image_free(p); }
 
@@ -62,6 +63,58 @@ struct Fd {
   }
 };
 
+
+// stb_image's pixels with the file's own channels (1 gray, 2 gray + alpha,
+// 3 RGB, 4 RGBA; PNG tRNS and GIF transparency come as an alpha channel).
+// 16-bit samples become 8-bit as Pillow loads them: the high byte, except for
+// 16-bit gray without alpha, which Pillow opens as I;16 and converts to RGB by
+// clipping at 255 (min(v, 255), not v >> 8).
+detail::RawImage decode_stb(const stbi_uc* bytes, int len, const std::string& source, std::int64_t max_pixels) {
+  // The header first: refuse absurd dimensions before any pixel is allocated.
+  // A PNG's IHDR is read here, so a size stb_image's own header check refuses
+  // (more than 2^30 bytes of pixels) is reported as what it is.
+  if (len >= 24 && std::memcmp(bytes, "\x89PNG\r\n\x1a\n", 8) == 0 && std::memcmp(bytes + 12, "IHDR", 4) == 0) {
+    auto be32 = [&](int at) {
+      return (std::int64_t{bytes[at]} << 24) | (std::int64_t{bytes[at + 1]} << 16) | (std::int64_t{bytes[at + 2]} << 8) |
+             std::int64_t{bytes[at + 3]};
+    };
+    const std::int64_t pw = be32(16), ph = be32(20);
+    if (pw > 0 && ph > 0) detail::check_dimensions(ph, pw, max_pixels, source);
+  }
+  int w = 0, h = 0, n = 0;
+  if (!stbi_info_from_memory(bytes, len, &w, &h, &n)) undecodable(source);
+  detail::check_dimensions(h, w, max_pixels, source);
+
+  detail::RawImage raw;
+  w = h = n = 0;
+  if (stbi_is_16_bit_from_memory(bytes, len)) {
+    PixelBuffer wide(reinterpret_cast<std::uint8_t*>(stbi_load_16_from_memory(bytes, len, &w, &h, &n, 0)),
+                     free_pixels);
+    if (!wide) undecodable(source);
+    detail::check_dimensions(h, w, max_pixels, source);
+    check(n >= 1 && n <= 4, ErrorCode::kInternal, source + ": decoder returned " + std::to_string(n) + " channels");
+    const std::size_t count = static_cast<std::size_t>(w) * static_cast<std::size_t>(h) * static_cast<std::size_t>(n);
+    raw.pixels = detail::allocate_pixels(count, source);
+    const auto* in = reinterpret_cast<const std::uint16_t*>(wide.get());
+    std::uint8_t* out = raw.pixels.get();
+    if (n == 1) {
+      for (std::size_t i = 0; i < count; ++i) out[i] = static_cast<std::uint8_t>(in[i] > 255 ? 255 : in[i]);
+    } else {
+      for (std::size_t i = 0; i < count; ++i) out[i] = static_cast<std::uint8_t>(in[i] >> 8);
+    }
+  } else {
+    raw.pixels = PixelBuffer(stbi_load_from_memory(bytes, len, &w, &h, &n, 0), free_pixels);
+    if (!raw.pixels) undecodable(source);
+    // The decoder's own dimensions are checked again: they are what the buffer holds.
+    detail::check_dimensions(h, w, max_pixels, source);
+    check(n >= 1 && n <= 4, ErrorCode::kInternal, source + ": decoder returned " + std::to_string(n) + " channels");
+  }
+  raw.height = h;
+  raw.width = w;
+  raw.channels = n;
+  return raw;
+}
+
 }  // namespace
 
 DecodedImage decode(const void* data, std::size_t size, const std::string& source, std::int64_t max_pixels) {
@@ -69,31 +122,11 @@ DecodedImage decode(const void* data, std::size_t size, const std::string& sourc
   check(size <= static_cast<std::size_t>(INT_MAX), ErrorCode::kInvalidInput,
         source + ": image data is larger than 2 GiB");
   const auto* bytes = static_cast<const stbi_uc*>(data);
-  const int len = static_cast<int>(size);
-
-  // The header first: refuse absurd dimensions before any pixel is allocated.
-  int w = 0, h = 0, n = 0;
-  if (!stbi_info_from_memory(bytes, len, &w, &h, &n)) undecodable(source);
-  auto too_large = [&](std::int64_t height, std::int64_t width) {
-    return source + ": image is " + std::to_string(width) + "x" + std::to_string(height) + ", " +
-           std::to_string(height * width) + " pixels; at most " + std::to_string(max_pixels) +
-           " pixels are decoded";
-  };
-  check(w > 0 && h > 0, ErrorCode::kInvalidInput,
-        source + ": image has no pixels (" + std::to_string(w) + "x" + std::to_string(h) + ")");
-  check(std::int64_t{w} * h <= max_pixels, ErrorCode::kInvalidInput, too_large(h, w));
-
-  w = h = n = 0;
-  DecodedImage image;
-  image.pixels = PixelBuffer(stbi_load_from_memory(bytes, len, &w, &h, &n, 3), free_pixels);
-  if (!image.pixels) undecodable(source);
-  // The decoder's own dimensions are checked again: they are what the buffer holds.
-  check(w > 0 && h > 0, ErrorCode::kInvalidInput,
-        source + ": image has no pixels (" + std::to_string(w) + "x" + std::to_string(h) + ")");
-  check(std::int64_t{w} * h <= max_pixels, ErrorCode::kInvalidInput, too_large(h, w));
-  image.height = h;
-  image.width = w;
-  return image;
+  detail::RawImage raw = detail::is_webp(bytes, size)
+                             ? detail::decode_webp(bytes, size, source, max_pixels)
+                             : decode_stb(bytes, static_cast<int>(size), source, max_pixels);
+  DecodedImage image = detail::to_rgb(std::move(raw), source);
+  return apply_orientation(std::move(image), exif_orientation(data, size));
 }
 
 std::string read_file(const std::string& path, std::size_t max_bytes) {

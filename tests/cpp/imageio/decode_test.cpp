@@ -14,6 +14,8 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <webp/encode.h>
+#include <webp/types.h>
 
 #include "mpool/base/error.h"
 #include "mpool/imageio/decode.h"
@@ -228,8 +230,9 @@ TEST(ImageDecode, PngRgbRgbaAndGrayComeOutAsRgb) {
   EXPECT_EQ(a.width, 2);
   EXPECT_EQ(pixels_of(a), rgb);
 
-  DecodedImage b = decode_bytes(png(2, 1, 6, {1, 2, 3, 255, 4, 5, 6, 0}));  // alpha is dropped
-  EXPECT_EQ(pixels_of(b), (Bytes{1, 2, 3, 4, 5, 6}));
+  // Alpha is composited over white: opaque stays, transparent becomes white.
+  DecodedImage b = decode_bytes(png(2, 1, 6, {1, 2, 3, 255, 4, 5, 6, 0}));
+  EXPECT_EQ(pixels_of(b), (Bytes{1, 2, 3, 255, 255, 255}));
 
   DecodedImage c = decode_bytes(png(3, 1, 0, {0, 128, 255}));  // gray is repeated
   EXPECT_EQ(pixels_of(c), (Bytes{0, 0, 0, 128, 128, 128, 255, 255, 255}));
@@ -286,7 +289,7 @@ TEST(ImageDecode, GarbageIsRefusedNamingTheSource) {
   const std::string text = "not an image at all";
   expect_invalid([&] { decode(text.data(), text.size(), "image #3 (bytes)", kMaxPixels); },
                  "image #3 (bytes): ", "cannot decode image");
-  expect_invalid([] { decode_bytes(Bytes(100, 0), "zeros"); }, "zeros: ", "supported: PNG, JPEG, BMP, GIF, TGA, PNM");
+  expect_invalid([] { decode_bytes(Bytes(100, 0), "zeros"); }, "zeros: ", "supported: PNG, JPEG, WebP, BMP, GIF, TGA, PNM");
 }
 
 TEST(ImageDecode, TruncatedDataIsRefused) {
@@ -333,7 +336,8 @@ TEST(ImageDecode, SixteenBitPgmDecodesAndTruncatedIsRefused) {
   pgm += std::string("\x00\x00\x80\x80\xff\xff", 6);  // byte-symmetric: 2.27 reads them in host order
   DecodedImage img = decode(pgm.data(), pgm.size(), "wide.pgm", kMaxPixels);
   ASSERT_EQ(img.width, 3);
-  EXPECT_EQ(pixels_of(img), (Bytes{0, 0, 0, 128, 128, 128, 255, 255, 255}));
+  // 16-bit gray is clipped at 255 as Pillow converts it (mode I -> RGB), not scaled.
+  EXPECT_EQ(pixels_of(img), (Bytes{0, 0, 0, 255, 255, 255, 255, 255, 255}));
   pgm.resize(pgm.size() - 1);
   expect_invalid([&] { decode(pgm.data(), pgm.size(), "short.pgm", kMaxPixels); }, "short.pgm: ",
                  "cannot decode image (bad PNM)");
@@ -344,9 +348,14 @@ TEST(ImageDecode, HugeDeclaredDimensionsAreRefusedFromTheHeader) {
   // is checked from the header, so the message is about size, not truncation.
   expect_invalid([] { decode_bytes(png(17000, 17000, 0, {}, false), "huge.png"); }, "huge.png: ",
                  "image is 17000x17000, 289000000 pixels; at most 268435456 pixels are decoded");
-  // stb_image itself refuses a header whose pixels would pass 2^30 bytes.
+  // stb_image itself refuses a header whose pixels would pass 2^30 bytes; the
+  // PNG header is read first, so the message says why.
   expect_invalid([] { decode_bytes(png(20000, 20000, 2, {}, false), "huger.png"); }, "huger.png: ",
-                 "cannot decode image");
+                 "image is 20000x20000, 400000000 pixels; at most 268435456 pixels are decoded");
+  // The largest sizes a PNG header can declare: their product does not fit in
+  // int64 (signed overflow found by image_decode_fuzz), so the cap is checked by division.
+  expect_invalid([] { decode_bytes(png(0xffffffffu, 0xffffffffu, 2, {}, false), "max.png"); }, "max.png: ",
+                 "image is 4294967295x4294967295, 18446744065119617025 pixels; at most 268435456 pixels");
   // Within stb's per-side limit and under the cap: then the missing data is what fails.
   expect_invalid([] { decode_bytes(png(10000, 10000, 2, {}, false), "big.png"); }, "big.png: ", "cannot decode image");
   // A caller's own cap.
@@ -406,6 +415,194 @@ TEST(ImageFile, AFileOverTheCapIsRefusedBeforeReading) {
                  "image file is larger than 67108864 bytes (64 MiB), the most mpool reads");
   fs::resize_file(path, std::uintmax_t{1} << 40);  // 1 TiB, still sparse
   expect_invalid([&] { read_file(path.string()); }, path.string() + ": ", "larger than 67108864 bytes");
+}
+
+// --- transparency, 16 bits, WebP, EXIF orientation ------------------------------
+
+TEST(ImageDecode, CompositeOverWhiteMatchesPillowsArithmetic) {
+  // A few values Pillow 13's Image.alpha_composite gives over opaque white
+  // (tests/python/test_image_io.py checks all 65536 pairs against Pillow itself).
+  EXPECT_EQ(composite_over_white(0, 0), 255);
+  EXPECT_EQ(composite_over_white(123, 255), 123);
+  EXPECT_EQ(composite_over_white(0, 128), 127);
+  EXPECT_EQ(composite_over_white(9, 9), 246);
+  EXPECT_EQ(composite_over_white(200, 1), 255);
+}
+
+TEST(ImageDecode, PartlyTransparentPngIsCompositedOverWhite) {
+  DecodedImage img = decode_bytes(png(2, 1, 6, {0, 0, 0, 128, 50, 50, 50, 0}));
+  EXPECT_EQ(pixels_of(img), (Bytes{127, 127, 127, 255, 255, 255}));
+}
+
+Bytes webp_lossless(int width, int height, const Bytes& rgba) {
+  std::uint8_t* out = nullptr;
+  const std::size_t n = WebPEncodeLosslessRGBA(rgba.data(), width, height, width * 4, &out);
+  Bytes b(out, out + n);
+  WebPFree(out);
+  return b;
+}
+
+TEST(ImageDecode, WebpLosslessWithAlphaDecodesExactlyOverWhite) {
+  const Bytes rgba = {10, 20, 30, 255, 40, 50, 60, 0, 0, 0, 0, 128, 255, 0, 0, 255, 0, 255, 0, 255, 0, 0, 255, 255};
+  DecodedImage img = decode_bytes(webp_lossless(3, 2, rgba), "x.webp");
+  ASSERT_EQ(img.height, 2);
+  ASSERT_EQ(img.width, 3);
+  EXPECT_EQ(pixels_of(img), (Bytes{10, 20, 30, 255, 255, 255, 127, 127, 127, 255, 0, 0, 0, 255, 0, 0, 0, 255}));
+}
+
+TEST(ImageDecode, WebpLossyDecodesNearItsColor) {
+  Bytes rgb;
+  for (int i = 0; i < 16 * 16; ++i) rgb.insert(rgb.end(), {200, 30, 40});
+  std::uint8_t* out = nullptr;
+  const std::size_t n = WebPEncodeRGB(rgb.data(), 16, 16, 16 * 3, 90.0f, &out);
+  const Bytes b(out, out + n);
+  WebPFree(out);
+  DecodedImage img = decode_bytes(b);
+  ASSERT_EQ(img.height, 16);
+  const Bytes px = pixels_of(img);
+  for (std::size_t i = 0; i < px.size(); i += 3) {  // lossy: within a few levels
+    EXPECT_NEAR(px[i], 200, 4);
+    EXPECT_NEAR(px[i + 1], 30, 4);
+    EXPECT_NEAR(px[i + 2], 40, 4);
+  }
+}
+
+TEST(ImageDecode, WebpHugeDeclaredSizeIsRefusedFromTheHeader) {
+  Bytes b = webp_lossless(2, 2, Bytes(16, 255));
+  // The VP8L header packs width-1 and height-1 in 14 bits each after the 0x2f signature.
+  const std::size_t sig = 20;
+  ASSERT_EQ(b[sig], 0x2f);
+  const std::uint32_t w = 16000 - 1, h = 16000 - 1;
+  const std::uint32_t bits = w | (h << 14) | (std::uint32_t{b[sig + 4]} >> 4 << 28);
+  for (int i = 0; i < 4; ++i) b[sig + 1 + i] = static_cast<std::uint8_t>(bits >> (8 * i));
+  expect_invalid([&] { decode_bytes(b, "big.webp", 1 << 20); }, "big.webp: ",
+                 "image is 16000x16000, 256000000 pixels; at most 1048576 pixels are decoded");
+}
+
+TEST(ImageDecode, TruncatedWebpIsRefused) {
+  const Bytes b = webp_lossless(3, 2, Bytes(24, 7));
+  const Bytes cut(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(b.size() - 4));
+  expect_invalid([&] { decode_bytes(cut, "cut.webp"); }, "cut.webp: ", "cannot decode WebP image");
+}
+
+// TIFF data (little-endian) whose IFD0 holds one Orientation tag.
+Bytes tiff_orientation(std::uint16_t orientation, bool motorola = false) {
+  Bytes t = motorola ? Bytes{'M', 'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1}
+                     : Bytes{'I', 'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0};
+  if (motorola)
+    t.insert(t.end(), {static_cast<std::uint8_t>(orientation >> 8), static_cast<std::uint8_t>(orientation), 0, 0});
+  else
+    t.insert(t.end(), {static_cast<std::uint8_t>(orientation), static_cast<std::uint8_t>(orientation >> 8), 0, 0});
+  t.insert(t.end(), {0, 0, 0, 0});  // no next IFD
+  return t;
+}
+
+// `png_bytes` with an eXIf chunk before IEND.
+Bytes with_exif_chunk(Bytes png_bytes, const Bytes& tiff) {
+  png_bytes.resize(png_bytes.size() - 12);  // IEND
+  chunk(png_bytes, "eXIf", tiff);
+  chunk(png_bytes, "IEND", {});
+  return png_bytes;
+}
+
+TEST(ImageDecode, EveryExifOrientationTurnsTheImageAsPillowsExifTranspose) {
+  // 3x2 image, pixels numbered a..f row by row (gray value = letter index * 10).
+  //   a b c
+  //   d e f
+  const Bytes gray = {10, 20, 30, 40, 50, 60};
+  const Bytes base = png(3, 2, 0, gray);
+  // Expected gray values (rows top to bottom) and size for orientations 1..8,
+  // written out from PIL's Image.transpose for each method.
+  struct Case {
+    int orientation, height, width;
+    Bytes values;
+  };
+  const std::vector<Case> cases = {
+      {1, 2, 3, {10, 20, 30, 40, 50, 60}},  // none
+      {2, 2, 3, {30, 20, 10, 60, 50, 40}},  // FLIP_LEFT_RIGHT
+      {3, 2, 3, {60, 50, 40, 30, 20, 10}},  // ROTATE_180
+      {4, 2, 3, {40, 50, 60, 10, 20, 30}},  // FLIP_TOP_BOTTOM
+      {5, 3, 2, {10, 40, 20, 50, 30, 60}},  // TRANSPOSE
+      {6, 3, 2, {40, 10, 50, 20, 60, 30}},  // ROTATE_270 (90 clockwise)
+      {7, 3, 2, {60, 30, 50, 20, 40, 10}},  // TRANSVERSE
+      {8, 3, 2, {30, 60, 20, 50, 10, 40}},  // ROTATE_90 (90 counter-clockwise)
+  };
+  for (const Case& c : cases) {
+    for (bool motorola : {false, true}) {
+      const Bytes b = with_exif_chunk(base, tiff_orientation(static_cast<std::uint16_t>(c.orientation), motorola));
+      EXPECT_EQ(exif_orientation(b.data(), b.size()), c.orientation);
+      DecodedImage img = decode_bytes(b);
+      EXPECT_EQ(img.height, c.height) << c.orientation;
+      EXPECT_EQ(img.width, c.width) << c.orientation;
+      Bytes expected;
+      for (std::uint8_t v : c.values) expected.insert(expected.end(), {v, v, v});
+      EXPECT_EQ(pixels_of(img), expected) << "orientation " << c.orientation;
+    }
+  }
+}
+
+TEST(ImageDecode, OrientationOutsideOneToEightOrUnreadableExifLeavesTheImage) {
+  const Bytes base = png(3, 2, 0, {10, 20, 30, 40, 50, 60});
+  for (std::uint16_t o : {0, 9, 300}) {
+    const Bytes b = with_exif_chunk(base, tiff_orientation(o));
+    EXPECT_EQ(pixels_of(decode_bytes(b)), pixels_of(decode_bytes(base))) << o;
+  }
+  const Bytes garbage = with_exif_chunk(base, Bytes{'I', 'I', 42, 0, 0xff, 0xff, 0xff, 0x7f});
+  EXPECT_EQ(exif_orientation(garbage.data(), garbage.size()), 1);
+  EXPECT_EQ(pixels_of(decode_bytes(garbage)), pixels_of(decode_bytes(base)));
+}
+
+TEST(ImageDecode, JpegExifSegmentIsFoundAfterOtherAppSegments) {
+  Bytes b = kRedJpeg;
+  Bytes app1 = {0xff, 0xe1, 0, 0, 'E', 'x', 'i', 'f', 0, 0};
+  const Bytes tiff = tiff_orientation(6);
+  app1.insert(app1.end(), tiff.begin(), tiff.end());
+  const std::size_t len = app1.size() - 2;
+  app1[2] = static_cast<std::uint8_t>(len >> 8);
+  app1[3] = static_cast<std::uint8_t>(len);
+  b.insert(b.begin() + 20, app1.begin(), app1.end());  // after SOI and the JFIF APP0
+  EXPECT_EQ(exif_orientation(b.data(), b.size()), 6);
+  EXPECT_EQ(decode_bytes(b).height, 8);
+  EXPECT_EQ(exif_orientation(kRedJpeg.data(), kRedJpeg.size()), 1);
+}
+
+TEST(ImageDecode, WebpExifChunkGivesTheOrientation) {
+  // An extended (VP8X) WebP: header chunk with the EXIF flag, the image, the EXIF chunk.
+  const Bytes simple = webp_lossless(3, 2, {1, 1, 1, 255, 2, 2, 2, 255, 3, 3, 3, 255,
+                                            4, 4, 4, 255, 5, 5, 5, 255, 6, 6, 6, 255});
+  Bytes body = {'W', 'E', 'B', 'P', 'V', 'P', '8', 'X', 10, 0, 0, 0, 0x08, 0, 0, 0, 2, 0, 0, 1, 0, 0};
+  body.insert(body.end(), simple.begin() + 12, simple.end());  // the VP8L chunk
+  if (body.size() % 2) body.push_back(0);
+  const Bytes tiff = tiff_orientation(8);
+  body.insert(body.end(), {'E', 'X', 'I', 'F'});
+  put32(body, static_cast<std::uint32_t>(tiff.size()));
+  body.insert(body.end(), tiff.begin(), tiff.end());
+  Bytes b = {'R', 'I', 'F', 'F'};
+  put32(b, static_cast<std::uint32_t>(body.size()));
+  b.insert(b.end(), body.begin(), body.end());
+  EXPECT_EQ(exif_orientation(b.data(), b.size()), 8);
+  DecodedImage img = decode_bytes(b, "exif.webp");
+  ASSERT_EQ(img.height, 3);
+  ASSERT_EQ(img.width, 2);
+  const Bytes px = pixels_of(img);
+  EXPECT_EQ((Bytes{px[0], px[3], px[6], px[9], px[12], px[15]}), (Bytes{3, 6, 2, 5, 1, 4}));
+}
+
+TEST(ImagePixels, ArraysOfOneThreeAndFourChannelsAtAnyStridesBecomeRgb) {
+  const Bytes gray = {1, 2, 3, 4};
+  EXPECT_EQ(pixels_of(pixels_to_rgb(gray.data(), 2, 2, 1, 2, 1, 1, "a")),
+            (Bytes{1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4}));
+  // RGBX rows (4 bytes a pixel) read as 3 channels, and bottom-up (negative row stride).
+  const Bytes rgbx = {1, 2, 3, 0, 4, 5, 6, 0, 7, 8, 9, 0, 10, 11, 12, 0};
+  EXPECT_EQ(pixels_of(pixels_to_rgb(rgbx.data(), 2, 2, 3, 8, 4, 1, "a")),
+            (Bytes{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}));
+  EXPECT_EQ(pixels_of(pixels_to_rgb(rgbx.data() + 8, 2, 2, 3, -8, 4, 1, "a")),
+            (Bytes{7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6}));
+  const Bytes rgba = {9, 9, 9, 9, 50, 60, 70, 255};
+  EXPECT_EQ(pixels_of(pixels_to_rgb(rgba.data(), 1, 2, 4, 8, 4, 1, "a")), (Bytes{246, 246, 246, 50, 60, 70}));
+  expect_invalid([&] { pixels_to_rgb(gray.data(), 0, 2, 1, 2, 1, 1, "image #4"); }, "image #4: ", "empty");
+  expect_invalid([&] { pixels_to_rgb(gray.data(), 1, 2, 2, 2, 1, 1, "image #4"); }, "image #4: ",
+                 "1, 3 or 4 channels, got 2");
 }
 
 }  // namespace
