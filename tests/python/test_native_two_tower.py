@@ -210,6 +210,66 @@ def test_clip_from_image_files_matches_the_processor_and_model_end_to_end(clip_d
     assert cos.min() >= 0.9999
 
 
+def _exif_jpeg(img: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encoded(img, "JPEG", quality=92, exif=exif.tobytes())
+
+
+def _rgba(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    alpha = np.zeros((img.height, img.width), np.uint8)
+    alpha[:, : img.width // 2] = 255
+    alpha[img.height // 3 :, img.width // 2 :] = 90
+    rgba.putalpha(Image.fromarray(alpha))
+    return rgba
+
+
+def _sixteen_bit_png(img: Image.Image) -> bytes:
+    gray = (np.asarray(img.convert("L")).astype(np.uint16) * 1) + 3  # 16-bit samples that Pillow clips at 255
+    return encoded(Image.fromarray(gray), "PNG")
+
+
+def _gif(img: Image.Image) -> bytes:
+    frames = [img.convert("P", palette=Image.Palette.ADAPTIVE), img.rotate(90).convert("P")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50)
+    return buf.getvalue()
+
+
+FILE_KINDS = {
+    "exif-rotated-jpeg-6": lambda im: _exif_jpeg(im, 6),
+    "exif-rotated-jpeg-3": lambda im: _exif_jpeg(im, 3),
+    "exif-transposed-jpeg-5": lambda im: _exif_jpeg(im, 5),
+    "palette-png": lambda im: encoded(im.convert("P", palette=Image.Palette.ADAPTIVE, colors=60), "PNG"),
+    "rgba-png": lambda im: encoded(_rgba(im), "PNG"),
+    "16-bit-gray-png": _sixteen_bit_png,
+    "grayscale-png": lambda im: encoded(im.convert("L"), "PNG"),
+    "grayscale-jpeg": lambda im: encoded(im.convert("L"), "JPEG", quality=90),
+    "webp-lossy": lambda im: encoded(im, "WEBP", quality=80),
+    "webp-lossless-alpha": lambda im: encoded(_rgba(im), "WEBP", lossless=True),
+    "gif-first-frame": _gif,
+}
+
+
+@pytest.mark.parametrize("kind", list(FILE_KINDS))
+def test_clip_embeds_every_image_kind_as_the_hf_processor_sees_it(clip_dir, tmp_path, kind):
+    from PIL import ImageOps
+
+    path, model, _, proc = clip_dir
+    f = tmp_path / f"image-{kind}"
+    f.write_bytes(FILE_KINDS[kind](photo_like(30, 70, 110)))
+    with Image.open(f) as opened:  # the oracle: what transformers sees of the file, orientation applied
+        seen = ImageOps.exif_transpose(opened)
+        seen.load()
+    with torch.no_grad():
+        ref = features(model.get_image_features(pixel_values=hf_pixels(proc, [seen])))
+    with mpool.Pool() as pool:
+        pool.register("clip", str(path))
+        ours = pool.embed_images("clip", str(f))
+    assert (ours * unit(ref)).sum(1).min() >= 0.9999
+
+
 def test_images_batch_across_concurrent_requests_with_the_same_results(clip_dir):
     path, *_ = clip_dir
     images = [np.asarray(photo_like(20 + i, 40 + 3 * i, 50)) for i in range(12)]
