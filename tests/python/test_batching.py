@@ -140,12 +140,14 @@ def test_queued_image_requests_share_one_call_and_a_bad_image_fails_only_its_req
     gate = threading.Event()
     model = GatedImageEmbedder(gate)
     pool.register("img", mpool.PyModel("image_embedding", lambda d: model, memory_mb=1, max_replicas=1))
-    first = pool._native.embed_images_async("img", [("array", np.full((2, 2, 3), 1, np.uint8))], 60.0, 10.0)
+    def submit(pixels):
+        return pool._native.embed_images_async("img", [("array", pixels)], 60.0, 10.0, False, 1 << 20)
+
+    first = submit(np.full((2, 2, 3), 1, np.uint8))
     assert wait_for(lambda: pool.stats()["models"]["img"]["busy_replicas"] == 1)
     colors = [10 * (i + 1) for i in range(5)]
-    good = [pool._native.embed_images_async("img", [("array", np.full((3, 3, 3), c, np.uint8))], 60.0, 10.0)
-            for c in colors]
-    bad = pool._native.embed_images_async("img", [("array", np.zeros((3, 3, 3), np.uint8))], 60.0, 10.0)
+    good = [submit(np.full((3, 3, 3), c, np.uint8)) for c in colors]
+    bad = submit(np.zeros((3, 3, 3), np.uint8))
     gate.set()
     first.result()
     for c, f in zip(colors, good):
