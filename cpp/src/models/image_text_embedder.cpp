@@ -151,6 +151,20 @@ std::shared_ptr<ImageTextEmbedder> make_two_tower(const TwoTowerPlan& plan, std:
   return std::make_shared<ImageTextEmbedder>(std::move(image), plan.image, std::move(texts), head);
 }
 
+nn::ProbeOutput two_tower_probe(const nn::ProbeInput& in, const ImageTower& image, const Backbone& text,
+                                const Pooler& pooler) {
+  c10::InferenceMode inference;
+  nn::ProbeOutput out;
+  if (at::Tensor px = in.optional_tensor("pixel_values"); px.defined())
+    out.emplace("image_embeds", image.forward(px.to(at::kFloat)).to(at::kFloat));
+  if (at::Tensor input_ids = in.optional_tensor("input_ids"); input_ids.defined()) {
+    const at::Tensor ids = input_ids.to(at::kLong);
+    const at::Tensor mask = at::ones_like(ids);
+    out.emplace("text_embeds", pooler(text.forward(ids, ids, mask), mask, ids));
+  }
+  return out;
+}
+
 double scalar_value(const at::Tensor& t) {
   if (t.is_meta()) return 0.0;
   check(t.numel() == 1, ErrorCode::kInvalidInput, "expected a one-element tensor, got shape " + std::string(c10::str(t.sizes())));

@@ -63,4 +63,22 @@ at::Tensor PatchEmbedding::operator()(const at::Tensor& pixels) const {
   return x + positions_.unsqueeze(0);
 }
 
+TextTransformer TextTransformer::load(const Weights& w, const TextTowerConfig& c) {
+  TextTransformer t;
+  t.token_ = w.get("embeddings.token_embedding.weight", {c.vocab_size, c.hidden_size});
+  t.position_ = w.get("embeddings.position_embedding.weight", {c.max_positions, c.hidden_size});
+  t.encoder_ = PreNormEncoder::load(w.sub("encoder"), c);
+  t.final_norm_ = LayerNorm::load(w, "final_layer_norm", c.hidden_size, c.layer_norm_eps);
+  return t;
+}
+
+at::Tensor TextTransformer::operator()(const at::Tensor& ids, bool causal) const {
+  const int64_t t = ids.size(1);
+  check(t <= position_.size(0), ErrorCode::kInvalidInput,
+        "input of " + std::to_string(t) + " tokens is longer than the text tower's " +
+            std::to_string(position_.size(0)) + " positions");
+  at::Tensor x = at::embedding(token_, ids) + position_.narrow(0, 0, t).unsqueeze(0);
+  return final_norm_(encoder_(x, {}, causal));
+}
+
 }  // namespace mpool::nn

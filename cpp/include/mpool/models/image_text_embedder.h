@@ -17,6 +17,8 @@
 #include "mpool/models/pooling.h"
 #include "mpool/models/sentence_embedder.h"
 #include "mpool/nn/encoder_config.h"
+#include "mpool/nn/probe.h"
+#include "mpool/nn/vit.h"
 
 namespace mpool::models {
 
@@ -28,6 +30,31 @@ class ImageTower {
   /// (b, d) (any float dtype, on any device).
   virtual at::Tensor forward(const at::Tensor& pixels) const = 0;
 };
+
+/// A text tower (nn::TextTransformer) as a SentenceEmbedder backbone. CLIP's is
+/// causal: a token never sees the right padding after it, so the padding needs
+/// no mask for the pooled token. SigLIP's attends both ways over texts padded to
+/// full length, as it was trained.
+class TextTowerBackbone final : public Backbone {
+ public:
+  TextTowerBackbone(nn::TextTransformer tower, bool causal, at::Device device)
+      : tower_(std::move(tower)), causal_(causal), device_(device) {}
+  at::Tensor forward(const at::Tensor& ids, const at::Tensor&, const at::Tensor&) const override {
+    return tower_(ids, causal_);
+  }
+  at::Device device() const override { return device_; }
+
+ private:
+  nn::TextTransformer tower_;
+  bool causal_;
+  at::Device device_;
+};
+
+/// A two-tower family's probe output: "image_embeds" for the probe's
+/// "pixel_values" and "text_embeds" (pooled, projected, not normalized) for its
+/// "input_ids" (already padded as the model's processor pads), each when given.
+nn::ProbeOutput two_tower_probe(const nn::ProbeInput& in, const ImageTower& image, const Backbone& text,
+                                const Pooler& pooler);
 
 /// How the image side runs.
 struct ImageTowerSettings {

@@ -59,4 +59,21 @@ class PatchEmbedding {
   int64_t image_size_ = 0;
 };
 
+/// A text tower: token and learned position embeddings, a PreNormEncoder and a
+/// final LayerNorm, with CLIP's and SigLIP's names ("embeddings.token_embedding",
+/// "embeddings.position_embedding", "encoder.", "final_layer_norm").
+class TextTransformer {
+ public:
+  static TextTransformer load(const Weights& w, const TextTowerConfig& config);
+  /// (b, t) int64 ids -> (b, t, hidden) after the final norm; `causal`: CLIP's
+  /// causal mask (SigLIP attends both ways, without a mask). InvalidInput when t
+  /// exceeds the positions.
+  at::Tensor operator()(const at::Tensor& ids, bool causal) const;
+
+ private:
+  at::Tensor token_, position_;
+  PreNormEncoder encoder_;
+  LayerNorm final_norm_;
+};
+
 }  // namespace mpool::nn

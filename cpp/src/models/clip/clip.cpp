@@ -25,22 +25,4 @@ at::Tensor ClipVision::forward(const at::Tensor& pixels) const {
   return projection_.defined() ? at::linear(pooled, projection_) : pooled;
 }
 
-ClipText::ClipText(const nn::TextTowerConfig& c, const nn::Weights& w, at::Device device)
-    : token_(w.get("embeddings.token_embedding.weight", {c.vocab_size, c.hidden_size})),
-      position_(w.get("embeddings.position_embedding.weight", {c.max_positions, c.hidden_size})),
-      encoder_(nn::PreNormEncoder::load(w.sub("encoder"), c)),
-      final_norm_(nn::LayerNorm::load(w, "final_layer_norm", c.hidden_size, c.layer_norm_eps)),
-      device_(device) {}
-
-at::Tensor ClipText::forward(const at::Tensor& ids, const at::Tensor&, const at::Tensor&) const {
-  const int64_t t = ids.size(1);
-  check(t <= position_.size(0), ErrorCode::kInvalidInput,
-        "input of " + std::to_string(t) + " tokens is longer than the text tower's " +
-            std::to_string(position_.size(0)) + " positions");
-  // Causal attention: a token never sees the right padding after it, so the
-  // padding needs no mask of its own for the pooled (end-of-text) token.
-  at::Tensor x = at::embedding(token_, ids) + position_.narrow(0, 0, t).unsqueeze(0);
-  return final_norm_(encoder_(x, {}, /*causal=*/true));
-}
-
 }  // namespace mpool::models::clip

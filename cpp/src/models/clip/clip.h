@@ -1,6 +1,7 @@
 #pragma once
-// CLIP's two towers on mpool_nn. The vision tower is also what LLaVA builds on
-// (hidden_states() at a chosen layer).
+// CLIP's vision tower on mpool_nn (its text tower is nn::TextTransformer,
+// causal). The vision tower is also what LLaVA builds on (hidden_states() at a
+// chosen layer).
 #include <ATen/ATen.h>
 
 #include "models/clip/config.h"
@@ -31,21 +32,6 @@ class ClipVision final : public ImageTower {
   nn::LayerNorm pre_norm_, post_norm_;
   nn::PreNormEncoder encoder_;
   at::Tensor projection_;  // (projection_dim, hidden) or undefined
-  at::Device device_;
-};
-
-/// CLIPTextTransformer up to final_layer_norm: (b, t) ids -> (b, t, h). The pooling
-/// at the end-of-text token and text_projection are the kit's TokenPooler.
-class ClipText final : public Backbone {
- public:
-  ClipText(const nn::TextTowerConfig& config, const nn::Weights& w, at::Device device);
-  at::Tensor forward(const at::Tensor& ids, const at::Tensor& type_ids, const at::Tensor& mask) const override;
-  at::Device device() const override { return device_; }
-
- private:
-  at::Tensor token_, position_;
-  nn::PreNormEncoder encoder_;
-  nn::LayerNorm final_norm_;
   at::Device device_;
 };
 

@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 // Everything a replica loads, from one directory.
 struct ClipModel {
   ClipVision vision;
-  ClipText text;
+  nn::TextTransformer text;
   at::Tensor text_projection;
   double logit_scale;
 
@@ -31,7 +31,7 @@ struct ClipModel {
  private:
   ClipModel(const ClipConfig& c, const nn::Weights& w, at::Device device, int)
       : vision(c.vision, w.sub("vision_model"), w.sub("visual_projection"), c.projection_dim, device),
-        text(c.text, w.sub("text_model"), device),
+        text(nn::TextTransformer::load(w.sub("text_model"), c.text)),
         text_projection(w.get("text_projection.weight", {c.projection_dim, c.text.hidden_size})),
         logit_scale(scalar_value(w.get("logit_scale", {}))) {}
 };
@@ -56,7 +56,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
                         auto pooler = std::make_shared<TokenPooler>(pick, eos, m.text_projection, at::Tensor());
                         capabilities::ContrastiveHead head{std::exp(m.logit_scale), 0.0, false};
                         return make_two_tower(p, std::make_unique<ClipVision>(std::move(m.vision)),
-                                              std::make_unique<ClipText>(std::move(m.text)), pooler, head);
+                                              std::make_unique<TextTowerBackbone>(std::move(m.text), /*causal=*/true, dev), pooler, head);
                       });
   return model;
 }
@@ -78,18 +78,9 @@ void register_probes() {
     const kit::ProbedModel m = kit::open_probed_model(in);
     const ClipConfig config = ClipConfig::from(m.config);
     ClipModel model(config, m.weights, at::kCPU);
-    c10::InferenceMode inference;
-    nn::ProbeOutput out;
-    if (at::Tensor px = in.optional_tensor("pixel_values"); px.defined())
-      out.emplace("image_embeds", model.vision.forward(px.to(at::kFloat)));
-    if (at::Tensor input_ids = in.optional_tensor("input_ids"); input_ids.defined()) {
-      at::Tensor ids = input_ids.to(at::kLong);
-      at::Tensor mask = at::ones_like(ids);
-      const TokenPooler pooler(config.pool_at_largest_id() ? TokenPick::kLargestId : TokenPick::kFirstId,
-                               config.eos_token_id, model.text_projection, at::Tensor());
-      out.emplace("text_embeds", pooler(model.text.forward(ids, ids, mask), mask, ids));
-    }
-    return out;
+    const TokenPooler pooler(config.pool_at_largest_id() ? TokenPick::kLargestId : TokenPick::kFirstId,
+                             config.eos_token_id, model.text_projection, at::Tensor());
+    return two_tower_probe(in, model.vision, TextTowerBackbone(model.text, true, at::kCPU), pooler);
   });
 }
 

@@ -19,7 +19,7 @@ namespace {
 
 struct SiglipModel {
   SiglipVision vision;
-  SiglipText text;
+  nn::TextTransformer text;
   at::Tensor head_weight, head_bias;
   double logit_scale, logit_bias;
 
@@ -29,7 +29,7 @@ struct SiglipModel {
  private:
   SiglipModel(const SiglipConfig& c, const nn::Weights& w, at::Device device, int)
       : vision(c.vision, w.sub("vision_model"), device),
-        text(c.text, w.sub("text_model"), device),
+        text(nn::TextTransformer::load(w.sub("text_model"), c.text)),
         head_weight(w.get("text_model.head.weight", {c.projection_size, c.text.hidden_size})),
         head_bias(w.get("text_model.head.bias", {c.projection_size})),
         logit_scale(scalar_value(w.get("logit_scale", {1}))),
@@ -68,7 +68,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
                         auto pooler = std::make_shared<TokenPooler>(TokenPick::kLast, 0, m.head_weight, m.head_bias);
                         capabilities::ContrastiveHead head{std::exp(m.logit_scale), m.logit_bias, true};
                         return make_two_tower(p, std::make_unique<SiglipVision>(std::move(m.vision)),
-                                              std::make_unique<SiglipText>(std::move(m.text)), pooler, head);
+                                              std::make_unique<TextTowerBackbone>(std::move(m.text), /*causal=*/false, dev), pooler, head);
                       });
   return model;
 }
@@ -90,17 +90,8 @@ void register_probes() {
     const kit::ProbedModel m = kit::open_probed_model(in);
     const SiglipConfig config = SiglipConfig::from(m.config);
     SiglipModel model(config, m.weights, at::kCPU);
-    c10::InferenceMode inference;
-    nn::ProbeOutput out;
-    if (at::Tensor px = in.optional_tensor("pixel_values"); px.defined())
-      out.emplace("image_embeds", model.vision.forward(px.to(at::kFloat)));
-    if (at::Tensor input_ids = in.optional_tensor("input_ids"); input_ids.defined()) {
-      at::Tensor ids = input_ids.to(at::kLong);
-      at::Tensor mask = at::ones_like(ids);
-      const TokenPooler pooler(TokenPick::kLast, 0, model.head_weight, model.head_bias);
-      out.emplace("text_embeds", pooler(model.text.forward(ids, ids, mask), mask, ids));
-    }
-    return out;
+    const TokenPooler pooler(TokenPick::kLast, 0, model.head_weight, model.head_bias);
+    return two_tower_probe(in, model.vision, TextTowerBackbone(model.text, false, at::kCPU), pooler);
   });
 }
 

@@ -47,20 +47,4 @@ at::Tensor SiglipVision::forward(const at::Tensor& pixels) const {
   return head_(post_norm_(encoder_(embeddings_(pixels.to(device_)))));
 }
 
-SiglipText::SiglipText(const nn::TextTowerConfig& c, const nn::Weights& w, at::Device device)
-    : token_(w.get("embeddings.token_embedding.weight", {c.vocab_size, c.hidden_size})),
-      position_(w.get("embeddings.position_embedding.weight", {c.max_positions, c.hidden_size})),
-      encoder_(nn::PreNormEncoder::load(w.sub("encoder"), c)),
-      final_norm_(nn::LayerNorm::load(w, "final_layer_norm", c.hidden_size, c.layer_norm_eps)),
-      device_(device) {}
-
-at::Tensor SiglipText::forward(const at::Tensor& ids, const at::Tensor&, const at::Tensor&) const {
-  const int64_t t = ids.size(1);
-  check(t <= position_.size(0), ErrorCode::kInvalidInput,
-        "input of " + std::to_string(t) + " tokens is longer than the text tower's " +
-            std::to_string(position_.size(0)) + " positions");
-  at::Tensor x = at::embedding(token_, ids) + position_.narrow(0, 0, t).unsqueeze(0);
-  return final_norm_(encoder_(x));
-}
-
 }  // namespace mpool::models::siglip

@@ -1,6 +1,6 @@
 #pragma once
-// SigLIP's two towers on mpool_nn: the ViT with its attention-pooling head, and
-// the text encoder read at its last position.
+// SigLIP's vision tower on mpool_nn: the ViT with its attention-pooling head.
+// Its text tower is nn::TextTransformer (no mask), read at the last position.
 #include <ATen/ATen.h>
 
 #include "models/siglip/config.h"
@@ -40,22 +40,6 @@ class SiglipVision final : public ImageTower {
   nn::PreNormEncoder encoder_;
   nn::LayerNorm post_norm_;
   AttentionPoolingHead head_;
-  at::Device device_;
-};
-
-/// SiglipTextTransformer up to final_layer_norm: (b, t) ids -> (b, t, h), no
-/// attention mask (the padding is input, as the model was trained). The pooling
-/// at the last position and the head are the kit's TokenPooler.
-class SiglipText final : public Backbone {
- public:
-  SiglipText(const nn::TextTowerConfig& config, const nn::Weights& w, at::Device device);
-  at::Tensor forward(const at::Tensor& ids, const at::Tensor& type_ids, const at::Tensor& mask) const override;
-  at::Device device() const override { return device_; }
-
- private:
-  at::Tensor token_, position_;
-  nn::PreNormEncoder encoder_;
-  nn::LayerNorm final_norm_;
   at::Device device_;
 };
 
