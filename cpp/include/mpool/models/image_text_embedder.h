@@ -69,6 +69,21 @@ class ImageTextEmbedder final : public core::Instance,
 at::Tensor pixel_values(const std::vector<capabilities::Image>& images, const ImageTowerSettings& settings,
                         int64_t first_index = 0);
 
+/// The image side of a model directory, for a tower that takes `image_size`
+/// squares: its image processor's settings (preprocessor_config.json, required:
+/// InvalidInput says a `family` model needs it to prepare images). Two-tower and
+/// vision-language families (LLaVA) read it alike.
+ImageTowerSettings image_tower_settings(const loading::ModelDirectory& directory, const std::string& family,
+                                        int64_t image_size);
+
+/// Activation bytes of one float32 forward pass of a ViT tower over `images`
+/// images: hidden states, the MLP's inner layer, every head's attention scores
+/// and the pixel values.
+double image_forward_bytes(const nn::VisionTowerConfig& vision, int64_t images);
+
+/// The option "images_per_forward" (default 16, at most 4096) for passes of the image tower.
+int64_t images_per_forward_option(const NativeOptions& options);
+
 // --- What a two-tower family's build step shares (CLIP, SigLIP).
 
 /// The settings of a two-tower model directory, before its weights are read.
