@@ -148,3 +148,53 @@ def save_with_prefixed_names(src: Path, dst: Path) -> Path:
         renamed[key] = value
     save_file(renamed, str(dst / "model.safetensors"), metadata={"format": "pt"})
     return dst
+
+
+# LLaVA-NeXT: tiles of the tower's 30 pixels, grids of up to 3 tiles.
+PINPOINTS = [[30, 60], [60, 30], [60, 60], [90, 30], [30, 90]]
+
+
+def build_llava_next(tmp_dir: Path | str, text: str = "llama", *, name: str | None = None, seed: int = 0) -> Path:
+    """A random LlavaNextForConditionalGeneration with its LlavaNextProcessor
+    (LlavaNextImageProcessor settings with ``PINPOINTS``)."""
+    import transformers
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    tok = tokenizer()
+    config_name, extra = _TEXT[text]
+    text_config = getattr(transformers, config_name)(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6, hidden_act="silu",
+        tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, **extra,
+    )
+    vision_config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=IMAGE_SIZE,
+        patch_size=PATCH, hidden_act="quick_gelu", projection_dim=16,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision_config, text_config=text_config, image_token_index=tok.convert_tokens_to_ids(IMAGE),
+        image_grid_pinpoints=PINPOINTS,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).to(torch.float32).eval()
+    _reinit_(model, hash_seed(f"llava_next_{text}", seed))
+    out = Path(tmp_dir) / (name or f"llava_next_{text}")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    images = LlavaNextImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_grid_pinpoints=PINPOINTS,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=images, tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(str(out))
+    return out

@@ -129,7 +129,7 @@ def test_inspect_says_why_no_registered_family_supports_the_model_type(tmp_path)
         "llama: model_type 'gpt_neox' is not llama, mistral, qwen2, qwen3 or phi3; "
         "clip: model_type 'gpt_neox' is not clip; "
         "siglip: model_type 'gpt_neox' is not siglip; "
-        "llava: model_type 'gpt_neox' is not llava"
+        "llava: model_type 'gpt_neox' is not llava or llava_next"
     )
 
 

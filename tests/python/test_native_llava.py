@@ -1,4 +1,4 @@
-"""The native LLaVA-1.5 family against transformers on tiny random models.
+"""The native LLaVA family (LLaVA-1.5 and LLaVA-NeXT) against transformers on tiny random models.
 
 Each model is a LlavaForConditionalGeneration built in the test (llava_models.py):
 a CLIP vision tower under a Llama or Qwen2 language model, saved with a
@@ -21,7 +21,7 @@ import transformers
 
 import mpool
 import mpool.testing
-from llava_models import TEXT_ARCHS, build_llava, save_with_prefixed_names, synthetic_image
+from llava_models import TEXT_ARCHS, build_llava, build_llava_next, save_with_prefixed_names, synthetic_image
 
 N_TOKENS = 32
 IMAGES = [synthetic_image(1, 40, 52), synthetic_image(2, 64, 48), synthetic_image(3, 33, 33)]
@@ -39,6 +39,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     out["prefixed"] = save_with_prefixed_names(out["llama"], root / "prefixed")
     out["no_template"] = build_llava(root, "llama", name="no_template", chat_template=None)
+    out["next"] = build_llava_next(root, "llama")
+    out["next_prefixed"] = save_with_prefixed_names(out["next"], root / "next_prefixed")
+    out["next_qwen2"] = build_llava_next(root, "qwen2", seed=2)
     return out
 
 
@@ -51,9 +54,13 @@ def hf_inputs(path: Path, images: list[np.ndarray], prompt: str) -> Any:
     return processor(images=images, text=prompt, return_tensors="pt")
 
 
+def hf_model(path: Path) -> Any:
+    return transformers.AutoModelForImageTextToText.from_pretrained(str(path), dtype=torch.float32).eval()
+
+
 def hf_generate(path: Path, images: list[np.ndarray], prompt: str, n: int = N_TOKENS) -> tuple[list[int], int]:
     """transformers' greedy tokens for the processor's inputs, and the prompt's length."""
-    model = transformers.LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval()
+    model = hf_model(path)
     inputs = hf_inputs(path, images, prompt)
     with torch.no_grad():
         out = model.generate(**inputs, do_sample=False, max_new_tokens=n, eos_token_id=None)
@@ -181,6 +188,75 @@ def test_an_explicit_prompt_is_tokenized_with_bos_as_the_processor_does(pool: mp
     expected, length = hf_generate(models["llama"], [IMAGES[2]], prompt)
     ours, _, chunks = run(pool.describe("v", IMAGES[2], prompt=prompt, **GREEDY))
     assert ours == expected and chunks[-1].stats.prompt_tokens == length
+
+
+# --- LLaVA-NeXT: any-resolution tiles -------------------------------------------------
+
+# Aspect ratios that pick different grids (2x1, 1x2, 1x3) and unpad rows or columns.
+NEXT_IMAGES = [synthetic_image(4, 40, 52), synthetic_image(5, 70, 30), synthetic_image(6, 33, 100)]
+
+
+def test_next_tiles_equal_the_llava_next_image_processors_pixel_values(models: dict[str, Path]) -> None:
+    processor = transformers.AutoProcessor.from_pretrained(str(models["next"]))
+    for image in NEXT_IMAGES:
+        ours = mpool.testing.probe("llava.anyres_tiles", {"image": image}, path=str(models["next"]))["pixel_values"]
+        theirs = processor.image_processor(images=[image], return_tensors="np")["pixel_values"][0]
+        assert ours.shape[0] >= 3
+        np.testing.assert_allclose(ours, theirs[: ours.shape[0]], rtol=0, atol=1e-6)
+        assert not theirs[ours.shape[0] :].any()  # the rest is the batch's padding
+
+
+@pytest.mark.parametrize("key", ["next", "next_qwen2"])
+def test_next_greedy_describe_is_token_identical_to_transformers_for_three_aspect_ratios(
+    pool: mpool.Pool, models: dict[str, Path], key: str
+) -> None:
+    pool.register("v", models[key])
+    for image, query in zip(NEXT_IMAGES, QUERIES):
+        prompt = pool.render_chat("v", one_turn(query))
+        expected, length = hf_generate(models[key], [image], prompt)
+        ours, _, chunks = run(pool.describe("v", image, query, **GREEDY))
+        assert ours == expected
+        assert chunks[-1].stats.prompt_tokens == length  # the processor's count of packed features
+
+
+def test_next_packed_features_and_merged_embeddings_match_transformers_within_1e4(models: dict[str, Path]) -> None:
+    path = models["next"]
+    model = hf_model(path)
+    processor = transformers.AutoProcessor.from_pretrained(str(path))
+    prompt = processor.apply_chat_template(one_turn("two", 2), add_generation_prompt=True)
+    inputs = processor(images=NEXT_IMAGES[1:], text=prompt, return_tensors="pt")
+    out = mpool.testing.probe(
+        "llava.features",
+        {k: inputs[k].numpy() for k in ("pixel_values", "image_sizes", "input_ids")},
+        path=str(path),
+    )
+    with torch.no_grad():
+        features = model.model.get_image_features(
+            pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+            vision_feature_layer=model.config.vision_feature_layer,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        ).pooler_output
+        features = torch.cat(list(features))
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        mask = (inputs["input_ids"] == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
+        merged = embeds.masked_scatter(mask, features)[0]
+    assert out["image_features"].shape == tuple(features.shape)
+    assert np.abs(out["image_features"] - features.numpy()).max() / np.abs(features.numpy()).max() <= 1e-4
+    assert np.abs(out["inputs_embeds"] - merged.numpy()).max() / np.abs(merged.numpy()).max() <= 1e-4
+
+
+def test_next_two_images_in_one_chat_and_both_tensor_layouts_match_transformers(
+    pool: mpool.Pool, models: dict[str, Path]
+) -> None:
+    pool.register("v", models["next"])
+    pool.register("prefixed", models["next_prefixed"])
+    messages = [{"role": "user", "content": [
+        {"type": "image", "image": NEXT_IMAGES[0]}, {"type": "image", "image": NEXT_IMAGES[2]},
+        {"type": "text", "text": "compare"}]}]
+    prompt = pool.render_chat("v", one_turn("compare", 2))
+    expected, _ = hf_generate(models["next"], [NEXT_IMAGES[0], NEXT_IMAGES[2]], prompt)
+    assert run(pool.chat("v", messages, **GREEDY))[0] == expected
+    assert run(pool.chat("prefixed", messages, **GREEDY))[0] == expected
 
 
 # --- streaming, cancellation, concurrency, stats --------------------------------------

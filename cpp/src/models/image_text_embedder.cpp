@@ -10,6 +10,16 @@
 
 namespace mpool::models {
 
+at::Tensor rgb8(const capabilities::Image& image, const std::string& source) {
+  at::Tensor img = image;
+  check(img.defined() && img.dim() == 3 && img.scalar_type() == at::kByte &&
+            (img.size(2) == 1 || img.size(2) == 3 || img.size(2) == 4),
+        ErrorCode::kInvalidInput, source + " must be an HWC uint8 image with 1, 3 or 4 channels");
+  if (img.size(2) == 1) img = img.expand({img.size(0), img.size(1), 3});
+  if (img.size(2) == 4) img = img.narrow(2, 0, 3);
+  return img.to(at::kCPU).contiguous();
+}
+
 at::Tensor pixel_values(const std::vector<capabilities::Image>& images, const ImageTowerSettings& settings,
                         int64_t first_index) {
   const int64_t n = static_cast<int64_t>(images.size()), s = settings.image_size;
@@ -20,13 +30,7 @@ at::Tensor pixel_values(const std::vector<capabilities::Image>& images, const Im
     for (int64_t i = begin; i < end; ++i) {
       try {
         const std::string source = "image #" + std::to_string(first_index + i);
-        at::Tensor img = images[static_cast<size_t>(i)];
-        check(img.defined() && img.dim() == 3 && img.scalar_type() == at::kByte &&
-                  (img.size(2) == 1 || img.size(2) == 3 || img.size(2) == 4),
-              ErrorCode::kInvalidInput, source + " must be an HWC uint8 image with 1, 3 or 4 channels");
-        if (img.size(2) == 1) img = img.expand({img.size(0), img.size(1), 3});
-        if (img.size(2) == 4) img = img.narrow(2, 0, 3);
-        img = img.to(at::kCPU).contiguous();
+        const at::Tensor img = rgb8(images[static_cast<size_t>(i)], source);
         int64_t oh = 0, ow = 0;
         std::vector<float> pixels = imageio::preprocess(img.data_ptr<std::uint8_t>(), img.size(0), img.size(1),
                                                         settings.preprocess, source, &oh, &ow);

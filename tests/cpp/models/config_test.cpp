@@ -166,6 +166,27 @@ TEST(LlavaConfigs, FeatureLayersStrategyAndImageTokenAreChecked) {
                  "gpt2");
 }
 
+TEST(LlavaConfigs, LlavaNextTakesItsGridPinpointsAndChecksThemAgainstTheTower) {
+  const std::string towers = R"("text_config": {)" + kLlama + R"(, "num_hidden_layers": 2}, "image_token_index": 5,
+      "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+                        "image_size": 30, "patch_size": 6})";
+  auto c = llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_grid_pinpoints": [[30, 60], [90, 30]], )" + towers + "}"));
+  EXPECT_TRUE(c.anyres);
+  EXPECT_EQ(c.grid_pinpoints, (llava::Pinpoints{{30, 60}, {90, 30}}));
+  auto defaults = llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_token_index": 5, "text_config": {"model_type": "llama"}})"));
+  EXPECT_EQ(defaults.grid_pinpoints.size(), 5u);  // LlavaNextConfig's, for the 336-pixel tower
+  EXPECT_FALSE(llava::LlavaConfig::from(config(R"({"model_type": "llava", )" + towers + "}")).anyres);
+  expect_invalid([&] { llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_grid_pinpoints": [[30, 50]], )" + towers + "}")); },
+                 "holds 30x50, which is not a grid of the vision tower's 30-pixel tiles");
+  expect_invalid([&] { llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_grid_pinpoints": [[30]], )" + towers + "}")); },
+                 "must be a non-empty list of [height, width]");
+  expect_invalid([&] { llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_grid_pinpoints": [], )" + towers + "}")); },
+                 "must be a non-empty list");
+  expect_invalid([&] {
+    llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_grid_pinpoints": [[30, 60]], "vision_feature_select_strategy": "full", )" + towers + "}"));
+  }, "LLaVA-NeXT lays tile features out as a grid");
+}
+
 TEST(TwoTowerConfigs, TowerSizesAreCheckedAndNamedWithTheirNestedKey) {
   expect_invalid([] { clip::ClipConfig::from(config(R"({"model_type": "clip", "vision_config": {"patch_size": 33}})")); },
                  "config.json: \"vision_config.patch_size\" (33) must divide");

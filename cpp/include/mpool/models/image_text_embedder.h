@@ -62,6 +62,10 @@ class ImageTextEmbedder final : public core::Instance,
   std::optional<capabilities::ContrastiveHead> head_;
 };
 
+/// `image` (HWC uint8 with 1, 3 or 4 channels) as contiguous CPU RGB: grey
+/// repeated, alpha dropped. InvalidInput names `source` ("image #2") otherwise.
+at::Tensor rgb8(const capabilities::Image& image, const std::string& source);
+
 /// The pixel values of `images` (HWC uint8 with 1, 3 or 4 channels; 4 keeps RGB)
 /// as `settings` preprocess them: float32 (n, 3, S, S). InvalidInput names the
 /// image ("image #2") when it is empty, or when the processor's output is not the

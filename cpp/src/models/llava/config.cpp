@@ -42,8 +42,10 @@ std::vector<int64_t> LlavaConfig::feature_layer_counts() const {
 }
 
 LlavaConfig LlavaConfig::from(const loading::ModelConfig& c) {
-  check(c.model_type == "llava", ErrorCode::kInvalidInput, "config.json: model_type '" + c.model_type + "' is not llava");
+  check(c.model_type == "llava" || c.model_type == "llava_next", ErrorCode::kInvalidInput,
+        "config.json: model_type '" + c.model_type + "' is not llava or llava_next");
   LlavaConfig out;
+  out.anyres = c.model_type == "llava_next";
   // CLIPVisionConfig's defaults with LlavaConfig's overrides (CLIP ViT-L/14 at 336).
   nn::EncoderDefaults vision;
   vision.hidden_size = 1024;
@@ -93,6 +95,30 @@ LlavaConfig LlavaConfig::from(const loading::ModelConfig& c) {
   out.projector_act = nn::parse_activation(c.raw.get_or<std::string>("projector_hidden_act", "gelu"),
                                            c.raw.where("projector_hidden_act"));
   out.projector_bias = c.raw.get_or<bool>("multimodal_projector_bias", true);
+  if (out.anyres) {
+    // LlavaNextConfig's default grid.
+    out.grid_pinpoints = {{336, 672}, {672, 336}, {672, 672}, {1008, 336}, {336, 1008}};
+    if (c.raw.has("image_grid_pinpoints")) {
+      out.grid_pinpoints.clear();
+      const nlohmann::json& list = c.raw.json()["image_grid_pinpoints"];
+      const std::string where = c.raw.where("image_grid_pinpoints");
+      check(list.is_array() && !list.empty(), ErrorCode::kInvalidInput, where + " must be a non-empty list of [height, width]");
+      for (const auto& p : list) {
+        check(p.is_array() && p.size() == 2 && p[0].is_number_integer() && p[1].is_number_integer(),
+              ErrorCode::kInvalidInput, where + " must be a non-empty list of [height, width]");
+        out.grid_pinpoints.push_back({p[0].get<int64_t>(), p[1].get<int64_t>()});
+      }
+    }
+    const int64_t side = out.vision.image_size;
+    for (const auto& [h, w] : out.grid_pinpoints)
+      check(h > 0 && w > 0 && h % side == 0 && w % side == 0 && h <= 64 * side && w <= 64 * side,
+            ErrorCode::kInvalidInput,
+            c.raw.where("image_grid_pinpoints") + " holds " + std::to_string(h) + "x" + std::to_string(w) +
+                ", which is not a grid of the vision tower's " + std::to_string(side) + "-pixel tiles (at most 64 a side)");
+    check(!out.keep_class_token, ErrorCode::kInvalidInput,
+          c.raw.where("vision_feature_select_strategy") + " is 'full', but LLaVA-NeXT lays tile features out as a "
+                                                          "grid of patches (default)");
+  }
   return out;
 }
 

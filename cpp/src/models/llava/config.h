@@ -2,6 +2,7 @@
 // What the LLaVA family reads from config.json (LlavaForConditionalGeneration:
 // vision_config, text_config and the projector's settings), as plain structs.
 // Torch-free (part of mpool_model_configs), so it runs under the sanitizers.
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -13,8 +14,11 @@
 
 namespace mpool::models::llava {
 
-/// The model_types this family serves.
-inline const std::vector<std::string> kModelTypes = {"llava"};
+/// The model_types this family serves: LLaVA-1.5 and LLaVA-NeXT (1.6).
+inline const std::vector<std::string> kModelTypes = {"llava", "llava_next"};
+
+/// (height, width) resolutions a LLaVA-NeXT picture may be tiled to.
+using Pinpoints = std::vector<std::array<int64_t, 2>>;
 
 struct LlavaConfig {
   /// The CLIP vision tower (vision_config, model_type clip_vision_model).
@@ -32,10 +36,15 @@ struct LlavaConfig {
   bool keep_class_token = false;
   nn::Activation projector_act = nn::Activation::kGelu;
   bool projector_bias = true;
+  /// LLaVA-NeXT (model_type llava_next): pictures tiled at any resolution.
+  bool anyres = false;
+  /// image_grid_pinpoints (LLaVA-NeXT), each a multiple of the tower's image size.
+  Pinpoints grid_pinpoints;
 
   /// Encoder layers run before each feature layer is read ([0, vision layers]).
   std::vector<int64_t> feature_layer_counts() const;
-  /// Features per image: the patches, plus the class token under "full".
+  /// Features per tower input (a LLaVA-1.5 image, a LLaVA-NeXT tile): the patches,
+  /// plus the class token under "full".
   int64_t image_tokens() const noexcept { return vision.num_patches() + (keep_class_token ? 1 : 0); }
   /// The projector's input width: the tower's width times the feature layers.
   int64_t feature_width() const noexcept {

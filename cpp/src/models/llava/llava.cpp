@@ -15,7 +15,7 @@ LlavaParts LlavaParts::locate(const nn::Weights& checkpoint) {
                                                                  "LLaVA's CLIP vision tower");
   return LlavaParts{tower, root.sub("multi_modal_projector"),
                     legacy ? checkpoint.sub("language_model").sub("model") : root.sub("language_model"),
-                    legacy ? checkpoint.sub("language_model") : checkpoint};
+                    legacy ? checkpoint.sub("language_model") : checkpoint, root};
 }
 
 LlavaVision::LlavaVision(const LlavaConfig& c, const LlavaParts& parts, at::Device device)
@@ -24,7 +24,9 @@ LlavaVision::LlavaVision(const LlavaConfig& c, const LlavaParts& parts, at::Devi
       keep_class_token_(c.keep_class_token),
       linear_1_(nn::Linear::load(parts.projector, "linear_1", c.text.hidden_size, c.feature_width(), c.projector_bias)),
       linear_2_(nn::Linear::load(parts.projector, "linear_2", c.text.hidden_size, c.text.hidden_size, c.projector_bias)),
-      act_(c.projector_act) {}
+      act_(c.projector_act) {
+  if (c.anyres) newline_ = parts.root.get("image_newline", {c.text.hidden_size});
+}
 
 at::Tensor LlavaVision::select(const at::Tensor& pixels) const {
   std::vector<at::Tensor> states = tower_.hidden_states(pixels, layer_counts_);

@@ -25,6 +25,7 @@ struct LlavaParts {
   nn::Weights projector;  ///< holds "linear_1.", "linear_2."
   nn::Weights language;   ///< the decoder's base model: "embed_tokens.", "layers.", "norm."
   nn::Weights head;       ///< holds "lm_head.weight"
+  nn::Weights root;       ///< holds "image_newline" (LLaVA-NeXT)
   /// Finds the layout; InvalidInput lists the prefixes tried.
   static LlavaParts locate(const nn::Weights& checkpoint);
 };
@@ -39,8 +40,11 @@ class LlavaVision {
   at::Tensor select(const at::Tensor& pixels) const;
   /// Selected features -> (b, image_tokens, text hidden) through the projector.
   at::Tensor project(const at::Tensor& selected) const;
-  /// Both: what one image's placeholder positions receive.
+  /// Both: what one image's placeholder positions receive (LLaVA-1.5), or each
+  /// tile's features (LLaVA-NeXT, before pack_tile_features).
   at::Tensor operator()(const at::Tensor& pixels) const { return project(select(pixels)); }
+  /// LLaVA-NeXT's row terminator (text hidden); undefined for LLaVA-1.5.
+  const at::Tensor& image_newline() const noexcept { return newline_; }
 
  private:
   clip::ClipVision tower_;
@@ -48,6 +52,7 @@ class LlavaVision {
   bool keep_class_token_;
   nn::Linear linear_1_, linear_2_;
   nn::Activation act_;
+  at::Tensor newline_;
 };
 
 }  // namespace mpool::models::llava
