@@ -140,6 +140,21 @@ TEST(LlavaConfigs, ALlamaTextConfigWrittenAsADiffGetsLlamaConfigDefaults) {
   EXPECT_TRUE(c.projector_bias);
 }
 
+TEST(LlavaConfigs, AMistralTextConfigWrittenAsADiffGetsMistralConfigDefaultsAndKeepsANullWindow) {
+  // The form of llava-hf/llava-v1.6-mistral-7b-hf's text_config: a diff of MistralConfig's defaults.
+  const std::string head = R"({"model_type": "llava_next", "image_token_index": 32000,
+      "text_config": {"model_type": "mistral", "intermediate_size": 14336, "max_position_embeddings": 32768,
+                      "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "vocab_size": 32064)";
+  auto c = llava::LlavaConfig::from(config(head + R"(, "sliding_window": null}})"));
+  EXPECT_EQ(c.text.hidden_size, 4096);
+  EXPECT_EQ(c.text.num_layers, 32);
+  EXPECT_EQ(c.text.num_kv_heads, 8);
+  EXPECT_EQ(c.text.max_position_embeddings, 32768);
+  EXPECT_EQ(c.text.sliding_window, std::vector<int64_t>(32, 0));  // null: full attention
+  auto windowed = llava::LlavaConfig::from(config(head + "}}"));
+  EXPECT_EQ(windowed.text.sliding_window, std::vector<int64_t>(32, 4096));  // MistralConfig's default
+}
+
 TEST(LlavaConfigs, FeatureLayersStrategyAndImageTokenAreChecked) {
   const std::string text = R"("image_token_id": 5, "text_config": {)" + kLlama + R"(, "num_hidden_layers": 2},
       "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,

@@ -10,25 +10,36 @@ namespace mpool::models::llava {
 
 namespace {
 
-// LlamaConfig's defaults: llava-hf's checkpoints write text_config as a diff of them.
-const nlohmann::json& llama_defaults() {
-  static const nlohmann::json d = {
-      {"vocab_size", 32000},         {"hidden_size", 4096},   {"intermediate_size", 11008},
-      {"num_hidden_layers", 32},     {"num_attention_heads", 32}, {"max_position_embeddings", 2048},
-      {"rms_norm_eps", 1e-6},        {"hidden_act", "silu"},  {"rope_theta", 10000.0},
+// The transformers config classes' defaults for the text models LLaVA
+// checkpoints use: llava-hf's checkpoints write text_config as a diff of them.
+const nlohmann::json* text_defaults(const nlohmann::json& model_type) {
+  static const nlohmann::json llama = {
+      {"vocab_size", 32000},     {"hidden_size", 4096},       {"intermediate_size", 11008},
+      {"num_hidden_layers", 32}, {"num_attention_heads", 32}, {"max_position_embeddings", 2048},
+      {"rms_norm_eps", 1e-6},    {"hidden_act", "silu"},      {"rope_theta", 10000.0},
   };
-  return d;
+  static const nlohmann::json mistral = {
+      {"vocab_size", 32000},        {"hidden_size", 4096},       {"intermediate_size", 14336},
+      {"num_hidden_layers", 32},    {"num_attention_heads", 32}, {"num_key_value_heads", 8},
+      {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-6}, {"hidden_act", "silu"},
+      {"rope_theta", 10000.0},      {"sliding_window", 4096},
+  };
+  if (model_type == "llama") return &llama;
+  if (model_type == "mistral") return &mistral;
+  return nullptr;
 }
 
 // The text_config as the decoder family reads it: LlavaConfig's default model
-// type (llama) and, for llama, LlamaConfig's defaults for what is left out.
+// type (llama) and, for llama and mistral, their config classes' defaults for
+// the keys left out (a key written as null stays null: Mistral's
+// "sliding_window": null means none).
 loading::ModelConfig text_config(const loading::ModelConfig& c) {
   const auto node = c.raw.child("text_config");
   nlohmann::json text = node ? node->json() : nlohmann::json::object();
   if (!text.contains("model_type") || text["model_type"].is_null()) text["model_type"] = "llama";
-  if (text["model_type"] == "llama")
-    for (const auto& [key, value] : llama_defaults().items())
-      if (!text.contains(key) || text[key].is_null()) text[key] = value;
+  if (const nlohmann::json* defaults = text_defaults(text["model_type"]))
+    for (const auto& [key, value] : defaults->items())
+      if (!text.contains(key)) text[key] = value;
   auto root = std::make_shared<const nlohmann::json>(std::move(text));
   return loading::parse_model_config(loading::JsonView(root, root.get(), c.raw.file(), "text_config"));
 }

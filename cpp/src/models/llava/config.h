@@ -52,9 +52,9 @@ struct LlavaConfig {
   }
 
   /// Reads and checks the fields, with LlavaConfig's defaults for what the file
-  /// leaves out (a text_config written as a diff of LlamaConfig's defaults, as
-  /// llava-hf's checkpoints are, gets those defaults back); errors name
-  /// config.json and the key.
+  /// leaves out (a llama or mistral text_config written as a diff of its config
+  /// class's defaults, as llava-hf's checkpoints are, gets those defaults back);
+  /// errors name config.json and the key.
   static LlavaConfig from(const loading::ModelConfig& config);
 };
 
