@@ -391,20 +391,17 @@ void register_pool(py::module_& m) {
              return wrap_text_stream(std::move(s));
            })
       .def("describe",
-           [](core::Pool& pool, const std::string& key, py::list image, std::string query, py::dict params,
+           [](core::Pool& pool, const std::string& key, py::list items, std::string prompt, py::dict params,
               double timeout, double fetch_timeout, bool allow_private_urls, size_t max_image_bytes) {
              ImageDeadline deadline(timeout, fetch_timeout, allow_private_urls, max_image_bytes);
-             auto inputs = image_inputs(image);
-             if (inputs.size() != 1)
-               throw Error(ErrorCode::kInvalidInput, "describe() takes exactly one image, got " +
-                                                         std::to_string(inputs.size()));
+             auto inputs = image_inputs(items);
+             if (inputs.empty()) throw Error(ErrorCode::kInvalidInput, "describe() needs at least one image");
              auto gp = params_from_dict(params);
              std::shared_ptr<cap::TextStream> s;
              {
                py::gil_scoped_release nogil;
                auto images = deadline.decode(inputs);
-               s = cap::describe(pool, key, std::move(images.front()), std::move(query), std::move(gp),
-                                 deadline.remaining());
+               s = cap::describe(pool, key, std::move(images), std::move(prompt), std::move(gp), deadline.remaining());
              }
              return wrap_text_stream(std::move(s));
            })

@@ -142,10 +142,16 @@ class PyInstance final : public core::Instance,
       return ref_.obj.attr("generate")(p, params_to_dict(params));
     });
   }
-  cap::Completion describe(const cap::Image& image, const std::string& query, const cap::GenerationParams& params,
-                           const cap::TextSink& sink, cap::RequestContext& ctx) override {
+  // A Python-defined model has no chat template: it gets the question as asked,
+  // with its one image (the protocol is describe(image, query, params)).
+  cap::Completion describe(const std::vector<cap::Image>& images, const std::string& query,
+                           const cap::GenerationParams& params, const cap::TextSink& sink,
+                           cap::RequestContext& ctx) override {
+    if (images.size() != 1)
+      throw Error(ErrorCode::kInvalidInput,
+                  "a Python-defined vision model takes one image per request, got " + std::to_string(images.size()));
     return stream_text(sink, ctx, [&] {
-      return ref_.obj.attr("describe")(tensor_to_numpy(image), query, params_to_dict(params));
+      return ref_.obj.attr("describe")(tensor_to_numpy(images.front()), query, params_to_dict(params));
     });
   }
   cap::Image generate_image(const std::string& prompt, const cap::ImageConfig& config,

@@ -154,11 +154,19 @@ void register_streams(py::module_& m) {
       .def_readonly("completion_tokens", &GenerationStats::completion_tokens)
       .def_readonly("time_to_first_token", &GenerationStats::time_to_first_token_s)
       .def_readonly("tokens_per_second", &GenerationStats::tokens_per_second)
+      .def_readonly("image_tokens", &GenerationStats::image_tokens,
+                    "prompt positions that image features filled (0 without images)")
+      .def_readonly("image_time_s", &GenerationStats::image_time_s,
+                    "seconds spent turning the images into features: preprocessing, vision tower, projector")
       .def("__repr__", [](const GenerationStats& s) {
         return "GenerationStats(prompt_tokens=" + std::to_string(s.prompt_tokens) +
                ", completion_tokens=" + std::to_string(s.completion_tokens) +
                ", time_to_first_token=" + std::to_string(s.time_to_first_token_s) +
-               ", tokens_per_second=" + std::to_string(s.tokens_per_second) + ")";
+               ", tokens_per_second=" + std::to_string(s.tokens_per_second) +
+               (s.image_tokens > 0 ? ", image_tokens=" + std::to_string(s.image_tokens) +
+                                         ", image_time_s=" + std::to_string(s.image_time_s)
+                                   : std::string()) +
+               ")";
       });
   py::class_<capabilities::TokenLogprob>(m, "TokenLogprob",
                                          "A generated token's log-probability under the model, and the most likely "

@@ -85,6 +85,20 @@ def _embed_image(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    def start(pool: Any, params: dict[str, Any]) -> Any:
+        if args.chat:
+            return pool.chat("model", [{"role": "user", "content": args.prompt}], **params)
+        return pool.generate("model", args.prompt, **params)
+
+    return _stream_text(args, start)
+
+
+def _describe(args: argparse.Namespace) -> int:
+    return _stream_text(args, lambda pool, params: pool.describe("model", args.image, args.question, **params))
+
+
+def _stream_text(args: argparse.Namespace, start: Any) -> int:
+    """Registers args.model, starts a text stream with the generation flags and writes it to stdout."""
     import os
 
     import mpool
@@ -99,10 +113,7 @@ def _generate(args: argparse.Namespace) -> int:
     with mpool.Pool() as pool:
         try:
             pool.register("model", args.model, dtype=args.dtype, context_length=args.context_length, max_replicas=1)
-            if args.chat:
-                stream = pool.chat("model", [{"role": "user", "content": args.prompt}], **params)
-            else:
-                stream = pool.generate("model", args.prompt, **params)
+            stream = start(pool, params)
             with stream:
                 for chunk in stream:
                     sys.stdout.write(chunk.text)
@@ -118,7 +129,8 @@ def _generate(args: argparse.Namespace) -> int:
         s = stream.stats
         print(
             f"[{stream.finish_reason}] {s.prompt_tokens} prompt tokens, {s.completion_tokens} generated, "
-            f"first token after {s.time_to_first_token * 1e3:.1f} ms, {s.tokens_per_second:.1f} tokens/s",
+            f"first token after {s.time_to_first_token * 1e3:.1f} ms, {s.tokens_per_second:.1f} tokens/s"
+            + (f", {s.image_tokens} image tokens in {s.image_time_s * 1e3:.1f} ms" if s.image_tokens else ""),
             file=sys.stderr,
         )
     return 0
@@ -141,6 +153,21 @@ def _demo(args: argparse.Namespace) -> int:
 
     demo.main()
     return 0
+
+
+def _generation_flags(p: argparse.ArgumentParser) -> None:
+    """The sampling, context and output flags of generate and describe."""
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    p.add_argument("--dtype", help="float32 (default on CPU), bfloat16 or float16")
+    p.add_argument("--context-length", type=int, help="longest prompt + output (default: the model's maximum)")
+    p.add_argument("--stats", action="store_true", help="print token counts and speed to stderr")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,18 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("prompt", metavar="PROMPT")
     p.add_argument("--model", required=True, help="model directory or cached repo id")
     p.add_argument("--chat", action="store_true", help="send PROMPT as a user message through the chat template")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--min-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", help="a stop string (repeatable)")
-    p.add_argument("--dtype", help="float32 (default on CPU), bfloat16 or float16")
-    p.add_argument("--context-length", type=int, help="longest prompt + output (default: the model's maximum)")
-    p.add_argument("--stats", action="store_true", help="print token counts and speed to stderr")
+    _generation_flags(p)
     p.set_defaults(fn=_generate)
+    p = sub.add_parser("describe", help="stream an answer about an image from a native vision model (LLaVA)")
+    p.add_argument("image", metavar="IMAGE", help="an image file, http(s) URL or data URI")
+    p.add_argument("question", metavar="QUESTION")
+    p.add_argument("--model", required=True, help="model directory or cached repo id")
+    _generation_flags(p)
+    p.set_defaults(fn=_describe)
     p = sub.add_parser("inspect", help="what a model directory holds and which native family serves it")
     p.add_argument("path", help="model directory or cached repo id")
     p.set_defaults(fn=_inspect)

@@ -24,9 +24,13 @@ import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import _core
+from ._images import image_input
 from .errors import InvalidInput
 
-__all__ = ["ChatTemplate"]
+__all__ = ["ChatTemplate", "split_images"]
+
+# The keys a content part of type "image" may carry its image under, as transformers reads them.
+_IMAGE_KEYS = ("image", "url", "path")
 
 # The named special tokens transformers passes to every template (as strings).
 _SPECIAL_TOKEN_NAMES = (
@@ -158,6 +162,41 @@ def _token_text(value: Any) -> str | None:
     if isinstance(value, Mapping) and isinstance(value.get("content"), str):
         return str(value["content"])
     return None
+
+
+def split_images(messages: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """The messages as the template sees them, and their images in order.
+
+    Each content part ``{"type": "image", "image": <any image input>}`` (or ``"url"``,
+    ``"path"``) becomes ``{"type": "image"}``, where the template writes the model's
+    image placeholder; its image goes to the list. Messages without image parts are
+    returned as they are (``render`` checks their shape).
+    """
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        return messages, []
+    images: list[tuple[str, Any]] = []
+    out: list[Any] = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, (str, bytes)) or not isinstance(content, Sequence):
+            out.append(message)
+            continue
+        parts: list[Any] = []
+        for j, part in enumerate(content):
+            if not (isinstance(part, Mapping) and part.get("type") == "image"):
+                parts.append(part)
+                continue
+            sources = [k for k in _IMAGE_KEYS if part.get(k) is not None]
+            if len(sources) != 1:
+                raise InvalidInput(
+                    f"messages[{i}].content[{j}] is an image part; it needs its image under exactly one of "
+                    f"{', '.join(repr(k) for k in _IMAGE_KEYS)}"
+                    + (f" (it has {', '.join(repr(k) for k in sources)})" if sources else "")
+                )
+            images.append(image_input(part[sources[0]], len(images)))
+            parts.append({k: v for k, v in part.items() if k not in _IMAGE_KEYS})
+        out.append({**message, "content": parts})
+    return out, images
 
 
 def _read_json(path: Path) -> Any:

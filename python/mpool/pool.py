@@ -24,7 +24,7 @@ from ._async import await_native
 from ._images import image_input
 from ._params import MAX_IMAGE_SIDE, MAX_IMAGE_STEPS
 from ._streams import ImageStream, TextStream
-from .chat import ChatTemplate
+from .chat import ChatTemplate, split_images
 from .errors import InvalidInput, ModelNotFound, NotCopyable, ShuttingDown
 from .models import MAX_REPLICAS, Model, NativeModel, keep_alive_seconds
 
@@ -146,6 +146,7 @@ class Pool:
         # Chat templates by key: the model directory until first use, then the template.
         self._chat_sources: dict[str, str | ChatTemplate | None] = {}
         self._defaults: dict[str, dict[str, float]] = {}  # each model's own request defaults
+        self._capabilities: dict[str, list[str]] = {}  # checked before a chat template renders images
         _LIVE_POOLS.add(self)
 
     def _abandon_after_fork(self) -> None:
@@ -229,6 +230,7 @@ class Pool:
         with self._lock:
             self._chat_sources[key] = info.get("path")
             self._defaults[key] = dict(spec.defaults)
+            self._capabilities[key] = list(spec.capabilities)
         return info
 
     def unregister(self, key: str, timeout: float = 30.0) -> None:
@@ -238,6 +240,7 @@ class Pool:
         with self._lock:
             self._chat_sources.pop(key, None)
             self._defaults.pop(key, None)
+            self._capabilities.pop(key, None)
 
     def unload(self, key: str, timeout: float = 30.0) -> bool:
         """Unloads every replica of ``key`` once its queued work is done (0: do not wait for it)."""
@@ -467,13 +470,28 @@ class Pool:
         with ``add_generation_prompt`` on; the prompt is then tokenized without
         adding special tokens again (the template writes them). ``params`` are
         those of ``generate``.
+
+        A message's content may be a list of parts: ``{"type": "text", "text": ...}``
+        and ``{"type": "image", "image": <any image input>}`` (``"url"`` or ``"path"``
+        work in place of ``"image"``), several images per conversation. With images,
+        the model must serve ``vision``: the template writes an image placeholder
+        per image part, and the prompt is tokenized as the model's processor
+        tokenizes it (special tokens added unless the rendered prompt starts with
+        the bos token).
         """
         if template_kwargs is not None and not isinstance(template_kwargs, Mapping):
             raise InvalidInput(f"template_kwargs must be a dict or None, got {type(template_kwargs).__name__}")
         # Checked before rendering, so a bad timeout or parameter fails the same way with any template.
         req.timeout(timeout)
         req.generation(params)
+        messages, images = split_images(messages)
+        if images:
+            self._is_python_model(key)  # ModelNotFound first
+            self._require_vision(key)
         prompt = self.render_chat(key, messages, tools=tools, **dict(template_kwargs or {}))
+        if images:
+            params.setdefault("add_special_tokens", self._adds_bos(key, prompt))
+            return self._describe(key, images, prompt, timeout, params)
         params.setdefault("add_special_tokens", False)
         return self.generate(key, prompt, timeout=timeout, **params)
 
@@ -493,21 +511,87 @@ class Pool:
     # --- vision ---------------------------------------------------------------
 
     def describe(
-        self, key: str, image: Any, query: str, *, timeout: float | None = None, **params: Any
+        self,
+        key: str,
+        image: Any,
+        query: str | None = None,
+        *,
+        prompt: str | None = None,
+        timeout: float | None = None,
+        **params: Any,
     ) -> TextStream:
-        """Streams an answer to ``query`` about ``image`` (fetching it counts against ``timeout``)."""
+        """Streams an answer to ``query`` about ``image`` (fetching it counts against ``timeout``).
+
+        A native model renders the one-turn conversation ``[{"role": "user", "content":
+        [{"type": "image"}, {"type": "text", "text": query}]}]`` with its chat template
+        (as ``chat`` does); ``prompt=`` sends that text instead, as written (it must hold
+        the model's image token once, e.g. ``"USER: <image>\nWhat is it? ASSISTANT:"``),
+        tokenized with special tokens as the processor does. Pass ``query`` or
+        ``prompt``, not both. A Python-defined model gets ``query`` as asked.
+        """
         key = v.key(key)
-        query = v.text("query", query, allow_empty=False)
-        item = [image_input(image)]
+        if (query is None) == (prompt is None):
+            raise InvalidInput("describe() takes a query or an explicit prompt=, exactly one of them")
+        req.timeout(timeout)
+        req.generation(params)
+        items = [image_input(image)]
+        if prompt is not None:
+            text = v.text("prompt", prompt, allow_empty=False)
+            params.setdefault("add_special_tokens", True)
+        else:
+            query = v.text("query", query, allow_empty=False)
+            if self._is_python_model(key):
+                text = query
+            else:
+                self._require_vision(key)
+                messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}]
+                text = self.render_chat(key, messages)
+                params.setdefault("add_special_tokens", self._adds_bos(key, text))
+        return self._describe(key, items, text, timeout, params)
+
+    def adescribe(
+        self,
+        key: str,
+        image: Any,
+        query: str | None = None,
+        *,
+        prompt: str | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> AsyncIterator[Any]:
+        """``describe`` for asyncio."""
+        return self.describe(key, image, query, prompt=prompt, timeout=timeout, **params).__aiter__()
+
+    def _describe(
+        self, key: str, items: list[tuple[str, Any]], prompt: str, timeout: float | None, params: dict[str, Any]
+    ) -> TextStream:
         return TextStream(
             self._native.describe(
-                key, item, query, req.generation(params), self._image_timeout(timeout), *self._fetch
+                key, items, prompt, req.generation(params), self._image_timeout(timeout), *self._fetch
             )
         )
 
-    def adescribe(self, key: str, image: Any, query: str, *, timeout: float | None = None, **params: Any) -> AsyncIterator[Any]:
-        """``describe`` for asyncio."""
-        return self.describe(key, image, query, timeout=timeout, **params).__aiter__()
+    def _is_python_model(self, key: str) -> bool:
+        """Whether ``key`` is a registered Python-defined model (it has no model directory)."""
+        if self._forked:
+            raise ShuttingDown(_FORKED_MESSAGE)
+        with self._lock:
+            if key not in self._chat_sources:
+                known = ", ".join(sorted(self._chat_sources)) or "none"
+                raise ModelNotFound(f"no model is registered under {key!r}; registered: {known}")
+            return self._chat_sources[key] is None
+
+    def _require_vision(self, key: str) -> None:
+        """InvalidInput, as the pool words it, when ``key`` does not serve vision (before its template runs)."""
+        with self._lock:
+            capabilities = self._capabilities.get(key)
+        if capabilities is not None and "vision" not in capabilities:
+            raise InvalidInput(f"model '{key}' does not serve vision (it serves: {', '.join(capabilities)})")
+
+    def _adds_bos(self, key: str, prompt: str) -> bool:
+        """As transformers' processors: tokenizing adds special tokens unless the prompt starts with bos."""
+        bos = self.chat_template(key).special_tokens.get("bos_token")
+        return not (bos and prompt.startswith(bos))
 
     # --- text to image --------------------------------------------------------
 

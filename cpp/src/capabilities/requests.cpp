@@ -214,6 +214,8 @@ std::shared_ptr<TextStream> submit_text_stream(
     GenerationStats stats;
     stats.prompt_tokens = done.prompt_tokens;
     stats.completion_tokens = done.completion_tokens.value_or(ids > 0 ? ids : chunks);
+    stats.image_tokens = done.image_tokens;
+    stats.image_time_s = done.image_time_s;
     auto end = Clock::now();
     stats.time_to_first_token_s = first ? seconds(*first - start) : seconds(end - start);
     double decode_s = first ? seconds(end - *first) : 0;
@@ -314,14 +316,15 @@ std::shared_ptr<TextStream> generate(core::Pool& pool, const std::string& key,
       });
 }
 
-std::shared_ptr<TextStream> describe(core::Pool& pool, const std::string& key, Image image, std::string query,
-                                     GenerationParams params, const core::RequestOptions& options) {
+std::shared_ptr<TextStream> describe(core::Pool& pool, const std::string& key, std::vector<Image> images,
+                                     std::string prompt, GenerationParams params, const core::RequestOptions& options) {
+  check(!images.empty(), ErrorCode::kInvalidInput, "describe() needs at least one image");
   const int64_t max_tokens = params.max_tokens;
   return submit_text_stream<Vision>(
       pool, key, options, max_tokens,
-      [image = std::move(image), query = std::move(query), params = std::move(params)](
+      [images = std::move(images), prompt = std::move(prompt), params = std::move(params)](
           Vision& model, const TextSink& sink, RequestContext& ctx) {
-        return model.describe(image, query, params, sink, ctx);
+        return model.describe(images, prompt, params, sink, ctx);
       });
 }
 

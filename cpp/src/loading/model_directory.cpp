@@ -216,6 +216,25 @@ class Builder {
     out_.push_back(std::move(c));
   }
 
+  // transformers 5 saves a processor's image processor inside processor_config.json
+  // ("image_processor": {...}) rather than in preprocessor_config.json.
+  bool add_processor_image_settings(const std::string& folder) {
+    const std::string file = folder_prefix(folder) + "processor_config.json";
+    const JsonView processor = load_json_object(root_ / file);
+    const std::optional<JsonView> images = processor.child("image_processor");
+    if (!images || !is_image_processor_config(*images)) return false;
+    Component c;
+    c.name = "image_processor";
+    c.kind = ComponentKind::kImageProcessor;
+    c.folder = folder;
+    c.config_file = file;
+    c.config = images;
+    c.image_processor = parse_image_processor_config(*images);
+    c.class_name = c.image_processor->image_processor_type;
+    out_.push_back(std::move(c));
+    return true;
+  }
+
   void add_tokenizer(Component c, const std::string& folder, std::vector<std::string> files) {
     c.kind = ComponentKind::kTokenizer;
     c.folder = folder;
@@ -481,10 +500,16 @@ ModelDirectory ModelDirectory::open(const fs::path& dir_or_file) {
     b.add_tokenizer(std::move(t), folder, std::move(files));
   }
 
+  bool preprocessor = false;
   for (const fs::path& dir : {d.root_, l.model_dir}) {
     if (!fs::is_regular_file(dir / "preprocessor_config.json", ec)) continue;
     b.add_preprocessor(Component{}, relative_folder(dir, d.root_));  // named by its kind
+    preprocessor = true;
     break;
+  }
+  for (const fs::path& dir : {d.root_, l.model_dir}) {
+    if (preprocessor || !fs::is_regular_file(dir / "processor_config.json", ec)) continue;
+    preprocessor = b.add_processor_image_settings(relative_folder(dir, d.root_));
   }
   return d;
 }

@@ -89,7 +89,7 @@ std::string FamilyOptions::get_string(const std::string& name, const std::string
 void register_builtin_families() {
   static std::once_flag once;
   std::call_once(once, [] {
-    for (Family f : {bert::family(), decoder::family(), clip::family(), siglip::family()}) {
+    for (Family f : {bert::family(), decoder::family(), clip::family(), siglip::family(), llava::family()}) {
       loading::FamilyRegistry::global().add(loading::FamilyInfo{f.name, f.capabilities, f.supports});
       builders().by_name.emplace(f.name, std::move(f));
     }
@@ -104,6 +104,7 @@ void register_builtin_probes() {
     decoder::register_probes();
     clip::register_probes();
     siglip::register_probes();
+    llava::register_probes();
   });
 }
 

@@ -10,6 +10,16 @@
 
 namespace mpool::models {
 
+at::Tensor rgb8(const capabilities::Image& image, const std::string& source) {
+  at::Tensor img = image;
+  check(img.defined() && img.dim() == 3 && img.scalar_type() == at::kByte &&
+            (img.size(2) == 1 || img.size(2) == 3 || img.size(2) == 4),
+        ErrorCode::kInvalidInput, source + " must be an HWC uint8 image with 1, 3 or 4 channels");
+  if (img.size(2) == 1) img = img.expand({img.size(0), img.size(1), 3});
+  if (img.size(2) == 4) img = img.narrow(2, 0, 3);
+  return img.to(at::kCPU).contiguous();
+}
+
 at::Tensor pixel_values(const std::vector<capabilities::Image>& images, const ImageTowerSettings& settings,
                         int64_t first_index) {
   const int64_t n = static_cast<int64_t>(images.size()), s = settings.image_size;
@@ -20,13 +30,7 @@ at::Tensor pixel_values(const std::vector<capabilities::Image>& images, const Im
     for (int64_t i = begin; i < end; ++i) {
       try {
         const std::string source = "image #" + std::to_string(first_index + i);
-        at::Tensor img = images[static_cast<size_t>(i)];
-        check(img.defined() && img.dim() == 3 && img.scalar_type() == at::kByte &&
-                  (img.size(2) == 1 || img.size(2) == 3 || img.size(2) == 4),
-              ErrorCode::kInvalidInput, source + " must be an HWC uint8 image with 1, 3 or 4 channels");
-        if (img.size(2) == 1) img = img.expand({img.size(0), img.size(1), 3});
-        if (img.size(2) == 4) img = img.narrow(2, 0, 3);
-        img = img.to(at::kCPU).contiguous();
+        const at::Tensor img = rgb8(images[static_cast<size_t>(i)], source);
         int64_t oh = 0, ow = 0;
         std::vector<float> pixels = imageio::preprocess(img.data_ptr<std::uint8_t>(), img.size(0), img.size(1),
                                                         settings.preprocess, source, &oh, &ow);
@@ -88,6 +92,33 @@ int64_t bounded_option(const NativeOptions& options, const char* name, int64_t f
 
 }  // namespace
 
+double image_forward_bytes(const nn::VisionTowerConfig& vision, int64_t count) {
+  const double images = static_cast<double>(count);
+  const double patches = static_cast<double>(vision.num_patches() + 1);
+  return images * patches * static_cast<double>(vision.intermediate_size + 6 * vision.hidden_size) * 4.0 +
+         images * patches * patches * static_cast<double>(vision.num_heads) * 4.0 +
+         images * 3.0 * static_cast<double>(vision.image_size * vision.image_size) * 4.0;
+}
+
+int64_t images_per_forward_option(const NativeOptions& options) {
+  return bounded_option(options, "images_per_forward", kDefaultImagesPerForward, 4096);
+}
+
+ImageTowerSettings image_tower_settings(const loading::ModelDirectory& directory, const std::string& family,
+                                        int64_t image_size) {
+  const loading::Component* processor = directory.find("image_processor");
+  if (!processor) processor = directory.find("feature_extractor");
+  check(processor != nullptr && processor->image_processor.has_value(), ErrorCode::kInvalidInput,
+        (directory.root() / "preprocessor_config.json").string() + " is missing (and processor_config.json holds no \"image_processor\"): a " + family +
+            " model needs its image processor's settings to prepare images");
+  ImageTowerSettings settings;
+  const std::string where = processor->config_file.value_or("preprocessor_config.json");
+  settings.processor_file = (directory.root() / where).string();
+  settings.preprocess = loading::preprocess_config(*processor->image_processor, settings.processor_file);
+  settings.image_size = image_size;
+  return settings;
+}
+
 std::vector<OptionSpec> two_tower_options() {
   return {{"images_per_forward", OptionSpec::Kind::kInt,
            "images per forward pass of the image tower (default 16): bounds activation memory"},
@@ -99,17 +130,9 @@ TwoTowerPlan plan_two_tower(const loading::ModelDirectory& directory, const Nati
                             const std::string& family, const nn::VisionTowerConfig& vision,
                             const nn::TextTowerConfig& text, int64_t dimension) {
   TwoTowerPlan plan{kit::build_inputs(directory, options, family), {}, {}};
-  const loading::Component* processor = directory.find("image_processor");
-  if (!processor) processor = directory.find("feature_extractor");
-  check(processor != nullptr && processor->image_processor.has_value(), ErrorCode::kInvalidInput,
-        (directory.root() / "preprocessor_config.json").string() + " is missing: a " + family +
-            " model needs its image processor's settings to prepare images");
-  const std::string where = processor->config_file.value_or("preprocessor_config.json");
-  plan.image.processor_file = (directory.root() / where).string();
-  plan.image.preprocess = loading::preprocess_config(*processor->image_processor, plan.image.processor_file);
-  plan.image.image_size = vision.image_size;
+  plan.image = image_tower_settings(directory, family, vision.image_size);
   plan.image.dimension = dimension;
-  plan.image.images_per_forward = bounded_option(options, "images_per_forward", kDefaultImagesPerForward, 4096);
+  plan.image.images_per_forward = images_per_forward_option(options);
   plan.text = embedder_settings(plan.inputs.layout, text.hidden_size, static_cast<size_t>(text.max_positions),
                                 {PoolingMode::kMean});
   plan.text.dimension = dimension;
@@ -121,14 +144,8 @@ TwoTowerPlan plan_two_tower(const loading::ModelDirectory& directory, const Nati
 void fill_two_tower_spec(NativeModel& model, const TwoTowerPlan& plan, const nn::VisionTowerConfig& vision,
                          const nn::TextTowerConfig& text, double weight_bytes, const NativeOptions& options,
                          TwoTowerLoader loader) {
-  // Activations of one forward pass in float32: hidden states, the MLP's inner
-  // layer and the attention scores of every head.
-  const double images = static_cast<double>(plan.image.images_per_forward);
-  const double patches = static_cast<double>(vision.num_patches() + 1);
-  const double image_bytes =
-      images * patches * static_cast<double>(vision.intermediate_size + 6 * vision.hidden_size) * 4.0 +
-      images * patches * patches * static_cast<double>(vision.num_heads) * 4.0 +
-      images * 3.0 * static_cast<double>(vision.image_size * vision.image_size) * 4.0;
+  // Activations of one forward pass in float32.
+  const double image_bytes = image_forward_bytes(vision, plan.image.images_per_forward);
   const double tokens = static_cast<double>(plan.text.tokens_per_forward);
   const double text_bytes = tokens * static_cast<double>(text.intermediate_size + 6 * text.hidden_size) * 4.0 +
                             tokens * static_cast<double>(std::min<size_t>(plan.text.max_seq_length, 512)) *

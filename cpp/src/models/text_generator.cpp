@@ -106,26 +106,7 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
     if (prefilled) return model_->extend(ids, cache);
     prefilled = true;
     // The prompt: token embeddings with the inserts spliced in, in chunks.
-    at::Tensor input;
-    if (prompt.inserts.empty()) {
-      input = model_->embed_tokens(prompt.ids);
-    } else {
-      std::vector<at::Tensor> parts;
-      size_t from = 0;
-      auto tokens = [&](size_t to) {
-        if (to > from)
-          parts.push_back(model_->embed_tokens(std::vector<int64_t>(prompt.ids.begin() + static_cast<ptrdiff_t>(from),
-                                                                    prompt.ids.begin() + static_cast<ptrdiff_t>(to))));
-        from = to;
-      };
-      for (const auto& [at, rows] : prompt.inserts) {
-        tokens(at);
-        parts.push_back(rows);
-      }
-      tokens(prompt.ids.size());
-      for (auto& p : parts) p = p.to(parts.front().device(), parts.front().scalar_type());
-      input = at::cat(parts);
-    }
+    const at::Tensor input = spliced_embeddings(*model_, prompt);
     at::Tensor logits;
     for (int64_t at = 0; at < input.size(0); at += static_cast<int64_t>(chunk)) {
       ctx.throw_if_stopped();
@@ -133,7 +114,28 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
     }
     return logits;
   };
-  return run_generation(step, *tokenizer_, params, setup, sink, ctx);
+  cap::Completion done = run_generation(step, *tokenizer_, params, setup, sink, ctx);
+  done.prompt_tokens = prompt_len;
+  return done;
+}
+
+at::Tensor spliced_embeddings(const CausalLM& model, const SplicedPrompt& prompt) {
+  if (prompt.inserts.empty()) return model.embed_tokens(prompt.ids);
+  std::vector<at::Tensor> parts;
+  size_t from = 0;
+  auto tokens = [&](size_t to) {
+    if (to > from)
+      parts.push_back(model.embed_tokens(std::vector<int64_t>(prompt.ids.begin() + static_cast<ptrdiff_t>(from),
+                                                              prompt.ids.begin() + static_cast<ptrdiff_t>(to))));
+    from = to;
+  };
+  for (const auto& [at, rows] : prompt.inserts) {
+    tokens(at);
+    parts.push_back(rows);
+  }
+  tokens(prompt.ids.size());
+  for (auto& p : parts) p = p.to(parts.front().device(), parts.front().scalar_type());
+  return at::cat(parts);
 }
 
 }  // namespace mpool::models

@@ -2,6 +2,8 @@
 
 #include <c10/util/irange.h>
 
+#include <algorithm>
+
 #include "mpool/base/error.h"
 
 namespace mpool::nn {
@@ -33,8 +35,13 @@ PreNormEncoder PreNormEncoder::load(const Weights& w, const EncoderConfig& c) {
 }
 
 at::Tensor PreNormEncoder::operator()(at::Tensor x, const at::Tensor& mask, bool causal, int64_t layers) const {
-  const int64_t n = layers < 0 ? num_layers() : std::min(layers, num_layers());
-  for (int64_t i = 0; i < n; ++i) {
+  return run_layers(std::move(x), 0, layers, mask, causal);
+}
+
+at::Tensor PreNormEncoder::run_layers(at::Tensor x, int64_t from, int64_t to, const at::Tensor& mask,
+                                      bool causal) const {
+  const int64_t n = to < 0 ? num_layers() : std::min(to, num_layers());
+  for (int64_t i = std::max<int64_t>(from, 0); i < n; ++i) {
     const Layer& L = layers_[static_cast<size_t>(i)];
     x = x + L.attention(L.norm1(x), mask, causal);
     x = x + L.mlp(L.norm2(x));

@@ -335,6 +335,33 @@ TEST(ModelDirectoryImageProcessor, MalformedFieldsNameTheKey) {
   EXPECT_EQ(error_for(R"({"do_resize": "yes"})"), "preprocessor_config.json: \"do_resize\" must be true or false, got \"yes\"");
 }
 
+TEST(ModelDirectoryImageProcessor, AProcessorConfigsNestedImageProcessorIsTheComponentWithoutAPreprocessorConfig) {
+  TempDir dir;
+  const fs::path d = dir.path();
+  write_file(d / "config.json", R"({"model_type": "llava"})");
+  // transformers 5's LlavaProcessor.save_pretrained writes this, and no preprocessor_config.json.
+  write_file(d / "processor_config.json", R"({
+    "image_processor": {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 336},
+                        "crop_size": {"height": 336, "width": 336}, "resample": 3},
+    "image_token": "<image>", "patch_size": 14, "processor_class": "LlavaProcessor"})");
+  const ModelDirectory md = ModelDirectory::open(d);
+  const Component& c = md.require("image_processor");
+  EXPECT_EQ(c.kind, ComponentKind::kImageProcessor);
+  EXPECT_EQ(*c.class_name, "CLIPImageProcessor");
+  EXPECT_EQ(*c.config_file, "processor_config.json");
+  EXPECT_EQ(c.image_processor->size->shortest_edge.value_or(0), 336);
+  // Its errors name the nested key.
+  write_file(d / "processor_config.json", R"({"image_processor": {"size": {"shortest_edge": "big"}}})");
+  EXPECT_NE(message_of([&] { ModelDirectory::open(d); }).find("processor_config.json: \"image_processor.size"),
+            std::string::npos);
+  // A processor without image settings adds nothing; preprocessor_config.json wins when both exist.
+  write_file(d / "processor_config.json", R"({"processor_class": "WhisperProcessor"})");
+  EXPECT_EQ(ModelDirectory::open(d).find("image_processor"), nullptr);
+  write_file(d / "processor_config.json", R"({"image_processor": {"size": {"shortest_edge": 336}}})");
+  write_file(d / "preprocessor_config.json", R"({"size": {"shortest_edge": 224}})");
+  EXPECT_EQ(*ModelDirectory::open(d).require("image_processor").config_file, "preprocessor_config.json");
+}
+
 TEST(ModelDirectoryImageProcessor, AnAudioFeatureExtractorIsNotAnImageProcessor) {
   TempDir dir;
   write_file(dir.path() / "config.json", R"({"model_type": "whisper"})");

@@ -10,6 +10,7 @@
 #include "models/bert/config.h"
 #include "models/clip/config.h"
 #include "models/decoder/config.h"
+#include "models/llava/config.h"
 #include "models/siglip/config.h"
 
 namespace mpool::models {
@@ -117,6 +118,88 @@ TEST(TwoTowerConfigs, ClipTakesCLIPConfigDefaultsForWhatTheFileLeavesOut) {
   EXPECT_FALSE(c.pool_at_largest_id());
   auto legacy = clip::ClipConfig::from(config(R"({"model_type": "clip", "text_config": {"eos_token_id": 2}})"));
   EXPECT_TRUE(legacy.pool_at_largest_id());
+}
+
+TEST(LlavaConfigs, ALlamaTextConfigWrittenAsADiffGetsLlamaConfigDefaults) {
+  // llava-hf/llava-1.5-7b-hf's config.json, as it is on the hub.
+  auto c = llava::LlavaConfig::from(config(R"({"model_type": "llava", "image_token_index": 32000,
+      "projector_hidden_act": "gelu", "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+      "text_config": {"model_type": "llama", "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "vocab_size": 32064},
+      "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "model_type": "clip_vision_model",
+                        "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768}})"));
+  EXPECT_EQ(c.text.hidden_size, 4096);
+  EXPECT_EQ(c.text.num_layers, 32);
+  EXPECT_EQ(c.text.intermediate_size, 11008);
+  EXPECT_EQ(c.text.max_position_embeddings, 4096);
+  EXPECT_EQ(c.text.vocab_size, 32064);
+  EXPECT_EQ(c.vision.num_patches(), 576);
+  EXPECT_EQ(c.image_tokens(), 576);
+  EXPECT_EQ(c.feature_layer_counts(), std::vector<int64_t>{23});
+  EXPECT_EQ(c.feature_width(), 1024);
+  EXPECT_EQ(c.projector_act, nn::Activation::kGelu);
+  EXPECT_TRUE(c.projector_bias);
+}
+
+TEST(LlavaConfigs, AMistralTextConfigWrittenAsADiffGetsMistralConfigDefaultsAndKeepsANullWindow) {
+  // The form of llava-hf/llava-v1.6-mistral-7b-hf's text_config: a diff of MistralConfig's defaults.
+  const std::string head = R"({"model_type": "llava_next", "image_token_index": 32000,
+      "text_config": {"model_type": "mistral", "intermediate_size": 14336, "max_position_embeddings": 32768,
+                      "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "vocab_size": 32064)";
+  auto c = llava::LlavaConfig::from(config(head + R"(, "sliding_window": null}})"));
+  EXPECT_EQ(c.text.hidden_size, 4096);
+  EXPECT_EQ(c.text.num_layers, 32);
+  EXPECT_EQ(c.text.num_kv_heads, 8);
+  EXPECT_EQ(c.text.max_position_embeddings, 32768);
+  EXPECT_EQ(c.text.sliding_window, std::vector<int64_t>(32, 0));  // null: full attention
+  auto windowed = llava::LlavaConfig::from(config(head + "}}"));
+  EXPECT_EQ(windowed.text.sliding_window, std::vector<int64_t>(32, 4096));  // MistralConfig's default
+}
+
+TEST(LlavaConfigs, FeatureLayersStrategyAndImageTokenAreChecked) {
+  const std::string text = R"("image_token_id": 5, "text_config": {)" + kLlama + R"(, "num_hidden_layers": 2},
+      "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+                        "image_size": 30, "patch_size": 6})";
+  auto c = llava::LlavaConfig::from(config(R"({"model_type": "llava", "image_token_index": 99, "vision_feature_layer": [-4, 0, 3],
+      "vision_feature_select_strategy": "full", )" + text + "}"));
+  EXPECT_EQ(c.image_token_id, 99);
+  EXPECT_EQ(c.feature_layer_counts(), (std::vector<int64_t>{0, 0, 3}));
+  EXPECT_EQ(c.feature_width(), 96);
+  EXPECT_EQ(c.image_tokens(), 26);
+  expect_invalid([&] { llava::LlavaConfig::from(config(R"({"model_type": "llava", "vision_feature_layer": -5, )" + text + "}")); },
+                 "config.json: \"vision_feature_layer\" names hidden state -5");
+  expect_invalid([&] { llava::LlavaConfig::from(config(R"({"model_type": "llava", "vision_feature_layer": [], )" + text + "}")); },
+                 "is empty");
+  expect_invalid([&] { llava::LlavaConfig::from(config(R"({"model_type": "llava", "image_token_index": 100, )" + text + "}")); },
+                 "config.json: \"image_token_index\" is 100, outside the text model's vocabulary of 100");
+  expect_invalid(
+      [&] { llava::LlavaConfig::from(config(R"({"model_type": "llava", "vision_feature_select_strategy": "cls", )" + text + "}")); },
+      "(default or full)");
+  expect_invalid([&] {
+    llava::LlavaConfig::from(config(R"({"model_type": "llava", "vision_config": {"model_type": "siglip_vision_model"}, "text_config": {)" + kLlama + "}}"));
+  }, "the llava family serves the CLIP vision tower");
+  expect_invalid([&] { llava::LlavaConfig::from(config(R"({"model_type": "llava", "text_config": {"model_type": "gpt2"}})")); },
+                 "gpt2");
+}
+
+TEST(LlavaConfigs, LlavaNextTakesItsGridPinpointsAndChecksThemAgainstTheTower) {
+  const std::string towers = R"("text_config": {)" + kLlama + R"(, "num_hidden_layers": 2}, "image_token_index": 5,
+      "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+                        "image_size": 30, "patch_size": 6})";
+  auto c = llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_grid_pinpoints": [[30, 60], [90, 30]], )" + towers + "}"));
+  EXPECT_TRUE(c.anyres);
+  EXPECT_EQ(c.grid_pinpoints, (llava::Pinpoints{{30, 60}, {90, 30}}));
+  auto defaults = llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_token_index": 5, "text_config": {"model_type": "llama"}})"));
+  EXPECT_EQ(defaults.grid_pinpoints.size(), 5u);  // LlavaNextConfig's, for the 336-pixel tower
+  EXPECT_FALSE(llava::LlavaConfig::from(config(R"({"model_type": "llava", )" + towers + "}")).anyres);
+  expect_invalid([&] { llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_grid_pinpoints": [[30, 50]], )" + towers + "}")); },
+                 "holds 30x50, which is not a grid of the vision tower's 30-pixel tiles");
+  expect_invalid([&] { llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_grid_pinpoints": [[30]], )" + towers + "}")); },
+                 "must be a non-empty list of [height, width]");
+  expect_invalid([&] { llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_grid_pinpoints": [], )" + towers + "}")); },
+                 "must be a non-empty list");
+  expect_invalid([&] {
+    llava::LlavaConfig::from(config(R"({"model_type": "llava_next", "image_grid_pinpoints": [[30, 60]], "vision_feature_select_strategy": "full", )" + towers + "}"));
+  }, "LLaVA-NeXT lays tile features out as a grid");
 }
 
 TEST(TwoTowerConfigs, TowerSizesAreCheckedAndNamedWithTheirNestedKey) {

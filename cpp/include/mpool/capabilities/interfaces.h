@@ -53,14 +53,18 @@ class ImageEmbedding {
   virtual std::optional<ContrastiveHead> contrastive_head() const { return std::nullopt; }
 };
 
-/// image + question -> streamed text.
+/// images + prompt -> streamed text.
 class Vision {
  public:
   static constexpr const char* kName = "vision";
   virtual ~Vision() = default;
-  /// Answers `query` about `image`, emitting text through `sink`.
-  virtual Completion describe(const Image& image, const std::string& query, const GenerationParams& params,
-                              const TextSink& sink, RequestContext& ctx) = 0;
+  /// Continues `prompt` about `images`, emitting text through `sink`. The prompt
+  /// is the text the model reads, already rendered by its chat template (the
+  /// Python layer renders it), with one image placeholder per image in order; a
+  /// model without a template (a Python-defined one) gets the question as it was
+  /// asked. params.add_special_tokens says whether tokenizing adds bos etc.
+  virtual Completion describe(const std::vector<Image>& images, const std::string& prompt,
+                              const GenerationParams& params, const TextSink& sink, RequestContext& ctx) = 0;
 };
 
 /// prompt (+ optional init image) -> progress, then an image.

@@ -41,9 +41,9 @@ std::shared_ptr<core::Pending<Tensor>> zero_shot(core::Pool& pool, const std::st
 std::shared_ptr<TextStream> generate(core::Pool& pool, const std::string& key,
                                      std::variant<std::string, std::vector<int64_t>> prompt, GenerationParams params,
                                      const core::RequestOptions& options);
-/// Streams an answer about an image.
-std::shared_ptr<TextStream> describe(core::Pool& pool, const std::string& key, Image image, std::string query,
-                                     GenerationParams params, const core::RequestOptions& options);
+/// Streams a continuation of `prompt` (one image placeholder per image) about `images` (at least one).
+std::shared_ptr<TextStream> describe(core::Pool& pool, const std::string& key, std::vector<Image> images,
+                                     std::string prompt, GenerationParams params, const core::RequestOptions& options);
 /// Streams progress, then the final image.
 std::shared_ptr<ImageStream> generate_image(core::Pool& pool, const std::string& key, std::string prompt,
                                             ImageConfig config, const core::RequestOptions& options);

@@ -63,6 +63,8 @@ struct GenerationStats {
   int64_t completion_tokens = 0;
   double time_to_first_token_s = 0;
   double tokens_per_second = 0;
+  int64_t image_tokens = 0;  ///< prompt positions that image features filled (vision models)
+  double image_time_s = 0;   ///< preparing the images: preprocessing, vision tower, projector
 };
 
 /// The log-probability of one generated token under the model, with the most
@@ -95,6 +97,8 @@ struct Completion {
   std::string finish_reason = "stop";  ///< "stop" or "length"
   int64_t prompt_tokens = 0;
   std::optional<int64_t> completion_tokens;  ///< counted from emitted ids when unset
+  int64_t image_tokens = 0;  ///< a vision model's: prompt positions its image features filled
+  double image_time_s = 0;   ///< a vision model's: time spent turning the images into features
 };
 
 /// An image: HWC uint8 tensor with 1, 3 or 4 channels.

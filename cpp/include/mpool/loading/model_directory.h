@@ -215,7 +215,9 @@ struct Component {
 ///   sub-config per nested config named by its key ("text_config"), "tokenizer" for the
 ///   root's tokenizer (or tokenizer/ when the root has none), "tokenizer_2" and
 ///   "tokenizer_3" for those folders, and "image_processor" (or "feature_extractor")
-///   for preprocessor_config.json. Without config.json, weights alone make a
+///   for preprocessor_config.json; without that file, "image_processor" is the
+///   "image_processor" object of processor_config.json, where transformers 5 saves
+///   a processor's (LlavaProcessor's) image settings. Without config.json, weights alone make a
 ///   "checkpoint"; a lone .safetensors whose names carry component prefixes also
 ///   gets one component per prefix, named by it without the final dot
 ///   ("first_stage_model"), whose checkpoint() is the tensors under that prefix.

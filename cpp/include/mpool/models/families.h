@@ -113,4 +113,12 @@ Family family();
 void register_probes();
 }  // namespace decoder
 
+namespace llava {
+/// The LLaVA family (LlavaForConditionalGeneration: a CLIP vision tower, a
+/// projector and a decoder-family language model) as a vision and text_to_text model.
+Family family();
+/// Its probes ("llava.features").
+void register_probes();
+}  // namespace llava
+
 }  // namespace mpool::models

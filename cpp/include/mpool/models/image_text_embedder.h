@@ -89,12 +89,31 @@ class ImageTextEmbedder final : public core::Instance,
   std::optional<capabilities::ContrastiveHead> head_;
 };
 
+/// `image` (HWC uint8 with 1, 3 or 4 channels) as contiguous CPU RGB: grey
+/// repeated, alpha dropped. InvalidInput names `source` ("image #2") otherwise.
+at::Tensor rgb8(const capabilities::Image& image, const std::string& source);
+
 /// The pixel values of `images` (HWC uint8 with 1, 3 or 4 channels; 4 keeps RGB)
 /// as `settings` preprocess them: float32 (n, 3, S, S). InvalidInput names the
 /// image ("image #2") when it is empty, or when the processor's output is not the
 /// tower's square (naming the processor file).
 at::Tensor pixel_values(const std::vector<capabilities::Image>& images, const ImageTowerSettings& settings,
                         int64_t first_index = 0);
+
+/// The image side of a model directory, for a tower that takes `image_size`
+/// squares: its image processor's settings (preprocessor_config.json, required:
+/// InvalidInput says a `family` model needs it to prepare images). Two-tower and
+/// vision-language families (LLaVA) read it alike.
+ImageTowerSettings image_tower_settings(const loading::ModelDirectory& directory, const std::string& family,
+                                        int64_t image_size);
+
+/// Activation bytes of one float32 forward pass of a ViT tower over `images`
+/// images: hidden states, the MLP's inner layer, every head's attention scores
+/// and the pixel values.
+double image_forward_bytes(const nn::VisionTowerConfig& vision, int64_t images);
+
+/// The option "images_per_forward" (default 16, at most 4096) for passes of the image tower.
+int64_t images_per_forward_option(const NativeOptions& options);
 
 // --- What a two-tower family's build step shares (CLIP, SigLIP).
 

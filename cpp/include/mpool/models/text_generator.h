@@ -49,6 +49,10 @@ struct SplicedPrompt {
   std::vector<std::pair<size_t, at::Tensor>> inserts;
 };
 
+/// The prompt's input embeddings (positions, hidden) in the model's dtype and
+/// device: token embeddings with the inserts spliced in at their places.
+at::Tensor spliced_embeddings(const CausalLM& model, const SplicedPrompt& prompt);
+
 /// Generates text with a CausalLM; one per replica, used from its thread.
 class TextGenerator {
  public:
@@ -60,7 +64,8 @@ class TextGenerator {
   capabilities::Completion generate(const std::variant<std::string, std::vector<int64_t>>& prompt,
                                     const capabilities::GenerationParams& params, const capabilities::TextSink& sink,
                                     capabilities::RequestContext& ctx) const;
-  /// The same for a prompt with embeddings spliced in (image features).
+  /// The same for a prompt with embeddings spliced in (image features); the
+  /// Completion's prompt_tokens counts the inserted positions too.
   capabilities::Completion generate(const SplicedPrompt& prompt, const capabilities::GenerationParams& params,
                                     const capabilities::TextSink& sink, capabilities::RequestContext& ctx) const;
 

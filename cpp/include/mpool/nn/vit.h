@@ -28,6 +28,9 @@ class PreNormEncoder {
   /// (b, n, hidden) through the first `layers` layers (-1: all of them). `mask` is
   /// boolean or additive as nn::attend takes it; `causal` adds the causal mask.
   at::Tensor operator()(at::Tensor x, const at::Tensor& mask = {}, bool causal = false, int64_t layers = -1) const;
+  /// (b, n, hidden) through layers [from, to) only (to -1: through the last), for
+  /// a caller that reads the hidden states between them (LLaVA's feature layers).
+  at::Tensor run_layers(at::Tensor x, int64_t from, int64_t to, const at::Tensor& mask = {}, bool causal = false) const;
   int64_t num_layers() const noexcept { return static_cast<int64_t>(layers_.size()); }
 
  private:

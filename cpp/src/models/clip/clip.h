@@ -4,6 +4,8 @@
 // chosen layer).
 #include <ATen/ATen.h>
 
+#include <vector>
+
 #include "models/clip/config.h"
 #include "mpool/models/image_text_embedder.h"
 #include "mpool/models/sentence_embedder.h"
@@ -26,6 +28,11 @@ class ClipVision final : public ImageTower {
   at::Tensor forward(const at::Tensor& pixels) const override;
   /// The hidden states after `layers` encoder layers (-1: all), before post_layernorm.
   at::Tensor hidden_states(const at::Tensor& pixels, int64_t layers = -1) const;
+  /// The hidden states after each count of encoder layers in `layers` (each in
+  /// [0, num_layers()]; 0: the embeddings after pre_layrnorm), in that order, from
+  /// one pass through the deepest: transformers' hidden_states[i] for each i.
+  std::vector<at::Tensor> hidden_states(const at::Tensor& pixels, const std::vector<int64_t>& layers) const;
+  int64_t num_layers() const noexcept { return encoder_.num_layers(); }
 
  private:
   nn::PatchEmbedding embeddings_;

@@ -11,9 +11,13 @@
 namespace mpool::models::decoder {
 
 Decoder::Decoder(DecoderConfig config, const nn::Weights& checkpoint)
-    : config_(std::move(config)), dtype_(checkpoint.dtype()), device_(checkpoint.device()) {
+    : Decoder(config,
+              checkpoint.find_prefix({"model.", ""}, "embed_tokens.weight", "a " + config.model_type + " decoder"),
+              checkpoint) {}
+
+Decoder::Decoder(DecoderConfig config, const nn::Weights& model, const nn::Weights& head)
+    : config_(std::move(config)), dtype_(model.dtype()), device_(model.device()) {
   const auto& c = config_;
-  const nn::Weights model = checkpoint.find_prefix({"model.", ""}, "embed_tokens.weight", "a " + c.model_type + " decoder");
   const int64_t h = c.hidden_size;
   embed_ = model.get("embed_tokens.weight", {c.vocab_size, h});
   norm_ = nn::RMSNorm::load(model, "norm", h, c.rms_norm_eps);
@@ -22,7 +26,7 @@ Decoder::Decoder(DecoderConfig config, const nn::Weights& checkpoint)
   if (c.tie_word_embeddings)
     lm_head_ = embed_;
   else
-    lm_head_ = checkpoint.get_optional("lm_head.weight", {c.vocab_size, h});
+    lm_head_ = head.get_optional("lm_head.weight", {c.vocab_size, h});
   nn::AttentionShape shape;
   shape.hidden = h;
   shape.heads = c.num_heads;

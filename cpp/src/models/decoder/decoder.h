@@ -7,12 +7,15 @@
 // fused (Phi-3). Every block comes from mpool_nn; this file only wires them.
 #include <ATen/ATen.h>
 
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "models/decoder/config.h"
 #include "mpool/models/causal_lm.h"
+#include "mpool/models/families.h"
+#include "mpool/models/text_generator.h"
 #include "mpool/nn/attention.h"
 #include "mpool/nn/mlp.h"
 #include "mpool/nn/norm.h"
@@ -28,6 +31,11 @@ class Decoder final : public CausalLM {
   /// checkpoint with "model." names, or a bare base model) as the view's dtype on
   /// its device; on the meta device nothing is read (measuring).
   Decoder(DecoderConfig config, const nn::Weights& checkpoint);
+  /// The same from the base model's view (`base` holds "embed_tokens.", "layers.",
+  /// "norm.") and the view holding "lm_head.weight" (`head`; absent: no head). A
+  /// vision-language checkpoint keeps them apart ("model.language_model." and "",
+  /// or "language_model.model." and "language_model.").
+  Decoder(DecoderConfig config, const nn::Weights& base, const nn::Weights& head);
 
   nn::KvCache new_cache(int64_t capacity) const override;
   at::Tensor embed_tokens(const std::vector<int64_t>& ids) const override;
@@ -65,5 +73,23 @@ class Decoder final : public CausalLM {
   nn::Rope rope_;
   std::vector<Layer> layers_;
 };
+
+// --- What every family that generates with this decoder shares (the decoder
+// family itself, LLaVA's language model); in decoder/family.cpp.
+
+/// The default prompt tokens per prefill pass (option "prefill_chunk").
+inline constexpr int64_t kDefaultPrefillChunk = 512;
+
+/// The TextGenerator's settings: the context (options.context_length, checked
+/// against the config's maximum), eos and sampling defaults from `model_dir`'s
+/// generation_config.json (else config.json's eos), and option "prefill_chunk".
+TextGeneratorSettings generator_settings(const DecoderConfig& config, const std::filesystem::path& model_dir,
+                                         const NativeOptions& options);
+
+/// Bytes beyond the weights that one generation needs: the KV cache of a full
+/// context and the activations of one prefill chunk of `tokens_per_forward`
+/// tokens or more (logits included).
+double generation_bytes(const DecoderConfig& config, const TextGeneratorSettings& settings, at::ScalarType dtype,
+                        int64_t tokens_per_forward = 0);
 
 }  // namespace mpool::models::decoder

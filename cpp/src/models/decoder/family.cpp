@@ -20,8 +20,6 @@ namespace {
 namespace fs = std::filesystem;
 namespace cap = capabilities;
 
-constexpr int64_t kDefaultPrefillChunk = 512;
-
 class DecoderBackbone final : public Backbone {
  public:
   explicit DecoderBackbone(std::shared_ptr<const Decoder> decoder) : decoder_(std::move(decoder)) {}
@@ -55,13 +53,10 @@ class DecoderModel final : public core::Instance, public cap::TextToText, public
   std::unique_ptr<SentenceEmbedder> embedder_;
 };
 
-NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
-                  const NativeOptions& options) {
-  const DecoderConfig config = DecoderConfig::from(model_config);
-  const kit::BuildInputs in = kit::build_inputs(directory, options, "decoder");
-  const loading::ModelLayout& layout = in.layout;
-  const fs::path tokenizer_file = in.tokenizer_file;
-  const at::ScalarType dtype = in.dtype;
+}  // namespace
+
+TextGeneratorSettings generator_settings(const DecoderConfig& config, const fs::path& model_dir,
+                                         const NativeOptions& options) {
   // Dynamic NTK scaling exists to run past the trained length, up to factor times it.
   const int64_t max_context =
       config.rope.type == "dynamic"
@@ -79,15 +74,40 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // End of generation: generation_config.json's eos, else config.json's.
   TextGeneratorSettings gen;
   gen.eos_ids = config.eos_token_id;
-  const auto generation_config = loading::load_generation_config(layout.model_dir);
+  const auto generation_config = loading::load_generation_config(model_dir);
   if (generation_config && !generation_config->eos_token_id.empty()) gen.eos_ids = generation_config->eos_token_id;
   gen.defaults = SamplingDefaults::from(generation_config);
   gen.context = context;
   gen.max_context = max_context;
   gen.prefill_chunk = prefill_chunk;
+  return gen;
+}
 
-  const EmbedderSettings settings =
-      embedder_settings(layout, config.hidden_size, static_cast<size_t>(context), {PoolingMode::kLastToken});
+double generation_bytes(const DecoderConfig& config, const TextGeneratorSettings& gen, at::ScalarType dtype,
+                        int64_t tokens_per_forward) {
+  const double kv_bytes = nn::KvCache::bytes_per_position(config.num_layers, config.num_kv_heads, config.head_dim,
+                                                          at::elementSize(dtype)) *
+                          static_cast<double>(gen.context);
+  const double chunk = static_cast<double>(gen.prefill_chunk);
+  const double tokens = std::max(chunk, static_cast<double>(tokens_per_forward));
+  const double act_bytes = tokens * static_cast<double>(2 * config.intermediate_size + 4 * config.hidden_size) * 4.0 +
+                           chunk * static_cast<double>(gen.context) * static_cast<double>(config.num_heads) * 4.0 +
+                           static_cast<double>(config.vocab_size) * 4.0 * 4.0;
+  return kv_bytes + act_bytes;
+}
+
+namespace {
+
+NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
+                  const NativeOptions& options) {
+  const DecoderConfig config = DecoderConfig::from(model_config);
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "decoder");
+  const loading::ModelLayout& layout = in.layout;
+  const fs::path tokenizer_file = in.tokenizer_file;
+  const at::ScalarType dtype = in.dtype;
+  const TextGeneratorSettings gen = generator_settings(config, layout.model_dir, options);
+  const EmbedderSettings settings = embedder_settings(layout, config.hidden_size, static_cast<size_t>(gen.context),
+                                                      {PoolingMode::kLastToken});
 
   // Memory: the weights it loads, the KV cache of one full context, and the
   // activations of one prefill chunk (or one embedding forward pass).
@@ -97,14 +117,6 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   const bool has_head = config.tie_word_embeddings || checkpoint.find("lm_head.weight").has_value();
   const double weight_bytes = kit::measure_weights(
       checkpoint, dtype, [&](const nn::Weights& w) { Decoder(config, w); }, model.warnings);
-  const double kv_bytes = nn::KvCache::bytes_per_position(config.num_layers, config.num_kv_heads, config.head_dim,
-                                                          at::elementSize(dtype)) *
-                          static_cast<double>(context);
-  const double chunk = static_cast<double>(prefill_chunk);
-  const double tokens = std::max(chunk, static_cast<double>(settings.tokens_per_forward));
-  const double act_bytes = tokens * static_cast<double>(2 * config.intermediate_size + 4 * config.hidden_size) * 4.0 +
-                           chunk * static_cast<double>(context) * static_cast<double>(config.num_heads) * 4.0 +
-                           static_cast<double>(config.vocab_size) * 4.0 * 4.0;
 
   model.weight_mb = weight_bytes / (1024.0 * 1024.0);
   core::ModelSpec& spec = model.spec;
@@ -113,7 +125,8 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
     spec.capabilities = {cap::TextToText::kName, cap::TextEmbedding::kName};
   else
     spec.capabilities = {cap::TextEmbedding::kName};
-  spec.memory_mb = kit::replica_memory_mb(weight_bytes, kv_bytes + act_bytes);
+  spec.memory_mb =
+      kit::replica_memory_mb(weight_bytes, generation_bytes(config, gen, dtype, static_cast<int64_t>(settings.tokens_per_forward)));
   spec.devices = options.devices;
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
