@@ -1,9 +1,9 @@
 // libFuzzer target: arbitrary bytes as a model's JSON configuration, through
 // everything torch-free that reads it when a model is registered:
 //   parse_model_config (config.json's common fields), then each family's own
-//   reader, BertConfig::from, DecoderConfig::from, ClipConfig::from and
-//   SiglipConfig::from (the model_type field picks which one accepts, as in
-//   production; all are tried on every input), and
+//   reader, BertConfig::from, DecoderConfig::from, ClipConfig::from,
+//   SiglipConfig::from and LlavaConfig::from (the model_type field picks which
+//   one accepts, as in production; all are tried on every input), and
 //   parse_generation_config, parse_tokenizer_config and
 //   parse_special_tokens_map on the same document; then, as ModelDirectory reads
 //   them, the nested configs (nested_config_keys, parse_model_config on each),
@@ -26,6 +26,7 @@
 #include "models/bert/config.h"
 #include "models/clip/config.h"
 #include "models/decoder/config.h"
+#include "models/llava/config.h"
 #include "models/siglip/config.h"
 #include "mpool/loading/model_directory.h"
 
@@ -110,6 +111,20 @@ void check_siglip(const mpool::models::siglip::SiglipConfig& c) {
   require(c.projection_size == c.vision.hidden_size);
 }
 
+// What llava/llava.cpp, llava/anyres.cpp and llava/family.cpp rely on.
+void check_llava(const mpool::models::llava::LlavaConfig& c) {
+  check_encoder(c.vision);
+  require(c.vision.patch_size > 0 && c.vision.image_size % c.vision.patch_size == 0 && c.vision.grid() > 0);
+  check_llama(c.text);
+  require(c.image_token_id >= 0 && c.image_token_id < c.text.vocab_size);
+  require(!c.feature_layers.empty());
+  for (std::int64_t n : c.feature_layer_counts()) require(n >= 0 && n <= c.vision.num_layers);
+  require(c.image_tokens() > 0 && c.feature_width() > 0);
+  for (const auto& p : c.grid_pinpoints)
+    require(p[0] > 0 && p[1] > 0 && p[0] % c.vision.image_size == 0 && p[1] % c.vision.image_size == 0);
+  if (c.anyres) require(!c.grid_pinpoints.empty());
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -127,6 +142,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     expect_only_invalid_input([&] { check_llama(mpool::models::decoder::DecoderConfig::from(config)); });
     expect_only_invalid_input([&] { check_clip(mpool::models::clip::ClipConfig::from(config)); });
     expect_only_invalid_input([&] { check_siglip(mpool::models::siglip::SiglipConfig::from(config)); });
+    expect_only_invalid_input([&] { check_llava(mpool::models::llava::LlavaConfig::from(config)); });
   });
   expect_only_invalid_input([&] { (void)loading::parse_generation_config(json); });
   expect_only_invalid_input([&] { (void)loading::parse_tokenizer_config(json); });
