@@ -73,7 +73,8 @@ TEST(T5Config, AcceptsGatedAndPlainFormsOfAnyKnownActivation) {
 }
 
 TEST(T5Config, StoredDenseActFnAndIsGatedActOverrideWhatFeedForwardProjImplies) {
-  const T5Config c = t5(R"("feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_pytorch_tanh", "is_gated_act": true)");
+  const T5Config c =
+      t5(R"("feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_pytorch_tanh", "is_gated_act": true)");
   EXPECT_EQ(c.dense_act_fn, nn::Activation::kGeluTanh);
   EXPECT_TRUE(c.is_gated_act);
   const T5Config overridden = t5(R"("feed_forward_proj": "relu", "dense_act_fn": "silu", "is_gated_act": true)");
@@ -99,7 +100,8 @@ TEST(T5Config, SizesMustBePositiveAndBoundedAndNameTheKey) {
   expect_invalid(R"("num_layers": 0)", "\"num_layers\" is 0");
   expect_invalid(R"("num_layers": 70000)", "\"num_layers\" is 70000; it must be in [1, 65536]");
   expect_invalid(R"("d_model": 3000000000)", "\"d_model\" is 3000000000");
-  expect_invalid(R"("num_heads": 65536, "d_kv": 65536)", "config.json: \"num_heads\" x \"d_kv\" (65536 x 65536) exceeds");
+  expect_invalid(R"("num_heads": 65536, "d_kv": 65536)",
+                 "config.json: \"num_heads\" x \"d_kv\" (65536 x 65536) exceeds");
 }
 
 TEST(T5Config, BucketsNeedAnExactBucketPerDirectionAndAMaxDistanceBeyondThem) {

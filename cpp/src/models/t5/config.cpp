@@ -48,7 +48,8 @@ T5Config T5Config::from(const loading::ModelConfig& c) {
   const bool gated = dash != std::string::npos && proj.compare(0, dash, "gated") == 0;
   check(dash == std::string::npos || (gated && proj.find('-', dash + 1) == std::string::npos),
         ErrorCode::kInvalidInput,
-        j.where("feed_forward_proj") + " is '" + proj + "'; it must be '<act>' or 'gated-<act>' (e.g. 'relu', 'gated-gelu')");
+        j.where("feed_forward_proj") + " is '" + proj +
+            "'; it must be '<act>' or 'gated-<act>' (e.g. 'relu', 'gated-gelu')");
   std::string act = gated ? proj.substr(dash + 1) : proj;
   if (proj == "gated-gelu") act = "gelu_new";
   std::string act_key = "feed_forward_proj";
