@@ -186,3 +186,23 @@ def test_bad_inputs_are_invalid_input_not_a_crash(tmp_path: Path) -> None:
         native(tmp_path / "m", ids, empty_row)
     with pytest.raises(mpool.InvalidInput, match="input_ids must be"):
         native(tmp_path / "m", ids[0])
+
+
+@pytest.mark.parametrize(("dtype", "torch_dtype"), [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
+def test_half_precision_error_is_within_twice_transformers_own(tmp_path: Path, dtype: str, torch_dtype) -> None:
+    # Both run in half precision against the fp32 model; transformers keeps wo in
+    # float32 for float16 (_keep_in_fp32_modules), the native encoder does not, so
+    # the bound is relative to transformers' own rounding error, not a parity one.
+    from transformers import T5EncoderModel
+
+    model = tiny_t5(11, **CONFIGS["gated_gelu_v1_1"])
+    model.save_pretrained(tmp_path / "m")
+    ids, mask = inputs(seed=11)
+    exact = reference(model, ids, mask)
+    half = T5EncoderModel.from_pretrained(tmp_path / "m", dtype=torch_dtype).eval()
+    with torch.no_grad():
+        theirs = half(input_ids=ids, attention_mask=mask).last_hidden_state.float().numpy()
+    ours = mpool.testing.probe(
+        "t5.encoder", {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, path=str(tmp_path / "m"), dtype=dtype
+    )["last_hidden_state"]
+    assert rel_err(np.asarray(ours, np.float32), exact) <= 2 * rel_err(theirs, exact)
