@@ -189,10 +189,11 @@ def test_bad_inputs_are_invalid_input_not_a_crash(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("dtype", "torch_dtype"), [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
-def test_half_precision_error_is_within_twice_transformers_own(tmp_path: Path, dtype: str, torch_dtype) -> None:
-    # Both run in half precision against the fp32 model; transformers keeps wo in
-    # float32 for float16 (_keep_in_fp32_modules), the native encoder does not, so
-    # the bound is relative to transformers' own rounding error, not a parity one.
+def test_half_precision_tracks_transformers_half_precision_load(tmp_path: Path, dtype: str, torch_dtype) -> None:
+    # Both in half precision against the fp32 model: the native error is within
+    # twice transformers' own, and near transformers' output (float16 keeps wo in
+    # float32 in both; bfloat16 differs by gelu_new's rounding, computed op by op
+    # in bfloat16 by transformers).
     from transformers import T5EncoderModel
 
     model = tiny_t5(11, **CONFIGS["gated_gelu_v1_1"])
@@ -204,5 +205,6 @@ def test_half_precision_error_is_within_twice_transformers_own(tmp_path: Path, d
         theirs = half(input_ids=ids, attention_mask=mask).last_hidden_state.float().numpy()
     ours = mpool.testing.probe(
         "t5.encoder", {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, path=str(tmp_path / "m"), dtype=dtype
-    )["last_hidden_state"]
-    assert rel_err(np.asarray(ours, np.float32), exact) <= 2 * rel_err(theirs, exact)
+    )["last_hidden_state"].astype(np.float32)
+    assert rel_err(ours, exact) <= 2 * rel_err(theirs, exact)
+    assert rel_err(ours, theirs) <= {"bfloat16": 5e-2, "float16": 5e-3}[dtype]

@@ -357,6 +357,29 @@ def test_plain_mlp_matches_transformers_clip_mlp(tmp_path: Path) -> None:
     assert rel_err(out["out"], mlp(x)) <= REL
 
 
+def test_mlp_down_projection_kept_in_float32_matches_t5s_float16_feed_forward(tmp_path: Path) -> None:
+    # transformers' T5DenseGatedActDense as from_pretrained loads it in float16:
+    # wi_0 and wi_1 in float16, wo kept in float32 and its input cast up.
+    from transformers.models.t5.modeling_t5 import T5DenseGatedActDense
+
+    torch.manual_seed(15)
+    config = transformers.T5Config(d_model=32, d_ff=48, feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    ff = T5DenseGatedActDense(config).eval()
+    checkpoint = save_module(ff, tmp_path / "m.safetensors")  # float32, rounded by the native view as by .half()
+    ff.wi_0.half()
+    ff.wi_1.half()
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected = ff(x.half())
+    assert expected.dtype == torch.float32
+    out = mpool.testing.probe(
+        "nn.mlp", {"x": x.numpy()}, checkpoint=checkpoint, hidden=32, inner=48, act="gelu_new", gated=True,
+        bias=False, gate="wi_0", up="wi_1", down="wo", weights_dtype="float16", down_dtype="float32",
+    )["out"]
+    assert out.dtype == np.float32
+    assert rel_err(out, expected) <= 2e-3  # float16 rounding of the gated product
+
+
 def test_mlp_weight_of_the_wrong_shape_names_the_tensor(tmp_path: Path) -> None:
     save_file({"up_proj.weight": torch.zeros(8, 4), "down_proj.weight": torch.zeros(4, 9)}, tmp_path / "m.safetensors")
     with pytest.raises(mpool.InvalidInput, match="tensor 'down_proj.weight' has shape \\[4, 9\\]"):

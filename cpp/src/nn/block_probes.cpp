@@ -6,6 +6,7 @@
 
 #include "mpool/base/error.h"
 #include "mpool/loading/json.h"
+#include "mpool/loading/tensors.h"
 #include "mpool/nn/attention.h"
 #include "mpool/nn/mlp.h"
 #include "mpool/nn/norm.h"
@@ -72,10 +73,19 @@ void register_all() {
     names.up = in.get_or<std::string>("up", names.up);
     names.gate = in.get_or<std::string>("gate", names.gate);
     names.down = in.get_or<std::string>("down", names.down);
-    Mlp m = Mlp::load(w, in.get<int64_t>("hidden"), in.get<int64_t>("inner"),
+    // Optional "weights_dtype" (the view's, and x's) and "down_dtype" (the down projection's).
+    const auto dtype_of = [&](const std::string& option) -> std::optional<at::ScalarType> {
+      if (!in.options.contains(option)) return std::nullopt;
+      const auto t = loading::parse_scalar_type(in.get<std::string>(option));
+      check(t.has_value(), ErrorCode::kInvalidInput, "probe option '" + option + "' is not a dtype");
+      return t;
+    };
+    const std::optional<at::ScalarType> dtype = dtype_of("weights_dtype");
+    Mlp m = Mlp::load(dtype ? w.as(*dtype) : w, in.get<int64_t>("hidden"), in.get<int64_t>("inner"),
                       parse_activation(in.get<std::string>("act"), "probe"), in.get<bool>("gated"),
-                      in.get<bool>("bias"), names);
-    return ProbeOutput{{"out", m(in.tensor("x"))}};
+                      in.get<bool>("bias"), names, dtype_of("down_dtype"));
+    const at::Tensor& x = in.tensor("x");
+    return ProbeOutput{{"out", m(dtype ? x.to(*dtype) : x)}};
   });
   // Attention with projections; masks: "causal" (bool), "window" (int), an
   // optional (b, t) "key_mask" and an additive "bias" (b|1, heads, n, t); an

@@ -14,7 +14,7 @@ at::Tensor activate(Activation act, const at::Tensor& x) {
 }
 
 Mlp Mlp::load(const Weights& w, int64_t hidden, int64_t inner, Activation act, bool gated, bool bias,
-              const MlpNames& names) {
+              const MlpNames& names, std::optional<at::ScalarType> down_dtype) {
   Mlp m;
   m.act_ = act;
   m.gated_ = gated;
@@ -24,7 +24,7 @@ Mlp Mlp::load(const Weights& w, int64_t hidden, int64_t inner, Activation act, b
   } else {
     m.in_ = Linear::load(w, names.up, inner, hidden, bias);
   }
-  m.down_ = Linear::load(w, names.down, hidden, inner, bias);
+  m.down_ = Linear::load(down_dtype ? w.as(*down_dtype) : w, names.down, hidden, inner, bias);
   return m;
 }
 
@@ -32,6 +32,7 @@ at::Tensor Mlp::operator()(const at::Tensor& x) const {
   at::Tensor h = in_(x);
   if (gated_) h = activate(act_, h.narrow(-1, 0, inner_)) * h.narrow(-1, inner_, inner_);
   else h = activate(act_, h);
+  if (h.scalar_type() != down_.weight.scalar_type()) h = h.to(down_.weight.scalar_type());
   return down_(h);
 }
 

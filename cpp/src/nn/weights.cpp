@@ -33,10 +33,12 @@ Weights Weights::open(loading::Checkpoint checkpoint, at::ScalarType dtype, at::
 
 Weights Weights::sub(std::string_view name) const {
   if (name.empty()) return *this;
-  return Weights(state_, prefix_ + std::string(name) + ".");
+  return Weights(state_, prefix_ + std::string(name) + ".", dtype_);
 }
 
-Weights Weights::sub(int64_t i) const { return Weights(state_, prefix_ + std::to_string(i) + "."); }
+Weights Weights::sub(int64_t i) const { return Weights(state_, prefix_ + std::to_string(i) + ".", dtype_); }
+
+Weights Weights::as(at::ScalarType dtype) const { return Weights(state_, prefix_, dtype); }
 
 bool Weights::has(std::string_view name) const { return state_->checkpoint.find(this->name(name)).has_value(); }
 
@@ -49,7 +51,7 @@ at::Tensor Weights::take(const std::string& full, const Shape& shape, bool count
             c10::str(at::IntArrayRef(shape)));
   const at::ScalarType kind = loading::scalar_type(ref->info->dtype);
   const std::optional<at::ScalarType> target =
-      at::isFloatingType(kind) ? std::optional<at::ScalarType>(state_->dtype) : std::nullopt;
+      at::isFloatingType(kind) ? std::optional<at::ScalarType>(dtype()) : std::nullopt;
   at::Tensor t = state_->device.type() == at::kMeta
                      ? at::empty(shape, at::TensorOptions().dtype(target.value_or(kind)).device(at::kMeta))
                      : loading::load_tensor(*ref, target, state_->device);
@@ -83,7 +85,7 @@ Weights Weights::find_prefix(const std::vector<std::string>& candidates, std::st
                              std::string_view what) const {
   std::string tried;
   for (const auto& c : candidates) {
-    Weights view(state_, prefix_ + c);
+    Weights view(state_, prefix_ + c, dtype_);
     if (view.has(probe)) return view;
     tried += (tried.empty() ? "'" : ", '") + c + "'";
   }
@@ -110,7 +112,7 @@ std::vector<std::string> Weights::warnings() const {
   return out;
 }
 
-at::ScalarType Weights::dtype() const { return state_->dtype; }
+at::ScalarType Weights::dtype() const { return dtype_.value_or(state_->dtype); }
 at::Device Weights::device() const { return state_->device; }
 const loading::Checkpoint& Weights::checkpoint() const { return state_->checkpoint; }
 

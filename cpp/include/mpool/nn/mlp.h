@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <memory>
+#include <optional>
 #include <string_view>
 
 #include "mpool/nn/activation.h"
@@ -32,12 +33,14 @@ struct MlpNames {
 };
 
 /// A dense MLP: down(act(up(x))), or gated down(act(gate(x)) * up(x)) (SwiGLU
-/// with silu, GEGLU with gelu). Gate and up run as one GEMM.
+/// with silu, GEGLU with gelu). Gate and up run as one GEMM. A down projection
+/// kept in another dtype gets its input cast to it, and returns that dtype.
 class Mlp final : public FeedForward {
  public:
-  /// `hidden` -> `inner` -> `hidden`, under `w`.
+  /// `hidden` -> `inner` -> `hidden`, under `w`; `down_dtype`: the down projection's
+  /// dtype when not the view's (T5's wo in float32 under float16).
   static Mlp load(const Weights& w, int64_t hidden, int64_t inner, Activation act, bool gated, bool bias,
-                  const MlpNames& names = {});
+                  const MlpNames& names = {}, std::optional<at::ScalarType> down_dtype = std::nullopt);
   at::Tensor operator()(const at::Tensor& x) const override;
 
  private:

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -38,6 +39,10 @@ class Weights {
   /// The full name of `name` in this view.
   std::string name(std::string_view name) const { return prefix_ + std::string(name); }
   const std::string& prefix() const noexcept { return prefix_; }
+  /// This view with floating-point tensors taken as `dtype` instead of the dtype
+  /// the checkpoint was opened with; accounting and warnings stay shared (T5
+  /// keeps its feed-forward output projection in float32 under float16).
+  Weights as(at::ScalarType dtype) const;
 
   /// Whether the checkpoint holds `name` in this view.
   bool has(std::string_view name) const;
@@ -61,17 +66,20 @@ class Weights {
   size_t bytes_taken() const;
   /// Warnings: the checkpoint's own, then one per stored tensor nobody took.
   std::vector<std::string> warnings() const;
+  /// The dtype floating-point tensors are taken as in this view.
   at::ScalarType dtype() const;
   at::Device device() const;
   const loading::Checkpoint& checkpoint() const;
 
  private:
   struct State;
-  Weights(std::shared_ptr<State> state, std::string prefix) : state_(std::move(state)), prefix_(std::move(prefix)) {}
+  Weights(std::shared_ptr<State> state, std::string prefix, std::optional<at::ScalarType> dtype = std::nullopt)
+      : state_(std::move(state)), prefix_(std::move(prefix)), dtype_(dtype) {}
   at::Tensor take(const std::string& full, const Shape& shape, bool count) const;
 
   std::shared_ptr<State> state_;
   std::string prefix_;
+  std::optional<at::ScalarType> dtype_;  // unset: the state's
 };
 
 }  // namespace mpool::nn

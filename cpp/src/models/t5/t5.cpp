@@ -1,6 +1,7 @@
 #include "models/t5/t5.h"
 
 #include <limits>
+#include <optional>
 
 #include "mpool/base/error.h"
 
@@ -51,13 +52,15 @@ T5Encoder T5Encoder::load(const nn::Weights& w, const T5Config& c) {
   mlp.up = c.is_gated_act ? "wi_1" : "wi";
   mlp.down = "wo";
   mlp.fused_gate_up = "";
+  const auto wo_dtype = w.dtype() == at::kHalf ? std::optional<at::ScalarType>(at::kFloat) : std::nullopt;
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const nn::Weights attention = blocks.sub(i).sub("layer.0"), ff = blocks.sub(i).sub("layer.1");
     e.layers_.push_back(Layer{
         nn::RMSNorm::load(attention, "layer_norm", d, eps),
         nn::Attention::load(attention.sub("SelfAttention"), shape, names),
         nn::RMSNorm::load(ff, "layer_norm", d, eps),
-        nn::Mlp::load(ff.sub("DenseReluDense"), d, c.d_ff, c.dense_act_fn, c.is_gated_act, /*bias=*/false, mlp),
+        nn::Mlp::load(ff.sub("DenseReluDense"), d, c.d_ff, c.dense_act_fn, c.is_gated_act, /*bias=*/false, mlp,
+                      wo_dtype),
     });
   }
   e.final_norm_ = nn::RMSNorm::load(w.sub("encoder"), "final_layer_norm", d, eps);
@@ -89,14 +92,17 @@ at::Tensor T5Encoder::forward(const at::Tensor& input_ids, const at::Tensor& att
           "t5 encoder: every sequence's attention_mask must keep at least one token");
     keep = nn::key_padding_mask(m);
   }
+  const at::ScalarType dtype = embed_.scalar_type();
   at::Tensor h = at::embedding(embed_, ids);
   // One relative bias for every layer (the first layer's), the padding added to it.
-  const at::Tensor bias = nn::additive_mask(keep, relative_bias_(n, n), h.scalar_type());
+  const at::Tensor bias = nn::additive_mask(keep, relative_bias_(n, n), dtype);
+  // h turns float32 after a float32 wo (float16 weights); each block's input is
+  // the normed h in the weights' dtype, as T5LayerNorm casts it.
   for (const Layer& l : layers_) {
-    h = clamp_half(h + l.attention(l.attention_norm(h), bias));
-    h = clamp_half(h + l.mlp(l.mlp_norm(h)));
+    h = clamp_half(h + l.attention(l.attention_norm(h).to(dtype), bias));
+    h = clamp_half(h + l.mlp(l.mlp_norm(h).to(dtype)));
   }
-  return final_norm_(h);
+  return final_norm_(h).to(dtype);
 }
 
 }  // namespace mpool::models::t5

@@ -3,7 +3,9 @@
 // the T5-XXL text encoder of Stable Diffusion 3 and FLUX) on mpool_nn blocks:
 // pre-norm layers of unscaled self-attention and a plain or gated feed-forward
 // block, with RMSNorm (no mean, no bias) and one relative position bias, held by
-// the first layer and shared by all.
+// the first layer and shared by all. Under float16, as transformers loads T5
+// (_keep_in_fp32_modules), the feed-forward output projections wo stay float32,
+// so the residual stream is float32 from the first feed-forward block on.
 #include <ATen/ATen.h>
 
 #include <string>
@@ -33,13 +35,13 @@ class T5Encoder {
   /// Takes every tensor the config implies from `w` (a root() view), as the view's
   /// dtype on its device: the token embedding "shared.weight" (else
   /// "encoder.embed_tokens.weight"), then each encoder.block.{i}. InvalidInput names
-  /// a missing or misshapen tensor.
+  /// a missing or misshapen tensor. A float16 view takes each wo as float32.
   static T5Encoder load(const nn::Weights& w, const T5Config& config);
 
   /// last_hidden_state (b, n, d_model), after the final layer norm, of input_ids
   /// (b, n) integers in [0, vocab_size); attention_mask (b, n), non-zero = keep,
   /// undefined = every token (each sequence must keep at least one). InvalidInput
-  /// for other shapes or ids.
+  /// for other shapes or ids. The result has the weights' dtype.
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& attention_mask = {}) const;
 
   const T5Config& config() const noexcept { return config_; }
