@@ -105,6 +105,7 @@ void register_builtin_probes() {
     clip::register_probes();
     siglip::register_probes();
     llava::register_probes();
+    sd3::register_probes();
   });
 }
 

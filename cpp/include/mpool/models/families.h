@@ -121,4 +121,9 @@ Family family();
 void register_probes();
 }  // namespace llava
 
+namespace sd3 {
+/// Its probes ("sd3.transformer": the MMDiT's velocity).
+void register_probes();
+}  // namespace sd3
+
 }  // namespace mpool::models
