@@ -70,6 +70,10 @@ struct Family {
   std::function<NativeModel(const loading::ModelDirectory&, const loading::ModelConfig&, const NativeOptions&)> build;
   /// The options it takes in NativeOptions::options.
   std::vector<OptionSpec> options;
+  /// The diffusers pipelines it builds (model_index.json's "_class_name"). Such a
+  /// directory has no root config.json: `build` gets an empty ModelConfig and
+  /// reads the components from the directory.
+  std::vector<std::string> pipeline_classes;
 };
 
 /// Registers the built-in families once: their recognizers go to the one
@@ -122,6 +126,8 @@ void register_probes();
 }  // namespace llava
 
 namespace sd3 {
+/// Stable Diffusion 3 / 3.5 (StableDiffusion3Pipeline folders) as a text_to_image model.
+Family family();
 /// Its probes ("sd3.transformer": the MMDiT's velocity).
 void register_probes();
 }  // namespace sd3
