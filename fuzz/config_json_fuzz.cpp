@@ -2,8 +2,9 @@
 // everything torch-free that reads it when a model is registered:
 //   parse_model_config (config.json's common fields), then each family's own
 //   reader, BertConfig::from, DecoderConfig::from, ClipConfig::from,
-//   SiglipConfig::from and LlavaConfig::from (the model_type field picks which
-//   one accepts, as in production; all are tried on every input), and
+//   SiglipConfig::from, LlavaConfig::from and T5Config::from (the model_type
+//   field picks which one accepts, as in production; all are tried on every
+//   input), and
 //   parse_generation_config, parse_tokenizer_config and
 //   parse_special_tokens_map on the same document; then, as ModelDirectory reads
 //   them, the nested configs (nested_config_keys, parse_model_config on each),
@@ -28,6 +29,7 @@
 #include "models/decoder/config.h"
 #include "models/llava/config.h"
 #include "models/siglip/config.h"
+#include "models/t5/config.h"
 #include "mpool/loading/model_directory.h"
 
 namespace {
@@ -125,6 +127,16 @@ void check_llava(const mpool::models::llava::LlavaConfig& c) {
   if (c.anyres) require(!c.grid_pinpoints.empty());
 }
 
+// What t5/t5.cpp and nn::T5RelativeBias (bidirectional buckets) rely on.
+void check_t5(const mpool::models::t5::T5Config& c) {
+  require(c.vocab_size > 0 && c.d_model > 0 && c.d_kv > 0 && c.d_ff > 0 && c.num_heads > 0);
+  require(c.num_layers > 0 && c.num_layers <= loading::kMaxConfigLayers);
+  require(c.num_heads <= loading::kMaxConfigDimension / c.d_kv && c.inner_dim() > 0);
+  require(c.relative_attention_num_buckets >= 4);
+  require(c.relative_attention_max_distance > c.relative_attention_num_buckets / 4);
+  require(std::isfinite(c.layer_norm_epsilon) && c.layer_norm_epsilon > 0);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -143,6 +155,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     expect_only_invalid_input([&] { check_clip(mpool::models::clip::ClipConfig::from(config)); });
     expect_only_invalid_input([&] { check_siglip(mpool::models::siglip::SiglipConfig::from(config)); });
     expect_only_invalid_input([&] { check_llava(mpool::models::llava::LlavaConfig::from(config)); });
+    expect_only_invalid_input([&] { check_t5(mpool::models::t5::T5Config::from(config)); });
   });
   expect_only_invalid_input([&] { (void)loading::parse_generation_config(json); });
   expect_only_invalid_input([&] { (void)loading::parse_tokenizer_config(json); });

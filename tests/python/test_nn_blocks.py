@@ -373,11 +373,12 @@ class RefAttention(torch.nn.Module):
     """Plain-torch multi-head attention written from the published architecture:
     projections, optional per-head RMSNorm on q and k, grouped-query heads
     (each key/value head serves heads / kv_heads query heads), softmax(q k^T /
-    sqrt(d) + mask) v, output projection."""
+    sqrt(d) + mask) v (or a given scale in place of 1/sqrt(d)), output projection."""
 
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, kv_input: int | None = None,
-                 bias: bool = False, qk_norm: bool = False) -> None:
+                 bias: bool = False, qk_norm: bool = False, scale: float | None = None) -> None:
         super().__init__()
+        self.scale = head_dim**-0.5 if scale is None else scale
         kv_in = kv_input or hidden
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.q_proj = torch.nn.Linear(hidden, heads * head_dim, bias=bias)
@@ -402,7 +403,7 @@ class RefAttention(torch.nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         group = self.heads // self.kv_heads
         k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-        scores = q @ k.transpose(-1, -2) / self.head_dim**0.5
+        scores = q @ k.transpose(-1, -2) * self.scale
         if additive is not None:
             scores = scores + additive
         out = scores.softmax(-1) @ v
@@ -469,6 +470,28 @@ def test_additive_bias_adds_to_the_scores_with_the_causal_mask(tmp_path: Path) -
         hidden=16, heads=2, kv_heads=1, head_dim=8, causal=True,
     )["out"]
     assert rel_err(out, ref(x, additive=additive_from(keep)[None, None] + bias)) <= REL
+
+
+def test_attention_scale_replaces_the_inverse_sqrt_head_dim(tmp_path: Path) -> None:
+    # T5: unscaled scores plus a relative bias and key padding.
+    torch.manual_seed(14)
+    ref = RefAttention(16, heads=2, kv_heads=2, head_dim=6, scale=1.0).eval()
+    x = torch.randn(2, 5, 16)
+    bias = torch.randn(1, 2, 5, 5)
+    key_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    keep = key_mask.bool()[:, None, None, :]
+    checkpoint = save_module(ref, tmp_path / "a.safetensors")
+    out = mpool.testing.probe(
+        "nn.attention", {"x": x.numpy(), "bias": bias.numpy(), "key_mask": key_mask.numpy()}, checkpoint=checkpoint,
+        hidden=16, heads=2, head_dim=6, scale=1.0,
+    )["out"]
+    assert rel_err(out, ref(x, additive=additive_from(keep) + bias)) <= REL
+    default = mpool.testing.probe("nn.attention", {"x": x.numpy()}, checkpoint=checkpoint, hidden=16, heads=2,
+                                  head_dim=6)["out"]
+    assert rel_err(default, ref(x)) > 1e-2  # the default 1/sqrt(6) differs
+    with pytest.raises(mpool.InvalidInput, match="attention scale must be a positive finite number"):
+        mpool.testing.probe("nn.attention", {"x": x.numpy()}, checkpoint=checkpoint, hidden=16, heads=2, head_dim=6,
+                            scale=0.0)
 
 
 def test_missing_attention_weight_names_the_full_tensor_name(tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ void register_builtin_probes() {
     siglip::register_probes();
     llava::register_probes();
     sd3::register_probes();
+    t5::register_probes();
   });
 }
 

@@ -1,5 +1,6 @@
 #include "mpool/nn/attention.h"
 
+#include <cmath>
 #include <limits>
 
 #include "mpool/base/error.h"
@@ -50,6 +51,8 @@ Attention Attention::load(const Weights& w, const AttentionShape& shape, const A
   a.shape_ = shape;
   AttentionShape& s = a.shape_;
   check(s.hidden > 0 && s.heads > 0 && s.head_dim > 0, ErrorCode::kInvalidInput, "attention needs positive sizes");
+  check(!s.scale || (std::isfinite(*s.scale) && *s.scale > 0), ErrorCode::kInvalidInput,
+        "attention scale must be a positive finite number");
   if (s.kv_heads == 0) s.kv_heads = s.heads;
   if (s.out == 0) s.out = s.hidden;
   a.cross_ = s.kv_input != 0;
@@ -104,7 +107,7 @@ at::Tensor Attention::output(const at::Tensor& attended) const {
 at::Tensor Attention::operator()(const at::Tensor& x, const at::Tensor& mask, bool causal,
                                  const at::Tensor& context) const {
   auto [q, k, v] = project(x, context);
-  return output(attend(q, k, v, mask, causal));
+  return output(attend(q, k, v, mask, causal, shape_.scale));
 }
 
 }  // namespace mpool::nn

@@ -78,7 +78,8 @@ void register_all() {
     return ProbeOutput{{"out", m(in.tensor("x"))}};
   });
   // Attention with projections; masks: "causal" (bool), "window" (int), an
-  // optional (b, t) "key_mask" and an additive "bias" (b|1, heads, n, t).
+  // optional (b, t) "key_mask" and an additive "bias" (b|1, heads, n, t); an
+  // optional "scale" of the scores.
   register_probe("nn.attention", [](const ProbeInput& in) {
     const Weights w = in.weights();
     AttentionShape shape;
@@ -89,6 +90,7 @@ void register_all() {
     shape.kv_input = in.get_or<int64_t>("kv_input", 0);
     shape.qkv_bias = in.get_or<bool>("qkv_bias", false);
     shape.o_bias = in.get_or<bool>("o_bias", false);
+    if (in.options.contains("scale")) shape.scale = in.get<double>("scale");
     const std::optional<double> qk_norm =
         in.options.contains("qk_norm_eps") ? std::optional<double>(in.get<double>("qk_norm_eps")) : std::nullopt;
     Attention a = Attention::load(w, shape, {}, qk_norm);

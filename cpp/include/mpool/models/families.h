@@ -132,4 +132,10 @@ Family family();
 void register_probes();
 }  // namespace sd3
 
+namespace t5 {
+/// The T5 encoder's probes ("t5.encoder"); the encoder itself is a component of
+/// the text-to-image families, not a family of its own.
+void register_probes();
+}  // namespace t5
+
 }  // namespace mpool::models

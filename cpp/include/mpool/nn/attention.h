@@ -52,6 +52,9 @@ struct AttentionShape {
   int64_t out = 0;       ///< output width: 0 = hidden
   bool qkv_bias = false;
   bool o_bias = false;
+  /// The factor of q k^T in operator(): unset = 1/sqrt(head_dim); T5 uses 1 (it
+  /// folds the scaling into its weights).
+  std::optional<double> scale;
 };
 
 /// Multi-head attention with projections: self-attention (q, k and v as one GEMM)
@@ -67,7 +70,7 @@ class Attention {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> project(const at::Tensor& x, const at::Tensor& context = {}) const;
   /// (b, heads, n, d) -> (b, n, out).
   at::Tensor output(const at::Tensor& attended) const;
-  /// The whole block without positions or cache: project, attend, output.
+  /// The whole block without positions or cache: project, attend (with shape().scale), output.
   at::Tensor operator()(const at::Tensor& x, const at::Tensor& mask = {}, bool causal = false,
                         const at::Tensor& context = {}) const;
   const AttentionShape& shape() const noexcept { return shape_; }
