@@ -106,6 +106,7 @@ void register_builtin_probes() {
     siglip::register_probes();
     llava::register_probes();
     sd3::register_probes();
+    vae::register_probes();
   });
 }
 

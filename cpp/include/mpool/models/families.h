@@ -126,4 +126,10 @@ namespace sd3 {
 void register_probes();
 }  // namespace sd3
 
+namespace vae {
+/// The diffusers autoencoders' probes ("vae.encode", "vae.decode", "taesd.encode",
+/// "taesd.decode"); not a family of their own: pipelines build them.
+void register_probes();
+}  // namespace vae
+
 }  // namespace mpool::models
