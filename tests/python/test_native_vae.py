@@ -200,7 +200,7 @@ def test_autoencoder_kl_reads_the_original_ldm_layout_of_a_single_file_under_its
     assert_close(dec["sample"], sample, f"{name} LDM decode")
 
 
-def test_autoencoder_kl_missing_tensor_is_named_in_either_layout(
+def test_autoencoder_kl_missing_or_misshapen_tensor_is_named_in_either_layout(
     kl_models: dict[str, tuple[Any, Path]], tmp_path: Path
 ) -> None:
     model, path = kl_models["sd1_like_2_blocks_1_layer"]
@@ -218,6 +218,16 @@ def test_autoencoder_kl_missing_tensor_is_named_in_either_layout(
         mpool.InvalidInput,
         match=r"checkpoint has no tensor 'decoder\.mid\.attn_1\.proj_out\.weight' "
         r"\(read as 'decoder\.mid_block\.attentions\.0\.to_out\.0\.weight'\)",
+    ):
+        mpool.testing.probe("vae.decode", {"latents": latents}, path=str(path), checkpoint=str(ldm_file))
+    # Only trailing unit dimensions may be dropped: a 3x3 kernel is not a linear weight.
+    ldm = to_ldm_names(state, 2)
+    ldm["decoder.mid.attn_1.q.weight"] = torch.zeros(64, 64, 3, 3)
+    save_file(ldm, str(ldm_file))
+    with pytest.raises(
+        mpool.InvalidInput,
+        match=r"tensor 'decoder\.mid\.attn_1\.q\.weight' \(read as 'decoder\.mid_block\.attentions\.0\.to_q\.weight'\) "
+        r"has shape \[64, 64, 3, 3\] but config\.json implies \[64, 64\]",
     ):
         mpool.testing.probe("vae.decode", {"latents": latents}, path=str(path), checkpoint=str(ldm_file))
 
