@@ -208,7 +208,8 @@ def test_autoencoder_kl_missing_or_misshapen_tensor_is_named_in_either_layout(
     latents = np.zeros((1, 4, 3, 3), np.float32)
     diffusers_file = tmp_path / "diffusers.safetensors"
     save_file({k: v for k, v in state.items() if k != "decoder.up_blocks.1.resnets.1.conv2.bias"}, str(diffusers_file))
-    with pytest.raises(mpool.InvalidInput, match=r"checkpoint has no tensor 'decoder\.up_blocks\.1\.resnets\.1\.conv2\.bias'"):
+    missing = r"checkpoint has no tensor 'decoder\.up_blocks\.1\.resnets\.1\.conv2\.bias'"
+    with pytest.raises(mpool.InvalidInput, match=missing):
         mpool.testing.probe("vae.decode", {"latents": latents}, path=str(path), checkpoint=str(diffusers_file))
     ldm = to_ldm_names(state, 2)
     del ldm["decoder.mid.attn_1.proj_out.weight"]
@@ -242,7 +243,8 @@ def test_autoencoder_kl_without_quant_convs_in_the_file_but_in_the_config_names_
     folder = tmp_path / "vae"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(config))
-    (folder / "diffusion_pytorch_model.safetensors").write_bytes((path / "diffusion_pytorch_model.safetensors").read_bytes())
+    weights = "diffusion_pytorch_model.safetensors"
+    (folder / weights).write_bytes((path / weights).read_bytes())
     with pytest.raises(mpool.InvalidInput, match=r"checkpoint has no tensor 'quant_conv\.weight'"):
         mpool.testing.probe("vae.encode", {"images": np.zeros((1, 3, 8, 8), np.float32)}, path=str(folder))
 
@@ -250,8 +252,10 @@ def test_autoencoder_kl_without_quant_convs_in_the_file_but_in_the_config_names_
 def test_autoencoder_kl_bad_config_value_names_the_key(kl_models: dict[str, tuple[Any, Path]], tmp_path: Path) -> None:
     _, path = kl_models["sd1_like_2_blocks_1_layer"]
     for key, value, message in [
-        ("norm_num_groups", 12, r'config\.json: "block_out_channels" holds 32, which .*config\.json: "norm_num_groups" \(12\)'),
-        ("down_block_types", ["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], r'"down_block_types" holds \'AttnDownEncoderBlock2D\''),
+        ("norm_num_groups", 12,
+         r'config\.json: "block_out_channels" holds 32, which .*config\.json: "norm_num_groups" \(12\)'),
+        ("down_block_types", ["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+         r'config\.json: "down_block_types" holds \'AttnDownEncoderBlock2D\''),
         ("latent_channels", 0, r'config\.json: "latent_channels" is 0'),
     ]:
         config = json.loads((path / "config.json").read_text())
@@ -268,7 +272,8 @@ def test_autoencoder_kl_bad_config_value_names_the_key(kl_models: dict[str, tupl
 
 def test_autoencoder_kl_rejects_images_with_the_wrong_channel_count(kl_models: dict[str, tuple[Any, Path]]) -> None:
     _, path = kl_models["sd1_like_2_blocks_1_layer"]
-    with pytest.raises(mpool.InvalidInput, match=r"AutoencoderKL\.encode: expected a non-empty floating \(b, 3, h, w\)"):
+    expected = r"AutoencoderKL\.encode: expected a non-empty floating \(b, 3, h, w\) tensor, got \[1, 4, 8, 8\]"
+    with pytest.raises(mpool.InvalidInput, match=expected):
         mpool.testing.probe("vae.encode", {"images": np.zeros((1, 4, 8, 8), np.float32)}, path=str(path))
 
 

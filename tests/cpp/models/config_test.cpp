@@ -297,7 +297,8 @@ TEST(VaeConfigs, AutoencoderKLErrorsNameTheKey) {
   expect_invalid(
       [] {
         AutoencoderKLConfig::from(config(sd3_with(
-            "up_block_types", R"(["UpDecoderBlock2D", "AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"])")));
+            "up_block_types",
+            R"(["UpDecoderBlock2D", "AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"])")));
       },
       "config.json: \"up_block_types\" holds 'AttnUpDecoderBlock2D'; only UpDecoderBlock2D is supported");
   expect_invalid([] { AutoencoderKLConfig::from(config(sd3_with("norm_num_groups", "48"))); },
@@ -319,7 +320,8 @@ TEST(VaeConfigs, AutoencoderKLErrorsNameTheKey) {
 }
 
 TEST(VaeConfigs, AutoencoderTinyTakesTaesdDefaults) {
-  const auto c = vae::AutoencoderTinyConfig::from(config(R"({"_class_name": "AutoencoderTiny", "latent_channels": 16})"));
+  const auto c =
+      vae::AutoencoderTinyConfig::from(config(R"({"_class_name": "AutoencoderTiny", "latent_channels": 16})"));
   EXPECT_EQ(c.encoder_block_out_channels, (std::vector<int64_t>{64, 64, 64, 64}));
   EXPECT_EQ(c.num_encoder_blocks, (std::vector<int64_t>{1, 3, 3, 3}));
   EXPECT_EQ(c.num_decoder_blocks, (std::vector<int64_t>{3, 3, 3, 1}));
