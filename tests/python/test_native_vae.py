@@ -134,6 +134,7 @@ def test_autoencoder_kl_encode_gives_diffusers_latent_mean_and_clamped_logvar(
     with torch.no_grad():
         dist = model.encode(images).latent_dist
     out = mpool.testing.probe("vae.encode", {"images": images.numpy()}, path=str(path))
+    assert int(out["unused_tensors"]) == 0, "every stored tensor is the model's"
     assert_close(out["mean"], dist.mean, f"{name} encode mean")
     assert_close(out["logvar"], dist.logvar, f"{name} encode logvar")
 
@@ -149,6 +150,7 @@ def test_autoencoder_kl_decode_gives_diffusers_sample_from_unscaled_latents(
     with torch.no_grad():
         sample = model.decode(latents).sample
     out = mpool.testing.probe("vae.decode", {"latents": latents.numpy()}, path=str(path))
+    assert int(out["unused_tensors"]) == 0, "every stored tensor is the model's"
     assert_close(out["sample"], sample, f"{name} decode")
 
 
@@ -195,6 +197,9 @@ def test_autoencoder_kl_reads_the_original_ldm_layout_of_a_single_file_under_its
     single = {"path": str(path), "checkpoint": str(tmp_path / "sd3.safetensors"), "prefix": "first_stage_model"}
     enc = mpool.testing.probe("vae.encode", {"images": images.numpy()}, **single)
     dec = mpool.testing.probe("vae.decode", {"latents": latents.numpy()}, **single)
+    # Every tensor under the prefix is read through the LDM names; the file's other
+    # component is outside it.
+    assert int(enc["unused_tensors"]) == 0 and int(dec["unused_tensors"]) == 0
     assert_close(enc["mean"], dist.mean, f"{name} LDM encode mean")
     assert_close(enc["logvar"], dist.logvar, f"{name} LDM encode logvar")
     assert_close(dec["sample"], sample, f"{name} LDM decode")
@@ -288,6 +293,7 @@ def test_autoencoder_tiny_encode_gives_diffusers_latents(tiny_models: dict[str, 
     with torch.no_grad():
         latents = model.encode(images).latents
     out = mpool.testing.probe("taesd.encode", {"images": images.numpy()}, path=str(path))
+    assert int(out["unused_tensors"]) == 0, "every stored tensor is the model's"
     assert_close(out["latents"], latents, f"{name} encode")
 
 
@@ -302,6 +308,7 @@ def test_autoencoder_tiny_decode_gives_diffusers_sample_in_minus_one_to_one(
     with torch.no_grad():
         sample = model.decode(latents).sample
     out = mpool.testing.probe("taesd.decode", {"latents": latents.numpy()}, path=str(path))
+    assert int(out["unused_tensors"]) == 0, "every stored tensor is the model's"
     assert_close(out["sample"], sample, f"{name} decode")
 
 
