@@ -12,6 +12,7 @@ SD3's ``first_stage_model.`` prefix.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -152,6 +153,23 @@ def test_autoencoder_kl_decode_gives_diffusers_sample_from_unscaled_latents(
     out = mpool.testing.probe("vae.decode", {"latents": latents.numpy()}, path=str(path))
     assert int(out["unused_tensors"]) == 0, "every stored tensor is the model's"
     assert_close(out["sample"], sample, f"{name} decode")
+
+
+def test_autoencoder_kl_encode_clamps_logvar_to_minus_30_and_20_as_diffusers(
+    kl_models: dict[str, tuple[Any, Path]], tmp_path: Path
+) -> None:
+    model, _ = kl_models["sd1_like_2_blocks_1_layer"]
+    loud = copy.deepcopy(model)
+    with torch.no_grad():
+        loud.quant_conv.weight.mul_(300.0)  # moments far outside the clamp's range
+    loud.save_pretrained(tmp_path / "loud")
+    images = randn(1, 3, 16, 16, seed=7).clamp(-1, 1)
+    with torch.no_grad():
+        dist = loud.encode(images).latent_dist
+    assert float(dist.logvar.max()) == 20.0 and float(dist.logvar.min()) == -30.0, "both bounds must bind"
+    out = mpool.testing.probe("vae.encode", {"images": images.numpy()}, path=str(tmp_path / "loud"))
+    assert_close(out["logvar"], dist.logvar, "clamped logvar")
+    assert_close(out["mean"], dist.mean, "unclamped mean")
 
 
 def to_ldm_names(state: dict[str, torch.Tensor], num_blocks: int) -> dict[str, torch.Tensor]:

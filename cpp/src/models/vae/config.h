@@ -31,14 +31,19 @@ struct AutoencoderKLConfig {
   nn::Activation act = nn::Activation::kSilu;
   int64_t latent_channels = 4;
   int64_t norm_num_groups = 32;
+  /// The image side the model was trained at (tiling hints); not a limit.
   int64_t sample_size = 32;
   /// latents for the denoiser = (mean - shift_factor) * scaling_factor; the caller applies it.
   double scaling_factor = 0.18215;
   /// SD3 and FLUX shift their latents; null (SD 1/2/XL) means no shift.
   std::optional<double> shift_factor;
+  /// 1x1 convs on the moments after the encoder / on the latents before the decoder
+  /// (SD 1/2/XL have them, SD3 and FLUX not).
   bool use_quant_conv = true;
   bool use_post_quant_conv = true;
+  /// The single-head self-attention between the mid-block's two residual blocks.
   bool mid_block_add_attention = true;
+  /// Whether diffusers' pipelines run this VAE in float32 whatever the pipeline's dtype.
   bool force_upcast = true;
 
   int64_t num_blocks() const noexcept { return static_cast<int64_t>(block_out_channels.size()); }
@@ -76,7 +81,9 @@ struct AutoencoderTinyConfig {
   /// (how TAESD latents are stored as images; the caller's business).
   double latent_magnitude = 3.0;
   double latent_shift = 0.5;
+  /// As AutoencoderKLConfig's (diffusers registers false for AutoencoderTiny).
   bool force_upcast = false;
+  /// The pipeline's latent scaling, as AutoencoderKLConfig's.
   double scaling_factor = 1.0;
   double shift_factor = 0.0;
 
