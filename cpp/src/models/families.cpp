@@ -108,6 +108,7 @@ void register_builtin_probes() {
     llava::register_probes();
     sd3::register_probes();
     t5::register_probes();
+    vae::register_probes();
   });
 }
 

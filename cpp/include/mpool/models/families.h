@@ -138,4 +138,10 @@ namespace t5 {
 void register_probes();
 }  // namespace t5
 
+namespace vae {
+/// The diffusers autoencoders' probes ("vae.encode", "vae.decode", "taesd.encode",
+/// "taesd.decode"); not a family of their own: pipelines build them.
+void register_probes();
+}  // namespace vae
+
 }  // namespace mpool::models

@@ -19,6 +19,7 @@
 #include "models/vae/autoencoder_kl.h"
 #include "models/vae/autoencoder_tiny.h"
 #include "mpool/capabilities/interfaces.h"
+#include "mpool/core/instance.h"
 #include "mpool/nn/flow_match.h"
 #include "mpool/tokenizer/tokenizer.h"
 
