@@ -408,10 +408,20 @@ void register_pool(py::module_& m) {
       .def("generate_image",
            [](core::Pool& pool, const std::string& key, std::string prompt, int64_t width, int64_t height,
               int64_t steps, double guidance_scale, std::optional<std::string> negative_prompt,
-              std::optional<uint64_t> seed, py::list init_image, double strength, double timeout,
-              double fetch_timeout, bool allow_private_urls, size_t max_image_bytes) {
+              std::optional<uint64_t> seed, double strength, py::object latents, std::vector<int64_t> skip_layers,
+              double skip_layer_scale, double skip_layer_start, double skip_layer_stop,
+              std::optional<int64_t> max_sequence_length, bool previews, bool float_output, py::list init_image,
+              double timeout, double fetch_timeout, bool allow_private_urls, size_t max_image_bytes) {
              ImageDeadline deadline(timeout, fetch_timeout, allow_private_urls, max_image_bytes);
              cap::ImageConfig c;
+             if (!latents.is_none()) c.latents = numpy_to_tensor(latents, at::kFloat, "latents");
+             c.skip_layers = std::move(skip_layers);
+             c.skip_layer_scale = skip_layer_scale;
+             c.skip_layer_start = skip_layer_start;
+             c.skip_layer_stop = skip_layer_stop;
+             c.max_sequence_length = max_sequence_length;
+             c.previews = previews;
+             c.float_output = float_output;
              c.width = width;
              c.height = height;
              c.steps = steps;

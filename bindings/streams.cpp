@@ -190,6 +190,7 @@ void register_streams(py::module_& m) {
   py::class_<ImageProgress>(m, "ImageProgress", "Progress of an image generation.")
       .def_readonly("step", &ImageProgress::step)
       .def_readonly("total", &ImageProgress::total)
+      .def_readonly("elapsed", &ImageProgress::elapsed_s)
       .def_property_readonly("preview", [](const ImageProgress& p) -> py::object {
         if (!p.preview) return py::none();
         return tensor_to_numpy(*p.preview);

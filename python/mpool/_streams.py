@@ -9,6 +9,7 @@ here knows the Pool.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from ._async import wait_chunks
 from .errors import PoolError
 
-__all__ = ["ImageStream", "TextStream"]
+__all__ = ["ImageProgress", "ImageStream", "TextStream"]
 
 
 class TextStream:
@@ -93,34 +94,114 @@ class TextStream:
                 self.close()
 
 
-class ImageStream:
-    """Progress chunks of an image generation; ``result()`` gives the image."""
+@dataclass(frozen=True)
+class ImageProgress:
+    """One step of an image generation."""
 
-    def __init__(self, native: Any) -> None:
+    step: int
+    """Steps done so far (1 after the first)."""
+    total: int
+    """Steps this generation runs."""
+    elapsed: float
+    """Seconds since the generation started on its replica."""
+    preview: Any = None
+    """A small ``PIL.Image`` of the current estimate, or None."""
+
+
+def _pil(pixels: Any) -> Any:
+    from PIL import Image
+
+    array = np.ascontiguousarray(pixels)
+    return Image.fromarray(array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython  # type: ignore[attr-defined]
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+class _ProgressDisplay:
+    """A tqdm bar (tqdm.auto: a widget in notebooks) and, in a notebook, the
+    latest preview shown in place."""
+
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self._bar: Any = None
+        self._handle: Any = None
+        self._notebook = _in_notebook()
+
+    def update(self, p: ImageProgress) -> None:
+        if self._bar is None:
+            self._bar = self._tqdm(total=p.total, unit="step")
+        self._bar.update(p.step - self._bar.n)
+        if p.preview is not None and self._notebook:
+            from IPython.display import display
+
+            if self._handle is None:
+                self._handle = display(p.preview, display_id=True)
+            else:
+                self._handle.update(p.preview)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class ImageStream:
+    """Progress of an image generation, one ``ImageProgress`` per step;
+    ``result()`` gives the image (a PIL image, or a float32 array with
+    ``output_type="np"``). Closing it cancels the generation and frees its replica."""
+
+    def __init__(self, native: Any, progress: bool = False) -> None:
         self._native = native
         self._image: Any = None
+        self._display = _ProgressDisplay() if progress else None
+
+    def _wrap(self, p: Any) -> ImageProgress:
+        preview = p.preview
+        chunk = ImageProgress(p.step, p.total, p.elapsed, None if preview is None else _pil(preview))
+        if self._display is not None:
+            self._display.update(chunk)
+        return chunk
 
     def __iter__(self) -> ImageStream:
         return self
 
-    def __next__(self) -> Any:
-        return next(self._native)
+    def __next__(self) -> ImageProgress:
+        try:
+            return self._wrap(next(self._native))
+        except StopIteration:
+            if self._display is not None:
+                self._display.close()
+            raise
+        except BaseException:
+            if self._display is not None:
+                self._display.close()
+            raise
 
     def result(self) -> Any:
-        """Waits for the end (GIL released) and returns the image as a PIL.Image."""
+        """Waits for the end (GIL released) and returns the image: a PIL.Image, or
+        with ``output_type="np"`` a float32 (height, width, channels) array in [0, 1]."""
         if self._image is None:
-            for _ in self._native:
+            for _ in self:
                 pass
             pixels = self._native.final_image()
             if pixels is None:
                 raise PoolError("the image stream ended without an image")
-            from PIL import Image
-
-            self._image = Image.fromarray(np.ascontiguousarray(pixels))
+            self._image = np.ascontiguousarray(pixels) if pixels.dtype == np.float32 else _pil(pixels)
         return self._image
 
     def close(self) -> None:
         """Cancels the generation and frees its replica."""
+        if self._display is not None:
+            self._display.close()
         self._native.cancel()
 
     def __enter__(self) -> ImageStream:
@@ -129,8 +210,16 @@ class ImageStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return wait_chunks(self._native.poll, self._native)
+    async def _chunks(self) -> AsyncIterator[ImageProgress]:
+        try:
+            async for p in wait_chunks(self._native.poll, self._native):
+                yield self._wrap(p)
+        finally:
+            if self._display is not None:
+                self._display.close()
+
+    def __aiter__(self) -> AsyncIterator[ImageProgress]:
+        return self._chunks()
 
     async def aresult(self) -> Any:
         """``result()`` without blocking the event loop or holding a thread while it waits."""

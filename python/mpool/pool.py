@@ -608,27 +608,51 @@ class Pool:
         seed: int | None = None,
         init_image: Any = None,
         strength: float | None = None,
+        latents: Any = None,
+        skip_layer_guidance: bool | Sequence[int] | None = None,
+        skip_layer_scale: float | None = None,
+        skip_layer_start: float | None = None,
+        skip_layer_stop: float | None = None,
+        max_sequence_length: int | None = None,
+        preview: bool = True,
+        output_type: str = "pil",
+        progress: bool = False,
         timeout: float | None = None,
     ) -> ImageStream:
-        """Streams progress chunks; ``.result()`` returns the PIL image. img2img with ``init_image``.
+        """Streams one ``ImageProgress`` per step; ``.result()`` returns the image.
 
         A setting left None takes the model's own default (its ``defaults``), else
-        512 x 512, 20 steps, guidance 7.0 and strength 0.8.
+        512 x 512, 20 steps, guidance 7.0. img2img: ``init_image`` (any image
+        source, resized to the requested size) and ``strength`` (default 0.8; 1.0
+        starts from pure noise). ``latents``: the initial latents, as diffusers'
+        argument of that name. ``skip_layer_guidance``: True for blocks 7, 8, 9, or
+        the block indices, with its ``skip_layer_scale`` (2.8) applied between
+        ``skip_layer_start`` (0.01) and ``skip_layer_stop`` (0.2) of the steps.
+        ``preview``: a small PIL preview with each step. ``output_type``: "pil" or
+        "np" (float32 HWC in [0, 1], diffusers' ``output_type="np"``).
+        ``progress``: a tqdm bar (and, in a notebook, the preview updating in place).
         """
         key = v.key(key)
         with self._lock:
             model_defaults = self._defaults.get(key)
         s = req.image_settings(
             prompt, width=width, height=height, steps=steps, guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt, seed=seed, strength=strength, model_defaults=model_defaults,
+            negative_prompt=negative_prompt, seed=seed, strength=strength, init_image=init_image is not None,
+            latents=latents, skip_layer_guidance=skip_layer_guidance, skip_layer_scale=skip_layer_scale,
+            skip_layer_start=skip_layer_start, skip_layer_stop=skip_layer_stop,
+            max_sequence_length=max_sequence_length, preview=preview, output_type=output_type,
+            model_defaults=model_defaults,
         )
+        show = v.flag("progress", progress)
         init = [] if init_image is None else [image_input(init_image)]
         return ImageStream(
-            self._native.generate_image(
-                key, s.prompt, s.width, s.height, s.steps, s.guidance_scale, s.negative_prompt, s.seed, init,
-                s.strength, self._image_timeout(timeout), *self._fetch,
-            )
+            self._native.generate_image(key, *s, init, self._image_timeout(timeout), *self._fetch),
+            progress=show,
         )
+
+    def img2img(self, key: str, image: Any, prompt: str, *, strength: float = 0.8, **kwargs: Any) -> ImageStream:
+        """``generate_image(key, prompt, init_image=image, strength=strength, **kwargs)``."""
+        return self.generate_image(key, prompt, init_image=image, strength=strength, **kwargs)
 
     def agenerate_image(self, key: str, prompt: str, **kwargs: Any) -> ImageStream:
         """``generate_image`` for asyncio: ``async for p in stream`` and ``await stream.aresult()``."""

@@ -141,7 +141,8 @@ def test_generate_image_streams_progress_then_the_final_image(pool):
     stream = pool.generate_image("sd", "a red fox", width=8, height=6, steps=3, seed=1)
     progress = list(stream)
     assert [(p.step, p.total) for p in progress] == [(1, 3), (2, 3), (3, 3)]
-    assert progress[0].preview.shape == (6, 8, 3) and progress[1].preview is None
+    assert progress[0].preview.size == (8, 6) and progress[1].preview is None
+    assert all(p.elapsed >= 0 for p in progress)
     image = stream.result()
     assert isinstance(image, Image.Image) and image.size == (8, 6)
     np.testing.assert_array_equal(np.asarray(image)[0, 0], [85, 85, 85])

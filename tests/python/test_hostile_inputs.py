@@ -169,7 +169,8 @@ def test_an_empty_image_is_invalid_input(full_pool, image):
         (lambda p: p.embed("emb", ["x"], truncate="no"), "truncate"),
         (lambda p: p.embed("emb", ["x"], task=5), "task"),
         (lambda p: p.generate_image("paint", "fox", guidance_scale="7"), "guidance_scale"),
-        (lambda p: p.generate_image("paint", "fox", strength="0.5"), "strength"),
+        (lambda p: p.generate_image("paint", "fox", init_image=np.zeros((2, 2, 3), np.uint8), strength="0.5"),
+         "strength"),
         (lambda p: p.generate_image("paint", "fox", width=64.0), "width"),
         (lambda p: p.generate_image("paint", "fox", negative_prompt=5), "negative_prompt"),
         (lambda p: p.set_keep_alive("emb", "x"), "seconds"),
@@ -246,8 +247,9 @@ def test_non_finite_sampling_parameters_are_invalid_input(full_pool, name, value
 @pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("name", ["guidance_scale", "strength"])
 def test_non_finite_image_parameters_are_invalid_input(full_pool, name, value):
+    init = {"init_image": np.zeros((2, 2, 3), np.uint8)} if name == "strength" else {}
     with pytest.raises(mpool.InvalidInput, match=rf"^{name} must be a finite number"):
-        full_pool.generate_image("paint", "fox", **{name: value})
+        full_pool.generate_image("paint", "fox", **{name: value}, **init)
 
 
 @pytest.mark.parametrize(

@@ -89,8 +89,8 @@ def test_other_clip_settings_match(tmp_path: Path, settings: dict[str, Any]) -> 
 
 
 def test_unsupported_settings_are_refused_naming_the_file_and_key(tmp_path: Path) -> None:
-    path = saved(CLIPImageProcessorPil(resample=1), tmp_path)  # lanczos
-    with pytest.raises(mpool.InvalidInput, match="preprocessor_config.json: \"resample\" 1 is not supported"):
+    path = saved(CLIPImageProcessorPil(resample=4), tmp_path)  # box
+    with pytest.raises(mpool.InvalidInput, match="preprocessor_config.json: \"resample\" 4 is not supported"):
         _core._preprocess_image(path, np.zeros((4, 4, 3), np.uint8))
     path = saved(CLIPImageProcessorPil(image_mean=[0.5, 0.5]), tmp_path)
     with pytest.raises(mpool.InvalidInput, match="\"image_mean\" needs 3 values"):
@@ -105,7 +105,7 @@ def test_an_empty_image_or_a_non_rgb_array_is_invalid_input(tmp_path: Path) -> N
         _core._preprocess_image(path, np.zeros((4, 4), np.uint8))
 
 
-@pytest.mark.parametrize("resample", [2, 3])
+@pytest.mark.parametrize("resample", [1, 2, 3])
 def test_resize_equals_pil_exactly_on_random_sizes(tmp_path: Path, resample: int) -> None:
     import json
 

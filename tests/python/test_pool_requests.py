@@ -254,7 +254,9 @@ def test_async_timeout_raises_timeout(pool):
         (lambda p: p.generate("gen", "x", temperature=-1.0), "temperature must be a finite number >= 0, got -1.0"),
         (lambda p: p.generate("gen", "x", top_p=1.5), r"top_p must be a finite number in \(0, 1\], got 1.5"),
         (lambda p: p.generate("gen", "x", topp=0.5), "unknown generation parameter 'topp'"),
-        (lambda p: p.generate_image("gen", "fox", strength=1.5), r"strength must be a finite number in \[0, 1\], got 1.5"),
+        (lambda p: p.generate_image("gen", "fox", init_image=np.zeros((4, 4, 3), np.uint8), strength=1.5),
+         r"strength must be a finite number in \[0, 1\], got 1.5"),
+        (lambda p: p.generate_image("gen", "fox", strength=0.5), "strength applies to img2img: give init_image too"),
         (lambda p: p.embed("gen", ["x"]), "does not serve text_embedding"),
     ],
 )

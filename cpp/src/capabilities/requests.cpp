@@ -333,16 +333,24 @@ std::shared_ptr<ImageStream> generate_image(core::Pool& pool, const std::string&
   auto channel = std::make_shared<ImageStream>(pool.make_context(key, options), kStreamBuffer);
   auto fn = [prompt = std::move(prompt), config = std::move(config)](Instance& inst, RequestContext& ctx,
                                                                      ImageStream& out) {
-    ProgressSink progress = [&](ImageProgress p) { return out.push(ImageEvent(std::move(p))); };
+    const auto started = std::chrono::steady_clock::now();
+    ProgressSink progress = [&](ImageProgress p) {
+      p.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      return out.push(ImageEvent(std::move(p)));
+    };
     Image image = guard_oom([&] { return as<TextToImage>(inst).generate_image(prompt, config, progress, ctx); });
     if (ctx.should_stop()) return;
-    if (!image.defined() || image.dim() != 3 || image.scalar_type() != at::kByte ||
+    // A model that only makes 8-bit images still answers a float request.
+    if (config.float_output && image.defined() && image.scalar_type() == at::kByte) image = image.to(at::kFloat) / 255.0;
+    const at::ScalarType expected = config.float_output ? at::kFloat : at::kByte;
+    if (!image.defined() || image.dim() != 3 || image.scalar_type() != expected ||
         (image.size(2) != 1 && image.size(2) != 3 && image.size(2) != 4))
       throw Error(ErrorCode::kModelError, "model returned " +
                                               (image.defined() ? "a tensor of shape " + std::string(c10::str(image.sizes())) +
                                                                      " and dtype " + std::string(c10::toString(image.scalar_type()))
                                                                : std::string("no image")) +
-                                              "; expected an HWC uint8 image with 1, 3 or 4 channels");
+                                              "; expected an HWC " + (config.float_output ? "float32" : "uint8") +
+                                              " image with 1, 3 or 4 channels");
     out.push(ImageEvent(image.to(at::kCPU).contiguous()));
   };
   pool.submit(key, TextToImage::kName, std::make_shared<core::StreamJob<ImageEvent>>(channel, std::move(fn)));

@@ -26,6 +26,16 @@ double bicubic(double x) {  // Keys' cubic with a = -0.5, as PIL
   return 0.0;
 }
 
+double sinc(double x) {
+  if (x == 0.0) return 1.0;
+  x *= 3.14159265358979323846;
+  return std::sin(x) / x;
+}
+
+double lanczos(double x) {  // Lanczos-3, as PIL
+  return -3.0 <= x && x < 3.0 ? sinc(x) * sinc(x / 3.0) : 0.0;
+}
+
 // One axis' weights: for each output index, the first input index, how many
 // inputs, and their fixed-point weights (ksize per output).
 struct Coefficients {
@@ -35,8 +45,10 @@ struct Coefficients {
 };
 
 Coefficients coefficients(int64_t in_size, int64_t out_size, Resample resample) {
-  double (*filter)(double) = resample == Resample::kBilinear ? bilinear : bicubic;
-  const double filter_support = resample == Resample::kBilinear ? 1.0 : 2.0;
+  double (*filter)(double) = resample == Resample::kBilinear ? bilinear
+                             : resample == Resample::kLanczos ? lanczos
+                                                              : bicubic;
+  const double filter_support = resample == Resample::kBilinear ? 1.0 : resample == Resample::kLanczos ? 3.0 : 2.0;
   const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
   const double filterscale = std::max(scale, 1.0);
   const double support = filter_support * filterscale;
@@ -102,9 +114,10 @@ void PreprocessConfig::validate(const std::string& where) const {
           where + ": resizing needs \"size\" with \"shortest_edge\", or with \"height\" and \"width\"");
     check(shortest_edge.value_or(1) > 0 && height.value_or(1) > 0 && width.value_or(1) > 0, ErrorCode::kInvalidInput,
           where + ": \"size\" must be positive");
-    check(resample == Resample::kBilinear || resample == Resample::kBicubic, ErrorCode::kInvalidInput,
+    check(resample == Resample::kBilinear || resample == Resample::kBicubic || resample == Resample::kLanczos,
+          ErrorCode::kInvalidInput,
           where + ": \"resample\" " + std::to_string(static_cast<int>(resample)) +
-              " is not supported (2 = bilinear, 3 = bicubic)");
+              " is not supported (1 = lanczos, 2 = bilinear, 3 = bicubic)");
   }
   check(!do_center_crop || (crop_height > 0 && crop_width > 0), ErrorCode::kInvalidInput,
         where + ": center cropping needs a positive \"crop_size\"");

@@ -89,7 +89,8 @@ std::string FamilyOptions::get_string(const std::string& name, const std::string
 void register_builtin_families() {
   static std::once_flag once;
   std::call_once(once, [] {
-    for (Family f : {bert::family(), decoder::family(), clip::family(), siglip::family(), llava::family()}) {
+    for (Family f :
+         {bert::family(), decoder::family(), clip::family(), siglip::family(), llava::family(), sd3::family()}) {
       loading::FamilyRegistry::global().add(loading::FamilyInfo{f.name, f.capabilities, f.supports});
       builders().by_name.emplace(f.name, std::move(f));
     }
@@ -105,7 +106,9 @@ void register_builtin_probes() {
     clip::register_probes();
     siglip::register_probes();
     llava::register_probes();
+    sd3::register_probes();
     t5::register_probes();
+    vae::register_probes();
   });
 }
 
@@ -113,6 +116,23 @@ NativeModel native_model(const std::string& path_or_repo_id, const NativeOptions
   register_builtin_families();
   loading::ResolvedModel resolved = loading::resolve_model(path_or_repo_id);
   const loading::ModelDirectory directory = loading::ModelDirectory::open(resolved.path);
+  if (const auto& pipeline = directory.pipeline()) {
+    // A diffusers pipeline folder: the family that builds its class.
+    std::string known;
+    for (const auto& [name, f] : builders().by_name)
+      for (const std::string& cls : f.pipeline_classes) {
+        known += (known.empty() ? "" : ", ") + cls;
+        if (cls != pipeline->class_name) continue;
+        check_options(f, options.options);
+        NativeModel model = f.build(directory, loading::ModelConfig{}, options);
+        model.family = f.name;
+        model.path = resolved.path.string();
+        return model;
+      }
+    throw Error(ErrorCode::kInvalidInput, resolved.path.string() + ": model_index.json names the pipeline '" +
+                                              pipeline->class_name + "', which no native family builds (" + known +
+                                              ")");
+  }
   const loading::ModelLayout& layout = directory.layout();
   check(layout.has_config, ErrorCode::kInvalidInput,
         (layout.model_dir / "config.json").string() + " is missing: not a transformers model directory");

@@ -23,6 +23,16 @@ fs::path require_tokenizer(const fs::path& dir) {
   return file;
 }
 
+int64_t pad_token_id(const fs::path& dir, const tokenizer::Tokenizer& tok, int64_t fallback) {
+  std::optional<std::string> pad;
+  if (auto tc = loading::load_tokenizer_config(dir)) pad = tc->special.pad_token;
+  if (!pad)
+    if (auto sm = loading::load_special_tokens_map(dir)) pad = sm->pad_token;
+  if (pad)
+    if (auto id = tok.token_to_id(*pad)) return *id;
+  return fallback;
+}
+
 loading::SupportPredicate serves_model_types(std::vector<std::string> model_types, std::string what) {
   return [types = std::move(model_types), what = std::move(what)](const loading::ModelConfig& c,
                                                                  const loading::ModelLayout& layout) {

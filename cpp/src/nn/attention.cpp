@@ -63,7 +63,7 @@ Attention Attention::load(const Weights& w, const AttentionShape& shape, const A
   } else {
     a.qkv_ = FusedLinear::load(w, names.fused_qkv, {{names.q, q}, {names.k, kv}, {names.v, kv}}, s.hidden, s.qkv_bias);
   }
-  a.o_ = Linear::load(w, names.o, s.out, q, s.o_bias);
+  if (!names.o.empty()) a.o_ = Linear::load(w, names.o, s.out, q, s.o_bias);
   if (qk_norm_eps) {
     a.q_norm_ = RMSNorm::load(w, names.q_norm, s.head_dim, *qk_norm_eps);
     a.k_norm_ = RMSNorm::load(w, names.k_norm, s.head_dim, *qk_norm_eps);
@@ -100,7 +100,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Attention::project(const at::Tens
 
 at::Tensor Attention::output(const at::Tensor& attended) const {
   const int64_t b = attended.size(0), n = attended.size(2);
-  return o_(attended.transpose(1, 2).reshape({b, n, shape_.heads * shape_.head_dim}));
+  at::Tensor merged = attended.transpose(1, 2).reshape({b, n, shape_.heads * shape_.head_dim});
+  return o_.weight.defined() ? o_(merged) : merged;
 }
 
 at::Tensor Attention::operator()(const at::Tensor& x, const at::Tensor& mask, bool causal,

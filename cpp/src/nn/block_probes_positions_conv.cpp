@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "mpool/base/error.h"
+#include "mpool/loading/json.h"
 #include "mpool/nn/conv.h"
+#include "mpool/nn/flow_match.h"
 #include "mpool/nn/positions.h"
 #include "mpool/nn/probe.h"
 
@@ -130,12 +132,33 @@ void register_conv() {
   });
 }
 
+void register_sampler() {
+  // The flow-matching schedule of a scheduler_config.json (option "config", an
+  // object) for "steps" steps and an optional "mu"; with "strength", also the
+  // first step img2img runs.
+  register_probe("nn.flow_match_schedule", [](const ProbeInput& in) {
+    const FlowMatchConfig config =
+        FlowMatchConfig::from(loading::parse_json_object(in.options.at("config").dump(), "scheduler_config.json"));
+    const std::optional<double> mu =
+        in.options.contains("mu") ? std::optional<double>(in.get<double>("mu")) : std::nullopt;
+    const int64_t steps = in.get<int64_t>("steps");
+    const FlowMatchSchedule s = config.schedule(steps, mu);
+    ProbeOutput out{{"sigmas", at::tensor(s.sigmas)}, {"timesteps", at::tensor(s.timesteps)}};
+    if (in.options.contains("strength"))
+      out.emplace("start", at::scalar_tensor(img2img_start_step(steps, in.get<double>("strength")), at::kLong));
+    if (in.options.contains("image_seq_len"))
+      out.emplace("mu", at::scalar_tensor(config.mu_for(in.get<int64_t>("image_seq_len")), at::kDouble));
+    return out;
+  });
+}
+
 }  // namespace
 
 /// Called once from register_block_probes (block_probes.cpp).
 void register_position_and_conv_probes() {
   register_positions();
   register_conv();
+  register_sampler();
 }
 
 }  // namespace mpool::nn

@@ -88,4 +88,21 @@ at::Tensor TextTransformer::operator()(const at::Tensor& ids, bool causal) const
   return final_norm_(encoder_(x, {}, causal));
 }
 
+std::pair<at::Tensor, at::Tensor> TextTransformer::with_hidden_state(const at::Tensor& ids, bool causal,
+                                                                     int64_t hidden_index) const {
+  const int64_t layers = encoder_.num_layers();
+  const int64_t at_layer = hidden_index < 0 ? layers + 1 + hidden_index : hidden_index;
+  check(at_layer >= 0 && at_layer <= layers, ErrorCode::kInvalidInput,
+        "hidden state " + std::to_string(hidden_index) + " is not one of the text tower's " +
+            std::to_string(layers + 1));
+  const int64_t t = ids.size(1);
+  check(t <= position_.size(0), ErrorCode::kInvalidInput,
+        "input of " + std::to_string(t) + " tokens is longer than the text tower's " +
+            std::to_string(position_.size(0)) + " positions");
+  const at::Tensor x = at::embedding(token_, ids) + position_.narrow(0, 0, t).unsqueeze(0);
+  at::Tensor hidden = encoder_.run_layers(x, 0, at_layer, {}, causal);
+  at::Tensor last = encoder_.run_layers(hidden, at_layer, -1, {}, causal);
+  return {final_norm_(last), hidden};
+}
+
 }  // namespace mpool::nn

@@ -1,5 +1,6 @@
 #include "mpool/nn/weights.h"
 
+#include <algorithm>
 #include <mutex>
 #include <set>
 
@@ -20,6 +21,26 @@ struct Weights::State {
   size_t bytes = 0;
 };
 
+// A renamed view's translation: names under `base` go through `map`, then through
+// the renaming of the view renamed() was called on (`outer`), if any.
+struct Weights::Renaming {
+  std::string base;
+  NameMap map;
+  std::shared_ptr<const Renaming> outer;
+};
+
+StoredName Weights::stored(const std::string& full) const {
+  StoredName out{full, false};
+  for (const Renaming* r = renaming_.get(); r != nullptr; r = r->outer.get()) {
+    if (!out.name.starts_with(r->base)) continue;
+    if (auto m = r->map(std::string_view(out.name).substr(r->base.size()))) {
+      out.name = r->base + m->name;
+      out.unit_trailing_dims = out.unit_trailing_dims || m->unit_trailing_dims;
+    }
+  }
+  return out;
+}
+
 Weights Weights::open(loading::Checkpoint checkpoint, at::ScalarType dtype, at::Device device, std::string_view prefix) {
   auto state = std::make_shared<State>(std::move(checkpoint), dtype, device, std::string(prefix));
   if (device.type() != at::kMeta) {
@@ -33,30 +54,50 @@ Weights Weights::open(loading::Checkpoint checkpoint, at::ScalarType dtype, at::
 
 Weights Weights::sub(std::string_view name) const {
   if (name.empty()) return *this;
-  return Weights(state_, prefix_ + std::string(name) + ".", dtype_);
+  return Weights(state_, prefix_ + std::string(name) + ".", renaming_, dtype_);
 }
 
-Weights Weights::sub(int64_t i) const { return Weights(state_, prefix_ + std::to_string(i) + ".", dtype_); }
+Weights Weights::sub(int64_t i) const {
+  return Weights(state_, prefix_ + std::to_string(i) + ".", renaming_, dtype_);
+}
 
-Weights Weights::as(at::ScalarType dtype) const { return Weights(state_, prefix_, dtype); }
+Weights Weights::as(at::ScalarType dtype) const { return Weights(state_, prefix_, renaming_, dtype); }
 
-bool Weights::has(std::string_view name) const { return state_->checkpoint.find(this->name(name)).has_value(); }
+Weights Weights::renamed(NameMap map) const {
+  check(static_cast<bool>(map), ErrorCode::kInvalidInput, "Weights::renamed: no name map");
+  return Weights(state_, prefix_, std::make_shared<const Renaming>(Renaming{prefix_, std::move(map), renaming_}),
+                 dtype_);
+}
+
+bool Weights::has(std::string_view name) const {
+  return state_->checkpoint.find(stored(this->name(name)).name).has_value();
+}
 
 at::Tensor Weights::take(const std::string& full, const Shape& shape, bool count) const {
-  const auto ref = state_->checkpoint.find(full);
-  check(ref.has_value(), ErrorCode::kInvalidInput, "checkpoint has no tensor '" + full + "'");
-  const Shape stored(ref->info->shape.begin(), ref->info->shape.end());
-  check(stored == shape, ErrorCode::kInvalidInput,
-        "tensor '" + full + "' has shape " + c10::str(at::IntArrayRef(stored)) + " but config.json implies " +
-            c10::str(at::IntArrayRef(shape)));
+  const StoredName where = stored(full);
+  const std::string& name = where.name;
+  const std::string asked = name == full ? std::string() : " (read as '" + full + "')";
+  const auto ref = state_->checkpoint.find(name);
+  check(ref.has_value(), ErrorCode::kInvalidInput, "checkpoint has no tensor '" + name + "'" + asked);
+  const Shape stored_shape(ref->info->shape.begin(), ref->info->shape.end());
+  // A renamed view may read (out, in, 1, 1) as (out, in).
+  bool fits = stored_shape == shape;
+  if (!fits && where.unit_trailing_dims && stored_shape.size() > shape.size()) {
+    fits = std::equal(shape.begin(), shape.end(), stored_shape.begin());
+    for (size_t i = shape.size(); fits && i < stored_shape.size(); ++i) fits = stored_shape[i] == 1;
+  }
+  check(fits, ErrorCode::kInvalidInput,
+        "tensor '" + name + "'" + asked + " has shape " + c10::str(at::IntArrayRef(stored_shape)) +
+            " but config.json implies " + c10::str(at::IntArrayRef(shape)));
   const at::ScalarType kind = loading::scalar_type(ref->info->dtype);
   const std::optional<at::ScalarType> target =
       at::isFloatingType(kind) ? std::optional<at::ScalarType>(dtype()) : std::nullopt;
   at::Tensor t = state_->device.type() == at::kMeta
                      ? at::empty(shape, at::TensorOptions().dtype(target.value_or(kind)).device(at::kMeta))
                      : loading::load_tensor(*ref, target, state_->device);
+  if (stored_shape != shape) t = t.reshape(shape);
   std::lock_guard lock(state_->mutex);
-  if (state_->taken.insert(full).second && count) state_->bytes += t.numel() * t.element_size();
+  if (state_->taken.insert(name).second && count) state_->bytes += t.numel() * t.element_size();
   return t;
 }
 
@@ -85,7 +126,7 @@ Weights Weights::find_prefix(const std::vector<std::string>& candidates, std::st
                              std::string_view what) const {
   std::string tried;
   for (const auto& c : candidates) {
-    Weights view(state_, prefix_ + c, dtype_);
+    Weights view(state_, prefix_ + c, renaming_, dtype_);
     if (view.has(probe)) return view;
     tried += (tried.empty() ? "'" : ", '") + c + "'";
   }

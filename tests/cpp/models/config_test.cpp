@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "mpool/base/error.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/json.h"
@@ -12,6 +14,7 @@
 #include "models/decoder/config.h"
 #include "models/llava/config.h"
 #include "models/siglip/config.h"
+#include "models/vae/config.h"
 
 namespace mpool::models {
 namespace {
@@ -233,6 +236,124 @@ TEST(TwoTowerConfigs, SiglipNeedsItsPoolingHeadAndOneSpace) {
       [] { siglip::SiglipConfig::from(config(R"({"model_type": "siglip", "text_config": {"projection_size": 512}})")); },
       "do not share one space");
   expect_invalid([] { siglip::SiglipConfig::from(config(R"({"model_type": "siglip2"})")); }, "NaFlex");
+}
+
+// SD3's vae/config.json as diffusers writes it (trimmed of bookkeeping keys).
+const std::string kSd3Vae = R"({"_class_name": "AutoencoderKL", "_diffusers_version": "0.29.0",
+    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "force_upcast": true, "in_channels": 3, "latent_channels": 16, "latents_mean": null, "latents_std": null,
+    "layers_per_block": 2, "mid_block_add_attention": true, "norm_num_groups": 32, "out_channels": 3,
+    "sample_size": 1024, "scaling_factor": 1.5305, "shift_factor": 0.0609,
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "use_post_quant_conv": false, "use_quant_conv": false})";
+
+// kSd3Vae with `key` set to `value` (a JSON fragment).
+std::string sd3_with(const std::string& key, const std::string& value) {
+  nlohmann::json j = nlohmann::json::parse(kSd3Vae);
+  j[key] = nlohmann::json::parse(value);
+  return j.dump();
+}
+
+TEST(VaeConfigs, Sd3AutoencoderKLReadsEveryField) {
+  const auto c = vae::AutoencoderKLConfig::from(config(kSd3Vae));
+  EXPECT_EQ(c.block_out_channels, (std::vector<int64_t>{128, 256, 512, 512}));
+  EXPECT_EQ(c.num_blocks(), 4);
+  EXPECT_EQ(c.spatial_scale_factor(), 8);
+  EXPECT_EQ(c.layers_per_block, 2);
+  EXPECT_EQ(c.latent_channels, 16);
+  EXPECT_EQ(c.norm_num_groups, 32);
+  EXPECT_EQ(c.sample_size, 1024);
+  EXPECT_EQ(c.act, nn::Activation::kSilu);
+  EXPECT_DOUBLE_EQ(c.scaling_factor, 1.5305);
+  ASSERT_TRUE(c.shift_factor.has_value());
+  EXPECT_DOUBLE_EQ(c.shift(), 0.0609);
+  EXPECT_FALSE(c.use_quant_conv);
+  EXPECT_FALSE(c.use_post_quant_conv);
+  EXPECT_TRUE(c.mid_block_add_attention);
+  EXPECT_TRUE(c.force_upcast);
+}
+
+TEST(VaeConfigs, AutoencoderKLTakesDiffusersDefaultsAndANullShiftIsNoShift) {
+  const auto c = vae::AutoencoderKLConfig::from(config(R"({"shift_factor": null})"));
+  EXPECT_EQ(c.block_out_channels, (std::vector<int64_t>{64}));
+  EXPECT_EQ(c.spatial_scale_factor(), 1);
+  EXPECT_EQ(c.in_channels, 3);
+  EXPECT_EQ(c.out_channels, 3);
+  EXPECT_EQ(c.latent_channels, 4);
+  EXPECT_EQ(c.layers_per_block, 1);
+  EXPECT_DOUBLE_EQ(c.scaling_factor, 0.18215);
+  EXPECT_FALSE(c.shift_factor.has_value());
+  EXPECT_EQ(c.shift(), 0.0);
+  EXPECT_TRUE(c.use_quant_conv && c.use_post_quant_conv && c.mid_block_add_attention);
+  // Block types left out: one of the only kind per level.
+  EXPECT_EQ(vae::AutoencoderKLConfig::from(config(R"({"block_out_channels": [32, 64, 64]})")).num_blocks(), 3);
+}
+
+TEST(VaeConfigs, AutoencoderKLErrorsNameTheKey) {
+  using vae::AutoencoderKLConfig;
+  expect_invalid([] { AutoencoderKLConfig::from(config(sd3_with("down_block_types", R"(["DownBlock2D"])"))); },
+                 "config.json: \"down_block_types\" has 1 entries, but config.json: \"block_out_channels\" has 4");
+  expect_invalid(
+      [] {
+        AutoencoderKLConfig::from(config(sd3_with(
+            "up_block_types",
+            R"(["UpDecoderBlock2D", "AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"])")));
+      },
+      "config.json: \"up_block_types\" holds 'AttnUpDecoderBlock2D'; only UpDecoderBlock2D is supported");
+  expect_invalid([] { AutoencoderKLConfig::from(config(sd3_with("norm_num_groups", "48"))); },
+                 "config.json: \"block_out_channels\" holds 128, which config.json: \"norm_num_groups\" (48)");
+  expect_invalid([] { AutoencoderKLConfig::from(config(sd3_with("latent_channels", "0"))); },
+                 "config.json: \"latent_channels\" is 0");
+  expect_invalid([] { AutoencoderKLConfig::from(config(sd3_with("layers_per_block", "1000"))); },
+                 "config.json: \"layers_per_block\" is 1000");
+  expect_invalid([] { AutoencoderKLConfig::from(config(sd3_with("act_fn", R"("mish")"))); }, "act_fn");
+  expect_invalid([] { AutoencoderKLConfig::from(config(sd3_with("scaling_factor", "0"))); },
+                 "config.json: \"scaling_factor\" must not be zero");
+  expect_invalid([] { AutoencoderKLConfig::from(config(sd3_with("_class_name", R"("AutoencoderTiny")"))); },
+                 "config.json: \"_class_name\" is 'AutoencoderTiny', not AutoencoderKL");
+  expect_invalid([] { AutoencoderKLConfig::from(config(R"({"block_out_channels": []})")); },
+                 "config.json: \"block_out_channels\" has 0 entries");
+  expect_invalid([] { AutoencoderKLConfig::from(config(R"({"block_out_channels": [64, -64]})")); },
+                 "config.json: \"block_out_channels\" holds -64");
+  expect_invalid([] { AutoencoderKLConfig::from(config(R"({"use_quant_conv": "yes"})")); }, "use_quant_conv");
+}
+
+TEST(VaeConfigs, AutoencoderTinyTakesTaesdDefaults) {
+  const auto c =
+      vae::AutoencoderTinyConfig::from(config(R"({"_class_name": "AutoencoderTiny", "latent_channels": 16})"));
+  EXPECT_EQ(c.encoder_block_out_channels, (std::vector<int64_t>{64, 64, 64, 64}));
+  EXPECT_EQ(c.num_encoder_blocks, (std::vector<int64_t>{1, 3, 3, 3}));
+  EXPECT_EQ(c.num_decoder_blocks, (std::vector<int64_t>{3, 3, 3, 1}));
+  EXPECT_EQ(c.act, nn::Activation::kRelu);
+  EXPECT_EQ(c.latent_channels, 16);
+  EXPECT_EQ(c.encoder_scale_factor(), 8);
+  EXPECT_EQ(c.decoder_scale_factor(), 8);
+  EXPECT_DOUBLE_EQ(c.latent_magnitude, 3.0);
+  EXPECT_DOUBLE_EQ(c.latent_shift, 0.5);
+  EXPECT_DOUBLE_EQ(c.scaling_factor, 1.0);
+  EXPECT_DOUBLE_EQ(c.shift_factor, 0.0);
+  EXPECT_FALSE(c.force_upcast);
+  EXPECT_EQ(vae::AutoencoderTinyConfig::from(config(R"({"upsampling_scaling_factor": 3})")).decoder_scale_factor(), 27);
+}
+
+TEST(VaeConfigs, AutoencoderTinyErrorsNameTheKey) {
+  using vae::AutoencoderTinyConfig;
+  expect_invalid([] { AutoencoderTinyConfig::from(config(R"({"num_encoder_blocks": [1, 3]})")); },
+                 "config.json: \"num_encoder_blocks\" must have as many entries as config.json: "
+                 "\"encoder_block_out_channels\"");
+  expect_invalid([] { AutoencoderTinyConfig::from(config(R"({"decoder_block_out_channels": [64, 64, 32, 64]})")); },
+                 "config.json: \"decoder_block_out_channels\" mixes widths 64 and 32");
+  expect_invalid([] { AutoencoderTinyConfig::from(config(R"({"upsample_fn": "bilinear"})")); },
+                 "config.json: \"upsample_fn\" is 'bilinear'; only nearest is supported");
+  expect_invalid([] { AutoencoderTinyConfig::from(config(R"({"upsampling_scaling_factor": 4096})")); },
+                 "config.json: \"upsampling_scaling_factor\" (4096) over 4 levels");
+  expect_invalid([] { AutoencoderTinyConfig::from(config(R"({"num_decoder_blocks": [3, 3, -1, 1]})")); },
+                 "config.json: \"num_decoder_blocks\" holds -1");
+  expect_invalid([] { AutoencoderTinyConfig::from(config(R"({"latent_magnitude": 0})")); },
+                 "config.json: \"latent_magnitude\" must be positive");
+  expect_invalid([] { AutoencoderTinyConfig::from(config(R"({"_class_name": "AutoencoderKL"})")); },
+                 "not AutoencoderTiny");
 }
 
 }  // namespace

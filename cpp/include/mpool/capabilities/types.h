@@ -104,7 +104,8 @@ struct Completion {
 /// An image: HWC uint8 tensor with 1, 3 or 4 channels.
 using Image = at::Tensor;
 
-/// Settings of one text-to-image generation.
+/// Settings of one text-to-image generation. A model reads what it supports and
+/// refuses (InvalidInput) settings it cannot honour.
 struct ImageConfig {
   int64_t width = 512;
   int64_t height = 512;
@@ -112,15 +113,29 @@ struct ImageConfig {
   double guidance_scale = 7.0;
   std::optional<std::string> negative_prompt;
   std::optional<uint64_t> seed;
-  std::optional<Image> init_image;  ///< img2img source
-  double strength = 0.8;            ///< img2img: 0 keeps init_image, 1 ignores it
+  std::optional<Image> init_image;  ///< img2img source (HWC uint8)
+  double strength = 0.8;            ///< img2img: the share of the steps that run (1: from pure noise)
+  /// The initial latents (float32, the model's latent shape for width x height),
+  /// instead of seeded noise: what diffusers' `latents=` takes.
+  std::optional<at::Tensor> latents;
+  /// Skip-layer guidance: the transformer blocks left out of the extra pass
+  /// (empty: off), its scale, and the share of the steps where it applies.
+  std::vector<int64_t> skip_layers;
+  double skip_layer_scale = 2.8;
+  double skip_layer_start = 0.01;
+  double skip_layer_stop = 0.2;
+  /// Longest tokenized prompt for the long-text encoder (T5); nullopt: the model's default.
+  std::optional<int64_t> max_sequence_length;
+  bool previews = true;        ///< attach a preview image to each progress report
+  bool float_output = false;   ///< return float32 HWC in [0, 1] instead of uint8 (diffusers' output_type="np")
 };
 
 /// Progress of an image generation.
 struct ImageProgress {
   int64_t step = 0;
   int64_t total = 0;
-  std::optional<Image> preview;
+  std::optional<Image> preview;  ///< a small HWC uint8 image of the current estimate
+  double elapsed_s = 0;          ///< seconds since the generation started on its replica
 };
 
 /// One item of an image stream: progress, then the final image.

@@ -41,7 +41,7 @@ struct Rgb8 {
 };
 
 /// `image` resized to (out_height, out_width) exactly as PIL's Image.resize does
-/// it for 8-bit images (bilinear or bicubic): separable passes in Pillow 13's
+/// it for 8-bit images (bilinear, bicubic or lanczos): separable passes in Pillow 13's
 /// order (horizontal first unless the height shrinks by more than twice what the
 /// width does; Pillow 12 and older always go horizontal first), PIL's fixed-point
 /// weights, and rounding to 8 bits after each pass.

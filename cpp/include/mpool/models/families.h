@@ -70,6 +70,10 @@ struct Family {
   std::function<NativeModel(const loading::ModelDirectory&, const loading::ModelConfig&, const NativeOptions&)> build;
   /// The options it takes in NativeOptions::options.
   std::vector<OptionSpec> options;
+  /// The diffusers pipelines it builds (model_index.json's "_class_name"). Such a
+  /// directory has no root config.json: `build` gets an empty ModelConfig and
+  /// reads the components from the directory.
+  std::vector<std::string> pipeline_classes;
 };
 
 /// Registers the built-in families once: their recognizers go to the one
@@ -121,10 +125,23 @@ Family family();
 void register_probes();
 }  // namespace llava
 
+namespace sd3 {
+/// Stable Diffusion 3 / 3.5 (StableDiffusion3Pipeline folders) as a text_to_image model.
+Family family();
+/// Its probes ("sd3.transformer": the MMDiT's velocity).
+void register_probes();
+}  // namespace sd3
+
 namespace t5 {
 /// The T5 encoder's probes ("t5.encoder"); the encoder itself is a component of
 /// the text-to-image families, not a family of its own.
 void register_probes();
 }  // namespace t5
+
+namespace vae {
+/// The diffusers autoencoders' probes ("vae.encode", "vae.decode", "taesd.encode",
+/// "taesd.decode"); not a family of their own: pipelines build them.
+void register_probes();
+}  // namespace vae
 
 }  // namespace mpool::models

@@ -14,6 +14,7 @@
 #include "mpool/models/families.h"
 #include "mpool/nn/probe.h"
 #include "mpool/nn/weights.h"
+#include "mpool/tokenizer/tokenizer.h"
 
 namespace mpool::models::kit {
 
@@ -24,6 +25,10 @@ at::ScalarType pick_dtype(const NativeOptions& options, const std::string& famil
 
 /// `dir`/tokenizer.json, or InvalidInput saying mpool needs that form.
 std::filesystem::path require_tokenizer(const std::filesystem::path& dir);
+
+/// The id texts are padded with: the pad token that tokenizer_config.json (else
+/// special_tokens_map.json) in `dir` names, when the vocabulary has it, else `fallback`.
+int64_t pad_token_id(const std::filesystem::path& dir, const tokenizer::Tokenizer& tok, int64_t fallback);
 
 /// The support predicate of a family that serves `model_types`, described as
 /// `what` ("bert, roberta or xlm-roberta"): the type must match and weights exist.

@@ -36,7 +36,8 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 /// Where a checkpoint keeps an attention block's tensors, relative to its scope.
 struct AttentionNames {
-  std::string q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj";
+  std::string q = "q_proj", k = "k_proj", v = "v_proj";
+  std::string o = "o_proj";  ///< empty: no output projection (output() only merges the heads)
   std::string fused_qkv = "qkv_proj";  ///< one stored q/k/v tensor, when a checkpoint has it
   std::string q_norm = "q_norm", k_norm = "k_norm";
 };

@@ -72,6 +72,11 @@ class TextTransformer {
   /// causal mask (SigLIP attends both ways, without a mask). InvalidInput when t
   /// exceeds the positions.
   at::Tensor operator()(const at::Tensor& ids, bool causal) const;
+  /// The final output as above, and the hidden state transformers reports as
+  /// hidden_states[hidden_index] (0: the embeddings, i: after i layers, negative
+  /// from the end: -2 is the penultimate layer's output), which has no final norm.
+  /// InvalidInput when the index is out of range.
+  std::pair<at::Tensor, at::Tensor> with_hidden_state(const at::Tensor& ids, bool causal, int64_t hidden_index) const;
 
  private:
   at::Tensor token_, position_;

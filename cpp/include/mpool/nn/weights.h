@@ -8,9 +8,12 @@
 // the full tensor name. What nobody took is reported as warnings. On the meta
 // device nothing is read: a model built that way measures its weights exactly
 // (the family kit's memory estimate) and checks every name and shape up front.
+// A renamed() view reads a checkpoint stored under another naming (an original,
+// pre-diffusers layout) through the names the blocks ask for.
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +27,18 @@ namespace mpool::nn {
 
 using Shape = std::vector<int64_t>;
 
+/// Where a renamed view finds a tensor the blocks ask for.
+struct StoredName {
+  /// The stored name, relative to the view renamed() was called on.
+  std::string name;
+  /// Stored with trailing dimensions of 1 beyond the shape asked for (a 1x1
+  /// convolution read as a linear weight); the tensor is viewed without them.
+  bool unit_trailing_dims = false;
+};
+/// Maps a name asked for (relative to the renamed view) to where it is stored;
+/// nullopt: stored under the same name.
+using NameMap = std::function<std::optional<StoredName>(std::string_view name)>;
+
 class Weights {
  public:
   /// The whole of `checkpoint`; floating-point tensors become `dtype` on `device`
@@ -36,6 +51,10 @@ class Weights {
   Weights sub(std::string_view name) const;
   /// The view under index `i` ("layers" then sub(3) -> "layers.3.").
   Weights sub(int64_t i) const;
+  /// This view, with every name asked under it translated by `map` first; views
+  /// taken from it keep the translation. Errors name the stored tensor and the
+  /// name asked for; unused-tensor warnings name stored tensors.
+  Weights renamed(NameMap map) const;
   /// The full name of `name` in this view.
   std::string name(std::string_view name) const { return prefix_ + std::string(name); }
   const std::string& prefix() const noexcept { return prefix_; }
@@ -73,12 +92,16 @@ class Weights {
 
  private:
   struct State;
-  Weights(std::shared_ptr<State> state, std::string prefix, std::optional<at::ScalarType> dtype = std::nullopt)
-      : state_(std::move(state)), prefix_(std::move(prefix)), dtype_(dtype) {}
+  struct Renaming;
+  Weights(std::shared_ptr<State> state, std::string prefix, std::shared_ptr<const Renaming> renaming = nullptr,
+          std::optional<at::ScalarType> dtype = std::nullopt)
+      : state_(std::move(state)), prefix_(std::move(prefix)), renaming_(std::move(renaming)), dtype_(dtype) {}
   at::Tensor take(const std::string& full, const Shape& shape, bool count) const;
+  StoredName stored(const std::string& full) const;
 
   std::shared_ptr<State> state_;
   std::string prefix_;
+  std::shared_ptr<const Renaming> renaming_;
   std::optional<at::ScalarType> dtype_;  // unset: the state's
 };
 

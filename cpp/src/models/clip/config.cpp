@@ -4,10 +4,10 @@
 
 namespace mpool::models::clip {
 
-ClipConfig ClipConfig::from(const loading::ModelConfig& c) {
-  check(c.model_type == "clip", ErrorCode::kInvalidInput,
-        "config.json: model_type '" + c.model_type + "' is not clip");
-  // CLIPTextConfig's and CLIPVisionConfig's defaults (ViT-B/32).
+namespace {
+
+// CLIPTextConfig's defaults (ViT-B/32's text tower).
+nn::EncoderDefaults text_defaults() {
   nn::EncoderDefaults text;
   text.hidden_size = 512;
   text.intermediate_size = 2048;
@@ -15,6 +15,28 @@ ClipConfig ClipConfig::from(const loading::ModelConfig& c) {
   text.hidden_act = "quick_gelu";
   text.vocab_size = 49408;
   text.max_positions = 77;
+  return text;
+}
+
+}  // namespace
+
+ClipTextConfig ClipTextConfig::from(const loading::JsonView& c) {
+  const auto type = c.get_optional<std::string>("model_type");
+  check(!type || *type == "clip_text_model", ErrorCode::kInvalidInput,
+        c.where("model_type") + ": '" + type.value_or("") + "' is not clip_text_model");
+  ClipTextConfig out;
+  out.text = nn::read_text_tower_config(c, text_defaults());
+  out.projection_dim = nn::read_size(c, "projection_dim", 512);
+  const std::vector<int64_t> eos = c.get_token_ids("eos_token_id");
+  if (!eos.empty()) out.eos_token_id = eos.front();
+  return out;
+}
+
+ClipConfig ClipConfig::from(const loading::ModelConfig& c) {
+  check(c.model_type == "clip", ErrorCode::kInvalidInput,
+        "config.json: model_type '" + c.model_type + "' is not clip");
+  // CLIPTextConfig's and CLIPVisionConfig's defaults (ViT-B/32).
+  const nn::EncoderDefaults text = text_defaults();
   nn::EncoderDefaults vision;
   vision.hidden_act = "quick_gelu";
   vision.image_size = 224;

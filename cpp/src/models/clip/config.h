@@ -29,4 +29,16 @@ struct ClipConfig {
   static ClipConfig from(const loading::ModelConfig& config);
 };
 
+/// A text tower saved alone (CLIPTextModel, CLIPTextModelWithProjection:
+/// model_type "clip_text_model"), as diffusion pipelines keep their text encoders.
+struct ClipTextConfig {
+  nn::TextTowerConfig text;
+  int64_t projection_dim = 512;  ///< text_projection's width, when the checkpoint has one
+  int64_t eos_token_id = 49407;
+  bool pool_at_largest_id() const noexcept { return eos_token_id == 2; }
+
+  /// CLIPTextConfig's defaults for what the file leaves out; errors name the key.
+  static ClipTextConfig from(const loading::JsonView& config);
+};
+
 }  // namespace mpool::models::clip

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "models/clip/clip.h"
+#include "models/clip/text_encoder.h"
 #include "mpool/models/image_text_embedder.h"
 #include "mpool/base/error.h"
 #include "mpool/models/families.h"
@@ -81,6 +82,19 @@ void register_probes() {
     const TokenPooler pooler(config.pool_at_largest_id() ? TokenPick::kLargestId : TokenPick::kFirstId,
                              config.eos_token_id, model.text_projection, at::Tensor());
     return two_tower_probe(in, model.vision, TextTowerBackbone(model.text, true, at::kCPU), pooler);
+  });
+  // A text tower saved alone (CLIPTextModel / CLIPTextModelWithProjection, option
+  // "projected"): transformers' hidden_states["hidden_index"] (default -2) and the
+  // pooled end-of-text state, projected when "projected" (text_embeds) or not
+  // (pooler_output).
+  nn::register_probe("clip.text_encoder", [](const nn::ProbeInput& in) {
+    const std::filesystem::path dir = in.get<std::string>("path");
+    const ClipTextConfig config = ClipTextConfig::from(loading::load_json_object(dir / "config.json"));
+    const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(dir), at::kFloat, at::kCPU);
+    const ClipTextEncoder encoder = ClipTextEncoder::load(w, config, in.get_or<bool>("projected", true));
+    c10::InferenceMode guard;
+    const auto out = encoder.encode(in.tensor("input_ids").to(at::kLong), in.get_or<int64_t>("hidden_index", -2));
+    return nn::ProbeOutput{{"hidden", out.hidden}, {"pooled", out.pooled}};
   });
 }
 

@@ -36,25 +36,13 @@ struct SiglipModel {
         logit_bias(scalar_value(w.get("logit_bias", {1}))) {}
 };
 
-// The id texts are padded with: the tokenizer's pad token when it names one
-// that the vocabulary has, else the config's text pad_token_id.
-int64_t pad_id(const loading::ModelLayout& layout, const tokenizer::Tokenizer& tok, int64_t fallback) {
-  std::optional<std::string> pad;
-  if (auto tc = loading::load_tokenizer_config(layout.tokenizer_dir)) pad = tc->special.pad_token;
-  if (!pad)
-    if (auto sm = loading::load_special_tokens_map(layout.tokenizer_dir)) pad = sm->pad_token;
-  if (pad)
-    if (auto id = tok.token_to_id(*pad)) return *id;
-  return fallback;
-}
-
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const SiglipConfig config = SiglipConfig::from(model_config);
   TwoTowerPlan plan = plan_two_tower(directory, options, "SigLIP", config.vision, config.text, config.projection_size);
   plan.text.normalize = true;
   const auto tok = tokenizer::Tokenizer::from_file(plan.inputs.tokenizer_file.string());
-  plan.text.pad_to_max_length_with = pad_id(plan.inputs.layout, *tok, config.pad_token_id);
+  plan.text.pad_to_max_length_with = kit::pad_token_id(plan.inputs.layout.tokenizer_dir, *tok, config.pad_token_id);
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
       plan.inputs.checkpoint, plan.inputs.dtype,

@@ -1,0 +1,211 @@
+"""Native Stable Diffusion 3 end to end against diffusers' StableDiffusion3Pipeline:
+a tiny random pipeline saved as a diffusers folder, the same initial latents (or
+the same torch generator seed), compared on output_type="np" images (max
+absolute difference <= 1e-3), in each guidance mode; then streaming, seeds,
+cancellation and the typed errors of bad settings."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import mpool
+from sd3_models import sd3_pipeline
+
+ATOL = 1e-3
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[str, Any]:
+    """The pipelines, saved once: with T5, without T5, and 3.5-style (qk-norm, MMDiT-X)."""
+    out = {}
+    for name, kwargs in {"sd3": {}, "no_t5": {"t5": False}, "sd35": {"qk_norm": True, "dual": True, "layers": 4}}.items():
+        path = tmp_path_factory.mktemp(name)
+        pipe = sd3_pipeline(**kwargs)
+        pipe.save_pretrained(path)
+        out[name] = (pipe, path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pool(saved):
+    p = mpool.Pool(maintenance_interval=0.05, request_timeout=120.0)
+    for name, (_, path) in saved.items():
+        p.register(name, mpool.NativeModel(str(path)))
+    yield p
+    p.close()
+
+
+def latents(seed: int = 7) -> torch.Tensor:
+    return torch.randn(1, 4, SIZE // 4, SIZE // 4, generator=torch.Generator().manual_seed(seed))
+
+
+def reference(pipe, prompt: str, **kwargs: Any) -> np.ndarray:
+    with torch.no_grad():
+        return pipe(prompt, height=SIZE, width=SIZE, output_type="np", **kwargs).images[0]
+
+
+def ours(pool, key: str, prompt: str, **kwargs: Any) -> np.ndarray:
+    return pool.generate_image(key, prompt, width=SIZE, height=SIZE, output_type="np", **kwargs).result()
+
+
+def assert_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    err = float(np.max(np.abs(a.astype(np.float64) - b)))
+    print(f"{what}: max abs difference {err:.2e}")
+    assert err <= ATOL, f"{what}: max abs difference {err:.2e}"
+    assert float(np.std(b)) > 1e-3, "the reference image is flat: the comparison would prove little"
+
+
+@pytest.mark.parametrize("negative", [None, "a blurry dog"])
+@pytest.mark.parametrize("key", ["sd3", "sd35"])
+def test_cfg_image_matches_diffusers_with_the_same_latents(saved, pool, key, negative) -> None:
+    pipe, _ = saved[key]
+    kw = dict(num_inference_steps=6, guidance_scale=4.5, negative_prompt=negative)
+    ref = reference(pipe, "a photo of a cat", latents=latents(), **kw)
+    got = ours(pool, key, "a photo of a cat", steps=6, guidance_scale=4.5, negative_prompt=negative,
+               latents=latents().numpy())
+    assert_same(got, ref, f"{key} cfg negative={negative!r}")
+
+
+def test_skip_layer_guidance_matches_diffusers(saved, pool) -> None:
+    pipe, _ = saved["sd35"]
+    ref = reference(pipe, "a red house", latents=latents(3), num_inference_steps=10, guidance_scale=5.0,
+                    skip_guidance_layers=[1, 2], skip_layer_guidance_start=0.0, skip_layer_guidance_stop=0.6,
+                    skip_layer_guidance_scale=2.8)
+    got = ours(pool, "sd35", "a red house", latents=latents(3).numpy(), steps=10, guidance_scale=5.0,
+               skip_layer_guidance=[1, 2], skip_layer_start=0.0, skip_layer_stop=0.6)
+    assert_same(got, ref, "slg")
+    plain = ours(pool, "sd35", "a red house", latents=latents(3).numpy(), steps=10, guidance_scale=5.0)
+    assert float(np.max(np.abs(plain - got))) > 1e-3, "skip-layer guidance changed nothing"
+
+
+def test_turbo_settings_without_guidance_match_diffusers(saved, pool) -> None:
+    pipe, _ = saved["sd3"]
+    ref = reference(pipe, "two dogs", latents=latents(5), num_inference_steps=4, guidance_scale=0.0)
+    got = ours(pool, "sd3", "two dogs", latents=latents(5).numpy(), steps=4, guidance_scale=0.0)
+    assert_same(got, ref, "turbo")
+
+
+def test_without_t5_the_context_is_zeros_as_in_diffusers(saved, pool) -> None:
+    pipe, _ = saved["no_t5"]
+    ref = reference(pipe, "a bowl of fruit", latents=latents(9), num_inference_steps=5, guidance_scale=3.0,
+                    max_sequence_length=40)
+    got = ours(pool, "no_t5", "a bowl of fruit", latents=latents(9).numpy(), steps=5, guidance_scale=3.0,
+               max_sequence_length=40)
+    assert_same(got, ref, "no t5")
+
+
+@pytest.mark.parametrize("strength", [0.3, 1.0])
+def test_img2img_matches_diffusers_with_the_same_seed(saved, pool, strength) -> None:
+    from diffusers import StableDiffusion3Img2ImgPipeline
+    from PIL import Image
+
+    pipe, _ = saved["sd3"]
+    img2img = StableDiffusion3Img2ImgPipeline(**pipe.components)
+    rng = np.random.default_rng(0)
+    init = Image.fromarray((rng.random((SIZE, SIZE, 3)) * 255).astype(np.uint8))
+    with torch.no_grad():
+        ref = img2img("a cat", image=init, strength=strength, num_inference_steps=8, guidance_scale=4.0,
+                      generator=torch.Generator().manual_seed(11), height=SIZE, width=SIZE,
+                      output_type="np").images[0]
+    got = pool.img2img("sd3", init, "a cat", strength=strength, steps=8, guidance_scale=4.0, seed=11,
+                       width=SIZE, height=SIZE, output_type="np").result()
+    assert_same(got, ref, f"img2img strength {strength}")
+
+
+def test_seeded_text_to_image_matches_diffusers_generator(saved, pool) -> None:
+    pipe, _ = saved["sd3"]
+    ref = reference(pipe, "a tree", num_inference_steps=4, guidance_scale=2.0,
+                    generator=torch.Generator().manual_seed(123))
+    got = ours(pool, "sd3", "a tree", steps=4, guidance_scale=2.0, seed=123)
+    assert_same(got, ref, "seed")
+
+
+def test_the_same_seed_gives_the_same_image_and_another_seed_another(pool) -> None:
+    a = pool.generate_image("sd3", "a car", steps=3, seed=5).result()
+    b = pool.generate_image("sd3", "a car", steps=3, seed=5).result()
+    c = pool.generate_image("sd3", "a car", steps=3, seed=6).result()
+    assert a.size == (SIZE, SIZE) and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_progress_arrives_once_per_step_with_previews(pool) -> None:
+    stream = pool.generate_image("sd3", "a dog", steps=5, seed=1)
+    chunks = list(stream)
+    assert [c.step for c in chunks] == [1, 2, 3, 4, 5] and all(c.total == 5 for c in chunks)
+    assert all(c.preview is not None and c.preview.size == (SIZE // 4, SIZE // 4) for c in chunks)
+    elapsed = [c.elapsed for c in chunks]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+    assert stream.result().size == (SIZE, SIZE)
+    quiet = list(pool.generate_image("sd3", "a dog", steps=2, seed=1, preview=False))
+    assert [c.preview for c in quiet] == [None, None]
+    img2img = list(pool.img2img("sd3", np.zeros((SIZE, SIZE, 3), np.uint8), "a dog", strength=0.5, steps=8, seed=1))
+    assert [c.step for c in img2img] == [1, 2, 3, 4] and img2img[0].total == 4
+
+
+def test_cancelling_at_step_two_of_eight_frees_the_replica(pool) -> None:
+    stream = pool.generate_image("sd3", "a house", steps=8, seed=2)
+    seen = []
+    for chunk in stream:
+        seen.append(chunk.step)
+        if chunk.step == 2:
+            stream.close()
+            break
+    with pytest.raises(mpool.Cancelled):
+        stream.result()
+    assert seen == [1, 2]
+    # The replica is free: the next request runs to the end.
+    assert pool.generate_image("sd3", "a house", steps=2, seed=2).result().size == (SIZE, SIZE)
+
+
+def test_concurrent_requests_each_get_their_own_image(pool) -> None:
+    results: dict[int, np.ndarray] = {}
+
+    def run(seed: int) -> None:
+        results[seed] = np.asarray(pool.generate_image("sd3", "a cat", steps=2, seed=seed).result())
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (1, 2, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert np.array_equal(results[1], np.asarray(pool.generate_image("sd3", "a cat", steps=2, seed=1).result()))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"width": 30}, "width must be a multiple of 8"),
+        ({"height": 0}, "height"),
+        ({"steps": 0}, "steps"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"strength": 0.5}, "strength applies to img2img"),
+        ({"init_image": np.zeros((8, 8, 3), np.uint8), "strength": 1.5}, "strength"),
+        ({"latents": np.zeros((1, 4, 4, 4), np.float32)}, r"latents must have shape \(1, 4, 8, 8\)"),
+        ({"latents": np.zeros((4, 8, 8), np.float32)}, "latents must be one latent"),
+        ({"latents": np.full((1, 4, 8, 8), np.nan, np.float32)}, "finite"),
+        ({"skip_layer_guidance": [1], "guidance_scale": 1.0}, "needs guidance_scale > 1"),
+        ({"skip_layer_guidance": "7"}, "skip_layer_guidance"),
+        ({"output_type": "latent"}, "output_type"),
+        ({"max_sequence_length": 600}, "max_sequence_length"),
+    ],
+)
+def test_bad_settings_are_invalid_input_before_queueing(pool, kwargs, match) -> None:
+    with pytest.raises(mpool.InvalidInput, match=match):
+        pool.generate_image("sd3", "x", **{"width": SIZE, "height": SIZE, **kwargs})
+    assert pool.generate_image("sd3", "x", steps=1, seed=0).result().size == (SIZE, SIZE)
+
+
+def test_settings_only_the_model_can_check_are_invalid_input(pool) -> None:
+    with pytest.raises(mpool.InvalidInput, match="block 9 is not one of"):
+        pool.generate_image("sd3", "x", skip_layer_guidance=[9], guidance_scale=3.0, steps=1).result()
+    with pytest.raises(mpool.InvalidInput, match="multiple of 8 in"):
+        pool.generate_image("sd3", "x", width=1024, height=32, steps=1).result()
