@@ -1,5 +1,6 @@
 #include "mpool/models/families.h"
 
+#include <filesystem>
 #include <map>
 #include <mutex>
 
@@ -114,7 +115,15 @@ void register_builtin_probes() {
 
 NativeModel native_model(const std::string& path_or_repo_id, const NativeOptions& options) {
   register_builtin_families();
-  loading::ResolvedModel resolved = loading::resolve_model(path_or_repo_id);
+  // A lone .safetensors file is a single-file checkpoint (families that name
+  // marker tensors in Family::single_file_tensors build it); anything else
+  // resolves to a directory.
+  std::error_code ec;
+  const std::filesystem::path as_file(path_or_repo_id);
+  loading::ResolvedModel resolved =
+      std::filesystem::is_regular_file(as_file, ec) && as_file.extension() == ".safetensors"
+          ? loading::ResolvedModel{std::filesystem::absolute(as_file), "local_file", std::nullopt, std::nullopt}
+          : loading::resolve_model(path_or_repo_id);
   const loading::ModelDirectory directory = loading::ModelDirectory::open(resolved.path);
   if (const auto& pipeline = directory.pipeline()) {
     // A diffusers pipeline folder: the family that builds its class.
@@ -134,6 +143,20 @@ NativeModel native_model(const std::string& path_or_repo_id, const NativeOptions
                                               ")");
   }
   const loading::ModelLayout& layout = directory.layout();
+  const loading::Component* single = directory.find("checkpoint");
+  if (!layout.has_config && single && !single->error && single->weights && single->weights->files.size() == 1) {
+    // A single file without config.json: the family whose marker tensors it holds.
+    const loading::Checkpoint checkpoint = directory.checkpoint("checkpoint");
+    for (const auto& [name, f] : builders().by_name)
+      for (const std::string& tensor : f.single_file_tensors) {
+        if (!checkpoint.find(tensor)) continue;
+        check_options(f, options.options);
+        NativeModel model = f.build(directory, loading::ModelConfig{}, options);
+        model.family = f.name;
+        model.path = resolved.path.string();
+        return model;
+      }
+  }
   check(layout.has_config, ErrorCode::kInvalidInput,
         (layout.model_dir / "config.json").string() + " is missing: not a transformers model directory");
   loading::ModelConfig config = loading::load_model_config(layout.model_dir);

@@ -18,6 +18,7 @@ struct Weights::State {
   std::string root;  // the prefix opened: unused tensors are reported under it only
   mutable std::mutex mutex;
   std::set<std::string, std::less<>> taken;
+  std::set<std::string, std::less<>> counted;  // stored names, with the row ranges read of them
   size_t bytes = 0;
 };
 
@@ -36,6 +37,9 @@ StoredName Weights::stored(const std::string& full) const {
     if (auto m = r->map(std::string_view(out.name).substr(r->base.size()))) {
       out.name = r->base + m->name;
       out.unit_trailing_dims = out.unit_trailing_dims || m->unit_trailing_dims;
+      check(out.rows.empty() || m->rows.empty(), ErrorCode::kInvalidInput,
+            "Weights: nested renamed views both read row ranges of '" + out.name + "'");
+      if (!m->rows.empty()) out.rows = m->rows;
     }
   }
   return out;
@@ -73,16 +77,39 @@ bool Weights::has(std::string_view name) const {
   return state_->checkpoint.find(stored(this->name(name)).name).has_value();
 }
 
+namespace {
+
+std::string rows_text(const std::vector<std::pair<int64_t, int64_t>>& rows) {
+  std::string out;
+  for (const auto& [b, e] : rows) out += (out.empty() ? "" : ", ") + std::to_string(b) + ":" + std::to_string(e);
+  return "[" + out + "]";
+}
+
+}  // namespace
+
 at::Tensor Weights::take(const std::string& full, const Shape& shape, bool count) const {
   const StoredName where = stored(full);
   const std::string& name = where.name;
-  const std::string asked = name == full ? std::string() : " (read as '" + full + "')";
+  const std::string asked = name == full && where.rows.empty()
+                                ? std::string()
+                                : " (read as '" + full + "'" +
+                                      (where.rows.empty() ? std::string() : " from rows " + rows_text(where.rows)) + ")";
   const auto ref = state_->checkpoint.find(name);
   check(ref.has_value(), ErrorCode::kInvalidInput, "checkpoint has no tensor '" + name + "'" + asked);
   const Shape stored_shape(ref->info->shape.begin(), ref->info->shape.end());
-  // A renamed view may read (out, in, 1, 1) as (out, in).
   bool fits = stored_shape == shape;
-  if (!fits && where.unit_trailing_dims && stored_shape.size() > shape.size()) {
+  if (!where.rows.empty()) {
+    // Row ranges: the asked shape is the ranges' rows by the stored trailing dimensions.
+    int64_t total = 0;
+    fits = !stored_shape.empty() && !shape.empty() && stored_shape.size() == shape.size() &&
+           std::equal(shape.begin() + 1, shape.end(), stored_shape.begin() + 1);
+    for (const auto& [b, e] : where.rows) {
+      fits = fits && b >= 0 && b < e && e <= stored_shape.front();
+      total += e - b;
+    }
+    fits = fits && total == shape.front();
+  } else if (!fits && where.unit_trailing_dims && stored_shape.size() > shape.size()) {
+    // A renamed view may read (out, in, 1, 1) as (out, in).
     fits = std::equal(shape.begin(), shape.end(), stored_shape.begin());
     for (size_t i = shape.size(); fits && i < stored_shape.size(); ++i) fits = stored_shape[i] == 1;
   }
@@ -92,12 +119,24 @@ at::Tensor Weights::take(const std::string& full, const Shape& shape, bool count
   const at::ScalarType kind = loading::scalar_type(ref->info->dtype);
   const std::optional<at::ScalarType> target =
       at::isFloatingType(kind) ? std::optional<at::ScalarType>(dtype()) : std::nullopt;
-  at::Tensor t = state_->device.type() == at::kMeta
-                     ? at::empty(shape, at::TensorOptions().dtype(target.value_or(kind)).device(at::kMeta))
-                     : loading::load_tensor(*ref, target, state_->device);
-  if (stored_shape != shape) t = t.reshape(shape);
+  at::Tensor t;
+  if (state_->device.type() == at::kMeta) {
+    t = at::empty(shape, at::TensorOptions().dtype(target.value_or(kind)).device(at::kMeta));
+  } else {
+    t = loading::load_tensor(*ref, target, state_->device);
+    if (!where.rows.empty()) {
+      // A copy of the rows asked for: the slices do not keep the whole tensor alive.
+      std::vector<at::Tensor> parts;
+      for (const auto& [b, e] : where.rows) parts.push_back(t.narrow(0, b, e - b));
+      t = at::cat(parts);
+    } else if (stored_shape != shape) {
+      t = t.reshape(shape);
+    }
+  }
+  const std::string key = where.rows.empty() ? name : name + rows_text(where.rows);
   std::lock_guard lock(state_->mutex);
-  if (state_->taken.insert(name).second && count) state_->bytes += t.numel() * t.element_size();
+  state_->taken.insert(name);
+  if (state_->counted.insert(key).second && count) state_->bytes += t.numel() * t.element_size();
   return t;
 }
 

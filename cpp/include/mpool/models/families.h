@@ -74,6 +74,10 @@ struct Family {
   /// directory has no root config.json: `build` gets an empty ModelConfig and
   /// reads the components from the directory.
   std::vector<std::string> pipeline_classes;
+  /// Tensors that mark a single .safetensors file (without config.json) this
+  /// family builds ("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"):
+  /// such a file goes to `build` with an empty ModelConfig when it holds any of them.
+  std::vector<std::string> single_file_tensors;
 };
 
 /// Registers the built-in families once: their recognizers go to the one

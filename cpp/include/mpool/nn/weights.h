@@ -9,7 +9,9 @@
 // device nothing is read: a model built that way measures its weights exactly
 // (the family kit's memory estimate) and checks every name and shape up front.
 // A renamed() view reads a checkpoint stored under another naming (an original,
-// pre-diffusers layout) through the names the blocks ask for.
+// pre-diffusers layout) through the names the blocks ask for; a name may also be
+// read from row ranges of a stored tensor (a third of a fused qkv, two halves of
+// an adaLN projection in swapped order).
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -34,6 +36,11 @@ struct StoredName {
   /// Stored with trailing dimensions of 1 beyond the shape asked for (a 1x1
   /// convolution read as a linear weight); the tensor is viewed without them.
   bool unit_trailing_dims = false;
+  /// When not empty: the tensor asked for is these [begin, end) row ranges (along
+  /// dim 0) of the stored tensor, concatenated in this order; its other dimensions
+  /// are the stored ones. One range reads a slice (q of a fused qkv), several
+  /// reorder row blocks (shift, scale -> scale, shift).
+  std::vector<std::pair<int64_t, int64_t>> rows;
 };
 /// Maps a name asked for (relative to the renamed view) to where it is stored;
 /// nullopt: stored under the same name.

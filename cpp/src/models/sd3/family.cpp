@@ -1,11 +1,14 @@
 // The Stable Diffusion 3 family as a pool model: a diffusers
 // StableDiffusion3Pipeline folder (model_index.json with transformer/, vae/,
-// text_encoder{,_2,_3}/, tokenizer{,_2,_3}/, scheduler/) becomes a text_to_image
-// spec whose replicas each hold a whole Sd3Pipeline.
+// text_encoder{,_2,_3}/, tokenizer{,_2,_3}/, scheduler/) or an SD3 / SD3.5
+// single-file checkpoint (model.diffusion_model., first_stage_model., optional
+// text_encoders.*; text encoders, tokenizers and scheduler also from options)
+// becomes a text_to_image spec whose replicas each hold a whole Sd3Pipeline.
 #include <algorithm>
 #include <cctype>
 
 #include "models/sd3/pipeline.h"
+#include "models/sd3/single_file.h"
 #include "mpool/base/error.h"
 #include "mpool/loading/config.h"
 #include "mpool/models/families.h"
@@ -51,45 +54,161 @@ bool turbo_variant(const fs::path& root, const NativeOptions& options) {
 
 double dtype_bytes(at::ScalarType t) { return static_cast<double>(c10::elementSize(t)); }
 
+void check_pooled(const Sd3Plan& plan, const std::string& where) {
+  check(plan.clip_l.projection_dim + plan.clip_g.projection_dim == plan.mmdit.pooled_projection_dim,
+        ErrorCode::kInvalidInput,
+        where + ": the text encoders' projections (" + std::to_string(plan.clip_l.projection_dim) + " + " +
+            std::to_string(plan.clip_g.projection_dim) + ") do not make the transformer's pooled_projection_dim " +
+            std::to_string(plan.mmdit.pooled_projection_dim));
+}
+
+void check_t5_width(const Sd3Plan& plan, const std::string& where) {
+  check(plan.t5->d_model == plan.mmdit.joint_attention_dim, ErrorCode::kInvalidInput,
+        where + ": T5's width " + std::to_string(plan.t5->d_model) + " is not the transformer's joint_attention_dim " +
+            std::to_string(plan.mmdit.joint_attention_dim));
+}
+
+// A diffusers StableDiffusion3Pipeline folder: every component and config from its folders.
+void plan_from_folders(Sd3Plan& plan, const loading::ModelDirectory& d) {
+  plan.transformer_weights = {component_dir(d, "transformer"), ""};
+  plan.mmdit = MMDiTConfig::from(loading::load_json_object(plan.transformer_weights.path / "config.json"));
+  plan.vae_weights = {component_dir(d, "vae"), ""};
+  plan.vae = vae::AutoencoderKLConfig::from(loading::load_model_config(plan.vae_weights.path));
+  plan.clip_l_weights = {component_dir(d, "text_encoder"), ""};
+  plan.clip_g_weights = {component_dir(d, "text_encoder_2"), ""};
+  plan.clip_l = clip::ClipTextConfig::from(loading::load_json_object(plan.clip_l_weights.path / "config.json"));
+  plan.clip_g = clip::ClipTextConfig::from(loading::load_json_object(plan.clip_g_weights.path / "config.json"));
+  plan.clip_l_tokenizer = prompt_tokenizer(component_dir(d, "tokenizer"), 77, plan.clip_l.text.max_positions);
+  plan.clip_g_tokenizer = prompt_tokenizer(component_dir(d, "tokenizer_2"), 77, plan.clip_g.text.max_positions);
+  check_pooled(plan, d.root().string());
+  if (d.find("text_encoder_3") && d.find("tokenizer_3")) {
+    plan.t5_weights = WeightSource{component_dir(d, "text_encoder_3"), ""};
+    plan.t5 = t5::T5Config::from(loading::load_model_config(plan.t5_weights->path));
+    plan.t5_tokenizer = prompt_tokenizer(component_dir(d, "tokenizer_3"), 256, 0);
+    check_t5_width(plan, d.root().string());
+  }
+  plan.scheduler = nn::FlowMatchConfig::from(
+      loading::load_json_object(component_dir(d, "scheduler") / "scheduler_config.json"));
+}
+
+// The id CLIP's pooling looks for: the tokenizer's <|endoftext|>, else SD3's
+// configs' 2 (pool at the largest id).
+int64_t clip_eos_id(const fs::path& tokenizer_file) {
+  const auto tok = tokenizer::Tokenizer::from_file(tokenizer_file.string());
+  const auto eos = tok->token_to_id("<|endoftext|>");
+  return eos ? static_cast<int64_t>(*eos) : 2;
+}
+
+// A text encoder of a single-file model: inside the file under `inside`, else
+// the file option `option` names (its prefix found by `suffix`).
+std::optional<WeightSource> text_encoder_source(const fs::path& file, const loading::Checkpoint& checkpoint,
+                                                const std::string& inside, const NativeOptions& options,
+                                                const std::string& option, const std::string& suffix) {
+  const std::string given = options.options.get_string(option, "");
+  if (!given.empty()) {
+    check(fs::is_regular_file(given), ErrorCode::kInvalidInput, "option " + option + ": " + given + " is not a file");
+    const auto prefix = prefix_of(loading::Checkpoint::open(given), suffix);
+    check(prefix.has_value(), ErrorCode::kInvalidInput,
+          "option " + option + ": " + given + " holds no tensor named *" + suffix);
+    return WeightSource{given, *prefix};
+  }
+  if (checkpoint.find(inside + suffix)) return WeightSource{file, inside};
+  return std::nullopt;
+}
+
+// An SD3 / SD3.5 single file (Stability's layout): configs from the shapes, text
+// encoders inside it or from the files options name, tokenizers and scheduler
+// from the `tokenizers` folder.
+void plan_from_single_file(Sd3Plan& plan, const loading::ModelDirectory& d, const NativeOptions& options) {
+  const loading::Component& whole = d.require("checkpoint");
+  check(whole.weights && whole.weights->files.size() == 1, ErrorCode::kInvalidInput,
+        d.root().string() + ": an SD3 single file must be one .safetensors file");
+  const fs::path file = d.root() / whole.weights->files.front();
+  const loading::Checkpoint checkpoint = loading::Checkpoint::open(file);
+  const std::string where = file.string();
+  plan.transformer_weights = {file, kMMDiTPrefix};
+  plan.original_mmdit_names = true;
+  plan.mmdit = infer_mmdit(checkpoint, kMMDiTPrefix);
+  plan.vae_weights = {file, kVaePrefix};
+  plan.vae = infer_sd3_vae(checkpoint, kVaePrefix);
+
+  // Tokenizers: nothing can be downloaded, so a folder with diffusers' tokenizer folders.
+  const std::string option = options.options.get_string("tokenizers", "");
+  const fs::path tokenizers = option.empty() ? file.parent_path() : fs::path(option);
+  check(fs::is_directory(tokenizers / "tokenizer") && fs::is_directory(tokenizers / "tokenizer_2"),
+        ErrorCode::kInvalidInput,
+        where + ": a single file holds no tokenizers; give option tokenizers = a folder with tokenizer/, "
+                "tokenizer_2/ (and tokenizer_3/ for T5), as a diffusers StableDiffusion3Pipeline has them (" +
+            (option.empty() ? "none beside the file in " : "option tokenizers: none in ") + tokenizers.string() +
+            ")");
+
+  const std::string clip_suffix = "text_model.final_layer_norm.weight";
+  const auto clip_l = text_encoder_source(file, checkpoint, "text_encoders.clip_l.transformer.", options,
+                                          "clip_l_file", clip_suffix);
+  const auto clip_g = text_encoder_source(file, checkpoint, "text_encoders.clip_g.transformer.", options,
+                                          "clip_g_file", clip_suffix);
+  check(clip_l && clip_g, ErrorCode::kInvalidInput,
+        where + ": CLIP-L and CLIP-G are needed: the file has no " + (clip_l ? "text_encoders.clip_g.transformer." : "text_encoders.clip_l.transformer.") +
+            "* tensors; give them with option " + (clip_l ? "clip_g_file" : "clip_l_file") +
+            " (a CLIPTextModelWithProjection .safetensors file)");
+  plan.clip_l_weights = *clip_l;
+  plan.clip_g_weights = *clip_g;
+  const fs::path tok_l = tokenizers / "tokenizer", tok_g = tokenizers / "tokenizer_2";
+  plan.clip_l = infer_clip_text(loading::Checkpoint::open(clip_l->path), clip_l->prefix, "quick_gelu",
+                                clip_eos_id(kit::require_tokenizer(tok_l)));
+  plan.clip_g = infer_clip_text(loading::Checkpoint::open(clip_g->path), clip_g->prefix, "gelu",
+                                clip_eos_id(kit::require_tokenizer(tok_g)));
+  plan.clip_l_tokenizer = prompt_tokenizer(tok_l, 77, plan.clip_l.text.max_positions);
+  plan.clip_g_tokenizer = prompt_tokenizer(tok_g, 77, plan.clip_g.text.max_positions);
+  check_pooled(plan, where);
+  plan.t5_weights = text_encoder_source(file, checkpoint, "text_encoders.t5xxl.transformer.", options, "t5xxl_file",
+                                        "encoder.final_layer_norm.weight");
+  if (plan.t5_weights) {
+    check(fs::is_directory(tokenizers / "tokenizer_3"), ErrorCode::kInvalidInput,
+          where + ": T5 weights are given but " + (tokenizers / "tokenizer_3").string() +
+              " (its tokenizer) is missing; see option tokenizers");
+    plan.t5 = infer_t5(loading::Checkpoint::open(plan.t5_weights->path), plan.t5_weights->prefix);
+    plan.t5_tokenizer = prompt_tokenizer(tokenizers / "tokenizer_3", 256, 0);
+    check_t5_width(plan, where);
+  }
+  const fs::path scheduler = tokenizers / "scheduler" / "scheduler_config.json";
+  if (fs::is_regular_file(scheduler)) {
+    plan.scheduler = nn::FlowMatchConfig::from(loading::load_json_object(scheduler));
+  } else {
+    plan.scheduler = nn::FlowMatchConfig{};
+    plan.scheduler.shift = 3.0;  // SD3's FlowMatchEulerDiscreteScheduler
+  }
+  check(plan.vae.latent_channels == plan.mmdit.in_channels, ErrorCode::kInvalidInput,
+        where + ": the VAE makes " + std::to_string(plan.vae.latent_channels) + " latent channels (" + kVaePrefix +
+            "decoder.conv_in.weight), the transformer takes " + std::to_string(plan.mmdit.in_channels) + " (" +
+            kMMDiTPrefix + "x_embedder.proj.weight)");
+}
+
 NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&, const NativeOptions& options) {
   Sd3Plan plan;
   plan.dtype = kit::pick_dtype(options, "sd3");
   plan.text_encoders_on_cpu = options.options.get_bool("text_encoders_on_cpu", false);
   plan.text_dtype = plan.text_encoders_on_cpu ? at::kFloat : plan.dtype;
-  plan.transformer_dir = component_dir(d, "transformer");
-  plan.mmdit = MMDiTConfig::from(loading::load_json_object(plan.transformer_dir / "config.json"));
-  plan.vae_dir = component_dir(d, "vae");
-  plan.vae = vae::AutoencoderKLConfig::from(loading::load_model_config(plan.vae_dir));
-  check(plan.vae.latent_channels == plan.mmdit.in_channels, ErrorCode::kInvalidInput,
-        d.root().string() + ": the VAE makes " + std::to_string(plan.vae.latent_channels) +
-            " latent channels, the transformer takes " + std::to_string(plan.mmdit.in_channels));
-  plan.clip_l_dir = component_dir(d, "text_encoder");
-  plan.clip_g_dir = component_dir(d, "text_encoder_2");
-  plan.clip_l = clip::ClipTextConfig::from(loading::load_json_object(plan.clip_l_dir / "config.json"));
-  plan.clip_g = clip::ClipTextConfig::from(loading::load_json_object(plan.clip_g_dir / "config.json"));
-  plan.clip_l_tokenizer = prompt_tokenizer(component_dir(d, "tokenizer"), 77, plan.clip_l.text.max_positions);
-  plan.clip_g_tokenizer = prompt_tokenizer(component_dir(d, "tokenizer_2"), 77, plan.clip_g.text.max_positions);
-  check(plan.clip_l.projection_dim + plan.clip_g.projection_dim == plan.mmdit.pooled_projection_dim,
-        ErrorCode::kInvalidInput,
-        d.root().string() + ": the text encoders' projections (" + std::to_string(plan.clip_l.projection_dim) + " + " +
-            std::to_string(plan.clip_g.projection_dim) + ") do not make the transformer's pooled_projection_dim " +
-            std::to_string(plan.mmdit.pooled_projection_dim));
   plan.default_max_sequence_length = options.options.get_int("max_sequence_length", 256);
   check(plan.default_max_sequence_length >= 1 && plan.default_max_sequence_length <= 512, ErrorCode::kInvalidInput,
         "option max_sequence_length must be in [1, 512]");
-  if (d.find("text_encoder_3") && d.find("tokenizer_3")) {
-    plan.t5_dir = component_dir(d, "text_encoder_3");
-    plan.t5 = t5::T5Config::from(loading::load_model_config(*plan.t5_dir));
-    plan.t5_tokenizer = prompt_tokenizer(component_dir(d, "tokenizer_3"), 256, 0);
-    check(plan.t5->d_model == plan.mmdit.joint_attention_dim, ErrorCode::kInvalidInput,
-          d.root().string() + ": T5's width " + std::to_string(plan.t5->d_model) +
-              " is not the transformer's joint_attention_dim " + std::to_string(plan.mmdit.joint_attention_dim));
+  const bool single_file = !d.pipeline().has_value();
+  if (single_file) {
+    plan_from_single_file(plan, d, options);
+  } else {
+    for (const char* o : {"clip_l_file", "clip_g_file", "t5xxl_file", "tokenizers"})
+      check(options.options.values.count(o) == 0, ErrorCode::kInvalidInput,
+            std::string("option ") + o + " is for single-file checkpoints; " + d.root().string() +
+                " is a diffusers folder");
+    plan_from_folders(plan, d);
+    check(plan.vae.latent_channels == plan.mmdit.in_channels, ErrorCode::kInvalidInput,
+          d.root().string() + ": the VAE makes " + std::to_string(plan.vae.latent_channels) +
+              " latent channels, the transformer takes " + std::to_string(plan.mmdit.in_channels));
   }
-  plan.scheduler = nn::FlowMatchConfig::from(
-      loading::load_json_object(component_dir(d, "scheduler") / "scheduler_config.json"));
   const std::string preview_option = options.options.get_string("preview_vae", "");
-  const fs::path preview_dir = preview_option.empty() ? d.root() / "vae_preview" : fs::path(preview_option);
-  if (fs::is_regular_file(preview_dir / "config.json")) {
+  const fs::path preview_dir =
+      preview_option.empty() ? (single_file ? fs::path() : d.root() / "vae_preview") : fs::path(preview_option);
+  if (!preview_dir.empty() && fs::is_regular_file(preview_dir / "config.json")) {
     plan.preview_dir = preview_dir;
     plan.preview = vae::AutoencoderTinyConfig::from(loading::load_model_config(preview_dir));
     check(plan.preview->latent_channels == plan.vae.latent_channels, ErrorCode::kInvalidInput,
@@ -99,32 +218,42 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
     check(preview_option.empty(), ErrorCode::kInvalidInput,
           "option preview_vae: " + (preview_dir / "config.json").string() + " is missing");
   }
-
   // Memory: every component's weights as loaded, plus the peak of one step at
   // the default size with guidance (two sequences through the MMDiT, attention
   // scores included) or of the VAE decode at full resolution.
   NativeModel model;
   double weights = 0;
-  auto measure = [&](const fs::path& dir, at::ScalarType dtype, const std::function<void(const nn::Weights&)>& f) {
-    weights += kit::measure_weights(loading::Checkpoint::open(dir), dtype, f, model.warnings);
+  auto measure = [&](const WeightSource& source, at::ScalarType dtype,
+                     const std::function<void(const nn::Weights&)>& f) {
+    if (!single_file) {
+      weights += kit::measure_weights(loading::Checkpoint::open(source.path), dtype, f, model.warnings);
+      return;
+    }
+    // A single file's configs come from its own shapes: a tensor that does not
+    // fit them contradicts the file, refused now (the error names it).
+    const nn::Weights w = open_weights(source, dtype, at::Device(at::kMeta));
+    f(w);
+    weights += static_cast<double>(w.bytes_taken());
+    for (auto& warning : w.warnings()) model.warnings.push_back(std::move(warning));
   };
-  measure(plan.transformer_dir, plan.dtype, [&](const nn::Weights& w) { MMDiT::load(w, plan.mmdit); });
-  measure(plan.vae_dir, plan.dtype, [&](const nn::Weights& w) { vae::AutoencoderKL::load(w, plan.vae); });
+  measure(plan.transformer_weights, plan.dtype,
+          [&](const nn::Weights& w) { MMDiT::load(mmdit_view(plan, w), plan.mmdit); });
+  measure(plan.vae_weights, plan.dtype, [&](const nn::Weights& w) { vae::AutoencoderKL::load(w, plan.vae); });
   double text_weights = 0;
   {
     const double before = weights;
-    measure(plan.clip_l_dir, plan.text_dtype,
+    measure(plan.clip_l_weights, plan.text_dtype,
             [&](const nn::Weights& w) { clip::ClipTextEncoder::load(w, plan.clip_l, true); });
-    measure(plan.clip_g_dir, plan.text_dtype,
+    measure(plan.clip_g_weights, plan.text_dtype,
             [&](const nn::Weights& w) { clip::ClipTextEncoder::load(w, plan.clip_g, true); });
-    if (plan.t5_dir)
-      measure(*plan.t5_dir, plan.text_dtype,
+    if (plan.t5_weights)
+      measure(*plan.t5_weights, plan.text_dtype,
               [&](const nn::Weights& w) { t5::T5Encoder::load(t5::T5Encoder::root(w), *plan.t5); });
     text_weights = weights - before;
   }
   if (plan.preview_dir)
-    measure(*plan.preview_dir, plan.dtype, [&](const nn::Weights& w) { vae::AutoencoderTiny::load(w, *plan.preview); });
-  const bool turbo = turbo_variant(d.root(), options);
+    measure(WeightSource{*plan.preview_dir, ""}, plan.dtype, [&](const nn::Weights& w) { vae::AutoencoderTiny::load(w, *plan.preview); });
+  const bool turbo = turbo_variant(single_file ? plan.transformer_weights.path.parent_path() / plan.transformer_weights.path.stem() : d.root(), options);
   const int64_t side = std::min(plan.mmdit.sample_size * plan.vae.spatial_scale_factor(), plan.max_side());
   const double e = dtype_bytes(plan.dtype);
   const double tokens = std::pow(static_cast<double>(side / plan.size_multiple()), 2) + 77.0 +
@@ -168,7 +297,19 @@ Family family() {
        "latent-to-RGB map)"},
       {"variant", OptionSpec::Kind::kString,
        "\"turbo\" (4 steps, guidance 0 by default), \"standard\" (28 steps, guidance 7), or \"auto\" (turbo when the "
-       "folder's name says so; the default)"},
+       "folder's (a single file's) name says so; the default)"},
+      {"tokenizers", OptionSpec::Kind::kString,
+       "single files: a folder holding tokenizer/, tokenizer_2/ and tokenizer_3/ as a diffusers SD3 folder does (and "
+       "optionally scheduler/; default: the file's own folder)"},
+      {"clip_l_file", OptionSpec::Kind::kString,
+       "single files: CLIP-L (CLIPTextModelWithProjection) as a .safetensors file, when the checkpoint has no "
+       "text_encoders.clip_l.*"},
+      {"clip_g_file", OptionSpec::Kind::kString,
+       "single files: CLIP-G (CLIPTextModelWithProjection) as a .safetensors file, when the checkpoint has no "
+       "text_encoders.clip_g.*"},
+      {"t5xxl_file", OptionSpec::Kind::kString,
+       "single files: the T5-XXL encoder as a .safetensors file, when the checkpoint has no text_encoders.t5xxl.* "
+       "(neither: no T5, its context is zeros)"},
       {"max_sequence_length", OptionSpec::Kind::kInt, "T5 tokens of a prompt by default (256; at most 512)"}};
   Family f{"sd3",
            {cap::TextToImage::kName},
@@ -178,6 +319,7 @@ Family family() {
            build,
            std::move(options)};
   f.pipeline_classes = kPipelineClasses;
+  f.single_file_tensors = {kSingleFileProbe};
   return f;
 }
 

@@ -7,21 +7,27 @@
 #include <cmath>
 #include <random>
 
+#include "models/sd3/single_file.h"
 #include "mpool/base/error.h"
 #include "mpool/imageio/preprocess.h"
 #include "mpool/models/image_text_embedder.h"
 
 namespace mpool::models::sd3 {
+
+nn::Weights open_weights(const WeightSource& source, at::ScalarType dtype, at::Device device) {
+  return nn::Weights::open(loading::Checkpoint::open(source.path), dtype, device, source.prefix);
+}
+
+nn::Weights mmdit_view(const Sd3Plan& plan, const nn::Weights& w) {
+  return plan.original_mmdit_names ? w.renamed(mmdit_original_names(plan.mmdit)) : w;
+}
+
 namespace {
 
 namespace cap = capabilities;
 
 std::unique_ptr<tokenizer::Tokenizer> open_tokenizer(const PromptTokenizer& how) {
   return tokenizer::Tokenizer::from_file(how.file.string());
-}
-
-nn::Weights open_weights(const std::filesystem::path& dir, at::ScalarType dtype, at::Device device) {
-  return nn::Weights::open(loading::Checkpoint::open(dir), dtype, device);
 }
 
 // A (1, 3, H, W) float image in [-1, 1] -> HWC uint8, as diffusers' numpy_to_pil rounds.
@@ -71,16 +77,16 @@ Sd3Pipeline::Sd3Pipeline(const Sd3Plan& plan, at::Device device)
   c10::InferenceMode guard;
   clip_l_tok_ = open_tokenizer(plan.clip_l_tokenizer);
   clip_g_tok_ = open_tokenizer(plan.clip_g_tokenizer);
-  clip_l_ = clip::ClipTextEncoder::load(open_weights(plan.clip_l_dir, plan.text_dtype, text_device_), plan.clip_l, true);
-  clip_g_ = clip::ClipTextEncoder::load(open_weights(plan.clip_g_dir, plan.text_dtype, text_device_), plan.clip_g, true);
-  if (plan.t5_dir && plan.t5 && plan.t5_tokenizer) {
+  clip_l_ = clip::ClipTextEncoder::load(open_weights(plan.clip_l_weights, plan.text_dtype, text_device_), plan.clip_l, true);
+  clip_g_ = clip::ClipTextEncoder::load(open_weights(plan.clip_g_weights, plan.text_dtype, text_device_), plan.clip_g, true);
+  if (plan.t5_weights && plan.t5 && plan.t5_tokenizer) {
     t5_tok_ = open_tokenizer(*plan.t5_tokenizer);
-    t5_ = t5::T5Encoder::load(t5::T5Encoder::root(open_weights(*plan.t5_dir, plan.text_dtype, text_device_)), *plan.t5);
+    t5_ = t5::T5Encoder::load(t5::T5Encoder::root(open_weights(*plan.t5_weights, plan.text_dtype, text_device_)), *plan.t5);
   }
-  mmdit_ = MMDiT::load(open_weights(plan.transformer_dir, plan.dtype, device_), plan.mmdit);
-  vae_ = vae::AutoencoderKL::load(open_weights(plan.vae_dir, plan.dtype, device_), plan.vae);
+  mmdit_ = MMDiT::load(mmdit_view(plan, open_weights(plan.transformer_weights, plan.dtype, device_)), plan.mmdit);
+  vae_ = vae::AutoencoderKL::load(open_weights(plan.vae_weights, plan.dtype, device_), plan.vae);
   if (plan.preview_dir && plan.preview)
-    preview_vae_ = vae::AutoencoderTiny::load(open_weights(*plan.preview_dir, plan.dtype, device_), *plan.preview);
+    preview_vae_ = vae::AutoencoderTiny::load(open_weights(WeightSource{*plan.preview_dir, ""}, plan.dtype, device_), *plan.preview);
   else
     fit_preview_projection();
 }

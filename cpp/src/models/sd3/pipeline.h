@@ -21,6 +21,7 @@
 #include "mpool/capabilities/interfaces.h"
 #include "mpool/core/instance.h"
 #include "mpool/nn/flow_match.h"
+#include "mpool/nn/weights.h"
 #include "mpool/tokenizer/tokenizer.h"
 
 namespace mpool::models::sd3 {
@@ -32,12 +33,21 @@ struct PromptTokenizer {
   int64_t pad_id = 0;
 };
 
+/// Where one component's weights are: a folder or .safetensors file, and the
+/// prefix its tensors carry there ("" for a diffusers folder,
+/// "model.diffusion_model." in a single file).
+struct WeightSource {
+  std::filesystem::path path;
+  std::string prefix;
+};
+
 /// Where a pipeline's parts are and how they are read: everything the loader
 /// needs, decided at registration.
 struct Sd3Plan {
-  std::filesystem::path clip_l_dir, clip_g_dir;        ///< text_encoder/, text_encoder_2/
-  std::optional<std::filesystem::path> t5_dir;         ///< text_encoder_3/ (absent: zeros, as diffusers)
-  std::filesystem::path transformer_dir, vae_dir;
+  WeightSource clip_l_weights, clip_g_weights;  ///< text_encoder/, text_encoder_2/, or a single file's parts
+  std::optional<WeightSource> t5_weights;       ///< text_encoder_3/ (absent: zeros, as diffusers)
+  WeightSource transformer_weights, vae_weights;
+  bool original_mmdit_names = false;            ///< the MMDiT under Stability's names (single files)
   std::optional<std::filesystem::path> preview_dir;    ///< an AutoencoderTiny folder (vae_preview/ or an option)
   PromptTokenizer clip_l_tokenizer, clip_g_tokenizer;
   std::optional<PromptTokenizer> t5_tokenizer;
@@ -57,6 +67,11 @@ struct Sd3Plan {
   /// The largest side the MMDiT's positions cover.
   int64_t max_side() const noexcept { return mmdit.pos_embed_max_size * size_multiple(); }
 };
+
+/// A component's weights as a view under its prefix (floating point as `dtype`).
+nn::Weights open_weights(const WeightSource& source, at::ScalarType dtype, at::Device device);
+/// The MMDiT's view: renamed from the original names when the plan says so.
+nn::Weights mmdit_view(const Sd3Plan& plan, const nn::Weights& w);
 
 /// A loaded pipeline on one device.
 class Sd3Pipeline final : public core::Instance, public capabilities::TextToImage {

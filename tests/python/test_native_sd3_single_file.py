@@ -1,0 +1,228 @@
+"""Native Stable Diffusion 3 from a single-file checkpoint (Stability's original
+layout) against diffusers: the tiny pipeline of sd3_models.sd3_pipeline (with
+SD3's 64-wide heads and 32 VAE norm groups, so configs can be inferred from
+shapes) written in the test as model.diffusion_model.* (the MMDiT's original
+names: fused qkv, adaLN halves of the last context block and final layer in
+(shift, scale) order), first_stage_model.* (the LDM VAE names) and the text
+encoders either inside the file (text_encoders.*) or as separate files given by
+option; the tokenizers in a folder beside it. Images from the same latents are
+compared with diffusers' output_type="np" (max absolute difference <= 1e-3).
+Then: no T5, a contradicting shape, missing tokenizers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import mpool
+from sd3_models import sd3_pipeline
+
+ATOL = 1e-3
+SIZE = 32
+
+
+def swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """(scale, shift) <-> (shift, scale): diffusers' swap_scale_shift is its own inverse."""
+    a, b = t.chunk(2, dim=0)
+    return torch.cat([b, a], dim=0)
+
+
+def mmdit_to_original(transformer) -> dict[str, torch.Tensor]:
+    """SD3Transformer2DModel's names -> the original mmdit ones (the inverse of
+    diffusers' convert_sd3_transformer_checkpoint_to_diffusers)."""
+    sd = {k: v.detach() for k, v in transformer.state_dict().items()}
+    layers = transformer.config.num_layers
+    out: dict[str, torch.Tensor] = {}
+
+    def take(ours: str, theirs: str) -> None:
+        for kind in ("weight", "bias"):
+            if f"{ours}.{kind}" in sd:
+                out[f"{theirs}.{kind}"] = sd.pop(f"{ours}.{kind}")
+
+    take("pos_embed.proj", "x_embedder.proj")
+    out["pos_embed"] = sd.pop("pos_embed.pos_embed")
+    take("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0")
+    take("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2")
+    take("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0")
+    take("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2")
+    take("context_embedder", "context_embedder")
+    for i in range(layers):
+        d, x, c = f"transformer_blocks.{i}", f"joint_blocks.{i}.x_block", f"joint_blocks.{i}.context_block"
+        for attn in ("attn", "attn2"):
+            if f"{d}.{attn}.to_q.weight" not in sd:
+                continue
+            for kind in ("weight", "bias"):
+                out[f"{x}.{attn}.qkv.{kind}"] = torch.cat([sd.pop(f"{d}.{attn}.to_{p}.{kind}") for p in "qkv"])
+            take(f"{d}.{attn}.to_out.0", f"{x}.{attn}.proj")
+            take(f"{d}.{attn}.norm_q", f"{x}.{attn}.ln_q")
+            take(f"{d}.{attn}.norm_k", f"{x}.{attn}.ln_k")
+        for kind in ("weight", "bias"):
+            out[f"{c}.attn.qkv.{kind}"] = torch.cat([sd.pop(f"{d}.attn.add_{p}_proj.{kind}") for p in "qkv"])
+        take(f"{d}.attn.to_add_out", f"{c}.attn.proj")
+        take(f"{d}.attn.norm_added_q", f"{c}.attn.ln_q")
+        take(f"{d}.attn.norm_added_k", f"{c}.attn.ln_k")
+        take(f"{d}.norm1.linear", f"{x}.adaLN_modulation.1")
+        for kind in ("weight", "bias"):
+            t = sd.pop(f"{d}.norm1_context.linear.{kind}")
+            out[f"{c}.adaLN_modulation.1.{kind}"] = swap_halves(t) if i == layers - 1 else t
+        take(f"{d}.ff.net.0.proj", f"{x}.mlp.fc1")
+        take(f"{d}.ff.net.2", f"{x}.mlp.fc2")
+        take(f"{d}.ff_context.net.0.proj", f"{c}.mlp.fc1")
+        take(f"{d}.ff_context.net.2", f"{c}.mlp.fc2")
+    for kind in ("weight", "bias"):
+        out[f"final_layer.adaLN_modulation.1.{kind}"] = swap_halves(sd.pop(f"norm_out.linear.{kind}"))
+    take("proj_out", "final_layer.linear")
+    assert not sd, f"unmapped MMDiT tensors: {sorted(sd)}"
+    return out
+
+
+def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
+    """diffusers' AutoencoderKL names -> the LDM ones (inverse of convert_ldm_vae_checkpoint)."""
+    n = len(vae.config.block_out_channels)
+    out = {}
+    for key, value in vae.state_dict().items():
+        k = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+        k = re.sub(r"down_blocks\.(\d+)\.resnets\.", r"down.\1.block.", k)
+        k = re.sub(r"down_blocks\.(\d+)\.downsamplers\.0\.", r"down.\1.downsample.", k)
+        k = re.sub(r"up_blocks\.(\d+)\.resnets\.", lambda m: f"up.{n - 1 - int(m[1])}.block.", k)
+        k = re.sub(r"up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"up.{n - 1 - int(m[1])}.upsample.", k)
+        k = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", k)
+        if "mid_block.attentions.0." in k:
+            k = k.replace("mid_block.attentions.0.", "mid.attn_1.")
+            for ours, theirs in [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"),
+                                 ("to_out.0", "proj_out")]:
+                k = k.replace(f".{ours}.", f".{theirs}.")
+            if k.endswith("weight") and value.dim() == 2:
+                value = value[:, :, None, None]
+        out[k] = value.detach()
+    return out
+
+
+def state(module, prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach() for k, v in module.state_dict().items()}
+
+
+def save(tensors: dict[str, torch.Tensor], path: Path) -> Path:
+    # Tied tensors (T5's shared / embed_tokens) are written as separate copies.
+    save_file({k: v.clone().contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def write_single_file(pipe, folder: Path, *, encoders_inside: bool, with_tokenizers: bool = True) -> dict[str, str]:
+    """The pipeline as sd3.safetensors in `folder` (tokenizers beside it unless told
+    not to); with the text encoders as separate files, the options naming them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.diffusion_model.{k}": v for k, v in mmdit_to_original(pipe.transformer).items()}
+    tensors.update({f"first_stage_model.{k}": v for k, v in vae_to_ldm(pipe.vae).items()})
+    encoders = {"clip_l": pipe.text_encoder, "clip_g": pipe.text_encoder_2, "t5xxl": pipe.text_encoder_3}
+    options: dict[str, str] = {}
+    for name, module in encoders.items():
+        if module is None:
+            continue
+        if encoders_inside:
+            tensors.update(state(module, f"text_encoders.{name}.transformer."))
+        else:
+            # Separate files as ComfyUI-style downloads store them: CLIP at the root,
+            # T5 under "transformer." (the family finds the prefix).
+            prefix = "transformer." if name == "t5xxl" else ""
+            options[f"{name}_file"] = str(save(state(module, prefix), folder / f"{name}.safetensors"))
+    save(tensors, folder / "sd3.safetensors")
+    if with_tokenizers:
+        pipe.tokenizer.save_pretrained(folder / "tokenizer")
+        pipe.tokenizer_2.save_pretrained(folder / "tokenizer_2")
+        if pipe.tokenizer_3 is not None:
+            pipe.tokenizer_3.save_pretrained(folder / "tokenizer_3")
+    return options
+
+
+@pytest.fixture(scope="module")
+def pipes() -> dict[str, Any]:
+    return {
+        "sd3": sd3_pipeline(sd3_shapes=True),
+        "sd35": sd3_pipeline(sd3_shapes=True, qk_norm=True, dual=True, layers=4, seed=1),
+        "no_t5": sd3_pipeline(sd3_shapes=True, t5=False, seed=2),
+    }
+
+
+def latents(seed: int = 7) -> torch.Tensor:
+    return torch.randn(1, 4, SIZE // 4, SIZE // 4, generator=torch.Generator().manual_seed(seed))
+
+
+def reference(pipe, prompt: str, **kwargs: Any) -> np.ndarray:
+    with torch.no_grad():
+        return pipe(prompt, height=SIZE, width=SIZE, output_type="np", **kwargs).images[0]
+
+
+def assert_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    err = float(np.max(np.abs(a.astype(np.float64) - b)))
+    print(f"{what}: max abs difference {err:.2e}")
+    assert err <= ATOL, f"{what}: max abs difference {err:.2e}"
+    assert float(np.std(b)) > 1e-3, "the reference image is flat: the comparison would prove little"
+
+
+def generate_both(pipe, path: Path, options: dict[str, Any], what: str) -> None:
+    kw = dict(num_inference_steps=5, guidance_scale=4.5, negative_prompt="a blurry dog")
+    ref = reference(pipe, "a photo of a cat", latents=latents(), **kw)
+    with mpool.Pool(maintenance_interval=0.05, request_timeout=120.0) as pool:
+        pool.register("m", mpool.NativeModel(str(path), options=options))
+        got = pool.generate_image("m", "a photo of a cat", width=SIZE, height=SIZE, output_type="np", steps=5,
+                                  guidance_scale=4.5, negative_prompt="a blurry dog",
+                                  latents=latents().numpy()).result()
+    assert_same(got, ref, what)
+
+
+@pytest.mark.parametrize("key", ["sd3", "sd35"])
+def test_single_file_with_text_encoders_inside_matches_diffusers(pipes, tmp_path, key) -> None:
+    options = write_single_file(pipes[key], tmp_path, encoders_inside=True)
+    assert options == {}
+    generate_both(pipes[key], tmp_path / "sd3.safetensors", {}, f"{key} single file, encoders inside")
+
+
+def test_single_file_with_text_encoders_from_option_files_matches_diffusers(pipes, tmp_path) -> None:
+    options = write_single_file(pipes["sd3"], tmp_path, encoders_inside=False)
+    assert set(options) == {"clip_l_file", "clip_g_file", "t5xxl_file"}
+    generate_both(pipes["sd3"], tmp_path / "sd3.safetensors", options, "sd3 single file, encoders by option")
+
+
+def test_single_file_tokenizers_from_the_tokenizers_option_folder_match_diffusers(pipes, tmp_path) -> None:
+    write_single_file(pipes["sd3"], tmp_path / "model", encoders_inside=True, with_tokenizers=False)
+    pipe = pipes["sd3"]
+    for name, tok in {"tokenizer": pipe.tokenizer, "tokenizer_2": pipe.tokenizer_2,
+                      "tokenizer_3": pipe.tokenizer_3}.items():
+        tok.save_pretrained(tmp_path / "toks" / name)
+    generate_both(pipe, tmp_path / "model" / "sd3.safetensors", {"tokenizers": str(tmp_path / "toks")},
+                  "sd3 single file, tokenizers by option")
+
+
+def test_single_file_without_t5_runs_with_a_zero_t5_context_as_diffusers(pipes, tmp_path) -> None:
+    write_single_file(pipes["no_t5"], tmp_path, encoders_inside=True)
+    assert not (tmp_path / "tokenizer_3").exists()
+    generate_both(pipes["no_t5"], tmp_path / "sd3.safetensors", {}, "no-T5 single file")
+
+
+def test_single_file_with_a_contradicting_shape_is_refused_naming_the_tensor(pipes, tmp_path) -> None:
+    write_single_file(pipes["sd3"], tmp_path / "good", encoders_inside=True)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "good" / "sd3.safetensors"))
+    name = "model.diffusion_model.joint_blocks.1.context_block.attn.qkv.weight"
+    tensors[name] = tensors[name][:-3]
+    write_single_file(pipes["sd3"], tmp_path / "bad", encoders_inside=True)
+    save(tensors, tmp_path / "bad" / "sd3.safetensors")
+    with pytest.raises(mpool.InvalidInput, match=re.escape(f"'{name}'")):
+        with mpool.Pool() as pool:
+            pool.register("m", mpool.NativeModel(str(tmp_path / "bad" / "sd3.safetensors")))
+
+
+def test_single_file_without_tokenizers_is_refused_saying_which_option_gives_them(pipes, tmp_path) -> None:
+    write_single_file(pipes["sd3"], tmp_path, encoders_inside=True, with_tokenizers=False)
+    with pytest.raises(mpool.InvalidInput, match=r"holds no tokenizers; give option tokenizers"):
+        with mpool.Pool() as pool:
+            pool.register("m", mpool.NativeModel(str(tmp_path / "sd3.safetensors")))
