@@ -121,6 +121,33 @@ void register_all() {
     if (in.tensors.count("bias")) mask = additive_mask(keep, in.tensor("bias"), x.scalar_type());
     return ProbeOutput{{"out", a(x, mask, causal && !mask.defined(), context)}};
   });
+  // A renamed view: option "names" maps an asked name to {"stored": name,
+  // "rows": [[begin, end], ...]}; option "get" lists [name, shape] to read through
+  // it (on option "device", "cpu" or "meta"). Out: each tensor by its asked name
+  // (meta: its shape as a tensor) and "bytes_taken".
+  register_probe("nn.weights_renamed", [](const ProbeInput& in) {
+    const nlohmann::json names = in.get<nlohmann::json>("names");
+    const bool meta = in.get_or<std::string>("device", "cpu") == "meta";
+    const Weights file = in.weights();
+    const Weights base =
+        meta ? Weights::open(file.checkpoint(), at::kFloat, at::Device(at::kMeta), file.prefix()) : file;
+    const Weights w = base.renamed([names](std::string_view asked) -> std::optional<StoredName> {
+      const auto it = names.find(std::string(asked));
+      if (it == names.end()) return std::nullopt;
+      StoredName s{it->at("stored").get<std::string>(), false, {}};
+      for (const auto& r : it->value("rows", nlohmann::json::array()))
+        s.rows.emplace_back(r.at(0).get<int64_t>(), r.at(1).get<int64_t>());
+      return s;
+    });
+    ProbeOutput out;
+    for (const auto& item : in.get<nlohmann::json>("get")) {
+      const std::string name = item.at(0).get<std::string>();
+      const at::Tensor t = w.get(name, item.at(1).get<Shape>());
+      out[name] = meta ? at::tensor(t.sizes().vec(), at::kLong) : t;
+    }
+    out["bytes_taken"] = at::scalar_tensor(static_cast<int64_t>(w.bytes_taken()), at::kLong);
+    return out;
+  });
 }
 
 }  // namespace
