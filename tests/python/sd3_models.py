@@ -101,8 +101,8 @@ def sd3_pipeline(*, t5: bool = True, qk_norm: bool = False, dual: bool = False, 
     a 16-channel-style VAE with SD3's scaling and shift, the flow-matching
     scheduler with shift 3). ``sd3_shapes``: every attention head 64 wide and the
     VAE's norms in 32 groups, as SD3's are, so that a single file's configs can be
-    inferred from its shapes (CLIP-L 64 wide, CLIP-G 128, T5 and the joint
-    context 192)."""
+    inferred from its shapes (CLIP-L 64 wide with an identity text_projection, as
+    SD3 single files are read, CLIP-G 128, T5 and the joint context 192)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -113,24 +113,27 @@ def sd3_pipeline(*, t5: bool = True, qk_norm: bool = False, dual: bool = False, 
     tok.model_max_length = 77
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
 
-    def clip_text(hidden: int, act: str, s: int):
+    def clip_text(hidden: int, act: str, s: int, projection: int = 8):
         config = CLIPTextConfig(
             vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2 + 2, num_hidden_layers=2,
-            num_attention_heads=hidden // 64 if sd3_shapes else 2, max_position_embeddings=77, hidden_act=act, projection_dim=8,
+            num_attention_heads=hidden // 64 if sd3_shapes else 2, max_position_embeddings=77, hidden_act=act,
+            projection_dim=projection,
             bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=eos, pad_token_id=eos,
         )
         return randomize(CLIPTextModelWithProjection(config), s)
 
     t5_tok = t5_tokenizer()
     components: dict[str, Any] = dict(
-        text_encoder=clip_text(64 if sd3_shapes else 12, "quick_gelu", seed + 1), tokenizer=tok,
+        text_encoder=clip_text(64, "quick_gelu", seed + 1, projection=64) if sd3_shapes
+        else clip_text(12, "quick_gelu", seed + 1),
+        tokenizer=tok,
         text_encoder_2=clip_text(128 if sd3_shapes else 20, "gelu", seed + 2), tokenizer_2=clip_tokenizer(),
         text_encoder_3=None, tokenizer_3=None,
     )
     components["tokenizer_2"].model_max_length = 77
     if t5:
-        t5_config = T5Config(vocab_size=len(t5_tok), d_model=192 if sd3_shapes else 32, d_kv=8, d_ff=40, num_layers=2, num_heads=3,
-                             feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)
+        t5_config = T5Config(vocab_size=len(t5_tok), d_model=192 if sd3_shapes else 32, d_kv=8, d_ff=40, num_layers=2,
+                             num_heads=3, feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)
         components["text_encoder_3"] = randomize(T5EncoderModel(t5_config), seed + 3)
         components["tokenizer_3"] = t5_tok
     mmdit = dict(
@@ -139,7 +142,10 @@ def sd3_pipeline(*, t5: bool = True, qk_norm: bool = False, dual: bool = False, 
         pos_embed_max_size=16,
     )
     if sd3_shapes:
-        mmdit.update(attention_head_dim=64, num_attention_heads=2, joint_attention_dim=192, caption_projection_dim=128)
+        mmdit.update(attention_head_dim=64, num_attention_heads=2, joint_attention_dim=192, caption_projection_dim=128,
+                     pooled_projection_dim=64 + 8)
+        with torch.no_grad():  # SD3's CLIP-L pooled vector goes in unprojected
+            components["text_encoder"].text_projection.weight.copy_(torch.eye(64))
     if qk_norm:
         mmdit["qk_norm"] = "rms_norm"
     if dual:
@@ -148,7 +154,8 @@ def sd3_pipeline(*, t5: bool = True, qk_norm: bool = False, dual: bool = False, 
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
         up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[32, 32, 64] if sd3_shapes else [8, 16, 16],
-        layers_per_block=1, latent_channels=4, norm_num_groups=32 if sd3_shapes else 4, sample_size=32, scaling_factor=1.5305, shift_factor=0.0609,
+        layers_per_block=1, latent_channels=4, norm_num_groups=32 if sd3_shapes else 4, sample_size=32,
+        scaling_factor=1.5305, shift_factor=0.0609,
         use_quant_conv=False, use_post_quant_conv=False,
     )
     components["vae"] = randomize(vae, seed + 5)

@@ -126,7 +126,10 @@ def write_single_file(pipe, folder: Path, *, encoders_inside: bool, with_tokeniz
         if module is None:
             continue
         if encoders_inside:
-            tensors.update(state(module, f"text_encoders.{name}.transformer."))
+            part = state(module, f"text_encoders.{name}.transformer.")
+            if name == "clip_l":  # SD3's files store no CLIP-L projection (it is an identity)
+                del part["text_encoders.clip_l.transformer.text_projection.weight"]
+            tensors.update(part)
         else:
             # Separate files as ComfyUI-style downloads store them: CLIP at the root,
             # T5 under "transformer." (the family finds the prefix).

@@ -154,10 +154,14 @@ void plan_from_single_file(Sd3Plan& plan, const loading::ModelDirectory& d, cons
   plan.clip_l_weights = *clip_l;
   plan.clip_g_weights = *clip_g;
   const fs::path tok_l = tokenizers / "tokenizer", tok_g = tokenizers / "tokenizer_2";
+  // CLIP-L's pooled vector goes in unprojected (Stability's reference ClipL has
+  // return_projected_pooled=False; diffusers' single-file loading sets an
+  // identity text_projection), so a stored text_projection is not used.
+  plan.clip_l_projected = false;
   plan.clip_l = infer_clip_text(loading::Checkpoint::open(clip_l->path), clip_l->prefix, "quick_gelu",
-                                clip_eos_id(kit::require_tokenizer(tok_l)));
+                                clip_eos_id(kit::require_tokenizer(tok_l)), false);
   plan.clip_g = infer_clip_text(loading::Checkpoint::open(clip_g->path), clip_g->prefix, "gelu",
-                                clip_eos_id(kit::require_tokenizer(tok_g)));
+                                clip_eos_id(kit::require_tokenizer(tok_g)), true);
   plan.clip_l_tokenizer = prompt_tokenizer(tok_l, 77, plan.clip_l.text.max_positions);
   plan.clip_g_tokenizer = prompt_tokenizer(tok_g, 77, plan.clip_g.text.max_positions);
   check_pooled(plan, where);
@@ -243,7 +247,7 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
   {
     const double before = weights;
     measure(plan.clip_l_weights, plan.text_dtype,
-            [&](const nn::Weights& w) { clip::ClipTextEncoder::load(w, plan.clip_l, true); });
+            [&](const nn::Weights& w) { clip::ClipTextEncoder::load(w, plan.clip_l, plan.clip_l_projected); });
     measure(plan.clip_g_weights, plan.text_dtype,
             [&](const nn::Weights& w) { clip::ClipTextEncoder::load(w, plan.clip_g, true); });
     if (plan.t5_weights)

@@ -77,7 +77,7 @@ Sd3Pipeline::Sd3Pipeline(const Sd3Plan& plan, at::Device device)
   c10::InferenceMode guard;
   clip_l_tok_ = open_tokenizer(plan.clip_l_tokenizer);
   clip_g_tok_ = open_tokenizer(plan.clip_g_tokenizer);
-  clip_l_ = clip::ClipTextEncoder::load(open_weights(plan.clip_l_weights, plan.text_dtype, text_device_), plan.clip_l, true);
+  clip_l_ = clip::ClipTextEncoder::load(open_weights(plan.clip_l_weights, plan.text_dtype, text_device_), plan.clip_l, plan.clip_l_projected);
   clip_g_ = clip::ClipTextEncoder::load(open_weights(plan.clip_g_weights, plan.text_dtype, text_device_), plan.clip_g, true);
   if (plan.t5_weights && plan.t5 && plan.t5_tokenizer) {
     t5_tok_ = open_tokenizer(*plan.t5_tokenizer);

@@ -48,6 +48,9 @@ struct Sd3Plan {
   std::optional<WeightSource> t5_weights;       ///< text_encoder_3/ (absent: zeros, as diffusers)
   WeightSource transformer_weights, vae_weights;
   bool original_mmdit_names = false;            ///< the MMDiT under Stability's names (single files)
+  /// false: CLIP-L's pooled vector is used unprojected (an identity projection),
+  /// as Stability's reference code and diffusers' single-file loading use it.
+  bool clip_l_projected = true;
   std::optional<std::filesystem::path> preview_dir;    ///< an AutoencoderTiny folder (vae_preview/ or an option)
   PromptTokenizer clip_l_tokenizer, clip_g_tokenizer;
   std::optional<PromptTokenizer> t5_tokenizer;

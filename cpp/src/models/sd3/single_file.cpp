@@ -218,7 +218,7 @@ vae::AutoencoderKLConfig infer_sd3_vae(const loading::Checkpoint& c, const std::
 }
 
 clip::ClipTextConfig infer_clip_text(const loading::Checkpoint& c, const std::string& p, const std::string& act,
-                                     int64_t eos_token_id) {
+                                     int64_t eos_token_id, bool projected) {
   constexpr std::string_view kWhat = "a CLIP text encoder with projection (text_model.*, text_projection.weight)";
   const std::string tok = p + "text_model.embeddings.token_embedding.weight";
   const Shape t = shape_of(c, tok, 2, kWhat);
@@ -230,7 +230,7 @@ clip::ClipTextConfig infer_clip_text(const loading::Checkpoint& c, const std::st
         "checkpoint has no tensor '" + p + "text_model.encoder.layers.0.mlp.fc1.weight': is this " +
             std::string(kWhat) + "?");
   const Shape fc1 = shape_of(c, p + "text_model.encoder.layers.0.mlp.fc1.weight", 2, kWhat);
-  const Shape proj = shape_of(c, p + "text_projection.weight", 2, kWhat);
+  const int64_t projection = projected ? shape_of(c, p + "text_projection.weight", 2, kWhat)[0] : width;
   nlohmann::json j = {{"model_type", "clip_text_model"},
                       {"hidden_size", width},
                       {"intermediate_size", fc1[0]},
@@ -239,7 +239,7 @@ clip::ClipTextConfig infer_clip_text(const loading::Checkpoint& c, const std::st
                       {"max_position_embeddings", pos[0]},
                       {"vocab_size", t[0]},
                       {"hidden_act", act},
-                      {"projection_dim", proj[0]},
+                      {"projection_dim", projection},
                       {"eos_token_id", eos_token_id}};
   return clip::ClipTextConfig::from(inferred(std::move(j), p + "* (shapes of the text encoder's tensors)"));
 }

@@ -39,11 +39,12 @@ nn::NameMap mmdit_original_names(const MMDiTConfig& config);
 /// read from the LDM names under `prefix`.
 vae::AutoencoderKLConfig infer_sd3_vae(const loading::Checkpoint& c, const std::string& prefix);
 
-/// A CLIPTextModelWithProjection under `prefix` (text_model., text_projection.weight):
-/// widths, layers, positions and vocabulary from the shapes, heads = width / 64,
-/// `act` (CLIP-L quick_gelu, CLIP-G gelu) and `eos_token_id` as given.
+/// A CLIP text model under `prefix` (text_model., and text_projection.weight when
+/// `projected`; else projection_dim is the width): widths, layers, positions and
+/// vocabulary from the shapes, heads = width / 64, `act` (CLIP-L quick_gelu,
+/// CLIP-G gelu) and `eos_token_id` as given.
 clip::ClipTextConfig infer_clip_text(const loading::Checkpoint& c, const std::string& prefix, const std::string& act,
-                                     int64_t eos_token_id);
+                                     int64_t eos_token_id, bool projected);
 
 /// A T5 encoder under `prefix` (shared / encoder.block.N): widths, heads (from the
 /// relative attention bias), layers, buckets, vocabulary and gating from the shapes.
