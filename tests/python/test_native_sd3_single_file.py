@@ -229,3 +229,19 @@ def test_single_file_without_tokenizers_is_refused_saying_which_option_gives_the
     with pytest.raises(mpool.InvalidInput, match=r"holds no tokenizers; give option tokenizers"):
         with mpool.Pool() as pool:
             pool.register("m", mpool.NativeModel(str(tmp_path / "sd3.safetensors")))
+
+
+def test_single_file_without_clip_g_is_refused_naming_the_option_that_gives_it(pipes, tmp_path) -> None:
+    options = write_single_file(pipes["sd3"], tmp_path, encoders_inside=False)
+    del options["clip_g_file"]
+    with pytest.raises(mpool.InvalidInput, match=r"text_encoders\.clip_g\.transformer\.\* tensors; give them with "
+                                                 r"option clip_g_file"):
+        with mpool.Pool() as pool:
+            pool.register("m", mpool.NativeModel(str(tmp_path / "sd3.safetensors"), options=options))
+
+
+def test_single_file_options_on_a_diffusers_folder_are_refused(pipes, tmp_path) -> None:
+    pipes["no_t5"].save_pretrained(tmp_path)
+    with pytest.raises(mpool.InvalidInput, match=r"option tokenizers is for single-file checkpoints"):
+        with mpool.Pool() as pool:
+            pool.register("m", mpool.NativeModel(str(tmp_path), options={"tokenizers": str(tmp_path)}))
