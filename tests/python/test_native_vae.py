@@ -251,7 +251,7 @@ def test_autoencoder_kl_missing_or_misshapen_tensor_is_named_in_either_layout(
     with pytest.raises(
         mpool.InvalidInput,
         match=r"tensor 'decoder\.mid\.attn_1\.q\.weight' \(read as 'decoder\.mid_block\.attentions\.0\.to_q\.weight'\) "
-        r"has shape \[64, 64, 3, 3\] but config\.json implies \[64, 64\]",
+        r"has shape \[64, 64, 3, 3\] but the model's config implies \[64, 64\]",
     ):
         mpool.testing.probe("vae.decode", {"latents": latents}, path=str(path), checkpoint=str(ldm_file))
 

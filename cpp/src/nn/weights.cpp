@@ -115,7 +115,7 @@ at::Tensor Weights::take(const std::string& full, const Shape& shape, bool count
   }
   check(fits, ErrorCode::kInvalidInput,
         "tensor '" + name + "'" + asked + " has shape " + c10::str(at::IntArrayRef(stored_shape)) +
-            " but config.json implies " + c10::str(at::IntArrayRef(shape)));
+            " but the model's config implies " + c10::str(at::IntArrayRef(shape)));
   const at::ScalarType kind = loading::scalar_type(ref->info->dtype);
   const std::optional<at::ScalarType> target =
       at::isFloatingType(kind) ? std::optional<at::ScalarType>(dtype()) : std::nullopt;

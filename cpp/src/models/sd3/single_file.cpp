@@ -1,5 +1,6 @@
 #include "models/sd3/single_file.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <memory>
