@@ -90,10 +90,8 @@ std::string rows_text(const std::vector<std::pair<int64_t, int64_t>>& rows) {
 at::Tensor Weights::take(const std::string& full, const Shape& shape, bool count) const {
   const StoredName where = stored(full);
   const std::string& name = where.name;
-  const std::string asked = name == full && where.rows.empty()
-                                ? std::string()
-                                : " (read as '" + full + "'" +
-                                      (where.rows.empty() ? std::string() : " from rows " + rows_text(where.rows)) + ")";
+  const std::string rows = where.rows.empty() ? std::string() : " from rows " + rows_text(where.rows);
+  const std::string asked = name == full && rows.empty() ? std::string() : " (read as '" + full + "'" + rows + ")";
   const auto ref = state_->checkpoint.find(name);
   check(ref.has_value(), ErrorCode::kInvalidInput, "checkpoint has no tensor '" + name + "'" + asked);
   const Shape stored_shape(ref->info->shape.begin(), ref->info->shape.end());

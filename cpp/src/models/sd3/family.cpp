@@ -148,7 +148,8 @@ void plan_from_single_file(Sd3Plan& plan, const loading::ModelDirectory& d, cons
   const auto clip_g = text_encoder_source(file, checkpoint, "text_encoders.clip_g.transformer.", options,
                                           "clip_g_file", clip_suffix);
   check(clip_l && clip_g, ErrorCode::kInvalidInput,
-        where + ": CLIP-L and CLIP-G are needed: the file has no " + (clip_l ? "text_encoders.clip_g.transformer." : "text_encoders.clip_l.transformer.") +
+        where + ": CLIP-L and CLIP-G are needed: the file has no " +
+            (clip_l ? "text_encoders.clip_g.transformer." : "text_encoders.clip_l.transformer.") +
             "* tensors; give them with option " + (clip_l ? "clip_g_file" : "clip_l_file") +
             " (a CLIPTextModelWithProjection .safetensors file)");
   plan.clip_l_weights = *clip_l;
@@ -256,8 +257,12 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
     text_weights = weights - before;
   }
   if (plan.preview_dir)
-    measure(WeightSource{*plan.preview_dir, ""}, plan.dtype, [&](const nn::Weights& w) { vae::AutoencoderTiny::load(w, *plan.preview); });
-  const bool turbo = turbo_variant(single_file ? plan.transformer_weights.path.parent_path() / plan.transformer_weights.path.stem() : d.root(), options);
+    measure(WeightSource{*plan.preview_dir, ""}, plan.dtype,
+            [&](const nn::Weights& w) { vae::AutoencoderTiny::load(w, *plan.preview); });
+  // A single file's variant is in its name ("sd3.5_large_turbo.safetensors").
+  const fs::path& weights_file = plan.transformer_weights.path;
+  const bool turbo =
+      turbo_variant(single_file ? weights_file.parent_path() / weights_file.stem() : d.root(), options);
   const int64_t side = std::min(plan.mmdit.sample_size * plan.vae.spatial_scale_factor(), plan.max_side());
   const double e = dtype_bytes(plan.dtype);
   const double tokens = std::pow(static_cast<double>(side / plan.size_multiple()), 2) + 77.0 +
@@ -318,7 +323,9 @@ Family family() {
   Family f{"sd3",
            {cap::TextToImage::kName},
            [](const loading::ModelConfig&, const loading::ModelLayout&) {
-             return loading::FamilySupport::no("sd3 builds diffusers StableDiffusion3Pipeline folders (model_index.json)");
+             return loading::FamilySupport::no(
+                 "sd3 builds diffusers StableDiffusion3Pipeline folders (model_index.json) and SD3 single "
+                 ".safetensors files");
            },
            build,
            std::move(options)};

@@ -77,16 +77,20 @@ Sd3Pipeline::Sd3Pipeline(const Sd3Plan& plan, at::Device device)
   c10::InferenceMode guard;
   clip_l_tok_ = open_tokenizer(plan.clip_l_tokenizer);
   clip_g_tok_ = open_tokenizer(plan.clip_g_tokenizer);
-  clip_l_ = clip::ClipTextEncoder::load(open_weights(plan.clip_l_weights, plan.text_dtype, text_device_), plan.clip_l, plan.clip_l_projected);
-  clip_g_ = clip::ClipTextEncoder::load(open_weights(plan.clip_g_weights, plan.text_dtype, text_device_), plan.clip_g, true);
+  clip_l_ = clip::ClipTextEncoder::load(open_weights(plan.clip_l_weights, plan.text_dtype, text_device_), plan.clip_l,
+                                        plan.clip_l_projected);
+  clip_g_ = clip::ClipTextEncoder::load(open_weights(plan.clip_g_weights, plan.text_dtype, text_device_), plan.clip_g,
+                                        true);
   if (plan.t5_weights && plan.t5 && plan.t5_tokenizer) {
     t5_tok_ = open_tokenizer(*plan.t5_tokenizer);
-    t5_ = t5::T5Encoder::load(t5::T5Encoder::root(open_weights(*plan.t5_weights, plan.text_dtype, text_device_)), *plan.t5);
+    t5_ = t5::T5Encoder::load(t5::T5Encoder::root(open_weights(*plan.t5_weights, plan.text_dtype, text_device_)),
+                              *plan.t5);
   }
   mmdit_ = MMDiT::load(mmdit_view(plan, open_weights(plan.transformer_weights, plan.dtype, device_)), plan.mmdit);
   vae_ = vae::AutoencoderKL::load(open_weights(plan.vae_weights, plan.dtype, device_), plan.vae);
   if (plan.preview_dir && plan.preview)
-    preview_vae_ = vae::AutoencoderTiny::load(open_weights(WeightSource{*plan.preview_dir, ""}, plan.dtype, device_), *plan.preview);
+    preview_vae_ = vae::AutoencoderTiny::load(open_weights(WeightSource{*plan.preview_dir, ""}, plan.dtype, device_),
+                                              *plan.preview);
   else
     fit_preview_projection();
 }

@@ -75,7 +75,8 @@ MMDiTConfig infer_mmdit(const loading::Checkpoint& c, const std::string& p) {
   const std::string proj = p + "x_embedder.proj.weight";
   const Shape x = shape_of(c, proj, 4, kWhat);
   const int64_t hidden = x[0], in_channels = x[1], patch = x[2];
-  refuse_if(x[2] != x[3], proj, "the patch kernel " + std::to_string(x[2]) + "x" + std::to_string(x[3]) + " is not square");
+  refuse_if(x[2] != x[3], proj,
+            "the patch kernel " + std::to_string(x[2]) + "x" + std::to_string(x[3]) + " is not square");
   const int64_t layers = count(c, p + "joint_blocks.", ".x_block.adaLN_modulation.1.weight");
   check(layers > 0, ErrorCode::kInvalidInput,
         "checkpoint has no tensor '" + p + "joint_blocks.0.x_block.adaLN_modulation.1.weight': is this " +
@@ -144,7 +145,8 @@ nn::NameMap mmdit_original_names(const MMDiTConfig& config) {
       if (eat(s, "linear_2.")) return plain(base + "2.", s);
       return std::nullopt;
     }
-    if (eat(s, "norm_out.linear.")) return nn::StoredName{"final_layer.adaLN_modulation.1." + std::string(s), false, swapped};
+    if (eat(s, "norm_out.linear."))
+      return nn::StoredName{"final_layer.adaLN_modulation.1." + std::string(s), false, swapped};
     if (eat(s, "proj_out.")) return plain("final_layer.linear.", s);
     if (!eat(s, "transformer_blocks.")) return std::nullopt;  // context_embedder: the same name
     const auto i = eat_index(s);
@@ -196,8 +198,8 @@ vae::AutoencoderKLConfig infer_sd3_vae(const loading::Checkpoint& c, const std::
   const std::string dec_in = p + "decoder.conv_in.weight";
   const Shape d = shape_of(c, dec_in, 4, kWhat);
   refuse_if(d[0] != widths.back(), dec_in,
-            "makes " + std::to_string(d[0]) + " channels, the encoder's last level is " + std::to_string(widths.back()) +
-                " wide");
+            "makes " + std::to_string(d[0]) + " channels, the encoder's last level is " +
+                std::to_string(widths.back()) + " wide");
   const Shape out = shape_of(c, p + "decoder.conv_out.weight", 4, kWhat);
   const std::vector<std::string> down(static_cast<size_t>(levels), "DownEncoderBlock2D");
   const std::vector<std::string> up(static_cast<size_t>(levels), "UpDecoderBlock2D");
@@ -215,7 +217,8 @@ vae::AutoencoderKLConfig infer_sd3_vae(const loading::Checkpoint& c, const std::
                       {"use_quant_conv", c.find(p + "quant_conv.weight").has_value()},
                       {"use_post_quant_conv", c.find(p + "post_quant_conv.weight").has_value()},
                       {"mid_block_add_attention", c.find(p + "encoder.mid.attn_1.q.weight").has_value()}};
-  return vae::AutoencoderKLConfig::from(loading::parse_model_config(inferred(std::move(j), p + "* (shapes of the single file)")));
+  return vae::AutoencoderKLConfig::from(
+      loading::parse_model_config(inferred(std::move(j), p + "* (shapes of the single file)")));
 }
 
 clip::ClipTextConfig infer_clip_text(const loading::Checkpoint& c, const std::string& p, const std::string& act,
