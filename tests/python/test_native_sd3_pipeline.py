@@ -69,8 +69,18 @@ def test_cfg_image_matches_diffusers_with_the_same_latents(saved, pool, key, neg
     pipe, _ = saved[key]
     kw = dict(num_inference_steps=6, guidance_scale=4.5, negative_prompt=negative)
     ref = reference(pipe, "a photo of a cat", latents=latents(), **kw)
-    got = ours(pool, key, "a photo of a cat", steps=6, guidance_scale=4.5, negative_prompt=negative,
-               latents=latents().numpy())
+
+    def run() -> np.ndarray:
+        return ours(pool, key, "a photo of a cat", steps=6, guidance_scale=4.5, negative_prompt=negative,
+                    latents=latents().numpy())
+
+    got = run()
+    if float(np.max(np.abs(got - ref))) > ATOL:
+        # Say which side fails to reproduce itself before failing.
+        again, ref_again = run(), reference(pipe, "a photo of a cat", latents=latents(), **kw)
+        pytest.fail(f"{key}: differs by {np.max(np.abs(got - ref)):.3e}; mpool vs itself "
+                    f"{np.max(np.abs(got - again)):.3e}, diffusers vs itself {np.max(np.abs(ref - ref_again)):.3e}, "
+                    f"rerun mpool vs diffusers {np.max(np.abs(again - ref_again)):.3e}")
     assert_same(got, ref, f"{key} cfg negative={negative!r}")
 
 
@@ -209,3 +219,17 @@ def test_settings_only_the_model_can_check_are_invalid_input(pool) -> None:
         pool.generate_image("sd3", "x", skip_layer_guidance=[9], guidance_scale=3.0, steps=1).result()
     with pytest.raises(mpool.InvalidInput, match="multiple of 8 in"):
         pool.generate_image("sd3", "x", width=1024, height=32, steps=1).result()
+
+
+def test_inspect_says_sd3_builds_the_pipeline_and_registration_refuses_other_pipelines(saved, tmp_path) -> None:
+    import json
+
+    _, path = saved["sd3"]
+    report = mpool.inspect(path)
+    assert report["supported_by"] == ["sd3"] and report["capabilities"] == ["text_to_image"]
+    assert "StableDiffusion3Pipeline" in report["support"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxKontextPipeline"}))
+    with pytest.raises(mpool.InvalidInput, match="FluxKontextPipeline"):
+        mpool.NativeModel(str(other))
