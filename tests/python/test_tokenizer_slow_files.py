@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from corpus import CORPUS  # noqa: E402
 from two_tower_models import clip_tokenizer, save_clip  # noqa: E402
 
-TEXTS = CORPUS[:300] + ["", " ", "A photo of THE cat!!", "<|startoftext|>a dog<|endoftext|>", "it's the 2nd car's"]
+TEXTS = CORPUS[:300] + ["", " ", "A photo of THE cat!!", "<|startoftext|>a dog<|endoftext|>", "it's the 2nd car's", "fill the <mask> in"]
 
 
 def save_slow(tok, path: Path, *, config: dict | None = None, special_tokens_map: dict | None = None) -> Path:
@@ -45,20 +45,32 @@ def save_slow(tok, path: Path, *, config: dict | None = None, special_tokens_map
     return path
 
 
-def gpt2_tokenizer():
-    """A GPT2Tokenizer trained here on the corpus (byte alphabet, 1000 tokens)."""
+def _trained_bpe(specials):
+    """vocab and merges of a byte-level BPE trained here on the corpus (1000 tokens)."""
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = tokenizers.trainers.BpeTrainer(
         vocab_size=1000,
-        special_tokens=["<|endoftext|>"],
+        special_tokens=specials,
         initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(CORPUS, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return transformers.GPT2Tokenizer(vocab=model["vocab"], merges=merges)
+    return model["vocab"], merges
+
+
+def gpt2_tokenizer():
+    """A GPT2Tokenizer over a BPE trained on the corpus."""
+    vocab, merges = _trained_bpe(["<|endoftext|>"])
+    return transformers.GPT2Tokenizer(vocab=vocab, merges=merges)
+
+
+def roberta_tokenizer():
+    """A RobertaTokenizer over a BPE trained on the corpus, with RoBERTa's specials."""
+    vocab, merges = _trained_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    return transformers.RobertaTokenizer(vocab=vocab, merges=merges)
 
 
 # SD3 / SDXL tokenizer folders write the special tokens as AddedToken objects in
@@ -126,6 +138,10 @@ def test_clip_slow_files_give_the_ids_of_the_in_memory_tokenizer(tmp_path):
 def test_gpt2_tokenizer_from_vocab_and_merges_encodes_and_decodes_the_corpus_like_transformers(folder, tmp_path):
     path = save_slow(gpt2_tokenizer(), tmp_path / folder, **GPT2_FOLDERS[folder])
     assert_same_as_transformers(path)
+
+
+def test_roberta_tokenizer_from_vocab_and_merges_encodes_and_decodes_the_corpus_like_transformers(tmp_path):
+    assert_same_as_transformers(save_slow(roberta_tokenizer(), tmp_path))
 
 
 def test_tokenizer_json_is_used_first_when_both_forms_are_present(tmp_path):

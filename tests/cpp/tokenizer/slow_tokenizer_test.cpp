@@ -197,6 +197,13 @@ TEST(SlowTokenizer, MalformedMergesLineIsInvalidInputNamingFileAndLine) {
   EXPECT_NE(message_of([&] { slow_tokenizer_json(dir.path()); }).find("merges.txt: line 3"), std::string::npos);
 }
 
+TEST(SlowTokenizer, NullBosTokenOfClipIsInvalidInputNamingTheToken) {
+  TempDir dir;
+  write_clip(dir.path(), {{"bos_token", nullptr}});
+  EXPECT_NE(message_of([&] { slow_tokenizer_json(dir.path()); }).find(dir.path().string() + ": bos_token is null"),
+            std::string::npos);
+}
+
 TEST(SlowTokenizer, MissingTokenizerClassIsInvalidInputNamingTheKey) {
   TempDir dir;
   write_clip(dir.path());
