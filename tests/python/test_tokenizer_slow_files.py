@@ -26,7 +26,19 @@ sys.path.insert(0, os.path.dirname(__file__))
 from corpus import CORPUS  # noqa: E402
 from two_tower_models import clip_tokenizer, save_clip  # noqa: E402
 
-TEXTS = CORPUS[:300] + ["", " ", "A photo of THE cat!!", "<|startoftext|>a dog<|endoftext|>", "it's the 2nd car's", "fill the <mask> in"]
+TEXTS = CORPUS[:300] + [
+    "",
+    " ",
+    "A photo of THE cat!!",
+    "<|startoftext|>a dog<|endoftext|>",
+    "it's the 2nd car's",
+    "fill the <mask> in",
+    # Separators Python's str.strip() counts as whitespace, and Unicode spaces.
+    "a cat\x1c",
+    "\x1fdog\x1e",
+    "x\u0085 \u2028",
+    "a\u00a0b\u3000",
+]
 
 
 def save_slow(tok, path: Path, *, config: dict | None = None, special_tokens_map: dict | None = None) -> Path:

@@ -25,6 +25,9 @@ enum class SlowClass { kClip, kGpt2, kRoberta };
 constexpr const char* kClipSplit =
     R"(<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+)";
 
+// What Python's str.strip() removes, at either end of the text.
+constexpr const char* kPythonStrip = R"(\A[\s\x{1c}-\x{1f}]+|[\s\x{1c}-\x{1f}]+\z)";
+
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(ErrorCode::kInvalidInput, path.string() + ": cannot be read");
@@ -225,9 +228,11 @@ json slow_tokenizer_json(const fs::path& dir) {
   std::map<std::string, json> specials = class_defaults(kind);
   std::vector<std::string> additional = parsed.special.additional_special_tokens;
   read_specials(config, specials);
-  if (auto map = load_special_tokens_map(dir)) {
-    read_specials(load_json_object(dir / "special_tokens_map.json"), specials);
-    if (!map->additional_special_tokens.empty()) additional = map->additional_special_tokens;
+  if (fs::is_regular_file(dir / "special_tokens_map.json")) {
+    const JsonView map = load_json_object(dir / "special_tokens_map.json");
+    read_specials(map, specials);
+    const SpecialTokens parsed_map = parse_special_tokens_map(map);
+    if (!parsed_map.additional_special_tokens.empty()) additional = parsed_map.additional_special_tokens;
   }
   const json added = compose_added_tokens(parsed, specials, additional, vocab);
 
@@ -268,14 +273,15 @@ json slow_tokenizer_json(const fs::path& dir) {
                              {"cls", token_with_id(specials, added, vocab, dir, "bos_token")},
                              {"trim_offsets", false},
                              {"add_prefix_space", false}};
-    // CLIPTokenizer's decode turns each "</w>" into a space and strips the text;
-    // tokens hold no whitespace (the split removes it), so only the one space
-    // after the last word is left to strip.
+    // CLIPTokenizer's decode turns each "</w>" into a space, then Python's
+    // str.strip() removes whitespace at both ends: Unicode's, plus the separators
+    // U+001C..U+001F that Python also counts as whitespace.
     doc["decoder"] = {{"type", "Sequence"},
                       {"decoders", json::array({byte_level(true),
                                                 {{"type", "Replace"}, {"pattern", {{"String", "</w>"}}},
                                                  {"content", " "}},
-                                                {{"type", "Strip"}, {"content", " "}, {"start", 0}, {"stop", 1}}})}};
+                                                {{"type", "Replace"}, {"pattern", {{"Regex", kPythonStrip}}},
+                                                 {"content", ""}}})}};
   } else {
     doc["pre_tokenizer"] = byte_level(add_prefix_space);
     doc["decoder"] = byte_level(true);
