@@ -194,3 +194,26 @@ def test_native_clip_with_a_slow_tokenizer_embeds_texts_like_with_tokenizer_json
         pool.register("slow", str(path))
         ours = pool.embed("slow", texts, normalize=False)
     np.testing.assert_array_equal(ours, ref)
+
+
+def test_native_sd3_with_slow_clip_tokenizers_draws_the_image_diffusers_draws(tmp_path):
+    """SD3 repositories ship tokenizer/ and tokenizer_2/ as slow files only."""
+    import torch
+    from sd3_models import sd3_pipeline
+
+    pipe = sd3_pipeline(t5=False)
+    pipe.save_pretrained(tmp_path)
+    for folder, tok in (("tokenizer", pipe.tokenizer), ("tokenizer_2", pipe.tokenizer_2)):
+        save_slow(tok, tmp_path / folder)
+        assert not (tmp_path / folder / "tokenizer.json").exists()
+    prompt, size = "A Photo of THE cat, on a HOUSE!", 32
+    latents = torch.randn(1, 4, size // 4, size // 4, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = pipe(prompt, height=size, width=size, output_type="np", latents=latents, num_inference_steps=3,
+                   guidance_scale=4.0).images[0]
+    with mpool.Pool(request_timeout=120.0) as pool:
+        pool.register("sd3", mpool.NativeModel(str(tmp_path)))
+        ours = pool.generate_image("sd3", prompt, width=size, height=size, output_type="np", steps=3,
+                                   guidance_scale=4.0, latents=latents.numpy()).result()
+    assert float(np.std(ref)) > 1e-3
+    assert float(np.max(np.abs(ours.astype(np.float64) - ref))) <= 1e-3

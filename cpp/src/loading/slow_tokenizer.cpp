@@ -303,8 +303,8 @@ TokenizerDocument read_tokenizer_document(const fs::path& dir) {
   const fs::path file = dir / "tokenizer.json";
   if (fs::is_regular_file(file)) return {read_text(file), file.string()};
   check(has_slow_bpe_files(dir), ErrorCode::kInvalidInput,
-        file.string() + " is missing: mpool needs tokenizer.json, or vocab.json + merges.txt of a byte-level BPE "
-                        "tokenizer");
+        file.string() + " is missing: mpool needs the tokenizer.json form of the tokenizer, or vocab.json + "
+                        "merges.txt of a byte-level BPE tokenizer");
   return {slow_tokenizer_json(dir).dump(), dir.string() + " (vocab.json + merges.txt)"};
 }
 

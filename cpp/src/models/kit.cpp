@@ -20,10 +20,9 @@ at::ScalarType pick_dtype(const NativeOptions& options, const std::string& famil
 fs::path require_tokenizer(const fs::path& dir) {
   const fs::path file = dir / "tokenizer.json";
   if (fs::is_regular_file(file)) return file;
-  check(loading::has_slow_bpe_files(dir), ErrorCode::kInvalidInput,
-        file.string() + " is missing: mpool needs the tokenizer.json form of the tokenizer, or vocab.json + "
-                        "merges.txt of a byte-level BPE tokenizer");
-  loading::slow_tokenizer_json(dir);
+  // InvalidInput without the slow files; with them, the conversion runs once here
+  // so that what it cannot convert fails at registration.
+  loading::read_tokenizer_document(dir);
   return dir;
 }
 
