@@ -28,7 +28,7 @@ fs::path component_dir(const loading::ModelDirectory& d, const std::string& name
 PromptTokenizer prompt_tokenizer(const fs::path& dir, int64_t default_length, int64_t max_positions) {
   PromptTokenizer t;
   t.file = kit::require_tokenizer(dir);
-  const auto tok = tokenizer::Tokenizer::from_file(t.file.string());
+  const auto tok = kit::open_tokenizer(t.file);
   t.pad_id = kit::pad_token_id(dir, *tok, 0);
   int64_t length = default_length;
   if (auto config = loading::load_tokenizer_config(dir))

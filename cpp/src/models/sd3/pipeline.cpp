@@ -17,7 +17,7 @@ namespace {
 namespace cap = capabilities;
 
 std::unique_ptr<tokenizer::Tokenizer> open_tokenizer(const PromptTokenizer& how) {
-  return tokenizer::Tokenizer::from_file(how.file.string());
+  return kit::open_tokenizer(how.file);
 }
 
 nn::Weights open_weights(const std::filesystem::path& dir, at::ScalarType dtype, at::Device device) {
