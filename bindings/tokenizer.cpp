@@ -2,10 +2,9 @@
 // to C++ before the GIL is released, so encode/decode run without it.
 #include <pybind11/stl.h>
 
-#include <filesystem>
-
 #include "module.h"
 #include "mpool/loading/layout.h"
+#include "mpool/loading/slow_tokenizer.h"
 #include "mpool/base/error.h"
 #include "mpool/tokenizer/tokenizer.h"
 
@@ -72,11 +71,10 @@ void register_tokenizer(py::module_& m) {
           "from_pretrained",
           [](const std::string& dir_or_repo_id) {
             // A local directory, or a repo id in the local Hugging Face cache (never downloaded).
+            // Without tokenizer.json, a byte-level BPE tokenizer's vocab.json + merges.txt are converted.
             auto layout = loading::describe_layout(loading::resolve_model(dir_or_repo_id).path);
-            std::filesystem::path p = layout.tokenizer_dir / "tokenizer.json";
-            if (!std::filesystem::is_regular_file(p))
-              throw Error(ErrorCode::kInvalidInput, p.string() + " is missing: only tokenizer.json tokenizers are supported");
-            return tk::Tokenizer::from_file(p.string());
+            const loading::TokenizerDocument doc = loading::read_tokenizer_document(layout.tokenizer_dir);
+            return tk::Tokenizer::from_json(doc.json, doc.source);
           },
           py::arg("dir_or_repo_id"), py::call_guard<py::gil_scoped_release>())
       .def_static(

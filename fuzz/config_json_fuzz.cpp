@@ -5,7 +5,9 @@
 //   SiglipConfig::from, LlavaConfig::from and T5Config::from (the model_type
 //   field picks which one accepts, as in production; all are tried on every
 //   input), the diffusers autoencoders' AutoencoderKLConfig::from and
-//   AutoencoderTinyConfig::from, and
+//   AutoencoderTinyConfig::from, the SD3 transformer's MMDiTConfig::from, the
+//   lone CLIP text tower's ClipTextConfig::from, the flow-matching
+//   scheduler's FlowMatchConfig::from with a schedule of a few steps, and
 //   parse_generation_config, parse_tokenizer_config and
 //   parse_special_tokens_map on the same document; then, as ModelDirectory reads
 //   them, the nested configs (nested_config_keys, parse_model_config on each),
@@ -20,15 +22,18 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <optional>
 #include <string_view>
 
 #include "mpool/base/error.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/json.h"
+#include "mpool/nn/flow_match.h"
 #include "models/bert/config.h"
 #include "models/clip/config.h"
 #include "models/decoder/config.h"
 #include "models/llava/config.h"
+#include "models/sd3/config.h"
 #include "models/siglip/config.h"
 #include "models/t5/config.h"
 #include "models/vae/config.h"
@@ -165,6 +170,32 @@ void check_autoencoder_tiny(const mpool::models::vae::AutoencoderTinyConfig& c) 
   require(std::isfinite(c.scaling_factor) && c.scaling_factor != 0 && std::isfinite(c.shift_factor));
 }
 
+// What sd3/mmdit.cpp relies on.
+void check_mmdit(const mpool::models::sd3::MMDiTConfig& c) {
+  require(c.patch_size > 0 && c.in_channels > 0 && c.out_channels > 0 && c.num_layers > 0);
+  require(c.attention_head_dim > 0 && c.num_attention_heads > 0 && c.inner_dim() % 4 == 0);
+  require(c.caption_projection_dim == c.inner_dim() && c.joint_attention_dim > 0 && c.pooled_projection_dim > 0);
+  require(c.pos_embed_max_size > 0 && c.sample_size > 0);
+  for (std::int64_t layer : c.dual_attention_layers) require(layer >= 0 && layer < c.num_layers);
+}
+
+// What the sd3 pipeline relies on: levels from 1 (or what the shift makes of it)
+// down to the end level, finite, one timestep per step.
+void check_flow_match(const mpool::nn::FlowMatchConfig& c) {
+  require(c.num_train_timesteps >= 2 && std::isfinite(c.shift) && c.shift > 0);
+  for (std::int64_t steps : {1, 2, 7}) {
+    std::optional<double> mu;
+    if (c.use_dynamic_shifting) mu = c.mu_for(1024);
+    if (mu && !std::isfinite(*mu)) continue;
+    try {
+      const mpool::nn::FlowMatchSchedule s = c.schedule(steps, mu);
+      require(s.steps() == steps && s.sigmas.size() == static_cast<std::size_t>(steps + 1));
+    } catch (const Error& e) {
+      require(e.code() == ErrorCode::kInvalidInput);
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -189,6 +220,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     expect_only_invalid_input(
         [&] { check_autoencoder_tiny(mpool::models::vae::AutoencoderTinyConfig::from(config)); });
   });
+  expect_only_invalid_input([&] { check_mmdit(mpool::models::sd3::MMDiTConfig::from(json)); });
+  expect_only_invalid_input([&] { (void)mpool::models::clip::ClipTextConfig::from(json); });
+  expect_only_invalid_input([&] { check_flow_match(mpool::nn::FlowMatchConfig::from(json)); });
   expect_only_invalid_input([&] { (void)loading::parse_generation_config(json); });
   expect_only_invalid_input([&] { (void)loading::parse_tokenizer_config(json); });
   expect_only_invalid_input([&] { (void)loading::parse_special_tokens_map(json); });

@@ -136,6 +136,45 @@ def _stream_text(args: argparse.Namespace, start: Any) -> int:
     return 0
 
 
+def _image(args: argparse.Namespace) -> int:
+    """Generates one image (img2img with --init-image) with a progress bar, and saves it."""
+    import os
+
+    import mpool
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings: dict[str, Any] = {}
+    for name in ("width", "height", "steps", "guidance_scale", "negative_prompt", "seed"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.init_image is not None:
+        settings["init_image"] = args.init_image
+        settings["strength"] = 0.6 if args.strength is None else args.strength
+    elif args.strength is not None:
+        print("mpool: --strength needs --init-image", file=sys.stderr)
+        return 2
+    options = {"text_encoders_on_cpu": True} if args.text_encoders_on_cpu else None
+    with mpool.Pool() as pool:
+        try:
+            pool.register("model", args.model, dtype=args.dtype, device=args.device, options=options, max_replicas=1)
+            stream = pool.generate_image("model", args.prompt, progress=not args.quiet, **settings)
+            with stream:
+                image = stream.result()
+        except mpool.PoolError as e:
+            print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:  # closing the stream above cancelled the generation
+            print(file=sys.stderr)
+            return 130
+    try:
+        image.save(args.output)
+    except (OSError, ValueError) as e:
+        print(f"mpool: cannot write {args.output}: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.output}: {image.width}x{image.height}", file=sys.stderr)
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     import mpool
 
@@ -203,6 +242,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="model directory or cached repo id")
     _generation_flags(p)
     p.set_defaults(fn=_describe)
+    p = sub.add_parser("image", help="generate an image with a native text-to-image model (Stable Diffusion 3)")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--model", required=True, help="a diffusers pipeline folder")
+    p.add_argument("-o", "--output", required=True, help="where to save the image (PNG, JPEG, WebP, ...)")
+    p.add_argument("--init-image", help="img2img: the starting image (file, URL or data URI)")
+    p.add_argument("--strength", type=float, help="img2img: share of the steps to run (default 0.6)")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--negative-prompt")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dtype", help="float32 (default on CPU), bfloat16 or float16")
+    p.add_argument("--device", help="cpu (default) or cuda:N")
+    p.add_argument("--text-encoders-on-cpu", action="store_true", help="keep CLIP and T5 on the CPU")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=_image)
     p = sub.add_parser("inspect", help="what a model directory holds and which native family serves it")
     p.add_argument("path", help="model directory or cached repo id")
     p.set_defaults(fn=_inspect)

@@ -43,6 +43,11 @@ class Model:
     def capabilities(self) -> list[str]:
         return list(self._spec.capabilities)
 
+    @property
+    def defaults(self) -> dict[str, float]:
+        """The model's own defaults for its requests' settings (an image model's size, steps, guidance)."""
+        return dict(self._spec.defaults)
+
 
 def _check_capabilities(capability: str | Sequence[str]) -> list[str]:
     if isinstance(capability, str):

@@ -95,14 +95,28 @@ def t5_tokenizer():
                            extra_ids=0, model_max_length=512)
 
 
-def sd3_pipeline(*, t5: bool = True, qk_norm: bool = False, dual: bool = False, layers: int = 3, seed: int = 0,
-                 sd3_shapes: bool = False):
+def sd3_pipeline(
+    *,
+    t5: bool = True,
+    qk_norm: bool = False,
+    dual: bool = False,
+    layers: int = 3,
+    seed: int = 0,
+    clip_l: dict[str, Any] | None = None,
+    clip_g: dict[str, Any] | None = None,
+    t5_config: dict[str, Any] | None = None,
+    mmdit: dict[str, Any] | None = None,
+    vae: dict[str, Any] | None = None,
+    scale: float = 0.15,
+    randomized: bool = True,
+):
     """A tiny random StableDiffusion3Pipeline (CLIP-L, CLIP-G, optional T5, an MMDiT,
     a 16-channel-style VAE with SD3's scaling and shift, the flow-matching
-    scheduler with shift 3). ``sd3_shapes``: every attention head 64 wide and the
-    VAE's norms in 32 groups, as SD3's are, so that a single file's configs can be
-    inferred from its shapes (CLIP-L 64 wide with an identity text_projection, as
-    SD3 single files are read, CLIP-G 128, T5 and the joint context 192)."""
+    scheduler with shift 3). The dicts override the components' sizes (the
+    benchmark builds a larger one with them); ``scale`` is the MMDiT's weight scale.
+    ``randomized=False`` keeps the libraries' own random initialisation (what a
+    larger model needs to stay finite)."""
+    rand = randomize if randomized else (lambda module, seed, scale=0.0: module.eval())
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -113,51 +127,46 @@ def sd3_pipeline(*, t5: bool = True, qk_norm: bool = False, dual: bool = False, 
     tok.model_max_length = 77
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
 
-    def clip_text(hidden: int, act: str, s: int, projection: int = 8):
-        config = CLIPTextConfig(
+    def clip_text(hidden: int, act: str, s: int, sizes: dict[str, Any] | None):
+        config = dict(
             vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2 + 2, num_hidden_layers=2,
-            num_attention_heads=hidden // 64 if sd3_shapes else 2, max_position_embeddings=77, hidden_act=act,
-            projection_dim=projection,
+            num_attention_heads=2, max_position_embeddings=77, hidden_act=act, projection_dim=8,
             bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=eos, pad_token_id=eos,
         )
-        return randomize(CLIPTextModelWithProjection(config), s)
+        config.update(sizes or {})
+        return rand(CLIPTextModelWithProjection(CLIPTextConfig(**config)), s)
 
     t5_tok = t5_tokenizer()
     components: dict[str, Any] = dict(
-        text_encoder=clip_text(64, "quick_gelu", seed + 1, projection=64) if sd3_shapes
-        else clip_text(12, "quick_gelu", seed + 1),
-        tokenizer=tok,
-        text_encoder_2=clip_text(128 if sd3_shapes else 20, "gelu", seed + 2), tokenizer_2=clip_tokenizer(),
+        text_encoder=clip_text(12, "quick_gelu", seed + 1, clip_l), tokenizer=tok,
+        text_encoder_2=clip_text(20, "gelu", seed + 2, clip_g), tokenizer_2=clip_tokenizer(),
         text_encoder_3=None, tokenizer_3=None,
     )
     components["tokenizer_2"].model_max_length = 77
     if t5:
-        t5_config = T5Config(vocab_size=len(t5_tok), d_model=192 if sd3_shapes else 32, d_kv=8, d_ff=40, num_layers=2,
-                             num_heads=3, feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)
-        components["text_encoder_3"] = randomize(T5EncoderModel(t5_config), seed + 3)
+        t5_sizes = dict(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=3,
+                        feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)
+        t5_sizes.update(t5_config or {})
+        components["text_encoder_3"] = rand(T5EncoderModel(T5Config(**t5_sizes)), seed + 3)
         components["tokenizer_3"] = t5_tok
-    mmdit = dict(
+    transformer = dict(
         sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=layers, attention_head_dim=8,
         num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=16,
         pos_embed_max_size=16,
     )
-    if sd3_shapes:
-        mmdit.update(attention_head_dim=64, num_attention_heads=2, joint_attention_dim=192, caption_projection_dim=128,
-                     pooled_projection_dim=64 + 8)
-        with torch.no_grad():  # SD3's CLIP-L pooled vector goes in unprojected
-            components["text_encoder"].text_projection.weight.copy_(torch.eye(64))
     if qk_norm:
-        mmdit["qk_norm"] = "rms_norm"
+        transformer["qk_norm"] = "rms_norm"
     if dual:
-        mmdit["dual_attention_layers"] = [0, 1]
-    components["transformer"] = randomize(SD3Transformer2DModel(**mmdit), seed + 4, scale=0.15)
-    vae = AutoencoderKL(
+        transformer["dual_attention_layers"] = [0, 1]
+    transformer.update(mmdit or {})
+    components["transformer"] = rand(SD3Transformer2DModel(**transformer), seed + 4, scale=scale)
+    autoencoder = dict(
         in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
-        up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[32, 32, 64] if sd3_shapes else [8, 16, 16],
-        layers_per_block=1, latent_channels=4, norm_num_groups=32 if sd3_shapes else 4, sample_size=32,
-        scaling_factor=1.5305, shift_factor=0.0609,
+        up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[8, 16, 16], layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=1.5305, shift_factor=0.0609,
         use_quant_conv=False, use_post_quant_conv=False,
     )
-    components["vae"] = randomize(vae, seed + 5)
+    autoencoder.update(vae or {})
+    components["vae"] = rand(AutoencoderKL(**autoencoder), seed + 5)
     components["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=3.0)
     return StableDiffusion3Pipeline(**components)

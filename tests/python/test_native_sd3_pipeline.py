@@ -69,8 +69,18 @@ def test_cfg_image_matches_diffusers_with_the_same_latents(saved, pool, key, neg
     pipe, _ = saved[key]
     kw = dict(num_inference_steps=6, guidance_scale=4.5, negative_prompt=negative)
     ref = reference(pipe, "a photo of a cat", latents=latents(), **kw)
-    got = ours(pool, key, "a photo of a cat", steps=6, guidance_scale=4.5, negative_prompt=negative,
-               latents=latents().numpy())
+
+    def run() -> np.ndarray:
+        return ours(pool, key, "a photo of a cat", steps=6, guidance_scale=4.5, negative_prompt=negative,
+                    latents=latents().numpy())
+
+    got = run()
+    if float(np.max(np.abs(got - ref))) > ATOL:
+        # Say which side fails to reproduce itself before failing.
+        again, ref_again = run(), reference(pipe, "a photo of a cat", latents=latents(), **kw)
+        pytest.fail(f"{key}: differs by {np.max(np.abs(got - ref)):.3e}; mpool vs itself "
+                    f"{np.max(np.abs(got - again)):.3e}, diffusers vs itself {np.max(np.abs(ref - ref_again)):.3e}, "
+                    f"rerun mpool vs diffusers {np.max(np.abs(again - ref_again)):.3e}")
     assert_same(got, ref, f"{key} cfg negative={negative!r}")
 
 
@@ -209,3 +219,116 @@ def test_settings_only_the_model_can_check_are_invalid_input(pool) -> None:
         pool.generate_image("sd3", "x", skip_layer_guidance=[9], guidance_scale=3.0, steps=1).result()
     with pytest.raises(mpool.InvalidInput, match="multiple of 8 in"):
         pool.generate_image("sd3", "x", width=1024, height=32, steps=1).result()
+
+
+def test_inspect_says_sd3_builds_the_pipeline_and_registration_refuses_other_pipelines(saved, tmp_path) -> None:
+    import json
+
+    _, path = saved["sd3"]
+    report = mpool.inspect(path)
+    assert report["supported_by"] == ["sd3"] and report["capabilities"] == ["text_to_image"]
+    assert "StableDiffusion3Pipeline" in report["support"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxKontextPipeline"}))
+    with pytest.raises(mpool.InvalidInput, match="FluxKontextPipeline"):
+        mpool.NativeModel(str(other))
+
+
+def test_tiny_autoencoder_previews_decode_the_clean_image_estimate(saved, tmp_path) -> None:
+    from diffusers import AutoencoderTiny
+
+    from sd3_models import randomize
+
+    pipe, path = saved["sd3"]
+    tiny = AutoencoderTiny(in_channels=3, out_channels=3, encoder_block_out_channels=(8, 8, 8),
+                           decoder_block_out_channels=(8, 8, 8), latent_channels=4, num_encoder_blocks=(1, 1, 1),
+                           num_decoder_blocks=(1, 1, 1), scaling_factor=1.5305, shift_factor=0.0609)
+    randomize(tiny, 3)
+    tiny.save_pretrained(tmp_path / "taesd")
+    with mpool.Pool() as p:
+        p.register("taesd", mpool.NativeModel(str(path), options={"preview_vae": str(tmp_path / "taesd")}))
+        # One step from sigma 1: the clean-image estimate is the final latent.
+        chunks = list(p.generate_image("taesd", "a cat", steps=1, guidance_scale=0.0, latents=latents(4).numpy(),
+                                       width=SIZE, height=SIZE))
+    with torch.no_grad():
+        final = pipe("a cat", num_inference_steps=1, guidance_scale=0.0, latents=latents(4), height=SIZE,
+                     width=SIZE, output_type="latent").images
+        ref = tiny.decode(final / 1.5305 + 0.0609).sample
+    ref = ((ref[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    preview = np.asarray(chunks[0].preview)
+    assert preview.shape == ref.shape == (SIZE, SIZE, 3)
+    assert int(np.max(np.abs(preview.astype(int) - ref.astype(int)))) <= 1
+    with pytest.raises(mpool.InvalidInput, match="preview_vae"):
+        mpool.NativeModel(str(path), options={"preview_vae": str(tmp_path / "missing")})
+
+
+def test_bfloat16_on_cpu_draws_close_to_float32(saved) -> None:
+    _, path = saved["sd3"]
+    with mpool.Pool() as p:
+        p.register("bf16", mpool.NativeModel(str(path), dtype="bfloat16"))
+        p.register("fp32", mpool.NativeModel(str(path)))
+        kw = dict(steps=4, guidance_scale=3.0, latents=latents(2).numpy(), width=SIZE, height=SIZE, output_type="np")
+        low, full = p.generate_image("bf16", "a cat", **kw).result(), p.generate_image("fp32", "a cat", **kw).result()
+    assert low.dtype == np.float32 and low.shape == full.shape
+    assert float(np.mean(np.abs(low - full))) < 0.03, float(np.mean(np.abs(low - full)))
+
+
+def test_text_encoders_on_cpu_option_gives_the_same_image(saved) -> None:
+    _, path = saved["sd3"]
+    with mpool.Pool() as p:
+        p.register("split", mpool.NativeModel(str(path), options={"text_encoders_on_cpu": True}))
+        p.register("one", mpool.NativeModel(str(path)))
+        kw = dict(steps=2, guidance_scale=3.0, seed=3, width=SIZE, height=SIZE, output_type="np")
+        a, b = p.generate_image("split", "a dog", **kw).result(), p.generate_image("one", "a dog", **kw).result()
+    assert np.array_equal(a, b)
+
+
+def test_memory_estimate_covers_every_component_and_defaults_come_from_the_model(saved) -> None:
+    _, path = saved["sd3"]
+    model = mpool.NativeModel(str(path))
+    weights = sum(f.stat().st_size for f in Path(path).rglob("*.safetensors")) / 2**20
+    assert model.info["memory_mb"] >= weights
+    defaults = model.defaults
+    assert (defaults["width"], defaults["height"], defaults["steps"], defaults["guidance_scale"]) == (SIZE, SIZE, 28, 7.0)
+    assert defaults["size_multiple"] == 8 and defaults["latent_channels"] == 4
+
+
+def test_a_turbo_folder_defaults_to_four_steps_without_guidance(saved, tmp_path) -> None:
+    import shutil
+
+    _, path = saved["sd3"]
+    turbo = tmp_path / "sd3.5-large-turbo"
+    shutil.copytree(path, turbo)
+    defaults = mpool.NativeModel(str(turbo)).defaults
+    assert (defaults["steps"], defaults["guidance_scale"]) == (4, 0.0)
+    standard = mpool.NativeModel(str(turbo), options={"variant": "standard"}).defaults
+    assert (standard["steps"], standard["guidance_scale"]) == (28, 7.0)
+    with pytest.raises(mpool.InvalidInput, match="variant"):
+        mpool.NativeModel(str(turbo), options={"variant": "fast"})
+
+
+def test_cli_image_writes_the_image_and_img2img(saved, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _, path = saved["sd3"]
+    out = tmp_path / "out.png"
+    run = subprocess.run([sys.executable, "-m", "mpool", "image", "--model", str(path), "a cat", "-o", str(out),
+                          "--steps", "2", "--seed", "1", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with Image.open(out) as image:
+        assert image.size == (SIZE, SIZE)
+    again = tmp_path / "again.png"
+    run = subprocess.run([sys.executable, "-m", "mpool", "image", "--model", str(path), "a dog", "-o", str(again),
+                          "--init-image", str(out), "--strength", "0.5", "--steps", "4", "--seed", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with Image.open(again) as image:
+        assert image.size == (SIZE, SIZE) and "4/4" not in run.stdout  # the bar goes to stderr
+    assert "2/2" in run.stderr  # strength 0.5 of 4 steps runs 2, with a progress bar
+    bad = subprocess.run([sys.executable, "-m", "mpool", "image", "--model", str(path), "x", "-o", str(again),
+                          "--strength", "0.5"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--init-image" in bad.stderr

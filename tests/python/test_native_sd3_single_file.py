@@ -1,7 +1,7 @@
 """Native Stable Diffusion 3 from a single-file checkpoint (Stability's original
-layout) against diffusers: the tiny pipeline of sd3_models.sd3_pipeline (with
-SD3's 64-wide heads and 32 VAE norm groups, so configs can be inferred from
-shapes) written in the test as model.diffusion_model.* (the MMDiT's original
+layout) against diffusers: the tiny pipeline of sd3_models.sd3_pipeline (sized
+with SD3's 64-wide heads and 32 VAE norm groups, so configs can be inferred
+from shapes) written in the test as model.diffusion_model.* (the MMDiT's original
 names: fused qkv, adaLN halves of the last context block and final layer in
 (shift, scale) order), first_stage_model.* (the LDM VAE names) and the text
 encoders either inside the file (text_encoders.*) or as separate files given by
@@ -144,12 +144,32 @@ def write_single_file(pipe, folder: Path, *, encoders_inside: bool, with_tokeniz
     return options
 
 
+def sd3_shaped_pipeline(**kwargs: Any):
+    """sd3_models' tiny pipeline with SD3's fixed choices, so that a single file's
+    configs can be inferred from its shapes: every attention head 64 wide, the
+    VAE's norms in 32 groups, CLIP-L's pooled vector unprojected (an identity
+    text_projection, as SD3 single files are read); CLIP-L 64 wide, CLIP-G 128,
+    T5 and the joint context 192."""
+    pipe = sd3_pipeline(
+        clip_l=dict(hidden_size=64, num_attention_heads=1, projection_dim=64),
+        clip_g=dict(hidden_size=128, num_attention_heads=2),
+        t5_config=dict(d_model=192),
+        mmdit=dict(attention_head_dim=64, num_attention_heads=2, joint_attention_dim=192, caption_projection_dim=128,
+                   pooled_projection_dim=64 + 8),
+        vae=dict(block_out_channels=[32, 32, 64], norm_num_groups=32),
+        **kwargs,
+    )
+    with torch.no_grad():
+        pipe.text_encoder.text_projection.weight.copy_(torch.eye(64))
+    return pipe
+
+
 @pytest.fixture(scope="module")
 def pipes() -> dict[str, Any]:
     return {
-        "sd3": sd3_pipeline(sd3_shapes=True),
-        "sd35": sd3_pipeline(sd3_shapes=True, qk_norm=True, dual=True, layers=4, seed=1),
-        "no_t5": sd3_pipeline(sd3_shapes=True, t5=False, seed=2),
+        "sd3": sd3_shaped_pipeline(),
+        "sd35": sd3_shaped_pipeline(qk_norm=True, dual=True, layers=4, seed=1),
+        "no_t5": sd3_shaped_pipeline(t5=False, seed=3),
     }
 
 

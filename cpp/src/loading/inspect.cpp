@@ -214,6 +214,11 @@ json component_json(const ComponentReport& r) {
 }
 
 std::string support_sentence(const InspectReport& r) {
+  if (!r.config && r.pipeline) {
+    for (const auto& f : r.families)
+      if (f.supported) return "supported by " + f.name + " (a " + r.pipeline->class_name + " pipeline)";
+    return "no registered family builds the " + r.pipeline->class_name + " pipeline";
+  }
   if (!r.config) return "no config.json in " + r.layout.model_dir.string() + ", so no family can be chosen";
   const std::string type = r.config->model_type.empty() ? "(none: config.json has no \"model_type\")"
                                                         : "\"" + r.config->model_type + "\"";
@@ -254,7 +259,10 @@ InspectReport inspect_model(std::string_view path_or_repo_id, const FamilyRegist
     if (c.kind == ComponentKind::kTokenizer) cr.tokenizer_config = load_tokenizer_config(dir.path_of(c));
     r.components.push_back(std::move(cr));
   }
-  if (r.config) r.families = registry.match(*r.config, r.layout);
+  if (r.config)
+    r.families = registry.match(*r.config, r.layout);
+  else if (r.pipeline)
+    r.families = registry.match_pipeline(r.pipeline->class_name);
   r.support = support_sentence(r);
   return r;
 }

@@ -38,6 +38,18 @@ std::vector<std::string> FamilyRegistry::names() const {
   return out;
 }
 
+std::vector<FamilyMatch> FamilyRegistry::match_pipeline(const std::string& pipeline_class) const {
+  std::shared_lock lock(mutex_);
+  std::vector<FamilyMatch> out;
+  for (const auto& f : families_) {
+    const bool yes = std::find(f.pipeline_classes.begin(), f.pipeline_classes.end(), pipeline_class) !=
+                     f.pipeline_classes.end();
+    out.push_back(FamilyMatch{f.name, f.capabilities, yes,
+                              yes ? std::string() : "does not build " + pipeline_class + " pipelines"});
+  }
+  return out;
+}
+
 std::vector<FamilyMatch> FamilyRegistry::match(const ModelConfig& config, const ModelLayout& layout) const {
   std::vector<FamilyInfo> families;
   {

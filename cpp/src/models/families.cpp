@@ -92,7 +92,7 @@ void register_builtin_families() {
   std::call_once(once, [] {
     for (Family f :
          {bert::family(), decoder::family(), clip::family(), siglip::family(), llava::family(), sd3::family()}) {
-      loading::FamilyRegistry::global().add(loading::FamilyInfo{f.name, f.capabilities, f.supports});
+      loading::FamilyRegistry::global().add(loading::FamilyInfo{f.name, f.capabilities, f.supports, f.pipeline_classes});
       builders().by_name.emplace(f.name, std::move(f));
     }
   });

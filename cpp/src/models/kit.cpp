@@ -1,6 +1,7 @@
 #include "mpool/models/kit.h"
 
 #include "mpool/base/error.h"
+#include "mpool/loading/slow_tokenizer.h"
 #include "mpool/loading/tensors.h"
 
 namespace mpool::models::kit {
@@ -18,9 +19,17 @@ at::ScalarType pick_dtype(const NativeOptions& options, const std::string& famil
 
 fs::path require_tokenizer(const fs::path& dir) {
   const fs::path file = dir / "tokenizer.json";
-  check(fs::is_regular_file(file), ErrorCode::kInvalidInput,
-        file.string() + " is missing: mpool needs the tokenizer.json form of the tokenizer");
-  return file;
+  if (fs::is_regular_file(file)) return file;
+  // InvalidInput without the slow files; with them, the conversion runs once here
+  // so that what it cannot convert fails at registration.
+  loading::read_tokenizer_document(dir);
+  return dir;
+}
+
+std::unique_ptr<tokenizer::Tokenizer> open_tokenizer(const fs::path& path) {
+  if (!fs::is_directory(path)) return tokenizer::Tokenizer::from_file(path.string());
+  const loading::TokenizerDocument doc = loading::read_tokenizer_document(path);
+  return tokenizer::Tokenizer::from_json(doc.json, doc.source);
 }
 
 int64_t pad_token_id(const fs::path& dir, const tokenizer::Tokenizer& tok, int64_t fallback) {

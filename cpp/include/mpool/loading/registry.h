@@ -37,6 +37,8 @@ struct FamilyInfo {
   std::vector<std::string> capabilities;
   /// Whether it supports a given model.
   SupportPredicate predicate;
+  /// The diffusers pipelines (model_index.json "_class_name") it serves.
+  std::vector<std::string> pipeline_classes;
 };
 
 /// One family's answer for one model.
@@ -67,6 +69,8 @@ class FamilyRegistry {
   /// Every family's verdict, in registration order. A predicate that throws counts
   /// as "not supported" with the exception as the reason.
   std::vector<FamilyMatch> match(const ModelConfig& config, const ModelLayout& layout) const;
+  /// Every family's verdict on a diffusers pipeline of class `pipeline_class`.
+  std::vector<FamilyMatch> match_pipeline(const std::string& pipeline_class) const;
 
  private:
   mutable std::shared_mutex mutex_;

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,8 +24,16 @@ namespace mpool::models::kit {
 /// InvalidInput names the family and the accepted names.
 at::ScalarType pick_dtype(const NativeOptions& options, const std::string& family);
 
-/// `dir`/tokenizer.json, or InvalidInput saying mpool needs that form.
+/// Where the tokenizer of folder `dir` loads from: `dir`/tokenizer.json when
+/// present, else `dir` itself when it holds a byte-level BPE tokenizer's slow files
+/// (vocab.json + merges.txt, converted by loading::slow_tokenizer_json, which runs
+/// here once so an unsupported tokenizer_class fails at registration); else
+/// InvalidInput naming `dir`/tokenizer.json.
 std::filesystem::path require_tokenizer(const std::filesystem::path& dir);
+
+/// The tokenizer at `path` as require_tokenizer returns it: a tokenizer.json file,
+/// or a folder of slow files converted to the same pipeline.
+std::unique_ptr<tokenizer::Tokenizer> open_tokenizer(const std::filesystem::path& path);
 
 /// The id texts are padded with: the pad token that tokenizer_config.json (else
 /// special_tokens_map.json) in `dir` names, when the vocabulary has it, else `fallback`.
@@ -35,11 +44,11 @@ int64_t pad_token_id(const std::filesystem::path& dir, const tokenizer::Tokenize
 loading::SupportPredicate serves_model_types(std::vector<std::string> model_types, std::string what);
 
 /// What every family's build step starts from: the single-model layout of the
-/// directory, its tokenizer.json (required), the dtype by the policy above, and
+/// directory, its tokenizer (require_tokenizer; open it with open_tokenizer), the dtype by the policy above, and
 /// the checkpoint's headers (for measuring).
 struct BuildInputs {
   loading::ModelLayout layout;
-  std::filesystem::path tokenizer_file;
+  std::filesystem::path tokenizer_file;  ///< tokenizer.json, or the folder of slow files
   at::ScalarType dtype;
   loading::Checkpoint checkpoint;
 };

@@ -67,7 +67,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
     const at::Device dev(device);
     BertEncoder encoder(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev));
     return std::make_shared<SentenceEmbedder>(std::make_unique<BertBackbone>(std::move(encoder), dev),
-                                              tokenizer::Tokenizer::from_file(tokenizer_file.string()), settings);
+                                              kit::open_tokenizer(tokenizer_file), settings);
   };
   return model;
 }

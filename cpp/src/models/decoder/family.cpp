@@ -134,10 +134,10 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
     const nn::Weights weights = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, at::Device(device));
     auto decoder = std::make_shared<const Decoder>(config, weights);
     auto embedder = std::make_unique<SentenceEmbedder>(std::make_unique<DecoderBackbone>(decoder),
-                                                       tokenizer::Tokenizer::from_file(tokenizer_file.string()),
+                                                       kit::open_tokenizer(tokenizer_file),
                                                        settings);
     return std::make_shared<DecoderModel>(
-        TextGenerator(decoder, tokenizer::Tokenizer::from_file(tokenizer_file.string()), gen), std::move(embedder));
+        TextGenerator(decoder, kit::open_tokenizer(tokenizer_file), gen), std::move(embedder));
   };
   return model;
 }
@@ -165,7 +165,7 @@ void register_probes() {
     TextGeneratorSettings settings;
     settings.context = settings.max_context = config.max_position_embeddings;
     settings.prefill_chunk = in.get_or<int64_t>("prefill_chunk", kDefaultPrefillChunk);
-    const TextGenerator generator(decoder, tokenizer::Tokenizer::from_file(kit::require_tokenizer(m.layout.tokenizer_dir).string()),
+    const TextGenerator generator(decoder, kit::open_tokenizer(kit::require_tokenizer(m.layout.tokenizer_dir)),
                                   settings);
     SplicedPrompt prompt;
     prompt.ids.assign(ids.begin(), ids.begin() + static_cast<ptrdiff_t>(from));

@@ -195,7 +195,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
           model_dir.string() + ": the LLaVA checkpoint has no lm_head.weight");
     LlavaVision vision(config, parts, dev);
     return std::make_shared<LlavaModel>(config, std::move(vision), images, anyres,
-                                        TextGenerator(language, tokenizer::Tokenizer::from_file(tokenizer_file.string()), gen));
+                                        TextGenerator(language, kit::open_tokenizer(tokenizer_file), gen));
   };
   return model;
 }

@@ -31,7 +31,7 @@ fs::path component_dir(const loading::ModelDirectory& d, const std::string& name
 PromptTokenizer prompt_tokenizer(const fs::path& dir, int64_t default_length, int64_t max_positions) {
   PromptTokenizer t;
   t.file = kit::require_tokenizer(dir);
-  const auto tok = tokenizer::Tokenizer::from_file(t.file.string());
+  const auto tok = kit::open_tokenizer(t.file);
   t.pad_id = kit::pad_token_id(dir, *tok, 0);
   int64_t length = default_length;
   if (auto config = loading::load_tokenizer_config(dir))
@@ -94,7 +94,7 @@ void plan_from_folders(Sd3Plan& plan, const loading::ModelDirectory& d) {
 // The id CLIP's pooling looks for: the tokenizer's <|endoftext|>, else SD3's
 // configs' 2 (pool at the largest id).
 int64_t clip_eos_id(const fs::path& tokenizer_file) {
-  const auto tok = tokenizer::Tokenizer::from_file(tokenizer_file.string());
+  const auto tok = kit::open_tokenizer(tokenizer_file);
   const auto eos = tok->token_to_id("<|endoftext|>");
   return eos ? static_cast<int64_t>(*eos) : 2;
 }

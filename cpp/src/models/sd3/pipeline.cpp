@@ -27,7 +27,7 @@ namespace {
 namespace cap = capabilities;
 
 std::unique_ptr<tokenizer::Tokenizer> open_tokenizer(const PromptTokenizer& how) {
-  return tokenizer::Tokenizer::from_file(how.file.string());
+  return kit::open_tokenizer(how.file);
 }
 
 // A (1, 3, H, W) float image in [-1, 1] -> HWC uint8, as diffusers' numpy_to_pil rounds.

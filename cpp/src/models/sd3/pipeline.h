@@ -28,7 +28,7 @@ namespace mpool::models::sd3 {
 
 /// One text encoder with its tokenizer, padded and truncated to a fixed length.
 struct PromptTokenizer {
-  std::filesystem::path file;
+  std::filesystem::path file;  ///< tokenizer.json, or the folder of slow files (kit::require_tokenizer)
   int64_t max_length = 77;
   int64_t pad_id = 0;
 };
