@@ -155,7 +155,7 @@ def main() -> None:
                              callback_on_step_end=on_step, **kw).images[0]
             return time.perf_counter() - t, [b - a for a, b in zip(marks, marks[1:])], image
 
-        pool = mpool.Pool()
+        pool = mpool.Pool(request_timeout=3600.0)
         pool.register("sd3", str(path), device=device, dtype=args.dtype, max_replicas=1)
 
         def mpool_run() -> tuple[float, list[float], np.ndarray]:

@@ -9,19 +9,7 @@ from typing import Any
 
 import torch
 
-
-def randomize(module: torch.nn.Module, seed: int, scale: float = 0.2) -> torch.nn.Module:
-    """Every parameter random (norm weights around 1), so that no term can hide
-    (diffusers initialises some adaLN projections to zero)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if "norm" in name and name.endswith("weight") and p.dim() == 1:
-                p.copy_(1.0 + 0.1 * noise)
-            else:
-                p.copy_(scale * noise)
-    return module.eval()
+from random_weights import randomize
 
 
 def mmdit_config(**overrides: Any) -> dict[str, Any]:

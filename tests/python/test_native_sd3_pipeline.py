@@ -263,13 +263,15 @@ def test_tiny_autoencoder_previews_decode_the_clean_image_estimate(saved, tmp_pa
         mpool.NativeModel(str(path), options={"preview_vae": str(tmp_path / "missing")})
 
 
-def test_bfloat16_on_cpu_draws_close_to_float32(saved) -> None:
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_draws_close_to_float32(saved, dtype) -> None:
+    # float16 keeps the VAE in float32 (its config's force_upcast), as diffusers does.
     _, path = saved["sd3"]
     with mpool.Pool() as p:
-        p.register("bf16", mpool.NativeModel(str(path), dtype="bfloat16"))
+        p.register("low", mpool.NativeModel(str(path), dtype=dtype))
         p.register("fp32", mpool.NativeModel(str(path)))
         kw = dict(steps=4, guidance_scale=3.0, latents=latents(2).numpy(), width=SIZE, height=SIZE, output_type="np")
-        low, full = p.generate_image("bf16", "a cat", **kw).result(), p.generate_image("fp32", "a cat", **kw).result()
+        low, full = p.generate_image("low", "a cat", **kw).result(), p.generate_image("fp32", "a cat", **kw).result()
     assert low.dtype == np.float32 and low.shape == full.shape
     assert float(np.mean(np.abs(low - full))) < 0.03, float(np.mean(np.abs(low - full)))
 

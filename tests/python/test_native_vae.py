@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+from random_weights import randomize
 from safetensors.torch import save_file
 
 import mpool
@@ -69,16 +71,6 @@ def diffusers() -> Any:
     import diffusers as module
 
     return module
-
-
-def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter random (norm weights around 1), so that no term can hide."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1.0 + 0.1 * noise if "norm" in name and name.endswith("weight") else 0.2 * noise)
-    return module.eval()
 
 
 def randn(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:

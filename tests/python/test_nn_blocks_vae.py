@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+from random_weights import randomize
 from safetensors.torch import save_file
 from transformers import T5Config
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor
@@ -48,16 +50,6 @@ def assert_close(ours: np.ndarray, ref: Any, what: str, rtol: float = RTOL) -> N
     err = rel_err(ours, ref)
     print(f"{what}: max relative error {err:.3e}")
     assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.0e}"
-
-
-def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter random (norm weights around 1), so that no term can hide."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1.0 + 0.1 * noise if "norm" in name and name.endswith("weight") else 0.2 * noise)
-    return module.eval()
 
 
 def save(module: torch.nn.Module, path: Path, edit: dict[str, torch.Tensor] | None = None) -> str:

@@ -84,7 +84,7 @@ TEST(Preprocess, RefusalsAreInvalidInputNamingTheSource) {
     EXPECT_EQ(e.code(), ErrorCode::kInvalidInput);
     EXPECT_NE(std::string(e.what()).find("photo.jpg: the image is empty"), std::string::npos);
   }
-  c.resample = Resample::kLanczos;
+  c.resample = Resample::kBox;
   EXPECT_THROW(c.validate("preprocessor_config.json"), Error);
   c.resample = Resample::kBicubic;
   c.shortest_edge.reset();

@@ -243,7 +243,7 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
   };
   measure(plan.transformer_weights, plan.dtype,
           [&](const nn::Weights& w) { MMDiT::load(mmdit_view(plan, w), plan.mmdit); });
-  measure(plan.vae_weights, plan.dtype, [&](const nn::Weights& w) { vae::AutoencoderKL::load(w, plan.vae); });
+  measure(plan.vae_weights, plan.vae_dtype(), [&](const nn::Weights& w) { vae::AutoencoderKL::load(w, plan.vae); });
   double text_weights = 0;
   {
     const double before = weights;
@@ -270,7 +270,7 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
   const double mmdit_peak = 2.0 * tokens * static_cast<double>(plan.mmdit.inner_dim()) * 12.0 * e +
                             2.0 * static_cast<double>(plan.mmdit.num_attention_heads) * tokens * tokens * e;
   const double vae_peak = 4.0 * static_cast<double>(plan.vae.block_out_channels.front()) *
-                          static_cast<double>(side) * static_cast<double>(side) * e;
+                          static_cast<double>(side) * static_cast<double>(side) * dtype_bytes(plan.vae_dtype());
   const double on_device = plan.text_encoders_on_cpu ? weights - text_weights : weights;
   model.weight_mb = on_device / (1024.0 * 1024.0);
   core::ModelSpec& spec = model.spec;

@@ -87,7 +87,7 @@ Sd3Pipeline::Sd3Pipeline(const Sd3Plan& plan, at::Device device)
                               *plan.t5);
   }
   mmdit_ = MMDiT::load(mmdit_view(plan, open_weights(plan.transformer_weights, plan.dtype, device_)), plan.mmdit);
-  vae_ = vae::AutoencoderKL::load(open_weights(plan.vae_weights, plan.dtype, device_), plan.vae);
+  vae_ = vae::AutoencoderKL::load(open_weights(plan.vae_weights, plan.vae_dtype(), device_), plan.vae);
   if (plan.preview_dir && plan.preview)
     preview_vae_ = vae::AutoencoderTiny::load(open_weights(WeightSource{*plan.preview_dir, ""}, plan.dtype, device_),
                                               *plan.preview);
@@ -144,7 +144,7 @@ at::Tensor Sd3Pipeline::init_latents(const cap::Image& image, int64_t width, int
     rgb = at::from_blob(out.pixels.data(), {height, width, 3}, at::kByte).clone();
   }
   const at::Tensor pixels =
-      (rgb.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat) / 255.0 * 2.0 - 1.0).to(device_, plan_.dtype);
+      (rgb.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat) / 255.0 * 2.0 - 1.0).to(device_, plan_.vae_dtype());
   const vae::AutoencoderKL::Moments m = vae_.encode(pixels);
   // A sample of the latent distribution (diffusers' default), then the scaling.
   const at::Tensor noise = at::randn(m.mean.sizes(), gen, at::TensorOptions().dtype(at::kFloat));
@@ -153,7 +153,7 @@ at::Tensor Sd3Pipeline::init_latents(const cap::Image& image, int64_t width, int
 }
 
 at::Tensor Sd3Pipeline::decode(const at::Tensor& latents) const {
-  return vae_.decode((latents / plan_.vae.scaling_factor + plan_.vae.shift()).to(device_, plan_.dtype));
+  return vae_.decode((latents / plan_.vae.scaling_factor + plan_.vae.shift()).to(device_, plan_.vae_dtype()));
 }
 
 void Sd3Pipeline::fit_preview_projection() {
@@ -163,7 +163,7 @@ void Sd3Pipeline::fit_preview_projection() {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
   const at::Tensor coarse = at::rand({k, 3, 4, 4}, gen) * 2 - 1;
   const at::Tensor images = at::upsample_bilinear2d(coarse, {side, side}, false);
-  const at::Tensor z = ((vae_.encode(images.to(device_, plan_.dtype)).mean.to(at::kFloat).cpu() - plan_.vae.shift()) *
+  const at::Tensor z = ((vae_.encode(images.to(device_, plan_.vae_dtype())).mean.to(at::kFloat).cpu() - plan_.vae.shift()) *
                         plan_.vae.scaling_factor);
   const at::Tensor target = at::avg_pool2d(images, {f, f});
   const int64_t c = z.size(1);

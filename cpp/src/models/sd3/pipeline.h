@@ -67,6 +67,11 @@ struct Sd3Plan {
 
   /// Pixels per latent (the VAE's) times the patch size: width and height must be multiples.
   int64_t size_multiple() const noexcept { return vae.spatial_scale_factor() * mmdit.patch_size; }
+  /// The VAE's dtype: the model's, except float16 for a VAE whose config asks
+  /// to be upcast (force_upcast: SD3's overflows in float16), as diffusers does.
+  at::ScalarType vae_dtype() const noexcept {
+    return dtype == at::kHalf && vae.force_upcast ? at::kFloat : dtype;
+  }
   /// The largest side the MMDiT's positions cover.
   int64_t max_side() const noexcept { return mmdit.pos_embed_max_size * size_multiple(); }
 };
