@@ -17,4 +17,9 @@ def randomize(module: torch.nn.Module, seed: int, scale: float = 0.2) -> torch.n
                 p.copy_(1.0 + 0.1 * noise)
             else:
                 p.copy_(scale * noise)
+    # A transformers model whose embeddings are tied (T5's shared and
+    # encoder.embed_tokens) must stay tied, or what it saves is not what it runs.
+    tie = getattr(module, "tie_weights", None)
+    if callable(tie):
+        tie()
     return module.eval()

@@ -48,6 +48,7 @@ def tiny_t5(seed: int, **overrides):
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             else:
                 p.normal_(0.0, 0.3)
+    model.tie_weights()  # what it saves is then what it runs
     return model
 
 
@@ -123,6 +124,27 @@ def test_encoder_embed_tokens_stands_in_when_shared_weight_is_absent(tmp_path: P
     model = tiny_t5(5, **CONFIGS["relu_v1_0"])
     d = save_single_file(model, tmp_path / "m", prefix="", drop=("shared.weight",))
     ids, mask = inputs(seed=5)
+    assert rel_err(native(d, ids, mask), reference(model, ids, mask)) <= MAX_REL
+
+
+def test_shared_weight_stands_in_when_embed_tokens_is_absent(tmp_path: Path) -> None:
+    model = tiny_t5(7, **CONFIGS["relu_v1_0"])
+    d = save_single_file(model, tmp_path / "m", prefix="", drop=("encoder.embed_tokens.weight",))
+    ids, mask = inputs(seed=7)
+    assert rel_err(native(d, ids, mask), reference(model, ids, mask)) <= MAX_REL
+
+
+def test_an_untied_encoder_table_is_the_one_the_encoder_runs(tmp_path: Path) -> None:
+    # shared and encoder.embed_tokens stored and different: transformers' encoder
+    # looks ids up in its own table, and so must mpool.
+    model = tiny_t5(8, **CONFIGS["gated_gelu_v1_1"])
+    own = torch.nn.Embedding(101, CONFIGS["gated_gelu_v1_1"]["d_model"])
+    with torch.no_grad():
+        own.weight.normal_(0.0, 0.3)
+    model.encoder.embed_tokens = own
+    d = save_single_file(model, tmp_path / "m", prefix="")
+    ids, mask = inputs(seed=8)
+    assert not torch.equal(model.shared.weight, model.encoder.embed_tokens.weight)
     assert rel_err(native(d, ids, mask), reference(model, ids, mask)) <= MAX_REL
 
 

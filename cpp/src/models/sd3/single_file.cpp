@@ -250,7 +250,8 @@ clip::ClipTextConfig infer_clip_text(const loading::Checkpoint& c, const std::st
 
 t5::T5Config infer_t5(const loading::Checkpoint& c, const std::string& p) {
   constexpr std::string_view kWhat = "a T5 encoder (shared.weight, encoder.block.N)";
-  const std::string emb = c.find(p + "shared.weight") ? p + "shared.weight" : p + "encoder.embed_tokens.weight";
+  const std::string emb =
+      c.find(p + "encoder.embed_tokens.weight") ? p + "encoder.embed_tokens.weight" : p + "shared.weight";
   const Shape e = shape_of(c, emb, 2, kWhat);
   const std::string attn = p + "encoder.block.0.layer.0.SelfAttention.";
   const Shape bias = shape_of(c, attn + "relative_attention_bias.weight", 2, kWhat);

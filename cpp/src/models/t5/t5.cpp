@@ -29,8 +29,12 @@ T5Encoder T5Encoder::load(const nn::Weights& w, const T5Config& c) {
   e.config_ = c;
   const int64_t d = c.d_model;
   const double eps = c.layer_norm_epsilon;
-  // T5EncoderModel ties encoder.embed_tokens to shared; checkpoints store either.
-  e.embed_ = w.get(w.has("shared.weight") ? "shared.weight" : "encoder.embed_tokens.weight", {c.vocab_size, d});
+  // The encoder looks its ids up in encoder.embed_tokens, which T5EncoderModel
+  // normally ties to shared; checkpoints store either or both. When both are
+  // stored they can differ (a model whose tie was not made), and the encoder's
+  // own table is the one transformers runs.
+  e.embed_ = w.get(w.has("encoder.embed_tokens.weight") ? "encoder.embed_tokens.weight" : "shared.weight",
+                   {c.vocab_size, d});
   const nn::Weights blocks = w.sub("encoder.block");
   e.relative_bias_ =
       nn::T5RelativeBias::load(blocks.sub(0).sub("layer.0.SelfAttention"), "relative_attention_bias",

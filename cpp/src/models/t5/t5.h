@@ -33,8 +33,8 @@ class T5Encoder {
   static nn::Weights root(const nn::Weights& checkpoint);
 
   /// Takes every tensor the config implies from `w` (a root() view), as the view's
-  /// dtype on its device: the token embedding "shared.weight" (else
-  /// "encoder.embed_tokens.weight"), then each encoder.block.{i}. InvalidInput names
+  /// dtype on its device: the token embedding "encoder.embed_tokens.weight" (else
+  /// the tied "shared.weight"), then each encoder.block.{i}. InvalidInput names
   /// a missing or misshapen tensor. A float16 view takes each wo as float32.
   static T5Encoder load(const nn::Weights& w, const T5Config& config);
 
