@@ -17,9 +17,16 @@ def randomize(module: torch.nn.Module, seed: int, scale: float = 0.2) -> torch.n
                 p.copy_(1.0 + 0.1 * noise)
             else:
                 p.copy_(scale * noise)
-    # A transformers model whose embeddings are tied (T5's shared and
-    # encoder.embed_tokens) must stay tied, or what it saves is not what it runs.
-    tie = getattr(module, "tie_weights", None)
-    if callable(tie):
-        tie()
+    tie_t5_embeddings(module)
     return module.eval()
+
+
+def tie_t5_embeddings(module: torch.nn.Module) -> torch.nn.Module:
+    """A T5 encoder's lookup table made its shared one, by hand. transformers ties
+    them only when the config's tie_word_embeddings reads true, which a long test
+    process has been seen not to do; untied, randomizing makes two different
+    tables and what the model saves is not what it runs."""
+    shared, encoder = getattr(module, "shared", None), getattr(module, "encoder", None)
+    if isinstance(shared, torch.nn.Embedding) and isinstance(getattr(encoder, "embed_tokens", None), torch.nn.Embedding):
+        encoder.embed_tokens.weight = shared.weight
+    return module

