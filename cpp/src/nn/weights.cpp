@@ -1,5 +1,7 @@
 #include "mpool/nn/weights.h"
 
+#include <charconv>
+
 #include <algorithm>
 #include <mutex>
 #include <set>
@@ -193,5 +195,19 @@ std::vector<std::string> Weights::warnings() const {
 at::ScalarType Weights::dtype() const { return dtype_.value_or(state_->dtype); }
 at::Device Weights::device() const { return state_->device; }
 const loading::Checkpoint& Weights::checkpoint() const { return state_->checkpoint; }
+
+bool eat_name_prefix(std::string_view& s, std::string_view head) {
+  if (!s.starts_with(head)) return false;
+  s.remove_prefix(head.size());
+  return true;
+}
+
+std::optional<int64_t> eat_name_index(std::string_view& s) {
+  int64_t n = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+  if (ec != std::errc() || end == s.data() + s.size() || *end != '.') return std::nullopt;
+  s.remove_prefix(static_cast<size_t>(end - s.data()) + 1);
+  return n;
+}
 
 }  // namespace mpool::nn

@@ -46,6 +46,12 @@ struct StoredName {
 /// nullopt: stored under the same name.
 using NameMap = std::function<std::optional<StoredName>(std::string_view name)>;
 
+// Parsing the names a NameMap is asked for, one dotted segment at a time.
+/// Takes `head` off the front of `s`; false (s untouched) when s does not start with it.
+bool eat_name_prefix(std::string_view& s, std::string_view head);
+/// Takes "<n>." off the front of `s` and returns n; nullopt (s untouched) otherwise.
+std::optional<int64_t> eat_name_index(std::string_view& s);
+
 class Weights {
  public:
   /// The whole of `checkpoint`; floating-point tensors become `dtype` on `device`

@@ -54,20 +54,6 @@ loading::JsonView inferred(nlohmann::json j, const std::string& label) {
   return loading::JsonView(root, root.get(), label, "");
 }
 
-bool eat(std::string_view& s, std::string_view head) {
-  if (!s.starts_with(head)) return false;
-  s.remove_prefix(head.size());
-  return true;
-}
-
-std::optional<int64_t> eat_index(std::string_view& s) {
-  int64_t n = 0;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
-  if (ec != std::errc() || end == s.data() + s.size() || *end != '.') return std::nullopt;
-  s.remove_prefix(static_cast<size_t>(end - s.data()) + 1);
-  return n;
-}
-
 }  // namespace
 
 MMDiTConfig infer_mmdit(const loading::Checkpoint& c, const std::string& p) {
@@ -134,35 +120,35 @@ nn::NameMap mmdit_original_names(const MMDiTConfig& config) {
     auto plain = [](std::string stored, std::string_view rest) {
       return nn::StoredName{std::move(stored) + std::string(rest), false, {}};
     };
-    if (eat(s, "pos_embed.proj.")) return plain("x_embedder.proj.", s);
+    if (nn::eat_name_prefix(s, "pos_embed.proj.")) return plain("x_embedder.proj.", s);
     if (s == "pos_embed.pos_embed") return plain("pos_embed", "");
-    if (eat(s, "time_text_embed.")) {
+    if (nn::eat_name_prefix(s, "time_text_embed.")) {
       std::string base;
-      if (eat(s, "timestep_embedder.")) base = "t_embedder.mlp.";
-      else if (eat(s, "text_embedder.")) base = "y_embedder.mlp.";
+      if (nn::eat_name_prefix(s, "timestep_embedder.")) base = "t_embedder.mlp.";
+      else if (nn::eat_name_prefix(s, "text_embedder.")) base = "y_embedder.mlp.";
       else return std::nullopt;
-      if (eat(s, "linear_1.")) return plain(base + "0.", s);
-      if (eat(s, "linear_2.")) return plain(base + "2.", s);
+      if (nn::eat_name_prefix(s, "linear_1.")) return plain(base + "0.", s);
+      if (nn::eat_name_prefix(s, "linear_2.")) return plain(base + "2.", s);
       return std::nullopt;
     }
-    if (eat(s, "norm_out.linear."))
+    if (nn::eat_name_prefix(s, "norm_out.linear."))
       return nn::StoredName{"final_layer.adaLN_modulation.1." + std::string(s), false, swapped};
-    if (eat(s, "proj_out.")) return plain("final_layer.linear.", s);
-    if (!eat(s, "transformer_blocks.")) return std::nullopt;  // context_embedder: the same name
-    const auto i = eat_index(s);
+    if (nn::eat_name_prefix(s, "proj_out.")) return plain("final_layer.linear.", s);
+    if (!nn::eat_name_prefix(s, "transformer_blocks.")) return std::nullopt;  // context_embedder: the same name
+    const auto i = nn::eat_name_index(s);
     if (!i) return std::nullopt;
     const std::string block = "joint_blocks." + std::to_string(*i) + ".";
     const std::string x = block + "x_block.", ctx = block + "context_block.";
-    if (eat(s, "norm1.linear.")) return plain(x + "adaLN_modulation.1.", s);
-    if (eat(s, "norm1_context.linear."))
+    if (nn::eat_name_prefix(s, "norm1.linear.")) return plain(x + "adaLN_modulation.1.", s);
+    if (nn::eat_name_prefix(s, "norm1_context.linear."))
       return nn::StoredName{ctx + "adaLN_modulation.1." + std::string(s), false, *i == last ? swapped : Rows{}};
-    if (eat(s, "ff.net.0.proj.")) return plain(x + "mlp.fc1.", s);
-    if (eat(s, "ff.net.2.")) return plain(x + "mlp.fc2.", s);
-    if (eat(s, "ff_context.net.0.proj.")) return plain(ctx + "mlp.fc1.", s);
-    if (eat(s, "ff_context.net.2.")) return plain(ctx + "mlp.fc2.", s);
+    if (nn::eat_name_prefix(s, "ff.net.0.proj.")) return plain(x + "mlp.fc1.", s);
+    if (nn::eat_name_prefix(s, "ff.net.2.")) return plain(x + "mlp.fc2.", s);
+    if (nn::eat_name_prefix(s, "ff_context.net.0.proj.")) return plain(ctx + "mlp.fc1.", s);
+    if (nn::eat_name_prefix(s, "ff_context.net.2.")) return plain(ctx + "mlp.fc2.", s);
     std::string attn;
-    if (eat(s, "attn.")) attn = "attn.";
-    else if (eat(s, "attn2.")) attn = "attn2.";
+    if (nn::eat_name_prefix(s, "attn.")) attn = "attn.";
+    else if (nn::eat_name_prefix(s, "attn2.")) attn = "attn2.";
     else return std::nullopt;
     // One third of the fused qkv.
     auto third = [dim](const std::string& stored, int64_t k, std::string_view rest) {
@@ -172,15 +158,15 @@ nn::NameMap mmdit_original_names(const MMDiTConfig& config) {
     static const std::pair<std::string_view, int64_t> kText[] = {
         {"add_q_proj.", 0}, {"add_k_proj.", 1}, {"add_v_proj.", 2}};
     for (const auto& [ours, k] : kImage)
-      if (eat(s, ours)) return third(x + attn, k, s);
+      if (nn::eat_name_prefix(s, ours)) return third(x + attn, k, s);
     for (const auto& [ours, k] : kText)
-      if (eat(s, ours)) return third(ctx + attn, k, s);
-    if (eat(s, "to_out.0.")) return plain(x + attn + "proj.", s);
-    if (eat(s, "to_add_out.")) return plain(ctx + attn + "proj.", s);
-    if (eat(s, "norm_q.")) return plain(x + attn + "ln_q.", s);
-    if (eat(s, "norm_k.")) return plain(x + attn + "ln_k.", s);
-    if (eat(s, "norm_added_q.")) return plain(ctx + attn + "ln_q.", s);
-    if (eat(s, "norm_added_k.")) return plain(ctx + attn + "ln_k.", s);
+      if (nn::eat_name_prefix(s, ours)) return third(ctx + attn, k, s);
+    if (nn::eat_name_prefix(s, "to_out.0.")) return plain(x + attn + "proj.", s);
+    if (nn::eat_name_prefix(s, "to_add_out.")) return plain(ctx + attn + "proj.", s);
+    if (nn::eat_name_prefix(s, "norm_q.")) return plain(x + attn + "ln_q.", s);
+    if (nn::eat_name_prefix(s, "norm_k.")) return plain(x + attn + "ln_k.", s);
+    if (nn::eat_name_prefix(s, "norm_added_q.")) return plain(ctx + attn + "ln_q.", s);
+    if (nn::eat_name_prefix(s, "norm_added_k.")) return plain(ctx + attn + "ln_k.", s);
     return std::nullopt;
   };
 }

@@ -12,25 +12,9 @@ namespace mpool::models::vae {
 
 namespace {
 
-// Takes `head` off the front of `s`; false (s untouched) when s does not start with it.
-bool eat(std::string_view& s, std::string_view head) {
-  if (!s.starts_with(head)) return false;
-  s.remove_prefix(head.size());
-  return true;
-}
-
-// Takes "<n>." off the front of `s`.
-std::optional<int64_t> eat_index(std::string_view& s) {
-  int64_t n = 0;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
-  if (ec != std::errc() || end == s.data() + s.size() || *end != '.') return std::nullopt;
-  s.remove_prefix(static_cast<size_t>(end - s.data()) + 1);
-  return n;
-}
-
 // A residual block's tensor: only its shortcut is named differently.
 std::string resnet_tail(std::string_view tail) {
-  return eat(tail, "conv_shortcut.") ? "nin_shortcut." + std::string(tail) : std::string(tail);
+  return nn::eat_name_prefix(tail, "conv_shortcut.") ? "nin_shortcut." + std::string(tail) : std::string(tail);
 }
 
 // The mid-block's attention: group_norm -> norm, to_q/to_k/to_v -> q/k/v,
@@ -40,7 +24,7 @@ std::optional<nn::StoredName> attention(const std::string& base, std::string_vie
       {"group_norm.", "norm."}, {"to_q.", "q."}, {"to_k.", "k."}, {"to_v.", "v."}, {"to_out.0.", "proj_out."}};
   for (const auto& [ours, theirs] : kNames) {
     std::string_view rest = tail;
-    if (!eat(rest, ours)) continue;
+    if (!nn::eat_name_prefix(rest, ours)) continue;
     const bool projection = theirs != "norm.";
     return nn::StoredName{base + std::string(theirs) + std::string(rest), projection && rest == "weight"};
   }
@@ -62,34 +46,34 @@ nn::NameMap ldm_names(int64_t num_blocks) {
   return [num_blocks](std::string_view name) -> std::optional<nn::StoredName> {
     std::string_view s = name;
     std::string side;
-    if (eat(s, "encoder.")) {
+    if (nn::eat_name_prefix(s, "encoder.")) {
       side = "encoder.";
-    } else if (eat(s, "decoder.")) {
+    } else if (nn::eat_name_prefix(s, "decoder.")) {
       side = "decoder.";
     } else {
       return std::nullopt;  // quant_conv, post_quant_conv: the same names
     }
-    if (eat(s, "conv_norm_out.")) return nn::StoredName{side + "norm_out." + std::string(s), false};
-    if (eat(s, "mid_block.")) {
-      if (eat(s, "attentions.0.")) return attention(side + "mid.attn_1.", s);
-      if (!eat(s, "resnets.")) return std::nullopt;
-      const auto j = eat_index(s);
+    if (nn::eat_name_prefix(s, "conv_norm_out.")) return nn::StoredName{side + "norm_out." + std::string(s), false};
+    if (nn::eat_name_prefix(s, "mid_block.")) {
+      if (nn::eat_name_prefix(s, "attentions.0.")) return attention(side + "mid.attn_1.", s);
+      if (!nn::eat_name_prefix(s, "resnets.")) return std::nullopt;
+      const auto j = nn::eat_name_index(s);
       if (!j) return std::nullopt;
       return nn::StoredName{side + "mid.block_" + std::to_string(*j + 1) + "." + resnet_tail(s), false};
     }
     const bool encoder = side == "encoder.";
-    if (!eat(s, encoder ? "down_blocks." : "up_blocks.")) return std::nullopt;
-    const auto i = eat_index(s);
+    if (!nn::eat_name_prefix(s, encoder ? "down_blocks." : "up_blocks.")) return std::nullopt;
+    const auto i = nn::eat_name_index(s);
     if (!i) return std::nullopt;
     // The original decoder numbers its levels from the lowest resolution up.
     const int64_t level = encoder ? *i : num_blocks - 1 - *i;
     const std::string stored = side + (encoder ? "down." : "up.") + std::to_string(level) + ".";
-    if (eat(s, "resnets.")) {
-      const auto j = eat_index(s);
+    if (nn::eat_name_prefix(s, "resnets.")) {
+      const auto j = nn::eat_name_index(s);
       if (!j) return std::nullopt;
       return nn::StoredName{stored + "block." + std::to_string(*j) + "." + resnet_tail(s), false};
     }
-    if (eat(s, encoder ? "downsamplers.0." : "upsamplers.0."))
+    if (nn::eat_name_prefix(s, encoder ? "downsamplers.0." : "upsamplers.0."))
       return nn::StoredName{stored + (encoder ? "downsample." : "upsample.") + std::string(s), false};
     return std::nullopt;
   };
