@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import mpool
 import mpool.testing
@@ -220,9 +220,16 @@ def test_half_precision_tracks_transformers_half_precision_load(tmp_path: Path, 
 
     model = tiny_t5(11, **CONFIGS["gated_gelu_v1_1"])
     model.save_pretrained(tmp_path / "m")
+    # Both lookup tables stored, so transformers' load does not depend on its
+    # tying (a long test process has loaded this checkpoint with the encoder's
+    # table left on the meta device).
+    stored = load_file(tmp_path / "m" / "model.safetensors")
+    stored.setdefault("encoder.embed_tokens.weight", stored["shared.weight"].clone())
+    save_file(stored, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
     ids, mask = inputs(seed=11)
     exact = reference(model, ids, mask)
     half = T5EncoderModel.from_pretrained(tmp_path / "m", dtype=torch_dtype).eval()
+    assert half.encoder.embed_tokens.weight.device.type == "cpu"
     with torch.no_grad():
         theirs = half(input_ids=ids, attention_mask=mask).last_hidden_state.float().numpy()
     ours = mpool.testing.probe(
