@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "models/diffusion/single_file.h"
 #include "models/sd3/pipeline.h"
 #include "models/sd3/single_file.h"
 #include "mpool/base/error.h"
@@ -19,27 +20,14 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace cap = capabilities;
+using diffusion::clip_eos_id;
+using diffusion::component_dir;
+using diffusion::infer_clip_text;
+using diffusion::infer_t5;
+using diffusion::prompt_tokenizer;
+using diffusion::text_encoder_source;
 
 const std::vector<std::string> kPipelineClasses = {"StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"};
-
-fs::path component_dir(const loading::ModelDirectory& d, const std::string& name) {
-  const loading::Component& c = d.require(name);
-  check(!c.error, ErrorCode::kInvalidInput, d.root().string() + ": component '" + name + "': " + c.error.value_or(""));
-  return d.path_of(c);
-}
-
-PromptTokenizer prompt_tokenizer(const fs::path& dir, int64_t default_length, int64_t max_positions) {
-  PromptTokenizer t;
-  t.file = kit::require_tokenizer(dir);
-  const auto tok = kit::open_tokenizer(t.file);
-  t.pad_id = kit::pad_token_id(dir, *tok, 0);
-  int64_t length = default_length;
-  if (auto config = loading::load_tokenizer_config(dir))
-    if (config->model_max_length && *config->model_max_length > 0 && *config->model_max_length < (int64_t{1} << 20))
-      length = *config->model_max_length;
-  t.max_length = max_positions > 0 ? std::min(length, max_positions) : length;
-  return t;
-}
 
 bool turbo_variant(const fs::path& root, const NativeOptions& options) {
   const std::string variant = options.options.get_string("variant", "auto");
@@ -72,8 +60,8 @@ void check_t5_width(const Sd3Plan& plan, const std::string& where) {
 void plan_from_folders(Sd3Plan& plan, const loading::ModelDirectory& d) {
   plan.transformer_weights = {component_dir(d, "transformer"), ""};
   plan.mmdit = MMDiTConfig::from(loading::load_json_object(plan.transformer_weights.path / "config.json"));
-  plan.vae_weights = {component_dir(d, "vae"), ""};
-  plan.vae = vae::AutoencoderKLConfig::from(loading::load_model_config(plan.vae_weights.path));
+  plan.latent.vae_weights = {component_dir(d, "vae"), ""};
+  plan.latent.vae = vae::AutoencoderKLConfig::from(loading::load_model_config(plan.latent.vae_weights.path));
   plan.clip_l_weights = {component_dir(d, "text_encoder"), ""};
   plan.clip_g_weights = {component_dir(d, "text_encoder_2"), ""};
   plan.clip_l = clip::ClipTextConfig::from(loading::load_json_object(plan.clip_l_weights.path / "config.json"));
@@ -91,31 +79,6 @@ void plan_from_folders(Sd3Plan& plan, const loading::ModelDirectory& d) {
       loading::load_json_object(component_dir(d, "scheduler") / "scheduler_config.json"));
 }
 
-// The id CLIP's pooling looks for: the tokenizer's <|endoftext|>, else SD3's
-// configs' 2 (pool at the largest id).
-int64_t clip_eos_id(const fs::path& tokenizer_file) {
-  const auto tok = kit::open_tokenizer(tokenizer_file);
-  const auto eos = tok->token_to_id("<|endoftext|>");
-  return eos ? static_cast<int64_t>(*eos) : 2;
-}
-
-// A text encoder of a single-file model: inside the file under `inside`, else
-// the file option `option` names (its prefix found by `suffix`).
-std::optional<WeightSource> text_encoder_source(const fs::path& file, const loading::Checkpoint& checkpoint,
-                                                const std::string& inside, const NativeOptions& options,
-                                                const std::string& option, const std::string& suffix) {
-  const std::string given = options.options.get_string(option, "");
-  if (!given.empty()) {
-    check(fs::is_regular_file(given), ErrorCode::kInvalidInput, "option " + option + ": " + given + " is not a file");
-    const auto prefix = prefix_of(loading::Checkpoint::open(given), suffix);
-    check(prefix.has_value(), ErrorCode::kInvalidInput,
-          "option " + option + ": " + given + " holds no tensor named *" + suffix);
-    return WeightSource{given, *prefix};
-  }
-  if (checkpoint.find(inside + suffix)) return WeightSource{file, inside};
-  return std::nullopt;
-}
-
 // An SD3 / SD3.5 single file (Stability's layout): configs from the shapes, text
 // encoders inside it or from the files options name, tokenizers and scheduler
 // from the `tokenizers` folder.
@@ -129,8 +92,8 @@ void plan_from_single_file(Sd3Plan& plan, const loading::ModelDirectory& d, cons
   plan.transformer_weights = {file, kMMDiTPrefix};
   plan.original_mmdit_names = true;
   plan.mmdit = infer_mmdit(checkpoint, kMMDiTPrefix);
-  plan.vae_weights = {file, kVaePrefix};
-  plan.vae = infer_sd3_vae(checkpoint, kVaePrefix);
+  plan.latent.vae_weights = {file, kVaePrefix};
+  plan.latent.vae = infer_sd3_vae(checkpoint, kVaePrefix);
 
   // Tokenizers: nothing can be downloaded, so a folder with diffusers' tokenizer folders.
   const std::string option = options.options.get_string("tokenizers", "");
@@ -183,8 +146,8 @@ void plan_from_single_file(Sd3Plan& plan, const loading::ModelDirectory& d, cons
     plan.scheduler = nn::FlowMatchConfig{};
     plan.scheduler.shift = 3.0;  // SD3's FlowMatchEulerDiscreteScheduler
   }
-  check(plan.vae.latent_channels == plan.mmdit.in_channels, ErrorCode::kInvalidInput,
-        where + ": the VAE makes " + std::to_string(plan.vae.latent_channels) + " latent channels (" + kVaePrefix +
+  check(plan.latent.vae.latent_channels == plan.mmdit.in_channels, ErrorCode::kInvalidInput,
+        where + ": the VAE makes " + std::to_string(plan.latent.vae.latent_channels) + " latent channels (" + kVaePrefix +
             "decoder.conv_in.weight), the transformer takes " + std::to_string(plan.mmdit.in_channels) + " (" +
             kMMDiTPrefix + "x_embedder.proj.weight)");
 }
@@ -192,6 +155,7 @@ void plan_from_single_file(Sd3Plan& plan, const loading::ModelDirectory& d, cons
 NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&, const NativeOptions& options) {
   Sd3Plan plan;
   plan.dtype = kit::pick_dtype(options, "sd3");
+  plan.latent.dtype = plan.dtype;
   plan.text_encoders_on_cpu = options.options.get_bool("text_encoders_on_cpu", false);
   plan.text_dtype = plan.text_encoders_on_cpu ? at::kFloat : plan.dtype;
   plan.default_max_sequence_length = options.options.get_int("max_sequence_length", 256);
@@ -206,71 +170,45 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
             std::string("option ") + o + " is for single-file checkpoints; " + d.root().string() +
                 " is a diffusers folder");
     plan_from_folders(plan, d);
-    check(plan.vae.latent_channels == plan.mmdit.in_channels, ErrorCode::kInvalidInput,
-          d.root().string() + ": the VAE makes " + std::to_string(plan.vae.latent_channels) +
+    check(plan.latent.vae.latent_channels == plan.mmdit.in_channels, ErrorCode::kInvalidInput,
+          d.root().string() + ": the VAE makes " + std::to_string(plan.latent.vae.latent_channels) +
               " latent channels, the transformer takes " + std::to_string(plan.mmdit.in_channels));
   }
-  const std::string preview_option = options.options.get_string("preview_vae", "");
-  const fs::path preview_dir =
-      preview_option.empty() ? (single_file ? fs::path() : d.root() / "vae_preview") : fs::path(preview_option);
-  if (!preview_dir.empty() && fs::is_regular_file(preview_dir / "config.json")) {
-    plan.preview_dir = preview_dir;
-    plan.preview = vae::AutoencoderTinyConfig::from(loading::load_model_config(preview_dir));
-    check(plan.preview->latent_channels == plan.vae.latent_channels, ErrorCode::kInvalidInput,
-          preview_dir.string() + ": the preview autoencoder takes " + std::to_string(plan.preview->latent_channels) +
-              " latent channels, the model makes " + std::to_string(plan.vae.latent_channels));
-  } else {
-    check(preview_option.empty(), ErrorCode::kInvalidInput,
-          "option preview_vae: " + (preview_dir / "config.json").string() + " is missing");
-  }
+  plan.latent.find_preview(options, single_file ? fs::path() : d.root() / "vae_preview");
   // Memory: every component's weights as loaded, plus the peak of one step at
   // the default size with guidance (two sequences through the MMDiT, attention
   // scores included) or of the VAE decode at full resolution.
   NativeModel model;
-  double weights = 0;
-  auto measure = [&](const WeightSource& source, at::ScalarType dtype,
-                     const std::function<void(const nn::Weights&)>& f) {
-    if (!single_file) {
-      weights += kit::measure_weights(loading::Checkpoint::open(source.path), dtype, f, model.warnings);
-      return;
-    }
-    // A single file's configs come from its own shapes: a tensor that does not
-    // fit them contradicts the file, refused now (the error names it).
-    const nn::Weights w = open_weights(source, dtype, at::Device(at::kMeta));
-    f(w);
-    weights += static_cast<double>(w.bytes_taken());
-    for (auto& warning : w.warnings()) model.warnings.push_back(std::move(warning));
-  };
-  measure(plan.transformer_weights, plan.dtype,
-          [&](const nn::Weights& w) { MMDiT::load(mmdit_view(plan, w), plan.mmdit); });
-  measure(plan.vae_weights, plan.vae_dtype(), [&](const nn::Weights& w) { vae::AutoencoderKL::load(w, plan.vae); });
-  double text_weights = 0;
-  {
-    const double before = weights;
-    measure(plan.clip_l_weights, plan.text_dtype,
-            [&](const nn::Weights& w) { clip::ClipTextEncoder::load(w, plan.clip_l, plan.clip_l_projected); });
-    measure(plan.clip_g_weights, plan.text_dtype,
-            [&](const nn::Weights& w) { clip::ClipTextEncoder::load(w, plan.clip_g, true); });
-    if (plan.t5_weights)
-      measure(*plan.t5_weights, plan.text_dtype,
-              [&](const nn::Weights& w) { t5::T5Encoder::load(t5::T5Encoder::root(w), *plan.t5); });
-    text_weights = weights - before;
-  }
-  if (plan.preview_dir)
-    measure(WeightSource{*plan.preview_dir, ""}, plan.dtype,
-            [&](const nn::Weights& w) { vae::AutoencoderTiny::load(w, *plan.preview); });
+  diffusion::WeightMeter meter(single_file, model.warnings);
+  meter.measure(plan.transformer_weights, plan.dtype,
+                [&](const nn::Weights& w) { MMDiT::load(mmdit_view(plan, w), plan.mmdit); });
+  meter.measure(plan.latent.vae_weights, plan.latent.vae_dtype(),
+                [&](const nn::Weights& w) { vae::AutoencoderKL::load(w, plan.latent.vae); });
+  double text_weights = meter.measure(plan.clip_l_weights, plan.text_dtype, [&](const nn::Weights& w) {
+    clip::ClipTextEncoder::load(w, plan.clip_l, plan.clip_l_projected);
+  });
+  text_weights += meter.measure(plan.clip_g_weights, plan.text_dtype,
+                                [&](const nn::Weights& w) { clip::ClipTextEncoder::load(w, plan.clip_g, true); });
+  if (plan.t5_weights)
+    text_weights += meter.measure(*plan.t5_weights, plan.text_dtype, [&](const nn::Weights& w) {
+      t5::T5Encoder::load(t5::T5Encoder::root(w), *plan.t5);
+    });
+  if (plan.latent.preview_dir)
+    meter.measure(WeightSource{*plan.latent.preview_dir, ""}, plan.dtype,
+                  [&](const nn::Weights& w) { vae::AutoencoderTiny::load(w, *plan.latent.preview); });
+  const double weights = meter.total();
   // A single file's variant is in its name ("sd3.5_large_turbo.safetensors").
   const fs::path& weights_file = plan.transformer_weights.path;
   const bool turbo =
       turbo_variant(single_file ? weights_file.parent_path() / weights_file.stem() : d.root(), options);
-  const int64_t side = std::min(plan.mmdit.sample_size * plan.vae.spatial_scale_factor(), plan.max_side());
+  const int64_t side = std::min(plan.mmdit.sample_size * plan.latent.scale(), plan.max_side());
   const double e = dtype_bytes(plan.dtype);
   const double tokens = std::pow(static_cast<double>(side / plan.size_multiple()), 2) + 77.0 +
                         static_cast<double>(plan.default_max_sequence_length);
   const double mmdit_peak = 2.0 * tokens * static_cast<double>(plan.mmdit.inner_dim()) * 12.0 * e +
                             2.0 * static_cast<double>(plan.mmdit.num_attention_heads) * tokens * tokens * e;
-  const double vae_peak = 4.0 * static_cast<double>(plan.vae.block_out_channels.front()) *
-                          static_cast<double>(side) * static_cast<double>(side) * dtype_bytes(plan.vae_dtype());
+  const double vae_peak = 4.0 * static_cast<double>(plan.latent.vae.block_out_channels.front()) *
+                          static_cast<double>(side) * static_cast<double>(side) * dtype_bytes(plan.latent.vae_dtype());
   const double on_device = plan.text_encoders_on_cpu ? weights - text_weights : weights;
   model.weight_mb = on_device / (1024.0 * 1024.0);
   core::ModelSpec& spec = model.spec;
@@ -286,7 +224,7 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
       {"strength", 0.6},
       {"size_multiple", static_cast<double>(plan.size_multiple())},
       {"latent_channels", static_cast<double>(plan.mmdit.in_channels)},
-      {"latent_scale", static_cast<double>(plan.vae.spatial_scale_factor())},
+      {"latent_scale", static_cast<double>(plan.latent.scale())},
   };
   if (plan.text_encoders_on_cpu)
     model.warnings.push_back("text encoders on the CPU (" + std::to_string(static_cast<int64_t>(text_weights / 1048576.0)) +

@@ -4,16 +4,14 @@
 // fused attn.qkv, x_embedder, t_embedder, y_embedder, final_layer), the VAE under
 // "first_stage_model." (LDM names), and optionally the text encoders under
 // "text_encoders.{clip_l,clip_g,t5xxl}.transformer." with transformers' names.
-// A file has no config.json: each component's config is inferred from its
-// tensors' shapes here, with SD3's fixed choices (64-wide attention heads, the
-// SD3 VAE's scaling and shift) where no shape says it; InvalidInput names the
-// tensor when a shape contradicts another.
+// A file has no config.json: the MMDiT's and the VAE's configs are inferred from
+// their tensors' shapes here, with SD3's fixed choices (64-wide attention heads,
+// the SD3 VAE's scaling and shift) where no shape says it; the text encoders' in
+// diffusion/single_file.h, shared with FLUX.
 #include <cstdint>
 #include <string>
 
-#include "models/clip/config.h"
 #include "models/sd3/config.h"
-#include "models/t5/config.h"
 #include "models/vae/config.h"
 #include "mpool/loading/safetensors.h"
 #include "mpool/nn/weights.h"
@@ -38,21 +36,5 @@ nn::NameMap mmdit_original_names(const MMDiTConfig& config);
 /// with its levels, widths, layers per level, latent channels and quant convs
 /// read from the LDM names under `prefix`.
 vae::AutoencoderKLConfig infer_sd3_vae(const loading::Checkpoint& c, const std::string& prefix);
-
-/// A CLIP text model under `prefix` (text_model., and text_projection.weight when
-/// `projected`; else projection_dim is the width): widths, layers, positions and
-/// vocabulary from the shapes, heads = width / 64, `act` (CLIP-L quick_gelu,
-/// CLIP-G gelu) and `eos_token_id` as given.
-clip::ClipTextConfig infer_clip_text(const loading::Checkpoint& c, const std::string& prefix, const std::string& act,
-                                     int64_t eos_token_id, bool projected);
-
-/// A T5 encoder under `prefix` (shared / encoder.block.N): widths, heads (from the
-/// relative attention bias), layers, buckets, vocabulary and gating from the shapes.
-t5::T5Config infer_t5(const loading::Checkpoint& c, const std::string& prefix);
-
-/// The prefix under which `c` stores `suffix` ("text_model.final_layer_norm.weight"
-/// under "", "transformer.", "text_encoders.clip_l.transformer.", ...): the
-/// shortest one; nullopt when no name ends with it.
-std::optional<std::string> prefix_of(const loading::Checkpoint& c, const std::string& suffix);
 
 }  // namespace mpool::models::sd3
