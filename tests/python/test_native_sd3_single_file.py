@@ -21,32 +21,22 @@ import torch
 from safetensors.torch import save_file
 
 import mpool
+from original_names import ToOriginal, swap_halves
 from sd3_models import sd3_pipeline
 
 ATOL = 1e-3
 SIZE = 32
 
 
-def swap_halves(t: torch.Tensor) -> torch.Tensor:
-    """(scale, shift) <-> (shift, scale): diffusers' swap_scale_shift is its own inverse."""
-    a, b = t.chunk(2, dim=0)
-    return torch.cat([b, a], dim=0)
-
-
 def mmdit_to_original(transformer) -> dict[str, torch.Tensor]:
     """SD3Transformer2DModel's names -> the original mmdit ones (the inverse of
     diffusers' convert_sd3_transformer_checkpoint_to_diffusers)."""
-    sd = {k: v.detach() for k, v in transformer.state_dict().items()}
+    m = ToOriginal(transformer)
+    take, out = m.take, m.out
     layers = transformer.config.num_layers
-    out: dict[str, torch.Tensor] = {}
-
-    def take(ours: str, theirs: str) -> None:
-        for kind in ("weight", "bias"):
-            if f"{ours}.{kind}" in sd:
-                out[f"{theirs}.{kind}"] = sd.pop(f"{ours}.{kind}")
 
     take("pos_embed.proj", "x_embedder.proj")
-    out["pos_embed"] = sd.pop("pos_embed.pos_embed")
+    out["pos_embed"] = m.pop("pos_embed.pos_embed")
     take("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0")
     take("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2")
     take("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0")
@@ -55,31 +45,26 @@ def mmdit_to_original(transformer) -> dict[str, torch.Tensor]:
     for i in range(layers):
         d, x, c = f"transformer_blocks.{i}", f"joint_blocks.{i}.x_block", f"joint_blocks.{i}.context_block"
         for attn in ("attn", "attn2"):
-            if f"{d}.{attn}.to_q.weight" not in sd:
+            if f"{d}.{attn}.to_q.weight" not in m.left:
                 continue
-            for kind in ("weight", "bias"):
-                out[f"{x}.{attn}.qkv.{kind}"] = torch.cat([sd.pop(f"{d}.{attn}.to_{p}.{kind}") for p in "qkv"])
+            m.fuse(f"{x}.{attn}.qkv", [f"{d}.{attn}.to_{p}" for p in "qkv"])
             take(f"{d}.{attn}.to_out.0", f"{x}.{attn}.proj")
             take(f"{d}.{attn}.norm_q", f"{x}.{attn}.ln_q")
             take(f"{d}.{attn}.norm_k", f"{x}.{attn}.ln_k")
-        for kind in ("weight", "bias"):
-            out[f"{c}.attn.qkv.{kind}"] = torch.cat([sd.pop(f"{d}.attn.add_{p}_proj.{kind}") for p in "qkv"])
+        m.fuse(f"{c}.attn.qkv", [f"{d}.attn.add_{p}_proj" for p in "qkv"])
         take(f"{d}.attn.to_add_out", f"{c}.attn.proj")
         take(f"{d}.attn.norm_added_q", f"{c}.attn.ln_q")
         take(f"{d}.attn.norm_added_k", f"{c}.attn.ln_k")
         take(f"{d}.norm1.linear", f"{x}.adaLN_modulation.1")
         for kind in ("weight", "bias"):
-            t = sd.pop(f"{d}.norm1_context.linear.{kind}")
+            t = m.pop(f"{d}.norm1_context.linear.{kind}")
             out[f"{c}.adaLN_modulation.1.{kind}"] = swap_halves(t) if i == layers - 1 else t
         take(f"{d}.ff.net.0.proj", f"{x}.mlp.fc1")
         take(f"{d}.ff.net.2", f"{x}.mlp.fc2")
         take(f"{d}.ff_context.net.0.proj", f"{c}.mlp.fc1")
         take(f"{d}.ff_context.net.2", f"{c}.mlp.fc2")
-    for kind in ("weight", "bias"):
-        out[f"final_layer.adaLN_modulation.1.{kind}"] = swap_halves(sd.pop(f"norm_out.linear.{kind}"))
-    take("proj_out", "final_layer.linear")
-    assert not sd, f"unmapped MMDiT tensors: {sorted(sd)}"
-    return out
+    m.final_layer()
+    return m.finish("MMDiT")
 
 
 def vae_to_ldm(vae) -> dict[str, torch.Tensor]:

@@ -242,6 +242,38 @@ def test_multi_axis_rope_matches_diffusers_flux_position_embedding() -> None:
     assert rel_err(out["out"], ref) <= REL
 
 
+def test_multi_axis_rope_rounds_integer_ids_to_float32_as_diffusers_flux_does() -> None:
+    # Ids beyond 2^24 are not float32 numbers: diffusers rounds them (ids.float())
+    # before its float64 angles, so 2^24 + 1 must rotate as 2^24 does.
+    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+
+    axes = [4, 6, 6]
+    ids = torch.tensor([[0, 2**24 + 1, 3], [1, 2**25 + 3, 7], [2**24 + 1, 5, 2**26 + 5]], dtype=torch.int64)
+    cos, sin = FluxPosEmbed(theta=10000, axes_dim=axes)(ids)
+    out = mpool.testing.probe("nn.multi_axis_rope", {"positions": ids.numpy()}, axes_dims=axes, theta=10000.0)
+    assert rel_err(out["cos"], cos) <= REL and rel_err(out["sin"], sin) <= REL
+
+
+def test_rope_of_a_float16_query_is_computed_in_float32_and_returned_in_float16() -> None:
+    # diffusers rotates FLUX's half-precision q and k against float32 tables in
+    # float32, then casts back.
+    from diffusers.models.embeddings import apply_rotary_emb
+    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+
+    torch.manual_seed(4)
+    axes = [4, 6, 6]
+    ids = torch.cat([torch.zeros(5, 1), torch.randint(0, 9, (5, 2)).float()], 1)
+    cos, sin = FluxPosEmbed(theta=10000, axes_dim=axes)(ids)
+    x = torch.randn(1, 2, 5, sum(axes)).half()
+    ref = apply_rotary_emb(x, (cos, sin))
+    out = mpool.testing.probe(
+        "nn.multi_axis_rope", {"positions": ids.numpy(), "x": x.float().numpy()}, axes_dims=axes, theta=10000.0,
+        x_dtype="float16",
+    )["out"]
+    assert out.dtype == np.float16
+    assert np.array_equal(out, ref.numpy())
+
+
 def test_unsupported_rope_type_names_the_type_and_the_supported_ones() -> None:
     config = {"model_type": "llama", "rope_parameters": {"rope_type": "proportional", "rope_theta": 1e4}}
     with pytest.raises(mpool.InvalidInput, match="rope type 'proportional' is not supported .*yarn"):

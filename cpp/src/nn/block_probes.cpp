@@ -44,7 +44,13 @@ void register_all() {
     auto [cos, sin] = multi_axis_rope_tables(in.tensor("positions"), in.get<std::vector<int64_t>>("axes_dims"),
                                              in.get<double>("theta"));
     ProbeOutput out{{"cos", cos}, {"sin", sin}};
-    if (in.tensors.count("x")) out["out"] = apply_rope(in.tensor("x"), cos, sin, RopeLayout::kInterleaved);
+    if (in.tensors.count("x")) {
+      // "x_dtype": x is rotated in that dtype (the float32 tables stay float32).
+      const std::string name = in.get_or<std::string>("x_dtype", "float32");
+      const auto dtype = loading::parse_scalar_type(name);
+      check(dtype.has_value(), ErrorCode::kInvalidInput, "unknown x_dtype '" + name + "'");
+      out["out"] = apply_rope(in.tensor("x").to(*dtype), cos, sin, RopeLayout::kInterleaved);
+    }
     return out;
   });
   register_probe("nn.activation", [](const ProbeInput& in) {

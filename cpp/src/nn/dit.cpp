@@ -30,6 +30,13 @@ at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tens
 
 at::Tensor gated(const at::Tensor& gate, const at::Tensor& x) { return gate.unsqueeze(1) * x; }
 
+Mlp diffusers_feed_forward(const Weights& w, int64_t dim) {
+  MlpNames names;
+  names.up = "net.0.proj";
+  names.down = "net.2";
+  return Mlp::load(w, dim, 4 * dim, Activation::kGeluTanh, /*gated=*/false, /*bias=*/true, names);
+}
+
 JointAttention JointAttention::load(const Weights& w, int64_t dim, int64_t heads, int64_t head_dim,
                                     std::optional<double> qk_norm_eps, bool text_output, Order order) {
   const AttentionShape shape{dim, heads, heads, head_dim, 0, dim, true, true};

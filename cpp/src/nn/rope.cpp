@@ -102,7 +102,9 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
     at::Tensor pairs = rot.unflatten(-1, {rd / 2, 2});
     rotated = at::stack({-pairs.select(-1, 1), pairs.select(-1, 0)}, -1).flatten(-2);
   }
-  at::Tensor out = rot * cos + rotated * sin;
+  // In the wider of x's and the tables' dtypes (half x, float32 tables: float32,
+  // as diffusers rotates FLUX's q and k), then back to x's.
+  at::Tensor out = (rot * cos + rotated * sin).to(x.scalar_type());
   if (rd == d) return out;
   return at::cat({out, x.narrow(-1, rd, d - rd)}, -1);
 }
@@ -117,7 +119,10 @@ std::pair<at::Tensor, at::Tensor> multi_axis_rope_tables(const at::Tensor& posit
     check(dim >= 2 && dim % 2 == 0, ErrorCode::kInvalidInput, "multi-axis rope: each axis needs an even width >= 2");
     // In float64, as diffusers' FLUX embedding computes them, then float32.
     at::Tensor inv = 1.0 / at::pow(theta, at::arange(0, dim, 2, at::kDouble) / static_cast<double>(dim));
-    at::Tensor freqs = at::outer(positions.select(1, static_cast<int64_t>(a)).to(at::kDouble), inv);
+    // Coordinates pass through float32 first (diffusers' ids.float()): integer ids
+    // beyond 2^24 round as there.
+    at::Tensor coords = positions.select(1, static_cast<int64_t>(a)).to(at::kFloat).to(at::kDouble);
+    at::Tensor freqs = at::outer(coords, inv);
     cos.push_back(freqs.cos().repeat_interleave(2, -1).to(at::kFloat));
     sin.push_back(freqs.sin().repeat_interleave(2, -1).to(at::kFloat));
   }

@@ -13,6 +13,7 @@
 
 #include "mpool/nn/attention.h"
 #include "mpool/nn/linear.h"
+#include "mpool/nn/mlp.h"
 #include "mpool/nn/weights.h"
 
 namespace mpool::nn {
@@ -38,6 +39,10 @@ at::Tensor plain_layer_norm(const at::Tensor& x, double eps = 1e-6);
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale);
 /// gate (b, d) per sample times x (b, n, d).
 at::Tensor gated(const at::Tensor& gate, const at::Tensor& x);
+
+/// diffusers' FeedForward(dim, activation_fn="gelu-approximate") of the DiT blocks
+/// (SD3, FLUX): net.0.proj (4 dim, dim), tanh GELU, net.2 (dim, 4 dim), with biases.
+Mlp diffusers_feed_forward(const Weights& w, int64_t dim);
 
 /// Attention over the concatenation of two streams, each with its own q/k/v (and
 /// q/k norms) and output projection: SD3's and FLUX's joint attention. The image

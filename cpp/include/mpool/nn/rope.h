@@ -26,13 +26,15 @@ std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions, const
                                               RopeLayout layout);
 
 /// Rotates the first cos.size(-1) dimensions of x (..., n, head_dim) by the
-/// tables (n, rotary); the rest pass through.
+/// tables (n, rotary); the rest pass through. Computed in the wider of x's and
+/// the tables' dtypes, returned in x's.
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                       RopeLayout layout = RopeLayout::kRotateHalf);
 
 /// The N-axis variant: each row of `positions` (n, axes) has one coordinate per
 /// axis; axis a rotates axes_dims[a] dimensions with base `theta`, and the
-/// tables concatenate over the axes (n, sum(axes_dims)), interleaved layout, float32.
+/// tables concatenate over the axes (n, sum(axes_dims)), interleaved layout, float32
+/// (coordinates rounded to float32, angles in float64, as diffusers' FluxPosEmbed).
 std::pair<at::Tensor, at::Tensor> multi_axis_rope_tables(const at::Tensor& positions,
                                                          const std::vector<int64_t>& axes_dims, double theta);
 

@@ -9,14 +9,6 @@ namespace {
 
 constexpr double kEps = 1e-6;
 
-// diffusers' FeedForward(dim, activation_fn="gelu-approximate"): net.0.proj, tanh GELU, net.2.
-nn::Mlp feed_forward(const nn::Weights& w, int64_t dim) {
-  nn::MlpNames names;
-  names.up = "net.0.proj";
-  names.down = "net.2";
-  return nn::Mlp::load(w, dim, 4 * dim, nn::Activation::kGeluTanh, /*gated=*/false, /*bias=*/true, names);
-}
-
 }  // namespace
 
 JointBlock JointBlock::load(const nn::Weights& w, const MMDiTConfig& c, bool context_pre_only, bool dual_attention) {
@@ -34,8 +26,8 @@ JointBlock JointBlock::load(const nn::Weights& w, const MMDiTConfig& c, bool con
     b.attn2_ = nn::Attention::load(w.sub("attn2"), shape, {"to_q", "to_k", "to_v", "to_out.0", "", "norm_q", "norm_k"},
                                    qk);
   }
-  b.ff_ = feed_forward(w.sub("ff"), dim);
-  if (!context_pre_only) b.ff_context_ = feed_forward(w.sub("ff_context"), dim);
+  b.ff_ = nn::diffusers_feed_forward(w.sub("ff"), dim);
+  if (!context_pre_only) b.ff_context_ = nn::diffusers_feed_forward(w.sub("ff_context"), dim);
   return b;
 }
 
