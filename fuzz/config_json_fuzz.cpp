@@ -6,8 +6,8 @@
 //   field picks which one accepts, as in production; all are tried on every
 //   input), the diffusers autoencoders' AutoencoderKLConfig::from and
 //   AutoencoderTinyConfig::from, the SD3 transformer's MMDiTConfig::from, the
-//   lone CLIP text tower's ClipTextConfig::from, the flow-matching
-//   scheduler's FlowMatchConfig::from with a schedule of a few steps, and
+//   FLUX transformer's FluxConfig::from, the lone CLIP text tower's
+//   ClipTextConfig::from, the flow-matching scheduler's FlowMatchConfig::from with a schedule of a few steps, and
 //   parse_generation_config, parse_tokenizer_config and
 //   parse_special_tokens_map on the same document; then, as ModelDirectory reads
 //   them, the nested configs (nested_config_keys, parse_model_config on each),
@@ -32,6 +32,7 @@
 #include "models/bert/config.h"
 #include "models/clip/config.h"
 #include "models/decoder/config.h"
+#include "models/flux/config.h"
 #include "models/llava/config.h"
 #include "models/sd3/config.h"
 #include "models/siglip/config.h"
@@ -179,6 +180,21 @@ void check_mmdit(const mpool::models::sd3::MMDiTConfig& c) {
   for (std::int64_t layer : c.dual_attention_layers) require(layer >= 0 && layer < c.num_layers);
 }
 
+// What flux/transformer.cpp relies on: the rotary axes cover each head exactly.
+void check_flux(const mpool::models::flux::FluxConfig& c) {
+  require(c.patch_size > 0 && c.in_channels > 0 && c.out_channels > 0);
+  require(c.num_layers >= 0 && c.num_single_layers >= 0);
+  require(c.attention_head_dim > 0 && c.num_attention_heads > 0 && c.joint_attention_dim > 0 &&
+          c.pooled_projection_dim > 0);
+  require(!c.axes_dims_rope.empty());
+  std::int64_t sum = 0;
+  for (std::int64_t d : c.axes_dims_rope) {
+    require(d >= 2 && d % 2 == 0);
+    sum += d;
+  }
+  require(sum == c.attention_head_dim);
+}
+
 // What the sd3 pipeline relies on: levels from 1 (or what the shift makes of it)
 // down to the end level, finite, one timestep per step.
 void check_flow_match(const mpool::nn::FlowMatchConfig& c) {
@@ -221,6 +237,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         [&] { check_autoencoder_tiny(mpool::models::vae::AutoencoderTinyConfig::from(config)); });
   });
   expect_only_invalid_input([&] { check_mmdit(mpool::models::sd3::MMDiTConfig::from(json)); });
+  expect_only_invalid_input([&] { check_flux(mpool::models::flux::FluxConfig::from(json)); });
   expect_only_invalid_input([&] { (void)mpool::models::clip::ClipTextConfig::from(json); });
   expect_only_invalid_input([&] { check_flow_match(mpool::nn::FlowMatchConfig::from(json)); });
   expect_only_invalid_input([&] { (void)loading::parse_generation_config(json); });

@@ -104,6 +104,7 @@ void register_builtin_probes() {
     nn::register_block_probes();
     bert::register_probes();
     decoder::register_probes();
+    flux::register_probes();
     clip::register_probes();
     siglip::register_probes();
     llava::register_probes();

@@ -121,6 +121,11 @@ Family family();
 void register_probes();
 }  // namespace decoder
 
+namespace flux {
+/// The FLUX.1 transformer's probes ("flux.transformer", "flux.single_file_config").
+void register_probes();
+}  // namespace flux
+
 namespace llava {
 /// The LLaVA family (LlavaForConditionalGeneration: a CLIP vision tower, a
 /// projector and a decoder-family language model) as a vision and text_to_text model.
