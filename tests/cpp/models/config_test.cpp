@@ -12,6 +12,7 @@
 #include "models/bert/config.h"
 #include "models/clip/config.h"
 #include "models/decoder/config.h"
+#include "models/flux/config.h"
 #include "models/llava/config.h"
 #include "models/siglip/config.h"
 #include "models/vae/config.h"
@@ -354,6 +355,56 @@ TEST(VaeConfigs, AutoencoderTinyErrorsNameTheKey) {
                  "config.json: \"latent_magnitude\" must be positive");
   expect_invalid([] { AutoencoderTinyConfig::from(config(R"({"_class_name": "AutoencoderKL"})")); },
                  "not AutoencoderTiny");
+}
+
+flux::FluxConfig flux_config(const std::string& json) {
+  return flux::FluxConfig::from(loading::parse_json_object(json, "config.json"));
+}
+
+TEST(FluxConfig, AnEmptyFileIsFluxOneSchnellsShape) {
+  const flux::FluxConfig c = flux_config("{}");
+  EXPECT_EQ(c.patch_size, 1);
+  EXPECT_EQ(c.in_channels, 64);
+  EXPECT_EQ(c.out_channels, 64);
+  EXPECT_EQ(c.num_layers, 19);
+  EXPECT_EQ(c.num_single_layers, 38);
+  EXPECT_EQ(c.inner_dim(), 3072);
+  EXPECT_EQ(c.joint_attention_dim, 4096);
+  EXPECT_EQ(c.pooled_projection_dim, 768);
+  EXPECT_FALSE(c.guidance_embeds);
+  EXPECT_EQ(c.axes_dims_rope, (std::vector<int64_t>{16, 56, 56}));
+}
+
+TEST(FluxConfig, ReadsEveryFieldAndANullOutputIsTheInput) {
+  const flux::FluxConfig c = flux_config(R"({"_class_name": "FluxTransformer2DModel", "patch_size": 2,
+      "in_channels": 16, "out_channels": null, "num_layers": 0, "num_single_layers": 3, "attention_head_dim": 32,
+      "num_attention_heads": 3, "joint_attention_dim": 24, "pooled_projection_dim": 20, "guidance_embeds": true,
+      "axes_dims_rope": [8, 12, 12]})");
+  EXPECT_EQ(c.patch_size, 2);
+  EXPECT_EQ(c.out_channels, 16);
+  EXPECT_EQ(c.num_layers, 0);
+  EXPECT_EQ(c.num_single_layers, 3);
+  EXPECT_EQ(c.inner_dim(), 96);
+  EXPECT_TRUE(c.guidance_embeds);
+  EXPECT_EQ(c.axes_dims_rope, (std::vector<int64_t>{8, 12, 12}));
+  EXPECT_EQ(flux_config(R"({"in_channels": 16, "out_channels": 8})").out_channels, 8);
+}
+
+TEST(FluxConfig, ErrorsNameTheKey) {
+  expect_invalid([] { flux_config(R"({"axes_dims_rope": [16, 56, 48]})"); },
+                 "config.json: \"axes_dims_rope\" adds up to 120, not attention_head_dim = 128");
+  expect_invalid([] { flux_config(R"({"attention_head_dim": 16, "axes_dims_rope": [3, 7, 6]})"); },
+                 "config.json: \"axes_dims_rope\": an axis of 3 dimensions");
+  expect_invalid([] { flux_config(R"({"attention_head_dim": 16, "axes_dims_rope": [0, 16]})"); },
+                 "config.json: \"axes_dims_rope\"");
+  expect_invalid([] { flux_config(R"({"axes_dims_rope": []})"); },
+                 "config.json: \"axes_dims_rope\" must list 1 to 16 axes");
+  expect_invalid([] { flux_config(R"({"axes_dims_rope": "16,56,56"})"); }, "axes_dims_rope");
+  expect_invalid([] { flux_config(R"({"num_single_layers": -1})"); }, "config.json: \"num_single_layers\" is -1");
+  expect_invalid([] { flux_config(R"({"num_layers": 5000})"); }, "config.json: \"num_layers\" is 5000");
+  expect_invalid([] { flux_config(R"({"attention_head_dim": 0})"); }, "config.json: \"attention_head_dim\" is 0");
+  expect_invalid([] { flux_config(R"({"num_attention_heads": 1000})"); }, "is too wide");
+  expect_invalid([] { flux_config(R"({"guidance_embeds": "yes"})"); }, "guidance_embeds");
 }
 
 }  // namespace
