@@ -1,5 +1,5 @@
-"""Text to image: native Stable Diffusion 3 in mpool vs diffusers'
-StableDiffusion3Pipeline, one run, one machine.
+"""Text to image: native Stable Diffusion 3 and FLUX.1 in mpool vs diffusers'
+StableDiffusion3Pipeline and FluxPipeline, one run, one machine.
 
 One random-weight SD3-shaped pipeline is built with diffusers and transformers
 (library initialisation) and saved: an MMDiT of --depth blocks, 64-wide heads
@@ -9,15 +9,24 @@ CLIP-G and a 6-layer T5 (the real CLIP-G and T5-XXL would not fit twice in this
 machine's memory, and they run once per image, not per step). Both engines
 generate the same 256 x 256 image (the same initial latents, checked to agree)
 with classifier-free guidance, fp32, on the same torch intra-op threads.
+
+--family flux builds a FLUX.1-dev-shaped pipeline instead: a transformer of
+--depth double-stream and 2 x --depth single-stream blocks (FLUX.1's 19 + 38
+scaled down), --depth 128-wide heads (FLUX.1's 24), the guidance embedding,
+FLUX's 16-channel VAE, the same CLIP-L-sized encoder and 6-layer T5; embedded
+guidance 3.5 (one sequence per step), 256 T5 tokens.
+
 Reported, medians of --repeats:
 
 - seconds per image: the whole call, prompt encoding and VAE decode included;
 - seconds per step: the MMDiT's share, from the per-step progress times of
   both (diffusers' callback_on_step_end, mpool's ImageProgress.elapsed);
-- the compute bound: the MMDiT's FLOPs per step (two sequences of image + text
-  tokens through every block) against a torch fp32 matmul's rate.
+- the compute bound: the transformer's FLOPs per step (image + text tokens
+  through every block, two sequences with SD3's guidance) against a torch
+  matmul's rate.
 
     python bench/text_to_image.py [--depth 12] [--steps 8] [--repeats 3] [--size 256]
+    python bench/text_to_image.py --family flux [--depth 6] [--steps 8]
     python bench/text_to_image.py --device cuda --size 1024 --depth 24 --dtype bfloat16   # SD3.5-medium-shaped
 """
 
@@ -41,6 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import mpool  # noqa: E402
+from flux_models import flux_pipeline  # noqa: E402
 from sd3_models import sd3_pipeline  # noqa: E402
 
 PROMPT = "a photo of a red house on a hill at night"
@@ -97,6 +107,37 @@ def build(out: Path, depth: int, dual: bool) -> Any:
     return pipe
 
 
+FLUX_T5_TOKENS = 256
+
+
+def build_flux(out: Path, depth: int) -> Any:
+    heads = depth
+    pipe = flux_pipeline(
+        dev=True,
+        randomized=False,
+        transformer=dict(in_channels=64, num_layers=depth, num_single_layers=2 * depth, attention_head_dim=128,
+                         num_attention_heads=heads, joint_attention_dim=2048, pooled_projection_dim=768,
+                         axes_dims_rope=[16, 56, 56]),
+        clip=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        t5=dict(d_model=2048, d_kv=64, d_ff=5120, num_layers=6, num_heads=32, relative_attention_num_buckets=32),
+        vae=dict(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                 block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=16,
+                 norm_num_groups=32, sample_size=1024),
+    )
+    pipe.save_pretrained(out)
+    return pipe
+
+
+def flux_flops(pipe: Any, size: int) -> float:
+    """Multiply-adds x 2 of one step: every token through q/k/v/o and the MLP
+    (12 w^2 in a double block; q/k/v, the MLP's up and the fused output, 12 w^2,
+    in a single block), plus QK^T and AV over the joint sequence."""
+    c = pipe.transformer.config
+    w = c.num_attention_heads * c.attention_head_dim
+    t = (size // 16) ** 2 + FLUX_T5_TOKENS
+    return (c.num_layers + c.num_single_layers) * (2 * 12 * w * w * t + 4 * t * t * w)
+
+
 def mmdit_flops(pipe: Any, size: int, batch: int) -> float:
     """Multiply-adds x 2 of one step: every token through its stream's q/k/v/o
     (4 w^2) and MLP (8 w^2) in every block, plus QK^T and AV over the joint
@@ -112,7 +153,9 @@ def mmdit_flops(pipe: Any, size: int, batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--depth", type=int, default=12, help="MMDiT blocks (width 64 x depth)")
+    parser.add_argument("--family", choices=["sd3", "flux"], default="sd3")
+    parser.add_argument("--depth", type=int, default=None,
+                        help="sd3: MMDiT blocks (width 64 x depth; default 12); flux: double blocks and heads (default 6)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--guidance", type=float, default=5.0)
@@ -122,23 +165,33 @@ def main() -> None:
     parser.add_argument("--dual", action="store_true", help="SD3.5-medium's qk-norm and MMDiT-X layers")
     parser.add_argument("--mpool-only", action="store_true", help="skip diffusers (GPU steps/s runs)")
     args = parser.parse_args()
+    flux = args.family == "flux"
+    if args.depth is None:
+        args.depth = 6 if flux else 12
+    if flux:
+        args.guidance = 3.5 if args.guidance == 5.0 else args.guidance
     dtype = getattr(torch, args.dtype)
     device = args.device
     where = torch.cuda.get_device_name(0) if device == "cuda" else cpu_name()
     print(f"machine: {where}; torch {torch.__version__}, {torch.get_num_threads()} intra-op threads; {args.dtype}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "sd3"
+        path = Path(tmp) / args.family
         t0 = time.perf_counter()
-        pipe = build(path, args.depth, args.dual)
+        pipe = build_flux(path, args.depth) if flux else build(path, args.depth, args.dual)
         params = sum(p.numel() for p in pipe.transformer.parameters())
-        print(f"built and saved in {time.perf_counter() - t0:.0f} s: MMDiT {args.depth} blocks, "
+        shape = f"FLUX transformer {args.depth}+{2 * args.depth} blocks" if flux else f"MMDiT {args.depth} blocks"
+        print(f"built and saved in {time.perf_counter() - t0:.0f} s: {shape}, "
               f"{params / 1e6:.0f}M parameters; {args.size}x{args.size}, {args.steps} steps, guidance {args.guidance}")
         if device != "cpu" or dtype != torch.float32:
             pipe.to(device, dtype)
         pipe.set_progress_bar_config(disable=True)
         latents = torch.randn(1, 16, args.size // 8, args.size // 8, generator=torch.Generator().manual_seed(0))
+        # diffusers' FLUX pipelines take their latents packed 2x2; mpool takes either form.
+        theirs = pipe._pack_latents(latents, 1, 16, args.size // 8, args.size // 8) if flux else latents
         kw = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.size, width=args.size)
+        if flux:
+            kw["max_sequence_length"] = FLUX_T5_TOKENS
 
         def diffusers_run() -> tuple[float, list[float], np.ndarray]:
             marks: list[float] = []
@@ -151,18 +204,19 @@ def main() -> None:
 
             t = time.perf_counter()
             with torch.no_grad():
-                image = pipe(PROMPT, latents=latents.to(device, dtype), output_type="np",
+                image = pipe(PROMPT, latents=theirs.to(device, dtype), output_type="np",
                              callback_on_step_end=on_step, **kw).images[0]
             return time.perf_counter() - t, [b - a for a, b in zip(marks, marks[1:])], image
 
         pool = mpool.Pool(request_timeout=3600.0)
-        pool.register("sd3", str(path), device=device, dtype=args.dtype, max_replicas=1)
+        pool.register("model", str(path), device=device, dtype=args.dtype, max_replicas=1)
+        extra = {"max_sequence_length": FLUX_T5_TOKENS} if flux else {}
 
         def mpool_run() -> tuple[float, list[float], np.ndarray]:
             t = time.perf_counter()
-            stream = pool.generate_image("sd3", PROMPT, steps=args.steps, guidance_scale=args.guidance,
+            stream = pool.generate_image("model", PROMPT, steps=args.steps, guidance_scale=args.guidance,
                                          width=args.size, height=args.size, latents=latents.numpy(),
-                                         preview=False, output_type="np")
+                                         preview=False, output_type="np", **extra)
             elapsed = [c.elapsed for c in stream]
             image = stream.result()
             return time.perf_counter() - t, [b - a for a, b in zip(elapsed, elapsed[1:])], image
@@ -186,7 +240,7 @@ def main() -> None:
         pool.close()
 
     med = [statistics.median(x[i] for x in rows) if rows[0][i] is not None else None for i in range(4)]
-    flops = mmdit_flops(pipe, args.size, 2 if args.guidance > 1 else 1)
+    flops = flux_flops(pipe, args.size) if flux else mmdit_flops(pipe, args.size, 2 if args.guidance > 1 else 1)
     peak = matmul_gflops(device, dtype)
     print(f"\nmpool: {med[0]:.2f} s/image, {med[1]:.3f} s/step ({1 / med[1]:.2f} steps/s)")
     if med[2] is not None:

@@ -407,7 +407,7 @@ void register_pool(py::module_& m) {
            })
       .def("generate_image",
            [](core::Pool& pool, const std::string& key, std::string prompt, int64_t width, int64_t height,
-              int64_t steps, double guidance_scale, std::optional<std::string> negative_prompt,
+              int64_t steps, double guidance_scale, double true_cfg_scale, std::optional<std::string> negative_prompt,
               std::optional<uint64_t> seed, double strength, py::object latents, std::vector<int64_t> skip_layers,
               double skip_layer_scale, double skip_layer_start, double skip_layer_stop,
               std::optional<int64_t> max_sequence_length, bool previews, bool float_output, py::list init_image,
@@ -426,6 +426,7 @@ void register_pool(py::module_& m) {
              c.height = height;
              c.steps = steps;
              c.guidance_scale = guidance_scale;
+             c.true_cfg_scale = true_cfg_scale;
              c.negative_prompt = std::move(negative_prompt);
              c.seed = seed;
              c.strength = strength;

@@ -144,7 +144,7 @@ def _image(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings: dict[str, Any] = {}
-    for name in ("width", "height", "steps", "guidance_scale", "negative_prompt", "seed"):
+    for name in ("width", "height", "steps", "guidance_scale", "true_cfg_scale", "negative_prompt", "seed"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.init_image is not None:
@@ -242,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="model directory or cached repo id")
     _generation_flags(p)
     p.set_defaults(fn=_describe)
-    p = sub.add_parser("image", help="generate an image with a native text-to-image model (Stable Diffusion 3)")
+    p = sub.add_parser("image", help="generate an image with a native text-to-image model (Stable Diffusion 3, FLUX.1)")
     p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("--model", required=True, help="a diffusers pipeline folder")
+    p.add_argument("--model", required=True, help="a diffusers pipeline folder or a single .safetensors file")
     p.add_argument("-o", "--output", required=True, help="where to save the image (PNG, JPEG, WebP, ...)")
     p.add_argument("--init-image", help="img2img: the starting image (file, URL or data URI)")
     p.add_argument("--strength", type=float, help="img2img: share of the steps to run (default 0.6)")
@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--true-cfg-scale", type=float, help="FLUX: two-pass guidance with --negative-prompt (above 1)")
     p.add_argument("--negative-prompt")
     p.add_argument("--seed", type=int)
     p.add_argument("--dtype", help="float32 (default on CPU), bfloat16 or float16")

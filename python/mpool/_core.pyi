@@ -154,7 +154,7 @@ class Pool:
     ) -> TextStream: ...
     def generate_image(
         self, key: str, prompt: str, width: int, height: int, steps: int, guidance_scale: float,
-        negative_prompt: str | None, seed: int | None, strength: float, latents: np.ndarray | None,
+        true_cfg_scale: float, negative_prompt: str | None, seed: int | None, strength: float, latents: np.ndarray | None,
         skip_layers: list[int], skip_layer_scale: float, skip_layer_start: float, skip_layer_stop: float,
         max_sequence_length: int | None, previews: bool, float_output: bool, init_image: list[tuple[str, Any]],
         timeout: float, fetch_timeout: float, allow_private_urls: bool, max_image_bytes: int,

@@ -173,6 +173,7 @@ class ImageSettings(NamedTuple):
     height: int
     steps: int
     guidance_scale: float
+    true_cfg_scale: float
     negative_prompt: str | None
     seed: int | None
     strength: float
@@ -189,10 +190,12 @@ class ImageSettings(NamedTuple):
 IMAGE_DEFAULTS: dict[str, float] = {"width": 512, "height": 512, "steps": 20, "guidance_scale": 7.0, "strength": 0.8}
 """What ``generate_image`` uses for a setting that neither the request nor the model sets."""
 
-IMAGE_SHAPE_KEYS = ("size_multiple", "latent_channels", "latent_scale")
+IMAGE_SHAPE_KEYS = ("size_multiple", "latent_channels", "latent_scale", "latent_packing")
 """What a model may also say in its defaults about the images it makes: width and
 height must be multiples of ``size_multiple``; its latents have ``latent_channels``
-channels at 1/``latent_scale`` of the image's size."""
+channels at 1/``latent_scale`` of the image's size; ``latent_packing`` p: its
+pipeline packs p x p latents into one token (FLUX), so latents may also come
+packed, (1, tokens, channels * p * p), as diffusers' FLUX pipelines take them."""
 
 SKIP_LAYER_DEFAULTS = (7, 8, 9)
 """The blocks skip-layer guidance leaves out when asked with ``True`` (diffusers' defaults for SD3.5)."""
@@ -241,7 +244,7 @@ def _latents(value: Any) -> np.ndarray | None:
         array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=np.float32)
     except (TypeError, ValueError) as e:
         raise InvalidInput(f"latents must be a numeric array, got {type(value).__name__}: {e}") from None
-    if array.ndim != 4 or array.shape[0] != 1:
+    if array.ndim not in (3, 4) or array.shape[0] != 1:
         raise InvalidInput(f"latents must be one latent of shape (1, channels, height, width), got {array.shape}")
     if not np.all(np.isfinite(array)):
         raise InvalidInput("latents must be finite (found NaN or infinity)")
@@ -257,6 +260,7 @@ def image_settings(
     guidance_scale: Any,
     negative_prompt: Any,
     seed: Any,
+    true_cfg_scale: Any = None,
     strength: Any,
     init_image: bool = False,
     latents: Any = None,
@@ -292,9 +296,20 @@ def image_settings(
     array = _latents(latents)
     if array is not None and "latent_channels" in chosen:
         scale = int(chosen.get("latent_scale", 1))
-        expected = (1, int(chosen["latent_channels"]), height // scale, width // scale)
+        channels, rows, cols = int(chosen["latent_channels"]), height // scale, width // scale
+        expected = (1, channels, rows, cols)
+        p = int(chosen.get("latent_packing", 1))
+        packed = (1, (rows // p) * (cols // p), channels * p * p)
+        if p > 1 and array.shape == packed:
+            # diffusers' _pack_latents undone: (1, r, c, channels, p, p) -> (1, channels, rows, cols)
+            array = np.ascontiguousarray(
+                array.reshape(1, rows // p, cols // p, channels, p, p).transpose(0, 3, 1, 4, 2, 5).reshape(expected)
+            )
         if array.shape != expected:
-            raise InvalidInput(f"latents must have shape {expected} for a {width}x{height} image, got {array.shape}")
+            also = f" or {packed} packed" if p > 1 else ""
+            raise InvalidInput(
+                f"latents must have shape {expected}{also} for a {width}x{height} image, got {array.shape}"
+            )
     skip_layers = _skip_layers(skip_layer_guidance)
     if skip_layers and guidance_scale <= 1:
         raise InvalidInput("skip_layer_guidance works inside classifier-free guidance: it needs guidance_scale > 1")
@@ -310,6 +325,7 @@ def image_settings(
         height=height,
         steps=v.int_in("steps", steps, 1, MAX_IMAGE_STEPS),
         guidance_scale=guidance_scale,
+        true_cfg_scale=v.finite("true_cfg_scale", 1.0 if true_cfg_scale is None else true_cfg_scale, lo=0),
         negative_prompt=v.optional_text("negative_prompt", negative_prompt),
         seed=v.optional_int_in("seed", seed, 0, v.UINT64_MAX),
         strength=v.finite("strength", strength, lo=0, hi=1),

@@ -606,6 +606,7 @@ class Pool:
         guidance_scale: float | None = None,
         negative_prompt: str | None = None,
         seed: int | None = None,
+        true_cfg_scale: float | None = None,
         init_image: Any = None,
         strength: float | None = None,
         latents: Any = None,
@@ -628,6 +629,9 @@ class Pool:
         argument of that name. ``skip_layer_guidance``: True for blocks 7, 8, 9, or
         the block indices, with its ``skip_layer_scale`` (2.8) applied between
         ``skip_layer_start`` (0.01) and ``skip_layer_stop`` (0.2) of the steps.
+        ``true_cfg_scale``: for a guidance-distilled model (FLUX), two-pass
+        classifier-free guidance with ``negative_prompt`` when above 1 (default
+        1: off); ``guidance_scale`` is then FLUX.1-dev's embedded guidance.
         ``preview``: a small PIL preview with each step. ``output_type``: "pil" or
         "np" (float32 HWC in [0, 1], diffusers' ``output_type="np"``).
         ``progress``: a tqdm bar (and, in a notebook, the preview updating in place).
@@ -638,6 +642,7 @@ class Pool:
         s = req.image_settings(
             prompt, width=width, height=height, steps=steps, guidance_scale=guidance_scale,
             negative_prompt=negative_prompt, seed=seed, strength=strength, init_image=init_image is not None,
+            true_cfg_scale=true_cfg_scale,
             latents=latents, skip_layer_guidance=skip_layer_guidance, skip_layer_scale=skip_layer_scale,
             skip_layer_start=skip_layer_start, skip_layer_stop=skip_layer_stop,
             max_sequence_length=max_sequence_length, preview=preview, output_type=output_type,

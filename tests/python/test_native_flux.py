@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 import mpool
 import mpool.testing
-from original_names import ToOriginal
+from original_names import flux_to_original
 from random_weights import randomize
 
 RTOL = 1e-4
@@ -137,43 +137,6 @@ def test_flux_transformer_without_any_block_is_the_embedders_and_final_layer(tmp
 
 
 # --- single files in Black Forest Labs' names
-
-
-def flux_to_original(model) -> dict[str, torch.Tensor]:
-    """FluxTransformer2DModel's names -> Black Forest Labs' (the inverse of diffusers'
-    convert_flux_transformer_checkpoint_to_diffusers)."""
-    m = ToOriginal(model)
-    take, fuse = m.take, m.fuse
-    take("x_embedder", "img_in")
-    take("context_embedder", "txt_in")
-    for ours, theirs in [("timestep_embedder", "time_in"), ("guidance_embedder", "guidance_in"),
-                         ("text_embedder", "vector_in")]:
-        take(f"time_text_embed.{ours}.linear_1", f"{theirs}.in_layer")
-        take(f"time_text_embed.{ours}.linear_2", f"{theirs}.out_layer")
-    for i in range(model.config.num_layers):
-        d, o = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        take(f"{d}.norm1.linear", f"{o}.img_mod.lin")
-        take(f"{d}.norm1_context.linear", f"{o}.txt_mod.lin")
-        fuse(f"{o}.img_attn.qkv", [f"{d}.attn.to_{p}" for p in "qkv"])
-        fuse(f"{o}.txt_attn.qkv", [f"{d}.attn.add_{p}_proj" for p in "qkv"])
-        for stream, q, k in [("img", "norm_q", "norm_k"), ("txt", "norm_added_q", "norm_added_k")]:
-            m.out[f"{o}.{stream}_attn.norm.query_norm.scale"] = m.pop(f"{d}.attn.{q}.weight")
-            m.out[f"{o}.{stream}_attn.norm.key_norm.scale"] = m.pop(f"{d}.attn.{k}.weight")
-        take(f"{d}.attn.to_out.0", f"{o}.img_attn.proj")
-        take(f"{d}.attn.to_add_out", f"{o}.txt_attn.proj")
-        take(f"{d}.ff.net.0.proj", f"{o}.img_mlp.0")
-        take(f"{d}.ff.net.2", f"{o}.img_mlp.2")
-        take(f"{d}.ff_context.net.0.proj", f"{o}.txt_mlp.0")
-        take(f"{d}.ff_context.net.2", f"{o}.txt_mlp.2")
-    for i in range(model.config.num_single_layers):
-        s, o = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
-        take(f"{s}.norm.linear", f"{o}.modulation.lin")
-        fuse(f"{o}.linear1", [f"{s}.attn.to_q", f"{s}.attn.to_k", f"{s}.attn.to_v", f"{s}.proj_mlp"])
-        m.out[f"{o}.norm.query_norm.scale"] = m.pop(f"{s}.attn.norm_q.weight")
-        m.out[f"{o}.norm.key_norm.scale"] = m.pop(f"{s}.attn.norm_k.weight")
-        take(f"{s}.proj_out", f"{o}.linear2")
-    m.final_layer()
-    return m.finish("FLUX")
 
 
 class _SplitAtModelWidth:

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import mpool
+from image_checks import ATOL, assert_same
 from sd3_models import sd3_pipeline
 
-ATOL = 1e-3
 SIZE = 32
 
 
@@ -53,14 +53,6 @@ def reference(pipe, prompt: str, **kwargs: Any) -> np.ndarray:
 
 def ours(pool, key: str, prompt: str, **kwargs: Any) -> np.ndarray:
     return pool.generate_image(key, prompt, width=SIZE, height=SIZE, output_type="np", **kwargs).result()
-
-
-def assert_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    err = float(np.max(np.abs(a.astype(np.float64) - b)))
-    print(f"{what}: max abs difference {err:.2e}")
-    assert err <= ATOL, f"{what}: max abs difference {err:.2e}"
-    assert float(np.std(b)) > 1e-3, "the reference image is flat: the comparison would prove little"
 
 
 @pytest.mark.parametrize("negative", [None, "a blurry dog"])

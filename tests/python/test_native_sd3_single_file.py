@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import save_file
 
 import mpool
-from original_names import ToOriginal, swap_halves
+from image_checks import assert_same
+from original_names import ToOriginal, swap_halves, vae_to_ldm_names
 from sd3_models import sd3_pipeline
 
-ATOL = 1e-3
 SIZE = 32
 
 
@@ -68,25 +68,7 @@ def mmdit_to_original(transformer) -> dict[str, torch.Tensor]:
 
 
 def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
-    """diffusers' AutoencoderKL names -> the LDM ones (inverse of convert_ldm_vae_checkpoint)."""
-    n = len(vae.config.block_out_channels)
-    out = {}
-    for key, value in vae.state_dict().items():
-        k = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
-        k = re.sub(r"down_blocks\.(\d+)\.resnets\.", r"down.\1.block.", k)
-        k = re.sub(r"down_blocks\.(\d+)\.downsamplers\.0\.", r"down.\1.downsample.", k)
-        k = re.sub(r"up_blocks\.(\d+)\.resnets\.", lambda m: f"up.{n - 1 - int(m[1])}.block.", k)
-        k = re.sub(r"up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"up.{n - 1 - int(m[1])}.upsample.", k)
-        k = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", k)
-        if "mid_block.attentions.0." in k:
-            k = k.replace("mid_block.attentions.0.", "mid.attn_1.")
-            for ours, theirs in [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"),
-                                 ("to_out.0", "proj_out")]:
-                k = k.replace(f".{ours}.", f".{theirs}.")
-            if k.endswith("weight") and value.dim() == 2:
-                value = value[:, :, None, None]
-        out[k] = value.detach()
-    return out
+    return vae_to_ldm_names(vae.state_dict(), len(vae.config.block_out_channels))
 
 
 def state(module, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -169,14 +151,6 @@ def latents(seed: int = 7) -> torch.Tensor:
 def reference(pipe, prompt: str, **kwargs: Any) -> np.ndarray:
     with torch.no_grad():
         return pipe(prompt, height=SIZE, width=SIZE, output_type="np", **kwargs).images[0]
-
-
-def assert_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    err = float(np.max(np.abs(a.astype(np.float64) - b)))
-    print(f"{what}: max abs difference {err:.2e}")
-    assert err <= ATOL, f"{what}: max abs difference {err:.2e}"
-    assert float(np.std(b)) > 1e-3, "the reference image is flat: the comparison would prove little"
 
 
 def generate_both(pipe, path: Path, options: dict[str, Any], what: str) -> None:

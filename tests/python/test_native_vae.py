@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from original_names import vae_to_ldm_names
 from random_weights import randomize
 from safetensors.torch import save_file
 
@@ -164,35 +164,13 @@ def test_autoencoder_kl_encode_clamps_logvar_to_minus_30_and_20_as_diffusers(
     assert_close(out["mean"], dist.mean, "unclamped mean")
 
 
-def to_ldm_names(state: dict[str, torch.Tensor], num_blocks: int) -> dict[str, torch.Tensor]:
-    """diffusers' AutoencoderKL names -> the original LDM ones (the inverse of
-    diffusers' convert_ldm_vae_checkpoint), attention projections as 1x1 convs."""
-    out = {}
-    for key, value in state.items():
-        k = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
-        k = re.sub(r"down_blocks\.(\d+)\.resnets\.", r"down.\1.block.", k)
-        k = re.sub(r"down_blocks\.(\d+)\.downsamplers\.0\.", r"down.\1.downsample.", k)
-        k = re.sub(r"up_blocks\.(\d+)\.resnets\.", lambda m: f"up.{num_blocks - 1 - int(m[1])}.block.", k)
-        k = re.sub(r"up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"up.{num_blocks - 1 - int(m[1])}.upsample.", k)
-        k = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", k)
-        if "mid_block.attentions.0." in k:
-            k = k.replace("mid_block.attentions.0.", "mid.attn_1.")
-            for ours, theirs in [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"),
-                                 ("to_out.0", "proj_out")]:
-                k = k.replace(f".{ours}.", f".{theirs}.")
-            if k.endswith("weight") and value.dim() == 2:
-                value = value[:, :, None, None]
-        out[k] = value.detach().clone().contiguous()
-    return out
-
-
 @pytest.mark.parametrize("name", ["sd3_like_3_blocks_2_layers", "sd1_like_2_blocks_1_layer"])
 def test_autoencoder_kl_reads_the_original_ldm_layout_of_a_single_file_under_its_prefix(
     kl_models: dict[str, tuple[Any, Path]], name: str, tmp_path: Path
 ) -> None:
     model, path = kl_models[name]
     kwargs, (b, h, w) = KL_CONFIGS[name]
-    ldm = to_ldm_names(model.state_dict(), len(kwargs["block_out_channels"]))
+    ldm = vae_to_ldm_names(model.state_dict(), len(kwargs["block_out_channels"]))
     assert "decoder.mid.attn_1.q.weight" in ldm and ldm["decoder.mid.attn_1.q.weight"].dim() == 4
     assert any(".nin_shortcut." in k for k in ldm), "the layout test must cover a shortcut"
     tensors = {f"first_stage_model.{k}": v for k, v in ldm.items()}
@@ -226,7 +204,7 @@ def test_autoencoder_kl_missing_or_misshapen_tensor_is_named_in_either_layout(
     missing = r"checkpoint has no tensor 'decoder\.up_blocks\.1\.resnets\.1\.conv2\.bias'"
     with pytest.raises(mpool.InvalidInput, match=missing):
         mpool.testing.probe("vae.decode", {"latents": latents}, path=str(path), checkpoint=str(diffusers_file))
-    ldm = to_ldm_names(state, 2)
+    ldm = vae_to_ldm_names(state, 2)
     del ldm["decoder.mid.attn_1.proj_out.weight"]
     ldm_file = tmp_path / "ldm.safetensors"
     save_file(ldm, str(ldm_file))
@@ -237,7 +215,7 @@ def test_autoencoder_kl_missing_or_misshapen_tensor_is_named_in_either_layout(
     ):
         mpool.testing.probe("vae.decode", {"latents": latents}, path=str(path), checkpoint=str(ldm_file))
     # Only trailing unit dimensions may be dropped: a 3x3 kernel is not a linear weight.
-    ldm = to_ldm_names(state, 2)
+    ldm = vae_to_ldm_names(state, 2)
     ldm["decoder.mid.attn_1.q.weight"] = torch.zeros(64, 64, 3, 3)
     save_file(ldm, str(ldm_file))
     with pytest.raises(

@@ -141,8 +141,11 @@ void register_sampler() {
         FlowMatchConfig::from(loading::parse_json_object(in.options.at("config").dump(), "scheduler_config.json"));
     const std::optional<double> mu =
         in.options.contains("mu") ? std::optional<double>(in.get<double>("mu")) : std::nullopt;
+    // Option "linear_sigmas": the levels given as linspace(1, 1 / steps, steps), as FLUX's pipelines give them.
     const int64_t steps = in.get<int64_t>("steps");
-    const FlowMatchSchedule s = config.schedule(steps, mu);
+    const FlowMatchSchedule s = in.get_or<bool>("linear_sigmas", false)
+                                    ? config.schedule_from_sigmas(linspace(1.0, 1.0 / static_cast<double>(steps), steps), mu)
+                                    : config.schedule(steps, mu);
     ProbeOutput out{{"sigmas", at::tensor(s.sigmas)}, {"timesteps", at::tensor(s.timesteps)}};
     if (in.options.contains("strength"))
       out.emplace("start", at::scalar_tensor(img2img_start_step(steps, in.get<double>("strength")), at::kLong));

@@ -47,11 +47,47 @@ double FlowMatchConfig::mu_for(int64_t image_seq_len) const {
   return static_cast<double>(image_seq_len) * m + b;
 }
 
-FlowMatchSchedule FlowMatchConfig::schedule(int64_t steps, std::optional<double> mu) const {
-  check(steps >= 1, ErrorCode::kInvalidInput, "steps must be at least 1, got " + std::to_string(steps));
-  check(!use_dynamic_shifting || mu.has_value(), ErrorCode::kInvalidInput,
+namespace {
+
+// Shifts the levels (static or by mu), stretches them to shift_terminal, and
+// appends the terminal level, each operation in T: float64 when diffusers made
+// the levels itself, float32 when it was given them (numpy keeps float32 then).
+template <class T>
+FlowMatchSchedule finish(const FlowMatchConfig& c, std::vector<T> sig, std::optional<double> mu) {
+  check(!c.use_dynamic_shifting || mu.has_value(), ErrorCode::kInvalidInput,
         "this scheduler shifts by resolution (use_dynamic_shifting): it needs mu");
   if (mu) check(std::isfinite(*mu), ErrorCode::kInvalidInput, "mu must be finite");
+  const T one = 1;
+  for (T& s : sig) {
+    if (c.use_dynamic_shifting) {
+      const T e = static_cast<T>(c.linear_time_shift ? *mu : std::exp(*mu));
+      s = e / (e + (one / s - one));
+    } else {
+      s = static_cast<T>(c.shift) * s / (one + static_cast<T>(c.shift - 1.0) * s);
+    }
+  }
+  if (c.shift_terminal) {
+    const T scale = (one - sig.back()) / static_cast<T>(1.0 - *c.shift_terminal);
+    check(scale > 0, ErrorCode::kInvalidInput,
+          "shift_terminal stretches the schedule to its last level, which needs at least 2 steps");
+    for (T& s : sig) s = one - (one - s) / scale;
+  }
+  FlowMatchSchedule out;
+  const float n_train = static_cast<float>(c.num_train_timesteps);
+  for (T s : sig) {
+    float f = static_cast<float>(s);
+    if (c.invert_sigmas) f = 1.0f - f;
+    out.sigmas.push_back(f);
+    out.timesteps.push_back(f * n_train);
+  }
+  out.sigmas.push_back(c.invert_sigmas ? 1.0f : 0.0f);
+  return out;
+}
+
+}  // namespace
+
+FlowMatchSchedule FlowMatchConfig::schedule(int64_t steps, std::optional<double> mu) const {
+  check(steps >= 1, ErrorCode::kInvalidInput, "steps must be at least 1, got " + std::to_string(steps));
   const double n_train = static_cast<double>(num_train_timesteps);
   // The training levels, in float32 as the scheduler's constructor makes them:
   // only their ends matter here.
@@ -64,36 +100,30 @@ FlowMatchSchedule FlowMatchConfig::schedule(int64_t steps, std::optional<double>
     return static_cast<double>(s);
   };
   const double sigma_max = train_sigma(n_train), sigma_min = train_sigma(1.0);
-  std::vector<double> sig(static_cast<size_t>(steps));
-  const double t0 = sigma_max * n_train, t1 = sigma_min * n_train;
-  for (int64_t i = 0; i < steps; ++i) {
-    // numpy's linspace: start + i * step, the last point exactly `stop`.
-    const double t = steps == 1 ? t0 : (i == steps - 1 ? t1 : t0 + static_cast<double>(i) * ((t1 - t0) / static_cast<double>(steps - 1)));
-    sig[static_cast<size_t>(i)] = t / n_train;
+  const std::vector<double> t = linspace(sigma_max * n_train, sigma_min * n_train, steps);
+  std::vector<double> sig;
+  for (double x : t) sig.push_back(x / n_train);
+  return finish(*this, std::move(sig), mu);
+}
+
+FlowMatchSchedule FlowMatchConfig::schedule_from_sigmas(const std::vector<double>& sigmas,
+                                                        std::optional<double> mu) const {
+  check(!sigmas.empty(), ErrorCode::kInvalidInput, "sigmas must not be empty");
+  std::vector<float> sig;
+  for (double s : sigmas) {
+    check(std::isfinite(s) && s > 0 && s <= 1, ErrorCode::kInvalidInput,
+          "sigmas must be in (0, 1], got " + std::to_string(s));
+    sig.push_back(static_cast<float>(s));
   }
-  for (double& s : sig) {
-    if (use_dynamic_shifting) {
-      const double e = linear_time_shift ? *mu : std::exp(*mu);
-      s = e / (e + (1.0 / s - 1.0));
-    } else {
-      s = shift * s / (1.0 + (shift - 1.0) * s);
-    }
-  }
-  if (shift_terminal) {
-    const double scale = (1.0 - sig.back()) / (1.0 - *shift_terminal);
-    check(scale > 0, ErrorCode::kInvalidInput,
-          "shift_terminal stretches the schedule to its last level, which needs at least 2 steps");
-    for (double& s : sig) s = 1.0 - (1.0 - s) / scale;
-  }
-  FlowMatchSchedule out;
-  const float n_train_f = static_cast<float>(n_train);
-  for (double s : sig) {
-    float f = static_cast<float>(s);
-    if (invert_sigmas) f = 1.0f - f;
-    out.sigmas.push_back(f);
-    out.timesteps.push_back(f * n_train_f);
-  }
-  out.sigmas.push_back(invert_sigmas ? 1.0f : 0.0f);
+  return finish(*this, std::move(sig), mu);
+}
+
+std::vector<double> linspace(double start, double stop, int64_t n) {
+  check(n >= 1, ErrorCode::kInvalidInput, "linspace needs at least 1 point, got " + std::to_string(n));
+  std::vector<double> out(static_cast<size_t>(n));
+  const double step = n == 1 ? 0.0 : (stop - start) / static_cast<double>(n - 1);
+  for (int64_t i = 0; i < n; ++i)  // numpy's: start + i * step, the last point exactly `stop`
+    out[static_cast<size_t>(i)] = n > 1 && i == n - 1 ? stop : start + static_cast<double>(i) * step;
   return out;
 }
 

@@ -111,6 +111,9 @@ struct ImageConfig {
   int64_t height = 512;
   int64_t steps = 20;
   double guidance_scale = 7.0;
+  /// Classifier-free guidance with two passes for a guidance-distilled model
+  /// (FLUX's true_cfg_scale): above 1 with a negative prompt; 1 is off.
+  double true_cfg_scale = 1.0;
   std::optional<std::string> negative_prompt;
   std::optional<uint64_t> seed;
   std::optional<Image> init_image;  ///< img2img source (HWC uint8)

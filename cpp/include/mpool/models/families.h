@@ -122,7 +122,10 @@ void register_probes();
 }  // namespace decoder
 
 namespace flux {
-/// The FLUX.1 transformer's probes ("flux.transformer", "flux.single_file_config").
+/// FLUX.1 schnell and dev (FluxPipeline folders, Black Forest Labs' single
+/// files) as a text_to_image model.
+Family family();
+/// Its probes ("flux.transformer", "flux.single_file_config").
 void register_probes();
 }  // namespace flux
 

@@ -48,7 +48,15 @@ struct FlowMatchConfig {
   /// The levels of `steps` steps (>= 1); `mu` is required exactly when
   /// use_dynamic_shifting (InvalidInput otherwise).
   FlowMatchSchedule schedule(int64_t steps, std::optional<double> mu = std::nullopt) const;
+  /// The levels a pipeline gives the scheduler itself (set_timesteps(sigmas=...):
+  /// FLUX gives linspace(1, 1 / steps, steps)), shifted as schedule() shifts
+  /// them but in float32, as diffusers computes given levels. Each in (0, 1].
+  FlowMatchSchedule schedule_from_sigmas(const std::vector<double>& sigmas,
+                                         std::optional<double> mu = std::nullopt) const;
 };
+
+/// numpy's linspace(start, stop, n): start + i x step, the last point exactly stop.
+std::vector<double> linspace(double start, double stop, int64_t n);
 
 /// img2img: of a `steps`-step schedule, strength s in [0, 1] keeps the last
 /// min(steps x s, steps) steps (truncated as diffusers' get_timesteps does); the

@@ -8,7 +8,10 @@ namespace mpool::models::clip {
 ClipTextEncoder ClipTextEncoder::load(const nn::Weights& w, const ClipTextConfig& config, bool projected) {
   ClipTextEncoder e;
   e.config_ = config;
-  e.text_ = nn::TextTransformer::load(w.sub("text_model"), config.text);
+  // transformers writes CLIPTextModelWithProjection under text_model.; version 5
+  // writes a bare CLIPTextModel without it.
+  const bool nested = w.has("text_model.embeddings.token_embedding.weight");
+  e.text_ = nn::TextTransformer::load(nested ? w.sub("text_model") : w, config.text);
   if (projected) e.projection_ = w.get("text_projection.weight", {config.projection_dim, config.text.hidden_size});
   return e;
 }

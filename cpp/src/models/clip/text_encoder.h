@@ -14,7 +14,8 @@ namespace mpool::models::clip {
 
 class ClipTextEncoder {
  public:
-  /// Tensors under `w` as transformers names them ("text_model.", and
+  /// Tensors under `w` as transformers names them ("text_model." or, as
+  /// transformers 5 saves a bare CLIPTextModel, without it; and
   /// "text_projection.weight" when `projected`).
   static ClipTextEncoder load(const nn::Weights& w, const ClipTextConfig& config, bool projected);
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "mpool/base/error.h"
+#include "mpool/capabilities/interfaces.h"
 #include "mpool/loading/config.h"
 #include "mpool/models/kit.h"
 
@@ -60,6 +61,23 @@ double WeightMeter::measure(const WeightSource& source, at::ScalarType dtype,
   }
   total_ += bytes;
   return bytes;
+}
+
+void publish(NativeModel& model, const NativeOptions& options, const ImageModel& image,
+             std::function<std::shared_ptr<core::Instance>(const std::string& device)> loader) {
+  const double on_device = image.text_encoders_on_cpu ? image.weights - image.text_weights : image.weights;
+  model.weight_mb = on_device / (1024.0 * 1024.0);
+  core::ModelSpec& spec = model.spec;
+  spec.capabilities = {capabilities::TextToImage::kName};
+  spec.memory_mb = kit::replica_memory_mb(on_device, image.peak);
+  spec.devices = options.devices;
+  spec.max_replicas = 1;  // one pipeline is heavy; more replicas are the caller's explicit choice
+  spec.defaults = image.defaults;
+  if (image.text_encoders_on_cpu)
+    model.warnings.push_back("text encoders on the CPU (" +
+                             std::to_string(static_cast<int64_t>(image.text_weights / 1048576.0)) +
+                             " MB of host memory, float32), outside the device budget");
+  spec.loader = std::move(loader);
 }
 
 }  // namespace mpool::models::diffusion

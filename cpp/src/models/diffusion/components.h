@@ -7,10 +7,13 @@
 
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "mpool/core/instance.h"
 #include "mpool/loading/model_directory.h"
 #include "mpool/models/families.h"
 #include "mpool/nn/weights.h"
@@ -64,5 +67,21 @@ class WeightMeter {
   std::vector<std::string>& warnings_;
   double total_ = 0;
 };
+
+/// What a text-to-image family publishes once its components are measured.
+struct ImageModel {
+  double weights = 0;       ///< every component's bytes (WeightMeter::total)
+  double text_weights = 0;  ///< the text encoders' share of them
+  bool text_encoders_on_cpu = false;
+  double peak = 0;          ///< bytes of one step's or the VAE decode's activations at the default size
+  std::map<std::string, double> defaults;  ///< ModelSpec::defaults: size, steps, guidance, strength, latent shape
+};
+
+/// Fills `model`: the device's share of the weights (the text encoders' stay
+/// on the host when text_encoders_on_cpu, said in a warning), the memory
+/// budget, the text_to_image capability, one replica by default, the defaults
+/// and `loader`.
+void publish(NativeModel& model, const NativeOptions& options, const ImageModel& image,
+             std::function<std::shared_ptr<core::Instance>(const std::string& device)> loader);
 
 }  // namespace mpool::models::diffusion

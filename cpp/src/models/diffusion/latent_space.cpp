@@ -35,6 +35,18 @@ void LatentSpaceConfig::find_preview(const NativeOptions& options, const fs::pat
   }
 }
 
+void LatentSpaceConfig::measure(WeightMeter& meter) const {
+  meter.measure(vae_weights, vae_dtype(), [&](const nn::Weights& w) { vae::AutoencoderKL::load(w, vae); });
+  if (preview_dir)
+    meter.measure(WeightSource{*preview_dir, ""}, dtype,
+                  [&](const nn::Weights& w) { vae::AutoencoderTiny::load(w, *preview); });
+}
+
+double LatentSpaceConfig::decode_peak(int64_t side) const {
+  return 4.0 * static_cast<double>(vae.block_out_channels.front()) * static_cast<double>(side) *
+         static_cast<double>(side) * static_cast<double>(c10::elementSize(vae_dtype()));
+}
+
 LatentSpace::LatentSpace(const LatentSpaceConfig& config, at::Device device) : config_(config), device_(device) {
   vae_ = vae::AutoencoderKL::load(open_weights(config.vae_weights, config.vae_dtype(), device), config.vae);
   if (config.preview_dir && config.preview)

@@ -36,6 +36,10 @@ struct LatentSpaceConfig {
   /// holds a config.json (a pipeline's vae_preview/), else none. InvalidInput
   /// when the option names no autoencoder or its latent channels differ.
   void find_preview(const NativeOptions& options, const std::filesystem::path& default_dir);
+  /// Measures the VAE and the preview autoencoder with `meter`.
+  void measure(WeightMeter& meter) const;
+  /// Bytes the VAE decode of a side x side image peaks at (its widest level at full size).
+  double decode_peak(int64_t side) const;
 };
 
 class LatentSpace {

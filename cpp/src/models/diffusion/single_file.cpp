@@ -78,22 +78,24 @@ vae::AutoencoderKLConfig infer_ldm_vae(const loading::Checkpoint& c, const std::
                       {"use_post_quant_conv", c.find(p + "post_quant_conv.weight").has_value()},
                       {"mid_block_add_attention", c.find(p + "encoder.mid.attn_1.q.weight").has_value()}};
   return vae::AutoencoderKLConfig::from(
-      loading::parse_model_config(inferred(std::move(j), p + "* (shapes of the single file)")));
+      loading::parse_model_config(inferred(std::move(j), p + "* (shapes of the autoencoder's tensors)")));
 }
 
 clip::ClipTextConfig infer_clip_text(const loading::Checkpoint& c, const std::string& p, const std::string& act,
                                      int64_t eos_token_id, bool projected) {
   constexpr std::string_view kWhat = "a CLIP text encoder with projection (text_model.*, text_projection.weight)";
-  const std::string tok = p + "text_model.embeddings.token_embedding.weight";
+  // Under text_model. (CLIPTextModelWithProjection, older CLIPTextModel files) or bare (transformers 5's CLIPTextModel).
+  const std::string tm = c.find(p + "text_model.embeddings.token_embedding.weight") ? p + "text_model." : p;
+  const std::string tok = tm + "embeddings.token_embedding.weight";
   const Shape t = shape_of(c, tok, 2, kWhat);
   const int64_t width = t[1];
   refuse_if(width % 64 != 0, tok, "the width " + std::to_string(width) + " is not a multiple of 64 (the heads' width)");
-  const Shape pos = shape_of(c, p + "text_model.embeddings.position_embedding.weight", 2, kWhat);
-  const int64_t layers = count(c, p + "text_model.encoder.layers.", ".mlp.fc1.weight");
+  const Shape pos = shape_of(c, tm + "embeddings.position_embedding.weight", 2, kWhat);
+  const int64_t layers = count(c, tm + "encoder.layers.", ".mlp.fc1.weight");
   check(layers > 0, ErrorCode::kInvalidInput,
-        "checkpoint has no tensor '" + p + "text_model.encoder.layers.0.mlp.fc1.weight': is this " +
+        "checkpoint has no tensor '" + tm + "encoder.layers.0.mlp.fc1.weight': is this " +
             std::string(kWhat) + "?");
-  const Shape fc1 = shape_of(c, p + "text_model.encoder.layers.0.mlp.fc1.weight", 2, kWhat);
+  const Shape fc1 = shape_of(c, tm + "encoder.layers.0.mlp.fc1.weight", 2, kWhat);
   const int64_t projection = projected ? shape_of(c, p + "text_projection.weight", 2, kWhat)[0] : width;
   nlohmann::json j = {{"model_type", "clip_text_model"},
                       {"hidden_size", width},
@@ -157,17 +159,19 @@ int64_t clip_eos_id(const std::filesystem::path& tokenizer_file) {
 std::optional<WeightSource> text_encoder_source(const std::filesystem::path& file,
                                                 const loading::Checkpoint& checkpoint, const std::string& inside,
                                                 const NativeOptions& options, const std::string& option,
-                                                const std::string& suffix) {
+                                                const std::vector<std::string>& suffixes) {
   const std::string given = options.options.get_string(option, "");
   if (!given.empty()) {
     check(std::filesystem::is_regular_file(given), ErrorCode::kInvalidInput,
           "option " + option + ": " + given + " is not a file");
-    const auto prefix = prefix_of(loading::Checkpoint::open(given), suffix);
-    check(prefix.has_value(), ErrorCode::kInvalidInput,
-          "option " + option + ": " + given + " holds no tensor named *" + suffix);
-    return WeightSource{given, *prefix};
+    const loading::Checkpoint other = loading::Checkpoint::open(given);
+    for (const std::string& suffix : suffixes)
+      if (const auto prefix = prefix_of(other, suffix)) return WeightSource{given, *prefix};
+    throw Error(ErrorCode::kInvalidInput,
+                "option " + option + ": " + given + " holds no tensor named *" + suffixes.front());
   }
-  if (checkpoint.find(inside + suffix)) return WeightSource{file, inside};
+  for (const std::string& suffix : suffixes)
+    if (checkpoint.find(inside + suffix)) return WeightSource{file, inside};
   return std::nullopt;
 }
 

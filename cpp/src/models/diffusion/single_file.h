@@ -63,12 +63,17 @@ t5::T5Config infer_t5(const loading::Checkpoint& c, const std::string& prefix);
 /// The id CLIP's pooling looks for: the tokenizer's <|endoftext|>, else 2.
 int64_t clip_eos_id(const std::filesystem::path& tokenizer_file);
 
-/// A text encoder of a single-file model: the file named by option `option`
-/// (its prefix found by the tensor ending in `suffix`), else inside `file`
-/// under `inside` when a tensor `inside + suffix` is there, else none.
+/// A text encoder (or autoencoder) of a single-file model: the file named by
+/// option `option` (its prefix found by the first of `suffixes` a tensor ends
+/// in), else inside `file` under `inside` when a tensor `inside + suffix` is
+/// there, else none.
 std::optional<WeightSource> text_encoder_source(const std::filesystem::path& file,
                                                 const loading::Checkpoint& checkpoint, const std::string& inside,
                                                 const NativeOptions& options, const std::string& option,
-                                                const std::string& suffix);
+                                                const std::vector<std::string>& suffixes);
+
+/// What marks a CLIP text encoder: its final norm, under text_model. or bare.
+inline const std::vector<std::string> kClipTextSuffixes = {"text_model.final_layer_norm.weight",
+                                                           "final_layer_norm.weight"};
 
 }  // namespace mpool::models::diffusion

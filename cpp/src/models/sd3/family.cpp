@@ -105,11 +105,10 @@ void plan_from_single_file(Sd3Plan& plan, const loading::ModelDirectory& d, cons
             (option.empty() ? "none beside the file in " : "option tokenizers: none in ") + tokenizers.string() +
             ")");
 
-  const std::string clip_suffix = "text_model.final_layer_norm.weight";
   const auto clip_l = text_encoder_source(file, checkpoint, "text_encoders.clip_l.transformer.", options,
-                                          "clip_l_file", clip_suffix);
+                                          "clip_l_file", diffusion::kClipTextSuffixes);
   const auto clip_g = text_encoder_source(file, checkpoint, "text_encoders.clip_g.transformer.", options,
-                                          "clip_g_file", clip_suffix);
+                                          "clip_g_file", diffusion::kClipTextSuffixes);
   check(clip_l && clip_g, ErrorCode::kInvalidInput,
         where + ": CLIP-L and CLIP-G are needed: the file has no " +
             (clip_l ? "text_encoders.clip_g.transformer." : "text_encoders.clip_l.transformer.") +
@@ -130,7 +129,7 @@ void plan_from_single_file(Sd3Plan& plan, const loading::ModelDirectory& d, cons
   plan.clip_g_tokenizer = prompt_tokenizer(tok_g, 77, plan.clip_g.text.max_positions);
   check_pooled(plan, where);
   plan.t5_weights = text_encoder_source(file, checkpoint, "text_encoders.t5xxl.transformer.", options, "t5xxl_file",
-                                        "encoder.final_layer_norm.weight");
+                                        {"encoder.final_layer_norm.weight"});
   if (plan.t5_weights) {
     check(fs::is_directory(tokenizers / "tokenizer_3"), ErrorCode::kInvalidInput,
           where + ": T5 weights are given but " + (tokenizers / "tokenizer_3").string() +
@@ -182,8 +181,7 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
   diffusion::WeightMeter meter(single_file, model.warnings);
   meter.measure(plan.transformer_weights, plan.dtype,
                 [&](const nn::Weights& w) { MMDiT::load(mmdit_view(plan, w), plan.mmdit); });
-  meter.measure(plan.latent.vae_weights, plan.latent.vae_dtype(),
-                [&](const nn::Weights& w) { vae::AutoencoderKL::load(w, plan.latent.vae); });
+  plan.latent.measure(meter);
   double text_weights = meter.measure(plan.clip_l_weights, plan.text_dtype, [&](const nn::Weights& w) {
     clip::ClipTextEncoder::load(w, plan.clip_l, plan.clip_l_projected);
   });
@@ -193,10 +191,6 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
     text_weights += meter.measure(*plan.t5_weights, plan.text_dtype, [&](const nn::Weights& w) {
       t5::T5Encoder::load(t5::T5Encoder::root(w), *plan.t5);
     });
-  if (plan.latent.preview_dir)
-    meter.measure(WeightSource{*plan.latent.preview_dir, ""}, plan.dtype,
-                  [&](const nn::Weights& w) { vae::AutoencoderTiny::load(w, *plan.latent.preview); });
-  const double weights = meter.total();
   // A single file's variant is in its name ("sd3.5_large_turbo.safetensors").
   const fs::path& weights_file = plan.transformer_weights.path;
   const bool turbo =
@@ -207,16 +201,12 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
                         static_cast<double>(plan.default_max_sequence_length);
   const double mmdit_peak = 2.0 * tokens * static_cast<double>(plan.mmdit.inner_dim()) * 12.0 * e +
                             2.0 * static_cast<double>(plan.mmdit.num_attention_heads) * tokens * tokens * e;
-  const double vae_peak = 4.0 * static_cast<double>(plan.latent.vae.block_out_channels.front()) *
-                          static_cast<double>(side) * static_cast<double>(side) * dtype_bytes(plan.latent.vae_dtype());
-  const double on_device = plan.text_encoders_on_cpu ? weights - text_weights : weights;
-  model.weight_mb = on_device / (1024.0 * 1024.0);
-  core::ModelSpec& spec = model.spec;
-  spec.capabilities = {cap::TextToImage::kName};
-  spec.memory_mb = kit::replica_memory_mb(on_device, std::max(mmdit_peak, vae_peak));
-  spec.devices = options.devices;
-  spec.max_replicas = 1;  // one pipeline is heavy; more replicas are the caller's explicit choice
-  spec.defaults = {
+  diffusion::ImageModel image;
+  image.weights = meter.total();
+  image.text_weights = text_weights;
+  image.text_encoders_on_cpu = plan.text_encoders_on_cpu;
+  image.peak = std::max(mmdit_peak, plan.latent.decode_peak(side));
+  image.defaults = {
       {"width", static_cast<double>(side)},
       {"height", static_cast<double>(side)},
       {"steps", turbo ? 4.0 : 28.0},
@@ -226,10 +216,8 @@ NativeModel build(const loading::ModelDirectory& d, const loading::ModelConfig&,
       {"latent_channels", static_cast<double>(plan.mmdit.in_channels)},
       {"latent_scale", static_cast<double>(plan.latent.scale())},
   };
-  if (plan.text_encoders_on_cpu)
-    model.warnings.push_back("text encoders on the CPU (" + std::to_string(static_cast<int64_t>(text_weights / 1048576.0)) +
-                             " MB of host memory, float32), outside the device budget");
-  spec.loader = [plan](const std::string& device) { return std::make_shared<Sd3Pipeline>(plan, at::Device(device)); };
+  diffusion::publish(model, options, image,
+                     [plan](const std::string& device) { return std::make_shared<Sd3Pipeline>(plan, at::Device(device)); });
   return model;
 }
 

@@ -30,6 +30,9 @@ void check_settings(const Sd3Plan& plan, const cap::ImageConfig& c) {
               std::to_string(plan.mmdit.num_layers));
   check(c.skip_layers.empty() || c.guidance_scale > 1, ErrorCode::kInvalidInput,
         "skip_layer_guidance works inside classifier-free guidance: it needs guidance_scale > 1");
+  check(c.true_cfg_scale == 1.0, ErrorCode::kInvalidInput,
+        "true_cfg_scale is two-pass guidance for guidance-distilled models (FLUX); Stable Diffusion 3 guides with "
+        "guidance_scale > 1 and negative_prompt");
   check(std::isfinite(c.skip_layer_scale) && std::isfinite(c.skip_layer_start) && std::isfinite(c.skip_layer_stop),
         ErrorCode::kInvalidInput, "skip-layer guidance settings must be finite");
   if (c.latents) {
