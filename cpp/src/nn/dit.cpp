@@ -59,8 +59,12 @@ std::pair<at::Tensor, at::Tensor> JointAttention::operator()(const at::Tensor& i
   auto [iq, ik, iv] = image_.project(image);
   auto [tq, tk, tv] = text_.project(text);
   const bool image_first = order_ == Order::kImageFirst;
+  // Joined along the sequence in the projections' (b, n, heads, d) memory order,
+  // a straight copy, then viewed as (b, heads, n, d).
   auto join = [&](const at::Tensor& a, const at::Tensor& b) {
-    return image_first ? at::cat({a, b}, 2) : at::cat({b, a}, 2);
+    const at::Tensor& first = image_first ? a : b;
+    const at::Tensor& second = image_first ? b : a;
+    return at::cat({first.transpose(1, 2), second.transpose(1, 2)}, 1).transpose(1, 2);
   };
   at::Tensor q = join(iq, tq), k = join(ik, tk), v = join(iv, tv);
   if (positions) std::tie(q, k) = positions(q, k);

@@ -91,6 +91,12 @@ std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions, const
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout) {
+  if (x.dim() == 4 && cos.dim() == 2 && !x.is_contiguous() && x.transpose(1, 2).is_contiguous()) {
+    // (b, heads, n, d) viewed on (b, n, heads, d) memory: rotate in the memory's
+    // order (the tables broadcast over the heads), the same values without a
+    // transposing copy.
+    return apply_rope(x.transpose(1, 2), cos.unsqueeze(-2), sin.unsqueeze(-2), layout).transpose(1, 2);
+  }
   const int64_t rd = cos.size(-1), d = x.size(-1);
   at::Tensor rot = rd == d ? x : x.narrow(-1, 0, rd);
   at::Tensor rotated;

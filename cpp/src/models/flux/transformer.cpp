@@ -76,7 +76,13 @@ at::Tensor SingleStreamBlock::operator()(const at::Tensor& x, const at::Tensor& 
   std::tie(q, k) = rope(q, k);
   const at::Tensor attended = attn_.output(nn::attend(q, k, v));
   const at::Tensor mlp = nn::activate(nn::Activation::kGeluTanh, proj_mlp_(h));
-  return clip_half(x + nn::gated(m[2], proj_out_(at::cat({attended, mlp}, -1))));
+  // proj_out over (attention, MLP) as two accumulating GEMMs on the weight's
+  // column blocks: the same product without concatenating the two first.
+  const int64_t dim = x.size(-1);
+  const at::Tensor& w = proj_out_.weight;
+  at::Tensor out = at::addmm(proj_out_.bias, attended.reshape({-1, dim}), w.narrow(1, 0, dim).t());
+  out.addmm_(mlp.reshape({-1, 4 * dim}), w.narrow(1, dim, 4 * dim).t());
+  return clip_half(x + nn::gated(m[2], out.view(x.sizes())));
 }
 
 FluxTransformer FluxTransformer::load(const nn::Weights& w, const FluxConfig& c) {
