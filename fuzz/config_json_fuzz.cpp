@@ -98,6 +98,17 @@ void check_llama(const mpool::models::decoder::DecoderConfig& l) {
     const double max_context = static_cast<double>(l.max_position_embeddings) * r.factor;
     require(max_context < static_cast<double>(std::numeric_limits<std::int64_t>::max()));
   }
+  // nn/moe.cpp: top-k of the experts, experts named one by one, one flag per layer.
+  const auto& m = l.moe;
+  if (m.num_experts == 0) {
+    require(m.sparse_layers.empty());
+  } else {
+    require(m.num_experts <= mpool::models::decoder::kMaxExperts);
+    require(m.num_experts_per_tok > 0 && m.num_experts_per_tok <= m.num_experts);
+    require(m.moe_intermediate_size > 0 && m.shared_expert_intermediate_size >= 0);
+    require(m.sparse_layers.size() == static_cast<std::size_t>(l.num_layers));
+    require(l.feed_forward_width() >= l.intermediate_size);
+  }
 }
 
 // What nn/vit.cpp and the two-tower families rely on.

@@ -5,7 +5,8 @@ native decoder's parity tests.
 generation_config.json, tokenizer.json and tokenizer_config.json (with a chat
 template) and returns the directory. `build_embedder(tmp_dir)` saves a decoder
 as a sentence-transformers model with last-token pooling and Normalize.
-`ARCHS` lists the supported `arch` values. All models share one byte-level BPE
+`ARCHS` lists the supported `arch` values; `MOE_ARCHS` the mixture-of-experts
+ones (Qwen2-MoE, Qwen3-MoE), which `build_decoder` builds the same way. All models share one byte-level BPE
 tokenizer, trained once per process. See DECODER_NOTES.md for what each variant
 exercises in transformers.
 """
@@ -232,6 +233,29 @@ _ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 ARCHS = tuple(_ARCHS)
 
+_MOE: dict[str, Any] = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
+
+# Mixture-of-experts variants: each has a dense layer between MoE layers, from
+# mlp_only_layers or decoder_sparse_step.
+_MOE_ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "qwen3_moe": (
+        "Qwen3MoeForCausalLM",
+        "Qwen3MoeConfig",
+        dict(_MOE, num_hidden_layers=3, mlp_only_layers=[1], norm_topk_prob=True, rope_theta=1000000.0),
+    ),
+    "qwen3_moe_unnormalized": (
+        "Qwen3MoeForCausalLM",
+        "Qwen3MoeConfig",
+        dict(_MOE, num_hidden_layers=4, decoder_sparse_step=2, norm_topk_prob=False, head_dim=32),
+    ),
+    "qwen2_moe": (
+        "Qwen2MoeForCausalLM",
+        "Qwen2MoeConfig",
+        dict(_MOE, num_hidden_layers=3, mlp_only_layers=[1], shared_expert_intermediate_size=48),
+    ),
+}
+MOE_ARCHS = tuple(_MOE_ARCHS)
+
 
 def _reinit_(model: Any, seed: int) -> None:
     """Random, large-ish weights so logits are far from flat; norms and biases too."""
@@ -259,9 +283,10 @@ def _make_model(arch: str, seed: int, overrides: dict[str, Any]) -> Any:
     import torch
     import transformers
 
-    if arch not in _ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
-    model_cls_name, config_cls_name, arch_cfg = _ARCHS[arch]
+    archs = {**_ARCHS, **_MOE_ARCHS}
+    if arch not in archs:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS + MOE_ARCHS}")
+    model_cls_name, config_cls_name, arch_cfg = archs[arch]
     ids = special_ids()
     cfg_kwargs: dict[str, Any] = {**_BASE, **arch_cfg, **overrides}
     cfg_kwargs.update(

@@ -87,10 +87,15 @@ def test_prefill_logits_match_transformers_within_1e4_fp32(models: dict[str, Pat
 def test_greedy_generation_is_token_identical_to_transformers_for_64_tokens(
     pool: mpool.Pool, models: dict[str, Path], arch: str
 ) -> None:
+    check_greedy_64_tokens(pool, models[arch], arch)
+
+
+def check_greedy_64_tokens(pool: mpool.Pool, path: Path, key: str) -> None:
+    """64 greedy tokens from `path` registered as `key` equal transformers' generate, with the final stats."""
     ids = prompt_ids()
-    pool.register(arch, models[arch])
-    ours, _, chunks = run(pool.generate(arch, ids, max_tokens=64, temperature=0, ignore_eos=True))
-    assert ours == hf_greedy(models[arch], ids, 64)
+    pool.register(key, path)
+    ours, _, chunks = run(pool.generate(key, ids, max_tokens=64, temperature=0, ignore_eos=True))
+    assert ours == hf_greedy(path, ids, 64)
     final = chunks[-1]
     assert final.finish_reason == "length"
     assert final.stats.prompt_tokens == PROMPT_LEN and final.stats.completion_tokens == 64

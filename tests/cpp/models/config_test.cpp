@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -108,6 +109,76 @@ TEST(FamilyConfigs, RopeScalingBounds) {
                                                  "factor": -2}})"));
       },
       "\"factor\" must be > 0");
+}
+
+const std::string kQwen3Moe =
+    R"("model_type": "qwen3_moe", "vocab_size": 100, "hidden_size": 32, "num_attention_heads": 4,
+       "intermediate_size": 64, "max_position_embeddings": 64, "num_hidden_layers": 4,
+       "moe_intermediate_size": 16, "num_experts_per_tok": 2)";
+
+TEST(MoeConfigs, Qwen3MoeReadsEitherExpertCountKeyAndPlacesExpertsAsTransformersDoes) {
+  // transformers 5 writes num_local_experts; hub files say num_experts.
+  auto a = decoder::DecoderConfig::from(config("{" + kQwen3Moe + R"(, "num_local_experts": 8})"));
+  auto b = decoder::DecoderConfig::from(config("{" + kQwen3Moe + R"(, "num_experts": 8})"));
+  EXPECT_EQ(a.moe.num_experts, 8);
+  EXPECT_EQ(b.moe.num_experts, 8);
+  EXPECT_TRUE(a.qk_norm);
+  EXPECT_EQ(a.moe.shared_expert_intermediate_size, 0);
+  EXPECT_EQ(a.moe.sparse_layers, std::vector<bool>({true, true, true, true}));
+  // Every 2nd layer (1-based), minus layer 3.
+  auto c = decoder::DecoderConfig::from(
+      config("{" + kQwen3Moe + R"(, "num_experts": 8, "decoder_sparse_step": 2, "mlp_only_layers": [3]})"));
+  EXPECT_EQ(c.moe.sparse_layers, std::vector<bool>({false, true, false, false}));
+  EXPECT_FALSE(c.is_moe_layer(0));
+  EXPECT_TRUE(c.is_moe_layer(1));
+  // Absent keys take transformers' defaults.
+  auto d = decoder::DecoderConfig::from(config("{" + kLlama + R"(, "num_hidden_layers": 2})"));
+  EXPECT_EQ(d.moe.num_experts, 0);
+  EXPECT_FALSE(d.is_moe_layer(0));
+}
+
+TEST(MoeConfigs, Qwen2MoeHasQkvBiasAndASharedExpert) {
+  std::string json = "{" + kQwen3Moe + R"(, "num_experts": 8, "shared_expert_intermediate_size": 48})";
+  json.replace(json.find("qwen3_moe"), 9, "qwen2_moe");
+  auto q = decoder::DecoderConfig::from(config(json));
+  EXPECT_TRUE(q.qkv_bias);
+  EXPECT_FALSE(q.o_bias);
+  EXPECT_FALSE(q.qk_norm);
+  EXPECT_EQ(q.moe.shared_expert_intermediate_size, 48);
+  EXPECT_EQ(q.feed_forward_width(), 2 * 16 + 48);  // two routed experts and the shared one, above 64
+  json.replace(json.find(": 48"), 4, ": 0");
+  expect_invalid([&] { decoder::DecoderConfig::from(config(json)); },
+                 "config.json: \"shared_expert_intermediate_size\" must be a positive integer");
+}
+
+TEST(MoeConfigs, SlidingWindowsWithoutLayerTypesFollowEachModelTypesRule) {
+  const std::string sliding = R"(, "num_experts": 8, "use_sliding_window": true, "sliding_window": 8, "max_window_layers": 3})";
+  // Qwen3-MoE: every layer; Qwen2-MoE: the even layers below max_window_layers.
+  EXPECT_EQ(decoder::DecoderConfig::from(config("{" + kQwen3Moe + sliding)).sliding_window,
+            std::vector<int64_t>({8, 8, 8, 8}));
+  std::string qwen2 = "{" + kQwen3Moe + sliding;
+  qwen2.replace(qwen2.find("qwen3_moe"), 9, "qwen2_moe");
+  EXPECT_EQ(decoder::DecoderConfig::from(config(qwen2)).sliding_window, std::vector<int64_t>({8, 0, 8, 0}));
+}
+
+TEST(MoeConfigs, ErrorsNameTheKey) {
+  auto with = [](const std::string& extra) { return config("{" + kQwen3Moe + ", " + extra + "}"); };
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_experts": 1)")); },
+                 "config.json: \"num_experts_per_tok\" (2) is more than the number of experts (1)");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_experts": 0)")); },
+                 "config.json: \"num_experts\" must be a positive integer");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_local_experts": 0)")); },
+                 "config.json: \"num_local_experts\" must be a positive integer");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_experts": 8, "num_local_experts": 4)")); },
+                 "config.json: \"num_experts\" (8) and \"num_local_experts\" (4) disagree");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_experts": 8, "moe_intermediate_size": 0)")); },
+                 "config.json: \"moe_intermediate_size\" must be a positive integer");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_experts": 8, "decoder_sparse_step": 0)")); },
+                 "config.json: \"decoder_sparse_step\" must be a positive integer");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_experts": 8, "mlp_only_layers": [4])")); },
+                 "config.json: \"mlp_only_layers\" holds 4, not a layer in [0, 4)");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_experts": 70000)")); },
+                 "config.json: \"num_experts\" is 70000, more than the 65536 mpool accepts");
 }
 
 TEST(TwoTowerConfigs, ClipTakesCLIPConfigDefaultsForWhatTheFileLeavesOut) {

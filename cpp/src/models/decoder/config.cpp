@@ -6,6 +6,55 @@
 #include "mpool/base/error.h"
 
 namespace mpool::models::decoder {
+namespace {
+
+// Qwen2-MoE's and Qwen3-MoE's experts; which layers hold them is transformers'
+// rule: every decoder_sparse_step-th layer (1-based) not listed in mlp_only_layers.
+// A key the file leaves out takes transformers' default for that model type.
+MoeConfig read_moe(const loading::ModelConfig& c, int64_t num_layers) {
+  const bool qwen2 = c.model_type == "qwen2_moe";
+  const auto& raw = c.raw;
+  MoeConfig m;
+  // transformers 5 writes Qwen3-MoE's expert count as num_local_experts.
+  const auto experts = raw.get_optional<int64_t>("num_experts");
+  const auto local = raw.get_optional<int64_t>("num_local_experts");
+  check(!experts || !local || *experts == *local, ErrorCode::kInvalidInput,
+        "config.json: \"num_experts\" (" + std::to_string(experts.value_or(0)) + ") and \"num_local_experts\" (" +
+            std::to_string(local.value_or(0)) + ") disagree");
+  m.num_experts = loading::require_positive(experts ? experts : local ? local : std::optional<int64_t>(qwen2 ? 60 : 128),
+                                            local && !experts ? "num_local_experts" : "num_experts", kMaxExperts);
+  m.num_experts_per_tok = loading::require_positive(
+      raw.get_optional<int64_t>("num_experts_per_tok").value_or(qwen2 ? 4 : 8), "num_experts_per_tok", kMaxExperts);
+  check(m.num_experts_per_tok <= m.num_experts, ErrorCode::kInvalidInput,
+        "config.json: \"num_experts_per_tok\" (" + std::to_string(m.num_experts_per_tok) +
+            ") is more than the number of experts (" + std::to_string(m.num_experts) + ")");
+  m.moe_intermediate_size = loading::require_positive(
+      raw.get_optional<int64_t>("moe_intermediate_size").value_or(qwen2 ? 1408 : 768), "moe_intermediate_size");
+  m.norm_topk_prob = raw.get_or<bool>("norm_topk_prob", false);
+  if (qwen2)
+    m.shared_expert_intermediate_size =
+        loading::require_positive(raw.get_optional<int64_t>("shared_expert_intermediate_size").value_or(5632),
+                                  "shared_expert_intermediate_size");
+  const int64_t step = loading::require_positive(raw.get_optional<int64_t>("decoder_sparse_step").value_or(1),
+                                                 "decoder_sparse_step", loading::kMaxConfigLayers);
+  m.sparse_layers.assign(static_cast<size_t>(num_layers), false);
+  for (int64_t i = 0; i < num_layers; ++i) m.sparse_layers[static_cast<size_t>(i)] = (i + 1) % step == 0;
+  for (int64_t layer : raw.get_or<std::vector<int64_t>>("mlp_only_layers", {})) {
+    check(layer >= 0 && layer < num_layers, ErrorCode::kInvalidInput,
+          "config.json: \"mlp_only_layers\" holds " + std::to_string(layer) + ", not a layer in [0, " +
+              std::to_string(num_layers) + ")");
+    m.sparse_layers[static_cast<size_t>(layer)] = false;
+  }
+  return m;
+}
+
+}  // namespace
+
+int64_t DecoderConfig::feed_forward_width() const {
+  if (moe.num_experts == 0) return intermediate_size;
+  return std::max(intermediate_size,
+                  moe.num_experts_per_tok * moe.moe_intermediate_size + moe.shared_expert_intermediate_size);
+}
 
 DecoderConfig DecoderConfig::from(const loading::ModelConfig& c) {
   DecoderConfig l;
@@ -26,14 +75,19 @@ DecoderConfig DecoderConfig::from(const loading::ModelConfig& c) {
   check(act == "silu" || act == "swish", ErrorCode::kInvalidInput,
         "config.json: hidden_act '" + act + "' is not supported by the decoder family (silu)");
   const bool attention_bias = c.raw.get_or<bool>("attention_bias", false);
-  l.qkv_bias = c.model_type == "qwen2" || attention_bias;
+  const bool moe = c.model_type == "qwen2_moe" || c.model_type == "qwen3_moe";
+  // Qwen2-MoE names its q/k/v bias qkv_bias (on unless the file says otherwise).
+  l.qkv_bias = c.model_type == "qwen2" || attention_bias ||
+               (c.model_type == "qwen2_moe" && c.raw.get_or<bool>("qkv_bias", true));
   l.o_bias = attention_bias;
   l.mlp_bias = c.raw.get_or<bool>("mlp_bias", false);
-  l.qk_norm = c.model_type == "qwen3";
+  l.qk_norm = c.model_type == "qwen3" || c.model_type == "qwen3_moe";
 
   // Sliding windows: layer_types when the file lists them; otherwise Mistral and
   // Phi-3 slide in every layer when sliding_window is set, Qwen2/3 only with
-  // use_sliding_window and from max_window_layers on.
+  // use_sliding_window and from max_window_layers on, Qwen3-MoE with
+  // use_sliding_window in every layer, Qwen2-MoE with use_sliding_window in the
+  // even layers below max_window_layers.
   const int64_t window = c.raw.get_or<int64_t>("sliding_window", 0);
   l.sliding_window.assign(static_cast<size_t>(l.num_layers), 0);
   if (c.raw.has("layer_types")) {
@@ -53,13 +107,17 @@ DecoderConfig DecoderConfig::from(const loading::ModelConfig& c) {
     }
   } else if (window > 0) {
     const bool qwen = c.model_type == "qwen2" || c.model_type == "qwen3";
-    const bool use = !qwen || c.raw.get_or<bool>("use_sliding_window", false);
-    const int64_t from = qwen ? c.raw.get_or<int64_t>("max_window_layers", 0) : 0;
-    for (int64_t i = 0; i < l.num_layers; ++i)
-      if (use && i >= from) l.sliding_window[static_cast<size_t>(i)] = window;
+    const bool use = !(qwen || moe) || c.raw.get_or<bool>("use_sliding_window", false);
+    const int64_t max_window_layers = c.raw.get_or<int64_t>("max_window_layers", c.model_type == "qwen2_moe" ? 28 : 0);
+    for (int64_t i = 0; i < l.num_layers; ++i) {
+      const bool slides = c.model_type == "qwen2_moe" ? i % 2 == 0 && i < max_window_layers
+                                                       : !qwen || i >= max_window_layers;
+      if (use && slides) l.sliding_window[static_cast<size_t>(i)] = window;
+    }
   }
   l.rope = nn::read_rope_config(c, l.head_dim, l.max_position_embeddings);
   l.eos_token_id = c.eos_token_id;
+  if (moe) l.moe = read_moe(c, l.num_layers);
   return l;
 }
 

@@ -12,7 +12,21 @@
 namespace mpool::models::decoder {
 
 /// The model_types this family serves.
-inline const std::vector<std::string> kModelTypes = {"llama", "mistral", "qwen2", "qwen3", "phi3"};
+inline const std::vector<std::string> kModelTypes = {"llama", "mistral", "qwen2", "qwen3", "phi3", "qwen2_moe",
+                                                     "qwen3_moe"};
+
+/// Most routed experts per layer mpool accepts (experts are named one by one).
+inline constexpr int64_t kMaxExperts = int64_t{1} << 16;
+
+/// The mixture-of-experts settings of Qwen2-MoE and Qwen3-MoE.
+struct MoeConfig {
+  int64_t num_experts = 0;  ///< routed experts per MoE layer; 0: a dense model
+  int64_t num_experts_per_tok = 0;
+  int64_t moe_intermediate_size = 0;
+  bool norm_topk_prob = false;
+  int64_t shared_expert_intermediate_size = 0;  ///< Qwen2-MoE's gated shared expert; 0: none
+  std::vector<bool> sparse_layers;  ///< per layer: an MoE block (else the dense MLP)
+};
 
 /// Everything the decoder needs from config.json, beyond the common sizes.
 struct DecoderConfig : loading::TransformerSizes {
@@ -27,6 +41,13 @@ struct DecoderConfig : loading::TransformerSizes {
   std::vector<int64_t> sliding_window;  ///< per layer; 0 = full attention
   nn::RopeConfig rope;
   std::vector<int64_t> eos_token_id;
+  MoeConfig moe;
+
+  bool is_moe_layer(int64_t layer) const {
+    return !moe.sparse_layers.empty() && moe.sparse_layers[static_cast<size_t>(layer)];
+  }
+  /// The widest feed-forward activation per token (dense MLP or routed experts plus shared).
+  int64_t feed_forward_width() const;
 
   /// Reads and checks the fields; errors name config.json and the key.
   static DecoderConfig from(const loading::ModelConfig& config);

@@ -7,6 +7,7 @@
 
 #include "mpool/base/error.h"
 #include "mpool/nn/kernels.h"
+#include "mpool/nn/moe.h"
 
 namespace mpool::models::decoder {
 
@@ -34,16 +35,28 @@ Decoder::Decoder(DecoderConfig config, const nn::Weights& model, const nn::Weigh
   shape.head_dim = c.head_dim;
   shape.qkv_bias = c.qkv_bias;
   shape.o_bias = c.o_bias;
+  nn::MoeShape moe;
+  moe.hidden = h;
+  moe.num_experts = c.moe.num_experts;
+  moe.top_k = c.moe.num_experts_per_tok;
+  moe.expert_inner = c.moe.moe_intermediate_size;
+  moe.normalize_top_k = c.moe.norm_topk_prob;
+  moe.shared_inner = c.moe.shared_expert_intermediate_size;
   const nn::Weights layers = model.sub("layers");
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const nn::Weights l = layers.sub(i);
+    std::shared_ptr<const nn::FeedForward> feed_forward;
+    if (c.is_moe_layer(i))
+      feed_forward = std::make_shared<nn::MoeFeedForward>(nn::MoeFeedForward::load(l.sub("mlp"), moe));
+    else
+      feed_forward = std::make_shared<nn::Mlp>(nn::Mlp::load(l.sub("mlp"), h, c.intermediate_size,
+                                                             nn::Activation::kSilu, /*gated=*/true, c.mlp_bias));
     layers_.push_back(Layer{
         nn::RMSNorm::load(l, "input_layernorm", h, c.rms_norm_eps),
         nn::RMSNorm::load(l, "post_attention_layernorm", h, c.rms_norm_eps),
         nn::Attention::load(l.sub("self_attn"), shape, {},
                             c.qk_norm ? std::optional<double>(c.rms_norm_eps) : std::nullopt),
-        std::make_shared<nn::Mlp>(nn::Mlp::load(l.sub("mlp"), h, c.intermediate_size, nn::Activation::kSilu,
-                                                /*gated=*/true, c.mlp_bias)),
+        std::move(feed_forward),
     });
   }
   rope_ = nn::Rope(c.rope, dtype_, device_);

@@ -1,10 +1,11 @@
 #pragma once
 // The pre-norm RoPE decoder: grouped-query attention, RMSNorm, a gated MLP
-// (SwiGLU) and rotary positions, parameterized by config.json. It serves
-// LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and
-// Phi3ForCausalLM, which differ only in flags read from the config (biases, q/k
-// norm, sliding windows, rope type) and in whether q/k/v and gate/up are stored
-// fused (Phi-3). Every block comes from mpool_nn; this file only wires them.
+// (SwiGLU) or a mixture of experts, and rotary positions, parameterized by
+// config.json. It serves LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+// Qwen3ForCausalLM, Phi3ForCausalLM, Qwen2MoeForCausalLM and Qwen3MoeForCausalLM,
+// which differ only in flags read from the config (biases, q/k norm, sliding
+// windows, rope type, which layers hold experts) and in whether q/k/v and gate/up
+// are stored fused (Phi-3). Every block comes from mpool_nn; this file only wires them.
 #include <ATen/ATen.h>
 
 #include <filesystem>
@@ -50,6 +51,8 @@ class Decoder final : public CausalLM {
   at::Tensor hidden_states(const at::Tensor& ids, const at::Tensor& mask) const;
 
   const DecoderConfig& config() const noexcept { return config_; }
+  /// Layer `layer`'s feed-forward block (a dense MLP or an nn::MoeFeedForward).
+  const nn::FeedForward& feed_forward(int64_t layer) const { return *layers_.at(static_cast<size_t>(layer)).feed_forward; }
   at::Device device() const noexcept { return device_; }
   /// Whether it can produce logits (it has an output head or tied embeddings).
   bool has_lm_head() const noexcept { return lm_head_.defined(); }

@@ -1,7 +1,9 @@
-// The decoder family as a pool model: recognizes llama, mistral, qwen2, qwen3 and
-// phi3 directories and builds specs whose replicas generate text (text_to_text,
+// The decoder family as a pool model: recognizes llama, mistral, qwen2, qwen3,
+// phi3, qwen2_moe and qwen3_moe directories and builds specs whose replicas generate text (text_to_text,
 // through the kit's TextGenerator) and embed by last-token pooling
 // (text_embedding, through the kit's SentenceEmbedder).
+#include <c10/core/InferenceMode.h>
+
 #include <algorithm>
 #include <filesystem>
 
@@ -12,6 +14,7 @@
 #include "mpool/models/kit.h"
 #include "mpool/models/sentence_embedder.h"
 #include "mpool/models/text_generator.h"
+#include "mpool/nn/moe.h"
 #include "mpool/nn/probe.h"
 
 namespace mpool::models::decoder {
@@ -90,7 +93,12 @@ double generation_bytes(const DecoderConfig& config, const TextGeneratorSettings
                           static_cast<double>(gen.context);
   const double chunk = static_cast<double>(gen.prefill_chunk);
   const double tokens = std::max(chunk, static_cast<double>(tokens_per_forward));
-  const double act_bytes = tokens * static_cast<double>(2 * config.intermediate_size + 4 * config.hidden_size) * 4.0 +
+  // Per token: the widest feed-forward activation, the residual stream, and the
+  // router's logits and probabilities in an MoE layer.
+  const double act_bytes = tokens *
+                               static_cast<double>(2 * config.feed_forward_width() + 4 * config.hidden_size +
+                                                   2 * config.moe.num_experts) *
+                               4.0 +
                            chunk * static_cast<double>(gen.context) * static_cast<double>(config.num_heads) * 4.0 +
                            static_cast<double>(config.vocab_size) * 4.0 * 4.0;
   return kv_bytes + act_bytes;
@@ -146,7 +154,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
 
 Family family() {
   return Family{"llama", {cap::TextToText::kName, cap::TextEmbedding::kName},
-                kit::serves_model_types(kModelTypes, "llama, mistral, qwen2, qwen3 or phi3"), build,
+                kit::serves_model_types(kModelTypes, "llama, mistral, qwen2, qwen3, phi3, qwen2_moe or qwen3_moe"), build,
                 {{"prefill_chunk", OptionSpec::Kind::kInt,
                   "prompt tokens per forward pass of a prefill (default 512): bounds activation memory"}}};
 }
@@ -185,6 +193,21 @@ void register_probes() {
       return true;
     }, ctx);
     return nn::ProbeOutput{{"ids", at::tensor(out, at::kLong)}};
+  });
+
+  // The routing of an MoE layer (option "layer") for hidden states "hidden"
+  // (tokens, hidden): the chosen experts (tokens, top_k) and their weights.
+  nn::register_probe("moe.route", [](const nn::ProbeInput& in) {
+    const int64_t layer = in.get<int64_t>("layer");
+    const kit::ProbedModel m = kit::open_probed_model(in);
+    const DecoderConfig config = DecoderConfig::from(m.config);
+    check(layer >= 0 && layer < config.num_layers && config.is_moe_layer(layer), ErrorCode::kInvalidInput,
+          "layer " + std::to_string(layer) + " is not a mixture-of-experts layer of this model");
+    const Decoder decoder(config, m.weights);
+    c10::InferenceMode guard;
+    const auto& moe = dynamic_cast<const nn::MoeFeedForward&>(decoder.feed_forward(layer));
+    const nn::Routing routing = moe.route(in.tensor("hidden").to(decoder.device(), m.weights.dtype()));
+    return nn::ProbeOutput{{"experts", routing.experts.cpu()}, {"weights", routing.weights.to(at::kCPU, at::kFloat)}};
   });
 
   // (positions, float32 logits) of the decoder for `ids`: all at once (chunk 0)
