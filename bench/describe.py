@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,26 +32,18 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "common"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import cpu_name, memory_bandwidth  # noqa: E402
 
 import mpool  # noqa: E402
 from llava_models import CHAT_TEMPLATE, synthetic_image, tokenizer  # noqa: E402
 
 QUERY = "Describe this picture in detail."
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(out: Path) -> Any:
@@ -79,16 +70,6 @@ def build(out: Path) -> Any:
     proc.save_pretrained(str(out))
     return model, proc
 
-
-def memory_bandwidth(repeats: int = 10) -> float:
-    src = torch.empty(64 * 1024 * 1024, dtype=torch.float32).fill_(1.0)
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t)
-    return 2 * src.numel() * 4 / statistics.median(times)
 
 
 def main() -> None:
@@ -147,7 +128,7 @@ def main() -> None:
                         if "language_model" in name and "embed_tokens" not in name)
     decoder_bytes += model.lm_head.weight.numel() * 4
     bound = bw / decoder_bytes
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}, "
+    print(f"machine: {cpu_name()}; torch {torch.__version__}, threads {args.threads}, "
           f"load average at the end {os.getloadavg()[0]:.2f}")
     print(f"model: random LLaVA-1.5, CLIP ViT-L/14-336-shaped tower + 12-layer Llama 768, fp32; "
           f"{info['memory_mb']:.0f} MB estimated; greedy tokens identical to transformers: {same}")

@@ -25,10 +25,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # bench/tokenize.py would shadow the standard library's tokenize module.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "common"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import matmul_gflops  # noqa: E402
 
 import mpool  # noqa: E402
 from corpus import make_corpus  # noqa: E402
@@ -50,17 +52,6 @@ def sentences(n: int) -> list[str]:
         out.append(" ".join(rng.choice(base) for _ in range(rng.choice([1, 1, 1, 1, 2, 3]))))
     return out
 
-
-def matmul_gflops() -> float:
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * 1024**3 / statistics.median(times) / 1e9
 
 
 def model_flops(token_counts: list[int], layers=6, hidden=384, inner=1536) -> float:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,26 +29,18 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "common"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import cpu_name, matmul_gflops  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 import mpool  # noqa: E402
 from mpool import _core  # noqa: E402
 from two_tower_models import clip_tokenizer  # noqa: E402
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_images(folder: Path, n: int) -> list[str]:
@@ -115,17 +106,6 @@ def concurrent(fn, items: list[str], threads: int) -> float:
         t.join()
     return time.perf_counter() - t0
 
-
-def matmul_gflops() -> float:
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * 1024**3 / statistics.median(times) / 1e9
 
 
 def vit_flops(images: int, layers=12, hidden=768, inner=3072, tokens=50) -> float:
@@ -199,7 +179,7 @@ def main() -> None:
         replicas = pool.stats()["models"]["clip"]["replicas"]
     gf = matmul_gflops()
     flops = vit_flops(args.n)
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {args.torch_threads}, "
+    print(f"machine: {cpu_name()}; torch {torch.__version__}, threads {args.torch_threads}, "
           f"load average at the end {os.getloadavg()[0]:.2f}")
     print(f"model: random-weight CLIP ViT-B/32 (88M-parameter vision tower), fp32; parity cosine {cos:.6f}")
     print(f"(a) bulk {args.n} JPEGs, 120-900 px a side, median of {args.repeats}:")

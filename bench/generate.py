@@ -17,13 +17,20 @@ torch.set_num_threads applies to it too). Reported, medians of --repeats:
   The KV cache (a few % here) is left out of the bound.
 
     python bench/generate.py [--threads N] [--prompt-tokens 128] [--new-tokens 128] [--repeats 5]
+
+--model moe builds a random-weight Qwen3-MoE instead (12 layers, hidden 768,
+16 experts of intermediate 768, top-2, normalised top-k, q/k norm, 12 heads /
+4 KV heads): every expert is resident, but a decoded token reads only its two
+experts per layer, so the bound divides the bandwidth by the *active* weight
+bytes per token (everything but the unchosen experts).
+
+    python bench/generate.py --model moe
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import sys
@@ -35,8 +42,10 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # bench/tokenize.py would shadow the standard library's tokenize module.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "common"))
 
 import torch  # noqa: E402
+from machine import cpu_name, memory_bandwidth  # noqa: E402
 
 VOCAB = 32000
 SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -68,10 +77,24 @@ def build_tokenizer_json() -> str:
     return tok.to_str()
 
 
-def build_model(out: Path) -> Any:
+MOE = dict(num_experts=16, num_experts_per_tok=2, moe_intermediate_size=768)
+
+
+def build_model(out: Path, kind: str = "llama") -> Any:
     from tokenizers import Tokenizer
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
+    common = dict(
+        vocab_size=VOCAB, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=4096,
+        rms_norm_eps=1e-6, initializer_range=0.05, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )
+    if kind == "moe":
+        config = Qwen3MoeConfig(num_key_value_heads=4, head_dim=64, norm_topk_prob=True, decoder_sparse_step=1,
+                                mlp_only_layers=[], **MOE, **common)
+        torch.manual_seed(0)
+        model = Qwen3MoeForCausalLM(config).to(torch.float32).eval()
+        return _save(model, out)
     config = LlamaConfig(
         vocab_size=VOCAB,
         hidden_size=768,
@@ -88,6 +111,13 @@ def build_model(out: Path) -> Any:
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.float32).eval()
+    return _save(model, out)
+
+
+def _save(model: Any, out: Path) -> Any:
+    from tokenizers import Tokenizer
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
+
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=False)
     model.save_pretrained(str(out), safe_serialization=True)
     fast = PreTrainedTokenizerFast(
@@ -98,26 +128,20 @@ def build_model(out: Path) -> Any:
     return model
 
 
-def memory_bandwidth(repeats: int = 10) -> float:
-    """Bytes/s of a 256 MiB fp32 tensor copy (read + write), median."""
-    n = 256 * 2**20 // 4
-    src, dst = torch.randn(n), torch.empty(n)
-    dst.copy_(src)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t)
-    return 2 * n * 4 / statistics.median(times)
 
 
 def bytes_per_token(model: Any) -> int:
+    """Weight bytes a decoded token reads: every parameter but the gathered input
+    embedding table; of a mixture-of-experts layer's experts only the chosen ones."""
     total = 0
     embed = model.get_input_embeddings().weight
-    for p in model.parameters():  # tied weights appear once: then the table is read by the lm_head
+    experts = getattr(model.config, "num_experts", None)
+    active = model.config.num_experts_per_tok / experts if experts else 1.0
+    for name, p in model.named_parameters():  # tied weights appear once: then the table is read by the lm_head
         if p is embed and not model.config.tie_word_embeddings:
             continue
-        total += p.numel() * p.element_size()
+        share = active if ".experts." in name else 1.0
+        total += int(p.numel() * p.element_size() * share)
     return total
 
 
@@ -212,6 +236,7 @@ def bench_mpool(model_dir: Path, prompt: list[int], new_tokens: int, repeats: in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama", choices=["llama", "moe"])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -226,8 +251,8 @@ def main() -> None:
     prompt = [1] + [rng.randrange(len(SPECIALS) + 256, VOCAB) for _ in range(args.prompt_tokens - 1)]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="mpool-bench-llama-") as tmp:
-        model_dir = Path(tmp) / "llama"
-        model = build_model(model_dir)
+        model_dir = Path(tmp) / args.model
+        model = build_model(model_dir, args.model)
         model = model.to(getattr(torch, args.dtype))  # saved in float32; each engine converts at load
         weight_bytes = bytes_per_token(model)
         n_params = sum(p.numel() for p in model.parameters())
@@ -238,14 +263,14 @@ def main() -> None:
         bw = memory_bandwidth()
 
     cfg = model.config
-    kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * (
-        2 if args.dtype == "bfloat16" else 4
-    )
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * (2 if args.dtype == "bfloat16" else 4)
     bound = bw / weight_bytes
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}")
-    print(f"model: Llama {n_params / 1e6:.0f}M params {args.dtype}; prompt {args.prompt_tokens} tokens, "
+    print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}")
+    shape = (f"Qwen3-MoE {cfg.num_experts} experts, top-{cfg.num_experts_per_tok}" if args.model == "moe" else "Llama")
+    print(f"model: {shape}, {n_params / 1e6:.0f}M params {args.dtype}; prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, batch 1, greedy, median of {args.repeats}")
-    print(f"memory bandwidth (256 MiB copy): {bw / 1e9:.1f} GB/s; weight bytes per token {weight_bytes / 2**20:.0f} MiB "
+    print(f"memory bandwidth (256 MiB copy): {bw / 1e9:.1f} GB/s; active weight bytes per token {weight_bytes / 2**20:.0f} MiB "
           f"(+ KV cache {kv_bytes * (args.prompt_tokens + args.new_tokens // 2) / 2**20:.1f} MiB on average, not counted)")
     print(f"bandwidth bound: {bound:.1f} tokens/s")
     print(f"{'engine':14s} {'TTFT ms':>9s} {'decode tok/s':>13s} {'of bound':>9s}")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,10 +43,12 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "common"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import cpu_name, matmul_gflops  # noqa: E402
 
 import mpool  # noqa: E402
 from flux_models import flux_pipeline  # noqa: E402
@@ -56,32 +57,6 @@ from sd3_models import sd3_pipeline  # noqa: E402
 PROMPT = "a photo of a red house on a hill at night"
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "?")
-    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "amx_tile") if f in flags]
-    return f"{name} ({', '.join(isa) or 'no AVX2'}), {os.cpu_count()} logical CPUs"
-
-
-def matmul_gflops(device: str, dtype: torch.dtype) -> float:
-    n = 2048 if device == "cuda" else 1024
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    times = []
-    for i in range(13):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= 3:
-            times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def build(out: Path, depth: int, dual: bool) -> Any:
