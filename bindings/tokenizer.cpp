@@ -69,14 +69,17 @@ void register_tokenizer(py::module_& m) {
           py::call_guard<py::gil_scoped_release>())
       .def_static(
           "from_pretrained",
-          [](const std::string& dir_or_repo_id) {
+          [](const std::string& dir_or_repo_id, std::optional<std::string> tokenizer_pattern) {
             // A local directory, or a repo id in the local Hugging Face cache (never downloaded).
-            // Without tokenizer.json, a byte-level BPE tokenizer's vocab.json + merges.txt are converted.
+            // Without tokenizer.json, a tiktoken rank file or a byte-level BPE tokenizer's
+            // vocab.json + merges.txt are converted.
             auto layout = loading::describe_layout(loading::resolve_model(dir_or_repo_id).path);
-            const loading::TokenizerDocument doc = loading::read_tokenizer_document(layout.tokenizer_dir);
+            const loading::TokenizerDocument doc =
+                loading::read_tokenizer_document(layout.tokenizer_dir, {std::move(tokenizer_pattern)});
             return tk::Tokenizer::from_json(doc.json, doc.source);
           },
-          py::arg("dir_or_repo_id"), py::call_guard<py::gil_scoped_release>())
+          py::arg("dir_or_repo_id"), py::kw_only(), py::arg("tokenizer_pattern") = py::none(),
+          py::call_guard<py::gil_scoped_release>())
       .def_static(
           "from_str", [](const std::string& json) { return tk::Tokenizer::from_json(json, "<string>"); },
           py::arg("json"), py::call_guard<py::gil_scoped_release>())

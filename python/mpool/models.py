@@ -130,7 +130,9 @@ class NativeModel(Model):
     Face cache (nothing is downloaded). The family and capability are detected
     from its files; ``info`` says what was found. ``options`` are the family's own
     settings (e.g. ``{"prefill_chunk": 256}`` for decoders,
-    ``{"tokens_per_forward": 8192}`` for BERT-family encoders).
+    ``{"tokens_per_forward": 8192}`` for BERT-family encoders, and for decoders
+    whose tokenizer is a tiktoken rank file ``{"tokenizer_pattern": regex}``, its
+    split pattern when tokenizer_config.json has no ``"pat_str"``).
     """
 
     def __init__(

@@ -278,6 +278,7 @@ std::vector<std::string> tokenizer_files_in(const fs::path& dir, const std::stri
       "tokenizer.json",  "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
       "vocab.txt",       "vocab.json",            "merges.txt",              "tokenizer.model",
       "spiece.model",    "sentencepiece.bpe.model", "chat_template.jinja",   "chat_template.json",
+      "tiktoken.model",
   };
   std::vector<std::string> out;
   std::error_code ec;

@@ -5,12 +5,18 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
+#include <unordered_map>
 #include <vector>
 
 #include "mpool/base/error.h"
+#include "mpool/imageio/source.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/json.h"
+#include "mpool/tokenizer/components.h"
+#include "mpool/tokenizer/normalized.h"
+#include "mpool/tokenizer/unicode.h"
 
 namespace mpool::loading {
 namespace {
@@ -26,6 +32,13 @@ constexpr const char* kClipSplit =
     R"(<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+)";
 
 // What Python's str.strip() removes, at either end of the text.
+// transformers 5's TikTokenConverter splits with this pattern unless told otherwise.
+constexpr const char* kTiktokenDefaultPattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^
+\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[
+]*|\s*[
+]+|\s+(?!\S)|\s+)";
+
 constexpr const char* kPythonStrip = R"(\A[\s\x{1c}-\x{1f}]+|[\s\x{1c}-\x{1f}]+\z)";
 
 std::string read_text(const fs::path& path) {
@@ -133,8 +146,8 @@ std::map<std::string, json> class_defaults(SlowClass kind) {
 
 // The added tokens: tokenizer_config.json's "added_tokens_decoder" by id, then
 // every special token not among them, with its vocabulary id or the next free one.
-json compose_added_tokens(const TokenizerConfig& config, const std::map<std::string, json>& specials,
-                          const std::vector<std::string>& additional, const json& vocab) {
+// tokenizer_config.json's "added_tokens_decoder" by id, each with its flags.
+std::map<std::int64_t, json> decoder_added_tokens(const TokenizerConfig& config) {
   std::map<std::int64_t, json> by_id;
   if (auto decoder = config.raw.child("added_tokens_decoder")) {
     for (const auto& [id, entry] : config.added_tokens) {
@@ -144,6 +157,23 @@ json compose_added_tokens(const TokenizerConfig& config, const std::map<std::str
       by_id[id]["special"] = entry.second;
     }
   }
+  return by_id;
+}
+
+// tokenizer.json's "added_tokens" list from tokens by id.
+json added_tokens_list(std::map<std::int64_t, json>& by_id) {
+  json out = json::array();
+  for (auto& [id, token] : by_id) {
+    json entry = {{"id", id}};
+    entry.update(token);
+    out.push_back(std::move(entry));
+  }
+  return out;
+}
+
+json compose_added_tokens(const TokenizerConfig& config, const std::map<std::string, json>& specials,
+                          const std::vector<std::string>& additional, const json& vocab) {
+  std::map<std::int64_t, json> by_id = decoder_added_tokens(config);
   std::int64_t next = static_cast<std::int64_t>(vocab.size());
   for (const auto& [id, token] : by_id) next = std::max(next, id + 1);
   auto add = [&](const json& token) {
@@ -156,13 +186,7 @@ json compose_added_tokens(const TokenizerConfig& config, const std::map<std::str
   for (const char* key : kSpecialKeys)
     if (auto it = specials.find(key); it != specials.end()) add(it->second);
   for (const auto& content : additional) add(added_token(content, nullptr, ""));
-  json out = json::array();
-  for (auto& [id, token] : by_id) {
-    json entry = {{"id", id}};
-    entry.update(token);
-    out.push_back(std::move(entry));
-  }
-  return out;
+  return added_tokens_list(by_id);
 }
 
 // Special token `key` and its id (added tokens first, then the vocabulary), as a
@@ -205,6 +229,124 @@ json bos_eos_template(const JsonView& config, const std::map<std::string, json>&
   json single = sequence("A", 0), pair = single;
   for (auto& item : sequence("B", 1)) pair.push_back(item);
   return {{"type", "TemplateProcessing"}, {"single", single}, {"pair", pair}, {"special_tokens", tokens}};
+}
+
+// A rank file's bytes as a byte-level vocabulary key.
+std::string byte_level_text(std::string_view bytes) {
+  const std::vector<char32_t>& chars = tokenizer::bytes_to_chars();
+  std::string out;
+  for (unsigned char b : bytes) tokenizer::append_utf8(out, chars[b]);
+  return out;
+}
+
+// Whether `path` starts like a rank file ("<base64> <rank>"), not a SentencePiece
+// model (a protobuf, whose first byte is no base64 character).
+bool looks_like_rank_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string line;
+  if (!in || !std::getline(in, line)) return false;
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  const size_t space = line.find(' ');
+  if (space == 0 || space == std::string::npos || space + 1 == line.size()) return false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(line[i]);
+    const bool ok = i < space ? (std::isalnum(c) || c == '+' || c == '/' || c == '=')
+                              : (i == space || std::isdigit(c));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// The rank file: one "<base64 bytes> <rank>" per line, as a byte-level
+// vocabulary (text -> rank). Ranks and token bytes must be unique.
+json read_rank_file(const fs::path& path, std::int64_t& size) {
+  std::istringstream in(read_text(path));
+  json vocab = json::object();
+  std::unordered_map<std::int64_t, size_t> line_of_rank;
+  std::unordered_map<std::string, size_t> line_of_token;
+  std::string line;
+  size = 0;
+  for (size_t number = 1; std::getline(in, line); ++number) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    const std::string where = path.string() + ": line " + std::to_string(number);
+    const size_t space = line.find(' ');
+    check(space != std::string::npos && space > 0 && line.find(' ', space + 1) == std::string::npos,
+          ErrorCode::kInvalidInput, where + " must be base64 token bytes, one space and a rank");
+    const std::string rank_text = line.substr(space + 1);
+    std::int64_t rank = 0;
+    bool digits = !rank_text.empty() && rank_text.size() <= 10;
+    for (char c : rank_text) {
+      digits = digits && c >= '0' && c <= '9';
+      if (digits) rank = rank * 10 + (c - '0');
+    }
+    check(digits && rank <= 0x7FFFFFFF, ErrorCode::kInvalidInput,
+          where + ": rank '" + rank_text + "' is not an integer from 0 to 2147483647");
+    const std::string bytes = imageio::decode_base64(std::string_view(line).substr(0, space), where);
+    if (auto [it, fresh] = line_of_rank.emplace(rank, number); !fresh)
+      throw Error(ErrorCode::kInvalidInput,
+                  where + ": rank " + rank_text + " is also line " + std::to_string(it->second) + "'s");
+    if (auto [it, fresh] = line_of_token.emplace(bytes, number); !fresh)
+      throw Error(ErrorCode::kInvalidInput,
+                  where + ": the token is also line " + std::to_string(it->second) + "'s");
+    vocab[byte_level_text(bytes)] = rank;
+    size = std::max(size, rank + 1);
+  }
+  check(!vocab.empty(), ErrorCode::kInvalidInput, path.string() + ": holds no ranks");
+  return vocab;
+}
+
+// The split pattern of a rank file, from the caller, else tokenizer_config.json's
+// "pat_str", else transformers' TikTokenConverter default (with a warning);
+// compiled here so that a bad one fails with its source named.
+std::string tiktoken_pattern(const fs::path& dir, const JsonView& config, const TokenizerOptions& options,
+                             std::vector<std::string>& warnings) {
+  const std::optional<std::string> configured = config.get_optional<std::string>("pat_str");
+  std::string pattern, source;
+  if (options.pattern) {
+    pattern = *options.pattern;
+    source = "option tokenizer_pattern";
+    if (configured && *configured != pattern)
+      warnings.push_back(dir.string() + ": the tokenizer_pattern option replaces tokenizer_config.json's \"pat_str\"");
+  } else if (configured) {
+    pattern = *configured;
+    source = config.where("pat_str");
+  } else {
+    pattern = kTiktokenDefaultPattern;
+    source = "the default tiktoken pattern";
+    warnings.push_back(dir.string() +
+                       ": tokenizer_config.json names no split pattern (\"pat_str\"), so the rank file is split "
+                       "with transformers' default tiktoken pattern; pass options={\"tokenizer_pattern\": ...} "
+                       "if the model was trained with another");
+  }
+  try {
+    tokenizer::Regex compiled(pattern);
+  } catch (const Error& e) {
+    throw Error(ErrorCode::kInvalidInput, source + ": not a usable split pattern: " + e.what());
+  }
+  return pattern;
+}
+
+// The added tokens of a rank file of `size` ranks: "added_tokens_decoder" above
+// the ranks, placeholders for the ids it skips (as transformers fills them), then
+// the extra special tokens not among them.
+json rank_file_added_tokens(const TokenizerConfig& config, std::int64_t size) {
+  std::map<std::int64_t, json> by_id = decoder_added_tokens(config);
+  if (!by_id.empty())
+    check(by_id.begin()->first >= size, ErrorCode::kInvalidInput,
+          config.raw.where("added_tokens_decoder") + ": id " + std::to_string(by_id.begin()->first) +
+              " is a rank of the rank file (added tokens take ids from " + std::to_string(size) + ")");
+  std::int64_t next = size;
+  if (!by_id.empty()) {
+    for (std::int64_t id = size; id < by_id.rbegin()->first; ++id)
+      if (!by_id.count(id)) by_id[id] = added_token("<|reserved_token_" + std::to_string(id) + "|>", nullptr, "");
+    next = by_id.rbegin()->first + 1;
+  }
+  std::set<std::string> present;
+  for (const auto& [id, token] : by_id) present.insert(token["content"].get<std::string>());
+  for (const auto& content : config.special.additional_special_tokens)
+    if (present.insert(content).second) by_id[next++] = added_token(content, nullptr, "");
+  return added_tokens_list(by_id);
 }
 
 }  // namespace
@@ -299,13 +441,77 @@ json slow_tokenizer_json(const fs::path& dir) {
   return doc;
 }
 
-TokenizerDocument read_tokenizer_document(const fs::path& dir) {
+std::optional<fs::path> find_tiktoken_file(const fs::path& dir) {
+  std::error_code ec;
+  if (fs::is_regular_file(dir / "tiktoken.model", ec)) return dir / "tiktoken.model";
+  std::vector<fs::path> found;
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (entry.path().extension() == ".tiktoken" && entry.is_regular_file(ec)) found.push_back(entry.path());
+  std::sort(found.begin(), found.end());
+  if (found.size() > 1) {
+    std::string names;
+    for (const auto& f : found) names += (names.empty() ? "" : ", ") + f.filename().string();
+    throw Error(ErrorCode::kInvalidInput, dir.string() + ": several tiktoken rank files (" + names +
+                                              "); mpool cannot tell which one the model uses");
+  }
+  if (found.size() == 1) return found.front();
+  // transformers reads tokenizer.model as a rank file when it is not SentencePiece's.
+  if (fs::is_regular_file(dir / "tokenizer.model", ec) && looks_like_rank_file(dir / "tokenizer.model"))
+    return dir / "tokenizer.model";
+  return std::nullopt;
+}
+
+TokenizerDocument tiktoken_tokenizer_json(const fs::path& dir, const fs::path& rank_file,
+                                          const TokenizerOptions& options) {
+  const std::optional<TokenizerConfig> loaded = load_tokenizer_config(dir);
+  const TokenizerConfig parsed = loaded ? *loaded : TokenizerConfig{};
+  TokenizerDocument out;
+  const std::string pattern = tiktoken_pattern(dir, parsed.raw, options, out.warnings);
+  std::int64_t size = 0;
+  json vocab = read_rank_file(rank_file, size);
+  const json added = rank_file_added_tokens(parsed, size);
+
+  // Byte-level BPE by rank: the pair whose concatenation ranks lowest merges
+  // first, and a piece that is itself a token is never split.
+  json model = {{"type", "BPE"},       {"dropout", nullptr},     {"unk_token", nullptr},
+                {"fuse_unk", false},   {"byte_fallback", false}, {"ignore_merges", true},
+                {"merges_by_rank", true}, {"vocab", std::move(vocab)}, {"merges", json::array()}};
+  json doc = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
+              {"normalizer", nullptr}};
+  json split = {{"type", "Split"}, {"pattern", {{"Regex", pattern}}}, {"behavior", "Isolated"}, {"invert", false}};
+  json bytes = byte_level(false);
+  bytes["use_regex"] = false;
+  doc["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", json::array({split, bytes})}};
+  std::map<std::string, json> specials;
+  read_specials(parsed.raw, specials);
+  if (parsed.raw.get_or<bool>("add_bos_token", false) || parsed.raw.get_or<bool>("add_eos_token", false)) {
+    doc["post_processor"] = bos_eos_template(parsed.raw, specials, added, model["vocab"], dir);
+  } else {
+    json post = byte_level(false);
+    post["trim_offsets"] = false;
+    doc["post_processor"] = post;
+  }
+  doc["decoder"] = byte_level(true);
+  doc["model"] = std::move(model);
+  out.json = doc.dump();
+  out.source = rank_file.string();
+  return out;
+}
+
+TokenizerDocument read_tokenizer_document(const fs::path& dir, const TokenizerOptions& options) {
   const fs::path file = dir / "tokenizer.json";
-  if (fs::is_regular_file(file)) return {read_text(file), file.string()};
+  const bool has_json = fs::is_regular_file(file);
+  const std::optional<fs::path> rank_file = has_json ? std::nullopt : find_tiktoken_file(dir);
+  check(!options.pattern || rank_file, ErrorCode::kInvalidInput,
+        dir.string() + ": the tokenizer_pattern option applies to a tiktoken rank file (tiktoken.model, *.tiktoken), "
+                       "and this tokenizer is " + (has_json ? "tokenizer.json" : "not one"));
+  if (has_json) return {read_text(file), file.string(), {}};
+  if (rank_file) return tiktoken_tokenizer_json(dir, *rank_file, options);
   check(has_slow_bpe_files(dir), ErrorCode::kInvalidInput,
-        file.string() + " is missing: mpool needs the tokenizer.json form of the tokenizer, or vocab.json + "
-                        "merges.txt of a byte-level BPE tokenizer");
-  return {slow_tokenizer_json(dir).dump(), dir.string() + " (vocab.json + merges.txt)"};
+        file.string() + " is missing: mpool needs the tokenizer.json form of the tokenizer, vocab.json + "
+                        "merges.txt of a byte-level BPE tokenizer, or a tiktoken rank file (tiktoken.model, "
+                        "*.tiktoken)");
+  return {slow_tokenizer_json(dir).dump(), dir.string() + " (vocab.json + merges.txt)", {}};
 }
 
 }  // namespace mpool::loading

@@ -17,19 +17,35 @@ at::ScalarType pick_dtype(const NativeOptions& options, const std::string& famil
   return *dtype;
 }
 
-fs::path require_tokenizer(const fs::path& dir) {
+fs::path require_tokenizer(const fs::path& dir, const loading::TokenizerOptions& options,
+                           std::vector<std::string>* warnings) {
   const fs::path file = dir / "tokenizer.json";
-  if (fs::is_regular_file(file)) return file;
-  // InvalidInput without the slow files; with them, the conversion runs once here
-  // so that what it cannot convert fails at registration.
-  loading::read_tokenizer_document(dir);
+  if (fs::is_regular_file(file) && !options.pattern) return file;
+  // InvalidInput without a rank file or the slow files; with them, the conversion
+  // runs once here so that what it cannot convert fails at registration.
+  loading::TokenizerDocument doc = loading::read_tokenizer_document(dir, options);
+  if (warnings)
+    for (auto& w : doc.warnings) warnings->push_back(std::move(w));
   return dir;
 }
 
-std::unique_ptr<tokenizer::Tokenizer> open_tokenizer(const fs::path& path) {
+std::unique_ptr<tokenizer::Tokenizer> open_tokenizer(const fs::path& path, const loading::TokenizerOptions& options) {
   if (!fs::is_directory(path)) return tokenizer::Tokenizer::from_file(path.string());
-  const loading::TokenizerDocument doc = loading::read_tokenizer_document(path);
+  const loading::TokenizerDocument doc = loading::read_tokenizer_document(path, options);
   return tokenizer::Tokenizer::from_json(doc.json, doc.source);
+}
+
+OptionSpec tokenizer_pattern_option() {
+  return {"tokenizer_pattern", OptionSpec::Kind::kString,
+          "split regex of a tiktoken rank file (default: tokenizer_config.json's \"pat_str\", else transformers' "
+          "tiktoken pattern, with a warning)"};
+}
+
+loading::TokenizerOptions tokenizer_options(const NativeOptions& options) {
+  loading::TokenizerOptions out;
+  if (options.options.values.count("tokenizer_pattern"))
+    out.pattern = options.options.get_string("tokenizer_pattern", "");
+  return out;
 }
 
 int64_t pad_token_id(const fs::path& dir, const tokenizer::Tokenizer& tok, int64_t fallback) {
@@ -56,9 +72,12 @@ loading::SupportPredicate serves_model_types(std::vector<std::string> model_type
 BuildInputs build_inputs(const loading::ModelDirectory& directory, const NativeOptions& options,
                          const std::string& family) {
   const loading::ModelLayout& layout = directory.layout();
-  fs::path tokenizer = require_tokenizer(layout.tokenizer_dir);
+  loading::TokenizerOptions tokenizer_opts = tokenizer_options(options);
+  std::vector<std::string> warnings;
+  fs::path tokenizer = require_tokenizer(layout.tokenizer_dir, tokenizer_opts, &warnings);
   const at::ScalarType dtype = pick_dtype(options, family);
-  return BuildInputs{layout, std::move(tokenizer), dtype, loading::Checkpoint::open(layout.model_dir)};
+  return BuildInputs{layout,         std::move(tokenizer), std::move(tokenizer_opts), std::move(warnings),
+                     dtype,          loading::Checkpoint::open(layout.model_dir)};
 }
 
 double replica_memory_mb(double weight_bytes, double other_bytes) {

@@ -27,6 +27,14 @@ class BpeModel : public Model {
     fuse_unk_ = node.bool_or("fuse_unk", false);
     byte_fallback_ = node.bool_or("byte_fallback", false);
     ignore_merges_ = node.bool_or("ignore_merges", false);
+    // mpool's own key, for rank files (tiktoken): every pair of tokens whose
+    // concatenation is a token merges, its priority that token's id (its rank).
+    if (node.bool_or("merges_by_rank", false)) {
+      if (prefix_ || (suffix_ && !suffix_->empty()) || node.at("merges").size() != 0)
+        node.fail("merges_by_rank takes no merges, continuing_subword_prefix or end_of_word_suffix");
+      merges_by_rank();
+      return;
+    }
     auto merges = node.at("merges");
     size_t prefix_len = prefix_ ? prefix_->size() : 0;
     for (size_t i = 0; i < merges.size(); ++i) {
@@ -165,6 +173,21 @@ class BpeModel : public Model {
     uint32_t new_id;
     bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
+
+  // The merges of a rank vocabulary: each token split at every character
+  // boundary into two tokens.
+  void merges_by_rank() {
+    for (const auto& [token, id] : vocab_.entries()) {
+      const std::string_view t = token;
+      size_t cut = 0;
+      next_code_point(t, cut);
+      while (cut < t.size()) {
+        auto left = vocab_.id(t.substr(0, cut)), right = vocab_.id(t.substr(cut));
+        if (left && right) merges_[key(*left, *right)] = {id, id};
+        next_code_point(t, cut);
+      }
+    }
+  }
 
   static uint64_t key(uint32_t a, uint32_t b) { return (static_cast<uint64_t>(a) << 32) | b; }
 

@@ -46,6 +46,8 @@ class Vocab {
   const std::string& known(uint32_t id) const { return *find(id); }
   /// Number of tokens.
   size_t size() const { return to_id_.size(); }
+  /// Every token with its id, in no particular order.
+  const std::unordered_map<std::string, uint32_t, StringHash, std::equal_to<>>& entries() const { return to_id_; }
   /// Loads {"token": id, ...}.
   static Vocab from_object(const JsonNode& node) {
     Vocab v;

@@ -12,6 +12,7 @@
 
 #include "mpool/loading/layout.h"
 #include "mpool/loading/registry.h"
+#include "mpool/loading/slow_tokenizer.h"
 #include "mpool/models/families.h"
 #include "mpool/nn/probe.h"
 #include "mpool/nn/weights.h"
@@ -25,15 +26,27 @@ namespace mpool::models::kit {
 at::ScalarType pick_dtype(const NativeOptions& options, const std::string& family);
 
 /// Where the tokenizer of folder `dir` loads from: `dir`/tokenizer.json when
-/// present, else `dir` itself when it holds a byte-level BPE tokenizer's slow files
-/// (vocab.json + merges.txt, converted by loading::slow_tokenizer_json, which runs
-/// here once so an unsupported tokenizer_class fails at registration); else
-/// InvalidInput naming `dir`/tokenizer.json.
-std::filesystem::path require_tokenizer(const std::filesystem::path& dir);
+/// present, else `dir` itself when it holds a tiktoken rank file or a byte-level
+/// BPE tokenizer's slow files (vocab.json + merges.txt), converted by
+/// loading::read_tokenizer_document, which runs here once so an unsupported
+/// tokenizer_class, a malformed rank file or a bad pattern fails at registration;
+/// its warnings go to `warnings` when given. Else InvalidInput naming
+/// `dir`/tokenizer.json.
+std::filesystem::path require_tokenizer(const std::filesystem::path& dir,
+                                        const loading::TokenizerOptions& options = {},
+                                        std::vector<std::string>* warnings = nullptr);
 
 /// The tokenizer at `path` as require_tokenizer returns it: a tokenizer.json file,
-/// or a folder of slow files converted to the same pipeline.
-std::unique_ptr<tokenizer::Tokenizer> open_tokenizer(const std::filesystem::path& path);
+/// or a folder converted to the same pipeline (with the same `options`).
+std::unique_ptr<tokenizer::Tokenizer> open_tokenizer(const std::filesystem::path& path,
+                                                     const loading::TokenizerOptions& options = {});
+
+/// The "tokenizer_pattern" family option (a string: the split regex of a tiktoken
+/// rank file), for the families whose models may ship one.
+OptionSpec tokenizer_pattern_option();
+
+/// What `options` say about the model's tokenizer (the "tokenizer_pattern" option).
+loading::TokenizerOptions tokenizer_options(const NativeOptions& options);
 
 /// The id texts are padded with: the pad token that tokenizer_config.json (else
 /// special_tokens_map.json) in `dir` names, when the vocabulary has it, else `fallback`.
@@ -48,7 +61,9 @@ loading::SupportPredicate serves_model_types(std::vector<std::string> model_type
 /// the checkpoint's headers (for measuring).
 struct BuildInputs {
   loading::ModelLayout layout;
-  std::filesystem::path tokenizer_file;  ///< tokenizer.json, or the folder of slow files
+  std::filesystem::path tokenizer_file;  ///< tokenizer.json, or the folder of slow files or a rank file
+  loading::TokenizerOptions tokenizer_options;  ///< pass to open_tokenizer with tokenizer_file
+  std::vector<std::string> warnings;            ///< the tokenizer's, for NativeModel::warnings
   at::ScalarType dtype;
   loading::Checkpoint checkpoint;
 };

@@ -112,6 +112,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   const kit::BuildInputs in = kit::build_inputs(directory, options, "decoder");
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
+  const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
   const at::ScalarType dtype = in.dtype;
   const TextGeneratorSettings gen = generator_settings(config, layout.model_dir, options);
   const EmbedderSettings settings = embedder_settings(layout, config.hidden_size, static_cast<size_t>(gen.context),
@@ -120,6 +121,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // Memory: the weights it loads, the KV cache of one full context, and the
   // activations of one prefill chunk (or one embedding forward pass).
   NativeModel model;
+  model.warnings = in.warnings;
   const loading::Checkpoint& checkpoint = in.checkpoint;
   // The head sits outside the base model: tied embeddings, or lm_head.weight.
   const bool has_head = config.tie_word_embeddings || checkpoint.find("lm_head.weight").has_value();
@@ -138,14 +140,15 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.devices = options.devices;
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, gen](const std::string& device) {
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype,
+                 gen](const std::string& device) {
     const nn::Weights weights = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, at::Device(device));
     auto decoder = std::make_shared<const Decoder>(config, weights);
     auto embedder = std::make_unique<SentenceEmbedder>(std::make_unique<DecoderBackbone>(decoder),
-                                                       kit::open_tokenizer(tokenizer_file),
+                                                       kit::open_tokenizer(tokenizer_file, tokenizer_options),
                                                        settings);
     return std::make_shared<DecoderModel>(
-        TextGenerator(decoder, kit::open_tokenizer(tokenizer_file), gen), std::move(embedder));
+        TextGenerator(decoder, kit::open_tokenizer(tokenizer_file, tokenizer_options), gen), std::move(embedder));
   };
   return model;
 }
@@ -156,7 +159,8 @@ Family family() {
   return Family{"llama", {cap::TextToText::kName, cap::TextEmbedding::kName},
                 kit::serves_model_types(kModelTypes, "llama, mistral, qwen2, qwen3, phi3, qwen2_moe or qwen3_moe"), build,
                 {{"prefill_chunk", OptionSpec::Kind::kInt,
-                  "prompt tokens per forward pass of a prefill (default 512): bounds activation memory"}}};
+                  "prompt tokens per forward pass of a prefill (default 512): bounds activation memory"},
+                 kit::tokenizer_pattern_option()}};
 }
 
 void register_probes() {

@@ -168,6 +168,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // of a full context (image positions included), and the larger of one prefill
   // chunk's and one image pass's activations.
   NativeModel model;
+  model.warnings = in.warnings;
   const double weight_bytes = kit::measure_weights(
       in.checkpoint, in.dtype,
       [&](const nn::Weights& w) {
@@ -185,8 +186,10 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.memory_mb = kit::replica_memory_mb(weight_bytes, decoder::generation_bytes(config.text, gen, in.dtype) + image_bytes);
   spec.devices = options.devices;
   const fs::path model_dir = in.layout.model_dir, tokenizer_file = in.tokenizer_file;
+  const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
   const at::ScalarType dtype = in.dtype;
-  spec.loader = [model_dir, tokenizer_file, config, images, anyres, gen, dtype](const std::string& device) {
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, images, anyres, gen,
+                 dtype](const std::string& device) {
     const at::Device dev(device);
     const nn::Weights weights = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev);
     const LlavaParts parts = LlavaParts::locate(weights);
@@ -195,7 +198,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
           model_dir.string() + ": the LLaVA checkpoint has no lm_head.weight");
     LlavaVision vision(config, parts, dev);
     return std::make_shared<LlavaModel>(config, std::move(vision), images, anyres,
-                                        TextGenerator(language, kit::open_tokenizer(tokenizer_file), gen));
+                                        TextGenerator(language, kit::open_tokenizer(tokenizer_file, tokenizer_options), gen));
   };
   return model;
 }
@@ -207,7 +210,8 @@ Family family() {
       {"prefill_chunk", OptionSpec::Kind::kInt,
        "prompt positions per forward pass of a prefill (default 512): bounds activation memory"},
       {"images_per_forward", OptionSpec::Kind::kInt,
-       "images per forward pass of the vision tower (default 16): bounds activation memory"}};
+       "images per forward pass of the vision tower (default 16): bounds activation memory"},
+      kit::tokenizer_pattern_option()};
   return Family{"llava", {cap::Vision::kName, cap::TextToText::kName},
                 kit::serves_model_types(kModelTypes, "llava or llava_next"),
                 build, std::move(options)};
