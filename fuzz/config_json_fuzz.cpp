@@ -108,6 +108,21 @@ void check_llama(const mpool::models::decoder::DecoderConfig& l) {
     require(m.moe_intermediate_size > 0 && m.shared_expert_intermediate_size >= 0);
     require(m.sparse_layers.size() == static_cast<std::size_t>(l.num_layers));
     require(l.feed_forward_width() >= l.intermediate_size);
+    require(m.shared_experts_intermediate_size >= 0);
+    if (m.grouped_sigmoid) {
+      // The grouped router reshapes to (groups, experts / groups) and takes each group's best 2.
+      require(m.n_group > 0 && m.num_experts % m.n_group == 0 && m.num_experts / m.n_group >= 2);
+      require(m.topk_group > 0 && m.topk_group <= m.n_group);
+      require(m.num_experts_per_tok <= m.topk_group * (m.num_experts / m.n_group));
+      require(std::isfinite(m.routed_scaling_factor) && m.routed_scaling_factor > 0);
+    }
+  }
+  // nn/mla.cpp: every size positive, the rope part is the rotary dim, a usable softmax scale.
+  if (l.is_mla()) {
+    const auto& a = l.mla;
+    require(a.q_lora_rank >= 0 && a.qk_nope_head_dim > 0 && a.qk_rope_head_dim > 0 && a.v_head_dim > 0);
+    require(l.head_dim == a.qk_nope_head_dim + a.qk_rope_head_dim && r.rotary_dim == a.qk_rope_head_dim);
+    require(std::isfinite(a.softmax_scale) && a.softmax_scale > 0);
   }
 }
 

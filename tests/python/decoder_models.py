@@ -6,7 +6,8 @@ generation_config.json, tokenizer.json and tokenizer_config.json (with a chat
 template) and returns the directory. `build_embedder(tmp_dir)` saves a decoder
 as a sentence-transformers model with last-token pooling and Normalize.
 `ARCHS` lists the supported `arch` values; `MOE_ARCHS` the mixture-of-experts
-ones (Qwen2-MoE, Qwen3-MoE), which `build_decoder` builds the same way. All models share one byte-level BPE
+ones (Qwen2-MoE, Qwen3-MoE) and `DEEPSEEK_ARCHS` DeepSeek-V3's (latent attention,
+grouped sigmoid routing), which `build_decoder` builds the same way. All models share one byte-level BPE
 tokenizer, trained once per process. See DECODER_NOTES.md for what each variant
 exercises in transformers.
 """
@@ -256,6 +257,54 @@ _MOE_ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 MOE_ARCHS = tuple(_MOE_ARCHS)
 
+# DeepSeek-V3: 8 experts in 4 groups, 3 per token from the 2 best groups, two
+# shared experts, a dense first layer; v_head_dim differs from the q/k head.
+_DEEPSEEK: dict[str, Any] = dict(
+    num_hidden_layers=3,
+    num_key_value_heads=4,
+    q_lora_rank=24,
+    kv_lora_rank=16,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    v_head_dim=12,
+    n_routed_experts=8,
+    n_group=4,
+    topk_group=2,
+    num_experts_per_tok=3,
+    moe_intermediate_size=32,
+    n_shared_experts=2,
+    first_k_dense_replace=1,
+    routed_scaling_factor=2.5,
+    norm_topk_prob=True,
+)
+_DEEPSEEK_ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "deepseek_v3": ("DeepseekV3ForCausalLM", "DeepseekV3Config", dict(_DEEPSEEK)),
+    # q straight from q_proj, rotate-half rope, attention biases, unnormalised weights.
+    "deepseek_v3_no_q_lora": (
+        "DeepseekV3ForCausalLM",
+        "DeepseekV3Config",
+        dict(_DEEPSEEK, q_lora_rank=None, rope_interleave=False, attention_bias=True, norm_topk_prob=False),
+    ),
+    # yarn with mscale and mscale_all_dim: scaled cos/sin and a corrected softmax scale.
+    "deepseek_v3_yarn": (
+        "DeepseekV3ForCausalLM",
+        "DeepseekV3Config",
+        dict(
+            _DEEPSEEK,
+            rope_scaling={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 64,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.7,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+            },
+        ),
+    ),
+}
+DEEPSEEK_ARCHS = tuple(_DEEPSEEK_ARCHS)
+
 
 def _reinit_(model: Any, seed: int) -> None:
     """Random, large-ish weights so logits are far from flat; norms and biases too."""
@@ -277,15 +326,18 @@ def _reinit_(model: Any, seed: int) -> None:
             else:
                 fan_in = p.shape[-1]
                 p.copy_(torch.randn(p.shape, generator=gen) * (1.6 / fan_in**0.5))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # DeepSeek's routing bias
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
 
 
 def _make_model(arch: str, seed: int, overrides: dict[str, Any]) -> Any:
     import torch
     import transformers
 
-    archs = {**_ARCHS, **_MOE_ARCHS}
+    archs = {**_ARCHS, **_MOE_ARCHS, **_DEEPSEEK_ARCHS}
     if arch not in archs:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS + MOE_ARCHS}")
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS + MOE_ARCHS + DEEPSEEK_ARCHS}")
     model_cls_name, config_cls_name, arch_cfg = archs[arch]
     ids = special_ids()
     cfg_kwargs: dict[str, Any] = {**_BASE, **arch_cfg, **overrides}

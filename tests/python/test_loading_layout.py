@@ -126,7 +126,8 @@ def test_inspect_says_why_no_registered_family_supports_the_model_type(tmp_path)
     assert report["support"] == (
         'no registered family supports model_type "gpt_neox": '
         "bert: model_type 'gpt_neox' is not bert, roberta or xlm-roberta; "
-        "llama: model_type 'gpt_neox' is not llama, mistral, qwen2, qwen3, phi3, qwen2_moe or qwen3_moe; "
+        "llama: model_type 'gpt_neox' is not llama, mistral, qwen2, qwen3, phi3, qwen2_moe, qwen3_moe, "
+        "deepseek_v3 or kimi_k2; "
         "clip: model_type 'gpt_neox' is not clip; "
         "siglip: model_type 'gpt_neox' is not siglip; "
         "llava: model_type 'gpt_neox' is not llava or llava_next; "

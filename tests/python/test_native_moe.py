@@ -23,7 +23,15 @@ from safetensors.torch import load_file, save_file
 import mpool
 import mpool.testing
 from decoder_models import MOE_ARCHS, build_decoder
-from test_native_decoder import check_greedy_64_tokens, decoder_logits, hf_model, prompt_ids, run
+from test_native_decoder import (
+    check_cache_equals_recomputing,
+    check_greedy_64_tokens,
+    check_prefill_logits,
+    decoder_logits,
+    hf_model,
+    prompt_ids,
+    run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +60,7 @@ def test_the_variants_have_dense_layers_between_moe_layers(models: dict[str, Pat
 
 @pytest.mark.parametrize("arch", MOE_ARCHS)
 def test_prefill_logits_match_transformers_within_1e4_fp32(models: dict[str, Path], arch: str) -> None:
-    ids = prompt_ids(40, seed=1)
-    with torch.no_grad():
-        ref = hf_model(models[arch])(torch.tensor([ids])).logits[0].numpy()
-    _, ours = native_logits(models[arch], ids)
-    rel = np.abs(ours - ref).max() / np.abs(ref).max()
-    assert rel <= 1e-4, f"{arch}: max relative error {rel:.2e}"
+    check_prefill_logits(models[arch], arch)
 
 
 @pytest.mark.parametrize("arch", MOE_ARCHS)
@@ -71,12 +74,7 @@ def test_greedy_generation_is_token_identical_to_transformers_for_64_tokens(
 def test_kv_cache_decode_equals_recomputing_the_full_sequence(models: dict[str, Path], arch: str) -> None:
     # One token per step runs the decode path (the chosen experts one by one);
     # chunks of 7 run the grouped path from mid-sequence.
-    ids = prompt_ids(30, seed=2)
-    _, full = native_logits(models[arch], ids)
-    for chunk in (1, 7):
-        positions, cached = native_logits(models[arch], ids, chunk)
-        rel = np.abs(cached - full[positions]).max() / np.abs(full).max()
-        assert rel <= 1e-5, f"{arch}, {chunk} tokens per step: max relative error {rel:.2e}"
+    check_cache_equals_recomputing(models[arch], arch)
 
 
 @pytest.mark.parametrize("arch", MOE_ARCHS)

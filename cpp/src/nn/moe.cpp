@@ -1,6 +1,7 @@
 #include "mpool/nn/moe.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -11,13 +12,42 @@ namespace mpool::nn {
 
 Router Router::load(const Weights& w, std::string_view name, const MoeShape& shape) {
   Router r;
-  r.gate = Linear::load(w, name, shape.num_experts, shape.hidden, /*bias=*/false);
   r.top_k = shape.top_k;
   r.normalize = shape.normalize_top_k;
+  r.kind = shape.router;
+  if (r.kind == RouterKind::kSoftmax) {
+    r.gate = Linear::load(w, name, shape.num_experts, shape.hidden, /*bias=*/false);
+    return r;
+  }
+  // DeepSeek keeps the router in float32 whatever the model's dtype.
+  const Weights f = w.as(at::kFloat);
+  r.gate = Linear::load(f, name, shape.num_experts, shape.hidden, /*bias=*/false);
+  r.bias = f.sub(name).get("e_score_correction_bias", {shape.num_experts});
+  r.groups = shape.groups;
+  r.top_groups = shape.top_groups;
+  r.scale = shape.scale;
   return r;
 }
 
+Routing Router::grouped_sigmoid(const at::Tensor& x) const {
+  const at::Tensor scores = at::sigmoid(gate(x.to(at::kFloat)));
+  const int64_t tokens = scores.size(0), experts = scores.size(1), per_group = experts / groups;
+  const at::Tensor choice = scores + bias;
+  const at::Tensor group_scores = std::get<0>(at::topk(choice.view({tokens, groups, per_group}), 2, -1)).sum(-1);
+  const at::Tensor best_groups = std::get<1>(at::topk(group_scores, top_groups, -1));
+  const at::Tensor keep = at::zeros({tokens, groups, 1}, scores.options().dtype(at::kBool))
+                              .scatter_(1, best_groups.unsqueeze(-1), true)
+                              .expand({tokens, groups, per_group})
+                              .reshape({tokens, experts});
+  const at::Tensor chosen =
+      std::get<1>(at::topk(choice.masked_fill(keep.logical_not(), -std::numeric_limits<float>::infinity()), top_k, -1));
+  at::Tensor weights = scores.gather(1, chosen);
+  if (normalize) weights = weights / (weights.sum(-1, /*keepdim=*/true) + 1e-20);
+  return Routing{chosen, (weights * scale).to(x.scalar_type())};
+}
+
 Routing Router::operator()(const at::Tensor& x) const {
+  if (kind == RouterKind::kGroupedSigmoid) return grouped_sigmoid(x);
   const at::Tensor logits = gate(x);
   const at::Tensor probs = at::softmax(logits, -1, at::kFloat);
   auto [top, experts] = at::topk(probs, top_k, -1);
@@ -93,6 +123,9 @@ MoeFeedForward MoeFeedForward::load(const Weights& w, const MoeShape& shape) {
                           /*gated=*/true, /*bias=*/false);
     m.shared_gate_ = Linear::load(w, "shared_expert_gate", 1, shape.hidden, /*bias=*/false);
   }
+  if (shape.shared_experts_inner > 0)
+    m.shared_experts_ = Mlp::load(w.sub("shared_experts"), shape.hidden, shape.shared_experts_inner,
+                                  Activation::kSilu, /*gated=*/true, /*bias=*/false);
   return m;
 }
 
@@ -102,6 +135,7 @@ at::Tensor MoeFeedForward::operator()(const at::Tensor& x) const {
   const at::Tensor flat = x.reshape({-1, x.size(-1)});
   at::Tensor out = experts_(flat, router_(flat));
   if (shared_) out = out + at::sigmoid(shared_gate_(flat)) * (*shared_)(flat);
+  if (shared_experts_) out = out + (*shared_experts_)(flat);
   return out.view(x.sizes());
 }
 

@@ -12,6 +12,12 @@ double yarn_mscale(double scale, double mscale) { return scale <= 1 ? 1.0 : 0.1 
 
 }  // namespace
 
+double RopeConfig::softmax_scale_correction() const {
+  if (type == "default" || mscale_all_dim == 0) return 1.0;
+  const double m = yarn_mscale(factor, mscale_all_dim);
+  return m * m;
+}
+
 RopeConfig read_rope_config(const loading::ModelConfig& c, int64_t head_dim, int64_t max_position_embeddings) {
   RopeConfig r;
   r.theta = c.rope_theta.value_or(10000.0);

@@ -2,6 +2,7 @@
 // bounds that keep the model code's sizes, allocations and arithmetic sane.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -179,6 +180,95 @@ TEST(MoeConfigs, ErrorsNameTheKey) {
                  "config.json: \"mlp_only_layers\" holds 4, not a layer in [0, 4)");
   expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_experts": 70000)")); },
                  "config.json: \"num_experts\" is 70000, more than the 65536 mpool accepts");
+}
+
+const std::string kDeepseek =
+    R"("model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "vocab_size": 100,
+       "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 3, "intermediate_size": 64,
+       "max_position_embeddings": 256, "q_lora_rank": 24, "kv_lora_rank": 16, "qk_nope_head_dim": 16,
+       "qk_rope_head_dim": 8, "v_head_dim": 12, "head_dim": 8, "n_routed_experts": 8, "n_group": 4,
+       "topk_group": 2, "num_experts_per_tok": 3, "moe_intermediate_size": 16, "n_shared_experts": 2,
+       "first_k_dense_replace": 1)";
+
+TEST(DeepseekConfigs, ReadsMlaAndGroupedRoutingWithDenseFirstLayers) {
+  auto d = decoder::DecoderConfig::from(config("{" + kDeepseek + "}"));
+  EXPECT_TRUE(d.is_mla());
+  EXPECT_EQ(d.mla.q_lora_rank, 24);
+  EXPECT_EQ(d.mla.kv_lora_rank, 16);
+  EXPECT_EQ(d.head_dim, 24);  // qk_nope + qk_rope; the file's head_dim (the rope part) is not it
+  EXPECT_EQ(d.rope.rotary_dim, 8);
+  EXPECT_TRUE(d.mla.rope_interleave);
+  EXPECT_DOUBLE_EQ(d.mla.softmax_scale, 1.0 / std::sqrt(24.0));
+  EXPECT_TRUE(d.moe.grouped_sigmoid);
+  EXPECT_EQ(d.moe.num_experts, 8);
+  EXPECT_EQ(d.moe.n_group, 4);
+  EXPECT_EQ(d.moe.topk_group, 2);
+  EXPECT_TRUE(d.moe.norm_topk_prob);  // transformers' default
+  EXPECT_DOUBLE_EQ(d.moe.routed_scaling_factor, 2.5);
+  EXPECT_EQ(d.moe.shared_experts_intermediate_size, 32);
+  EXPECT_EQ(d.moe.sparse_layers, std::vector<bool>({false, true, true}));
+  EXPECT_EQ(d.feed_forward_width(), 3 * 16 + 32);  // routed plus shared experts outgrow the dense MLP
+  // q_lora_rank null: a plain q_proj; num_local_experts is the other spelling.
+  auto p = decoder::DecoderConfig::from(
+      config("{" + kDeepseek + R"(, "q_lora_rank": null, "num_local_experts": 8, "rope_interleave": false})"));
+  EXPECT_EQ(p.mla.q_lora_rank, 0);
+  EXPECT_FALSE(p.mla.rope_interleave);
+}
+
+TEST(DeepseekConfigs, YarnMscaleAllDimScalesTheSoftmaxInEitherRopeSpelling) {
+  const std::string yarn =
+      R"({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 1.0,
+          "mscale_all_dim": 0.7})";
+  const double m = 0.1 * 0.7 * std::log(4.0) + 1.0;
+  for (const std::string key : {"rope_parameters", "rope_scaling"}) {
+    auto d = decoder::DecoderConfig::from(config("{" + kDeepseek + ", \"" + key + "\": " + yarn + "}"));
+    EXPECT_EQ(d.rope.type, "yarn") << key;
+    EXPECT_DOUBLE_EQ(d.mla.softmax_scale, m * m / std::sqrt(24.0)) << key;
+    EXPECT_DOUBLE_EQ(d.rope.attention_factor, (0.1 * std::log(4.0) + 1.0) / m) << key;
+  }
+}
+
+TEST(DeepseekConfigs, KimiK2IsServedOnlyWhenItNamesTheDeepseekArchitecture) {
+  std::string kimi = "{" + kDeepseek + "}";
+  kimi.replace(kimi.find("deepseek_v3"), 11, "kimi_k2");
+  EXPECT_TRUE(decoder::DecoderConfig::from(config(kimi)).is_mla());
+  kimi.replace(kimi.find("DeepseekV3ForCausalLM"), 21, "KimiForCausalLM");
+  expect_invalid([&] { decoder::DecoderConfig::from(config(kimi)); },
+                 "model_type 'kimi_k2' is served only when \"architectures\" names DeepseekV3ForCausalLM");
+}
+
+TEST(DeepseekConfigs, ErrorsNameTheKey) {
+  auto with = [](const std::string& extra) { return config("{" + kDeepseek + ", " + extra + "}"); };
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_experts_per_tok": 9)")); },
+                 "\"num_experts_per_tok\" (9) is more than the number of experts (8)");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("num_experts_per_tok": 5)")); },
+                 "\"num_experts_per_tok\" (5) is more than the experts of \"topk_group\" groups (4)");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("topk_group": 5)")); },
+                 "\"topk_group\" (5) is more than \"n_group\" (4)");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("n_group": 3)")); },
+                 "\"n_routed_experts\" (8) is not divisible by \"n_group\" (3)");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("n_group": 8)")); },
+                 "\"n_group\" (8) leaves fewer than 2 experts per group");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("n_group": 0)")); },
+                 "\"n_group\" must be a positive integer");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("n_routed_experts": 8, "num_local_experts": 4)")); },
+                 "\"n_routed_experts\" (8) and \"num_local_experts\" (4) disagree");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("scoring_func": "softmax")")); },
+                 "\"scoring_func\" is 'softmax'; only 'sigmoid' is supported");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("topk_method": "greedy")")); },
+                 "\"topk_method\" is 'greedy'; only 'noaux_tc' is supported");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("kv_lora_rank": 0)")); },
+                 "\"kv_lora_rank\" must be a positive integer");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("v_head_dim": -1)")); },
+                 "\"v_head_dim\" must be a positive integer");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("routed_scaling_factor": 0)")); },
+                 "\"routed_scaling_factor\" must be a finite number > 0");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("n_shared_experts": -1)")); },
+                 "\"n_shared_experts\" must be in [0, 65536], got -1");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("partial_rotary_factor": 0.5)")); },
+                 "\"partial_rotary_factor\" must be 1 for latent attention");
+  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("first_k_dense_replace": -1)")); },
+                 "\"first_k_dense_replace\" must be >= 0, got -1");
 }
 
 TEST(TwoTowerConfigs, ClipTakesCLIPConfigDefaultsForWhatTheFileLeavesOut) {

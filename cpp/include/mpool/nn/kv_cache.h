@@ -43,6 +43,11 @@ struct KvCache {
   /// and returns the keys and values of positions [first, start + n).
   std::pair<at::Tensor, at::Tensor> append(size_t layer, int64_t start, const at::Tensor& k, const at::Tensor& v,
                                            int64_t first = 0);
+  /// Writes a latent cache's `latent` (1, n, latent_dim) and `rope_key` (1, n, rope_dim)
+  /// of layer `layer` at positions [start, start + n) and returns both for positions
+  /// [0, start + n).
+  std::pair<at::Tensor, at::Tensor> append_latent(size_t layer, int64_t start, const at::Tensor& latent,
+                                                  const at::Tensor& rope_key);
   /// Forgets everything (the allocation stays).
   void clear() {
     length = 0;
@@ -52,6 +57,10 @@ struct KvCache {
   static double bytes_per_position(int64_t layers, int64_t kv_heads, int64_t head_dim, size_t element_size) {
     return 2.0 * static_cast<double>(layers) * static_cast<double>(kv_heads) * static_cast<double>(head_dim) *
            static_cast<double>(element_size);
+  }
+  /// Bytes per cached position of a latent cache.
+  static double latent_bytes_per_position(int64_t layers, int64_t latent_dim, int64_t rope_dim, size_t element_size) {
+    return static_cast<double>(layers) * static_cast<double>(latent_dim + rope_dim) * static_cast<double>(element_size);
   }
 };
 

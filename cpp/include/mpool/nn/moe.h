@@ -1,10 +1,10 @@
 #pragma once
 // A mixture-of-experts feed-forward block for the FeedForward slot: a router
 // picks top_k experts per token, only those experts run, and their outputs are
-// summed with the routing weights; an optional shared expert runs on every token
-// behind a sigmoid gate (Qwen2-MoE). The router and the experts are separate
-// parts so another scoring rule or a grouped top-k (DeepSeek-V3) replaces the
-// router alone.
+// summed with the routing weights; optional shared experts run on every token,
+// behind a sigmoid gate (Qwen2-MoE) or ungated (DeepSeek-V3). The router is a
+// part of its own: softmax top-k (Qwen-MoE) or DeepSeek-V3's grouped sigmoid
+// top-k, over the same experts.
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -16,6 +16,12 @@
 
 namespace mpool::nn {
 
+/// How a router scores and picks experts.
+enum class RouterKind {
+  kSoftmax,         ///< softmax over the experts, top_k largest
+  kGroupedSigmoid,  ///< DeepSeek-V3: sigmoid scores, bias-corrected choice within the best groups
+};
+
 /// A MoE block's sizes, from the family's config.
 struct MoeShape {
   int64_t hidden = 0;
@@ -23,7 +29,12 @@ struct MoeShape {
   int64_t top_k = 0;
   int64_t expert_inner = 0;  ///< each expert's intermediate size
   bool normalize_top_k = false;  ///< rescale the chosen weights to sum to 1
-  int64_t shared_inner = 0;  ///< the shared expert's intermediate size; 0: none
+  int64_t shared_inner = 0;  ///< the gated shared expert's intermediate size; 0: none
+  RouterKind router = RouterKind::kSoftmax;
+  int64_t groups = 1;      ///< kGroupedSigmoid: expert groups (num_experts divisible by it)
+  int64_t top_groups = 1;  ///< kGroupedSigmoid: groups a token chooses among
+  double scale = 1.0;      ///< kGroupedSigmoid: factor of the routed weights
+  int64_t shared_experts_inner = 0;  ///< ungated shared experts as one MLP ("shared_experts"); 0: none
 };
 
 /// Per token: which experts run and with what weight.
@@ -32,17 +43,31 @@ struct Routing {
   at::Tensor weights;  ///< (tokens, top_k), the input's dtype
 };
 
-/// Softmax routing: a linear map to one logit per expert, a float32 softmax over
-/// the experts, the top_k largest, optionally renormalised.
+/// Routing: a linear map to one logit per expert, then
+/// - kSoftmax: a float32 softmax over the experts, the top_k largest, optionally
+///   renormalised;
+/// - kGroupedSigmoid: float32 sigmoid scores; the choice adds a per-expert
+///   correction bias, ranks groups by the sum of their two best corrected scores,
+///   keeps the top_groups best groups and takes the top_k corrected scores among
+///   their experts; the weights are the uncorrected scores, optionally
+///   renormalised, times `scale`.
 struct Router {
-  Linear gate;  ///< (num_experts, hidden), no bias
+  Linear gate;  ///< (num_experts, hidden), no bias; float32 for kGroupedSigmoid
   int64_t top_k = 0;
   bool normalize = false;
+  RouterKind kind = RouterKind::kSoftmax;
+  at::Tensor bias;  ///< kGroupedSigmoid: (num_experts) float32, for choosing only
+  int64_t groups = 1, top_groups = 1;
+  double scale = 1.0;
 
-  /// `name`.weight of (num_experts, hidden).
+  /// `name`.weight of (num_experts, hidden); kGroupedSigmoid also
+  /// `name`.e_score_correction_bias (num_experts), both taken as float32.
   static Router load(const Weights& w, std::string_view name, const MoeShape& shape);
   /// x: (tokens, hidden).
   Routing operator()(const at::Tensor& x) const;
+
+ private:
+  Routing grouped_sigmoid(const at::Tensor& x) const;
 };
 
 /// The routed experts, each a gated SiLU MLP, kept as stacked 3-D weights.
@@ -63,8 +88,9 @@ struct Experts {
   at::Tensor run(int64_t expert, const at::Tensor& x) const;
 };
 
-/// The block: router, experts, and the optional gated shared expert, under
-/// Qwen-MoE's names ("gate", "experts", "shared_expert", "shared_expert_gate").
+/// The block: router, experts, and the optional shared experts, under the
+/// checkpoints' names ("gate", "experts", Qwen2-MoE's "shared_expert" and
+/// "shared_expert_gate", DeepSeek-V3's "shared_experts").
 class MoeFeedForward final : public FeedForward {
  public:
   static MoeFeedForward load(const Weights& w, const MoeShape& shape);
@@ -78,6 +104,7 @@ class MoeFeedForward final : public FeedForward {
   Experts experts_;
   std::optional<Mlp> shared_;
   Linear shared_gate_;  // (1, hidden)
+  std::optional<Mlp> shared_experts_;  // ungated
 };
 
 }  // namespace mpool::nn

@@ -29,6 +29,9 @@ struct RopeConfig {
   /// yarn's mscale_all_dim (DeepSeek's MLA folds it into the softmax scale); 0 when absent.
   double mscale_all_dim = 0.0;
 
+  /// The factor MLA multiplies its softmax scale by: yarn's mscale at
+  /// mscale_all_dim, squared, for a scaled rope that sets it; 1 otherwise.
+  double softmax_scale_correction() const;
   /// Whether inv_freq depends on the sequence length (dynamic, longrope).
   bool depends_on_length() const noexcept { return type == "dynamic" || type == "longrope"; }
 };

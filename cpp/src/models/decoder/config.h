@@ -12,13 +12,16 @@
 namespace mpool::models::decoder {
 
 /// The model_types this family serves.
-inline const std::vector<std::string> kModelTypes = {"llama", "mistral", "qwen2", "qwen3", "phi3", "qwen2_moe",
-                                                     "qwen3_moe"};
+inline const std::vector<std::string> kModelTypes = {"llama",     "mistral",   "qwen2",       "qwen3",  "phi3",
+                                                     "qwen2_moe", "qwen3_moe", "deepseek_v3", "kimi_k2"};
+
+/// The architecture a kimi_k2 config must name to be served (Kimi-K2 is DeepSeek-V3's network).
+inline constexpr const char* kDeepseekV3Architecture = "DeepseekV3ForCausalLM";
 
 /// Most routed experts per layer mpool accepts (experts are named one by one).
 inline constexpr int64_t kMaxExperts = int64_t{1} << 16;
 
-/// The mixture-of-experts settings of Qwen2-MoE and Qwen3-MoE.
+/// The mixture-of-experts settings of Qwen2-MoE, Qwen3-MoE and DeepSeek-V3.
 struct MoeConfig {
   int64_t num_experts = 0;  ///< routed experts per MoE layer; 0: a dense model
   int64_t num_experts_per_tok = 0;
@@ -26,6 +29,24 @@ struct MoeConfig {
   bool norm_topk_prob = false;
   int64_t shared_expert_intermediate_size = 0;  ///< Qwen2-MoE's gated shared expert; 0: none
   std::vector<bool> sparse_layers;  ///< per layer: an MoE block (else the dense MLP)
+  // DeepSeek-V3: sigmoid scores, bias-corrected choice among the best groups.
+  bool grouped_sigmoid = false;  ///< DeepSeek's router (else the softmax one)
+  int64_t n_group = 1;           ///< expert groups
+  int64_t topk_group = 1;        ///< groups a token may choose from
+  double routed_scaling_factor = 1.0;
+  int64_t shared_experts_intermediate_size = 0;  ///< DeepSeek's ungated shared experts as one MLP; 0: none
+};
+
+/// DeepSeek's multi-head latent attention (MLA); kv_lora_rank 0: ordinary attention.
+struct MlaConfig {
+  int64_t q_lora_rank = 0;  ///< 0: q_proj straight from the hidden state
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t v_head_dim = 0;
+  bool rope_interleave = true;  ///< rotary pairs are adjacent dimensions
+  bool bias = false;            ///< q_a_proj, kv_a_proj_with_mqa and o_proj have biases (attention_bias)
+  double softmax_scale = 0;     ///< qk_head_dim^-0.5, times yarn's mscale_all_dim correction squared
 };
 
 /// Everything the decoder needs from config.json, beyond the common sizes.
@@ -42,7 +63,9 @@ struct DecoderConfig : loading::TransformerSizes {
   nn::RopeConfig rope;
   std::vector<int64_t> eos_token_id;
   MoeConfig moe;
+  MlaConfig mla;
 
+  bool is_mla() const noexcept { return mla.kv_lora_rank > 0; }
   bool is_moe_layer(int64_t layer) const {
     return !moe.sparse_layers.empty() && moe.sparse_layers[static_cast<size_t>(layer)];
   }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <tuple>
 
 #include "mpool/base/error.h"
 #include "mpool/nn/kernels.h"
@@ -42,6 +43,21 @@ Decoder::Decoder(DecoderConfig config, const nn::Weights& model, const nn::Weigh
   moe.expert_inner = c.moe.moe_intermediate_size;
   moe.normalize_top_k = c.moe.norm_topk_prob;
   moe.shared_inner = c.moe.shared_expert_intermediate_size;
+  moe.router = c.moe.grouped_sigmoid ? nn::RouterKind::kGroupedSigmoid : nn::RouterKind::kSoftmax;
+  moe.groups = c.moe.n_group;
+  moe.top_groups = c.moe.topk_group;
+  moe.scale = c.moe.routed_scaling_factor;
+  moe.shared_experts_inner = c.moe.shared_experts_intermediate_size;
+  nn::LatentAttentionShape mla;
+  mla.hidden = h;
+  mla.heads = c.num_heads;
+  mla.q_lora_rank = c.mla.q_lora_rank;
+  mla.kv_lora_rank = c.mla.kv_lora_rank;
+  mla.qk_nope_dim = c.mla.qk_nope_head_dim;
+  mla.qk_rope_dim = c.mla.qk_rope_head_dim;
+  mla.v_dim = c.mla.v_head_dim;
+  mla.bias = c.mla.bias;
+  mla.scale = c.mla.softmax_scale;
   const nn::Weights layers = model.sub("layers");
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const nn::Weights l = layers.sub(i);
@@ -51,18 +67,26 @@ Decoder::Decoder(DecoderConfig config, const nn::Weights& model, const nn::Weigh
     else
       feed_forward = std::make_shared<nn::Mlp>(nn::Mlp::load(l.sub("mlp"), h, c.intermediate_size,
                                                              nn::Activation::kSilu, /*gated=*/true, c.mlp_bias));
-    layers_.push_back(Layer{
-        nn::RMSNorm::load(l, "input_layernorm", h, c.rms_norm_eps),
-        nn::RMSNorm::load(l, "post_attention_layernorm", h, c.rms_norm_eps),
-        nn::Attention::load(l.sub("self_attn"), shape, {},
-                            c.qk_norm ? std::optional<double>(c.rms_norm_eps) : std::nullopt),
-        std::move(feed_forward),
-    });
+    Layer layer{nn::RMSNorm::load(l, "input_layernorm", h, c.rms_norm_eps),
+                nn::RMSNorm::load(l, "post_attention_layernorm", h, c.rms_norm_eps),
+                {},
+                std::nullopt,
+                std::move(feed_forward)};
+    if (c.is_mla())
+      layer.mla = nn::LatentAttention::load(l.sub("self_attn"), mla);
+    else
+      layer.attention = nn::Attention::load(l.sub("self_attn"), shape, {},
+                                            c.qk_norm ? std::optional<double>(c.rms_norm_eps) : std::nullopt);
+    layers_.push_back(std::move(layer));
   }
-  rope_ = nn::Rope(c.rope, dtype_, device_);
+  rope_ = nn::Rope(c.rope, dtype_, device_,
+                   c.is_mla() && c.mla.rope_interleave ? nn::RopeLayout::kInterleaved : nn::RopeLayout::kRotateHalf);
 }
 
 nn::KvCache Decoder::new_cache(int64_t capacity) const {
+  if (config_.is_mla())
+    return nn::KvCache::latent(config_.num_layers, config_.mla.kv_lora_rank, config_.mla.qk_rope_head_dim, capacity,
+                               at::TensorOptions().dtype(dtype_).device(device_));
   return nn::KvCache::key_value(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity,
                                 at::TensorOptions().dtype(dtype_).device(device_));
 }
@@ -84,28 +108,35 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
     if (key_mask.defined()) m = m.logical_and(nn::key_padding_mask(key_mask).view({b, 1, 1, total}));
     return masks[window] = m;
   };
+  // A layer's mask: none for a decode step, the plain causal one where it applies,
+  // else a built one (as {mask, causal}).
+  auto mask_of = [&](int64_t window) -> std::pair<at::Tensor, bool> {
+    if (cache && n == 1) return {at::Tensor(), false};
+    const bool plain = window == 0 && (cache ? start == 0 : !key_mask.defined());
+    return plain ? std::pair<at::Tensor, bool>{at::Tensor(), true} : std::pair{mask_for(window), false};
+  };
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& L = layers_[li];
     const int64_t window = config_.sliding_window[li];
-    auto [q, k, v] = L.attention.project(L.input_norm(x));
-    q = rope_.apply(q, cos, sin);
-    k = rope_.apply(k, cos, sin);
-    at::Tensor attended;
-    if (cache) {
-      // A decode step under a sliding window reads only the window's keys.
-      const int64_t first = n == 1 && window > 0 ? std::max<int64_t>(0, total - window) : 0;
-      auto [keys, values] = cache->append(li, start, k, v, first);
-      if (n == 1)
-        attended = nn::attend(q, keys, values);
-      else if (start == 0 && window == 0)
-        attended = nn::attend(q, keys, values, {}, /*causal=*/true);
-      else
-        attended = nn::attend(q, keys, values, mask_for(window));
+    const auto [mask, causal] = mask_of(window);
+    if (L.mla) {
+      // The cache keeps the normed latent and the rotated shared key, nothing per head.
+      nn::LatentProjection p = L.mla->project(L.input_norm(x));
+      at::Tensor q_rope = rope_.apply(p.q_rope, cos, sin);
+      at::Tensor latent = p.latent, k_rope = rope_.apply(p.k_rope, cos, sin).squeeze(1);
+      if (cache) std::tie(latent, k_rope) = cache->append_latent(li, start, latent, k_rope);
+      x = x + L.mla->output(L.mla->attend(p.q_nope, q_rope, latent, k_rope, mask, causal));
     } else {
-      const bool plain_causal = window == 0 && !key_mask.defined();
-      attended = plain_causal ? nn::attend(q, k, v, {}, /*causal=*/true) : nn::attend(q, k, v, mask_for(window));
+      auto [q, k, v] = L.attention.project(L.input_norm(x));
+      q = rope_.apply(q, cos, sin);
+      k = rope_.apply(k, cos, sin);
+      if (cache) {
+        // A decode step under a sliding window reads only the window's keys.
+        const int64_t first = n == 1 && window > 0 ? std::max<int64_t>(0, total - window) : 0;
+        std::tie(k, v) = cache->append(li, start, k, v, first);
+      }
+      x = x + L.attention.output(nn::attend(q, k, v, mask, causal));
     }
-    x = x + L.attention.output(attended);
     x = x + (*L.feed_forward)(L.post_attention_norm(x));
   }
   if (cache) cache->length = total;

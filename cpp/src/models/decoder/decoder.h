@@ -2,10 +2,11 @@
 // The pre-norm RoPE decoder: grouped-query attention, RMSNorm, a gated MLP
 // (SwiGLU) or a mixture of experts, and rotary positions, parameterized by
 // config.json. It serves LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-// Qwen3ForCausalLM, Phi3ForCausalLM, Qwen2MoeForCausalLM and Qwen3MoeForCausalLM,
-// which differ only in flags read from the config (biases, q/k norm, sliding
-// windows, rope type, which layers hold experts) and in whether q/k/v and gate/up
-// are stored fused (Phi-3). Every block comes from mpool_nn; this file only wires them.
+// Qwen3ForCausalLM, Phi3ForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM and
+// DeepseekV3ForCausalLM, which differ only in flags read from the config (biases,
+// q/k norm, sliding windows, rope type, which layers hold experts and how they
+// route, latent attention for DeepSeek-V3) and in whether q/k/v and gate/up are
+// stored fused (Phi-3). Every block comes from mpool_nn; this file only wires them.
 #include <ATen/ATen.h>
 
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include "mpool/models/families.h"
 #include "mpool/models/text_generator.h"
 #include "mpool/nn/attention.h"
+#include "mpool/nn/mla.h"
 #include "mpool/nn/mlp.h"
 #include "mpool/nn/norm.h"
 #include "mpool/nn/rope.h"
@@ -54,13 +56,22 @@ class Decoder final : public CausalLM {
   /// Layer `layer`'s feed-forward block (a dense MLP or an nn::MoeFeedForward).
   const nn::FeedForward& feed_forward(int64_t layer) const { return *layers_.at(static_cast<size_t>(layer)).feed_forward; }
   at::Device device() const noexcept { return device_; }
+  /// Layer `layer`'s latent attention (DeepSeek-V3), or nullptr.
+  const nn::LatentAttention* latent_attention(int64_t layer) const {
+    const auto& mla = layers_.at(static_cast<size_t>(layer)).mla;
+    return mla ? &*mla : nullptr;
+  }
+  /// Cos and sin for positions [start, start + n).
+  std::pair<at::Tensor, at::Tensor> rope_tables(int64_t start, int64_t n) const { return rope_.tables(start, n); }
+  const nn::Rope& rope() const noexcept { return rope_; }
   /// Whether it can produce logits (it has an output head or tied embeddings).
   bool has_lm_head() const noexcept { return lm_head_.defined(); }
 
  private:
   struct Layer {
     nn::RMSNorm input_norm, post_attention_norm;
-    nn::Attention attention;
+    nn::Attention attention;                 // unless the layer has latent attention
+    std::optional<nn::LatentAttention> mla;  // DeepSeek-V3
     std::shared_ptr<const nn::FeedForward> feed_forward;  // the slot an MoE block fills
   };
   // Runs the layers on x (b, n, hidden) at positions [start, start + n); keys and

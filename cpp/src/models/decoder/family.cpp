@@ -1,5 +1,5 @@
 // The decoder family as a pool model: recognizes llama, mistral, qwen2, qwen3,
-// phi3, qwen2_moe and qwen3_moe directories and builds specs whose replicas generate text (text_to_text,
+// phi3, qwen2_moe, qwen3_moe, deepseek_v3 and kimi_k2 directories and builds specs whose replicas generate text (text_to_text,
 // through the kit's TextGenerator) and embed by last-token pooling
 // (text_embedding, through the kit's SentenceEmbedder).
 #include <c10/core/InferenceMode.h>
@@ -88,9 +88,13 @@ TextGeneratorSettings generator_settings(const DecoderConfig& config, const fs::
 
 double generation_bytes(const DecoderConfig& config, const TextGeneratorSettings& gen, at::ScalarType dtype,
                         int64_t tokens_per_forward) {
-  const double kv_bytes = nn::KvCache::bytes_per_position(config.num_layers, config.num_kv_heads, config.head_dim,
-                                                          at::elementSize(dtype)) *
-                          static_cast<double>(gen.context);
+  const size_t element = at::elementSize(dtype);
+  const double kv_bytes =
+      (config.is_mla() ? nn::KvCache::latent_bytes_per_position(config.num_layers, config.mla.kv_lora_rank,
+                                                                config.mla.qk_rope_head_dim, element)
+                       : nn::KvCache::bytes_per_position(config.num_layers, config.num_kv_heads, config.head_dim,
+                                                         element)) *
+      static_cast<double>(gen.context);
   const double chunk = static_cast<double>(gen.prefill_chunk);
   const double tokens = std::max(chunk, static_cast<double>(tokens_per_forward));
   // Per token: the widest feed-forward activation, the residual stream, and the
@@ -156,8 +160,17 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
 }  // namespace
 
 Family family() {
-  return Family{"llama", {cap::TextToText::kName, cap::TextEmbedding::kName},
-                kit::serves_model_types(kModelTypes, "llama, mistral, qwen2, qwen3, phi3, qwen2_moe or qwen3_moe"), build,
+  // kimi_k2 is served when its config names DeepSeek-V3's architecture.
+  auto serves = [types = kit::serves_model_types(
+                     kModelTypes, "llama, mistral, qwen2, qwen3, phi3, qwen2_moe, qwen3_moe, deepseek_v3 or kimi_k2")](
+                    const loading::ModelConfig& c, const loading::ModelLayout& layout) {
+    if (c.model_type == "kimi_k2" && std::find(c.architectures.begin(), c.architectures.end(),
+                                               kDeepseekV3Architecture) == c.architectures.end())
+      return loading::FamilySupport::no(std::string("model_type 'kimi_k2' is served only when its architectures name ") +
+                                        kDeepseekV3Architecture);
+    return types(c, layout);
+  };
+  return Family{"llama", {cap::TextToText::kName, cap::TextEmbedding::kName}, serves, build,
                 {{"prefill_chunk", OptionSpec::Kind::kInt,
                   "prompt tokens per forward pass of a prefill (default 512): bounds activation memory"},
                  kit::tokenizer_pattern_option()}};
@@ -212,6 +225,28 @@ void register_probes() {
     const auto& moe = dynamic_cast<const nn::MoeFeedForward&>(decoder.feed_forward(layer));
     const nn::Routing routing = moe.route(in.tensor("hidden").to(decoder.device(), m.weights.dtype()));
     return nn::ProbeOutput{{"experts", routing.experts.cpu()}, {"weights", routing.weights.to(at::kCPU, at::kFloat)}};
+  });
+
+  // A latent-attention layer (option "layer") on "hidden" (1, n, hidden), the
+  // input of its attention at positions [0, n), causal: the output through the
+  // absorbed form the decoder runs and through the expanded per-head keys and values.
+  nn::register_probe("mla.attend", [](const nn::ProbeInput& in) {
+    const int64_t layer = in.get<int64_t>("layer");
+    const kit::ProbedModel m = kit::open_probed_model(in);
+    const DecoderConfig config = DecoderConfig::from(m.config);
+    check(config.is_mla() && layer >= 0 && layer < config.num_layers, ErrorCode::kInvalidInput,
+          "layer " + std::to_string(layer) + " is not a latent-attention layer of this model");
+    const Decoder decoder(config, m.weights);
+    c10::InferenceMode guard;
+    const nn::LatentAttention& mla = *decoder.latent_attention(layer);
+    const at::Tensor hidden = in.tensor("hidden").to(decoder.device(), m.weights.dtype());
+    const nn::LatentProjection p = mla.project(hidden);
+    auto [cos, sin] = decoder.rope_tables(0, hidden.size(1));
+    const at::Tensor q_rope = decoder.rope().apply(p.q_rope, cos, sin);
+    const at::Tensor k_rope = decoder.rope().apply(p.k_rope, cos, sin).squeeze(1);
+    auto out = [&](const at::Tensor& attended) { return mla.output(attended).to(at::kCPU, at::kFloat); };
+    return nn::ProbeOutput{{"absorbed", out(mla.attend(p.q_nope, q_rope, p.latent, k_rope, {}, true))},
+                           {"expanded", out(mla.attend_expanded(p.q_nope, q_rope, p.latent, k_rope, {}, true))}};
   });
 
   // (positions, float32 logits) of the decoder for `ids`: all at once (chunk 0)
