@@ -73,6 +73,12 @@ def inspect(path_or_repo_id: str | os.PathLike[str]) -> dict[str, Any]:
     tensors under. Each has ``name``, ``kind``, ``class``, ``folder``, a ``config``
     summary, ``weights`` (tensor count, parameters, bytes, dtypes, per-prefix
     counts), ``tokenizer_files`` and ``error``.
+
+    ``details`` is what the first family that serves the model states about it
+    (also per family under ``families``): for a mixture-of-experts decoder,
+    ``parameters`` (every stored one, all experts resident),
+    ``active_parameters_per_token`` (each MoE layer's experts counted as top-k of
+    their number), ``experts`` and ``experts_per_token``; empty otherwise.
     """
     _core.register_builtin_families()  # the native families answer too
     return json.loads(_core._inspect_json(os.fspath(path_or_repo_id)))

@@ -182,6 +182,7 @@ class Pool:
         dtype: str | None = None,
         context_length: int | None = None,
         options: Mapping[str, bool | int | float | str] | None = None,
+        tokenizer_pattern: str | None = None,
     ) -> dict[str, Any]:
         """Registers ``model`` under ``key``. Nothing loads until its first request.
 
@@ -189,7 +190,9 @@ class Pool:
         id of a native model, whose family and capability are detected from its files
         (``dtype``, ``device`` and, for decoders, ``context_length`` apply to those:
         the longest prompt plus output, which sizes each replica's KV cache;
-        ``options`` are the family's own settings, see ``mpool.NativeModel``). Returns
+        ``options`` are the family's own settings, see ``mpool.NativeModel``;
+        ``tokenizer_pattern``: the split regex of a tiktoken rank file whose
+        tokenizer_config.json names none, the option of that name). Returns
         what the pool knows of it. The overrides apply to this registration only:
         the model object keeps its own settings.
         """
@@ -204,6 +207,10 @@ class Pool:
                 raise InvalidInput("pass device or devices, not both")
             devices = [device]
         device_list = None if devices is None else v.devices(devices, "device" if device is not None else "devices")
+        if tokenizer_pattern is not None:
+            if options is not None and "tokenizer_pattern" in options:
+                raise InvalidInput("pass tokenizer_pattern or options['tokenizer_pattern'], not both")
+            options = {**(options or {}), "tokenizer_pattern": v.text("tokenizer_pattern", tokenizer_pattern)}
         if isinstance(model, (str, os.PathLike)):
             model = NativeModel(
                 model, dtype=dtype, devices=device_list or ["cpu"], context_length=context_length, options=options

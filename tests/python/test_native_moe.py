@@ -142,6 +142,26 @@ def test_memory_estimate_counts_every_expert(pool: mpool.Pool, models: dict[str,
     assert info["warnings"] == []
 
 
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_inspect_states_the_parameters_and_the_active_parameters_per_token(models: dict[str, Path], arch: str) -> None:
+    # Every expert is resident; a token runs top-k of each MoE layer's experts.
+    cfg = json.loads((models[arch] / "config.json").read_text())
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts")
+    tensors = load_file(str(models[arch] / "model.safetensors"))
+    total = sum(t.numel() for t in tensors.values())
+    routed = sum(t.numel() for name, t in tensors.items() if ".experts." in name)
+    assert routed > 0
+    details = mpool.inspect(models[arch])["details"]
+    assert details["parameters"] == total
+    k = cfg["num_experts_per_tok"]
+    assert details["active_parameters_per_token"] == total - int(routed * (1 - k / experts))
+    assert (details["experts"], details["experts_per_token"]) == (experts, k)
+
+
+def test_inspect_of_a_dense_decoder_states_no_expert_details(tmp_path: Path) -> None:
+    assert mpool.inspect(build_decoder(tmp_path, "llama"))["details"] == {}
+
+
 def test_more_experts_per_token_than_experts_is_invalid_input_naming_the_key(
     pool: mpool.Pool, models: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -178,6 +178,14 @@ def test_pattern_option_and_default_with_warning(tmp_path: Path, ranks: dict[byt
         mpool.Tokenizer.from_pretrained(str(tmp_path), tokenizer_pattern="(unclosed")
 
 
+def test_config_pattern_comes_before_the_option(
+    tmp_path: Path, ranks: dict[bytes, int]
+) -> None:
+    specials = save_tiktoken_folder(tmp_path, ranks, pattern=OTHER_PATTERN)
+    ours = mpool.Tokenizer.from_pretrained(str(tmp_path), tokenizer_pattern=DEFAULT_PATTERN)
+    check_parity(ours, oracle(ranks, OTHER_PATTERN, specials), TEXTS[:100])
+
+
 def test_bad_pattern_in_config_names_the_key(tmp_path: Path, ranks: dict[bytes, int]) -> None:
     save_tiktoken_folder(tmp_path, ranks, pattern="[a-")
     with pytest.raises(mpool.InvalidInput, match=r'tokenizer_config.json: "pat_str": not a usable split pattern'):
@@ -248,7 +256,9 @@ def test_decoder_with_rank_file_registers_generates_and_streams(
     with pytest.raises(mpool.InvalidInput, match=r"not a usable split pattern"):
         mpool.NativeModel(str(path), options={"tokenizer_pattern": "(?<"})
 
-    pool.register("m", path, options={"tokenizer_pattern": DEFAULT_PATTERN})
+    pool.register("m", path, tokenizer_pattern=DEFAULT_PATTERN)
+    with pytest.raises(mpool.InvalidInput, match="not both"):
+        pool.register("m2", path, tokenizer_pattern=DEFAULT_PATTERN, options={"tokenizer_pattern": DEFAULT_PATTERN})
     prompt = "The quick brown fox"
     ref_ids = oracle(ranks, DEFAULT_PATTERN, specials).encode(prompt)
     with torch.no_grad():
@@ -279,3 +289,49 @@ def test_several_tiktoken_files_are_ambiguous(tmp_path: Path, ranks: dict[bytes,
     write_rank_file(tmp_path / "b.tiktoken", ranks)
     with pytest.raises(mpool.InvalidInput, match=r"several tiktoken rank files \(a.tiktoken, b.tiktoken\)"):
         mpool.Tokenizer.from_pretrained(str(tmp_path))
+
+
+def test_kimi_k2_style_directory_registers_chats_and_streams(
+    tmp_path: Path, ranks: dict[bytes, int], pool: mpool.Pool
+) -> None:
+    # Kimi-K2's shape: a kimi_k2 config naming DeepseekV3ForCausalLM, a tiktoken
+    # rank file with its own split pattern, specials and a chat template.
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from decoder_models import _DEEPSEEK
+
+    base = max(ranks.values()) + 1
+    config = transformers.DeepseekV3Config(
+        vocab_size=base + len(SPECIALS), hidden_size=64, intermediate_size=96, num_attention_heads=4,
+        max_position_embeddings=256, tie_word_embeddings=False, **_DEEPSEEK,
+    )
+    torch.manual_seed(0)
+    model = transformers.DeepseekV3ForCausalLM(config).eval()
+    with torch.no_grad():  # a bias that matters, as in a trained model
+        for layer in model.model.layers[config.first_k_dense_replace:]:
+            layer.mlp.gate.e_score_correction_bias.normal_(0.0, 0.1)
+    path = tmp_path / "kimi"
+    model.save_pretrained(str(path), safe_serialization=True)
+    saved = json.loads((path / "config.json").read_text())
+    saved.update(model_type="kimi_k2", architectures=["DeepseekV3ForCausalLM"])
+    (path / "config.json").write_text(json.dumps(saved))
+    specials = save_tiktoken_folder(path, ranks, pattern=OTHER_PATTERN, extra_config={"chat_template": CHAT_TEMPLATE})
+
+    info = pool.register("kimi", path)
+    assert not any("tiktoken" in w for w in info["warnings"]), info["warnings"]
+    prompt = "The quick brown fox"
+    ref_ids = oracle(ranks, OTHER_PATTERN, specials).encode(prompt)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ref_ids]), do_sample=False, max_new_tokens=10, eos_token_id=None)
+    expected = [int(t) for t in out[0, len(ref_ids):]]
+    chunks = list(pool.generate("kimi", prompt, max_tokens=10, temperature=0, ignore_eos=True))
+    assert len(chunks) > 1  # streamed
+    assert [t for c in chunks for t in c.token_ids] == expected
+    chat_ids = oracle(ranks, OTHER_PATTERN, specials).encode(
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", allowed_special="all"
+    )
+    with torch.no_grad():
+        out = model.generate(torch.tensor([chat_ids]), do_sample=False, max_new_tokens=5, eos_token_id=None)
+    reply = [t for c in pool.chat("kimi", [{"role": "user", "content": "hi"}], max_tokens=5, temperature=0,
+                                  ignore_eos=True) for t in c.token_ids]
+    assert reply == [int(t) for t in out[0, len(chat_ids):]]

@@ -371,12 +371,15 @@ json InspectReport::to_json() const {
   json families_json = json::array();
   std::set<std::string> capabilities;
   std::vector<std::string> supported_by;
+  json details = json::object();
   for (const auto& f : families) {
     families_json.push_back({{"name", f.name},
                              {"capabilities", f.capabilities},
                              {"supported", f.supported},
-                             {"reason", f.supported ? json(nullptr) : json(f.reason)}});
+                             {"reason", f.supported ? json(nullptr) : json(f.reason)},
+                             {"details", json(f.details)}});
     if (f.supported) {
+      if (supported_by.empty()) details = json(f.details);
       supported_by.push_back(f.name);
       capabilities.insert(f.capabilities.begin(), f.capabilities.end());
     }
@@ -400,6 +403,7 @@ json InspectReport::to_json() const {
   out["supported_by"] = supported_by;
   out["capabilities"] = std::vector<std::string>(capabilities.begin(), capabilities.end());
   out["support"] = support;
+  out["details"] = details;
   return out;
 }
 

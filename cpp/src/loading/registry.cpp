@@ -63,6 +63,7 @@ std::vector<FamilyMatch> FamilyRegistry::match(const ModelConfig& config, const 
       const FamilySupport s = f.predicate(config, layout);
       m.supported = s.supported;
       m.reason = s.supported ? std::string() : s.reason;
+      if (s.supported) m.details = s.details;
     } catch (const std::exception& e) {
       m.reason = std::string("support check failed: ") + e.what();
     }

@@ -296,27 +296,29 @@ json read_rank_file(const fs::path& path, std::int64_t& size) {
   return vocab;
 }
 
-// The split pattern of a rank file, from the caller, else tokenizer_config.json's
-// "pat_str", else transformers' TikTokenConverter default (with a warning);
-// compiled here so that a bad one fails with its source named.
+// The split pattern of a rank file: tokenizer_config.json's "pat_str" (what the
+// model was published with), else the caller's, else transformers'
+// TikTokenConverter default (with a warning); compiled here so that a bad one
+// fails with its source named.
 std::string tiktoken_pattern(const fs::path& dir, const JsonView& config, const TokenizerOptions& options,
                              std::vector<std::string>& warnings) {
   const std::optional<std::string> configured = config.get_optional<std::string>("pat_str");
   std::string pattern, source;
-  if (options.pattern) {
-    pattern = *options.pattern;
-    source = "option tokenizer_pattern";
-    if (configured && *configured != pattern)
-      warnings.push_back(dir.string() + ": the tokenizer_pattern option replaces tokenizer_config.json's \"pat_str\"");
-  } else if (configured) {
+  if (configured) {
     pattern = *configured;
     source = config.where("pat_str");
+    if (options.pattern && *options.pattern != pattern)
+      warnings.push_back(dir.string() + ": tokenizer_config.json names its split pattern (\"pat_str\"), which is "
+                                        "used; the tokenizer_pattern option is not");
+  } else if (options.pattern) {
+    pattern = *options.pattern;
+    source = "option tokenizer_pattern";
   } else {
     pattern = kTiktokenDefaultPattern;
     source = "the default tiktoken pattern";
     warnings.push_back(dir.string() +
                        ": tokenizer_config.json names no split pattern (\"pat_str\"), so the rank file is split "
-                       "with transformers' default tiktoken pattern; pass options={\"tokenizer_pattern\": ...} "
+                       "with transformers' default tiktoken pattern; pass register(..., tokenizer_pattern=...) "
                        "if the model was trained with another");
   }
   try {

@@ -3,6 +3,7 @@
 // it which family takes a model. Families add themselves at start-up; the registry
 // itself knows none.
 #include <functional>
+#include <map>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -20,6 +21,9 @@ struct FamilySupport {
   bool supported = false;
   /// Why not, when it cannot.
   std::string reason;
+  /// What the family states about a model it serves (the decoder family:
+  /// "parameters" and "active_parameters_per_token" of a mixture of experts).
+  std::map<std::string, int64_t> details;
   /// The family serves the model.
   static FamilySupport yes() { return {true, {}}; }
   /// The family cannot serve the model, because of `reason`.
@@ -51,6 +55,8 @@ struct FamilyMatch {
   bool supported = false;
   /// Why not, when it does not.
   std::string reason;
+  /// FamilySupport::details, when it does.
+  std::map<std::string, int64_t> details;
 };
 
 /// The set of families; thread-safe, and predicates run outside its lock so that a

@@ -9,6 +9,7 @@
 
 #include "models/decoder/decoder.h"
 #include "mpool/base/error.h"
+#include "mpool/loading/safetensors.h"
 #include "mpool/loading/tensors.h"
 #include "mpool/models/families.h"
 #include "mpool/models/kit.h"
@@ -157,6 +158,31 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   return model;
 }
 
+// A mixture of experts' sizes for inspect: every stored parameter, and those a
+// token runs through (each MoE layer's experts count as top-k of their number).
+// Dense models and configs the family refuses state nothing.
+std::map<std::string, int64_t> moe_details(const loading::ModelConfig& c, const loading::ModelLayout& layout) {
+  try {
+    const DecoderConfig config = DecoderConfig::from(c);
+    if (config.moe.num_experts == 0) return {};
+    const loading::Checkpoint checkpoint = loading::Checkpoint::open(layout.model_dir);
+    int64_t total = 0, experts = 0;
+    for (const auto& name : checkpoint.names()) {
+      const auto n = static_cast<int64_t>(checkpoint.find(name)->info->numel());
+      total += n;
+      if (name.find(".experts.") != std::string::npos) experts += n;
+    }
+    const double unchosen = 1.0 - static_cast<double>(config.moe.num_experts_per_tok) /
+                                      static_cast<double>(config.moe.num_experts);
+    return {{"parameters", total},
+            {"active_parameters_per_token", total - static_cast<int64_t>(static_cast<double>(experts) * unchosen)},
+            {"experts", config.moe.num_experts},
+            {"experts_per_token", config.moe.num_experts_per_tok}};
+  } catch (const Error&) {
+    return {};  // loading says what is wrong with the files or the config
+  }
+}
+
 }  // namespace
 
 Family family() {
@@ -168,7 +194,9 @@ Family family() {
                                                kDeepseekV3Architecture) == c.architectures.end())
       return loading::FamilySupport::no(std::string("model_type 'kimi_k2' is served only when its architectures name ") +
                                         kDeepseekV3Architecture);
-    return types(c, layout);
+    loading::FamilySupport support = types(c, layout);
+    if (support.supported) support.details = moe_details(c, layout);
+    return support;
   };
   return Family{"llama", {cap::TextToText::kName, cap::TextEmbedding::kName}, serves, build,
                 {{"prefill_chunk", OptionSpec::Kind::kInt,
