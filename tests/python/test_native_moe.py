@@ -215,3 +215,26 @@ def test_bfloat16_decode_steps_track_transformers_bfloat16(models: dict[str, Pat
     positions, ours = decoder_logits(str(models["qwen3_moe"]), ids, 1, "bfloat16")
     assert np.abs(ours - ref[positions]).max() / np.abs(ref).max() <= 0.03
     assert (ours.argmax(-1) == ref[positions].argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
+def test_concurrent_requests_each_get_the_tokens_they_get_alone(
+    pool: mpool.Pool, models: dict[str, Path], arch: str
+) -> None:
+    # Two replicas and four threads: routing state is per request, never shared.
+    import threading
+
+    pool.register("c", models[arch], max_replicas=2)
+    prompts = {s: prompt_ids(seed=s) for s in (11, 12, 13, 14)}
+    alone = {s: run(pool.generate("c", ids, max_tokens=12, temperature=0, ignore_eos=True))[0] for s, ids in prompts.items()}
+    together: dict[int, list[int]] = {}
+
+    def go(s: int) -> None:
+        together[s] = run(pool.generate("c", prompts[s], max_tokens=12, temperature=0, ignore_eos=True))[0]
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
