@@ -13,7 +13,8 @@ namespace mpool::models::diffusion {
 
 namespace cap = capabilities;
 
-void check_common_settings(const cap::ImageConfig& c, int64_t m, int64_t max, int64_t max_sequence_length) {
+void check_common_settings(const cap::ImageConfig& c, int64_t m, int64_t max, int64_t max_sequence_length,
+                           int64_t latent_channels, int64_t latent_scale) {
   for (auto [name, side] : {std::pair<const char*, int64_t>{"width", c.width}, {"height", c.height}})
     check(side >= m && side <= max && side % m == 0, ErrorCode::kInvalidInput,
           std::string(name) + " must be a multiple of " + std::to_string(m) + " in [" + std::to_string(m) + ", " +
@@ -29,7 +30,14 @@ void check_common_settings(const cap::ImageConfig& c, int64_t m, int64_t max, in
               std::to_string(*c.max_sequence_length));
   check(!(c.latents && c.init_image), ErrorCode::kInvalidInput,
         "latents and init_image are exclusive: img2img makes its latents from the image");
-  if (c.latents) check(at::isfinite(*c.latents).all().item<bool>(), ErrorCode::kInvalidInput, "latents must be finite");
+  if (c.latents) {
+    const std::vector<int64_t> expected{1, latent_channels, c.height / latent_scale, c.width / latent_scale};
+    check(c.latents->sizes().vec() == expected, ErrorCode::kInvalidInput,
+          "latents must have shape " + std::string(c10::str(at::IntArrayRef(expected))) + " for a " +
+              std::to_string(c.width) + "x" + std::to_string(c.height) + " image, got " +
+              std::string(c10::str(c.latents->sizes())));
+    check(at::isfinite(*c.latents).all().item<bool>(), ErrorCode::kInvalidInput, "latents must be finite");
+  }
 }
 
 at::Generator seeded_generator(const cap::ImageConfig& c) {

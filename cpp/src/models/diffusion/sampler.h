@@ -18,10 +18,12 @@ namespace mpool::models::diffusion {
 
 /// What the model's sizes allow: width and height multiples of `size_multiple`
 /// in [size_multiple, max_side], at least one step, finite guidance >= 0,
-/// strength in [0, 1], max_sequence_length in [1, `max_sequence_length`], and
-/// latents exclusive with init_image. InvalidInput names the setting.
+/// strength in [0, 1], max_sequence_length in [1, `max_sequence_length`],
+/// latents exclusive with init_image, finite, and of shape (1,
+/// `latent_channels`, height / latent_scale, width / latent_scale). InvalidInput
+/// names the setting.
 void check_common_settings(const capabilities::ImageConfig& c, int64_t size_multiple, int64_t max_side,
-                           int64_t max_sequence_length);
+                           int64_t max_sequence_length, int64_t latent_channels, int64_t latent_scale);
 
 /// One run's schedule and where it starts.
 struct Run {

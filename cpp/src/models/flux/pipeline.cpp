@@ -40,7 +40,8 @@ namespace {
 
 // What FLUX takes beyond the settings every flow-matching model checks.
 void check_settings(const FluxPlan& plan, const cap::ImageConfig& c) {
-  diffusion::check_common_settings(c, plan.size_multiple(), kMaxSide, 512);
+  // Latents arrive unpacked (Python unpacks diffusers' packed form).
+  diffusion::check_common_settings(c, plan.size_multiple(), kMaxSide, 512, plan.latent_channels(), plan.latent.scale());
   check(c.skip_layers.empty(), ErrorCode::kInvalidInput,
         "skip_layer_guidance is Stable Diffusion 3.5's; FLUX has no skip-layer guidance");
   check(std::isfinite(c.true_cfg_scale) && c.true_cfg_scale >= 0, ErrorCode::kInvalidInput,
@@ -48,14 +49,6 @@ void check_settings(const FluxPlan& plan, const cap::ImageConfig& c) {
   check(plan.transformer.guidance_embeds || c.guidance_scale == 0, ErrorCode::kInvalidInput,
         "this FLUX model (schnell) has no guidance embedding: guidance_scale must be 0, got " +
             std::to_string(c.guidance_scale) + " (true_cfg_scale with a negative_prompt guides any model)");
-  if (c.latents) {
-    const int64_t f = plan.latent.scale();
-    const std::vector<int64_t> expected{1, plan.latent_channels(), c.height / f, c.width / f};
-    check(c.latents->sizes().vec() == expected, ErrorCode::kInvalidInput,
-          "latents must have shape " + std::string(c10::str(at::IntArrayRef(expected))) + " (unpacked) for a " +
-              std::to_string(c.width) + "x" + std::to_string(c.height) + " image, got " +
-              std::string(c10::str(c.latents->sizes())));
-  }
 }
 
 }  // namespace
