@@ -69,17 +69,27 @@ void register_tokenizer(py::module_& m) {
           py::call_guard<py::gil_scoped_release>())
       .def_static(
           "from_pretrained",
-          [](const std::string& dir_or_repo_id, std::optional<std::string> tokenizer_pattern) {
+          [](const py::object& where, const py::object& pattern) {
             // A local directory, or a repo id in the local Hugging Face cache (never downloaded).
             // Without tokenizer.json, a tiktoken rank file or a byte-level BPE tokenizer's
             // vocab.json + merges.txt are converted.
+            auto text = [](const py::object& x, const char* name) {
+              if (!py::isinstance<py::str>(x))
+                throw Error(ErrorCode::kInvalidInput, std::string(name) + " must be a str, got " +
+                                                          std::string(py::str(py::type::of(x).attr("__name__"))));
+              return x.cast<std::string>();
+            };
+            const std::string dir_or_repo_id =
+                text(py::hasattr(where, "__fspath__") ? py::object(where.attr("__fspath__")()) : where, "dir_or_repo_id");
+            std::optional<std::string> tokenizer_pattern;
+            if (!pattern.is_none()) tokenizer_pattern = text(pattern, "tokenizer_pattern");
+            py::gil_scoped_release nogil;
             auto layout = loading::describe_layout(loading::resolve_model(dir_or_repo_id).path);
             const loading::TokenizerDocument doc =
                 loading::read_tokenizer_document(layout.tokenizer_dir, {std::move(tokenizer_pattern)});
             return tk::Tokenizer::from_json(doc.json, doc.source);
           },
-          py::arg("dir_or_repo_id"), py::kw_only(), py::arg("tokenizer_pattern") = py::none(),
-          py::call_guard<py::gil_scoped_release>())
+          py::arg("dir_or_repo_id"), py::kw_only(), py::arg("tokenizer_pattern") = py::none())
       .def_static(
           "from_str", [](const std::string& json) { return tk::Tokenizer::from_json(json, "<string>"); },
           py::arg("json"), py::call_guard<py::gil_scoped_release>())

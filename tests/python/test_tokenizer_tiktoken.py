@@ -335,3 +335,15 @@ def test_kimi_k2_style_directory_registers_chats_and_streams(
     reply = [t for c in pool.chat("kimi", [{"role": "user", "content": "hi"}], max_tokens=5, temperature=0,
                                   ignore_eos=True) for t in c.token_ids]
     assert reply == [int(t) for t in out[0, len(chat_ids):]]
+
+
+def test_a_tokenizer_pattern_that_is_not_a_str_is_invalid_input(tmp_path: Path) -> None:
+    with pytest.raises(mpool.InvalidInput, match="tokenizer_pattern must be a str, got int"):
+        mpool.Tokenizer.from_pretrained(str(tmp_path), tokenizer_pattern=3)
+    with pytest.raises(mpool.InvalidInput, match="dir_or_repo_id must be a str, got int"):
+        mpool.Tokenizer.from_pretrained(3)
+
+
+def test_from_pretrained_takes_a_path_object(tmp_path: Path, ranks: dict[bytes, int]) -> None:
+    specials = save_tiktoken_folder(tmp_path, ranks, pattern=OTHER_PATTERN)
+    check_parity(mpool.Tokenizer.from_pretrained(tmp_path), oracle(ranks, OTHER_PATTERN, specials), TEXTS[:20])
