@@ -549,6 +549,62 @@ def test_attention_scale_replaces_the_inverse_sqrt_head_dim(tmp_path: Path) -> N
                             scale=0.0)
 
 
+def _cpu_has_avx2_fma() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+# (batch, heads, kv_heads, d, dv, t): grouped and plain heads, one shared latent
+# "head" with a narrower value (MLA's absorbed decode), widths off the 8-lane
+# vector, one key, and a long context.
+DECODE_SHAPES = [(1, 12, 4, 64, 64, 37), (2, 4, 4, 20, 20, 8), (1, 16, 1, 72, 64, 300), (3, 2, 1, 6, 6, 1),
+                 (1, 8, 2, 128, 128, 2049)]
+
+
+@pytest.mark.parametrize("shape", DECODE_SHAPES, ids=lambda s: "b{}_h{}_kv{}_d{}_dv{}_t{}".format(*s))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_step_attention_kernel_matches_a_float64_reference(shape: tuple[int, ...], dtype: str) -> None:
+    """One query row per head: mpool's own kernel (where the CPU has AVX2/FMA)
+    against float64 softmax attention on the same (rounded) inputs, reading keys
+    and values through a strided view of a longer cache."""
+    b, heads, kv_heads, d, dv, t = shape
+    gen = torch.Generator().manual_seed(t + heads)
+    q = torch.randn(b, heads, 1, d, generator=gen) * 2
+    k = torch.randn(b, kv_heads, t + 5, d, generator=gen) * 2  # the cache holds 5 rows more than are read
+    v = torch.randn(b, kv_heads, t + 5, dv, generator=gen)
+    scale = 0.7
+    out = mpool.testing.probe("nn.attend", {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}, dtype=dtype, length=t,
+                              scale=scale)
+    assert int(out["kernel"]) == int(_cpu_has_avx2_fma())
+    cast = getattr(torch, dtype)
+    qd, kd, vd = (x.to(cast).double() for x in (q, k[:, :, :t], v[:, :, :t]))
+    group = heads // kv_heads
+    kd, vd = kd.repeat_interleave(group, dim=1), vd.repeat_interleave(group, dim=1)
+    ref = torch.softmax(qd @ kd.transpose(-1, -2) * scale, dim=-1) @ vd
+    # float32: accumulation order only; bfloat16: the output is rounded to bf16 once.
+    assert rel_err(out["out"], ref) <= (1e-5 if dtype == "float32" else 8e-3)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        q.to(cast), k[:, :, :t].to(cast), v[:, :, :t].to(cast), scale=scale, enable_gqa=group > 1)
+    assert rel_err(out["out"], sdpa.float()) <= (1e-5 if dtype == "float32" else 1.6e-2)
+
+
+def test_decode_step_attention_kernel_keeps_a_peaked_softmax_exact() -> None:
+    """Scores hundreds apart: the exponentials of all but the top key underflow to
+    zero, and the output is that key's value row, not NaN."""
+    q = torch.zeros(1, 2, 1, 8)
+    q[..., 0] = 1.0
+    k = torch.zeros(1, 1, 19, 8)
+    k[0, 0, :, 0] = torch.arange(19) * -50.0
+    k[0, 0, 4, 0] = 300.0
+    v = torch.randn(1, 1, 19, 8, generator=torch.Generator().manual_seed(0))
+    out = mpool.testing.probe("nn.attend", {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}, scale=1.0)["out"]
+    np.testing.assert_allclose(out[0, 0, 0], v[0, 0, 4].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out[0, 1, 0], v[0, 0, 4].numpy(), rtol=1e-6)
+
+
 def test_missing_attention_weight_names_the_full_tensor_name(tmp_path: Path) -> None:
     ref = RefAttention(16, heads=2, kv_heads=2, head_dim=8)
     weights = {"blk." + k: v.detach().contiguous() for k, v in ref.state_dict().items() if not k.startswith("v_proj")}

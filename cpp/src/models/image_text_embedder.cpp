@@ -1,12 +1,12 @@
 #include "mpool/models/image_text_embedder.h"
 
-#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <exception>
 #include <optional>
 
 #include "mpool/base/error.h"
+#include "mpool/nn/kernels.h"
 
 namespace mpool::models {
 
@@ -25,8 +25,10 @@ at::Tensor pixel_values(const std::vector<capabilities::Image>& images, const Im
   const int64_t n = static_cast<int64_t>(images.size()), s = settings.image_size;
   at::Tensor out = at::empty({n, 3, s, s}, at::kFloat);
   std::vector<std::exception_ptr> errors(images.size());
-  // One image per task: the preprocessing of each is single-threaded.
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+  float* dst = out.data_ptr<float>();
+  // One image per task (the preprocessing of each is single-threaded), on TBB's
+  // threads: tensors made there are plain ones, the result is written raw.
+  nn::kernels::parallel_for(n, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       try {
         const std::string source = "image #" + std::to_string(first_index + i);
@@ -37,7 +39,7 @@ at::Tensor pixel_values(const std::vector<capabilities::Image>& images, const Im
         check(oh == s && ow == s, ErrorCode::kInvalidInput,
               settings.processor_file + " makes " + std::to_string(ow) + "x" + std::to_string(oh) + " pixel values of " +
                   source + ", but the model takes " + std::to_string(s) + "x" + std::to_string(s));
-        std::copy(pixels.begin(), pixels.end(), out[i].data_ptr<float>());
+        std::copy(pixels.begin(), pixels.end(), dst + i * 3 * s * s);
       } catch (...) {
         errors[static_cast<size_t>(i)] = std::current_exception();
       }

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "mpool/base/error.h"
+#include "mpool/nn/kernels.h"
 
 namespace mpool::nn {
 
@@ -36,6 +37,11 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t group = heads / kvh;
   // The backend: ATen picks flash / memory-efficient / math per device and dtype
   // from the inputs; this is the single call site, so a policy goes here.
+  if (n == 1 && !mask.defined() && (!causal || k.size(2) == 1)) {
+    // One query row per head (a decode step): mpool's kernel, off ATen's OpenMP team.
+    at::Tensor out = kernels::decode_attention(q, k, v, scale ? *scale : 1.0 / std::sqrt(static_cast<double>(d)));
+    if (out.defined()) return out;
+  }
   if (n == 1 && !mask.defined() && group > 1) {
     // One query per head: each kv group's queries become one block, no repeated keys.
     at::Tensor qg = q.reshape({b, kvh, group, d});

@@ -2,12 +2,14 @@
 // so that tests can compare it with the torch / transformers / diffusers code it
 // reproduces. Blocks with weights read them from a safetensors file the test
 // wrote ("checkpoint", with an optional "prefix").
+#include <cmath>
 #include <mutex>
 
 #include "mpool/base/error.h"
 #include "mpool/loading/json.h"
 #include "mpool/loading/tensors.h"
 #include "mpool/nn/attention.h"
+#include "mpool/nn/kernels.h"
 #include "mpool/nn/mlp.h"
 #include "mpool/nn/norm.h"
 #include "mpool/nn/probe.h"
@@ -126,6 +128,30 @@ void register_all() {
     at::Tensor mask = keep;
     if (in.tensors.count("bias")) mask = additive_mask(keep, in.tensor("bias"), x.scalar_type());
     return ProbeOutput{{"out", a(x, mask, causal && !mask.defined(), context)}};
+  });
+  // nn::attend on raw (b, heads, n, d) q and (b, kv_heads, t, d|dv) k, v: options
+  // "causal", "scale", "dtype" (inputs cast to it), "length" (k and v narrowed to
+  // their first `length` rows, a strided view as a KV cache hands out). Out: "out"
+  // (float32) and "kernel", 1 when mpool's decode-step kernel ran it.
+  register_probe("nn.attend", [](const ProbeInput& in) {
+    const std::string name = in.get_or<std::string>("dtype", "float32");
+    const auto dtype = loading::parse_scalar_type(name);
+    check(dtype.has_value(), ErrorCode::kInvalidInput, "unknown dtype '" + name + "'");
+    const at::Tensor q = in.tensor("q").to(*dtype);
+    at::Tensor k = in.tensor("k").to(*dtype), v = in.tensor("v").to(*dtype);
+    if (in.options.contains("length")) {
+      const int64_t length = in.get<int64_t>("length");
+      k = k.narrow(2, 0, length);
+      v = v.narrow(2, 0, length);
+    }
+    const std::optional<double> scale =
+        in.options.contains("scale") ? std::optional<double>(in.get<double>("scale")) : std::nullopt;
+    const bool causal = in.get_or<bool>("causal", false);
+    const at::Tensor kernel =
+        q.size(2) == 1 ? kernels::decode_attention(q, k, v, scale ? *scale : 1.0 / std::sqrt(double(q.size(3))))
+                       : at::Tensor();
+    return ProbeOutput{{"out", attend(q, k, v, {}, causal, scale).to(at::kFloat)},
+                       {"kernel", at::scalar_tensor(kernel.defined() ? 1 : 0, at::kInt)}};
   });
   // A renamed view: option "names" maps an asked name to {"stored": name,
   // "rows": [[begin, end], ...]}; option "get" lists [name, shape] to read through

@@ -1,8 +1,16 @@
 #include "mpool/nn/kernels.h"
 
 #include <ATen/Parallel.h>
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/partitioner.h>
+#include <tbb/task_arena.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <memory>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -66,6 +74,73 @@ __attribute__((target("avx2,fma"))) void gemv_rows(const W* w, const float* x, f
   }
 }
 
+// e^x for x <= 0 (softmax after subtracting the maximum), eight lanes: x = n ln2
+// + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial, 2^n put in the exponent.
+// Relative error about 2e-7; below -87.3 the result is flushed to 0.
+__attribute__((target("avx2,fma"))) inline __m256 exp_nonpositive(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.33654f);
+  const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 in two parts
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+// dot(a[0:n], x[0:n]) with float32 accumulation.
+template <class W>
+__attribute__((target("avx2,fma"))) inline float dot(const W* a, const float* x, int64_t n) {
+  const int64_t vec_end = n - n % 8;
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < vec_end; i += 8) acc = _mm256_fmadd_ps(load8(a + i), _mm256_loadu_ps(x + i), acc);
+  float t = hsum(acc);
+  for (int64_t i = vec_end; i < n; ++i) t += to_float(a[i]) * x[i];
+  return t;
+}
+
+// One query row against its head's t key and value rows: out = softmax(scale q.k) v.
+// `scores` holds t floats, `acc` dv floats.
+template <class W>
+__attribute__((target("avx2,fma"))) void attend_row(const float* q, const W* k, int64_t k_stride, const W* v,
+                                                    int64_t v_stride, int64_t t, int64_t d, int64_t dv, float scale,
+                                                    float* scores, float* acc) {
+  float top = -INFINITY;
+  for (int64_t j = 0; j < t; ++j) {
+    scores[j] = dot(k + j * k_stride, q, d) * scale;
+    top = std::max(top, scores[j]);
+  }
+  const int64_t t_vec = t - t % 8;
+  const __m256 top8 = _mm256_set1_ps(top);
+  __m256 sum8 = _mm256_setzero_ps();
+  for (int64_t j = 0; j < t_vec; j += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + j), top8));
+    _mm256_storeu_ps(scores + j, e);
+    sum8 = _mm256_add_ps(sum8, e);
+  }
+  float sum = hsum(sum8);
+  for (int64_t j = t_vec; j < t; ++j) sum += scores[j] = std::exp(scores[j] - top);
+  const int64_t d_vec = dv - dv % 8;
+  std::fill(acc, acc + dv, 0.0f);
+  for (int64_t j = 0; j < t; ++j) {
+    const W* row = v + j * v_stride;
+    const __m256 w = _mm256_set1_ps(scores[j]);
+    for (int64_t i = 0; i < d_vec; i += 8)
+      _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(w, load8(row + i), _mm256_loadu_ps(acc + i)));
+    for (int64_t i = d_vec; i < dv; ++i) acc[i] += scores[j] * to_float(row[i]);
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < dv; ++i) acc[i] *= inv;
+}
+
 bool cpu_has_avx2_fma() {
   static const bool yes = [] {
     __builtin_cpu_init();
@@ -76,6 +151,68 @@ bool cpu_has_avx2_fma() {
 #endif
 
 }  // namespace
+
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int threads = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
+  if (threads == 1 || n <= grain) {
+    body(0, n);
+    return;
+  }
+  // One arena per calling thread (a replica's worker), sized to torch's setting;
+  // the workers behind all arenas are TBB's one process-wide set.
+  thread_local std::unique_ptr<tbb::task_arena> arena;
+  thread_local int arena_threads = 0;
+  if (!arena || arena_threads != threads) {
+    arena = std::make_unique<tbb::task_arena>(threads);
+    arena_threads = threads;
+  }
+  arena->execute([&] {
+    tbb::parallel_for(
+        tbb::blocked_range<int64_t>(0, n, static_cast<size_t>(grain)),
+        [&](const tbb::blocked_range<int64_t>& r) { body(r.begin(), r.end()); }, tbb::static_partitioner());
+  });
+}
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+#ifdef MPOOL_X86_GEMV
+  const at::ScalarType type = q.scalar_type();
+  if (!cpu_has_avx2_fma() || q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || q.size(2) != 1 ||
+      !(type == at::kFloat || type == at::kBFloat16) || k.scalar_type() != type || v.scalar_type() != type ||
+      !q.device().is_cpu() || !k.device().is_cpu() || !v.device().is_cpu())
+    return {};
+  const int64_t b = q.size(0), heads = q.size(1), d = q.size(3), kvh = k.size(1), t = k.size(2), dv = v.size(3);
+  if (k.size(0) != b || v.size(0) != b || v.size(1) != kvh || v.size(2) != t || k.size(3) != d || kvh == 0 ||
+      heads % kvh != 0 || t == 0 || k.stride(3) != 1 || v.stride(3) != 1 || !std::isfinite(scale))
+    return {};
+  const int64_t group = heads / kvh;
+  const at::Tensor qf = q.to(at::kFloat).reshape({b * heads, d}).contiguous();
+  at::Tensor out = at::empty({b, heads, 1, dv}, q.options().dtype(at::kFloat));
+  const float* qp = qf.const_data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+  auto run = [&](const auto* kp, const auto* vp) {
+    parallel_for(b * heads, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<float> scores(static_cast<size_t>(t));
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t bi = r / heads, kv = (r % heads) / group;
+        attend_row(qp + r * d, kp + bi * k.stride(0) + kv * k.stride(1), k.stride(2),
+                   vp + bi * v.stride(0) + kv * v.stride(1), v.stride(2), t, d, dv, s, scores.data(), op + r * dv);
+      }
+    });
+  };
+  if (type == at::kFloat)
+    run(k.const_data_ptr<float>(), v.const_data_ptr<float>());
+  else
+    run(reinterpret_cast<const uint16_t*>(k.const_data_ptr<at::BFloat16>()),
+        reinterpret_cast<const uint16_t*>(v.const_data_ptr<at::BFloat16>()));
+  return out.to(type);
+#else
+  (void)q, (void)k, (void)v, (void)scale;
+  return {};
+#endif
+}
 
 bool has_fast_gemv() {
 #ifdef MPOOL_X86_GEMV
@@ -101,7 +238,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
     float* yp = yf.data_ptr<float>();
     const int64_t blocks = (out + 3) / 4;  // four rows per pass
     auto run = [&](const auto* w) {
-      at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
+      parallel_for(blocks, 16, [&](int64_t b0, int64_t b1) {
         gemv_rows(w, xp, yp, in, b0 * 4, std::min(out, b1 * 4));
       });
     };

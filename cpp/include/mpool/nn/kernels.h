@@ -3,13 +3,34 @@
 // speed on the table. Each one falls back to ATen when it does not apply.
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <functional>
+
 namespace mpool::nn::kernels {
+
+/// Runs body(begin, end) over [0, n) in chunks of at least `grain`, on at most
+/// torch's intra-op thread count (at::get_num_threads()), the caller included.
+/// The threads are TBB's, not ATen's OpenMP team: with libgomp, once a process
+/// holds more OpenMP threads than it has cores (its main thread ran a torch op,
+/// or two replicas each did), every OpenMP region wakes its workers through the
+/// kernel instead of a spin, which cost a one-row decode step a third of its
+/// speed. The decode-step kernels below use this; big GEMMs stay on ATen.
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
 
 /// x @ weight^T + bias, like at::linear. A single float32 or bfloat16 row on the
 /// CPU (one decode step) runs as a matrix-vector product that streams the weight
 /// once at memory bandwidth (AVX2/FMA, float32 accumulation, split across the
 /// intra-op threads); everything else goes to at::linear.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = at::Tensor());
+
+/// Attention of one query row per head (a decode step): q (b, heads, 1, d)
+/// against k (b, kv_heads, t, d) and v (b, kv_heads, t, dv), heads a multiple of
+/// kv_heads, no mask, scores scaled by `scale`; float32 accumulation and an exact
+/// two-pass softmax, split over (batch, head) with parallel_for. Returns an
+/// undefined tensor where it does not apply (not the CPU, not float32 or
+/// bfloat16, a last dimension with a stride, no AVX2/FMA); the caller then uses
+/// ATen's scaled_dot_product_attention.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
 
 /// Whether linear() has its fast path on this CPU.
 bool has_fast_gemv();
