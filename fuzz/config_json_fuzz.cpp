@@ -1,7 +1,7 @@
 // libFuzzer target: arbitrary bytes as a model's JSON configuration, through
 // everything torch-free that reads it when a model is registered:
 //   parse_model_config (config.json's common fields), then each family's own
-//   reader, BertConfig::from, DecoderConfig::from, ClipConfig::from,
+//   reader, BertConfig::from, ModernBertConfig::from, DecoderConfig::from, ClipConfig::from,
 //   SiglipConfig::from, LlavaConfig::from and T5Config::from (the model_type
 //   field picks which one accepts, as in production; all are tried on every
 //   input), the diffusers autoencoders' AutoencoderKLConfig::from and
@@ -34,6 +34,7 @@
 #include "models/decoder/config.h"
 #include "models/flux/config.h"
 #include "models/llava/config.h"
+#include "models/modernbert/config.h"
 #include "models/sd3/config.h"
 #include "models/siglip/config.h"
 #include "models/t5/config.h"
@@ -69,6 +70,18 @@ void check_bert(const mpool::models::bert::BertConfig& b) {
   if (b.padding_offset_positions) {
     require(b.pad_token_id >= 0 && b.pad_token_id < b.max_position_embeddings - 1);
   }
+}
+
+// What modernbert/modernbert.cpp and modernbert/family.cpp rely on.
+void check_modernbert(const mpool::models::modernbert::ModernBertConfig& m) {
+  require(m.vocab_size > 0 && m.hidden_size > 0 && m.num_layers > 0 && m.num_heads > 0);
+  require(m.intermediate_size > 0 && m.max_position_embeddings > 0);
+  require(m.head_dim > 0 && m.head_dim * m.num_heads == m.hidden_size && m.head_dim % 2 == 0);
+  require(m.sliding.size() == static_cast<std::size_t>(m.num_layers));
+  require(m.local_attention >= 0 && m.window_radius() >= 0);
+  for (const auto* r : {&m.global_rope, &m.local_rope})
+    require(r->type == "default" && r->rotary_dim == m.head_dim && std::isfinite(r->theta) && r->theta > 0);
+  require(std::isfinite(m.norm_eps) && m.norm_eps > 0);
 }
 
 // What decoder/decoder.cpp and decoder/family.cpp rely on.
@@ -252,6 +265,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   expect_only_invalid_input([&] {
     const loading::ModelConfig config = loading::parse_model_config(json);
     expect_only_invalid_input([&] { check_bert(mpool::models::bert::BertConfig::from(config)); });
+    expect_only_invalid_input([&] { check_modernbert(mpool::models::modernbert::ModernBertConfig::from(config)); });
     expect_only_invalid_input([&] { check_llama(mpool::models::decoder::DecoderConfig::from(config)); });
     expect_only_invalid_input([&] { check_clip(mpool::models::clip::ClipConfig::from(config)); });
     expect_only_invalid_input([&] { check_siglip(mpool::models::siglip::SiglipConfig::from(config)); });

@@ -91,7 +91,7 @@ void register_builtin_families() {
   static std::once_flag once;
   std::call_once(once, [] {
     for (Family f :
-         {bert::family(), decoder::family(), clip::family(), siglip::family(), llava::family(), sd3::family(),
+         {bert::family(), modernbert::family(), decoder::family(), clip::family(), siglip::family(), llava::family(), sd3::family(),
           flux::family()}) {
       loading::FamilyRegistry::global().add(loading::FamilyInfo{f.name, f.capabilities, f.supports, f.pipeline_classes});
       builders().by_name.emplace(f.name, std::move(f));
@@ -104,6 +104,7 @@ void register_builtin_probes() {
   std::call_once(once, [] {
     nn::register_block_probes();
     bert::register_probes();
+    modernbert::register_probes();
     decoder::register_probes();
     flux::register_probes();
     clip::register_probes();

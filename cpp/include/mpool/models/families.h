@@ -99,6 +99,13 @@ Family family();
 void register_probes();
 }  // namespace bert
 
+namespace modernbert {
+/// The ModernBERT encoder family (ModernBertModel) as a text_embedding model.
+Family family();
+/// Its probes ("modernbert.last_hidden_state").
+void register_probes();
+}  // namespace modernbert
+
 namespace clip {
 /// The CLIP family (CLIPModel) as an image_embedding and text_embedding model.
 Family family();
