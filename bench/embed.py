@@ -8,7 +8,13 @@ links the same libtorch, so torch.set_num_threads applies to it too) and fp32.
 Also reports achieved GFLOP/s against a torch fp32 matmul measured in the same
 run, and the pool's memory estimate against measured RSS growth.
 
-    python bench/embed.py [--n 10000] [--threads-n 2000] [--repeats 3]
+--modernbert adds (c): the bulk run again with a random-weight ModernBERT of
+MiniLM's size (6 layers, hidden 384, 6 heads, GeGLU inner 1536 per half,
+local_attention 128 with every third layer global), built here with
+transformers and MiniLM's tokenizer, mean pooling + normalize, against
+sentence-transformers on the same folder and corpus.
+
+    python bench/embed.py [--n 10000] [--threads-n 2000] [--repeats 3] [--modernbert]
 """
 
 from __future__ import annotations
@@ -61,6 +67,33 @@ def model_flops(token_counts: list[int], layers=6, hidden=384, inner=1536) -> fl
     return total
 
 
+def modernbert_like_minilm(minilm: str, folder: str) -> str:
+    """A random-weight ModernBERT of MiniLM's size in `folder`, with MiniLM's
+    tokenizer files and a sentence-transformers layout (mean pooling, normalize)."""
+    import json
+    import shutil
+
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.ModernBertConfig(
+        vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536,
+        max_position_embeddings=512, local_attention=128, global_attn_every_n_layers=3,
+        pad_token_id=0, bos_token_id=101, eos_token_id=102, cls_token_id=101, sep_token_id=102,
+    )
+    transformers.ModernBertModel(config).eval().save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "modules.json",
+                 "sentence_bert_config.json"):
+        if os.path.exists(os.path.join(minilm, name)):
+            shutil.copy(os.path.join(minilm, name), folder)
+    shutil.copytree(os.path.join(minilm, "1_Pooling"), os.path.join(folder, "1_Pooling"))
+    if os.path.isdir(os.path.join(minilm, "2_Normalize")):
+        shutil.copytree(os.path.join(minilm, "2_Normalize"), os.path.join(folder, "2_Normalize"))
+    with open(os.path.join(folder, "config_sentence_transformers.json"), "w") as f:
+        json.dump({"prompts": {}, "default_prompt_name": None}, f)
+    return folder
+
+
 def timed(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -95,6 +128,7 @@ def main() -> None:
     ap.add_argument("--threads-n", type=int, default=2000, help="single-sentence requests in (b)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--torch-threads", type=int, default=os.cpu_count())
+    ap.add_argument("--modernbert", action="store_true", help="also (c): a MiniLM-sized random ModernBERT, bulk")
     args = ap.parse_args()
     torch.set_num_threads(args.torch_threads)
     path = mpool.default_embedding_model_path()
@@ -124,6 +158,19 @@ def main() -> None:
     st_conc = statistics.median([concurrent(st_one, single, 8) for _ in range(args.repeats)])
     mp_conc = statistics.median([concurrent(lambda b: pool.embed("minilm", b), single, 8) for _ in range(args.repeats)])
     replicas = pool.stats()["models"]["minilm"]["replicas"]
+    modernbert = None
+    if args.modernbert:
+        import tempfile
+
+        folder = modernbert_like_minilm(path, tempfile.mkdtemp(prefix="mpool-bench-modernbert-"))
+        st_mb = SentenceTransformer(folder, device="cpu")
+        st_mb.encode(texts[:64])
+        pool.register("modernbert", folder)
+        ours, ref = pool.embed("modernbert", texts[:256]), st_mb.encode(texts[:256])
+        cos = float(((ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)).min())
+        mp_mb = timed(lambda: pool.embed("modernbert", texts), args.repeats)
+        st_mb_t = timed(lambda: st_mb.encode(texts, batch_size=64), args.repeats)
+        modernbert = (mp_mb, st_mb_t, cos)
     pool.close()
     gf = matmul_gflops()
 
@@ -136,6 +183,12 @@ def main() -> None:
     print(f"    sentence-transformers: {len(single) / st_conc:8.1f} requests/s")
     print(f"    mpool native:          {len(single) / mp_conc:8.1f} requests/s  ({replicas} replicas at the end)")
     print(f"    ratio mpool / st: {st_conc / mp_conc:.2f}x  (goal >= 2x)")
+    if modernbert:
+        mp_mb, st_mb_t, cos = modernbert
+        print(f"(c) ModernBERT (random, MiniLM-sized) bulk {args.n} sentences, median of {args.repeats}:")
+        print(f"    sentence-transformers: {args.n / st_mb_t:8.1f} sentences/s ({st_mb_t:.2f} s)")
+        print(f"    mpool native:          {args.n / mp_mb:8.1f} sentences/s ({mp_mb:.2f} s)")
+        print(f"    ratio mpool / st: {st_mb_t / mp_mb:.2f}x; min cosine to sentence-transformers {cos:.6f}")
     print(f"compute: mpool bulk {flops / mp_bulk / 1e9:.1f} GFLOP/s, st bulk {flops / st_bulk / 1e9:.1f} GFLOP/s, "
           f"torch 1024^3 fp32 matmul {gf:.1f} GFLOP/s (mpool at {flops / mp_bulk / 1e9 / gf:.0%} of it)")
     print(f"memory: estimate per replica {info['memory_mb']:.0f} MB (weights {info['weight_mb']:.0f} MB); "

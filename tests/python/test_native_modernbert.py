@@ -63,7 +63,11 @@ def build_tiny(
         attention_bias=bias, mlp_bias=bias, norm_bias=bias, pad_token_id=0, cls_token_id=2, sep_token_id=3,
         bos_token_id=2, eos_token_id=3, num_labels=3,
     )
-    cls = {"none": transformers.ModernBertModel, "classifier": transformers.ModernBertForSequenceClassification}[head]
+    cls = {
+        "none": transformers.ModernBertModel,
+        "classifier": transformers.ModernBertForSequenceClassification,
+        "masked_lm": transformers.ModernBertForMaskedLM,
+    }[head]
     model = randomize(cls(config), seed)
     d = tmp_path / name
     model.save_pretrained(d, safe_serialization=True)
@@ -224,10 +228,11 @@ def test_hub_spelling_defaults_are_transformers_defaults(tmp_path):
     assert masked_relative_error(probe(d, batch), ref, batch["attention_mask"].numpy()) <= 1e-4
 
 
-def test_sequence_classification_checkpoint_serves_its_base_model_under_the_model_prefix(tmp_path):
+@pytest.mark.parametrize("head", ["classifier", "masked_lm"])
+def test_checkpoints_with_a_head_serve_their_base_model_under_the_model_prefix(tmp_path, head):
     import torch
 
-    d, model, fast = build_tiny(tmp_path, head="classifier")
+    d, model, fast = build_tiny(tmp_path, head=head)
     batch = mixed_batch(fast, 8)
     with torch.no_grad():
         ref = model.model(**batch).last_hidden_state.numpy()
@@ -235,6 +240,7 @@ def test_sequence_classification_checkpoint_serves_its_base_model_under_the_mode
     with mpool.Pool() as pool:
         info = pool.register("cls", d)
         assert info["family"] == "modernbert"
+        assert any("head.dense.weight" in w for w in info["warnings"])  # the head is not the encoder's
         assert pool.embed("cls", ["hello there"]).shape == (1, 32)
 
 
