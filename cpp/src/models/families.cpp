@@ -91,7 +91,8 @@ void register_builtin_families() {
   static std::once_flag once;
   std::call_once(once, [] {
     for (Family f :
-         {bert::family(), modernbert::family(), decoder::family(), clip::family(), siglip::family(), llava::family(), sd3::family(),
+         {bert::family(), decoder::family(), clip::family(), siglip::family(), llava::family(), sd3::family(),
+          modernbert::family(),
           flux::family()}) {
       loading::FamilyRegistry::global().add(loading::FamilyInfo{f.name, f.capabilities, f.supports, f.pipeline_classes});
       builders().by_name.emplace(f.name, std::move(f));
