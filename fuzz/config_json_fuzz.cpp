@@ -33,6 +33,7 @@
 #include "models/clip/config.h"
 #include "models/decoder/config.h"
 #include "models/flux/config.h"
+#include "models/jinabert/config.h"
 #include "models/llava/config.h"
 #include "models/sd3/config.h"
 #include "models/siglip/config.h"
@@ -69,6 +70,14 @@ void check_bert(const mpool::models::bert::BertConfig& b) {
   if (b.padding_offset_positions) {
     require(b.pad_token_id >= 0 && b.pad_token_id < b.max_position_embeddings - 1);
   }
+}
+
+// What jinabert/jinabert.cpp and jinabert/family.cpp rely on.
+void check_jinabert(const mpool::models::jinabert::JinaBertConfig& j) {
+  require(j.vocab_size > 0 && j.hidden_size > 0 && j.num_layers > 0 && j.num_heads > 0);
+  require(j.intermediate_size > 0 && j.max_tokens() > 0);
+  require(j.hidden_size % j.num_heads == 0);
+  require(j.type_vocab_size >= 0 && j.layer_norm_eps > 0);
 }
 
 // What decoder/decoder.cpp and decoder/family.cpp rely on.
@@ -252,6 +261,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   expect_only_invalid_input([&] {
     const loading::ModelConfig config = loading::parse_model_config(json);
     expect_only_invalid_input([&] { check_bert(mpool::models::bert::BertConfig::from(config)); });
+    expect_only_invalid_input([&] { check_jinabert(mpool::models::jinabert::JinaBertConfig::from(config)); });
+    expect_only_invalid_input([&] { (void)mpool::models::jinabert::is_jina_bert(config); });
     expect_only_invalid_input([&] { check_llama(mpool::models::decoder::DecoderConfig::from(config)); });
     expect_only_invalid_input([&] { check_clip(mpool::models::clip::ClipConfig::from(config)); });
     expect_only_invalid_input([&] { check_siglip(mpool::models::siglip::SiglipConfig::from(config)); });

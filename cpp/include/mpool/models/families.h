@@ -99,6 +99,13 @@ Family family();
 void register_probes();
 }  // namespace bert
 
+namespace jinabert {
+/// The JinaBert encoder family (jina-embeddings-v2: ALiBi, GEGLU) as a text_embedding model.
+Family family();
+/// Its probes ("jinabert.last_hidden_state").
+void register_probes();
+}  // namespace jinabert
+
 namespace clip {
 /// The CLIP family (CLIPModel) as an image_embedding and text_embedding model.
 Family family();
