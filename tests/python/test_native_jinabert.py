@@ -212,8 +212,10 @@ def randomized(model: nn.Module, seed: int) -> nn.Module:
 
 
 def build_jina(tmp_path, layers=2, heads=4, hidden=32, feed_forward="geglu", sentence_transformers=False,
-               prefix="", config_edits=None, name=None):
-    """A hub-style JinaBert directory: config.json, model.safetensors, tokenizer files."""
+               prefix="", config_edits=None, name=None, pooler=False):
+    """A hub-style JinaBert directory: config.json, model.safetensors, tokenizer files;
+    ``pooler``: also JinaBertModel's pooler.dense, which the hub's checkpoints hold
+    and mean pooling never uses."""
     import transformers
     from safetensors.torch import save_file
 
@@ -224,7 +226,11 @@ def build_jina(tmp_path, layers=2, heads=4, hidden=32, feed_forward="geglu", sen
     d = tmp_path / (name or f"jina-{layers}-{heads}-{hidden}-{feed_forward}")
     d.mkdir()
     (d / "config.json").write_text(json.dumps(config, indent=2))
-    save_file({prefix + k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+    tensors = {prefix + k: v.contiguous() for k, v in model.state_dict().items()}
+    if pooler:
+        tensors[prefix + "pooler.dense.weight"] = torch.zeros(hidden, hidden)
+        tensors[prefix + "pooler.dense.bias"] = torch.zeros(hidden)
+    save_file(tensors, str(d / "model.safetensors"))
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=CAP, **specials)
     fast.save_pretrained(d)
     if sentence_transformers:
@@ -380,11 +386,12 @@ def cosine(a, b):
 
 
 def test_pool_embeddings_mean_pooled_and_normalized_match_the_reference(tmp_path):
-    d, model, fast = build_jina(tmp_path, heads=6, hidden=48, sentence_transformers=True)
+    d, model, fast = build_jina(tmp_path, heads=6, hidden=48, sentence_transformers=True, pooler=True)
     texts = long_texts(fast, 12) + [" ".join(CORPUS[:40])]  # the last one is cut at the cap
     with mpool.Pool() as pool:
         info = pool.register("jina", d)
         assert info["family"] == "jinabert"
+        assert any("pooler.dense.weight" in w for w in info["warnings"])  # left unused, and said so
         ours = pool.embed("jina", texts)
     ref = reference_embeddings(model, fast, texts)
     assert ours.shape == ref.shape == (len(texts), 48)
