@@ -33,6 +33,7 @@
 #include "models/clip/config.h"
 #include "models/decoder/config.h"
 #include "models/flux/config.h"
+#include "models/jinabert/config.h"
 #include "models/llava/config.h"
 #include "models/modernbert/config.h"
 #include "models/sd3/config.h"
@@ -82,6 +83,14 @@ void check_modernbert(const mpool::models::modernbert::ModernBertConfig& m) {
   for (const auto* r : {&m.global_rope, &m.local_rope})
     require(r->type == "default" && r->rotary_dim == m.head_dim && std::isfinite(r->theta) && r->theta > 0);
   require(std::isfinite(m.norm_eps) && m.norm_eps > 0);
+}
+
+// What jinabert/jinabert.cpp and jinabert/family.cpp rely on.
+void check_jinabert(const mpool::models::jinabert::JinaBertConfig& j) {
+  require(j.vocab_size > 0 && j.hidden_size > 0 && j.num_layers > 0 && j.num_heads > 0);
+  require(j.intermediate_size > 0 && j.max_tokens() > 0);
+  require(j.hidden_size % j.num_heads == 0);
+  require(j.type_vocab_size >= 0 && j.layer_norm_eps > 0);
 }
 
 // What decoder/decoder.cpp and decoder/family.cpp rely on.
@@ -266,6 +275,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const loading::ModelConfig config = loading::parse_model_config(json);
     expect_only_invalid_input([&] { check_bert(mpool::models::bert::BertConfig::from(config)); });
     expect_only_invalid_input([&] { check_modernbert(mpool::models::modernbert::ModernBertConfig::from(config)); });
+    expect_only_invalid_input([&] { check_jinabert(mpool::models::jinabert::JinaBertConfig::from(config)); });
+    expect_only_invalid_input([&] { (void)mpool::models::jinabert::is_jina_bert(config); });
     expect_only_invalid_input([&] { check_llama(mpool::models::decoder::DecoderConfig::from(config)); });
     expect_only_invalid_input([&] { check_clip(mpool::models::clip::ClipConfig::from(config)); });
     expect_only_invalid_input([&] { check_siglip(mpool::models::siglip::SiglipConfig::from(config)); });

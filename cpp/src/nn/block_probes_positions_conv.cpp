@@ -26,12 +26,15 @@ TimeEmbeddingNorm time_embedding_norm_of(const ProbeInput& in) {
 
 void register_positions() {
   // Slopes of "heads" (with "max_bias"), and the bias of optional
-  // "query_positions" / "key_positions", (n), (t) or (b, n), (b, t).
+  // "query_positions" / "key_positions", (n), (t) or (b, n), (b, t); "symmetric":
+  // the encoder's -slope x |distance| (alibi_symmetric_bias).
   register_probe("nn.alibi", [](const ProbeInput& in) {
     at::Tensor slopes = alibi_slopes(in.get<int64_t>("heads"), in.get_or<double>("max_bias", 8.0));
     ProbeOutput out{{"slopes", slopes}};
     if (in.tensors.count("query_positions") || in.tensors.count("key_positions"))
-      out["bias"] = alibi_bias(slopes, in.tensor("query_positions"), in.tensor("key_positions"));
+      out["bias"] = in.get_or<bool>("symmetric", false)
+                        ? alibi_symmetric_bias(slopes, in.tensor("query_positions"), in.tensor("key_positions"))
+                        : alibi_bias(slopes, in.tensor("query_positions"), in.tensor("key_positions"));
     return out;
   });
   register_probe("nn.t5_buckets", [](const ProbeInput& in) {

@@ -14,17 +14,19 @@ at::Tensor activate(Activation act, const at::Tensor& x) {
 }
 
 Mlp Mlp::load(const Weights& w, int64_t hidden, int64_t inner, Activation act, bool gated, bool bias,
-              const MlpNames& names, std::optional<at::ScalarType> down_dtype) {
+              const MlpNames& names, std::optional<at::ScalarType> down_dtype, std::optional<bool> down_bias) {
   Mlp m;
   m.act_ = act;
   m.gated_ = gated;
   m.inner_ = inner;
-  if (gated) {
+  if (gated && names.gate.empty() && names.up.empty()) {
+    m.in_ = Linear::load(w, names.fused_gate_up, 2 * inner, hidden, bias);
+  } else if (gated) {
     m.in_ = FusedLinear::load(w, names.fused_gate_up, {{names.gate, inner}, {names.up, inner}}, hidden, bias).linear;
   } else {
     m.in_ = Linear::load(w, names.up, inner, hidden, bias);
   }
-  m.down_ = Linear::load(down_dtype ? w.as(*down_dtype) : w, names.down, hidden, inner, bias);
+  m.down_ = Linear::load(down_dtype ? w.as(*down_dtype) : w, names.down, hidden, inner, down_bias.value_or(bias));
   return m;
 }
 

@@ -43,7 +43,12 @@ at::Tensor alibi_slopes(int64_t heads, double max_bias) {
   return at::tensor(slopes, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
 }
 
-at::Tensor alibi_bias(const at::Tensor& slopes, const at::Tensor& query_positions, const at::Tensor& key_positions) {
+namespace {
+
+// key - query, (n, t) or (b, n, t), after alibi_bias's checks; exact in int64 when
+// the positions are integers.
+at::Tensor alibi_distance(const at::Tensor& slopes, const at::Tensor& query_positions,
+                          const at::Tensor& key_positions) {
   check(slopes.defined() && slopes.dim() == 1, ErrorCode::kInvalidInput, "alibi: slopes must be 1-D (heads)");
   check(query_positions.defined() && key_positions.defined(), ErrorCode::kInvalidInput,
         "alibi: query_positions and key_positions are required");
@@ -57,10 +62,24 @@ at::Tensor alibi_bias(const at::Tensor& slopes, const at::Tensor& query_position
   const bool integral = !at::isFloatingType(query_positions.scalar_type()) &&
                         !at::isFloatingType(key_positions.scalar_type());
   const at::ScalarType kind = integral ? at::kLong : at::kFloat;
-  // key - query: (n, t) or (b, n, t); exact in int64 when the positions are integers.
-  at::Tensor distance = key_positions.to(kind).unsqueeze(-2) - query_positions.to(kind).unsqueeze(-1);
+  return key_positions.to(kind).unsqueeze(-2) - query_positions.to(kind).unsqueeze(-1);
+}
+
+// slopes (heads) times distance (n, t) or (b, n, t): (heads, n, t) or (b, heads, n, t).
+at::Tensor times_slopes(const at::Tensor& slopes, const at::Tensor& distance) {
   const at::Tensor s = slopes.to(at::kFloat).to(distance.device()).view({slopes.size(0), 1, 1});
   return s * distance.to(at::kFloat).unsqueeze(-3);
+}
+
+}  // namespace
+
+at::Tensor alibi_bias(const at::Tensor& slopes, const at::Tensor& query_positions, const at::Tensor& key_positions) {
+  return times_slopes(slopes, alibi_distance(slopes, query_positions, key_positions));
+}
+
+at::Tensor alibi_symmetric_bias(const at::Tensor& slopes, const at::Tensor& query_positions,
+                                const at::Tensor& key_positions) {
+  return times_slopes(slopes, -at::abs(alibi_distance(slopes, query_positions, key_positions)));
 }
 
 // --- T5

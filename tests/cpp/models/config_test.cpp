@@ -15,6 +15,7 @@
 #include "models/clip/config.h"
 #include "models/decoder/config.h"
 #include "models/flux/config.h"
+#include "models/jinabert/config.h"
 #include "models/llava/config.h"
 #include "models/siglip/config.h"
 #include "models/vae/config.h"
@@ -91,6 +92,47 @@ TEST(FamilyConfigs, RobertaPadTokenMustLeavePositions) {
             900);
   expect_invalid([] { bert::BertConfig::from(config("{" + kRoberta + R"(, "max_position_embeddings": 8, "type_vocab_size": -2})")); },
                  "\"type_vocab_size\" is -2");
+}
+
+TEST(FamilyConfigs, JinaBertIsRecognizedAsTheHubWritesIt) {
+  // jina-embeddings-v2-base-en: model_type bert, the remote code's architecture, ALiBi, GEGLU.
+  std::string bert = kRoberta;
+  bert.replace(bert.find("roberta"), 7, "bert");
+  const std::string hub = "{" + bert + R"(, "max_position_embeddings": 8192, "architectures": ["JinaBertForMaskedLM"],
+      "position_embedding_type": "alibi", "feed_forward_type": "geglu", "emb_pooler": "mean"})";
+  EXPECT_TRUE(jinabert::is_jina_bert(config(hub)));
+  const auto j = jinabert::JinaBertConfig::from(config(hub));
+  EXPECT_EQ(j.feed_forward, jinabert::FeedForwardType::kGeglu);
+  EXPECT_EQ(j.max_tokens(), 8192);
+  EXPECT_EQ(j.type_vocab_size, 2);
+  // The bert family refuses what it would get wrong.
+  expect_invalid([&] { bert::BertConfig::from(config(hub)); }, "\"position_embedding_type\" is 'alibi'");
+  // ALiBi alone, or the architecture alone (the remote config defaults to ALiBi), or jina_bert.
+  EXPECT_TRUE(jinabert::is_jina_bert(config("{" + bert + R"(, "position_embedding_type": "alibi"})")));
+  EXPECT_TRUE(jinabert::is_jina_bert(config("{" + bert + R"(, "architectures": ["JinaBertModel"]})")));
+  std::string jina = kRoberta;
+  jina.replace(jina.find("roberta"), 7, "jina_bert");
+  EXPECT_EQ(jinabert::JinaBertConfig::from(config("{" + jina + R"(, "max_position_embeddings": 64})")).feed_forward,
+            jinabert::FeedForwardType::kOriginal);
+  // A plain BERT or a roberta is not JinaBert.
+  EXPECT_FALSE(jinabert::is_jina_bert(config("{" + bert + "}")));
+  EXPECT_FALSE(jinabert::is_jina_bert(config("{" + kRoberta + R"(, "position_embedding_type": "alibi"})")));
+  expect_invalid([&] { jinabert::JinaBertConfig::from(config("{" + bert + R"(, "max_position_embeddings": 64})")); },
+                 "is a JinaBert model only with");
+  expect_invalid(
+      [&] {
+        jinabert::JinaBertConfig::from(config("{" + bert + R"(, "max_position_embeddings": 64,
+            "architectures": ["JinaBertModel"], "position_embedding_type": "absolute"})"));
+      },
+      "\"position_embedding_type\" is 'absolute'");
+  expect_invalid(
+      [&] {
+        jinabert::JinaBertConfig::from(config("{" + bert + R"(, "max_position_embeddings": 64,
+            "position_embedding_type": "alibi", "feed_forward_type": "swiglu"})"));
+      },
+      "\"feed_forward_type\" is 'swiglu'");
+  expect_invalid([&] { jinabert::is_jina_bert(config("{" + bert + R"(, "position_embedding_type": 3})")); },
+                 "position_embedding_type");
 }
 
 TEST(FamilyConfigs, RopeScalingBounds) {

@@ -105,6 +105,12 @@ Family family();
 /// Its probes ("modernbert.last_hidden_state").
 void register_probes();
 }  // namespace modernbert
+namespace jinabert {
+/// The JinaBert encoder family (jina-embeddings-v2: ALiBi, GEGLU) as a text_embedding model.
+Family family();
+/// Its probes ("jinabert.last_hidden_state").
+void register_probes();
+}  // namespace jinabert
 
 namespace clip {
 /// The CLIP family (CLIPModel) as an image_embedding and text_embedding model.

@@ -30,6 +30,8 @@ struct MlpNames {
   std::string gate = "gate_proj";  ///< gated only
   std::string down = "down_proj";
   std::string fused_gate_up = "gate_up_proj";  ///< gated: one stored tensor (gate rows first), when present
+  // Gated with gate and up both empty: only the fused tensor exists (JinaBert's
+  // gated_layers), and an error names it.
 };
 
 /// A dense MLP: down(act(up(x))), or gated down(act(gate(x)) * up(x)) (SwiGLU
@@ -38,9 +40,12 @@ struct MlpNames {
 class Mlp final : public FeedForward {
  public:
   /// `hidden` -> `inner` -> `hidden`, under `w`; `down_dtype`: the down projection's
-  /// dtype when not the view's (T5's wo in float32 under float16).
+  /// dtype when not the view's (T5's wo in float32 under float16); `down_bias`: whether
+  /// the down projection has a bias when it differs from `bias`, the input
+  /// projection's (JinaBert's gated_layers has none, its wo has one).
   static Mlp load(const Weights& w, int64_t hidden, int64_t inner, Activation act, bool gated, bool bias,
-                  const MlpNames& names = {}, std::optional<at::ScalarType> down_dtype = std::nullopt);
+                  const MlpNames& names = {}, std::optional<at::ScalarType> down_dtype = std::nullopt,
+                  std::optional<bool> down_bias = std::nullopt);
   at::Tensor operator()(const at::Tensor& x) const override;
 
  private:

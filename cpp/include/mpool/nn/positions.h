@@ -31,6 +31,12 @@ at::Tensor alibi_slopes(int64_t heads, double max_bias = 8.0);
 /// and t - 1 gives MPT's. Add it to the scores with additive_mask (attention.h).
 at::Tensor alibi_bias(const at::Tensor& slopes, const at::Tensor& query_positions, const at::Tensor& key_positions);
 
+/// The symmetric (bidirectional) form of an encoder, -slopes[h] * |key_positions[j] -
+/// query_positions[i]| (JinaBert), float32, with alibi_bias's shapes and checks:
+/// every key is penalized by its distance from the query, before or after it.
+at::Tensor alibi_symmetric_bias(const at::Tensor& slopes, const at::Tensor& query_positions,
+                                const at::Tensor& key_positions);
+
 // --- T5 relative position bias.
 
 /// T5's bucket (int64, in [0, num_buckets)) of each relative position (key

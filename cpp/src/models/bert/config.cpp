@@ -10,6 +10,12 @@ BertConfig BertConfig::from(const loading::ModelConfig& c) {
   BertConfig b;
   static_cast<loading::TransformerSizes&>(b) =
       loading::TransformerSizes::require(c, kModelTypes, "a BERT-family type");
+  // The encoder adds an absolute position table; relative_key(_query) or ALiBi
+  // (JinaBert, the jinabert family's) would be silently wrong without their terms.
+  const std::string positions = c.raw.get_or<std::string>("position_embedding_type", "absolute");
+  check(positions == "absolute", ErrorCode::kInvalidInput,
+        "config.json: \"position_embedding_type\" is '" + positions + "'; the bert family serves \"absolute\" only" +
+            (positions == "alibi" ? " (ALiBi BERTs are the jinabert family's)" : ""));
   b.type_vocab_size = c.raw.get_or<int64_t>("type_vocab_size", 2);
   b.layer_norm_eps = c.layer_norm_eps.value_or(1e-12);
   b.hidden_act = nn::parse_activation(c.hidden_act.value_or("gelu"), "config.json: \"hidden_act\"");

@@ -7,6 +7,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "models/bert/bert.h"
+#include "models/jinabert/config.h"
 #include "mpool/base/error.h"
 #include "mpool/models/families.h"
 #include "mpool/models/kit.h"
@@ -75,8 +76,16 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
 }  // namespace
 
 Family family() {
-  return Family{"bert", {capabilities::TextEmbedding::kName},
-                kit::serves_model_types(kModelTypes, "bert, roberta or xlm-roberta"), build,
+  // A JinaBert config says model_type "bert" (its remote code's convention): it
+  // goes to the jinabert family.
+  auto serves = [types = kit::serves_model_types(kModelTypes, "bert, roberta or xlm-roberta")](
+                    const loading::ModelConfig& c, const loading::ModelLayout& layout) {
+    if (jinabert::is_jina_bert(c))
+      return loading::FamilySupport::no(
+          "a JinaBert config (ALiBi positions, or architectures naming JinaBert): the jinabert family's");
+    return types(c, layout);
+  };
+  return Family{"bert", {capabilities::TextEmbedding::kName}, serves, build,
                 {{"tokens_per_forward", OptionSpec::Kind::kInt,
                   "padded tokens per forward pass (default 16384): bounds activation memory"}}};
 }
