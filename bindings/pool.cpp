@@ -31,6 +31,13 @@ namespace cap = capabilities;
 
 core::RequestOptions request_options(std::optional<double> timeout) { return core::RequestOptions{timeout}; }
 
+std::vector<cap::TextPair> to_text_pairs(std::vector<std::pair<std::string, std::string>> pairs) {
+  std::vector<cap::TextPair> out;
+  out.reserve(pairs.size());
+  for (auto& [a, b] : pairs) out.push_back(cap::TextPair{std::move(a), std::move(b)});
+  return out;
+}
+
 // Image requests: fetching and decoding count against the request's deadline.
 // The fetch may take min(fetch_timeout, the request's timeout), and the request
 // then gets what is left of its timeout. A request whose deadline passed while
@@ -318,31 +325,60 @@ void register_pool(py::module_& m) {
       })
       .def("embed_async",
            [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
-              std::optional<double> timeout, bool truncate, std::optional<bool> normalize) {
+              std::optional<double> timeout, bool truncate, std::optional<bool> normalize,
+              std::optional<int64_t> dimensions) {
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
-               p = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize},
+               p = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize, dimensions},
                               request_options(timeout));
              }
              return wrap_future(std::move(p));
            },
            py::arg("key"), py::arg("texts"), py::arg("task") = py::none(), py::arg("timeout") = py::none(),
-           py::arg("truncate") = true, py::arg("normalize") = py::none())
+           py::arg("truncate") = true, py::arg("normalize") = py::none(), py::arg("dimensions") = py::none())
       .def("embed",
            [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
-              std::optional<double> timeout, bool truncate, std::optional<bool> normalize) {
+              std::optional<double> timeout, bool truncate, std::optional<bool> normalize,
+              std::optional<int64_t> dimensions) {
              at::Tensor t;
              {
                py::gil_scoped_release nogil;
-               t = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize},
+               t = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize, dimensions},
                               request_options(timeout))
                        ->wait();
              }
              return tensor_to_numpy(t);
            },
            py::arg("key"), py::arg("texts"), py::arg("task") = py::none(), py::arg("timeout") = py::none(),
-           py::arg("truncate") = true, py::arg("normalize") = py::none())
+           py::arg("truncate") = true, py::arg("normalize") = py::none(), py::arg("dimensions") = py::none())
+      .def("score_async",
+           [](core::Pool& pool, const std::string& key, std::vector<std::pair<std::string, std::string>> pairs,
+              std::optional<double> timeout, bool truncate, bool raw) {
+             std::shared_ptr<core::Pending<at::Tensor>> p;
+             {
+               py::gil_scoped_release nogil;
+               p = cap::score(pool, key, to_text_pairs(std::move(pairs)), cap::ScoreOptions{truncate, raw},
+                              request_options(timeout));
+             }
+             return wrap_future(std::move(p));
+           },
+           py::arg("key"), py::arg("pairs"), py::arg("timeout") = py::none(), py::arg("truncate") = true,
+           py::arg("raw") = false)
+      .def("score",
+           [](core::Pool& pool, const std::string& key, std::vector<std::pair<std::string, std::string>> pairs,
+              std::optional<double> timeout, bool truncate, bool raw) {
+             at::Tensor t;
+             {
+               py::gil_scoped_release nogil;
+               t = cap::score(pool, key, to_text_pairs(std::move(pairs)), cap::ScoreOptions{truncate, raw},
+                              request_options(timeout))
+                       ->wait();
+             }
+             return tensor_to_numpy(t);
+           },
+           py::arg("key"), py::arg("pairs"), py::arg("timeout") = py::none(), py::arg("truncate") = true,
+           py::arg("raw") = false)
       .def("embed_images_async",
            [](core::Pool& pool, const std::string& key, py::list items, double timeout, double fetch_timeout,
               bool allow_private_urls, size_t max_image_bytes, std::optional<bool> normalize) {

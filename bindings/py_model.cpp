@@ -109,7 +109,8 @@ class PyInstance final : public core::Instance,
                          public cap::TextToText,
                          public cap::ImageEmbedding,
                          public cap::Vision,
-                         public cap::TextToImage {
+                         public cap::TextToImage,
+                         public cap::Reranking {
  public:
   explicit PyInstance(py::object obj) : ref_(std::move(obj)) {}
 
@@ -124,6 +125,18 @@ class PyInstance final : public core::Instance,
   }
   int64_t dimension() const override {
     return call([&] { return ref_.obj.attr("dimension").cast<int64_t>(); });
+  }
+  // score(pairs) -> (n,) or (n, labels) scores, already through the model's activation;
+  // raw=True is passed only when asked for.
+  at::Tensor score(const std::vector<cap::TextPair>& pairs, const cap::ScoreOptions& options,
+                   cap::RequestContext&) override {
+    return call([&] {
+      py::list items;
+      for (const auto& p : pairs) items.append(py::make_tuple(p.first, p.second));
+      py::object out = options.raw ? ref_.obj.attr("score")(items, py::arg("raw") = true) : ref_.obj.attr("score")(items);
+      at::Tensor t = numpy_to_tensor(out, at::kFloat, "score() result");
+      return t.dim() == 1 ? t.unsqueeze(1) : t;
+    });
   }
   at::Tensor embed_images(const std::vector<cap::Image>& images, const cap::ImageEmbedOptions&,
                           cap::RequestContext&) override {

@@ -26,7 +26,7 @@ from .errors import (
 )
 from .models import CAPABILITIES, Model, NativeModel, PyModel, default_embedding_model_path
 from ._streams import ImageProgress
-from .pool import ImageStream, Pool, TextStream
+from .pool import ImageStream, Pool, Ranked, RankedDocument, TextStream
 from .loading import inspect, safetensors_load
 from .similarity import TopK, similarity
 from .tokenizer import Tokenizer
@@ -60,6 +60,8 @@ __all__ = [
     "Pool",
     "PoolError",
     "PyModel",
+    "Ranked",
+    "RankedDocument",
     "ShuttingDown",
     "SpawnFailed",
     "TextChunk",

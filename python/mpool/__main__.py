@@ -1,4 +1,4 @@
-"""Command line: ``python -m mpool demo | embed | embed-image | generate | inspect | info``."""
+"""Command line: ``python -m mpool demo | embed | rerank | embed-image | generate | inspect | info``."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _embed(args: argparse.Namespace) -> int:
     with mpool.Pool() as pool:
         try:
             pool.register("model", model, dtype=args.dtype)
-            vectors = pool.embed("model", args.texts, task=args.task)
+            vectors = pool.embed("model", args.texts, task=args.task, dimensions=args.dimensions)
         except mpool.PoolError as e:
             print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
@@ -50,6 +50,29 @@ def _embed(args: argparse.Namespace) -> int:
         for text, v in zip(args.texts, vectors):
             head = " ".join(f"{x:+.4f}" for x in v[:6])
             print(f"  [{head} ...]  {text}")
+    return 0
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    import os
+
+    import mpool
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with mpool.Pool() as pool:
+        try:
+            pool.register("model", args.model, dtype=args.dtype)
+            ranked = pool.rerank("model", args.query, args.documents, top_n=args.top_n)
+        except mpool.PoolError as e:
+            print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+    if args.json:
+        results = [{"index": r.index, "score": r.score, "document": args.documents[r.index]} for r in ranked]
+        print(json.dumps({"model": args.model, "query": args.query, "results": results}))
+        return 0
+    print(f"{args.model}: {args.query}")
+    for r in ranked:
+        print(f"  {r.score:+.4f}  #{r.index}  {args.documents[r.index]}")
     return 0
 
 
@@ -218,9 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--model", help="model directory or cached repo id")
     p.add_argument("--task", help="the model's prompt to use, e.g. query")
+    p.add_argument("--dimensions", type=int, help="keep the first N dimensions (Matryoshka), re-normalized")
     p.add_argument("--dtype", help="float32 (default), bfloat16 or float16")
     p.add_argument("--json", action="store_true", help="print the vectors as JSON")
     p.set_defaults(fn=_embed)
+    p = sub.add_parser("rerank", help="rank documents against a query with a native cross-encoder (BERT, XLM-R)")
+    p.add_argument("query", metavar="QUERY")
+    p.add_argument("documents", nargs="+", metavar="DOCUMENT")
+    p.add_argument("--model", required=True, help="model directory or cached repo id (a *ForSequenceClassification)")
+    p.add_argument("--top-n", type=int, help="print only the N best")
+    p.add_argument("--dtype", help="float32 (default), bfloat16 or float16")
+    p.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    p.set_defaults(fn=_rerank)
     p = sub.add_parser("embed-image", help="embed images with a native CLIP or SigLIP model (and classify them)")
     p.add_argument("images", nargs="+", metavar="PATH_OR_URL", help="image files, http(s) URLs or data URIs")
     p.add_argument("--model", required=True, help="model directory or cached repo id (CLIP, SigLIP)")

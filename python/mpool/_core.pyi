@@ -118,6 +118,7 @@ class Pool:
         timeout: float | None = None,
         truncate: bool = True,
         normalize: bool | None = None,
+        dimensions: int | None = None,
     ) -> np.ndarray: ...
     def embed_async(
         self,
@@ -127,6 +128,23 @@ class Pool:
         timeout: float | None = None,
         truncate: bool = True,
         normalize: bool | None = None,
+        dimensions: int | None = None,
+    ) -> Future: ...
+    def score(
+        self,
+        key: str,
+        pairs: list[tuple[str, str]],
+        timeout: float | None = None,
+        truncate: bool = True,
+        raw: bool = False,
+    ) -> np.ndarray: ...
+    def score_async(
+        self,
+        key: str,
+        pairs: list[tuple[str, str]],
+        timeout: float | None = None,
+        truncate: bool = True,
+        raw: bool = False,
     ) -> Future: ...
     def embed_images_async(
         self,

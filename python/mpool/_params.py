@@ -114,6 +114,31 @@ def texts(x: str | Sequence[str]) -> list[str]:
     return [v.text(f"texts[{i}]", t) for i, t in enumerate(items)]
 
 
+def pairs(x: Any) -> list[tuple[str, str]]:
+    """The pairs of a scoring request: a non-empty sequence of (str, str)."""
+    if isinstance(x, (str, bytes, bytearray)) or not isinstance(x, Sequence):
+        raise InvalidInput(f"pairs must be a sequence of (query, document) pairs, got {type(x).__name__}")
+    items = list(x)
+    if not items:
+        raise InvalidInput("pairs is empty; pass at least one (query, document) pair")
+    out = []
+    for i, p in enumerate(items):
+        if isinstance(p, (str, bytes, bytearray)) or not isinstance(p, Sequence) or len(p) != 2:
+            raise InvalidInput(f"pairs[{i}] must be a (query, document) pair of two str, got {v._show(p)}")
+        out.append((v.text(f"pairs[{i}][0]", p[0], allow_empty=False), v.text(f"pairs[{i}][1]", p[1], allow_empty=False)))
+    return out
+
+
+def documents(x: Any) -> list[str]:
+    """The documents of a rerank request: a non-empty sequence of non-empty str."""
+    if isinstance(x, (str, bytes, bytearray)) or not isinstance(x, Sequence):
+        raise InvalidInput(f"documents must be a sequence of str, got {type(x).__name__}")
+    items = list(x)
+    if not items:
+        raise InvalidInput("documents is empty; pass at least one document")
+    return [v.text(f"documents[{i}]", d, allow_empty=False) for i, d in enumerate(items)]
+
+
 def labels(x: Sequence[str], template: str) -> list[str]:
     """Zero-shot labels put into ``template`` (which must hold one ``{}``): the texts to embed."""
     if not isinstance(template, str):

@@ -12,7 +12,7 @@ from . import _validate as v
 from ._params import image_defaults
 from .errors import InvalidInput
 
-CAPABILITIES = ("text_embedding", "text_to_text", "image_embedding", "vision", "text_to_image")
+CAPABILITIES = ("text_embedding", "text_to_text", "image_embedding", "vision", "text_to_image", "rerank")
 
 # The methods a Python-defined model must have for each capability.
 _PROTOCOL = {
@@ -21,6 +21,7 @@ _PROTOCOL = {
     "image_embedding": ("embed_images",),
     "vision": ("describe",),
     "text_to_image": ("generate_image",),
+    "rerank": ("score",),
 }
 
 

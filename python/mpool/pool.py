@@ -13,7 +13,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -304,6 +304,7 @@ class Pool:
         *,
         truncate: bool = True,
         normalize: bool | None = None,
+        dimensions: int | None = None,
         timeout: float | None = None,
     ) -> np.ndarray:
         """Embeds texts: float32 array (n, d).
@@ -313,10 +314,16 @@ class Pool:
         ``normalize``: True gives unit-length rows, False the model's raw output (a
         CLIP or SigLIP projection), None the model's default (CLIP and SigLIP
         normalize; a sentence-transformers model as its Normalize module says).
+        ``dimensions`` keeps the first ``dimensions`` of each row (Matryoshka
+        truncation) and then scales the rows back to unit length when they are
+        normalized (asked for, or the model's default) -- unlike
+        sentence-transformers' ``truncate_dim``, which leaves them shorter than 1.
+        A model whose config.json lists ``matryoshka_dimensions`` takes only those;
+        a width above the model's is InvalidInput.
         """
         return self._native.embed(
             v.key(key), req.texts(texts), req.task(task), req.timeout(timeout), v.flag("truncate", truncate),
-            _normalize(normalize),
+            _normalize(normalize), _dimensions(dimensions),
         )
 
     async def aembed(
@@ -327,14 +334,73 @@ class Pool:
         *,
         truncate: bool = True,
         normalize: bool | None = None,
+        dimensions: int | None = None,
         timeout: float | None = None,
     ) -> np.ndarray:
         """``embed`` for asyncio: does not block the event loop."""
         future = self._native.embed_async(
             v.key(key), req.texts(texts), req.task(task), req.timeout(timeout), v.flag("truncate", truncate),
-            _normalize(normalize),
+            _normalize(normalize), _dimensions(dimensions),
         )
         return await await_native(future)
+
+    # --- reranking ------------------------------------------------------------
+
+    def score(
+        self, key: str, pairs: Sequence[tuple[str, str]], *, truncate: bool = True, raw: bool = False,
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        """Scores (query, document) pairs with a cross-encoder: float32 array (n,)
+        for a one-label model (a reranker), (n, labels) otherwise, in input order.
+
+        Scores pass through the model's activation as sentence-transformers'
+        ``CrossEncoder.predict`` does (sigmoid for one label unless the model names
+        another); ``raw=True`` gives the classifier's logits. A pair longer than the
+        model's limit is cut longest-first, or raises InvalidInput with
+        ``truncate=False``.
+        """
+        out = self._native.score(
+            v.key(key), req.pairs(pairs), req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw)
+        )
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    async def ascore(
+        self, key: str, pairs: Sequence[tuple[str, str]], *, truncate: bool = True, raw: bool = False,
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        """``score`` for asyncio: does not block the event loop."""
+        future = self._native.score_async(
+            v.key(key), req.pairs(pairs), req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw)
+        )
+        out = await await_native(future)
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    def rerank(
+        self, key: str, query: str, documents: Sequence[str], top_n: int | None = None, return_documents: bool = False,
+        *, truncate: bool = True, raw: bool = False, timeout: float | None = None,
+    ) -> list[Ranked] | list[RankedDocument]:
+        """Ranks ``documents`` by relevance to ``query`` with a cross-encoder.
+
+        Returns ``Ranked(index, score)`` tuples, best first (ties keep input order),
+        the ``top_n`` best when given; with ``return_documents=True``,
+        ``RankedDocument(index, score, document)`` tuples. Scores are ``score``'s; the model must have one label.
+        """
+        q, docs, n = _rerank_args(query, documents, top_n, return_documents)
+        scores = self._native.score(
+            v.key(key), [(q, d) for d in docs], req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw)
+        )
+        return _ranked(scores, docs, n, bool(return_documents))
+
+    async def arerank(
+        self, key: str, query: str, documents: Sequence[str], top_n: int | None = None, return_documents: bool = False,
+        *, truncate: bool = True, raw: bool = False, timeout: float | None = None,
+    ) -> list[Ranked] | list[RankedDocument]:
+        """``rerank`` for asyncio: does not block the event loop."""
+        q, docs, n = _rerank_args(query, documents, top_n, return_documents)
+        future = self._native.score_async(
+            v.key(key), [(q, d) for d in docs], req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw)
+        )
+        return _ranked(await await_native(future), docs, n, bool(return_documents))
 
     # --- image embedding ------------------------------------------------------
 
@@ -713,6 +779,47 @@ _NOT_COPYABLE = (
     "mpool.Pool cannot be copied or pickled: it owns native replica threads and loaded models. "
     "Share the Pool object itself (it is thread-safe), or create a new Pool in the other process"
 )
+
+
+class Ranked(NamedTuple):
+    """One reranked document: its ``index`` in the input and its ``score``."""
+
+    index: int  # type: ignore[assignment]  # the name rerank APIs use; shadows tuple.index
+    score: float
+
+
+class RankedDocument(NamedTuple):
+    """One reranked document with ``return_documents=True``: also the ``document``."""
+
+    index: int  # type: ignore[assignment]  # as Ranked.index
+    score: float
+    document: str
+
+
+def _rerank_args(query: Any, documents: Any, top_n: Any, return_documents: Any) -> tuple[str, list[str], int | None]:
+    q = v.text("query", query, allow_empty=False)
+    docs = req.documents(documents)
+    n = None if top_n is None else v.int_in("top_n", top_n, 1, v.INT32_MAX)
+    v.flag("return_documents", return_documents)
+    return q, docs, n
+
+
+def _ranked(
+    scores: np.ndarray, docs: list[str], top_n: int | None, with_documents: bool
+) -> list[Ranked] | list[RankedDocument]:
+    if scores.shape[1] != 1:
+        raise InvalidInput(
+            f"rerank needs a model with one score per pair; this one has {scores.shape[1]} labels (use score())"
+        )
+    column = scores[:, 0]
+    order = np.argsort(-column, kind="stable")[: top_n if top_n is not None else len(docs)]
+    if with_documents:
+        return [RankedDocument(int(i), float(column[i]), docs[i]) for i in order]
+    return [Ranked(int(i), float(column[i])) for i in order]
+
+
+def _dimensions(dimensions: Any) -> int | None:
+    return None if dimensions is None else v.int_in("dimensions", dimensions, 1, v.INT32_MAX)
 
 
 def _normalize(normalize: Any) -> bool | None:

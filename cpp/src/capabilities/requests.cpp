@@ -49,7 +49,7 @@ Tensor checked_embedding(const Tensor& out, size_t rows, const char* what) {
   return out.to(at::kCPU, at::kFloat).contiguous();
 }
 
-// An embedding request (texts or images) that can share a forward pass with
+// An embedding request (texts or images), or a scoring of pairs, that can share a forward pass with
 // others of the same kind: the replica's batch runs as one model call, ordered by
 // cost (length), and each request gets its own rows back.
 template <class Cap, class Input>
@@ -228,25 +228,64 @@ std::shared_ptr<TextStream> submit_text_stream(
   return channel;
 }
 
+// Matryoshka truncation of a model's rows to their first `dimensions`, then
+// unit length again when the rows are normalized (asked for, or the model's
+// default). InvalidInput when the model is narrower or was not trained for it.
+Tensor truncated(const Tensor& rows, int64_t dimensions, const TextEmbedding& model, std::optional<bool> normalize) {
+  check(rows.dim() != 2 || dimensions <= rows.size(1), ErrorCode::kInvalidInput,
+        "dimensions=" + std::to_string(dimensions) + " is more than the model's " + std::to_string(rows.size(1)));
+  const std::vector<int64_t> supported = model.supported_dimensions();
+  if (!supported.empty() && std::find(supported.begin(), supported.end(), dimensions) == supported.end()) {
+    std::string listed;
+    for (int64_t d : supported) listed += (listed.empty() ? "" : ", ") + std::to_string(d);
+    throw Error(ErrorCode::kInvalidInput, "dimensions=" + std::to_string(dimensions) +
+                                              " is not a width this model was trained for (" + listed + ")");
+  }
+  if (!rows.defined() || rows.dim() != 2 || !rows.is_floating_point()) return rows;  // checked_embedding says why
+  Tensor out = rows.narrow(1, 0, dimensions).to(at::kFloat);
+  if (normalize.value_or(model.normalizes())) out = out / out.norm(2, -1, true).clamp_min(1e-12);
+  return out.contiguous();
+}
+
 }  // namespace
 
 std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string& key, std::vector<std::string> texts,
                                              EmbedOptions embed_options, const core::RequestOptions& options) {
   check(!texts.empty(), ErrorCode::kInvalidInput, "embed() needs at least one text");
+  check(!embed_options.dimensions || *embed_options.dimensions >= 1, ErrorCode::kInvalidInput,
+        "dimensions must be at least 1");
   size_t cost = 0;
   for (auto& t : texts) cost += t.size() / 4 + 2;  // about a token per 4 bytes, plus special tokens
   // Requests batch together only when they ask for the same task (prompt),
   // truncation and normalization.
   std::string batch_key = std::string(TextEmbedding::kName) + (embed_options.truncate ? "" : "/strict") +
                           normalize_key(embed_options.normalize) +
+                          (embed_options.dimensions ? "#" + std::to_string(*embed_options.dimensions) : std::string()) +
                           (embed_options.task ? ":" + *embed_options.task : std::string());
   return submit_embedding<TextEmbedding, std::string>(
       pool, key, options, std::move(texts), std::move(batch_key), cost,
       [embed_options = std::move(embed_options)](TextEmbedding& model, const std::vector<std::string>& all,
                                                  RequestContext& ctx) {
-        return normalized_if(embed_options.normalize, model.embed(all, embed_options, ctx));
+        Tensor rows = model.embed(all, embed_options, ctx);
+        if (embed_options.dimensions) return truncated(rows, *embed_options.dimensions, model, embed_options.normalize);
+        return normalized_if(embed_options.normalize, rows);
       },
       "texts");
+}
+
+std::shared_ptr<core::Pending<Tensor>> score(core::Pool& pool, const std::string& key, std::vector<TextPair> pairs,
+                                             ScoreOptions score_options, const core::RequestOptions& options) {
+  check(!pairs.empty(), ErrorCode::kInvalidInput, "score() needs at least one pair");
+  size_t cost = 0;
+  for (auto& p : pairs) cost += (p.first.size() + p.second.size()) / 4 + 3;  // [CLS] a [SEP] b [SEP]
+  std::string batch_key = std::string(Reranking::kName) + (score_options.truncate ? "" : "/strict") +
+                          (score_options.raw ? "/raw" : "");
+  return submit_embedding<Reranking, TextPair>(
+      pool, key, options, std::move(pairs), std::move(batch_key), cost,
+      [score_options](Reranking& model, const std::vector<TextPair>& all, RequestContext& ctx) {
+        return model.score(all, score_options, ctx);
+      },
+      "pairs");
 }
 
 std::shared_ptr<core::Pending<Tensor>> embed_images(core::Pool& pool, const std::string& key,

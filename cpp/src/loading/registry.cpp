@@ -64,6 +64,7 @@ std::vector<FamilyMatch> FamilyRegistry::match(const ModelConfig& config, const 
       m.supported = s.supported;
       m.reason = s.supported ? std::string() : s.reason;
       if (s.supported) m.details = s.details;
+      if (s.supported && !s.capabilities.empty()) m.capabilities = s.capabilities;
     } catch (const std::exception& e) {
       m.reason = std::string("support check failed: ") + e.what();
     }

@@ -10,24 +10,40 @@
 
 namespace mpool::models {
 
+size_t sequence_limit(const loading::ModelLayout& layout, size_t max_positions) {
+  size_t limit = max_positions;
+  if (auto tc = loading::load_tokenizer_config(layout.tokenizer_dir); tc && tc->model_max_length)
+    limit = std::min<size_t>(limit, static_cast<size_t>(*tc->model_max_length));
+  if (const auto& st = layout.sentence_transformers; st && st->max_seq_length)
+    limit = std::min<size_t>(limit, *st->max_seq_length);
+  return limit;
+}
+
 EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t hidden_size, size_t max_seq_length,
                                    std::vector<PoolingMode> default_pooling) {
   EmbedderSettings s;
   s.pooling = std::move(default_pooling);
-  s.max_seq_length = max_seq_length;
-  if (auto tc = loading::load_tokenizer_config(layout.tokenizer_dir); tc && tc->model_max_length)
-    s.max_seq_length = std::min<size_t>(s.max_seq_length, static_cast<size_t>(*tc->model_max_length));
+  s.max_seq_length = sequence_limit(layout, max_seq_length);
   if (const auto& st = layout.sentence_transformers) {
     if (st->pooling) {
       s.pooling = parse_pooling_modes(st->pooling->mode, "1_Pooling/config.json");
       s.include_prompt = st->pooling->include_prompt;
     }
     s.normalize = st->normalize;
-    if (st->max_seq_length) s.max_seq_length = std::min<size_t>(s.max_seq_length, *st->max_seq_length);
     s.prompts = st->prompts;
     s.default_prompt_name = st->default_prompt_name;
   }
   s.dimension = hidden_size * static_cast<int64_t>(s.pooling.size());
+  if (layout.has_config) {
+    const loading::ModelConfig config = loading::load_model_config(layout.model_dir);
+    const auto dims = config.raw.get_optional<std::vector<int64_t>>("matryoshka_dimensions");
+    for (int64_t d : dims.value_or(std::vector<int64_t>{})) {
+      check(d >= 1 && d <= s.dimension, ErrorCode::kInvalidInput,
+            config.raw.where("matryoshka_dimensions") + " lists " + std::to_string(d) +
+                ", not a width in [1, " + std::to_string(s.dimension) + "]");
+      s.matryoshka_dimensions.push_back(d);
+    }
+  }
   return s;
 }
 

@@ -1,5 +1,5 @@
 #pragma once
-// The five capability interfaces. A model implements the ones it has, next to
+// The capability interfaces. A model implements the ones it has, next to
 // mpool::core::Instance; the pool never sees these types. Each method runs on the
 // replica's own thread and checks `ctx.should_stop()` between steps.
 #include <functional>
@@ -26,6 +26,10 @@ class TextEmbedding {
                            RequestContext& ctx) = 0;
   /// Embedding width d.
   virtual int64_t dimension() const = 0;
+  /// Whether rows come out unit-length when a request leaves `normalize` unset.
+  virtual bool normalizes() const { return false; }
+  /// The Matryoshka widths the model was trained for; empty: any width up to d.
+  virtual std::vector<int64_t> supported_dimensions() const { return {}; }
 };
 
 /// prompt -> streamed text.
@@ -36,6 +40,15 @@ class TextToText {
   /// Generates from a text prompt or from token ids, emitting text through `sink`.
   virtual Completion generate(const std::variant<std::string, std::vector<int64_t>>& prompt,
                               const GenerationParams& params, const TextSink& sink, RequestContext& ctx) = 0;
+};
+
+/// (query, document) pairs -> relevance scores: a cross-encoder.
+class Reranking {
+ public:
+  static constexpr const char* kName = "rerank";
+  virtual ~Reranking() = default;
+  /// Scores each pair: float32 (n, labels), after the model's activation unless options.raw.
+  virtual at::Tensor score(const std::vector<TextPair>& pairs, const ScoreOptions& options, RequestContext& ctx) = 0;
 };
 
 /// images -> float32 (n, d).

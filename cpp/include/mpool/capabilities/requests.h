@@ -31,6 +31,11 @@ std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string
 std::shared_ptr<core::Pending<Tensor>> embed_images(core::Pool& pool, const std::string& key,
                                                     std::vector<Image> images, ImageEmbedOptions image_options,
                                                     const core::RequestOptions& options);
+/// Queues a scoring of (query, document) pairs by a cross-encoder; float32
+/// (n, labels) on the CPU. Requests batch with other scoring requests of the same
+/// options, never with embeddings.
+std::shared_ptr<core::Pending<Tensor>> score(core::Pool& pool, const std::string& key, std::vector<TextPair> pairs,
+                                             ScoreOptions score_options, const core::RequestOptions& options);
 /// Zero-shot classification on one replica of an image-and-text model: each
 /// image scored against each text (the labels, already templated) through the
 /// model's ContrastiveHead; float32 (images, texts) probabilities (rows sum to

@@ -20,6 +20,22 @@ struct EmbedOptions {
   /// true: unit-length rows; false: the model's raw output (a CLIP projection
   /// before its normalization); nullopt: the model's own default.
   std::optional<bool> normalize;
+  /// Matryoshka truncation: keep the first `dimensions` of each row, then
+  /// re-normalize when the rows are normalized (explicitly or by the model's
+  /// default); nullopt keeps the model's full width.
+  std::optional<int64_t> dimensions;
+};
+
+/// A (query, document) pair for a cross-encoder.
+struct TextPair {
+  std::string first;
+  std::string second;
+};
+
+/// Options of one scoring (reranking) request.
+struct ScoreOptions {
+  bool truncate = true;  ///< false: a pair longer than the model's limit is InvalidInput
+  bool raw = false;      ///< true: the classifier's logits, without the model's activation
 };
 
 /// Options of one image embedding request.

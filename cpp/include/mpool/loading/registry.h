@@ -24,6 +24,9 @@ struct FamilySupport {
   /// What the family states about a model it serves (the decoder family:
   /// "parameters" and "active_parameters_per_token" of a mixture of experts).
   std::map<std::string, int64_t> details;
+  /// The capabilities this model gets, when fewer than the family's (a BERT
+  /// checkpoint with a classification head reranks and does not embed); empty: all.
+  std::vector<std::string> capabilities;
   /// The family serves the model.
   static FamilySupport yes() { return {true, {}}; }
   /// The family cannot serve the model, because of `reason`.

@@ -80,6 +80,8 @@ class ImageTextEmbedder final : public core::Instance,
   at::Tensor embed_images(const std::vector<capabilities::Image>& images,
                           const capabilities::ImageEmbedOptions& options, capabilities::RequestContext& ctx) override;
   int64_t dimension() const override { return settings_.dimension; }
+  bool normalizes() const override { return texts_->normalizes(); }
+  std::vector<int64_t> supported_dimensions() const override { return texts_->supported_dimensions(); }
   std::optional<capabilities::ContrastiveHead> contrastive_head() const override { return head_; }
 
  private:

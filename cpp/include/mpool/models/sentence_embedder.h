@@ -42,7 +42,14 @@ struct EmbedderSettings {
   /// Pad every text to max_seq_length with this id, and feed the padding as
   /// input (mask all ones): what SigLIP's processor does and its model expects.
   std::optional<int64_t> pad_to_max_length_with;
+  /// config.json's "matryoshka_dimensions": the truncation widths the model supports.
+  std::vector<int64_t> matryoshka_dimensions;
 };
+
+/// The longest input, in tokens, of a model with `max_positions` positions: also
+/// bounded by tokenizer_config.json's model_max_length and the
+/// sentence-transformers max_seq_length when the directory has them.
+size_t sequence_limit(const loading::ModelLayout& layout, size_t max_positions);
 
 /// The settings of a model directory: the sentence-transformers files (pooling,
 /// normalize, max_seq_length, prompts) when `layout` has them, over the family's
@@ -61,6 +68,8 @@ class SentenceEmbedder final : public core::Instance, public capabilities::TextE
   at::Tensor embed(const std::vector<std::string>& texts, const capabilities::EmbedOptions& options,
                    capabilities::RequestContext& ctx) override;
   int64_t dimension() const override { return settings_.dimension; }
+  bool normalizes() const override { return settings_.normalize; }
+  std::vector<int64_t> supported_dimensions() const override { return settings_.matryoshka_dimensions; }
 
  private:
   std::unique_ptr<Backbone> backbone_;

@@ -67,4 +67,21 @@ at::Tensor BertEncoder::forward(const at::Tensor& input_ids, const at::Tensor& t
   return x;
 }
 
+BertClassifier::BertClassifier(const BertConfig& config, const nn::Weights& checkpoint, int64_t num_labels) {
+  const int64_t h = config.hidden_size;
+  if (checkpoint.has("classifier.out_proj.weight")) {  // roberta / xlm-roberta
+    dense_ = nn::Linear::load(checkpoint, "classifier.dense", h, h, true);
+    out_ = nn::Linear::load(checkpoint, "classifier.out_proj", num_labels, h, true);
+  } else {
+    const nn::Weights w = checkpoint.find_prefix({"", "bert.", "model."}, "pooler.dense.weight",
+                                                 "a BERT sequence classifier (pooler.dense or classifier.out_proj)");
+    dense_ = nn::Linear::load(w, "pooler.dense", h, h, true);
+    out_ = nn::Linear::load(checkpoint, "classifier", num_labels, h, true);
+  }
+}
+
+at::Tensor BertClassifier::operator()(const at::Tensor& hidden) const {
+  return out_(at::tanh(dense_(hidden.select(1, 0))));
+}
+
 }  // namespace mpool::models::bert

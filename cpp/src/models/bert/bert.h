@@ -8,6 +8,7 @@
 
 #include "models/bert/config.h"
 #include "mpool/nn/attention.h"
+#include "mpool/nn/linear.h"
 #include "mpool/nn/mlp.h"
 #include "mpool/nn/norm.h"
 #include "mpool/nn/weights.h"
@@ -39,6 +40,20 @@ class BertEncoder {
   at::Tensor word_, position_, token_type_;
   nn::LayerNorm embedding_norm_;
   std::vector<Layer> layers_;
+};
+
+/// The sequence-classification head over the encoder's first token:
+/// BertForSequenceClassification's (pooler.dense + tanh, then classifier) or
+/// (XLM-)RobertaForSequenceClassification's (classifier.dense + tanh, then
+/// classifier.out_proj), whichever the checkpoint holds.
+class BertClassifier {
+ public:
+  BertClassifier(const BertConfig& config, const nn::Weights& checkpoint, int64_t num_labels);
+  /// (b, t, hidden) last hidden state -> (b, num_labels) logits.
+  at::Tensor operator()(const at::Tensor& hidden) const;
+
+ private:
+  nn::Linear dense_, out_;
 };
 
 }  // namespace mpool::models::bert

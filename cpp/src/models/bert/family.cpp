@@ -1,6 +1,7 @@
 // The BERT family as a pool model: recognizes bert/roberta/xlm-roberta
 // directories and builds text_embedding specs whose replicas run the encoder
-// under the kit's SentenceEmbedder.
+// under the kit's SentenceEmbedder, or, for a *ForSequenceClassification
+// checkpoint, rerank specs under the kit's CrossEncoder.
 #include <algorithm>
 #include <filesystem>
 
@@ -9,6 +10,7 @@
 #include "models/bert/bert.h"
 #include "models/jinabert/config.h"
 #include "mpool/base/error.h"
+#include "mpool/models/cross_encoder.h"
 #include "mpool/models/families.h"
 #include "mpool/models/kit.h"
 #include "mpool/models/sentence_embedder.h"
@@ -32,19 +34,76 @@ class BertBackbone final : public Backbone {
   at::Device device_;
 };
 
+class BertScorer final : public Scorer {
+ public:
+  BertScorer(BertEncoder encoder, BertClassifier head, at::Device device)
+      : encoder_(std::move(encoder)), head_(std::move(head)), device_(device) {}
+  at::Tensor forward(const at::Tensor& ids, const at::Tensor& types, const at::Tensor& mask) const override {
+    return head_(encoder_.forward(ids, types, mask));
+  }
+  at::Device device() const override { return device_; }
+
+ private:
+  BertEncoder encoder_;
+  BertClassifier head_;
+  at::Device device_;
+};
+
+// tokens_per_forward: the option, else the default; InvalidInput out of range.
+size_t tokens_per_forward(const NativeOptions& options, size_t fallback) {
+  const int64_t per_forward = options.options.get_int("tokens_per_forward", static_cast<int64_t>(fallback));
+  check(per_forward >= 1 && per_forward <= 1 << 24, ErrorCode::kInvalidInput,
+        "option tokens_per_forward must be in [1, 16777216], got " + std::to_string(per_forward));
+  return static_cast<size_t>(per_forward);
+}
+
+// A *ForSequenceClassification checkpoint: a cross-encoder serving rerank.
+NativeModel build_reranker(const BertConfig& config, const loading::ModelConfig& model_config,
+                           const kit::BuildInputs& in, const NativeOptions& options) {
+  CrossEncoderSettings settings =
+      cross_encoder_settings(in.layout, model_config, static_cast<size_t>(config.max_tokens()));
+  settings.tokens_per_forward = tokens_per_forward(options, settings.tokens_per_forward);
+  const int64_t labels = settings.num_labels;
+  NativeModel model;
+  const double weight_bytes = kit::measure_weights(
+      in.checkpoint, in.dtype,
+      [&](const nn::Weights& w) {
+        BertEncoder(config, w);
+        BertClassifier(config, w, labels);
+      },
+      model.warnings);
+  const double tokens = static_cast<double>(settings.tokens_per_forward);
+  const double act_bytes = tokens * static_cast<double>(config.intermediate_size + 6 * config.hidden_size) * 4.0 +
+                           tokens * static_cast<double>(std::min<size_t>(settings.max_seq_length, 512)) *
+                               static_cast<double>(config.num_heads) * 4.0;
+  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
+  core::ModelSpec& spec = model.spec;
+  spec.capabilities = {capabilities::Reranking::kName};
+  spec.memory_mb = kit::replica_memory_mb(weight_bytes, act_bytes);
+  spec.devices = options.devices;
+  spec.batch_budget = settings.tokens_per_forward;
+  const fs::path model_dir = in.layout.model_dir, tokenizer_file = in.tokenizer_file;
+  const at::ScalarType dtype = in.dtype;
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype](const std::string& device) {
+    const at::Device dev(device);
+    const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev);
+    auto scorer = std::make_unique<BertScorer>(BertEncoder(config, w), BertClassifier(config, w, settings.num_labels), dev);
+    return std::make_shared<CrossEncoder>(std::move(scorer), kit::open_tokenizer(tokenizer_file), settings);
+  };
+  return model;
+}
+
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const BertConfig config = BertConfig::from(model_config);
   const kit::BuildInputs in = kit::build_inputs(directory, options, "BERT");
+  if (is_sequence_classifier(model_config)) return build_reranker(config, model_config, in, options);
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
   const at::ScalarType dtype = in.dtype;
   EmbedderSettings settings =
       embedder_settings(layout, config.hidden_size, static_cast<size_t>(config.max_tokens()), {PoolingMode::kMean});
-  const int64_t per_forward = options.options.get_int("tokens_per_forward", static_cast<int64_t>(settings.tokens_per_forward));
-  check(per_forward >= 1 && per_forward <= 1 << 24, ErrorCode::kInvalidInput,
-        "option tokens_per_forward must be in [1, 16777216], got " + std::to_string(per_forward));
-  settings.tokens_per_forward = static_cast<size_t>(per_forward);
+  settings.tokens_per_forward = tokens_per_forward(options, settings.tokens_per_forward);
 
   // Memory: the weights it loads, plus the activations of one forward pass of
   // tokens_per_forward tokens (hidden states, the MLP's inner layer, and attention
@@ -77,15 +136,19 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
 
 Family family() {
   // A JinaBert config says model_type "bert" (its remote code's convention): it
-  // goes to the jinabert family.
+  // goes to the jinabert family. A classifier checkpoint reranks instead of embedding.
   auto serves = [types = kit::serves_model_types(kModelTypes, "bert, roberta or xlm-roberta")](
-                    const loading::ModelConfig& c, const loading::ModelLayout& layout) {
-    if (jinabert::is_jina_bert(c))
+                    const loading::ModelConfig& config, const loading::ModelLayout& layout) {
+    if (jinabert::is_jina_bert(config))
       return loading::FamilySupport::no(
           "a JinaBert config (ALiBi positions, or architectures naming JinaBert): the jinabert family's");
-    return types(c, layout);
+    loading::FamilySupport s = types(config, layout);
+    if (s.supported)
+      s.capabilities = {is_sequence_classifier(config) ? capabilities::Reranking::kName
+                                                       : capabilities::TextEmbedding::kName};
+    return s;
   };
-  return Family{"bert", {capabilities::TextEmbedding::kName}, serves, build,
+  return Family{"bert", {capabilities::TextEmbedding::kName, capabilities::Reranking::kName}, serves, build,
                 {{"tokens_per_forward", OptionSpec::Kind::kInt,
                   "padded tokens per forward pass (default 16384): bounds activation memory"}}};
 }

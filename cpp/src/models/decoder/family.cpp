@@ -51,6 +51,8 @@ class DecoderModel final : public core::Instance, public cap::TextToText, public
     return embedder_->embed(texts, options, ctx);
   }
   int64_t dimension() const override { return embedder_->dimension(); }
+  bool normalizes() const override { return embedder_->normalizes(); }
+  std::vector<int64_t> supported_dimensions() const override { return embedder_->supported_dimensions(); }
 
  private:
   TextGenerator generator_;
