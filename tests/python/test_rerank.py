@@ -87,6 +87,20 @@ def test_native_reranker_scores_and_order_match_sentence_transformers_cross_enco
     assert ranked[0] == (ranked[0].index, ranked[0].score)  # plain (index, score) tuples
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_modernbert_reranker_matches_sentence_transformers_cross_encoder(tmp_path, pool, pooling):
+    from test_native_modernbert import build_tiny as build_modernbert
+
+    d, _, _ = build_modernbert(tmp_path, head="classifier", num_labels=1, classifier_pooling=pooling, bias=True,
+                               local_attention=8)
+    pairs = _pairs()  # the long document runs past several local windows and is cut at 128 tokens
+    expected = cross_encoder(d).predict(pairs, batch_size=5)
+    pool.register("ce", str(d))
+    np.testing.assert_allclose(pool.score("ce", pairs), expected, rtol=0, atol=1e-5)
+    docs = [x for _, x in pairs[:7]]
+    assert [r.index for r in pool.rerank("ce", QUERIES[0], docs)] == list(np.argsort(-expected[:7], kind="stable"))
+
+
 def test_raw_scores_are_the_logits_and_a_saved_activation_is_followed(tmp_path, pool):
     import torch
 

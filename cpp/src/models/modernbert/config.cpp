@@ -74,6 +74,13 @@ ModernBertConfig ModernBertConfig::from(const loading::ModelConfig& c) {
   m.mlp_bias = c.raw.get_or<bool>("mlp_bias", false);
   m.hidden_activation =
       nn::parse_activation(c.raw.get_or<std::string>("hidden_activation", "gelu"), "config.json: \"hidden_activation\"");
+  const std::string pooling = c.raw.get_or<std::string>("classifier_pooling", "cls");
+  check(pooling == "cls" || pooling == "mean", ErrorCode::kInvalidInput,
+        c.raw.where("classifier_pooling") + " must be \"cls\" or \"mean\", got \"" + pooling + "\"");
+  m.classifier_mean_pooling = pooling == "mean";
+  m.classifier_activation = nn::parse_activation(c.raw.get_or<std::string>("classifier_activation", "gelu"),
+                                                 "config.json: \"classifier_activation\"");
+  m.classifier_bias = c.raw.get_or<bool>("classifier_bias", false);
   m.pad_token_id = c.pad_token_id.empty() ? 0 : c.pad_token_id.front();
 
   // The layer pattern: layer_types (transformers 5) when set, else every

@@ -35,6 +35,12 @@ struct ModernBertConfig : loading::TransformerSizes {
   /// RoPE of the global and the local layers (default type; their own theta).
   nn::RopeConfig global_rope, local_rope;
   int64_t pad_token_id = 0;
+  /// The sequence-classification head (ModernBertForSequenceClassification):
+  /// pooling "cls" (the first token) or "mean" (over the real tokens), the
+  /// activation between head.dense and head.norm, and whether head.dense has a bias.
+  bool classifier_mean_pooling = false;
+  nn::Activation classifier_activation = nn::Activation::kGelu;
+  bool classifier_bias = false;
 
   /// How far a sliding layer sees on each side.
   int64_t window_radius() const noexcept { return local_attention / 2; }

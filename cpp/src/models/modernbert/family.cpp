@@ -1,7 +1,8 @@
 // The ModernBERT family as a pool model: recognizes modernbert directories and
 // builds text_embedding specs whose replicas run the encoder under the kit's
 // SentenceEmbedder (the sentence-transformers layout: pooling, normalize,
-// max_seq_length, prompts; mean pooling when the folder has none).
+// max_seq_length, prompts; mean pooling when the folder has none), or, for a
+// ModernBertForSequenceClassification, rerank specs under the kit's CrossEncoder.
 #include <algorithm>
 #include <filesystem>
 
@@ -9,6 +10,7 @@
 
 #include "models/modernbert/modernbert.h"
 #include "mpool/base/error.h"
+#include "mpool/models/cross_encoder.h"
 #include "mpool/models/families.h"
 #include "mpool/models/kit.h"
 #include "mpool/models/sentence_embedder.h"
@@ -33,20 +35,88 @@ class ModernBertBackbone final : public Backbone {
   at::Device device_;
 };
 
+class ModernBertScorer final : public Scorer {
+ public:
+  ModernBertScorer(ModernBertEncoder encoder, ModernBertClassifier head, at::Device device)
+      : encoder_(std::move(encoder)), head_(std::move(head)), device_(device) {}
+  at::Tensor forward(const at::Tensor& ids, const at::Tensor& /*types: ModernBERT has none*/,
+                     const at::Tensor& mask) const override {
+    return head_(encoder_.forward(ids, mask), mask);
+  }
+  at::Device device() const override { return device_; }
+
+ private:
+  ModernBertEncoder encoder_;
+  ModernBertClassifier head_;
+  at::Device device_;
+};
+
+// Activation bytes of one forward pass of `tokens` tokens: hidden states, q/k/v
+// and the GeGLU's two halves, the local layers' mask or key windows, and
+// attention scores where a backend materializes them (bounded as the BERT family's).
+double activation_bytes(const ModernBertConfig& config, double tokens, size_t max_seq_length) {
+  const double window = static_cast<double>(std::min<int64_t>(
+      static_cast<int64_t>(max_seq_length), std::max<int64_t>(4 * config.local_attention, 64)));
+  return tokens * static_cast<double>(3 * config.intermediate_size + 10 * config.hidden_size) * 4.0 +
+         tokens * window + tokens * static_cast<double>(std::min<size_t>(max_seq_length, 512)) *
+                               static_cast<double>(config.num_heads) * 4.0;
+}
+
+size_t tokens_per_forward(const NativeOptions& options, size_t fallback) {
+  const int64_t per_forward = options.options.get_int("tokens_per_forward", static_cast<int64_t>(fallback));
+  check(per_forward >= 1 && per_forward <= 1 << 24, ErrorCode::kInvalidInput,
+        "option tokens_per_forward must be in [1, 16777216], got " + std::to_string(per_forward));
+  return static_cast<size_t>(per_forward);
+}
+
+// A ModernBertForSequenceClassification checkpoint: a cross-encoder serving rerank.
+NativeModel build_reranker(const ModernBertConfig& config, const loading::ModelConfig& model_config,
+                           const kit::BuildInputs& in, const NativeOptions& options) {
+  CrossEncoderSettings settings =
+      cross_encoder_settings(in.layout, model_config, static_cast<size_t>(config.max_position_embeddings));
+  settings.tokens_per_forward = tokens_per_forward(options, settings.tokens_per_forward);
+  const int64_t labels = settings.num_labels;
+  NativeModel model;
+  const double weight_bytes = kit::measure_weights(
+      in.checkpoint, in.dtype,
+      [&](const nn::Weights& w) {
+        ModernBertEncoder(config, w);
+        ModernBertClassifier(config, w, labels);
+      },
+      model.warnings);
+  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
+  core::ModelSpec& spec = model.spec;
+  spec.capabilities = {capabilities::Reranking::kName};
+  spec.memory_mb = kit::replica_memory_mb(
+      weight_bytes,
+      activation_bytes(config, static_cast<double>(settings.tokens_per_forward), settings.max_seq_length));
+  spec.devices = options.devices;
+  spec.batch_budget = settings.tokens_per_forward;
+  const fs::path model_dir = in.layout.model_dir, tokenizer_file = in.tokenizer_file;
+  const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
+  const at::ScalarType dtype = in.dtype;
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype](const std::string& device) {
+    const at::Device dev(device);
+    const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev);
+    auto scorer = std::make_unique<ModernBertScorer>(ModernBertEncoder(config, w),
+                                                     ModernBertClassifier(config, w, settings.num_labels), dev);
+    return std::make_shared<CrossEncoder>(std::move(scorer), kit::open_tokenizer(tokenizer_file, tokenizer_options),
+                                          settings);
+  };
+  return model;
+}
+
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const ModernBertConfig config = ModernBertConfig::from(model_config);
   const kit::BuildInputs in = kit::build_inputs(directory, options, "ModernBERT");
+  if (is_sequence_classifier(model_config)) return build_reranker(config, model_config, in, options);
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
   const at::ScalarType dtype = in.dtype;
   EmbedderSettings settings = embedder_settings(layout, config.hidden_size,
                                                 static_cast<size_t>(config.max_position_embeddings), {PoolingMode::kMean});
-  const int64_t per_forward =
-      options.options.get_int("tokens_per_forward", static_cast<int64_t>(settings.tokens_per_forward));
-  check(per_forward >= 1 && per_forward <= 1 << 24, ErrorCode::kInvalidInput,
-        "option tokens_per_forward must be in [1, 16777216], got " + std::to_string(per_forward));
-  settings.tokens_per_forward = static_cast<size_t>(per_forward);
+  settings.tokens_per_forward = tokens_per_forward(options, settings.tokens_per_forward);
 
   // Memory: the weights it loads, plus the activations of one forward pass of
   // tokens_per_forward tokens: hidden states, q/k/v and the GeGLU's two halves,
@@ -55,14 +125,8 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
       in.checkpoint, dtype, [&](const nn::Weights& w) { ModernBertEncoder(config, w); }, model.warnings);
-  const double tokens = static_cast<double>(settings.tokens_per_forward);
-  const double window = static_cast<double>(std::min<int64_t>(
-      static_cast<int64_t>(settings.max_seq_length), std::max<int64_t>(4 * config.local_attention, 64)));
   const double act_bytes =
-      tokens * static_cast<double>(3 * config.intermediate_size + 10 * config.hidden_size) * 4.0 +
-      tokens * window +  // the dense local mask (bool), or the blocked form's key windows
-      tokens * static_cast<double>(std::min<size_t>(settings.max_seq_length, 512)) *
-          static_cast<double>(config.num_heads) * 4.0;
+      activation_bytes(config, static_cast<double>(settings.tokens_per_forward), settings.max_seq_length);
 
   model.weight_mb = weight_bytes / (1024.0 * 1024.0);
   core::ModelSpec& spec = model.spec;
@@ -91,8 +155,16 @@ LocalAttention parse_local_mode(const std::string& name) {
 }  // namespace
 
 Family family() {
-  return Family{"modernbert", {capabilities::TextEmbedding::kName},
-                kit::serves_model_types(kModelTypes, "modernbert"), build,
+  // A classifier checkpoint reranks instead of embedding.
+  auto serves = [types = kit::serves_model_types(kModelTypes, "modernbert")](const loading::ModelConfig& config,
+                                                                             const loading::ModelLayout& layout) {
+    loading::FamilySupport s = types(config, layout);
+    if (s.supported)
+      s.capabilities = {is_sequence_classifier(config) ? capabilities::Reranking::kName
+                                                       : capabilities::TextEmbedding::kName};
+    return s;
+  };
+  return Family{"modernbert", {capabilities::TextEmbedding::kName, capabilities::Reranking::kName}, serves, build,
                 {{"tokens_per_forward", OptionSpec::Kind::kInt,
                   "padded tokens per forward pass (default 16384): bounds activation memory"}}};
 }

@@ -162,4 +162,24 @@ at::Tensor ModernBertEncoder::forward(const at::Tensor& input_ids, const at::Ten
   return packing.unpack(final_norm_(x));
 }
 
+ModernBertClassifier::ModernBertClassifier(const ModernBertConfig& config, const nn::Weights& checkpoint,
+                                           int64_t num_labels)
+    : mean_(config.classifier_mean_pooling), act_(config.classifier_activation) {
+  const int64_t h = config.hidden_size;
+  dense_ = nn::Linear::load(checkpoint, "head.dense", h, h, config.classifier_bias);
+  norm_ = nn::LayerNorm::load(checkpoint, "head.norm", h, config.norm_eps, config.norm_bias);
+  out_ = nn::Linear::load(checkpoint, "classifier", num_labels, h, true);
+}
+
+at::Tensor ModernBertClassifier::operator()(const at::Tensor& hidden, const at::Tensor& mask) const {
+  at::Tensor pooled;
+  if (mean_) {
+    const at::Tensor m = mask.to(hidden.scalar_type()).unsqueeze(-1);
+    pooled = (hidden * m).sum(1) / m.sum(1);
+  } else {
+    pooled = hidden.select(1, 0);  // right-padded: the first token is [CLS]
+  }
+  return out_(norm_(nn::activate(act_, dense_(pooled))));
+}
+
 }  // namespace mpool::models::modernbert

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "models/modernbert/config.h"
+#include "mpool/nn/activation.h"
 #include "mpool/nn/linear.h"
 #include "mpool/nn/norm.h"
 #include "mpool/nn/rope.h"
@@ -74,6 +75,22 @@ class ModernBertEncoder {
   std::vector<Layer> layers_;
   nn::Rope global_rope_, local_rope_;
   LocalAttention local_mode_ = LocalAttention::kAuto;
+};
+
+/// ModernBertForSequenceClassification's head, read from the checkpoint's root:
+/// the first token ("cls") or the mean over the real tokens ("mean"), then
+/// head.dense, the classifier activation, head.norm, and classifier.
+class ModernBertClassifier {
+ public:
+  ModernBertClassifier(const ModernBertConfig& config, const nn::Weights& checkpoint, int64_t num_labels);
+  /// (b, t, hidden) last hidden state and (b, t) 0/1 mask -> (b, num_labels) logits.
+  at::Tensor operator()(const at::Tensor& hidden, const at::Tensor& mask) const;
+
+ private:
+  bool mean_ = false;
+  nn::Activation act_ = nn::Activation::kGelu;
+  nn::Linear dense_, out_;
+  nn::LayerNorm norm_;
 };
 
 }  // namespace mpool::models::modernbert
