@@ -3,6 +3,7 @@
 #include "mpool/base/error.h"
 #include "mpool/loading/slow_tokenizer.h"
 #include "mpool/loading/tensors.h"
+#include "mpool/models/cross_encoder.h"
 
 namespace mpool::models::kit {
 
@@ -67,6 +68,23 @@ loading::SupportPredicate serves_model_types(std::vector<std::string> model_type
       return loading::FamilySupport::no("no weights found in " + layout.model_dir.string());
     return loading::FamilySupport::yes();
   };
+}
+
+loading::SupportPredicate embeds_or_reranks(loading::SupportPredicate serves) {
+  return [serves = std::move(serves)](const loading::ModelConfig& config, const loading::ModelLayout& layout) {
+    loading::FamilySupport s = serves(config, layout);
+    if (s.supported)
+      s.capabilities = {is_sequence_classifier(config) ? capabilities::Reranking::kName
+                                                       : capabilities::TextEmbedding::kName};
+    return s;
+  };
+}
+
+size_t tokens_per_forward(const NativeOptions& options, size_t fallback) {
+  const int64_t per_forward = options.options.get_int("tokens_per_forward", static_cast<int64_t>(fallback));
+  check(per_forward >= 1 && per_forward <= 1 << 24, ErrorCode::kInvalidInput,
+        "option tokens_per_forward must be in [1, 16777216], got " + std::to_string(per_forward));
+  return static_cast<size_t>(per_forward);
 }
 
 BuildInputs build_inputs(const loading::ModelDirectory& directory, const NativeOptions& options,

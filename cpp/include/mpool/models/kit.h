@@ -56,6 +56,14 @@ int64_t pad_token_id(const std::filesystem::path& dir, const tokenizer::Tokenize
 /// `what` ("bert, roberta or xlm-roberta"): the type must match and weights exist.
 loading::SupportPredicate serves_model_types(std::vector<std::string> model_types, std::string what);
 
+/// An encoder family's predicate: `serves`, and a model it serves gets rerank when
+/// config.json names a *ForSequenceClassification architecture, text_embedding otherwise.
+loading::SupportPredicate embeds_or_reranks(loading::SupportPredicate serves);
+
+/// The "tokens_per_forward" option (padded tokens per forward pass), else
+/// `fallback`; InvalidInput outside [1, 2^24].
+size_t tokens_per_forward(const NativeOptions& options, size_t fallback);
+
 /// What every family's build step starts from: the single-model layout of the
 /// directory, its tokenizer (require_tokenizer; open it with open_tokenizer), the dtype by the policy above, and
 /// the checkpoint's headers (for measuring).

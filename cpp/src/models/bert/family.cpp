@@ -49,20 +49,12 @@ class BertScorer final : public Scorer {
   at::Device device_;
 };
 
-// tokens_per_forward: the option, else the default; InvalidInput out of range.
-size_t tokens_per_forward(const NativeOptions& options, size_t fallback) {
-  const int64_t per_forward = options.options.get_int("tokens_per_forward", static_cast<int64_t>(fallback));
-  check(per_forward >= 1 && per_forward <= 1 << 24, ErrorCode::kInvalidInput,
-        "option tokens_per_forward must be in [1, 16777216], got " + std::to_string(per_forward));
-  return static_cast<size_t>(per_forward);
-}
-
 // A *ForSequenceClassification checkpoint: a cross-encoder serving rerank.
 NativeModel build_reranker(const BertConfig& config, const loading::ModelConfig& model_config,
                            const kit::BuildInputs& in, const NativeOptions& options) {
   CrossEncoderSettings settings =
       cross_encoder_settings(in.layout, model_config, static_cast<size_t>(config.max_tokens()));
-  settings.tokens_per_forward = tokens_per_forward(options, settings.tokens_per_forward);
+  settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
   const int64_t labels = settings.num_labels;
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
@@ -103,7 +95,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   const at::ScalarType dtype = in.dtype;
   EmbedderSettings settings =
       embedder_settings(layout, config.hidden_size, static_cast<size_t>(config.max_tokens()), {PoolingMode::kMean});
-  settings.tokens_per_forward = tokens_per_forward(options, settings.tokens_per_forward);
+  settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
 
   // Memory: the weights it loads, plus the activations of one forward pass of
   // tokens_per_forward tokens (hidden states, the MLP's inner layer, and attention
@@ -137,16 +129,12 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
 Family family() {
   // A JinaBert config says model_type "bert" (its remote code's convention): it
   // goes to the jinabert family. A classifier checkpoint reranks instead of embedding.
-  auto serves = [types = kit::serves_model_types(kModelTypes, "bert, roberta or xlm-roberta")](
+  auto serves = [types = kit::embeds_or_reranks(kit::serves_model_types(kModelTypes, "bert, roberta or xlm-roberta"))](
                     const loading::ModelConfig& config, const loading::ModelLayout& layout) {
     if (jinabert::is_jina_bert(config))
       return loading::FamilySupport::no(
           "a JinaBert config (ALiBi positions, or architectures naming JinaBert): the jinabert family's");
-    loading::FamilySupport s = types(config, layout);
-    if (s.supported)
-      s.capabilities = {is_sequence_classifier(config) ? capabilities::Reranking::kName
-                                                       : capabilities::TextEmbedding::kName};
-    return s;
+    return types(config, layout);
   };
   return Family{"bert", {capabilities::TextEmbedding::kName, capabilities::Reranking::kName}, serves, build,
                 {{"tokens_per_forward", OptionSpec::Kind::kInt,

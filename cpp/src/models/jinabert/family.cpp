@@ -41,11 +41,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   const at::ScalarType dtype = in.dtype;
   EmbedderSettings settings =
       embedder_settings(layout, config.hidden_size, static_cast<size_t>(config.max_tokens()), {PoolingMode::kMean});
-  const int64_t per_forward =
-      options.options.get_int("tokens_per_forward", static_cast<int64_t>(settings.tokens_per_forward));
-  check(per_forward >= 1 && per_forward <= 1 << 24, ErrorCode::kInvalidInput,
-        "option tokens_per_forward must be in [1, 16777216], got " + std::to_string(per_forward));
-  settings.tokens_per_forward = static_cast<size_t>(per_forward);
+  settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
 
   // Memory: the weights it loads, plus the activations of one forward pass of
   // tokens_per_forward tokens (hidden states, the feed-forward's inner layer, twice

@@ -62,19 +62,12 @@ double activation_bytes(const ModernBertConfig& config, double tokens, size_t ma
                                static_cast<double>(config.num_heads) * 4.0;
 }
 
-size_t tokens_per_forward(const NativeOptions& options, size_t fallback) {
-  const int64_t per_forward = options.options.get_int("tokens_per_forward", static_cast<int64_t>(fallback));
-  check(per_forward >= 1 && per_forward <= 1 << 24, ErrorCode::kInvalidInput,
-        "option tokens_per_forward must be in [1, 16777216], got " + std::to_string(per_forward));
-  return static_cast<size_t>(per_forward);
-}
-
 // A ModernBertForSequenceClassification checkpoint: a cross-encoder serving rerank.
 NativeModel build_reranker(const ModernBertConfig& config, const loading::ModelConfig& model_config,
                            const kit::BuildInputs& in, const NativeOptions& options) {
   CrossEncoderSettings settings =
       cross_encoder_settings(in.layout, model_config, static_cast<size_t>(config.max_position_embeddings));
-  settings.tokens_per_forward = tokens_per_forward(options, settings.tokens_per_forward);
+  settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
   const int64_t labels = settings.num_labels;
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
@@ -116,7 +109,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   const at::ScalarType dtype = in.dtype;
   EmbedderSettings settings = embedder_settings(layout, config.hidden_size,
                                                 static_cast<size_t>(config.max_position_embeddings), {PoolingMode::kMean});
-  settings.tokens_per_forward = tokens_per_forward(options, settings.tokens_per_forward);
+  settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
 
   // Memory: the weights it loads, plus the activations of one forward pass of
   // tokens_per_forward tokens: hidden states, q/k/v and the GeGLU's two halves,
@@ -155,16 +148,8 @@ LocalAttention parse_local_mode(const std::string& name) {
 }  // namespace
 
 Family family() {
-  // A classifier checkpoint reranks instead of embedding.
-  auto serves = [types = kit::serves_model_types(kModelTypes, "modernbert")](const loading::ModelConfig& config,
-                                                                             const loading::ModelLayout& layout) {
-    loading::FamilySupport s = types(config, layout);
-    if (s.supported)
-      s.capabilities = {is_sequence_classifier(config) ? capabilities::Reranking::kName
-                                                       : capabilities::TextEmbedding::kName};
-    return s;
-  };
-  return Family{"modernbert", {capabilities::TextEmbedding::kName, capabilities::Reranking::kName}, serves, build,
+  return Family{"modernbert", {capabilities::TextEmbedding::kName, capabilities::Reranking::kName},
+                kit::embeds_or_reranks(kit::serves_model_types(kModelTypes, "modernbert")), build,
                 {{"tokens_per_forward", OptionSpec::Kind::kInt,
                   "padded tokens per forward pass (default 16384): bounds activation memory"}}};
 }
