@@ -2,7 +2,7 @@
 // everything torch-free that reads it when a model is registered:
 //   parse_model_config (config.json's common fields), then each family's own
 //   reader, BertConfig::from, ModernBertConfig::from, DecoderConfig::from, ClipConfig::from,
-//   SiglipConfig::from, LlavaConfig::from and T5Config::from (the model_type
+//   SiglipConfig::from, LlavaConfig::from, NvEmbedConfig::from and T5Config::from (the model_type
 //   field picks which one accepts, as in production; all are tried on every
 //   input), the diffusers autoencoders' AutoencoderKLConfig::from and
 //   AutoencoderTinyConfig::from, the SD3 transformer's MMDiTConfig::from, the
@@ -36,6 +36,7 @@
 #include "models/jinabert/config.h"
 #include "models/llava/config.h"
 #include "models/modernbert/config.h"
+#include "models/nvembed/config.h"
 #include "models/sd3/config.h"
 #include "models/siglip/config.h"
 #include "models/t5/config.h"
@@ -183,6 +184,14 @@ void check_llava(const mpool::models::llava::LlavaConfig& c) {
   if (c.anyres) require(!c.grid_pinpoints.empty());
 }
 
+// What nvembed/nvembed.cpp and nvembed/family.cpp rely on.
+void check_nvembed(const mpool::models::nvembed::NvEmbedConfig& c) {
+  check_llama(c.text);
+  const auto& l = c.latent;
+  require(l.num_latents > 0 && l.latent_dim > 0 && l.heads > 0 && l.head_dim > 0 && l.ff_mult > 0);
+  require(l.hidden_dim == c.text.hidden_size && l.heads * l.head_dim <= loading::kMaxConfigDimension);
+}
+
 // What t5/t5.cpp and nn::T5RelativeBias (bidirectional buckets) rely on.
 void check_t5(const mpool::models::t5::T5Config& c) {
   require(c.vocab_size > 0 && c.d_model > 0 && c.d_kv > 0 && c.d_ff > 0 && c.num_heads > 0);
@@ -281,6 +290,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     expect_only_invalid_input([&] { check_clip(mpool::models::clip::ClipConfig::from(config)); });
     expect_only_invalid_input([&] { check_siglip(mpool::models::siglip::SiglipConfig::from(config)); });
     expect_only_invalid_input([&] { check_llava(mpool::models::llava::LlavaConfig::from(config)); });
+    expect_only_invalid_input([&] { check_nvembed(mpool::models::nvembed::NvEmbedConfig::from(config)); });
     expect_only_invalid_input([&] { check_t5(mpool::models::t5::T5Config::from(config)); });
     expect_only_invalid_input(
         [&] { check_autoencoder_kl(mpool::models::vae::AutoencoderKLConfig::from(config)); });

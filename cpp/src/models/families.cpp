@@ -92,7 +92,8 @@ void register_builtin_families() {
   std::call_once(once, [] {
     for (Family f :
          {bert::family(), decoder::family(), clip::family(), siglip::family(), llava::family(), sd3::family(),
-          modernbert::family(), flux::family(), jinabert::family()}) {
+          modernbert::family(), flux::family(), jinabert::family(),
+          nvembed::family()}) {
       loading::FamilyRegistry::global().add(loading::FamilyInfo{f.name, f.capabilities, f.supports, f.pipeline_classes});
       builders().by_name.emplace(f.name, std::move(f));
     }
@@ -112,6 +113,7 @@ void register_builtin_probes() {
     siglip::register_probes();
     llava::register_probes();
     sd3::register_probes();
+    nvembed::register_probes();
     t5::register_probes();
     vae::register_probes();
   });

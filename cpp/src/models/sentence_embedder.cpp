@@ -76,7 +76,7 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
   inputs.reserve(texts.size());
   for (size_t i = 0; i < texts.size(); ++i) {
     check(!texts[i].empty(), ErrorCode::kInvalidInput, "text #" + std::to_string(i) + " is empty");
-    inputs.push_back(prompt + texts[i]);
+    inputs.push_back(prompt + texts[i] + settings_.suffix);
   }
   // Tokenize without truncation, then cut to max_seq_length keeping the closing
   // special token(s), exactly as truncation before post-processing would.

@@ -65,7 +65,10 @@ Attention Attention::load(const Weights& w, const AttentionShape& shape, const A
   const int64_t q = s.heads * s.head_dim, kv = s.kv_heads * s.head_dim;
   if (a.cross_) {
     a.q_ = Linear::load(w, names.q, q, s.hidden, s.qkv_bias);
-    a.qkv_ = FusedLinear::load(w, "", {{names.k, kv}, {names.v, kv}}, s.kv_input, s.qkv_bias);
+    if (names.fused_kv.empty())
+      a.qkv_ = FusedLinear::load(w, "", {{names.k, kv}, {names.v, kv}}, s.kv_input, s.qkv_bias);
+    else
+      a.qkv_ = FusedLinear{Linear::load(w, names.fused_kv, 2 * kv, s.kv_input, s.qkv_bias), {kv, kv}};
   } else {
     a.qkv_ = FusedLinear::load(w, names.fused_qkv, {{names.q, q}, {names.k, kv}, {names.v, kv}}, s.hidden, s.qkv_bias);
   }

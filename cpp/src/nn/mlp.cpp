@@ -1,5 +1,7 @@
 #include "mpool/nn/mlp.h"
 
+#include "mpool/base/error.h"
+
 namespace mpool::nn {
 
 at::Tensor activate(Activation act, const at::Tensor& x) {
@@ -19,7 +21,11 @@ Mlp Mlp::load(const Weights& w, int64_t hidden, int64_t inner, Activation act, b
   m.act_ = act;
   m.gated_ = gated;
   m.inner_ = inner;
-  if (gated && names.gate.empty() && names.up.empty()) {
+  const bool fused_only = names.gate.empty() && names.up.empty();
+  check(!names.fused_up_first || (gated && fused_only), ErrorCode::kInvalidInput,
+        "Mlp: fused_up_first needs a gated input stored only fused (gate and up names empty)");
+  if (gated && fused_only) {
+    m.up_first_ = names.fused_up_first;
     m.in_ = Linear::load(w, names.fused_gate_up, 2 * inner, hidden, bias);
   } else if (gated) {
     m.in_ = FusedLinear::load(w, names.fused_gate_up, {{names.gate, inner}, {names.up, inner}}, hidden, bias).linear;
@@ -32,10 +38,20 @@ Mlp Mlp::load(const Weights& w, int64_t hidden, int64_t inner, Activation act, b
 
 at::Tensor Mlp::operator()(const at::Tensor& x) const {
   at::Tensor h = in_(x);
-  if (gated_) h = activate(act_, h.narrow(-1, 0, inner_)) * h.narrow(-1, inner_, inner_);
+  if (gated_)
+    h = activate(act_, h.narrow(-1, up_first_ ? inner_ : 0, inner_)) * h.narrow(-1, up_first_ ? 0 : inner_, inner_);
   else h = activate(act_, h);
   if (h.scalar_type() != down_.weight.scalar_type()) h = h.to(down_.weight.scalar_type());
   return down_(h);
+}
+
+Mlp geglu_feed_forward(const Weights& w, int64_t dim, int64_t mult) {
+  MlpNames names;
+  names.gate = names.up = "";
+  names.fused_gate_up = "net.0";
+  names.fused_up_first = true;
+  names.down = "net.2";
+  return Mlp::load(w, dim, mult * dim, Activation::kGelu, /*gated=*/true, /*bias=*/true, names);
 }
 
 }  // namespace mpool::nn

@@ -150,6 +150,13 @@ Family family();
 void register_probes();
 }  // namespace llava
 
+namespace nvembed {
+/// NV-Embed (NVEmbedModel: a bidirectional Mistral and a latent-attention pooler) as a text_embedding model.
+Family family();
+/// Its probes ("nvembed.forward").
+void register_probes();
+}  // namespace nvembed
+
 namespace sd3 {
 /// Stable Diffusion 3 / 3.5 (StableDiffusion3Pipeline folders) as a text_to_image model.
 Family family();

@@ -37,6 +37,9 @@ struct EmbedderSettings {
   size_t max_seq_length = 512;
   std::map<std::string, std::string> prompts;
   std::optional<std::string> default_prompt_name;
+  /// Appended to every text (after its prompt and the text): NV-Embed's encode
+  /// appends the tokenizer's eos_token.
+  std::string suffix;
   int64_t dimension = 0;
   size_t tokens_per_forward = 16384;  ///< padded tokens per forward pass (bounds activation memory)
   /// Pad every text to max_seq_length with this id, and feed the padding as

@@ -40,6 +40,9 @@ struct AttentionNames {
   std::string o = "o_proj";  ///< empty: no output projection (output() only merges the heads)
   std::string fused_qkv = "qkv_proj";  ///< one stored q/k/v tensor, when a checkpoint has it
   std::string q_norm = "q_norm", k_norm = "k_norm";
+  /// Cross-attention only: k and v stored as one tensor under this name (k rows
+  /// first, then v: NV-Embed's "to_kv"), required; empty: the k and v parts.
+  std::string fused_kv;
 };
 
 /// An attention block's sizes.

@@ -32,6 +32,9 @@ struct MlpNames {
   std::string fused_gate_up = "gate_up_proj";  ///< gated: one stored tensor (gate rows first), when present
   // Gated with gate and up both empty: only the fused tensor exists (JinaBert's
   // gated_layers), and an error names it.
+  /// With that fused-only form: the stored tensor holds the up rows first, then
+  /// the gate (GEGLU written as `x, gates = proj(x).chunk(2); x * gelu(gates)`).
+  bool fused_up_first = false;
 };
 
 /// A dense MLP: down(act(up(x))), or gated down(act(gate(x)) * up(x)) (SwiGLU
@@ -53,7 +56,13 @@ class Mlp final : public FeedForward {
   Linear down_;
   Activation act_ = Activation::kGelu;
   bool gated_ = false;
+  bool up_first_ = false;  // gated: in_'s output is [up, gate] instead of [gate, up]
   int64_t inner_ = 0;
 };
+
+/// The perceiver-style GEGLU feed-forward (lucidrains' FeedForward, NV-Embed's
+/// latent-attention block): net.0 (2 * mult * dim, dim) giving [x, gates],
+/// x * gelu(gates), net.2 (dim, mult * dim); both with biases.
+Mlp geglu_feed_forward(const Weights& w, int64_t dim, int64_t mult = 4);
 
 }  // namespace mpool::nn

@@ -96,7 +96,9 @@ at::Tensor Decoder::embed_tokens(const std::vector<int64_t>& ids) const {
   return at::embedding(embed_, at::tensor(ids, at::kLong).to(device_));
 }
 
-at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const at::Tensor& key_mask) const {
+at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const at::Tensor& key_mask,
+                        bool causal_run) const {
+  check(causal_run || !cache, ErrorCode::kInvalidInput, "a bidirectional run takes no cache");
   const int64_t b = x.size(0), n = x.size(1), total = start + n;
   auto [cos, sin] = rope_.tables(start, n);
   // Masks: only built when the plain causal case does not apply; one per window.
@@ -112,6 +114,8 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
   // else a built one (as {mask, causal}).
   auto mask_of = [&](int64_t window) -> std::pair<at::Tensor, bool> {
     if (cache && n == 1) return {at::Tensor(), false};
+    if (!causal_run)  // bidirectional: padding only, windows do not apply
+      return {key_mask.defined() ? nn::key_padding_mask(key_mask).view({b, 1, 1, total}) : at::Tensor(), false};
     const bool plain = window == 0 && (cache ? start == 0 : !key_mask.defined());
     return plain ? std::pair<at::Tensor, bool>{at::Tensor(), true} : std::pair{mask_for(window), false};
   };
@@ -181,10 +185,10 @@ at::Tensor Decoder::all_logits(const std::vector<int64_t>& ids) const {
   return logits(hidden.squeeze(0));
 }
 
-at::Tensor Decoder::hidden_states(const at::Tensor& ids, const at::Tensor& mask) const {
+at::Tensor Decoder::hidden_states(const at::Tensor& ids, const at::Tensor& mask, bool causal) const {
   c10::InferenceMode guard;
   const bool padded = mask.defined() && !mask.all().item<bool>();
-  return run(at::embedding(embed_, ids.to(device_)), 0, nullptr, padded ? mask.to(device_) : at::Tensor());
+  return run(at::embedding(embed_, ids.to(device_)), 0, nullptr, padded ? mask.to(device_) : at::Tensor(), causal);
 }
 
 }  // namespace mpool::models::decoder

@@ -49,8 +49,10 @@ class Decoder final : public CausalLM {
   /// Logits (n, vocab) float32 of every position of `ids` from an empty cache (probes).
   at::Tensor all_logits(const std::vector<int64_t>& ids) const;
   /// Last hidden state (b, t, hidden) after the final norm, for right-padded (b, t)
-  /// ids and 0/1 mask, without a cache (the embedding backbone).
-  at::Tensor hidden_states(const at::Tensor& ids, const at::Tensor& mask) const;
+  /// ids and 0/1 mask, without a cache (the embedding backbone). `causal` false:
+  /// every token sees every unpadded token and sliding windows do not apply (the
+  /// bidirectional run of decoder-based embedders such as NV-Embed).
+  at::Tensor hidden_states(const at::Tensor& ids, const at::Tensor& mask, bool causal = true) const;
 
   const DecoderConfig& config() const noexcept { return config_; }
   /// Layer `layer`'s feed-forward block (a dense MLP or an nn::MoeFeedForward).
@@ -76,7 +78,9 @@ class Decoder final : public CausalLM {
   };
   // Runs the layers on x (b, n, hidden) at positions [start, start + n); keys and
   // values go to `cache` when given; `key_mask` (b, t) marks padding otherwise.
-  at::Tensor run(at::Tensor x, int64_t start, nn::KvCache* cache, const at::Tensor& key_mask) const;
+  // `causal` false (no cache): full attention over the unpadded keys.
+  at::Tensor run(at::Tensor x, int64_t start, nn::KvCache* cache, const at::Tensor& key_mask,
+                 bool causal = true) const;
   at::Tensor logits(const at::Tensor& hidden) const;
 
   DecoderConfig config_;
