@@ -122,7 +122,9 @@ def test_inspect_says_why_no_registered_family_supports_the_model_type(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
     report = mpool.inspect(tmp_path)
     assert report["supported_by"] == [] and report["capabilities"] == []
-    assert [f["name"] for f in report["families"]] == ["bert", "llama", "clip", "siglip", "llava", "sd3", "flux", "jinabert"]
+    assert [f["name"] for f in report["families"]] == [
+        "bert", "llama", "clip", "siglip", "llava", "sd3", "modernbert", "flux", "jinabert", "jinav3"
+    ]
     assert report["support"] == (
         'no registered family supports model_type "gpt_neox": '
         "bert: model_type 'gpt_neox' is not bert, roberta or xlm-roberta; "
@@ -133,8 +135,10 @@ def test_inspect_says_why_no_registered_family_supports_the_model_type(tmp_path)
         "llava: model_type 'gpt_neox' is not llava or llava_next; "
         "sd3: sd3 builds diffusers StableDiffusion3Pipeline folders (model_index.json) and SD3 single "
         ".safetensors files; "
+        "modernbert: model_type 'gpt_neox' is not modernbert; "
         "flux: flux builds diffusers FluxPipeline folders (model_index.json) and FLUX.1 single .safetensors files; "
-        "jinabert: model_type 'gpt_neox' is not bert or jina_bert"
+        "jinabert: model_type 'gpt_neox' is not bert or jina_bert; "
+        "jinav3: model_type 'gpt_neox' is not jina_embeddings_v3"
     )
 
 
