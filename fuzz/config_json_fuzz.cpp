@@ -34,6 +34,7 @@
 #include "models/decoder/config.h"
 #include "models/flux/config.h"
 #include "models/jinabert/config.h"
+#include "models/jinav3/config.h"
 #include "models/llava/config.h"
 #include "models/modernbert/config.h"
 #include "models/nvembed/config.h"
@@ -91,6 +92,16 @@ void check_jinabert(const mpool::models::jinabert::JinaBertConfig& j) {
   require(j.vocab_size > 0 && j.hidden_size > 0 && j.num_layers > 0 && j.num_heads > 0);
   require(j.intermediate_size > 0 && j.max_tokens() > 0);
   require(j.hidden_size % j.num_heads == 0);
+  require(j.type_vocab_size >= 0 && j.layer_norm_eps > 0);
+}
+
+// What jinav3/jinav3.cpp and jinav3/family.cpp rely on.
+void check_jinav3(const mpool::models::jinav3::JinaV3Config& j) {
+  require(j.vocab_size > 0 && j.hidden_size > 0 && j.num_layers > 0 && j.num_heads > 0);
+  require(j.intermediate_size > 0 && j.max_tokens() > 0);
+  require(j.head_dim > 0 && j.head_dim * j.num_heads == j.hidden_size);
+  require(j.rope.type == "default" && j.rope.rotary_dim == j.head_dim && std::isfinite(j.rope.theta) &&
+          j.rope.theta > 0);
   require(j.type_vocab_size >= 0 && j.layer_norm_eps > 0);
 }
 
@@ -286,6 +297,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     expect_only_invalid_input([&] { check_modernbert(mpool::models::modernbert::ModernBertConfig::from(config)); });
     expect_only_invalid_input([&] { check_jinabert(mpool::models::jinabert::JinaBertConfig::from(config)); });
     expect_only_invalid_input([&] { (void)mpool::models::jinabert::is_jina_bert(config); });
+    expect_only_invalid_input([&] { check_jinav3(mpool::models::jinav3::JinaV3Config::from(config)); });
+    expect_only_invalid_input([&] { (void)mpool::models::jinav3::is_remote_code_layout(config); });
     expect_only_invalid_input([&] { check_llama(mpool::models::decoder::DecoderConfig::from(config)); });
     expect_only_invalid_input([&] { check_clip(mpool::models::clip::ClipConfig::from(config)); });
     expect_only_invalid_input([&] { check_siglip(mpool::models::siglip::SiglipConfig::from(config)); });

@@ -123,7 +123,7 @@ def test_inspect_says_why_no_registered_family_supports_the_model_type(tmp_path)
     report = mpool.inspect(tmp_path)
     assert report["supported_by"] == [] and report["capabilities"] == []
     assert [f["name"] for f in report["families"]] == [
-        "bert", "llama", "clip", "siglip", "llava", "sd3", "modernbert", "flux", "jinabert", "nvembed"
+        "bert", "llama", "clip", "siglip", "llava", "sd3", "modernbert", "flux", "jinabert", "nvembed", "jinav3"
     ]
     assert report["support"] == (
         'no registered family supports model_type "gpt_neox": '
@@ -138,7 +138,8 @@ def test_inspect_says_why_no_registered_family_supports_the_model_type(tmp_path)
         "modernbert: model_type 'gpt_neox' is not modernbert; "
         "flux: flux builds diffusers FluxPipeline folders (model_index.json) and FLUX.1 single .safetensors files; "
         "jinabert: model_type 'gpt_neox' is not bert or jina_bert; "
-        "nvembed: model_type 'gpt_neox' is not nvembed"
+        "nvembed: model_type 'gpt_neox' is not nvembed; "
+        "jinav3: model_type 'gpt_neox' is not jina_embeddings_v3"
     )
 
 

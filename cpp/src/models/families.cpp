@@ -92,8 +92,7 @@ void register_builtin_families() {
   std::call_once(once, [] {
     for (Family f :
          {bert::family(), decoder::family(), clip::family(), siglip::family(), llava::family(), sd3::family(),
-          modernbert::family(), flux::family(), jinabert::family(),
-          nvembed::family()}) {
+          modernbert::family(), flux::family(), jinabert::family(), nvembed::family(), jinav3::family()}) {
       loading::FamilyRegistry::global().add(loading::FamilyInfo{f.name, f.capabilities, f.supports, f.pipeline_classes});
       builders().by_name.emplace(f.name, std::move(f));
     }
@@ -109,6 +108,7 @@ void register_builtin_probes() {
     decoder::register_probes();
     flux::register_probes();
     jinabert::register_probes();
+    jinav3::register_probes();
     clip::register_probes();
     siglip::register_probes();
     llava::register_probes();

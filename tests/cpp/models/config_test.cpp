@@ -16,6 +16,7 @@
 #include "models/decoder/config.h"
 #include "models/flux/config.h"
 #include "models/jinabert/config.h"
+#include "models/jinav3/config.h"
 #include "models/llava/config.h"
 #include "models/siglip/config.h"
 #include "models/vae/config.h"
@@ -133,6 +134,41 @@ TEST(FamilyConfigs, JinaBertIsRecognizedAsTheHubWritesIt) {
       "\"feed_forward_type\" is 'swiglu'");
   expect_invalid([&] { jinabert::is_jina_bert(config("{" + bert + R"(, "position_embedding_type": 3})")); },
                  "position_embedding_type");
+}
+
+TEST(FamilyConfigs, JinaV3ReadsRopeBaseAndTaskInstructions) {
+  std::string v3 = kRoberta;
+  v3.replace(v3.find("roberta"), 7, "jina_embeddings_v3");
+  const std::string base = "{" + v3 + R"(, "max_position_embeddings": 8194)";
+  // No rope_parameters: JinaEmbeddingsV3Config's default base, 20000.
+  const auto plain = jinav3::JinaV3Config::from(config(base + "}"));
+  EXPECT_DOUBLE_EQ(plain.rope.theta, 20000.0);
+  EXPECT_EQ(plain.rope.rotary_dim, 8);
+  EXPECT_EQ(plain.type_vocab_size, 1);
+  EXPECT_DOUBLE_EQ(plain.layer_norm_eps, 1e-5);
+  EXPECT_TRUE(plain.task_instructions.empty());
+  const auto j = jinav3::JinaV3Config::from(config(base + R"(, "rope_parameters": {"rope_type": "default",
+      "rope_theta": 500.0}, "task_instructions": {"retrieval.query": "Q: ", "separation": ""}})"));
+  EXPECT_DOUBLE_EQ(j.rope.theta, 500.0);
+  ASSERT_EQ(j.task_instructions.size(), 2u);
+  EXPECT_EQ(j.task_instructions.at("retrieval.query"), "Q: ");
+  expect_invalid([&] { jinav3::JinaV3Config::from(config(base + R"(, "task_instructions": {"a": 1}})")); },
+                 "\"task_instructions\".a must be a string");
+  expect_invalid([&] { jinav3::JinaV3Config::from(config(base + R"(, "partial_rotary_factor": 0.5})")); },
+                 "\"partial_rotary_factor\" must be 1");
+  expect_invalid(
+      [&] {
+        jinav3::JinaV3Config::from(config(base + R"(, "rope_parameters": {"rope_type": "linear", "factor": 2.0}})"));
+      },
+      "rope_type 'linear'");
+  // The hub's remote-code layout is recognized, and the bert family's reader is not its.
+  std::string xlmr = kRoberta;
+  xlmr.replace(xlmr.find("roberta"), 7, "xlm-roberta");
+  EXPECT_TRUE(jinav3::is_remote_code_layout(
+      config("{" + xlmr + R"(, "position_embedding_type": "rotary", "rotary_emb_base": 20000.0})")));
+  EXPECT_FALSE(jinav3::is_remote_code_layout(config("{" + xlmr + "}")));
+  EXPECT_FALSE(jinav3::is_remote_code_layout(config(base + "}")));
+  expect_invalid([&] { jinav3::JinaV3Config::from(config("{" + xlmr + "}")); }, "jina_embeddings_v3");
 }
 
 TEST(FamilyConfigs, RopeScalingBounds) {

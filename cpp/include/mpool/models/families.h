@@ -111,6 +111,12 @@ Family family();
 /// Its probes ("jinabert.last_hidden_state").
 void register_probes();
 }  // namespace jinabert
+namespace jinav3 {
+/// The jina-embeddings-v3 encoder family (JinaEmbeddingsV3Model: rotary XLM-R) as a text_embedding model.
+Family family();
+/// Its probes ("jinav3.last_hidden_state").
+void register_probes();
+}  // namespace jinav3
 
 namespace clip {
 /// The CLIP family (CLIPModel) as an image_embedding and text_embedding model.

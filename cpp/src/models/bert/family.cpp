@@ -9,6 +9,7 @@
 
 #include "models/bert/bert.h"
 #include "models/jinabert/config.h"
+#include "models/jinav3/config.h"
 #include "mpool/base/error.h"
 #include "mpool/models/cross_encoder.h"
 #include "mpool/models/families.h"
@@ -134,6 +135,9 @@ Family family() {
     if (jinabert::is_jina_bert(config))
       return loading::FamilySupport::no(
           "a JinaBert config (ALiBi positions, or architectures naming JinaBert): the jinabert family's");
+    if (jinav3::is_remote_code_layout(config))
+      return loading::FamilySupport::no(
+          "an xlm-roberta config with rotary positions is jina-embeddings-v3, not a plain XLM-R (see jinav3)");
     return types(config, layout);
   };
   return Family{"bert", {capabilities::TextEmbedding::kName, capabilities::Reranking::kName}, serves, build,

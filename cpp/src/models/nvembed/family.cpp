@@ -64,11 +64,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   settings.normalize = settings.normalize || config.latent.output_normalize;  // or a 2_Normalize module
   settings.dimension = config.latent.hidden_dim;
   settings.suffix = eos_token(layout.tokenizer_dir);
-  const int64_t per_forward =
-      options.options.get_int("tokens_per_forward", static_cast<int64_t>(settings.tokens_per_forward));
-  check(per_forward >= 1 && per_forward <= 1 << 24, ErrorCode::kInvalidInput,
-        "option tokens_per_forward must be in [1, 16777216], got " + std::to_string(per_forward));
-  settings.tokens_per_forward = static_cast<size_t>(per_forward);
+  settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
 
   NativeModel model;
   model.warnings = in.warnings;

@@ -1,0 +1,109 @@
+// The jinav3 family (jina-embeddings-v3) as a pool model: serves the directories
+// transformers saves for JinaEmbeddingsV3Model (model_type jina_embeddings_v3) as
+// text_embedding specs whose replicas run the encoder under the kit's
+// SentenceEmbedder, mean-pooled unless the sentence-transformers files say
+// otherwise. Tasks (embed(task=...)) are the sentence-transformers prompts when the
+// directory has them, else config.json's "task_instructions". The hub's
+// remote-code layout (XLMRobertaFlashConfig: model_type xlm-roberta, rotary
+// positions, LoRA task adapters) is recognized and refused with the reason.
+#include <filesystem>
+
+#include <c10/core/InferenceMode.h>
+
+#include "models/jinav3/jinav3.h"
+#include "mpool/base/error.h"
+#include "mpool/models/families.h"
+#include "mpool/models/kit.h"
+#include "mpool/models/sentence_embedder.h"
+#include "mpool/nn/probe.h"
+
+namespace mpool::models::jinav3 {
+namespace {
+
+namespace fs = std::filesystem;
+
+class JinaV3Backbone final : public Backbone {
+ public:
+  JinaV3Backbone(JinaV3Encoder encoder, at::Device device) : encoder_(std::move(encoder)), device_(device) {}
+  at::Tensor forward(const at::Tensor& ids, const at::Tensor& types, const at::Tensor& mask) const override {
+    return encoder_.forward(ids, types, mask);
+  }
+  at::Device device() const override { return device_; }
+
+ private:
+  JinaV3Encoder encoder_;
+  at::Device device_;
+};
+
+NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
+                  const NativeOptions& options) {
+  const JinaV3Config config = JinaV3Config::from(model_config);
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "jina-embeddings-v3");
+  const loading::ModelLayout& layout = in.layout;
+  const fs::path tokenizer_file = in.tokenizer_file;
+  const at::ScalarType dtype = in.dtype;
+  EmbedderSettings settings =
+      embedder_settings(layout, config.hidden_size, static_cast<size_t>(config.max_tokens()), {PoolingMode::kMean});
+  // The sentence-transformers prompts win; without them, the config's task
+  // instructions are the tasks (the same names and texts in jina's own files).
+  if (settings.prompts.empty())
+    settings.prompts.insert(config.task_instructions.begin(), config.task_instructions.end());
+  settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
+
+  // Memory: the weights it loads, plus the activations of one forward pass of
+  // tokens_per_forward tokens (hidden states, the MLP's inner layer, and attention
+  // scores).
+  NativeModel model;
+  const double weight_bytes = kit::measure_weights(
+      in.checkpoint, dtype, [&](const nn::Weights& w) { JinaV3Encoder(config, w); }, model.warnings);
+  const double tokens = static_cast<double>(settings.tokens_per_forward);
+  const double act_bytes = tokens * static_cast<double>(config.intermediate_size + 6 * config.hidden_size) * 4.0 +
+                           tokens * static_cast<double>(std::min<size_t>(settings.max_seq_length, 8192)) *
+                               static_cast<double>(config.num_heads) * 4.0;
+
+  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
+  core::ModelSpec& spec = model.spec;
+  spec.capabilities = {capabilities::TextEmbedding::kName};
+  spec.memory_mb = kit::replica_memory_mb(weight_bytes, act_bytes);
+  spec.devices = options.devices;
+  spec.batch_budget = settings.tokens_per_forward;
+  const fs::path model_dir = layout.model_dir;
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype](const std::string& device) {
+    const at::Device dev(device);
+    JinaV3Encoder encoder(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev));
+    return std::make_shared<SentenceEmbedder>(std::make_unique<JinaV3Backbone>(std::move(encoder), dev),
+                                              kit::open_tokenizer(tokenizer_file), settings);
+  };
+  return model;
+}
+
+}  // namespace
+
+Family family() {
+  auto serves = [types = kit::serves_model_types(kModelTypes, "jina_embeddings_v3")](
+                    const loading::ModelConfig& c, const loading::ModelLayout& layout) {
+    if (is_remote_code_layout(c))
+      return loading::FamilySupport::no(
+          "model_type 'xlm-roberta' with \"position_embedding_type\": \"rotary\" is jina-embeddings-v3's remote-code "
+          "layout (XLMRobertaFlashConfig, LoRA task adapters under roberta.*.parametrizations), which is not served "
+          "natively; the jina_embeddings_v3 directories transformers saves are");
+    return types(c, layout);
+  };
+  return Family{"jinav3", {capabilities::TextEmbedding::kName}, serves, build,
+                {{"tokens_per_forward", OptionSpec::Kind::kInt,
+                  "padded tokens per forward pass (default 16384): bounds activation memory"}}};
+}
+
+void register_probes() {
+  // The encoder's last hidden state for given inputs.
+  nn::register_probe("jinav3.last_hidden_state", [](const nn::ProbeInput& in) {
+    const kit::ProbedModel m = kit::open_probed_model(in);
+    const JinaV3Encoder encoder(JinaV3Config::from(m.config), m.weights);
+    c10::InferenceMode inference;
+    return nn::ProbeOutput{{"last_hidden_state", encoder.forward(in.tensor("input_ids").to(at::kLong),
+                                                                 in.tensor("token_type_ids").to(at::kLong),
+                                                                 in.tensor("attention_mask").to(at::kLong))}};
+  });
+}
+
+}  // namespace mpool::models::jinav3
