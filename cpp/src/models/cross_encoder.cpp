@@ -119,17 +119,16 @@ at::Tensor CrossEncoder::score(const std::vector<capabilities::TextPair>& pairs,
           "pair #" + std::to_string(i) + " has " + std::to_string(enc[i].size()) + " tokens; the model takes at most " +
               std::to_string(limit) + " (pass truncate=True to cut it)");
 
-  // Shortest first, so each forward pass pads little.
+  // Shortest first, split where padding would cost more than another pass.
   std::vector<size_t> order(enc.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return enc[a].size() < enc[b].size(); });
   at::Tensor out = at::empty({static_cast<int64_t>(enc.size()), settings_.num_labels}, at::kFloat);
   c10::InferenceMode inference;
-  size_t start = 0;
-  while (start < order.size()) {
+  std::vector<size_t> widths(order.size());
+  for (size_t i = 0; i < order.size(); ++i) widths[i] = enc[order[i]].size();
+  for (const auto& [start, end] : plan_forward_passes(widths, settings_.tokens_per_forward)) {
     ctx.throw_if_stopped();
-    size_t end = start + 1;
-    while (end < order.size() && (end - start + 1) * enc[order[end]].size() <= settings_.tokens_per_forward) ++end;
     const int64_t rows = static_cast<int64_t>(end - start);
     const int64_t width = static_cast<int64_t>(enc[order[end - 1]].size());
     at::Tensor ids = at::zeros({rows, width}, at::kLong), types = at::zeros({rows, width}, at::kLong),
@@ -161,7 +160,6 @@ at::Tensor CrossEncoder::score(const std::vector<capabilities::TextPair>& pairs,
     for (int64_t r = 0; r < rows; ++r)
       std::copy(src + r * settings_.num_labels, src + (r + 1) * settings_.num_labels,
                 dst + static_cast<int64_t>(order[start + static_cast<size_t>(r)]) * settings_.num_labels);
-    start = end;
   }
   return out;
 }

@@ -10,6 +10,32 @@
 
 namespace mpool::models {
 
+std::vector<std::pair<size_t, size_t>> plan_forward_passes(const std::vector<size_t>& widths, size_t budget,
+                                                           size_t pass_cost) {
+  const size_t n = widths.size();
+  // best[i]: the least cost of running the first i inputs; from[i]: where its last pass starts.
+  std::vector<double> best(n + 1, 0.0);
+  std::vector<size_t> from(n + 1, 0);
+  for (size_t i = 1; i <= n; ++i) {
+    const double width = static_cast<double>(widths[i - 1]);  // the widest of any pass ending at i
+    best[i] = best[i - 1] + width + static_cast<double>(pass_cost);
+    from[i] = i - 1;
+    for (size_t j = i - 1; j-- > 0;) {
+      const double rows = static_cast<double>(i - j);
+      if (rows * width > static_cast<double>(budget)) break;
+      const double cost = best[j] + rows * width + static_cast<double>(pass_cost);
+      if (cost < best[i]) {
+        best[i] = cost;
+        from[i] = j;
+      }
+    }
+  }
+  std::vector<std::pair<size_t, size_t>> passes;
+  for (size_t i = n; i > 0; i = from[i]) passes.emplace_back(from[i], i);
+  std::reverse(passes.begin(), passes.end());
+  return passes;
+}
+
 size_t sequence_limit(const loading::ModelLayout& layout, size_t max_positions) {
   size_t limit = max_positions;
   if (auto tc = loading::load_tokenizer_config(layout.tokenizer_dir); tc && tc->model_max_length)
@@ -103,20 +129,17 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
   size_t prompt_tokens = 0;  // [CLS] + prompt tokens, masked out of pooling when include_prompt is false
   if (!prompt.empty() && !settings_.include_prompt) prompt_tokens = full_->encode(prompt).size() - 1;
 
-  // Shortest first, so each forward pass pads little.
+  // Shortest first, split where padding would cost more than another pass.
   std::vector<size_t> order(enc.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return enc[a].size() < enc[b].size(); });
   at::Tensor out = at::empty({static_cast<int64_t>(enc.size()), settings_.dimension}, at::kFloat);
   c10::InferenceMode inference;
-  size_t start = 0;
-  while (start < order.size()) {
+  std::vector<size_t> widths(order.size());
+  for (size_t i = 0; i < order.size(); ++i)
+    widths[i] = settings_.pad_to_max_length_with ? settings_.max_seq_length : enc[order[i]].size();
+  for (const auto& [start, end] : plan_forward_passes(widths, settings_.tokens_per_forward)) {
     ctx.throw_if_stopped();
-    size_t end = start + 1;
-    auto width_of = [&](size_t i) {
-      return settings_.pad_to_max_length_with ? settings_.max_seq_length : enc[order[i]].size();
-    };
-    while (end < order.size() && (end - start + 1) * width_of(end) <= settings_.tokens_per_forward) ++end;
     const int64_t rows = static_cast<int64_t>(end - start);
     const std::optional<int64_t> pad = settings_.pad_to_max_length_with;
     const int64_t width =
@@ -141,7 +164,6 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
     if (options.normalize.value_or(settings_.normalize)) pooled = pooled / pooled.norm(2, -1, true).clamp_min(1e-12);
     pooled = pooled.to(at::kCPU, at::kFloat);
     for (int64_t r = 0; r < rows; ++r) out[static_cast<int64_t>(order[start + r])].copy_(pooled[r]);
-    start = end;
   }
   return out;
 }

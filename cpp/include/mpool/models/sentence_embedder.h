@@ -49,6 +49,15 @@ struct EmbedderSettings {
   std::vector<int64_t> matryoshka_dimensions;
 };
 
+/// How inputs sorted by length (`widths`, ascending: each input's padded width)
+/// split into forward passes: [begin, end) ranges in order. Each pass pads its
+/// rows to its widest and holds at most `budget` padded tokens (a wider input
+/// than the budget runs alone). The split minimizes padded tokens plus a fixed
+/// cost per pass (`pass_cost`, in tokens: the per-call overhead), so a batch of
+/// short texts never pads to one long one just because the budget allows it.
+std::vector<std::pair<size_t, size_t>> plan_forward_passes(const std::vector<size_t>& widths, size_t budget,
+                                                           size_t pass_cost = 64);
+
 /// The longest input, in tokens, of a model with `max_positions` positions: also
 /// bounded by tokenizer_config.json's model_max_length and the
 /// sentence-transformers max_seq_length when the directory has them.
