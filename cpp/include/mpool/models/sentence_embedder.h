@@ -28,6 +28,22 @@ class Backbone {
   virtual at::Device device() const = 0;
 };
 
+/// The Backbone of an encoder whose forward(ids, type_ids, mask) returns the last
+/// hidden state (the BERT-style families).
+template <class Encoder>
+class EncoderBackbone final : public Backbone {
+ public:
+  EncoderBackbone(Encoder encoder, at::Device device) : encoder_(std::move(encoder)), device_(device) {}
+  at::Tensor forward(const at::Tensor& ids, const at::Tensor& types, const at::Tensor& mask) const override {
+    return encoder_.forward(ids, types, mask);
+  }
+  at::Device device() const override { return device_; }
+
+ private:
+  Encoder encoder_;
+  at::Device device_;
+};
+
 /// How a model turns hidden states into sentence embeddings (from the
 /// sentence-transformers layout, or family defaults).
 struct EmbedderSettings {

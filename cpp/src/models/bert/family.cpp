@@ -22,19 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class BertBackbone final : public Backbone {
- public:
-  BertBackbone(BertEncoder encoder, at::Device device) : encoder_(std::move(encoder)), device_(device) {}
-  at::Tensor forward(const at::Tensor& ids, const at::Tensor& types, const at::Tensor& mask) const override {
-    return encoder_.forward(ids, types, mask);
-  }
-  at::Device device() const override { return device_; }
-
- private:
-  BertEncoder encoder_;
-  at::Device device_;
-};
-
 class BertScorer final : public Scorer {
  public:
   BertScorer(BertEncoder encoder, BertClassifier head, at::Device device)
@@ -119,7 +106,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.loader = [model_dir, tokenizer_file, config, settings, dtype](const std::string& device) {
     const at::Device dev(device);
     BertEncoder encoder(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev));
-    return std::make_shared<SentenceEmbedder>(std::make_unique<BertBackbone>(std::move(encoder), dev),
+    return std::make_shared<SentenceEmbedder>(std::make_unique<EncoderBackbone<BertEncoder>>(std::move(encoder), dev),
                                               kit::open_tokenizer(tokenizer_file), settings);
   };
   return model;

@@ -19,19 +19,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class JinaBertBackbone final : public Backbone {
- public:
-  JinaBertBackbone(JinaBertEncoder encoder, at::Device device) : encoder_(std::move(encoder)), device_(device) {}
-  at::Tensor forward(const at::Tensor& ids, const at::Tensor& types, const at::Tensor& mask) const override {
-    return encoder_.forward(ids, types, mask);
-  }
-  at::Device device() const override { return device_; }
-
- private:
-  JinaBertEncoder encoder_;
-  at::Device device_;
-};
-
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const JinaBertConfig config = JinaBertConfig::from(model_config);
@@ -66,7 +53,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.loader = [model_dir, tokenizer_file, config, settings, dtype](const std::string& device) {
     const at::Device dev(device);
     JinaBertEncoder encoder(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev));
-    return std::make_shared<SentenceEmbedder>(std::make_unique<JinaBertBackbone>(std::move(encoder), dev),
+    return std::make_shared<SentenceEmbedder>(std::make_unique<EncoderBackbone<JinaBertEncoder>>(std::move(encoder), dev),
                                               kit::open_tokenizer(tokenizer_file), settings);
   };
   return model;

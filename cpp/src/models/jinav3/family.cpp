@@ -22,19 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class JinaV3Backbone final : public Backbone {
- public:
-  JinaV3Backbone(JinaV3Encoder encoder, at::Device device) : encoder_(std::move(encoder)), device_(device) {}
-  at::Tensor forward(const at::Tensor& ids, const at::Tensor& types, const at::Tensor& mask) const override {
-    return encoder_.forward(ids, types, mask);
-  }
-  at::Device device() const override { return device_; }
-
- private:
-  JinaV3Encoder encoder_;
-  at::Device device_;
-};
-
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const JinaV3Config config = JinaV3Config::from(model_config);
@@ -71,7 +58,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.loader = [model_dir, tokenizer_file, config, settings, dtype](const std::string& device) {
     const at::Device dev(device);
     JinaV3Encoder encoder(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev));
-    return std::make_shared<SentenceEmbedder>(std::make_unique<JinaV3Backbone>(std::move(encoder), dev),
+    return std::make_shared<SentenceEmbedder>(std::make_unique<EncoderBackbone<JinaV3Encoder>>(std::move(encoder), dev),
                                               kit::open_tokenizer(tokenizer_file), settings);
   };
   return model;
