@@ -356,16 +356,7 @@ bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int cou
   // Nothing fits: evict idle, unpinned memory (least recently used first) until one replica does.
   // A model whose requests have all settled but whose replica is still in a job
   // (finishing the instant after it delivered, or running for a caller that gave
-  // up) is not idle; it becomes evictable when the job returns.
-  auto finishing = [&](const std::string& device) {
-    for (auto& [k, m] : models_) {
-      if (m == model || m->pinned || m->starting || m->metrics->in_flight.load() != 0 || m->count(kBusy) == 0)
-        continue;
-      for (auto& r : m->replicas)
-        if (r->device == device && r->state.load() != kDead) return true;
-    }
-    return false;
-  };
+  // up) is not idle; it becomes evictable when the job returns, so we wait for it.
   for (auto& device : model->spec.devices) {
     if (!governor_->has_device(device)) continue;
     while (true) {
@@ -374,8 +365,9 @@ bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int cou
         return true;
       }
       out_of_time();
-      if (!evict_one_locked(lock, device, model.get(), deadline)) {
-        if (!finishing(device)) break;
+      bool finishing = false;
+      if (!evict_one_locked(lock, device, model.get(), deadline, &finishing)) {
+        if (!finishing) break;
         // Wait (lock released, within the deadline) for its job to return.
         exit_cv_.wait_until(lock, std::min(deadline, Clock::now() + std::chrono::milliseconds(50)));
         reap_locked();
@@ -457,26 +449,36 @@ bool Pool::wait_exits(Lock& lock, Clock::time_point until, Pred pred) {
   return wait_until_sliced(exit_cv_, lock, until, pred);
 }
 
-bool Pool::evict_one_locked(Lock& lock, const std::string& device, const Model* protect, Clock::time_point deadline) {
+bool Pool::evict_one_locked(Lock& lock, const std::string& device, const Model* protect, Clock::time_point deadline,
+                            bool* finishing) {
   // Idle extra replicas go first, then whole idle models; least recently used first.
-  std::shared_ptr<Model> victim;
-  int count = 0;
-  for (int pass = 0; pass < 2 && !victim; ++pass) {
-    for (auto& [key, m] : models_) {
-      if (m.get() == protect || m->pinned || m->starting || !m->idle()) continue;
-      int serving = m->serving();
-      bool on_device = std::any_of(m->replicas.begin(), m->replicas.end(), [&](auto& r) {
-        return r->device == device && r->state.load() != kDead;
-      });
-      if (!on_device) continue;
-      if (pass == 0 && serving <= 1) continue;
-      if (pass == 1 && serving < 1) continue;
-      if (!victim || m->last_used_ns.load() < victim->last_used_ns.load()) {
-        victim = m;
-        count = pass == 0 ? 1 : serving;
-      }
+  // Each model is read once: a replica may turn idle at any moment (it does not
+  // take mu_), and two readings that disagree would evict a whole model whose
+  // extra replica was the right victim, or find nothing to evict and nothing finishing.
+  std::shared_ptr<Model> extra, whole;  // the LRU model with an extra replica; with any
+  int whole_serving = 0;
+  for (auto& [key, m] : models_) {
+    if (m.get() == protect || m->pinned || m->starting) continue;
+    bool on_device = std::any_of(m->replicas.begin(), m->replicas.end(), [&](auto& r) {
+      return r->device == device && r->state.load() != kDead;
+    });
+    if (!on_device || m->metrics->in_flight.load() != 0) continue;  // busy: never evicted
+    if (m->count(kBusy) != 0) {  // settled, but a replica is still in its job
+      if (finishing) *finishing = true;
+      continue;
+    }
+    int serving = m->serving();
+    auto older = [&](const std::shared_ptr<Model>& than) {
+      return !than || m->last_used_ns.load() < than->last_used_ns.load();
+    };
+    if (serving > 1 && older(extra)) extra = m;
+    if (serving >= 1 && older(whole)) {
+      whole = m;
+      whole_serving = serving;
     }
   }
+  std::shared_ptr<Model> victim = extra ? extra : whole;
+  int count = extra ? 1 : whole_serving;
   if (!victim) return false;
   int target = victim->dead + count;
   retire_locked(*victim, count);

@@ -130,7 +130,11 @@ class Pool {
   bool spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int count, bool allow_evict,
                     Clock::time_point deadline);
   void spawn_replica_locked(const std::shared_ptr<Model>& model, Reservation reservation);
-  bool evict_one_locked(Lock& lock, const std::string& device, const Model* protect, Clock::time_point deadline);
+  // Evicts one idle victim on `device` (waiting, lock released, until its memory is
+  // back). False when none is idle; `finishing` is then set if a model with no
+  // request in flight still has a replica in a job (it will be idle soon).
+  bool evict_one_locked(Lock& lock, const std::string& device, const Model* protect, Clock::time_point deadline,
+                        bool* finishing = nullptr);
   void retire_locked(Model& model, int count);
   void reap_locked();
   void join_exited();
