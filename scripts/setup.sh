@@ -50,7 +50,7 @@ pipi "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "pillow>=9" "jinja
 if [[ $WITH_TESTS == 1 ]]; then
   log "installing test dependencies"
   pipi "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" "nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6" \
-       "transformers>=4.45" "diffusers>=0.30" "tokenizers>=0.20" "safetensors>=0.4" "sentencepiece>=0.2" "tiktoken>=0.7" "torch==$TORCH_VERSION"
+       "transformers>=4.45" "diffusers>=0.30" "tokenizers>=0.20" "safetensors>=0.4" "sentencepiece>=0.2" "tiktoken>=0.7" "peft>=0.13" "torch==$TORCH_VERSION"
 fi
 
 # --- Build and install mpool (incremental: build/ keeps the CMake tree). ------

@@ -309,7 +309,9 @@ class Pool:
     ) -> np.ndarray:
         """Embeds texts: float32 array (n, d).
 
-        ``task`` picks the model's prompt (e.g. "query"). Texts longer than the model's
+        ``task`` picks the model's prompt (e.g. "query") and, where the model has a
+        LoRA adapter of that name stored beside it (jina-embeddings-v3's task
+        adapters), runs with that adapter. Texts longer than the model's
         limit are truncated, or raise InvalidInput with ``truncate=False``.
         ``normalize``: True gives unit-length rows, False the model's raw output (a
         CLIP or SigLIP projection), None the model's default (CLIP and SigLIP

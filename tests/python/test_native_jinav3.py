@@ -4,10 +4,11 @@ The oracle is transformers' own ``JinaEmbeddingsV3Model`` (5.x), built here with
 tiny random weights and saved as transformers saves it (model_type
 "jina_embeddings_v3"; save_pretrained writes jina's own tensor names, emb_ln and
 encoder.layers.N.mixer.Wqkv / out_proj / norm1 / norm2, by reversing transformers'
-conversion mapping). That class has no LoRA task adapters and no task input:
-a task only chooses the instruction prefixed to the text, which is what the
-family's ``task=`` does (sentence-transformers prompts when the directory has
-them, else config.json's ``task_instructions``, as jina's checkpoints carry).
+conversion mapping). That class holds the base model only: a task here chooses
+the instruction prefixed to the text (sentence-transformers prompts when the
+directory has them, else config.json's ``task_instructions``, as jina's
+checkpoints carry); its LoRA task adapters, stored beside it as PEFT saves
+them, are tested against PEFT in test_jinav3_adapters.py.
 
 The hub's remote-code layout (model_type "xlm-roberta", "position_embedding_type":
 "rotary", LoRA adapters) is not served: the tests check that it is refused with

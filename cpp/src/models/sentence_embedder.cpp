@@ -7,6 +7,8 @@
 
 #include "mpool/base/error.h"
 #include "mpool/loading/config.h"
+#include "mpool/loading/peft.h"
+#include "mpool/nn/lora.h"
 
 namespace mpool::models {
 
@@ -85,18 +87,24 @@ SentenceEmbedder::SentenceEmbedder(std::unique_ptr<Backbone> backbone, std::uniq
 
 at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const capabilities::EmbedOptions& options,
                                    capabilities::RequestContext& ctx) {
-  // The prompt: the task's, else the model's default, else none.
+  // The task: the request's, else the model's default prompt, else none. It
+  // selects the prompt and, where the model has LoRA adapters, the adapter.
   std::string prompt;
-  std::optional<std::string> prompt_name = options.task ? options.task : settings_.default_prompt_name;
-  if (prompt_name) {
-    auto it = settings_.prompts.find(*prompt_name);
-    if (it == settings_.prompts.end()) {
+  int adapter = -1;
+  std::optional<std::string> task = options.task ? options.task : settings_.default_prompt_name;
+  if (task) {
+    for (size_t i = 0; i < settings_.adapters.size(); ++i)
+      if (loading::adapter_serves_task(settings_.adapters[i], *task)) adapter = static_cast<int>(i);
+    auto it = settings_.prompts.find(*task);
+    if (it != settings_.prompts.end()) {
+      prompt = it->second;
+    } else if (adapter < 0) {
       std::string known;
       for (auto& [name, _] : settings_.prompts) known += (known.empty() ? "" : ", ") + name;
-      throw Error(ErrorCode::kInvalidInput, "unknown task '" + *prompt_name + "'; this model's tasks: " +
+      for (auto& name : settings_.adapters) known += (known.empty() ? "" : ", ") + name + " (adapter)";
+      throw Error(ErrorCode::kInvalidInput, "unknown task '" + *task + "'; this model's tasks: " +
                                                 (known.empty() ? std::string("none (it has no prompts)") : known));
     }
-    prompt = it->second;
   }
   std::vector<std::string> inputs;
   inputs.reserve(texts.size());
@@ -135,6 +143,7 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return enc[a].size() < enc[b].size(); });
   at::Tensor out = at::empty({static_cast<int64_t>(enc.size()), settings_.dimension}, at::kFloat);
   c10::InferenceMode inference;
+  const nn::ActiveAdapter active(adapter);
   std::vector<size_t> widths(order.size());
   for (size_t i = 0; i < order.size(); ++i)
     widths[i] = settings_.pad_to_max_length_with ? settings_.max_seq_length : enc[order[i]].size();

@@ -80,6 +80,18 @@ Attention Attention::load(const Weights& w, const AttentionShape& shape, const A
   return a;
 }
 
+void Attention::attach_lora(LoraAdapters& adapters, const std::string& q, const std::string& k, const std::string& v,
+                            const std::string& o) {
+  check(!cross_, ErrorCode::kInvalidInput, "LoRA adapters attach to self-attention only");
+  const auto& s = shape_;
+  const int64_t qw = s.heads * s.head_dim, kvw = s.kv_heads * s.head_dim;
+  qkv_.linear.lora = adapters.fused({{q, qw}, {k, kvw}, {v, kvw}}, s.hidden);
+  if (!o.empty()) {
+    check(o_.weight.defined(), ErrorCode::kInvalidInput, "LoRA module '" + o + "': this attention has no output projection");
+    o_.lora = adapters.linear(o, s.out, qw);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> Attention::project(const at::Tensor& x, const at::Tensor& context) const {
   const auto& s = shape_;
   const int64_t b = x.size(0), n = x.size(1);

@@ -12,7 +12,10 @@ Linear Linear::load(const Weights& w, std::string_view name, int64_t out, int64_
   return l;
 }
 
-at::Tensor Linear::operator()(const at::Tensor& x) const { return kernels::linear(x, weight, bias); }
+at::Tensor Linear::operator()(const at::Tensor& x) const {
+  at::Tensor y = kernels::linear(x, weight, bias);
+  return lora ? apply_lora(lora.get(), x, y) : y;
+}
 
 FusedLinear FusedLinear::load(const Weights& w, std::string_view fused_name,
                               const std::vector<std::pair<std::string, int64_t>>& parts, int64_t in, bool bias) {

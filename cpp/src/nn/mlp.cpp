@@ -36,6 +36,18 @@ Mlp Mlp::load(const Weights& w, int64_t hidden, int64_t inner, Activation act, b
   return m;
 }
 
+void Mlp::attach_lora(LoraAdapters& adapters, const std::string& up, const std::string& down, const std::string& gate) {
+  const int64_t hidden = in_.weight.size(1);
+  if (!gated_) {
+    in_.lora = adapters.linear(up, inner_, hidden);
+  } else {
+    check(!gate.empty(), ErrorCode::kInvalidInput, "LoRA: a gated MLP needs the gate's module name");
+    in_.lora = up_first_ ? adapters.fused({{up, inner_}, {gate, inner_}}, hidden)
+                         : adapters.fused({{gate, inner_}, {up, inner_}}, hidden);
+  }
+  down_.lora = adapters.linear(down, down_.weight.size(0), inner_);
+}
+
 at::Tensor Mlp::operator()(const at::Tensor& x) const {
   at::Tensor h = in_(x);
   if (gated_)

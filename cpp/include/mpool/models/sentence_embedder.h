@@ -63,6 +63,9 @@ struct EmbedderSettings {
   std::optional<int64_t> pad_to_max_length_with;
   /// config.json's "matryoshka_dimensions": the truncation widths the model supports.
   std::vector<int64_t> matryoshka_dimensions;
+  /// The LoRA adapters the backbone has attached (nn/lora.h), by index: a task
+  /// that names one (loading::adapter_serves_task) runs its forward passes with it.
+  std::vector<std::string> adapters;
 };
 
 /// How inputs sorted by length (`widths`, ascending: each input's padded width)

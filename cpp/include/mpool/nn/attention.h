@@ -77,6 +77,10 @@ class Attention {
   at::Tensor operator()(const at::Tensor& x, const at::Tensor& mask = {}, bool causal = false,
                         const at::Tensor& context = {}) const;
   const AttentionShape& shape() const noexcept { return shape_; }
+  /// Attaches the LoRA updates of the projections trained as modules `q`, `k`,
+  /// `v` and `o` (module paths; an empty `o`: none); self-attention only.
+  void attach_lora(LoraAdapters& adapters, const std::string& q, const std::string& k, const std::string& v,
+                   const std::string& o);
 
  private:
   AttentionShape shape_;

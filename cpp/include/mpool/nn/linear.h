@@ -1,12 +1,15 @@
 #pragma once
 // Linear projections. One row on the CPU (a decode step) goes through the
 // bandwidth-bound matrix-vector kernel (kernels.h); everything else is at::linear.
+// LoRA adapters attached to a projection (lora.h) add the active adapter's update.
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "mpool/nn/lora.h"
 #include "mpool/nn/weights.h"
 
 namespace mpool::nn {
@@ -15,6 +18,7 @@ namespace mpool::nn {
 struct Linear {
   at::Tensor weight;  ///< (out, in)
   at::Tensor bias;    ///< (out), or undefined
+  std::shared_ptr<const LoraDeltas> lora;  ///< per adapter, or null: none attached
 
   /// `name`.weight of (out, in), and `name`.bias of (out) when `bias`.
   static Linear load(const Weights& w, std::string_view name, int64_t out, int64_t in, bool bias);

@@ -50,6 +50,10 @@ class Mlp final : public FeedForward {
                   const MlpNames& names = {}, std::optional<at::ScalarType> down_dtype = std::nullopt,
                   std::optional<bool> down_bias = std::nullopt);
   at::Tensor operator()(const at::Tensor& x) const override;
+  /// Attaches the LoRA updates of the projections trained as modules `up`, `down`
+  /// and, when gated, `gate` (module paths).
+  void attach_lora(LoraAdapters& adapters, const std::string& up, const std::string& down,
+                   const std::string& gate = "");
 
  private:
   Linear in_;  // up, or gate and up fused (gate rows first)

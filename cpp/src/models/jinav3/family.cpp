@@ -3,7 +3,10 @@
 // text_embedding specs whose replicas run the encoder under the kit's
 // SentenceEmbedder, mean-pooled unless the sentence-transformers files say
 // otherwise. Tasks (embed(task=...)) are the sentence-transformers prompts when the
-// directory has them, else config.json's "task_instructions". The hub's
+// directory has them, else config.json's "task_instructions"; a task also selects
+// the PEFT LoRA adapter of its name stored beside the model (loading/peft.h:
+// "retrieval.query" is the adapter directory retrieval_query), applied unmerged
+// at run time so the five tasks share one set of base weights. The hub's
 // remote-code layout (XLMRobertaFlashConfig: model_type xlm-roberta, rotary
 // positions, LoRA task adapters) is recognized and refused with the reason.
 #include <filesystem>
@@ -12,6 +15,8 @@
 
 #include "models/jinav3/jinav3.h"
 #include "mpool/base/error.h"
+#include "mpool/loading/peft.h"
+#include "mpool/nn/lora.h"
 #include "mpool/models/families.h"
 #include "mpool/models/kit.h"
 #include "mpool/models/sentence_embedder.h"
@@ -36,13 +41,27 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   if (settings.prompts.empty())
     settings.prompts.insert(config.task_instructions.begin(), config.task_instructions.end());
   settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
+  const std::vector<loading::LoraAdapterConfig> adapters = loading::find_lora_adapters(layout.model_dir);
+  for (const auto& a : adapters) settings.adapters.push_back(a.name);
 
   // Memory: the weights it loads, plus the activations of one forward pass of
   // tokens_per_forward tokens (hidden states, the MLP's inner layer, and attention
   // scores).
   NativeModel model;
-  const double weight_bytes = kit::measure_weights(
-      in.checkpoint, dtype, [&](const nn::Weights& w) { JinaV3Encoder(config, w); }, model.warnings);
+  // Built on the meta device with its adapters attached: every adapter tensor's
+  // name and shape is checked here, at registration, not in a replica.
+  double adapter_bytes = 0;
+  const double base_bytes = kit::measure_weights(
+      in.checkpoint, dtype,
+      [&](const nn::Weights& w) {
+        JinaV3Encoder encoder(config, w);
+        if (adapters.empty()) return;
+        nn::LoraAdapters lora = nn::LoraAdapters::open(adapters, dtype, w.device());
+        encoder.attach_lora(lora);
+        adapter_bytes = static_cast<double>(lora.bytes());
+      },
+      model.warnings);
+  const double weight_bytes = base_bytes + adapter_bytes;
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double act_bytes = tokens * static_cast<double>(config.intermediate_size + 6 * config.hidden_size) * 4.0 +
                            tokens * static_cast<double>(std::min<size_t>(settings.max_seq_length, 8192)) *
@@ -55,9 +74,13 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.devices = options.devices;
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype](const std::string& device) {
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, adapters](const std::string& device) {
     const at::Device dev(device);
     JinaV3Encoder encoder(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev));
+    if (!adapters.empty()) {
+      nn::LoraAdapters lora = nn::LoraAdapters::open(adapters, dtype, dev);
+      encoder.attach_lora(lora);
+    }
     return std::make_shared<SentenceEmbedder>(std::make_unique<EncoderBackbone<JinaV3Encoder>>(std::move(encoder), dev),
                                               kit::open_tokenizer(tokenizer_file), settings);
   };

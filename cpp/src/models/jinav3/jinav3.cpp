@@ -48,6 +48,21 @@ JinaV3Encoder::JinaV3Encoder(JinaV3Config config, const nn::Weights& checkpoint)
   rope_ = nn::Rope(c.rope, w.dtype(), w.device());
 }
 
+void JinaV3Encoder::attach_lora(nn::LoraAdapters& adapters) {
+  const auto& c = config_;
+  const std::string p = adapters.find_prefix({"", "roberta."});
+  word_lora_ = adapters.embedding(p + "embeddings.word_embeddings", c.vocab_size, c.hidden_size);
+  if (token_type_.defined())
+    token_type_lora_ = adapters.embedding(p + "embeddings.token_type_embeddings", c.type_vocab_size, c.hidden_size);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const std::string l = p + "layers." + std::to_string(i) + ".";
+    layers_[i].attention.attach_lora(adapters, l + "self_attn.q_proj", l + "self_attn.k_proj", l + "self_attn.v_proj",
+                                     l + "self_attn.o_proj");
+    layers_[i].mlp.attach_lora(adapters, l + "mlp.fc1", l + "mlp.fc2");
+  }
+  adapters.finish();
+}
+
 at::Tensor JinaV3Encoder::forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids,
                                   const at::Tensor& attention_mask) const {
   check(input_ids.dim() == 2, ErrorCode::kInvalidInput, "input_ids must be (batch, tokens)");
@@ -55,8 +70,9 @@ at::Tensor JinaV3Encoder::forward(const at::Tensor& input_ids, const at::Tensor&
   check(t <= config_.max_tokens(), ErrorCode::kInvalidInput,
         "input of " + std::to_string(t) + " tokens is longer than the model's cap of " +
             std::to_string(config_.max_tokens()) + " (config.json: \"max_position_embeddings\")");
-  at::Tensor x = at::embedding(word_, input_ids);
-  if (token_type_.defined()) x = x + at::embedding(token_type_, token_type_ids);
+  at::Tensor x = nn::apply_lora_embedding(word_lora_.get(), input_ids, at::embedding(word_, input_ids));
+  if (token_type_.defined())
+    x = x + nn::apply_lora_embedding(token_type_lora_.get(), token_type_ids, at::embedding(token_type_, token_type_ids));
   x = embedding_norm_(x);
   const at::Tensor keep = nn::key_padding_mask(attention_mask);
   const auto [cos, sin] = rope_.tables(0, t);

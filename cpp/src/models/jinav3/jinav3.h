@@ -6,10 +6,12 @@
 // fc1 -> hidden_act -> fc2.
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <vector>
 
 #include "models/jinav3/config.h"
 #include "mpool/nn/attention.h"
+#include "mpool/nn/lora.h"
 #include "mpool/nn/mlp.h"
 #include "mpool/nn/norm.h"
 #include "mpool/nn/rope.h"
@@ -32,6 +34,13 @@ class JinaV3Encoder {
 
   const JinaV3Config& config() const noexcept { return config_; }
 
+  /// Attaches LoRA task adapters trained on transformers' JinaEmbeddingsV3Model
+  /// (or a model wrapping it under "roberta."): module paths
+  /// embeddings.{word,token_type}_embeddings, layers.N.self_attn.{q,k,v,o}_proj
+  /// and layers.N.mlp.fc{1,2}, whatever names the checkpoint stores; then
+  /// refuses an adapter tensor for any other module.
+  void attach_lora(nn::LoraAdapters& adapters);
+
  private:
   struct Layer {
     nn::Attention attention;
@@ -42,6 +51,7 @@ class JinaV3Encoder {
 
   JinaV3Config config_;
   at::Tensor word_, token_type_;
+  std::shared_ptr<const nn::LoraDeltas> word_lora_, token_type_lora_;
   nn::LayerNorm embedding_norm_;
   nn::Rope rope_;
   std::vector<Layer> layers_;

@@ -1,0 +1,184 @@
+"""LoRA task adapters of jina-embeddings-v3, applied natively, against PEFT.
+
+transformers' ``JinaEmbeddingsV3Model`` holds the base model only; its task
+adapters are PEFT LoRA adapters stored beside it (one directory per task, holding
+adapter_config.json and adapter_model.safetensors). The oracle is PEFT itself:
+the tiny random base model from test_native_jinav3 wrapped by ``get_peft_model``
+with random (``init_lora_weights=False``) adapters, saved with
+``PeftModel.save_pretrained``, and run with ``set_adapter``. PEFT names cannot
+hold '.', so the adapter for task "retrieval.query" is stored as retrieval_query.
+mpool applies the adapters unmerged (W x + scale B A x) on top of the one set of
+base weights; ``embed(task=...)`` picks the prompt and the adapter together.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import peft
+import pytest
+import torch
+
+import mpool
+from test_native_jinav3 import TASKS, TEXTS, build_v3
+
+
+# PEFT (0.21) reads transformers' deprecated is_gradient_checkpointing when it wraps a model.
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "word_embeddings", "token_type_embeddings"]
+
+
+def add_adapters(d, model, adapters):
+    """Saves PEFT adapters {name: LoraConfig kwargs} under d/adapters; returns the PeftModel oracle."""
+    import copy
+
+    torch.manual_seed(7)
+    base = copy.deepcopy(model)
+    pm = None
+    for name, kwargs in adapters.items():
+        config = peft.LoraConfig(init_lora_weights=False, **kwargs)
+        if pm is None:
+            pm = peft.get_peft_model(base, config, adapter_name=name)
+        else:
+            pm.add_adapter(name, config)
+    pm.save_pretrained(d / "adapters")
+    return pm.eval()
+
+
+def oracle(pm, fast, texts, adapter, prompt=""):
+    batch = fast([prompt + t for t in texts], padding=True, truncation=True, max_length=126, return_tensors="pt")
+    with torch.no_grad():
+        if adapter is None:
+            with pm.disable_adapter():
+                states = pm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        else:
+            pm.set_adapter(adapter)
+            states = pm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    return ((states * mask).sum(1) / mask.sum(1)).numpy()
+
+
+def rel_error(ours, ref):
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def test_each_task_runs_its_own_adapter_and_prompt_like_peft(tmp_path):
+    d, model, fast = build_v3(tmp_path, config_edits={"task_instructions": TASKS})
+    pm = add_adapters(d, model, {
+        "retrieval_query": dict(r=4, lora_alpha=8, target_modules=ALL_MODULES),
+        # rsLoRA scaling, per-module rank and alpha, a subset of the modules.
+        "text_matching": dict(r=2, lora_alpha=3, use_rslora=True, target_modules=["q_proj", "v_proj", "fc2"],
+                              rank_pattern={"fc2": 3}, alpha_pattern={"layers.1.self_attn.q_proj": 5}),
+    })
+    texts = TEXTS[:6]
+    with mpool.Pool() as pool:
+        pool.register("v3", d)
+        cases = [
+            ("retrieval.query", "retrieval_query", TASKS["retrieval.query"]),
+            ("text-matching", "text_matching", ""),
+            ("retrieval.passage", None, TASKS["retrieval.passage"]),  # no adapter stored: the base model
+            (None, None, ""),
+        ]
+        for task, adapter, prompt in cases:
+            ours = pool.embed("v3", texts, task=task) if task else pool.embed("v3", texts)
+            ref = oracle(pm, fast, texts, adapter, prompt)
+            assert rel_error(ours, ref) <= 1e-4, (task, rel_error(ours, ref))
+        # The adapters change the result (else the test above proves nothing).
+        plain = oracle(pm, fast, texts, None)
+        assert rel_error(oracle(pm, fast, texts, "text_matching"), plain) > 1e-2
+        assert rel_error(oracle(pm, fast, texts, "retrieval_query", ""), plain) > 1e-2
+
+
+def test_concurrent_requests_of_different_tasks_never_share_an_adapter(tmp_path):
+    d, model, fast = build_v3(tmp_path, config_edits={"task_instructions": TASKS})
+    pm = add_adapters(d, model, {
+        "retrieval_query": dict(r=4, lora_alpha=8, target_modules=ALL_MODULES),
+        "separation": dict(r=4, lora_alpha=4, target_modules=["fc1", "o_proj"]),
+    })
+    tasks = ["retrieval.query", "separation", "classification"]
+    adapters = {"retrieval.query": "retrieval_query", "separation": "separation", "classification": None}
+    refs = {t: oracle(pm, fast, TEXTS[:3], adapters[t], TASKS[t]) for t in tasks}
+    results, errors = [], []
+    with mpool.Pool() as pool:
+        pool.register("v3", d)
+
+        def client(i):
+            try:
+                for k in range(6):
+                    task = tasks[(i + k) % 3]
+                    results.append((task, pool.embed("v3", TEXTS[:3], task=task)))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert len(results) == 36
+    for task, ours in results:
+        assert rel_error(ours, refs[task]) <= 1e-4, task
+
+
+def test_a_task_that_only_names_an_adapter_selects_it_without_a_prompt(tmp_path):
+    d, model, fast = build_v3(tmp_path)
+    pm = add_adapters(d, model, {"legal": dict(r=4, lora_alpha=4, target_modules=["q_proj", "fc1"])})
+    with mpool.Pool() as pool:
+        pool.register("v3", d)
+        ours = pool.embed("v3", TEXTS[:3], task="legal")
+        assert rel_error(ours, oracle(pm, fast, TEXTS[:3], "legal")) <= 1e-4
+        with pytest.raises(mpool.InvalidInput, match=r"unknown task 'medical'; this model's tasks: legal \(adapter\)"):
+            pool.embed("v3", TEXTS[:3], task="medical")
+
+
+def test_an_adapter_for_a_module_the_model_cannot_adapt_fails_naming_the_tensor(tmp_path):
+    d, model, _ = build_v3(tmp_path)
+    # JinaEmbeddingsV3Model's pooler.dense is not part of the embedding path.
+    add_adapters(d, model, {"odd": dict(r=2, lora_alpha=2, target_modules=["q_proj", "dense"])})
+    with mpool.Pool() as pool:
+        pool.register("v3", d)
+        with pytest.raises(mpool.PoolError, match=r"LoRA adapter 'odd' .* has the tensor 'pooler\.dense\.lora_A\.weight'"):
+            pool.embed("v3", TEXTS[:2], task="odd")
+        d2, _, _ = build_v3(tmp_path, name="healthy")
+        pool.register("ok", d2)
+        assert pool.embed("ok", ["still healthy"]).shape == (1, 32)
+
+
+@pytest.mark.parametrize(
+    "edits, match",
+    [
+        ({"use_dora": True}, r'adapter_config.json: "use_dora" is true: DoRA is not supported'),
+        ({"peft_type": "IA3"}, r'adapter_config.json: "peft_type" is \'IA3\'; only LoRA'),
+        ({"bias": "all"}, r'adapter_config.json: "bias" is \'all\''),
+        ({"modules_to_save": ["pooler"]}, r'adapter_config.json: "modules_to_save" is set'),
+        ({"rank_pattern": {"fc.*": 2}}, r"is a regular expression"),
+        ({"r": 0}, r'adapter_config.json: "r" must be a positive rank'),
+    ],
+)
+def test_adapter_configs_mpool_cannot_apply_exactly_are_refused_naming_the_key(tmp_path, edits, match):
+    d, model, _ = build_v3(tmp_path)
+    add_adapters(d, model, {"task1": dict(r=2, lora_alpha=2, target_modules=["q_proj"])})
+    path = d / "adapters" / "task1" / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config.update(edits)
+    path.write_text(json.dumps(config))
+    with mpool.Pool() as pool:
+        with pytest.raises(mpool.InvalidInput, match=match):
+            pool.register("v3", d)
+
+
+def test_an_adapter_whose_rank_disagrees_with_its_tensors_fails_naming_the_tensor(tmp_path):
+    d, model, _ = build_v3(tmp_path)
+    add_adapters(d, model, {"task1": dict(r=2, lora_alpha=2, target_modules=["q_proj"])})
+    path = d / "adapters" / "task1" / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["r"] = 3
+    path.write_text(json.dumps(config))
+    with mpool.Pool() as pool:
+        pool.register("v3", d)
+        with pytest.raises(mpool.PoolError, match=r"layers\.0\.self_attn\.q_proj\.lora_A\.weight"):
+            pool.embed("v3", TEXTS[:2], task="task1")
