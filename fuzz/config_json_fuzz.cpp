@@ -103,6 +103,8 @@ void check_jinav3(const mpool::models::jinav3::JinaV3Config& j) {
   require(j.rope.type == "default" && j.rope.rotary_dim == j.head_dim && std::isfinite(j.rope.theta) &&
           j.rope.theta > 0);
   require(j.type_vocab_size >= 0 && j.layer_norm_eps > 0);
+  require(j.lora_rank > 0 && std::isfinite(j.lora_alpha) && j.lora_adaptations.size() <= 64);
+  require(j.remote_code || j.lora_adaptations.empty());
 }
 
 // What decoder/decoder.cpp and decoder/family.cpp rely on.

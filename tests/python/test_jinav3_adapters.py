@@ -182,3 +182,136 @@ def test_an_adapter_whose_rank_disagrees_with_its_tensors_fails_naming_the_tenso
         pool.register("v3", d)
         with pytest.raises(mpool.PoolError, match=r"layers\.0\.self_attn\.q_proj\.lora_A\.weight"):
             pool.embed("v3", TEXTS[:2], task="task1")
+
+
+# --- jina's remote-code layout ----------------------------------------------------------
+#
+# jinaai/jina-embeddings-v3 as the hub has it: XLMRobertaFlashConfig (model_type
+# "xlm-roberta", rotary positions with "rotary_emb_base"), weights under "roberta."
+# saved through torch.nn.utils.parametrize (M.parametrizations.weight.original), and
+# every task's LoRA factors stacked in M.parametrizations.weight.0.lora_A / lora_B.
+# Its modeling code is remote (not in transformers), so the reference is written
+# here from that published structure: for task t, a linear's weight becomes
+# W + alpha/rank * B[t] @ A[t] (A: (tasks, rank, in), B: (tasks, out, rank)) and
+# an embedding's E + alpha/rank * A[t] @ B[t] (A: (tasks, vocab, rank), B: (tasks,
+# rank, dim)); those merged weights, loaded into transformers' JinaEmbeddingsV3Model
+# (the same network under jina's tensor names), are the oracle.
+
+import re
+import shutil
+
+from safetensors.torch import load_file, save_file
+from test_native_jinav3 import oracle_embeddings
+
+PARAMETRIZED = re.compile(
+    r"^(embeddings\.(word|token_type)_embeddings|encoder\.layers\.\d+\.(mixer\.Wqkv|mixer\.out_proj|mlp\.fc1|mlp\.fc2))"
+    r"\.weight$"
+)
+
+
+def build_remote(tmp_path, rank=4, alpha=2.0, theta=20000.0, extra=None):
+    """(remote-code directory, base directory, base tensors, {weight name: (A, B, is_embedding)}, tokenizer)."""
+    d, _, fast = build_v3(tmp_path, theta=theta, name="base")
+    base = load_file(d / "model.safetensors")
+    gen = torch.Generator().manual_seed(11)
+    tasks = len(TASKS)
+    stored, lora = {}, {}
+    for name, w in base.items():
+        if not PARAMETRIZED.match(name):
+            stored["roberta." + name] = w
+            continue
+        module = name[: -len(".weight")]
+        embedding = module.startswith("embeddings.")
+        if embedding:
+            a = 0.3 * torch.randn(tasks, w.shape[0], rank, generator=gen)
+            b = 0.3 * torch.randn(tasks, rank, w.shape[1], generator=gen)
+        else:
+            a = 0.3 * torch.randn(tasks, rank, w.shape[1], generator=gen)
+            b = 0.3 * torch.randn(tasks, w.shape[0], rank, generator=gen)
+        stored[f"roberta.{module}.parametrizations.weight.original"] = w
+        stored[f"roberta.{module}.parametrizations.weight.0.lora_A"] = a
+        stored[f"roberta.{module}.parametrizations.weight.0.lora_B"] = b
+        lora[name] = (a, b, embedding)
+    stored.update(extra or {})
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    save_file(stored, remote / "model.safetensors")
+    for f in d.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            shutil.copy(f, remote / f.name)
+    config = json.loads((d / "config.json").read_text())
+    config.pop("rope_parameters", None)
+    impl = "jinaai/xlm-roberta-flash-implementation"
+    config.update({
+        "model_type": "xlm-roberta",
+        "architectures": ["XLMRobertaLoRA"],
+        "auto_map": {
+            "AutoConfig": f"{impl}--configuration_xlm_roberta.XLMRobertaFlashConfig",
+            "AutoModel": f"{impl}--modeling_lora.XLMRobertaLoRA",
+        },
+        "position_embedding_type": "rotary",
+        "rotary_emb_base": theta,
+        "lora_adaptations": list(TASKS),
+        "task_instructions": TASKS,
+        "lora_rank": rank,
+        "lora_alpha": alpha,
+        "load_trained_adapters": True,
+        "use_flash_attn": True,
+    })
+    (remote / "config.json").write_text(json.dumps(config))
+    return remote, d, base, lora, fast
+
+
+def merged_reference(tmp_path, d, base, lora, task_index, rank, alpha):
+    import transformers
+
+    scale = alpha / rank
+    merged = dict(base)
+    for name, (a, b, embedding) in lora.items():
+        delta = a[task_index] @ b[task_index] if embedding else b[task_index] @ a[task_index]
+        merged[name] = base[name] + scale * delta
+    out = tmp_path / f"merged-{task_index}"
+    shutil.copytree(d, out)
+    save_file(merged, out / "model.safetensors")
+    return transformers.JinaEmbeddingsV3Model.from_pretrained(out).eval()
+
+
+@pytest.mark.parametrize(("rank", "alpha", "theta"), [(4, 1.0, 20000.0), (2, 3.0, 50000.0)])
+def test_the_hubs_remote_code_checkpoint_runs_each_tasks_stacked_adapter_like_merged_weights(
+        tmp_path, rank, alpha, theta):
+    remote, d, base, lora, fast = build_remote(tmp_path, rank=rank, alpha=alpha, theta=theta)
+    texts = TEXTS[:5]
+    with mpool.Pool() as pool:
+        pool.register("hub", remote)
+        for t, (task, prompt) in enumerate(TASKS.items()):
+            ref = oracle_embeddings(merged_reference(tmp_path, d, base, lora, t, rank, alpha), fast, texts,
+                                    normalize=False, prompt=prompt)
+            ours = pool.embed("hub", texts, task=task)
+            assert rel_error(ours, ref) <= 1e-4, (task, rel_error(ours, ref))
+        # Without a task: the base weights, no adapter, no prompt (jina's encode without task=).
+        import transformers
+
+        plain = transformers.JinaEmbeddingsV3Model.from_pretrained(d).eval()
+        ref = oracle_embeddings(plain, fast, texts, normalize=False)
+        assert rel_error(pool.embed("hub", texts), ref) <= 1e-4
+        assert rel_error(pool.embed("hub", texts, task="separation"), ref) > 1e-2  # the adapter matters
+
+
+def test_a_stacked_lora_tensor_for_a_module_the_model_cannot_adapt_is_refused_naming_it(tmp_path):
+    extra = {"roberta.pooler.dense.parametrizations.weight.0.lora_A": torch.zeros(len(TASKS), 4, 32)}
+    remote, *_ = build_remote(tmp_path, extra=extra)
+    with mpool.Pool() as pool:
+        pool.register("hub", remote)
+        with pytest.raises(mpool.PoolError, match=r"roberta\.pooler\.dense\.parametrizations\.weight\.0\.lora_A"):
+            pool.embed("hub", TEXTS[:2])
+
+
+def test_peft_adapters_beside_a_remote_code_checkpoint_are_refused(tmp_path):
+    remote, d, *_ = build_remote(tmp_path)
+    (remote / "adapters" / "extra").mkdir(parents=True)
+    (remote / "adapters" / "extra" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    (remote / "adapters" / "extra" / "adapter_model.safetensors").write_bytes(
+        (d / "model.safetensors").read_bytes())
+    with mpool.Pool() as pool:
+        with pytest.raises(mpool.InvalidInput, match="carries its task adapters itself"):
+            pool.register("hub", remote)

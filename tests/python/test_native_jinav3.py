@@ -11,8 +11,8 @@ checkpoints carry); its LoRA task adapters, stored beside it as PEFT saves
 them, are tested against PEFT in test_jinav3_adapters.py.
 
 The hub's remote-code layout (model_type "xlm-roberta", "position_embedding_type":
-"rotary", LoRA adapters) is not served: the tests check that it is refused with
-the reason, and that the bert family does not take it for a plain XLM-R.
+"rotary", stacked LoRA adapters) goes to this family, never to bert as a plain
+XLM-R; it is tested against merged-weight references in test_jinav3_adapters.py.
 """
 
 from __future__ import annotations
@@ -318,16 +318,12 @@ def hub_remote_code_config(tmp_path):
     return d
 
 
-def test_the_hubs_remote_code_layout_is_refused_with_the_reason_not_loaded_as_xlm_roberta(tmp_path):
+def test_the_hubs_remote_code_config_goes_to_jinav3_not_to_bert_as_a_plain_xlm_roberta(tmp_path):
     d = hub_remote_code_config(tmp_path)
     report = mpool.inspect(d)
-    assert report["supported_by"] == []
+    assert report["supported_by"] == ["jinav3"]
     families = {f["name"]: f for f in report["families"]}
     assert "rotary positions is jina-embeddings-v3, not a plain XLM-R" in families["bert"]["reason"]
-    assert "remote-code layout" in families["jinav3"]["reason"]
-    with mpool.Pool() as pool:
-        with pytest.raises(mpool.InvalidInput, match=r"no native family supports model_type 'xlm-roberta'.*rotary"):
-            pool.register("hub", d)
 
 
 # --- bad directories --------------------------------------------------------------------

@@ -92,6 +92,14 @@ void Attention::attach_lora(LoraAdapters& adapters, const std::string& q, const 
   }
 }
 
+void Attention::attach_lora_fused(LoraAdapters& adapters, const std::string& qkv, const std::string& o) {
+  check(!cross_, ErrorCode::kInvalidInput, "LoRA adapters attach to self-attention only");
+  const auto& s = shape_;
+  const int64_t qw = s.heads * s.head_dim, kvw = s.kv_heads * s.head_dim;
+  qkv_.linear.lora = adapters.linear(qkv, qw + 2 * kvw, s.hidden);
+  if (!o.empty()) o_.lora = adapters.linear(o, s.out, qw);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> Attention::project(const at::Tensor& x, const at::Tensor& context) const {
   const auto& s = shape_;
   const int64_t b = x.size(0), n = x.size(1);

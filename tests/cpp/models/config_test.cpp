@@ -169,6 +169,20 @@ TEST(FamilyConfigs, JinaV3ReadsRopeBaseAndTaskInstructions) {
   EXPECT_FALSE(jinav3::is_remote_code_layout(config("{" + xlmr + "}")));
   EXPECT_FALSE(jinav3::is_remote_code_layout(config(base + "}")));
   expect_invalid([&] { jinav3::JinaV3Config::from(config("{" + xlmr + "}")); }, "jina_embeddings_v3");
+  // The remote-code config reads: rotary_emb_base (default 10000), the stacked adapters' tasks, rank and alpha.
+  const std::string remote = "{" + xlmr + R"(, "position_embedding_type": "rotary", "max_position_embeddings": 8194)";
+  const auto r = jinav3::JinaV3Config::from(config(remote + R"(, "rotary_emb_base": 20000.0,
+      "lora_adaptations": ["retrieval.query", "separation"], "lora_rank": 4, "lora_alpha": 1})"));
+  EXPECT_TRUE(r.remote_code);
+  EXPECT_DOUBLE_EQ(r.rope.theta, 20000.0);
+  EXPECT_EQ(r.lora_adaptations, (std::vector<std::string>{"retrieval.query", "separation"}));
+  EXPECT_EQ(r.lora_rank, 4);
+  EXPECT_DOUBLE_EQ(r.lora_alpha, 1.0);
+  EXPECT_DOUBLE_EQ(jinav3::JinaV3Config::from(config(remote + "}")).rope.theta, 10000.0);
+  expect_invalid([&] { jinav3::JinaV3Config::from(config(remote + R"(, "lora_rank": 0})")); }, "\"lora_rank\"");
+  expect_invalid([&] { jinav3::JinaV3Config::from(config(remote + R"(, "lora_adaptations": "x"})")); },
+                 "lora_adaptations");
+  EXPECT_FALSE(plain.remote_code);
 }
 
 TEST(FamilyConfigs, RopeScalingBounds) {

@@ -81,6 +81,8 @@ class Attention {
   /// `v` and `o` (module paths; an empty `o`: none); self-attention only.
   void attach_lora(LoraAdapters& adapters, const std::string& q, const std::string& k, const std::string& v,
                    const std::string& o);
+  /// The same for q, k and v trained as one fused module `qkv` (rows q, k, v).
+  void attach_lora_fused(LoraAdapters& adapters, const std::string& qkv, const std::string& o);
 
  private:
   AttentionShape shape_;

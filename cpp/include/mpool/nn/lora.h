@@ -10,7 +10,9 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -58,10 +60,17 @@ class LoraAdapters {
   LoraAdapters() = default;
   static LoraAdapters open(const std::vector<loading::LoraAdapterConfig>& configs, at::ScalarType dtype,
                            at::Device device);
+  /// Adapters stored stacked inside the model's checkpoint `w`, one per task of
+  /// `tasks`, as torch.nn.utils.parametrize saves jina's multi-task LoRA: module M
+  /// has M.parametrizations.weight.0.lora_A and lora_B holding every task's factor
+  /// (a linear's (tasks, rank, in) and (tasks, out, rank), W + scale B A; an
+  /// embedding's (tasks, vocab, rank) and (tasks, rank, dim), E + scale A B), with
+  /// scale = alpha / rank.
+  static LoraAdapters stacked(const Weights& w, std::vector<std::string> tasks, int64_t rank, double alpha);
 
   bool empty() const noexcept { return adapters_.empty(); }
   size_t size() const noexcept { return adapters_.size(); }
-  const std::string& name(size_t i) const { return adapters_.at(i).config.name; }
+  const std::string& name(size_t i) const { return adapters_.at(i).name; }
 
   /// The deltas of one projection `module` (out, in); null when no adapter touches it.
   std::shared_ptr<const LoraDeltas> linear(const std::string& module, int64_t out, int64_t in);
@@ -76,18 +85,35 @@ class LoraAdapters {
   std::string find_prefix(const std::vector<std::string>& candidates) const;
   /// Throws InvalidInput naming the first adapter tensor no projection took.
   void finish() const;
-  /// Bytes of every adapter tensor.
+  /// Bytes of every adapter tensor stored apart from the model (PEFT directories).
   size_t bytes() const;
 
  private:
   struct Adapter {
-    loading::LoraAdapterConfig config;
-    std::shared_ptr<Weights> weights;  // under PEFT's "base_model.model."
-    std::vector<std::string> names;    // every tensor, as named in that view
+    std::string name;
+    loading::LoraAdapterConfig config;  // PEFT only
+    std::shared_ptr<Weights> weights;   // PEFT: under "base_model.model."
+    std::vector<std::string> names;     // PEFT: every tensor, as named in that view
   };
+  struct Factors {
+    at::Tensor a, b;  // as LoraDelta: a (r, in) or, for an embedding, (vocab, r); b (out, r), scaled
+  };
+  // Adapter `i`'s factors of `module` (out, in; an embedding: vocab, dim), or none.
+  std::optional<Factors> factors(size_t i, const std::string& module, int64_t out, int64_t in, bool embedding);
   at::Tensor take(size_t adapter, const std::string& name, const std::vector<int64_t>& shape);
+  at::Tensor take_stacked(const std::string& name, const std::vector<int64_t>& shape);
   std::vector<Adapter> adapters_;
   std::set<std::pair<size_t, std::string>> taken_;
+  // The stacked form: the model's own view, its LoRA tensor names, rank and scale.
+  std::shared_ptr<Weights> stacked_;
+  std::vector<std::string> stacked_names_;
+  std::map<std::string, at::Tensor> stacked_cache_;
+  int64_t stacked_rank_ = 0;
+  double stacked_scale_ = 1;
 };
+
+/// `w` reading a checkpoint saved under torch.nn.utils.parametrize: "M.weight"
+/// is read from "M.parametrizations.weight.original" where that is stored.
+Weights without_parametrizations(const Weights& w);
 
 }  // namespace mpool::nn

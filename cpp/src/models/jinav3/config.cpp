@@ -1,6 +1,7 @@
 #include "models/jinav3/config.h"
 
 #include <cmath>
+#include <set>
 
 #include "mpool/base/error.h"
 
@@ -13,8 +14,9 @@ bool is_remote_code_layout(const loading::ModelConfig& c) {
 
 JinaV3Config JinaV3Config::from(const loading::ModelConfig& c) {
   JinaV3Config j;
-  static_cast<loading::TransformerSizes&>(j) =
-      loading::TransformerSizes::require(c, kModelTypes, "jina_embeddings_v3");
+  j.remote_code = is_remote_code_layout(c);
+  static_cast<loading::TransformerSizes&>(j) = loading::TransformerSizes::require(
+      c, j.remote_code ? std::vector<std::string>{"xlm-roberta"} : kModelTypes, "jina_embeddings_v3");
   j.type_vocab_size = c.raw.get_or<int64_t>("type_vocab_size", 1);
   j.layer_norm_eps = c.layer_norm_eps.value_or(1e-5);
   j.hidden_act = nn::parse_activation(c.hidden_act.value_or("gelu"), "config.json: \"hidden_act\"");
@@ -29,6 +31,22 @@ JinaV3Config JinaV3Config::from(const loading::ModelConfig& c) {
   j.head_dim = j.hidden_size / j.num_heads;
   j.rope = nn::read_rope_config(c, j.head_dim, j.max_position_embeddings);
   if (!c.rope_theta) j.rope.theta = kDefaultRopeTheta;
+  if (j.remote_code) {
+    // XLMRobertaFlashConfig: the rotary base is "rotary_emb_base" (its default 10000).
+    j.rope.theta = c.raw.get_or<double>("rotary_emb_base", 10000.0);
+    j.lora_adaptations = c.raw.get_or<std::vector<std::string>>("lora_adaptations", {});
+    j.lora_rank = c.raw.get_or<int64_t>("lora_rank", 4);
+    j.lora_alpha = c.raw.get_or<double>("lora_alpha", 1.0);
+    check(j.lora_rank > 0 && j.lora_rank <= loading::kMaxConfigDimension, ErrorCode::kInvalidInput,
+          "config.json: \"lora_rank\" must be positive, got " + std::to_string(j.lora_rank));
+    check(std::isfinite(j.lora_alpha), ErrorCode::kInvalidInput, "config.json: \"lora_alpha\" must be a finite number");
+    check(j.lora_adaptations.size() <= 64, ErrorCode::kInvalidInput,
+          "config.json: \"lora_adaptations\" lists " + std::to_string(j.lora_adaptations.size()) +
+              " tasks; at most 64 are supported");
+    const std::set<std::string> distinct(j.lora_adaptations.begin(), j.lora_adaptations.end());
+    check(distinct.size() == j.lora_adaptations.size(), ErrorCode::kInvalidInput,
+          "config.json: \"lora_adaptations\" names a task twice");
+  }
   // Only the plain rotary embedding over the whole head has been checked against
   // transformers here; scaled types are refused rather than served untested.
   check(j.rope.type == "default", ErrorCode::kInvalidInput,
@@ -36,7 +54,8 @@ JinaV3Config JinaV3Config::from(const loading::ModelConfig& c) {
   check(j.rope.rotary_dim == j.head_dim, ErrorCode::kInvalidInput,
         "config.json: \"partial_rotary_factor\" must be 1 for jina_embeddings_v3 (rotary over the whole head)");
   check(std::isfinite(j.rope.theta) && j.rope.theta > 0, ErrorCode::kInvalidInput,
-        "config.json: \"rope_theta\" must be a finite number > 0, got " + std::to_string(j.rope.theta));
+        std::string("config.json: ") + (j.remote_code ? "\"rotary_emb_base\"" : "\"rope_theta\"") +
+            " must be a finite number > 0, got " + std::to_string(j.rope.theta));
   if (auto tasks = c.raw.child("task_instructions")) {
     for (const auto& [task, text] : tasks->json().items()) {
       check(text.is_string(), ErrorCode::kInvalidInput,

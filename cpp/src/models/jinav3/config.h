@@ -30,6 +30,8 @@ inline constexpr double kDefaultRopeTheta = 20000.0;
 /// Whether `config` is the hub's remote-code jina-embeddings-v3 layout: model_type
 /// xlm-roberta with "position_embedding_type": "rotary". Throws InvalidInput
 /// (naming the key) when position_embedding_type is not a string.
+/// jina's own hub layout (XLMRobertaFlashConfig, remote code): model_type
+/// "xlm-roberta" with "position_embedding_type": "rotary".
 bool is_remote_code_layout(const loading::ModelConfig& config);
 
 /// Everything the encoder needs from config.json, beyond the common sizes.
@@ -41,6 +43,12 @@ struct JinaV3Config : loading::TransformerSizes {
   nn::RopeConfig rope;  ///< "default" rope over the whole head, base rope_parameters.rope_theta
   /// config.json's "task_instructions": task name -> instruction prefixed to the text.
   std::map<std::string, std::string> task_instructions;
+  /// The remote-code layout: its "lora_adaptations" (task names, in the order of
+  /// the stacked adapter tensors), "lora_rank" and "lora_alpha"; empty otherwise.
+  bool remote_code = false;
+  std::vector<std::string> lora_adaptations;
+  int64_t lora_rank = 4;
+  double lora_alpha = 1;
 
   /// Longest input: rotary positions have no table, max_position_embeddings is the cap.
   int64_t max_tokens() const noexcept { return max_position_embeddings; }

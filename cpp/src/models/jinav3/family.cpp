@@ -6,9 +6,10 @@
 // directory has them, else config.json's "task_instructions"; a task also selects
 // the PEFT LoRA adapter of its name stored beside the model (loading/peft.h:
 // "retrieval.query" is the adapter directory retrieval_query), applied unmerged
-// at run time so the five tasks share one set of base weights. The hub's
-// remote-code layout (XLMRobertaFlashConfig: model_type xlm-roberta, rotary
-// positions, LoRA task adapters) is recognized and refused with the reason.
+// at run time so the five tasks share one set of base weights. jina's own hub
+// layout (XLMRobertaFlashConfig, remote code: model_type xlm-roberta with rotary
+// positions, weights under torch parametrizations, every task's LoRA factors
+// stacked in the checkpoint) is served too, its tasks being "lora_adaptations".
 #include <filesystem>
 
 #include <c10/core/InferenceMode.h>
@@ -42,7 +43,11 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
     settings.prompts.insert(config.task_instructions.begin(), config.task_instructions.end());
   settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
   const std::vector<loading::LoraAdapterConfig> adapters = loading::find_lora_adapters(layout.model_dir);
+  check(adapters.empty() || !config.remote_code, ErrorCode::kInvalidInput,
+        "jina-embeddings-v3's remote-code checkpoint carries its task adapters itself; the PEFT adapters under " +
+            layout.model_dir.string() + " cannot be added to it");
   for (const auto& a : adapters) settings.adapters.push_back(a.name);
+  if (config.remote_code) settings.adapters = config.lora_adaptations;
 
   // Memory: the weights it loads, plus the activations of one forward pass of
   // tokens_per_forward tokens (hidden states, the MLP's inner layer, and attention
@@ -92,11 +97,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
 Family family() {
   auto serves = [types = kit::serves_model_types(kModelTypes, "jina_embeddings_v3")](
                     const loading::ModelConfig& c, const loading::ModelLayout& layout) {
-    if (is_remote_code_layout(c))
-      return loading::FamilySupport::no(
-          "model_type 'xlm-roberta' with \"position_embedding_type\": \"rotary\" is jina-embeddings-v3's remote-code "
-          "layout (XLMRobertaFlashConfig, LoRA task adapters under roberta.*.parametrizations), which is not served "
-          "natively; the jina_embeddings_v3 directories transformers saves are");
+    if (is_remote_code_layout(c)) return loading::FamilySupport::yes();
     return types(c, layout);
   };
   return Family{"jinav3", {capabilities::TextEmbedding::kName}, serves, build,

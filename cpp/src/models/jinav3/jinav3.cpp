@@ -5,8 +5,11 @@
 namespace mpool::models::jinav3 {
 
 JinaV3Encoder::JinaV3Encoder(JinaV3Config config, const nn::Weights& checkpoint) : config_(std::move(config)) {
-  const nn::Weights w = checkpoint.find_prefix({"", "roberta.", "model."}, "embeddings.word_embeddings.weight",
-                                               "a jina-embeddings-v3 model");
+  // jina's remote-code checkpoints are saved under torch.nn.utils.parametrize:
+  // every linear and embedding weight as M.parametrizations.weight.original.
+  const nn::Weights w = (config_.remote_code ? nn::without_parametrizations(checkpoint) : checkpoint)
+                            .find_prefix({"", "roberta.", "model."}, "embeddings.word_embeddings.weight",
+                                         "a jina-embeddings-v3 model");
   const auto& c = config_;
   const int64_t h = c.hidden_size;
   // save_pretrained writes jina's own names (emb_ln, encoder.layers.N.mixer.Wqkv,
@@ -46,6 +49,22 @@ JinaV3Encoder::JinaV3Encoder(JinaV3Config config, const nn::Weights& checkpoint)
     });
   }
   rope_ = nn::Rope(c.rope, w.dtype(), w.device());
+  if (c.remote_code && !c.lora_adaptations.empty()) {
+    // Its task adapters: stacked LoRA factors of every linear and embedding, one
+    // slice per task of "lora_adaptations".
+    check(!module_names, ErrorCode::kInvalidInput,
+          "a remote-code jina-embeddings-v3 checkpoint must use jina's tensor names (emb_ln, encoder.layers.N.mixer)");
+    nn::LoraAdapters lora = nn::LoraAdapters::stacked(w, c.lora_adaptations, c.lora_rank, c.lora_alpha);
+    word_lora_ = lora.embedding("embeddings.word_embeddings", c.vocab_size, h);
+    if (token_type_.defined())
+      token_type_lora_ = lora.embedding("embeddings.token_type_embeddings", c.type_vocab_size, h);
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const std::string l = "encoder.layers." + std::to_string(i) + ".";
+      layers_[i].attention.attach_lora_fused(lora, l + "mixer.Wqkv", l + "mixer.out_proj");
+      layers_[i].mlp.attach_lora(lora, l + "mlp.fc1", l + "mlp.fc2");
+    }
+    lora.finish();
+  }
 }
 
 void JinaV3Encoder::attach_lora(nn::LoraAdapters& adapters) {

@@ -25,7 +25,9 @@ class JinaV3Encoder {
   /// Takes every weight the config implies from `checkpoint` (bare, or under
   /// "roberta." as JinaEmbeddingsV3ForMaskedLM saves it; jina's names as
   /// save_pretrained writes them, or the module's own), as the view's dtype on
-  /// its device; a missing tensor is an error naming it.
+  /// its device; a missing tensor is an error naming it. jina's remote-code
+  /// checkpoint (config.remote_code) is read through its parametrizations, with
+  /// its stacked task adapters attached (adapter i = lora_adaptations[i]).
   JinaV3Encoder(JinaV3Config config, const nn::Weights& checkpoint);
 
   /// Last hidden state (b, t, hidden) for right-padded (b, t) int64 inputs.
