@@ -13,32 +13,51 @@ namespace mpool::tokenizer {
 
 namespace {
 
-// Oniguruma (what the reference uses) and PCRE2's UCP mode disagree on \w and
-// \s, so those spellings are rewritten into explicit sets. Oniguruma's \w, as
-// measured over every code point against the reference: Alphabetic, marks,
-// decimal digits, connector punctuation, plus the Latin-1 superscripts and
-// fractions its single-byte ctype table marks as word characters. Its \s adds
-// NEL to PCRE2's.
-constexpr const char* kWordSet = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE}";
-constexpr const char* kSpaceSet = "\\s\\x{85}";
-
+// The reference matches with Oniguruma, whose property tables are of another
+// Unicode version and whose \w and \s differ from PCRE2's. So every \p{..},
+// \P{..}, \w, \s, \d (and negations) with an Oniguruma table probed from the
+// reference (see oniguruma_class) is rewritten into an explicit code point set;
+// other property names are left to PCRE2.
 std::string translate_oniguruma(const std::string& p) {
   std::string out;
   bool in_class = false;
+  auto emit = [&](std::string_view name, bool negated, const std::string& original) {
+    std::string body = oniguruma_class(name, in_class && negated);
+    if (body.empty()) {
+      out += original;
+    } else if (in_class) {
+      out += body;
+    } else {
+      out += (negated ? "[^" : "[") + body + "]";
+    }
+  };
   for (size_t i = 0; i < p.size(); ++i) {
     char c = p[i];
     if (c == '\\' && i + 1 < p.size()) {
       char n = p[i + 1];
-      ++i;
-      if (n == 'w' || n == 's') {
-        const char* set = n == 'w' ? kWordSet : kSpaceSet;
-        out += in_class ? std::string(set) : "[" + std::string(set) + "]";
-      } else if ((n == 'W' || n == 'S') && !in_class) {
-        out += "[^" + std::string(n == 'W' ? kWordSet : kSpaceSet) + "]";
-      } else {
-        out.push_back('\\');
-        out.push_back(n);
+      if (n == 'w' || n == 's' || n == 'd' || n == 'W' || n == 'S' || n == 'D') {
+        char lower = static_cast<char>(n | 0x20);
+        emit(std::string("\\") + lower, n != lower, p.substr(i, 2));
+        ++i;
+        continue;
       }
+      if ((n == 'p' || n == 'P') && i + 2 < p.size() && p[i + 2] == '{') {
+        size_t close = p.find('}', i + 3);
+        if (close != std::string::npos) {
+          std::string name = p.substr(i + 3, close - i - 3);
+          bool negated = n == 'P';
+          if (!name.empty() && name[0] == '^') {
+            negated = !negated;
+            name.erase(0, 1);
+          }
+          emit(name, negated, p.substr(i, close + 1 - i));
+          i = close;
+          continue;
+        }
+      }
+      out.push_back('\\');
+      out.push_back(n);
+      ++i;
       continue;
     }
     if (!in_class && c == '[') {
