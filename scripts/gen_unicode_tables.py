@@ -9,12 +9,16 @@ versions, this script asks `tokenizers` itself, code point by code point (all of
 0..U+10FFFF except surrogates, batched into a few long strings), and writes what it
 answers as compact tables:
 
-  * per-code-point predicate flags (two-stage table) for the Rust-side predicates;
+  * per-code-point predicate flags (two-stage table): whitespace, numeric, punctuation,
+    BertNormalizer's controls and accent marks, StripAccents' marks, the regex crate's
+    \\w and \\s, which marks have a combining class, which composites NFC makes;
+  * full lowercase, NFD and NFKD of every code point they change;
   * Oniguruma classes (\\p{L}, \\p{N}, ..., \\s, \\w, \\d) as PCRE2 class bodies, which
     the regex translator substitutes for the property names PCRE2 would otherwise
     resolve with its own, older tables.
 
-Run:  python scripts/gen_unicode_tables.py  (from the repository root; rewrites the
+The tables are generated from tokenizers 0.23.3 (the version the .inc names in its
+first line). Run:  python scripts/gen_unicode_tables.py  (from the repository root; rewrites the
 .inc file and prints the tokenizers version it was generated from).
 """
 
