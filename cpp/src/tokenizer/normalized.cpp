@@ -4,6 +4,9 @@
 #include <pcre2.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <map>
+#include <mutex>
 
 #include "mpool/base/error.h"
 
@@ -13,32 +16,128 @@ namespace mpool::tokenizer {
 
 namespace {
 
-// Oniguruma (what the reference uses) and PCRE2's UCP mode disagree on \w and
-// \s, so those spellings are rewritten into explicit sets. Oniguruma's \w, as
-// measured over every code point against the reference: Alphabetic, marks,
-// decimal digits, connector punctuation, plus the Latin-1 superscripts and
-// fractions its single-byte ctype table marks as word characters. Its \s adds
-// NEL to PCRE2's.
-constexpr const char* kWordSet = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE}";
-constexpr const char* kSpaceSet = "\\s\\x{85}";
+// Ranges of a class body written as \x{LO}-\x{HI} / \x{C} sequences.
+std::vector<std::pair<char32_t, char32_t>> body_ranges(const std::string& body) {
+  std::vector<std::pair<char32_t, char32_t>> out;
+  for (size_t i = 0; i < body.size();) {
+    auto read = [&] {
+      size_t close = body.find('}', i);
+      auto v = static_cast<char32_t>(std::stoul(body.substr(i + 3, close - i - 3), nullptr, 16));
+      i = close + 1;
+      return v;
+    };
+    char32_t lo = read(), hi = lo;
+    if (i < body.size() && body[i] == '-') {
+      ++i;
+      hi = read();
+    }
+    out.emplace_back(lo, hi);
+  }
+  return out;
+}
 
+// Oniguruma's class `name` as a PCRE2 class body that is quick to match: PCRE2
+// checks a long explicit range list one range after another, but its own
+// property lookup in one step. So where Oniguruma's set only adds code points to
+// PCRE2's class of the same spelling (newer characters), the body is PCRE2's
+// class plus the added ranges; otherwise the full explicit set. Computed once per
+// name by running PCRE2's class over every code point.
+std::string quick_class_body(const std::string& name) {
+  static std::mutex mu;
+  static std::map<std::string, std::string> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache.find(name); it != cache.end()) return it->second;
+  std::string full = oniguruma_class(name, false);
+  if (full.empty()) return cache[name] = full;
+  static const std::string every = [] {
+    std::string t;
+    for (char32_t c = 0; c < 0x110000; ++c)
+      if (c < 0xD800 || c > 0xDFFF) append_utf8(t, c);
+    return t;
+  }();
+  std::string own = name[0] == '\\' ? name : "\\p{" + name + "}";
+  std::string run = "[" + own + "]+";
+  int err = 0;
+  PCRE2_SIZE err_off = 0;
+  auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(run.data()), run.size(), PCRE2_UTF | PCRE2_UCP, &err,
+                             &err_off, nullptr);
+  if (code == nullptr) return cache[name] = full;
+  std::vector<bool> pcre(0x110000, false);
+  pcre2_match_data* md = pcre2_match_data_create(1, nullptr);
+  size_t pos = 0;
+  while (pos < every.size() &&
+         pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(every.data()), every.size(), pos, PCRE2_NO_UTF_CHECK, md,
+                     nullptr) > 0) {
+    PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+    for (size_t i = ov[0]; i < ov[1];) pcre[next_code_point(every, i)] = true;
+    pos = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
+  }
+  pcre2_match_data_free(md);
+  pcre2_code_free(code);
+  std::vector<bool> onig(0x110000, false);
+  for (auto [lo, hi] : body_ranges(full))
+    for (char32_t c = lo; c <= hi; ++c) onig[c] = true;
+  std::string body = own;
+  for (char32_t c = 0; c < 0x110000; ++c) {
+    if (c >= 0xD800 && c <= 0xDFFF) continue;
+    if (pcre[c] && !onig[c]) return cache[name] = full;
+    if (!onig[c] || pcre[c]) continue;
+    char32_t hi = c;
+    while (hi + 1 < 0x110000 && onig[hi + 1] && !pcre[hi + 1] && !(hi + 1 >= 0xD800 && hi + 1 <= 0xDFFF)) ++hi;
+    char buf[48];
+    std::snprintf(buf, sizeof(buf), hi == c ? "\\x{%X}" : "\\x{%X}-\\x{%X}", static_cast<unsigned>(c),
+                  static_cast<unsigned>(hi));
+    body += buf;
+    c = hi;
+  }
+  return cache[name] = body;
+}
+
+// The reference matches with Oniguruma, whose property tables are of another
+// Unicode version and whose \w and \s differ from PCRE2's. So every \p{..},
+// \P{..}, \w, \s, \d (and negations) with an Oniguruma table probed from the
+// reference (see oniguruma_class) is rewritten into an explicit code point set;
+// other property names are left to PCRE2.
 std::string translate_oniguruma(const std::string& p) {
   std::string out;
   bool in_class = false;
+  auto emit = [&](std::string_view name, bool negated, const std::string& original) {
+    std::string body = in_class && negated ? oniguruma_class(name, true) : quick_class_body(std::string(name));
+    if (body.empty()) {
+      out += original;
+    } else if (in_class) {
+      out += body;
+    } else {
+      out += (negated ? "[^" : "[") + body + "]";
+    }
+  };
   for (size_t i = 0; i < p.size(); ++i) {
     char c = p[i];
     if (c == '\\' && i + 1 < p.size()) {
       char n = p[i + 1];
-      ++i;
-      if (n == 'w' || n == 's') {
-        const char* set = n == 'w' ? kWordSet : kSpaceSet;
-        out += in_class ? std::string(set) : "[" + std::string(set) + "]";
-      } else if ((n == 'W' || n == 'S') && !in_class) {
-        out += "[^" + std::string(n == 'W' ? kWordSet : kSpaceSet) + "]";
-      } else {
-        out.push_back('\\');
-        out.push_back(n);
+      if (n == 'w' || n == 's' || n == 'd' || n == 'W' || n == 'S' || n == 'D') {
+        char lower = static_cast<char>(n | 0x20);
+        emit(std::string("\\") + lower, n != lower, p.substr(i, 2));
+        ++i;
+        continue;
       }
+      if ((n == 'p' || n == 'P') && i + 2 < p.size() && p[i + 2] == '{') {
+        size_t close = p.find('}', i + 3);
+        if (close != std::string::npos) {
+          std::string name = p.substr(i + 3, close - i - 3);
+          bool negated = n == 'P';
+          if (!name.empty() && name[0] == '^') {
+            negated = !negated;
+            name.erase(0, 1);
+          }
+          emit(name, negated, p.substr(i, close + 1 - i));
+          i = close;
+          continue;
+        }
+      }
+      out.push_back('\\');
+      out.push_back(n);
+      ++i;
       continue;
     }
     if (!in_class && c == '[') {

@@ -20,10 +20,7 @@ class BertNormalizer : public Normalizer {
 
   void normalize(NormalizedString& s) const override {
     if (clean_) {
-      s.filter([](char32_t c) {
-        bool control = c != '\t' && c != '\n' && c != '\r' && is_other(c);
-        return !(c == 0 || c == 0xFFFD || control);
-      });
+      s.filter([](char32_t c) { return !is_bert_control(c); });
       s.map([](char32_t c) { return (c == '\t' || c == '\n' || c == '\r' || is_whitespace(c)) ? U' ' : c; });
     }
     if (chinese_) {

@@ -30,10 +30,30 @@ int char_to_byte(char32_t c) {
 
 namespace {
 
-bool is_bert_punctuation(char32_t c) {
-  bool ascii_punct = (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
-  return ascii_punct || is_punctuation(c);
-}
+bool is_bert_punctuation(char32_t c) { return is_punctuation(c); }
+
+// The Whitespace pre-tokenizer's \w+|[^\w\s]+ (Rust regex semantics): maximal runs
+// of word characters, and maximal runs of characters neither word nor space.
+class WordRunsPattern : public Pattern {
+ public:
+  std::vector<PatternPiece> find_matches(std::string_view s) const override {
+    if (s.empty()) return {{0, 0, false}};
+    std::vector<PatternPiece> out;
+    int run = 0;  // 0 none, 1 word run, 2 other run
+    size_t last = 0;
+    for (size_t i = 0; i < s.size();) {
+      size_t b = i;
+      char32_t c = next_code_point(s, i);
+      int kind = is_regex_word(c) ? 1 : is_regex_space(c) ? 0 : 2;
+      if (kind == run) continue;
+      if (b > last) out.push_back({last, b, run != 0});
+      last = b;
+      run = kind;
+    }
+    out.push_back({last, s.size(), run != 0});
+    return out;
+  }
+};
 
 // A pre-tokenizer that splits every piece with one pattern and behaviour.
 class PatternPreTokenizer : public PreTokenizer {
@@ -171,11 +191,9 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const JsonNode& node) {
   }
   if (type == "Whitespace")
     // The reference runs `\w+|[^\w\s]+` here with Rust regex semantics, whose \w
-    // (UTS #18 Word) differs from Oniguruma's: Join_Control in, Latin-1 No out.
-    return std::make_unique<PatternPreTokenizer>(
-        std::make_unique<Regex>(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}]+)"
-                                R"(|[^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}\s]+)"),
-        SplitBehavior::kRemoved, /*invert=*/true);
+    // (UTS #18 Word) differs from Oniguruma's.
+    return std::make_unique<PatternPreTokenizer>(std::make_unique<WordRunsPattern>(), SplitBehavior::kRemoved,
+                                                 /*invert=*/true);
   if (type == "WhitespaceSplit")
     return std::make_unique<PatternPreTokenizer>(std::make_unique<CharPredicatePattern>(is_whitespace),
                                                  SplitBehavior::kRemoved, false);

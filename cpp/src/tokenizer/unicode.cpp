@@ -3,6 +3,7 @@
 #include <utf8proc.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <optional>
 
 #include "mpool/base/error.h"
@@ -133,17 +134,76 @@ namespace {
 utf8proc_category_t category(char32_t c) { return utf8proc_category(static_cast<utf8proc_int32_t>(c)); }
 }  // namespace
 
-bool is_whitespace(char32_t c) {
-  if (c < 0x80) return c == ' ' || (c >= 0x09 && c <= 0x0D);
-  if (c == 0x85) return true;
-  auto cat = category(c);
-  return cat == UTF8PROC_CATEGORY_ZS || cat == UTF8PROC_CATEGORY_ZL || cat == UTF8PROC_CATEGORY_ZP;
-}
+// The predicates the reference's components use, probed from it on every code
+// point by scripts/gen_unicode_tables.py: each of its components follows the
+// tables of its own dependency (Rust's char, unicode_categories, the regex crate,
+// Oniguruma), and models were trained on exactly that behaviour.
+namespace tables {
+#include "unicode_tables.inc"
+}  // namespace tables
 
-bool is_numeric(char32_t c) {
-  if (c < 0x80) return c >= '0' && c <= '9';
-  auto cat = category(c);
-  return cat == UTF8PROC_CATEGORY_ND || cat == UTF8PROC_CATEGORY_NL || cat == UTF8PROC_CATEGORY_NO;
+namespace {
+inline uint16_t flags(char32_t c) {
+  return c < 0x110000 ? tables::kFlagStage2[tables::kFlagStage1[c >> 8]][c & 0xFF] : 0;
+}
+}  // namespace
+
+bool is_whitespace(char32_t c) { return (flags(c) & tables::kWhitespace) != 0; }
+
+bool is_numeric(char32_t c) { return (flags(c) & tables::kNumeric) != 0; }
+
+bool is_punctuation(char32_t c) { return (flags(c) & tables::kPunctuation) != 0; }
+
+bool is_bert_control(char32_t c) { return (flags(c) & tables::kBertControl) != 0; }
+
+bool is_mark_nonspacing(char32_t c) { return (flags(c) & tables::kBertMarkNonspacing) != 0; }
+
+bool is_mark(char32_t c) { return (flags(c) & tables::kCombiningMark) != 0; }
+
+bool is_regex_word(char32_t c) { return (flags(c) & tables::kRegexWord) != 0; }
+
+bool is_regex_space(char32_t c) { return (flags(c) & tables::kRegexSpace) != 0; }
+
+std::string oniguruma_class(std::string_view name, bool negated) {
+  for (const auto& cls : tables::kOnigClasses) {
+    if (name != cls.name) continue;
+    if (!negated) return cls.body;
+    // Complement of the body's ranges, each written \x{LO}-\x{HI} or \x{C}.
+    std::string body = cls.body, out;
+    char32_t next = 0;
+    auto emit = [&](char32_t lo, char32_t hi) {
+      auto hex = [](char32_t v) {
+        char buf[16];
+        std::snprintf(buf, sizeof(buf), "\\x{%X}", static_cast<unsigned>(v));
+        return std::string(buf);
+      };
+      // PCRE2 rejects surrogates in UTF mode; none occurs in text anyway.
+      if (lo <= 0xDFFF && hi >= 0xD800) {
+        if (lo < 0xD800) out += hex(lo) + "-" + hex(0xD7FF);
+        if (hi > 0xDFFF) out += hex(0xE000) + "-" + hex(hi);
+        return;
+      }
+      out += hex(lo) + "-" + hex(hi);
+    };
+    for (size_t i = 0; i < body.size();) {
+      auto read = [&]() {
+        size_t close = body.find('}', i);
+        auto v = static_cast<char32_t>(std::stoul(body.substr(i + 3, close - i - 3), nullptr, 16));
+        i = close + 1;
+        return v;
+      };
+      char32_t lo = read(), hi = lo;
+      if (i < body.size() && body[i] == '-') {
+        ++i;
+        hi = read();
+      }
+      if (lo > next) emit(next, lo - 1);
+      next = hi + 1;
+    }
+    if (next <= 0x10FFFF) emit(next, 0x10FFFF);
+    return out;
+  }
+  return {};
 }
 
 bool is_letter(char32_t c) {
@@ -153,26 +213,27 @@ bool is_letter(char32_t c) {
 
 bool is_alphabetic(char32_t c) { return is_letter(c) || category(c) == UTF8PROC_CATEGORY_NL; }
 
-bool is_punctuation(char32_t c) {
-  auto cat = category(c);
-  return cat >= UTF8PROC_CATEGORY_PC && cat <= UTF8PROC_CATEGORY_PO;
+namespace {
+// The reference's full mapping of c in table, or nullptr (and n = 0) when it leaves c alone.
+template <size_t N>
+const char32_t* mapped(const tables::Mapping (&table)[N], const char32_t* pool, char32_t c, size_t& n) {
+  auto it = std::lower_bound(std::begin(table), std::end(table), c,
+                             [](const tables::Mapping& m, char32_t v) { return m.c < v; });
+  if (it == std::end(table) || it->c != c) {
+    n = 0;
+    return nullptr;
+  }
+  n = it->length;
+  return pool + it->offset;
 }
 
-bool is_other(char32_t c) {
-  auto cat = category(c);
-  return cat == UTF8PROC_CATEGORY_CC || cat == UTF8PROC_CATEGORY_CF || cat == UTF8PROC_CATEGORY_CS ||
-         cat == UTF8PROC_CATEGORY_CO || cat == UTF8PROC_CATEGORY_CN;
-}
+bool is_hangul_syllable(char32_t c) { return c >= 0xAC00 && c <= 0xD7A3; }
+}  // namespace
 
-bool is_mark_nonspacing(char32_t c) { return category(c) == UTF8PROC_CATEGORY_MN; }
-
-bool is_mark(char32_t c) {
-  auto cat = category(c);
-  return cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_MC || cat == UTF8PROC_CATEGORY_ME;
-}
-
+// Classes are utf8proc's, but only for the marks the reference's normalization
+// tables (an older Unicode version) give a class at all.
 int combining_class(char32_t c) {
-  if (c < 0x300) return 0;
+  if (c < 0x300 || (flags(c) & tables::kCombiningClassNonzero) == 0) return 0;
   return utf8proc_get_property(static_cast<utf8proc_int32_t>(c))->combining_class;
 }
 
@@ -181,13 +242,13 @@ void append_lowercase(std::u32string& out, char32_t c) {
     out.push_back(c >= 'A' && c <= 'Z' ? c + 32 : c);
     return;
   }
-  // U+0130 is the only character whose unconditional lowercase is two code points.
-  if (c == 0x130) {
-    out.push_back(U'i');
-    out.push_back(0x307);
+  size_t n = 0;
+  const char32_t* m = mapped(tables::kLowercase, tables::kLowercasePool, c, n);
+  if (m == nullptr) {
+    out.push_back(c);
     return;
   }
-  out.push_back(static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c))));
+  out.insert(out.end(), m, m + n);
 }
 
 char32_t to_upper(char32_t c) {
@@ -230,6 +291,18 @@ std::vector<Item> decompose(std::u32string_view s, bool compat) {
       push(c, 0);
       continue;
     }
+    if (!is_hangul_syllable(c)) {
+      // The reference's decompositions (tables probed from it), not utf8proc's newer ones.
+      size_t n = 0;
+      const char32_t* m = compat ? mapped(tables::kCompatibility, tables::kCompatibilityPool, c, n)
+                                 : mapped(tables::kCanonical, tables::kCanonicalPool, c, n);
+      if (m == nullptr) {
+        push(c, 0);
+      } else {
+        for (size_t k = 0; k < n; ++k) push(m[k], k == 0 ? 0 : 1);
+      }
+      continue;
+    }
     int boundclass = 0;
     auto n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(c), buf, 32, opts, &boundclass);
     if (n <= 0 || n > 32) {
@@ -247,8 +320,11 @@ std::optional<char32_t> compose_pair(char32_t a, char32_t b) {
   if (b < 0x300) return std::nullopt;
   utf8proc_int32_t buf[2] = {static_cast<utf8proc_int32_t>(a), static_cast<utf8proc_int32_t>(b)};
   auto n = utf8proc_normalize_utf32(buf, 2, UTF8PROC_COMPOSE);
-  if (n == 1) return static_cast<char32_t>(buf[0]);
-  return std::nullopt;
+  if (n != 1) return std::nullopt;
+  auto r = static_cast<char32_t>(buf[0]);
+  // Only what the reference's tables compose (not newer composites, not exclusions).
+  if (!is_hangul_syllable(r) && (flags(r) & tables::kPrimaryComposite) == 0) return std::nullopt;
+  return r;
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 #pragma once
-// UTF-8 and Unicode-property helpers shared by the tokenizer components. Every
-// property comes from utf8proc; the predicates mirror the Rust `char` methods
-// that the reference tokenizers implementation relies on.
+// UTF-8 and Unicode-property helpers shared by the tokenizer components. The
+// predicates read tables probed from the reference; categories, case and normalization
+// come from utf8proc.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -40,20 +40,31 @@ void require_utf8(std::string_view s, std::string_view what);
 /// Rust's String::from_utf8_lossy: each maximal invalid subpart becomes U+FFFD.
 std::string utf8_lossy(std::string_view bytes);
 
-/// Rust char::is_whitespace (the White_Space property).
+// The predicates below follow the reference tokenizers implementation exactly,
+// on every code point: they read tables that scripts/gen_unicode_tables.py
+// probes from it (see docs/loading.md for the Unicode version of each).
+/// Rust char::is_whitespace.
 bool is_whitespace(char32_t c);
-/// Rust char::is_numeric (categories Nd, Nl, No).
+/// Rust char::is_numeric (Digits).
 bool is_numeric(char32_t c);
-/// Rust char::is_alphabetic approximated by letter categories plus Nl.
+/// Rust char::is_alphabetic approximated by letter categories plus Nl (utf8proc).
 bool is_alphabetic(char32_t c);
-/// Any punctuation category (Pc, Pd, Ps, Pe, Pi, Pf, Po).
+/// ASCII punctuation or the unicode_categories crate's is_punctuation (BertPreTokenizer, Punctuation).
 bool is_punctuation(char32_t c);
-/// Any "other" category (Cc, Cf, Cs, Co, Cn).
-bool is_other(char32_t c);
-/// Nonspacing mark (Mn).
+/// Removed by BertNormalizer's clean_text: NUL, U+FFFD and its controls (unicode_categories "other"
+/// except tab, newline, carriage return; unassigned code points are kept).
+bool is_bert_control(char32_t c);
+/// Removed by BertNormalizer's strip_accents after its NFD (unicode_categories Mn).
 bool is_mark_nonspacing(char32_t c);
-/// Any mark category (Mn, Mc, Me).
+/// Removed by the StripAccents normalizer (its combining-mark table).
 bool is_mark(char32_t c);
+/// \w of the Rust regex crate (the Whitespace pre-tokenizer).
+bool is_regex_word(char32_t c);
+/// \s of the Rust regex crate (the Whitespace pre-tokenizer).
+bool is_regex_space(char32_t c);
+/// Oniguruma's class for a property name (L, Lu, ..., Cn) or for "\\s", "\\w", "\\d", as the body
+/// of a PCRE2 character class (complemented when negated); empty for names it has no table for.
+std::string oniguruma_class(std::string_view name, bool negated);
 /// Letter category (L*).
 bool is_letter(char32_t c);
 /// Canonical combining class.
