@@ -487,7 +487,9 @@ def test_streamed_text_equals_decoding_all_ids_for_multibyte_prompts(
     # chunks must hold whole characters and add up to the full decode.
     tok = transformers.AutoTokenizer.from_pretrained(str(models["llama"]))
     pool.register("m", models["llama"])
-    for prompt in ["東京は日本の首都です。", "Emoji: 😀 👍🏽 🚀", "Ελληνικά и русский"]:
+    # Unicode 15/16 emoji, CJK Extension H and Kawi too (issue 20's characters).
+    recent = "I feel \U0001FAE8 today \U0001FA77 \U0001FABC \U0001F6DC \U0001FABE \U0001FAC6 \U00031350 \U00011F04"
+    for prompt in ["東京は日本の首都です。", "Emoji: 😀 👍🏽 🚀", "Ελληνικά и русский", recent]:
         ids, text, chunks = run(pool.generate("m", prompt, max_tokens=64, temperature=0.8, seed=3, ignore_eos=True))
         assert text == tok.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
         for chunk in chunks:
