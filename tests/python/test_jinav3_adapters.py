@@ -14,15 +14,18 @@ base weights; ``embed(task=...)`` picks the prompt and the adapter together.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import threading
 
 import numpy as np
 import peft
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import mpool
-from test_native_jinav3 import TASKS, TEXTS, build_v3
+from test_native_jinav3 import TASKS, TEXTS, build_v3, oracle_embeddings
 
 
 # PEFT (0.21) reads transformers' deprecated is_gradient_checkpointing when it wraps a model.
@@ -135,13 +138,22 @@ def test_a_task_that_only_names_an_adapter_selects_it_without_a_prompt(tmp_path)
             pool.embed("v3", TEXTS[:3], task="medical")
 
 
-def test_an_adapter_for_a_module_the_model_cannot_adapt_fails_naming_the_tensor(tmp_path):
-    d, model, _ = build_v3(tmp_path)
-    # JinaEmbeddingsV3Model's pooler.dense is not part of the embedding path.
-    add_adapters(d, model, {"odd": dict(r=2, lora_alpha=2, target_modules=["q_proj", "dense"])})
+def test_an_adapter_of_the_unused_pooler_changes_nothing_and_one_of_an_unknown_module_fails_naming_it(tmp_path):
+    d, model, fast = build_v3(tmp_path)
+    # JinaEmbeddingsV3Model's pooler.dense is off the embedding path: PEFT adapts it, and the embeddings agree.
+    pm = add_adapters(d, model, {"odd": dict(r=2, lora_alpha=2, target_modules=["q_proj", "dense"])})
     with mpool.Pool() as pool:
         pool.register("v3", d)
-        with pytest.raises(mpool.PoolError, match=r"LoRA adapter 'odd' .* has the tensor 'pooler\.dense\.lora_A\.weight'"):
+        assert rel_error(pool.embed("v3", TEXTS[:3], task="odd"), oracle(pm, fast, TEXTS[:3], "odd")) <= 1e-4
+    # A tensor for a module the encoder does not have.
+    path = d / "adapters" / "odd" / "adapter_model.safetensors"
+    tensors = load_file(path)
+    tensors["base_model.model.layers.0.self_attn.extra_proj.lora_A.weight"] = torch.zeros(2, 32)
+    save_file(tensors, path)
+    with mpool.Pool() as pool:
+        pool.register("v3", d)
+        with pytest.raises(mpool.PoolError,
+                           match=r"LoRA adapter 'odd' .* has the tensor 'layers\.0\.self_attn\.extra_proj\.lora_A\.weight'"):
             pool.embed("v3", TEXTS[:2], task="odd")
         d2, _, _ = build_v3(tmp_path, name="healthy")
         pool.register("ok", d2)
@@ -196,12 +208,6 @@ def test_an_adapter_whose_rank_disagrees_with_its_tensors_fails_naming_the_tenso
 # an embedding's E + alpha/rank * A[t] @ B[t] (A: (tasks, vocab, rank), B: (tasks,
 # rank, dim)); those merged weights, loaded into transformers' JinaEmbeddingsV3Model
 # (the same network under jina's tensor names), are the oracle.
-
-import re
-import shutil
-
-from safetensors.torch import load_file, save_file
-from test_native_jinav3 import oracle_embeddings
 
 PARAMETRIZED = re.compile(
     r"^(embeddings\.(word|token_type)_embeddings|encoder\.layers\.\d+\.(mixer\.Wqkv|mixer\.out_proj|mlp\.fc1|mlp\.fc2))"
@@ -297,12 +303,23 @@ def test_the_hubs_remote_code_checkpoint_runs_each_tasks_stacked_adapter_like_me
         assert rel_error(pool.embed("hub", texts, task="separation"), ref) > 1e-2  # the adapter matters
 
 
-def test_a_stacked_lora_tensor_for_a_module_the_model_cannot_adapt_is_refused_naming_it(tmp_path):
-    extra = {"roberta.pooler.dense.parametrizations.weight.0.lora_A": torch.zeros(len(TASKS), 4, 32)}
-    remote, *_ = build_remote(tmp_path, extra=extra)
+def test_stacked_lora_of_the_pooler_is_ignored_and_of_an_unknown_module_is_refused_naming_it(tmp_path):
+    # jina's parametrization adapts every linear, the pooler's too: off the embedding path, it is ignored.
+    pooler = {
+        "roberta.pooler.dense.parametrizations.weight.original": torch.zeros(32, 32),
+        "roberta.pooler.dense.parametrizations.weight.0.lora_A": torch.zeros(len(TASKS), 4, 32),
+        "roberta.pooler.dense.parametrizations.weight.0.lora_B": torch.zeros(len(TASKS), 32, 4),
+    }
+    remote, *_ = build_remote(tmp_path / "a", extra=pooler)
     with mpool.Pool() as pool:
         pool.register("hub", remote)
-        with pytest.raises(mpool.PoolError, match=r"roberta\.pooler\.dense\.parametrizations\.weight\.0\.lora_A"):
+        assert pool.embed("hub", TEXTS[:2], task="separation").shape == (2, 32)
+    unknown = {"roberta.encoder.layers.0.mixer.extra.parametrizations.weight.0.lora_A": torch.zeros(len(TASKS), 4, 32)}
+    remote, *_ = build_remote(tmp_path / "b", extra=unknown)
+    with mpool.Pool() as pool:
+        pool.register("hub", remote)
+        with pytest.raises(mpool.PoolError,
+                           match=r"roberta\.encoder\.layers\.0\.mixer\.extra\.parametrizations\.weight\.0\.lora_A"):
             pool.embed("hub", TEXTS[:2])
 
 

@@ -174,6 +174,15 @@ std::string LoraAdapters::find_prefix(const std::vector<std::string>& candidates
   return "";
 }
 
+void LoraAdapters::skip(const std::string& module) {
+  const std::string under = module + ".";
+  for (const auto& name : stacked_names_)
+    if (name.rfind(under, 0) == 0) taken_.insert({adapters_.size(), name});
+  for (size_t i = 0; i < adapters_.size(); ++i)
+    for (const auto& name : adapters_[i].names)
+      if (name.rfind(under, 0) == 0) taken_.insert({i, name});
+}
+
 void LoraAdapters::finish() const {
   for (const auto& name : stacked_names_)
     check(taken_.count({adapters_.size(), name}) > 0, ErrorCode::kInvalidInput,

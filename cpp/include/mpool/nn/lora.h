@@ -83,6 +83,10 @@ class LoraAdapters {
   /// The first of `candidates` ("", "roberta.") under which the adapters store
   /// module paths (PEFT names modules from the class it wrapped); "" when none has any.
   std::string find_prefix(const std::vector<std::string>& candidates) const;
+  /// Marks the adapter tensors of `module` as deliberately unused: a module off
+  /// the path the capability runs (an encoder's pooler under an embedder), whose
+  /// update cannot change the result.
+  void skip(const std::string& module);
   /// Throws InvalidInput naming the first adapter tensor no projection took.
   void finish() const;
   /// Bytes of every adapter tensor stored apart from the model (PEFT directories).

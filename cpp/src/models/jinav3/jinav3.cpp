@@ -63,6 +63,7 @@ JinaV3Encoder::JinaV3Encoder(JinaV3Config config, const nn::Weights& checkpoint)
       layers_[i].attention.attach_lora_fused(lora, l + "mixer.Wqkv", l + "mixer.out_proj");
       layers_[i].mlp.attach_lora(lora, l + "mlp.fc1", l + "mlp.fc2");
     }
+    lora.skip("pooler");  // jina's LoRA parametrizes every linear, the unused pooler's too
     lora.finish();
   }
 }
@@ -79,6 +80,7 @@ void JinaV3Encoder::attach_lora(nn::LoraAdapters& adapters) {
                                      l + "self_attn.o_proj");
     layers_[i].mlp.attach_lora(adapters, l + "mlp.fc1", l + "mlp.fc2");
   }
+  adapters.skip(p + "pooler");  // not on the embedding path: its update changes no embedding
   adapters.finish();
 }
 
