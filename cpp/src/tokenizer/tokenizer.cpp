@@ -258,7 +258,8 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view json, const std
   if (doc.is_discarded()) {
     // Re-parse with exceptions only to get the parser's position message.
     try {
-      (void)nlohmann::json::parse(json.begin(), json.end());
+      const nlohmann::json reparsed = nlohmann::json::parse(json.begin(), json.end());  // throws here
+      static_cast<void>(reparsed);
     } catch (const std::exception& e) {
       throw Error(ErrorCode::kInvalidInput, source + ": $: not valid JSON: " + e.what());
     }
