@@ -13,14 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
-import pytest
-
-tokenizers = pytest.importorskip("tokenizers")
-
-import mpool  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_tokenizer_parity import BUILDERS  # noqa: E402
+# The (HF tokenizer, mpool tokenizer) pair of every parity kind, from the same tokenizer.json.
+from test_tokenizer_parity import pair  # noqa: E402,F401
 
 CODE_POINTS = [c for c in range(0x40000) if not 0xD800 <= c <= 0xDFFF]
 ALONE = [chr(c) for c in CODE_POINTS]
@@ -34,17 +30,6 @@ SENTENCES = [f"I feel {c} today" for c in RECENT] + [
     "\U0001fae8",
     "mixed \U00031350\U00011f04 text \U00010d50 \U0001fae8\u200d\U0001fa77 end",
 ]
-
-
-@pytest.fixture(scope="module", params=sorted(BUILDERS))
-def pair(request, tmp_path_factory):
-    """(HF tokenizer, mpool tokenizer) loaded from the same tokenizer.json."""
-    hf = BUILDERS[request.param]()
-    path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
-    hf.save(str(path))
-    hf = tokenizers.Tokenizer.from_file(str(path))
-    ours = mpool.Tokenizer.from_file(str(path))
-    return hf, ours
 
 
 def _mismatches(hf, ours, texts):

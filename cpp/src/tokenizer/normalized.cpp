@@ -9,32 +9,13 @@
 #include <mutex>
 
 #include "mpool/base/error.h"
+#include "mpool/tokenizer/unicode.h"
 
 namespace mpool::tokenizer {
 
 // ---------------------------------------------------------------- Regex
 
 namespace {
-
-// Ranges of a class body written as \x{LO}-\x{HI} / \x{C} sequences.
-std::vector<std::pair<char32_t, char32_t>> body_ranges(const std::string& body) {
-  std::vector<std::pair<char32_t, char32_t>> out;
-  for (size_t i = 0; i < body.size();) {
-    auto read = [&] {
-      size_t close = body.find('}', i);
-      auto v = static_cast<char32_t>(std::stoul(body.substr(i + 3, close - i - 3), nullptr, 16));
-      i = close + 1;
-      return v;
-    };
-    char32_t lo = read(), hi = lo;
-    if (i < body.size() && body[i] == '-') {
-      ++i;
-      hi = read();
-    }
-    out.emplace_back(lo, hi);
-  }
-  return out;
-}
 
 // Oniguruma's class `name` as a PCRE2 class body that is quick to match: PCRE2
 // checks a long explicit range list one range after another, but its own
@@ -75,7 +56,7 @@ std::string quick_class_body(const std::string& name) {
   pcre2_match_data_free(md);
   pcre2_code_free(code);
   std::vector<bool> onig(0x110000, false);
-  for (auto [lo, hi] : body_ranges(full))
+  for (auto [lo, hi] : class_body_ranges(full))
     for (char32_t c = lo; c <= hi; ++c) onig[c] = true;
   std::string body = own;
   for (char32_t c = 0; c < 0x110000; ++c) {

@@ -164,6 +164,25 @@ bool is_regex_word(char32_t c) { return (flags(c) & tables::kRegexWord) != 0; }
 
 bool is_regex_space(char32_t c) { return (flags(c) & tables::kRegexSpace) != 0; }
 
+std::vector<std::pair<char32_t, char32_t>> class_body_ranges(const std::string& body) {
+  std::vector<std::pair<char32_t, char32_t>> out;
+  for (size_t i = 0; i < body.size();) {
+    auto read = [&] {
+      size_t close = body.find('}', i);
+      auto v = static_cast<char32_t>(std::stoul(body.substr(i + 3, close - i - 3), nullptr, 16));
+      i = close + 1;
+      return v;
+    };
+    char32_t lo = read(), hi = lo;
+    if (i < body.size() && body[i] == '-') {
+      ++i;
+      hi = read();
+    }
+    out.emplace_back(lo, hi);
+  }
+  return out;
+}
+
 std::string oniguruma_class(std::string_view name, bool negated) {
   for (const auto& cls : tables::kOnigClasses) {
     if (name != cls.name) continue;
@@ -185,18 +204,7 @@ std::string oniguruma_class(std::string_view name, bool negated) {
       }
       out += hex(lo) + "-" + hex(hi);
     };
-    for (size_t i = 0; i < body.size();) {
-      auto read = [&]() {
-        size_t close = body.find('}', i);
-        auto v = static_cast<char32_t>(std::stoul(body.substr(i + 3, close - i - 3), nullptr, 16));
-        i = close + 1;
-        return v;
-      };
-      char32_t lo = read(), hi = lo;
-      if (i < body.size() && body[i] == '-') {
-        ++i;
-        hi = read();
-      }
+    for (auto [lo, hi] : class_body_ranges(body)) {
       if (lo > next) emit(next, lo - 1);
       next = hi + 1;
     }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace mpool::tokenizer {
@@ -65,6 +66,8 @@ bool is_regex_space(char32_t c);
 /// Oniguruma's class for a property name (L, Lu, ..., Cn) or for "\\s", "\\w", "\\d", as the body
 /// of a PCRE2 character class (complemented when negated); empty for names it has no table for.
 std::string oniguruma_class(std::string_view name, bool negated);
+/// The [lo, hi] ranges of a class body written as \x{LO}-\x{HI} / \x{C} items, in order.
+std::vector<std::pair<char32_t, char32_t>> class_body_ranges(const std::string& body);
 /// Letter category (L*).
 bool is_letter(char32_t c);
 /// Canonical combining class.
