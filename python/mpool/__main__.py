@@ -1,4 +1,4 @@
-"""Command line: ``python -m mpool demo | embed | rerank | embed-image | generate | inspect | info``."""
+"""Command line: ``python -m mpool demo | serve | embed | rerank | embed-image | generate | describe | image | inspect | info``."""
 
 from __future__ import annotations
 
@@ -217,6 +217,37 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    import mpool
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from .server import config as server_config
+        from .server.app import serve
+    except ImportError as e:
+        print(f"mpool serve needs the server's packages ({e.name}): pip install 'mpool[serve]'", file=sys.stderr)
+        return 2
+    try:
+        cfg = server_config.load_config(args.config)
+        server_config.add_cli_models(cfg, args.model or [], preload=args.preload)
+        server_config.api_keys_from_env(cfg)
+        if args.host is not None:
+            cfg.host = args.host
+        if args.port is not None:
+            cfg.port = server_config.v.int_in("--port", args.port, 0, 65535)
+        if args.allow_private_urls:
+            cfg.allow_private_urls = True
+        if not cfg.models:
+            raise mpool.InvalidInput("no models to serve: give --model KEY=PATH or a --config file with [models.KEY]")
+        serve(cfg, log_level=args.log_level)
+    except mpool.PoolError as e:
+        print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _generation_flags(p: argparse.ArgumentParser) -> None:
     """The sampling, context and output flags of generate and describe."""
     p.add_argument("--max-tokens", type=int, default=256)
@@ -237,6 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="pool all-MiniLM-L6-v2 and a streaming model, and show what the pool does")
     p.set_defaults(fn=_demo)
+    p = sub.add_parser("serve", help="an OpenAI- and Ollama-compatible HTTP server over a pool (docs/serving.md)")
+    p.add_argument("--config", help="a TOML file: [server], [limits], [pool] and [models.KEY] tables")
+    p.add_argument("--model", action="append", metavar="KEY=PATH", help="serve a model directory or repo id (repeatable)")
+    p.add_argument("--preload", action="store_true", help="load the --model models at start (/ready waits for them)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--allow-private-urls", action="store_true", help="fetch image URLs on loopback or private networks")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(fn=_serve)
     p = sub.add_parser("embed", help="embed texts with a native model (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--model", help="model directory or cached repo id")

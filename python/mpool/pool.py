@@ -249,6 +249,21 @@ class Pool:
             self._defaults.pop(key, None)
             self._capabilities.pop(key, None)
 
+    def load(self, key: str, timeout: float | None = None) -> None:
+        """Loads ``key`` now and returns once a replica serves it (a cold start's
+        replicas, as a first request would start them); a no-op wait when it is loaded.
+
+        What would fail a first request fails this call: ``SpawnFailed`` (the
+        loader's error), ``MemoryExhausted``, ``Timeout`` (``timeout``: the pool's
+        request timeout by default). It counts as one request in ``stats()``.
+        """
+        self._native.load(v.key(key), req.timeout(timeout))
+
+    async def aload(self, key: str, timeout: float | None = None) -> None:
+        """``load`` without blocking the event loop."""
+        key, checked = v.key(key), req.timeout(timeout)
+        await asyncio.get_running_loop().run_in_executor(None, self._native.load, key, checked)
+
     def unload(self, key: str, timeout: float = 30.0) -> bool:
         """Unloads every replica of ``key`` once its queued work is done (0: do not wait for it)."""
         return bool(self._native.unload(v.key(key), v.duration("timeout", timeout, allow_zero=True)))

@@ -224,3 +224,55 @@ def test_concurrent_close_returns_only_after_the_pool_is_shut_down():
         t.join(30)
     assert returned_before_request_finished == [False, False]
     assert pool.stats()["threads"] == 0  # both returned after every thread was joined
+
+
+def test_load_starts_replicas_before_any_request_and_reports_what_a_first_request_would():
+    loads = []
+
+    def loader(device):
+        loads.append(device)
+        return HashEmbedder()
+
+    def failing(device):
+        raise RuntimeError("weights are missing on purpose")
+
+    with mpool.Pool(cold_start_replicas=1) as pool:
+        pool.register("m", mpool.PyModel("text_embedding", loader, memory_mb=1))
+        assert pool.models()[0]["state"] == "unloaded"
+        pool.load("m")
+        assert pool.models()[0]["state"] == "ready" and loads == ["cpu"]
+        pool.load("m")  # loaded already: nothing new starts
+        assert loads == ["cpu"]
+        assert pool.embed("m", ["x"]).shape == (1, 8) and loads == ["cpu"]
+        pool.register("bad", mpool.PyModel("text_embedding", failing, memory_mb=1))
+        with pytest.raises(mpool.SpawnFailed, match="weights are missing on purpose"):
+            pool.load("bad")
+        with pytest.raises(mpool.ModelNotFound):
+            pool.load("nope")
+        with pytest.raises(mpool.InvalidInput, match="timeout"):
+            pool.load("m", timeout=float("nan"))
+        pool.register("huge", mpool.PyModel("text_embedding", loader, memory_mb=10**9))
+        with pytest.raises(mpool.MemoryExhausted):
+            pool.load("huge")
+
+
+def test_aload_loads_without_blocking_the_event_loop():
+    import asyncio
+
+    gate = threading.Event()
+
+    def loader(device):
+        gate.wait(60)
+        return HashEmbedder()
+
+    async def main(pool):
+        task = asyncio.ensure_future(pool.aload("m"))
+        await asyncio.sleep(0)
+        assert not task.done()  # the loop keeps running while the replica loads
+        gate.set()
+        await task
+        return pool.models()[0]["state"]
+
+    with mpool.Pool(cold_start_replicas=1) as pool:
+        pool.register("m", mpool.PyModel("text_embedding", loader, memory_mb=1))
+        assert asyncio.run(main(pool)) == "ready"

@@ -1,5 +1,6 @@
 #include "mpool/core/pool.h"
 #include "mpool/core/faults.h"
+#include "mpool/core/pending.h"
 #include "mpool/core/spin.h"
 
 #include <tbb/concurrent_queue.h>
@@ -274,7 +275,8 @@ void Pool::submit(const std::string& key, const std::string& capability, std::sh
   check(!shutting_down_, ErrorCode::kShuttingDown, "pool is shutting down; request for '" + key + "' refused");
   auto model = find_locked(key);
   auto& caps = model->spec.capabilities;
-  check(std::find(caps.begin(), caps.end(), capability) != caps.end(), ErrorCode::kInvalidInput,
+  check(capability.empty() || std::find(caps.begin(), caps.end(), capability) != caps.end(),
+        ErrorCode::kInvalidInput,
         "model '" + key + "' does not serve " + capability + " (it serves: " + join(caps) + ")");
   model->metrics->requests++;
   if (model->queued() >= options_.max_queue) {
@@ -714,6 +716,13 @@ double Pool::keep_alive_of(const Model& model) const {
   return model.keep_alive_s.load();
 }
 
+void Pool::load(const std::string& key, const RequestOptions& options) {
+  auto pending = std::make_shared<Pending<bool>>(make_context(key, options));
+  auto nothing = [](Instance&, RequestContext&) { return true; };
+  submit(key, std::string{}, std::make_shared<UnaryJob<bool>>(pending, nothing));
+  pending->wait();
+}
+
 bool Pool::unload(const std::string& key, double timeout_s) {
   check_duration("timeout", timeout_s);
   Lock lock(mu_);
@@ -929,6 +938,7 @@ ModelStats Pool::stats_locked(const Model& m) const {
   s.pinned = m.pinned;
   s.memory_mb = m.spec.memory_mb;
   s.keep_alive_s = keep_alive_of(m);
+  s.idle_s = m.idle() ? seconds_since(m.last_used_ns.load()) : 0.0;
   s.max_replicas = m.spec.max_replicas;
   s.replicas = m.live();
   s.busy_replicas = m.count(kBusy);

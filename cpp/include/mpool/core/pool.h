@@ -48,6 +48,7 @@ struct ModelStats {
   bool pinned = false;
   double memory_mb = 0;      ///< estimate per replica
   double keep_alive_s = 0;   ///< effective
+  double idle_s = 0;         ///< since the last request arrived, while none is in flight (else 0)
   int max_replicas = 0;
   int replicas = 0;          ///< live (loading or ready)
   int busy_replicas = 0;
@@ -80,12 +81,19 @@ class Pool {
   /// True if `key` is registered.
   bool has_model(const std::string& key) const;
 
-  /// Queues a job for `key`, which must serve `capability`. Loads the model on
+  /// Queues a job for `key`, which must serve `capability` (empty: any job the
+  /// model's replicas can run, such as load()'s). Loads the model on
   /// first use. Throws ModelNotFound, InvalidInput, MemoryExhausted, Overloaded or
   /// ShuttingDown; every other outcome reaches the job.
   void submit(const std::string& key, const std::string& capability, std::shared_ptr<Job> job);
   /// A fresh request context for `key` with the effective deadline.
   std::shared_ptr<RequestContext> make_context(const std::string& key, const RequestOptions& options);
+
+  /// Loads `key` now (a cold start if it has no replica) and returns once a replica
+  /// is serving: a request that does nothing, queued like any other and bounded by
+  /// `options`' deadline. Throws what a request would: ModelNotFound, SpawnFailed,
+  /// MemoryExhausted, Overloaded, Timeout, ShuttingDown.
+  void load(const std::string& key, const RequestOptions& options = {});
 
   /// Retires every replica of `key` once its queued work is done; returns when they
   /// are gone or after `timeout_s` (false then).

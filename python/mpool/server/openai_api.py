@@ -1,0 +1,499 @@
+"""OpenAI-compatible routes (as the official ``openai`` client sends and reads them),
+plus ``/v1/rerank`` in the shapes infinity (Cohere) and TEI use."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import _validate as v
+from ..errors import InvalidInput, PoolError
+from .http import EventStream, Fields, body, cancel_on_disconnect, handles, http_image, openai_error, openai_error_body, sse
+from .state import Generation, ServerState, cap_max_tokens, chunks, open_stream, run_to_end, stop_list
+
+__all__ = ["routes"]
+
+_FINISH = {"stop": "stop", "length": "length"}
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.mpool  # type: ignore[no-any-return]
+
+
+# --- embeddings ---------------------------------------------------------------------
+
+
+def _inputs(f: Fields, key: str, max_batch: int) -> list[str]:
+    x = f.data.get(key)
+    if isinstance(x, str):
+        items = [x]
+    elif isinstance(x, list) and x:
+        if all(isinstance(i, int) and not isinstance(i, bool) for i in x) or all(isinstance(i, list) for i in x):
+            raise InvalidInput(f"{key} as token ids is not supported: send the text")
+        items = x
+    elif x is None:
+        raise InvalidInput(f"{key} is required: a string or a list of strings")
+    else:
+        raise InvalidInput(f"{key} must be a non-empty string or a non-empty list of strings, got {v._show(x)}")
+    if len(items) > max_batch:
+        raise InvalidInput(f"{key} holds {len(items)} items; this server takes at most {max_batch} per request")
+    return [v.text(f"{key}[{i}]", t) for i, t in enumerate(items)]
+
+
+@handles(openai_error)
+async def embeddings(request: Request) -> Response:
+    state = _state(request)
+    f = Fields(await body(request))
+    info = state.model(f.data.get("model"), "text_embedding")
+    texts = _inputs(f, "input", state.cfg.limits.max_batch)
+    encoding = f.text("encoding_format", default="float")
+    if encoding not in ("float", "base64"):
+        raise InvalidInput(f"encoding_format must be 'float' or 'base64', got {encoding!r}")
+    dimensions = f.integer("dimensions", 1, v.INT32_MAX)
+    task = f.text("task")  # an mpool extension: the model's prompt / adapter
+    vectors = await cancel_on_disconnect(
+        request, state.pool.aembed(info.key, texts, task=task, dimensions=dimensions)
+    )
+    tokens = state.count_tokens(info, texts)
+    data = []
+    for i, row in enumerate(vectors):
+        if encoding == "base64":
+            value: Any = base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")
+        else:
+            value = row.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return JSONResponse(
+        {"object": "list", "data": data, "model": info.key, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    )
+
+
+# --- chat and completions -------------------------------------------------------------
+
+
+def _sampling(state: ServerState, f: Fields, max_tokens: Any, max_name: str) -> dict[str, Any]:
+    """The generation parameters both text routes take, in mpool's names."""
+    f.refuse("n", "one choice per request", (None, 1))
+    f.refuse("best_of", "one choice per request", (None, 1))
+    params: dict[str, Any] = {"max_tokens": cap_max_tokens(state.cfg, max_name, max_tokens)}
+    for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+        if f.has(name):
+            params[name] = f.data[name]
+    if f.has("top_k"):
+        params["top_k"] = f.data["top_k"]
+    if f.has("seed"):
+        params["seed"] = v.int_in(f.name("seed"), f.data["seed"], 0, v.UINT64_MAX)
+    stop = stop_list(f.name("stop"), f.data.get("stop"))
+    if stop:
+        params["stop"] = stop
+    if f.has("ignore_eos"):
+        params["ignore_eos"] = f.data["ignore_eos"]
+    return params
+
+
+def _openai_content(i: int, content: Any, max_image: int) -> Any:
+    """A message's content as mpool's chat takes it: text parts joined, image parts as images."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise InvalidInput(f"messages[{i}].content must be a string or a list of parts, got {v._show(content)}")
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        where = f"messages[{i}].content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            parts.append({"type": "text", "text": v.text(f"{where}.text", part.get("text"))})
+        elif kind == "image_url":
+            ref = part.get("image_url")
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            parts.append({"type": "image", "image": http_image(f"{where}.image_url.url", url, max_image)})
+        else:
+            raise InvalidInput(f"{where}.type must be 'text' or 'image_url', got {v._show(kind)}")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def _messages(x: Any, max_image: int) -> list[dict[str, Any]]:
+    if not isinstance(x, list) or not x:
+        raise InvalidInput("messages must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(x):
+        if not isinstance(m, dict):
+            raise InvalidInput(f"messages[{i}] must be an object with role and content, got {v._show(m)}")
+        role = v.text(f"messages[{i}].role", m.get("role"), allow_empty=False)
+        if role == "developer":  # OpenAI's newer name for the system role
+            role = "system"
+        if m.get("tool_calls") or role == "tool":
+            raise InvalidInput(f"messages[{i}]: tool calls are not supported by this server")
+        out.append({"role": role, "content": _openai_content(i, m.get("content"), max_image)})
+    return out
+
+
+def _logprob_entry(state: ServerState, g: Generation, lp: Any) -> dict[str, Any]:
+    def item(token_id: int, logprob: float) -> dict[str, Any]:
+        text = state.token_text(g.info, token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    entry = item(lp.token_id, lp.logprob)
+    entry["top_logprobs"] = [item(t, p) for t, p in lp.top[: g.top_logprobs or 0]]
+    return entry
+
+
+def _usage(stats: Any) -> dict[str, int]:
+    prompt = int(stats.prompt_tokens) if stats is not None else 0
+    completion = int(stats.completion_tokens) if stats is not None else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _chat_request(state: ServerState, f: Fields) -> tuple[Generation, bool, bool]:
+    info = state.model(f.data.get("model"), "text_to_text")
+    f.refuse("tools", "tool calls are not supported by this server", (None, []))
+    f.refuse("tool_choice", "tool calls are not supported by this server", (None, "none"))
+    fmt = f.mapping("response_format")
+    if fmt and fmt.get("type") != "text":
+        raise InvalidInput(f"response_format {fmt.get('type')!r} is not supported; only 'text'")
+    max_name = "max_completion_tokens" if f.has("max_completion_tokens") else "max_tokens"
+    params = _sampling(state, f, f.data.get(max_name), max_name)
+    want = f.flag("logprobs")
+    top = f.integer("top_logprobs", 0, 20)
+    if top is not None and not want:
+        raise InvalidInput("top_logprobs needs logprobs=true")
+    messages = _messages(f.data.get("messages"), state.cfg.limits.max_image_bytes)
+    if any(isinstance(m["content"], list) for m in messages) and "vision" not in info.capabilities:
+        raise InvalidInput(f"model {info.key!r} does not take images (it serves: {', '.join(info.capabilities)})")
+    stream = f.flag("stream")
+    usage_in_stream = stream and bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
+    return Generation(info, params, messages=messages, top_logprobs=(top or 0) if want else None), stream, usage_in_stream
+
+
+@handles(openai_error)
+async def chat_completions(request: Request) -> Response:
+    state = _state(request)
+    g, stream, usage_in_stream = _chat_request(state, Fields(await body(request)))
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    pool_stream = open_stream(state, g)
+    if stream:
+        return EventStream(_chat_events(state, g, pool_stream, ident, created, usage_in_stream), "text/event-stream")
+    text, logprobs, stats, finish = await cancel_on_disconnect(request, run_to_end(pool_stream))
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None if g.top_logprobs is None else {"content": [_logprob_entry(state, g, lp) for lp in logprobs]},
+        "finish_reason": _FINISH.get(finish, finish),
+    }
+    return JSONResponse(
+        {"id": ident, "object": "chat.completion", "created": created, "model": g.info.key,
+         "choices": [choice], "usage": _usage(stats)}
+    )
+
+
+async def _chat_events(
+    state: ServerState, g: Generation, pool_stream: Any, ident: str, created: int, usage_in_stream: bool
+) -> AsyncIterator[str]:
+    head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": g.info.key}
+    yield sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]})
+    try:
+        async for chunk in chunks(pool_stream):
+            if chunk.text or chunk.logprobs:
+                lps = None
+                if g.top_logprobs is not None:
+                    lps = {"content": [_logprob_entry(state, g, lp) for lp in chunk.logprobs]}
+                yield sse({**head, "choices": [{"index": 0, "delta": {"content": chunk.text}, "logprobs": lps, "finish_reason": None}]})
+    except PoolError as e:
+        yield sse(openai_error_body(e))
+        return
+    finish = pool_stream.finish_reason or "stop"
+    last: dict[str, Any] = {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": _FINISH.get(finish, finish)}]}
+    if usage_in_stream:
+        last["usage"] = None
+    yield sse(last)
+    if usage_in_stream:
+        yield sse({**head, "choices": [], "usage": _usage(pool_stream.stats)})
+    yield "data: [DONE]\n\n"
+
+
+def _completion_prompt(x: Any) -> str | list[int]:
+    if isinstance(x, list) and len(x) == 1 and isinstance(x[0], (str, list)):
+        x = x[0]  # a batch of one
+    if isinstance(x, str):
+        if not x:
+            raise InvalidInput("prompt is empty")
+        return x
+    if isinstance(x, list) and x and all(isinstance(i, int) and not isinstance(i, bool) for i in x):
+        return v.token_ids("prompt", x, 0, v.INT32_MAX)
+    raise InvalidInput("prompt must be a non-empty string or a list of token ids (one prompt per request)")
+
+
+def _legacy_logprobs(state: ServerState, g: Generation, logprobs: list[Any], start: int) -> dict[str, Any]:
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    offset = start
+    for lp in logprobs:
+        text = state.token_text(g.info, lp.token_id)
+        tokens.append(text)
+        token_logprobs.append(lp.logprob)
+        tops.append({state.token_text(g.info, t): p for t, p in lp.top[: g.top_logprobs or 0]})
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+@handles(openai_error)
+async def completions(request: Request) -> Response:
+    state = _state(request)
+    f = Fields(await body(request))
+    info = state.model(f.data.get("model"), "text_to_text")
+    f.refuse("suffix", "insertion is not supported")
+    f.refuse("echo", "echoing the prompt is not supported", (None, False))
+    params = _sampling(state, f, f.data.get("max_tokens"), "max_tokens")
+    top = f.integer("logprobs", 0, 20)
+    g = Generation(info, params, prompt=_completion_prompt(f.data.get("prompt")), top_logprobs=top)
+    ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    usage_in_stream = bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
+    pool_stream = open_stream(state, g)
+    if f.flag("stream"):
+        return EventStream(_completion_events(state, g, pool_stream, ident, created, usage_in_stream), "text/event-stream")
+    text, logprobs, stats, finish = await cancel_on_disconnect(request, run_to_end(pool_stream))
+    choice = {
+        "index": 0,
+        "text": text,
+        "logprobs": None if top is None else _legacy_logprobs(state, g, logprobs, 0),
+        "finish_reason": _FINISH.get(finish, finish),
+    }
+    return JSONResponse(
+        {"id": ident, "object": "text_completion", "created": created, "model": info.key,
+         "choices": [choice], "usage": _usage(stats)}
+    )
+
+
+async def _completion_events(
+    state: ServerState, g: Generation, pool_stream: Any, ident: str, created: int, usage_in_stream: bool
+) -> AsyncIterator[str]:
+    head = {"id": ident, "object": "text_completion", "created": created, "model": g.info.key}
+    offset = 0
+    try:
+        async for chunk in chunks(pool_stream):
+            if not (chunk.text or chunk.logprobs):
+                continue
+            lps = None if g.top_logprobs is None else _legacy_logprobs(state, g, chunk.logprobs, offset)
+            offset += len(chunk.text)
+            yield sse({**head, "choices": [{"index": 0, "text": chunk.text, "logprobs": lps, "finish_reason": None}]})
+    except PoolError as e:
+        yield sse(openai_error_body(e))
+        return
+    finish = pool_stream.finish_reason or "stop"
+    yield sse({**head, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": _FINISH.get(finish, finish)}]})
+    if usage_in_stream:
+        yield sse({**head, "choices": [], "usage": _usage(pool_stream.stats)})
+    yield "data: [DONE]\n\n"
+
+
+# --- images ------------------------------------------------------------------------
+
+
+def _size(state: ServerState, x: Any) -> tuple[int | None, int | None]:
+    if x is None or x == "auto":
+        return None, None
+    if not isinstance(x, str) or x.count("x") != 1:
+        raise InvalidInput(f"size must be 'WIDTHxHEIGHT' (e.g. '512x512') or 'auto', got {v._show(x)}")
+    w, h = x.split("x")
+    if not (w.isdigit() and h.isdigit()):
+        raise InvalidInput(f"size must be 'WIDTHxHEIGHT' (e.g. '512x512') or 'auto', got {x!r}")
+    cap = state.cfg.limits.max_image_side
+    width, height = int(w), int(h)
+    if not (1 <= width <= cap and 1 <= height <= cap):
+        raise InvalidInput(f"size {x} is outside this server's limit of 1..{cap} pixels per side")
+    return width, height
+
+
+def _encode(image: Any, fmt: str) -> str:
+    out = io.BytesIO()
+    image.save(out, format={"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt])
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+async def _images(request: Request, state: ServerState, f: Fields, init: Any) -> Response:
+    info = state.model(f.data.get("model"), "text_to_image")
+    prompt = f.text("prompt", required=True)
+    n = f.integer("n", 1, state.cfg.limits.max_images, default=1) or 1
+    fmt = f.text("response_format", default="b64_json")
+    if fmt != "b64_json":
+        raise InvalidInput(f"response_format {fmt!r} is not supported; this server returns b64_json")
+    out_fmt = f.text("output_format", default="png")
+    if out_fmt not in ("png", "jpeg", "webp"):
+        raise InvalidInput(f"output_format must be png, jpeg or webp, got {out_fmt!r}")
+    width, height = _size(state, f.data.get("size"))
+    seed = f.integer("seed", 0, v.UINT64_MAX)
+    settings: dict[str, Any] = {
+        "width": width,
+        "height": height,
+        "steps": f.integer("steps", 1, 10_000),
+        "guidance_scale": f.number("guidance_scale", lo=0),
+        "negative_prompt": f.text("negative_prompt"),
+        "preview": False,
+    }
+    if init is not None:
+        settings["init_image"] = init
+        settings["strength"] = f.number("strength", lo=0, hi=1)
+    streams = [
+        state.pool.generate_image(info.key, prompt or "", seed=None if seed is None else seed + i, **settings)
+        for i in range(n)
+    ]
+
+    async def run() -> list[Any]:
+        try:
+            return list(await asyncio.gather(*(s.aresult() for s in streams)))
+        finally:
+            for s in streams:
+                s.close()
+
+    images = await cancel_on_disconnect(request, run())
+    data = [{"b64_json": _encode(img, out_fmt), "revised_prompt": None} for img in images]
+    return JSONResponse({"created": int(time.time()), "data": data})
+
+
+@handles(openai_error)
+async def image_generations(request: Request) -> Response:
+    state = _state(request)
+    f = Fields(await body(request))
+    return await _images(request, state, f, None)
+
+
+@handles(openai_error)
+async def image_edits(request: Request) -> Response:
+    """img2img: multipart (as the openai client sends it) or JSON with the image as a URL / base64."""
+    state = _state(request)
+    max_image = state.cfg.limits.max_image_bytes
+    init: str | bytes
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        data, init = await _read_form(request, max_image)
+        f = Fields(data)
+    else:
+        f = Fields(await body(request))
+        init = http_image("image", f.data.get("image"), max_image)
+    f.refuse("mask", "inpainting masks are not supported")
+    return await _images(request, state, f, init)
+
+
+async def _read_form(request: Request, max_image: int) -> tuple[dict[str, Any], bytes]:
+    """The fields and the one image file of a multipart edit request (its temporary files closed after)."""
+    try:
+        form = await request.form(max_files=4, max_fields=64, max_part_size=max(max_image, 1 << 20))
+    except PoolError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the multipart parser's errors are not typed
+        raise InvalidInput(f"the multipart body cannot be read: {e}") from None
+    try:
+        data: dict[str, Any] = {}
+        init: bytes | None = None
+        for name, value in form.multi_items():
+            if not isinstance(value, str):
+                if name not in ("image", "image[]"):
+                    raise InvalidInput(f"{name}: only the image may be a file (masks are not supported)")
+                if init is not None:
+                    raise InvalidInput("image: send one image")
+                init = await value.read()
+                if len(init) > max_image:
+                    raise InvalidInput(f"image is larger than the server's max_image_mb ({max_image >> 20} MB)")
+            else:
+                data[name] = _form_value(name, value)
+    finally:
+        await form.close()
+    if init is None:
+        raise InvalidInput("image is required: the picture to edit")
+    return data, init
+
+
+_FORM_NUMBERS = {"n", "steps", "seed"}
+_FORM_REALS = {"strength", "guidance_scale"}
+
+
+def _form_value(name: str, value: str) -> Any:
+    try:
+        if name in _FORM_NUMBERS:
+            return int(value)
+        if name in _FORM_REALS:
+            return float(value)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a number, got {value!r}") from None
+    return value
+
+
+# --- rerank and models ----------------------------------------------------------------
+
+
+@handles(openai_error)
+async def rerank(request: Request) -> Response:
+    """infinity / Cohere shape with ``documents``; TEI's (a bare list) with ``texts``."""
+    state = _state(request)
+    f = Fields(await body(request))
+    tei = "texts" in f.data and "documents" not in f.data
+    info = state.model(f.data.get("model") or (state.default_reranker() if tei else None), "rerank")
+    query = f.text("query", required=True) or ""
+    docs_key = "texts" if tei else "documents"
+    raw_docs = f.data.get(docs_key)
+    if isinstance(raw_docs, list):
+        raw_docs = [d.get("text") if isinstance(d, dict) else d for d in raw_docs]
+    documents = _inputs(Fields({docs_key: raw_docs}), docs_key, state.cfg.limits.max_batch)
+    top_n = f.integer("top_n", 1, v.INT32_MAX)
+    raw = f.flag("raw_scores")
+    truncate = f.flag("truncate", default=True)
+    ranked = await cancel_on_disconnect(
+        request, state.pool.arerank(info.key, query, documents, top_n=top_n, raw=raw, truncate=truncate)
+    )
+    if tei:
+        with_text = f.flag("return_text")
+        return JSONResponse(
+            [{"index": r.index, "score": r.score, **({"text": documents[r.index]} if with_text else {})} for r in ranked]
+        )
+    with_docs = f.flag("return_documents")
+    results = [
+        {"index": r.index, "relevance_score": r.score, **({"document": documents[r.index]} if with_docs else {})}
+        for r in ranked
+    ]
+    tokens = state.count_tokens(info, [query] * len(documents) + documents)
+    return JSONResponse(
+        {"object": "rerank", "id": f"rerank-{uuid.uuid4().hex}", "model": info.key, "results": results,
+         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    )
+
+
+def _model_entry(state: ServerState, key: str) -> dict[str, Any]:
+    info = state.models[key]
+    return {"id": key, "object": "model", "created": info.created, "owned_by": "mpool", "capabilities": info.capabilities}
+
+
+@handles(openai_error)
+async def list_models(request: Request) -> Response:
+    state = _state(request)
+    return JSONResponse({"object": "list", "data": [_model_entry(state, k) for k in state.models]})
+
+
+@handles(openai_error)
+async def get_model(request: Request) -> Response:
+    state = _state(request)
+    key = request.path_params["model"]
+    state.model(key)
+    return JSONResponse(_model_entry(state, key))
+
+
+routes = [
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/images/generations", image_generations, methods=["POST"]),
+    Route("/v1/images/edits", image_edits, methods=["POST"]),
+    Route("/v1/rerank", rerank, methods=["POST"]),
+    Route("/rerank", rerank, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+]

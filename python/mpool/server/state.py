@@ -1,0 +1,243 @@
+"""The server's state: the pool, what each registered model is, and generation
+helpers shared by the OpenAI and Ollama routes (parameters, token strings, usage)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import _validate as v
+from ..errors import InvalidInput, ModelNotFound, PoolError
+from ..models import Model
+from ..pool import Pool
+from .config import ModelEntry, ServerConfig
+
+__all__ = ["Generation", "ModelInfo", "ServerState", "register_models"]
+
+
+@dataclass
+class ModelInfo:
+    """What the server knows of a registered model."""
+
+    key: str
+    capabilities: list[str]
+    path: str | None = None
+    family: str | None = None
+    dtype: str | None = None
+    preload: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+    tokenizer: Any = None  # mpool.tokenizer.Tokenizer, loaded on first use; False: none
+    load_error: str | None = None
+    keep_alive: float = 300.0  # as registered: what an Ollama request without keep_alive restores
+
+
+def _python_model(entry: ModelEntry) -> Model:
+    module_name, _, attr = (entry.python or "").partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise InvalidInput(f"models.{entry.key}.python = {entry.python!r}: cannot import it ({e})") from None
+    model = factory()
+    if not isinstance(model, Model):
+        raise InvalidInput(
+            f"models.{entry.key}.python = {entry.python!r} returned {type(model).__name__}, not an mpool model"
+        )
+    return model
+
+
+def register_models(pool: Pool, cfg: ServerConfig) -> dict[str, ModelInfo]:
+    """Registers the config's models in ``pool``; returns what the server keeps of each."""
+    out: dict[str, ModelInfo] = {}
+    for entry in cfg.models:
+        keep_alive = entry.keep_alive
+        if keep_alive is None and entry.preload:
+            keep_alive = -1.0  # a preloaded model stays resident: /ready reports it so
+        kwargs: dict[str, Any] = {
+            "keep_alive": keep_alive,
+            "pinned": entry.pinned,
+            "max_replicas": entry.max_replicas,
+        }
+        if entry.device is not None:
+            kwargs["device"] = entry.device
+        if entry.devices is not None:
+            kwargs["devices"] = entry.devices
+        if entry.python is not None:
+            model: Any = _python_model(entry)
+        else:
+            model = entry.path
+            kwargs.update(dtype=entry.dtype, context_length=entry.context_length, options=entry.options)
+        info = pool.register(entry.key, model, **kwargs)
+        registered = {m["key"]: m for m in pool.models()}[entry.key]
+        out[entry.key] = ModelInfo(
+            keep_alive=registered["keep_alive"],
+            key=entry.key,
+            capabilities=list(info["capabilities"]),
+            path=info.get("path"),
+            family=info.get("family"),
+            dtype=info.get("dtype"),
+            preload=entry.preload,
+        )
+    return out
+
+
+class ServerState:
+    """The pool and the registry the routes read (one per app)."""
+
+    def __init__(self, pool: Pool, cfg: ServerConfig, models: Mapping[str, ModelInfo]) -> None:
+        self.pool = pool
+        self.cfg = cfg
+        self.models = dict(models)
+        self.started = time.time()
+        self.preloading = True
+        self._lock = threading.Lock()
+
+    def model(self, key: Any, capability: str | None = None, field_name: str = "model") -> ModelInfo:
+        """The registered model ``key`` (ModelNotFound, as the pool words it), serving ``capability``."""
+        if not isinstance(key, str) or not key:
+            raise InvalidInput(f"{field_name} is required: the key of a served model (GET /v1/models lists them)")
+        info = self.models.get(key)
+        if info is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"no model is served as {key!r}; served: {known}")
+        if capability is not None and capability not in info.capabilities:
+            raise InvalidInput(
+                f"model {key!r} does not serve {capability} (it serves: {', '.join(info.capabilities)})"
+            )
+        return info
+
+    def default_reranker(self) -> str:
+        """The one rerank model, for TEI-shaped requests, which name none."""
+        keys = [k for k, i in self.models.items() if "rerank" in i.capabilities]
+        if len(keys) != 1:
+            served = ", ".join(keys) or "none"
+            raise InvalidInput(f"model is required: this server serves several rerank models or none ({served})")
+        return keys[0]
+
+    def tokenizer(self, info: ModelInfo) -> Any:
+        """The model's tokenizer for token strings and counts, or None (a Python-defined model)."""
+        with self._lock:
+            if info.tokenizer is None:
+                info.tokenizer = False
+                if info.path is not None:
+                    from ..tokenizer import Tokenizer
+
+                    try:
+                        info.tokenizer = Tokenizer.from_pretrained(info.path)
+                    except PoolError:
+                        info.tokenizer = False
+            return info.tokenizer or None
+
+    def count_tokens(self, info: ModelInfo, texts: list[str]) -> int:
+        """Tokens of ``texts`` as the model's tokenizer splits them (special tokens included); 0 without one."""
+        tok = self.tokenizer(info)
+        if tok is None:
+            return 0
+        return sum(len(e.ids) for e in tok.encode_batch(texts))
+
+    def token_text(self, info: ModelInfo, token_id: int) -> str:
+        tok = self.tokenizer(info)
+        if tok is None:
+            return str(token_id)
+        return str(tok.decode([token_id], skip_special_tokens=False))
+
+    async def preload(self) -> None:
+        """Loads the preloaded models one after another; /ready turns true after."""
+        try:
+            for info in self.models.values():
+                if not info.preload:
+                    continue
+                try:
+                    await self.pool.aload(info.key, timeout=self.cfg.load_timeout)
+                except PoolError as e:
+                    info.load_error = f"{type(e).__name__}: {e}"
+        finally:
+            self.preloading = False
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        states = {m["key"]: m["state"] for m in self.pool.models()}
+        preloaded = {k: i for k, i in self.models.items() if i.preload}
+        detail = {
+            k: ({"state": states.get(k, "unregistered")} | ({"error": i.load_error} if i.load_error else {}))
+            for k, i in preloaded.items()
+        }
+        ready = not self.preloading and all(states.get(k) == "ready" for k in preloaded)
+        return ready, detail
+
+
+# --- generation ---------------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    """One generation request, whatever API shape it came in: what to run and how."""
+
+    info: ModelInfo
+    params: dict[str, Any]
+    messages: list[dict[str, Any]] | None = None  # chat
+    prompt: str | list[int] | None = None  # completion
+    top_logprobs: int | None = None  # None: no logprobs asked
+
+
+def cap_max_tokens(cfg: ServerConfig, name: str, x: Any) -> int:
+    """A request's max_tokens: at most the server's cap, the cap when absent."""
+    cap = cfg.limits.max_tokens
+    if x is None:
+        return cap
+    n = v.int_in(name, x, 1, v.INT32_MAX)
+    if n > cap:
+        raise InvalidInput(f"{name}={n} is above this server's limit of {cap} tokens per generation")
+    return n
+
+
+def stop_list(name: str, x: Any) -> list[str] | None:
+    if x is None:
+        return None
+    if isinstance(x, str):
+        x = [x]
+    if not isinstance(x, list):
+        raise InvalidInput(f"{name} must be a string or a list of strings, got {v._show(x)}")
+    if len(x) > 16:
+        raise InvalidInput(f"{name} may hold at most 16 strings, got {len(x)}")
+    return [v.text(f"{name}[{i}]", s, allow_empty=False) for i, s in enumerate(x)] or None
+
+
+def open_stream(state: ServerState, g: Generation) -> Any:
+    """The pool stream of ``g`` (chat or completion); nothing has run yet when it raises."""
+    params = dict(g.params)
+    if g.top_logprobs is not None:
+        params["logprobs"] = g.top_logprobs
+    if g.messages is not None:
+        return state.pool.chat(g.info.key, g.messages, **params)
+    assert g.prompt is not None
+    return state.pool.generate(g.info.key, g.prompt, **params)
+
+
+async def chunks(stream: Any) -> AsyncIterator[Any]:
+    """The stream's chunks on the event loop; closing the iterator cancels the generation."""
+    it = stream.__aiter__()
+    try:
+        async for chunk in it:
+            yield chunk
+    finally:
+        await it.aclose()
+        if stream.finish_reason is None:
+            stream.close()
+
+
+async def run_to_end(stream: Any) -> tuple[str, list[Any], Any, str]:
+    """Text, per-token logprobs, stats and finish reason of a whole generation."""
+    parts: list[str] = []
+    logprobs: list[Any] = []
+    try:
+        async for chunk in chunks(stream):
+            parts.append(chunk.text)
+            logprobs.extend(chunk.logprobs)
+    except asyncio.CancelledError:
+        stream.close()
+        raise
+    return "".join(parts), logprobs, stream.stats, stream.finish_reason or "stop"

@@ -1,0 +1,660 @@
+"""The HTTP server (mpool.server), started on loopback by each test and driven with
+the official ``openai`` client and raw HTTP (httpx).
+
+Text generation runs a tiny random Llama saved by decoder_models (its chat
+template renders the prompts); embeddings run the bundled all-MiniLM-L6-v2; the
+other capabilities, and the models whose timing a test controls, are the
+Python-defined models of server_models.py. Every wait is bounded by an event or a
+generous deadline, never by a speed assumption.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import uvicorn
+from PIL import Image
+
+import mpool
+import server_models
+from decoder_models import build_decoder
+from mpool.server import ServerConfig, create_app
+from mpool.server.config import Limits, ModelEntry, config_from_dict, load_config
+
+HERE = Path(__file__).resolve().parent
+MINILM = mpool.default_embedding_model_path()
+
+
+@contextlib.contextmanager
+def running(app):
+    """Serves ``app`` on a free loopback port in a thread; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", ws="none", http="h11"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+def wait_ready(base: str, headers: dict | None = None) -> None:
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{base}/ready", headers=headers).status_code != 200:
+        assert time.monotonic() < deadline, "preloads did not finish"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return build_decoder(tmp_path_factory.mktemp("server-llama"), "llama")
+
+
+def config(*models: ModelEntry, **kw) -> ServerConfig:
+    cfg = ServerConfig(models=list(models), **kw)
+    cfg.pool.setdefault("request_timeout", 60.0)
+    return cfg
+
+
+def py(key: str, factory: str, **kw) -> ModelEntry:
+    return ModelEntry(key=key, python=f"server_models:{factory}", **kw)
+
+
+@pytest.fixture(scope="module")
+def server(llama_dir):
+    """One server with every capability, shared by the tests that only read."""
+    cfg = config(
+        ModelEntry(key="minilm", path=MINILM, preload=True),
+        ModelEntry(key="llama", path=str(llama_dir), preload=True),
+        py("words", "streamer"),
+        py("ranker", "scorer"),
+        py("painter", "painter"),
+        py("hash", "embedder"),
+    )
+    with running(create_app(cfg)) as base:
+        wait_ready(base)
+        yield base
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+
+
+# --- OpenAI shapes ------------------------------------------------------------------
+
+
+def test_embeddings_float_and_base64_equal_the_pools_vectors_with_token_usage(server, client):
+    texts = ["a sentence to embed", "and another, somewhat longer one"]
+    with mpool.Pool() as pool:
+        pool.register("m", MINILM)
+        expected = pool.embed("m", texts)
+        expected_small = pool.embed("m", texts, dimensions=64)
+    floats = client.embeddings.create(model="minilm", input=texts, encoding_format="float")
+    b64 = client.embeddings.create(model="minilm", input=texts)  # the client asks for base64 and decodes it
+    assert [d.index for d in floats.data] == [0, 1]
+    np.testing.assert_allclose(np.array([d.embedding for d in floats.data]), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.array([d.embedding for d in b64.data]), expected, rtol=0, atol=0)
+    small = client.embeddings.create(model="minilm", input=texts, dimensions=64, encoding_format="float")
+    np.testing.assert_allclose(np.array([d.embedding for d in small.data]), expected_small, atol=1e-6)
+    tokens = sum(len(e.ids) for e in mpool.tokenizer.Tokenizer.from_pretrained(MINILM).encode_batch(texts))
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == tokens
+    raw = httpx.post(f"{server}/v1/embeddings", json={"model": "minilm", "input": "x", "encoding_format": "base64"}).json()
+    assert np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), "<f4").shape == (384,)
+
+
+def test_chat_completion_equals_the_pools_chat_and_reports_usage(server, client, llama_dir):
+    messages = [{"role": "user", "content": "Tell me about the quick brown fox"}]
+    with mpool.Pool() as pool:
+        pool.register("m", str(llama_dir))
+        stream = pool.chat("m", messages, max_tokens=12, ignore_eos=True)
+        expected = stream.text()
+        stats = stream.stats
+    out = client.chat.completions.create(model="llama", messages=messages, max_tokens=12, extra_body={"ignore_eos": True})
+    assert out.object == "chat.completion" and out.model == "llama"
+    assert out.choices[0].message.role == "assistant"
+    assert out.choices[0].message.content == expected
+    assert out.choices[0].finish_reason == "length"
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (stats.prompt_tokens, stats.completion_tokens)
+    assert out.usage.total_tokens == stats.prompt_tokens + stats.completion_tokens
+    # max_completion_tokens is the newer name of the same limit
+    newer = client.chat.completions.create(
+        model="llama", messages=messages, max_completion_tokens=12, extra_body={"ignore_eos": True}
+    )
+    assert newer.choices[0].message.content == expected
+
+
+def test_chat_stream_gives_the_same_text_and_usage_in_a_last_chunk_when_asked(server, client):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Count: one two three"}]
+    whole = client.chat.completions.create(model="llama", messages=messages, max_tokens=16, extra_body={"ignore_eos": True})
+    chunks = list(
+        client.chat.completions.create(
+            model="llama", messages=messages, max_tokens=16, stream=True, stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finals] == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+    no_usage = list(client.chat.completions.create(model="llama", messages=messages, max_tokens=4, stream=True))
+    assert all(c.usage is None for c in no_usage)
+
+
+def test_chat_logprobs_give_each_tokens_logprob_and_the_top_alternatives(server, client):
+    out = client.chat.completions.create(
+        model="llama", messages=[{"role": "user", "content": "hello"}], max_tokens=6, logprobs=True, top_logprobs=3,
+        extra_body={"ignore_eos": True},
+    )
+    content = out.choices[0].logprobs.content
+    assert len(content) == out.usage.completion_tokens == 6
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[-1].logprob
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)  # greedy: the chosen one is the best
+        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+    without = client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hello"}], max_tokens=3)
+    assert without.choices[0].logprobs is None
+
+
+def test_completions_stop_and_seed_and_streaming_match(server, client):
+    base = client.completions.create(model="llama", prompt="Once upon a time", max_tokens=10, extra_body={"ignore_eos": True})
+    text = base.choices[0].text
+    assert base.object == "text_completion" and base.usage.completion_tokens == 10
+    streamed = "".join(
+        c.choices[0].text for c in client.completions.create(
+            model="llama", prompt="Once upon a time", max_tokens=10, stream=True, extra_body={"ignore_eos": True}
+        ) if c.choices
+    )
+    assert streamed == text
+    cut = text.strip()[:3]
+    if cut:
+        stopped = client.completions.create(model="llama", prompt="Once upon a time", max_tokens=10, stop=[cut])
+        assert cut not in stopped.choices[0].text and stopped.choices[0].finish_reason == "stop"
+    sampled = [
+        client.completions.create(model="llama", prompt="Once", max_tokens=8, temperature=1.0, seed=7,
+                                  extra_body={"ignore_eos": True}).choices[0].text
+        for _ in range(2)
+    ]
+    assert sampled[0] == sampled[1]
+    lp = client.completions.create(model="llama", prompt="Once", max_tokens=4, logprobs=2, extra_body={"ignore_eos": True})
+    legacy = lp.choices[0].logprobs
+    assert len(legacy.tokens) == len(legacy.token_logprobs) == len(legacy.top_logprobs) == 4
+    assert all(len(t) <= 2 for t in legacy.top_logprobs) and legacy.text_offset[0] == 0
+
+
+def _png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_image_generation_and_edit_return_b64_images(server, client):
+    out = client.images.generate(model="painter", prompt="a fox", size="16x8", n=2, extra_body={"seed": 3})
+    first, second = (_png(d.b64_json) for d in out.data)
+    assert first.size == second.size == (16, 8)
+    with mpool.Pool() as pool:
+        pool.register("p", server_models.painter())
+        expected = [np.asarray(pool.generate_image("p", "a fox", width=16, height=8, seed=s).result()) for s in (3, 4)]
+    assert np.array_equal(np.asarray(first), expected[0]) and np.array_equal(np.asarray(second), expected[1])
+    init = Image.new("RGB", (16, 8), (200, 100, 50))
+    buf = io.BytesIO()
+    init.save(buf, format="PNG")
+    edited = client.images.edit(model="painter", image=("init.png", buf.getvalue(), "image/png"), prompt="a fox",
+                                size="16x8", extra_body={"seed": 3})
+    pixels = np.asarray(_png(edited.data[0].b64_json)).astype(int)
+    assert np.abs(pixels - (expected[0].astype(int) + np.array([200, 100, 50])) // 2).max() <= 1
+    as_json = httpx.post(
+        f"{server}/v1/images/edits",
+        json={"model": "painter", "prompt": "a fox", "size": "16x8", "seed": 3,
+              "image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()},
+    )
+    assert as_json.status_code == 200
+    assert np.array_equal(np.asarray(_png(as_json.json()["data"][0]["b64_json"])), np.asarray(_png(edited.data[0].b64_json)))
+
+
+def test_rerank_answers_in_infinity_and_tei_shapes(server):
+    docs = ["the cat sat", "a dog ran far away", "cat and dog"]
+    r = httpx.post(f"{server}/v1/rerank", json={"model": "ranker", "query": "cat", "documents": docs,
+                                               "return_documents": True, "top_n": 2}).json()
+    assert [x["index"] for x in r["results"]] == [0, 2]
+    assert r["results"][0]["document"] == "the cat sat"
+    assert r["results"][0]["relevance_score"] == pytest.approx(1 / 3)
+    tei = httpx.post(f"{server}/rerank", json={"query": "cat", "texts": docs, "return_text": True}).json()
+    assert [x["index"] for x in tei] == [0, 2, 1] and tei[0]["text"] == "the cat sat"
+    assert tei[1]["score"] == pytest.approx(1 / 3)
+
+
+def test_models_lists_every_served_model_with_its_capabilities(server, client):
+    listed = {m.id: m for m in client.models.list()}
+    assert set(listed) == {"minilm", "llama", "words", "ranker", "painter", "hash"}
+    assert client.models.retrieve("llama").id == "llama"
+    assert "text_to_text" in httpx.get(f"{server}/v1/models/llama").json()["capabilities"]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+# --- Ollama shapes ------------------------------------------------------------------
+
+
+def test_ollama_chat_streams_ndjson_equal_to_the_non_streamed_answer(server):
+    body = {"model": "llama", "messages": [{"role": "user", "content": "hi there"}],
+            "options": {"num_predict": 8, "temperature": 0}}
+    whole = httpx.post(f"{server}/api/chat", json={**body, "stream": False}).json()
+    assert whole["done"] and whole["eval_count"] <= 8 and whole["prompt_eval_count"] > 0
+    with httpx.stream("POST", f"{server}/api/chat", json=body) as r:
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert all(not x["done"] for x in lines[:-1]) and lines[-1]["done"]
+    assert "".join(x["message"]["content"] for x in lines) == whole["message"]["content"]
+    assert lines[-1]["done_reason"] == whole["done_reason"]
+
+
+def test_ollama_generate_uses_the_chat_template_unless_raw(server, llama_dir):
+    with mpool.Pool() as pool:
+        pool.register("m", str(llama_dir))
+        templated = pool.chat("m", [{"role": "user", "content": "hello"}], max_tokens=6, ignore_eos=True).text()
+        raw = pool.generate("m", "hello", max_tokens=6, ignore_eos=True).text()
+    opts = {"num_predict": 6}
+    got = httpx.post(f"{server}/api/generate", json={"model": "llama", "prompt": "hello", "stream": False,
+                                                    "options": opts}).json()
+    assert got["response"] == templated or got["done_reason"] == "stop"
+    got_raw = httpx.post(f"{server}/api/generate", json={"model": "llama", "prompt": "hello", "raw": True,
+                                                        "stream": False, "options": opts}).json()
+    assert got_raw["response"] == raw or got_raw["done_reason"] == "stop"
+
+
+def test_ollama_embed_tags_and_ps(server):
+    e = httpx.post(f"{server}/api/embed", json={"model": "hash", "input": ["a", "b"]}).json()
+    expected = server_models.HashEmbedder().embed(["a", "b"])
+    np.testing.assert_allclose(np.array(e["embeddings"]), expected, atol=1e-6)
+    old = httpx.post(f"{server}/api/embeddings", json={"model": "hash", "prompt": "a"}).json()
+    np.testing.assert_allclose(old["embedding"], expected[0], atol=1e-6)
+    tags = {m["name"]: m for m in httpx.get(f"{server}/api/tags").json()["models"]}
+    assert set(tags) == {"minilm", "llama", "words", "ranker", "painter", "hash"}
+    assert tags["minilm"]["details"]["family"] == "bert" and tags["minilm"]["size"] > 0
+    ps = {m["name"]: m for m in httpx.get(f"{server}/api/ps").json()["models"]}
+    assert "hash" in ps and ps["minilm"]["expires_at"].startswith("0001")  # preloaded: never expires
+
+
+def test_ollama_keep_alive_sets_the_models_keep_alive_and_zero_unloads_it():
+    with mpool.Pool() as pool:
+        cfg = config(py("words", "streamer"))
+        with running(create_app(cfg, pool=pool)) as base:
+            r = httpx.post(f"{base}/api/generate", json={"model": "words", "keep_alive": "10m", "stream": False,
+                                                        "prompt": "a b"})
+            assert r.status_code == 200, r.text
+            assert r.json()["response"] == "a b "  # no chat template: the prompt as it is
+            assert {m["key"]: m for m in pool.models()}["words"]["keep_alive"] == 600
+            unload = httpx.post(f"{base}/api/generate", json={"model": "words", "keep_alive": 0}).json()
+            assert unload["done_reason"] == "unload"
+            assert {m["key"]: m for m in pool.models()}["words"]["state"] == "unloaded"
+            load = httpx.post(f"{base}/api/chat", json={"model": "words", "messages": []}).json()
+            assert load["done_reason"] == "load"
+            words = {m["key"]: m for m in pool.models()}["words"]
+            assert words["keep_alive"] == 300 and words["state"] == "ready"  # no keep_alive: the registered one
+            bad = httpx.post(f"{base}/api/chat", json={"model": "words", "keep_alive": "soon", "messages": []})
+            assert bad.status_code == 400 and "keep_alive" in bad.json()["error"]
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+class Gate:
+    """A text model that waits for `release` before streaming; `entered` tells it started."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def generate(self, prompt, params):
+        self.entered.set()
+        self.release.wait(60)
+        yield "done"
+
+
+class Broken:
+    def generate(self, prompt, params):
+        raise RuntimeError("the model broke on purpose")
+        yield ""
+
+
+def test_every_pool_error_maps_to_its_http_status_in_the_openai_error_shape():
+    gate = Gate()
+    with mpool.Pool(max_queue=1, memory_budget_mb={"cpu": 100}, request_timeout=60) as pool:
+        pool.register("gated", mpool.PyModel("text_to_text", lambda d: gate, memory_mb=1, max_replicas=1))
+        pool.register("broken", mpool.PyModel("text_to_text", lambda d: Broken(), memory_mb=1))
+        pool.register("huge", mpool.PyModel("text_to_text", lambda d: Broken(), memory_mb=1000))
+        with running(create_app(ServerConfig(), pool=pool)) as base:
+            def chat(model, **kw):  # a completion: Python-defined models have no chat template
+                return httpx.post(f"{base}/v1/completions", timeout=60, json={"model": model, "prompt": "x", **kw})
+
+            check_error(chat("gated", temperature="hot"), 400, "invalid_input")
+            check_error(chat("nope"), 404, "model_not_found")
+            check_error(chat("broken"), 500, "model_error")
+            check_error(chat("huge"), 503, "memory_exhausted")
+            # Overloaded: one request runs (entered), one waits in the queue, the next is refused.
+            with ThreadPoolExecutor(2) as ex:
+                running_one = ex.submit(chat, "gated")
+                assert gate.entered.wait(60)
+                queued = ex.submit(chat, "gated")
+                deadline = time.monotonic() + 60
+                while pool.stats()["models"]["gated"]["queued"] < 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                refused = chat("gated")
+                check_error(refused, 429, "overloaded")
+                assert refused.headers["retry-after"] == "1"
+                gate.release.set()
+                assert running_one.result().status_code == queued.result().status_code == 200
+            pool.close()
+            check_error(chat("gated"), 503, "shutting_down")
+            ollama = httpx.post(f"{base}/api/chat", json={"model": "nope", "messages": []})
+            assert ollama.status_code == 404 and "nope" in ollama.json()["error"]
+
+
+def check_error(r, status, code):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"] and err["type"]
+
+
+def test_a_request_past_the_pools_timeout_is_504():
+    gate = Gate()
+    with mpool.Pool(request_timeout=0.3) as pool:
+        pool.register("gated", mpool.PyModel("text_to_text", lambda d: gate, memory_mb=1, max_replicas=1))
+        with running(create_app(ServerConfig(), pool=pool)) as base:
+            r = httpx.post(f"{base}/v1/completions", timeout=60, json={"model": "gated", "prompt": "x"})
+            gate.release.set()
+            check_error(r, 504, "timeout")
+
+
+def _raw_post(port: int, path: str, body: dict) -> socket.socket:
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+    )
+    return sock
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "whole-answer"])
+def test_a_client_that_disconnects_cancels_its_job_and_frees_the_replica(stream):
+    with mpool.Pool(request_timeout=120) as pool:
+        with running(create_app(config(py("endless", "endless")), pool=pool)) as base:
+            server_models.Endless.started.clear()
+            server_models.Endless.closed.clear()
+            port = int(base.rsplit(":", 1)[1])
+            sock = _raw_post(port, "/v1/completions", {"model": "endless", "prompt": "go", "stream": stream})
+            assert server_models.Endless.started.wait(60)
+            if stream:
+                seen = b""
+                while b"data:" not in seen:  # the stream is flowing
+                    chunk = sock.recv(65536)
+                    assert chunk, "the server closed the stream"
+                    seen += chunk
+            sock.close()
+            assert server_models.Endless.closed.wait(60), "the generation was not cancelled"
+            deadline = time.monotonic() + 60
+            while pool.stats()["models"]["endless"]["busy_replicas"]:
+                assert time.monotonic() < deadline, "the replica stayed busy"
+                time.sleep(0.01)
+            assert pool.stats()["models"]["endless"]["counts"]["cancellations"] == 1
+            # max_replicas=1: the next request runs on the freed replica
+            server_models.Endless.closed.clear()
+            with httpx.stream("POST", f"{base}/v1/completions", timeout=60,
+                              json={"model": "endless", "stream": True, "prompt": "again"}) as r:
+                assert next(r.iter_lines()).startswith("data:")
+            assert server_models.Endless.closed.wait(60)
+
+
+# --- concurrency, security, operations ---------------------------------------------------
+
+
+def test_64_concurrent_streaming_clients_each_get_their_solo_text(server, client):
+    prompts = [f"Story number {i}: the fox" for i in range(64)]
+
+    def run(prompt):
+        chunks = client.chat.completions.create(
+            model="llama", messages=[{"role": "user", "content": prompt}], max_tokens=12, stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    solo = [run(p) for p in prompts[:8]]
+    with ThreadPoolExecutor(64) as ex:
+        together = list(ex.map(run, prompts))
+    assert together[:8] == solo
+    with mpool.Pool() as pool:  # every one equals the pool's own answer
+        pool.register("m", str(server_models_path_of(server)))
+        for p, text in zip(prompts[8:], together[8:]):
+            assert text == pool.chat("m", [{"role": "user", "content": p}], max_tokens=12, ignore_eos=True).text()
+
+
+def server_models_path_of(server):
+    return _LLAMA_DIRS[0]
+
+
+_LLAMA_DIRS: list = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remember_llama(llama_dir):
+    _LLAMA_DIRS[:] = [llama_dir]
+
+
+def test_api_keys_are_required_except_on_probes_and_compared_exactly():
+    cfg = config(py("hash", "embedder"), api_keys=["key-one", "key-two"])
+    with running(create_app(cfg)) as base:
+        body = {"model": "hash", "input": "x"}
+        assert httpx.post(f"{base}/v1/embeddings", json=body).status_code == 401
+        wrong = httpx.post(f"{base}/v1/embeddings", json=body, headers={"Authorization": "Bearer key-on"})
+        check_error(wrong, 401, "invalid_input")
+        assert wrong.headers["www-authenticate"] == "Bearer"
+        assert httpx.post(f"{base}/api/embed", json=body, headers={"Authorization": "Basic key-one"}).status_code == 401
+        for key in ("key-one", "key-two"):
+            ok = httpx.post(f"{base}/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert ok.status_code == 200
+        assert httpx.get(f"{base}/health").status_code == 200 and httpx.get(f"{base}/ready").status_code == 200
+        assert httpx.get(f"{base}/metrics").status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{base}/v1", api_key="nope", max_retries=0).models.list()
+        assert len(openai.OpenAI(base_url=f"{base}/v1", api_key="key-two", max_retries=0).models.list().data) == 1
+
+
+def test_limits_refuse_large_bodies_batches_token_counts_and_image_sizes():
+    limits = Limits(max_body_mb=0.01, max_tokens=8, max_batch=3, max_image_side=32, max_images=2)
+    cfg = config(py("hash", "embedder"), py("words", "streamer"), py("painter", "painter"), limits=limits)
+    with running(create_app(cfg)) as base:
+        big = {"model": "hash", "input": "x" * 20_000}
+        check_error(httpx.post(f"{base}/v1/embeddings", json=big), 413, "invalid_input")
+
+        def chunked():  # no Content-Length: the cap counts the bytes as they arrive
+            yield json.dumps(big).encode()
+
+        check_error(httpx.post(f"{base}/v1/embeddings", content=chunked()), 413, "invalid_input")
+        batch = httpx.post(f"{base}/v1/embeddings", json={"model": "hash", "input": ["a", "b", "c", "d"]})
+        check_error(batch, 400, "invalid_input")
+        assert "at most 3" in batch.json()["error"]["message"]
+        tokens = httpx.post(f"{base}/v1/completions", json={"model": "words", "prompt": "a", "max_tokens": 9})
+        check_error(tokens, 400, "invalid_input")
+        assert "max_tokens=9" in tokens.json()["error"]["message"]
+        ollama = httpx.post(f"{base}/api/generate", json={"model": "words", "prompt": "a", "options": {"num_predict": 99}})
+        assert ollama.status_code == 400 and "options.num_predict" in ollama.json()["error"]
+        size = httpx.post(f"{base}/v1/images/generations", json={"model": "painter", "prompt": "p", "size": "64x8"})
+        check_error(size, 400, "invalid_input")
+        many = httpx.post(f"{base}/v1/images/generations", json={"model": "painter", "prompt": "p", "n": 3})
+        check_error(many, 400, "invalid_input")
+        ok = httpx.post(f"{base}/v1/completions", json={"model": "words", "prompt": "a b", "max_tokens": 8})
+        assert ok.json()["choices"][0]["text"] == "a b "
+
+
+def test_image_urls_on_private_addresses_and_local_paths_are_refused_unless_allowed(tmp_path):
+    import functools
+    import http.server
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, format="PNG")
+    (tmp_path / "init.png").write_bytes(buf.getvalue())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{files.server_address[1]}/init.png"
+    try:
+        body = {"model": "painter", "prompt": "p", "size": "8x8", "image": url}
+        with running(create_app(config(py("painter", "painter")))) as base:
+            refused = httpx.post(f"{base}/v1/images/edits", json=body)
+            check_error(refused, 400, "invalid_input")
+            assert "127.0.0.1" in refused.json()["error"]["message"]
+            local = httpx.post(f"{base}/v1/images/edits", json={**body, "image": str(tmp_path / "init.png")})
+            check_error(local, 400, "invalid_input")
+            assert "local paths are not accepted" in local.json()["error"]["message"]
+        with running(create_app(config(py("painter", "painter"), allow_private_urls=True))) as base:
+            assert httpx.post(f"{base}/v1/images/edits", json=body).status_code == 200
+    finally:
+        files.shutdown()
+        files.server_close()
+
+
+def test_ready_waits_for_preloads_and_metrics_carry_the_pools_figures():
+    server_models.GatedLoad.release.clear()
+    cfg = config(py("slowload", "gated_load", preload=True), py("hash", "embedder"))
+    with running(create_app(cfg)) as base:
+        assert httpx.get(f"{base}/health").json() == {"status": "ok"}
+        deadline = time.monotonic() + 60
+        while True:  # the preload starts in the background; its loader then waits for the test
+            waiting = httpx.get(f"{base}/ready")
+            assert waiting.status_code == 503
+            if waiting.json()["models"]["slowload"]["state"] == "loading":
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server_models.GatedLoad.release.set()
+        wait_ready(base)
+        assert httpx.get(f"{base}/ready").json()["models"] == {"slowload": {"state": "ready"}}
+        httpx.post(f"{base}/v1/embeddings", json={"model": "hash", "input": ["a", "b"]})
+        httpx.post(f"{base}/v1/embeddings", json={"model": "nope", "input": "a"})
+        text = httpx.get(f"{base}/metrics").text
+    assert 'mpool_requests_total{model="hash"} 1.0' in text
+    assert 'mpool_model_loaded{model="slowload"} 1.0' in text
+    assert 'mpool_replicas{model="hash"}' in text and 'mpool_device_memory_bytes{device="cpu",kind="budget"}' in text
+    assert 'mpool_compute_time_seconds{model="hash",quantile="0.5"}' in text
+    assert 'mpool_http_request_duration_seconds_count{method="POST",route="/v1/embeddings",status="200"} 1.0' in text
+    assert 'route="/v1/embeddings",status="404"' in text
+
+
+def test_config_file_errors_name_the_file_table_and_key(tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text('[models.m]\npath = "/x"\ncontxt_length = 5\n')
+    with pytest.raises(mpool.InvalidInput, match=r"models.toml: models\.m\.contxt_length: unknown key"):
+        load_config(path)
+    path.write_text('[server]\nport = "80"\n')
+    with pytest.raises(mpool.InvalidInput, match=r"server\.port"):
+        load_config(path)
+    path.write_text("[server\n")
+    with pytest.raises(mpool.InvalidInput, match="not valid TOML"):
+        load_config(path)
+    with pytest.raises(mpool.InvalidInput, match="exactly one of path"):
+        config_from_dict({"models": {"m": {"path": "a", "python": "b:c"}}})
+    with pytest.raises(mpool.InvalidInput, match="keep_alive"):
+        config_from_dict({"models": {"m": {"path": "a", "keep_alive": "forever"}}})
+    path.write_text(
+        '[server]\nport = 9000\n[limits]\nmax_tokens = 64\n[pool]\nrequest_timeout = 5\n'
+        '[models.m]\npath = "/x"\nkeep_alive = "5m"\npreload = true\nmax_replicas = 2\n'
+    )
+    cfg = load_config(path)
+    assert (cfg.port, cfg.limits.max_tokens, cfg.pool["request_timeout"]) == (9000, 64, 5)
+    assert (cfg.models[0].keep_alive, cfg.models[0].preload, cfg.models[0].max_replicas) == (300.0, True, 2)
+    assert cfg.host == "127.0.0.1"
+
+
+def _serve_process(tmp_path, toml: str, *extra: str) -> tuple[subprocess.Popen, int]:
+    port_sock = socket.socket()
+    port_sock.bind(("127.0.0.1", 0))
+    port = port_sock.getsockname()[1]
+    port_sock.close()
+    (tmp_path / "serve.toml").write_text(toml)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpool", "serve", "--config", str(tmp_path / "serve.toml"), "--port", str(port),
+         "--log-level", "warning", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    return proc, port
+
+
+def test_cli_refuses_a_bad_config_and_no_models_with_a_clear_message(tmp_path):
+    proc, _ = _serve_process(tmp_path, "[models.m]\nwhere = 1\n")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "models.m.where: unknown key" in err
+    proc, _ = _serve_process(tmp_path, "")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "no models to serve" in err
+
+
+def test_sigterm_during_a_stream_lets_it_finish_then_exits_cleanly(tmp_path):
+    proc, port = _serve_process(tmp_path, '[server]\ngrace_period = 60\n[models.slow]\npython = "server_models:slow"\n')
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        words = []
+        with httpx.stream("POST", f"{base}/v1/completions", timeout=120,
+                          json={"model": "slow", "prompt": "150", "stream": True, "max_tokens": 4096}) as r:
+            lines = r.iter_lines()
+            for line in lines:
+                if line.startswith("data: {"):
+                    words.append(json.loads(line[6:])["choices"][0]["text"])
+                    break
+            proc.send_signal(signal.SIGTERM)
+            done = False
+            for line in lines:
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: {"):
+                    words.append(json.loads(line[6:])["choices"][0]["text"])
+        assert done and "".join(words) == "".join(f"w{i} " for i in range(150))
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
