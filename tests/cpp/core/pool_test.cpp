@@ -33,6 +33,27 @@ TEST(PoolColdStart, SpawnsTwoReplicasWhenBudgetAdmitsTwice) {
   EXPECT_DOUBLE_EQ(s.reserved_mb_per_device["cpu"], 800);
 }
 
+TEST(PoolColdStart, LoadStartsTheColdStartsReplicasAndReturnsOnceOneServes) {
+  Pool pool(test_options(1000));
+  pool.register_model("m", fn_spec(400, identity));
+  pool.load("m");
+  auto s = pool.model_stats("m");
+  EXPECT_EQ(s.state, "ready");
+  EXPECT_EQ(s.replicas, 2);
+  pool.load("m");  // loaded: nothing more starts
+  EXPECT_EQ(pool.model_stats("m").metrics.replicas_spawned, 2u);
+  EXPECT_EQ(call(pool, "m", 5), 5);
+  EXPECT_EQ(error_code_of([&] { pool.load("nope"); }), static_cast<int>(ErrorCode::kModelNotFound));
+  ModelSpec bad;
+  bad.capabilities = {"compute"};
+  bad.memory_mb = 10;
+  bad.loader = [](const std::string&) -> std::shared_ptr<Instance> { throw std::runtime_error("no weights"); };
+  pool.register_model("bad", bad);
+  EXPECT_EQ(error_code_of([&] { pool.load("bad"); }), static_cast<int>(ErrorCode::kSpawnFailed));
+  pool.register_model("huge", fn_spec(5000, identity));
+  EXPECT_EQ(error_code_of([&] { pool.load("huge"); }), static_cast<int>(ErrorCode::kMemoryExhausted));
+}
+
 TEST(PoolColdStart, SpawnsOneReplicaWhenBudgetAdmitsOnlyOnce) {
   Pool pool(test_options(700));
   pool.register_model("m", fn_spec(400, identity));
