@@ -124,3 +124,43 @@ def gated_load() -> mpool.PyModel:
         return HashEmbedder()
 
     return mpool.PyModel("text_embedding", load, memory_mb=1)
+
+
+class FileGate:
+    """Across processes: `generate("DIR")` creates DIR/started-<pid>-<n>, then waits
+    (polling) until DIR/release exists. A Ray replica is another process, so a
+    test gates it through files."""
+
+    count = 0
+
+    def generate(self, prompt, params):
+        import os
+
+        FileGate.count += 1
+        open(os.path.join(prompt, f"started-{os.getpid()}-{FileGate.count}"), "w").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.path.join(prompt, "release")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield "released"
+
+
+def file_gate() -> mpool.PyModel:
+    return mpool.PyModel("text_to_text", lambda d: FileGate(), memory_mb=1)
+
+
+class FileEndless:
+    """Across processes: streams "tick " until the pool stops pulling, then creates DIR/closed."""
+
+    def generate(self, prompt, params):
+        import os
+
+        try:
+            while True:
+                time.sleep(0.005)
+                yield "tick "
+        finally:
+            open(os.path.join(prompt, "closed"), "w").close()
+
+
+def file_endless() -> mpool.PyModel:
+    return mpool.PyModel("text_to_text", lambda d: FileEndless(), memory_mb=1)

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from .. import _validate as v
 from ..errors import InvalidInput, PoolError
 from .http import EventStream, Fields, body, cancel_on_disconnect, handles, http_image, openai_error, openai_error_body, sse
-from .state import Generation, ServerState, cap_max_tokens, chunks, open_stream, run_to_end, stop_list
+from .state import ROUTED_MODEL, Generation, ServerState, cap_max_tokens, chunks, open_stream, run_to_end, stop_list
 
 __all__ = ["routes"]
 
@@ -437,7 +437,10 @@ async def rerank(request: Request) -> Response:
     state = _state(request)
     f = Fields(await body(request))
     tei = "texts" in f.data and "documents" not in f.data
-    info = state.model(f.data.get("model") or (state.default_reranker() if tei else None), "rerank")
+    key = f.data.get("model")
+    if key is None and tei and ROUTED_MODEL.get() is None:
+        key = state.default_reranker()
+    info = state.model(key, "rerank")
     query = f.text("query", required=True) or ""
     docs_key = "texts" if tei else "documents"
     raw_docs = f.data.get(docs_key)

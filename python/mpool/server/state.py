@@ -4,6 +4,7 @@ helpers shared by the OpenAI and Ollama routes (parameters, token strings, usage
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import threading
 import time
@@ -17,7 +18,11 @@ from ..models import Model
 from ..pool import Pool
 from .config import ModelEntry, ServerConfig
 
-__all__ = ["Generation", "ModelInfo", "ServerState", "register_models"]
+__all__ = ["ROUTED_MODEL", "Generation", "ModelInfo", "ServerState", "register_models"]
+
+# The model a request was routed for outside its body (Ray Serve's multiplexed model
+# id): set by the front end for the request's task; the body's "model" must agree.
+ROUTED_MODEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("mpool_routed_model", default=None)
 
 
 @dataclass
@@ -98,6 +103,15 @@ class ServerState:
 
     def model(self, key: Any, capability: str | None = None, field_name: str = "model") -> ModelInfo:
         """The registered model ``key`` (ModelNotFound, as the pool words it), serving ``capability``."""
+        routed = ROUTED_MODEL.get()
+        if routed is not None:
+            if key is None or key == "":
+                key = routed
+            elif key != routed:
+                raise InvalidInput(
+                    f"{field_name} {key!r} differs from the model id the request was routed for ({routed!r}); "
+                    "send one of them, or the same"
+                )
         if not isinstance(key, str) or not key:
             raise InvalidInput(f"{field_name} is required: the key of a served model (GET /v1/models lists them)")
         info = self.models.get(key)
