@@ -141,13 +141,17 @@ class ServerState:
                     from ..tokenizer import Tokenizer
 
                     try:
-                        info.tokenizer = Tokenizer.from_pretrained(info.path)
+                        tok = Tokenizer.from_pretrained(info.path)
                     except PoolError:
-                        info.tokenizer = False
+                        tok = False
+                    else:
+                        tok.no_padding()  # usage counts real tokens, not a padded length
+                    info.tokenizer = tok
             return info.tokenizer or None
 
     def count_tokens(self, info: ModelInfo, texts: list[str]) -> int:
-        """Tokens of ``texts`` as the model's tokenizer splits them (special tokens included); 0 without one."""
+        """Tokens of ``texts`` as the model's tokenizer splits them (special tokens included, cut
+        where its tokenizer.json truncates, no padding); 0 without a tokenizer."""
         tok = self.tokenizer(info)
         if tok is None:
             return 0
