@@ -661,3 +661,52 @@ def test_sigterm_during_a_stream_lets_it_finish_then_exits_cleanly(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_images_in_chat_messages_reach_a_vision_model_as_the_pool_would_send_them(tmp_path):
+    from llava_models import build_llava, synthetic_image
+
+    path = build_llava(tmp_path, "llama")
+    pixels = synthetic_image(1, 30, 30)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    with mpool.Pool() as pool:
+        pool.register("v", str(path))
+        messages = [{"role": "user", "content": [{"type": "image", "image": buf.getvalue()},
+                                                 {"type": "text", "text": "what is this?"}]}]
+        expected = pool.chat("v", messages, max_tokens=8, ignore_eos=True).text()
+        with running(create_app(ServerConfig(), pool=pool)) as base:
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+            out = client.chat.completions.create(
+                model="v", max_tokens=8, extra_body={"ignore_eos": True},
+                messages=[{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}},
+                    {"type": "text", "text": "what is this?"},
+                ]}],
+            )
+            assert out.choices[0].message.content == expected
+            assert out.usage.prompt_tokens > 25  # the image's 25 patch tokens are part of the prompt
+            ollama = httpx.post(f"{base}/api/chat", json={
+                "model": "v", "stream": False, "options": {"num_predict": 8},
+                "messages": [{"role": "user", "content": "what is this?", "images": [b64]}],
+            }).json()
+            assert ollama["message"]["content"] == expected or ollama["done_reason"] == "stop"
+            words = httpx.post(f"{base}/v1/chat/completions", json={
+                "model": "v", "messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]})
+            check_error(words, 400, "invalid_input")
+
+
+def test_ollama_generate_streams_ndjson_and_every_streamed_route_ends_cleanly(server):
+    with httpx.stream("POST", f"{server}/api/generate",
+                      json={"model": "llama", "prompt": "hello", "options": {"num_predict": 5}}) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert lines[-1]["done"] and lines[-1]["eval_count"] <= 5
+    whole = httpx.post(f"{server}/api/generate",
+                       json={"model": "llama", "prompt": "hello", "stream": False, "options": {"num_predict": 5}}).json()
+    assert "".join(x["response"] for x in lines) == whole["response"]
+    with httpx.stream("POST", f"{server}/v1/completions",
+                      json={"model": "words", "prompt": "a b", "stream": True}) as r:
+        events = [line for line in r.iter_lines() if line]
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
