@@ -276,3 +276,15 @@ def test_aload_loads_without_blocking_the_event_loop():
     with mpool.Pool(cold_start_replicas=1) as pool:
         pool.register("m", mpool.PyModel("text_embedding", loader, memory_mb=1))
         assert asyncio.run(main(pool)) == "ready"
+
+
+def test_stats_idle_s_is_zero_while_a_request_runs_and_grows_after():
+    gate = threading.Event()
+    with mpool.Pool() as pool:
+        pool.register("m", mpool.PyModel("text_to_text", lambda d: GatedStreamer(gate), memory_mb=1))
+        stream = pool.generate("m", "word", timeout=60)
+        assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 1, 30)
+        assert pool.stats()["models"]["m"]["idle_s"] == 0
+        gate.set()
+        assert stream.text() == "word"
+        assert wait_for(lambda: pool.stats()["models"]["m"]["idle_s"] > 0, 30)

@@ -127,6 +127,11 @@ def test_embeddings_float_and_base64_equal_the_pools_vectors_with_token_usage(se
     tokens = sum(len(e.ids) for e in tok.encode_batch(texts))
     assert tokens < 2 * 128  # real tokens, not MiniLM's padded length
     assert floats.usage.prompt_tokens == floats.usage.total_tokens == tokens
+    many = [f"sentence number {i} of a bulk request" for i in range(200)]  # 76,800 floats: encoded off the loop
+    bulk = client.embeddings.create(model="minilm", input=many, encoding_format="float")
+    with mpool.Pool() as pool:
+        pool.register("m", MINILM)
+        np.testing.assert_allclose(np.array([d.embedding for d in bulk.data]), pool.embed("m", many), atol=1e-5)
     raw = httpx.post(f"{server}/v1/embeddings", json={"model": "minilm", "input": "x", "encoding_format": "base64"}).json()
     assert np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), "<f4").shape == (384,)
 
@@ -479,7 +484,7 @@ def test_api_keys_are_required_except_on_probes_and_compared_exactly():
         body = {"model": "hash", "input": "x"}
         assert httpx.post(f"{base}/v1/embeddings", json=body).status_code == 401
         wrong = httpx.post(f"{base}/v1/embeddings", json=body, headers={"Authorization": "Bearer key-on"})
-        check_error(wrong, 401, "invalid_input")
+        check_error(wrong, 401, "invalid_api_key")
         assert wrong.headers["www-authenticate"] == "Bearer"
         assert httpx.post(f"{base}/api/embed", json=body, headers={"Authorization": "Basic key-one"}).status_code == 401
         for key in ("key-one", "key-two"):
@@ -497,12 +502,12 @@ def test_limits_refuse_large_bodies_batches_token_counts_and_image_sizes():
     cfg = config(py("hash", "embedder"), py("words", "streamer"), py("painter", "painter"), limits=limits)
     with running(create_app(cfg)) as base:
         big = {"model": "hash", "input": "x" * 20_000}
-        check_error(httpx.post(f"{base}/v1/embeddings", json=big), 413, "invalid_input")
+        check_error(httpx.post(f"{base}/v1/embeddings", json=big), 413, "request_too_large")
 
         def chunked():  # no Content-Length: the cap counts the bytes as they arrive
             yield json.dumps(big).encode()
 
-        check_error(httpx.post(f"{base}/v1/embeddings", content=chunked()), 413, "invalid_input")
+        check_error(httpx.post(f"{base}/v1/embeddings", content=chunked()), 413, "request_too_large")
         batch = httpx.post(f"{base}/v1/embeddings", json={"model": "hash", "input": ["a", "b", "c", "d"]})
         check_error(batch, 400, "invalid_input")
         assert "at most 3" in batch.json()["error"]["message"]

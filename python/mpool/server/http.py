@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import re
+from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -52,13 +53,19 @@ T = TypeVar("T")
 class BodyTooLarge(InvalidInput):
     """The request body exceeds the server's ``max_body_mb``: HTTP 413."""
 
+    code = "request_too_large"
+
 
 class Unauthorized(InvalidInput):
     """No or a wrong API key: HTTP 401."""
 
+    code = "invalid_api_key"
+
 
 class RouteNotFound(InvalidInput):
     """No such route: HTTP 404."""
+
+    code = "unknown_route"
 
 
 # Pool errors by HTTP status, most specific class first.
@@ -112,6 +119,16 @@ def error_headers(status: int) -> dict[str, str]:
 def openai_error_body(e: PoolError, param: str | None = None) -> dict[str, Any]:
     status = error_status(e)
     return {"error": {"message": str(e), "type": _TYPE.get(status, "server_error"), "param": param, "code": e.code}}
+
+
+async def json_response(data: Any, heavy: bool = False) -> Response:
+    """A JSON response; a ``heavy`` one (thousands of numbers) is encoded on a worker
+    thread, so the event loop keeps serving other requests and streams meanwhile."""
+    if not heavy:
+        return JSONResponse(data)
+    encode = partial(json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = await asyncio.get_running_loop().run_in_executor(None, encode, data)
+    return Response(text.encode("utf-8"), media_type="application/json")
 
 
 def openai_error(e: PoolError) -> JSONResponse:

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from .. import _validate as v
 from ..errors import InvalidInput, PoolError
 from .config import parse_duration
-from .http import EventStream, Fields, body, cancel_on_disconnect, handles, http_image, ndjson, ollama_error
+from .http import EventStream, Fields, body, cancel_on_disconnect, handles, http_image, json_response, ndjson, ollama_error
 from .state import Generation, ModelInfo, ServerState, cap_max_tokens, chunks, open_stream, run_to_end, stop_list
 
 __all__ = ["routes"]
@@ -284,13 +284,14 @@ async def embed(request: Request) -> Response:
             dimensions=f.integer("dimensions", 1, v.INT32_MAX),
         ),
     )
-    return JSONResponse({
+    count = await state.acount_tokens(info, texts)
+    return await json_response({
         "model": info.key,
         "embeddings": vectors.tolist(),
         "total_duration": _ns(time.perf_counter() - start),
         "load_duration": _ns(load_s),
-        "prompt_eval_count": state.count_tokens(info, texts),
-    })
+        "prompt_eval_count": count,
+    }, heavy=vectors.size > 50_000)
 
 
 @handles(ollama_error)
@@ -349,7 +350,7 @@ async def ps(request: Request) -> Response:
             continue
         reserved = m["reserved_mb"]
         keep = m["keep_alive"]
-        idle = m.get("idle_s", 0.0)
+        idle = m["idle_s"]
         never = m["pinned"] or keep < 0 or keep == float("inf")
         expires = "0001-01-01T00:00:00Z" if never else datetime.fromtimestamp(
             time.time() + max(keep - idle, 0.0), timezone.utc

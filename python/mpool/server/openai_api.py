@@ -18,7 +18,18 @@ from starlette.routing import Route
 
 from .. import _validate as v
 from ..errors import InvalidInput, PoolError
-from .http import EventStream, Fields, body, cancel_on_disconnect, handles, http_image, openai_error, openai_error_body, sse
+from .http import (
+    EventStream,
+    Fields,
+    body,
+    cancel_on_disconnect,
+    handles,
+    http_image,
+    json_response,
+    openai_error,
+    openai_error_body,
+    sse,
+)
 from .state import ROUTED_MODEL, Generation, ServerState, cap_max_tokens, chunks, open_stream, run_to_end, stop_list
 
 __all__ = ["routes"]
@@ -64,7 +75,7 @@ async def embeddings(request: Request) -> Response:
     vectors = await cancel_on_disconnect(
         request, state.pool.aembed(info.key, texts, task=task, dimensions=dimensions)
     )
-    tokens = state.count_tokens(info, texts)
+    tokens = await state.acount_tokens(info, texts)
     data = []
     for i, row in enumerate(vectors):
         if encoding == "base64":
@@ -72,9 +83,8 @@ async def embeddings(request: Request) -> Response:
         else:
             value = row.tolist()
         data.append({"object": "embedding", "index": i, "embedding": value})
-    return JSONResponse(
-        {"object": "list", "data": data, "model": info.key, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-    )
+    answer = {"object": "list", "data": data, "model": info.key, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return await json_response(answer, heavy=encoding == "float" and vectors.size > 50_000)
 
 
 # --- chat and completions -------------------------------------------------------------
@@ -84,6 +94,10 @@ def _sampling(state: ServerState, f: Fields, max_tokens: Any, max_name: str) -> 
     """The generation parameters both text routes take, in mpool's names."""
     f.refuse("n", "one choice per request", (None, 1))
     f.refuse("best_of", "one choice per request", (None, 1))
+    f.refuse("logit_bias", "logit biases are not supported", (None, {}))
+    f.refuse("audio", "audio output is not supported")
+    if f.data.get("modalities") not in (None, ["text"]):
+        raise InvalidInput(f"modalities={v._show(f.data['modalities'])} is not supported; only ['text']")
     params: dict[str, Any] = {"max_tokens": cap_max_tokens(state.cfg, max_name, max_tokens)}
     for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
         if f.has(name):
@@ -463,7 +477,7 @@ async def rerank(request: Request) -> Response:
         {"index": r.index, "relevance_score": r.score, **({"document": documents[r.index]} if with_docs else {})}
         for r in ranked
     ]
-    tokens = state.count_tokens(info, [query] * len(documents) + documents)
+    tokens = await state.acount_tokens(info, [query] * len(documents) + documents)
     return JSONResponse(
         {"object": "rerank", "id": f"rerank-{uuid.uuid4().hex}", "model": info.key, "results": results,
          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

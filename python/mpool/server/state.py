@@ -140,6 +140,7 @@ class ServerState:
                 if info.path is not None:
                     from ..tokenizer import Tokenizer
 
+                    tok: Any
                     try:
                         tok = Tokenizer.from_pretrained(info.path)
                     except PoolError:
@@ -156,6 +157,12 @@ class ServerState:
         if tok is None:
             return 0
         return sum(len(e.ids) for e in tok.encode_batch(texts))
+
+    async def acount_tokens(self, info: ModelInfo, texts: list[str]) -> int:
+        """``count_tokens`` off the event loop when there is much to tokenize."""
+        if sum(len(t) for t in texts) < 4096:
+            return self.count_tokens(info, texts)
+        return await asyncio.get_running_loop().run_in_executor(None, self.count_tokens, info, texts)
 
     def token_text(self, info: ModelInfo, token_id: int) -> str:
         tok = self.tokenizer(info)
