@@ -307,6 +307,10 @@ def test_ollama_embed_tags_and_ps(server):
     tags = {m["name"]: m for m in httpx.get(f"{server}/api/tags").json()["models"]}
     assert set(tags) == {"minilm", "llama", "words", "ranker", "painter", "hash"}
     assert tags["minilm"]["details"]["family"] == "bert" and tags["minilm"]["size"] > 0
+    shown = httpx.post(f"{server}/api/show", json={"model": "llama"}).json()
+    assert shown["capabilities"] == ["completion", "embedding"] and "add_generation_prompt" in shown["template"]
+    assert httpx.post(f"{server}/api/show", json={"model": "hash"}).json()["capabilities"] == ["embedding"]
+    assert httpx.post(f"{server}/api/show", json={"model": "nope"}).status_code == 404
     ps = {m["name"]: m for m in httpx.get(f"{server}/api/ps").json()["models"]}
     assert "hash" in ps and ps["minilm"]["expires_at"].startswith("0001")  # preloaded: never expires
 

@@ -1,5 +1,5 @@
 """Ollama-compatible routes: ``/api/chat``, ``/api/generate``, ``/api/embed`` (and the
-older ``/api/embeddings``), ``/api/tags``, ``/api/ps``, ``/api/version``.
+older ``/api/embeddings``), ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/version``.
 
 Streams are NDJSON, one object per line, ``"done": true`` on the last. A request's
 ``keep_alive`` ("5m", seconds, -1 for never, 0 to unload right after) becomes the
@@ -368,6 +368,33 @@ async def ps(request: Request) -> Response:
     return JSONResponse({"models": out})
 
 
+_OLLAMA_CAPABILITIES = {"text_to_text": "completion", "text_embedding": "embedding", "vision": "vision"}
+
+
+@handles(ollama_error)
+async def show(request: Request) -> Response:
+    """What Ollama clients ask before they use a model: its details and capabilities."""
+    state = _state(request)
+    f = Fields(await body(request))
+    info = state.model(f.data.get("model") or f.data.get("name"))
+    template = ""
+    if "text_to_text" in info.capabilities:
+        try:
+            templates = state.pool.chat_template(info.key).templates
+            template = templates.get("default") or next(iter(templates.values()))
+        except InvalidInput:
+            template = ""
+    return JSONResponse({
+        "modelfile": "",
+        "parameters": "",
+        "template": template,
+        "details": _details(info),
+        "model_info": {"general.architecture": info.family or "", "mpool.path": info.path or ""},
+        "capabilities": [_OLLAMA_CAPABILITIES[c] for c in info.capabilities if c in _OLLAMA_CAPABILITIES],
+        "modified_at": datetime.fromtimestamp(info.created, timezone.utc).isoformat().replace("+00:00", "Z"),
+    })
+
+
 async def version(request: Request) -> Response:
     return JSONResponse({"version": VERSION})
 
@@ -379,5 +406,6 @@ routes = [
     Route("/api/embeddings", embeddings, methods=["POST"]),
     Route("/api/tags", tags, methods=["GET"]),
     Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/show", show, methods=["POST"]),
     Route("/api/version", version, methods=["GET"]),
 ]
