@@ -43,6 +43,7 @@ __all__ = [
     "error_status",
     "http_image",
     "openai_error",
+    "text_inputs",
     "until_disconnected",
     "cancel_on_disconnect",
 ]
@@ -203,6 +204,24 @@ class Fields:
         x = self.data.get(key)
         if x not in allowed:
             raise InvalidInput(f"{self.name(key)}={v._show(x)} is not supported: {why}")
+
+
+def text_inputs(f: Fields, key: str, max_batch: int) -> list[str]:
+    """A request's texts: a string or a non-empty list of them, at most ``max_batch``."""
+    x = f.data.get(key)
+    if isinstance(x, str):
+        items = [x]
+    elif isinstance(x, list) and x:
+        if all(isinstance(i, int) and not isinstance(i, bool) for i in x) or all(isinstance(i, list) for i in x):
+            raise InvalidInput(f"{key} as token ids is not supported: send the text")
+        items = x
+    elif x is None:
+        raise InvalidInput(f"{key} is required: a string or a list of strings")
+    else:
+        raise InvalidInput(f"{key} must be a non-empty string or a non-empty list of strings, got {v._show(x)}")
+    if len(items) > max_batch:
+        raise InvalidInput(f"{key} holds {len(items)} items; this server takes at most {max_batch} per request")
+    return [v.text(f"{key}[{i}]", t) for i, t in enumerate(items)]
 
 
 _DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from .. import _validate as v
 from ..errors import InvalidInput, PoolError
 from .config import parse_duration
-from .http import EventStream, Fields, body, cancel_on_disconnect, handles, http_image, json_response, ndjson, ollama_error
+from .http import EventStream, Fields, body, text_inputs, cancel_on_disconnect, handles, http_image, json_response, ndjson, ollama_error
 from .state import Generation, ModelInfo, ServerState, cap_max_tokens, chunks, open_stream, run_to_end, stop_list
 
 __all__ = ["routes"]
@@ -192,14 +192,19 @@ def _refuse_common(f: Fields) -> None:
     f.refuse("think", "thinking mode is not supported by this server", (None, False))
 
 
-@handles(ollama_error)
-async def chat(request: Request) -> Response:
+async def _text_request(request: Request) -> tuple[float, ServerState, Fields, ModelInfo, float]:
+    """What chat and generate start with: the clock, the body, the model, its keep-alive."""
     start = time.perf_counter()
     state = _state(request)
     f = Fields(await body(request))
     info = state.model(f.data.get("model"), "text_to_text")
     _refuse_common(f)
-    keep_alive = _apply_keep_alive(state, info, f)
+    return start, state, f, info, _apply_keep_alive(state, info, f)
+
+
+@handles(ollama_error)
+async def chat(request: Request) -> Response:
+    start, state, f, info, keep_alive = await _text_request(request)
     raw_messages = f.data.get("messages")
     if not raw_messages:
         return await _load_or_unload(state, info, keep_alive, {"message": {"role": "assistant", "content": ""}})
@@ -207,23 +212,17 @@ async def chat(request: Request) -> Response:
         raise InvalidInput("messages must be a list of {role, content} objects")
     max_bytes = state.cfg.limits.max_image_bytes
     messages = [_message(i, m, max_bytes) for i, m in enumerate(raw_messages)]
-    if any(isinstance(m["content"], list) for m in messages) and "vision" not in info.capabilities:
-        raise InvalidInput(f"model {info.key!r} does not take images (it serves: {', '.join(info.capabilities)})")
+    state.takes_images(info, any(isinstance(m["content"], list) for m in messages))
     g = Generation(info, _options(state, f), messages=messages)
     return await _generate(request, state, f, g, lambda text: {"message": {"role": "assistant", "content": text}}, start)
 
 
 @handles(ollama_error)
 async def generate(request: Request) -> Response:
-    start = time.perf_counter()
-    state = _state(request)
-    f = Fields(await body(request))
-    info = state.model(f.data.get("model"), "text_to_text")
-    _refuse_common(f)
+    start, state, f, info, keep_alive = await _text_request(request)
     f.refuse("suffix", "insertion is not supported", (None, ""))
     f.refuse("template", "per-request templates are not supported; the model's chat template is used", (None, ""))
     f.refuse("context", "the deprecated context is not supported; use /api/chat", (None, []))
-    keep_alive = _apply_keep_alive(state, info, f)
     prompt = f.text("prompt", default="") or ""
     images = _images("images", f.data.get("images"), state.cfg.limits.max_image_bytes)
     if not prompt and not images:
@@ -231,8 +230,7 @@ async def generate(request: Request) -> Response:
     params = _options(state, f)
     system = f.text("system")
     raw = f.flag("raw")
-    if images and "vision" not in info.capabilities:
-        raise InvalidInput(f"model {info.key!r} does not take images (it serves: {', '.join(info.capabilities)})")
+    state.takes_images(info, bool(images))
     if raw:
         if images or system:
             raise InvalidInput("raw prompts take no images and no system prompt")
@@ -259,15 +257,6 @@ def _has_template(state: ServerState, info: ModelInfo) -> bool:
     return True
 
 
-def _embed_inputs(state: ServerState, x: Any) -> list[str]:
-    items = [x] if isinstance(x, str) else x
-    if not isinstance(items, list) or not items:
-        raise InvalidInput(f"input must be a string or a non-empty list of strings, got {v._show(x)}")
-    if len(items) > state.cfg.limits.max_batch:
-        raise InvalidInput(f"input holds {len(items)} items; this server takes at most {state.cfg.limits.max_batch}")
-    return [v.text(f"input[{i}]", t) for i, t in enumerate(items)]
-
-
 @handles(ollama_error)
 async def embed(request: Request) -> Response:
     start = time.perf_counter()
@@ -275,7 +264,7 @@ async def embed(request: Request) -> Response:
     f = Fields(await body(request))
     info = state.model(f.data.get("model"), "text_embedding")
     _apply_keep_alive(state, info, f)
-    texts = _embed_inputs(state, f.data.get("input"))
+    texts = text_inputs(f, "input", state.cfg.limits.max_batch)
     load_s = await cancel_on_disconnect(request, _load(state, info))
     vectors = await cancel_on_disconnect(
         request,

@@ -29,6 +29,7 @@ from .http import (
     openai_error,
     openai_error_body,
     sse,
+    text_inputs,
 )
 from .state import ROUTED_MODEL, Generation, ServerState, cap_max_tokens, chunks, open_stream, run_to_end, stop_list
 
@@ -44,29 +45,12 @@ def _state(request: Request) -> ServerState:
 # --- embeddings ---------------------------------------------------------------------
 
 
-def _inputs(f: Fields, key: str, max_batch: int) -> list[str]:
-    x = f.data.get(key)
-    if isinstance(x, str):
-        items = [x]
-    elif isinstance(x, list) and x:
-        if all(isinstance(i, int) and not isinstance(i, bool) for i in x) or all(isinstance(i, list) for i in x):
-            raise InvalidInput(f"{key} as token ids is not supported: send the text")
-        items = x
-    elif x is None:
-        raise InvalidInput(f"{key} is required: a string or a list of strings")
-    else:
-        raise InvalidInput(f"{key} must be a non-empty string or a non-empty list of strings, got {v._show(x)}")
-    if len(items) > max_batch:
-        raise InvalidInput(f"{key} holds {len(items)} items; this server takes at most {max_batch} per request")
-    return [v.text(f"{key}[{i}]", t) for i, t in enumerate(items)]
-
-
 @handles(openai_error)
 async def embeddings(request: Request) -> Response:
     state = _state(request)
     f = Fields(await body(request))
     info = state.model(f.data.get("model"), "text_embedding")
-    texts = _inputs(f, "input", state.cfg.limits.max_batch)
+    texts = text_inputs(f, "input", state.cfg.limits.max_batch)
     encoding = f.text("encoding_format", default="float")
     if encoding not in ("float", "base64"):
         raise InvalidInput(f"encoding_format must be 'float' or 'base64', got {encoding!r}")
@@ -183,8 +167,7 @@ def _chat_request(state: ServerState, f: Fields) -> tuple[Generation, bool, bool
     if top is not None and not want:
         raise InvalidInput("top_logprobs needs logprobs=true")
     messages = _messages(f.data.get("messages"), state.cfg.limits.max_image_bytes)
-    if any(isinstance(m["content"], list) for m in messages) and "vision" not in info.capabilities:
-        raise InvalidInput(f"model {info.key!r} does not take images (it serves: {', '.join(info.capabilities)})")
+    state.takes_images(info, any(isinstance(m["content"], list) for m in messages))
     stream = f.flag("stream")
     usage_in_stream = stream and bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
     return Generation(info, params, messages=messages, top_logprobs=(top or 0) if want else None), stream, usage_in_stream
@@ -460,7 +443,7 @@ async def rerank(request: Request) -> Response:
     raw_docs = f.data.get(docs_key)
     if isinstance(raw_docs, list):
         raw_docs = [d.get("text") if isinstance(d, dict) else d for d in raw_docs]
-    documents = _inputs(Fields({docs_key: raw_docs}), docs_key, state.cfg.limits.max_batch)
+    documents = text_inputs(Fields({docs_key: raw_docs}), docs_key, state.cfg.limits.max_batch)
     top_n = f.integer("top_n", 1, v.INT32_MAX)
     raw = f.flag("raw_scores")
     truncate = f.flag("truncate", default=True)

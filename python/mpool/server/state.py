@@ -124,6 +124,11 @@ class ServerState:
             )
         return info
 
+    def takes_images(self, info: ModelInfo, has_images: bool) -> None:
+        """InvalidInput when a request sends images to a model that does not serve vision."""
+        if has_images and "vision" not in info.capabilities:
+            raise InvalidInput(f"model {info.key!r} does not take images (it serves: {', '.join(info.capabilities)})")
+
     def default_reranker(self) -> str:
         """The one rerank model, for TEI-shaped requests, which name none."""
         keys = [k for k, i in self.models.items() if "rerank" in i.capabilities]
