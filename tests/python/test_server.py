@@ -719,3 +719,42 @@ def test_ollama_generate_streams_ndjson_and_every_streamed_route_ends_cleanly(se
                       json={"model": "words", "prompt": "a b", "stream": True}) as r:
         events = [line for line in r.iter_lines() if line]
     assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+
+
+def test_n_choices_and_batched_prompts_each_equal_their_solo_run_streamed_or_not(server, client):
+    messages = [{"role": "user", "content": "Pick some words"}]
+    extra = {"ignore_eos": True}
+    out = client.chat.completions.create(model="llama", messages=messages, max_tokens=6, temperature=1.0, seed=11,
+                                         n=3, extra_body=extra)
+    solo = [client.chat.completions.create(model="llama", messages=messages, max_tokens=6, temperature=1.0,
+                                           seed=11 + j, extra_body=extra) for j in range(3)]
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert [c.message.content for c in out.choices] == [s.choices[0].message.content for s in solo]
+    assert len({c.message.content for c in out.choices}) > 1  # different seeds, different samples
+    assert out.usage.prompt_tokens == solo[0].usage.prompt_tokens  # the prompt counts once
+    assert out.usage.completion_tokens == 18
+    streamed = ["", "", ""]
+    finishes = {}
+    for chunk in client.chat.completions.create(model="llama", messages=messages, max_tokens=6, temperature=1.0,
+                                                seed=11, n=3, stream=True, extra_body=extra):
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+    assert streamed == [c.message.content for c in out.choices] and finishes == {0: "length", 1: "length", 2: "length"}
+
+    prompts = ["Once upon a time", "The quick brown fox"]
+    batch = client.completions.create(model="llama", prompt=prompts, n=2, max_tokens=5, extra_body=extra)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+    alone = [client.completions.create(model="llama", prompt=p, max_tokens=5, extra_body=extra) for p in prompts]
+    assert [c.text for c in batch.choices] == [alone[0].choices[0].text] * 2 + [alone[1].choices[0].text] * 2
+    assert batch.usage.prompt_tokens == alone[0].usage.prompt_tokens + alone[1].usage.prompt_tokens
+    texts = [""] * 4
+    for chunk in client.completions.create(model="llama", prompt=prompts, n=2, max_tokens=5, stream=True,
+                                           extra_body=extra):
+        for c in chunk.choices:
+            texts[c.index] += c.text
+    assert texts == [c.text for c in batch.choices]
+    too_many = httpx.post(f"{server}/v1/completions", json={"model": "llama", "prompt": prompts, "n": 5})
+    check_error(too_many, 400, "invalid_input")
+    assert "at most 8" in too_many.json()["error"]["message"]

@@ -83,6 +83,7 @@ class Limits:
     max_image_side: int = 2048
     max_images: int = 4
     max_image_mb: float = 16.0
+    max_choices: int = 8
 
     @property
     def max_body_bytes(self) -> int:
@@ -221,6 +222,8 @@ def _limits(where: str, t: Mapping[str, Any]) -> Limits:
         lim.max_image_side = v.int_in(f"{where}.max_image_side", t["max_image_side"], 1, 16384)
     if "max_images" in t:
         lim.max_images = v.int_in(f"{where}.max_images", t["max_images"], 1, 64)
+    if "max_choices" in t:
+        lim.max_choices = v.int_in(f"{where}.max_choices", t["max_choices"], 1, 256)
     if "max_image_mb" in t:
         lim.max_image_mb = v.finite(f"{where}.max_image_mb", t["max_image_mb"], lo=0, lo_open=True, hi=2047)
     return lim

@@ -31,7 +31,17 @@ from .http import (
     sse,
     text_inputs,
 )
-from .state import ROUTED_MODEL, Generation, ServerState, cap_max_tokens, chunks, open_stream, run_to_end, stop_list
+from .state import (
+    ROUTED_MODEL,
+    Generation,
+    ServerState,
+    cap_max_tokens,
+    choices,
+    merged,
+    open_streams,
+    run_to_end,
+    stop_list,
+)
 
 __all__ = ["routes"]
 
@@ -76,8 +86,7 @@ async def embeddings(request: Request) -> Response:
 
 def _sampling(state: ServerState, f: Fields, max_tokens: Any, max_name: str) -> dict[str, Any]:
     """The generation parameters both text routes take, in mpool's names."""
-    f.refuse("n", "one choice per request", (None, 1))
-    f.refuse("best_of", "one choice per request", (None, 1))
+    f.refuse("best_of", "best_of is not supported; use n", (None, 1))
     f.refuse("logit_bias", "logit biases are not supported", (None, {}))
     f.refuse("audio", "audio output is not supported")
     if f.data.get("modalities") not in (None, ["text"]):
@@ -147,13 +156,11 @@ def _logprob_entry(state: ServerState, g: Generation, lp: Any) -> dict[str, Any]
     return entry
 
 
-def _usage(stats: Any) -> dict[str, int]:
-    prompt = int(stats.prompt_tokens) if stats is not None else 0
-    completion = int(stats.completion_tokens) if stats is not None else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _n(state: ServerState, f: Fields) -> int:
+    return f.integer("n", 1, state.cfg.limits.max_choices, default=1) or 1
 
 
-def _chat_request(state: ServerState, f: Fields) -> tuple[Generation, bool, bool]:
+def _chat_request(state: ServerState, f: Fields) -> tuple[list[Generation], bool, bool]:
     info = state.model(f.data.get("model"), "text_to_text")
     f.refuse("tools", "tool calls are not supported by this server", (None, []))
     f.refuse("tool_choice", "tool calls are not supported by this server", (None, "none"))
@@ -170,65 +177,111 @@ def _chat_request(state: ServerState, f: Fields) -> tuple[Generation, bool, bool
     state.takes_images(info, any(isinstance(m["content"], list) for m in messages))
     stream = f.flag("stream")
     usage_in_stream = stream and bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
-    return Generation(info, params, messages=messages, top_logprobs=(top or 0) if want else None), stream, usage_in_stream
+    one = Generation(info, params, messages=messages, top_logprobs=(top or 0) if want else None)
+    return choices([one], _n(state, f)), stream, usage_in_stream
+
+
+def _usage(gens: list[Generation], stats: list[Any]) -> dict[str, int]:
+    """Each prompt's tokens once (its n choices share it), every choice's completion tokens."""
+    prompt = sum(int(st.prompt_tokens) for g, st in zip(gens, stats) if st is not None and g.choice == 0)
+    completion = sum(int(st.completion_tokens) for st in stats if st is not None)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _whole(request: Request, streams: list[Any]) -> list[tuple[str, list[Any], Any, str]]:
+    async def all_of() -> list[tuple[str, list[Any], Any, str]]:
+        try:
+            return list(await asyncio.gather(*(run_to_end(s) for s in streams)))
+        finally:
+            for s in streams:
+                if s.finish_reason is None:
+                    s.close()
+
+    return await cancel_on_disconnect(request, all_of())
 
 
 @handles(openai_error)
 async def chat_completions(request: Request) -> Response:
     state = _state(request)
-    g, stream, usage_in_stream = _chat_request(state, Fields(await body(request)))
+    gens, stream, usage_in_stream = _chat_request(state, Fields(await body(request)))
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    pool_stream = open_stream(state, g)
+    head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": gens[0].info.key}
+    streams = open_streams(state, gens)
+
+    def piece(i: int, chunk: Any) -> dict[str, Any]:
+        lps = None
+        if gens[i].top_logprobs is not None:
+            lps = {"content": [_logprob_entry(state, gens[i], lp) for lp in chunk.logprobs]}
+        return {"index": i, "delta": {"content": chunk.text}, "logprobs": lps, "finish_reason": None}
+
+    def end(i: int, finish: str) -> dict[str, Any]:
+        return {"index": i, "delta": {}, "logprobs": None, "finish_reason": _FINISH.get(finish, finish)}
+
     if stream:
-        return EventStream(_chat_events(state, g, pool_stream, ident, created, usage_in_stream), "text/event-stream")
-    text, logprobs, stats, finish = await cancel_on_disconnect(request, run_to_end(pool_stream))
-    choice: dict[str, Any] = {
-        "index": 0,
-        "message": {"role": "assistant", "content": text},
-        "logprobs": None if g.top_logprobs is None else {"content": [_logprob_entry(state, g, lp) for lp in logprobs]},
-        "finish_reason": _FINISH.get(finish, finish),
-    }
+        opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                   for i in range(len(gens))]
+        events = _events(gens, streams, head, opening, piece, end, usage_in_stream)
+        return EventStream(events, "text/event-stream")
+    out = []
+    for i, (text, logprobs, _, finish) in enumerate(await _whole(request, streams)):
+        g = gens[i]
+        out.append({
+            "index": i,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None if g.top_logprobs is None else {"content": [_logprob_entry(state, g, lp) for lp in logprobs]},
+            "finish_reason": _FINISH.get(finish, finish),
+        })
     return JSONResponse(
-        {"id": ident, "object": "chat.completion", "created": created, "model": g.info.key,
-         "choices": [choice], "usage": _usage(stats)}
+        {"id": ident, "object": "chat.completion", "created": created, "model": gens[0].info.key,
+         "choices": out, "usage": _usage(gens, [s.stats for s in streams])}
     )
 
 
-async def _chat_events(
-    state: ServerState, g: Generation, pool_stream: Any, ident: str, created: int, usage_in_stream: bool
+async def _events(
+    gens: list[Generation],
+    streams: list[Any],
+    head: dict[str, Any],
+    opening: list[dict[str, Any]],
+    piece: Any,
+    end: Any,
+    usage_in_stream: bool,
 ) -> AsyncIterator[str]:
-    head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": g.info.key}
-    yield sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]})
+    """SSE events of several choices, each chunk as it comes, then each choice's end."""
+    for choice in opening:
+        yield sse({**head, "choices": [choice]})
     try:
-        async for chunk in chunks(pool_stream):
-            if chunk.text or chunk.logprobs:
-                lps = None
-                if g.top_logprobs is not None:
-                    lps = {"content": [_logprob_entry(state, g, lp) for lp in chunk.logprobs]}
-                yield sse({**head, "choices": [{"index": 0, "delta": {"content": chunk.text}, "logprobs": lps, "finish_reason": None}]})
+        async for i, chunk in merged(streams):
+            if chunk is None:
+                last: dict[str, Any] = {**head, "choices": [end(i, streams[i].finish_reason or "stop")]}
+                if usage_in_stream:
+                    last["usage"] = None
+                yield sse(last)
+            elif chunk.text or chunk.logprobs:
+                yield sse({**head, "choices": [piece(i, chunk)]})
     except PoolError as e:
         yield sse(openai_error_body(e))
         return
-    finish = pool_stream.finish_reason or "stop"
-    last: dict[str, Any] = {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": _FINISH.get(finish, finish)}]}
     if usage_in_stream:
-        last["usage"] = None
-    yield sse(last)
-    if usage_in_stream:
-        yield sse({**head, "choices": [], "usage": _usage(pool_stream.stats)})
+        yield sse({**head, "choices": [], "usage": _usage(gens, [s.stats for s in streams])})
     yield "data: [DONE]\n\n"
 
 
-def _completion_prompt(x: Any) -> str | list[int]:
-    if isinstance(x, list) and len(x) == 1 and isinstance(x[0], (str, list)):
-        x = x[0]  # a batch of one
-    if isinstance(x, str):
-        if not x:
-            raise InvalidInput("prompt is empty")
-        return x
-    if isinstance(x, list) and x and all(isinstance(i, int) and not isinstance(i, bool) for i in x):
-        return v.token_ids("prompt", x, 0, v.INT32_MAX)
-    raise InvalidInput("prompt must be a non-empty string or a list of token ids (one prompt per request)")
+def _completion_prompts(x: Any, max_batch: int) -> list[str | list[int]]:
+    """One prompt (a string or token ids) or a batch of them."""
+    def one(name: str, p: Any) -> str | list[int]:
+        if isinstance(p, str):
+            if not p:
+                raise InvalidInput(f"{name} is empty")
+            return p
+        if isinstance(p, list) and p and all(isinstance(i, int) and not isinstance(i, bool) for i in p):
+            return v.token_ids(name, p, 0, v.INT32_MAX)
+        raise InvalidInput(f"{name} must be a non-empty string or a non-empty list of token ids, got {v._show(p)}")
+
+    if isinstance(x, list) and x and all(isinstance(p, (str, list)) for p in x):
+        if len(x) > max_batch:
+            raise InvalidInput(f"prompt holds {len(x)} prompts; this server takes at most {max_batch} per request")
+        return [one(f"prompt[{i}]", p) for i, p in enumerate(x)]
+    return [one("prompt", x)]
 
 
 def _legacy_logprobs(state: ServerState, g: Generation, logprobs: list[Any], start: int) -> dict[str, Any]:
@@ -253,45 +306,42 @@ async def completions(request: Request) -> Response:
     f.refuse("echo", "echoing the prompt is not supported", (None, False))
     params = _sampling(state, f, f.data.get("max_tokens"), "max_tokens")
     top = f.integer("logprobs", 0, 20)
-    g = Generation(info, params, prompt=_completion_prompt(f.data.get("prompt")), top_logprobs=top)
+    prompts = _completion_prompts(f.data.get("prompt"), state.cfg.limits.max_choices)
+    n = _n(state, f)
+    if len(prompts) * n > state.cfg.limits.max_choices:
+        raise InvalidInput(
+            f"{len(prompts)} prompts x n={n} is {len(prompts) * n} choices; this server makes at most "
+            f"{state.cfg.limits.max_choices} per request"
+        )
+    gens = choices([Generation(info, params, prompt=p, top_logprobs=top) for p in prompts], n)
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    usage_in_stream = bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
-    pool_stream = open_stream(state, g)
+    head = {"id": ident, "object": "text_completion", "created": created, "model": info.key}
+    streams = open_streams(state, gens)
     if f.flag("stream"):
-        return EventStream(_completion_events(state, g, pool_stream, ident, created, usage_in_stream), "text/event-stream")
-    text, logprobs, stats, finish = await cancel_on_disconnect(request, run_to_end(pool_stream))
-    choice = {
-        "index": 0,
-        "text": text,
-        "logprobs": None if top is None else _legacy_logprobs(state, g, logprobs, 0),
-        "finish_reason": _FINISH.get(finish, finish),
-    }
+        offsets = [0] * len(gens)
+
+        def piece(i: int, chunk: Any) -> dict[str, Any]:
+            lps = None if top is None else _legacy_logprobs(state, gens[i], chunk.logprobs, offsets[i])
+            offsets[i] += len(chunk.text)
+            return {"index": i, "text": chunk.text, "logprobs": lps, "finish_reason": None}
+
+        def end(i: int, finish: str) -> dict[str, Any]:
+            return {"index": i, "text": "", "logprobs": None, "finish_reason": _FINISH.get(finish, finish)}
+
+        usage_in_stream = bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
+        return EventStream(_events(gens, streams, head, [], piece, end, usage_in_stream), "text/event-stream")
+    out = []
+    for i, (text, logprobs, _, finish) in enumerate(await _whole(request, streams)):
+        out.append({
+            "index": i,
+            "text": text,
+            "logprobs": None if top is None else _legacy_logprobs(state, gens[i], logprobs, 0),
+            "finish_reason": _FINISH.get(finish, finish),
+        })
     return JSONResponse(
         {"id": ident, "object": "text_completion", "created": created, "model": info.key,
-         "choices": [choice], "usage": _usage(stats)}
+         "choices": out, "usage": _usage(gens, [s.stats for s in streams])}
     )
-
-
-async def _completion_events(
-    state: ServerState, g: Generation, pool_stream: Any, ident: str, created: int, usage_in_stream: bool
-) -> AsyncIterator[str]:
-    head = {"id": ident, "object": "text_completion", "created": created, "model": g.info.key}
-    offset = 0
-    try:
-        async for chunk in chunks(pool_stream):
-            if not (chunk.text or chunk.logprobs):
-                continue
-            lps = None if g.top_logprobs is None else _legacy_logprobs(state, g, chunk.logprobs, offset)
-            offset += len(chunk.text)
-            yield sse({**head, "choices": [{"index": 0, "text": chunk.text, "logprobs": lps, "finish_reason": None}]})
-    except PoolError as e:
-        yield sse(openai_error_body(e))
-        return
-    finish = pool_stream.finish_reason or "stop"
-    yield sse({**head, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": _FINISH.get(finish, finish)}]})
-    if usage_in_stream:
-        yield sse({**head, "choices": [], "usage": _usage(pool_stream.stats)})
-    yield "data: [DONE]\n\n"
 
 
 # --- images ------------------------------------------------------------------------

@@ -211,6 +211,21 @@ class Generation:
     messages: list[dict[str, Any]] | None = None  # chat
     prompt: str | list[int] | None = None  # completion
     top_logprobs: int | None = None  # None: no logprobs asked
+    choice: int = 0  # which of its prompt's n choices (0 counts the prompt's tokens in usage)
+
+
+def choices(prompts: list[Generation], n: int) -> list[Generation]:
+    """``n`` choices of each prompt, in OpenAI's order (prompt by prompt). With a
+    ``seed``, choice j samples with seed + j, so the choices differ and each one
+    is reproducible."""
+    out = []
+    for g in prompts:
+        for j in range(n):
+            params = dict(g.params)
+            if j and "seed" in params:
+                params["seed"] = (params["seed"] + j) % (1 << 64)
+            out.append(Generation(g.info, params, g.messages, g.prompt, g.top_logprobs, j))
+    return out
 
 
 def cap_max_tokens(cfg: ServerConfig, name: str, x: Any) -> int:
@@ -245,6 +260,56 @@ def open_stream(state: ServerState, g: Generation) -> Any:
         return state.pool.chat(g.info.key, g.messages, **params)
     assert g.prompt is not None
     return state.pool.generate(g.info.key, g.prompt, **params)
+
+
+def open_streams(state: ServerState, gens: list[Generation]) -> list[Any]:
+    """One pool stream per choice; if one cannot open, those already open are cancelled."""
+    streams: list[Any] = []
+    try:
+        for g in gens:
+            streams.append(open_stream(state, g))
+    except BaseException:
+        for s in streams:
+            s.close()
+        raise
+    return streams
+
+
+async def merged(streams: list[Any]) -> AsyncIterator[tuple[int, Any]]:
+    """``(i, chunk)`` from several streams as each arrives, and ``(i, None)`` when stream i
+    ends. A stream's error ends them all (the rest are cancelled); so does closing this."""
+    if len(streams) == 1:
+        async for chunk in chunks(streams[0]):
+            yield 0, chunk
+        yield 0, None
+        return
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, stream: Any) -> None:
+        try:
+            async for chunk in chunks(stream):
+                await queue.put((i, chunk, None))
+            await queue.put((i, None, None))
+        except PoolError as e:
+            await queue.put((i, None, e))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        left = len(streams)
+        while left:
+            i, chunk, error = await queue.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                left -= 1
+            yield i, chunk
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for s in streams:
+            if s.finish_reason is None:
+                s.close()
 
 
 async def chunks(stream: Any) -> AsyncIterator[Any]:
