@@ -67,19 +67,22 @@ class EmbeddingJob final : public core::Job {
  public:
   using Embed = std::function<Tensor(Cap&, const std::vector<Input>&, RequestContext&)>;
 
+  // `claim`: what the job counts against the batch budget; a sub-batch of a
+  // split call claims the whole budget (see submit_embedding), others their cost.
   EmbeddingJob(std::shared_ptr<core::Pending<Tensor>> pending, std::vector<Input> inputs, std::string batch_key,
-               size_t cost, Embed embed, const char* what, std::vector<size_t> origin = {})
+               size_t cost, Embed embed, const char* what, std::vector<size_t> origin = {}, size_t claim = 0)
       : Job(pending->context()),
         pending_(std::move(pending)),
         inputs_(std::move(inputs)),
         key_(std::move(batch_key)),
         cost_(cost),
+        claim_(std::max(claim, cost)),
         embed_(std::move(embed)),
         what_(what),
         origin_(std::move(origin)) {}
 
   std::string_view batch_key() const override { return key_; }
-  size_t batch_cost() const override { return cost_; }
+  size_t batch_cost() const override { return claim_; }
 
   void run(Instance& instance) override {
     Tensor out;
@@ -171,6 +174,7 @@ class EmbeddingJob final : public core::Job {
   std::vector<Input> inputs_;
   std::string key_;
   size_t cost_;
+  size_t claim_;
   Embed embed_;
   const char* what_;
   std::vector<size_t> origin_;  // the caller's index of each input (a split call's sub-batch only)
@@ -295,7 +299,8 @@ std::shared_ptr<core::Pending<Tensor>> submit_embedding(core::Pool& pool, const 
       return size_t{1};
     }
   };
-  hooks.start = [p, key, state, whole, progress, batch_key, embed, what](size_t k) -> std::function<void()> {
+  const size_t budget = hint.batch_budget;
+  hooks.start = [p, key, state, whole, progress, batch_key, embed, what, budget](size_t k) -> std::function<void()> {
     core::RequestOptions part_options;
     if (whole) {
       const double left = std::chrono::duration<double>(state->call->context()->deadline() - Clock::now()).count();
@@ -321,9 +326,12 @@ std::shared_ptr<core::Pending<Tensor>> submit_embedding(core::Pool& pool, const 
       if (progress) progress->advance(state->parts[k].size());
       fanout->part_succeeded(k);
     });
+    // A sub-batch claims the whole budget: the replica that takes it runs it
+    // alone and never holds the next sub-batch back (the one-slot prefetch)
+    // from a replica that is free.
     p->submit(key, Cap::kName,
               std::make_shared<Job>(sub, std::move(state->part_inputs[k]), batch_key, state->part_costs[k], embed,
-                                    what, state->parts[k]));
+                                    what, state->parts[k], budget));
     return [sub] { sub->cancel(); };
   };
   hooks.complete = [state] {
