@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include "mpool/core/progress.h"
+#include "test_support.h"
+
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -213,6 +216,35 @@ TEST(Fanout, PartsFinishedFromManyThreadsCompleteTheCallExactlyOnce) {
     EXPECT_EQ(h.started.size(), 64u);
     EXPECT_LE(h.max_out, 4u);
   }
+}
+
+TEST(Progress, WaitPastReturnsOnAdvanceOnFinishAndAtItsTimeout) {
+  Progress p(10);
+  EXPECT_EQ(p.total(), 10u);
+  EXPECT_EQ(p.wait_past(0, 0.01), 0u);  // nothing done: back at the timeout
+  std::thread advance([&] { p.advance(4); });
+  EXPECT_EQ(p.wait_past(0, 30), 4u);
+  advance.join();
+  std::thread finish([&] { p.finish(); });
+  EXPECT_EQ(p.wait_past(4, 30), 4u);
+  finish.join();
+  EXPECT_TRUE(p.finished());
+  EXPECT_EQ(p.wait_past(4, 30), 4u);  // at once from now on
+}
+
+TEST(PoolSplitHint, ReportsTheBatchBudgetAndTheServingReplicas) {
+  Pool pool(testing::test_options(1000));
+  ModelSpec spec = testing::fn_spec(10, [](int x, RequestContext&) { return x; });
+  spec.batch_budget = 512;
+  spec.max_replicas = 2;
+  pool.register_model("m", spec);
+  EXPECT_EQ(pool.split_hint("m").batch_budget, 512u);
+  EXPECT_EQ(pool.split_hint("m").replicas, 0);  // unloaded
+  EXPECT_EQ(testing::call(pool, "m", 3), 3);
+  EXPECT_EQ(pool.split_hint("m").replicas, 2);  // the cold start's two
+  pool.unload("m");
+  EXPECT_EQ(pool.split_hint("m").replicas, 0);
+  EXPECT_THROW(pool.split_hint("nope"), Error);
 }
 
 }  // namespace
