@@ -9,7 +9,6 @@ is drawn on the caller's thread (or its event loop), never on a replica thread.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -69,10 +68,9 @@ async def await_with_bar(future: Any, progress: Any, unit: str) -> np.ndarray:
     """``await_native`` with a bar that follows ``progress`` (read on the loop, no thread held)."""
     bar = _Bar(progress.total, unit)
     try:
+        # A cancelled task cancels the call in await_native.
         out = await await_native(future, on_tick=lambda: bar.show(progress.done), tick_s=_POLL_S)
         bar.show(progress.done)
         return out
-    except asyncio.CancelledError:
-        raise  # await_native cancelled the call
     finally:
         bar.close()

@@ -389,7 +389,8 @@ class Pool:
         ``CrossEncoder.predict`` does (sigmoid for one label unless the model names
         another); ``raw=True`` gives the classifier's logits. A pair longer than the
         model's limit is cut longest-first, or raises InvalidInput with
-        ``truncate=False``.
+        ``truncate=False``. Many pairs are split into sub-batches as ``embed``
+        splits texts, under the same timeout rule.
         """
         out = self._native.score(
             v.key(key), req.pairs(pairs), req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw)
