@@ -179,6 +179,28 @@ def test_cancelling_a_split_call_cancels_its_queued_sub_batch_and_starts_no_more
         assert c["requests"] == c["succeeded"] + c["errors"] + c["timeouts"] + c["cancellations"] + c["rejections"]
 
 
+def test_cancelling_the_asyncio_task_of_a_bulk_call_starts_no_further_sub_batch():
+    model = Recorder()
+    hold = [f"hold{i:03d}" for i in range(50)]
+    with mpool.Pool(cold_start_replicas=1) as pool:
+        register(pool, model)
+
+        async def cancel_mid_call():
+            task = asyncio.ensure_future(pool.aembed("m", hold, progress=True))
+            assert await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(cancel_mid_call())
+        model.hold.set()
+        pool.embed("m", ["after"])
+        pool.close()
+        ran = {t for c in model.calls for t in c}
+        assert set(hold[:10]) <= ran and not ran & set(hold[10:])
+        assert counts(pool)["cancellations"] == 1
+
+
 def test_the_default_timeout_bounds_each_sub_batch_so_a_call_longer_than_it_completes():
     # Twelve sub-batches of 0.25 s on one replica: 3 s in all, twice the 1.5 s
     # request_timeout, while each sub-batch takes a sixth of it.
