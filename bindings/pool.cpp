@@ -140,7 +140,12 @@ py::dict model_dict(const core::ModelStats& s) {
   counts["replicas_evicted"] = m.replicas_evicted;
   counts["spawn_failures"] = m.spawn_failures;
   counts["replica_deaths"] = m.replica_deaths;
+  counts["inputs"] = m.inputs;
   d["counts"] = counts;
+  py::dict throughput;
+  throughput["inputs_per_s"] = m.inputs_per_s;
+  throughput["tokens_per_s"] = m.tokens_per_s;
+  d["throughput"] = throughput;
   d["queue_time"] = latency(m.queue);
   d["compute_time"] = latency(m.compute);
   d["time_to_first_chunk"] = latency(m.first_chunk);
@@ -245,6 +250,21 @@ void register_pool(py::module_& m) {
   m.def("_set_test_allowed_endpoint", &imageio::set_test_allowed_endpoint, py::arg("endpoint"),
         "Tests only: connections to this 'ip:port' pass the private-address check; '' clears.");
   py::module_::import("atexit").attr("register")(py::cpp_function([] { drain_released_images(); }));
+  py::class_<core::Progress, std::shared_ptr<core::Progress>>(
+      m, "Progress", "Inputs done of a bulk embedding call, for a progress bar (pass it to embed_async).")
+      .def(py::init<size_t>(), py::arg("total"))
+      .def_property_readonly("total", &core::Progress::total)
+      .def_property_readonly("done", &core::Progress::done)
+      .def_property_readonly("finished", &core::Progress::finished)
+      .def(
+          "wait",
+          [](const core::Progress& p, size_t seen, double timeout) {
+            core::check_duration("timeout", timeout);
+            return p.wait_past(seen, timeout);
+          },
+          py::arg("seen"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
+          "Waits (GIL released) until more than `seen` inputs are done, the call ended, or `timeout` s; "
+          "returns the inputs done.");
   py::class_<core::ModelSpec>(m, "ModelSpec", "How to load a model, where, and how much memory a replica takes.")
       .def_readonly("capabilities", &core::ModelSpec::capabilities)
       .def_readwrite("memory_mb", &core::ModelSpec::memory_mb)
@@ -333,17 +353,20 @@ void register_pool(py::module_& m) {
       .def("embed_async",
            [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
               std::optional<double> timeout, bool truncate, std::optional<bool> normalize,
-              std::optional<int64_t> dimensions) {
+              std::optional<int64_t> dimensions, std::shared_ptr<core::Progress> progress) {
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
+               cap::BulkOptions bulk;
+               bulk.progress = std::move(progress);
                p = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize, dimensions},
-                              request_options(timeout));
+                              request_options(timeout), bulk);
              }
              return wrap_future(std::move(p));
            },
            py::arg("key"), py::arg("texts"), py::arg("task") = py::none(), py::arg("timeout") = py::none(),
-           py::arg("truncate") = true, py::arg("normalize") = py::none(), py::arg("dimensions") = py::none())
+           py::arg("truncate") = true, py::arg("normalize") = py::none(), py::arg("dimensions") = py::none(),
+           py::arg("progress") = py::none())
       .def("embed",
            [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
               std::optional<double> timeout, bool truncate, std::optional<bool> normalize,
@@ -388,20 +411,27 @@ void register_pool(py::module_& m) {
            py::arg("raw") = false)
       .def("embed_images_async",
            [](core::Pool& pool, const std::string& key, py::list items, double timeout, double fetch_timeout,
-              bool allow_private_urls, size_t max_image_bytes, std::optional<bool> normalize) {
+              bool allow_private_urls, size_t max_image_bytes, std::optional<bool> normalize, bool explicit_timeout,
+              std::shared_ptr<core::Progress> progress) {
              ImageDeadline deadline(timeout, fetch_timeout, allow_private_urls, max_image_bytes);
              auto inputs = image_inputs(items);
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
                auto images = deadline.decode(inputs);
+               cap::BulkOptions bulk;
+               bulk.whole_call_timeout = explicit_timeout;
+               bulk.progress = std::move(progress);
                p = cap::embed_images(pool, key, std::move(images), cap::ImageEmbedOptions{normalize},
-                                     deadline.remaining());
+                                     deadline.remaining(), bulk);
              }
              return wrap_future(std::move(p));
            },
            py::arg("key"), py::arg("items"), py::arg("timeout"), py::arg("fetch_timeout"),
-           py::arg("allow_private_urls"), py::arg("max_image_bytes"), py::arg("normalize") = py::none())
+           py::arg("allow_private_urls"), py::arg("max_image_bytes"), py::arg("normalize") = py::none(),
+           py::arg("explicit_timeout") = true, py::arg("progress") = py::none(),
+           "explicit_timeout: `timeout` is the caller's own and bounds the whole call; false: it is the pool's "
+           "default, which then bounds each sub-batch of a split call.")
       .def("zero_shot_async",
            [](core::Pool& pool, const std::string& key, py::list items, std::vector<std::string> texts,
               double timeout, double fetch_timeout, bool allow_private_urls, size_t max_image_bytes) {

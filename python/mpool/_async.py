@@ -60,8 +60,14 @@ async def wait_chunks(poll: Callable[[], tuple[bool, Any]], native: Any) -> Asyn
             pass  # past the deadline: the next poll() raises Timeout
 
 
-async def await_native(future: Any) -> np.ndarray:
-    """Awaits a native future: completion arrives by callback, never by a blocked thread."""
+async def await_native(
+    future: Any, on_tick: Callable[[], None] | None = None, tick_s: float = 0.5
+) -> np.ndarray:
+    """Awaits a native future: completion arrives by callback, never by a blocked thread.
+
+    ``on_tick`` (a progress display) is called on the loop at least every
+    ``tick_s`` seconds while the future is pending.
+    """
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
@@ -74,9 +80,17 @@ async def await_native(future: Any) -> np.ndarray:
 
     future.add_done_callback(on_done)
     try:
-        await asyncio.wait_for(asyncio.shield(done), timeout=max(future.remaining(), 0.0) + _DEADLINE_SLACK_S)
-    except asyncio.TimeoutError:
-        pass  # past the deadline: result() below settles it as Timeout
+        while True:
+            wait = max(future.remaining(), 0.0) + _DEADLINE_SLACK_S
+            ticking = on_tick is not None and wait > tick_s
+            try:
+                await asyncio.wait_for(asyncio.shield(done), timeout=tick_s if ticking else wait)
+                break
+            except asyncio.TimeoutError:
+                if not ticking:
+                    break  # past the deadline: result() below settles it as Timeout
+                assert on_tick is not None
+                on_tick()
     except asyncio.CancelledError:
         future.cancel()
         raise

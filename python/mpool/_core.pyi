@@ -50,6 +50,16 @@ class ImageProgress:
     @property
     def preview(self) -> np.ndarray | None: ...
 
+class Progress:
+    def __init__(self, total: int) -> None: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def done(self) -> int: ...
+    @property
+    def finished(self) -> bool: ...
+    def wait(self, seen: int, timeout: float) -> int: ...
+
 class Future:
     def result(self) -> np.ndarray: ...
     def done(self) -> bool: ...
@@ -130,6 +140,7 @@ class Pool:
         truncate: bool = True,
         normalize: bool | None = None,
         dimensions: int | None = None,
+        progress: Progress | None = None,
     ) -> Future: ...
     def score(
         self,
@@ -156,6 +167,8 @@ class Pool:
         allow_private_urls: bool,
         max_image_bytes: int,
         normalize: bool | None = None,
+        explicit_timeout: bool = True,
+        progress: Progress | None = None,
     ) -> Future: ...
     def zero_shot_async(
         self,

@@ -22,6 +22,7 @@ from . import _params as req
 from . import _validate as v
 from ._async import await_native
 from ._images import image_input
+from ._progress import await_with_bar, new_progress, result_with_bar
 from ._params import MAX_IMAGE_SIDE, MAX_IMAGE_STEPS
 from ._streams import ImageStream, TextStream
 from .chat import ChatTemplate, split_images
@@ -306,7 +307,17 @@ class Pool:
         return [{k: m[k] for k in keep} for m in stats.values()]
 
     def stats(self) -> dict[str, Any]:
-        """Per-model counters and latencies, and per-device memory."""
+        """Per-model counters and latencies, and per-device memory.
+
+        Per model: ``counts`` (requests and their outcomes, where each
+        sub-batch of a split bulk call counts as one request; ``inputs``: texts,
+        images or pairs embedded or scored), ``throughput`` over the last minute
+        (``inputs_per_s``, and ``tokens_per_s`` in batch-cost units: about one
+        token per 4 bytes of text plus special tokens, 256 per image, as the
+        batch budget counts them -- an estimate, not the tokenizer's count),
+        ``queue_time``, ``compute_time``, ``time_to_first_chunk``, replicas and
+        memory.
+        """
         return self._native.stats()
 
     # --- text embedding -------------------------------------------------------
@@ -321,6 +332,7 @@ class Pool:
         normalize: bool | None = None,
         dimensions: int | None = None,
         timeout: float | None = None,
+        progress: bool = False,
     ) -> np.ndarray:
         """Embeds texts: float32 array (n, d).
 
@@ -337,11 +349,25 @@ class Pool:
         sentence-transformers' ``truncate_dim``, which leaves them shorter than 1.
         A model whose config.json lists ``matryoshka_dimensions`` takes only those;
         a width above the model's is InvalidInput.
+
+        Bulk calls: texts that cost more than one forward pass of the model
+        (its batch budget) are split into sub-batches that any replica may take,
+        at most one per replica at a time, so other callers of the model are
+        served between them; rows come back in input order. A failing text fails
+        the call, naming its index (``texts[1234]: ...``). ``timeout``, when
+        given, bounds the whole call; by default the pool's ``request_timeout``
+        bounds each sub-batch (its queue wait and compute), so a large call with
+        defaults completes. ``progress=True`` shows a ``tqdm.auto`` bar over the
+        texts done (a widget in a notebook); nothing is printed otherwise.
         """
-        return self._native.embed(
+        args = (
             v.key(key), req.texts(texts), req.task(task), req.timeout(timeout), v.flag("truncate", truncate),
             _normalize(normalize), _dimensions(dimensions),
         )
+        if not v.flag("progress", progress):
+            return self._native.embed(*args)
+        counter = new_progress(len(args[1]))
+        return result_with_bar(self._native.embed_async(*args, counter), counter, "text")
 
     async def aembed(
         self,
@@ -353,13 +379,17 @@ class Pool:
         normalize: bool | None = None,
         dimensions: int | None = None,
         timeout: float | None = None,
+        progress: bool = False,
     ) -> np.ndarray:
         """``embed`` for asyncio: does not block the event loop."""
-        future = self._native.embed_async(
+        args = (
             v.key(key), req.texts(texts), req.task(task), req.timeout(timeout), v.flag("truncate", truncate),
             _normalize(normalize), _dimensions(dimensions),
         )
-        return await await_native(future)
+        if not v.flag("progress", progress):
+            return await await_native(self._native.embed_async(*args))
+        counter = new_progress(len(args[1]))
+        return await await_with_bar(self._native.embed_async(*args, counter), counter, "text")
 
     # --- reranking ------------------------------------------------------------
 
@@ -374,7 +404,8 @@ class Pool:
         ``CrossEncoder.predict`` does (sigmoid for one label unless the model names
         another); ``raw=True`` gives the classifier's logits. A pair longer than the
         model's limit is cut longest-first, or raises InvalidInput with
-        ``truncate=False``.
+        ``truncate=False``. Many pairs are split into sub-batches as ``embed``
+        splits texts, under the same timeout rule.
         """
         out = self._native.score(
             v.key(key), req.pairs(pairs), req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw)
@@ -427,29 +458,40 @@ class Pool:
         return self._request_timeout if checked is None else checked
 
     def embed_images(
-        self, key: str, images: Any, *, normalize: bool | None = None, timeout: float | None = None
+        self, key: str, images: Any, *, normalize: bool | None = None, timeout: float | None = None,
+        progress: bool = False,
     ) -> np.ndarray:
         """Embeds images (paths, URLs, base64, bytes, PIL, HWC uint8 arrays): float32 (n, d).
 
         ``normalize`` as for ``embed``. Fetching and decoding count against
         ``timeout``: a URL slower than what is left of it raises ``Timeout``.
+        Many images are split into sub-batches as ``embed`` splits texts, under
+        the same timeout rule (a given ``timeout`` bounds the whole call, fetching
+        included; the default bounds each sub-batch). ``progress=True`` shows a
+        ``tqdm.auto`` bar over the images done.
         """
+        items, show = req.images(images), v.flag("progress", progress)
+        counter = new_progress(len(items)) if show else None
         future = self._native.embed_images_async(
-            v.key(key), req.images(images), self._image_timeout(timeout), *self._fetch, _normalize(normalize)
+            v.key(key), items, self._image_timeout(timeout), *self._fetch, _normalize(normalize),
+            timeout is not None, counter,
         )
-        return future.result()
+        return future.result() if counter is None else result_with_bar(future, counter, "image")
 
     async def aembed_images(
-        self, key: str, images: Any, *, normalize: bool | None = None, timeout: float | None = None
+        self, key: str, images: Any, *, normalize: bool | None = None, timeout: float | None = None,
+        progress: bool = False,
     ) -> np.ndarray:
         """``embed_images`` for asyncio (decoding and fetching run off the loop too)."""
         key, items, effective = v.key(key), req.images(images), self._image_timeout(timeout)
+        counter = new_progress(len(items)) if v.flag("progress", progress) else None
         loop = asyncio.get_running_loop()
         # Decoding and fetching are bounded work (the fetch timeout): the default executor.
         future = await loop.run_in_executor(
-            None, self._native.embed_images_async, key, items, effective, *self._fetch, _normalize(normalize)
+            None, self._native.embed_images_async, key, items, effective, *self._fetch, _normalize(normalize),
+            timeout is not None, counter,
         )
-        return await await_native(future)
+        return await await_native(future) if counter is None else await await_with_bar(future, counter, "image")
 
     def zero_shot(
         self,

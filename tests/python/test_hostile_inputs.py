@@ -467,8 +467,9 @@ def test_a_request_without_timeout_gets_the_pool_timeout_and_image_requests_pass
     pool.embed_images("k", IMAGE)
     calls = dict(pool._native.calls)
     assert calls["embed"][3] is None  # the native pool applies its default
-    # Fetching counts against it (see below); the pool's fetch options come with each call.
-    assert calls["embed_images_async"][2:] == (7.0, 3.0, False, 64 << 20, None)
+    # Fetching counts against it (see below); the pool's fetch options come with each call,
+    # and that the timeout is the pool's (so it bounds each sub-batch of a split call), no progress counter.
+    assert calls["embed_images_async"][2:] == (7.0, 3.0, False, 64 << 20, None, False, None)
 
 
 # --- copying and fork() -------------------------------------------------------------

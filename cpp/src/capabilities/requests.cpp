@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <mutex>
 
+#include "mpool/core/fanout.h"
 #include "mpool/core/faults.h"
 
 namespace mpool::capabilities {
@@ -49,30 +51,48 @@ Tensor checked_embedding(const Tensor& out, size_t rows, const char* what) {
   return out.to(at::kCPU, at::kFloat).contiguous();
 }
 
+// Any exception as an Error: a foreign one is the model's failure.
+Error as_error(const std::exception& e) {
+  if (auto* err = dynamic_cast<const Error*>(&e)) return *err;
+  return Error(ErrorCode::kModelError, std::string("model failed: ") + e.what());
+}
+
 // An embedding request (texts or images), or a scoring of pairs, that can share a forward pass with
 // others of the same kind: the replica's batch runs as one model call, ordered by
-// cost (length), and each request gets its own rows back.
+// cost (length), and each request gets its own rows back. A sub-batch of a split
+// call knows where its inputs sit in the caller's list (`origin`): its failure
+// names the input that fails (each input is then tried alone to find it).
 template <class Cap, class Input>
 class EmbeddingJob final : public core::Job {
  public:
   using Embed = std::function<Tensor(Cap&, const std::vector<Input>&, RequestContext&)>;
 
+  // `claim`: what the job counts against the batch budget; a sub-batch of a
+  // split call claims the whole budget (see submit_embedding), others their cost.
   EmbeddingJob(std::shared_ptr<core::Pending<Tensor>> pending, std::vector<Input> inputs, std::string batch_key,
-               size_t cost, Embed embed, const char* what)
+               size_t cost, Embed embed, const char* what, std::vector<size_t> origin = {}, size_t claim = 0)
       : Job(pending->context()),
         pending_(std::move(pending)),
         inputs_(std::move(inputs)),
         key_(std::move(batch_key)),
         cost_(cost),
+        claim_(std::max(claim, cost)),
         embed_(std::move(embed)),
-        what_(what) {}
+        what_(what),
+        origin_(std::move(origin)) {}
 
   std::string_view batch_key() const override { return key_; }
-  size_t batch_cost() const override { return cost_; }
+  size_t batch_cost() const override { return claim_; }
 
   void run(Instance& instance) override {
-    Tensor out = checked_embedding(guard_oom([&] { return embed_(as<Cap>(instance), inputs_, context()); }),
-                                   inputs_.size(), what_);
+    Tensor out;
+    try {
+      out = checked_embedding(guard_oom([&] { return embed_(as<Cap>(instance), inputs_, context()); }),
+                              inputs_.size(), what_);
+    } catch (const std::exception& e) {
+      if (origin_.empty()) throw;
+      throw located(instance, as_error(e));
+    }
     deliver(out);
   }
 
@@ -111,31 +131,229 @@ class EmbeddingJob final : public core::Job {
 
  private:
   void deliver(const Tensor& rows) {
-    if (context().should_stop())  // past the deadline or cancelled: not a success
+    if (context().should_stop()) {  // past the deadline or cancelled: not a success
       fail(context().stop_error());
-    else
-      pending_->set_value(rows);
+      return;
+    }
+    // Counted before the value is out, so that a caller who reads stats() right
+    // after its result sees its inputs.
+    if (const auto& metrics = context().metrics()) metrics->record_inputs(inputs_.size(), cost_);
+    pending_->set_value(rows);
+  }
+
+  // The failure of a sub-batch, naming the caller's index of the input that
+  // fails alone (or the sub-batch's first input, when none does).
+  Error located(Instance& instance, const Error& error) {
+    if (context().should_stop()) return context().stop_error();
+    switch (error.code()) {
+      case ErrorCode::kTimeout:
+      case ErrorCode::kCancelled:
+      case ErrorCode::kShuttingDown: return error;
+      default: break;
+    }
+    auto named = [&](size_t i, const Error& e) {
+      return Error(e.code(), std::string(what_) + "[" + std::to_string(origin_[i]) + "]: " + e.what());
+    };
+    if (inputs_.size() == 1) return named(0, error);
+    for (size_t i = 0; i < inputs_.size(); ++i) {
+      if (context().should_stop()) return context().stop_error();
+      try {
+        checked_embedding(guard_oom([&] { return embed_(as<Cap>(instance), std::vector<Input>{inputs_[i]}, context()); }),
+                          1, what_);
+      } catch (const std::exception& e) {
+        if (context().should_stop()) return context().stop_error();
+        return named(i, as_error(e));
+      }
+    }
+    return Error(error.code(), std::string(what_) + "[" + std::to_string(origin_[0]) + "] and the " +
+                                   std::to_string(inputs_.size() - 1) +
+                                   " others of its sub-batch (each succeeds alone): " + error.what());
   }
 
   std::shared_ptr<core::Pending<Tensor>> pending_;
   std::vector<Input> inputs_;
   std::string key_;
   size_t cost_;
+  size_t claim_;
   Embed embed_;
   const char* what_;
+  std::vector<size_t> origin_;  // the caller's index of each input (a split call's sub-batch only)
 };
 
+// Sub-batches of a call: each input in exactly one, cheapest inputs first (so
+// that a sub-batch holds inputs of like length, as one model call would order
+// them), each within `budget` unless one input alone exceeds it.
+std::vector<std::vector<size_t>> plan_sub_batches(const std::vector<size_t>& costs, size_t budget) {
+  std::vector<size_t> order(costs.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return costs[a] < costs[b]; });
+  std::vector<std::vector<size_t>> parts;
+  size_t used = 0;
+  for (size_t i : order) {
+    if (parts.empty() || (used + costs[i] > budget && !parts.back().empty())) {
+      parts.emplace_back();
+      used = 0;
+    }
+    parts.back().push_back(i);
+    used += costs[i];
+  }
+  return parts;
+}
+
+// What a split call shares between its sub-batches' callbacks.
+template <class Input>
+struct SplitCall {
+  std::shared_ptr<core::Pending<Tensor>> call;
+  std::vector<std::vector<size_t>> parts;       // the caller's indices, per sub-batch
+  std::vector<std::vector<Input>> part_inputs;  // moved out when the sub-batch is queued
+  std::vector<size_t> part_costs;
+  size_t inputs = 0;
+  std::mutex mu;
+  std::vector<Tensor> rows;  // per sub-batch, once it succeeded (mu)
+  std::weak_ptr<core::Fanout> fanout;
+};
+
+// Puts the sub-batches' rows back in the caller's order.
+template <class Input>
+Tensor assemble(SplitCall<Input>& call) {
+  std::lock_guard lock(call.mu);
+  const int64_t width = call.rows.at(0).size(1);
+  Tensor out = at::empty({static_cast<int64_t>(call.inputs), width}, at::kFloat);
+  for (size_t k = 0; k < call.parts.size(); ++k) {
+    const Tensor& rows = call.rows[k];
+    check(rows.size(1) == width, ErrorCode::kModelError,
+          "the model returned rows of " + std::to_string(rows.size(1)) + " and of " + std::to_string(width) +
+              " columns for sub-batches of one call");
+    std::vector<int64_t> index(call.parts[k].begin(), call.parts[k].end());
+    out.index_copy_(0, at::tensor(index, at::kLong), rows.to(at::kFloat));
+  }
+  return out;
+}
+
+// Queues an embedding or scoring call. A call that fits one batch of the model
+// (its batch budget, in batch-cost units) is one job. A larger one is split into
+// sub-batches that any replica may take, at most one per serving replica queued
+// or running at once (the next is queued when one finishes, so other requests of
+// the model queue between them), and put back together in the caller's order.
+// Deadlines: see embed() in requests.h.
 template <class Cap, class Input>
 std::shared_ptr<core::Pending<Tensor>> submit_embedding(core::Pool& pool, const std::string& key,
-                                                        const core::RequestOptions& options, std::vector<Input> inputs,
-                                                        std::string batch_key, size_t cost,
+                                                        const core::RequestOptions& options, const BulkOptions& bulk,
+                                                        std::vector<Input> inputs, const std::vector<size_t>& costs,
+                                                        std::string batch_key,
                                                         typename EmbeddingJob<Cap, Input>::Embed embed,
                                                         const char* what) {
-  auto pending = std::make_shared<core::Pending<Tensor>>(pool.make_context(key, options));
-  pool.submit(key, Cap::kName,
-              std::make_shared<EmbeddingJob<Cap, Input>>(pending, std::move(inputs), std::move(batch_key), cost,
-                                                         std::move(embed), what));
-  return pending;
+  using Job = EmbeddingJob<Cap, Input>;
+  size_t cost = 0;
+  for (size_t c : costs) cost += c;
+  const size_t n = inputs.size();
+  const core::SplitHint hint = pool.split_hint(key);
+  std::shared_ptr<core::Progress> progress = bulk.progress;
+  if (hint.batch_budget == 0 || cost <= hint.batch_budget || n == 1) {
+    auto pending = std::make_shared<core::Pending<Tensor>>(pool.make_context(key, options));
+    if (progress)
+      pending->on_done([progress, n, context = std::weak_ptr<RequestContext>(pending->context())] {
+        auto c = context.lock();
+        if (c && c->outcome() == core::Outcome::kSucceeded) progress->advance(n);
+        progress->finish();
+      });
+    pool.submit(key, Cap::kName,
+                std::make_shared<Job>(pending, std::move(inputs), std::move(batch_key), cost, std::move(embed), what));
+    return pending;
+  }
+
+  // The call's own deadline: the caller's timeout when given; otherwise each
+  // sub-batch has the pool's request timeout, and the call a backstop of one
+  // such timeout per sub-batch.
+  const bool whole = bulk.whole_call_timeout.value_or(options.timeout_s.has_value());
+  auto state = std::make_shared<SplitCall<Input>>();
+  state->parts = plan_sub_batches(costs, hint.batch_budget);
+  const size_t parts = state->parts.size();
+  Clock::time_point deadline;
+  {
+    auto probe = pool.make_context(key, whole ? options : core::RequestOptions{});  // checks the key and timeout
+    const double per_part = std::chrono::duration<double>(probe->deadline() - probe->created()).count();
+    deadline = whole ? probe->deadline() : core::deadline_after(per_part * static_cast<double>(parts));  // clamped
+  }
+  state->call = std::make_shared<core::Pending<Tensor>>(std::make_shared<RequestContext>(deadline, nullptr));
+  state->inputs = n;
+  state->rows.resize(parts);
+  for (auto& part : state->parts) {
+    std::vector<Input> mine;
+    size_t part_cost = 0;
+    mine.reserve(part.size());
+    for (size_t i : part) {
+      mine.push_back(std::move(inputs[i]));
+      part_cost += costs[i];
+    }
+    state->part_inputs.push_back(std::move(mine));
+    state->part_costs.push_back(part_cost);
+  }
+
+  core::Pool* p = &pool;
+  core::Fanout::Hooks hooks;
+  hooks.window = [p, key] {
+    try {
+      return static_cast<size_t>(std::max(1, p->split_hint(key).replicas));
+    } catch (const std::exception&) {  // unregistered meanwhile: the next start says so
+      return size_t{1};
+    }
+  };
+  const size_t budget = hint.batch_budget;
+  hooks.start = [p, key, state, whole, progress, batch_key, embed, what, budget](size_t k) -> std::function<void()> {
+    core::RequestOptions part_options;
+    if (whole) {
+      const double left = std::chrono::duration<double>(state->call->context()->deadline() - Clock::now()).count();
+      if (left <= 0) throw Error(ErrorCode::kTimeout, "request timed out");
+      part_options.timeout_s = left;
+    }
+    auto sub = std::make_shared<core::Pending<Tensor>>(p->make_context(key, part_options));
+    sub->on_done([state, k, progress, weak = std::weak_ptr<core::Pending<Tensor>>(sub)] {
+      auto part = weak.lock();
+      auto fanout = state->fanout.lock();
+      if (!part || !fanout) return;
+      Tensor rows;
+      try {
+        rows = part->get();
+      } catch (const Error& e) {
+        fanout->part_failed(k, e);
+        return;
+      }
+      {
+        std::lock_guard lock(state->mu);
+        state->rows[k] = rows;
+      }
+      if (progress) progress->advance(state->parts[k].size());
+      fanout->part_succeeded(k);
+    });
+    // A sub-batch claims the whole budget: the replica that takes it runs it
+    // alone and never holds the next sub-batch back (the one-slot prefetch)
+    // from a replica that is free.
+    p->submit(key, Cap::kName,
+              std::make_shared<Job>(sub, std::move(state->part_inputs[k]), batch_key, state->part_costs[k], embed,
+                                    what, state->parts[k], budget));
+    return [sub] { sub->cancel(); };
+  };
+  hooks.complete = [state] {
+    try {
+      state->call->set_value(assemble(*state));
+    } catch (const Error& e) {
+      state->call->set_error(e);
+    } catch (const std::exception& e) {
+      state->call->set_error(Error(ErrorCode::kInternal, std::string("assembling the call's rows failed: ") + e.what()));
+    }
+  };
+  hooks.fail = [state](const Error& e) { state->call->set_error(e); };
+  auto fanout = core::Fanout::create(parts, std::move(hooks));
+  state->fanout = fanout;
+  // The call ending any way (a timeout or cancel of its own included) stops its sub-batches.
+  state->call->on_done([fanout, progress] {
+    fanout->close();
+    if (progress) progress->finish();
+  });
+  auto call = state->call;
+  fanout->begin();
+  return call;
 }
 
 // The batch-key suffix of a normalize option: requests batch only with their like.
@@ -250,12 +468,14 @@ Tensor truncated(const Tensor& rows, int64_t dimensions, const TextEmbedding& mo
 }  // namespace
 
 std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string& key, std::vector<std::string> texts,
-                                             EmbedOptions embed_options, const core::RequestOptions& options) {
+                                             EmbedOptions embed_options, const core::RequestOptions& options,
+                                             const BulkOptions& bulk) {
   check(!texts.empty(), ErrorCode::kInvalidInput, "embed() needs at least one text");
   check(!embed_options.dimensions || *embed_options.dimensions >= 1, ErrorCode::kInvalidInput,
         "dimensions must be at least 1");
-  size_t cost = 0;
-  for (auto& t : texts) cost += t.size() / 4 + 2;  // about a token per 4 bytes, plus special tokens
+  std::vector<size_t> costs;
+  costs.reserve(texts.size());
+  for (auto& t : texts) costs.push_back(t.size() / 4 + 2);  // about a token per 4 bytes, plus special tokens
   // Requests batch together only when they ask for the same task (prompt),
   // truncation and normalization.
   std::string batch_key = std::string(TextEmbedding::kName) + (embed_options.truncate ? "" : "/strict") +
@@ -263,7 +483,7 @@ std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string
                           (embed_options.dimensions ? "#" + std::to_string(*embed_options.dimensions) : std::string()) +
                           (embed_options.task ? ":" + *embed_options.task : std::string());
   return submit_embedding<TextEmbedding, std::string>(
-      pool, key, options, std::move(texts), std::move(batch_key), cost,
+      pool, key, options, bulk, std::move(texts), costs, std::move(batch_key),
       [embed_options = std::move(embed_options)](TextEmbedding& model, const std::vector<std::string>& all,
                                                  RequestContext& ctx) {
         Tensor rows = model.embed(all, embed_options, ctx);
@@ -274,14 +494,16 @@ std::shared_ptr<core::Pending<Tensor>> embed(core::Pool& pool, const std::string
 }
 
 std::shared_ptr<core::Pending<Tensor>> score(core::Pool& pool, const std::string& key, std::vector<TextPair> pairs,
-                                             ScoreOptions score_options, const core::RequestOptions& options) {
+                                             ScoreOptions score_options, const core::RequestOptions& options,
+                                             const BulkOptions& bulk) {
   check(!pairs.empty(), ErrorCode::kInvalidInput, "score() needs at least one pair");
-  size_t cost = 0;
-  for (auto& p : pairs) cost += (p.first.size() + p.second.size()) / 4 + 3;  // [CLS] a [SEP] b [SEP]
+  std::vector<size_t> costs;
+  costs.reserve(pairs.size());
+  for (auto& p : pairs) costs.push_back((p.first.size() + p.second.size()) / 4 + 3);  // [CLS] a [SEP] b [SEP]
   std::string batch_key = std::string(Reranking::kName) + (score_options.truncate ? "" : "/strict") +
                           (score_options.raw ? "/raw" : "");
   return submit_embedding<Reranking, TextPair>(
-      pool, key, options, std::move(pairs), std::move(batch_key), cost,
+      pool, key, options, bulk, std::move(pairs), costs, std::move(batch_key),
       [score_options](Reranking& model, const std::vector<TextPair>& all, RequestContext& ctx) {
         return model.score(all, score_options, ctx);
       },
@@ -290,12 +512,12 @@ std::shared_ptr<core::Pending<Tensor>> score(core::Pool& pool, const std::string
 
 std::shared_ptr<core::Pending<Tensor>> embed_images(core::Pool& pool, const std::string& key,
                                                     std::vector<Image> images, ImageEmbedOptions image_options,
-                                                    const core::RequestOptions& options) {
+                                                    const core::RequestOptions& options, const BulkOptions& bulk) {
   check(!images.empty(), ErrorCode::kInvalidInput, "embed_images() needs at least one image");
-  size_t cost = images.size() * kImageBatchCost;
+  const std::vector<size_t> costs(images.size(), kImageBatchCost);
   return submit_embedding<ImageEmbedding, Image>(
-      pool, key, options, std::move(images), std::string(ImageEmbedding::kName) + normalize_key(image_options.normalize),
-      cost,
+      pool, key, options, bulk, std::move(images), costs,
+      std::string(ImageEmbedding::kName) + normalize_key(image_options.normalize),
       [image_options](ImageEmbedding& model, const std::vector<Image>& all, RequestContext& ctx) {
         return normalized_if(image_options.normalize, model.embed_images(all, image_options, ctx));
       },

@@ -960,6 +960,12 @@ ModelStats Pool::model_stats(const std::string& key) const {
   return stats_locked(*find_locked(key));
 }
 
+SplitHint Pool::split_hint(const std::string& key) const {
+  std::lock_guard lock(mu_);
+  const auto& model = *find_locked(key);
+  return SplitHint{model.spec.batch_budget, std::max(0, model.serving())};
+}
+
 PoolStats Pool::stats() const {
   PoolStats out;
   {

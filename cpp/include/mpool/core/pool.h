@@ -59,6 +59,14 @@ struct ModelStats {
   MetricsSnapshot metrics;
 };
 
+/// What a caller that splits a large request into parts (capabilities' bulk
+/// embedding) reads of a model: its batch budget and its replicas serving now
+/// (live and not retiring; 0 while unloaded).
+struct SplitHint {
+  size_t batch_budget = 0;
+  int replicas = 0;
+};
+
 /// Everything stats() reports.
 struct PoolStats {
   std::vector<ModelStats> models;
@@ -112,6 +120,8 @@ class Pool {
   PoolStats stats() const;
   /// Snapshot of one model.
   ModelStats model_stats(const std::string& key) const;
+  /// `key`'s batch budget and serving replicas (cheap: no metrics snapshot).
+  SplitHint split_hint(const std::string& key) const;
 
   /// Stops accepting, drains for up to `drain_timeout_s` (inf: until done),
   /// cancels what is left, joins every thread, releases every reservation.
