@@ -727,11 +727,15 @@ bool Pool::unload(const std::string& key, double timeout_s) {
   check_duration("timeout", timeout_s);
   Lock lock(mu_);
   auto model = find_locked(key);
+  // Every replica alive now must be gone before this returns: the serving ones get
+  // retired here, and those already retiring (keep-alive or an eviction got there
+  // first) are waited for too.
+  int live = model->live();
   int count = model->serving();
+  if (count > 0) retire_locked(*model, count);  // behind queued work, which finishes first
   bool done = true;
-  if (count > 0) {
-    int target = model->dead + count;
-    retire_locked(*model, count);  // behind queued work, which finishes first
+  if (live > 0) {
+    int target = model->dead + live;
     // On one of our own threads the replica to wait for may be this one.
     done = !on_own_thread() &&
            wait_exits(lock, deadline_after(timeout_s), [&] { return model->dead >= target; });

@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <future>
 #include <limits>
+#include <thread>
 #include <set>
 #include <vector>
 
@@ -209,6 +211,34 @@ TEST(PoolKeepAlive, ZeroUnloadsRightAfterLastRequestWithoutWaitingForATick) {
   ASSERT_EQ(call(pool, "zero", 1), 1);
   // Only the replica's wake-up after the last request can unload it.
   EXPECT_TRUE(eventually([&] { return pool.model_stats("zero").replicas == 0; }, 30));
+}
+
+TEST(PoolKeepAlive, UnloadWaitsForReplicasAnEarlierRetirementLeftRunning) {
+  // A first unload(timeout 0) retires the busy replica and returns; its pill waits
+  // behind the running job. A second unload finds nothing left to retire and must
+  // still wait until that replica is gone.
+  Pool pool(test_options(1000));
+  std::promise<void> release;
+  std::shared_future<void> gate = release.get_future().share();
+  std::atomic<int> running{0};
+  auto spec = fn_spec(100, [&](int x, RequestContext&) {
+    running++;
+    gate.wait();
+    return x;
+  });
+  spec.max_replicas = 1;
+  pool.register_model("m", spec);
+  auto pending = call_async(pool, "m", 7);
+  ASSERT_TRUE(eventually([&] { return running.load() == 1; }, 30));
+  EXPECT_FALSE(pool.unload("m", 0));  // retired, not gone: its job still runs
+  std::thread opener([&] {
+    std::this_thread::sleep_for(100ms);
+    release.set_value();
+  });
+  EXPECT_TRUE(pool.unload("m", 30));
+  EXPECT_EQ(pool.model_stats("m").replicas, 0);  // it returned once the replica was gone
+  EXPECT_EQ(pending->wait(), 7);                 // queued work finished first
+  opener.join();
 }
 
 TEST(PoolKeepAlive, NegativeKeepAliveNeverUnloads) {
