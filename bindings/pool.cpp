@@ -11,6 +11,7 @@
 #include "mpool/capabilities/requests.h"
 #include "mpool/core/pool.h"
 #include "mpool/imageio/fetch.h"
+#include "mpool/nn/kernels.h"
 
 #include <condition_variable>
 #include <mutex>
@@ -122,6 +123,7 @@ py::dict model_dict(const core::ModelStats& s) {
   d["keep_alive"] = s.keep_alive_s;
   d["idle_s"] = s.idle_s;
   d["max_replicas"] = s.max_replicas;
+  d["intra_op_threads"] = s.intra_op_threads;
   d["replicas"] = s.replicas;
   d["busy_replicas"] = s.busy_replicas;
   d["queued"] = s.queued;
@@ -270,6 +272,7 @@ void register_pool(py::module_& m) {
       .def_readwrite("memory_mb", &core::ModelSpec::memory_mb)
       .def_readwrite("devices", &core::ModelSpec::devices)
       .def_readwrite("max_replicas", &core::ModelSpec::max_replicas)
+      .def_readwrite("intra_op_threads", &core::ModelSpec::intra_op_threads)
       .def_readwrite("keep_alive", &core::ModelSpec::keep_alive_s)
       .def_readwrite("pinned", &core::ModelSpec::pinned)
       .def_readwrite("batch_budget", &core::ModelSpec::batch_budget)
@@ -281,7 +284,7 @@ void register_pool(py::module_& m) {
       .def(py::init([](double memory_fraction, double reserve_mb, std::map<std::string, double> budget_mb,
                        double request_timeout, double keep_alive, size_t max_queue, int cold_start_replicas,
                        double scale_up_queue_depth, double scale_up_after, double scale_down_after,
-                       double maintenance_interval) {
+                       double maintenance_interval, int intra_op_threads) {
              core::PoolOptions o;
              o.memory.memory_fraction = memory_fraction;
              o.memory.reserve_mb = reserve_mb;
@@ -294,12 +297,15 @@ void register_pool(py::module_& m) {
              o.scale_up_after_s = scale_up_after;
              o.scale_down_after_s = scale_down_after;
              o.maintenance_interval_s = maintenance_interval;
+             o.intra_op_threads = intra_op_threads;
+             // Each replica thread runs torch with its own intra-op count (this thread only).
+             o.replica_thread_setup = [](int threads) { nn::kernels::set_thread_intra_op_threads(threads); };
              return PoolHolder(new core::Pool(std::move(o)));
            }),
            py::arg("memory_fraction"), py::arg("reserve_mb"), py::arg("budget_mb"), py::arg("request_timeout"),
            py::arg("keep_alive"), py::arg("max_queue"), py::arg("cold_start_replicas"),
            py::arg("scale_up_queue_depth"), py::arg("scale_up_after"), py::arg("scale_down_after"),
-           py::arg("maintenance_interval"))
+           py::arg("maintenance_interval"), py::arg("intra_op_threads") = 0)
       .def("register", &core::Pool::register_model, py::arg("key"), py::arg("spec"),
            py::call_guard<py::gil_scoped_release>())
       .def("unregister", &core::Pool::unregister_model, py::arg("key"), py::arg("timeout"),

@@ -88,6 +88,7 @@ class ModelSpec:
     memory_mb: float
     devices: list[str]
     max_replicas: int
+    intra_op_threads: int
     keep_alive: float | None
     pinned: bool
     batch_budget: int
@@ -108,6 +109,7 @@ class Pool:
         scale_up_after: float,
         scale_down_after: float,
         maintenance_interval: float,
+        intra_op_threads: int = 0,
     ) -> None: ...
     def register(self, key: str, spec: ModelSpec) -> None: ...
     def unregister(self, key: str, timeout: float) -> None: ...

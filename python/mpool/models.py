@@ -27,6 +27,8 @@ _PROTOCOL = {
 
 # Replicas are threads: more than this per model is a mistake, not a plan.
 MAX_REPLICAS = 1024
+# Intra-op threads of one replica (the core's kMaxIntraOpThreads).
+MAX_INTRA_OP_THREADS = 1024
 
 
 def keep_alive_seconds(name: str, x: Any) -> float | None:
@@ -140,6 +142,8 @@ class NativeModel(Model):
     ``{"tokens_per_forward": 8192}`` for BERT-family encoders, and for decoders
     whose tokenizer is a tiktoken rank file ``{"tokenizer_pattern": regex}``, its
     split pattern when tokenizer_config.json has no ``"pat_str"``).
+    ``intra_op_threads``: the threads each replica's torch ops may use (None: the
+    pool's ``intra_op_threads``, else the core share, CPUs // ``max_replicas``).
     """
 
     def __init__(
@@ -150,7 +154,9 @@ class NativeModel(Model):
         devices: Sequence[str] = ("cpu",),
         context_length: int | None = None,
         options: Mapping[str, bool | int | float | str] | None = None,
+        intra_op_threads: int | None = None,
     ) -> None:
+        threads = v.optional_int_in("intra_op_threads", intra_op_threads, 1, MAX_INTRA_OP_THREADS)
         if not isinstance(path_or_repo_id, (str, os.PathLike)):
             raise InvalidInput(
                 f"path_or_repo_id must be a str or os.PathLike, got {path_or_repo_id!r} "
@@ -166,6 +172,8 @@ class NativeModel(Model):
             v.optional_int_in("context_length", context_length, 1, v.INT32_MAX),
             family_options(options),
         )
+        if threads is not None:
+            spec.intra_op_threads = threads
         super().__init__(spec)
         self.info: dict[str, Any] = info
 

@@ -27,7 +27,7 @@ from ._params import MAX_IMAGE_SIDE, MAX_IMAGE_STEPS
 from ._streams import ImageStream, TextStream
 from .chat import ChatTemplate, split_images
 from .errors import InvalidInput, ModelNotFound, NotCopyable, ShuttingDown
-from .models import MAX_REPLICAS, Model, NativeModel, keep_alive_seconds
+from .models import MAX_INTRA_OP_THREADS, MAX_REPLICAS, Model, NativeModel, keep_alive_seconds
 
 # TextStream, ImageStream and the image limits now live in _streams and _params;
 # they stay importable from here, where they always were.
@@ -97,6 +97,14 @@ class Pool:
     connection is made to a loopback, private, link-local, unique-local or
     unspecified address, checked on the address connected to for the first
     request and every redirect (docs/images.md).
+
+    Threads: each replica runs its torch ops on ``intra_op_threads`` threads of
+    its own (set on the replica's thread only; the process default and the
+    caller's threads are untouched). A model's ``register(intra_op_threads=...)``
+    (or ``NativeModel``'s) wins, then this pool's, else the core share
+    ``max(1, CPUs // max_replicas)`` (CPUs: the process's affinity mask), so a
+    model's replicas all busy at once never ask for more threads than there are
+    cores. ``stats()`` shows each model's count.
     """
 
     _forked = False
@@ -118,6 +126,7 @@ class Pool:
         fetch_timeout: float = 10.0,
         allow_private_urls: bool = False,
         max_image_bytes: int = 64 << 20,
+        intra_op_threads: int | None = None,
     ) -> None:
         self._request_timeout = v.duration("request_timeout", request_timeout)
         self._fetch_timeout = v.duration("fetch_timeout", fetch_timeout)
@@ -141,6 +150,8 @@ class Pool:
             scale_down_after=v.duration("scale_down_after", scale_down_after, allow_zero=True),
             # A tick, not a limit: inf would silently turn keep-alive, scale-down and eviction off.
             maintenance_interval=v.duration("maintenance_interval", maintenance_interval),
+            # None: each model's core share, max(1, CPUs // its max_replicas).
+            intra_op_threads=v.optional_int_in("intra_op_threads", intra_op_threads, 1, MAX_INTRA_OP_THREADS) or 0,
         )
         self._lock = threading.Lock()
         self._native: Any = native  # Any: a _ForkedNative in a fork()ed child
@@ -178,6 +189,7 @@ class Pool:
         keep_alive: float | None = None,
         pinned: bool | None = None,
         max_replicas: int | None = None,
+        intra_op_threads: int | None = None,
         devices: Sequence[str] | None = None,
         device: str | None = None,
         dtype: str | None = None,
@@ -195,7 +207,8 @@ class Pool:
         ``tokenizer_pattern``: the split regex of a tiktoken rank file whose
         tokenizer_config.json names none, the option of that name). Returns
         what the pool knows of it. The overrides apply to this registration only:
-        the model object keeps its own settings.
+        the model object keeps its own settings; ``intra_op_threads`` is each
+        replica's torch thread count, see the class docstring.
         """
         key = v.key(key)
         if not key:
@@ -203,6 +216,7 @@ class Pool:
         keep_alive = keep_alive_seconds("keep_alive", keep_alive)
         pinned = None if pinned is None else v.flag("pinned", pinned)
         max_replicas = v.optional_int_in("max_replicas", max_replicas, 1, MAX_REPLICAS)
+        intra_op_threads = v.optional_int_in("intra_op_threads", intra_op_threads, 1, MAX_INTRA_OP_THREADS)
         if device is not None:
             if devices is not None:
                 raise InvalidInput("pass device or devices, not both")
@@ -230,6 +244,8 @@ class Pool:
             spec.pinned = pinned
         if max_replicas is not None:
             spec.max_replicas = max_replicas
+        if intra_op_threads is not None:
+            spec.intra_op_threads = intra_op_threads
         if device_list is not None:
             spec.devices = device_list
         self._native.register(key, spec)

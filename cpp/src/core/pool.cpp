@@ -21,6 +21,7 @@
 #endif
 #if defined(__linux__)
 #include <pthread.h>
+#include <sched.h>
 #endif
 
 #include <algorithm>
@@ -161,6 +162,15 @@ struct Pool::Model {
   bool idle() const { return metrics->in_flight.load() == 0 && count(kBusy) == 0; }
 };
 
+int available_cpus() noexcept {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
 Pool::Pool(PoolOptions options)
     : options_(std::move(options)),
       governor_(std::make_shared<MemoryGovernor>(options_.probe, options_.memory)) {
@@ -174,6 +184,9 @@ Pool::Pool(PoolOptions options)
   check(options_.max_queue > 0, ErrorCode::kInvalidInput, "max_queue must be > 0");
   check(options_.cold_start_replicas >= 1, ErrorCode::kInvalidInput, "cold_start_replicas must be >= 1");
   check(options_.maintenance_interval_s > 0, ErrorCode::kInvalidInput, "maintenance_interval must be > 0");
+  check(options_.intra_op_threads >= 0 && options_.intra_op_threads <= kMaxIntraOpThreads, ErrorCode::kInvalidInput,
+        "intra_op_threads must be in [1, " + std::to_string(kMaxIntraOpThreads) + "] (0: the core share), got " +
+            std::to_string(options_.intra_op_threads));
   check(!std::isnan(options_.scale_up_queue_depth) && options_.scale_up_queue_depth >= 0, ErrorCode::kInvalidInput,
         "scale_up_queue_depth must be >= 0");
   check(options_.scale_up_after_s >= 0, ErrorCode::kInvalidInput, "scale_up_after must be >= 0 seconds");
@@ -196,6 +209,9 @@ void Pool::register_model(const std::string& key, ModelSpec spec) {
   check(spec.max_replicas >= 1 && spec.max_replicas <= 1024, ErrorCode::kInvalidInput,
         "model '" + key + "': max_replicas must be in [1, 1024], got " + std::to_string(spec.max_replicas));
   if (spec.keep_alive_s) check_duration("model '" + key + "': keep_alive", *spec.keep_alive_s);
+  check(spec.intra_op_threads >= 0 && spec.intra_op_threads <= kMaxIntraOpThreads, ErrorCode::kInvalidInput,
+        "model '" + key + "': intra_op_threads must be in [1, " + std::to_string(kMaxIntraOpThreads) +
+            "] (0: the pool's), got " + std::to_string(spec.intra_op_threads));
   check(!spec.devices.empty(), ErrorCode::kInvalidInput, "model '" + key + "' lists no device");
   for (auto& d : spec.devices) {
     bool ok = d == "cpu" || (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() < 10 &&
@@ -557,6 +573,7 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
     if (faults::fire(faults::Fault::kSlowLoad, &model->key, &slow)) std::this_thread::sleep_for(to_duration(slow));
     if (faults::fire(faults::Fault::kLoaderThrows, &model->key))
       throw Error(ErrorCode::kSpawnFailed, "injected fault loader_throws");
+    if (options_.replica_thread_setup) options_.replica_thread_setup(intra_op_threads_of(*model));
     instance = model->spec.loader(replica->device);
     if (!instance) load_error = "the loader returned no instance";
   } catch (const std::exception& e) {
@@ -721,6 +738,12 @@ void Pool::load(const std::string& key, const RequestOptions& options) {
   auto nothing = [](Instance&, RequestContext&) { return true; };
   submit(key, std::string{}, std::make_shared<UnaryJob<bool>>(pending, nothing));
   pending->wait();
+}
+
+int Pool::intra_op_threads_of(const Model& model) const {
+  if (model.spec.intra_op_threads > 0) return model.spec.intra_op_threads;
+  if (options_.intra_op_threads > 0) return options_.intra_op_threads;
+  return std::max(1, available_cpus() / model.spec.max_replicas);
 }
 
 bool Pool::unload(const std::string& key, double timeout_s) {
@@ -944,6 +967,7 @@ ModelStats Pool::stats_locked(const Model& m) const {
   s.keep_alive_s = keep_alive_of(m);
   s.idle_s = m.idle() ? seconds_since(m.last_used_ns.load()) : 0.0;
   s.max_replicas = m.spec.max_replicas;
+  s.intra_op_threads = intra_op_threads_of(m);
   s.replicas = m.live();
   s.busy_replicas = m.count(kBusy);
   s.queued = m.queued();

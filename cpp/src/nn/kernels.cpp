@@ -10,7 +10,15 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
+
+#include "mpool/base/error.h"
+
+// OpenMP's and MKL's per-thread setters, bound weakly to the runtime torch loaded
+// (its libgomp and its MKL): null where this torch has none, and no second copy.
+extern "C" void omp_set_num_threads(int) noexcept __attribute__((weak));
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));  // mkl_service.h's C name (the lowercase one is Fortran's, by pointer)
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -151,6 +159,17 @@ bool cpu_has_avx2_fma() {
 #endif
 
 }  // namespace
+
+void set_thread_intra_op_threads(int threads) {
+  check(threads >= 1, ErrorCode::kInvalidInput, "intra-op threads must be >= 1, got " + std::to_string(threads));
+  at::internal::lazy_init_num_threads();
+  if (&omp_set_num_threads == nullptr) {
+    at::set_num_threads(threads);
+    return;
+  }
+  omp_set_num_threads(threads);
+  if (&MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(threads);
+}
 
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
   if (n <= 0) return;

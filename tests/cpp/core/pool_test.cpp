@@ -573,5 +573,99 @@ TEST(PoolBatching, FreeReplicaTakesQueuedJobsOfOneKeyUpToTheBudget) {
   EXPECT_EQ(sizes, (std::vector<size_t>{3, 3}));
 }
 
+// --- intra-op threads ---------------------------------------------------------
+
+TEST(PoolIntraOpThreads, DefaultIsTheCoreShareOfTheModelsMaxReplicas) {
+  Pool pool(test_options(1000));
+  ModelSpec two = fn_spec(10, identity);
+  two.max_replicas = 2;
+  pool.register_model("two", two);
+  ModelSpec many = fn_spec(10, identity);
+  many.max_replicas = 1024;
+  pool.register_model("many", many);
+  EXPECT_EQ(pool.model_stats("two").intra_op_threads, std::max(1, available_cpus() / 2));
+  EXPECT_EQ(pool.model_stats("many").intra_op_threads, 1);  // never below one
+}
+
+TEST(PoolIntraOpThreads, ModelSettingOverridesPoolSettingOverridesShare) {
+  PoolOptions o = test_options(1000);
+  o.intra_op_threads = 3;
+  Pool pool(o);
+  pool.register_model("pool", fn_spec(10, identity));
+  ModelSpec own = fn_spec(10, identity);
+  own.intra_op_threads = 5;
+  pool.register_model("own", own);
+  EXPECT_EQ(pool.model_stats("pool").intra_op_threads, 3);
+  EXPECT_EQ(pool.model_stats("own").intra_op_threads, 5);
+}
+
+TEST(PoolIntraOpThreads, SetupRunsOnEachReplicaThreadBeforeItsLoaderWithItsCount) {
+  std::mutex mu;
+  std::vector<std::pair<std::thread::id, int>> setups;
+  std::vector<std::thread::id> loaders;
+  PoolOptions o = test_options(1000);
+  o.cold_start_replicas = 2;
+  o.replica_thread_setup = [&](int threads) {
+    std::lock_guard lock(mu);
+    setups.emplace_back(std::this_thread::get_id(), threads);
+  };
+  Pool pool(o);
+  ModelSpec spec = fn_spec(10, identity);
+  spec.intra_op_threads = 7;
+  Loader inner = spec.loader;
+  spec.loader = [&, inner](const std::string& device) {
+    {
+      std::lock_guard lock(mu);
+      loaders.push_back(std::this_thread::get_id());
+      EXPECT_FALSE(setups.empty() || setups.back().first != std::this_thread::get_id());
+    }
+    return inner(device);
+  };
+  pool.register_model("m", spec);
+  EXPECT_EQ(call(pool, "m", 4), 4);
+  pool.shutdown();
+  std::lock_guard lock(mu);
+  ASSERT_EQ(setups.size(), 2u);
+  ASSERT_EQ(loaders.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(setups[i].second, 7);
+    EXPECT_NE(setups[i].first, std::this_thread::get_id());
+  }
+  EXPECT_NE(setups[0].first, setups[1].first);
+}
+
+TEST(PoolIntraOpThreads, OutOfRangeCountsAreInvalidInputNamingTheSetting) {
+  for (int bad : {-1, kMaxIntraOpThreads + 1}) {
+    PoolOptions o = test_options(1000);
+    o.intra_op_threads = bad;
+    try {
+      Pool pool(o);
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidInput);
+      EXPECT_NE(std::string(e.what()).find("intra_op_threads"), std::string::npos) << e.what();
+    }
+    Pool pool(test_options(1000));
+    ModelSpec spec = fn_spec(10, identity);
+    spec.intra_op_threads = bad;
+    try {
+      pool.register_model("m", spec);
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidInput);
+      EXPECT_NE(std::string(e.what()).find("model 'm': intra_op_threads"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(PoolIntraOpThreads, ASetupThatThrowsIsTheReplicasLoadError) {
+  PoolOptions o = test_options(1000);
+  o.replica_thread_setup = [](int) { throw Error(ErrorCode::kSpawnFailed, "no threads for you"); };
+  Pool pool(o);
+  pool.register_model("m", fn_spec(10, identity));
+  EXPECT_EQ(error_code_of([&] { call(pool, "m", 1); }), static_cast<int>(ErrorCode::kSpawnFailed));
+  EXPECT_NE(pool.model_stats("m").last_spawn_error.find("no threads for you"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace mpool::core

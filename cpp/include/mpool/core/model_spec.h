@@ -22,6 +22,10 @@ struct ModelSpec {
   double memory_mb = 0;                    ///< estimate per replica
   std::vector<std::string> devices{"cpu"}; ///< where replicas may live, in preference order
   int max_replicas = 4;
+  /// Intra-op threads of each replica (how many cores one replica's compute may
+  /// use); 0 = the pool's `PoolOptions::intra_op_threads`. The core only carries
+  /// the number to the replica's thread (PoolOptions::replica_thread_setup).
+  int intra_op_threads = 0;
   std::optional<double> keep_alive_s;      ///< idle unload delay; pool default if unset
   bool pinned = false;                     ///< never evicted automatically
   /// Cross-request batching: a free replica takes queued jobs of one batch key

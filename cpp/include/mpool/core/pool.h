@@ -5,6 +5,7 @@
 // memory and never looks inside them.
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -32,7 +33,22 @@ struct PoolOptions {
   double scale_up_after_s = 0.05;         ///< ... sustained this long
   double scale_down_after_s = 60;         ///< an extra replica idle this long retires
   double maintenance_interval_s = 0.25;   ///< maintenance tick
+  /// Intra-op threads per replica of a model that sets none; 0 = the core share,
+  /// max(1, available_cpus() / the model's max_replicas), so that the model's
+  /// replicas, all busy at once, never ask for more threads than the cores.
+  int intra_op_threads = 0;
+  /// Runs first on every replica thread (before the loader) with that replica's
+  /// intra-op thread count; the bindings set the thread's torch count here. A
+  /// throw is the replica's load error. Empty: nothing is set.
+  std::function<void(int threads)> replica_thread_setup;
 };
+
+/// The CPUs this process may run on (its affinity mask; hardware_concurrency
+/// where that cannot be read), at least 1.
+int available_cpus() noexcept;
+
+/// The most intra-op threads a pool or model may ask for.
+inline constexpr int kMaxIntraOpThreads = 1024;
 
 /// Per-request settings.
 struct RequestOptions {
@@ -50,6 +66,7 @@ struct ModelStats {
   double keep_alive_s = 0;   ///< effective
   double idle_s = 0;         ///< since the last request arrived, while none is in flight (else 0)
   int max_replicas = 0;
+  int intra_op_threads = 0;  ///< each replica's (effective: the model's, the pool's or the core share)
   int replicas = 0;          ///< live (loading or ready)
   int busy_replicas = 0;
   size_t queued = 0;
@@ -164,6 +181,7 @@ class Pool {
   template <class Pred>
   bool wait_exits(Lock& lock, Clock::time_point until, Pred pred);
   double keep_alive_of(const Model& model) const;
+  int intra_op_threads_of(const Model& model) const;
   ModelStats stats_locked(const Model& model) const;
   void wake_maintenance();
 

@@ -32,6 +32,16 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 /// ATen's scaled_dot_product_attention.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
 
+/// Sets the calling thread's torch intra-op thread count to `threads` (>= 1),
+/// for this thread only: its OpenMP count and, where torch has MKL, its MKL
+/// count. at::set_num_threads would also store the process default that every
+/// thread adopts at its first torch op (the user's main thread included), resize
+/// the process-wide pthreadpool and drop oneDNN's cache; a replica must not.
+/// The thread first adopts that default (torch's lazy per-thread init), so a
+/// later op never re-applies it over `threads`. Without OpenMP in the process it
+/// falls back to at::set_num_threads. at::get_num_threads() then returns `threads`.
+void set_thread_intra_op_threads(int threads);
+
 /// Whether linear() has its fast path on this CPU.
 bool has_fast_gemv();
 

@@ -1,0 +1,119 @@
+"""Intra-op threads per replica: the default core share, the pool's and the model's
+settings, their checks, and that a replica's thread really runs torch with its count
+while the process default and the caller's threads keep theirs."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import mpool
+from mpool.errors import InvalidInput
+
+CPUS = len(os.sched_getaffinity(0))
+
+
+class ThreadReporter:
+    """An embedder that records torch's intra-op count on the thread that calls it."""
+
+    dimension = 2
+
+    def __init__(self, seen):
+        self.seen = seen
+        seen.append(("load", threading.get_native_id(), torch.get_num_threads()))
+
+    def embed(self, texts, task=None):
+        self.seen.append(("embed", threading.get_native_id(), torch.get_num_threads()))
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+
+def reporter(seen, **kw):
+    return mpool.PyModel("text_embedding", lambda device: ThreadReporter(seen), memory_mb=1, **kw)
+
+
+def threads_of(pool, key):
+    return pool.stats()["models"][key]["intra_op_threads"]
+
+
+def count_on_a_fresh_thread():
+    out = []
+    t = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+@pytest.mark.parametrize("max_replicas", [1, 2, 3, 1024])
+def test_default_is_the_core_share_cpus_over_max_replicas_at_least_one(max_replicas):
+    with mpool.Pool() as pool:
+        pool.register("m", reporter([]), max_replicas=max_replicas)
+        assert threads_of(pool, "m") == max(1, CPUS // max_replicas)
+
+
+def test_model_setting_wins_over_the_pools_which_wins_over_the_share():
+    with mpool.Pool(intra_op_threads=3) as pool:
+        pool.register("pool", reporter([]), max_replicas=2)
+        pool.register("own", reporter([]), max_replicas=2, intra_op_threads=5)
+        assert threads_of(pool, "pool") == 3
+        assert threads_of(pool, "own") == 5
+
+
+def test_native_model_takes_its_own_setting_and_register_overrides_it():
+    path = mpool.default_embedding_model_path()
+    if path is None:
+        pytest.skip("the bundled all-MiniLM-L6-v2 is not installed")
+    with mpool.Pool() as pool:
+        model = mpool.NativeModel(path, intra_op_threads=2)
+        pool.register("native", model)
+        pool.register("overridden", model, intra_op_threads=1)
+        assert threads_of(pool, "native") == 2
+        assert threads_of(pool, "overridden") == 1
+        assert model._spec.intra_op_threads == 2  # the override stays with its registration
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1025, 1.5, True, "2", np.float64(2.0)])
+def test_bad_thread_counts_are_invalid_input_naming_the_parameter(bad):
+    with pytest.raises(InvalidInput, match="intra_op_threads"):
+        mpool.Pool(intra_op_threads=bad)
+    with mpool.Pool() as pool:
+        with pytest.raises(InvalidInput, match="intra_op_threads"):
+            pool.register("m", reporter([]), intra_op_threads=bad)
+        assert not pool.stats()["models"]  # nothing was registered
+    path = mpool.default_embedding_model_path()
+    if path is not None:
+        with pytest.raises(InvalidInput, match="intra_op_threads"):
+            mpool.NativeModel(path, intra_op_threads=bad)
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_replica_threads_run_torch_with_their_count_and_leave_other_threads_alone(count):
+    main_before = torch.get_num_threads()
+    fresh_before = count_on_a_fresh_thread()
+    seen = []
+    with mpool.Pool(cold_start_replicas=2, memory_budget_mb={"cpu": 100}) as pool:
+        pool.register("m", reporter(seen), max_replicas=2, intra_op_threads=count)
+        pool.embed("m", ["a", "b"])
+        replica_threads = {tid for _, tid, _ in seen}
+        assert threading.get_native_id() not in replica_threads
+        assert [what for what, _, _ in seen].count("load") == 2  # both replicas loaded
+        assert all(n == count for _, _, n in seen), seen
+        # Only the replicas' own threads changed: the caller's count and the count a
+        # new thread starts with (torch's process default) are what they were.
+        assert torch.get_num_threads() == main_before
+        assert count_on_a_fresh_thread() == fresh_before
+
+
+def test_two_models_in_one_pool_each_run_with_their_own_count():
+    seen_a, seen_b = [], []
+    with mpool.Pool(cold_start_replicas=1) as pool:
+        pool.register("a", reporter(seen_a), intra_op_threads=1)
+        pool.register("b", reporter(seen_b), intra_op_threads=2)
+        for _ in range(3):
+            pool.embed("a", ["x"])
+            pool.embed("b", ["y"])
+    assert {n for _, _, n in seen_a} == {1}
+    assert {n for _, _, n in seen_b} == {2}
