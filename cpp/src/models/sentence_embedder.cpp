@@ -172,7 +172,10 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
     at::Tensor pooled = (*pooler_)(hidden, pool_mask, ids.to(dev));
     if (options.normalize.value_or(settings_.normalize)) pooled = pooled / pooled.norm(2, -1, true).clamp_min(1e-12);
     pooled = pooled.to(at::kCPU, at::kFloat);
-    for (int64_t r = 0; r < rows; ++r) out[static_cast<int64_t>(order[start + r])].copy_(pooled[r]);
+    // Each pooled row to its input's place: one scatter, not rows x (select, select, copy).
+    const std::vector<int64_t> places(order.begin() + static_cast<std::ptrdiff_t>(start),
+                                      order.begin() + static_cast<std::ptrdiff_t>(end));
+    out.index_copy_(0, at::tensor(places, at::kLong), pooled);
   }
   return out;
 }
