@@ -123,7 +123,9 @@ py::dict model_dict(const core::ModelStats& s) {
   d["keep_alive"] = s.keep_alive_s;
   d["idle_s"] = s.idle_s;
   d["max_replicas"] = s.max_replicas;
-  d["intra_op_threads"] = s.intra_op_threads;
+  // A fixed count, or None for the core share (decided per job: see replica_intra_op_threads).
+  d["intra_op_threads"] = s.intra_op_threads > 0 ? py::cast(s.intra_op_threads) : py::none();
+  d["replica_intra_op_threads"] = s.replica_threads;
   d["replicas"] = s.replicas;
   d["busy_replicas"] = s.busy_replicas;
   d["queued"] = s.queued;

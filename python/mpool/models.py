@@ -143,7 +143,7 @@ class NativeModel(Model):
     whose tokenizer is a tiktoken rank file ``{"tokenizer_pattern": regex}``, its
     split pattern when tokenizer_config.json has no ``"pat_str"``).
     ``intra_op_threads``: the threads each replica's torch ops may use (None: the
-    pool's ``intra_op_threads``, else the core share, CPUs // ``max_replicas``).
+    pool's ``intra_op_threads``, else the core share per job, see ``mpool.Pool``).
     """
 
     def __init__(

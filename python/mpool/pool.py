@@ -101,10 +101,11 @@ class Pool:
     Threads: each replica runs its torch ops on ``intra_op_threads`` threads of
     its own (set on the replica's thread only; the process default and the
     caller's threads are untouched). A model's ``register(intra_op_threads=...)``
-    (or ``NativeModel``'s) wins, then this pool's, else the core share
-    ``max(1, CPUs // max_replicas)`` (CPUs: the process's affinity mask), so a
-    model's replicas all busy at once never ask for more threads than there are
-    cores. ``stats()`` shows each model's count.
+    (or ``NativeModel``'s) wins, then this pool's; else each job gets the core
+    share ``max(1, CPUs // replicas of the pool in a job as it starts)`` (CPUs:
+    the process's affinity mask): replicas busy together split the cores, and one
+    busy alone uses them all. ``stats()`` shows each model's fixed count (None:
+    the share) and each replica's last count.
     """
 
     _forked = False
@@ -150,7 +151,7 @@ class Pool:
             scale_down_after=v.duration("scale_down_after", scale_down_after, allow_zero=True),
             # A tick, not a limit: inf would silently turn keep-alive, scale-down and eviction off.
             maintenance_interval=v.duration("maintenance_interval", maintenance_interval),
-            # None: each model's core share, max(1, CPUs // its max_replicas).
+            # None: the core share, decided per job (0 natively).
             intra_op_threads=v.optional_int_in("intra_op_threads", intra_op_threads, 1, MAX_INTRA_OP_THREADS) or 0,
         )
         self._lock = threading.Lock()

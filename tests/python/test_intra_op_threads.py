@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -39,6 +40,14 @@ def threads_of(pool, key):
     return pool.stats()["models"][key]["intra_op_threads"]
 
 
+def idle(pool, key="m"):
+    """Waits until no replica of `key` is in a job (a reply can come before its replica is idle)."""
+    deadline = time.monotonic() + 30
+    while pool.stats()["models"][key]["busy_replicas"] > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
 def count_on_a_fresh_thread():
     out = []
     t = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
@@ -47,11 +56,44 @@ def count_on_a_fresh_thread():
     return out[0]
 
 
-@pytest.mark.parametrize("max_replicas", [1, 2, 3, 1024])
-def test_default_is_the_core_share_cpus_over_max_replicas_at_least_one(max_replicas):
-    with mpool.Pool() as pool:
-        pool.register("m", reporter([]), max_replicas=max_replicas)
-        assert threads_of(pool, "m") == max(1, CPUS // max_replicas)
+class Gated(ThreadReporter):
+    """Its "first" request waits, inside its replica, until a "second" one has run."""
+
+    def __init__(self, seen, running, done):
+        super().__init__(seen)
+        self.running, self.done = running, done
+
+    def embed(self, texts, task=None):
+        out = super().embed(texts, task)
+        if texts == ["first"]:
+            self.running.set()
+            assert self.done.wait(30)
+        elif texts == ["second"]:
+            self.done.set()
+        return out
+
+
+def test_default_share_is_the_cpus_over_the_replicas_in_a_job_at_its_start():
+    seen, running, done = [], threading.Event(), threading.Event()
+    model = mpool.PyModel("text_embedding", lambda device: Gated(seen, running, done), memory_mb=1, max_replicas=2)
+    with mpool.Pool(cold_start_replicas=2) as pool:
+        pool.register("m", model)
+        assert threads_of(pool, "m") is None  # no fixed count: the share, per job
+        pool.embed("m", ["alone"])
+        idle(pool)
+        first = threading.Thread(target=pool.embed, args=("m", ["first"]))
+        first.start()
+        assert running.wait(30)
+        pool.embed("m", ["second"])
+        first.join()
+        idle(pool)
+        pool.embed("m", ["alone again"])
+        per_replica = pool.stats()["models"]["m"]["replica_intra_op_threads"]
+    counts = [n for what, _, n in seen if what == "embed"]
+    # alone: every CPU; the second of two replicas in a job: half; the first kept
+    # what it started with; alone again: every CPU.
+    assert counts == [CPUS, CPUS, max(1, CPUS // 2), CPUS]
+    assert len(per_replica) == 2 and all(n >= 1 for n in per_replica)
 
 
 def test_model_setting_wins_over_the_pools_which_wins_over_the_share():
@@ -60,6 +102,8 @@ def test_model_setting_wins_over_the_pools_which_wins_over_the_share():
         pool.register("own", reporter([]), max_replicas=2, intra_op_threads=5)
         assert threads_of(pool, "pool") == 3
         assert threads_of(pool, "own") == 5
+        pool.embed("own", ["x"])
+        assert set(pool.stats()["models"]["own"]["replica_intra_op_threads"]) <= {0, 5}  # 0: still loading
 
 
 def test_native_model_takes_its_own_setting_and_register_overrides_it():
@@ -97,9 +141,13 @@ def test_replica_threads_run_torch_with_their_count_and_leave_other_threads_alon
     with mpool.Pool(cold_start_replicas=2, memory_budget_mb={"cpu": 100}) as pool:
         pool.register("m", reporter(seen), max_replicas=2, intra_op_threads=count)
         pool.embed("m", ["a", "b"])
+        deadline = time.monotonic() + 30
+        while [what for what, _, _ in seen].count("load") < 2:  # the second replica may still be loading
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
         replica_threads = {tid for _, tid, _ in seen}
         assert threading.get_native_id() not in replica_threads
-        assert [what for what, _, _ in seen].count("load") == 2  # both replicas loaded
+        assert len(replica_threads) == 2
         assert all(n == count for _, _, n in seen), seen
         # Only the replicas' own threads changed: the caller's count and the count a
         # new thread starts with (torch's process default) are what they were.

@@ -25,6 +25,7 @@
 #endif
 
 #include <algorithm>
+#include <optional>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -122,6 +123,7 @@ struct Pool::Replica {
   std::thread thread;  // moved to exited_ once dead (mu_)
   std::atomic<int> state{kLoading};
   std::atomic<int64_t> last_active_ns{now_ns()};
+  std::atomic<int> threads{0};  // intra-op threads last set on its thread (0: none)
   std::mutex current_mu;
   std::vector<std::shared_ptr<Job>> current;  // the jobs running now, for shutdown and death
 };
@@ -573,7 +575,11 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
     if (faults::fire(faults::Fault::kSlowLoad, &model->key, &slow)) std::this_thread::sleep_for(to_duration(slow));
     if (faults::fire(faults::Fault::kLoaderThrows, &model->key))
       throw Error(ErrorCode::kSpawnFailed, "injected fault loader_throws");
-    if (options_.replica_thread_setup) options_.replica_thread_setup(intra_op_threads_of(*model));
+    if (options_.replica_thread_setup) {
+      const int threads = threads_for_job(*model, busy_replicas_.load() + 1);
+      options_.replica_thread_setup(threads);
+      replica->threads = threads;
+    }
     instance = model->spec.loader(replica->device);
     if (!instance) load_error = "the loader returned no instance";
   } catch (const std::exception& e) {
@@ -680,6 +686,22 @@ void Pool::serve(Model& model, Replica& replica, Instance& instance) {
       }
     }
     replica.state = kBusy;
+    // In a job: counted until it is idle again, however the job ends (a death included).
+    struct BusyCount {
+      std::atomic<int>& n;
+      int now;
+      explicit BusyCount(std::atomic<int>& c) : n(c), now(++c) {}
+      ~BusyCount() { --n; }
+    };
+    std::optional<BusyCount> busy;
+    busy.emplace(busy_replicas_);
+    if (options_.replica_thread_setup) {
+      const int threads = threads_for_job(model, busy->now);
+      if (threads != replica.threads.load()) {
+        options_.replica_thread_setup(threads);
+        replica.threads = threads;
+      }
+    }
     {
       std::lock_guard lock(replica.current_mu);
       replica.current = batch;
@@ -718,6 +740,7 @@ void Pool::serve(Model& model, Replica& replica, Instance& instance) {
     batch.clear();
     replica.last_active_ns = now_ns();
     model.last_used_ns = now_ns();
+    busy.reset();  // before it shows idle: a replica seen idle is out of the count
     replica.state = kIdle;
     if (model.metrics->in_flight.load() == 0) {
       exit_cv_.notify_all();  // a cold start may be waiting for this model to become evictable
@@ -741,9 +764,12 @@ void Pool::load(const std::string& key, const RequestOptions& options) {
 }
 
 int Pool::intra_op_threads_of(const Model& model) const {
-  if (model.spec.intra_op_threads > 0) return model.spec.intra_op_threads;
-  if (options_.intra_op_threads > 0) return options_.intra_op_threads;
-  return std::max(1, available_cpus() / model.spec.max_replicas);
+  return model.spec.intra_op_threads > 0 ? model.spec.intra_op_threads : options_.intra_op_threads;
+}
+
+int Pool::threads_for_job(const Model& model, int busy) const {
+  const int fixed = intra_op_threads_of(model);
+  return fixed > 0 ? fixed : std::max(1, cpus_ / std::max(1, busy));
 }
 
 bool Pool::unload(const std::string& key, double timeout_s) {
@@ -973,6 +999,7 @@ ModelStats Pool::stats_locked(const Model& m) const {
   s.queued = m.queued();
   for (auto& r : m.replicas) {
     if (r->state.load() == kDead) continue;
+    s.replica_threads.push_back(r->threads.load());
     s.replicas_per_device[r->device]++;
     s.reserved_mb_per_device[r->device] += r->mb;
   }

@@ -575,28 +575,58 @@ TEST(PoolBatching, FreeReplicaTakesQueuedJobsOfOneKeyUpToTheBudget) {
 
 // --- intra-op threads ---------------------------------------------------------
 
-TEST(PoolIntraOpThreads, DefaultIsTheCoreShareOfTheModelsMaxReplicas) {
-  Pool pool(test_options(1000));
-  ModelSpec two = fn_spec(10, identity);
-  two.max_replicas = 2;
-  pool.register_model("two", two);
-  ModelSpec many = fn_spec(10, identity);
-  many.max_replicas = 1024;
-  pool.register_model("many", many);
-  EXPECT_EQ(pool.model_stats("two").intra_op_threads, std::max(1, available_cpus() / 2));
-  EXPECT_EQ(pool.model_stats("many").intra_op_threads, 1);  // never below one
+// The count the pool last set on this thread (through the test's setup hook).
+thread_local int tls_threads = 0;
+
+TEST(PoolIntraOpThreads, DefaultShareIsTheCpusOverTheReplicasInAJobAtItsStart) {
+  std::atomic<bool> first_running{false}, second_done{false};
+  std::atomic<int> first_seen{0}, second_seen{0};
+  PoolOptions o = test_options(1000);
+  o.cold_start_replicas = 2;
+  o.replica_thread_setup = [](int threads) { tls_threads = threads; };
+  Pool pool(o);
+  ModelSpec spec = fn_spec(10, [&](int x, RequestContext&) {
+    if (x == 1) {  // the first job holds its replica until the second one ran
+      first_seen = tls_threads;
+      first_running = true;
+      while (!second_done) std::this_thread::sleep_for(1ms);
+    } else if (x == 2) {
+      second_seen = tls_threads;
+      second_done = true;
+    }
+    return x;
+  });
+  spec.max_replicas = 2;
+  pool.register_model("m", spec);
+  EXPECT_EQ(call(pool, "m", 0), 0);  // loads both replicas
+  EXPECT_EQ(pool.model_stats("m").intra_op_threads, 0);  // no fixed count: the share
+  while (pool.model_stats("m").busy_replicas > 0) std::this_thread::sleep_for(1ms);  // out of the count
+  std::thread first([&] { EXPECT_EQ(call(pool, "m", 1), 1); });
+  while (!first_running) std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(call(pool, "m", 2), 2);
+  first.join();
+  EXPECT_EQ(first_seen.load(), available_cpus());                // alone in a job: every CPU
+  EXPECT_EQ(second_seen.load(), std::max(1, available_cpus() / 2));  // two in a job: half each
+  EXPECT_EQ(call(pool, "m", 3), 3);                             // alone again
+  auto threads = pool.model_stats("m").replica_threads;
+  ASSERT_EQ(threads.size(), 2u);
+  for (int t : threads) EXPECT_GE(t, 1);
 }
 
 TEST(PoolIntraOpThreads, ModelSettingOverridesPoolSettingOverridesShare) {
   PoolOptions o = test_options(1000);
   o.intra_op_threads = 3;
+  o.replica_thread_setup = [](int) {};  // without one, nothing is set and replicas report 0
   Pool pool(o);
   pool.register_model("pool", fn_spec(10, identity));
   ModelSpec own = fn_spec(10, identity);
   own.intra_op_threads = 5;
+  own.max_replicas = 1;  // its one replica has served the call below
   pool.register_model("own", own);
   EXPECT_EQ(pool.model_stats("pool").intra_op_threads, 3);
   EXPECT_EQ(pool.model_stats("own").intra_op_threads, 5);
+  EXPECT_EQ(call(pool, "own", 1), 1);
+  for (int t : pool.model_stats("own").replica_threads) EXPECT_EQ(t, 5);  // fixed: every job, loaded or not
 }
 
 TEST(PoolIntraOpThreads, SetupRunsOnEachReplicaThreadBeforeItsLoaderWithItsCount) {

@@ -33,13 +33,15 @@ struct PoolOptions {
   double scale_up_after_s = 0.05;         ///< ... sustained this long
   double scale_down_after_s = 60;         ///< an extra replica idle this long retires
   double maintenance_interval_s = 0.25;   ///< maintenance tick
-  /// Intra-op threads per replica of a model that sets none; 0 = the core share,
-  /// max(1, available_cpus() / the model's max_replicas), so that the model's
-  /// replicas, all busy at once, never ask for more threads than the cores.
+  /// Intra-op threads per replica of a model that sets none; 0 = the core share:
+  /// each job runs on max(1, available_cpus() / the pool's replicas in a job as it
+  /// starts, this one included), so replicas busy at once never ask for more
+  /// threads than the cores, and a replica busy alone uses them all.
   int intra_op_threads = 0;
-  /// Runs first on every replica thread (before the loader) with that replica's
-  /// intra-op thread count; the bindings set the thread's torch count here. A
-  /// throw is the replica's load error. Empty: nothing is set.
+  /// Runs on the replica's thread with its intra-op thread count: before the
+  /// loader, and before a job whose count differs from the last one set (the
+  /// bindings set the thread's torch count here). A throw before the loader is
+  /// the replica's load error. Empty: nothing is set.
   std::function<void(int threads)> replica_thread_setup;
 };
 
@@ -66,7 +68,8 @@ struct ModelStats {
   double keep_alive_s = 0;   ///< effective
   double idle_s = 0;         ///< since the last request arrived, while none is in flight (else 0)
   int max_replicas = 0;
-  int intra_op_threads = 0;  ///< each replica's (effective: the model's, the pool's or the core share)
+  int intra_op_threads = 0;  ///< fixed count per replica (the model's or the pool's); 0 = the core share per job
+  std::vector<int> replica_threads;  ///< each live replica's count as last set (0: none yet)
   int replicas = 0;          ///< live (loading or ready)
   int busy_replicas = 0;
   size_t queued = 0;
@@ -182,6 +185,7 @@ class Pool {
   bool wait_exits(Lock& lock, Clock::time_point until, Pred pred);
   double keep_alive_of(const Model& model) const;
   int intra_op_threads_of(const Model& model) const;
+  int threads_for_job(const Model& model, int busy) const;
   ModelStats stats_locked(const Model& model) const;
   void wake_maintenance();
 
@@ -194,6 +198,8 @@ class Pool {
   std::vector<std::thread> exited_;  // threads of dead replicas, joined outside mu_ (mu_)
   bool shutting_down_ = false;
   bool shut_down_ = false;
+  const int cpus_ = available_cpus();
+  std::atomic<int> busy_replicas_{0};  // replicas of every model inside a job now
   uint64_t next_replica_id_ = 1;
 
   std::mutex maintenance_mu_;
