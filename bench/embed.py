@@ -10,17 +10,19 @@ long). On each:
     --threads intra-op threads);
 (b) 8 client threads each embedding one text per request (--concurrent-n of
     them), against one shared SentenceTransformer called the same way from 8
-    threads. mpool runs --replicas replicas of max(1, threads // replicas)
-    intra-op threads each, so both sides use the same number of threads.
+    threads. mpool runs --replicas replicas with the default core share (each
+    job: the CPUs over the replicas in a job), so it uses the cores
+    sentence-transformers' --threads use when --threads is the CPU count.
 
 Both sides use the same model files and fp32; sentence-transformers runs with
 torch.set_num_threads(--threads). Reports sentences/s, the ratios, and per corpus
 the GFLOP/s of each bulk run against a torch fp32 matmul measured in the same
 run, the CPU named; and the pool's memory estimate against measured RSS growth.
 
---threads-ab runs (b) a third way, interleaved with the other two: mpool with
-every replica on --threads threads (each replica's count before the core share),
-to show what sizing replicas to their share of the cores buys.
+--threads-ab runs (b) two more ways, interleaved with the others: mpool with
+every replica fixed at --threads threads (what each replica ran with before the
+core share) and fixed at max(1, threads // replicas) (a static share), to show
+what the per-job share buys.
 
 --modernbert adds (c): the bulk run on the mixed corpus with a random-weight
 ModernBERT of MiniLM's size (6 layers, hidden 384, 6 heads, GeGLU inner 1536 per
@@ -176,11 +178,13 @@ def main() -> None:
     rss1 = rss_mb()
     per = max(1, args.threads // args.replicas)
     pool_c = mpool.Pool(cold_start_replicas=args.replicas, request_timeout=3600)
-    pool_c.register("conc", path, max_replicas=args.replicas, intra_op_threads=per)
+    pool_c.register("conc", path, max_replicas=args.replicas)
     pool_c.embed("conc", texts[kinds[0]][:8])
     if args.threads_ab:
         pool_c.register("conc_all", path, max_replicas=args.replicas, intra_op_threads=args.threads)
+        pool_c.register("conc_static", path, max_replicas=args.replicas, intra_op_threads=per)
         pool_c.embed("conc_all", texts[kinds[0]][:8])
+        pool_c.embed("conc_static", texts[kinds[0]][:8])
 
     def st_one(batch):  # one model object shared by the threads, as users do
         return st.encode(batch)
@@ -196,16 +200,18 @@ def main() -> None:
             mp_b.append(timed(lambda: pool.embed("bulk", texts[k]), 1))
             st_b.append(timed(lambda: st.encode(texts[k], batch_size=32), 1))
         single = texts[k][: args.concurrent_n]
-        mp_c, st_c, all_c = [], [], []
+        mp_c, st_c, all_c, static_c = [], [], [], []
         for _ in range(args.repeats):
             mp_c.append(concurrent(lambda b: pool_c.embed("conc", b), single, 8))
             st_c.append(concurrent(st_one, single, 8))
             if args.threads_ab:
                 all_c.append(concurrent(lambda b: pool_c.embed("conc_all", b), single, 8))
+                static_c.append(concurrent(lambda b: pool_c.embed("conc_static", b), single, 8))
         if all_c:
-            print(f"  {k}: 8 threads, {args.replicas} replicas x {per} threads (share) vs x {args.threads} threads: "
-                  f"{len(single) / statistics.median(mp_c):.1f} vs {len(single) / statistics.median(all_c):.1f} "
-                  f"requests/s, {statistics.median(all_c) / statistics.median(mp_c):.2f}x", flush=True)
+            share, fixed_all, fixed_per = (len(single) / statistics.median(x) for x in (mp_c, all_c, static_c))
+            print(f"  {k}: 8 threads x single texts, {args.replicas} replicas: per-job share {share:.1f}, "
+                  f"fixed {args.threads} threads {fixed_all:.1f} ({share / fixed_all:.2f}x), fixed {per} "
+                  f"{fixed_per:.1f} ({share / fixed_per:.2f}x) requests/s", flush=True)
         mp_b, st_b, mp_c, st_c = (statistics.median(x) for x in (mp_b, st_b, mp_c, st_c))
         rows.append((k, sum(tokens) / len(tokens), flops, mp_b, st_b, len(single), mp_c, st_c))
         print(f"  {k}: bulk {st_b / mp_b:.2f}x, 8 threads {st_c / mp_c:.2f}x", flush=True)
@@ -231,7 +237,7 @@ def main() -> None:
     print(f"machine: {cpu_name()}; torch {torch.__version__}; {args.threads} intra-op threads both sides; "
           f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"(a) bulk, {args.n} texts per corpus in one call, median of {args.repeats} (interleaved); "
-          f"(b) 8 threads x one text per request, {args.replicas} mpool replicas x {per} threads")
+          f"(b) 8 threads x one text per request, {args.replicas} mpool replicas, per-job core share")
     print("| corpus | tokens/text | st bulk /s | mpool bulk /s | bulk ratio | st 8 threads /s | mpool 8 threads /s "
           "| 8-thread ratio | st GFLOP/s | mpool GFLOP/s | mpool / matmul |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
