@@ -41,8 +41,10 @@ TEST(PoolColdStart, LoadStartsTheColdStartsReplicasAndReturnsOnceOneServes) {
   pool.load("m");
   auto s = pool.model_stats("m");
   EXPECT_EQ(s.state, "ready");
-  EXPECT_EQ(s.replicas, 2);
+  EXPECT_EQ(s.replicas, 2);  // both started; one serves, the other may still be loading
+  ASSERT_TRUE(eventually([&] { return pool.model_stats("m").metrics.replicas_spawned == 2u; }, 30));
   pool.load("m");  // loaded: nothing more starts
+  EXPECT_EQ(pool.model_stats("m").replicas, 2);
   EXPECT_EQ(pool.model_stats("m").metrics.replicas_spawned, 2u);
   EXPECT_EQ(call(pool, "m", 5), 5);
   EXPECT_EQ(error_code_of([&] { pool.load("nope"); }), static_cast<int>(ErrorCode::kModelNotFound));
