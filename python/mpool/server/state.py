@@ -185,6 +185,9 @@ class ServerState:
                     await self.pool.aload(info.key, timeout=self.cfg.load_timeout)
                 except PoolError as e:
                     info.load_error = f"{type(e).__name__}: {e}"
+                    continue
+                # Its tokenizer too (usage counts, token strings), off the event loop.
+                await asyncio.get_running_loop().run_in_executor(None, self.tokenizer, info)
         finally:
             self.preloading = False
 
