@@ -58,15 +58,19 @@ std::vector<std::function<void()>> Fanout::end_locked() {
   return out;
 }
 
+bool Fanout::settle_locked(size_t part) {
+  if (part >= parts_ || finished_[part]) return false;
+  finished_[part] = 1;
+  cancels_.erase(part);
+  --out_;
+  return !ended_;  // a part that settles after the call ended changes nothing more
+}
+
 void Fanout::part_succeeded(size_t part) {
   bool all = false;
   {
     std::lock_guard lock(mu_);
-    if (part >= parts_ || finished_[part]) return;
-    finished_[part] = 1;
-    cancels_.erase(part);
-    --out_;
-    if (ended_) return;
+    if (!settle_locked(part)) return;
     all = ++succeeded_ == parts_;
     if (all) ended_ = true;
   }
@@ -80,11 +84,7 @@ void Fanout::part_failed(size_t part, const Error& error) {
   std::vector<std::function<void()>> cancels;
   {
     std::lock_guard lock(mu_);
-    if (part >= parts_ || finished_[part]) return;
-    finished_[part] = 1;
-    cancels_.erase(part);
-    --out_;
-    if (ended_) return;
+    if (!settle_locked(part)) return;
     cancels = end_locked();
   }
   hooks_.fail(error);

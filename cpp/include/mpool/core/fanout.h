@@ -54,6 +54,8 @@ class Fanout : public std::enable_shared_from_this<Fanout> {
   Fanout(size_t parts, Hooks hooks);
   void pump();
   std::vector<std::function<void()>> end_locked();
+  /// Marks `part` finished; false when it already was, is unknown, or the call had ended.
+  bool settle_locked(size_t part);
 
   const size_t parts_;
   const Hooks hooks_;
