@@ -29,8 +29,14 @@ ModernBERT of MiniLM's size (6 layers, hidden 384, 6 heads, GeGLU inner 1536 per
 half, local_attention 128 with every third layer global), built here with
 transformers and MiniLM's tokenizer, mean pooling + normalize.
 
+--dtypes adds (d): the bulk run on the mixed corpus with mpool in float32,
+bfloat16 and int8 (register(dtype=...)) and sentence-transformers in float32
+and bfloat16 (the model cast with .to(torch.bfloat16)), each with the cosine of
+its embeddings to sentence-transformers' float32 ones (mean and worst text).
+
     python -P bench/embed.py [--n 2000] [--concurrent-n 400] [--repeats 3]
         [--threads N] [--replicas 2] [--corpora short,medium,long,mixed] [--threads-ab] [--modernbert]
+        [--dtypes]
 """
 
 from __future__ import annotations
@@ -149,6 +155,36 @@ def concurrent(fn, texts: list[str], threads: int) -> float:
     return time.perf_counter() - t0
 
 
+def bulk_by_dtype(pool, st, path: str, texts: list[str], args) -> dict:
+    """(d): {(engine, dtype): (median seconds, mean cosine, worst cosine, weight MB)}."""
+    import copy
+
+    ref = st.encode(texts, batch_size=32)
+    st_bf16 = copy.deepcopy(st).to(torch.bfloat16)
+    runs = {("sentence-transformers", "float32"): lambda: st.encode(texts, batch_size=32),
+            ("sentence-transformers", "bfloat16"): lambda: st_bf16.encode(texts, batch_size=32)}
+    weight_mb = {("sentence-transformers", "float32"): "", ("sentence-transformers", "bfloat16"): ""}
+    for dtype in ("float32", "bfloat16", "int8"):
+        key = f"bulk_{dtype}"
+        info = pool.register(key, path, max_replicas=1, intra_op_threads=args.threads, dtype=dtype)
+        pool.embed(key, texts[:64])
+        runs[("mpool", dtype)] = lambda key=key: pool.embed(key, texts)
+        weight_mb[("mpool", dtype)] = f"{info['weight_mb']:.0f}"
+    times: dict = {k: [] for k in runs}
+    out: dict = {}
+    for _ in range(args.repeats):
+        for k, fn in runs.items():
+            t = time.perf_counter()
+            out[k] = np.asarray(fn(), dtype=np.float64)
+            times[k].append(time.perf_counter() - t)
+    result = {}
+    for k in runs:
+        e = out[k]
+        cos = (e * ref).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(ref, axis=1)
+        result[k] = (statistics.median(times[k]), float(cos.mean()), float(cos.min()), weight_mb[k])
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="texts per corpus in (a)")
@@ -160,6 +196,7 @@ def main() -> None:
     ap.add_argument("--threads-ab", action="store_true",
                     help="(b) also with every replica on --threads threads (before the core share), interleaved")
     ap.add_argument("--modernbert", action="store_true", help="also (c): a MiniLM-sized random ModernBERT, bulk")
+    ap.add_argument("--dtypes", action="store_true", help="also (d): mixed-corpus bulk in float32, bfloat16 and int8")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = mpool.default_embedding_model_path()
@@ -230,6 +267,7 @@ def main() -> None:
         mp_mb = timed(lambda: pool.embed("modernbert", mixed), args.repeats)
         st_mb_t = timed(lambda: st_mb.encode(mixed, batch_size=32), args.repeats)
         modernbert = (mp_mb, st_mb_t, cos)
+    dtypes = bulk_by_dtype(pool, st, path, corpus("mixed", args.n), args) if args.dtypes else None
     pool.close()
     pool_c.close()
     gf = max(gf_before, matmul_gflops())  # the machine's rate: the better of before and after the runs
@@ -253,6 +291,15 @@ def main() -> None:
         print(f"    sentence-transformers: {args.n / st_mb_t:8.1f} texts/s ({st_mb_t:.2f} s)")
         print(f"    mpool native:          {args.n / mp_mb:8.1f} texts/s ({mp_mb:.2f} s)")
         print(f"    ratio mpool / st: {st_mb_t / mp_mb:.2f}x; min cosine to sentence-transformers {cos:.6f}")
+    if dtypes:
+        print(f"(d) bulk, {args.n} mixed texts, median of {args.repeats} (interleaved); cosine to "
+              "sentence-transformers float32 (mean / worst text):")
+        print("| engine | dtype | texts/s | vs st float32 | mean cosine | worst cosine | weights MB |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        base = dtypes[("sentence-transformers", "float32")][0]
+        for (engine, dtype), (seconds, mean_cos, min_cos, mb) in dtypes.items():
+            print(f"| {engine} | {dtype} | {args.n / seconds:.1f} | {base / seconds:.2f}x | {mean_cos:.6f} "
+                  f"| {min_cos:.6f} | {mb} |")
     print(f"memory: estimate per replica {info['memory_mb']:.0f} MB (weights {info['weight_mb']:.0f} MB); "
           f"RSS growth after the first request {rss1 - rss0:.0f} MB")
 

@@ -133,9 +133,11 @@ def _save(model: Any, out: Path) -> Any:
 
 
 
-def bytes_per_token(model: Any) -> int:
+def bytes_per_token(model: Any, int8: bool = False) -> int:
     """Weight bytes a decoded token reads: every parameter but the gathered input
-    embedding table; of a mixture-of-experts layer's experts only the chosen ones."""
+    embedding table; of a mixture-of-experts layer's experts only the chosen ones.
+    int8: each linear weight (every 2-D parameter) as one byte per weight plus a
+    float32 scale per output row, as register(dtype="int8") stores it."""
     total = 0
     embed = model.get_input_embeddings().weight
     experts = getattr(model.config, "num_experts", None)
@@ -144,7 +146,8 @@ def bytes_per_token(model: Any) -> int:
         if p is embed and not model.config.tie_word_embeddings:
             continue
         share = active if ".experts." in name else 1.0
-        total += int(p.numel() * p.element_size() * share)
+        size = p.numel() + 4 * p.shape[0] if int8 and p.dim() == 2 else p.numel() * p.element_size()
+        total += int(size * share)
     return total
 
 
@@ -247,7 +250,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="both engines run in it")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
+                    help="both engines run in it; int8: mpool's int8 weights against transformers in float32")
     ap.add_argument("--engines", default="transformers,mpool", help="comma-separated subset of transformers,mpool")
     args = ap.parse_args()
     engines = {e.strip() for e in args.engines.split(",") if e.strip()}
@@ -259,8 +263,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mpool-bench-llama-") as tmp:
         model_dir = Path(tmp) / args.model
         model = build_model(model_dir, args.model)
-        model = model.to(getattr(torch, args.dtype))  # saved in float32; each engine converts at load
-        weight_bytes = bytes_per_token(model)
+        int8 = args.dtype == "int8"
+        torch_dtype = torch.float32 if int8 else getattr(torch, args.dtype)
+        model = model.to(torch_dtype)  # saved in float32; each engine converts at load
+        weight_bytes = bytes_per_token(model, int8)
+        float_bytes = bytes_per_token(model) if int8 else weight_bytes
         n_params = sum(p.numel() for p in model.parameters())
         if "mpool" in engines:
             results["mpool"] = bench_mpool(model_dir, prompt, args.new_tokens, args.repeats, args.dtype)
@@ -271,17 +278,20 @@ def main() -> None:
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * (2 if args.dtype == "bfloat16" else 4)
+    # (int8 keeps the KV cache in float32)
     bound = bw / weight_bytes
+    float_bound = bw / float_bytes
     print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}")
     shape = (f"Qwen3-MoE {cfg.num_experts} experts, top-{cfg.num_experts_per_tok}" if args.model == "moe" else "Llama")
     print(f"model: {shape}, {n_params / 1e6:.0f}M params {args.dtype}; prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, batch 1, greedy, median of {args.repeats}")
     print(f"memory bandwidth (256 MiB copy): {bw / 1e9:.1f} GB/s; active weight bytes per token {weight_bytes / 2**20:.0f} MiB "
           f"(+ KV cache {kv_bytes * (args.prompt_tokens + args.new_tokens // 2) / 2**20:.1f} MiB on average, not counted)")
-    print(f"bandwidth bound: {bound:.1f} tokens/s")
+    print(f"bandwidth bound: {bound:.1f} tokens/s" + (f" in int8, {float_bound:.1f} in float32" if int8 else ""))
     print(f"{'engine':14s} {'TTFT ms':>9s} {'decode tok/s':>13s} {'of bound':>9s}")
     for name, r in results.items():
-        print(f"{name:14s} {r['ttft'] * 1e3:9.1f} {r['tps']:13.2f} {r['tps'] / bound:9.0%}")
+        own = float_bound if name == "transformers" else bound  # transformers runs float32 under --dtype int8
+        print(f"{name:14s} {r['ttft'] * 1e3:9.1f} {r['tps']:13.2f} {r['tps'] / own:9.0%}")
     if "mpool" in results:
         print(f"mpool reported (last run): {results['mpool']['reported']}")
     if len(results) == 2:
@@ -290,7 +300,8 @@ def main() -> None:
               f"TTFT {mp['ttft'] / tf['ttft']:.2f}x (lower is better)")
         if mp["tokens"] != tf["tokens"]:
             first = next((i for i, (a, b) in enumerate(zip(mp["tokens"], tf["tokens"])) if a != b), None)
-            print(f"WARNING: token ids differ (mpool {len(mp['tokens'])}, transformers {len(tf['tokens'])} tokens; "
+            label = "token ids differ, as int8 weights may" if int8 else "WARNING: token ids differ"
+            print(f"{label} (mpool {len(mp['tokens'])}, transformers {len(tf['tokens'])} tokens; "
                   f"first difference at {first})")
         else:
             print(f"token ids: identical ({len(tf['tokens'])} tokens)")

@@ -9,13 +9,36 @@ namespace mpool::models::kit {
 
 namespace fs = std::filesystem;
 
-at::ScalarType pick_dtype(const NativeOptions& options, const std::string& family) {
+namespace {
+
+// The policy below; "int8" only where the family quantizes (`allows_int8`).
+WeightsDtype choose_dtype(const NativeOptions& options, const std::string& family, bool allows_int8) {
   const bool cuda = !options.devices.empty() && options.devices.front().rfind("cuda", 0) == 0;
   const std::string name = options.dtype.value_or(cuda ? "bfloat16" : "float32");
+  if (name == "int8") {
+    check(allows_int8, ErrorCode::kInvalidInput,
+          "dtype 'int8' is not supported for " + family +
+              " models (float32, bfloat16, float16); int8 weights apply to the BERT family and the dense decoders");
+    for (const auto& d : options.devices)
+      check(d.rfind("cpu", 0) == 0, ErrorCode::kInvalidInput,
+            "dtype 'int8' runs on the CPU only; device '" + d + "' takes float32, bfloat16 or float16");
+    return {at::kFloat, true};
+  }
   auto dtype = loading::parse_scalar_type(name);
   check(dtype && (*dtype == at::kFloat || *dtype == at::kBFloat16 || *dtype == at::kHalf), ErrorCode::kInvalidInput,
-        "dtype '" + name + "' is not supported for " + family + " models (float32, bfloat16, float16)");
-  return *dtype;
+        "dtype '" + name + "' is not supported for " + family + " models (float32, bfloat16, float16" +
+            (allows_int8 ? ", int8)" : ")"));
+  return {*dtype, false};
+}
+
+}  // namespace
+
+at::ScalarType pick_dtype(const NativeOptions& options, const std::string& family) {
+  return choose_dtype(options, family, false).dtype;
+}
+
+WeightsDtype pick_weights_dtype(const NativeOptions& options, const std::string& family) {
+  return choose_dtype(options, family, true);
 }
 
 fs::path require_tokenizer(const fs::path& dir, const loading::TokenizerOptions& options,
@@ -88,14 +111,14 @@ size_t tokens_per_forward(const NativeOptions& options, size_t fallback) {
 }
 
 BuildInputs build_inputs(const loading::ModelDirectory& directory, const NativeOptions& options,
-                         const std::string& family) {
+                         const std::string& family, bool allows_int8) {
   const loading::ModelLayout& layout = directory.layout();
   loading::TokenizerOptions tokenizer_opts = tokenizer_options(options);
   std::vector<std::string> warnings;
   fs::path tokenizer = require_tokenizer(layout.tokenizer_dir, tokenizer_opts, &warnings);
-  const at::ScalarType dtype = pick_dtype(options, family);
-  return BuildInputs{layout,         std::move(tokenizer), std::move(tokenizer_opts), std::move(warnings),
-                     dtype,          loading::Checkpoint::open(layout.model_dir)};
+  const WeightsDtype dtype = choose_dtype(options, family, allows_int8);
+  return BuildInputs{layout,      std::move(tokenizer), std::move(tokenizer_opts), std::move(warnings),
+                     dtype.dtype, loading::Checkpoint::open(layout.model_dir), dtype.int8};
 }
 
 double replica_memory_mb(double weight_bytes, double other_bytes) {
@@ -103,8 +126,9 @@ double replica_memory_mb(double weight_bytes, double other_bytes) {
 }
 
 double measure_weights(const loading::Checkpoint& checkpoint, at::ScalarType dtype,
-                       const std::function<void(const nn::Weights&)>& build, std::vector<std::string>& warnings) {
-  const nn::Weights weights = nn::Weights::open(checkpoint, dtype, at::Device(at::kMeta));
+                       const std::function<void(const nn::Weights&)>& build, std::vector<std::string>& warnings,
+                       bool int8) {
+  const nn::Weights weights = nn::Weights::open(checkpoint, dtype, at::Device(at::kMeta)).with_int8_linears(int8);
   try {
     build(weights);
   } catch (const Error& e) {
@@ -130,9 +154,11 @@ ProbedModel open_probed_model(const nn::ProbeInput& in) {
   loading::ModelLayout layout = loading::describe_layout(in.get<std::string>("path"));
   loading::ModelConfig config = loading::load_model_config(layout.model_dir);
   const std::string dtype_name = in.get_or<std::string>("dtype", "float32");
-  const auto dtype = loading::parse_scalar_type(dtype_name);
+  const bool int8 = dtype_name == "int8";
+  const auto dtype = int8 ? std::optional<at::ScalarType>(at::kFloat) : loading::parse_scalar_type(dtype_name);
   check(dtype.has_value(), ErrorCode::kInvalidInput, "unknown dtype '" + dtype_name + "'");
-  nn::Weights weights = nn::Weights::open(loading::Checkpoint::open(layout.model_dir), *dtype, at::kCPU);
+  nn::Weights weights =
+      nn::Weights::open(loading::Checkpoint::open(layout.model_dir), *dtype, at::kCPU).with_int8_linears(int8);
   return ProbedModel{std::move(layout), std::move(config), std::move(weights)};
 }
 

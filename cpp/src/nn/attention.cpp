@@ -87,7 +87,7 @@ void Attention::attach_lora(LoraAdapters& adapters, const std::string& q, const 
   const int64_t qw = s.heads * s.head_dim, kvw = s.kv_heads * s.head_dim;
   qkv_.linear.lora = adapters.fused({{q, qw}, {k, kvw}, {v, kvw}}, s.hidden);
   if (!o.empty()) {
-    check(o_.weight.defined(), ErrorCode::kInvalidInput, "LoRA module '" + o + "': this attention has no output projection");
+    check(o_.defined(), ErrorCode::kInvalidInput, "LoRA module '" + o + "': this attention has no output projection");
     o_.lora = adapters.linear(o, s.out, qw);
   }
 }
@@ -130,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Attention::project(const at::Tens
 at::Tensor Attention::output(const at::Tensor& attended) const {
   const int64_t b = attended.size(0), n = attended.size(2);
   at::Tensor merged = attended.transpose(1, 2).reshape({b, n, shape_.heads * shape_.head_dim});
-  return o_.weight.defined() ? o_(merged) : merged;
+  return o_.defined() ? o_(merged) : merged;
 }
 
 at::Tensor Attention::operator()(const at::Tensor& x, const at::Tensor& mask, bool causal,

@@ -2,6 +2,7 @@
 // so that tests can compare it with the torch / transformers / diffusers code it
 // reproduces. Blocks with weights read them from a safetensors file the test
 // wrote ("checkpoint", with an optional "prefix").
+#include <chrono>
 #include <cmath>
 #include <mutex>
 
@@ -9,6 +10,7 @@
 #include "mpool/loading/json.h"
 #include "mpool/loading/tensors.h"
 #include "mpool/nn/attention.h"
+#include "mpool/nn/int8.h"
 #include "mpool/nn/kernels.h"
 #include "mpool/nn/mlp.h"
 #include "mpool/nn/norm.h"
@@ -74,6 +76,43 @@ void register_all() {
     GroupNorm n = GroupNorm::load(w, in.get<std::string>("name"), in.get<int64_t>("groups"), x.size(1),
                                   in.get<double>("eps"), in.get_or<bool>("affine", true));
     return ProbeOutput{{"out", n(x)}};
+  });
+  // int8 weight-only linear: "weight" (out, in) quantized per row, applied to
+  // "x" with an optional "bias"; option "isa" ("auto", "scalar", "avx2",
+  // "avx512") picks the row kernel and "path" ("auto", "rows", "gemm") the path.
+  // Returns y, the q and scales it used, and what the CPU has: "isa" (0 scalar,
+  // 1 avx2, 2 avx512, the best), "bf16_gemm" (1 when the many-row path splits
+  // into bf16 GEMMs) and "rows_max" (rows the auto path gives the row kernel).
+  register_probe("nn.linear_int8", [](const ProbeInput& in) {
+    const int8::Quantized w = int8::quantize_rows(in.tensor("weight"));
+    const std::string isa_name = in.get_or<std::string>("isa", "auto");
+    const std::string path_name = in.get_or<std::string>("path", "auto");
+    int8::Isa isa = int8::best_isa();
+    if (isa_name != "auto") {
+      if (isa_name == "scalar") isa = int8::Isa::kScalar;
+      else if (isa_name == "avx2") isa = int8::Isa::kAvx2;
+      else if (isa_name == "avx512") isa = int8::Isa::kAvx512;
+      else throw Error(ErrorCode::kInvalidInput, "probe option 'isa' is not auto, scalar, avx2 or avx512");
+    }
+    int8::Path path = int8::Path::kAuto;
+    if (path_name == "rows") path = int8::Path::kRows;
+    else if (path_name == "gemm") path = int8::Path::kGemm;
+    else check(path_name == "auto", ErrorCode::kInvalidInput, "probe option 'path' is not auto, rows or gemm");
+    const at::Tensor bias = in.optional_tensor("bias");
+    const at::Tensor x = in.tensor("x"), b = bias.defined() ? bias.to(at::kFloat) : bias;
+    const at::Tensor y = int8::linear_with(x, w, b, isa, path);
+    // Option "repeat" (benchmarks): that many more calls, timed; "seconds" per call.
+    const int64_t repeat = in.get_or<int64_t>("repeat", 0);
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < repeat; ++i) (void)int8::linear_with(x, w, b, isa, path);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return ProbeOutput{{"y", y},
+                       {"seconds", at::scalar_tensor(repeat > 0 ? seconds / static_cast<double>(repeat) : 0.0, at::kDouble)},
+                       {"q", w.q},
+                       {"scales", w.scales},
+                       {"isa", at::scalar_tensor(static_cast<int64_t>(int8::best_isa()), at::kLong)},
+                       {"bf16_gemm", at::scalar_tensor(static_cast<int64_t>(int8::has_bf16_gemm()), at::kLong)},
+                       {"rows_max", at::scalar_tensor(int8::rows_kernel_max_rows(), at::kLong)}};
   });
   register_probe("nn.mlp", [](const ProbeInput& in) {
     const Weights w = in.weights();

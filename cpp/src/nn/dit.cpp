@@ -15,9 +15,9 @@ AdaModulation AdaModulation::load(const Weights& w, std::string_view name, int64
 }
 
 std::vector<at::Tensor> AdaModulation::operator()(const at::Tensor& conditioning) const {
-  check(conditioning.defined() && conditioning.dim() == 2 && conditioning.size(1) == linear.weight.size(1),
+  check(conditioning.defined() && conditioning.dim() == 2 && conditioning.size(1) == linear.in_features(),
         ErrorCode::kInvalidInput,
-        "adaLN modulation: the conditioning must be (batch, " + std::to_string(linear.weight.size(1)) + "), got " +
+        "adaLN modulation: the conditioning must be (batch, " + std::to_string(linear.in_features()) + "), got " +
             (conditioning.defined() ? c10::str(conditioning.sizes()) : std::string("none")));
   return linear(at::silu(conditioning)).chunk(chunks, 1);
 }

@@ -6,14 +6,21 @@ namespace mpool::nn {
 
 Linear Linear::load(const Weights& w, std::string_view name, int64_t out, int64_t in, bool bias) {
   const Weights scope = w.sub(name);
-  Linear l;
-  l.weight = scope.get("weight", {out, in});
+  Linear l = of(scope.linear_weight("weight", {out, in}));
   if (bias) l.bias = scope.get("bias", {out});
   return l;
 }
 
+Linear Linear::of(LinearWeight weight, at::Tensor bias) {
+  Linear l;
+  l.weight = std::move(weight.weight);
+  l.int8 = std::move(weight.int8);
+  l.bias = std::move(bias);
+  return l;
+}
+
 at::Tensor Linear::operator()(const at::Tensor& x) const {
-  at::Tensor y = kernels::linear(x, weight, bias);
+  at::Tensor y = quantized() ? int8::linear(x, int8, bias) : kernels::linear(x, weight, bias);
   return lora ? apply_lora(lora.get(), x, y) : y;
 }
 
@@ -28,14 +35,10 @@ FusedLinear FusedLinear::load(const Weights& w, std::string_view fused_name,
     weights.push_back({name + ".weight", {out, in}});
     biases.push_back({name + ".bias", {out}});
   }
-  if (fused_name.empty()) {  // no stored fused form
-    f.linear.weight = w.fused(weights);
-    if (bias) f.linear.bias = w.fused(biases);
-    return f;
-  }
+  // An empty fused_name: no stored fused form, always the parts.
   const std::string fused(fused_name);
-  f.linear.weight = w.fused_or_parts(fused + ".weight", {total, in}, weights);
-  if (bias) f.linear.bias = w.fused_or_parts(fused + ".bias", {total}, biases);
+  f.linear = Linear::of(w.fused_linear_weight(fused.empty() ? "" : fused + ".weight", {total, in}, weights));
+  if (bias) f.linear.bias = fused.empty() ? w.fused(biases) : w.fused_or_parts(fused + ".bias", {total}, biases);
   return f;
 }
 

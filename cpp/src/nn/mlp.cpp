@@ -37,7 +37,7 @@ Mlp Mlp::load(const Weights& w, int64_t hidden, int64_t inner, Activation act, b
 }
 
 void Mlp::attach_lora(LoraAdapters& adapters, const std::string& up, const std::string& down, const std::string& gate) {
-  const int64_t hidden = in_.weight.size(1);
+  const int64_t hidden = in_.in_features();
   if (!gated_) {
     in_.lora = adapters.linear(up, inner_, hidden);
   } else {
@@ -45,7 +45,7 @@ void Mlp::attach_lora(LoraAdapters& adapters, const std::string& up, const std::
     in_.lora = up_first_ ? adapters.fused({{up, inner_}, {gate, inner_}}, hidden)
                          : adapters.fused({{gate, inner_}, {up, inner_}}, hidden);
   }
-  down_.lora = adapters.linear(down, down_.weight.size(0), inner_);
+  down_.lora = adapters.linear(down, down_.out_features(), inner_);
 }
 
 at::Tensor Mlp::operator()(const at::Tensor& x) const {
@@ -53,7 +53,7 @@ at::Tensor Mlp::operator()(const at::Tensor& x) const {
   if (gated_)
     h = activate(act_, h.narrow(-1, up_first_ ? inner_ : 0, inner_)) * h.narrow(-1, up_first_ ? 0 : inner_, inner_);
   else h = activate(act_, h);
-  if (h.scalar_type() != down_.weight.scalar_type()) h = h.to(down_.weight.scalar_type());
+  if (h.scalar_type() != down_.input_dtype()) h = h.to(down_.input_dtype());
   return down_(h);
 }
 

@@ -171,8 +171,8 @@ TimestepEmbedding TimestepEmbedding::load(const Weights& w, int64_t in, int64_t 
 }
 
 at::Tensor TimestepEmbedding::operator()(const at::Tensor& x) const {
-  check(x.defined() && x.dim() >= 1 && x.size(-1) == linear_1.weight.size(1), ErrorCode::kInvalidInput,
-        "timestep embedding MLP: input must end in " + std::to_string(linear_1.weight.size(1)) + " features, got " +
+  check(x.defined() && x.dim() >= 1 && x.size(-1) == linear_1.in_features(), ErrorCode::kInvalidInput,
+        "timestep embedding MLP: input must end in " + std::to_string(linear_1.in_features()) + " features, got " +
             (x.defined() ? c10::str(x.sizes()) : std::string("none")));
   return linear_2(activate(act, linear_1(x)));
 }

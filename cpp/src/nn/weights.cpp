@@ -60,19 +60,21 @@ Weights Weights::open(loading::Checkpoint checkpoint, at::ScalarType dtype, at::
 
 Weights Weights::sub(std::string_view name) const {
   if (name.empty()) return *this;
-  return Weights(state_, prefix_ + std::string(name) + ".", renaming_, dtype_);
+  return Weights(state_, prefix_ + std::string(name) + ".", renaming_, dtype_, int8_);
 }
 
 Weights Weights::sub(int64_t i) const {
-  return Weights(state_, prefix_ + std::to_string(i) + ".", renaming_, dtype_);
+  return Weights(state_, prefix_ + std::to_string(i) + ".", renaming_, dtype_, int8_);
 }
 
-Weights Weights::as(at::ScalarType dtype) const { return Weights(state_, prefix_, renaming_, dtype); }
+Weights Weights::as(at::ScalarType dtype) const { return Weights(state_, prefix_, renaming_, dtype, int8_); }
+
+Weights Weights::with_int8_linears(bool on) const { return Weights(state_, prefix_, renaming_, dtype_, on); }
 
 Weights Weights::renamed(NameMap map) const {
   check(static_cast<bool>(map), ErrorCode::kInvalidInput, "Weights::renamed: no name map");
   return Weights(state_, prefix_, std::make_shared<const Renaming>(Renaming{prefix_, std::move(map), renaming_}),
-                 dtype_);
+                 dtype_, int8_);
 }
 
 bool Weights::has(std::string_view name) const {
@@ -146,11 +148,15 @@ at::Tensor Weights::get_optional(std::string_view name, const Shape& shape) cons
   return has(name) ? get(name, shape) : at::Tensor();
 }
 
-at::Tensor Weights::fused(const std::vector<std::pair<std::string, Shape>>& parts) const {
+at::Tensor Weights::fused_parts(const std::vector<std::pair<std::string, Shape>>& parts) const {
   std::vector<at::Tensor> tensors;
   tensors.reserve(parts.size());
   for (const auto& [n, shape] : parts) tensors.push_back(take(this->name(n), shape, false));
-  at::Tensor out = at::cat(tensors);
+  return at::cat(tensors);
+}
+
+at::Tensor Weights::fused(const std::vector<std::pair<std::string, Shape>>& parts) const {
+  at::Tensor out = fused_parts(parts);
   std::lock_guard lock(state_->mutex);
   state_->bytes += out.numel() * out.element_size();
   return out;
@@ -161,11 +167,34 @@ at::Tensor Weights::fused_or_parts(std::string_view fused_name, const Shape& fus
   return has(fused_name) ? get(fused_name, fused_shape) : fused(parts);
 }
 
+LinearWeight Weights::quantized(const at::Tensor& t, const std::string& key) const {
+  LinearWeight out;
+  out.int8 = int8::quantize_rows(t);
+  std::lock_guard lock(state_->mutex);
+  if (key.empty() || state_->counted.insert(key).second)
+    state_->bytes += out.int8.q.numel() + out.int8.scales.numel() * out.int8.scales.element_size();
+  return out;
+}
+
+LinearWeight Weights::linear_weight(std::string_view name, const Shape& shape) const {
+  const std::string full = this->name(name);
+  if (!int8_) return LinearWeight{take(full, shape, true), {}};
+  // Counted under its own key: a tensor also taken as a float (a tied embedding) counts both.
+  return quantized(take(full, shape, false), stored(full).name + "#int8");
+}
+
+LinearWeight Weights::fused_linear_weight(std::string_view fused_name, const Shape& fused_shape,
+                                          const std::vector<std::pair<std::string, Shape>>& parts) const {
+  if (!fused_name.empty() && has(fused_name)) return linear_weight(fused_name, fused_shape);
+  if (!int8_) return LinearWeight{fused(parts), {}};
+  return quantized(fused_parts(parts), "");
+}
+
 Weights Weights::find_prefix(const std::vector<std::string>& candidates, std::string_view probe,
                              std::string_view what) const {
   std::string tried;
   for (const auto& c : candidates) {
-    Weights view(state_, prefix_ + c, renaming_, dtype_);
+    Weights view(state_, prefix_ + c, renaming_, dtype_, int8_);
     if (view.has(probe)) return view;
     tried += (tried.empty() ? "'" : ", '") + c + "'";
   }

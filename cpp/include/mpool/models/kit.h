@@ -23,7 +23,18 @@ namespace mpool::models::kit {
 /// The dtype policy, the same for every family: the caller's choice when given
 /// (float32, bfloat16, float16), else float32 on the CPU and bfloat16 on CUDA.
 /// InvalidInput names the family and the accepted names.
+/// InvalidInput also for "int8", naming the families that quantize.
 at::ScalarType pick_dtype(const NativeOptions& options, const std::string& family);
+
+/// The dtype policy of a family that quantizes linear weights (nn/int8.h): the
+/// same, and "int8" too, which computes in float32 with int8 linear weights
+/// (Weights::with_int8_linears) and runs on the CPU only (InvalidInput naming a
+/// CUDA device).
+struct WeightsDtype {
+  at::ScalarType dtype;
+  bool int8 = false;
+};
+WeightsDtype pick_weights_dtype(const NativeOptions& options, const std::string& family);
 
 /// Where the tokenizer of folder `dir` loads from: `dir`/tokenizer.json when
 /// present, else `dir` itself when it holds a tiktoken rank file or a byte-level
@@ -74,9 +85,11 @@ struct BuildInputs {
   std::vector<std::string> warnings;            ///< the tokenizer's, for NativeModel::warnings
   at::ScalarType dtype;
   loading::Checkpoint checkpoint;
+  bool int8 = false;  ///< int8 linear weights (only when `allows_int8`)
 };
+/// `allows_int8`: the dtype by pick_weights_dtype, else by pick_dtype.
 BuildInputs build_inputs(const loading::ModelDirectory& directory, const NativeOptions& options,
-                         const std::string& family);
+                         const std::string& family, bool allows_int8 = false);
 
 /// Fixed allowance per replica for the tokenizer, allocator slack and small buffers.
 inline constexpr double kReplicaOverheadMb = 64.0;
@@ -90,11 +103,14 @@ double replica_memory_mb(double weight_bytes, double other_bytes);
 /// registration. Returns the bytes, and appends the unused-tensor warnings. When
 /// the checkpoint does not fit the config, registration still succeeds (loading
 /// will fail with the same error): it warns so and counts every stored tensor.
+/// `int8`: measured as Weights::with_int8_linears.
 double measure_weights(const loading::Checkpoint& checkpoint, at::ScalarType dtype,
-                       const std::function<void(const nn::Weights&)>& build, std::vector<std::string>& warnings);
+                       const std::function<void(const nn::Weights&)>& build, std::vector<std::string>& warnings,
+                       bool int8 = false);
 
 /// What a family's probe runs on: the model directory in option "path", its
-/// config.json, and its weights as option "dtype" (default float32) on the CPU.
+/// config.json, and its weights as option "dtype" (default float32; "int8": float32
+/// with int8 linear weights) on the CPU.
 struct ProbedModel {
   loading::ModelLayout layout;
   loading::ModelConfig config;

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "mpool/loading/safetensors.h"
+#include "mpool/nn/int8.h"
 
 namespace mpool::nn {
 
@@ -42,6 +43,14 @@ struct StoredName {
   /// reorder row blocks (shift, scale -> scale, shift).
   std::vector<std::pair<int64_t, int64_t>> rows;
 };
+/// A linear layer's weight as a view stores it: `weight` (out, in) in the view's
+/// dtype, or, in a view with int8_linears(), `int8` (rows and scales) with
+/// `weight` undefined.
+struct LinearWeight {
+  at::Tensor weight;
+  int8::Quantized int8;
+};
+
 /// Maps a name asked for (relative to the renamed view) to where it is stored;
 /// nullopt: stored under the same name.
 using NameMap = std::function<std::optional<StoredName>(std::string_view name)>;
@@ -76,6 +85,18 @@ class Weights {
   /// keeps its feed-forward output projection in float32 under float16).
   Weights as(at::ScalarType dtype) const;
 
+  /// This view with linear weights (linear_weight, and so nn::Linear) quantized to
+  /// int8 rows at load (int8.h); other tensors keep dtype(). Views taken from it
+  /// keep the setting. The bytes counted are the int8 ones.
+  Weights with_int8_linears(bool on = true) const;
+  bool int8_linears() const noexcept { return int8_; }
+
+  /// The linear weight `name` (out, in), as this view stores linear weights.
+  LinearWeight linear_weight(std::string_view name, const Shape& shape) const;
+  /// fused_or_parts() (fused() when `fused_name` is empty) as a linear weight.
+  LinearWeight fused_linear_weight(std::string_view fused_name, const Shape& fused_shape,
+                                   const std::vector<std::pair<std::string, Shape>>& parts) const;
+
   /// Whether the checkpoint holds `name` in this view.
   bool has(std::string_view name) const;
   /// The tensor `name`, which must have `shape`; InvalidInput names it otherwise.
@@ -107,15 +128,20 @@ class Weights {
   struct State;
   struct Renaming;
   Weights(std::shared_ptr<State> state, std::string prefix, std::shared_ptr<const Renaming> renaming = nullptr,
-          std::optional<at::ScalarType> dtype = std::nullopt)
-      : state_(std::move(state)), prefix_(std::move(prefix)), renaming_(std::move(renaming)), dtype_(dtype) {}
+          std::optional<at::ScalarType> dtype = std::nullopt, bool int8 = false)
+      : state_(std::move(state)), prefix_(std::move(prefix)), renaming_(std::move(renaming)), dtype_(dtype),
+        int8_(int8) {}
   at::Tensor take(const std::string& full, const Shape& shape, bool count) const;
+  at::Tensor fused_parts(const std::vector<std::pair<std::string, Shape>>& parts) const;
+  /// `t` as int8 rows, counting their bytes once under `key` (none: always).
+  LinearWeight quantized(const at::Tensor& t, const std::string& key) const;
   StoredName stored(const std::string& full) const;
 
   std::shared_ptr<State> state_;
   std::string prefix_;
   std::shared_ptr<const Renaming> renaming_;
   std::optional<at::ScalarType> dtype_;  // unset: the state's
+  bool int8_ = false;
 };
 
 }  // namespace mpool::nn

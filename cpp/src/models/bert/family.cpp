@@ -51,7 +51,7 @@ NativeModel build_reranker(const BertConfig& config, const loading::ModelConfig&
         BertEncoder(config, w);
         BertClassifier(config, w, labels);
       },
-      model.warnings);
+      model.warnings, in.int8);
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double act_bytes = tokens * static_cast<double>(config.intermediate_size + 6 * config.hidden_size) * 4.0 +
                            tokens * static_cast<double>(std::min<size_t>(settings.max_seq_length, 512)) *
@@ -64,9 +64,10 @@ NativeModel build_reranker(const BertConfig& config, const loading::ModelConfig&
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = in.layout.model_dir, tokenizer_file = in.tokenizer_file;
   const at::ScalarType dtype = in.dtype;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype](const std::string& device) {
+  const bool int8 = in.int8;
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, int8](const std::string& device) {
     const at::Device dev(device);
-    const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev);
+    const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8);
     auto scorer = std::make_unique<BertScorer>(BertEncoder(config, w), BertClassifier(config, w, settings.num_labels), dev);
     return std::make_shared<CrossEncoder>(std::move(scorer), kit::open_tokenizer(tokenizer_file), settings);
   };
@@ -76,7 +77,7 @@ NativeModel build_reranker(const BertConfig& config, const loading::ModelConfig&
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const BertConfig config = BertConfig::from(model_config);
-  const kit::BuildInputs in = kit::build_inputs(directory, options, "BERT");
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "BERT", /*allows_int8=*/true);
   if (is_sequence_classifier(model_config)) return build_reranker(config, model_config, in, options);
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
@@ -90,7 +91,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // scores).
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, dtype, [&](const nn::Weights& w) { BertEncoder(config, w); }, model.warnings);
+      in.checkpoint, dtype, [&](const nn::Weights& w) { BertEncoder(config, w); }, model.warnings, in.int8);
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double act_bytes = tokens * static_cast<double>(config.intermediate_size + 6 * config.hidden_size) * 4.0 +
                            tokens * static_cast<double>(std::min<size_t>(settings.max_seq_length, 512)) *
@@ -103,9 +104,11 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.devices = options.devices;
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype](const std::string& device) {
+  const bool int8 = in.int8;
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, int8](const std::string& device) {
     const at::Device dev(device);
-    BertEncoder encoder(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev));
+    BertEncoder encoder(config,
+                        nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8));
     return std::make_shared<SentenceEmbedder>(std::make_unique<EncoderBackbone<BertEncoder>>(std::move(encoder), dev),
                                               kit::open_tokenizer(tokenizer_file), settings);
   };

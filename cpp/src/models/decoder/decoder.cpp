@@ -25,10 +25,13 @@ Decoder::Decoder(DecoderConfig config, const nn::Weights& model, const nn::Weigh
   norm_ = nn::RMSNorm::load(model, "norm", h, c.rms_norm_eps);
   // The head sits outside the base model; a bare base model (an embedder's
   // checkpoint) has none and only embeds.
+  // In an int8 view the head is quantized; a tied one reads the embedding again
+  // as its int8 copy, while lookups keep the float table.
   if (c.tie_word_embeddings)
-    lm_head_ = embed_;
-  else
-    lm_head_ = head.get_optional("lm_head.weight", {c.vocab_size, h});
+    lm_head_ = model.int8_linears() ? nn::Linear::load(model, "embed_tokens", c.vocab_size, h, false)
+                                    : nn::Linear::of({embed_, {}});
+  else if (head.has("lm_head.weight"))
+    lm_head_ = nn::Linear::load(head, "lm_head", c.vocab_size, h, false);
   nn::AttentionShape shape;
   shape.hidden = h;
   shape.heads = c.num_heads;
@@ -176,7 +179,7 @@ at::Tensor Decoder::extend_embeddings(const at::Tensor& embeddings, nn::KvCache&
 at::Tensor Decoder::logits(const at::Tensor& hidden) const {
   check(lm_head_.defined(), ErrorCode::kInvalidInput,
         "this checkpoint has no lm_head.weight (a base model): it can embed but not generate");
-  return nn::kernels::linear(hidden, lm_head_).to(at::kCPU, at::kFloat);
+  return lm_head_(hidden).to(at::kCPU, at::kFloat);
 }
 
 at::Tensor Decoder::all_logits(const std::vector<int64_t>& ids) const {

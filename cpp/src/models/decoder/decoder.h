@@ -19,6 +19,7 @@
 #include "mpool/models/families.h"
 #include "mpool/models/text_generator.h"
 #include "mpool/nn/attention.h"
+#include "mpool/nn/linear.h"
 #include "mpool/nn/mla.h"
 #include "mpool/nn/mlp.h"
 #include "mpool/nn/norm.h"
@@ -86,7 +87,8 @@ class Decoder final : public CausalLM {
   DecoderConfig config_;
   at::ScalarType dtype_;
   at::Device device_;
-  at::Tensor embed_, lm_head_;
+  at::Tensor embed_;
+  nn::Linear lm_head_;  // the embedding when tied (its own int8 copy in an int8 view)
   nn::RMSNorm norm_;
   nn::Rope rope_;
   std::vector<Layer> layers_;

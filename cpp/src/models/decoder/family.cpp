@@ -116,7 +116,10 @@ namespace {
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const DecoderConfig config = DecoderConfig::from(model_config);
-  const kit::BuildInputs in = kit::build_inputs(directory, options, "decoder");
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "decoder", /*allows_int8=*/true);
+  check(!in.int8 || (config.moe.num_experts == 0 && !config.is_mla()), ErrorCode::kInvalidInput,
+        "dtype 'int8' quantizes dense decoders only: this " + config.model_type +
+            " model's mixture-of-experts or latent-attention layers have no int8 path (use float32 or bfloat16)");
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
   const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
@@ -133,7 +136,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // The head sits outside the base model: tied embeddings, or lm_head.weight.
   const bool has_head = config.tie_word_embeddings || checkpoint.find("lm_head.weight").has_value();
   const double weight_bytes = kit::measure_weights(
-      checkpoint, dtype, [&](const nn::Weights& w) { Decoder(config, w); }, model.warnings);
+      checkpoint, dtype, [&](const nn::Weights& w) { Decoder(config, w); }, model.warnings, in.int8);
 
   model.weight_mb = weight_bytes / (1024.0 * 1024.0);
   core::ModelSpec& spec = model.spec;
@@ -147,9 +150,11 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.devices = options.devices;
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
-  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype,
+  const bool int8 = in.int8;
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype, int8,
                  gen](const std::string& device) {
-    const nn::Weights weights = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, at::Device(device));
+    const nn::Weights weights =
+        nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, at::Device(device)).with_int8_linears(int8);
     auto decoder = std::make_shared<const Decoder>(config, weights);
     auto embedder = std::make_unique<SentenceEmbedder>(std::make_unique<DecoderBackbone>(decoder),
                                                        kit::open_tokenizer(tokenizer_file, tokenizer_options),

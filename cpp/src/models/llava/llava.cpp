@@ -36,7 +36,7 @@ at::Tensor LlavaVision::select(const at::Tensor& pixels) const {
 }
 
 at::Tensor LlavaVision::project(const at::Tensor& selected) const {
-  return linear_2_(nn::activate(act_, linear_1_(selected.to(linear_1_.weight.scalar_type()))));
+  return linear_2_(nn::activate(act_, linear_1_(selected.to(linear_1_.input_dtype()))));
 }
 
 }  // namespace mpool::models::llava

@@ -1,0 +1,59 @@
+#pragma once
+// int8 weight-only quantization of linear layers (register(..., dtype="int8")).
+// A weight (out, in) is stored as int8 rows q with one float32 scale per output
+// row (symmetric, per output channel): W ~ q * scales[:, None]. Activations stay
+// float32; every product is accumulated in float32, so a layer computes
+// x @ (q * scales)^T exactly up to float32 rounding, whatever path runs it:
+//   - a few rows (a decode step, a small batch of them): our kernel streams each
+//     int8 weight row once for all the rows, widening it in registers (AVX-512 or
+//     AVX2+FMA, chosen at run time; plain C++ elsewhere);
+//   - many rows (a prefill chunk, an embedding batch): a GEMM. Where the CPU has
+//     AMX-BF16 and the MKL inside torch exports its bf16 GEMM, q is widened to
+//     bfloat16 (exact: |q| <= 127) and x is split into two bfloat16 parts
+//     (x = hi + lo to 2^-16 relative), two bf16 GEMMs with float32 output; else
+//     q * scales is widened to float32 for ATen's GEMM.
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+
+namespace mpool::nn::int8 {
+
+/// A quantized weight: q int8 (out, in), scales float32 (out).
+struct Quantized {
+  at::Tensor q;
+  at::Tensor scales;
+};
+
+/// Per-output-row symmetric quantization of a floating-point weight (out, in):
+/// scale = max|w_row| / 127 (1 for a row of zeros), q = round(w / scale). On
+/// the meta device: meta tensors of those shapes and dtypes. InvalidInput for a
+/// weight that is not 2-D floating point or holds a non-finite value.
+Quantized quantize_rows(const at::Tensor& weight);
+
+/// q * scales[:, None] as float32: the weight the kernels compute with.
+at::Tensor dequantize(const Quantized& w);
+
+/// The instruction sets of the row kernel.
+enum class Isa { kScalar, kAvx2, kAvx512 };
+/// How linear() runs: kAuto picks by the number of rows.
+enum class Path { kAuto, kRows, kGemm };
+
+/// The widest row kernel this CPU runs.
+Isa best_isa();
+/// "scalar", "avx2" or "avx512".
+std::string isa_name(Isa isa);
+/// Whether the many-row path uses the bfloat16 split GEMM (AMX-BF16 and MKL's
+/// cblas_gemm_bf16bf16f32 present) rather than a float32 one.
+bool has_bf16_gemm();
+/// Rows up to which kAuto takes the row kernel.
+int64_t rows_kernel_max_rows();
+
+/// x (..., in), float32 on the CPU, @ (q * scales)^T + bias (float32, or
+/// undefined), as float32 (..., out).
+at::Tensor linear(const at::Tensor& x, const Quantized& w, const at::Tensor& bias);
+/// The same on a chosen row-kernel ISA and path (tests and benchmarks);
+/// InvalidInput when this CPU lacks `isa`.
+at::Tensor linear_with(const at::Tensor& x, const Quantized& w, const at::Tensor& bias, Isa isa, Path path);
+
+}  // namespace mpool::nn::int8

