@@ -80,6 +80,8 @@ __attribute__((target("avx2,fma"))) void block_avx2(const RowsArgs& a, int64_t r
   const int8_t* w = a.w + r * in;
   const float* x = a.x + mi * in;
   for (int64_t k = 0; k < vec_end; k += 8) {
+    if ((k & 63) == 0)
+      for (int i = 0; i < NR; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + (NR + i) * in + k), _MM_HINT_T0);
     __m256 wv[NR];
     for (int i = 0; i < NR; ++i) wv[i] = widen8(w + i * in + k);
     for (int j = 0; j < NX; ++j) {
@@ -121,7 +123,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void block_avx512(const
     for (int j = 0; j < NX; ++j) acc[i][j] = _mm512_setzero_ps();
   const int8_t* w = a.w + r * in;
   const float* x = a.x + mi * in;
-  for (int64_t k = 0; k < vec_end; k += 16) step_avx512<NR, NX>(w, in, x, k, static_cast<__mmask16>(0xFFFF), acc);
+  for (int64_t k = 0; k < vec_end; k += 16) {
+    // One block ahead: the next rows' same cache line (a hint; never faults).
+    if ((k & 63) == 0)
+      for (int i = 0; i < NR; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + (NR + i) * in + k), _MM_HINT_T0);
+    step_avx512<NR, NX>(w, in, x, k, static_cast<__mmask16>(0xFFFF), acc);
+  }
   if (vec_end < in) step_avx512<NR, NX>(w, in, x, vec_end, static_cast<__mmask16>((1u << (in - vec_end)) - 1), acc);
   for (int i = 0; i < NR; ++i)
     for (int j = 0; j < NX; ++j) store(a, r + i, mi + j, _mm512_reduce_add_ps(acc[i][j]));
