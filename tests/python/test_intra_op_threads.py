@@ -155,6 +155,24 @@ def test_replica_threads_run_torch_with_their_count_and_leave_other_threads_alon
         assert count_on_a_fresh_thread() == fresh_before
 
 
+def test_replica_count_holds_after_the_user_set_torchs_threads_explicitly():
+    # torch.set_num_threads stores an explicit count that torch's lazy per-thread
+    # init applies on a thread's first op; the replica's count must still win.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        with mpool.Pool(cold_start_replicas=1) as pool:
+            pool.register("one", reporter(seen), intra_op_threads=1)
+            pool.register("three", reporter(seen), intra_op_threads=3)
+            pool.embed("one", ["x"])
+            pool.embed("three", ["y"])
+        assert [n for what, _, n in seen if what == "embed"] == [1, 3], seen
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_two_models_in_one_pool_each_run_with_their_own_count():
     seen_a, seen_b = [], []
     with mpool.Pool(cold_start_replicas=1) as pool:

@@ -165,7 +165,13 @@ bool cpu_has_avx2_fma() {
 
 void set_thread_intra_op_threads(int threads) {
   check(threads >= 1, ErrorCode::kInvalidInput, "intra-op threads must be >= 1, got " + std::to_string(threads));
+  // torch's lazy per-thread init is an inline function with a thread_local flag:
+  // each shared library has its own copy. Run this library's copy and libtorch's
+  // (at::get_num_threads runs it inside libtorch) before setting the count; else
+  // libtorch's first op on this thread re-applies a count the user set with
+  // torch.set_num_threads over ours.
   at::internal::lazy_init_num_threads();
+  (void)at::get_num_threads();
   if (&omp_set_num_threads == nullptr) {
     at::set_num_threads(threads);
     return;

@@ -37,8 +37,9 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 /// count. at::set_num_threads would also store the process default that every
 /// thread adopts at its first torch op (the user's main thread included), resize
 /// the process-wide pthreadpool and drop oneDNN's cache; a replica must not.
-/// The thread first adopts that default (torch's lazy per-thread init), so a
-/// later op never re-applies it over `threads`. Without OpenMP in the process it
+/// The thread first adopts that default (torch's lazy per-thread init, in this
+/// library's copy of the inline function and in libtorch's), so a later op never
+/// re-applies it over `threads`, even after torch.set_num_threads. Without OpenMP in the process it
 /// falls back to at::set_num_threads. at::get_num_threads() then returns `threads`.
 void set_thread_intra_op_threads(int threads);
 
