@@ -4,8 +4,8 @@ A random-weight Llama (12 layers, hidden 768, 12 heads, intermediate 3072, vocab
 32000, fp32, ~162M parameters) is built with transformers and saved to a temp
 directory with a 32000-entry byte-level BPE tokenizer. Both engines then decode
 the same prompt ids, batch 1, exactly --new-tokens tokens (EOS ignored), on the
-same torch intra-op threads (mpool links the same libtorch, so
-torch.set_num_threads applies to it too). Reported, medians of --repeats:
+same torch intra-op threads (--threads: torch.set_num_threads for transformers,
+the replica's intra_op_threads for mpool). Reported, medians of --repeats:
 
 - time to first token (TTFT): for both engines the wall clock of a whole
   one-token request (transformers: generate(max_new_tokens=1); mpool: a
@@ -200,12 +200,13 @@ def _stat(stats: Any, *names: str) -> Any:
     return None
 
 
-def bench_mpool(model_dir: Path, prompt: list[int], new_tokens: int, repeats: int, dtype: str) -> dict[str, Any]:
+def bench_mpool(model_dir: Path, prompt: list[int], new_tokens: int, repeats: int, dtype: str,
+                threads: int) -> dict[str, Any]:
     import mpool
 
     pool = mpool.Pool()
     try:
-        pool.register("llm", str(model_dir), max_replicas=1, dtype=dtype)
+        pool.register("llm", str(model_dir), max_replicas=1, dtype=dtype, intra_op_threads=threads)
         params = dict(max_tokens=new_tokens, temperature=0, ignore_eos=True)
         for _ in pool.generate("llm", prompt, **params):  # warm-up: loads the replica
             pass
@@ -270,7 +271,7 @@ def main() -> None:
         float_bytes = bytes_per_token(model) if int8 else weight_bytes
         n_params = sum(p.numel() for p in model.parameters())
         if "mpool" in engines:
-            results["mpool"] = bench_mpool(model_dir, prompt, args.new_tokens, args.repeats, args.dtype)
+            results["mpool"] = bench_mpool(model_dir, prompt, args.new_tokens, args.repeats, args.dtype, args.threads)
         if "transformers" in engines:
             results["transformers"] = bench_transformers(model, prompt, args.new_tokens, args.repeats)
         bw = memory_bandwidth()

@@ -255,7 +255,7 @@ void register_pool(py::module_& m) {
         "Tests only: connections to this 'ip:port' pass the private-address check; '' clears.");
   py::module_::import("atexit").attr("register")(py::cpp_function([] { drain_released_images(); }));
   py::class_<core::Progress, std::shared_ptr<core::Progress>>(
-      m, "Progress", "Inputs done of a bulk embedding call, for a progress bar (pass it to embed_async).")
+      m, "Progress", "Inputs done of a bulk embedding or scoring call, for a progress bar (pass it to embed_async or score_async).")
       .def(py::init<size_t>(), py::arg("total"))
       .def_property_readonly("total", &core::Progress::total)
       .def_property_readonly("done", &core::Progress::done)
@@ -392,17 +392,19 @@ void register_pool(py::module_& m) {
            py::arg("truncate") = true, py::arg("normalize") = py::none(), py::arg("dimensions") = py::none())
       .def("score_async",
            [](core::Pool& pool, const std::string& key, std::vector<std::pair<std::string, std::string>> pairs,
-              std::optional<double> timeout, bool truncate, bool raw) {
+              std::optional<double> timeout, bool truncate, bool raw, std::shared_ptr<core::Progress> progress) {
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
+               cap::BulkOptions bulk;
+               bulk.progress = std::move(progress);
                p = cap::score(pool, key, to_text_pairs(std::move(pairs)), cap::ScoreOptions{truncate, raw},
-                              request_options(timeout));
+                              request_options(timeout), bulk);
              }
              return wrap_future(std::move(p));
            },
            py::arg("key"), py::arg("pairs"), py::arg("timeout") = py::none(), py::arg("truncate") = true,
-           py::arg("raw") = false)
+           py::arg("raw") = false, py::arg("progress") = py::none())
       .def("score",
            [](core::Pool& pool, const std::string& key, std::vector<std::pair<std::string, std::string>> pairs,
               std::optional<double> timeout, bool truncate, bool raw) {

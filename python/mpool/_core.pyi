@@ -159,6 +159,7 @@ class Pool:
         timeout: float | None = None,
         truncate: bool = True,
         raw: bool = False,
+        progress: Progress | None = None,
     ) -> Future: ...
     def embed_images_async(
         self,

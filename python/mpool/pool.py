@@ -415,7 +415,7 @@ class Pool:
 
     def score(
         self, key: str, pairs: Sequence[tuple[str, str]], *, truncate: bool = True, raw: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = None, progress: bool = False,
     ) -> np.ndarray:
         """Scores (query, document) pairs with a cross-encoder: float32 array (n,)
         for a one-label model (a reranker), (n, labels) otherwise, in input order.
@@ -425,50 +425,69 @@ class Pool:
         another); ``raw=True`` gives the classifier's logits. A pair longer than the
         model's limit is cut longest-first, or raises InvalidInput with
         ``truncate=False``. Many pairs are split into sub-batches as ``embed``
-        splits texts, under the same timeout rule.
+        splits texts, under the same timeout rule; ``progress=True`` shows a
+        ``tqdm.auto`` bar over the pairs done.
         """
-        out = self._native.score(
-            v.key(key), req.pairs(pairs), req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw)
-        )
+        out = self._scores(key, pairs, truncate, raw, timeout, progress)
         return out[:, 0] if out.shape[1] == 1 else out
 
     async def ascore(
         self, key: str, pairs: Sequence[tuple[str, str]], *, truncate: bool = True, raw: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = None, progress: bool = False,
     ) -> np.ndarray:
         """``score`` for asyncio: does not block the event loop."""
-        future = self._native.score_async(
-            v.key(key), req.pairs(pairs), req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw)
-        )
-        out = await await_native(future)
+        out = await self._ascores(key, pairs, truncate, raw, timeout, progress)
         return out[:, 0] if out.shape[1] == 1 else out
 
     def rerank(
         self, key: str, query: str, documents: Sequence[str], top_n: int | None = None, return_documents: bool = False,
-        *, truncate: bool = True, raw: bool = False, timeout: float | None = None,
+        *, truncate: bool = True, raw: bool = False, timeout: float | None = None, progress: bool = False,
     ) -> list[Ranked] | list[RankedDocument]:
         """Ranks ``documents`` by relevance to ``query`` with a cross-encoder.
 
         Returns ``Ranked(index, score)`` tuples, best first (ties keep input order),
         the ``top_n`` best when given; with ``return_documents=True``,
         ``RankedDocument(index, score, document)`` tuples. Scores are ``score``'s; the model must have one label.
+        ``progress=True`` shows a bar over the documents scored.
         """
         q, docs, n = _rerank_args(query, documents, top_n, return_documents)
-        scores = self._native.score(
-            v.key(key), [(q, d) for d in docs], req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw)
-        )
+        scores = self._scores(key, [(q, d) for d in docs], truncate, raw, timeout, progress)
         return _ranked(scores, docs, n, bool(return_documents))
 
     async def arerank(
         self, key: str, query: str, documents: Sequence[str], top_n: int | None = None, return_documents: bool = False,
-        *, truncate: bool = True, raw: bool = False, timeout: float | None = None,
+        *, truncate: bool = True, raw: bool = False, timeout: float | None = None, progress: bool = False,
     ) -> list[Ranked] | list[RankedDocument]:
         """``rerank`` for asyncio: does not block the event loop."""
         q, docs, n = _rerank_args(query, documents, top_n, return_documents)
-        future = self._native.score_async(
-            v.key(key), [(q, d) for d in docs], req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw)
-        )
-        return _ranked(await await_native(future), docs, n, bool(return_documents))
+        scores = await self._ascores(key, [(q, d) for d in docs], truncate, raw, timeout, progress)
+        return _ranked(scores, docs, n, bool(return_documents))
+
+    @staticmethod
+    def _score_args(
+        key: str, pairs: Sequence[tuple[str, str]], truncate: bool, raw: bool, timeout: float | None, progress: bool
+    ) -> tuple[tuple[Any, ...], Any]:
+        """The native scoring call's arguments, and a progress counter when ``progress``."""
+        args = (v.key(key), req.pairs(pairs), req.timeout(timeout), v.flag("truncate", truncate), v.flag("raw", raw))
+        return args, new_progress(len(args[1])) if v.flag("progress", progress) else None
+
+    def _scores(
+        self, key: str, pairs: Sequence[tuple[str, str]], truncate: bool, raw: bool, timeout: float | None,
+        progress: bool,
+    ) -> np.ndarray:
+        """The (n, labels) scores, blocking with the GIL released."""
+        args, counter = self._score_args(key, pairs, truncate, raw, timeout, progress)
+        if counter is None:
+            return self._native.score(*args)
+        return result_with_bar(self._native.score_async(*args, counter), counter, "pair")
+
+    async def _ascores(
+        self, key: str, pairs: Sequence[tuple[str, str]], truncate: bool, raw: bool, timeout: float | None,
+        progress: bool,
+    ) -> np.ndarray:
+        args, counter = self._score_args(key, pairs, truncate, raw, timeout, progress)
+        future = self._native.score_async(*args, counter)
+        return await (await_native(future) if counter is None else await_with_bar(future, counter, "pair"))
 
     # --- image embedding ------------------------------------------------------
 

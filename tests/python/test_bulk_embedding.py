@@ -297,6 +297,29 @@ def test_image_progress_bar_reaches_the_total(capsys):
         assert "7/7" in capsys.readouterr().err
 
 
+def test_scoring_progress_bar_reaches_the_total_for_score_rerank_and_their_async_twins(capsys):
+    class Scorer:
+        def score(self, pairs):
+            return np.array([[float(len(d))] for _, d in pairs], np.float32)
+
+    with mpool.Pool(cold_start_replicas=1) as pool:
+        pool.register("s", mpool.PyModel("rerank", lambda d: Scorer(), memory_mb=1, batch_budget=BUDGET))
+        docs = [f"d{i:03d}" for i in range(40)]  # four sub-batches of pairs of cost 3
+        plain = pool.score("s", [("q", d) for d in docs])
+        pool.rerank("s", "q", docs)
+        assert capsys.readouterr().err == ""
+        np.testing.assert_array_equal(pool.score("s", [("q", d) for d in docs], progress=True), plain)
+        assert "40/40" in capsys.readouterr().err
+        assert [r.index for r in pool.rerank("s", "q", docs[:7], progress=True)] == list(range(7))
+        assert "7/7" in capsys.readouterr().err
+        np.testing.assert_array_equal(asyncio.run(pool.ascore("s", [("q", d) for d in docs], progress=True)), plain)
+        assert "40/40" in capsys.readouterr().err
+        assert len(asyncio.run(pool.arerank("s", "q", docs, top_n=3, progress=True))) == 3
+        assert "40/40" in capsys.readouterr().err
+        with pytest.raises(mpool.InvalidInput, match="progress"):
+            pool.score("s", [("q", "d")], progress="yes")
+
+
 def test_stats_count_inputs_and_throughput_over_the_last_minute():
     with mpool.Pool(cold_start_replicas=1) as pool:
         register(pool, Recorder())
