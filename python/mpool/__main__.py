@@ -258,7 +258,7 @@ def _generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", help="a stop string (repeatable)")
-    p.add_argument("--dtype", help="float32 (default on CPU), bfloat16, float16 or int8 (CPU, dense decoders)")
+    p.add_argument("--dtype", help="float32 (default on CPU), bfloat16, float16 or int8 (CPU; not DeepSeek-V3)")
     p.add_argument("--context-length", type=int, help="longest prompt + output (default: the model's maximum)")
     p.add_argument("--stats", action="store_true", help="print token counts and speed to stderr")
 

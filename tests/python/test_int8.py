@@ -18,7 +18,7 @@ import pytest
 import mpool
 import mpool.testing
 from corpus import CORPUS
-from decoder_models import ARCHS, MOE_ARCHS, build_decoder
+from decoder_models import ARCHS, DEEPSEEK_ARCHS, MOE_ARCHS, build_decoder
 
 ISAS = ("scalar", "avx2", "avx512")
 
@@ -140,7 +140,7 @@ def test_minilm_int8_embeddings_keep_mean_cosine_0999_against_float32_on_the_tok
 @pytest.fixture(scope="module")
 def decoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("int8_decoders")
-    return {arch: build_decoder(root, arch) for arch in ARCHS}
+    return {arch: build_decoder(root, arch) for arch in ARCHS + MOE_ARCHS}
 
 
 def teacher_forced_logits(path: Path, ids: list[int], dtype: str) -> np.ndarray:
@@ -148,15 +148,20 @@ def teacher_forced_logits(path: Path, ids: list[int], dtype: str) -> np.ndarray:
     return mpool.testing.probe("decoder.logits", path=str(path), ids=ids, chunk=1, dtype=dtype)["logits"]
 
 
+def step_cosines(path: Path) -> np.ndarray:
+    """Per-step cosine of int8 against float32 logits over 64 teacher-forced steps."""
+    ids = [int(i) for i in np.random.RandomState(11).randint(8, 400, size=64)]
+    f32 = teacher_forced_logits(path, ids, "float32")
+    int8 = teacher_forced_logits(path, ids, "int8")
+    assert f32.shape == int8.shape == (64, f32.shape[1])
+    return (f32 * int8).sum(1) / np.linalg.norm(f32, axis=1) / np.linalg.norm(int8, axis=1)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_int8_decoder_logits_keep_mean_cosine_0999_over_64_teacher_forced_steps(
     decoders: dict[str, Path], arch: str
 ) -> None:
-    ids = [int(i) for i in np.random.RandomState(11).randint(8, 400, size=64)]
-    f32 = teacher_forced_logits(decoders[arch], ids, "float32")
-    int8 = teacher_forced_logits(decoders[arch], ids, "int8")
-    assert f32.shape == int8.shape == (64, f32.shape[1])
-    cos = (f32 * int8).sum(1) / np.linalg.norm(f32, axis=1) / np.linalg.norm(int8, axis=1)
+    cos = step_cosines(decoders[arch])
     # The mean over the 64 steps; a step whose attention sits near a tie moves
     # more (these random models' attention is sharp), so the worst is bounded looser.
     assert cos.mean() >= 0.999, f"{arch}: mean cosine {cos.mean():.5f}"
@@ -164,10 +169,25 @@ def test_int8_decoder_logits_keep_mean_cosine_0999_over_64_teacher_forced_steps(
     assert cos.mean() < 1 - 1e-7
 
 
-def test_int8_decoder_generates_through_the_pool_with_int8_bytes_and_consistent_paths(
-    pool: mpool.Pool, decoders: dict[str, Path]
+@pytest.mark.parametrize("arch", MOE_ARCHS)
+def test_int8_moe_logits_keep_median_cosine_0998_and_mean_099_where_routing_may_flip(
+    decoders: dict[str, Path], arch: str
 ) -> None:
-    path = decoders["qwen2"]
+    # The router stays float32, but int8 rounding elsewhere moves its input, and a
+    # token whose top-k experts sit near a tie may take another expert: that
+    # step's logits move (cosine down to 0.94 on these random models). The
+    # typical step stays close; the mean pays for the flips.
+    cos = step_cosines(decoders[arch])
+    assert np.median(cos) >= 0.998, f"{arch}: median cosine {np.median(cos):.5f}"
+    assert cos.mean() >= 0.99, f"{arch}: mean cosine {cos.mean():.5f}"
+    assert cos.mean() < 1 - 1e-7
+
+
+@pytest.mark.parametrize("arch", ["qwen2", MOE_ARCHS[0]])
+def test_int8_decoder_generates_through_the_pool_with_int8_bytes_and_consistent_paths(
+    pool: mpool.Pool, decoders: dict[str, Path], arch: str
+) -> None:
+    path = decoders[arch]
     f32 = pool.register("f32", path)
     int8 = pool.register("int8", path, dtype="int8")
     assert int8["weight_mb"] < 0.8 * f32["weight_mb"]
@@ -183,9 +203,9 @@ def test_int8_decoder_generates_through_the_pool_with_int8_bytes_and_consistent_
 
 
 def test_int8_is_refused_where_it_has_no_path(pool: mpool.Pool, tmp_path: Path) -> None:
-    moe = build_decoder(tmp_path, MOE_ARCHS[0])
-    with pytest.raises(mpool.InvalidInput, match="int8' quantizes dense decoders only"):
-        pool.register("moe", moe, dtype="int8")
+    mla = build_decoder(tmp_path, DEEPSEEK_ARCHS[0])
+    with pytest.raises(mpool.InvalidInput, match="int8' does not apply to latent attention"):
+        pool.register("mla", mla, dtype="int8")
     dense = build_decoder(tmp_path, "llama")
     with pytest.raises(mpool.InvalidInput, match="int8' runs on the CPU only; device 'cuda:0'"):
         pool.register("gpu", dense, dtype="int8", device="cuda:0")

@@ -18,7 +18,7 @@ WeightsDtype choose_dtype(const NativeOptions& options, const std::string& famil
   if (name == "int8") {
     check(allows_int8, ErrorCode::kInvalidInput,
           "dtype 'int8' is not supported for " + family +
-              " models (float32, bfloat16, float16); int8 weights apply to the BERT family and the dense decoders");
+              " models (float32, bfloat16, float16); int8 weights apply to the BERT family and the decoders");
     for (const auto& d : options.devices)
       check(d.rfind("cpu", 0) == 0, ErrorCode::kInvalidInput,
             "dtype 'int8' runs on the CPU only; device '" + d + "' takes float32, bfloat16 or float16");

@@ -6,11 +6,13 @@
 #include <utility>
 #include <vector>
 
+#include "mpool/nn/int8.h"
 #include "mpool/nn/kernels.h"
 
 namespace mpool::nn {
 
-Router Router::load(const Weights& w, std::string_view name, const MoeShape& shape) {
+Router Router::load(const Weights& in, std::string_view name, const MoeShape& shape) {
+  const Weights w = in.with_int8_linears(false);
   Router r;
   r.top_k = shape.top_k;
   r.normalize = shape.normalize_top_k;
@@ -60,9 +62,10 @@ Experts Experts::load(const Weights& w, std::string_view name, const MoeShape& s
   const int64_t n = shape.num_experts, inner = shape.expert_inner, hidden = shape.hidden;
   Experts out;
   out.inner = inner;
+  out.num_experts = n;
   if (e.has("gate_up_proj")) {  // stacked, as transformers 5 holds them in memory
-    out.gate_up = e.get("gate_up_proj", {n, 2 * inner, hidden});
-    out.down = e.get("down_proj", {n, hidden, inner});
+    out.gate_up = e.linear_weight("gate_up_proj", {n, 2 * inner, hidden});
+    out.down = e.linear_weight("down_proj", {n, hidden, inner});
     return out;
   }
   std::vector<std::pair<std::string, Shape>> gate_up, down;
@@ -72,14 +75,32 @@ Experts Experts::load(const Weights& w, std::string_view name, const MoeShape& s
     gate_up.push_back({p + "up_proj.weight", {inner, hidden}});
     down.push_back({p + "down_proj.weight", {hidden, inner}});
   }
-  out.gate_up = e.fused(gate_up).view({n, 2 * inner, hidden});
-  out.down = e.fused(down).view({n, hidden, inner});
+  auto stacked = [](LinearWeight w, const Shape& shape) {
+    if (w.weight.defined()) w.weight = w.weight.view(shape);
+    if (w.int8.q.defined()) {
+      w.int8.q = w.int8.q.view(shape);
+      w.int8.scales = w.int8.scales.view({shape[0], shape[1]});
+    }
+    return w;
+  };
+  out.gate_up = stacked(e.fused_linear_weight("", {n * 2 * inner, hidden}, gate_up), {n, 2 * inner, hidden});
+  out.down = stacked(e.fused_linear_weight("", {n * hidden, inner}, down), {n, hidden, inner});
   return out;
 }
 
+namespace {
+
+// Expert `e`'s projection of x, float or int8.
+at::Tensor project(const LinearWeight& w, int64_t e, const at::Tensor& x) {
+  if (w.int8.q.defined()) return int8::linear(x, {w.int8.q.select(0, e), w.int8.scales.select(0, e)}, {});
+  return kernels::linear(x, w.weight.select(0, e));
+}
+
+}  // namespace
+
 at::Tensor Experts::run(int64_t expert, const at::Tensor& x) const {
-  const at::Tensor h = kernels::linear(x, gate_up.select(0, expert));
-  return kernels::linear(at::silu(h.narrow(-1, 0, inner)) * h.narrow(-1, inner, inner), down.select(0, expert));
+  const at::Tensor h = project(gate_up, expert, x);
+  return project(down, expert, at::silu(h.narrow(-1, 0, inner)) * h.narrow(-1, inner, inner));
 }
 
 at::Tensor Experts::operator()(const at::Tensor& x, const Routing& routing) const {
@@ -100,7 +121,6 @@ at::Tensor Experts::operator()(const at::Tensor& x, const Routing& routing) cons
   const at::Tensor order = std::get<1>(at::sort(flat, /*stable=*/true, 0, /*descending=*/false));
   const at::Tensor tokens = order.div(top_k, "floor");
   const at::Tensor weights = routing.weights.reshape(-1).index_select(0, order).unsqueeze(1);
-  const int64_t num_experts = gate_up.size(0);
   const at::Tensor counts = at::bincount(flat, {}, num_experts).to(at::kCPU);
   const auto count = counts.accessor<int64_t, 1>();
   int64_t offset = 0;

@@ -169,7 +169,11 @@ at::Tensor Weights::fused_or_parts(std::string_view fused_name, const Shape& fus
 
 LinearWeight Weights::quantized(const at::Tensor& t, const std::string& key) const {
   LinearWeight out;
-  out.int8 = int8::quantize_rows(t);
+  // Rows along the last dimension; a stacked (experts, out, in) weight is one
+  // (experts * out, in) matrix of rows, viewed back.
+  out.int8 = int8::quantize_rows(t.reshape({-1, t.size(-1)}));
+  out.int8.q = out.int8.q.view(t.sizes());
+  out.int8.scales = out.int8.scales.view(t.sizes().slice(0, t.dim() - 1));
   std::lock_guard lock(state_->mutex);
   if (key.empty() || state_->counted.insert(key).second)
     state_->bytes += out.int8.q.numel() + out.int8.scales.numel() * out.int8.scales.element_size();

@@ -61,7 +61,8 @@ struct Router {
   double scale = 1.0;
 
   /// `name`.weight of (num_experts, hidden); kGroupedSigmoid also
-  /// `name`.e_score_correction_bias (num_experts), both taken as float32.
+  /// `name`.e_score_correction_bias (num_experts), both taken as float32. The
+  /// router is never quantized: int8 rounding would move tokens between experts.
   static Router load(const Weights& w, std::string_view name, const MoeShape& shape);
   /// x: (tokens, hidden).
   Routing operator()(const at::Tensor& x) const;
@@ -70,11 +71,13 @@ struct Router {
   Routing grouped_sigmoid(const at::Tensor& x) const;
 };
 
-/// The routed experts, each a gated SiLU MLP, kept as stacked 3-D weights.
+/// The routed experts, each a gated SiLU MLP, kept as stacked 3-D weights (in
+/// a view with int8_linears(), as int8 rows with their scales instead).
 struct Experts {
-  at::Tensor gate_up;  ///< (num_experts, 2 * inner, hidden), gate rows first
-  at::Tensor down;     ///< (num_experts, hidden, inner)
+  LinearWeight gate_up;  ///< (num_experts, 2 * inner, hidden), gate rows first
+  LinearWeight down;     ///< (num_experts, hidden, inner)
   int64_t inner = 0;
+  int64_t num_experts = 0;
 
   /// The stacked `name`.gate_up_proj / `name`.down_proj when stored so, else the
   /// per-expert `name`.<e>.{gate,up,down}_proj.weight, stacked at load.

@@ -91,7 +91,8 @@ class Weights {
   Weights with_int8_linears(bool on = true) const;
   bool int8_linears() const noexcept { return int8_; }
 
-  /// The linear weight `name` (out, in), as this view stores linear weights.
+  /// The linear weight `name` (out, in), as this view stores linear weights; a
+  /// stacked one (experts, out, in) is quantized row by row alike.
   LinearWeight linear_weight(std::string_view name, const Shape& shape) const;
   /// fused_or_parts() (fused() when `fused_name` is empty) as a linear weight.
   LinearWeight fused_linear_weight(std::string_view fused_name, const Shape& fused_shape,
