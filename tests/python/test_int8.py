@@ -9,6 +9,7 @@ logits against float32).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -227,3 +228,39 @@ def test_int8_cross_encoder_scores_track_float32(pool: mpool.Pool, tmp_path: Pat
     spread = np.abs(a).max()
     assert np.abs(a - b).max() <= 0.03 * spread, f"max difference {np.abs(a - b).max():.4f} of {spread:.4f}"
     assert np.abs(a - b).max() > 0  # the int8 weights are in use
+
+
+def test_int8_llava_keeps_its_vision_tower_float_and_quantizes_projector_and_language_model(
+    pool: mpool.Pool, tmp_path: Path
+) -> None:
+    from llava_models import IMAGE_SIZE, build_llava, synthetic_image
+
+    path = build_llava(tmp_path, "llama")
+    pixels = np.random.default_rng(4).standard_normal((1, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+    a = mpool.testing.probe("llava.features", {"pixel_values": pixels}, path=str(path))["image_features"][0]
+    b = mpool.testing.probe("llava.features", {"pixel_values": pixels}, path=str(path), dtype="int8")["image_features"][0]
+    # The tower's output is the same; only the projector's int8 rounding moves the features.
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cos.min() >= 0.999, f"worst position {cos.min():.5f}"
+    assert np.abs(a - b).max() > 0
+    f32 = pool.register("v32", path)
+    int8 = pool.register("v8", path, dtype="int8")
+    # What int8 saves is every linear weight outside the vision tower: 4 bytes a
+    # weight become 1, plus a float32 scale per row (the head, when tied, is an
+    # extra int8 copy of the embedding table).
+    from safetensors import safe_open
+
+    saved = 0
+    for file in path.glob("*.safetensors"):
+        with safe_open(str(file), "np") as f:
+            for name in f.keys():
+                shape = f.get_slice(name).get_shape()
+                if len(shape) == 2 and "vision_tower" not in name and "embed_tokens" not in name:
+                    saved += 4 * shape[0] * shape[1] - (shape[0] * shape[1] + 4 * shape[0])
+    config = json.loads((path / "config.json").read_text())["text_config"]
+    if config.get("tie_word_embeddings"):
+        saved -= config["vocab_size"] * config["hidden_size"] + 4 * config["vocab_size"]
+    assert (f32["weight_mb"] - int8["weight_mb"]) * 2**20 == pytest.approx(saved, rel=1e-9)
+    chunks = list(pool.describe("v8", synthetic_image(1, 40, 52), "what is this?", max_tokens=8, temperature=0,
+                                ignore_eos=True))
+    assert sum(len(c.token_ids) for c in chunks) == 8

@@ -157,7 +157,9 @@ AnyresSettings anyres_settings(const LlavaConfig& config, const ImageTowerSettin
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const LlavaConfig config = LlavaConfig::from(model_config);
-  const kit::BuildInputs in = kit::build_inputs(directory, options, "llava");
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "llava", /*allows_int8=*/true);
+  check(!in.int8 || !config.text.is_mla(), ErrorCode::kInvalidInput,
+        "dtype 'int8' does not apply to latent attention (this LLaVA's language model)");
   ImageTowerSettings images = image_tower_settings(directory, "LLaVA", config.vision.image_size);
   images.images_per_forward = images_per_forward_option(options);
   std::optional<AnyresSettings> anyres;
@@ -176,7 +178,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
         LlavaVision(config, parts, w.device());
         decoder::Decoder(config.text, parts.language, parts.head);
       },
-      model.warnings);
+      model.warnings, in.int8);
   const double image_bytes =
       image_forward_bytes(config.vision, images.images_per_forward) +
       static_cast<double>(images.images_per_forward * config.image_tokens() * 2 * config.text.hidden_size) * 4.0;
@@ -188,10 +190,12 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   const fs::path model_dir = in.layout.model_dir, tokenizer_file = in.tokenizer_file;
   const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
   const at::ScalarType dtype = in.dtype;
-  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, images, anyres, gen,
-                 dtype](const std::string& device) {
+  const bool int8 = in.int8;
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, images, anyres, gen, dtype,
+                 int8](const std::string& device) {
     const at::Device dev(device);
-    const nn::Weights weights = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev);
+    const nn::Weights weights =
+        nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8);
     const LlavaParts parts = LlavaParts::locate(weights);
     auto language = std::make_shared<const decoder::Decoder>(config.text, parts.language, parts.head);
     check(language->has_lm_head(), ErrorCode::kInvalidInput,

@@ -11,8 +11,12 @@ LlavaParts LlavaParts::locate(const nn::Weights& checkpoint) {
   const bool legacy = root.prefix().empty();
   // The tower is a CLIPVisionModel ("vision_tower.vision_model.") in most
   // checkpoints; transformers 5.25 saves the transformer itself ("vision_tower.").
-  const nn::Weights tower = root.sub("vision_tower").find_prefix({"vision_model.", ""}, "embeddings.patch_embedding.weight",
-                                                                 "LLaVA's CLIP vision tower");
+  // With int8 weights it stays float: it runs once per image, and its features
+  // feed every generated token.
+  const nn::Weights tower = root.sub("vision_tower")
+                                .with_int8_linears(false)
+                                .find_prefix({"vision_model.", ""}, "embeddings.patch_embedding.weight",
+                                             "LLaVA's CLIP vision tower");
   return LlavaParts{tower, root.sub("multi_modal_projector"),
                     legacy ? checkpoint.sub("language_model").sub("model") : root.sub("language_model"),
                     legacy ? checkpoint.sub("language_model") : checkpoint, root};
