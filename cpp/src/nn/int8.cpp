@@ -24,9 +24,10 @@ extern "C" void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m
 namespace mpool::nn::int8 {
 namespace {
 
-// Rows of the weight handled together, and the most activation rows one pass
-// keeps in registers (accumulators: kBlock * x rows vectors).
+// Rows of the weight handled together (a one-row product takes twice as many
+// with AVX-512: more streams in flight), and the unit threads split rows by.
 constexpr int kBlock = 4;
+constexpr int kChunk = 8;
 
 // acc[r][m] = dot(w row r, x row m) over `in`, for nr weight rows and nx x rows.
 // y[m * y_stride + r] = acc * scale[r] + bias[r].
@@ -136,7 +137,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void block_avx512(const
 
 // Every x row against weight rows [r0, r1): kBlock rows at a time, the x rows
 // in groups of up to MaxX (each group reuses the block's rows from L1).
-template <int MaxX, template <int, int> class Block>
+template <int MaxX, template <int, int> class Block, int Rows = kBlock>
 void rows_blocked(const RowsArgs& a, int64_t r0, int64_t r1) {
   auto group = [&]<int NR>(int64_t r) {
     int64_t mi = 0;
@@ -150,7 +151,7 @@ void rows_blocked(const RowsArgs& a, int64_t r0, int64_t r1) {
     }
   };
   int64_t r = r0;
-  for (; r + kBlock <= r1; r += kBlock) group.template operator()<kBlock>(r);
+  for (; r + Rows <= r1; r += Rows) group.template operator()<Rows>(r);
   for (; r < r1; ++r) group.template operator()<1>(r);
 }
 
@@ -186,11 +187,12 @@ bool cpu_has_amx_bf16() {
 
 void run_rows(const RowsArgs& a, Isa isa) {
   // Chunks of whole blocks, at least ~64 KiB of weights each.
-  const int64_t blocks = (a.out + kBlock - 1) / kBlock;
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, a.in * kBlock));
+  const int64_t blocks = (a.out + kChunk - 1) / kChunk;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, a.in * kChunk));
   kernels::parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
-    const int64_t r0 = b0 * kBlock, r1 = std::min(a.out, b1 * kBlock);
+    const int64_t r0 = b0 * kChunk, r1 = std::min(a.out, b1 * kChunk);
 #ifdef MPOOL_X86_INT8
+    if (isa == Isa::kAvx512 && a.m == 1) return rows_blocked<1, Avx512Block, 8>(a, r0, r1);
     if (isa == Isa::kAvx512) return rows_blocked<4, Avx512Block>(a, r0, r1);
     if (isa == Isa::kAvx2) return rows_blocked<2, Avx2Block>(a, r0, r1);
 #endif
