@@ -212,6 +212,10 @@ def test_int8_is_refused_where_it_has_no_path(pool: mpool.Pool, tmp_path: Path) 
         pool.register("gpu", dense, dtype="int8", device="cuda:0")
     with pytest.raises(mpool.InvalidInput, match=r"dtype 'int4' is not supported .*int8\)"):
         pool.register("int4", dense, dtype="int4")
+    from test_native_modernbert import build_tiny
+
+    with pytest.raises(mpool.InvalidInput, match="'int8' is not supported for ModernBERT models .*BERT family"):
+        pool.register("modernbert", build_tiny(tmp_path)[0], dtype="int8")
     assert pool.register("ok", dense, dtype="int8")["key"] == "ok"  # the pool is still healthy
 
 

@@ -11,6 +11,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
+struct WeightsDtype {
+  at::ScalarType dtype;
+  bool int8 = false;
+};
+
 // The policy below; "int8" only where the family quantizes (`allows_int8`).
 WeightsDtype choose_dtype(const NativeOptions& options, const std::string& family, bool allows_int8) {
   const bool cuda = !options.devices.empty() && options.devices.front().rfind("cuda", 0) == 0;
@@ -18,7 +23,7 @@ WeightsDtype choose_dtype(const NativeOptions& options, const std::string& famil
   if (name == "int8") {
     check(allows_int8, ErrorCode::kInvalidInput,
           "dtype 'int8' is not supported for " + family +
-              " models (float32, bfloat16, float16); int8 weights apply to the BERT family and the decoders");
+              " models (float32, bfloat16, float16); int8 weights apply to the BERT family, the decoders and LLaVA");
     for (const auto& d : options.devices)
       check(d.rfind("cpu", 0) == 0, ErrorCode::kInvalidInput,
             "dtype 'int8' runs on the CPU only; device '" + d + "' takes float32, bfloat16 or float16");
@@ -35,10 +40,6 @@ WeightsDtype choose_dtype(const NativeOptions& options, const std::string& famil
 
 at::ScalarType pick_dtype(const NativeOptions& options, const std::string& family) {
   return choose_dtype(options, family, false).dtype;
-}
-
-WeightsDtype pick_weights_dtype(const NativeOptions& options, const std::string& family) {
-  return choose_dtype(options, family, true);
 }
 
 fs::path require_tokenizer(const fs::path& dir, const loading::TokenizerOptions& options,

@@ -23,18 +23,9 @@ namespace mpool::models::kit {
 /// The dtype policy, the same for every family: the caller's choice when given
 /// (float32, bfloat16, float16), else float32 on the CPU and bfloat16 on CUDA.
 /// InvalidInput names the family and the accepted names.
-/// InvalidInput also for "int8", naming the families that quantize.
+/// InvalidInput also for "int8", naming the families that quantize (they take
+/// their dtype from build_inputs with `allows_int8`).
 at::ScalarType pick_dtype(const NativeOptions& options, const std::string& family);
-
-/// The dtype policy of a family that quantizes linear weights (nn/int8.h): the
-/// same, and "int8" too, which computes in float32 with int8 linear weights
-/// (Weights::with_int8_linears) and runs on the CPU only (InvalidInput naming a
-/// CUDA device).
-struct WeightsDtype {
-  at::ScalarType dtype;
-  bool int8 = false;
-};
-WeightsDtype pick_weights_dtype(const NativeOptions& options, const std::string& family);
 
 /// Where the tokenizer of folder `dir` loads from: `dir`/tokenizer.json when
 /// present, else `dir` itself when it holds a tiktoken rank file or a byte-level
@@ -87,7 +78,9 @@ struct BuildInputs {
   loading::Checkpoint checkpoint;
   bool int8 = false;  ///< int8 linear weights (only when `allows_int8`)
 };
-/// `allows_int8`: the dtype by pick_weights_dtype, else by pick_dtype.
+/// `allows_int8`: the family quantizes linear weights (nn/int8.h), so the policy
+/// also takes "int8": `dtype` float32 and `int8` set, for the CPU only
+/// (InvalidInput naming another device). Else the dtype is pick_dtype's.
 BuildInputs build_inputs(const loading::ModelDirectory& directory, const NativeOptions& options,
                          const std::string& family, bool allows_int8 = false);
 
