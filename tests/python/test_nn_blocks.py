@@ -629,3 +629,22 @@ def test_probe_with_an_unknown_name_lists_the_known_ones() -> None:
     assert "nn.attention" in mpool.testing.probe_names()
     with pytest.raises(mpool.InvalidInput, match="no probe named 'nn.nothing' \\(known: .*nn.attention"):
         mpool.testing.probe("nn.nothing")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_matrix_vector_kernel_matches_a_float64_product_of_the_same_values(dtype: str) -> None:
+    # One row against every weight row: the decode step's kernel (AVX2, or
+    # AVX512-BF16's pair dot products for bf16 where the CPU has them). Widths off
+    # the vector sizes and off the eight-row passes; the reference takes the
+    # same rounded inputs, so only the sums' order and the output rounding differ.
+    rng = np.random.default_rng(8)
+    for k, n in [(7, 3), (32, 8), (33, 9), (100, 17), (768, 70)]:
+        x = rng.standard_normal((1, 1, k)).astype(np.float32)
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        b = rng.standard_normal(n).astype(np.float32)
+        cast = (lambda a: torch.from_numpy(a).to(torch.bfloat16).float().numpy()) if dtype == "bfloat16" else (lambda a: a)
+        ref = cast(x).astype(np.float64) @ cast(w).T.astype(np.float64) + cast(b)
+        y = mpool.testing.probe("nn.linear", {"x": x, "weight": w, "bias": b}, dtype=dtype)["y"]
+        assert y.shape == (1, 1, n)
+        tol = 2**-8 if dtype == "bfloat16" else 1e-5  # the output rounded to bf16, or float32 sums
+        assert np.abs(y - ref).max() <= tol * np.abs(ref).max(), f"{k}x{n}"

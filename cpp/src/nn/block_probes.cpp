@@ -114,6 +114,18 @@ void register_all() {
                        {"bf16_gemm", at::scalar_tensor(static_cast<int64_t>(int8::has_bf16_gemm()), at::kLong)},
                        {"rows_max", at::scalar_tensor(int8::rows_kernel_max_rows(), at::kLong)}};
   });
+  // kernels::linear: "x" (..., in) @ "weight" (out, in)^T (+ optional "bias"),
+  // all taken as option "dtype" (default float32); a single row on the CPU runs
+  // the decode kernel. Returns "y" as float32.
+  register_probe("nn.linear", [](const ProbeInput& in) {
+    const std::string name = in.get_or<std::string>("dtype", "float32");
+    const auto dtype = loading::parse_scalar_type(name);
+    check(dtype.has_value(), ErrorCode::kInvalidInput, "probe option 'dtype' is not a dtype");
+    const at::Tensor bias = in.optional_tensor("bias");
+    const at::Tensor y = kernels::linear(in.tensor("x").to(*dtype), in.tensor("weight").to(*dtype).contiguous(),
+                                         bias.defined() ? bias.to(*dtype) : bias);
+    return ProbeOutput{{"y", y.to(at::kFloat)}};
+  });
   register_probe("nn.mlp", [](const ProbeInput& in) {
     const Weights w = in.weights();
     MlpNames names;

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -152,6 +153,46 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, const W* k, 
   for (int64_t i = 0; i < dv; ++i) acc[i] *= inv;
 }
 
+// bf16 weights against a bf16 row with AVX512-BF16's pair dot product: 32
+// products a step, exact (bf16 x bf16 fits a float), accumulated in float32;
+// eight rows a pass, the next eight prefetched. Rows [r0, r1) of w (in wide).
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void gemv_rows_bf16_dot(const uint16_t* w,
+                                                                              const uint16_t* x, float* y,
+                                                                              int64_t in, int64_t r0, int64_t r1) {
+  const int64_t full = in - in % 32;
+  const __mmask32 tail = static_cast<__mmask32>((uint64_t{1} << (in - full)) - 1);
+  auto dot_rows = [&](auto rows_tag, int64_t r) __attribute__((target("avx512f,avx512bw,avx512bf16"))) {
+    constexpr int R = decltype(rows_tag)::value;
+    __m512 acc[R];
+    for (int k = 0; k < R; ++k) acc[k] = _mm512_setzero_ps();
+    const uint16_t* base = w + r * in;
+    for (int64_t i = 0; i < full; i += 32) {  // 64 bytes: one cache line of each row a step
+      for (int k = 0; k < R; ++k) _mm_prefetch(reinterpret_cast<const char*>(base + (R + k) * in + i), _MM_HINT_T0);
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i);
+      for (int k = 0; k < R; ++k)
+        acc[k] = _mm512_dpbf16_ps(acc[k], (__m512bh)_mm512_loadu_si512(base + k * in + i), xv);
+    }
+    if (full < in) {
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(tail, x + full);
+      for (int k = 0; k < R; ++k)
+        acc[k] = _mm512_dpbf16_ps(acc[k], (__m512bh)_mm512_maskz_loadu_epi16(tail, base + k * in + full), xv);
+    }
+    for (int k = 0; k < R; ++k) y[r + k] = _mm512_reduce_add_ps(acc[k]);
+  };
+  int64_t r = r0;
+  for (; r + 8 <= r1; r += 8) dot_rows(std::integral_constant<int, 8>{}, r);
+  for (; r < r1; ++r) dot_rows(std::integral_constant<int, 1>{}, r);
+}
+
+bool cpu_has_avx512_bf16() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512bf16");
+  }();
+  return yes;
+}
+
 bool cpu_has_avx2_fma() {
   static const bool yes = [] {
     __builtin_cpu_init();
@@ -258,6 +299,21 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
       (type == at::kFloat || type == at::kBFloat16) && x.scalar_type() == type && x.numel() == in &&
       x.size(-1) == in && weight.is_contiguous() && (!bias.defined() || bias.scalar_type() == type)) {
     const int64_t out = weight.size(0);
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = out;
+    if (type == at::kBFloat16 && cpu_has_avx512_bf16()) {
+      // bf16 row against bf16 rows: products exact, float32 sums, rounded once.
+      const at::Tensor xc = x.contiguous();
+      at::Tensor yf = at::empty({out}, x.options().dtype(at::kFloat));
+      const auto* xp = reinterpret_cast<const uint16_t*>(xc.const_data_ptr<at::BFloat16>());
+      const auto* wp = reinterpret_cast<const uint16_t*>(weight.const_data_ptr<at::BFloat16>());
+      float* yp = yf.data_ptr<float>();
+      parallel_for((out + 7) / 8, 8, [&](int64_t b0, int64_t b1) {
+        gemv_rows_bf16_dot(wp, xp, yp, in, b0 * 8, std::min(out, b1 * 8));
+      });
+      if (bias.defined()) yf.add_(bias.to(at::kFloat).view({out}));
+      return yf.view(shape).to(type);
+    }
     // float32 in and out; a bfloat16 row is widened first and the result rounded
     // back, as ATen's bf16 GEMM accumulates in float32 and rounds once.
     at::Tensor xf = x.to(at::kFloat).contiguous();
@@ -275,8 +331,6 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
     else
       run(reinterpret_cast<const uint16_t*>(weight.const_data_ptr<at::BFloat16>()));
     if (bias.defined()) yf.add_(bias.to(at::kFloat).view({out}));
-    std::vector<int64_t> shape = x.sizes().vec();
-    shape.back() = out;
     return yf.view(shape).to(type);
   }
 #endif

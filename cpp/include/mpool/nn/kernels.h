@@ -19,8 +19,10 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
 
 /// x @ weight^T + bias, like at::linear. A single float32 or bfloat16 row on the
 /// CPU (one decode step) runs as a matrix-vector product that streams the weight
-/// once at memory bandwidth (AVX2/FMA, float32 accumulation, split across the
-/// intra-op threads); everything else goes to at::linear.
+/// once at memory bandwidth (AVX2/FMA with float32 accumulation; for bfloat16 on
+/// a CPU with AVX512-BF16, its pair dot products, exact products summed in
+/// float32; split across the intra-op threads); everything else goes to
+/// at::linear.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = at::Tensor());
 
 /// Attention of one query row per head (a decode step): q (b, heads, 1, d)
