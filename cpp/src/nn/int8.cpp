@@ -99,7 +99,10 @@ __attribute__((target("avx2,fma"))) void block_avx2(const RowsArgs& a, int64_t r
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline __m512 widen16(const int8_t* p, __mmask16 mask) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p)));
+  // A full vector loads plainly, so the load folds into the sign extension.
+  const __m128i raw = mask == static_cast<__mmask16>(0xFFFF) ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
+                                                              : _mm_maskz_loadu_epi8(mask, p);
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw));
 }
 
 template <int NR, int NX>
