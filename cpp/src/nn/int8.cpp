@@ -196,6 +196,7 @@ void run_rows(const RowsArgs& a, Isa isa) {
     const int64_t r0 = b0 * kChunk, r1 = std::min(a.out, b1 * kChunk);
 #ifdef MPOOL_X86_INT8
     if (isa == Isa::kAvx512 && a.m == 1) return rows_blocked<1, Avx512Block, 8>(a, r0, r1);
+    if (isa == Isa::kAvx512 && a.m <= 2) return rows_blocked<2, Avx512Block, 8>(a, r0, r1);
     if (isa == Isa::kAvx512) return rows_blocked<4, Avx512Block>(a, r0, r1);
     if (isa == Isa::kAvx2) return rows_blocked<2, Avx2Block>(a, r0, r1);
 #endif
