@@ -29,8 +29,8 @@ namespace {
 constexpr int kBlock = 4;
 constexpr int kChunk = 8;
 
-// acc[r][m] = dot(w row r, x row m) over `in`, for nr weight rows and nx x rows.
-// y[m * y_stride + r] = acc * scale[r] + bias[r].
+// The row kernel's operands: y[m * out + r] = dot(w row r, x row m) * scales[r]
+// + bias[r], for `m` rows of x, `out` rows of w, `in` wide.
 struct RowsArgs {
   const int8_t* w;
   const float* scales;
@@ -113,7 +113,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline void step_avx512
   __m512 wv[NR];
   for (int i = 0; i < NR; ++i) wv[i] = widen16(w + i * in + k, mask);
   for (int j = 0; j < NX; ++j) {
-    const __m512 xv = _mm512_maskz_loadu_ps(mask, x + j * in + k);
+    const __m512 xv = mask == static_cast<__mmask16>(0xFFFF) ? _mm512_loadu_ps(x + j * in + k)
+                                                             : _mm512_maskz_loadu_ps(mask, x + j * in + k);
     for (int i = 0; i < NR; ++i) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
   }
 }
