@@ -61,3 +61,21 @@ def test_row_ranges_that_do_not_fit_name_the_stored_tensor_and_the_rows(checkpoi
     names = {"x.weight": {"stored": "blk.qkv.weight", "rows": rows}}
     with pytest.raises(mpool.InvalidInput, match=r"tensor 'blk\.qkv\.weight' \(read as 'x\.weight' from rows \["):
         mpool.testing.probe("nn.weights_renamed", {}, checkpoint=path, names=names, get=[["x.weight", shape]])
+
+
+def test_int8_view_quantizes_each_row_range_and_counts_each_once(checkpoint) -> None:
+    path, tensors = checkpoint
+    get = [["to_q.weight", [4, 5]], ["to_k.weight", [4, 5]], ["to_v.weight", [4, 5]], ["to_q.weight", [4, 5]]]
+    runs = {
+        device: mpool.testing.probe("nn.weights_renamed", {}, checkpoint=path, names=NAMES, get=get, int8=True,
+                                    device=device)
+        for device in ("cpu", "meta")
+    }
+    for out in runs.values():
+        # Three distinct ranges of 4 rows: 4 x 5 int8 weights and 4 float32 scales each.
+        assert int(out["bytes_taken"]) == 3 * (4 * 5 + 4 * 4)
+    out = runs["cpu"]
+    q, k, v = tensors["blk.qkv.weight"].chunk(3)
+    for name, ref in {"to_q.weight": q, "to_k.weight": k, "to_v.weight": v}.items():
+        scale = ref.abs().amax(1, keepdim=True) / 127  # per row, to within half a step
+        assert (np.abs(out[name] - ref.numpy()) <= scale.numpy() / 2 * (1 + 1e-6)).all()

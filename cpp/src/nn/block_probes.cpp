@@ -212,8 +212,12 @@ void register_all() {
     const nlohmann::json names = in.get<nlohmann::json>("names");
     const bool meta = in.get_or<std::string>("device", "cpu") == "meta";
     const Weights file = in.weights();
+    // Option "int8": the view quantizes linear weights; each name is then read
+    // as a linear weight and returned dequantized.
+    const bool int8 = in.get_or<bool>("int8", false);
     const Weights base =
-        meta ? Weights::open(file.checkpoint(), at::kFloat, at::Device(at::kMeta), file.prefix()) : file;
+        (meta ? Weights::open(file.checkpoint(), at::kFloat, at::Device(at::kMeta), file.prefix()) : file)
+            .with_int8_linears(int8);
     const Weights w = base.renamed([names](std::string_view asked) -> std::optional<StoredName> {
       const auto it = names.find(std::string(asked));
       if (it == names.end()) return std::nullopt;
@@ -225,7 +229,14 @@ void register_all() {
     ProbeOutput out;
     for (const auto& item : in.get<nlohmann::json>("get")) {
       const std::string name = item.at(0).get<std::string>();
-      const at::Tensor t = w.get(name, item.at(1).get<Shape>());
+      const Shape shape = item.at(1).get<Shape>();
+      at::Tensor t;
+      if (int8) {
+        const LinearWeight lw = w.linear_weight(name, shape);
+        t = meta ? lw.int8.q : int8::dequantize(lw.int8);
+      } else {
+        t = w.get(name, shape);
+      }
       out[name] = meta ? at::tensor(t.sizes().vec(), at::kLong) : t;
     }
     out["bytes_taken"] = at::scalar_tensor(static_cast<int64_t>(w.bytes_taken()), at::kLong);

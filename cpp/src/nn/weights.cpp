@@ -183,8 +183,12 @@ LinearWeight Weights::quantized(const at::Tensor& t, const std::string& key) con
 LinearWeight Weights::linear_weight(std::string_view name, const Shape& shape) const {
   const std::string full = this->name(name);
   if (!int8_) return LinearWeight{take(full, shape, true), {}};
-  // Counted under its own key: a tensor also taken as a float (a tied embedding) counts both.
-  return quantized(take(full, shape, false), stored(full).name + "#int8");
+  // Counted under its own key (the stored name and the rows read, as take()
+  // counts them, marked int8): a tensor also taken as a float (a tied
+  // embedding) counts both.
+  const StoredName where = stored(full);
+  const std::string key = (where.rows.empty() ? where.name : where.name + rows_text(where.rows)) + "#int8";
+  return quantized(take(full, shape, false), key);
 }
 
 LinearWeight Weights::fused_linear_weight(std::string_view fused_name, const Shape& fused_shape,
