@@ -98,8 +98,26 @@ def test_int8_quantization_is_symmetric_per_output_row() -> None:
 def test_int8_quantization_of_a_non_finite_weight_is_invalid_input() -> None:
     w = np.ones((3, 4), np.float32)
     w[1, 2] = np.nan
-    with pytest.raises(mpool.InvalidInput, match="non-finite"):
+    with pytest.raises(mpool.InvalidInput, match="of probe tensor 'weight': row 1 holds a non-finite value"):
         int8_probe(w, np.ones((1, 4), np.float32))
+
+
+def test_a_non_finite_weight_fails_the_int8_load_naming_the_tensor_and_the_pool_stays_healthy(
+    pool: mpool.Pool, tmp_path: Path
+) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    path = build_decoder(tmp_path, "llama")
+    file = next(path.glob("*.safetensors"))
+    tensors = load_file(str(file))
+    name = next(n for n in tensors if n.endswith("layers.1.mlp.down_proj.weight"))
+    tensors[name][3, 5] = np.inf
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    pool.register("bad", path, dtype="int8")  # registration measures on the meta device: no values read
+    with pytest.raises(mpool.PoolError, match=f"int8 quantization of '{name}': row 3 holds a non-finite value"):
+        list(pool.generate("bad", [5, 6, 7], max_tokens=2))
+    pool.register("ok", build_decoder(tmp_path / "ok", "llama"), dtype="int8")  # the pool still serves
+    assert sum(len(c.token_ids) for c in pool.generate("ok", [5, 6, 7], max_tokens=2, ignore_eos=True)) == 2
 
 
 def test_int8_linear_refuses_an_input_of_the_wrong_width() -> None:

@@ -84,7 +84,7 @@ void register_all() {
   // 1 avx2, 2 avx512, the best), "bf16_gemm" (1 when the many-row path splits
   // into bf16 GEMMs) and "rows_max" (rows the auto path gives the row kernel).
   register_probe("nn.linear_int8", [](const ProbeInput& in) {
-    const int8::Quantized w = int8::quantize_rows(in.tensor("weight"));
+    const int8::Quantized w = int8::quantize_rows(in.tensor("weight"), "probe tensor 'weight'");
     const std::string isa_name = in.get_or<std::string>("isa", "auto");
     const std::string path_name = in.get_or<std::string>("path", "auto");
     int8::Isa isa = int8::best_isa();

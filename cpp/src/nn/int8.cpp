@@ -295,15 +295,18 @@ at::Tensor gemm(const at::Tensor& x, const Quantized& w, const at::Tensor& bias)
 
 }  // namespace
 
-Quantized quantize_rows(const at::Tensor& weight) {
+Quantized quantize_rows(const at::Tensor& weight, std::string_view what) {
+  const std::string of = "int8 quantization of " + (what.empty() ? std::string("a weight") : std::string(what));
   check(weight.defined() && weight.dim() == 2 && at::isFloatingType(weight.scalar_type()), ErrorCode::kInvalidInput,
-        "int8 quantization needs a 2-D floating-point weight");
+        of + ": needs a 2-D floating-point weight");
   if (weight.device().is_meta())
     return {at::empty(weight.sizes(), weight.options().dtype(at::kChar)),
             at::empty({weight.size(0)}, weight.options().dtype(at::kFloat))};
   const at::Tensor wf = weight.to(at::kFloat);
-  check(at::isfinite(wf).all().item<bool>(), ErrorCode::kInvalidInput,
-        "int8 quantization: the weight holds a non-finite value");
+  const at::Tensor bad_rows = at::isfinite(wf).all(1).logical_not().nonzero();
+  check(bad_rows.numel() == 0, ErrorCode::kInvalidInput,
+        of + ": row " + (bad_rows.numel() ? std::to_string(bad_rows[0][0].item<int64_t>()) : std::string()) +
+            " holds a non-finite value (NaN or infinity), which int8 cannot scale");
   at::Tensor scales = std::get<0>(wf.abs().max(1)).div_(127.0f);
   scales.masked_fill_(scales.eq(0), 1.0f);
   at::Tensor q = wf.div(scales.unsqueeze(1)).round_().clamp_(-127, 127).to(at::kChar).contiguous();

@@ -167,11 +167,11 @@ at::Tensor Weights::fused_or_parts(std::string_view fused_name, const Shape& fus
   return has(fused_name) ? get(fused_name, fused_shape) : fused(parts);
 }
 
-LinearWeight Weights::quantized(const at::Tensor& t, const std::string& key) const {
+LinearWeight Weights::quantized(const at::Tensor& t, const std::string& key, const std::string& what) const {
   LinearWeight out;
   // Rows along the last dimension; a stacked (experts, out, in) weight is one
   // (experts * out, in) matrix of rows, viewed back.
-  out.int8 = int8::quantize_rows(t.reshape({-1, t.size(-1)}));
+  out.int8 = int8::quantize_rows(t.reshape({-1, t.size(-1)}), what);
   out.int8.q = out.int8.q.view(t.sizes());
   out.int8.scales = out.int8.scales.view(t.sizes().slice(0, t.dim() - 1));
   std::lock_guard lock(state_->mutex);
@@ -188,14 +188,17 @@ LinearWeight Weights::linear_weight(std::string_view name, const Shape& shape) c
   // embedding) counts both.
   const StoredName where = stored(full);
   const std::string key = (where.rows.empty() ? where.name : where.name + rows_text(where.rows)) + "#int8";
-  return quantized(take(full, shape, false), key);
+  const std::string what = "'" + where.name + "'" + (where.rows.empty() ? "" : " rows " + rows_text(where.rows));
+  return quantized(take(full, shape, false), key, what);
 }
 
 LinearWeight Weights::fused_linear_weight(std::string_view fused_name, const Shape& fused_shape,
                                           const std::vector<std::pair<std::string, Shape>>& parts) const {
   if (!fused_name.empty() && has(fused_name)) return linear_weight(fused_name, fused_shape);
   if (!int8_) return LinearWeight{fused(parts), {}};
-  return quantized(fused_parts(parts), "");
+  std::string what;  // the parts, in the order they are stacked
+  for (const auto& part : parts) what += (what.empty() ? "'" : ", '") + stored(this->name(part.first)).name + "'";
+  return quantized(fused_parts(parts), "", what + " (stacked in this order)");
 }
 
 Weights Weights::find_prefix(const std::vector<std::string>& candidates, std::string_view probe,

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace mpool::nn::int8 {
 
@@ -28,8 +29,9 @@ struct Quantized {
 /// Per-output-row symmetric quantization of a floating-point weight (out, in):
 /// scale = max|w_row| / 127 (1 for a row of zeros), q = round(w / scale). On
 /// the meta device: meta tensors of those shapes and dtypes. InvalidInput for a
-/// weight that is not 2-D floating point or holds a non-finite value.
-Quantized quantize_rows(const at::Tensor& weight);
+/// weight that is not 2-D floating point, or names the first row holding a
+/// non-finite value; messages name the weight as `what` (its tensor name).
+Quantized quantize_rows(const at::Tensor& weight, std::string_view what = "");
 
 /// q * scales[:, None] as float32: the weight the kernels compute with.
 at::Tensor dequantize(const Quantized& w);

@@ -134,8 +134,9 @@ class Weights {
         int8_(int8) {}
   at::Tensor take(const std::string& full, const Shape& shape, bool count) const;
   at::Tensor fused_parts(const std::vector<std::pair<std::string, Shape>>& parts) const;
-  /// `t` as int8 rows, counting their bytes once under `key` (none: always).
-  LinearWeight quantized(const at::Tensor& t, const std::string& key) const;
+  /// `t` as int8 rows, counting their bytes once under `key` (none: always);
+  /// errors name it as `what`.
+  LinearWeight quantized(const at::Tensor& t, const std::string& key, const std::string& what) const;
   StoredName stored(const std::string& full) const;
 
   std::shared_ptr<State> state_;
