@@ -128,6 +128,7 @@ py::dict model_dict(const core::ModelStats& s) {
   d["replica_intra_op_threads"] = s.replica_threads;
   d["replicas"] = s.replicas;
   d["busy_replicas"] = s.busy_replicas;
+  d["running"] = s.running;
   d["queued"] = s.queued;
   d["replicas_per_device"] = s.replicas_per_device;
   d["reserved_mb"] = s.reserved_mb_per_device;

@@ -661,6 +661,10 @@ void Pool::serve(Model& model, Replica& replica, Instance& instance) {
       job->fail(job->context().stop_error());
       continue;
     }
+    if (job->continuous() && !job->batch_key().empty()) {
+      run_continuous_batch(model, replica, instance, std::move(job), carry, retire);
+      continue;
+    }
     std::vector<std::shared_ptr<Job>> batch{job};
     const size_t budget = model.spec.batch_budget;
     if (budget > 0 && !job->batch_key().empty()) {
@@ -747,6 +751,139 @@ void Pool::serve(Model& model, Replica& replica, Instance& instance) {
       // keep_alive == 0 unloads right after the last request, not at the next tick.
       if (model.keep_alive_s.load() == 0) wake_maintenance();
     }
+  }
+}
+
+void Pool::run_continuous_batch(Model& model, Replica& replica, Instance& instance, std::shared_ptr<Job> first,
+                                std::shared_ptr<Job>& carry, bool& retire) {
+  // The feed the batch takes its further jobs from. Every job it holds is in the
+  // replica's current list until finished, so a death fails each one once.
+  class Feed final : public JobFeed {
+   public:
+    Feed(Model& model, Replica& replica, std::shared_ptr<Job> first, std::shared_ptr<Job>& carry, bool& retire)
+        : model_(model), replica_(replica), key_(first->batch_key()), carry_(carry), retire_(retire) {
+      {
+        std::lock_guard lock(replica_.current_mu);
+        replica_.current.clear();  // a held-over job listed there is `first` now
+      }
+      hold(std::move(first));
+    }
+    std::shared_ptr<Job> take() override {
+      std::shared_ptr<Job> next;
+      while (!closed_ && model_.queue.try_pop(next)) {
+        if (!next) {  // a retire pill: finish this batch, then go
+          model_.pills--;
+          retire_ = true;
+          closed_ = true;
+          break;
+        }
+        if (next->context().should_stop()) {
+          next->fail(next->context().stop_error());
+          next.reset();
+          continue;
+        }
+        if (!next->continuous() || next->batch_key() != key_) {  // runs next; nothing joins before it
+          std::lock_guard lock(replica_.current_mu);
+          replica_.current.push_back(next);
+          carry_ = std::move(next);
+          closed_ = true;
+          break;
+        }
+        return hold(std::move(next));
+      }
+      return nullptr;
+    }
+    void finished(const Job& job) override {
+      std::shared_ptr<Job> done;
+      {
+        std::lock_guard lock(replica_.current_mu);
+        auto it = std::find_if(replica_.current.begin(), replica_.current.end(),
+                               [&](const std::shared_ptr<Job>& j) { return j.get() == &job; });
+        if (it == replica_.current.end()) return;
+        done = std::move(*it);
+        replica_.current.erase(it);
+      }
+      auto started = started_.find(&job);
+      if (started != started_.end()) {
+        model_.metrics->compute.add(std::chrono::duration<double, std::milli>(Clock::now() - started->second).count());
+        started_.erase(started);
+      }
+    }
+    // Fails every job still held (the batch threw), then lets them go.
+    void fail_held(const Error& error) {
+      std::vector<std::shared_ptr<Job>> held;
+      {
+        std::lock_guard lock(replica_.current_mu);
+        for (auto& j : replica_.current)
+          if (j != carry_) held.push_back(j);
+      }
+      for (auto& j : held) {
+        j->fail(error);
+        finished(*j);
+      }
+    }
+
+   private:
+    std::shared_ptr<Job> hold(std::shared_ptr<Job> job) {
+      const auto now = Clock::now();
+      model_.metrics->queue.add(std::chrono::duration<double, std::milli>(now - job->context().created()).count());
+      started_[job.get()] = now;
+      std::lock_guard lock(replica_.current_mu);
+      replica_.current.push_back(job);
+      return job;
+    }
+
+    Model& model_;
+    Replica& replica_;
+    const std::string key_;
+    std::shared_ptr<Job>& carry_;
+    bool& retire_;
+    bool closed_ = false;
+    std::map<const Job*, Clock::time_point> started_;
+  };
+
+  replica.state = kBusy;
+  struct BusyCount {
+    std::atomic<int>& n;
+    int now;
+    explicit BusyCount(std::atomic<int>& c) : n(c), now(++c) {}
+    ~BusyCount() { --n; }
+  };
+  std::optional<BusyCount> busy;
+  busy.emplace(busy_replicas_);
+  if (options_.replica_thread_setup) {
+    const int threads = threads_for_job(model, busy->now);
+    if (threads != replica.threads.load()) {
+      options_.replica_thread_setup(threads);
+      replica.threads = threads;
+    }
+  }
+  const std::shared_ptr<Job> job = first;  // alive for the whole call, even once finished
+  Feed feed(model, replica, std::move(first), carry, retire);
+  if (faults::fire(faults::Fault::kReplicaDies, &model.key)) throw ReplicaDeath("injected fault replica_dies");
+  if (faults::fire(faults::Fault::kForwardThrows, &model.key)) {
+    feed.fail_held(Error(ErrorCode::kModelError, "model '" + model.key + "' failed: injected fault forward_throws"));
+  } else {
+    try {
+      job->run_continuous(instance, feed);
+    } catch (const Error& e) {
+      feed.fail_held(e);
+    } catch (const std::exception& e) {
+      feed.fail_held(Error(ErrorCode::kModelError, "model '" + model.key + "' failed: " + e.what()));
+    } catch (...) {
+      feed.fail_held(Error(ErrorCode::kModelError, "model '" + model.key + "' threw a non-standard exception"));
+    }
+    // A batch that returned with jobs it never finished broke its contract: they
+    // still get one outcome each.
+    feed.fail_held(Error(ErrorCode::kModelError, "model '" + model.key + "' ended a batch without an outcome for this request"));
+  }
+  replica.last_active_ns = now_ns();
+  model.last_used_ns = now_ns();
+  busy.reset();  // before it shows idle: a replica seen idle is out of the count
+  replica.state = kIdle;
+  if (model.metrics->in_flight.load() == 0) {
+    exit_cv_.notify_all();
+    if (model.keep_alive_s.load() == 0) wake_maintenance();
   }
 }
 
@@ -1000,6 +1137,10 @@ ModelStats Pool::stats_locked(const Model& m) const {
   for (auto& r : m.replicas) {
     if (r->state.load() == kDead) continue;
     s.replica_threads.push_back(r->threads.load());
+    if (r->state.load() == kBusy) {
+      std::lock_guard current(r->current_mu);
+      s.running += r->current.size();
+    }
     s.replicas_per_device[r->device]++;
     s.reserved_mb_per_device[r->device] += r->mb;
   }

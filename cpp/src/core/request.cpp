@@ -57,6 +57,11 @@ void Job::run_batch(Instance& instance, const std::vector<std::shared_ptr<Job>>&
   for (auto& job : batch) run_isolated(*job, instance, "model");
 }
 
+void Job::run_continuous(Instance& instance, JobFeed& feed) {
+  run(instance);
+  feed.finished(*this);
+}
+
 void run_isolated(Job& job, Instance& instance, const std::string& model) noexcept {
   try {
     job.run(instance);

@@ -576,6 +576,226 @@ TEST(PoolBatching, FreeReplicaTakesQueuedJobsOfOneKeyUpToTheBudget) {
   EXPECT_EQ(sizes, (std::vector<size_t>{3, 3}));
 }
 
+// --- continuous batching -------------------------------------------------------
+
+// What a continuous batch saw: the jobs held at each step, the ids in order of
+// completion, and an optional hook on the first job's first step.
+struct StepLog {
+  std::mutex mu;
+  std::vector<std::vector<int>> steps;  // ids held at each step
+  std::vector<int> done;
+  Gate* gate = nullptr;   // the first batch's first step waits on it
+  Gate* gate1 = nullptr;  // and its second step on this one
+  std::atomic<int> batches{0};
+  std::atomic<int> throw_at_step{-1};  // the batch throws at this step (counted per batch)
+};
+
+// A job that batches continuously: each step it takes what the feed offers, then
+// every held job advances one step; job `id` is done after `steps` steps.
+class StepJob final : public Job {
+ public:
+  StepJob(std::shared_ptr<Pending<int>> p, int id, int steps, std::string key, StepLog* log)
+      : Job(p->context()), pending_(std::move(p)), id_(id), steps_(steps), key_(std::move(key)), log_(log) {}
+  std::string_view batch_key() const override { return key_; }
+  bool continuous() const override { return true; }
+  void run(Instance&) override {
+    std::lock_guard lock(log_->mu);
+    log_->steps.push_back({id_});
+    log_->done.push_back(id_);
+    pending_->set_value(id_);
+  }
+  void run_continuous(Instance&, JobFeed& feed) override {
+    std::vector<std::pair<std::shared_ptr<StepJob>, int>> held;  // job, steps left
+    held.push_back({std::static_pointer_cast<StepJob>(shared_from_this_job()), steps_});
+    const int batch = log_->batches++;
+    for (int step = 0; !held.empty(); ++step) {
+      if (batch == 0 && step == 0 && log_->gate) log_->gate->wait(context());
+      if (batch == 0 && step == 1 && log_->gate1) log_->gate1->wait(context());
+      for (std::shared_ptr<Job> j; (j = feed.take());) {
+        auto s = std::dynamic_pointer_cast<StepJob>(j);
+        held.push_back({s, s->steps_});
+      }
+      std::vector<int> ids;
+      for (auto& [j, left] : held) ids.push_back(j->id_);
+      {
+        std::lock_guard lock(log_->mu);
+        log_->steps.push_back(ids);
+      }
+      if (step == log_->throw_at_step) throw std::runtime_error("step " + std::to_string(step) + " broke");
+      for (size_t i = 0; i < held.size();) {
+        auto& [j, left] = held[i];
+        if (j->context().should_stop() || --left == 0) {
+          {
+            std::lock_guard lock(log_->mu);
+            log_->done.push_back(j->id_);
+          }
+          if (j->context().should_stop())
+            j->pending_->set_error(j->context().stop_error());
+          else
+            j->pending_->set_value(j->id_);
+          feed.finished(*j);
+          held.erase(held.begin() + static_cast<ptrdiff_t>(i));
+        } else {
+          ++i;
+        }
+      }
+    }
+  }
+  void fail(const Error& e) noexcept override { pending_->set_error(e); }
+  void set_self(std::weak_ptr<StepJob> self) { self_ = std::move(self); }
+
+ private:
+  std::shared_ptr<Job> shared_from_this_job() { return self_.lock(); }
+  std::shared_ptr<Pending<int>> pending_;
+  int id_, steps_;
+  std::string key_;
+  StepLog* log_;
+  std::weak_ptr<StepJob> self_;
+};
+
+std::shared_ptr<Pending<int>> submit_step(Pool& pool, int id, int steps, const std::string& key, StepLog& log,
+                                          std::optional<double> timeout = std::nullopt) {
+  auto p = std::make_shared<Pending<int>>(pool.make_context("m", {timeout}));
+  auto job = std::make_shared<StepJob>(p, id, steps, key, &log);
+  job->set_self(job);
+  pool.submit("m", "compute", job);
+  return p;
+}
+
+ModelSpec one_replica_spec() {
+  ModelSpec spec = fn_spec(100, identity);
+  spec.max_replicas = 1;
+  return spec;
+}
+
+TEST(PoolContinuousBatching, QueuedJobsOfTheKeyJoinBetweenStepsAndAnotherKindWaitsForTheBatch) {
+  auto options = test_options(1000);
+  options.cold_start_replicas = 1;
+  Pool pool(options);
+  pool.register_model("m", one_replica_spec());
+  StepLog log;
+  Gate gate;
+  log.gate = &gate;
+  auto first = submit_step(pool, 0, 3, "gen", log);
+  ASSERT_TRUE(gate.wait_entered(1));
+  std::vector<std::shared_ptr<Pending<int>>> more;
+  more.push_back(submit_step(pool, 1, 1, "gen", log));
+  more.push_back(submit_step(pool, 2, 4, "gen", log));
+  more.push_back(submit_step(pool, 3, 2, "other", log));  // another kind: joins nothing, runs after
+  more.push_back(submit_step(pool, 4, 1, "gen", log));    // behind it: waits for the next batch
+  gate.open();
+  EXPECT_EQ(first->wait(), 0);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(more[static_cast<size_t>(i)]->wait(), i + 1);
+  std::lock_guard lock(log.mu);
+  // Batch 1: 0 with 1 and 2 joining at its first step; 1 leaves after one step,
+  // 0 after three, 2 after four. Then 3 alone (another key), then 4.
+  const std::vector<std::vector<int>> expected{{0, 1, 2}, {0, 2}, {0, 2}, {2}, {3}, {3}, {4}};
+  EXPECT_EQ(log.steps, expected);
+  EXPECT_EQ(log.done, (std::vector<int>{1, 0, 2, 3, 4}));
+  EXPECT_EQ(pool.model_stats("m").metrics.succeeded, 5u);
+}
+
+TEST(PoolContinuousBatching, ABatchThatThrowsFailsEachHeldJobOnceAndTheReplicaServesOn) {
+  auto options = test_options(1000);
+  options.cold_start_replicas = 1;
+  Pool pool(options);
+  pool.register_model("m", one_replica_spec());
+  StepLog log;
+  Gate gate;
+  log.gate = &gate;
+  log.throw_at_step = 1;
+  auto first = submit_step(pool, 0, 5, "gen", log);
+  ASSERT_TRUE(gate.wait_entered(1));
+  auto quick = submit_step(pool, 1, 1, "gen", log);  // done at step 0, before the throw
+  auto slow = submit_step(pool, 2, 5, "gen", log);
+  gate.open();
+  EXPECT_EQ(quick->wait(), 1);
+  for (auto* p : {&first, &slow}) {
+    try {
+      (*p)->wait();
+      ADD_FAILURE() << "a held job survived its batch's throw";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kModelError);
+      EXPECT_NE(std::string(e.what()).find("step 1 broke"), std::string::npos) << e.what();
+    }
+  }
+  log.throw_at_step = -1;
+  EXPECT_EQ(submit_step(pool, 3, 2, "gen", log)->wait(), 3);  // the replica lives on
+  auto stats = pool.model_stats("m");
+  EXPECT_EQ(stats.metrics.errors, 2u);
+  EXPECT_EQ(stats.metrics.replica_deaths, 0u);
+}
+
+TEST(PoolContinuousBatching, AJobThatExpiredInTheQueueNeverJoinsAndTimesOut) {
+  auto options = test_options(1000);
+  options.cold_start_replicas = 1;
+  Pool pool(options);
+  pool.register_model("m", one_replica_spec());
+  StepLog log;
+  Gate gate;
+  log.gate = &gate;
+  auto first = submit_step(pool, 0, 2, "gen", log);
+  ASSERT_TRUE(gate.wait_entered(1));
+  auto expired = submit_step(pool, 1, 1, "gen", log, 0.001);
+  auto fine = submit_step(pool, 2, 1, "gen", log);
+  std::this_thread::sleep_for(20ms);  // job 1's deadline passes while it waits in the queue
+  gate.open();
+  EXPECT_EQ(first->wait(), 0);
+  EXPECT_EQ(fine->wait(), 2);
+  try {
+    expired->wait();
+    ADD_FAILURE() << "an expired job ran";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kTimeout);
+  }
+  std::lock_guard lock(log.mu);
+  EXPECT_EQ(log.steps, (std::vector<std::vector<int>>{{0, 2}, {0}}));
+}
+
+TEST(PoolContinuousBatching, UnloadDuringABatchLetsItFinishThenTheReplicaExits) {
+  auto options = test_options(1000);
+  options.cold_start_replicas = 1;
+  Pool pool(options);
+  pool.register_model("m", one_replica_spec());
+  StepLog log;
+  Gate gate;
+  log.gate = &gate;
+  auto first = submit_step(pool, 0, 3, "gen", log);
+  ASSERT_TRUE(gate.wait_entered(1));
+  auto joined = submit_step(pool, 1, 2, "gen", log);
+  Gate second;
+  log.gate1 = &second;
+  gate.open();
+  ASSERT_TRUE(second.wait_entered(1));  // job 1 joined at step 0; the batch is at step 1
+  std::thread unloader([&] { EXPECT_TRUE(pool.unload("m", 10)); });
+  while (pool.split_hint("m").replicas > 0) std::this_thread::sleep_for(1ms);  // its pill is queued
+  second.open();
+  unloader.join();
+  EXPECT_EQ(first->wait(), 0);
+  EXPECT_EQ(joined->wait(), 1);
+  EXPECT_EQ(pool.model_stats("m").replicas, 0);
+  std::lock_guard lock(log.mu);
+  EXPECT_EQ(log.steps, (std::vector<std::vector<int>>{{0, 1}, {0, 1}, {0}}));  // one batch, then the replica left
+}
+
+TEST(PoolContinuousBatching, StatsCountEachRunningJobOfABusyBatch) {
+  auto options = test_options(1000);
+  options.cold_start_replicas = 1;
+  Pool pool(options);
+  pool.register_model("m", one_replica_spec());
+  StepLog log;
+  Gate gate;
+  log.gate = &gate;
+  auto first = submit_step(pool, 0, 2, "gen", log);
+  ASSERT_TRUE(gate.wait_entered(1));
+  auto a = submit_step(pool, 1, 2, "gen", log);
+  auto b = submit_step(pool, 2, 2, "gen", log);
+  EXPECT_EQ(pool.model_stats("m").running, 1u);  // the batch holds its first job; two wait in the queue
+  gate.open();
+  EXPECT_EQ(first->wait() + a->wait() + b->wait(), 3);
+  EXPECT_EQ(pool.model_stats("m").running, 0u);
+}
+
 // --- intra-op threads ---------------------------------------------------------
 
 // The count the pool last set on this thread (through the test's setup hook).

@@ -73,6 +73,9 @@ struct ModelStats {
   int replicas = 0;          ///< live (loading or ready)
   int busy_replicas = 0;
   size_t queued = 0;
+  /// Requests on busy replicas now: a replica batching continuously counts each
+  /// of its sequences (and a job it popped to run next).
+  size_t running = 0;
   std::map<std::string, int> replicas_per_device;
   std::map<std::string, double> reserved_mb_per_device;
   std::string last_spawn_error;
@@ -181,6 +184,10 @@ class Pool {
   void maintain_locked(Lock& lock);
   void worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> replica, Reservation reservation);
   void serve(Model& model, Replica& replica, Instance& instance);
+  // Runs `first` as a continuous batch (Job::run_continuous); a job of another
+  // kind it pops lands in `carry`, a retire pill sets `retire`.
+  void run_continuous_batch(Model& model, Replica& replica, Instance& instance, std::shared_ptr<Job> first,
+                            std::shared_ptr<Job>& carry, bool& retire);
   template <class Pred>
   bool wait_exits(Lock& lock, Clock::time_point until, Pred pred);
   double keep_alive_of(const Model& model) const;
