@@ -28,6 +28,18 @@ experts per layer, so the bound divides the bandwidth by the *active* weight
 bytes per token (everything but the unchosen experts).
 
     python bench/generate.py --model moe
+
+--concurrent N: N clients stream at once against one model (one replica, its
+continuous batch of up to N sequences), each its own prompt (lengths from
+--prompt-tokens down in steps of 8), --new-tokens each, greedy. Reported: the
+aggregate tokens/s (all tokens / wall clock from the first request to the last
+end), TTFT p50/p95 over the clients (to their first token), mpool at batch 1
+(one client, the same run) and transformers' static batched generate over the
+same N prompts left-padded (aggregate = N x new tokens / its wall clock). The
+bounds: at N rows a step reads the weights once, so bandwidth allows N x the
+batch-1 bound, and compute allows matmul FLOP/s / (2 x active parameters) tokens/s.
+
+    python bench/generate.py --concurrent 8 [--dtype float32|bfloat16|int8]
 """
 
 from __future__ import annotations
@@ -48,7 +60,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirna
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "common"))
 
 import torch  # noqa: E402
-from machine import cpu_name, memory_bandwidth  # noqa: E402
+from machine import cpu_name, matmul_gflops, memory_bandwidth  # noqa: E402
 
 VOCAB = 32000
 SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -244,6 +256,113 @@ def bench_mpool(model_dir: Path, prompt: list[int], new_tokens: int, repeats: in
         pool.close()
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def bench_mpool_concurrent(model_dir: Path, prompts: list[list[int]], new_tokens: int, dtype: str,
+                           threads: int) -> dict[str, Any]:
+    import threading
+
+    import mpool
+
+    n = len(prompts)
+    pool = mpool.Pool()
+    try:
+        cache = n * (max(len(p) for p in prompts) + new_tokens)
+        pool.register("llm", str(model_dir), max_replicas=1, dtype=dtype, intra_op_threads=threads,
+                      options={"max_batch": n, "kv_cache_tokens": cache})
+        params = dict(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+        for _ in pool.generate("llm", prompts[0], **dict(params, max_tokens=4)):  # warm-up: loads the replica
+            pass
+        ttft: list[float] = [0.0] * n
+        counts: list[int] = [0] * n
+        outputs: list[list[int]] = [[] for _ in range(n)]
+        ends: list[float] = [0.0] * n
+        start = threading.Barrier(n + 1)
+        t0 = 0.0
+
+        def client(i: int) -> None:
+            start.wait()
+            first = None
+            for chunk in pool.generate("llm", prompts[i], timeout=600, **params):
+                if chunk.token_ids and first is None:
+                    first = time.perf_counter()
+                outputs[i].extend(chunk.token_ids)
+            ends[i] = time.perf_counter()
+            ttft[i] = (first or ends[i]) - t0
+            counts[i] = len(outputs[i])
+
+        workers = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+        for w in workers:
+            w.start()
+        t0 = time.perf_counter()
+        start.wait()
+        for w in workers:
+            w.join()
+        wall = max(ends) - t0
+        return {"tps": sum(counts) / wall, "ttft_p50": percentile(ttft, 0.5), "ttft_p95": percentile(ttft, 0.95),
+                "tokens": outputs}
+    finally:
+        pool.close()
+
+
+def bench_transformers_batch(model: Any, prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])  # left-padded
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    kw = dict(attention_mask=mask, do_sample=False, eos_token_id=None, pad_token_id=0, use_cache=True)
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=2, **kw)  # warm-up
+        t = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, **kw)
+        ttft = time.perf_counter() - t
+        t = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=new_tokens, **kw)
+        wall = time.perf_counter() - t
+    tokens = [row[width:].tolist() for row in out]
+    return {"tps": len(prompts) * new_tokens / wall, "ttft_p50": ttft, "ttft_p95": ttft, "tokens": tokens}
+
+
+def main_concurrent(args: Any) -> None:
+    n = args.concurrent
+    rng = random.Random(1)
+    lengths = [max(8, args.prompt_tokens - 8 * i) for i in range(n)]
+    prompts = [[1] + [rng.randrange(len(SPECIALS) + 256, VOCAB) for _ in range(k - 1)] for k in lengths]
+    with tempfile.TemporaryDirectory(prefix="mpool-bench-llama-") as tmp:
+        model_dir = Path(tmp) / args.model
+        model = build_model(model_dir, args.model)
+        int8 = args.dtype == "int8"
+        model = model.to(torch.float32 if int8 else getattr(torch, args.dtype))
+        weight_bytes = bytes_per_token(model, int8)
+        active_params = bytes_per_token(model) / (2 if args.dtype == "bfloat16" else 4)
+        single = bench_mpool(model_dir, prompts[0], args.new_tokens, args.repeats, args.dtype, args.threads)
+        batched = bench_mpool_concurrent(model_dir, prompts, args.new_tokens, args.dtype, args.threads)
+        static = bench_transformers_batch(model, prompts, args.new_tokens)
+        bw = memory_bandwidth()
+        flops = matmul_gflops(dtype=torch.float32 if int8 else getattr(torch, args.dtype)) * 1e9
+    bw_bound = n * bw / weight_bytes
+    compute_bound = flops / (2 * active_params)
+    print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}")
+    print(f"model: {args.model}, {active_params / 1e6:.0f}M active params, {args.dtype}; {n} clients, prompts "
+          f"{min(lengths)}-{max(lengths)} tokens, {args.new_tokens} new tokens each, greedy")
+    print(f"bounds at {n} rows a step: bandwidth {bw / 1e9:.1f} GB/s -> {bw_bound:.0f} tokens/s; "
+          f"matmul {flops / 1e9:.0f} GFLOP/s -> {compute_bound:.0f} tokens/s")
+    print(f"{'engine':34s} {'tokens/s':>9s} {'TTFT p50 ms':>12s} {'TTFT p95 ms':>12s} {'of bound':>9s}")
+    bound = min(bw_bound, compute_bound)
+    rows = [(f"mpool, {n} concurrent streams", batched), ("mpool, batch 1", single | {"ttft_p50": single["ttft"],
+                                                                                  "ttft_p95": single["ttft"]}),
+            (f"transformers, static batch of {n}", static)]
+    for name, r in rows:
+        print(f"{name:34s} {r['tps']:9.1f} {r['ttft_p50'] * 1e3:12.1f} {r['ttft_p95'] * 1e3:12.1f} {r['tps'] / bound:9.0%}")
+    print(f"ratios: mpool {n} streams / mpool batch 1 = {batched['tps'] / single['tps']:.2f}x; "
+          f"/ transformers static batch = {batched['tps'] / static['tps']:.2f}x")
+    same = sum(a == b for a, b in zip(batched["tokens"], static["tokens"]))
+    print(f"token ids equal to transformers' batch: {same} of {n} streams"
+          + (" (int8 weights may differ)" if int8 else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama", choices=["llama", "moe"])
@@ -254,7 +373,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
                     help="both engines run in it; int8: mpool's int8 weights against transformers in float32")
     ap.add_argument("--engines", default="transformers,mpool", help="comma-separated subset of transformers,mpool")
+    ap.add_argument("--concurrent", type=int, default=0, help="N clients at once (see above); 0: batch 1 only")
     args = ap.parse_args()
+    if args.concurrent > 0:
+        torch.set_num_threads(args.threads)
+        main_concurrent(args)
+        return
     engines = {e.strip() for e in args.engines.split(",") if e.strip()}
     torch.set_num_threads(args.threads)
 

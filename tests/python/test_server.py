@@ -580,6 +580,7 @@ def test_ready_waits_for_preloads_and_metrics_carry_the_pools_figures():
         text = httpx.get(f"{base}/metrics").text
     assert 'mpool_requests_total{model="hash"} 1.0' in text
     assert 'mpool_model_loaded{model="slowload"} 1.0' in text
+    assert 'mpool_running_requests{model="hash"} 0.0' in text
     assert 'mpool_replicas{model="hash"}' in text and 'mpool_device_memory_bytes{device="cpu",kind="budget"}' in text
     assert 'mpool_compute_time_seconds{model="hash",quantile="0.5"}' in text
     assert 'mpool_http_request_duration_seconds_count{method="POST",route="/v1/embeddings",status="200"} 1.0' in text

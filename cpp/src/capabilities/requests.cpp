@@ -398,51 +398,166 @@ class ValueJob final : public core::Job {
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// A text stream around `run`, which calls the model with a sink; adds the final
-// chunk with finish_reason and stats.
-template <class Cap>
-std::shared_ptr<TextStream> submit_text_stream(
-    core::Pool& pool, const std::string& key, const core::RequestOptions& options, int64_t max_tokens,
-    std::function<Completion(Cap&, const TextSink&, RequestContext&)> run) {
-  auto channel = std::make_shared<TextStream>(pool.make_context(key, options), kStreamBuffer);
-  auto fn = [run = std::move(run), max_tokens](Instance& inst, RequestContext& ctx, TextStream& out) {
-    auto start = Clock::now();
-    std::optional<Clock::time_point> first;
-    int64_t ids = 0, chunks = 0;
-    bool hit_limit = false;
-    // max_tokens holds whatever the model does: tokens are counted from the ids it
-    // reports, or one per chunk when it reports none.
-    TextSink sink = [&](TextPiece piece) {
-      if ((ids > 0 ? ids : chunks) >= max_tokens) {  // one more than allowed: drop it, stop
-        hit_limit = true;
-        return false;
-      }
-      if (!first) first = Clock::now();
-      ids += static_cast<int64_t>(piece.token_ids.size());
-      ++chunks;
-      return out.push(TextChunk{std::move(piece.text), std::move(piece.token_ids), std::move(piece.logprobs),
-                                std::nullopt, std::nullopt});
-    };
-    Completion done = guard_oom([&] { return run(as<Cap>(inst), sink, ctx); });
-    if (ctx.should_stop()) return;  // the job reports Timeout or Cancelled
-    if (hit_limit) done.finish_reason = "length";
+// Counts a text stream's tokens against max_tokens (from the ids the model
+// reports, or one per chunk when it reports none), times it, and ends it with the
+// final chunk: finish_reason and stats.
+class TextStreamWriter {
+ public:
+  TextStreamWriter(TextStream& out, int64_t max_tokens) : out_(out), max_tokens_(max_tokens) {}
+
+  bool push(TextPiece piece) {
+    if ((ids_ > 0 ? ids_ : chunks_) >= max_tokens_) {  // one more than allowed: drop it, stop
+      hit_limit_ = true;
+      return false;
+    }
+    if (!first_) first_ = Clock::now();
+    ids_ += static_cast<int64_t>(piece.token_ids.size());
+    ++chunks_;
+    return out_.push(TextChunk{std::move(piece.text), std::move(piece.token_ids), std::move(piece.logprobs),
+                               std::nullopt, std::nullopt});
+  }
+  // Room for a piece and the final chunk without waiting (or the stream ended).
+  bool can_send() const { return out_.room() >= 2; }
+  void finish(Completion done) {
+    if (hit_limit_) done.finish_reason = "length";
     if (done.finish_reason != "stop" && done.finish_reason != "length")
       throw Error(ErrorCode::kModelError, "model finished with finish_reason '" + done.finish_reason +
                                               "'; expected 'stop' or 'length'");
     GenerationStats stats;
     stats.prompt_tokens = done.prompt_tokens;
-    stats.completion_tokens = done.completion_tokens.value_or(ids > 0 ? ids : chunks);
+    stats.completion_tokens = done.completion_tokens.value_or(ids_ > 0 ? ids_ : chunks_);
     stats.image_tokens = done.image_tokens;
     stats.image_time_s = done.image_time_s;
-    auto end = Clock::now();
-    stats.time_to_first_token_s = first ? seconds(*first - start) : seconds(end - start);
-    double decode_s = first ? seconds(end - *first) : 0;
+    const auto end = Clock::now();
+    stats.time_to_first_token_s = first_ ? seconds(*first_ - start_) : seconds(end - start_);
+    const double decode_s = first_ ? seconds(end - *first_) : 0;
     stats.tokens_per_second = decode_s > 0 && stats.completion_tokens > 1
                                   ? static_cast<double>(stats.completion_tokens - 1) / decode_s
                                   : 0;
-    out.push(TextChunk{"", {}, {}, done.finish_reason, stats});
-  };
-  pool.submit(key, Cap::kName, std::make_shared<core::StreamJob<TextChunk>>(channel, std::move(fn)));
+    out_.push(TextChunk{"", {}, {}, done.finish_reason, stats});
+  }
+
+ private:
+  TextStream& out_;
+  const int64_t max_tokens_;
+  const Clock::time_point start_ = Clock::now();
+  std::optional<Clock::time_point> first_;
+  int64_t ids_ = 0, chunks_ = 0;
+  bool hit_limit_ = false;
+};
+
+// A text_to_text or vision request: streamed text. Generation requests of a
+// model share one batch key, so a model that implements BatchGeneration runs
+// them as a continuous batch (requests join and leave between its steps); any
+// other runs each through its TextToText or Vision method.
+class GenerationJob final : public core::Job {
+ public:
+  static constexpr const char* kBatchKey = "generation";
+
+  GenerationJob(std::shared_ptr<TextStream> channel, GenerationRequest what)
+      : Job(channel->context()), channel_(std::move(channel)), what_(std::move(what)) {}
+
+  std::string_view batch_key() const override { return kBatchKey; }
+  bool continuous() const override { return true; }
+
+  void run(Instance& instance) override {
+    TextStreamWriter writer(*channel_, what_.params.max_tokens);
+    RequestContext& ctx = context();
+    TextSink sink = [&](TextPiece piece) { return writer.push(std::move(piece)); };
+    Completion done = guard_oom([&] {
+      return what_.vision ? as<Vision>(instance).describe(what_.images, std::get<std::string>(what_.prompt),
+                                                          what_.params, sink, ctx)
+                          : as<TextToText>(instance).generate(what_.prompt, what_.params, sink, ctx);
+    });
+    end(writer, done);
+  }
+
+  void run_continuous(Instance& instance, core::JobFeed& feed) override {
+    auto* batcher = dynamic_cast<BatchGeneration*>(&instance);
+    if (!batcher) {
+      core::run_isolated(*this, instance, "model");
+      feed.finished(*this);
+      return;
+    }
+    // Requests of the feed's jobs; a job of the key that is not a generation
+    // (none is) would run on its own.
+    class Feed final : public GenerationFeed {
+     public:
+      Feed(Instance& instance, core::JobFeed& feed) : instance_(instance), feed_(feed) {}
+      std::shared_ptr<GenerationRequest> next() override {
+        while (auto job = feed_.take()) {
+          if (auto* g = dynamic_cast<GenerationJob*>(job.get())) return g->request(feed_);
+          core::run_isolated(*job, instance_, "model");
+          feed_.finished(*job);
+        }
+        return nullptr;
+      }
+
+     private:
+      Instance& instance_;
+      core::JobFeed& feed_;
+    } more(instance, feed);
+    guard_oom([&] {
+      batcher->generate_batch(request(feed), more);
+      return 0;
+    });
+  }
+
+  void fail(const Error& error) noexcept override {
+    try {
+      channel_->fail(error);
+    } catch (...) {  // allocation failure while storing the error: nothing left to tell
+    }
+  }
+
+ private:
+  // Ends the stream: the stop error once the request stopped, else the final chunk.
+  void end(TextStreamWriter& writer, const Completion& done) {
+    if (context().should_stop()) {
+      channel_->fail(context().stop_error());
+      return;
+    }
+    writer.finish(done);
+    if (context().should_stop())
+      channel_->fail(context().stop_error());
+    else
+      channel_->finish();
+  }
+
+  // This job as a batch request; its end leaves `feed` (the job may go then).
+  std::shared_ptr<GenerationRequest> request(core::JobFeed& feed) {
+    auto r = std::make_shared<GenerationRequest>(what_);
+    auto writer = std::make_shared<TextStreamWriter>(*channel_, what_.params.max_tokens);
+    r->context = &context();
+    r->sink = [writer](TextPiece piece) { return writer->push(std::move(piece)); };
+    r->can_send = [writer] { return writer->can_send(); };
+    auto once = std::make_shared<std::atomic<bool>>(false);
+    r->complete = [this, writer, once, &feed](const Completion& done) {
+      if (once->exchange(true)) return;
+      try {
+        end(*writer, done);
+      } catch (const Error& e) {
+        fail(e);
+      }
+      feed.finished(*this);
+    };
+    r->fail = [this, once, &feed](const Error& error) {
+      if (once->exchange(true)) return;
+      fail(error);
+      feed.finished(*this);
+    };
+    return r;
+  }
+
+  std::shared_ptr<TextStream> channel_;
+  GenerationRequest what_;
+};
+
+std::shared_ptr<TextStream> submit_generation(core::Pool& pool, const std::string& key,
+                                              const core::RequestOptions& options, const char* capability,
+                                              GenerationRequest what) {
+  auto channel = std::make_shared<TextStream>(pool.make_context(key, options), kStreamBuffer);
+  pool.submit(key, capability, std::make_shared<GenerationJob>(channel, std::move(what)));
   return channel;
 }
 
@@ -568,25 +683,21 @@ std::shared_ptr<core::Pending<Tensor>> zero_shot(core::Pool& pool, const std::st
 std::shared_ptr<TextStream> generate(core::Pool& pool, const std::string& key,
                                      std::variant<std::string, std::vector<int64_t>> prompt, GenerationParams params,
                                      const core::RequestOptions& options) {
-  const int64_t max_tokens = params.max_tokens;
-  return submit_text_stream<TextToText>(
-      pool, key, options, max_tokens,
-      [prompt = std::move(prompt), params = std::move(params)](TextToText& model, const TextSink& sink,
-                                                               RequestContext& ctx) {
-        return model.generate(prompt, params, sink, ctx);
-      });
+  GenerationRequest what;
+  what.prompt = std::move(prompt);
+  what.params = std::move(params);
+  return submit_generation(pool, key, options, TextToText::kName, std::move(what));
 }
 
 std::shared_ptr<TextStream> describe(core::Pool& pool, const std::string& key, std::vector<Image> images,
                                      std::string prompt, GenerationParams params, const core::RequestOptions& options) {
   check(!images.empty(), ErrorCode::kInvalidInput, "describe() needs at least one image");
-  const int64_t max_tokens = params.max_tokens;
-  return submit_text_stream<Vision>(
-      pool, key, options, max_tokens,
-      [images = std::move(images), prompt = std::move(prompt), params = std::move(params)](
-          Vision& model, const TextSink& sink, RequestContext& ctx) {
-        return model.describe(images, prompt, params, sink, ctx);
-      });
+  GenerationRequest what;
+  what.vision = true;
+  what.prompt = std::move(prompt);
+  what.images = std::move(images);
+  what.params = std::move(params);
+  return submit_generation(pool, key, options, Vision::kName, std::move(what));
 }
 
 std::shared_ptr<ImageStream> generate_image(core::Pool& pool, const std::string& key, std::string prompt,

@@ -164,56 +164,60 @@ std::optional<TextPiece> TextAssembler::flush() {
 // ---------------------------------------------------------------------------
 // The loop
 
+SequenceState::SequenceState(const tokenizer::Tokenizer& tokenizer, const GenerationParams& params,
+                             const GenerationSetup& setup)
+    : params_(params),
+      max_new_tokens_(setup.max_new_tokens),
+      stop_ids_(params.stop_token_ids.begin(), params.stop_token_ids.end()),
+      sampler_(params, setup.prompt),
+      text_(tokenizer, params.stop) {
+  if (!params.ignore_eos) stop_ids_.insert(setup.eos_ids.begin(), setup.eos_ids.end());
+  done_.prompt_tokens = static_cast<int64_t>(setup.prompt.size());
+  done_.completion_tokens = 0;
+  done_.finish_reason = "length";
+}
+
+bool SequenceState::advance(const at::Tensor& logits, const capabilities::TextSink& sink) {
+  auto send = [&](std::optional<TextPiece> piece) {
+    if (piece && open_) open_ = sink(std::move(*piece));
+    return open_;
+  };
+  std::optional<TokenLogprob> lp;
+  int64_t token;
+  if (params_.logprobs) {
+    token = sampler_.next(logits);
+    lp = Sampler::logprob(logits, token, *params_.logprobs);
+  } else {
+    token = sampler_.next(logits);
+  }
+  ++generated_;
+  done_.completion_tokens = generated_;
+  last_ = token;
+  if (stop_ids_.count(token) || text_.push(token, std::move(lp))) {
+    done_.finish_reason = "stop";
+    send(text_.flush());
+    return true;
+  }
+  if (!send(text_.ready())) return true;  // consumer gone, or max_tokens reached by the stream's count
+  if (generated_ >= max_new_tokens_) {
+    done_.finish_reason = "length";
+    send(text_.flush());
+    return true;
+  }
+  return false;
+}
+
 capabilities::Completion run_generation(const StepFn& step, const tokenizer::Tokenizer& tokenizer,
                                         const GenerationParams& params, const GenerationSetup& setup,
                                         const capabilities::TextSink& sink, capabilities::RequestContext& ctx) {
-  capabilities::Completion done;
-  done.prompt_tokens = static_cast<int64_t>(setup.prompt.size());
-  done.completion_tokens = 0;
-  std::unordered_set<int64_t> stop_ids(params.stop_token_ids.begin(), params.stop_token_ids.end());
-  if (!params.ignore_eos) stop_ids.insert(setup.eos_ids.begin(), setup.eos_ids.end());
-  Sampler sampler(params, setup.prompt);
-  TextAssembler text(tokenizer, params.stop);
-  bool open = true;
-  auto send = [&](std::optional<TextPiece> piece) {
-    if (piece && open) open = sink(std::move(*piece));
-    return open;
-  };
-
-  done.finish_reason = "length";
-  if (ctx.should_stop()) return done;
+  SequenceState sequence(tokenizer, params, setup);
+  if (ctx.should_stop()) return sequence.completion();
   at::Tensor logits = step(setup.prompt);
-  int64_t generated = 0;
   while (true) {
-    if (ctx.should_stop()) return done;  // the request reports Timeout or Cancelled
-    std::optional<TokenLogprob> lp;
-    int64_t token;
-    if (params.logprobs) {
-      at::Tensor raw = logits;
-      token = sampler.next(logits);
-      lp = Sampler::logprob(raw, token, *params.logprobs);
-    } else {
-      token = sampler.next(logits);
-    }
-    ++generated;
-    done.completion_tokens = generated;
-    if (stop_ids.count(token)) {
-      done.finish_reason = "stop";
-      break;
-    }
-    if (text.push(token, std::move(lp))) {
-      done.finish_reason = "stop";
-      break;
-    }
-    if (!send(text.ready())) return done;  // consumer gone, or max_tokens reached by the stream's count
-    if (generated >= setup.max_new_tokens) {
-      done.finish_reason = "length";
-      break;
-    }
-    logits = step({token});
+    if (ctx.should_stop()) return sequence.completion();  // the request reports Timeout or Cancelled
+    if (sequence.advance(logits, sink)) return sequence.completion();
+    logits = step({sequence.last_token()});
   }
-  send(text.flush());
-  return done;
 }
 
 }  // namespace mpool::models

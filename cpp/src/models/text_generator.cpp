@@ -1,6 +1,8 @@
 #include "mpool/models/text_generator.h"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 #include "mpool/base/error.h"
 #include "mpool/models/generation.h"
@@ -73,11 +75,12 @@ cap::Completion TextGenerator::generate(const std::variant<std::string, std::vec
   return generate(SplicedPrompt{prompt_ids(prompt, requested), {}}, requested, sink, ctx);
 }
 
-cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::GenerationParams& requested,
-                                        const cap::TextSink& sink, cap::RequestContext& ctx) const {
+TextGenerator::Prepared TextGenerator::prepare(const SplicedPrompt& prompt,
+                                               const cap::GenerationParams& requested) const {
   validate_generation_params(requested);
-  const cap::GenerationParams params = settings_.defaults.apply(requested);
-  validate_generation_params(params);
+  Prepared out;
+  out.params = settings_.defaults.apply(requested);
+  validate_generation_params(out.params);
   check(!prompt.ids.empty() || !prompt.inserts.empty(), ErrorCode::kInvalidInput, "the prompt is empty");
   int64_t prompt_len = static_cast<int64_t>(prompt.ids.size());
   for (const auto& [at, rows] : prompt.inserts) {
@@ -93,14 +96,20 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
                  ? "; register the model with a larger context_length (up to " +
                        std::to_string(settings_.max_context) + ")"
                  : std::string()));
-  GenerationSetup setup;
-  setup.prompt = prompt.ids;
-  setup.max_new_tokens = std::min(params.max_tokens, context - prompt_len);
-  setup.bounded_by_context = setup.max_new_tokens < params.max_tokens;
-  setup.eos_ids = settings_.eos_ids;
+  out.prompt_len = prompt_len;
+  out.setup.prompt = prompt.ids;
+  out.setup.max_new_tokens = std::min(out.params.max_tokens, context - prompt_len);
+  out.setup.bounded_by_context = out.setup.max_new_tokens < out.params.max_tokens;
+  out.setup.eos_ids = settings_.eos_ids;
+  return out;
+}
+
+cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::GenerationParams& requested,
+                                        const cap::TextSink& sink, cap::RequestContext& ctx) const {
+  const Prepared p = prepare(prompt, requested);
   // The cache holds exactly what this request can reach.
-  nn::KvCache cache = model_->new_cache(prompt_len + setup.max_new_tokens);
-  const size_t chunk = static_cast<size_t>(settings_.prefill_chunk);
+  nn::KvCache cache = model_->new_cache(p.prompt_len + p.setup.max_new_tokens);
+  const int64_t chunk = settings_.prefill_chunk;
   bool prefilled = false;
   StepFn step = [&](const std::vector<int64_t>& ids) {
     if (prefilled) return model_->extend(ids, cache);
@@ -108,15 +117,213 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
     // The prompt: token embeddings with the inserts spliced in, in chunks.
     const at::Tensor input = spliced_embeddings(*model_, prompt);
     at::Tensor logits;
-    for (int64_t at = 0; at < input.size(0); at += static_cast<int64_t>(chunk)) {
+    for (int64_t at = 0; at < input.size(0); at += chunk) {
       ctx.throw_if_stopped();
       logits = model_->extend_embeddings(input.narrow(0, at, std::min<int64_t>(chunk, input.size(0) - at)), cache);
     }
     return logits;
   };
-  cap::Completion done = run_generation(step, *tokenizer_, params, setup, sink, ctx);
-  done.prompt_tokens = prompt_len;
+  cap::Completion done = run_generation(step, *tokenizer_, p.params, p.setup, sink, ctx);
+  done.prompt_tokens = p.prompt_len;
   return done;
+}
+
+namespace {
+
+// One sequence of a continuous batch.
+struct BatchSequence {
+  std::shared_ptr<cap::GenerationRequest> request;
+  std::unique_ptr<SequenceState> state;
+  at::Tensor input;        // the prompt's embeddings until its prefill is done
+  int64_t prompt_len = 0;  // positions of the prompt
+  int64_t prefilled = 0;   // of them in the cache
+  int64_t positions = 0;   // cache positions it holds: prompt + max new tokens
+  int64_t image_tokens = 0;
+  double image_time_s = 0;
+  nn::KvCache cache;
+  bool decoding = false;   // past its prompt, last_token() is its next input
+
+  bool stopped() const { return request->context->should_stop(); }
+};
+
+// Ends a sequence with its completion (its request reports the stop error if it stopped).
+void complete(BatchSequence& s) {
+  cap::Completion done = s.state ? s.state->completion() : cap::Completion{"length", 0, 0, 0, 0};
+  done.prompt_tokens = s.prompt_len;
+  done.image_tokens = s.image_tokens;
+  done.image_time_s = s.image_time_s;
+  s.cache = nn::KvCache();
+  s.request->complete(done);
+}
+
+// Runs `body`; what it throws fails `request` alone.
+template <class F>
+bool guarded(cap::GenerationRequest& request, F&& body) {
+  try {
+    body();
+    return true;
+  } catch (const Error& e) {
+    request.fail(e);
+  } catch (const std::exception& e) {
+    request.fail(Error(ErrorCode::kModelError, std::string("generation failed: ") + e.what()));
+  } catch (...) {
+    request.fail(Error(ErrorCode::kModelError, "generation threw a non-standard exception"));
+  }
+  return false;
+}
+
+}  // namespace
+
+void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first, cap::GenerationFeed& feed,
+                                   const VisionPromptFn& vision) const {
+  const int64_t budget = settings_.kv_cache_tokens > 0 ? settings_.kv_cache_tokens : settings_.context;
+  const auto max_batch = static_cast<size_t>(std::max<int64_t>(1, settings_.max_batch));
+  std::vector<std::unique_ptr<BatchSequence>> running;  // in admission order
+  std::unique_ptr<BatchSequence> waiting;               // taken, waiting for cache room
+  int64_t used = 0;                                     // cache positions held
+  std::shared_ptr<cap::GenerationRequest> offered = std::move(first);
+
+  // A request as a sequence (no cache yet); null when it failed (bad input).
+  auto admit = [&](std::shared_ptr<cap::GenerationRequest> r) -> std::unique_ptr<BatchSequence> {
+    auto s = std::make_unique<BatchSequence>();
+    s->request = r;
+    const bool ok = guarded(*r, [&] {
+      SplicedPrompt prompt;
+      if (r->vision) {
+        check(static_cast<bool>(vision), ErrorCode::kInvalidInput, "this model does not take images");
+        VisionPrompt v = vision(*r);
+        prompt = std::move(v.prompt);
+        s->image_tokens = v.image_tokens;
+        s->image_time_s = v.image_time_s;
+      } else {
+        validate_generation_params(r->params);
+        prompt = SplicedPrompt{prompt_ids(r->prompt, r->params), {}};
+      }
+      const Prepared p = prepare(prompt, r->params);
+      s->prompt_len = p.prompt_len;
+      s->positions = p.prompt_len + p.setup.max_new_tokens;
+      check(s->positions <= budget, ErrorCode::kInvalidInput,
+            "the request needs " + std::to_string(s->positions) + " cache positions (a prompt of " +
+                std::to_string(p.prompt_len) + " tokens and up to " + std::to_string(p.setup.max_new_tokens) +
+                " new ones) but a replica's KV cache holds " + std::to_string(budget) +
+                " (option kv_cache_tokens); lower max_tokens or register the model with a larger kv_cache_tokens");
+      s->state = std::make_unique<SequenceState>(*tokenizer_, p.params, p.setup);
+      s->input = spliced_embeddings(*model_, prompt);
+    });
+    return ok ? std::move(s) : nullptr;
+  };
+
+  const int64_t chunk = settings_.prefill_chunk;
+  while (true) {
+    // Admission: new requests join while there is room; the first that does not
+    // fit the cache waits (its deadline applies) and nothing passes it.
+    while (running.size() < max_batch) {
+      if (!waiting) {
+        std::shared_ptr<cap::GenerationRequest> r = offered ? std::move(offered) : feed.next();
+        offered.reset();
+        if (!r) break;
+        waiting = admit(std::move(r));
+        if (!waiting) continue;
+      }
+      if (used + waiting->positions > budget) break;
+      if (!guarded(*waiting->request, [&] { waiting->cache = model_->new_cache(waiting->positions); })) {
+        waiting.reset();
+        continue;
+      }
+      used += waiting->positions;
+      running.push_back(std::move(waiting));
+    }
+    if (waiting && waiting->stopped()) {
+      complete(*waiting);
+      waiting.reset();
+      continue;
+    }
+    if (running.empty()) {
+      if (!waiting) return;
+      continue;  // (it fits once nothing runs: it was checked against the whole budget)
+    }
+
+    // Sequences whose request stopped leave; so do those a failure ended.
+    auto leave = [&](size_t i, bool failed) {
+      BatchSequence& s = *running[i];
+      used -= s.positions;
+      if (!failed) complete(s);
+      running.erase(running.begin() + static_cast<ptrdiff_t>(i));
+    };
+    for (size_t i = running.size(); i-- > 0;)
+      if (running[i]->stopped()) leave(i, false);
+
+    bool stepped = false;
+    // Prefill: whole chunks, at most `chunk` prompt tokens a step (at least one chunk).
+    int64_t prefill_left = chunk;
+    std::vector<BatchSequence*> ended, failed, sampled;
+    for (auto& sp : running) {
+      BatchSequence& s = *sp;
+      if (s.decoding || prefill_left <= 0) continue;
+      if (!s.request->can_send()) continue;
+      const int64_t n = std::min(chunk, s.prompt_len - s.prefilled);
+      if (n > prefill_left && prefill_left < chunk) break;
+      prefill_left -= n;
+      stepped = true;
+      const bool ok = guarded(*s.request, [&] {
+        const at::Tensor logits = model_->extend_embeddings(s.input.narrow(0, s.prefilled, n), s.cache);
+        s.prefilled += n;
+        if (s.prefilled < s.prompt_len) return;
+        s.input = at::Tensor();
+        s.decoding = true;
+        if (s.stopped() || s.state->advance(logits, s.request->sink)) ended.push_back(&s);
+      });
+      sampled.push_back(&s);  // one piece a step: it decodes from the next step on
+      if (!ok) failed.push_back(&s);
+    }
+
+    // Decode: one row for each sequence past its prompt (not the ones that just
+    // finished theirs: they sampled this step) whose stream has room.
+    std::vector<BatchSequence*> rows;
+    for (auto& sp : running) {
+      BatchSequence& s = *sp;
+      if (!s.decoding || s.stopped() || !s.request->can_send()) continue;
+      if (std::find(sampled.begin(), sampled.end(), &s) != sampled.end()) continue;
+      rows.push_back(&s);
+    }
+    if (!rows.empty()) {
+      stepped = true;
+      std::vector<int64_t> ids;
+      std::vector<nn::KvCache*> caches;
+      for (auto* s : rows) {
+        ids.push_back(s->state->last_token());
+        caches.push_back(&s->cache);
+      }
+      at::Tensor logits;
+      try {
+        logits = model_->decode_batch(ids, caches);
+      } catch (const Error& e) {
+        for (auto* s : rows) s->request->fail(e), failed.push_back(s);
+        rows.clear();
+      } catch (const std::exception& e) {
+        const Error error(ErrorCode::kModelError, std::string("generation failed: ") + e.what());
+        for (auto* s : rows) s->request->fail(error), failed.push_back(s);
+        rows.clear();
+      }
+      for (size_t i = 0; i < rows.size(); ++i) {
+        BatchSequence& s = *rows[i];
+        const bool ok = guarded(*s.request, [&] {
+          if (s.stopped() || s.state->advance(logits[static_cast<int64_t>(i)], s.request->sink)) ended.push_back(&s);
+        });
+        if (!ok) failed.push_back(&s);
+      }
+    }
+
+    for (size_t i = running.size(); i-- > 0;) {
+      BatchSequence* s = running[i].get();
+      if (std::find(failed.begin(), failed.end(), s) != failed.end())
+        leave(i, true);
+      else if (std::find(ended.begin(), ended.end(), s) != ended.end())
+        leave(i, false);
+    }
+    // Every stream full: wait a little for the readers (deadlines still apply).
+    if (!stepped) std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
 }
 
 at::Tensor spliced_embeddings(const CausalLM& model, const SplicedPrompt& prompt) {

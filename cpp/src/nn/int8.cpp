@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -93,7 +94,7 @@ __attribute__((target("avx2,fma"))) void block_avx2(const RowsArgs& a, int64_t r
   for (int i = 0; i < NR; ++i)
     for (int j = 0; j < NX; ++j) {
       float t = hsum256(acc[i][j]);
-      for (int64_t k = vec_end; k < in; ++k) t += static_cast<float>(w[i * in + k]) * x[j * in + k];
+      for (int64_t k = vec_end; k < in; ++k) t = std::fma(static_cast<float>(w[i * in + k]), x[j * in + k], t);
       store(a, r + i, mi + j, t);
     }
 }

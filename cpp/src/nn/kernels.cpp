@@ -53,37 +53,55 @@ inline float to_float(uint16_t v) {
   return f;
 }
 
-// y[r] = dot(w[r, :], x) for rows [r0, r1): four rows per pass so each load of x
-// serves four weight streams; float32 accumulation whatever the weight type.
-template <class W>
-__attribute__((target("avx2,fma"))) void gemv_rows(const W* w, const float* x, float* y, int64_t in, int64_t r0,
-                                                   int64_t r1) {
+// Y[j, r] = dot(w[r, :], X[j, :]) for weight rows [r, r + NR) and rows
+// [j0, j0 + NX) of X: each load of an X row serves NR weight streams, and each
+// weight vector loaded serves NX rows of X (from L1 after the first). Every
+// (weight row, X row) pair is summed in one fixed order (eight lanes over the
+// columns, then hsum, then the tail with fused multiply-adds) whatever NR and NX
+// are, so a row's result never depends on how many rows run with it: a sequence
+// decodes to the same bits alone or in a batch.
+template <class W, int NR, int NX>
+__attribute__((target("avx2,fma"))) void block_rows(const W* w, const float* x, float* y, int64_t in, int64_t out,
+                                                    int64_t r, int64_t j0) {
   const int64_t vec_end = in - in % 8;
+  const W* rows = w + r * in;
+  const float* xs = x + j0 * in;
+  __m256 acc[NR][NX];
+  for (int k = 0; k < NR; ++k)
+    for (int j = 0; j < NX; ++j) acc[k][j] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < vec_end; i += 8) {
+    // The next rows' same cache line, one pass ahead (a hint; never faults).
+    if ((i * static_cast<int64_t>(sizeof(W)) & 63) == 0)
+      for (int k = 0; k < NR; ++k) _mm_prefetch(reinterpret_cast<const char*>(rows + (NR + k) * in + i), _MM_HINT_T0);
+    __m256 wv[NR];
+    for (int k = 0; k < NR; ++k) wv[k] = load8(rows + k * in + i);
+    for (int j = 0; j < NX; ++j) {
+      const __m256 xv = _mm256_loadu_ps(xs + j * in + i);
+      for (int k = 0; k < NR; ++k) acc[k][j] = _mm256_fmadd_ps(wv[k], xv, acc[k][j]);
+    }
+  }
+  for (int k = 0; k < NR; ++k)
+    for (int j = 0; j < NX; ++j) {
+      float t = hsum(acc[k][j]);
+      for (int64_t i = vec_end; i < in; ++i) t = std::fma(to_float(rows[k * in + i]), xs[j * in + i], t);
+      y[(j0 + j) * out + r + k] = t;
+    }
+}
+
+// Every row of X (m of them) against weight rows [r0, r1): four weight rows a
+// pass; X rows one at a time for a single row, else two at a time (eight
+// accumulators, within AVX2's sixteen registers).
+template <class W>
+void gemm_rows(const W* w, const float* x, float* y, int64_t in, int64_t out, int64_t m, int64_t r0, int64_t r1) {
+  auto pass = [&]<int NR>(int64_t r) {
+    int64_t j = 0;
+    if (m > 1)
+      for (; j + 2 <= m; j += 2) block_rows<W, NR, 2>(w, x, y, in, out, r, j);
+    for (; j < m; ++j) block_rows<W, NR, 1>(w, x, y, in, out, r, j);
+  };
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const W* rows[4] = {w + r * in, w + (r + 1) * in, w + (r + 2) * in, w + (r + 3) * in};
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < vec_end; i += 8) {
-      // The next four rows' same cache line, one pass ahead (a hint; never faults).
-      if ((i * static_cast<int64_t>(sizeof(W)) & 63) == 0)
-        for (int k = 0; k < 4; ++k) _mm_prefetch(reinterpret_cast<const char*>(rows[k] + 4 * in + i), _MM_HINT_T0);
-      __m256 xv = _mm256_loadu_ps(x + i);
-      for (int k = 0; k < 4; ++k) acc[k] = _mm256_fmadd_ps(load8(rows[k] + i), xv, acc[k]);
-    }
-    for (int k = 0; k < 4; ++k) {
-      float t = hsum(acc[k]);
-      for (int64_t i = vec_end; i < in; ++i) t += to_float(rows[k][i]) * x[i];
-      y[r + k] = t;
-    }
-  }
-  for (; r < r1; ++r) {
-    const W* a = w + r * in;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < vec_end; i += 8) acc = _mm256_fmadd_ps(load8(a + i), _mm256_loadu_ps(x + i), acc);
-    float t = hsum(acc);
-    for (int64_t i = vec_end; i < in; ++i) t += to_float(a[i]) * x[i];
-    y[r] = t;
-  }
+  for (; r + 4 <= r1; r += 4) pass.template operator()<4>(r);
+  for (; r < r1; ++r) pass.template operator()<1>(r);
 }
 
 // e^x for x <= 0 (softmax after subtracting the maximum), eight lanes: x = n ln2
@@ -153,35 +171,59 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, const W* k, 
   for (int64_t i = 0; i < dv; ++i) acc[i] *= inv;
 }
 
-// bf16 weights against a bf16 row with AVX512-BF16's pair dot product: 32
-// products a step, exact (bf16 x bf16 fits a float), accumulated in float32;
-// eight rows a pass, the next eight prefetched. Rows [r0, r1) of w (in wide).
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void gemv_rows_bf16_dot(const uint16_t* w,
-                                                                              const uint16_t* x, float* y,
-                                                                              int64_t in, int64_t r0, int64_t r1) {
+// bf16 weights against bf16 rows of X with AVX512-BF16's pair dot product: 32
+// products a step, exact (bf16 x bf16 fits a float), accumulated in float32.
+// Weight rows [r, r + R) against X rows [j0, j0 + NX), the next R rows
+// prefetched; as in block_rows, each pair sums in one order whatever R and NX are.
+template <int R, int NX>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void block_rows_bf16_dot(const uint16_t* w,
+                                                                               const uint16_t* x, float* y,
+                                                                               int64_t in, int64_t out, int64_t r,
+                                                                               int64_t j0) {
   const int64_t full = in - in % 32;
   const __mmask32 tail = static_cast<__mmask32>((uint64_t{1} << (in - full)) - 1);
-  auto dot_rows = [&](auto rows_tag, int64_t r) __attribute__((target("avx512f,avx512bw,avx512bf16"))) {
-    constexpr int R = decltype(rows_tag)::value;
-    __m512 acc[R];
-    for (int k = 0; k < R; ++k) acc[k] = _mm512_setzero_ps();
-    const uint16_t* base = w + r * in;
-    for (int64_t i = 0; i < full; i += 32) {  // 64 bytes: one cache line of each row a step
-      for (int k = 0; k < R; ++k) _mm_prefetch(reinterpret_cast<const char*>(base + (R + k) * in + i), _MM_HINT_T0);
-      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + i);
-      for (int k = 0; k < R; ++k)
-        acc[k] = _mm512_dpbf16_ps(acc[k], (__m512bh)_mm512_loadu_si512(base + k * in + i), xv);
+  __m512 acc[R][NX];
+  for (int k = 0; k < R; ++k)
+    for (int j = 0; j < NX; ++j) acc[k][j] = _mm512_setzero_ps();
+  const uint16_t* base = w + r * in;
+  const uint16_t* xs = x + j0 * in;
+  for (int64_t i = 0; i < full; i += 32) {  // 64 bytes: one cache line of each row a step
+    for (int k = 0; k < R; ++k) _mm_prefetch(reinterpret_cast<const char*>(base + (R + k) * in + i), _MM_HINT_T0);
+    __m512bh wv[R];
+    for (int k = 0; k < R; ++k) wv[k] = (__m512bh)_mm512_loadu_si512(base + k * in + i);
+    for (int j = 0; j < NX; ++j) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(xs + j * in + i);
+      for (int k = 0; k < R; ++k) acc[k][j] = _mm512_dpbf16_ps(acc[k][j], wv[k], xv);
     }
-    if (full < in) {
-      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(tail, x + full);
-      for (int k = 0; k < R; ++k)
-        acc[k] = _mm512_dpbf16_ps(acc[k], (__m512bh)_mm512_maskz_loadu_epi16(tail, base + k * in + full), xv);
+  }
+  if (full < in) {
+    __m512bh wv[R];
+    for (int k = 0; k < R; ++k) wv[k] = (__m512bh)_mm512_maskz_loadu_epi16(tail, base + k * in + full);
+    for (int j = 0; j < NX; ++j) {
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(tail, xs + j * in + full);
+      for (int k = 0; k < R; ++k) acc[k][j] = _mm512_dpbf16_ps(acc[k][j], wv[k], xv);
     }
-    for (int k = 0; k < R; ++k) y[r + k] = _mm512_reduce_add_ps(acc[k]);
+  }
+  for (int k = 0; k < R; ++k)
+    for (int j = 0; j < NX; ++j) y[(j0 + j) * out + r + k] = _mm512_reduce_add_ps(acc[k][j]);
+}
+
+// Every bf16 row of X against weight rows [r0, r1): eight weight rows a pass for
+// a single row (more streams in flight), else four rows against four X rows.
+void gemm_rows_bf16_dot(const uint16_t* w, const uint16_t* x, float* y, int64_t in, int64_t out, int64_t m,
+                        int64_t r0, int64_t r1) {
+  auto pass = [&]<int R>(int64_t r) {
+    int64_t j = 0;
+    if (m > 1)
+      for (; j + 4 <= m; j += 4) block_rows_bf16_dot<R, 4>(w, x, y, in, out, r, j);
+    for (; j + 2 <= m; j += 2) block_rows_bf16_dot<R, 2>(w, x, y, in, out, r, j);
+    for (; j < m; ++j) block_rows_bf16_dot<R, 1>(w, x, y, in, out, r, j);
   };
   int64_t r = r0;
-  for (; r + 8 <= r1; r += 8) dot_rows(std::integral_constant<int, 8>{}, r);
-  for (; r < r1; ++r) dot_rows(std::integral_constant<int, 1>{}, r);
+  if (m == 1)
+    for (; r + 8 <= r1; r += 8) pass.template operator()<8>(r);
+  for (; r + 4 <= r1; r += 4) pass.template operator()<4>(r);
+  for (; r < r1; ++r) pass.template operator()<1>(r);
 }
 
 bool cpu_has_avx512_bf16() {
@@ -291,45 +333,45 @@ bool has_fast_gemv() {
 #endif
 }
 
+int64_t row_kernel_max_rows() { return 16; }
+
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
 #ifdef MPOOL_X86_GEMV
   const int64_t in = weight.dim() == 2 ? weight.size(1) : -1;
   const at::ScalarType type = weight.scalar_type();
-  if (cpu_has_avx2_fma() && in > 0 && x.device().is_cpu() && weight.device().is_cpu() &&
-      (type == at::kFloat || type == at::kBFloat16) && x.scalar_type() == type && x.numel() == in &&
-      x.size(-1) == in && weight.is_contiguous() && (!bias.defined() || bias.scalar_type() == type)) {
+  const int64_t m = in > 0 && x.dim() >= 1 && x.size(-1) == in ? x.numel() / in : 0;
+  if (cpu_has_avx2_fma() && m >= 1 && m <= row_kernel_max_rows() && x.device().is_cpu() &&
+      weight.device().is_cpu() && (type == at::kFloat || type == at::kBFloat16) && x.scalar_type() == type &&
+      weight.is_contiguous() && (!bias.defined() || bias.scalar_type() == type)) {
     const int64_t out = weight.size(0);
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = out;
+    at::Tensor yf = at::empty({m, out}, x.options().dtype(at::kFloat));
+    float* yp = yf.data_ptr<float>();
     if (type == at::kBFloat16 && cpu_has_avx512_bf16()) {
-      // bf16 row against bf16 rows: products exact, float32 sums, rounded once.
-      const at::Tensor xc = x.contiguous();
-      at::Tensor yf = at::empty({out}, x.options().dtype(at::kFloat));
+      // bf16 rows against bf16 rows: products exact, float32 sums, rounded once.
+      const at::Tensor xc = x.reshape({m, in}).contiguous();
       const auto* xp = reinterpret_cast<const uint16_t*>(xc.const_data_ptr<at::BFloat16>());
       const auto* wp = reinterpret_cast<const uint16_t*>(weight.const_data_ptr<at::BFloat16>());
-      float* yp = yf.data_ptr<float>();
       parallel_for((out + 7) / 8, 8, [&](int64_t b0, int64_t b1) {
-        gemv_rows_bf16_dot(wp, xp, yp, in, b0 * 8, std::min(out, b1 * 8));
+        gemm_rows_bf16_dot(wp, xp, yp, in, out, m, b0 * 8, std::min(out, b1 * 8));
       });
-      if (bias.defined()) yf.add_(bias.to(at::kFloat).view({out}));
-      return yf.view(shape).to(type);
+    } else {
+      // float32 in and out; bfloat16 rows are widened first and the result rounded
+      // back, as ATen's bf16 GEMM accumulates in float32 and rounds once.
+      const at::Tensor xf = x.reshape({m, in}).to(at::kFloat).contiguous();
+      const float* xp = xf.const_data_ptr<float>();
+      const int64_t blocks = (out + 3) / 4;  // four weight rows per pass
+      auto run = [&](const auto* w) {
+        parallel_for(blocks, std::max<int64_t>(1, 16 / m), [&](int64_t b0, int64_t b1) {
+          gemm_rows(w, xp, yp, in, out, m, b0 * 4, std::min(out, b1 * 4));
+        });
+      };
+      if (type == at::kFloat)
+        run(weight.const_data_ptr<float>());
+      else
+        run(reinterpret_cast<const uint16_t*>(weight.const_data_ptr<at::BFloat16>()));
     }
-    // float32 in and out; a bfloat16 row is widened first and the result rounded
-    // back, as ATen's bf16 GEMM accumulates in float32 and rounds once.
-    at::Tensor xf = x.to(at::kFloat).contiguous();
-    at::Tensor yf = at::empty({out}, xf.options());
-    const float* xp = xf.const_data_ptr<float>();
-    float* yp = yf.data_ptr<float>();
-    const int64_t blocks = (out + 3) / 4;  // four rows per pass
-    auto run = [&](const auto* w) {
-      parallel_for(blocks, 16, [&](int64_t b0, int64_t b1) {
-        gemv_rows(w, xp, yp, in, b0 * 4, std::min(out, b1 * 4));
-      });
-    };
-    if (type == at::kFloat)
-      run(weight.const_data_ptr<float>());
-    else
-      run(reinterpret_cast<const uint16_t*>(weight.const_data_ptr<at::BFloat16>()));
     if (bias.defined()) yf.add_(bias.to(at::kFloat).view({out}));
     return yf.view(shape).to(type);
   }

@@ -51,6 +51,9 @@ class PoolCollector(Collector):
         gauges = {
             "replicas": GaugeMetricFamily("mpool_replicas", "Live replicas (loading or serving).", labels=["model"]),
             "busy_replicas": GaugeMetricFamily("mpool_busy_replicas", "Replicas running a request.", labels=["model"]),
+            "running": GaugeMetricFamily(
+                "mpool_running_requests", "Requests on busy replicas (each sequence of a continuous batch).", labels=["model"]
+            ),
             "queued": GaugeMetricFamily("mpool_queued_requests", "Requests waiting for a replica.", labels=["model"]),
             "loaded": GaugeMetricFamily("mpool_model_loaded", "1 when the model has a serving replica.", labels=["model"]),
             "pinned": GaugeMetricFamily("mpool_model_pinned", "1 when the model is never evicted.", labels=["model"]),
@@ -67,6 +70,7 @@ class PoolCollector(Collector):
                 family.add_metric([key], m["counts"][k])
             gauges["replicas"].add_metric([key], m["replicas"])
             gauges["busy_replicas"].add_metric([key], m["busy_replicas"])
+            gauges["running"].add_metric([key], m["running"])
             gauges["queued"].add_metric([key], m["queued"])
             gauges["loaded"].add_metric([key], 1.0 if m["state"] == "ready" else 0.0)
             gauges["pinned"].add_metric([key], 1.0 if m["pinned"] else 0.0)

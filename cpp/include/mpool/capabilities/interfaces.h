@@ -3,6 +3,12 @@
 // mpool::core::Instance; the pool never sees these types. Each method runs on the
 // replica's own thread and checks `ctx.should_stop()` between steps.
 #include <functional>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "mpool/base/error.h"
 
 #include "mpool/capabilities/types.h"
 #include "mpool/core/request.h"
@@ -78,6 +84,45 @@ class Vision {
   /// asked. params.add_special_tokens says whether tokenizing adds bos etc.
   virtual Completion describe(const std::vector<Image>& images, const std::string& prompt,
                               const GenerationParams& params, const TextSink& sink, RequestContext& ctx) = 0;
+};
+
+/// One request inside a continuous batch of generations (BatchGeneration): what
+/// to generate, and where its text and its one outcome go.
+struct GenerationRequest {
+  bool vision = false;  ///< a Vision request (images + rendered prompt) or a TextToText one
+  std::variant<std::string, std::vector<int64_t>> prompt;  ///< vision: the rendered prompt text
+  std::vector<Image> images;                               ///< vision only
+  GenerationParams params;
+  RequestContext* context = nullptr;  ///< its deadline and cancellation
+  /// Sends a piece of its stream; false: the sequence must end (the consumer is
+  /// gone, or max_tokens was reached).
+  TextSink sink;
+  /// True when its stream has room for a piece and its end without waiting: a
+  /// batch steps a sequence only then, so one slow reader stalls nobody else.
+  std::function<bool()> can_send;
+  /// Its end, called once: the Completion (stats, the final chunk) or, when its
+  /// context stopped, the stop error.
+  std::function<void(const Completion&)> complete;
+  /// Or its error, called once instead.
+  std::function<void(const Error&)> fail;
+};
+
+/// Where a batch takes further requests from (non-blocking; null when none can join now).
+class GenerationFeed {
+ public:
+  virtual ~GenerationFeed() = default;
+  virtual std::shared_ptr<GenerationRequest> next() = 0;
+};
+
+/// A model that runs many generations at once (continuous batching) implements
+/// this next to TextToText and/or Vision; the pool then routes those requests
+/// through it, and a replica's queued requests join its running batch.
+class BatchGeneration {
+ public:
+  virtual ~BatchGeneration() = default;
+  /// Runs `first` and the requests it takes from `feed` as they fit, until each
+  /// has ended through exactly one of its complete() or fail().
+  virtual void generate_batch(std::shared_ptr<GenerationRequest> first, GenerationFeed& feed) = 0;
 };
 
 /// prompt (+ optional init image) -> progress, then an image.

@@ -3,6 +3,7 @@
 // nothing dropped), ending in exactly one of end, error, or cancel. StreamJob is
 // the Job that feeds it.
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -44,6 +45,13 @@ class Channel {
     not_empty_.notify_one();
     if (ready) ready();
     return true;
+  }
+  /// Chunks push() takes now without waiting: the free buffer, or SIZE_MAX once
+  /// the stream ended or was cancelled (push returns at once then).
+  size_t room() const {
+    std::lock_guard lock(mu_);
+    if (ended_ || context_->cancel_requested()) return SIZE_MAX;
+    return capacity_ - buffer_.size();
   }
   /// Ends the stream normally; false if it had already ended.
   bool finish() { return end(Outcome::kSucceeded, std::nullopt); }

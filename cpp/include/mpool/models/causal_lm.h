@@ -27,6 +27,15 @@ class CausalLM {
   virtual at::Tensor extend(const std::vector<int64_t>& ids, nn::KvCache& cache) const {
     return extend_embeddings(embed_tokens(ids), cache);
   }
+  /// One decode step of a batch: appends ids[i] to the sequence of caches[i] for
+  /// every i and returns float32 CPU logits (n, vocab) of the new positions. Row i
+  /// depends on sequence i alone, to the bit: a sequence decodes the same alone or
+  /// with others. The default extends each sequence in turn.
+  virtual at::Tensor decode_batch(const std::vector<int64_t>& ids, const std::vector<nn::KvCache*>& caches) const {
+    std::vector<at::Tensor> rows;
+    for (size_t i = 0; i < ids.size(); ++i) rows.push_back(extend({ids[i]}, *caches.at(i)));
+    return at::stack(rows);
+  }
   virtual int64_t vocab_size() const = 0;
   virtual int64_t hidden_size() const = 0;
 };

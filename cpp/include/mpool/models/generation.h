@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "mpool/capabilities/generation_params.h"  // validate_generation_params
@@ -74,6 +75,37 @@ struct GenerationSetup {
   int64_t max_new_tokens = 0;     ///< already bounded by the context left
   bool bounded_by_context = false;  ///< max_new_tokens was cut to fit the context
   std::vector<int64_t> eos_ids;   ///< the model's end tokens (ignored with ignore_eos)
+};
+
+/// One sequence's generation after its prompt, a step at a time: samples the
+/// next token from the logits of its last position, stops at a stop token, a
+/// stop string or max tokens, and sends the text that is ready. The loop below
+/// and a continuous batch (TextGenerator::generate_batch) both step it, so a
+/// sequence behaves the same alone or in a batch.
+class SequenceState {
+ public:
+  SequenceState(const tokenizer::Tokenizer& tokenizer, const capabilities::GenerationParams& params,
+                const GenerationSetup& setup);
+
+  /// Takes float32 CPU logits (vocab) after the last input; samples a token and
+  /// sends what is ready through `sink`. True when the sequence ended (its
+  /// completion() says how; a closed sink also ends it).
+  bool advance(const at::Tensor& logits, const capabilities::TextSink& sink);
+  /// The token sampled last: the next input while it has not ended.
+  int64_t last_token() const noexcept { return last_; }
+  /// Its outcome so far ("length" until a stop; prompt_tokens from the setup).
+  const capabilities::Completion& completion() const noexcept { return done_; }
+
+ private:
+  capabilities::GenerationParams params_;
+  int64_t max_new_tokens_;
+  std::unordered_set<int64_t> stop_ids_;
+  Sampler sampler_;
+  TextAssembler text_;
+  capabilities::Completion done_;
+  int64_t generated_ = 0;
+  int64_t last_ = -1;
+  bool open_ = true;
 };
 
 /// Prefills the prompt, then samples token by token until a stop token, a stop

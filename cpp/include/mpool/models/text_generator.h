@@ -5,6 +5,7 @@
 // and the sampling loop (generation.h).
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,6 +16,7 @@
 #include "mpool/capabilities/interfaces.h"
 #include "mpool/loading/config.h"
 #include "mpool/models/causal_lm.h"
+#include "mpool/models/generation.h"
 #include "mpool/tokenizer/tokenizer.h"
 
 namespace mpool::models {
@@ -38,8 +40,14 @@ struct TextGeneratorSettings {
   int64_t max_context = 0;       ///< the most the model supports (named in errors)
   SamplingDefaults defaults;
   /// Prompt tokens per forward pass of a prefill: bounds activation memory and
-  /// lets a long prefill notice cancellation between chunks.
+  /// lets a long prefill notice cancellation between chunks. In a continuous
+  /// batch, also the prompt tokens one step runs besides its decode rows.
   int64_t prefill_chunk = 512;
+  /// Sequences a continuous batch runs at once.
+  int64_t max_batch = 16;
+  /// Cache positions (prompt plus max new tokens) the sequences of a batch hold
+  /// together; 0 = one full context.
+  int64_t kv_cache_tokens = 0;
 };
 
 /// A prompt with embeddings inserted: `inserts[i].first` is the index in `ids`
@@ -48,6 +56,15 @@ struct SplicedPrompt {
   std::vector<int64_t> ids;
   std::vector<std::pair<size_t, at::Tensor>> inserts;
 };
+
+/// A vision request's prompt with its image features spliced in, and what they cost.
+struct VisionPrompt {
+  SplicedPrompt prompt;
+  int64_t image_tokens = 0;
+  double image_time_s = 0;
+};
+/// Turns a vision request into its prompt (a vision-language family's).
+using VisionPromptFn = std::function<VisionPrompt(const capabilities::GenerationRequest& request)>;
 
 /// The prompt's input embeddings (positions, hidden) in the model's dtype and
 /// device: token embeddings with the inserts spliced in at their places.
@@ -69,9 +86,29 @@ class TextGenerator {
   capabilities::Completion generate(const SplicedPrompt& prompt, const capabilities::GenerationParams& params,
                                     const capabilities::TextSink& sink, capabilities::RequestContext& ctx) const;
 
+  /// Runs a continuous batch (a family's capabilities::BatchGeneration): `first`
+  /// and the requests it takes from `feed` while there is room (settings'
+  /// max_batch sequences, kv_cache_tokens cache positions), until each has ended
+  /// through its complete() or fail(). Each step runs at most prefill_chunk prompt
+  /// tokens (whole chunks, one sequence's chunks in the same places as alone) and
+  /// one decode row for every sequence past its prompt whose stream has room.
+  /// Cancellation, timeouts and errors end only their own sequence. `vision`
+  /// turns vision requests into prompts (unset: they fail).
+  void generate_batch(std::shared_ptr<capabilities::GenerationRequest> first, capabilities::GenerationFeed& feed,
+                      const VisionPromptFn& vision = {}) const;
+
   const tokenizer::Tokenizer& tokenizer() const noexcept { return *tokenizer_; }
+  const TextGeneratorSettings& settings() const noexcept { return settings_; }
 
  private:
+  // A request's effective parameters and generation setup, checked against the context.
+  struct Prepared {
+    capabilities::GenerationParams params;
+    GenerationSetup setup;
+    int64_t prompt_len = 0;
+  };
+  Prepared prepare(const SplicedPrompt& prompt, const capabilities::GenerationParams& requested) const;
+
   std::vector<int64_t> prompt_ids(const std::variant<std::string, std::vector<int64_t>>& prompt,
                                   const capabilities::GenerationParams& params) const;
 

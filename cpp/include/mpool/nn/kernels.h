@@ -17,12 +17,13 @@ namespace mpool::nn::kernels {
 /// speed. The decode-step kernels below use this; big GEMMs stay on ATen.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
 
-/// x @ weight^T + bias, like at::linear. A single float32 or bfloat16 row on the
-/// CPU (one decode step) runs as a matrix-vector product that streams the weight
-/// once at memory bandwidth (AVX2/FMA with float32 accumulation; for bfloat16 on
-/// a CPU with AVX512-BF16, its pair dot products, exact products summed in
-/// float32; split across the intra-op threads); everything else goes to
-/// at::linear.
+/// x @ weight^T + bias, like at::linear. Up to row_kernel_max_rows() float32 or
+/// bfloat16 rows on the CPU (decode steps, one sequence's or a batch's) run
+/// through our row kernel, which streams the weight once at memory bandwidth for
+/// all rows (AVX2/FMA with float32 accumulation; for bfloat16 on a CPU with
+/// AVX512-BF16, its pair dot products, exact products summed in float32; split
+/// across the intra-op threads). Each row's result there is the same bits
+/// whatever other rows run with it. Everything else goes to at::linear.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = at::Tensor());
 
 /// Attention of one query row per head (a decode step): q (b, heads, 1, d)
@@ -44,6 +45,9 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 /// re-applies it over `threads`, even after torch.set_num_threads. Without OpenMP in the process it
 /// falls back to at::set_num_threads. at::get_num_threads() then returns `threads`.
 void set_thread_intra_op_threads(int threads);
+
+/// The most rows linear() runs through its row kernel (batch-invariant).
+int64_t row_kernel_max_rows();
 
 /// Whether linear() has its fast path on this CPU.
 bool has_fast_gemv();

@@ -176,6 +176,77 @@ at::Tensor Decoder::extend_embeddings(const at::Tensor& embeddings, nn::KvCache&
   return logits(hidden.select(1, m - 1)).view({-1});
 }
 
+at::Tensor Decoder::decode_batch(const std::vector<int64_t>& ids, const std::vector<nn::KvCache*>& caches) const {
+  check(!ids.empty() && ids.size() == caches.size(), ErrorCode::kInvalidInput,
+        "decode_batch needs one cache per id (" + std::to_string(ids.size()) + " ids, " +
+            std::to_string(caches.size()) + " caches)");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    check(caches[i] != nullptr && caches[i]->length + 1 <= caches[i]->capacity, ErrorCode::kInvalidInput,
+          "decode_batch: sequence #" + std::to_string(i) + "'s cache is full");
+    check(ids[i] >= 0 && ids[i] < config_.vocab_size, ErrorCode::kInvalidInput,
+          "decode_batch: token id " + std::to_string(ids[i]) + " is outside the vocabulary");
+  }
+  if (config_.is_mla()) return CausalLM::decode_batch(ids, caches);
+  c10::InferenceMode guard;
+  std::vector<at::Tensor> out(ids.size());
+  std::vector<size_t> together;
+  const auto& rope = config_.rope;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int64_t length = caches[i]->length;
+    if (rope.type == "longrope" && length > 0 && length == rope.original_max_position_embeddings)
+      out[i] = extend({ids[i]}, *caches[i]);  // crosses to the long factors: recomputes its sequence
+    else
+      together.push_back(i);
+  }
+  const auto group = static_cast<size_t>(std::max<int64_t>(1, nn::kernels::row_kernel_max_rows()));
+  for (size_t g = 0; g < together.size(); g += group) {
+    std::vector<int64_t> rows_ids;
+    std::vector<nn::KvCache*> rows_caches;
+    for (size_t k = g; k < std::min(together.size(), g + group); ++k) {
+      rows_ids.push_back(ids[together[k]]);
+      rows_caches.push_back(caches[together[k]]);
+    }
+    const at::Tensor x = embed_tokens(rows_ids).to(dtype_);
+    if (rope.type == "longrope")
+      for (size_t k = 0; k < rows_caches.size(); ++k)
+        rows_caches[k]->replay.push_back(x.narrow(0, static_cast<int64_t>(k), 1));
+    const at::Tensor logits = decode_rows(x.unsqueeze(1), rows_caches);
+    for (size_t k = 0; k < rows_caches.size(); ++k) out[together[g + k]] = logits[static_cast<int64_t>(k)];
+  }
+  return at::stack(out);
+}
+
+at::Tensor Decoder::decode_rows(at::Tensor x, const std::vector<nn::KvCache*>& caches) const {
+  const auto b = static_cast<int64_t>(caches.size());
+  // Each row's rotary tables at its own position, (b, 1, 1, rotary) to broadcast over the heads.
+  std::vector<at::Tensor> cos_rows, sin_rows;
+  for (auto* cache : caches) {
+    auto [c, s] = rope_.tables(cache->length, 1);
+    cos_rows.push_back(c);
+    sin_rows.push_back(s);
+  }
+  const at::Tensor cos = at::stack(cos_rows).unsqueeze(1), sin = at::stack(sin_rows).unsqueeze(1);
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const Layer& L = layers_[li];
+    const int64_t window = config_.sliding_window[li];
+    auto [q, k, v] = L.attention.project(L.input_norm(x));
+    q = rope_.apply(q, cos, sin);
+    k = rope_.apply(k, cos, sin);
+    std::vector<at::Tensor> attended;
+    for (int64_t i = 0; i < b; ++i) {
+      nn::KvCache& cache = *caches[static_cast<size_t>(i)];
+      const int64_t total = cache.length + 1;
+      const int64_t first = window > 0 ? std::max<int64_t>(0, total - window) : 0;
+      auto [keys, values] = cache.append(li, cache.length, k.narrow(0, i, 1), v.narrow(0, i, 1), first);
+      attended.push_back(nn::attend(q.narrow(0, i, 1), keys, values));
+    }
+    x = x + L.attention.output(at::cat(attended));
+    x = x + (*L.feed_forward)(L.post_attention_norm(x));
+  }
+  for (auto* cache : caches) cache->length += 1;
+  return logits(norm_(x).squeeze(1));
+}
+
 at::Tensor Decoder::logits(const at::Tensor& hidden) const {
   check(lm_head_.defined(), ErrorCode::kInvalidInput,
         "this checkpoint has no lm_head.weight (a base model): it can embed but not generate");

@@ -44,6 +44,12 @@ class Decoder final : public CausalLM {
   nn::KvCache new_cache(int64_t capacity) const override;
   at::Tensor embed_tokens(const std::vector<int64_t>& ids) const override;
   at::Tensor extend_embeddings(const at::Tensor& embeddings, nn::KvCache& cache) const override;
+  /// The rows of a batch run through each projection together (the weights are
+  /// read once for up to kernels::row_kernel_max_rows() rows, whose results are
+  /// the same bits however many run), attention per sequence against its own
+  /// cache. A longrope row that crosses to the long factors (it recomputes its
+  /// sequence) and latent-attention models extend each sequence on its own.
+  at::Tensor decode_batch(const std::vector<int64_t>& ids, const std::vector<nn::KvCache*>& caches) const override;
   int64_t vocab_size() const override { return config_.vocab_size; }
   int64_t hidden_size() const override { return config_.hidden_size; }
 
@@ -83,6 +89,8 @@ class Decoder final : public CausalLM {
   at::Tensor run(at::Tensor x, int64_t start, nn::KvCache* cache, const at::Tensor& key_mask,
                  bool causal = true) const;
   at::Tensor logits(const at::Tensor& hidden) const;
+  // decode_batch for rows that run together: x (b, 1, hidden) at each cache's length.
+  at::Tensor decode_rows(at::Tensor x, const std::vector<nn::KvCache*>& caches) const;
 
   DecoderConfig config_;
   at::ScalarType dtype_;
@@ -99,15 +107,23 @@ class Decoder final : public CausalLM {
 
 /// The default prompt tokens per prefill pass (option "prefill_chunk").
 inline constexpr int64_t kDefaultPrefillChunk = 512;
+/// The default sequences of a continuous batch (option "max_batch").
+inline constexpr int64_t kDefaultMaxBatch = 16;
+
+/// Options "max_batch" and "kv_cache_tokens" (continuous batching), as every
+/// family generating with this decoder declares them.
+OptionSpec max_batch_option();
+OptionSpec kv_cache_tokens_option();
 
 /// The TextGenerator's settings: the context (options.context_length, checked
 /// against the config's maximum), eos and sampling defaults from `model_dir`'s
-/// generation_config.json (else config.json's eos), and option "prefill_chunk".
+/// generation_config.json (else config.json's eos), and options "prefill_chunk",
+/// "max_batch" and "kv_cache_tokens".
 TextGeneratorSettings generator_settings(const DecoderConfig& config, const std::filesystem::path& model_dir,
                                          const NativeOptions& options);
 
-/// Bytes beyond the weights that one generation needs: the KV cache of a full
-/// context and the activations of one prefill chunk of `tokens_per_forward`
+/// Bytes beyond the weights that a replica's generations need: the KV cache of
+/// kv_cache_tokens positions (one context by default) and the activations of one prefill chunk of `tokens_per_forward`
 /// tokens or more (logits included).
 double generation_bytes(const DecoderConfig& config, const TextGeneratorSettings& settings, at::ScalarType dtype,
                         int64_t tokens_per_forward = 0);

@@ -36,7 +36,10 @@ class DecoderBackbone final : public Backbone {
   std::shared_ptr<const Decoder> decoder_;
 };
 
-class DecoderModel final : public core::Instance, public cap::TextToText, public cap::TextEmbedding {
+class DecoderModel final : public core::Instance,
+                           public cap::TextToText,
+                           public cap::BatchGeneration,
+                           public cap::TextEmbedding {
  public:
   DecoderModel(TextGenerator generator, std::unique_ptr<SentenceEmbedder> embedder)
       : generator_(std::move(generator)), embedder_(std::move(embedder)) {}
@@ -45,6 +48,9 @@ class DecoderModel final : public core::Instance, public cap::TextToText, public
                            const cap::GenerationParams& params, const cap::TextSink& sink,
                            cap::RequestContext& ctx) override {
     return generator_.generate(prompt, params, sink, ctx);
+  }
+  void generate_batch(std::shared_ptr<cap::GenerationRequest> first, cap::GenerationFeed& feed) override {
+    generator_.generate_batch(std::move(first), feed);
   }
   at::Tensor embed(const std::vector<std::string>& texts, const cap::EmbedOptions& options,
                    cap::RequestContext& ctx) override {
@@ -60,6 +66,17 @@ class DecoderModel final : public core::Instance, public cap::TextToText, public
 };
 
 }  // namespace
+
+OptionSpec max_batch_option() {
+  return {"max_batch", OptionSpec::Kind::kInt,
+          "sequences one replica decodes together in its continuous batch (default 16)"};
+}
+
+OptionSpec kv_cache_tokens_option() {
+  return {"kv_cache_tokens", OptionSpec::Kind::kInt,
+          "cache positions (prompt plus max new tokens) a replica's sequences hold together; reserved with the "
+          "replica (default: one context_length)"};
+}
 
 TextGeneratorSettings generator_settings(const DecoderConfig& config, const fs::path& model_dir,
                                          const NativeOptions& options) {
@@ -86,6 +103,12 @@ TextGeneratorSettings generator_settings(const DecoderConfig& config, const fs::
   gen.context = context;
   gen.max_context = max_context;
   gen.prefill_chunk = prefill_chunk;
+  gen.max_batch = options.options.get_int("max_batch", kDefaultMaxBatch);
+  check(gen.max_batch >= 1 && gen.max_batch <= 1024, ErrorCode::kInvalidInput,
+        "option max_batch must be in [1, 1024], got " + std::to_string(gen.max_batch));
+  gen.kv_cache_tokens = options.options.get_int("kv_cache_tokens", context);
+  check(gen.kv_cache_tokens >= 2 && gen.kv_cache_tokens <= (int64_t{1} << 30), ErrorCode::kInvalidInput,
+        "option kv_cache_tokens must be in [2, 1073741824], got " + std::to_string(gen.kv_cache_tokens));
   return gen;
 }
 
@@ -97,7 +120,7 @@ double generation_bytes(const DecoderConfig& config, const TextGeneratorSettings
                                                                 config.mla.qk_rope_head_dim, element)
                        : nn::KvCache::bytes_per_position(config.num_layers, config.num_kv_heads, config.head_dim,
                                                          element)) *
-      static_cast<double>(gen.context);
+      static_cast<double>(gen.kv_cache_tokens > 0 ? gen.kv_cache_tokens : gen.context);
   const double chunk = static_cast<double>(gen.prefill_chunk);
   const double tokens = std::max(chunk, static_cast<double>(tokens_per_forward));
   // Per token: the widest feed-forward activation, the residual stream, and the
@@ -207,8 +230,9 @@ Family family() {
   };
   return Family{"llama", {cap::TextToText::kName, cap::TextEmbedding::kName}, serves, build,
                 {{"prefill_chunk", OptionSpec::Kind::kInt,
-                  "prompt tokens per forward pass of a prefill (default 512): bounds activation memory"},
-                 kit::tokenizer_pattern_option()}};
+                  "prompt tokens per forward pass of a prefill (default 512): bounds activation memory, and "
+                  "the prompt tokens one step of a continuous batch runs besides its decode rows"},
+                 max_batch_option(), kv_cache_tokens_option(), kit::tokenizer_pattern_option()}};
 }
 
 void register_probes() {

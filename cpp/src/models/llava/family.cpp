@@ -47,7 +47,7 @@ int64_t count_placeholders(const std::vector<int64_t>& ids, int64_t image_token)
   return static_cast<int64_t>(std::count(ids.begin(), ids.end(), image_token));
 }
 
-class LlavaModel final : public core::Instance, public cap::Vision, public cap::TextToText {
+class LlavaModel final : public core::Instance, public cap::Vision, public cap::TextToText, public cap::BatchGeneration {
  public:
   LlavaModel(const LlavaConfig& config, LlavaVision vision, ImageTowerSettings images,
              std::optional<AnyresSettings> anyres, TextGenerator generator)
@@ -67,6 +67,23 @@ class LlavaModel final : public core::Instance, public cap::Vision, public cap::
   cap::Completion describe(const std::vector<cap::Image>& images, const std::string& prompt,
                            const cap::GenerationParams& params, const cap::TextSink& sink,
                            cap::RequestContext& ctx) override {
+    const VisionPrompt v = vision_prompt(images, prompt, params, ctx);
+    cap::Completion done = generator_.generate(v.prompt, params, sink, ctx);
+    done.image_tokens = v.image_tokens;
+    done.image_time_s = v.image_time_s;
+    return done;
+  }
+
+  void generate_batch(std::shared_ptr<cap::GenerationRequest> first, cap::GenerationFeed& feed) override {
+    generator_.generate_batch(std::move(first), feed, [this](const cap::GenerationRequest& r) {
+      return vision_prompt(r.images, std::get<std::string>(r.prompt), r.params, *r.context);
+    });
+  }
+
+ private:
+  // The prompt with each image's features spliced in at its placeholder.
+  VisionPrompt vision_prompt(const std::vector<cap::Image>& images, const std::string& prompt,
+                             const cap::GenerationParams& params, cap::RequestContext& ctx) const {
     validate_generation_params(params);
     check(!prompt.empty(), ErrorCode::kInvalidInput, "the prompt is empty");
     // Tokenized as LlavaProcessor tokenizes it: the image token is an added token,
@@ -80,16 +97,13 @@ class LlavaModel final : public core::Instance, public cap::Vision, public cap::
               (images.size() == 1 ? " was" : "s were") + " given; each image needs one placeholder");
     const auto start = std::chrono::steady_clock::now();
     const std::vector<at::Tensor> features = anyres_ ? tiled_features(images, ctx) : image_features(images, ctx);
-    int64_t image_tokens = 0;
-    for (const auto& f : features) image_tokens += f.size(0);
-    const double image_time = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    cap::Completion done = generator_.generate(splice(ids, image_token_, features), params, sink, ctx);
-    done.image_tokens = image_tokens;
-    done.image_time_s = image_time;
-    return done;
+    VisionPrompt out;
+    for (const auto& f : features) out.image_tokens += f.size(0);
+    out.image_time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    out.prompt = splice(ids, image_token_, features);
+    return out;
   }
 
- private:
   // LLaVA-1.5: one tower input per image, images_per_forward at a time.
   std::vector<at::Tensor> image_features(const std::vector<cap::Image>& images, cap::RequestContext& ctx) const {
     std::vector<at::Tensor> features;
@@ -215,7 +229,7 @@ Family family() {
        "prompt positions per forward pass of a prefill (default 512): bounds activation memory"},
       {"images_per_forward", OptionSpec::Kind::kInt,
        "images per forward pass of the vision tower (default 16): bounds activation memory"},
-      kit::tokenizer_pattern_option()};
+      decoder::max_batch_option(), decoder::kv_cache_tokens_option(), kit::tokenizer_pattern_option()};
   return Family{"llava", {cap::Vision::kName, cap::TextToText::kName},
                 kit::serves_model_types(kModelTypes, "llava or llava_next"),
                 build, std::move(options)};

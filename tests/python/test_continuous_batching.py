@@ -1,0 +1,233 @@
+"""Continuous batching of text generation: requests join a replica's running
+batch between its steps and leave when they end, each with the output it has
+alone.
+
+Every test holds the batch open with an *anchor*: a long stream that is not read,
+so its bounded buffer fills and it pauses (a paused sequence sits out steps and
+stalls no other) while the replica stays in its batch. With one replica, every
+request submitted meanwhile runs in that batch. Solo runs are the same requests
+one at a time on an idle pool. Tiny random decoders (decoder_models.py).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import mpool
+from decoder_models import build_decoder
+
+VOCAB = 400
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("batching")
+    return {arch: build_decoder(root, arch) for arch in ("llama", "qwen2_sliding", "phi3_longrope", "qwen2_moe")}
+
+
+def ids_of(n: int, seed: int) -> list[int]:
+    return [int(i) for i in np.random.RandomState(seed).randint(8, VOCAB, size=n)]
+
+
+def collect(stream: mpool.TextStream, first: list[Any] | None = None) -> tuple[Any, ...]:
+    """Everything a caller sees of a stream: ids, text, logprobs, finish reason."""
+    chunks = list(first or []) + list(stream)
+    ids = [i for c in chunks for i in c.token_ids]
+    text = "".join(c.text for c in chunks)
+    logprobs = [(lp.token_id, round(lp.logprob, 6)) for c in chunks for lp in (c.logprobs or [])]
+    return ids, text, logprobs, stream.finish_reason
+
+
+def request_specs(n: int) -> list[tuple[list[int], dict[str, Any]]]:
+    """n requests of different prompt lengths, sampling parameters and stop conditions."""
+    specs = []
+    for i in range(n):
+        params: dict[str, Any] = dict(max_tokens=6 + 5 * (i % 7))
+        kind = i % 4
+        if kind == 0:
+            params.update(temperature=0, ignore_eos=True)
+        elif kind == 1:
+            params.update(temperature=0.7 + 0.1 * i, top_k=40, top_p=0.9, seed=100 + i, ignore_eos=True)
+        elif kind == 2:
+            params.update(temperature=1.2, min_p=0.05, seed=7 * i, repetition_penalty=1.3, logprobs=3)
+        else:
+            params.update(temperature=0, stop=["e", "a "], frequency_penalty=0.5, presence_penalty=0.3)
+        specs.append((ids_of(3 + 5 * i, seed=i), params))
+    return specs
+
+
+def anchor(pool: mpool.Pool, key: str = "m") -> tuple[mpool.TextStream, list[Any]]:
+    """A stream that outlasts its buffer: unread, it pauses and keeps the batch open."""
+    stream = pool.generate(key, ids_of(4, seed=999), max_tokens=200, temperature=0, ignore_eos=True, timeout=120)
+    return stream, [next(stream)]  # its first piece: the batch is running
+
+
+def running_settles_at(pool: mpool.Pool, n: int) -> bool:
+    """Whether the running count reaches n: a stream's end reaches its reader just
+    before its sequence leaves the replica's count."""
+    deadline = time.monotonic() + 30
+    while pool.stats()["models"]["m"]["running"] != n:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+# Cache room for every sequence of a test at once (the default is one context,
+# which the anchor alone nearly fills).
+ROOMY = {"kv_cache_tokens": 8192}
+
+ANCHOR_SPEC = (ids_of(4, seed=999), dict(max_tokens=200, temperature=0, ignore_eos=True))
+
+
+@pytest.mark.parametrize(
+    "arch,dtype",
+    [("llama", "float32"), ("llama", "bfloat16"), ("llama", "int8"), ("qwen2_sliding", "float32"),
+     ("phi3_longrope", "float32"), ("qwen2_moe", "float32")],
+)
+def test_sixteen_sequences_joining_at_staggered_times_each_equal_their_solo_run(
+    models: dict[str, Path], arch: str, dtype: str
+) -> None:
+    specs = request_specs(16)
+    with mpool.Pool() as pool:
+        # Prompts from 3 to 78 tokens run in prefill chunks of 16, interleaved with decode steps.
+        pool.register("m", models[arch], max_replicas=1, dtype=dtype, options={"prefill_chunk": 16, **ROOMY})
+        solo = [collect(pool.generate("m", ids, **params)) for ids, params in specs]
+        solo_anchor = collect(pool.generate("m", ANCHOR_SPEC[0], **ANCHOR_SPEC[1]))
+
+        held, held_first = anchor(pool)
+        streams = [pool.generate("m", ids, timeout=120, **params) for ids, params in specs[:8]]
+        firsts: list[list[Any]] = []
+        for s in streams:  # the first eight are running when the last eight arrive
+            firsts.append([c for c in [next(s, None)] if c is not None])
+        streams += [pool.generate("m", ids, timeout=120, **params) for ids, params in specs[8:]]
+        firsts += [[] for _ in specs[8:]]
+        batched = [collect(s, f) for s, f in zip(streams, firsts)]
+        assert running_settles_at(pool, 1)  # all done; the anchor still holds the batch
+        assert collect(held, held_first) == solo_anchor
+    for i, (got, want) in enumerate(zip(batched, solo)):
+        assert got == want, f"request {i} ({specs[i][1]}) differs in the batch"
+
+
+def test_cancelled_and_timed_out_sequences_leave_without_disturbing_the_others(models: dict[str, Path]) -> None:
+    specs = request_specs(6)
+    with mpool.Pool() as pool:
+        pool.register("m", models["llama"], max_replicas=1, options=ROOMY)
+        solo = [collect(pool.generate("m", ids, **params)) for ids, params in specs]
+        held, held_first = anchor(pool)
+        streams = [pool.generate("m", ids, timeout=120, **params) for ids, params in specs]
+        cancelled = pool.generate("m", ids_of(9, 50), max_tokens=150, temperature=0, ignore_eos=True)
+        timed_out = pool.generate("m", ids_of(9, 51), max_tokens=150, temperature=0, ignore_eos=True, timeout=0.5)
+        next(cancelled)
+        cancelled.close()  # its consumer leaves mid-generation
+        time.sleep(1.0)  # the unread one pauses, then its deadline passes inside the batch
+        with pytest.raises(mpool.Timeout):
+            collect(timed_out)
+        assert cancelled.finish_reason == "cancelled"
+        assert [collect(s) for s in streams] == solo
+        assert running_settles_at(pool, 1)
+        collect(held, held_first)
+        # The replica serves on.
+        assert collect(pool.generate("m", *specs[0][:1], **specs[0][1])) == solo[0]
+
+
+def test_busy_batching_replica_counts_each_sequence_as_running(models: dict[str, Path]) -> None:
+    with mpool.Pool() as pool:
+        pool.register("m", models["llama"], max_replicas=1, options=ROOMY)
+        a, a_first = anchor(pool)
+        b, b_first = anchor(pool)  # same request: pauses the same way, in the same batch
+        stats = pool.stats()["models"]["m"]
+        assert stats["running"] == 2 and stats["busy_replicas"] == 1 and stats["replicas"] == 1
+        assert collect(a, a_first) == collect(b, b_first)
+
+
+def test_request_beyond_free_cache_waits_then_completes_and_beyond_the_whole_cache_is_refused(
+    models: dict[str, Path],
+) -> None:
+    prompt = ids_of(10, 3)
+    with mpool.Pool() as pool:
+        # The anchor holds 4 + 200 positions; the cache holds 230 (the context is 256).
+        pool.register("m", models["llama"], max_replicas=1, options={"kv_cache_tokens": 230})
+        solo = collect(pool.generate("m", prompt, max_tokens=50, temperature=0, ignore_eos=True))
+        held, held_first = anchor(pool)
+        with pytest.raises(mpool.InvalidInput, match=r"needs 240 cache positions .* holds 230 \(option kv_cache_tokens\)"):
+            collect(pool.generate("m", prompt, max_tokens=230, temperature=0, ignore_eos=True))
+        waiting = pool.generate("m", prompt, max_tokens=50, temperature=0, ignore_eos=True, timeout=120)
+        expires = pool.generate("m", prompt, max_tokens=50, temperature=0, ignore_eos=True, timeout=0.3)
+        with pytest.raises(mpool.Timeout):  # it waited for room (behind the first), under its own deadline
+            collect(expires)
+        assert running_settles_at(pool, 2)  # the anchor, and the first in line for room
+        collect(held, held_first)  # the anchor ends; its positions go back
+        assert collect(waiting) == solo
+
+
+def test_max_batch_bounds_the_sequences_a_replica_runs_at_once(models: dict[str, Path]) -> None:
+    with mpool.Pool() as pool:
+        pool.register("m", models["llama"], max_replicas=1, options={"max_batch": 2, **ROOMY})
+        a, a_first = anchor(pool)
+        b, b_first = anchor(pool)
+        c = pool.generate("m", ids_of(5, 8), max_tokens=3, temperature=0, timeout=0.5)
+        with pytest.raises(mpool.Timeout):  # no third seat while both anchors run
+            collect(c)
+        collect(a, a_first)
+        collect(b, b_first)
+        assert len(collect(pool.generate("m", ids_of(5, 8), max_tokens=3, temperature=0, ignore_eos=True))[0]) == 3
+    with pytest.raises(mpool.InvalidInput, match=r"max_batch must be in \[1, 1024\], got 0"):
+        with mpool.Pool() as pool:
+            pool.register("m", models["llama"], options={"max_batch": 0})
+            pool.load("m")
+
+
+def test_soak_of_500_mixed_requests_frees_every_sequence_and_returns_the_memory(models: dict[str, Path]) -> None:
+    with mpool.Pool() as pool:
+        pool.register("m", models["qwen2_sliding"], max_replicas=1, options={"prefill_chunk": 8, **ROOMY})
+        pool.load("m")
+        committed = pool.stats()["devices"][0]["committed_mb"]
+        outcomes: dict[str, int] = {}
+        lock = threading.Lock()
+
+        def client(seed: int) -> None:
+            rng = random.Random(seed)
+            for _ in range(125):
+                ids = ids_of(rng.randint(1, 40), rng.randint(0, 10**6))
+                params: dict[str, Any] = dict(max_tokens=rng.randint(1, 12), temperature=rng.choice([0, 0.9]),
+                                              seed=rng.randint(0, 99), stop=rng.choice([[], ["e"]]))
+                stream = pool.generate("m", ids, timeout=120, **params)
+                action = rng.random()
+                try:
+                    if action < 0.2:
+                        next(stream, None)
+                        stream.close()
+                        outcome = "cancelled"
+                    else:
+                        collect(stream)
+                        outcome = str(stream.finish_reason)
+                except mpool.PoolError as e:  # none expected: counted so the assertion names it
+                    outcome = type(e).__name__
+                with lock:
+                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+        threads = [threading.Thread(target=client, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        assert sum(outcomes.values()) == 500
+        assert set(outcomes) <= {"stop", "length", "cancelled"}, outcomes
+        stats = pool.stats()
+        deadline = time.monotonic() + 30
+        while stats["models"]["m"]["busy_replicas"] and time.monotonic() < deadline:
+            time.sleep(0.01)  # the last closed stream's sequence leaves at the batch's next step
+            stats = pool.stats()
+        m = stats["models"]["m"]
+        assert m["running"] == 0 and m["queued"] == 0 and m["replicas"] == 1
+        assert stats["devices"][0]["committed_mb"] == committed
+        counts = m["counts"]
+        assert counts["requests"] == counts["succeeded"] + counts["cancellations"]  # load() succeeded too
