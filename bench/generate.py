@@ -36,8 +36,9 @@ aggregate tokens/s (all tokens / wall clock from the first request to the last
 end), TTFT p50/p95 over the clients (to their first token), mpool at batch 1
 (one client, the same run) and transformers' static batched generate over the
 same N prompts left-padded (aggregate = N x new tokens / its wall clock). The
-bounds: at N rows a step reads the weights once, so bandwidth allows N x the
-batch-1 bound, and compute allows matmul FLOP/s / (2 x active parameters) tokens/s.
+bounds: a step of N rows reads the weights once and every sequence's KV cache
+(at its mean length), so bandwidth allows N x bandwidth / those bytes tokens/s;
+compute allows matmul FLOP/s / (2 x active parameters) tokens/s.
 
     python bench/generate.py --concurrent 8 [--dtype float32|bfloat16|int8]
 """
@@ -342,11 +343,18 @@ def main_concurrent(args: Any) -> None:
         static = bench_transformers_batch(model, prompts, args.new_tokens)
         bw = memory_bandwidth()
         flops = matmul_gflops(dtype=torch.float32 if int8 else getattr(torch, args.dtype)) * 1e9
-    bw_bound = n * bw / weight_bytes
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * (2 if args.dtype == "bfloat16" else 4)
+    mean_positions = statistics.mean(lengths) + args.new_tokens / 2
+    step_bytes = weight_bytes + n * mean_positions * kv_position  # the weights once, every sequence's cache
+    bw_bound = n * bw / step_bytes
     compute_bound = flops / (2 * active_params)
     print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}")
     print(f"model: {args.model}, {active_params / 1e6:.0f}M active params, {args.dtype}; {n} clients, prompts "
           f"{min(lengths)}-{max(lengths)} tokens, {args.new_tokens} new tokens each, greedy")
+    print(f"a step reads the weights ({weight_bytes / 2**20:.0f} MiB) once and each sequence's KV cache "
+          f"({n} x {mean_positions:.0f} positions on average, {n * mean_positions * kv_position / 2**20:.0f} MiB)")
     print(f"bounds at {n} rows a step: bandwidth {bw / 1e9:.1f} GB/s -> {bw_bound:.0f} tokens/s; "
           f"matmul {flops / 1e9:.0f} GFLOP/s -> {compute_bound:.0f} tokens/s")
     print(f"{'engine':34s} {'tokens/s':>9s} {'TTFT p50 ms':>12s} {'TTFT p95 ms':>12s} {'of bound':>9s}")

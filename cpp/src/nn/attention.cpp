@@ -51,6 +51,18 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                           0.0, causal && !mask.defined(), scale, group > 1);
 }
 
+at::Tensor attend_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks, const std::vector<at::Tensor>& vs) {
+  check(q.dim() == 4 && q.size(2) == 1 && ks.size() == static_cast<size_t>(q.size(0)) && vs.size() == ks.size(),
+        ErrorCode::kInvalidInput, "attend_rows: q must be (b, heads, 1, d) with b keys and values");
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  at::Tensor out = kernels::decode_attention_rows(q, ks, vs, scale);
+  if (out.defined()) return out;
+  // Each row as attend() runs it alone (the kernel's or ATen's path, as there).
+  std::vector<at::Tensor> rows;
+  for (size_t i = 0; i < ks.size(); ++i) rows.push_back(attend(q.narrow(0, static_cast<int64_t>(i), 1), ks[i], vs[i]));
+  return at::cat(rows);
+}
+
 Attention Attention::load(const Weights& w, const AttentionShape& shape, const AttentionNames& names,
                           std::optional<double> qk_norm_eps) {
   Attention a;

@@ -88,11 +88,79 @@ __attribute__((target("avx2,fma"))) void block_rows(const W* w, const float* x, 
     }
 }
 
-// Every row of X (m of them) against weight rows [r0, r1): four weight rows a
-// pass; X rows one at a time for a single row, else two at a time (eight
-// accumulators, within AVX2's sixteen registers).
+// Sixteen weights as float32 (the first `mask` lanes; the rest 0): a float32
+// load, or a bfloat16 load widened.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const float* p, __mmask16 mask) {
+  return mask == static_cast<__mmask16>(0xFFFF) ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(mask, p);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const uint16_t* p, __mmask16 mask) {
+  const __m256i raw = mask == static_cast<__mmask16>(0xFFFF)
+                          ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                          : _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// block_rows with AVX-512: sixteen lanes, the tail a masked step; each pair sums
+// in one order whatever NR and NX are (here too a row's bits never depend on
+// the other rows).
+template <class W, int NR, int NX>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void block_rows_512(const W* w, const float* x, float* y, int64_t in,
+                                                               int64_t out, int64_t r, int64_t j0) {
+  const int64_t full = in - in % 16;
+  const W* rows = w + r * in;
+  const float* xs = x + j0 * in;
+  __m512 acc[NR][NX];
+  for (int k = 0; k < NR; ++k)
+    for (int j = 0; j < NX; ++j) acc[k][j] = _mm512_setzero_ps();
+  auto step = [&](int64_t i, __mmask16 mask) __attribute__((target("avx512f,avx512bw,avx512vl"))) {
+    __m512 wv[NR];
+    for (int k = 0; k < NR; ++k) wv[k] = load16(rows + k * in + i, mask);
+    for (int j = 0; j < NX; ++j) {
+      const __m512 xv = load16(xs + j * in + i, mask);
+      for (int k = 0; k < NR; ++k) acc[k][j] = _mm512_fmadd_ps(wv[k], xv, acc[k][j]);
+    }
+  };
+  for (int64_t i = 0; i < full; i += 16) {
+    if ((i * static_cast<int64_t>(sizeof(W)) & 63) == 0)
+      for (int k = 0; k < NR; ++k) _mm_prefetch(reinterpret_cast<const char*>(rows + (NR + k) * in + i), _MM_HINT_T0);
+    step(i, static_cast<__mmask16>(0xFFFF));
+  }
+  if (full < in) step(full, static_cast<__mmask16>((1u << (in - full)) - 1));
+  for (int k = 0; k < NR; ++k)
+    for (int j = 0; j < NX; ++j) y[(j0 + j) * out + r + k] = _mm512_reduce_add_ps(acc[k][j]);
+}
+
+bool cpu_has_avx512() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+  }();
+  return yes;
+}
+
+// Every row of X (m of them) against weight rows [r0, r1). With AVX-512: eight
+// weight rows a pass for a single row (more streams in flight), else four
+// against four rows of X (sixteen accumulators of 32 registers). With AVX2:
+// four weight rows a pass, X rows one at a time for a single row, else two at
+// a time (eight accumulators of sixteen registers).
 template <class W>
 void gemm_rows(const W* w, const float* x, float* y, int64_t in, int64_t out, int64_t m, int64_t r0, int64_t r1) {
+  if (cpu_has_avx512()) {
+    auto pass = [&]<int NR>(int64_t r) {
+      int64_t j = 0;
+      if (m > 1)
+        for (; j + 4 <= m; j += 4) block_rows_512<W, NR, 4>(w, x, y, in, out, r, j);
+      for (; j + 2 <= m; j += 2) block_rows_512<W, NR, 2>(w, x, y, in, out, r, j);
+      for (; j < m; ++j) block_rows_512<W, NR, 1>(w, x, y, in, out, r, j);
+    };
+    int64_t r = r0;
+    if (m == 1)
+      for (; r + 8 <= r1; r += 8) pass.template operator()<8>(r);
+    for (; r + 4 <= r1; r += 4) pass.template operator()<4>(r);
+    for (; r < r1; ++r) pass.template operator()<1>(r);
+    return;
+  }
   auto pass = [&]<int NR>(int64_t r) {
     int64_t j = 0;
     if (m > 1)
@@ -144,7 +212,25 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, const W* k, 
                                                     int64_t v_stride, int64_t t, int64_t d, int64_t dv, float scale,
                                                     float* scores, float* acc) {
   float top = -INFINITY;
-  for (int64_t j = 0; j < t; ++j) {
+  // Four keys at a time: four independent chains of fused multiply-adds, each
+  // key's dot product summed exactly as dot() sums it.
+  const int64_t q_vec = d - d % 8;
+  int64_t j = 0;
+  for (; j + 4 <= t; j += 4) {
+    const W* rows[4] = {k + j * k_stride, k + (j + 1) * k_stride, k + (j + 2) * k_stride, k + (j + 3) * k_stride};
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t i = 0; i < q_vec; i += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + i);
+      for (int u = 0; u < 4; ++u) a[u] = _mm256_fmadd_ps(load8(rows[u] + i), qv, a[u]);
+    }
+    for (int u = 0; u < 4; ++u) {
+      float sum = hsum(a[u]);
+      for (int64_t i = q_vec; i < d; ++i) sum += to_float(rows[u][i]) * q[i];
+      scores[j + u] = sum * scale;
+      top = std::max(top, scores[j + u]);
+    }
+  }
+  for (; j < t; ++j) {
     scores[j] = dot(k + j * k_stride, q, d) * scale;
     top = std::max(top, scores[j]);
   }
@@ -158,14 +244,28 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, const W* k, 
   }
   float sum = hsum(sum8);
   for (int64_t j = t_vec; j < t; ++j) sum += scores[j] = std::exp(scores[j] - top);
-  const int64_t d_vec = dv - dv % 8;
-  std::fill(acc, acc + dv, 0.0f);
-  for (int64_t j = 0; j < t; ++j) {
-    const W* row = v + j * v_stride;
-    const __m256 w = _mm256_set1_ps(scores[j]);
-    for (int64_t i = 0; i < d_vec; i += 8)
-      _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(w, load8(row + i), _mm256_loadu_ps(acc + i)));
-    for (int64_t i = d_vec; i < dv; ++i) acc[i] += scores[j] * to_float(row[i]);
+  // The weighted values, 64 columns at a time in registers (each column summed
+  // over the keys in order, as one accumulator in memory would).
+  int64_t i0 = 0;
+  for (; i0 + 64 <= dv; i0 += 64) {
+    __m256 a[8];
+    for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
+    for (int64_t jj = 0; jj < t; ++jj) {
+      const W* row = v + jj * v_stride + i0;
+      const __m256 w = _mm256_set1_ps(scores[jj]);
+      for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(w, load8(row + 8 * u), a[u]);
+    }
+    for (int u = 0; u < 8; ++u) _mm256_storeu_ps(acc + i0 + 8 * u, a[u]);
+  }
+  for (; i0 + 8 <= dv; i0 += 8) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t jj = 0; jj < t; ++jj) a = _mm256_fmadd_ps(_mm256_set1_ps(scores[jj]), load8(v + jj * v_stride + i0), a);
+    _mm256_storeu_ps(acc + i0, a);
+  }
+  for (int64_t i = i0; i < dv; ++i) {
+    float a = 0;
+    for (int64_t jj = 0; jj < t; ++jj) a += scores[jj] * to_float(v[jj * v_stride + i]);
+    acc[i] = a;
   }
   const float inv = 1.0f / sum;
   for (int64_t i = 0; i < dv; ++i) acc[i] *= inv;
@@ -325,6 +425,58 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 #endif
 }
 
+at::Tensor decode_attention_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks,
+                                 const std::vector<at::Tensor>& vs, double scale) {
+#ifdef MPOOL_X86_GEMV
+  const at::ScalarType type = q.scalar_type();
+  if (!cpu_has_avx2_fma() || q.dim() != 4 || q.size(2) != 1 || !(type == at::kFloat || type == at::kBFloat16) ||
+      !q.device().is_cpu() || ks.size() != static_cast<size_t>(q.size(0)) || vs.size() != ks.size() || ks.empty() ||
+      !std::isfinite(scale))
+    return {};
+  const int64_t b = q.size(0), heads = q.size(1), d = q.size(3);
+  const int64_t kvh = ks[0].dim() == 4 ? ks[0].size(1) : 0, dv = vs[0].dim() == 4 ? vs[0].size(3) : 0;
+  if (kvh == 0 || heads % kvh != 0) return {};
+  for (size_t i = 0; i < ks.size(); ++i) {
+    const at::Tensor &k = ks[i], &v = vs[i];
+    if (k.dim() != 4 || v.dim() != 4 || k.size(0) != 1 || v.size(0) != 1 || k.size(1) != kvh || v.size(1) != kvh ||
+        k.size(2) != v.size(2) || k.size(2) == 0 || k.size(3) != d || v.size(3) != dv || k.stride(3) != 1 ||
+        v.stride(3) != 1 || k.scalar_type() != type || v.scalar_type() != type || !k.device().is_cpu() ||
+        !v.device().is_cpu())
+      return {};
+  }
+  const int64_t group = heads / kvh;
+  int64_t longest = 0;
+  for (const auto& k : ks) longest = std::max(longest, k.size(2));
+  const at::Tensor qf = q.to(at::kFloat).reshape({b * heads, d}).contiguous();
+  at::Tensor out = at::empty({b, heads, 1, dv}, q.options().dtype(at::kFloat));
+  const float* qp = qf.const_data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+  auto run = [&](auto tag) {
+    using W = decltype(tag);
+    parallel_for(b * heads, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<float> scores(static_cast<size_t>(longest));
+      for (int64_t r = r0; r < r1; ++r) {
+        const auto bi = static_cast<size_t>(r / heads);
+        const int64_t kv = (r % heads) / group;
+        const at::Tensor &k = ks[bi], &v = vs[bi];
+        const W* kp = reinterpret_cast<const W*>(k.const_data_ptr()) + kv * k.stride(1);
+        const W* vp = reinterpret_cast<const W*>(v.const_data_ptr()) + kv * v.stride(1);
+        attend_row(qp + r * d, kp, k.stride(2), vp, v.stride(2), k.size(2), d, dv, s, scores.data(), op + r * dv);
+      }
+    });
+  };
+  if (type == at::kFloat)
+    run(float{});
+  else
+    run(uint16_t{});
+  return out.to(type);
+#else
+  (void)q, (void)ks, (void)vs, (void)scale;
+  return {};
+#endif
+}
+
 bool has_fast_gemv() {
 #ifdef MPOOL_X86_GEMV
   return cpu_has_avx2_fma();
@@ -361,10 +513,10 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
       // back, as ATen's bf16 GEMM accumulates in float32 and rounds once.
       const at::Tensor xf = x.reshape({m, in}).to(at::kFloat).contiguous();
       const float* xp = xf.const_data_ptr<float>();
-      const int64_t blocks = (out + 3) / 4;  // four weight rows per pass
+      const int64_t blocks = (out + 7) / 8;  // eight weight rows: one or two passes
       auto run = [&](const auto* w) {
-        parallel_for(blocks, std::max<int64_t>(1, 16 / m), [&](int64_t b0, int64_t b1) {
-          gemm_rows(w, xp, yp, in, out, m, b0 * 4, std::min(out, b1 * 4));
+        parallel_for(blocks, std::max<int64_t>(1, 8 / m), [&](int64_t b0, int64_t b1) {
+          gemm_rows(w, xp, yp, in, out, m, b0 * 8, std::min(out, b1 * 8));
         });
       };
       if (type == at::kFloat)

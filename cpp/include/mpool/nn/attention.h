@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "mpool/nn/linear.h"
 #include "mpool/nn/norm.h"
@@ -33,6 +34,12 @@ at::Tensor additive_mask(const at::Tensor& keep, const at::Tensor& bias, at::Sca
 /// mask (a decode step) folds the group into the query axis instead of repeating keys.
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask = {},
                   bool causal = false, std::optional<double> scale = std::nullopt);
+
+/// attend() for the one query row of each of several sequences with keys and
+/// values of their own lengths (a batch's decode step): q (b, heads, 1, d) row i
+/// against ks[i], vs[i] (1, kv_heads, t_i, d), no mask, the default scale.
+/// Returns (b, heads, 1, dv); row i is the bits attend() gives it alone.
+at::Tensor attend_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks, const std::vector<at::Tensor>& vs);
 
 /// Where a checkpoint keeps an attention block's tensors, relative to its scope.
 struct AttentionNames {

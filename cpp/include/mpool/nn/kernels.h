@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace mpool::nn::kernels {
 
@@ -34,6 +35,13 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 /// bfloat16, a last dimension with a stride, no AVX2/FMA); the caller then uses
 /// ATen's scaled_dot_product_attention.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+
+/// decode_attention for a batch of sequences of their own lengths: q (b, heads,
+/// 1, d) row i against ks[i] (1, kv_heads, t_i, d) and vs[i] (1, kv_heads, t_i,
+/// dv), in one parallel_for over every (sequence, head). Row i's result is the
+/// bits decode_attention gives for it alone. Undefined where that does not apply.
+at::Tensor decode_attention_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks,
+                                 const std::vector<at::Tensor>& vs, double scale);
 
 /// Sets the calling thread's torch intra-op thread count to `threads` (>= 1),
 /// for this thread only: its OpenMP count and, where torch has MKL, its MKL

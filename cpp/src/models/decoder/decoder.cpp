@@ -232,15 +232,16 @@ at::Tensor Decoder::decode_rows(at::Tensor x, const std::vector<nn::KvCache*>& c
     auto [q, k, v] = L.attention.project(L.input_norm(x));
     q = rope_.apply(q, cos, sin);
     k = rope_.apply(k, cos, sin);
-    std::vector<at::Tensor> attended;
+    std::vector<at::Tensor> keys, values;
     for (int64_t i = 0; i < b; ++i) {
       nn::KvCache& cache = *caches[static_cast<size_t>(i)];
       const int64_t total = cache.length + 1;
       const int64_t first = window > 0 ? std::max<int64_t>(0, total - window) : 0;
-      auto [keys, values] = cache.append(li, cache.length, k.narrow(0, i, 1), v.narrow(0, i, 1), first);
-      attended.push_back(nn::attend(q.narrow(0, i, 1), keys, values));
+      auto [ki, vi] = cache.append(li, cache.length, k.narrow(0, i, 1), v.narrow(0, i, 1), first);
+      keys.push_back(std::move(ki));
+      values.push_back(std::move(vi));
     }
-    x = x + L.attention.output(at::cat(attended));
+    x = x + L.attention.output(nn::attend_rows(q, keys, values));
     x = x + (*L.feed_forward)(L.post_attention_norm(x));
   }
   for (auto* cache : caches) cache->length += 1;
