@@ -359,3 +359,24 @@ def test_bad_vision_inputs_get_typed_errors_and_the_pool_stays_healthy(
         pool.chat("v", [{"role": "user", "content": [{"type": "image"}]}])
     # The pool is healthy: the same model still answers.
     assert len(run(pool.describe("v", IMAGES[1], "ok?", max_tokens=4, temperature=0, ignore_eos=True))[0]) == 4
+
+
+def test_describes_and_text_requests_joining_one_batch_each_equal_their_solo_runs(models: dict[str, Path]) -> None:
+    """Vision requests get their image prompt when they join a replica's running
+    batch; they run beside text requests, each with its solo output. An unread
+    long stream holds the batch open (see test_continuous_batching.py)."""
+    with mpool.Pool() as pool:
+        pool.register("v", models["llama"], max_replicas=1, options={"kv_cache_tokens": 4096})
+        text_prompt = [5, 9, 33, 71, 120]
+        solo_vision = [run(pool.describe("v", IMAGES[i], QUERIES[i], **GREEDY)) for i in range(3)]
+        solo_text = run(pool.generate("v", text_prompt, **GREEDY))
+        anchor = pool.describe("v", IMAGES[2], QUERIES[0], max_tokens=200, temperature=0, ignore_eos=True, timeout=120)
+        next(anchor)  # unread from here on: it pauses and keeps the batch open
+        streams = [pool.describe("v", IMAGES[i], QUERIES[i], timeout=120, **GREEDY) for i in range(3)]
+        text = pool.generate("v", text_prompt, timeout=120, **GREEDY)
+        batched = [run(s) for s in streams]
+        assert [b[:2] for b in batched] == [s[:2] for s in solo_vision]
+        assert [b[2][-1].stats.image_tokens for b in batched] == [25, 25, 25]
+        assert run(text)[:2] == solo_text[:2]
+        assert pool.stats()["models"]["v"]["running"] >= 1  # the anchor is still in its batch
+        run(anchor)

@@ -6,6 +6,7 @@
 
 #include "mpool/base/error.h"
 #include "mpool/models/generation.h"
+#include "mpool/nn/kernels.h"
 
 namespace mpool::models {
 
@@ -288,6 +289,7 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
     }
     if (!rows.empty()) {
       stepped = true;
+      const nn::kernels::SerialTorchOps serial;  // the step's small torch ops off OpenMP's team
       std::vector<int64_t> ids;
       std::vector<nn::KvCache*> caches;
       for (auto* s : rows) {

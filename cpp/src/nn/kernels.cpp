@@ -314,6 +314,8 @@ void gemm_rows_bf16_dot(const uint16_t* w, const uint16_t* x, float* y, int64_t 
                         int64_t r0, int64_t r1) {
   auto pass = [&]<int R>(int64_t r) {
     int64_t j = 0;
+    if constexpr (R == 2)
+      for (; j + 8 <= m; j += 8) block_rows_bf16_dot<R, 8>(w, x, y, in, out, r, j);
     if (m > 1)
       for (; j + 4 <= m; j += 4) block_rows_bf16_dot<R, 4>(w, x, y, in, out, r, j);
     for (; j + 2 <= m; j += 2) block_rows_bf16_dot<R, 2>(w, x, y, in, out, r, j);
@@ -322,6 +324,8 @@ void gemm_rows_bf16_dot(const uint16_t* w, const uint16_t* x, float* y, int64_t 
   int64_t r = r0;
   if (m == 1)
     for (; r + 8 <= r1; r += 8) pass.template operator()<8>(r);
+  if (m >= 8)  // each weight vector serves eight rows of X straight from its load
+    for (; r + 2 <= r1; r += 2) pass.template operator()<2>(r);
   for (; r + 4 <= r1; r += 4) pass.template operator()<4>(r);
   for (; r < r1; ++r) pass.template operator()<1>(r);
 }
@@ -363,10 +367,29 @@ void set_thread_intra_op_threads(int threads) {
   if (&MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(threads);
 }
 
+namespace {
+// The count parallel_for uses while a SerialTorchOps scope holds torch's at 1 (0: torch's).
+thread_local int tls_kernel_threads = 0;
+}  // namespace
+
+SerialTorchOps::SerialTorchOps() {
+  if (&omp_set_num_threads == nullptr || tls_kernel_threads > 0) return;  // no OpenMP team, or already serial
+  saved_ = std::max(1, at::get_num_threads());
+  tls_kernel_threads = saved_;
+  omp_set_num_threads(1);
+}
+
+SerialTorchOps::~SerialTorchOps() {
+  if (saved_ == 0) return;
+  omp_set_num_threads(saved_);
+  tls_kernel_threads = 0;
+}
+
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
-  const int threads = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
+  const int threads =
+      at::in_parallel_region() ? 1 : tls_kernel_threads > 0 ? tls_kernel_threads : std::max(1, at::get_num_threads());
   if (threads == 1 || n <= grain) {
     body(0, n);
     return;

@@ -57,6 +57,23 @@ void set_thread_intra_op_threads(int threads);
 /// The most rows linear() runs through its row kernel (batch-invariant).
 int64_t row_kernel_max_rows();
 
+/// While alive, torch's own ops on this thread run serially (no OpenMP region:
+/// libgomp's idle workers spin after each one, on the cores this library's
+/// kernels then want), while parallel_for keeps the thread's count. For the
+/// small element-wise ops between a decode step's kernels (a batch's step, where
+/// they cost a third of the time in bfloat16 otherwise). Nests; a no-op without
+/// OpenMP.
+class SerialTorchOps {
+ public:
+  SerialTorchOps();
+  ~SerialTorchOps();
+  SerialTorchOps(const SerialTorchOps&) = delete;
+  SerialTorchOps& operator=(const SerialTorchOps&) = delete;
+
+ private:
+  int saved_ = 0;
+};
+
 /// Whether linear() has its fast path on this CPU.
 bool has_fast_gemv();
 
