@@ -116,6 +116,19 @@ Error as_error(const std::exception& e, ErrorCode code, const std::string& what)
 
 }  // namespace
 
+namespace {
+// A replica in a job: counted in the pool's busy count until it is idle again,
+// however the job ends (a death included).
+struct BusyCount {
+  std::atomic<int>& n;
+  int now;
+  explicit BusyCount(std::atomic<int>& c) : n(c), now(++c) {}
+  ~BusyCount() { --n; }
+  BusyCount(const BusyCount&) = delete;
+  BusyCount& operator=(const BusyCount&) = delete;
+};
+}  // namespace
+
 struct Pool::Replica {
   uint64_t id = 0;
   std::string device;
@@ -644,6 +657,15 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
   faults::set_current_model(nullptr);
 }
 
+void Pool::set_job_threads(const Model& model, Replica& replica, int busy) {
+  if (!options_.replica_thread_setup) return;
+  const int threads = threads_for_job(model, busy);
+  if (threads != replica.threads.load()) {
+    options_.replica_thread_setup(threads);
+    replica.threads = threads;
+  }
+}
+
 void Pool::serve(Model& model, Replica& replica, Instance& instance) {
   replica.last_active_ns = now_ns();
   replica.state = kIdle;
@@ -690,22 +712,9 @@ void Pool::serve(Model& model, Replica& replica, Instance& instance) {
       }
     }
     replica.state = kBusy;
-    // In a job: counted until it is idle again, however the job ends (a death included).
-    struct BusyCount {
-      std::atomic<int>& n;
-      int now;
-      explicit BusyCount(std::atomic<int>& c) : n(c), now(++c) {}
-      ~BusyCount() { --n; }
-    };
     std::optional<BusyCount> busy;
     busy.emplace(busy_replicas_);
-    if (options_.replica_thread_setup) {
-      const int threads = threads_for_job(model, busy->now);
-      if (threads != replica.threads.load()) {
-        options_.replica_thread_setup(threads);
-        replica.threads = threads;
-      }
-    }
+    set_job_threads(model, replica, busy->now);
     {
       std::lock_guard lock(replica.current_mu);
       replica.current = batch;
@@ -843,21 +852,9 @@ void Pool::run_continuous_batch(Model& model, Replica& replica, Instance& instan
   };
 
   replica.state = kBusy;
-  struct BusyCount {
-    std::atomic<int>& n;
-    int now;
-    explicit BusyCount(std::atomic<int>& c) : n(c), now(++c) {}
-    ~BusyCount() { --n; }
-  };
   std::optional<BusyCount> busy;
   busy.emplace(busy_replicas_);
-  if (options_.replica_thread_setup) {
-    const int threads = threads_for_job(model, busy->now);
-    if (threads != replica.threads.load()) {
-      options_.replica_thread_setup(threads);
-      replica.threads = threads;
-    }
-  }
+  set_job_threads(model, replica, busy->now);
   const std::shared_ptr<Job> job = first;  // alive for the whole call, even once finished
   Feed feed(model, replica, std::move(first), carry, retire);
   if (faults::fire(faults::Fault::kReplicaDies, &model.key)) throw ReplicaDeath("injected fault replica_dies");

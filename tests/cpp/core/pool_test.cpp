@@ -662,20 +662,26 @@ std::shared_ptr<Pending<int>> submit_step(Pool& pool, int id, int steps, const s
   return p;
 }
 
-ModelSpec one_replica_spec() {
-  ModelSpec spec = fn_spec(100, identity);
-  spec.max_replicas = 1;
-  return spec;
-}
-
-TEST(PoolContinuousBatching, QueuedJobsOfTheKeyJoinBetweenStepsAndAnotherKindWaitsForTheBatch) {
-  auto options = test_options(1000);
-  options.cold_start_replicas = 1;
-  Pool pool(options);
-  pool.register_model("m", one_replica_spec());
+// One model "m" on one replica, whose first batch waits at its first step on `gate`.
+struct OneReplica {
+  Pool pool{[] {
+    auto options = test_options(1000);
+    options.cold_start_replicas = 1;
+    return options;
+  }()};
   StepLog log;
   Gate gate;
-  log.gate = &gate;
+  OneReplica() {
+    ModelSpec spec = fn_spec(100, identity);
+    spec.max_replicas = 1;
+    pool.register_model("m", spec);
+    log.gate = &gate;
+  }
+};
+
+TEST(PoolContinuousBatching, QueuedJobsOfTheKeyJoinBetweenStepsAndAnotherKindWaitsForTheBatch) {
+  OneReplica r;
+  auto& [pool, log, gate] = r;
   auto first = submit_step(pool, 0, 3, "gen", log);
   ASSERT_TRUE(gate.wait_entered(1));
   std::vector<std::shared_ptr<Pending<int>>> more;
@@ -696,13 +702,8 @@ TEST(PoolContinuousBatching, QueuedJobsOfTheKeyJoinBetweenStepsAndAnotherKindWai
 }
 
 TEST(PoolContinuousBatching, ABatchThatThrowsFailsEachHeldJobOnceAndTheReplicaServesOn) {
-  auto options = test_options(1000);
-  options.cold_start_replicas = 1;
-  Pool pool(options);
-  pool.register_model("m", one_replica_spec());
-  StepLog log;
-  Gate gate;
-  log.gate = &gate;
+  OneReplica r;
+  auto& [pool, log, gate] = r;
   log.throw_at_step = 1;
   auto first = submit_step(pool, 0, 5, "gen", log);
   ASSERT_TRUE(gate.wait_entered(1));
@@ -727,13 +728,8 @@ TEST(PoolContinuousBatching, ABatchThatThrowsFailsEachHeldJobOnceAndTheReplicaSe
 }
 
 TEST(PoolContinuousBatching, AJobThatExpiredInTheQueueNeverJoinsAndTimesOut) {
-  auto options = test_options(1000);
-  options.cold_start_replicas = 1;
-  Pool pool(options);
-  pool.register_model("m", one_replica_spec());
-  StepLog log;
-  Gate gate;
-  log.gate = &gate;
+  OneReplica r;
+  auto& [pool, log, gate] = r;
   auto first = submit_step(pool, 0, 2, "gen", log);
   ASSERT_TRUE(gate.wait_entered(1));
   auto expired = submit_step(pool, 1, 1, "gen", log, 0.001);
@@ -753,13 +749,8 @@ TEST(PoolContinuousBatching, AJobThatExpiredInTheQueueNeverJoinsAndTimesOut) {
 }
 
 TEST(PoolContinuousBatching, UnloadDuringABatchLetsItFinishThenTheReplicaExits) {
-  auto options = test_options(1000);
-  options.cold_start_replicas = 1;
-  Pool pool(options);
-  pool.register_model("m", one_replica_spec());
-  StepLog log;
-  Gate gate;
-  log.gate = &gate;
+  OneReplica r;
+  auto& [pool, log, gate] = r;
   auto first = submit_step(pool, 0, 3, "gen", log);
   ASSERT_TRUE(gate.wait_entered(1));
   auto joined = submit_step(pool, 1, 2, "gen", log);
@@ -779,13 +770,8 @@ TEST(PoolContinuousBatching, UnloadDuringABatchLetsItFinishThenTheReplicaExits) 
 }
 
 TEST(PoolContinuousBatching, StatsCountEachRunningJobOfABusyBatch) {
-  auto options = test_options(1000);
-  options.cold_start_replicas = 1;
-  Pool pool(options);
-  pool.register_model("m", one_replica_spec());
-  StepLog log;
-  Gate gate;
-  log.gate = &gate;
+  OneReplica r;
+  auto& [pool, log, gate] = r;
   auto first = submit_step(pool, 0, 2, "gen", log);
   ASSERT_TRUE(gate.wait_entered(1));
   auto a = submit_step(pool, 1, 2, "gen", log);

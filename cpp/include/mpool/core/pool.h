@@ -184,6 +184,8 @@ class Pool {
   void maintain_locked(Lock& lock);
   void worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> replica, Reservation reservation);
   void serve(Model& model, Replica& replica, Instance& instance);
+  // Runs the thread-setup hook when a job's share (with `busy` replicas in jobs) differs from the last.
+  void set_job_threads(const Model& model, Replica& replica, int busy);
   // Runs `first` as a continuous batch (Job::run_continuous); a job of another
   // kind it pops lands in `carry`, a retire pill sets `retire`.
   void run_continuous_batch(Model& model, Replica& replica, Instance& instance, std::shared_ptr<Job> first,
