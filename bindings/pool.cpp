@@ -129,6 +129,7 @@ py::dict model_dict(const core::ModelStats& s) {
   d["replicas"] = s.replicas;
   d["busy_replicas"] = s.busy_replicas;
   d["running"] = s.running;
+  d["usage"] = s.usage;
   d["queued"] = s.queued;
   d["replicas_per_device"] = s.replicas_per_device;
   d["reserved_mb"] = s.reserved_mb_per_device;

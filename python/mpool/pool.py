@@ -336,7 +336,10 @@ class Pool:
         token per 4 bytes of text plus special tokens, 256 per image, as the
         batch budget counts them -- an estimate, not the tokenizer's count),
         ``queue_time``, ``compute_time``, ``time_to_first_chunk``, replicas and
-        memory.
+        memory; ``running`` (requests on busy replicas, each sequence of a
+        continuous batch) and ``usage`` (gauges the loaded replicas report,
+        summed: a decoder's ``kv_cache_positions_in_use``,
+        ``kv_cache_positions_free`` and ``batch_sequences``).
         """
         return self._native.stats()
 

@@ -138,6 +138,35 @@ def test_cancelled_and_timed_out_sequences_leave_without_disturbing_the_others(m
         assert collect(pool.generate("m", *specs[0][:1], **specs[0][1])) == solo[0]
 
 
+def usage_settles_at(pool: mpool.Pool, **expected: float) -> dict[str, float]:
+    """The model's usage gauges once they read `expected` (they change between steps)."""
+    deadline = time.monotonic() + 30
+    while True:
+        usage = pool.stats()["models"]["m"]["usage"]
+        if all(usage.get(k) == v for k, v in expected.items()) or time.monotonic() > deadline:
+            return usage
+
+
+def test_a_closed_stream_frees_its_cache_positions_within_a_step_and_stats_show_them(
+    models: dict[str, Path],
+) -> None:
+    with mpool.Pool() as pool:
+        pool.register("m", models["llama"], max_replicas=1, options={"kv_cache_tokens": 1000})
+        pool.load("m")
+        assert usage_settles_at(pool, kv_cache_positions_in_use=0) == {
+            "kv_cache_positions_in_use": 0, "kv_cache_positions_free": 1000, "batch_sequences": 0}
+        held, held_first = anchor(pool)  # 4 + 200 positions
+        closing = pool.generate("m", ids_of(10, 4), max_tokens=100, temperature=0, ignore_eos=True)
+        next(closing)
+        assert usage_settles_at(pool, batch_sequences=2) == {
+            "kv_cache_positions_in_use": 314, "kv_cache_positions_free": 686, "batch_sequences": 2}
+        closing.close()
+        assert usage_settles_at(pool, batch_sequences=1) == {
+            "kv_cache_positions_in_use": 204, "kv_cache_positions_free": 796, "batch_sequences": 1}
+        collect(held, held_first)
+        assert usage_settles_at(pool, batch_sequences=0)["kv_cache_positions_in_use"] == 0
+
+
 def test_busy_batching_replica_counts_each_sequence_as_running(models: dict[str, Path]) -> None:
     with mpool.Pool() as pool:
         pool.register("m", models["llama"], max_replicas=1, options=ROOMY)
@@ -228,6 +257,7 @@ def test_soak_of_500_mixed_requests_frees_every_sequence_and_returns_the_memory(
             stats = pool.stats()
         m = stats["models"]["m"]
         assert m["running"] == 0 and m["queued"] == 0 and m["replicas"] == 1
+        assert usage_settles_at(pool, batch_sequences=0)["kv_cache_positions_in_use"] == 0
         assert stats["devices"][0]["committed_mb"] == committed
         counts = m["counts"]
         assert counts["requests"] == counts["succeeded"] + counts["cancellations"]  # load() succeeded too

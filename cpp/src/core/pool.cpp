@@ -139,6 +139,7 @@ struct Pool::Replica {
   std::atomic<int> threads{0};  // intra-op threads last set on its thread (0: none)
   std::mutex current_mu;
   std::vector<std::shared_ptr<Job>> current;  // the jobs running now, for shutdown and death
+  const Instance* instance = nullptr;          // while loaded, for its usage() (current_mu)
 };
 
 struct Pool::Model {
@@ -595,6 +596,8 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
     }
     instance = model->spec.loader(replica->device);
     if (!instance) load_error = "the loader returned no instance";
+    std::lock_guard current(replica->current_mu);
+    replica->instance = instance.get();
   } catch (const std::exception& e) {
     load_error = e.what();
   } catch (...) {
@@ -610,6 +613,10 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
       death = e.what();
     } catch (...) {
       death = "a non-standard exception";
+    }
+    {
+      std::lock_guard current(replica->current_mu);
+      replica->instance = nullptr;
     }
     instance.reset();  // the model's memory goes back before the reservation does
   }
@@ -1134,10 +1141,10 @@ ModelStats Pool::stats_locked(const Model& m) const {
   for (auto& r : m.replicas) {
     if (r->state.load() == kDead) continue;
     s.replica_threads.push_back(r->threads.load());
-    if (r->state.load() == kBusy) {
-      std::lock_guard current(r->current_mu);
-      s.running += r->current.size();
-    }
+    std::lock_guard current(r->current_mu);
+    if (r->state.load() == kBusy) s.running += r->current.size();
+    if (r->instance)
+      for (const auto& [name, value] : r->instance->usage()) s.usage[name] += value;
     s.replicas_per_device[r->device]++;
     s.reserved_mb_per_device[r->device] += r->mb;
   }

@@ -214,6 +214,18 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
     return ok ? std::move(s) : nullptr;
   };
 
+  // What stats() reports, kept current at every change of what the batch holds.
+  auto publish = [&] {
+    usage_->positions.store(used);
+    usage_->sequences.store(static_cast<int64_t>(running.size()));
+  };
+  struct Unpublish {  // nothing held once the batch returns, however it does
+    BatchUsage& u;
+    ~Unpublish() {
+      u.positions.store(0);
+      u.sequences.store(0);
+    }
+  } unpublish{*usage_};
   const int64_t chunk = settings_.prefill_chunk;
   while (true) {
     // Admission: new requests join while there is room; the first that does not
@@ -233,6 +245,7 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
       }
       used += waiting->positions;
       running.push_back(std::move(waiting));
+      publish();
     }
     if (waiting && waiting->stopped()) {
       complete(*waiting);
@@ -246,10 +259,11 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
 
     // Sequences whose request stopped leave; so do those a failure ended.
     auto leave = [&](size_t i, bool failed) {
-      BatchSequence& s = *running[i];
-      used -= s.positions;
-      if (!failed) complete(s);
+      used -= running[i]->positions;
+      std::unique_ptr<BatchSequence> gone = std::move(running[i]);
       running.erase(running.begin() + static_cast<ptrdiff_t>(i));
+      publish();  // its cache positions are free before its reader hears of its end
+      if (!failed) complete(*gone);
     };
     for (size_t i = running.size(); i-- > 0;)
       if (running[i]->stopped()) leave(i, false);
@@ -326,6 +340,14 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
     // Every stream full: wait a little for the readers (deadlines still apply).
     if (!stepped) std::this_thread::sleep_for(std::chrono::microseconds(500));
   }
+}
+
+std::map<std::string, double> TextGenerator::usage() const {
+  const int64_t budget = settings_.kv_cache_tokens > 0 ? settings_.kv_cache_tokens : settings_.context;
+  const int64_t in_use = usage_->positions.load();
+  return {{"kv_cache_positions_in_use", static_cast<double>(in_use)},
+          {"kv_cache_positions_free", static_cast<double>(budget - in_use)},
+          {"batch_sequences", static_cast<double>(usage_->sequences.load())}};
 }
 
 at::Tensor spliced_embeddings(const CausalLM& model, const SplicedPrompt& prompt) {

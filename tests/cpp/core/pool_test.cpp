@@ -782,6 +782,37 @@ TEST(PoolContinuousBatching, StatsCountEachRunningJobOfABusyBatch) {
   EXPECT_EQ(pool.model_stats("m").running, 0u);
 }
 
+TEST(PoolStats, LoadedReplicasUsageGaugesAreSummedAndGoWithTheReplicas) {
+  struct Gauged : FnInstance {
+    std::map<std::string, double> usage() const override { return {{"positions", 3}, {"sequences", 1}}; }
+  };
+  auto options = test_options(1000);
+  options.cold_start_replicas = 2;
+  Pool pool(options);
+  ModelSpec spec = fn_spec(10, identity);
+  spec.max_replicas = 2;
+  spec.loader = [](const std::string&) {
+    auto instance = std::make_shared<Gauged>();
+    instance->fn = identity;
+    return instance;
+  };
+  pool.register_model("m", spec);
+  EXPECT_TRUE(pool.model_stats("m").usage.empty());  // nothing loaded
+  EXPECT_EQ(call(pool, "m", 4), 4);
+  auto positions = [&] {
+    const auto u = pool.model_stats("m").usage;
+    const auto it = u.find("positions");
+    return it == u.end() ? 0.0 : it->second;
+  };
+  const auto deadline = Clock::now() + 10s;
+  while (positions() < 6 && Clock::now() < deadline) std::this_thread::sleep_for(1ms);  // the second replica loads
+  auto usage = pool.model_stats("m").usage;
+  EXPECT_EQ(usage.at("positions"), 6);
+  EXPECT_EQ(usage.at("sequences"), 2);
+  EXPECT_TRUE(pool.unload("m", 10));
+  EXPECT_TRUE(pool.model_stats("m").usage.empty());
+}
+
 // --- intra-op threads ---------------------------------------------------------
 
 // The count the pool last set on this thread (through the test's setup hook).

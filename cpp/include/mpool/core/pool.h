@@ -76,6 +76,8 @@ struct ModelStats {
   /// Requests on busy replicas now: a replica batching continuously counts each
   /// of its sequences (and a job it popped to run next).
   size_t running = 0;
+  /// The loaded replicas' Instance::usage() gauges, summed.
+  std::map<std::string, double> usage;
   std::map<std::string, int> replicas_per_device;
   std::map<std::string, double> reserved_mb_per_device;
   std::string last_spawn_error;

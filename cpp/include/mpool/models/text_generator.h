@@ -5,7 +5,9 @@
 // and the sampling loop (generation.h).
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -99,6 +101,10 @@ class TextGenerator {
 
   const tokenizer::Tokenizer& tokenizer() const noexcept { return *tokenizer_; }
   const TextGeneratorSettings& settings() const noexcept { return settings_; }
+  /// What its continuous batch holds now (safe from any thread):
+  /// "kv_cache_positions_in_use", "kv_cache_positions_free" (of kv_cache_tokens)
+  /// and "batch_sequences"; a family's Instance::usage().
+  std::map<std::string, double> usage() const;
 
  private:
   // A request's effective parameters and generation setup, checked against the context.
@@ -115,6 +121,10 @@ class TextGenerator {
   std::shared_ptr<const CausalLM> model_;
   std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
   TextGeneratorSettings settings_;
+  struct BatchUsage {
+    std::atomic<int64_t> positions{0}, sequences{0};
+  };
+  std::shared_ptr<BatchUsage> usage_ = std::make_shared<BatchUsage>();
 };
 
 }  // namespace mpool::models

@@ -49,6 +49,7 @@ class DecoderModel final : public core::Instance,
                            cap::RequestContext& ctx) override {
     return generator_.generate(prompt, params, sink, ctx);
   }
+  std::map<std::string, double> usage() const override { return generator_.usage(); }
   void generate_batch(std::shared_ptr<cap::GenerationRequest> first, cap::GenerationFeed& feed) override {
     generator_.generate_batch(std::move(first), feed);
   }

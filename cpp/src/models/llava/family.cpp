@@ -74,6 +74,7 @@ class LlavaModel final : public core::Instance, public cap::Vision, public cap::
     return done;
   }
 
+  std::map<std::string, double> usage() const override { return generator_.usage(); }
   void generate_batch(std::shared_ptr<cap::GenerationRequest> first, cap::GenerationFeed& feed) override {
     generator_.generate_batch(std::move(first), feed, [this](const cap::GenerationRequest& r) {
       return vision_prompt(r.images, std::get<std::string>(r.prompt), r.params, *r.context);
