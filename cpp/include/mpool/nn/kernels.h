@@ -21,9 +21,10 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
 /// x @ weight^T + bias, like at::linear. Up to row_kernel_max_rows() float32 or
 /// bfloat16 rows on the CPU (decode steps, one sequence's or a batch's) run
 /// through our row kernel, which streams the weight once at memory bandwidth for
-/// all rows (AVX2/FMA with float32 accumulation; for bfloat16 on a CPU with
-/// AVX512-BF16, its pair dot products, exact products summed in float32; split
-/// across the intra-op threads). Each row's result there is the same bits
+/// all rows (float32 accumulation, 16 lanes with AVX-512 where the CPU has it,
+/// else 8 with AVX2/FMA; for bfloat16 on a CPU with AVX512-BF16, its pair dot
+/// products, exact products summed in float32; split across the intra-op
+/// threads). Each row's result there is the same bits
 /// whatever other rows run with it. Everything else goes to at::linear.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = at::Tensor());
 
