@@ -3,6 +3,7 @@
 PYBIND11_MODULE(_core, m) {
   m.doc() = "mpool native core";
   mpool::bindings::register_errors(m);
+  mpool::bindings::register_native_gil(m);
   mpool::bindings::register_streams(m);
   mpool::bindings::register_pool(m);
   mpool::bindings::register_py_model(m);

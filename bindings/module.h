@@ -6,6 +6,7 @@
 namespace mpool::bindings {
 
 void register_errors(pybind11::module_& m);
+void register_native_gil(pybind11::module_& m);
 void register_streams(pybind11::module_& m);
 void register_pool(pybind11::module_& m);
 void register_py_model(pybind11::module_& m);

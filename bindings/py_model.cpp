@@ -7,6 +7,7 @@
 
 #include "convert.h"
 #include "module.h"
+#include "native_gil.h"
 #include "mpool/capabilities/interfaces.h"
 #include "mpool/core/model_spec.h"
 
@@ -22,7 +23,7 @@ struct PyRef {
   explicit PyRef(py::object o) : obj(std::move(o)) {}
   ~PyRef() {
     if (python_alive()) {
-      py::gil_scoped_acquire gil;
+      NativeGil gil;
       obj = py::object();
     } else {
       obj.release();
@@ -201,7 +202,7 @@ class PyInstance final : public core::Instance,
  private:
   template <class Fn>
   auto call(Fn fn) const -> decltype(fn()) {
-    py::gil_scoped_acquire gil;
+    NativeGil gil;
     try {
       return fn();
     } catch (py::error_already_set& e) {
@@ -265,7 +266,7 @@ void register_py_model(py::module_& m) {
         spec.batch_budget = batch_budget;
         spec.loader = [ref](const std::string& device) -> std::shared_ptr<core::Instance> {
           if (!python_alive()) throw Error(ErrorCode::kShuttingDown, "the Python interpreter is shutting down");
-          py::gil_scoped_acquire gil;
+          NativeGil gil;
           try {
             py::object obj = ref->obj(device);
             if (obj.is_none()) throw Error(ErrorCode::kSpawnFailed, "loader returned None");

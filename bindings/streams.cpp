@@ -4,6 +4,7 @@
 
 #include "convert.h"
 #include "module.h"
+#include "native_gil.h"
 #include "mpool/capabilities/requests.h"
 
 namespace mpool::bindings {
@@ -22,13 +23,13 @@ struct PyCallback {
   explicit PyCallback(py::object f)
       : fn(new py::object(std::move(f)), [](py::object* p) {
           if (python_alive()) {
-            py::gil_scoped_acquire gil;
+            NativeGil gil;
             delete p;
           }
         }) {}
   void operator()(const char* what) const {
     if (!python_alive()) return;
-    py::gil_scoped_acquire gil;
+    NativeGil gil;
     try {
       (*fn)();
     } catch (py::error_already_set& e) {

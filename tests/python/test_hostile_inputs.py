@@ -563,6 +563,43 @@ def test_a_pool_inherited_through_fork_raises_shutting_down_in_the_child_which_e
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+FORK_WHILE_NATIVE_THREADS_TAKE_THE_GIL = textwrap.dedent(
+    """
+    import os, sys, time
+    from mpool import _core
+
+    churn = _core._GilChurn(3)  # native threads making and dropping thread states nonstop
+    while churn.acquisitions < 200:
+        time.sleep(0.001)
+    hung = 0
+    for _ in range({forks}):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        deadline = time.monotonic() + 20
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                hung += 1
+                break
+            time.sleep(0.002)
+    churn.stop()
+    print("children hung in fork():", hung, "acquisitions:", churn.acquisitions, flush=True)
+    sys.exit(1 if hung else 0)
+    """
+)
+
+
+def test_fork_while_native_threads_take_the_gil_never_leaves_the_child_hung():
+    # A native thread taking the GIL creates a Python thread state, which takes the
+    # interpreter's thread-list lock; on Python 3.11 a child forked at that moment
+    # hung in os.fork() for good. mpool's before-fork hook keeps forks out of it.
+    script = FORK_WHILE_NATIVE_THREADS_TAKE_THE_GIL.format(forks=500)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # --- image fetching counts against the request's deadline --------------------------
 
 
