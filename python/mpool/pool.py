@@ -338,10 +338,22 @@ class Pool:
         ``queue_time``, ``compute_time``, ``time_to_first_chunk``, replicas and
         memory; ``running`` (requests on busy replicas, each sequence of a
         continuous batch) and ``usage`` (gauges the loaded replicas report,
-        summed: a decoder's ``kv_cache_positions_in_use``,
-        ``kv_cache_positions_free`` and ``batch_sequences``).
+        summed). A generating decoder's usage: blocks of its paged KV cache
+        ``kv_cache_blocks_in_use`` (held by sequences), ``_reserved`` (promised
+        to their later positions), ``_cached`` (prefix blocks no sequence holds,
+        kept until needed) and ``_free`` (what admission may still give, cached
+        included); ``batch_sequences``; and its prefix cache's
+        ``prefix_cache_prompt_tokens`` (admitted), ``prefix_cache_hit_tokens``
+        (of them read from shared blocks, not computed) and
+        ``prefix_cache_hit_rate`` (their ratio; 0 before any prompt).
         """
-        return self._native.stats()
+        stats = self._native.stats()
+        for model in stats["models"].values():
+            usage = model.get("usage")
+            if usage and "prefix_cache_prompt_tokens" in usage:
+                prompts = usage["prefix_cache_prompt_tokens"]
+                usage["prefix_cache_hit_rate"] = usage["prefix_cache_hit_tokens"] / prompts if prompts else 0.0
+        return stats
 
     # --- text embedding -------------------------------------------------------
 

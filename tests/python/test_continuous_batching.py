@@ -83,6 +83,10 @@ def running_settles_at(pool: mpool.Pool, n: int) -> bool:
 # Cache room for every sequence of a test at once (the default is one context,
 # which the anchor alone nearly fills).
 ROOMY = {"kv_cache_tokens": 8192}
+# The identity tests run each request solo first, which caches its prompt's blocks;
+# the batch would then read them instead of computing them, in other chunk shapes
+# (equal tokens, not always equal bits): those tests turn the prefix cache off.
+EXACT = {**ROOMY, "prefix_cache": False}
 
 ANCHOR_SPEC = (ids_of(4, seed=999), dict(max_tokens=200, temperature=0, ignore_eos=True))
 
@@ -98,7 +102,7 @@ def test_sixteen_sequences_joining_at_staggered_times_each_equal_their_solo_run(
     specs = request_specs(16)
     with mpool.Pool() as pool:
         # Prompts from 3 to 78 tokens run in prefill chunks of 16, interleaved with decode steps.
-        pool.register("m", models[arch], max_replicas=1, dtype=dtype, options={"prefill_chunk": 16, **ROOMY})
+        pool.register("m", models[arch], max_replicas=1, dtype=dtype, options={"prefill_chunk": 16, **EXACT})
         solo = [collect(pool.generate("m", ids, **params)) for ids, params in specs]
         solo_anchor = collect(pool.generate("m", ANCHOR_SPEC[0], **ANCHOR_SPEC[1]))
 
@@ -119,7 +123,7 @@ def test_sixteen_sequences_joining_at_staggered_times_each_equal_their_solo_run(
 def test_cancelled_and_timed_out_sequences_leave_without_disturbing_the_others(models: dict[str, Path]) -> None:
     specs = request_specs(6)
     with mpool.Pool() as pool:
-        pool.register("m", models["llama"], max_replicas=1, options=ROOMY)
+        pool.register("m", models["llama"], max_replicas=1, options=EXACT)
         solo = [collect(pool.generate("m", ids, **params)) for ids, params in specs]
         held, held_first = anchor(pool)
         streams = [pool.generate("m", ids, timeout=120, **params) for ids, params in specs]
@@ -147,24 +151,31 @@ def usage_settles_at(pool: mpool.Pool, **expected: float) -> dict[str, float]:
             return usage
 
 
-def test_a_closed_stream_frees_its_cache_positions_within_a_step_and_stats_show_them(
+def blocks(usage: dict[str, float]) -> tuple[float, float, float]:
+    """Blocks held or promised, blocks free (cached ones included), and sequences."""
+    held = usage["kv_cache_blocks_in_use"] + usage["kv_cache_blocks_reserved"]
+    return held, usage["kv_cache_blocks_free"], usage["batch_sequences"]
+
+
+def test_a_closed_stream_frees_its_cache_blocks_within_a_step_and_stats_show_them(
     models: dict[str, Path],
 ) -> None:
     with mpool.Pool() as pool:
         pool.register("m", models["llama"], max_replicas=1, options={"kv_cache_tokens": 1000})
         pool.load("m")
-        assert usage_settles_at(pool, kv_cache_positions_in_use=0) == {
-            "kv_cache_positions_in_use": 0, "kv_cache_positions_free": 1000, "batch_sequences": 0}
-        held, held_first = anchor(pool)  # 4 + 200 positions
-        closing = pool.generate("m", ids_of(10, 4), max_tokens=100, temperature=0, ignore_eos=True)
+        # 1000 positions in blocks of 16: 63 blocks.
+        assert blocks(usage_settles_at(pool, batch_sequences=0)) == (0, 63, 0)
+        held, held_first = anchor(pool)  # 4 + 200 positions: 13 blocks
+        closing = pool.generate("m", ids_of(10, 4), max_tokens=100, temperature=0, ignore_eos=True)  # 110: 7
         next(closing)
-        assert usage_settles_at(pool, batch_sequences=2) == {
-            "kv_cache_positions_in_use": 314, "kv_cache_positions_free": 686, "batch_sequences": 2}
+        assert blocks(usage_settles_at(pool, batch_sequences=2)) == (20, 43, 2)
         closing.close()
-        assert usage_settles_at(pool, batch_sequences=1) == {
-            "kv_cache_positions_in_use": 204, "kv_cache_positions_free": 796, "batch_sequences": 1}
+        assert blocks(usage_settles_at(pool, batch_sequences=1)) == (13, 50, 1)
         collect(held, held_first)
-        assert usage_settles_at(pool, batch_sequences=0)["kv_cache_positions_in_use"] == 0
+        usage = usage_settles_at(pool, batch_sequences=0)
+        assert blocks(usage) == (0, 63, 0)
+        # What the two generated, in full blocks of known tokens, stays cached for reuse (and counts as free).
+        assert usage["kv_cache_blocks_cached"] > 0 and usage["kv_cache_blocks_in_use"] == 0
 
 
 def test_busy_batching_replica_counts_each_sequence_as_running(models: dict[str, Path]) -> None:
@@ -214,6 +225,9 @@ def test_max_batch_bounds_the_sequences_a_replica_runs_at_once(models: dict[str,
             pool.load("m")
 
 
+SHARED = ids_of(40, seed=4242)
+
+
 def test_soak_of_500_mixed_requests_frees_every_sequence_and_returns_the_memory(models: dict[str, Path]) -> None:
     with mpool.Pool() as pool:
         pool.register("m", models["qwen2_sliding"], max_replicas=1, options={"prefill_chunk": 8, **ROOMY})
@@ -224,8 +238,9 @@ def test_soak_of_500_mixed_requests_frees_every_sequence_and_returns_the_memory(
 
         def client(seed: int) -> None:
             rng = random.Random(seed)
-            for _ in range(125):
-                ids = ids_of(rng.randint(1, 40), rng.randint(0, 10**6))
+            for _ in range(125):  # prompts that share prefixes of 0 to 40 tokens, and some whole
+                ids = SHARED[: rng.randint(0, 40)] + ids_of(rng.randint(0, 20), rng.randint(0, 10**6))
+                ids = ids or SHARED[:16]
                 params: dict[str, Any] = dict(max_tokens=rng.randint(1, 12), temperature=rng.choice([0, 0.9]),
                                               seed=rng.randint(0, 99), stop=rng.choice([[], ["e"]]))
                 stream = pool.generate("m", ids, timeout=120, **params)
@@ -257,7 +272,90 @@ def test_soak_of_500_mixed_requests_frees_every_sequence_and_returns_the_memory(
             stats = pool.stats()
         m = stats["models"]["m"]
         assert m["running"] == 0 and m["queued"] == 0 and m["replicas"] == 1
-        assert usage_settles_at(pool, batch_sequences=0)["kv_cache_positions_in_use"] == 0
+        usage = usage_settles_at(pool, batch_sequences=0)
+        assert usage["kv_cache_blocks_in_use"] == usage["kv_cache_blocks_reserved"] == 0
+        assert usage["kv_cache_blocks_free"] == 8192 // 16  # every block, the cached prefixes included
+        assert usage["prefix_cache_hit_tokens"] > 0 and 0 < usage["prefix_cache_hit_rate"] < 1
         assert stats["devices"][0]["committed_mb"] == committed
         counts = m["counts"]
         assert counts["requests"] == counts["succeeded"] + counts["cancellations"]  # load() succeeded too
+
+
+# --- the paged cache's prefix reuse ------------------------------------------------
+
+
+def tokens_of(result: tuple[Any, ...]) -> tuple[Any, ...]:
+    """ids, text and finish reason: what prefix reuse keeps equal (its logprobs may
+    differ in the last bits, the suffix being computed in other chunk shapes)."""
+    ids, text, _, finish = result
+    return ids, text, finish
+
+
+def logprobs_close(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return all(x[0] == y[0] and abs(x[1] - y[1]) < 1e-3 for x, y in zip(a[2], b[2])) and len(a[2]) == len(b[2])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_sliding", "qwen2_moe", "deepseek_v3"])
+def test_prompts_sharing_a_prefix_read_its_blocks_once_computed_with_the_tokens_of_no_reuse_and_stats_count_the_hits(
+    models: dict[str, Path], arch: str, tmp_path: Path
+) -> None:
+    path = models[arch] if arch in models else build_decoder(tmp_path, arch)
+    system = ids_of(40, seed=7)  # two full blocks of 16 and 8 tokens more
+    prompts = [system + ids_of(3 + i, seed=100 + i) for i in range(6)]
+    params = dict(max_tokens=12, temperature=0, ignore_eos=True, logprobs=1)
+    with mpool.Pool() as pool:
+        pool.register("m", path, max_replicas=1, options=EXACT)
+        computed = [collect(pool.generate("m", p, **params)) for p in prompts]
+    with mpool.Pool() as pool:
+        pool.register("m", path, max_replicas=1, options=ROOMY)
+        first = collect(pool.generate("m", prompts[0], **params))  # computes and publishes the shared blocks
+        held, held_first = anchor(pool)
+        streams = [pool.generate("m", p, timeout=120, **params) for p in prompts[1:]]  # one batch, all sharing
+        reused = [first] + [collect(s) for s in streams]
+        collect(held, held_first)
+        usage = usage_settles_at(pool, batch_sequences=0)
+    for got, want in zip(reused, computed):
+        assert tokens_of(got) == tokens_of(want) and logprobs_close(got, want)
+    prompt_tokens = sum(len(p) for p in prompts) + len(ANCHOR_SPEC[0])
+    assert usage["prefix_cache_prompt_tokens"] == prompt_tokens
+    assert usage["prefix_cache_hit_tokens"] == 5 * 32  # each later prompt read the two shared blocks
+    assert usage["prefix_cache_hit_rate"] == pytest.approx(5 * 32 / prompt_tokens)
+
+
+def test_a_prompt_met_again_whole_shares_every_block_and_copies_the_last_before_writing_its_last_token(
+    models: dict[str, Path],
+) -> None:
+    prompt = ids_of(32, seed=11)  # exactly two blocks: the second run needs its last token's logits
+    params = dict(max_tokens=20, temperature=0, ignore_eos=True)
+    with mpool.Pool() as pool:
+        pool.register("m", models["llama"], max_replicas=1, options=EXACT)
+        want = collect(pool.generate("m", prompt, **params))
+    with mpool.Pool() as pool:
+        pool.register("m", models["llama"], max_replicas=1, options=ROOMY)
+        runs = [collect(pool.generate("m", prompt, **params)) for _ in range(3)]
+        usage = usage_settles_at(pool, batch_sequences=0)
+    # The second and third read 31 positions from the first's blocks; had the
+    # last shared block been written in place, the third would read what the
+    # second wrote there.
+    assert all(tokens_of(r) == tokens_of(want) for r in runs)
+    assert usage["prefix_cache_hit_tokens"] == 2 * 31
+    assert usage["kv_cache_blocks_in_use"] == 0
+
+
+def test_a_full_cache_evicts_cached_prefix_blocks_least_recently_used_from_the_end_of_a_chain(
+    models: dict[str, Path],
+) -> None:
+    a, b = ids_of(32, seed=21), ids_of(32, seed=22)
+    params = dict(max_tokens=8, temperature=0, ignore_eos=True)
+    with mpool.Pool() as pool:
+        # Four blocks; each request holds three (32 + 8 positions).
+        pool.register("m", models["llama"], max_replicas=1, options={"kv_cache_tokens": 64})
+        first_a = collect(pool.generate("m", a, **params))  # publishes a's two prompt blocks
+        assert usage_settles_at(pool, batch_sequences=0)["kv_cache_blocks_cached"] == 2
+        collect(pool.generate("m", b, **params))  # two free blocks and one evicted: a's second
+        usage = usage_settles_at(pool, batch_sequences=0)
+        assert usage["kv_cache_blocks_cached"] == 3 and usage["prefix_cache_hit_tokens"] == 0
+        again_a = collect(pool.generate("m", a, **params))
+        usage = usage_settles_at(pool, batch_sequences=0)
+    assert usage["prefix_cache_hit_tokens"] == 16  # a's first block was still cached, its second was not
+    assert tokens_of(again_a) == tokens_of(first_a)

@@ -648,3 +648,37 @@ def test_decode_matrix_vector_kernel_matches_a_float64_product_of_the_same_value
         assert y.shape == (1, 1, n)
         tol = 2**-8 if dtype == "bfloat16" else 1e-5  # the output rounded to bf16, or float32 sums
         assert np.abs(y - ref).max() <= tol * np.abs(ref).max(), f"{k}x{n}"
+
+
+# --- the paged KV cache -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t,block_size,chunk", [(32, 16, 32), (37, 8, 5), (16, 16, 3), (9, 4, 9)])
+def test_paged_cache_shares_published_blocks_and_copies_the_shared_one_before_writing_it(
+    t: int, block_size: int, chunk: int
+) -> None:
+    rng = np.random.RandomState(t)
+    keys, values = rng.randn(2, t, 8).astype(np.float32), rng.randn(2, t, 8).astype(np.float32)
+    new_key, new_value = rng.randn(2, 1, 8).astype(np.float32), rng.randn(2, 1, 8).astype(np.float32)
+    blocks = 3 * ((t + block_size - 1) // block_size)
+    out = mpool.testing.probe("nn.paged_kv_cache", {"keys": keys, "values": values, "new_key": new_key,
+                                                    "new_value": new_value, "q": rng.randn(1, 4, 1, 8)},
+                              block_size=block_size, blocks=blocks, chunk=chunk, first=t // 3)
+    full = t // block_size
+    assert out["matched"] == full
+    # A reads back what it wrote, untouched by B's write at t - 1.
+    np.testing.assert_array_equal(out["a_keys"], keys)
+    np.testing.assert_array_equal(out["a_values"], values)
+    # B reads A's positions and its own last one.
+    want_k, want_v = keys.copy(), values.copy()
+    want_k[:, -1:], want_v[:, -1:] = new_key, new_value
+    np.testing.assert_array_equal(out["b_keys"], want_k)
+    np.testing.assert_array_equal(out["b_values"], want_v)
+    # A decode row over B's positions reads them where they lie with the bits of the gathered read.
+    np.testing.assert_array_equal(out["attend_in_blocks"], out["attend_gathered"])
+    a_table, b_table = list(out["a_table"]), list(out["b_table"])
+    shared = full - 1 if t % block_size == 0 else full  # the block holding t - 1 is B's own copy
+    assert b_table[:shared] == a_table[:shared] and not set(b_table[shared:]) & set(a_table)
+    assert out["held_in_use"] == len(set(a_table) | set(b_table))
+    # Both gone: the published blocks stay cached (and count as available), the rest are free.
+    assert out["in_use"] == 0 and out["cached"] == full and out["available"] == blocks

@@ -587,6 +587,23 @@ def test_ready_waits_for_preloads_and_metrics_carry_the_pools_figures():
     assert 'route="/v1/embeddings",status="404"' in text
 
 
+def test_metrics_serve_a_decoders_kv_cache_and_prefix_cache_gauges(llama_dir):
+    from mpool.server.metrics import PoolCollector
+
+    prompt = list(range(8, 48))  # two full cache blocks, then eight tokens
+    with mpool.Pool() as pool:
+        pool.register("llama", llama_dir, max_replicas=1)
+        for _ in range(2):  # the second reads the first's two blocks
+            list(pool.generate("llama", prompt, max_tokens=4, temperature=0, ignore_eos=True))
+        samples = {(s.labels["model"], s.labels["name"]): s.value
+                   for family in PoolCollector(pool).collect() if family.name == "mpool_model_usage"
+                   for s in family.samples}
+    assert samples[("llama", "prefix_cache_prompt_tokens")] == 80
+    assert samples[("llama", "prefix_cache_hit_tokens")] == 32
+    assert samples[("llama", "prefix_cache_hit_rate")] == 0.4
+    assert samples[("llama", "kv_cache_blocks_in_use")] == 0 and samples[("llama", "kv_cache_blocks_free")] > 0
+
+
 def test_config_file_errors_name_the_file_table_and_key(tmp_path):
     path = tmp_path / "models.toml"
     path.write_text('[models.m]\npath = "/x"\ncontxt_length = 5\n')

@@ -47,6 +47,19 @@ TextGenerator::TextGenerator(std::shared_ptr<const CausalLM> model, std::unique_
     : model_(std::move(model)), tokenizer_(std::move(tokenizer)), settings_(std::move(settings)) {
   tokenizer_->set_truncation(std::nullopt);
   tokenizer_->set_padding(std::nullopt);
+  const int64_t budget = settings_.kv_cache_tokens > 0 ? settings_.kv_cache_tokens : settings_.context;
+  const int64_t bs = settings_.kv_block_size;
+  check(bs >= 1, ErrorCode::kInvalidInput, "kv_block_size must be at least 1");
+  blocks_ = model_->new_block_pool(bs, std::max<int64_t>(1, (budget + bs - 1) / bs));
+  publish_usage(0);
+}
+
+void TextGenerator::publish_usage(int64_t sequences) const {
+  usage_->in_use.store(blocks_->in_use());
+  usage_->reserved.store(blocks_->reserved());
+  usage_->cached.store(blocks_->cached());
+  usage_->free.store(blocks_->available());
+  usage_->sequences.store(sequences);
 }
 
 std::vector<int64_t> TextGenerator::prompt_ids(const std::variant<std::string, std::vector<int64_t>>& prompt,
@@ -141,8 +154,15 @@ struct BatchSequence {
   int64_t positions = 0;   // cache positions it holds: prompt + max new tokens
   int64_t image_tokens = 0;
   double image_time_s = 0;
-  nn::KvCache cache;
+  nn::KvCache cache;       // paged, in the generator's blocks
   bool decoding = false;   // past its prompt, last_token() is its next input
+  // Prefix cache: the tokens of its positions as far as they are known tokens
+  // (a vision prompt's stop at its first image), and its blocks published so far
+  // (the last one is `chain`).
+  std::vector<int64_t> ids;
+  bool all_tokens = true;
+  int64_t published = 0;
+  nn::KvBlockPool::Link chain;
 
   bool stopped() const { return request->context->should_stop(); }
 };
@@ -179,9 +199,12 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
                                    const VisionPromptFn& vision) const {
   const int64_t budget = settings_.kv_cache_tokens > 0 ? settings_.kv_cache_tokens : settings_.context;
   const auto max_batch = static_cast<size_t>(std::max<int64_t>(1, settings_.max_batch));
+  struct FinalUsage {  // what the cache holds once the batch returns, however it does
+    const TextGenerator& g;
+    ~FinalUsage() { g.publish_usage(0); }
+  } final_usage{*this};
   std::vector<std::unique_ptr<BatchSequence>> running;  // in admission order
   std::unique_ptr<BatchSequence> waiting;               // taken, waiting for cache room
-  int64_t used = 0;                                     // cache positions held
   std::shared_ptr<cap::GenerationRequest> offered = std::move(first);
 
   // A request as a sequence (no cache yet); null when it failed (bad input).
@@ -210,22 +233,58 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
                 " (option kv_cache_tokens); lower max_tokens or register the model with a larger kv_cache_tokens");
       s->state = std::make_unique<SequenceState>(*tokenizer_, p.params, p.setup);
       s->input = spliced_embeddings(*model_, prompt);
+      s->all_tokens = prompt.inserts.empty();
+      s->ids.assign(prompt.ids.begin(),
+                    prompt.ids.begin() + static_cast<ptrdiff_t>(s->all_tokens ? prompt.ids.size()
+                                                                               : prompt.inserts.front().first));
     });
     return ok ? std::move(s) : nullptr;
   };
 
   // What stats() reports, kept current at every change of what the batch holds.
-  auto publish = [&] {
-    usage_->positions.store(used);
-    usage_->sequences.store(static_cast<int64_t>(running.size()));
-  };
-  struct Unpublish {  // nothing held once the batch returns, however it does
-    BatchUsage& u;
-    ~Unpublish() {
-      u.positions.store(0);
-      u.sequences.store(0);
+  auto publish = [&] { publish_usage(static_cast<int64_t>(running.size())); };
+  const bool reuse = settings_.prefix_cache && model_->prefix_reusable();
+  nn::KvBlockPool& pool = *blocks_;
+  const int64_t bs = pool.block_size();
+  // Publishes each of a sequence's blocks that is full of known tokens, chained
+  // on the one before, so later prompts that start the same way share it.
+  auto publish_blocks = [&](BatchSequence& s) {
+    if (!reuse) return;
+    const auto& table = s.cache.table.blocks();
+    while ((s.published + 1) * bs <= std::min<int64_t>(s.cache.length, static_cast<int64_t>(s.ids.size()))) {
+      s.chain = pool.publish(s.chain, table[static_cast<size_t>(s.published)], s.ids.data() + s.published * bs);
+      ++s.published;
     }
-  } unpublish{*usage_};
+  };
+  // Claims the cache for `w` if the blocks it needs are free: the blocks of its
+  // prompt's longest published prefix are shared (all of it but its last token,
+  // whose logits it needs: that block is copied before it is written), and the
+  // rest is reserved.
+  auto claim = [&](BatchSequence& w) -> bool {
+    std::vector<int32_t> matched;
+    if (reuse) matched = pool.match(w.ids.data(), static_cast<int64_t>(w.ids.size()));
+    const int64_t blocks_needed = (w.positions + bs - 1) / bs;
+    for (bool copy_last : {true, false}) {
+      if (!copy_last && !matched.empty() && static_cast<int64_t>(matched.size()) * bs >= w.prompt_len)
+        matched.pop_back();  // no room for the copy: recompute the last shared block instead
+      int64_t start = static_cast<int64_t>(matched.size()) * bs;
+      const bool copies = start >= w.prompt_len;
+      if (copies) start = w.prompt_len - 1;
+      const int64_t fresh = blocks_needed - static_cast<int64_t>(matched.size()) + (copies ? 1 : 0);
+      if (fresh > pool.available() - pool.unheld(matched)) continue;
+      w.cache = nn::KvCache::paged_in(blocks_, w.positions);
+      w.cache.table.share(matched);
+      w.cache.table.reserve(fresh);
+      w.cache.length = start;
+      w.prefilled = start;
+      w.published = static_cast<int64_t>(matched.size());
+      w.chain = matched.empty() ? nn::KvBlockPool::Link{} : pool.link(matched.back());
+      usage_->prompt_tokens.fetch_add(w.prompt_len);
+      usage_->hit_tokens.fetch_add(start);
+      return true;
+    }
+    return false;
+  };
   const int64_t chunk = settings_.prefill_chunk;
   while (true) {
     // Admission: new requests join while there is room; the first that does not
@@ -238,12 +297,12 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
         waiting = admit(std::move(r));
         if (!waiting) continue;
       }
-      if (used + waiting->positions > budget) break;
-      if (!guarded(*waiting->request, [&] { waiting->cache = model_->new_cache(waiting->positions); })) {
+      bool admitted = false;
+      if (!guarded(*waiting->request, [&] { admitted = claim(*waiting); })) {
         waiting.reset();
         continue;
       }
-      used += waiting->positions;
+      if (!admitted) break;
       running.push_back(std::move(waiting));
       publish();
     }
@@ -259,10 +318,10 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
 
     // Sequences whose request stopped leave; so do those a failure ended.
     auto leave = [&](size_t i, bool failed) {
-      used -= running[i]->positions;
       std::unique_ptr<BatchSequence> gone = std::move(running[i]);
       running.erase(running.begin() + static_cast<ptrdiff_t>(i));
-      publish();  // its cache positions are free before its reader hears of its end
+      gone->cache = nn::KvCache();
+      publish();  // its blocks are free before its reader hears of its end
       if (!failed) complete(*gone);
     };
     for (size_t i = running.size(); i-- > 0;)
@@ -283,6 +342,7 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
       const bool ok = guarded(*s.request, [&] {
         const at::Tensor logits = model_->extend_embeddings(s.input.narrow(0, s.prefilled, n), s.cache);
         s.prefilled += n;
+        publish_blocks(s);
         if (s.prefilled < s.prompt_len) return;
         s.input = at::Tensor();
         s.decoding = true;
@@ -309,6 +369,7 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
       for (auto* s : rows) {
         ids.push_back(s->state->last_token());
         caches.push_back(&s->cache);
+        if (s->all_tokens) s->ids.push_back(s->state->last_token());  // the token of its next position
       }
       at::Tensor logits;
       try {
@@ -324,6 +385,7 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
       for (size_t i = 0; i < rows.size(); ++i) {
         BatchSequence& s = *rows[i];
         const bool ok = guarded(*s.request, [&] {
+          publish_blocks(s);
           if (s.stopped() || s.state->advance(logits[static_cast<int64_t>(i)], s.request->sink)) ended.push_back(&s);
         });
         if (!ok) failed.push_back(&s);
@@ -337,17 +399,21 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
       else if (std::find(ended.begin(), ended.end(), s) != ended.end())
         leave(i, false);
     }
+    publish();
     // Every stream full: wait a little for the readers (deadlines still apply).
     if (!stepped) std::this_thread::sleep_for(std::chrono::microseconds(500));
   }
 }
 
 std::map<std::string, double> TextGenerator::usage() const {
-  const int64_t budget = settings_.kv_cache_tokens > 0 ? settings_.kv_cache_tokens : settings_.context;
-  const int64_t in_use = usage_->positions.load();
-  return {{"kv_cache_positions_in_use", static_cast<double>(in_use)},
-          {"kv_cache_positions_free", static_cast<double>(budget - in_use)},
-          {"batch_sequences", static_cast<double>(usage_->sequences.load())}};
+  const BatchUsage& u = *usage_;
+  return {{"kv_cache_blocks_in_use", static_cast<double>(u.in_use.load())},
+          {"kv_cache_blocks_reserved", static_cast<double>(u.reserved.load())},
+          {"kv_cache_blocks_cached", static_cast<double>(u.cached.load())},
+          {"kv_cache_blocks_free", static_cast<double>(u.free.load())},
+          {"batch_sequences", static_cast<double>(u.sequences.load())},
+          {"prefix_cache_prompt_tokens", static_cast<double>(u.prompt_tokens.load())},
+          {"prefix_cache_hit_tokens", static_cast<double>(u.hit_tokens.load())}};
 }
 
 at::Tensor spliced_embeddings(const CausalLM& model, const SplicedPrompt& prompt) {

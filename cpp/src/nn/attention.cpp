@@ -63,6 +63,34 @@ at::Tensor attend_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks, c
   return at::cat(rows);
 }
 
+at::Tensor attend_rows(const at::Tensor& q, const std::vector<const KvCache*>& caches, size_t layer,
+                       const std::vector<int64_t>& first) {
+  check(q.dim() == 4 && q.size(2) == 1 && caches.size() == static_cast<size_t>(q.size(0)) &&
+            first.size() == caches.size(),
+        ErrorCode::kInvalidInput, "attend_rows: q must be (b, heads, 1, d) with b caches and starts");
+  std::vector<int64_t> total;
+  bool paged = true;
+  for (const KvCache* c : caches) {
+    total.push_back(c->length + 1);
+    paged = paged && c->paged() && c->kind == CacheKind::kKeyValue && c->table.pool() == caches[0]->table.pool();
+  }
+  if (paged) {
+    const LayerCache& storage = caches[0]->table.pool()->layer(layer);
+    std::vector<const std::vector<int32_t>*> tables;
+    for (const KvCache* c : caches) tables.push_back(&c->table.blocks());
+    at::Tensor out = kernels::decode_attention_paged(q, storage.keys, storage.values, tables, first, total,
+                                                     1.0 / std::sqrt(static_cast<double>(q.size(3))));
+    if (out.defined()) return out;
+  }
+  std::vector<at::Tensor> ks, vs;
+  for (size_t i = 0; i < caches.size(); ++i) {
+    auto [k, v] = caches[i]->read(layer, first[i], total[i]);
+    ks.push_back(std::move(k));
+    vs.push_back(std::move(v));
+  }
+  return attend_rows(q, ks, vs);
+}
+
 Attention Attention::load(const Weights& w, const AttentionShape& shape, const AttentionNames& names,
                           std::optional<double> qk_norm_eps) {
   Attention a;

@@ -12,6 +12,7 @@
 #include "mpool/nn/attention.h"
 #include "mpool/nn/int8.h"
 #include "mpool/nn/kernels.h"
+#include "mpool/nn/kv_cache.h"
 #include "mpool/nn/mlp.h"
 #include "mpool/nn/norm.h"
 #include "mpool/nn/probe.h"
@@ -203,6 +204,73 @@ void register_all() {
                        : at::Tensor();
     return ProbeOutput{{"out", attend(q, k, v, {}, causal, scale).to(at::kFloat)},
                        {"kernel", at::scalar_tensor(kernel.defined() ? 1 : 0, at::kInt)}};
+  });
+  // The paged KV cache with prefix sharing, on "keys" and "values" (kv_heads, t,
+  // d) and "new_key"/"new_value" (kv_heads, 1, d). Sequence A writes all t
+  // positions (chunks of option "chunk") into blocks of option "block_size" (of
+  // option "blocks") and publishes its full blocks under token ids 0..t-1.
+  // Sequence B matches those ids, shares the blocks of all but the last position
+  // and writes the new key and value at position t - 1. Out: each one's cache
+  // read back ("a_keys", "a_values", "b_keys", "b_values"), their tables, and
+  // the pool's counts with both held ("held_in_use") and after both are gone
+  // ("in_use", "cached", "available").
+  register_probe("nn.paged_kv_cache", [](const ProbeInput& in) {
+    const at::Tensor keys = in.tensor("keys").unsqueeze(0), values = in.tensor("values").unsqueeze(0);
+    const int64_t kvh = keys.size(1), t = keys.size(2), d = keys.size(3);
+    const int64_t bs = in.get<int64_t>("block_size"), chunk = in.get_or<int64_t>("chunk", t);
+    auto pool = KvBlockPool::key_value(1, kvh, d, bs, in.get<int64_t>("blocks"), keys.options());
+    std::vector<int64_t> ids(static_cast<size_t>(t));
+    for (int64_t i = 0; i < t; ++i) ids[static_cast<size_t>(i)] = i;
+    ProbeOutput out;
+    auto table_of = [](const KvCache& c) {
+      std::vector<int64_t> b(c.table.blocks().begin(), c.table.blocks().end());
+      return at::tensor(b, at::kLong);
+    };
+    {
+      KvCache a = KvCache::paged_in(pool, t);
+      for (int64_t at = 0; at < t; at += chunk) {
+        const int64_t n = std::min(chunk, t - at);
+        a.append(0, at, keys.narrow(2, at, n), values.narrow(2, at, n));
+        a.length = at + n;
+      }
+      KvBlockPool::Link link;
+      for (int64_t b = 0; (b + 1) * bs <= t; ++b) link = pool->publish(link, a.table.blocks()[b], ids.data() + b * bs);
+      const std::vector<int32_t> matched = pool->match(ids.data(), t);
+      KvCache b = KvCache::paged_in(pool, t);
+      b.table.share(matched);
+      b.length = std::min<int64_t>(static_cast<int64_t>(matched.size()) * bs, t - 1);
+      if (b.length < t - 1) {  // B's own positions before the last: A's values
+        const int64_t from = b.length, n = t - 1 - from;
+        b.append(0, from, keys.narrow(2, from, n), values.narrow(2, from, n));
+      }
+      auto [bk, bv] = b.append(0, t - 1, in.tensor("new_key").unsqueeze(0), in.tensor("new_value").unsqueeze(0));
+      const LayerCache& storage = pool->layer(0);
+      auto read = [&](const KvCache& c, const at::Tensor& st) {
+        std::vector<at::Tensor> parts;
+        for (int32_t blk : c.table.blocks()) parts.push_back(st.select(0, blk));
+        return at::cat(parts, 1).narrow(1, 0, t);
+      };
+      out["a_keys"] = read(a, storage.keys);
+      out["a_values"] = read(a, storage.values);
+      out["b_keys"] = bk.squeeze(0);
+      out["b_values"] = bv.squeeze(0);
+      out["a_table"] = table_of(a);
+      out["b_table"] = table_of(b);
+      out["matched"] = at::scalar_tensor(static_cast<int64_t>(matched.size()), at::kLong);
+      if (const at::Tensor q = in.optional_tensor("q"); q.defined()) {
+        // B's decode row over positions [first, t): read in its blocks, and gathered.
+        const int64_t first = in.get_or<int64_t>("first", 0);
+        b.length = t - 1;  // as in a decode step: position t - 1 written, not yet counted
+        out["attend_in_blocks"] = attend_rows(q, std::vector<const KvCache*>{&b}, 0, {first});
+        auto [k, v] = b.read(0, first, t);
+        out["attend_gathered"] = attend_rows(q, std::vector<at::Tensor>{k}, std::vector<at::Tensor>{v});
+      }
+      out["held_in_use"] = at::scalar_tensor(pool->in_use(), at::kLong);
+    }
+    out["in_use"] = at::scalar_tensor(pool->in_use(), at::kLong);
+    out["cached"] = at::scalar_tensor(pool->cached(), at::kLong);
+    out["available"] = at::scalar_tensor(pool->available(), at::kLong);
+    return out;
   });
   // A renamed view: option "names" maps an asked name to {"stored": name,
   // "rows": [[begin, end], ...]}; option "get" lists [name, shape] to read through

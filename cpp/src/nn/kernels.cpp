@@ -11,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <type_traits>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -207,17 +208,38 @@ __attribute__((target("avx2,fma"))) inline float dot(const W* a, const float* x,
 
 // One query row against its head's t key and value rows: out = softmax(scale q.k) v.
 // `scores` holds t floats, `acc` dv floats.
+// run(float{}) for float32, run(uint16_t{}) for bfloat16 (its bits).
+template <class F>
+void run_as_float_or_bf16(at::ScalarType type, F&& run) {
+  if (type == at::kFloat)
+    run(float{});
+  else
+    run(uint16_t{});
+}
+
+// Rows `stride` elements apart: a contiguous cache's keys or values of one head.
 template <class W>
-__attribute__((target("avx2,fma"))) void attend_row(const float* q, const W* k, int64_t k_stride, const W* v,
-                                                    int64_t v_stride, int64_t t, int64_t d, int64_t dv, float scale,
-                                                    float* scores, float* acc) {
+struct Strided {
+  const W* base;
+  int64_t stride;
+  const W* operator()(int64_t j) const { return base + j * stride; }
+};
+template <class W>
+Strided<W> strided(const W* base, int64_t stride) {
+  return {base, stride};
+}
+
+// `key(j)` and `value(j)` point at position j's row (contiguous or in blocks).
+template <class W, class KeyAt, class ValueAt>
+__attribute__((target("avx2,fma"))) void attend_row(const float* q, KeyAt key, ValueAt value, int64_t t, int64_t d,
+                                                    int64_t dv, float scale, float* scores, float* acc) {
   float top = -INFINITY;
   // Four keys at a time: four independent chains of fused multiply-adds, each
   // key's dot product summed exactly as dot() sums it.
   const int64_t q_vec = d - d % 8;
   int64_t j = 0;
   for (; j + 4 <= t; j += 4) {
-    const W* rows[4] = {k + j * k_stride, k + (j + 1) * k_stride, k + (j + 2) * k_stride, k + (j + 3) * k_stride};
+    const W* rows[4] = {key(j), key(j + 1), key(j + 2), key(j + 3)};
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < q_vec; i += 8) {
       const __m256 qv = _mm256_loadu_ps(q + i);
@@ -231,7 +253,7 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, const W* k, 
     }
   }
   for (; j < t; ++j) {
-    scores[j] = dot(k + j * k_stride, q, d) * scale;
+    scores[j] = dot(key(j), q, d) * scale;
     top = std::max(top, scores[j]);
   }
   const int64_t t_vec = t - t % 8;
@@ -251,7 +273,7 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, const W* k, 
     __m256 a[8];
     for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
     for (int64_t jj = 0; jj < t; ++jj) {
-      const W* row = v + jj * v_stride + i0;
+      const W* row = value(jj) + i0;
       const __m256 w = _mm256_set1_ps(scores[jj]);
       for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(w, load8(row + 8 * u), a[u]);
     }
@@ -259,12 +281,12 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, const W* k, 
   }
   for (; i0 + 8 <= dv; i0 += 8) {
     __m256 a = _mm256_setzero_ps();
-    for (int64_t jj = 0; jj < t; ++jj) a = _mm256_fmadd_ps(_mm256_set1_ps(scores[jj]), load8(v + jj * v_stride + i0), a);
+    for (int64_t jj = 0; jj < t; ++jj) a = _mm256_fmadd_ps(_mm256_set1_ps(scores[jj]), load8(value(jj) + i0), a);
     _mm256_storeu_ps(acc + i0, a);
   }
   for (int64_t i = i0; i < dv; ++i) {
     float a = 0;
-    for (int64_t jj = 0; jj < t; ++jj) a += scores[jj] * to_float(v[jj * v_stride + i]);
+    for (int64_t jj = 0; jj < t; ++jj) a += scores[jj] * to_float(value(jj)[i]);
     acc[i] = a;
   }
   const float inv = 1.0f / sum;
@@ -427,12 +449,14 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   float* op = out.data_ptr<float>();
   const float s = static_cast<float>(scale);
   auto run = [&](const auto* kp, const auto* vp) {
+    using W = std::remove_cv_t<std::remove_pointer_t<decltype(kp)>>;
     parallel_for(b * heads, 1, [&](int64_t r0, int64_t r1) {
       std::vector<float> scores(static_cast<size_t>(t));
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t bi = r / heads, kv = (r % heads) / group;
-        attend_row(qp + r * d, kp + bi * k.stride(0) + kv * k.stride(1), k.stride(2),
-                   vp + bi * v.stride(0) + kv * v.stride(1), v.stride(2), t, d, dv, s, scores.data(), op + r * dv);
+        attend_row<W>(qp + r * d, strided(kp + bi * k.stride(0) + kv * k.stride(1), k.stride(2)),
+                      strided(vp + bi * v.stride(0) + kv * v.stride(1), v.stride(2)), t, d, dv, s, scores.data(),
+                      op + r * dv);
       }
     });
   };
@@ -485,17 +509,77 @@ at::Tensor decode_attention_rows(const at::Tensor& q, const std::vector<at::Tens
         const at::Tensor &k = ks[bi], &v = vs[bi];
         const W* kp = reinterpret_cast<const W*>(k.const_data_ptr()) + kv * k.stride(1);
         const W* vp = reinterpret_cast<const W*>(v.const_data_ptr()) + kv * v.stride(1);
-        attend_row(qp + r * d, kp, k.stride(2), vp, v.stride(2), k.size(2), d, dv, s, scores.data(), op + r * dv);
+        attend_row<W>(qp + r * d, strided(kp, k.stride(2)), strided(vp, v.stride(2)), k.size(2), d, dv, s,
+                      scores.data(), op + r * dv);
       }
     });
   };
-  if (type == at::kFloat)
-    run(float{});
-  else
-    run(uint16_t{});
+  run_as_float_or_bf16(type, run);
   return out.to(type);
 #else
   (void)q, (void)ks, (void)vs, (void)scale;
+  return {};
+#endif
+}
+
+at::Tensor decode_attention_paged(const at::Tensor& q, const at::Tensor& k_blocks, const at::Tensor& v_blocks,
+                                  const std::vector<const std::vector<int32_t>*>& tables,
+                                  const std::vector<int64_t>& first, const std::vector<int64_t>& total, double scale) {
+#ifdef MPOOL_X86_GEMV
+  const at::ScalarType type = q.scalar_type();
+  const auto b = static_cast<size_t>(q.dim() == 4 ? q.size(0) : 0);
+  if (!cpu_has_avx2_fma() || q.dim() != 4 || q.size(2) != 1 || !(type == at::kFloat || type == at::kBFloat16) ||
+      !q.device().is_cpu() || b == 0 || tables.size() != b || first.size() != b || total.size() != b ||
+      k_blocks.dim() != 4 || v_blocks.dim() != 4 || !k_blocks.is_contiguous() || !v_blocks.is_contiguous() ||
+      k_blocks.scalar_type() != type || v_blocks.scalar_type() != type || !k_blocks.device().is_cpu() ||
+      !v_blocks.device().is_cpu() || !std::isfinite(scale))
+    return {};
+  const int64_t heads = q.size(1), d = q.size(3), kvh = k_blocks.size(1), bs = k_blocks.size(2),
+                dv = v_blocks.size(3);
+  if (kvh == 0 || heads % kvh != 0 || k_blocks.size(3) != d || v_blocks.size(1) != kvh || v_blocks.size(2) != bs ||
+      v_blocks.size(0) != k_blocks.size(0))
+    return {};
+  int64_t longest = 0;
+  for (size_t i = 0; i < b; ++i) {
+    if (tables[i] == nullptr || first[i] < 0 || total[i] <= first[i] ||
+        static_cast<int64_t>(tables[i]->size()) * bs < total[i])
+      return {};
+    longest = std::max(longest, total[i] - first[i]);
+  }
+  const int64_t group = heads / kvh;
+  const at::Tensor qf = q.to(at::kFloat).reshape({static_cast<int64_t>(b) * heads, d}).contiguous();
+  at::Tensor out = at::empty({static_cast<int64_t>(b), heads, 1, dv}, q.options().dtype(at::kFloat));
+  const float* qp = qf.const_data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+  auto run = [&](auto tag) {
+    using W = decltype(tag);
+    const W* kb = reinterpret_cast<const W*>(k_blocks.const_data_ptr());
+    const W* vb = reinterpret_cast<const W*>(v_blocks.const_data_ptr());
+    parallel_for(static_cast<int64_t>(b) * heads, 1, [&](int64_t r0, int64_t r1) {
+      // Each position's key and value row, looked up in the block table once.
+      std::vector<float> scores(static_cast<size_t>(longest));
+      std::vector<const W*> krows(static_cast<size_t>(longest)), vrows(static_cast<size_t>(longest));
+      for (int64_t r = r0; r < r1; ++r) {
+        const auto bi = static_cast<size_t>(r / heads);
+        const int64_t kv = (r % heads) / group, t = total[bi] - first[bi];
+        const std::vector<int32_t>& table = *tables[bi];
+        for (int64_t j = 0; j < t; ++j) {
+          const int64_t pos = first[bi] + j;
+          const int64_t block = table[static_cast<size_t>(pos / bs)], row = pos % bs;
+          krows[static_cast<size_t>(j)] = kb + ((block * kvh + kv) * bs + row) * d;
+          vrows[static_cast<size_t>(j)] = vb + ((block * kvh + kv) * bs + row) * dv;
+        }
+        attend_row<W>(
+            qp + r * d, [&](int64_t j) { return krows[static_cast<size_t>(j)]; },
+            [&](int64_t j) { return vrows[static_cast<size_t>(j)]; }, t, d, dv, s, scores.data(), op + r * dv);
+      }
+    });
+  };
+  run_as_float_or_bf16(type, run);
+  return out.to(type);
+#else
+  (void)q, (void)k_blocks, (void)v_blocks, (void)tables, (void)first, (void)total, (void)scale;
   return {};
 #endif
 }

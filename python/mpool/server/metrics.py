@@ -61,6 +61,11 @@ class PoolCollector(Collector):
         reserved = GaugeMetricFamily(
             "mpool_model_reserved_bytes", "Memory reserved for the model's replicas.", labels=["model", "device"]
         )
+        usage = GaugeMetricFamily(
+            "mpool_model_usage",
+            "Gauges the model's loaded replicas report, summed (a decoder's KV cache blocks, prefix cache hits).",
+            labels=["model", "name"],
+        )
         latencies = {
             k: GaugeMetricFamily(name, doc, labels=["model", "quantile"]) for k, (name, doc) in _LATENCIES.items()
         }
@@ -76,6 +81,8 @@ class PoolCollector(Collector):
             gauges["pinned"].add_metric([key], 1.0 if m["pinned"] else 0.0)
             for device, mb in m["reserved_mb"].items():
                 reserved.add_metric([key, device], mb * (1 << 20))
+            for name, value in (m.get("usage") or {}).items():
+                usage.add_metric([key, name], value)
             for k, quantiles in latencies.items():
                 q = m[k]
                 if q["count"]:
@@ -84,6 +91,7 @@ class PoolCollector(Collector):
         yield from counters.values()
         yield from gauges.values()
         yield reserved
+        yield usage
         yield from latencies.values()
         memory = GaugeMetricFamily("mpool_device_memory_bytes", "Device memory by kind.", labels=["device", "kind"])
         pressure = GaugeMetricFamily(

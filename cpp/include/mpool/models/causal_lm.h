@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "mpool/nn/kv_cache.h"
@@ -18,6 +19,13 @@ class CausalLM {
   virtual ~CausalLM() = default;
   /// An empty per-sequence cache for up to `capacity` positions.
   virtual nn::KvCache new_cache(int64_t capacity) const = 0;
+  /// The blocks of a paged cache (KvCache::paged_in) for a replica's sequences.
+  virtual std::shared_ptr<nn::KvBlockPool> new_block_pool(int64_t block_size, int64_t blocks) const = 0;
+  /// Whether a position's cached state depends only on the tokens up to it, so
+  /// sequences may share a prompt prefix's blocks. Not so where a sequence's
+  /// later length changes its earlier positions (longrope's switch to its long
+  /// factors recomputes them).
+  virtual bool prefix_reusable() const { return true; }
   /// Input embeddings (n, hidden) of `ids`, in the model's dtype and device.
   virtual at::Tensor embed_tokens(const std::vector<int64_t>& ids) const = 0;
   /// Runs `embeddings` (n, hidden) after the cache's contents, appends them to the

@@ -50,6 +50,10 @@ struct TextGeneratorSettings {
   /// Cache positions (prompt plus max new tokens) the sequences of a batch hold
   /// together; 0 = one full context.
   int64_t kv_cache_tokens = 0;
+  /// Positions per block of the batch's paged cache.
+  int64_t kv_block_size = 16;
+  /// Sequences share the blocks of a common prompt prefix (where the model allows).
+  bool prefix_cache = true;
 };
 
 /// A prompt with embeddings inserted: `inserts[i].first` is the index in `ids`
@@ -101,9 +105,14 @@ class TextGenerator {
 
   const tokenizer::Tokenizer& tokenizer() const noexcept { return *tokenizer_; }
   const TextGeneratorSettings& settings() const noexcept { return settings_; }
-  /// What its continuous batch holds now (safe from any thread):
-  /// "kv_cache_positions_in_use", "kv_cache_positions_free" (of kv_cache_tokens)
-  /// and "batch_sequences"; a family's Instance::usage().
+  /// What its continuous batch holds now (safe from any thread), a family's
+  /// Instance::usage(): blocks of the paged cache "kv_cache_blocks_in_use" (held
+  /// by sequences), "kv_cache_blocks_reserved" (promised to their later
+  /// positions), "kv_cache_blocks_cached" (prefix blocks no sequence holds,
+  /// reused or evicted) and "kv_cache_blocks_free" (what admission may still
+  /// give: free or cached); "batch_sequences"; and since the replica started,
+  /// "prefix_cache_prompt_tokens" admitted and "prefix_cache_hit_tokens" of them
+  /// read from shared blocks instead of computed.
   std::map<std::string, double> usage() const;
 
  private:
@@ -122,8 +131,11 @@ class TextGenerator {
   std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
   TextGeneratorSettings settings_;
   struct BatchUsage {
-    std::atomic<int64_t> positions{0}, sequences{0};
+    std::atomic<int64_t> in_use{0}, reserved{0}, cached{0}, free{0}, sequences{0};
+    std::atomic<int64_t> prompt_tokens{0}, hit_tokens{0};
   };
+  void publish_usage(int64_t sequences) const;
+  std::shared_ptr<nn::KvBlockPool> blocks_;  // the batch's paged cache
   std::shared_ptr<BatchUsage> usage_ = std::make_shared<BatchUsage>();
 };
 

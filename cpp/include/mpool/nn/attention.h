@@ -9,6 +9,7 @@
 #include <tuple>
 #include <vector>
 
+#include "mpool/nn/kv_cache.h"
 #include "mpool/nn/linear.h"
 #include "mpool/nn/norm.h"
 #include "mpool/nn/weights.h"
@@ -40,6 +41,13 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 /// against ks[i], vs[i] (1, kv_heads, t_i, d), no mask, the default scale.
 /// Returns (b, heads, 1, dv); row i is the bits attend() gives it alone.
 at::Tensor attend_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks, const std::vector<at::Tensor>& vs);
+
+/// attend_rows against the sequences' caches: row i against positions
+/// [first[i], caches[i]->length + 1) of layer `layer` of caches[i] (a decode
+/// step's, its new position written). Paged caches are read in their blocks,
+/// where they lie; the bits are those of attend_rows on the same keys gathered.
+at::Tensor attend_rows(const at::Tensor& q, const std::vector<const KvCache*>& caches, size_t layer,
+                       const std::vector<int64_t>& first);
 
 /// Where a checkpoint keeps an attention block's tensors, relative to its scope.
 struct AttentionNames {

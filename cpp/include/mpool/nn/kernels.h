@@ -44,6 +44,15 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 at::Tensor decode_attention_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks,
                                  const std::vector<at::Tensor>& vs, double scale);
 
+/// decode_attention_rows over paged caches: row i against positions [first[i],
+/// total[i]) kept in the blocks *tables[i] of k_blocks (blocks, kv_heads,
+/// block_size, d) and v_blocks (blocks, kv_heads, block_size, dv), read where
+/// they lie (no gather). Row i's result is the bits decode_attention gives for
+/// the same keys and values contiguous. Undefined where that does not apply.
+at::Tensor decode_attention_paged(const at::Tensor& q, const at::Tensor& k_blocks, const at::Tensor& v_blocks,
+                                  const std::vector<const std::vector<int32_t>*>& tables,
+                                  const std::vector<int64_t>& first, const std::vector<int64_t>& total, double scale);
+
 /// Sets the calling thread's torch intra-op thread count to `threads` (>= 1),
 /// for this thread only: its OpenMP count and, where torch has MKL, its MKL
 /// count. at::set_num_threads would also store the process default that every

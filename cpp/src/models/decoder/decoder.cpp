@@ -94,6 +94,15 @@ nn::KvCache Decoder::new_cache(int64_t capacity) const {
                                 at::TensorOptions().dtype(dtype_).device(device_));
 }
 
+std::shared_ptr<nn::KvBlockPool> Decoder::new_block_pool(int64_t block_size, int64_t blocks) const {
+  const auto options = at::TensorOptions().dtype(dtype_).device(device_);
+  if (config_.is_mla())
+    return nn::KvBlockPool::latent(config_.num_layers, config_.mla.kv_lora_rank, config_.mla.qk_rope_head_dim,
+                                   block_size, blocks, options);
+  return nn::KvBlockPool::key_value(config_.num_layers, config_.num_kv_heads, config_.head_dim, block_size, blocks,
+                                    options);
+}
+
 at::Tensor Decoder::embed_tokens(const std::vector<int64_t>& ids) const {
   c10::InferenceMode guard;
   return at::embedding(embed_, at::tensor(ids, at::kLong).to(device_));
@@ -232,16 +241,16 @@ at::Tensor Decoder::decode_rows(at::Tensor x, const std::vector<nn::KvCache*>& c
     auto [q, k, v] = L.attention.project(L.input_norm(x));
     q = rope_.apply(q, cos, sin);
     k = rope_.apply(k, cos, sin);
-    std::vector<at::Tensor> keys, values;
+    std::vector<const nn::KvCache*> readers;
+    std::vector<int64_t> firsts;
     for (int64_t i = 0; i < b; ++i) {
       nn::KvCache& cache = *caches[static_cast<size_t>(i)];
       const int64_t total = cache.length + 1;
-      const int64_t first = window > 0 ? std::max<int64_t>(0, total - window) : 0;
-      auto [ki, vi] = cache.append(li, cache.length, k.narrow(0, i, 1), v.narrow(0, i, 1), first);
-      keys.push_back(std::move(ki));
-      values.push_back(std::move(vi));
+      firsts.push_back(window > 0 ? std::max<int64_t>(0, total - window) : 0);
+      cache.write(li, cache.length, k.narrow(0, i, 1), v.narrow(0, i, 1));
+      readers.push_back(&cache);
     }
-    x = x + L.attention.output(nn::attend_rows(q, keys, values));
+    x = x + L.attention.output(nn::attend_rows(q, readers, li, firsts));
     x = x + (*L.feed_forward)(L.post_attention_norm(x));
   }
   for (auto* cache : caches) cache->length += 1;

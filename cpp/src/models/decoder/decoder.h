@@ -42,6 +42,8 @@ class Decoder final : public CausalLM {
   Decoder(DecoderConfig config, const nn::Weights& base, const nn::Weights& head);
 
   nn::KvCache new_cache(int64_t capacity) const override;
+  std::shared_ptr<nn::KvBlockPool> new_block_pool(int64_t block_size, int64_t blocks) const override;
+  bool prefix_reusable() const override { return config_.rope.type != "longrope"; }
   at::Tensor embed_tokens(const std::vector<int64_t>& ids) const override;
   at::Tensor extend_embeddings(const at::Tensor& embeddings, nn::KvCache& cache) const override;
   /// The rows of a batch run through each projection together (the weights are
@@ -114,11 +116,14 @@ inline constexpr int64_t kDefaultMaxBatch = 16;
 /// family generating with this decoder declares them.
 OptionSpec max_batch_option();
 OptionSpec kv_cache_tokens_option();
+/// Options "kv_block_size" and "prefix_cache" (the paged cache and its prefix reuse).
+OptionSpec kv_block_size_option();
+OptionSpec prefix_cache_option();
 
 /// The TextGenerator's settings: the context (options.context_length, checked
 /// against the config's maximum), eos and sampling defaults from `model_dir`'s
 /// generation_config.json (else config.json's eos), and options "prefill_chunk",
-/// "max_batch" and "kv_cache_tokens".
+/// "max_batch", "kv_cache_tokens", "kv_block_size" and "prefix_cache".
 TextGeneratorSettings generator_settings(const DecoderConfig& config, const std::filesystem::path& model_dir,
                                          const NativeOptions& options);
 

@@ -79,6 +79,16 @@ OptionSpec kv_cache_tokens_option() {
           "replica (default: one context_length)"};
 }
 
+OptionSpec kv_block_size_option() {
+  return {"kv_block_size", OptionSpec::Kind::kInt,
+          "positions per block of a replica's paged KV cache (default 16, in [1, 1024])"};
+}
+
+OptionSpec prefix_cache_option() {
+  return {"prefix_cache", OptionSpec::Kind::kBool,
+          "sequences whose prompts start alike share the cache blocks of that prefix, computed once (default true)"};
+}
+
 TextGeneratorSettings generator_settings(const DecoderConfig& config, const fs::path& model_dir,
                                          const NativeOptions& options) {
   // Dynamic NTK scaling exists to run past the trained length, up to factor times it.
@@ -110,18 +120,25 @@ TextGeneratorSettings generator_settings(const DecoderConfig& config, const fs::
   gen.kv_cache_tokens = options.options.get_int("kv_cache_tokens", context);
   check(gen.kv_cache_tokens >= 2 && gen.kv_cache_tokens <= (int64_t{1} << 30), ErrorCode::kInvalidInput,
         "option kv_cache_tokens must be in [2, 1073741824], got " + std::to_string(gen.kv_cache_tokens));
+  gen.kv_block_size = options.options.get_int("kv_block_size", gen.kv_block_size);
+  check(gen.kv_block_size >= 1 && gen.kv_block_size <= 1024, ErrorCode::kInvalidInput,
+        "option kv_block_size must be in [1, 1024], got " + std::to_string(gen.kv_block_size));
+  gen.prefix_cache = options.options.get_bool("prefix_cache", gen.prefix_cache);
   return gen;
 }
 
 double generation_bytes(const DecoderConfig& config, const TextGeneratorSettings& gen, at::ScalarType dtype,
                         int64_t tokens_per_forward) {
   const size_t element = at::elementSize(dtype);
+  // The paged cache's blocks: kv_cache_tokens positions rounded up to whole blocks.
+  const int64_t budget = gen.kv_cache_tokens > 0 ? gen.kv_cache_tokens : gen.context, bs = gen.kv_block_size;
+  const int64_t kv_positions = (budget + bs - 1) / bs * bs;
   const double kv_bytes =
       (config.is_mla() ? nn::KvCache::latent_bytes_per_position(config.num_layers, config.mla.kv_lora_rank,
                                                                 config.mla.qk_rope_head_dim, element)
                        : nn::KvCache::bytes_per_position(config.num_layers, config.num_kv_heads, config.head_dim,
                                                          element)) *
-      static_cast<double>(gen.kv_cache_tokens > 0 ? gen.kv_cache_tokens : gen.context);
+      static_cast<double>(kv_positions);
   const double chunk = static_cast<double>(gen.prefill_chunk);
   const double tokens = std::max(chunk, static_cast<double>(tokens_per_forward));
   // Per token: the widest feed-forward activation, the residual stream, and the
@@ -233,7 +250,8 @@ Family family() {
                 {{"prefill_chunk", OptionSpec::Kind::kInt,
                   "prompt tokens per forward pass of a prefill (default 512): bounds activation memory, and "
                   "the prompt tokens one step of a continuous batch runs besides its decode rows"},
-                 max_batch_option(), kv_cache_tokens_option(), kit::tokenizer_pattern_option()}};
+                 max_batch_option(), kv_cache_tokens_option(), kv_block_size_option(), prefix_cache_option(),
+                 kit::tokenizer_pattern_option()}};
 }
 
 void register_probes() {
