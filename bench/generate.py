@@ -41,6 +41,13 @@ bounds: a step of N rows reads the weights once and every sequence's KV cache
 compute allows matmul FLOP/s / (2 x active parameters) tokens/s.
 
     python bench/generate.py --concurrent 8 [--dtype float32|bfloat16|int8]
+
+--shared-prefix P (with --concurrent): every prompt starts with the same P
+tokens (a system prompt) before its own; a warm-up request has cached them, as
+an earlier request would in service. mpool then runs the N clients twice, with
+its prefix cache and without, and reports the hit rate and both TTFTs.
+
+    python bench/generate.py --concurrent 8 --shared-prefix 512
 """
 
 from __future__ import annotations
@@ -219,7 +226,9 @@ def bench_mpool(model_dir: Path, prompt: list[int], new_tokens: int, repeats: in
 
     pool = mpool.Pool()
     try:
-        pool.register("llm", str(model_dir), max_replicas=1, dtype=dtype, intra_op_threads=threads)
+        # No prefix cache: each repeat of the same prompt computes it again (TTFT is the prefill).
+        pool.register("llm", str(model_dir), max_replicas=1, dtype=dtype, intra_op_threads=threads,
+                      options={"prefix_cache": False})
         params = dict(max_tokens=new_tokens, temperature=0, ignore_eos=True)
         for _ in pool.generate("llm", prompt, **params):  # warm-up: loads the replica
             pass
@@ -262,8 +271,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def bench_mpool_concurrent(model_dir: Path, prompts: list[list[int]], new_tokens: int, dtype: str,
-                           threads: int) -> dict[str, Any]:
+def bench_mpool_concurrent(model_dir: Path, prompts: list[list[int]], warmup: list[int], new_tokens: int, dtype: str,
+                           threads: int, prefix_cache: bool = True) -> dict[str, Any]:
     import threading
 
     import mpool
@@ -273,9 +282,9 @@ def bench_mpool_concurrent(model_dir: Path, prompts: list[list[int]], new_tokens
     try:
         cache = n * (max(len(p) for p in prompts) + new_tokens)
         pool.register("llm", str(model_dir), max_replicas=1, dtype=dtype, intra_op_threads=threads,
-                      options={"max_batch": n, "kv_cache_tokens": cache})
+                      options={"max_batch": n, "kv_cache_tokens": cache, "prefix_cache": prefix_cache})
         params = dict(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-        for _ in pool.generate("llm", prompts[0], **dict(params, max_tokens=4)):  # warm-up: loads the replica
+        for _ in pool.generate("llm", warmup, **dict(params, max_tokens=4)):  # loads the replica (and caches a prefix)
             pass
         ttft: list[float] = [0.0] * n
         counts: list[int] = [0] * n
@@ -303,8 +312,9 @@ def bench_mpool_concurrent(model_dir: Path, prompts: list[list[int]], new_tokens
         for w in workers:
             w.join()
         wall = max(ends) - t0
+        usage = pool.stats()["models"]["llm"]["usage"]
         return {"tps": sum(counts) / wall, "ttft_p50": percentile(ttft, 0.5), "ttft_p95": percentile(ttft, 0.95),
-                "tokens": outputs}
+                "tokens": outputs, "hit_rate": usage.get("prefix_cache_hit_rate", 0.0)}
     finally:
         pool.close()
 
@@ -329,8 +339,12 @@ def bench_transformers_batch(model: Any, prompts: list[list[int]], new_tokens: i
 def main_concurrent(args: Any) -> None:
     n = args.concurrent
     rng = random.Random(1)
-    lengths = [max(8, args.prompt_tokens - 8 * i) for i in range(n)]
-    prompts = [[1] + [rng.randrange(len(SPECIALS) + 256, VOCAB) for _ in range(k - 1)] for k in lengths]
+    shared = [rng.randrange(len(SPECIALS) + 256, VOCAB) for _ in range(args.shared_prefix)]
+    lengths = [args.shared_prefix + max(8, args.prompt_tokens - 8 * i) for i in range(n)]
+    prompts = [[1] + shared + [rng.randrange(len(SPECIALS) + 256, VOCAB) for _ in range(k - 1 - len(shared))]
+               for k in lengths]
+    # The warm-up shares only the common prefix (none without --shared-prefix) with the clients' prompts.
+    warmup = [1] + shared + [rng.randrange(len(SPECIALS) + 256, VOCAB) for _ in range(16)]
     with tempfile.TemporaryDirectory(prefix="mpool-bench-llama-") as tmp:
         model_dir = Path(tmp) / args.model
         model = build_model(model_dir, args.model)
@@ -339,7 +353,9 @@ def main_concurrent(args: Any) -> None:
         weight_bytes = bytes_per_token(model, int8)
         active_params = bytes_per_token(model) / (2 if args.dtype == "bfloat16" else 4)
         single = bench_mpool(model_dir, prompts[0], args.new_tokens, args.repeats, args.dtype, args.threads)
-        batched = bench_mpool_concurrent(model_dir, prompts, args.new_tokens, args.dtype, args.threads)
+        batched = bench_mpool_concurrent(model_dir, prompts, warmup, args.new_tokens, args.dtype, args.threads)
+        unshared = (bench_mpool_concurrent(model_dir, prompts, warmup, args.new_tokens, args.dtype, args.threads,
+                                           prefix_cache=False) if args.shared_prefix else None)
         static = bench_transformers_batch(model, prompts, args.new_tokens)
         bw = memory_bandwidth()
         flops = matmul_gflops(dtype=torch.float32 if int8 else getattr(torch, args.dtype)) * 1e9
@@ -357,15 +373,25 @@ def main_concurrent(args: Any) -> None:
           f"({n} x {mean_positions:.0f} positions on average, {n * mean_positions * kv_position / 2**20:.0f} MiB)")
     print(f"bounds at {n} rows a step: bandwidth {bw / 1e9:.1f} GB/s -> {bw_bound:.0f} tokens/s; "
           f"matmul {flops / 1e9:.0f} GFLOP/s -> {compute_bound:.0f} tokens/s")
+    if args.shared_prefix:
+        print(f"each prompt starts with the same {args.shared_prefix} tokens after BOS (cached by a warm-up request); "
+              f"prefix cache hit rate {batched['hit_rate']:.0%} of prompt tokens")
     print(f"{'engine':34s} {'tokens/s':>9s} {'TTFT p50 ms':>12s} {'TTFT p95 ms':>12s} {'of bound':>9s}")
     bound = min(bw_bound, compute_bound)
-    rows = [(f"mpool, {n} concurrent streams", batched), ("mpool, batch 1", single | {"ttft_p50": single["ttft"],
-                                                                                  "ttft_p95": single["ttft"]}),
-            (f"transformers, static batch of {n}", static)]
+    rows = [(f"mpool, {n} concurrent streams", batched)]
+    if unshared:
+        rows.append((f"mpool, {n} streams, no prefix cache", unshared))
+    rows += [("mpool, batch 1", single | {"ttft_p50": single["ttft"], "ttft_p95": single["ttft"]}),
+             (f"transformers, static batch of {n}", static)]
     for name, r in rows:
         print(f"{name:34s} {r['tps']:9.1f} {r['ttft_p50'] * 1e3:12.1f} {r['ttft_p95'] * 1e3:12.1f} {r['tps'] / bound:9.0%}")
     print(f"ratios: mpool {n} streams / mpool batch 1 = {batched['tps'] / single['tps']:.2f}x; "
           f"/ transformers static batch = {batched['tps'] / static['tps']:.2f}x")
+    if unshared:
+        print(f"prefix cache: TTFT p50 {unshared['ttft_p50'] / batched['ttft_p50']:.2f}x lower, p95 "
+              f"{unshared['ttft_p95'] / batched['ttft_p95']:.2f}x lower, tokens/s {batched['tps'] / unshared['tps']:.2f}x; "
+              f"token ids equal with and without: "
+              f"{sum(a == b for a, b in zip(batched['tokens'], unshared['tokens']))} of {n} streams")
     same = sum(a == b for a, b in zip(batched["tokens"], static["tokens"]))
     print(f"token ids equal to transformers' batch: {same} of {n} streams"
           + (" (int8 weights may differ)" if int8 else ""))
@@ -382,6 +408,9 @@ def main() -> None:
                     help="both engines run in it; int8: mpool's int8 weights against transformers in float32")
     ap.add_argument("--engines", default="transformers,mpool", help="comma-separated subset of transformers,mpool")
     ap.add_argument("--concurrent", type=int, default=0, help="N clients at once (see above); 0: batch 1 only")
+    ap.add_argument("--shared-prefix", type=int, default=0,
+                    help="with --concurrent: every prompt starts with the same P tokens; mpool runs with and "
+                         "without its prefix cache")
     args = ap.parse_args()
     if args.concurrent > 0:
         torch.set_num_threads(args.threads)
