@@ -53,7 +53,7 @@ std::pair<at::Tensor, at::Tensor> read_paged(const KvCache& c, size_t layer, int
 // Writes a and b at positions [start, start + n) along `axis` of the layer's two
 // tensors and returns both for positions [first, start + n).
 std::pair<at::Tensor, at::Tensor> write_contiguous(LayerCache& c, int64_t axis, int64_t start, const at::Tensor& a,
-                                        const at::Tensor& b, int64_t first, int64_t capacity) {
+                                                   const at::Tensor& b, int64_t first, int64_t capacity) {
   const int64_t n = a.size(axis), total = start + n;
   check(total <= capacity, ErrorCode::kInvalidInput,
         "sequence of " + std::to_string(total) + " tokens exceeds the cache's " + std::to_string(capacity));
