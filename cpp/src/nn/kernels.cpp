@@ -229,6 +229,21 @@ Strided<W> strided(const W* base, int64_t stride) {
   return {base, stride};
 }
 
+// scores[0:t] = exp(scores - top) in place (top: their maximum); returns their sum.
+__attribute__((target("avx2,fma"))) inline float softmax_in_place(float* scores, int64_t t, float top) {
+  const int64_t t_vec = t - t % 8;
+  const __m256 top8 = _mm256_set1_ps(top);
+  __m256 sum8 = _mm256_setzero_ps();
+  for (int64_t j = 0; j < t_vec; j += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + j), top8));
+    _mm256_storeu_ps(scores + j, e);
+    sum8 = _mm256_add_ps(sum8, e);
+  }
+  float sum = hsum(sum8);
+  for (int64_t j = t_vec; j < t; ++j) sum += scores[j] = std::exp(scores[j] - top);
+  return sum;
+}
+
 // `key(j)` and `value(j)` point at position j's row (contiguous or in blocks).
 template <class W, class KeyAt, class ValueAt>
 __attribute__((target("avx2,fma"))) void attend_row(const float* q, KeyAt key, ValueAt value, int64_t t, int64_t d,
@@ -256,16 +271,7 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, KeyAt key, V
     scores[j] = dot(key(j), q, d) * scale;
     top = std::max(top, scores[j]);
   }
-  const int64_t t_vec = t - t % 8;
-  const __m256 top8 = _mm256_set1_ps(top);
-  __m256 sum8 = _mm256_setzero_ps();
-  for (int64_t j = 0; j < t_vec; j += 8) {
-    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + j), top8));
-    _mm256_storeu_ps(scores + j, e);
-    sum8 = _mm256_add_ps(sum8, e);
-  }
-  float sum = hsum(sum8);
-  for (int64_t j = t_vec; j < t; ++j) sum += scores[j] = std::exp(scores[j] - top);
+  const float sum = softmax_in_place(scores, t, top);
   // The weighted values, 64 columns at a time in registers (each column summed
   // over the keys in order, as one accumulator in memory would).
   int64_t i0 = 0;
@@ -291,6 +297,84 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, KeyAt key, V
   }
   const float inv = 1.0f / sum;
   for (int64_t i = 0; i < dv; ++i) acc[i] *= inv;
+}
+
+// attend_row with AVX-512: sixteen lanes for the query-key dots and the
+// weighted values (64 columns in four registers), the same softmax. Four keys'
+// dots are summed together (their halves, then one horizontal tree), the same
+// way for every key: a row's bits depend only on its query and its keys.
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline __m128 reduce4(const __m512 (&a)[4]) {
+  __m256 h[4];
+  for (int u = 0; u < 4; ++u)
+    h[u] = _mm256_add_ps(_mm512_castps512_ps256(a[u]), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[u]), 1)));
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));  // key u in lane u
+}
+
+template <class W, class KeyAt, class ValueAt>
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_row_512(const float* q, KeyAt key, ValueAt value,
+                                                                              int64_t t, int64_t d, int64_t dv,
+                                                                              float scale, float* scores, float* acc) {
+  const __mmask16 all = 0xFFFF;
+  const int64_t q_full = d - d % 16;
+  const __mmask16 q_tail = static_cast<__mmask16>((1u << (d - q_full)) - 1);
+  float top = -INFINITY;
+  // Keys four at a time; a last group of fewer reads its missing keys as the
+  // last one again (computed, never stored).
+  for (int64_t j = 0; j < t; j += 4) {
+    const W* rows[4];
+    for (int u = 0; u < 4; ++u) rows[u] = key(std::min(j + u, t - 1));
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t i = 0; i < q_full; i += 16) {
+      const __m512 qv = _mm512_loadu_ps(q + i);
+      for (int u = 0; u < 4; ++u) a[u] = _mm512_fmadd_ps(load16(rows[u] + i, all), qv, a[u]);
+    }
+    if (q_full < d) {
+      const __m512 qv = _mm512_maskz_loadu_ps(q_tail, q + q_full);
+      for (int u = 0; u < 4; ++u) a[u] = _mm512_fmadd_ps(load16(rows[u] + q_full, q_tail), qv, a[u]);
+    }
+    alignas(16) float four[4];
+    _mm_store_ps(four, _mm_mul_ps(reduce4(a), _mm_set1_ps(scale)));
+    for (int64_t u = 0; u < 4 && j + u < t; ++u) {
+      scores[j + u] = four[u];
+      top = std::max(top, four[u]);
+    }
+  }
+  const float sum = softmax_in_place(scores, t, top);
+  int64_t i0 = 0;
+  for (; i0 + 64 <= dv; i0 += 64) {
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t jj = 0; jj < t; ++jj) {
+      const W* row = value(jj) + i0;
+      const __m512 w = _mm512_set1_ps(scores[jj]);
+      for (int u = 0; u < 4; ++u) a[u] = _mm512_fmadd_ps(w, load16(row + 16 * u, all), a[u]);
+    }
+    for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc + i0 + 16 * u, a[u]);
+  }
+  for (; i0 < dv; i0 += 16) {
+    const __mmask16 m = dv - i0 >= 16 ? all : static_cast<__mmask16>((1u << (dv - i0)) - 1);
+    __m512 a = _mm512_setzero_ps();
+    for (int64_t jj = 0; jj < t; ++jj) a = _mm512_fmadd_ps(_mm512_set1_ps(scores[jj]), load16(value(jj) + i0, m), a);
+    _mm512_mask_storeu_ps(acc + i0, m, a);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / sum);
+  for (int64_t i = 0; i < dv; i += 16) {
+    const __mmask16 m = dv - i >= 16 ? all : static_cast<__mmask16>((1u << (dv - i)) - 1);
+    _mm512_mask_storeu_ps(acc + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + i), inv));
+  }
+}
+
+// One query row against its keys and values: the AVX-512 row where the CPU has
+// it, else the AVX2 one. Every decode attention path goes through here, so the
+// same row gives the same bits whichever path reads it.
+template <class W, class KeyAt, class ValueAt>
+void attend_row_any(const float* q, KeyAt key, ValueAt value, int64_t t, int64_t d, int64_t dv, float scale,
+                    float* scores, float* acc) {
+  static const bool wide = cpu_has_avx512();
+  if (wide)
+    attend_row_512<W>(q, key, value, t, d, dv, scale, scores, acc);
+  else
+    attend_row<W>(q, key, value, t, d, dv, scale, scores, acc);
 }
 
 // bf16 weights against bf16 rows of X with AVX512-BF16's pair dot product: 32
@@ -454,7 +538,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
       std::vector<float> scores(static_cast<size_t>(t));
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t bi = r / heads, kv = (r % heads) / group;
-        attend_row<W>(qp + r * d, strided(kp + bi * k.stride(0) + kv * k.stride(1), k.stride(2)),
+        attend_row_any<W>(qp + r * d, strided(kp + bi * k.stride(0) + kv * k.stride(1), k.stride(2)),
                       strided(vp + bi * v.stride(0) + kv * v.stride(1), v.stride(2)), t, d, dv, s, scores.data(),
                       op + r * dv);
       }
@@ -509,7 +593,7 @@ at::Tensor decode_attention_rows(const at::Tensor& q, const std::vector<at::Tens
         const at::Tensor &k = ks[bi], &v = vs[bi];
         const W* kp = reinterpret_cast<const W*>(k.const_data_ptr()) + kv * k.stride(1);
         const W* vp = reinterpret_cast<const W*>(v.const_data_ptr()) + kv * v.stride(1);
-        attend_row<W>(qp + r * d, strided(kp, k.stride(2)), strided(vp, v.stride(2)), k.size(2), d, dv, s,
+        attend_row_any<W>(qp + r * d, strided(kp, k.stride(2)), strided(vp, v.stride(2)), k.size(2), d, dv, s,
                       scores.data(), op + r * dv);
       }
     });
@@ -570,7 +654,7 @@ at::Tensor decode_attention_paged(const at::Tensor& q, const at::Tensor& k_block
           krows[static_cast<size_t>(j)] = kb + ((block * kvh + kv) * bs + row) * d;
           vrows[static_cast<size_t>(j)] = vb + ((block * kvh + kv) * bs + row) * dv;
         }
-        attend_row<W>(
+        attend_row_any<W>(
             qp + r * d, [&](int64_t j) { return krows[static_cast<size_t>(j)]; },
             [&](int64_t j) { return vrows[static_cast<size_t>(j)]; }, t, d, dv, s, scores.data(), op + r * dv);
       }
