@@ -359,3 +359,30 @@ def test_a_full_cache_evicts_cached_prefix_blocks_least_recently_used_from_the_e
         usage = usage_settles_at(pool, batch_sequences=0)
     assert usage["prefix_cache_hit_tokens"] == 16  # a's first block was still cached, its second was not
     assert tokens_of(again_a) == tokens_of(first_a)
+
+
+@pytest.mark.parametrize("block_size", [1, 5, 64])
+def test_any_block_size_shares_whole_blocks_of_a_prefix_with_the_tokens_of_no_reuse(
+    models: dict[str, Path], block_size: int
+) -> None:
+    system = ids_of(40, seed=8)
+    prompts = [system + ids_of(6, seed=200 + i) for i in range(3)]
+    params = dict(max_tokens=10, temperature=0, ignore_eos=True)
+    with mpool.Pool() as pool:
+        pool.register("m", models["llama"], max_replicas=1, options={**EXACT, "kv_block_size": block_size})
+        want = [collect(pool.generate("m", p, **params)) for p in prompts]
+    with mpool.Pool() as pool:
+        pool.register("m", models["llama"], max_replicas=1, options={**ROOMY, "kv_block_size": block_size})
+        got = [collect(pool.generate("m", p, **params)) for p in prompts]
+        usage = usage_settles_at(pool, batch_sequences=0)
+    assert [tokens_of(g) for g in got] == [tokens_of(w) for w in want]
+    assert usage["prefix_cache_hit_tokens"] == 2 * (40 // block_size * block_size)
+    assert usage["kv_cache_blocks_free"] == -(-8192 // block_size)
+
+
+@pytest.mark.parametrize("value", [0, 1025])
+def test_a_block_size_outside_1_to_1024_is_invalid_input_naming_the_option(models: dict[str, Path], value: int) -> None:
+    with mpool.Pool() as pool:
+        with pytest.raises(mpool.InvalidInput, match=rf"option kv_block_size must be in \[1, 1024\], got {value}"):
+            pool.register("m", models["llama"], options={"kv_block_size": value})
+            pool.load("m")

@@ -92,7 +92,7 @@ struct KvCache {
                                            int64_t first = 0);
   /// Writes k and v (1, kv_heads, n, d) of layer `layer` at positions [start,
   /// start + n), returning nothing (for a reader of the blocks themselves:
-  /// attend_rows_paged). Layer 0's write claims the positions' blocks.
+  /// nn::attend_rows over caches). Layer 0's write claims the positions' blocks.
   void write(size_t layer, int64_t start, const at::Tensor& k, const at::Tensor& v);
   /// Keys and values (1, kv_heads, total - first, d) of positions [first, total)
   /// of layer `layer` (a paged cache's gathered out of its blocks).
