@@ -564,20 +564,33 @@ DECODE_SHAPES = [(1, 12, 4, 64, 64, 37), (2, 4, 4, 20, 20, 8), (1, 16, 1, 72, 64
                  (1, 8, 2, 128, 128, 2049)]
 
 
+def _cpu_has_avx512() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return all(f" {f}" in flags for f in ("avx512f", "avx512bw", "avx512vl"))
+
+
 @pytest.mark.parametrize("shape", DECODE_SHAPES, ids=lambda s: "b{}_h{}_kv{}_d{}_dv{}_t{}".format(*s))
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_decode_step_attention_kernel_matches_a_float64_reference(shape: tuple[int, ...], dtype: str) -> None:
-    """One query row per head: mpool's own kernel (where the CPU has AVX2/FMA)
+@pytest.mark.parametrize("isa", ["widest", "avx2", "avx512"])
+def test_decode_step_attention_kernel_matches_a_float64_reference(shape: tuple[int, ...], dtype: str, isa: str) -> None:
+    """One query row per head: mpool's own kernel (where the CPU has AVX2/FMA; on
+    the widest path it has, and on each of AVX2 and AVX-512 where it has them)
     against float64 softmax attention on the same (rounded) inputs, reading keys
     and values through a strided view of a longer cache."""
+    if (isa == "avx2" and not _cpu_has_avx2_fma()) or (isa == "avx512" and not _cpu_has_avx512()):
+        pytest.skip(f"this CPU has no {isa}")
     b, heads, kv_heads, d, dv, t = shape
     gen = torch.Generator().manual_seed(t + heads)
     q = torch.randn(b, heads, 1, d, generator=gen) * 2
     k = torch.randn(b, kv_heads, t + 5, d, generator=gen) * 2  # the cache holds 5 rows more than are read
     v = torch.randn(b, kv_heads, t + 5, dv, generator=gen)
     scale = 0.7
+    chosen = {} if isa == "widest" else {"isa": isa}
     out = mpool.testing.probe("nn.attend", {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}, dtype=dtype, length=t,
-                              scale=scale)
+                              scale=scale, **chosen)
     assert int(out["kernel"]) == int(_cpu_has_avx2_fma())
     cast = getattr(torch, dtype)
     qd, kd, vd = (x.to(cast).double() for x in (q, k[:, :, :t], v[:, :, :t]))

@@ -199,9 +199,15 @@ void register_all() {
     const std::optional<double> scale =
         in.options.contains("scale") ? std::optional<double>(in.get<double>("scale")) : std::nullopt;
     const bool causal = in.get_or<bool>("causal", false);
-    const at::Tensor kernel =
-        q.size(2) == 1 ? kernels::decode_attention(q, k, v, scale ? *scale : 1.0 / std::sqrt(double(q.size(3))))
-                       : at::Tensor();
+    // Option "isa": "avx2" or "avx512" runs the kernel on that path (default: the widest).
+    const std::string isa = in.get_or<std::string>("isa", "");
+    check(isa.empty() || isa == "avx2" || isa == "avx512", ErrorCode::kInvalidInput, "isa must be avx2 or avx512");
+    const double s = scale ? *scale : 1.0 / std::sqrt(double(q.size(3)));
+    const at::Tensor kernel = q.size(2) != 1 ? at::Tensor()
+                              : isa.empty()  ? kernels::decode_attention(q, k, v, s)
+                                             : kernels::decode_attention_with(q, k, v, s, isa == "avx512");
+    if (!isa.empty() && kernel.defined())  // the chosen path's output, not attend()'s
+      return ProbeOutput{{"out", kernel.to(at::kFloat)}, {"kernel", at::scalar_tensor(1, at::kInt)}};
     return ProbeOutput{{"out", attend(q, k, v, {}, causal, scale).to(at::kFloat)},
                        {"kernel", at::scalar_tensor(kernel.defined() ? 1 : 0, at::kInt)}};
   });

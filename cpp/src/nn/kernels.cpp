@@ -364,13 +364,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_row_512(con
   }
 }
 
-// One query row against its keys and values: the AVX-512 row where the CPU has
-// it, else the AVX2 one. Every decode attention path goes through here, so the
-// same row gives the same bits whichever path reads it.
+// One query row against its keys and values: the AVX-512 row where `wide`
+// (the CPU has it, unless a test asks for the AVX2 one), else the AVX2 one.
+// Every decode attention path goes through here, so the same row gives the
+// same bits whichever path reads it.
 template <class W, class KeyAt, class ValueAt>
-void attend_row_any(const float* q, KeyAt key, ValueAt value, int64_t t, int64_t d, int64_t dv, float scale,
+void attend_row_any(bool wide, const float* q, KeyAt key, ValueAt value, int64_t t, int64_t d, int64_t dv, float scale,
                     float* scores, float* acc) {
-  static const bool wide = cpu_has_avx512();
   if (wide)
     attend_row_512<W>(q, key, value, t, d, dv, scale, scores, acc);
   else
@@ -517,6 +517,17 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
 #ifdef MPOOL_X86_GEMV
+  return decode_attention_with(q, k, v, scale, cpu_has_avx512());
+#else
+  return decode_attention_with(q, k, v, scale, false);
+#endif
+}
+
+at::Tensor decode_attention_with(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                                 bool avx512) {
+#ifdef MPOOL_X86_GEMV
+  check(!avx512 || cpu_has_avx512(), ErrorCode::kInvalidInput, "decode attention: this CPU has no AVX-512");
+  const bool wide = avx512;
   const at::ScalarType type = q.scalar_type();
   if (!cpu_has_avx2_fma() || q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || q.size(2) != 1 ||
       !(type == at::kFloat || type == at::kBFloat16) || k.scalar_type() != type || v.scalar_type() != type ||
@@ -538,7 +549,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
       std::vector<float> scores(static_cast<size_t>(t));
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t bi = r / heads, kv = (r % heads) / group;
-        attend_row_any<W>(qp + r * d, strided(kp + bi * k.stride(0) + kv * k.stride(1), k.stride(2)),
+        attend_row_any<W>(wide, qp + r * d, strided(kp + bi * k.stride(0) + kv * k.stride(1), k.stride(2)),
                       strided(vp + bi * v.stride(0) + kv * v.stride(1), v.stride(2)), t, d, dv, s, scores.data(),
                       op + r * dv);
       }
@@ -551,7 +562,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
         reinterpret_cast<const uint16_t*>(v.const_data_ptr<at::BFloat16>()));
   return out.to(type);
 #else
-  (void)q, (void)k, (void)v, (void)scale;
+  (void)q, (void)k, (void)v, (void)scale, (void)avx512;
   return {};
 #endif
 }
@@ -559,6 +570,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 at::Tensor decode_attention_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks,
                                  const std::vector<at::Tensor>& vs, double scale) {
 #ifdef MPOOL_X86_GEMV
+  const bool wide = cpu_has_avx512();
   const at::ScalarType type = q.scalar_type();
   if (!cpu_has_avx2_fma() || q.dim() != 4 || q.size(2) != 1 || !(type == at::kFloat || type == at::kBFloat16) ||
       !q.device().is_cpu() || ks.size() != static_cast<size_t>(q.size(0)) || vs.size() != ks.size() || ks.empty() ||
@@ -593,7 +605,7 @@ at::Tensor decode_attention_rows(const at::Tensor& q, const std::vector<at::Tens
         const at::Tensor &k = ks[bi], &v = vs[bi];
         const W* kp = reinterpret_cast<const W*>(k.const_data_ptr()) + kv * k.stride(1);
         const W* vp = reinterpret_cast<const W*>(v.const_data_ptr()) + kv * v.stride(1);
-        attend_row_any<W>(qp + r * d, strided(kp, k.stride(2)), strided(vp, v.stride(2)), k.size(2), d, dv, s,
+        attend_row_any<W>(wide, qp + r * d, strided(kp, k.stride(2)), strided(vp, v.stride(2)), k.size(2), d, dv, s,
                       scores.data(), op + r * dv);
       }
     });
@@ -610,6 +622,7 @@ at::Tensor decode_attention_paged(const at::Tensor& q, const at::Tensor& k_block
                                   const std::vector<const std::vector<int32_t>*>& tables,
                                   const std::vector<int64_t>& first, const std::vector<int64_t>& total, double scale) {
 #ifdef MPOOL_X86_GEMV
+  const bool wide = cpu_has_avx512();
   const at::ScalarType type = q.scalar_type();
   const auto b = static_cast<size_t>(q.dim() == 4 ? q.size(0) : 0);
   if (!cpu_has_avx2_fma() || q.dim() != 4 || q.size(2) != 1 || !(type == at::kFloat || type == at::kBFloat16) ||
@@ -655,7 +668,7 @@ at::Tensor decode_attention_paged(const at::Tensor& q, const at::Tensor& k_block
           vrows[static_cast<size_t>(j)] = vb + ((block * kvh + kv) * bs + row) * dv;
         }
         attend_row_any<W>(
-            qp + r * d, [&](int64_t j) { return krows[static_cast<size_t>(j)]; },
+            wide, qp + r * d, [&](int64_t j) { return krows[static_cast<size_t>(j)]; },
             [&](int64_t j) { return vrows[static_cast<size_t>(j)]; }, t, d, dv, s, scores.data(), op + r * dv);
       }
     });

@@ -38,6 +38,12 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 /// ATen's scaled_dot_product_attention.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
 
+/// decode_attention on a chosen path: the AVX-512 row (`avx512`; InvalidInput
+/// where the CPU lacks it) or the AVX2 one, for tests that cover both on a CPU
+/// that has both. decode_attention picks the widest the CPU has.
+at::Tensor decode_attention_with(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                                 bool avx512);
+
 /// decode_attention for a batch of sequences of their own lengths: q (b, heads,
 /// 1, d) row i against ks[i] (1, kv_heads, t_i, d) and vs[i] (1, kv_heads, t_i,
 /// dv), in one parallel_for over every (sequence, head). Row i's result is the
