@@ -248,7 +248,8 @@ int32_t KvBlockPool::allocate() {
     free_.pop_back();
   } else {
     check(!lru_.empty(), ErrorCode::kMemoryExhausted,
-          "the KV cache has no free block (all " + std::to_string(blocks()) + " are held)");
+          "the paged KV cache has no free block: all " + std::to_string(blocks()) + " blocks of " +
+              std::to_string(block_size_) + " positions are held (options kv_cache_tokens, kv_block_size)");
     b = lru_.front();
     lru_.pop_front();
     unpublish(b);

@@ -11,7 +11,7 @@ class Instance {
  public:
   virtual ~Instance() = default;
   /// Named gauges of what the instance holds now (a batching decoder's cache
-  /// positions in use and free, say), summed over a model's replicas in stats().
+  /// blocks in use and free, say), summed over a model's replicas in stats().
   /// Called from other threads while the replica runs: it must only read
   /// atomics. The default reports none.
   virtual std::map<std::string, double> usage() const { return {}; }
