@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   mpool::bindings::register_loading(m);
   mpool::bindings::register_models(m);
   mpool::bindings::register_preprocess(m);
+  mpool::bindings::register_cpu(m);
 }

@@ -15,5 +15,6 @@ void register_tokenizer(pybind11::module_& m);
 void register_loading(pybind11::module_& m);
 void register_models(pybind11::module_& m);
 void register_preprocess(pybind11::module_& m);
+void register_cpu(pybind11::module_& m);
 
 }  // namespace mpool::bindings

@@ -27,6 +27,7 @@ from .errors import (
 from .models import CAPABILITIES, Model, NativeModel, PyModel, default_embedding_model_path
 from ._streams import ImageProgress
 from .pool import ImageStream, Pool, Ranked, RankedDocument, TextStream
+from .cpu import float32_gemm, float32_gemm_auto, set_float32_gemm
 from .loading import inspect, safetensors_load
 from .similarity import TopK, similarity
 from .tokenizer import Tokenizer
@@ -34,11 +35,15 @@ from .tokenizer import Tokenizer
 __version__ = "0.1.0"
 
 _core._set_error_classes({cls.code: cls for cls in ALL_ERRORS})
+_core.float32_gemm()  # a bad MPOOL_FLOAT32_GEMM fails here, as InvalidInput naming it
 
 TextChunk = _core.TextChunk
 GenerationStats = _core.GenerationStats
 
 __all__ = [
+    "float32_gemm",
+    "float32_gemm_auto",
+    "set_float32_gemm",
     "inspect",
     "safetensors_load",
     "similarity",

@@ -52,3 +52,22 @@ def _genuine_transformers_tie_weights(request):
 
         print(f"\n[conftest] {request.node.nodeid} left transformers' tie_weights disabled; restored", file=sys.stderr)
         cls.tie_weights = _GENUINE_TIE_WEIGHTS["f"]
+
+
+def _float32_gemms() -> list:
+    import torch
+
+    return ["aten", pytest.param("onednn", marks=pytest.mark.skipif(
+        not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN"))]
+
+
+@pytest.fixture(params=_float32_gemms())
+def each_float32_gemm(request):
+    """Runs the test once per float32 GEMM library (mpool.cpu), whatever this
+    CPU's default, so both paths meet their oracle on every machine."""
+    import mpool
+
+    before = mpool.float32_gemm()
+    mpool.set_float32_gemm(request.param)
+    yield request.param
+    mpool.set_float32_gemm(before)

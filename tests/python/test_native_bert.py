@@ -142,7 +142,7 @@ def build_tiny(tmp_path, model_type, layers=2, heads=4, hidden=32, pooling=None,
         ("xlm-roberta", 2, 2, 24, "relu"),
     ],
 )
-def test_tiny_random_encoder_last_hidden_state_matches_transformers(tmp_path, model_type, layers, heads, hidden, act):
+def test_tiny_random_encoder_last_hidden_state_matches_transformers(each_float32_gemm, tmp_path, model_type, layers, heads, hidden, act):
     import torch
 
     d, model, fast = build_tiny(tmp_path, model_type, layers, heads, hidden, act=act)

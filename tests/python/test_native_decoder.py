@@ -74,7 +74,7 @@ def run(stream: mpool.TextStream) -> tuple[list[int], str, list[Any]]:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_prefill_logits_match_transformers_within_1e4_fp32(models: dict[str, Path], arch: str) -> None:
+def test_prefill_logits_match_transformers_within_1e4_fp32(each_float32_gemm, models: dict[str, Path], arch: str) -> None:
     check_prefill_logits(models[arch], arch)
 
 

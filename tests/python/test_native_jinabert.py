@@ -325,7 +325,7 @@ def test_symmetric_alibi_of_a_padded_batch_uses_each_sequences_positions():
     [(2, 4, 32, "geglu"), (1, 6, 48, "geglu"), (2, 12, 48, "reglu"), (2, 4, 32, "original")],
 )
 def test_last_hidden_state_matches_the_reference_with_padding_past_the_shortest_input(
-    tmp_path, layers, heads, hidden, feed_forward
+    each_float32_gemm, tmp_path, layers, heads, hidden, feed_forward
 ):
     d, model, fast = build_jina(tmp_path, layers, heads, hidden, feed_forward)
     texts = long_texts(fast, 10)

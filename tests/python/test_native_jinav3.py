@@ -137,7 +137,7 @@ TEXTS = [t for t in CORPUS if t.strip()][:14]
     ("layers", "heads", "hidden", "act", "theta"),
     [(2, 4, 32, "gelu", 20000.0), (1, 2, 24, "relu", 10000.0), (3, 6, 48, "gelu_new", 500.0)],
 )
-def test_last_hidden_state_of_a_padded_batch_matches_transformers(tmp_path, layers, heads, hidden, act, theta):
+def test_last_hidden_state_of_a_padded_batch_matches_transformers(each_float32_gemm, tmp_path, layers, heads, hidden, act, theta):
     d, model, fast = build_v3(tmp_path, layers, heads, hidden, act, theta)
     texts = TEXTS + ["short", " ".join(CORPUS[:30])]
     batch = fast(texts, padding=True, truncation=True, max_length=100, return_tensors="pt")

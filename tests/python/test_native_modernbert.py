@@ -139,7 +139,7 @@ def mixed_batch(fast, local_attention):
     ],
 )
 def test_last_hidden_state_matches_transformers_inside_and_beyond_the_window_with_padding(
-    tmp_path, local_mode, layers, heads, hidden, local_attention, every, bias, act
+    each_float32_gemm, tmp_path, local_mode, layers, heads, hidden, local_attention, every, bias, act
 ):
     import torch
 

@@ -70,7 +70,7 @@ def clip_model(request, tmp_path_factory):
     return path, model, tok, proc
 
 
-def test_clip_image_and_text_features_match_transformers_in_each_config(clip_model):
+def test_clip_image_and_text_features_match_transformers_in_each_config(each_float32_gemm, clip_model):
     path, model, tok, _ = clip_model
     size = model.config.vision_config.image_size
     px = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))

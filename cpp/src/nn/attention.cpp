@@ -167,16 +167,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Attention::project(const at::Tens
   return {q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)};
 }
 
-at::Tensor Attention::output(const at::Tensor& attended) const {
+at::Tensor Attention::output(const at::Tensor& attended, const at::Tensor& residual) const {
   const int64_t b = attended.size(0), n = attended.size(2);
   at::Tensor merged = attended.transpose(1, 2).reshape({b, n, shape_.heads * shape_.head_dim});
-  return o_.defined() ? o_(merged) : merged;
+  if (!o_.defined()) return residual.defined() ? merged + residual : merged;
+  return o_(merged, std::nullopt, residual);
 }
 
-at::Tensor Attention::operator()(const at::Tensor& x, const at::Tensor& mask, bool causal,
-                                 const at::Tensor& context) const {
+at::Tensor Attention::operator()(const at::Tensor& x, const at::Tensor& mask, bool causal, const at::Tensor& context,
+                                 const at::Tensor& residual) const {
   auto [q, k, v] = project(x, context);
-  return output(attend(q, k, v, mask, causal, shape_.scale));
+  return output(attend(q, k, v, mask, causal, shape_.scale), residual);
 }
 
 }  // namespace mpool::nn

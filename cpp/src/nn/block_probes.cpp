@@ -116,15 +116,25 @@ void register_all() {
                        {"rows_max", at::scalar_tensor(int8::rows_kernel_max_rows(), at::kLong)}};
   });
   // kernels::linear: "x" (..., in) @ "weight" (out, in)^T (+ optional "bias"),
-  // all taken as option "dtype" (default float32); a single row on the CPU runs
-  // the decode kernel. Returns "y" as float32.
+  // all taken as option "dtype" (default float32); up to row_kernel_max_rows()
+  // rows on the CPU run the row kernel. With option "act" (an activation name)
+  // or a "residual" tensor: Linear's act(x W^T + b) + residual, fused where
+  // gemm.h can. Returns "y" as float32.
   register_probe("nn.linear", [](const ProbeInput& in) {
     const std::string name = in.get_or<std::string>("dtype", "float32");
     const auto dtype = loading::parse_scalar_type(name);
     check(dtype.has_value(), ErrorCode::kInvalidInput, "probe option 'dtype' is not a dtype");
-    const at::Tensor bias = in.optional_tensor("bias");
-    const at::Tensor y = kernels::linear(in.tensor("x").to(*dtype), in.tensor("weight").to(*dtype).contiguous(),
-                                         bias.defined() ? bias.to(*dtype) : bias);
+    const at::Tensor bias = in.optional_tensor("bias"), residual = in.optional_tensor("residual");
+    const at::Tensor x = in.tensor("x").to(*dtype), weight = in.tensor("weight").to(*dtype).contiguous();
+    const at::Tensor b = bias.defined() ? bias.to(*dtype) : bias;
+    if (!in.options.contains("act") && !residual.defined())
+      return ProbeOutput{{"y", kernels::linear(x, weight, b).to(at::kFloat)}};
+    Linear l;
+    l.weight = weight;
+    l.bias = b;
+    std::optional<Activation> act;
+    if (in.options.contains("act")) act = parse_activation(in.get<std::string>("act"), "probe");
+    const at::Tensor y = l(x, act, residual.defined() ? residual.to(*dtype) : residual);
     return ProbeOutput{{"y", y.to(at::kFloat)}};
   });
   register_probe("nn.mlp", [](const ProbeInput& in) {

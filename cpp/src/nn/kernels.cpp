@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "mpool/base/error.h"
+#include "mpool/nn/gemm.h"
 
 // OpenMP's and MKL's per-thread setters, bound weakly to the runtime torch loaded
 // (its libgomp and its MKL): null where this torch has none, and no second copy.
@@ -691,14 +692,25 @@ bool has_fast_gemv() {
 
 int64_t row_kernel_max_rows() { return 16; }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+bool row_kernel_takes(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
 #ifdef MPOOL_X86_GEMV
   const int64_t in = weight.dim() == 2 ? weight.size(1) : -1;
   const at::ScalarType type = weight.scalar_type();
   const int64_t m = in > 0 && x.dim() >= 1 && x.size(-1) == in ? x.numel() / in : 0;
-  if (cpu_has_avx2_fma() && m >= 1 && m <= row_kernel_max_rows() && x.device().is_cpu() &&
-      weight.device().is_cpu() && (type == at::kFloat || type == at::kBFloat16) && x.scalar_type() == type &&
-      weight.is_contiguous() && (!bias.defined() || bias.scalar_type() == type)) {
+  return cpu_has_avx2_fma() && m >= 1 && m <= row_kernel_max_rows() && x.device().is_cpu() &&
+         weight.device().is_cpu() && (type == at::kFloat || type == at::kBFloat16) && x.scalar_type() == type &&
+         weight.is_contiguous() && (!bias.defined() || bias.scalar_type() == type);
+#else
+  (void)x, (void)weight, (void)bias;
+  return false;
+#endif
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+#ifdef MPOOL_X86_GEMV
+  if (row_kernel_takes(x, weight, bias)) {
+    const int64_t in = weight.size(1), m = x.numel() / in;
+    const at::ScalarType type = weight.scalar_type();
     const int64_t out = weight.size(0);
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = out;
@@ -732,6 +744,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
     return yf.view(shape).to(type);
   }
 #endif
+  if (at::Tensor y = gemm::onednn_linear(x, weight, bias); y.defined()) return y;
   return at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
 }
 

@@ -1,6 +1,8 @@
 #include "mpool/nn/linear.h"
 
+#include "mpool/nn/gemm.h"
 #include "mpool/nn/kernels.h"
+#include "mpool/nn/mlp.h"
 
 namespace mpool::nn {
 
@@ -22,6 +24,14 @@ Linear Linear::of(LinearWeight weight, at::Tensor bias) {
 at::Tensor Linear::operator()(const at::Tensor& x) const {
   at::Tensor y = quantized() ? int8::linear(x, int8, bias) : kernels::linear(x, weight, bias);
   return lora ? apply_lora(lora.get(), x, y) : y;
+}
+
+at::Tensor Linear::operator()(const at::Tensor& x, std::optional<Activation> act, const at::Tensor& residual) const {
+  if (!quantized() && !lora && !kernels::row_kernel_takes(x, weight, bias) && (!act || !residual.defined()))
+    if (at::Tensor y = gemm::onednn_linear(x, weight, bias, act, residual); y.defined()) return y;
+  at::Tensor y = (*this)(x);
+  if (act) y = activate(*act, y);
+  return residual.defined() ? y + residual : y;
 }
 
 FusedLinear FusedLinear::load(const Weights& w, std::string_view fused_name,

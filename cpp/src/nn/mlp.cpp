@@ -48,13 +48,19 @@ void Mlp::attach_lora(LoraAdapters& adapters, const std::string& up, const std::
   down_.lora = adapters.linear(down, down_.out_features(), inner_);
 }
 
-at::Tensor Mlp::operator()(const at::Tensor& x) const {
-  at::Tensor h = in_(x);
-  if (gated_)
+at::Tensor Mlp::operator()(const at::Tensor& x) const { return (*this)(x, at::Tensor()); }
+
+at::Tensor Mlp::operator()(const at::Tensor& x, const at::Tensor& residual) const {
+  at::Tensor h;
+  if (gated_) {
+    h = in_(x);
     h = activate(act_, h.narrow(-1, up_first_ ? inner_ : 0, inner_)) * h.narrow(-1, up_first_ ? 0 : inner_, inner_);
-  else h = activate(act_, h);
+  } else {
+    h = in_(x, act_);  // the activation fused into the GEMM where it can be
+  }
   if (h.scalar_type() != down_.input_dtype()) h = h.to(down_.input_dtype());
-  return down_(h);
+  if (residual.defined() && residual.scalar_type() != down_.input_dtype()) return down_(h) + residual;
+  return down_(h, std::nullopt, residual);
 }
 
 Mlp geglu_feed_forward(const Weights& w, int64_t dim, int64_t mult) {

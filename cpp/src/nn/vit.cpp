@@ -43,8 +43,8 @@ at::Tensor PreNormEncoder::run_layers(at::Tensor x, int64_t from, int64_t to, co
   const int64_t n = to < 0 ? num_layers() : std::min(to, num_layers());
   for (int64_t i = std::max<int64_t>(from, 0); i < n; ++i) {
     const Layer& L = layers_[static_cast<size_t>(i)];
-    x = x + L.attention(L.norm1(x), mask, causal);
-    x = x + L.mlp(L.norm2(x));
+    x = L.attention(L.norm1(x), mask, causal, {}, x);  // residual sums fused where they can be
+    x = L.mlp(L.norm2(x), x);
   }
   return x;
 }

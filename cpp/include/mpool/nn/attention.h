@@ -86,11 +86,13 @@ class Attention {
   /// q (b, heads, n, d), k and v (b, kv_heads, n, d) of x (b, n, hidden), q/k
   /// normed; `context` (b, m, kv_input) gives k and v for cross-attention.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> project(const at::Tensor& x, const at::Tensor& context = {}) const;
-  /// (b, heads, n, d) -> (b, n, out).
-  at::Tensor output(const at::Tensor& attended) const;
-  /// The whole block without positions or cache: project, attend (with shape().scale), output.
+  /// (b, heads, n, d) -> (b, n, out), plus `residual` when given (the sum fused
+  /// into the output projection where Linear can).
+  at::Tensor output(const at::Tensor& attended, const at::Tensor& residual = {}) const;
+  /// The whole block without positions or cache: project, attend (with
+  /// shape().scale), output (+ `residual`).
   at::Tensor operator()(const at::Tensor& x, const at::Tensor& mask = {}, bool causal = false,
-                        const at::Tensor& context = {}) const;
+                        const at::Tensor& context = {}, const at::Tensor& residual = {}) const;
   const AttentionShape& shape() const noexcept { return shape_; }
   /// Attaches the LoRA updates of the projections trained as modules `q`, `k`,
   /// `v` and `o` (module paths; an empty `o`: none); self-attention only.

@@ -25,8 +25,12 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
 /// else 8 with AVX2/FMA; for bfloat16 on a CPU with AVX512-BF16, its pair dot
 /// products, exact products summed in float32; split across the intra-op
 /// threads). Each row's result there is the same bits
-/// whatever other rows run with it. Everything else goes to at::linear.
+/// whatever other rows run with it. Everything else goes to the process's float32 GEMM
+/// (gemm.h: oneDNN where MKL would run below the CPU's width) or at::linear.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = at::Tensor());
+
+/// Whether linear(x, weight, bias) runs through the row kernel.
+bool row_kernel_takes(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = at::Tensor());
 
 /// Attention of one query row per head (a decode step): q (b, heads, 1, d)
 /// against k (b, kv_heads, t, d) and v (b, kv_heads, t, dv), heads a multiple of

@@ -7,10 +7,12 @@
 #include <ATen/ATen.h>
 
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "mpool/nn/activation.h"
 #include "mpool/nn/lora.h"
 #include "mpool/nn/weights.h"
 
@@ -29,6 +31,10 @@ struct Linear {
   /// A projection of `weight` as loaded by Weights::linear_weight.
   static Linear of(LinearWeight weight, at::Tensor bias = {});
   at::Tensor operator()(const at::Tensor& x) const;
+  /// act(x W^T + b) + residual (either may be absent): one oneDNN pass where
+  /// gemm::onednn_linear applies and the row kernel does not take x (no int8, no
+  /// LoRA), else operator() followed by the activation and the sum.
+  at::Tensor operator()(const at::Tensor& x, std::optional<Activation> act, const at::Tensor& residual = {}) const;
   bool defined() const { return weight.defined() || quantized(); }
   bool quantized() const { return int8.q.defined(); }
   int64_t out_features() const { return quantized() ? int8.q.size(0) : weight.size(0); }

@@ -22,6 +22,9 @@ class FeedForward {
  public:
   virtual ~FeedForward() = default;
   virtual at::Tensor operator()(const at::Tensor& x) const = 0;
+  /// (*this)(x) + residual; a block that can fuse the sum into its last
+  /// projection does.
+  virtual at::Tensor plus(const at::Tensor& x, const at::Tensor& residual) const { return (*this)(x) + residual; }
 };
 
 /// How an MLP's checkpoint names its projections.
@@ -50,6 +53,10 @@ class Mlp final : public FeedForward {
                   const MlpNames& names = {}, std::optional<at::ScalarType> down_dtype = std::nullopt,
                   std::optional<bool> down_bias = std::nullopt);
   at::Tensor operator()(const at::Tensor& x) const override;
+  /// operator()(x) + residual, the sum fused into the down projection where
+  /// Linear can (a transformer layer's residual connection).
+  at::Tensor operator()(const at::Tensor& x, const at::Tensor& residual) const;
+  at::Tensor plus(const at::Tensor& x, const at::Tensor& residual) const override { return (*this)(x, residual); }
   /// Attaches the LoRA updates of the projections trained as modules `up`, `down`
   /// and, when gated, `gate` (module paths).
   void attach_lora(LoraAdapters& adapters, const std::string& up, const std::string& down,

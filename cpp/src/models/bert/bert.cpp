@@ -61,8 +61,8 @@ at::Tensor BertEncoder::forward(const at::Tensor& input_ids, const at::Tensor& t
   x = embedding_norm_(x);
   const at::Tensor keep = nn::key_padding_mask(attention_mask);
   for (const auto& L : layers_) {
-    x = L.attention_norm(L.attention(x, keep) + x);
-    x = L.output_norm(L.mlp(x) + x);
+    x = L.attention_norm(L.attention(x, keep, false, {}, x));  // residual sums fused where they can be
+    x = L.output_norm(L.mlp(x, x));
   }
   return x;
 }

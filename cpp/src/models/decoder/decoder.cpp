@@ -151,9 +151,9 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
         const int64_t first = n == 1 && window > 0 ? std::max<int64_t>(0, total - window) : 0;
         std::tie(k, v) = cache->append(li, start, k, v, first);
       }
-      x = x + L.attention.output(nn::attend(q, k, v, mask, causal));
+      x = L.attention.output(nn::attend(q, k, v, mask, causal), x);  // + x, fused where it can be
     }
-    x = x + (*L.feed_forward)(L.post_attention_norm(x));
+    x = L.feed_forward->plus(L.post_attention_norm(x), x);
   }
   if (cache) cache->length = total;
   return norm_(x);

@@ -85,7 +85,7 @@ at::Tensor JinaBertEncoder::forward(const at::Tensor& input_ids, const at::Tenso
   const at::Tensor keep = nn::key_padding_mask(attention_mask);
   for (const auto& L : layers_) {
     x = L.attention_norm(attend(L.attention, x, keep) + x);
-    x = L.output_norm(L.mlp(x) + x);
+    x = L.output_norm(L.mlp(x, x));
   }
   return x;
 }

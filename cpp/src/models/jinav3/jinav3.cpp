@@ -100,8 +100,8 @@ at::Tensor JinaV3Encoder::forward(const at::Tensor& input_ids, const at::Tensor&
   for (const auto& L : layers_) {
     auto [q, k, v] = L.attention.project(x);
     const at::Tensor attended = nn::attend(rope_.apply(q, cos, sin), rope_.apply(k, cos, sin), v, keep);
-    x = L.attention_norm(L.attention.output(attended) + x);
-    x = L.mlp_norm(L.mlp(x) + x);
+    x = L.attention_norm(L.attention.output(attended, x));  // residual sums fused where they can be
+    x = L.mlp_norm(L.mlp(x, x));
   }
   return x;
 }

@@ -154,10 +154,11 @@ at::Tensor ModernBertEncoder::forward(const at::Tensor& input_ids, const at::Ten
     if (!L.sliding) attended = nn::attend(q, k, v, full_mask);
     else if (blocked) attended = blocked_local_attention(q, k, v, valid, radius);
     else attended = nn::attend(q, k, v, local_mask);
-    x = x + L.attn_out(packing.pack(attended.transpose(1, 2).reshape({b, t, h})));
+    x = L.attn_out(packing.pack(attended.transpose(1, 2).reshape({b, t, h})), std::nullopt, x);  // + x, fused
     const at::Tensor inner = L.wi(L.mlp_norm(x));
     const int64_t width = c.intermediate_size;
-    x = x + L.mlp_out(nn::activate(c.hidden_activation, inner.narrow(-1, 0, width)) * inner.narrow(-1, width, width));
+    x = L.mlp_out(nn::activate(c.hidden_activation, inner.narrow(-1, 0, width)) * inner.narrow(-1, width, width),
+                  std::nullopt, x);
   }
   return packing.unpack(final_norm_(x));
 }
