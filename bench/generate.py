@@ -70,6 +70,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "com
 import torch  # noqa: E402
 from machine import cpu_name, matmul_gflops, memory_bandwidth  # noqa: E402
 
+
+def _float32_gemm() -> str:
+    import mpool
+
+    return mpool.float32_gemm()
+
 VOCAB = 32000
 SPECIALS = ["<unk>", "<s>", "</s>"]
 
@@ -366,7 +372,8 @@ def main_concurrent(args: Any) -> None:
     step_bytes = weight_bytes + n * mean_positions * kv_position  # the weights once, every sequence's cache
     bw_bound = n * bw / step_bytes
     compute_bound = flops / (2 * active_params)
-    print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}")
+    print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}, mpool's float32 GEMMs: "
+          f"{_float32_gemm()}")
     print(f"model: {args.model}, {active_params / 1e6:.0f}M active params, {args.dtype}; {n} clients, prompts "
           f"{min(lengths)}-{max(lengths)} tokens, {args.new_tokens} new tokens each, greedy")
     print(f"a step reads the weights ({weight_bytes / 2**20:.0f} MiB) once and each sequence's KV cache "
@@ -443,7 +450,8 @@ def main() -> None:
     # (int8 keeps the KV cache in float32)
     bound = bw / weight_bytes
     float_bound = bw / float_bytes
-    print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}")
+    print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}, mpool's float32 GEMMs: "
+          f"{_float32_gemm()}")
     shape = (f"Qwen3-MoE {cfg.num_experts} experts, top-{cfg.num_experts_per_tok}" if args.model == "moe" else "Llama")
     print(f"model: {shape}, {n_params / 1e6:.0f}M params {args.dtype}; prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, batch 1, greedy, median of {args.repeats}")

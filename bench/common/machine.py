@@ -27,11 +27,17 @@ def cpu_name() -> str:
     return f"{name} ({', '.join(isa) or 'no AVX2'}), {os.cpu_count()} logical CPUs"
 
 
-def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32, library: str = "aten") -> float:
+def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32, library: str = "best") -> float:
     """GFLOP/s of a square matmul (1024 on a CPU, 2048 on a GPU), median of 10 after 3 warm-ups.
-    library "onednn": the same product through oneDNN (torch's mkldnn linear), which on a
-    non-Intel CPU with AVX-512 reaches what MKL's AVX2 code there does not; the CPU's
-    compute bound is the better of the two."""
+    library "aten": torch's matmul (MKL on the CPU); "onednn": the same product through
+    oneDNN (torch's mkldnn linear), which on a non-Intel CPU with AVX-512 reaches what
+    MKL's AVX2 code there does not; "best" (the compute bound): the better of the two
+    for float32 on a CPU with oneDNN, else ATen's."""
+    if library == "best":
+        rate = matmul_gflops(device, dtype, "aten")
+        if device == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available():
+            rate = max(rate, matmul_gflops(device, dtype, "onednn"))
+        return rate
     n = 2048 if device == "cuda" else 1024
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     if library == "onednn":
