@@ -346,8 +346,12 @@ class Pool:
         ``prefix_cache_prompt_tokens`` (admitted), ``prefix_cache_hit_tokens``
         (of them read from shared blocks, not computed) and
         ``prefix_cache_hit_rate`` (their ratio; 0 before any prompt).
+
+        Process-wide: ``float32_gemm``, the library running float32 GEMMs on
+        the CPU (``"aten"`` or ``"onednn"``, see :mod:`mpool.cpu`).
         """
         stats = self._native.stats()
+        stats["float32_gemm"] = _core.float32_gemm()
         for model in stats["models"].values():
             usage = model.get("usage")
             if usage and "prefix_cache_prompt_tokens" in usage:

@@ -119,3 +119,16 @@ def test_minilm_embeds_the_same_on_both_backends_and_as_sentence_transformers():
         cos = (e * ref).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(ref, axis=1)
         assert cos.min() > 1 - 1e-6, backend
         assert np.abs(e - ref).max() < 1e-5, backend
+
+
+def test_stats_name_the_float32_gemm_library_in_use():
+    before = mpool.float32_gemm()
+    try:
+        with mpool.Pool() as pool:
+            mpool.set_float32_gemm("aten")
+            assert pool.stats()["float32_gemm"] == "aten"
+            if torch.backends.mkldnn.is_available():
+                mpool.set_float32_gemm("onednn")
+                assert pool.stats()["float32_gemm"] == "onednn"
+    finally:
+        mpool.set_float32_gemm(before)
