@@ -67,6 +67,24 @@ def test_int8_linear_matches_the_dequantized_float_reference_within_1e3_on_every
             assert np.abs(out["y"] - unquantized).max() / np.abs(unquantized).max() > 1e-4
 
 
+def test_int8_many_row_path_matches_the_reference_across_weight_blocks_on_each_float32_gemm_library(
+    each_float32_gemm: str,
+) -> None:
+    # Past the row kernel, CPUs without a bf16 GEMM dequantize the weights a
+    # block of rows at a time (2 MiB of float32: 256 rows of 2048 here) and run
+    # the process's float32 GEMM library on each; 700 rows end in a partial block,
+    # and the bias is sliced with them.
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((700, 2048)).astype(np.float32)
+    x = rng.standard_normal((40, 2048)).astype(np.float32)
+    bias = rng.standard_normal(700).astype(np.float32)
+    out = int8_probe(w, x, bias, path="gemm")
+    ref = reference(out, x, bias)
+    assert out["y"].shape == (40, 700)
+    err = np.abs(out["y"] - ref).max(axis=0) / np.abs(ref).max()
+    assert err.max() <= 1e-4, f"{each_float32_gemm}: worst output column {int(err.argmax())}, error {err.max():.2e}"
+
+
 def test_int8_linear_keeps_leading_dimensions_and_every_path_agrees() -> None:
     rng = np.random.default_rng(5)
     w = rng.standard_normal((24, 40)).astype(np.float32)

@@ -1,5 +1,7 @@
 #include "mpool/nn/int8.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -280,6 +282,38 @@ void gemm_bf16(const at::Tensor& x, const at::Tensor& q, float* y) {
 }
 #endif
 
+// y (m, n) = x (m, k) @ (q * scales)^T + bias through the process's float32
+// GEMM library (kernels::linear: oneDNN or ATen, see gemm.h), the weights
+// dequantized a block of rows at a time (about 2 MiB of float32, so a block
+// stays in cache between its widening and its GEMM) rather than whole each
+// call. Each weight is the same float32 `dequantize` gives.
+at::Tensor gemm_float32(const at::Tensor& x, const Quantized& w, const at::Tensor& bias) {
+  const int64_t m = x.size(0), k = x.size(1), n = w.q.size(0);
+  const at::Tensor q = w.q.contiguous(), scales = w.scales.contiguous();
+  const int8_t* qp = q.const_data_ptr<int8_t>();
+  const float* sp = scales.const_data_ptr<float>();
+  const int64_t block = std::min(n, std::max<int64_t>(64, ((int64_t{1} << 19) / std::max<int64_t>(1, k)) / 16 * 16));
+  at::Tensor y = block < n ? at::empty({m, n}, x.options()) : at::Tensor();
+  at::Tensor wb = at::empty({block, k}, x.options());
+  for (int64_t n0 = 0; n0 < n; n0 += block) {
+    const int64_t rows = std::min(block, n - n0);
+    float* wp = wb.data_ptr<float>();
+    // at::parallel_for: the GEMM's own thread team, so no second pool spins beside it.
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int8_t* src = qp + (n0 + r) * k;
+        float* dst = wp + r * k;
+        const float s = sp[n0 + r];
+        for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<float>(src[i]) * s;
+      }
+    });
+    const at::Tensor part = kernels::linear(x, wb.narrow(0, 0, rows), bias.defined() ? bias.narrow(0, n0, rows) : bias);
+    if (rows == n) return part;
+    y.narrow(1, n0, rows).copy_(part);
+  }
+  return y;
+}
+
 at::Tensor gemm(const at::Tensor& x, const Quantized& w, const at::Tensor& bias) {
 #ifdef MPOOL_X86_INT8
   const int64_t m = x.size(0), k = x.size(1), n = w.q.size(0);
@@ -291,7 +325,7 @@ at::Tensor gemm(const at::Tensor& x, const Quantized& w, const at::Tensor& bias)
     return y;
   }
 #endif
-  return at::linear(x, dequantize(w), bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+  return gemm_float32(x, w, bias);
 }
 
 }  // namespace
