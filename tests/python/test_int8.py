@@ -53,8 +53,10 @@ def test_int8_linear_matches_the_dequantized_float_reference_within_1e3_on_every
     if ISAS.index(isa) > best_isa():
         pytest.skip(f"this CPU has no {isa}")
     rng = np.random.default_rng(ISAS.index(isa))
-    # Widths off the vector sizes (16, 8) and the four-row blocks; 1 to 40 rows.
-    for rows, k, n in [(1, 37, 9), (2, 64, 16), (3, 100, 33), (5, 17, 5), (16, 129, 70), (17, 384, 262), (40, 96, 47)]:
+    # Widths off the vector sizes (16, 8) and the four-row blocks; 1 to 40 rows;
+    # one and two rows on both sides of the narrow-row rule (2,048 bytes).
+    for rows, k, n in [(1, 37, 9), (2, 64, 16), (3, 100, 33), (5, 17, 5), (16, 129, 70), (17, 384, 262), (40, 96, 47),
+                       (1, 2047, 13), (1, 2049, 19), (2, 2048, 11), (2, 2063, 21)]:
         w = rng.standard_normal((n, k)).astype(np.float32)
         x = rng.standard_normal((rows, k)).astype(np.float32)
         for bias in (None, rng.standard_normal(n).astype(np.float32)):
@@ -65,6 +67,28 @@ def test_int8_linear_matches_the_dequantized_float_reference_within_1e3_on_every
             # The weights really are int8: the result differs from the float32 weight's.
             unquantized = x.astype(np.float64) @ w.T.astype(np.float64) + (bias if bias is not None else 0)
             assert np.abs(out["y"] - unquantized).max() / np.abs(unquantized).max() > 1e-4
+
+
+@pytest.mark.parametrize("k", [384, 2055])
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_int8_row_kernel_gives_a_row_the_same_bits_alone_in_a_pair_and_among_sixteen(isa: str, k: int) -> None:
+    # A sequence decodes to the same tokens alone or in a batch only if its
+    # products do not depend on the rows beside it: one row, two rows and
+    # sixteen take different blockings (with AVX-512, narrow rows one weight row
+    # a pass at one or two x rows, wide ones eight; four by four from three rows
+    # up). With a bias: its sum must not be fused in some blockings only.
+    if ISAS.index(isa) > best_isa():
+        pytest.skip(f"this CPU has no {isa}")
+    rng = np.random.default_rng(k)
+    w = rng.standard_normal((37, k)).astype(np.float32)
+    x = rng.standard_normal((16, k)).astype(np.float32)
+    bias = rng.standard_normal(37).astype(np.float32)
+    many = int8_probe(w, x, bias, path="rows", isa=isa)["y"]
+    for i in range(0, 16, 2):
+        pair = int8_probe(w, x[i : i + 2], bias, path="rows", isa=isa)["y"]
+        alone = int8_probe(w, x[i : i + 1], bias, path="rows", isa=isa)["y"]
+        assert np.array_equal(pair, many[i : i + 2]), f"rows {i}, {i + 1}: a pair differs from the same rows among 16"
+        assert np.array_equal(alone, many[i : i + 1]), f"row {i}: alone differs from the same row among 16"
 
 
 def test_int8_many_row_path_matches_the_reference_across_weight_blocks_on_each_float32_gemm_library(

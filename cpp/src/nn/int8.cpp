@@ -31,6 +31,12 @@ namespace {
 // with AVX-512: more streams in flight), and the unit threads split rows by.
 constexpr int kBlock = 4;
 constexpr int kChunk = 8;
+// With AVX-512 and one or two x rows, weight rows narrower than this many bytes
+// are read one row a pass: the block is then a single sequential stream, where
+// eight interleaved rows a few hundred bytes apart stream from memory at about
+// two thirds of the rate (docs/benchmarks.md: 768-byte rows 16.7 -> 23.5 GB/s
+// on 2 threads; rows of 2 KiB and more gain from eight streams instead).
+constexpr int64_t kNarrowRowBytes = 2048;
 
 // The row kernel's operands: y[m * out + r] = dot(w row r, x row m) * scales[r]
 // + bias[r], for `m` rows of x, `out` rows of w, `in` wide.
@@ -43,10 +49,11 @@ struct RowsArgs {
   int64_t in, out, m;
 };
 
+// The scale and the bias in one explicit fused multiply-add: left to the
+// compiler, `acc * scale + bias` was contracted into one in some blockings and
+// not in others, so a row's bits depended on the rows beside it.
 inline void store(const RowsArgs& a, int64_t r, int64_t mi, float acc) {
-  float v = acc * a.scales[r];
-  if (a.bias) v += a.bias[r];
-  a.y[mi * a.out + r] = v;
+  a.y[mi * a.out + r] = a.bias ? std::fma(acc, a.scales[r], a.bias[r]) : acc * a.scales[r];
 }
 
 void rows_scalar(const RowsArgs& a, int64_t r0, int64_t r1) {
@@ -199,8 +206,11 @@ void run_rows(const RowsArgs& a, Isa isa) {
   kernels::parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
     const int64_t r0 = b0 * kChunk, r1 = std::min(a.out, b1 * kChunk);
 #ifdef MPOOL_X86_INT8
-    if (isa == Isa::kAvx512 && a.m == 1) return rows_blocked<1, Avx512Block, 8>(a, r0, r1);
-    if (isa == Isa::kAvx512 && a.m <= 2) return rows_blocked<2, Avx512Block, 8>(a, r0, r1);
+    const bool narrow = a.in < kNarrowRowBytes;  // int8: a row's bytes are its width
+    if (isa == Isa::kAvx512 && a.m == 1)
+      return narrow ? rows_blocked<1, Avx512Block, 1>(a, r0, r1) : rows_blocked<1, Avx512Block, 8>(a, r0, r1);
+    if (isa == Isa::kAvx512 && a.m <= 2)
+      return narrow ? rows_blocked<2, Avx512Block, 1>(a, r0, r1) : rows_blocked<2, Avx512Block, 8>(a, r0, r1);
     if (isa == Isa::kAvx512) return rows_blocked<4, Avx512Block>(a, r0, r1);
     if (isa == Isa::kAvx2) return rows_blocked<2, Avx2Block>(a, r0, r1);
 #endif
