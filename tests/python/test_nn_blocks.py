@@ -650,8 +650,10 @@ def test_decode_matrix_vector_kernel_matches_a_float64_product_of_the_same_value
     # AVX512-BF16's pair dot products for bf16 where the CPU has them). Widths off
     # the vector sizes and off the eight-row passes; the reference takes the
     # same rounded inputs, so only the sums' order and the output rounding differ.
+    # Rows of up to 2,048 bytes go one a pass with AVX-512, wider ones eight: 512
+    # and 1,024 are the last narrow widths of float32 and bfloat16.
     rng = np.random.default_rng(8)
-    for k, n in [(7, 3), (32, 8), (33, 9), (100, 17), (768, 70)]:
+    for k, n in [(7, 3), (32, 8), (33, 9), (100, 17), (768, 70), (512, 20), (513, 11), (1024, 9), (1025, 12)]:
         x = rng.standard_normal((1, 1, k)).astype(np.float32)
         w = rng.standard_normal((n, k)).astype(np.float32)
         b = rng.standard_normal(n).astype(np.float32)
@@ -661,6 +663,23 @@ def test_decode_matrix_vector_kernel_matches_a_float64_product_of_the_same_value
         assert y.shape == (1, 1, n)
         tol = 2**-8 if dtype == "bfloat16" else 1e-5  # the output rounded to bf16, or float32 sums
         assert np.abs(y - ref).max() <= tol * np.abs(ref).max(), f"{k}x{n}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("k", [300, 1100])
+def test_decode_row_kernel_gives_a_row_the_same_bits_alone_and_among_sixteen(dtype: str, k: int) -> None:
+    # A sequence decodes to the same tokens alone or in a batch only if its
+    # products do not depend on the rows beside it: one row takes its own
+    # blocking (narrow weight rows one a pass, wide ones eight), more rows four
+    # by four (bf16 from eight rows: two weight rows against eight).
+    rng = np.random.default_rng(k)
+    w = rng.standard_normal((45, k)).astype(np.float32)
+    x = rng.standard_normal((16, 1, k)).astype(np.float32)
+    b = rng.standard_normal(45).astype(np.float32)
+    many = mpool.testing.probe("nn.linear", {"x": x, "weight": w, "bias": b}, dtype=dtype)["y"]
+    for i in range(16):
+        alone = mpool.testing.probe("nn.linear", {"x": x[i : i + 1], "weight": w, "bias": b}, dtype=dtype)["y"]
+        assert np.array_equal(alone, many[i : i + 1]), f"row {i}: alone differs from the same row among 16"
 
 
 # --- the paged KV cache -------------------------------------------------------------

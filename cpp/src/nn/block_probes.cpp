@@ -119,7 +119,8 @@ void register_all() {
   // all taken as option "dtype" (default float32); up to row_kernel_max_rows()
   // rows on the CPU run the row kernel. With option "act" (an activation name)
   // or a "residual" tensor: Linear's act(x W^T + b) + residual, fused where
-  // gemm.h can. Returns "y" as float32.
+  // gemm.h can. Returns "y" as float32. Option "repeat" (benchmarks, plain
+  // products only): that many more calls, timed; "seconds" per call.
   register_probe("nn.linear", [](const ProbeInput& in) {
     const std::string name = in.get_or<std::string>("dtype", "float32");
     const auto dtype = loading::parse_scalar_type(name);
@@ -127,8 +128,14 @@ void register_all() {
     const at::Tensor bias = in.optional_tensor("bias"), residual = in.optional_tensor("residual");
     const at::Tensor x = in.tensor("x").to(*dtype), weight = in.tensor("weight").to(*dtype).contiguous();
     const at::Tensor b = bias.defined() ? bias.to(*dtype) : bias;
-    if (!in.options.contains("act") && !residual.defined())
-      return ProbeOutput{{"y", kernels::linear(x, weight, b).to(at::kFloat)}};
+    if (!in.options.contains("act") && !residual.defined()) {
+      const int64_t repeat = in.get_or<int64_t>("repeat", 0);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int64_t i = 0; i < repeat; ++i) (void)kernels::linear(x, weight, b);
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      return ProbeOutput{{"y", kernels::linear(x, weight, b).to(at::kFloat)},
+                         {"seconds", at::scalar_tensor(repeat > 0 ? sec / static_cast<double>(repeat) : 0.0, at::kDouble)}};
+    }
     Linear l;
     l.weight = weight;
     l.bias = b;

@@ -31,12 +31,6 @@ namespace {
 // with AVX-512: more streams in flight), and the unit threads split rows by.
 constexpr int kBlock = 4;
 constexpr int kChunk = 8;
-// With AVX-512 and one or two x rows, weight rows narrower than this many bytes
-// are read one row a pass: the block is then a single sequential stream, where
-// eight interleaved rows a few hundred bytes apart stream from memory at about
-// two thirds of the rate (docs/benchmarks.md: 768-byte rows 16.7 -> 23.5 GB/s
-// on 2 threads; rows of 2 KiB and more gain from eight streams instead).
-constexpr int64_t kNarrowRowBytes = 2048;
 
 // The row kernel's operands: y[m * out + r] = dot(w row r, x row m) * scales[r]
 // + bias[r], for `m` rows of x, `out` rows of w, `in` wide.
@@ -206,7 +200,10 @@ void run_rows(const RowsArgs& a, Isa isa) {
   kernels::parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
     const int64_t r0 = b0 * kChunk, r1 = std::min(a.out, b1 * kChunk);
 #ifdef MPOOL_X86_INT8
-    const bool narrow = a.in < kNarrowRowBytes;  // int8: a row's bytes are its width
+    // Narrow rows one a pass, as kernels.h's row kernel does (int8: a row's bytes
+    // are its width); measured for one and two x rows (768-byte rows: 16.7 ->
+    // 23.5 GB/s for one, 18.2 -> 22.4 for two, on 2 threads).
+    const bool narrow = a.in <= kernels::kSequentialRowBytes;
     if (isa == Isa::kAvx512 && a.m == 1)
       return narrow ? rows_blocked<1, Avx512Block, 1>(a, r0, r1) : rows_blocked<1, Avx512Block, 8>(a, r0, r1);
     if (isa == Isa::kAvx512 && a.m <= 2)

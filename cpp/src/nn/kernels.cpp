@@ -141,8 +141,9 @@ bool cpu_has_avx512() {
   return yes;
 }
 
-// Every row of X (m of them) against weight rows [r0, r1). With AVX-512: eight
-// weight rows a pass for a single row (more streams in flight), else four
+// Every row of X (m of them) against weight rows [r0, r1). With AVX-512: for a
+// single row, one weight row a pass where rows are narrow (kSequentialRowBytes),
+// else eight (more streams in flight); four
 // against four rows of X (sixteen accumulators of 32 registers). With AVX2:
 // four weight rows a pass, X rows one at a time for a single row, else two at
 // a time (eight accumulators of sixteen registers).
@@ -157,6 +158,10 @@ void gemm_rows(const W* w, const float* x, float* y, int64_t in, int64_t out, in
       for (; j < m; ++j) block_rows_512<W, NR, 1>(w, x, y, in, out, r, j);
     };
     int64_t r = r0;
+    if (m == 1 && in * static_cast<int64_t>(sizeof(W)) <= kSequentialRowBytes) {
+      for (; r < r1; ++r) pass.template operator()<1>(r);
+      return;
+    }
     if (m == 1)
       for (; r + 8 <= r1; r += 8) pass.template operator()<8>(r);
     for (; r + 4 <= r1; r += 4) pass.template operator()<4>(r);
@@ -415,8 +420,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void block_rows_bf16_dot(
     for (int j = 0; j < NX; ++j) y[(j0 + j) * out + r + k] = _mm512_reduce_add_ps(acc[k][j]);
 }
 
-// Every bf16 row of X against weight rows [r0, r1): eight weight rows a pass for
-// a single row (more streams in flight), else four rows against four X rows.
+// Every bf16 row of X against weight rows [r0, r1): for a single row, one weight
+// row a pass where rows are narrow (kSequentialRowBytes), else eight (more
+// streams in flight); else four rows against four X rows.
 void gemm_rows_bf16_dot(const uint16_t* w, const uint16_t* x, float* y, int64_t in, int64_t out, int64_t m,
                         int64_t r0, int64_t r1) {
   auto pass = [&]<int R>(int64_t r) {
@@ -429,6 +435,10 @@ void gemm_rows_bf16_dot(const uint16_t* w, const uint16_t* x, float* y, int64_t 
     for (; j < m; ++j) block_rows_bf16_dot<R, 1>(w, x, y, in, out, r, j);
   };
   int64_t r = r0;
+  if (m == 1 && in * 2 <= kSequentialRowBytes) {
+    for (; r < r1; ++r) pass.template operator()<1>(r);
+    return;
+  }
   if (m == 1)
     for (; r + 8 <= r1; r += 8) pass.template operator()<8>(r);
   if (m >= 8)  // each weight vector serves eight rows of X straight from its load

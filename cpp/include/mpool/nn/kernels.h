@@ -18,6 +18,14 @@ namespace mpool::nn::kernels {
 /// speed. The decode-step kernels below use this; big GEMMs stay on ATen.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
 
+/// With AVX-512, a one-row product reads weight rows of up to this many bytes
+/// one row a pass (the block then streams from memory as one sequential run),
+/// wider ones eight rows a pass. Measured on an AMD Zen 4 (docs/benchmarks.md):
+/// eight interleaved rows a few hundred bytes apart streamed at about half the
+/// rate (bf16 1,536-byte rows 10.3 -> 22.9 GB/s, float32 1,024-byte rows 17.7 ->
+/// 34.1), while from about 3 KiB up eight rows a pass does as well or better.
+constexpr int64_t kSequentialRowBytes = 2048;
+
 /// x @ weight^T + bias, like at::linear. Up to row_kernel_max_rows() float32 or
 /// bfloat16 rows on the CPU (decode steps, one sequence's or a batch's) run
 /// through our row kernel, which streams the weight once at memory bandwidth for
