@@ -143,8 +143,8 @@ bool cpu_has_avx512() {
 
 // Every row of X (m of them) against weight rows [r0, r1). With AVX-512: for a
 // single row, one weight row a pass where rows are narrow (kSequentialRowBytes),
-// else eight (more streams in flight); four
-// against four rows of X (sixteen accumulators of 32 registers). With AVX2:
+// else eight (more streams in flight); for more rows, four weight rows against
+// four rows of X (sixteen accumulators of 32 registers). With AVX2:
 // four weight rows a pass, X rows one at a time for a single row, else two at
 // a time (eight accumulators of sixteen registers).
 template <class W>
