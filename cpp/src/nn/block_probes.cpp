@@ -28,6 +28,17 @@ RopeLayout layout_of(const ProbeInput& in) {
   return RopeLayout::kInterleaved;
 }
 
+// Option "repeat" (benchmarks): runs `call` that many more times and returns
+// the seconds per call as a scalar (0 without the option).
+template <class F>
+at::Tensor seconds_per_call(const ProbeInput& in, F&& call) {
+  const int64_t repeat = in.get_or<int64_t>("repeat", 0);
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < repeat; ++i) (void)call();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return at::scalar_tensor(repeat > 0 ? seconds / static_cast<double>(repeat) : 0.0, at::kDouble);
+}
+
 void register_all() {
   // inv_freq and attention factor of a config.json (given as an object), as
   // transformers' ROPE_INIT_FUNCTIONS compute them for a sequence of seq_len.
@@ -102,13 +113,8 @@ void register_all() {
     const at::Tensor bias = in.optional_tensor("bias");
     const at::Tensor x = in.tensor("x"), b = bias.defined() ? bias.to(at::kFloat) : bias;
     const at::Tensor y = int8::linear_with(x, w, b, isa, path);
-    // Option "repeat" (benchmarks): that many more calls, timed; "seconds" per call.
-    const int64_t repeat = in.get_or<int64_t>("repeat", 0);
-    const auto start = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < repeat; ++i) (void)int8::linear_with(x, w, b, isa, path);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return ProbeOutput{{"y", y},
-                       {"seconds", at::scalar_tensor(repeat > 0 ? seconds / static_cast<double>(repeat) : 0.0, at::kDouble)},
+                       {"seconds", seconds_per_call(in, [&] { return int8::linear_with(x, w, b, isa, path); })},
                        {"q", w.q},
                        {"scales", w.scales},
                        {"isa", at::scalar_tensor(static_cast<int64_t>(int8::best_isa()), at::kLong)},
@@ -128,14 +134,9 @@ void register_all() {
     const at::Tensor bias = in.optional_tensor("bias"), residual = in.optional_tensor("residual");
     const at::Tensor x = in.tensor("x").to(*dtype), weight = in.tensor("weight").to(*dtype).contiguous();
     const at::Tensor b = bias.defined() ? bias.to(*dtype) : bias;
-    if (!in.options.contains("act") && !residual.defined()) {
-      const int64_t repeat = in.get_or<int64_t>("repeat", 0);
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int64_t i = 0; i < repeat; ++i) (void)kernels::linear(x, weight, b);
-      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!in.options.contains("act") && !residual.defined())
       return ProbeOutput{{"y", kernels::linear(x, weight, b).to(at::kFloat)},
-                         {"seconds", at::scalar_tensor(repeat > 0 ? sec / static_cast<double>(repeat) : 0.0, at::kDouble)}};
-    }
+                         {"seconds", seconds_per_call(in, [&] { return kernels::linear(x, weight, b); })}};
     Linear l;
     l.weight = weight;
     l.bias = b;
