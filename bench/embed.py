@@ -26,6 +26,10 @@ growth.
 --gemm-ab runs (a) once more with mpool on its other float32 GEMM library,
 interleaved, to show what the choice buys on this CPU.
 
+--attention-ab runs (a) once more with mpool's attention by ATen's
+scaled_dot_product_attention instead of mpool's kernel (mpool.set_cpu_attention),
+interleaved.
+
 --threads-ab runs (b) two more ways, interleaved with the others: mpool with
 every replica fixed at --threads threads (what each replica ran with before the
 core share) and fixed at max(1, threads // replicas) (a static share), to show
@@ -43,7 +47,7 @@ its embeddings to sentence-transformers' float32 ones (mean and worst text).
 
     python -P bench/embed.py [--n 2000] [--concurrent-n 400] [--repeats 3]
         [--threads N] [--replicas 2] [--corpora short,medium,long,mixed] [--threads-ab] [--modernbert]
-        [--dtypes] [--gemm-ab]
+        [--dtypes] [--gemm-ab] [--attention-ab]
 """
 
 from __future__ import annotations
@@ -204,6 +208,8 @@ def main() -> None:
                     help="(b) also with every replica on --threads threads (before the core share), interleaved")
     ap.add_argument("--modernbert", action="store_true", help="also (c): a MiniLM-sized random ModernBERT, bulk")
     ap.add_argument("--dtypes", action="store_true", help="also (d): mixed-corpus bulk in float32, bfloat16 and int8")
+    ap.add_argument("--attention-ab", action="store_true",
+                    help="also (a) with attention by ATen instead of mpool's kernel, interleaved")
     ap.add_argument("--gemm-ab", action="store_true",
                     help="(a) also with mpool's other float32 GEMM library (aten / onednn), interleaved")
     args = ap.parse_args()
@@ -244,7 +250,7 @@ def main() -> None:
         tokens = [len(ids) for ids in st.tokenizer(texts[k], truncation=True, max_length=st.max_seq_length)["input_ids"]]
         flops = model_flops(tokens)
         # Interleaved, so that a change in the machine's load hits both sides alike.
-        mp_b, st_b, other_b = [], [], []
+        mp_b, st_b, other_b, aten_att_b = [], [], [], []
         for _ in range(args.repeats):
             mp_b.append(timed(lambda: pool.embed("bulk", texts[k]), 1))
             st_b.append(timed(lambda: st.encode(texts[k], batch_size=32), 1))
@@ -252,6 +258,14 @@ def main() -> None:
                 mpool.set_float32_gemm(other)
                 other_b.append(timed(lambda: pool.embed("bulk", texts[k]), 1))
                 mpool.set_float32_gemm(gemm)
+            if args.attention_ab:
+                mpool.set_cpu_attention("aten")
+                aten_att_b.append(timed(lambda: pool.embed("bulk", texts[k]), 1))
+                mpool.set_cpu_attention("mpool")
+        if aten_att_b:
+            print(f"  {k}: mpool bulk with attention by mpool {args.n / statistics.median(mp_b):.1f} texts/s, "
+                  f"by ATen {args.n / statistics.median(aten_att_b):.1f} "
+                  f"({statistics.median(aten_att_b) / statistics.median(mp_b):.2f}x)", flush=True)
         if other_b:
             print(f"  {k}: mpool bulk with float32 GEMMs by {gemm} {args.n / statistics.median(mp_b):.1f} texts/s, "
                   f"by {other} {args.n / statistics.median(other_b):.1f} "

@@ -27,7 +27,7 @@ from .errors import (
 from .models import CAPABILITIES, Model, NativeModel, PyModel, default_embedding_model_path
 from ._streams import ImageProgress
 from .pool import ImageStream, Pool, Ranked, RankedDocument, TextStream
-from .cpu import float32_gemm, float32_gemm_auto, set_float32_gemm
+from .cpu import cpu_attention, float32_gemm, float32_gemm_auto, set_cpu_attention, set_float32_gemm
 from .loading import inspect, safetensors_load
 from .similarity import TopK, similarity
 from .tokenizer import Tokenizer
@@ -36,11 +36,14 @@ __version__ = "0.1.0"
 
 _core._set_error_classes({cls.code: cls for cls in ALL_ERRORS})
 _core.float32_gemm()  # a bad MPOOL_FLOAT32_GEMM fails here, as InvalidInput naming it
+_core.cpu_attention()  # and a bad MPOOL_CPU_ATTENTION
 
 TextChunk = _core.TextChunk
 GenerationStats = _core.GenerationStats
 
 __all__ = [
+    "cpu_attention",
+    "set_cpu_attention",
     "float32_gemm",
     "float32_gemm_auto",
     "set_float32_gemm",

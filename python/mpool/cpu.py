@@ -13,6 +13,18 @@ code, while oneDNN generates AVX-512 code for the CPU it finds. So the default,
 environment variable ``MPOOL_FLOAT32_GEMM`` (``auto``, ``aten``, ``onednn``)
 sets the choice at start-up; :func:`set_float32_gemm` changes it later. Both
 compute in IEEE float32: results agree to float32 rounding, not to the bit.
+
+Who runs attention over many query rows (encoders, prompt prefill, vision and
+diffusion transformers) in float32 on the CPU:
+
+- ``"mpool"`` (the default): mpool's kernel, at the CPU's vector width
+  (AVX-512 or AVX2, found at run time), skipping padded keys;
+- ``"aten"``: torch's ``scaled_dot_product_attention``.
+
+The environment variable ``MPOOL_CPU_ATTENTION`` sets it at start-up;
+:func:`set_cpu_attention` changes it later. Both compute in float32 with an
+exact softmax and agree to float32 rounding. Decode steps (one query row) run
+mpool's decode kernel either way.
 """
 
 from __future__ import annotations
@@ -20,9 +32,10 @@ from __future__ import annotations
 from . import _core
 from .errors import InvalidInput
 
-__all__ = ["float32_gemm", "float32_gemm_auto", "set_float32_gemm"]
+__all__ = ["cpu_attention", "float32_gemm", "float32_gemm_auto", "set_cpu_attention", "set_float32_gemm"]
 
 _BACKENDS = ("auto", "aten", "onednn")
+_ATTENTION = ("mpool", "aten")
 
 
 def float32_gemm() -> str:
@@ -46,3 +59,19 @@ def set_float32_gemm(backend: str) -> None:
     if not isinstance(backend, str) or backend not in _BACKENDS:
         raise InvalidInput(f"set_float32_gemm: backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
     _core.set_float32_gemm(backend)
+
+
+def cpu_attention() -> str:
+    """Who runs attention on the CPU now: ``"mpool"`` or ``"aten"``."""
+    return str(_core.cpu_attention())
+
+
+def set_cpu_attention(backend: str) -> None:
+    """Sets who runs attention on the CPU for every model of the process, from
+    the next forward on: ``"mpool"`` or ``"aten"``.
+
+    Raises :class:`InvalidInput` for another value.
+    """
+    if not isinstance(backend, str) or backend not in _ATTENTION:
+        raise InvalidInput(f"set_cpu_attention: backend must be one of {', '.join(_ATTENTION)}, got {backend!r}")
+    _core.set_cpu_attention(backend)

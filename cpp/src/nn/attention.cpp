@@ -42,6 +42,12 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     at::Tensor out = kernels::decode_attention(q, k, v, scale ? *scale : 1.0 / std::sqrt(static_cast<double>(d)));
     if (out.defined()) return out;
   }
+  {
+    // Many rows, or one with a mask: mpool's kernel (kernels.h), where it applies.
+    at::Tensor out = kernels::attention(q, k, v, mask, causal && !mask.defined(),
+                                        scale ? *scale : 1.0 / std::sqrt(static_cast<double>(d)));
+    if (out.defined()) return out;
+  }
   if (n == 1 && !mask.defined() && group > 1) {
     // One query per head: each kv group's queries become one block, no repeated keys.
     at::Tensor qg = q.reshape({b, kvh, group, d});

@@ -201,8 +201,12 @@ void register_all() {
   });
   // nn::attend on raw (b, heads, n, d) q and (b, kv_heads, t, d|dv) k, v: options
   // "causal", "scale", "dtype" (inputs cast to it), "length" (k and v narrowed to
-  // their first `length` rows, a strided view as a KV cache hands out). Out: "out"
-  // (float32) and "kernel", 1 when mpool's decode-step kernel ran it.
+  // their first `length` rows, a strided view as a KV cache hands out), an
+  // optional "mask" tensor (boolean or additive, broadcastable to (b, heads, n,
+  // t)). Option "path": "aten" runs ATen's scaled_dot_product_attention, "rows"
+  // kernels::attention (with "isa", that path). Option "repeat" times that many
+  // more runs ("seconds", per run). Out: "out" (float32) and "kernel", 1 when one of
+  // mpool's kernels ran it (the decode-step one or kernels::attention).
   register_probe("nn.attend", [](const ProbeInput& in) {
     const std::string name = in.get_or<std::string>("dtype", "float32");
     const auto dtype = loading::parse_scalar_type(name);
@@ -221,13 +225,33 @@ void register_all() {
     const std::string isa = in.get_or<std::string>("isa", "");
     check(isa.empty() || isa == "avx2" || isa == "avx512", ErrorCode::kInvalidInput, "isa must be avx2 or avx512");
     const double s = scale ? *scale : 1.0 / std::sqrt(double(q.size(3)));
+    at::Tensor mask = in.optional_tensor("mask");  // integers (booleans arrive as int64): true = attend
+    if (mask.defined() && !at::isFloatingType(mask.scalar_type())) mask = mask.to(at::kBool);
+    const std::string path = in.get_or<std::string>("path", "");
+    check(path.empty() || path == "aten" || path == "rows", ErrorCode::kInvalidInput, "path must be aten or rows");
+    if (!path.empty()) {
+      const std::optional<bool> wide = isa.empty() ? std::nullopt : std::optional<bool>(isa == "avx512");
+      auto run = [&] {
+        if (path == "aten")
+          return at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt,
+                                                  0.0, causal && !mask.defined(), s, k.size(1) != q.size(1));
+        at::Tensor out = kernels::attention(q, k, v, mask, causal && !mask.defined(), s, wide);
+        check(out.defined(), ErrorCode::kInvalidInput, "kernels::attention does not take these inputs");
+        return out;
+      };
+      at::Tensor out = run();
+      return ProbeOutput{{"out", out.to(at::kFloat).contiguous()},
+                         {"kernel", at::scalar_tensor(path == "rows" ? 1 : 0, at::kInt)},
+                         {"seconds", seconds_per_call(in, run)}};
+    }
     const at::Tensor kernel = q.size(2) != 1 ? at::Tensor()
                               : isa.empty()  ? kernels::decode_attention(q, k, v, s)
                                              : kernels::decode_attention_with(q, k, v, s, isa == "avx512");
     if (!isa.empty() && kernel.defined())  // the chosen path's output, not attend()'s
       return ProbeOutput{{"out", kernel.to(at::kFloat)}, {"kernel", at::scalar_tensor(1, at::kInt)}};
-    return ProbeOutput{{"out", attend(q, k, v, {}, causal, scale).to(at::kFloat)},
-                       {"kernel", at::scalar_tensor(kernel.defined() ? 1 : 0, at::kInt)}};
+    const bool rows = !kernel.defined() && kernels::attention(q, k, v, mask, causal && !mask.defined(), s).defined();
+    return ProbeOutput{{"out", attend(q, k, v, mask, causal, scale).to(at::kFloat)},
+                       {"kernel", at::scalar_tensor(kernel.defined() || rows ? 1 : 0, at::kInt)}};
   });
   // The paged KV cache with prefix sharing, on "keys" and "values" (kv_heads, t,
   // d) and "new_key"/"new_value" (kv_heads, 1, d). Sequence A writes all t

@@ -17,6 +17,7 @@
 
 #include "mpool/base/error.h"
 #include "mpool/nn/gemm.h"
+#include "simd_exp.h"
 
 // OpenMP's and MKL's per-thread setters, bound weakly to the runtime torch loaded
 // (its libgomp and its MKL): null where this torch has none, and no second copy.
@@ -32,6 +33,8 @@ namespace mpool::nn::kernels {
 namespace {
 
 #ifdef MPOOL_X86_GEMV
+using simd::exp_nonpositive;
+
 __attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
   lo = _mm_add_ps(lo, hi);
@@ -177,28 +180,6 @@ void gemm_rows(const W* w, const float* x, float* y, int64_t in, int64_t out, in
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) pass.template operator()<4>(r);
   for (; r < r1; ++r) pass.template operator()<1>(r);
-}
-
-// e^x for x <= 0 (softmax after subtracting the maximum), eight lanes: x = n ln2
-// + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial, 2^n put in the exponent.
-// Relative error about 2e-7; below -87.3 the result is flushed to 0.
-__attribute__((target("avx2,fma"))) inline __m256 exp_nonpositive(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.33654f);
-  const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_max_ps(x, lo);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2 in two parts
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
 // dot(a[0:n], x[0:n]) with float32 accumulation.

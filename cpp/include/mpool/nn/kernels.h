@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
 
 namespace mpool::nn::kernels {
@@ -49,6 +52,36 @@ bool row_kernel_takes(const at::Tensor& x, const at::Tensor& weight, const at::T
 /// bfloat16, a last dimension with a stride, no AVX2/FMA); the caller then uses
 /// ATen's scaled_dot_product_attention.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+
+/// softmax(scale q k^T + mask) v for any number of query rows (encoders,
+/// prefill, vision and diffusion transformers): q (b, heads, n, d) against k
+/// (b, kv_heads, t, d) and v (b, kv_heads, t, dv), float32 on the CPU, heads a
+/// multiple of kv_heads, last dimensions contiguous. `mask` is undefined, or a
+/// boolean (true = attend) or additive float32 mask broadcastable to (b, heads,
+/// n, t); `causal` (without a mask) lets row i see keys 0..i, as ATen's
+/// is_causal. Rows whose every key is masked come out zero, as ATen's CPU
+/// attention gives. Keys past a row block's last unmasked one are skipped
+/// (padding costs nothing), and a row's bits depend only on its own query, keys,
+/// values and mask: not on the other rows, the split over threads or the keys
+/// beyond its last unmasked one. Float32 throughout, sixteen lanes with AVX-512,
+/// eight with AVX2/FMA; split over (sequence, head, row chunk) with
+/// parallel_for. Returns (b, heads, n, dv), a view of a (b, n, heads, dv)
+/// tensor, or an undefined tensor where it does not apply (then ATen's
+/// scaled_dot_product_attention), or while cpu_attention() is ATen's.
+/// `avx512` picks a path for tests (undefined where the CPU lacks it).
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                     bool causal, double scale, std::optional<bool> avx512 = std::nullopt);
+
+/// Who runs attention() on the CPU for the whole process: mpool's kernel (the
+/// default) or ATen's scaled_dot_product_attention. The environment variable
+/// MPOOL_CPU_ATTENTION ("mpool", "aten") sets it at start-up (another value: an
+/// InvalidInput naming it at the first call); set_cpu_attention changes it.
+/// Decode steps (one query row, no mask) keep decode_attention either way.
+enum class CpuAttention { kMpool = 0, kAten = 1 };
+CpuAttention cpu_attention();
+void set_cpu_attention(CpuAttention choice);
+/// "mpool" or "aten"; another value is an InvalidInput that names `where`.
+CpuAttention parse_cpu_attention(std::string_view value, const std::string& where);
 
 /// decode_attention on a chosen path: the AVX-512 row (`avx512`; InvalidInput
 /// where the CPU lacks it) or the AVX2 one, for tests that cover both on a CPU
