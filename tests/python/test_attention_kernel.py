@@ -209,3 +209,15 @@ def test_minilm_embeds_the_same_with_either_attention_and_as_sentence_transforme
     ref = SentenceTransformer(path, device="cpu").encode(texts, batch_size=16)
     cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() >= 0.99999
+
+
+def test_keys_past_the_scratch_limit_go_to_aten_with_the_same_result() -> None:
+    """More than 2^20 key elements a head (8,193 keys of 128 columns) would
+    need a 4 MiB scratch a thread: attend hands those to ATen."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(1, 1, 2, 128, generator=g), torch.randn(1, 1, 8193, 128, generator=g), torch.randn(1, 1, 8193, 128, generator=g)
+    out = _run(q, k, v)
+    assert int(out["kernel"]) == 0
+    np.testing.assert_allclose(out["out"], _reference(q, k, v, None, False, 128**-0.5).numpy(), rtol=0, atol=2e-6)
+    shorter = _run(q, k[:, :, :8192], v[:, :, :8192])
+    assert int(shorter["kernel"]) == int(HAS["avx2"])

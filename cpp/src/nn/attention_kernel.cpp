@@ -148,6 +148,8 @@ namespace {
 
 enum class Isa { kNone, kAvx2, kAvx512 };
 
+constexpr int64_t kMaxTransposedKeys = int64_t{1} << 20;  // floats
+
 Isa widest_isa() {
 #ifdef MPOOL_X86_ATTENTION
   static const Isa isa = [] {
@@ -236,6 +238,9 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const uint8_t* mb = boolean ? reinterpret_cast<const uint8_t*>(m.data_ptr<bool>()) : nullptr;
   const float* ma = m.defined() && !boolean ? m.data_ptr<float>() : nullptr;
   const int64_t keys_room = (t + tile - 1) / tile * tile;
+  // Each thread keeps its head's keys transposed: past 4 MiB of them (8,192 keys
+  // of 128 columns), ATen's tiled attention, not a scratch buffer that size.
+  if (d * keys_room > kMaxTransposedKeys) return {};
   parallel_for(b * h * parts, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> kt, s;
     if (kt.size() < static_cast<size_t>(d * keys_room)) kt.resize(static_cast<size_t>(d * keys_room));

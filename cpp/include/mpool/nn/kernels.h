@@ -67,7 +67,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 /// eight with AVX2/FMA; split over (sequence, head, row chunk) with
 /// parallel_for. Returns (b, heads, n, dv), a view of a (b, n, heads, dv)
 /// tensor, or an undefined tensor where it does not apply (then ATen's
-/// scaled_dot_product_attention), or while cpu_attention() is ATen's.
+/// scaled_dot_product_attention: also past 2^20 key elements a head, 4 MiB
+/// of scratch a thread), or while cpu_attention() is ATen's.
 /// `avx512` picks a path for tests (undefined where the CPU lacks it).
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                      bool causal, double scale, std::optional<bool> avx512 = std::nullopt);
