@@ -17,7 +17,9 @@ the replica's intra_op_threads for mpool). Reported, medians of --repeats:
 - a memory-bandwidth bound: bandwidth from a 256 MiB tensor copy divided by the
   weight bytes read per decoded token (every parameter but the input embedding
   table, which is only gathered; the lm_head counts), and each engine's fraction.
-  The KV cache (a few % here) is left out of the bound.
+  The KV cache (a few % here) is left out of the bound. The copy counts its
+  reads and writes; a step only reads, so the same bound from a read-only
+  stream (a 256 MiB tensor's sum) is printed as well ("of read").
 
     python bench/generate.py [--threads N] [--prompt-tokens 128] [--new-tokens 128] [--repeats 5]
 
@@ -68,7 +70,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirna
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "common"))
 
 import torch  # noqa: E402
-from machine import cpu_name, matmul_gflops, memory_bandwidth  # noqa: E402
+from machine import cpu_name, matmul_gflops, memory_bandwidth, memory_read_bandwidth  # noqa: E402
 
 
 def _float32_gemm() -> str:
@@ -443,6 +445,7 @@ def main() -> None:
         if "transformers" in engines:
             results["transformers"] = bench_transformers(model, prompt, args.new_tokens, args.repeats)
         bw = memory_bandwidth()
+        read_bw = memory_read_bandwidth()
 
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -458,10 +461,13 @@ def main() -> None:
     print(f"memory bandwidth (256 MiB copy): {bw / 1e9:.1f} GB/s; active weight bytes per token {weight_bytes / 2**20:.0f} MiB "
           f"(+ KV cache {kv_bytes * (args.prompt_tokens + args.new_tokens // 2) / 2**20:.1f} MiB on average, not counted)")
     print(f"bandwidth bound: {bound:.1f} tokens/s" + (f" in int8, {float_bound:.1f} in float32" if int8 else ""))
-    print(f"{'engine':14s} {'TTFT ms':>9s} {'decode tok/s':>13s} {'of bound':>9s}")
+    print(f"read-only stream (256 MiB sum): {read_bw / 1e9:.1f} GB/s -> {read_bw / weight_bytes:.1f} tokens/s "
+          f"(the 'of read' column)")
+    print(f"{'engine':14s} {'TTFT ms':>9s} {'decode tok/s':>13s} {'of bound':>9s} {'of read':>8s}")
     for name, r in results.items():
-        own = float_bound if name == "transformers" else bound  # transformers runs float32 under --dtype int8
-        print(f"{name:14s} {r['ttft'] * 1e3:9.1f} {r['tps']:13.2f} {r['tps'] / own:9.0%}")
+        own = float_bytes if name == "transformers" else weight_bytes  # transformers runs float32 under --dtype int8
+        print(f"{name:14s} {r['ttft'] * 1e3:9.1f} {r['tps']:13.2f} {r['tps'] * own / bw:9.0%} "
+              f"{r['tps'] * own / read_bw:8.0%}")
     if "mpool" in results:
         print(f"mpool reported (last run): {results['mpool']['reported']}")
     if len(results) == 2:

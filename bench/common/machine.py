@@ -57,6 +57,21 @@ def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32, libra
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+def memory_read_bandwidth(repeats: int = 10) -> float:
+    """Bytes/s of a 256 MiB fp32 tensor's sum (read only, torch's vectorized
+    reduction on its intra-op threads), median. A decode step only reads its
+    weights: where writes cost more than reads (a copy's stores allocate their
+    lines first), this stream is the closer bound."""
+    src = torch.ones(64 * 1024 * 1024, dtype=torch.float32)
+    src.sum()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        src.sum()
+        times.append(time.perf_counter() - t)
+    return src.numel() * 4 / statistics.median(times)
+
+
 def memory_bandwidth(repeats: int = 10) -> float:
     """Bytes/s of a 256 MiB fp32 tensor copy (read + write), median."""
     src = torch.ones(64 * 1024 * 1024, dtype=torch.float32)

@@ -226,7 +226,7 @@ void register_all() {
     check(isa.empty() || isa == "avx2" || isa == "avx512", ErrorCode::kInvalidInput, "isa must be avx2 or avx512");
     const double s = scale ? *scale : 1.0 / std::sqrt(double(q.size(3)));
     at::Tensor mask = in.optional_tensor("mask");  // integers (booleans arrive as int64): true = attend
-    if (mask.defined() && !at::isFloatingType(mask.scalar_type())) mask = mask.to(at::kBool);
+    if (mask.defined()) mask = at::isFloatingType(mask.scalar_type()) ? mask.to(*dtype) : mask.to(at::kBool);
     const std::string path = in.get_or<std::string>("path", "");
     check(path.empty() || path == "aten" || path == "rows", ErrorCode::kInvalidInput, "path must be aten or rows");
     if (!path.empty()) {
