@@ -199,16 +199,6 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     return {};
   }
   if (isa == Isa::kNone) return {};
-  auto cpu_bf16 = [](const at::Tensor& x) {
-    return x.defined() && x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && x.dim() == 4;
-  };
-  if (cpu_bf16(q) && cpu_bf16(k) && cpu_bf16(v)) {
-    // bfloat16: the same kernel on the inputs widened (exact), the output rounded once.
-    const at::Tensor m = mask.defined() && at::isFloatingType(mask.scalar_type()) ? mask.to(at::kFloat) : mask;
-    at::Tensor out = attention(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), m, causal, scale,
-                               isa == Isa::kAvx512);
-    return out.defined() ? out.to(at::kBFloat16) : out;
-  }
   auto cpu_float = [](const at::Tensor& x) {
     return x.defined() && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 4 && x.stride(3) == 1;
   };

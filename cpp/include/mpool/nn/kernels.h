@@ -55,8 +55,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 /// softmax(scale q k^T + mask) v for any number of query rows (encoders,
 /// prefill, vision and diffusion transformers): q (b, heads, n, d) against k
-/// (b, kv_heads, t, d) and v (b, kv_heads, t, dv), float32 on the CPU (or
-/// bfloat16: widened, computed in float32, the output rounded once), heads a
+/// (b, kv_heads, t, d) and v (b, kv_heads, t, dv), float32 on the CPU, heads a
 /// multiple of kv_heads, last dimensions contiguous. `mask` is undefined, or a
 /// boolean (true = attend) or additive float32 mask broadcastable to (b, heads,
 /// n, t); `causal` (without a mask) lets row i see keys 0..i, as ATen's
