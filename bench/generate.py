@@ -366,6 +366,7 @@ def main_concurrent(args: Any) -> None:
                                            prefix_cache=False) if args.shared_prefix else None)
         static = bench_transformers_batch(model, prompts, args.new_tokens)
         bw = memory_bandwidth()
+        read_bw = memory_read_bandwidth()
         flops = matmul_gflops(dtype=torch.float32 if int8 else getattr(torch, args.dtype)) * 1e9
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -380,7 +381,8 @@ def main_concurrent(args: Any) -> None:
           f"{min(lengths)}-{max(lengths)} tokens, {args.new_tokens} new tokens each, greedy")
     print(f"a step reads the weights ({weight_bytes / 2**20:.0f} MiB) once and each sequence's KV cache "
           f"({n} x {mean_positions:.0f} positions on average, {n * mean_positions * kv_position / 2**20:.0f} MiB)")
-    print(f"bounds at {n} rows a step: bandwidth {bw / 1e9:.1f} GB/s -> {bw_bound:.0f} tokens/s; "
+    print(f"bounds at {n} rows a step: bandwidth {bw / 1e9:.1f} GB/s -> {bw_bound:.0f} tokens/s "
+          f"(read-only stream {read_bw / 1e9:.1f} GB/s -> {n * read_bw / step_bytes:.0f}); "
           f"matmul {flops / 1e9:.0f} GFLOP/s -> {compute_bound:.0f} tokens/s")
     if args.shared_prefix:
         print(f"each prompt starts with the same {args.shared_prefix} tokens after BOS (cached by a warm-up request); "
