@@ -222,3 +222,14 @@ def test_keys_past_the_scratch_limit_go_to_aten_with_the_same_result() -> None:
     np.testing.assert_allclose(out["out"], _reference(q, k, v, None, False, 128**-0.5).numpy(), rtol=0, atol=2e-6)
     shorter = _run(q, k[:, :, :8192], v[:, :, :8192])
     assert int(shorter["kernel"]) == int(HAS["avx2"])
+
+
+def test_empty_batches_give_empty_outputs_and_zero_heads_are_invalid_input() -> None:
+    """No rows to compute: an empty output, and no division by a zero head
+    count anywhere (zero key/value heads is an InvalidInput that says so)."""
+    empty = np.zeros((0, 2, 3, 8), np.float32)
+    out = testing.probe("nn.attend", {"q": empty, "k": empty, "v": empty})
+    assert out["out"].shape == (0, 2, 3, 8)
+    no_heads = np.zeros((1, 0, 3, 8), np.float32)
+    with pytest.raises(mpool.InvalidInput, match="0 key/value heads"):
+        testing.probe("nn.attend", {"q": no_heads, "k": no_heads, "v": no_heads})

@@ -32,7 +32,7 @@ at::Tensor additive_mask(const at::Tensor& keep, const at::Tensor& bias, at::Sca
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, bool causal,
                   std::optional<double> scale) {
   const int64_t b = q.size(0), heads = q.size(1), n = q.size(2), d = q.size(3), kvh = k.size(1);
-  check(heads % kvh == 0, ErrorCode::kInvalidInput,
+  check(kvh > 0 && heads % kvh == 0, ErrorCode::kInvalidInput,
         std::to_string(heads) + " query heads do not group over " + std::to_string(kvh) + " key/value heads");
   const int64_t group = heads / kvh;
   // The backend: ATen picks flash / memory-efficient / math per device and dtype

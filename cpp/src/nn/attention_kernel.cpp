@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -206,7 +207,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const int64_t b = q.size(0), h = q.size(1), n = q.size(2), d = q.size(3);
   const int64_t kvh = k.size(1), t = k.size(2), dv = v.size(3);
   if (k.size(0) != b || v.size(0) != b || v.size(1) != kvh || v.size(2) != t || k.size(3) != d || kvh == 0 ||
-      h % kvh != 0 || n == 0 || d == 0 || dv == 0 || t == 0 || (causal && mask.defined()))
+      b == 0 || h == 0 || h % kvh != 0 || n == 0 || d == 0 || dv == 0 || t == 0 || (causal && mask.defined()) ||
+      !std::isfinite(scale))
     return {};
   at::Tensor m;
   if (mask.defined()) {
