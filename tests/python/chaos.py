@@ -43,6 +43,18 @@ def os_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def named_threads() -> dict[str, str]:
+    """tid -> name of this process's OS threads."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                out[tid] = f.read().strip()
+        except OSError:  # exited meanwhile
+            continue
+    return out
+
+
 def pool_threads() -> set[tuple[str, str]]:
     """(tid, name) of this process's OS threads named like a pool's (mpool-replica, mpool-maint).
 
@@ -50,16 +62,7 @@ def pool_threads() -> set[tuple[str, str]]:
     from a replica thread (a tokenizer's or BLAS's worker pool, which lives on)
     carry it too: compare sets taken before and after, never absolute counts.
     """
-    out = set()
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                name = f.read().strip()
-        except OSError:  # exited meanwhile
-            continue
-        if name.startswith("mpool-"):
-            out.add((tid, name))
-    return out
+    return {(tid, name) for tid, name in named_threads().items() if name.startswith("mpool-")}
 
 
 def rss_mb() -> float:
@@ -276,6 +279,7 @@ class ChaosReport:
     monkey: Counter[str]
     os_threads_before: int
     os_threads_after: int
+    new_threads_after: list[str]  # names of the threads that were not there before, to tell whose they are
     pool_threads_after: list[str]
     committed_mb_after: float
     count_mismatches: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -293,7 +297,8 @@ class ChaosReport:
         if self.pool_threads_after:
             p.append(f"pool threads alive after close: {self.pool_threads_after}")
         if self.os_threads_after > self.os_threads_before:
-            p.append(f"OS threads after close: {self.os_threads_after} > {self.os_threads_before} before")
+            p.append(f"OS threads after close: {self.os_threads_after} > {self.os_threads_before} before"
+                     f" (new: {self.new_threads_after})")
         if self.committed_mb_after != 0:
             p.append(f"committed memory after close: {self.committed_mb_after} MB")
         if self.count_mismatches:
@@ -332,6 +337,7 @@ def run_chaos(requests: int = 2000, threads: int = 32, seed: int = 0) -> ChaosRe
     _warm_up()
     before = os_threads()
     named_before = pool_threads()
+    tids_before = set(named_threads())
     ids = itertools.count()
     lock = threading.Lock()
     outcomes: dict[int, str] = {}
@@ -405,6 +411,7 @@ def run_chaos(requests: int = 2000, threads: int = 32, seed: int = 0) -> ChaosRe
         monkey=actions,
         os_threads_before=before,
         os_threads_after=after,
+        new_threads_after=sorted(name for tid, name in named_threads().items() if tid not in tids_before),
         pool_threads_after=sorted(name for _, name in pool_threads() - named_before),
         committed_mb_after=committed,
         count_mismatches=mismatches,

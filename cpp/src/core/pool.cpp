@@ -137,6 +137,7 @@ struct Pool::Replica {
   std::atomic<int> state{kLoading};
   std::atomic<int64_t> last_active_ns{now_ns()};
   std::atomic<int> threads{0};  // intra-op threads last set on its thread (0: none)
+  bool took_pill = false;       // it popped a retire pill (its own thread only)
   std::mutex current_mu;
   std::vector<std::shared_ptr<Job>> current;  // the jobs running now, for shutdown and death
   const Instance* instance = nullptr;          // while loaded, for its usage() (current_mu)
@@ -150,7 +151,11 @@ struct Pool::Model {
   std::atomic<double> keep_alive_s{0};  // effective: the spec's or the pool default
   tbb::concurrent_bounded_queue<std::shared_ptr<Job>> queue;  // nullptr = retire one replica
   std::vector<std::shared_ptr<Replica>> replicas;             // until reaped (mu_)
-  std::atomic<int> pills{0};                                  // retire pills still queued
+  // Retirements not yet done: a pill is counted from the moment it is queued
+  // until the replica that took it has exited (under mu_, with its kDead), so
+  // live() - pills never counts a replica that is on its way out as serving.
+  std::atomic<int> pills{0};
+  std::atomic<int> queued_pills{0};  // the pills still in the queue
   std::atomic<int64_t> last_used_ns{now_ns()};
   bool starting = false;          // a cold start is choosing memory (mu_)
   int dead = 0;                   // replicas that have exited (mu_)
@@ -170,7 +175,7 @@ struct Pool::Model {
     return n;
   }
   size_t queued() const {
-    auto size = static_cast<long>(queue.size()) - pills.load();
+    auto size = static_cast<long>(queue.size()) - queued_pills.load();
     return size > 0 ? static_cast<size_t>(size) : 0;
   }
   // Nothing asked of it is unfinished: no request in flight and no replica in a
@@ -474,6 +479,7 @@ void Pool::spawn_replica_locked(const std::shared_ptr<Model>& model, Reservation
 void Pool::retire_locked(Model& model, int count) {
   for (int i = 0; i < count; ++i) {
     model.pills++;
+    model.queued_pills++;
     model.queue.push(nullptr);  // capacity keeps room for pills
   }
 }
@@ -631,6 +637,7 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
       model->last_spawn_error = load_error;
     }
     replica->state = kDead;
+    if (replica->took_pill) model->pills--;  // its retirement is done, together with its kDead
     model->dead++;
     if (!death.empty()) {
       // The jobs it was running get one typed outcome each; a replacement takes its place.
@@ -650,6 +657,24 @@ void Pool::worker_main(std::shared_ptr<Model> model, std::shared_ptr<Replica> re
           model->last_spawn_error = std::string("replacing a dead replica failed: ") + e.what();
         }
       }
+    }
+    // Pills that outlived every replica (one was queued for a replica whose load
+    // then failed) retire nobody: drop them, or they would retire the replicas of
+    // the next cold start. No replica is left to pop concurrently; submit and
+    // drain hold mu_.
+    if (model->live() == 0 && model->queued_pills.load() > 0) {
+      std::vector<std::shared_ptr<Job>> jobs;
+      std::shared_ptr<Job> job;
+      int stale = 0;
+      while (model->queue.try_pop(job)) {
+        if (job)
+          jobs.push_back(std::move(job));
+        else
+          ++stale;
+      }
+      for (auto& j : jobs) model->queue.push(std::move(j));
+      model->queued_pills -= stale;
+      model->pills -= stale;
     }
     // A failed load with nobody else left to serve: the waiting requests fail now.
     if (!load_error.empty() && model->serving() <= 0 && !model->starting)
@@ -683,7 +708,8 @@ void Pool::serve(Model& model, Replica& replica, Instance& instance) {
     // Poll briefly (a busy model's next job is usually right behind), then sleep.
     if (!job && !spin_until([&] { return model.queue.try_pop(job); })) model.queue.pop(job);
     if (!job) {
-      model.pills--;
+      model.queued_pills--;
+      replica.took_pill = true;
       break;
     }
     if (job->context().should_stop()) {  // expired or cancelled while queued
@@ -702,7 +728,8 @@ void Pool::serve(Model& model, Replica& replica, Instance& instance) {
       std::shared_ptr<Job> next;
       while (total < budget && model.queue.try_pop(next)) {
         if (!next) {  // a retire pill: finish this batch, then go
-          model.pills--;
+          model.queued_pills--;
+          replica.took_pill = true;
           retire = true;
           break;
         }
@@ -788,7 +815,8 @@ void Pool::run_continuous_batch(Model& model, Replica& replica, Instance& instan
       std::shared_ptr<Job> next;
       while (!closed_ && model_.queue.try_pop(next)) {
         if (!next) {  // a retire pill: finish this batch, then go
-          model_.pills--;
+          model_.queued_pills--;
+          replica_.took_pill = true;
           retire_ = true;
           closed_ = true;
           break;

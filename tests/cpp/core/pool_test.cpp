@@ -204,6 +204,90 @@ TEST(PoolKeepAlive, UnloadsModelIdleLongerThanKeepAlive) {
   EXPECT_EQ(call(pool, "m", 2), 2);  // and it comes back on demand
 }
 
+TEST(PoolKeepAlive, ReplicasStillUnloadingAreNotRetiredTwiceAndTheReloadServes) {
+  // Between taking its retire pill and exiting, a replica frees its model (here
+  // an instance whose destructor waits). Ticks in that window must not count it
+  // as serving and queue more pills: stale pills would retire the replicas of
+  // the next cold start and leave its request with nobody to serve it.
+  faults::disarm_all();
+  auto options = test_options(1000, /*keep_alive_s=*/300);
+  auto probe = std::make_shared<FixedProbe>();
+  options.probe = probe;
+  options.request_timeout_s = 30;
+  Pool pool(options);
+  std::promise<void> release;
+  std::shared_future<void> freed = release.get_future().share();
+  std::atomic<int> loads{0};
+  std::atomic<int> unloading{0};
+  struct SlowToFree : FnInstance {
+    std::shared_future<void> freed;
+    std::atomic<int>* unloading = nullptr;
+    ~SlowToFree() override {
+      (*unloading)++;
+      freed.wait();
+    }
+  };
+  ModelSpec spec;
+  spec.capabilities = {"compute"};
+  spec.memory_mb = 100;
+  spec.loader = [&](const std::string&) {
+    loads++;
+    auto inst = std::make_shared<SlowToFree>();
+    inst->fn = identity;
+    inst->freed = freed;
+    inst->unloading = &unloading;
+    return inst;
+  };
+  pool.register_model("m", spec);
+  ASSERT_EQ(call(pool, "m", 1), 1);
+  ASSERT_EQ(pool.model_stats("m").replicas, 2);
+  faults::arm(faults::Fault::kClockJump, 1, "", 301);
+  ASSERT_TRUE(eventually([&] { return unloading.load() == 2; }, 30));  // both took their pill
+  ASSERT_TRUE(wait_ticks(*probe, 5));  // ticks while they are still unloading
+  release.set_value();
+  ASSERT_TRUE(eventually([&] { return pool.model_stats("m").replicas == 0; }, 30));
+  EXPECT_EQ(call(pool, "m", 2), 2);  // the reload serves, on the replicas its cold start made
+  ASSERT_TRUE(wait_ticks(*probe, 5));
+  EXPECT_EQ(loads.load(), 4);
+  EXPECT_EQ(pool.model_stats("m").replicas, 2);
+}
+
+TEST(PoolKeepAlive, APillLeftByAReplicaWhoseLoadFailedDoesNotRetireTheNextColdStart) {
+  // Keep-alive retires every live replica, one of them still loading; that load
+  // then fails, so nobody takes its pill. The next cold start keeps both replicas.
+  faults::disarm_all();
+  auto options = test_options(1000, /*keep_alive_s=*/300);
+  auto probe = std::make_shared<FixedProbe>();
+  options.probe = probe;
+  Pool pool(options);
+  std::promise<void> fail_now;
+  std::shared_future<void> gate = fail_now.get_future().share();
+  std::atomic<int> loads{0};
+  ModelSpec spec;
+  spec.capabilities = {"compute"};
+  spec.memory_mb = 100;
+  spec.loader = [&](const std::string&) -> std::shared_ptr<Instance> {
+    if (++loads == 2) {  // the cold start's second replica
+      gate.wait();
+      throw std::runtime_error("weights vanished");
+    }
+    auto inst = std::make_shared<FnInstance>();
+    inst->fn = identity;
+    return inst;
+  };
+  pool.register_model("m", spec);
+  ASSERT_EQ(call(pool, "m", 1), 1);
+  ASSERT_EQ(loads.load(), 2);
+  faults::arm(faults::Fault::kClockJump, 1, "", 301);
+  ASSERT_TRUE(eventually([&] { return pool.model_stats("m").replicas == 1; }, 30));  // the loaded one left
+  fail_now.set_value();
+  ASSERT_TRUE(eventually([&] { return pool.model_stats("m").replicas == 0; }, 30));
+  EXPECT_EQ(call(pool, "m", 2), 2);
+  ASSERT_TRUE(wait_ticks(*probe, 5));
+  EXPECT_EQ(loads.load(), 4);
+  EXPECT_EQ(pool.model_stats("m").replicas, 2);
+}
+
 TEST(PoolKeepAlive, ZeroUnloadsRightAfterLastRequestWithoutWaitingForATick) {
   auto options = test_options(1000);
   options.maintenance_interval_s = std::numeric_limits<double>::infinity();  // no tick ever comes by itself
