@@ -241,7 +241,10 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, KeyAt key, V
   // key's dot product summed exactly as dot() sums it.
   const int64_t q_vec = d - d % 8;
   int64_t j = 0;
+  const int64_t key_bytes = d * static_cast<int64_t>(sizeof(W)), slice_bytes = 64 * static_cast<int64_t>(sizeof(W));
   for (; j + 4 <= t; j += 4) {
+    for (int64_t u = j + kAttentionPrefetchAhead; u < std::min(j + kAttentionPrefetchAhead + 4, t); ++u)
+      prefetch_row(key(u), key_bytes);
     const W* rows[4] = {key(j), key(j + 1), key(j + 2), key(j + 3)};
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < q_vec; i += 8) {
@@ -267,6 +270,7 @@ __attribute__((target("avx2,fma"))) void attend_row(const float* q, KeyAt key, V
     __m256 a[8];
     for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
     for (int64_t jj = 0; jj < t; ++jj) {
+      if (jj + kAttentionPrefetchAhead < t) prefetch_row(value(jj + kAttentionPrefetchAhead) + i0, slice_bytes);
       const W* row = value(jj) + i0;
       const __m256 w = _mm256_set1_ps(scores[jj]);
       for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(w, load8(row + 8 * u), a[u]);
@@ -309,7 +313,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_row_512(con
   float top = -INFINITY;
   // Keys four at a time; a last group of fewer reads its missing keys as the
   // last one again (computed, never stored).
+  const int64_t key_bytes = d * static_cast<int64_t>(sizeof(W)), slice_bytes = 64 * static_cast<int64_t>(sizeof(W));
   for (int64_t j = 0; j < t; j += 4) {
+    for (int64_t u = j + kAttentionPrefetchAhead; u < std::min(j + kAttentionPrefetchAhead + 4, t); ++u)
+      prefetch_row(key(u), key_bytes);
     const W* rows[4];
     for (int u = 0; u < 4; ++u) rows[u] = key(std::min(j + u, t - 1));
     __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -333,6 +340,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_row_512(con
   for (; i0 + 64 <= dv; i0 += 64) {
     __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t jj = 0; jj < t; ++jj) {
+      if (jj + kAttentionPrefetchAhead < t) prefetch_row(value(jj + kAttentionPrefetchAhead) + i0, slice_bytes);
       const W* row = value(jj) + i0;
       const __m512 w = _mm512_set1_ps(scores[jj]);
       for (int u = 0; u < 4; ++u) a[u] = _mm512_fmadd_ps(w, load16(row + 16 * u, all), a[u]);
