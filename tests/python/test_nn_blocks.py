@@ -666,20 +666,22 @@ def test_decode_matrix_vector_kernel_matches_a_float64_product_of_the_same_value
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("k", [300, 1100])
-def test_decode_row_kernel_gives_a_row_the_same_bits_alone_and_among_sixteen(dtype: str, k: int) -> None:
+@pytest.mark.parametrize("k", [300, 1100, 2100])
+@pytest.mark.parametrize("rows", [16, 11])
+def test_decode_row_kernel_gives_a_row_the_same_bits_alone_and_among_many(dtype: str, k: int, rows: int) -> None:
     # A sequence decodes to the same tokens alone or in a batch only if its
     # products do not depend on the rows beside it: one row takes its own
     # blocking (narrow weight rows one a pass, wide ones eight), more rows four
-    # by four (bf16 from eight rows: two weight rows against eight).
+    # by four (bf16 from eight rows: two weight rows against eight, in column
+    # spans past 1,024 columns; the rows past a multiple of eight four by four).
     rng = np.random.default_rng(k)
     w = rng.standard_normal((45, k)).astype(np.float32)
-    x = rng.standard_normal((16, 1, k)).astype(np.float32)
+    x = rng.standard_normal((rows, 1, k)).astype(np.float32)
     b = rng.standard_normal(45).astype(np.float32)
     many = mpool.testing.probe("nn.linear", {"x": x, "weight": w, "bias": b}, dtype=dtype)["y"]
-    for i in range(16):
+    for i in range(rows):
         alone = mpool.testing.probe("nn.linear", {"x": x[i : i + 1], "weight": w, "bias": b}, dtype=dtype)["y"]
-        assert np.array_equal(alone, many[i : i + 1]), f"row {i}: alone differs from the same row among 16"
+        assert np.array_equal(alone, many[i : i + 1]), f"row {i}: alone differs from the same row among {rows}"
 
 
 # --- the paged KV cache -------------------------------------------------------------

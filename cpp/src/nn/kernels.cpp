@@ -375,21 +375,24 @@ void attend_row_any(bool wide, const float* q, KeyAt key, ValueAt value, int64_t
 
 // bf16 weights against bf16 rows of X with AVX512-BF16's pair dot product: 32
 // products a step, exact (bf16 x bf16 fits a float), accumulated in float32.
-// Weight rows [r, r + R) against X rows [j0, j0 + NX), the next R rows
-// prefetched; as in block_rows, each pair sums in one order whatever R and NX are.
+// Weight rows [r, r + R) against X rows [j0, j0 + NX), columns [c0, c1) of the
+// full vectors (c1 <= in - in % 32), the next R rows prefetched. A pass over
+// part of the columns starts from the sums `carry` holds (unless it is the
+// first) and leaves its sums there (unless it is the last, which adds the tail
+// and writes Y): each lane sums its columns in order either way, so, as in
+// block_rows, each pair sums in one order whatever R, NX and the column split are.
 template <int R, int NX>
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void block_rows_bf16_dot(const uint16_t* w,
-                                                                               const uint16_t* x, float* y,
-                                                                               int64_t in, int64_t out, int64_t r,
-                                                                               int64_t j0) {
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void block_rows_bf16_dot_span(
+    const uint16_t* w, const uint16_t* x, float* y, int64_t in, int64_t out, int64_t r, int64_t j0, int64_t c0,
+    int64_t c1, float* carry, bool first, bool last) {
   const int64_t full = in - in % 32;
   const __mmask32 tail = static_cast<__mmask32>((uint64_t{1} << (in - full)) - 1);
   __m512 acc[R][NX];
   for (int k = 0; k < R; ++k)
-    for (int j = 0; j < NX; ++j) acc[k][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NX; ++j) acc[k][j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(carry + (k * NX + j) * 16);
   const uint16_t* base = w + r * in;
   const uint16_t* xs = x + j0 * in;
-  for (int64_t i = 0; i < full; i += 32) {  // 64 bytes: one cache line of each row a step
+  for (int64_t i = c0; i < c1; i += 32) {  // 64 bytes: one cache line of each row a step
     for (int k = 0; k < R; ++k) prefetch_weights(base + (R + k) * in + i);
     __m512bh wv[R];
     for (int k = 0; k < R; ++k) wv[k] = (__m512bh)_mm512_loadu_si512(base + k * in + i);
@@ -397,6 +400,11 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void block_rows_bf16_dot(
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(xs + j * in + i);
       for (int k = 0; k < R; ++k) acc[k][j] = _mm512_dpbf16_ps(acc[k][j], wv[k], xv);
     }
+  }
+  if (!last) {
+    for (int k = 0; k < R; ++k)
+      for (int j = 0; j < NX; ++j) _mm512_storeu_ps(carry + (k * NX + j) * 16, acc[k][j]);
+    return;
   }
   if (full < in) {
     __m512bh wv[R];
@@ -410,13 +418,26 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void block_rows_bf16_dot(
     for (int j = 0; j < NX; ++j) y[(j0 + j) * out + r + k] = _mm512_reduce_add_ps(acc[k][j]);
 }
 
+template <int R, int NX>
+void block_rows_bf16_dot(const uint16_t* w, const uint16_t* x, float* y, int64_t in, int64_t out, int64_t r,
+                         int64_t j0) {
+  block_rows_bf16_dot_span<R, NX>(w, x, y, in, out, r, j0, 0, in - in % 32, nullptr, true, true);
+}
+
+// Eight rows of X of more than this many columns (16 KiB in bf16) no longer sit
+// in L1 beside the weights streaming past them; the 8-row pass then walks the
+// columns in spans of this width over a group of weight rows (kSpanGroupRows),
+// its sums carried from span to span.
+constexpr int64_t kSpanColumns = 1024;
+constexpr int64_t kSpanGroupRows = 32;
+
 // Every bf16 row of X against weight rows [r0, r1): for a single row, one weight
 // row a pass where rows are narrow (kSequentialRowBytes), else eight (more
-// streams in flight); else four rows against four X rows.
+// streams in flight); from eight rows of X, two weight rows against eight X
+// rows (in column spans where X is wide); else four rows against four X rows.
 void gemm_rows_bf16_dot(const uint16_t* w, const uint16_t* x, float* y, int64_t in, int64_t out, int64_t m,
                         int64_t r0, int64_t r1) {
-  auto pass = [&]<int R>(int64_t r) {
-    int64_t j = 0;
+  auto pass = [&]<int R>(int64_t r, int64_t j) {
     if constexpr (R == 2)
       for (; j + 8 <= m; j += 8) block_rows_bf16_dot<R, 8>(w, x, y, in, out, r, j);
     if (m > 1)
@@ -426,15 +447,32 @@ void gemm_rows_bf16_dot(const uint16_t* w, const uint16_t* x, float* y, int64_t 
   };
   int64_t r = r0;
   if (m == 1 && in * 2 <= kSequentialRowBytes) {
-    for (; r < r1; ++r) pass.template operator()<1>(r);
+    for (; r < r1; ++r) pass.template operator()<1>(r, 0);
     return;
   }
   if (m == 1)
-    for (; r + 8 <= r1; r += 8) pass.template operator()<8>(r);
+    for (; r + 8 <= r1; r += 8) pass.template operator()<8>(r, 0);
+  const int64_t full = in - in % 32;
+  if (m >= 8 && full > kSpanColumns) {
+    alignas(64) float carry[kSpanGroupRows * 8 * 16];
+    const int64_t eights = m - m % 8;
+    while (r + 2 <= r1) {
+      const int64_t rows = std::min(kSpanGroupRows, (r1 - r) & ~int64_t{1});  // whole pairs
+      for (int64_t j = 0; j < eights; j += 8)
+        for (int64_t c0 = 0; c0 < full; c0 += kSpanColumns) {
+          const int64_t c1 = std::min(full, c0 + kSpanColumns);
+          for (int64_t p = 0; p < rows; p += 2)
+            block_rows_bf16_dot_span<2, 8>(w, x, y, in, out, r + p, j, c0, c1, carry + p * 8 * 16, c0 == 0,
+                                           c1 == full);
+        }
+      for (int64_t p = 0; p < rows; p += 2) pass.template operator()<2>(r + p, eights);  // the rows of X left
+      r += rows;
+    }
+  }
   if (m >= 8)  // each weight vector serves eight rows of X straight from its load
-    for (; r + 2 <= r1; r += 2) pass.template operator()<2>(r);
-  for (; r + 4 <= r1; r += 4) pass.template operator()<4>(r);
-  for (; r < r1; ++r) pass.template operator()<1>(r);
+    for (; r + 2 <= r1; r += 2) pass.template operator()<2>(r, 0);
+  for (; r + 4 <= r1; r += 4) pass.template operator()<4>(r, 0);
+  for (; r < r1; ++r) pass.template operator()<1>(r, 0);
 }
 
 bool cpu_has_avx512_bf16() {
