@@ -188,8 +188,7 @@ TEST(PoolEviction, CriticalPressureEvictsIdleReplicas) {
 TEST(PoolKeepAlive, UnloadsModelIdleLongerThanKeepAlive) {
   faults::disarm_all();
   auto options = test_options(1000, /*keep_alive_s=*/300);
-  auto probe = std::make_shared<FixedProbe>();
-  options.probe = probe;
+  auto probe = fixed_probe(options);
   Pool pool(options);
   std::atomic<int> alive{0};
   pool.register_model("m", fn_spec(100, identity, nullptr, &alive));
@@ -211,8 +210,7 @@ TEST(PoolKeepAlive, ReplicasStillUnloadingAreNotRetiredTwiceAndTheReloadServes) 
   // the next cold start and leave its request with nobody to serve it.
   faults::disarm_all();
   auto options = test_options(1000, /*keep_alive_s=*/300);
-  auto probe = std::make_shared<FixedProbe>();
-  options.probe = probe;
+  auto probe = fixed_probe(options);
   options.request_timeout_s = 30;
   Pool pool(options);
   std::promise<void> release;
@@ -257,8 +255,7 @@ TEST(PoolKeepAlive, APillLeftByAReplicaWhoseLoadFailedDoesNotRetireTheNextColdSt
   // then fails, so nobody takes its pill. The next cold start keeps both replicas.
   faults::disarm_all();
   auto options = test_options(1000, /*keep_alive_s=*/300);
-  auto probe = std::make_shared<FixedProbe>();
-  options.probe = probe;
+  auto probe = fixed_probe(options);
   Pool pool(options);
   std::promise<void> fail_now;
   std::shared_future<void> gate = fail_now.get_future().share();

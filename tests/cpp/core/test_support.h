@@ -52,6 +52,11 @@ inline PoolOptions test_options(double budget_mb, double keep_alive_s = 300) {
   return o;
 }
 
+/// The FixedProbe that test_options() installed: tests count its ticks or change its free memory.
+inline std::shared_ptr<FixedProbe> fixed_probe(const PoolOptions& options) {
+  return std::static_pointer_cast<FixedProbe>(options.probe);
+}
+
 /// A spec whose instances run `fn`; `loads` counts loader calls, `alive` live instances.
 inline ModelSpec fn_spec(double mb, std::function<int(int, RequestContext&)> fn,
                          std::atomic<int>* loads = nullptr, std::atomic<int>* alive = nullptr) {
