@@ -212,7 +212,7 @@ TEST(PoolKeepAlive, ReplicasStillUnloadingAreNotRetiredTwiceAndTheReloadServes) 
   auto options = test_options(1000, /*keep_alive_s=*/300);
   auto probe = fixed_probe(options);
   options.request_timeout_s = 30;
-  Pool pool(options);
+  // Everything the loader and the instances touch outlives the pool (declared first).
   std::promise<void> release;
   std::shared_future<void> freed = release.get_future().share();
   std::atomic<int> loads{0};
@@ -236,6 +236,7 @@ TEST(PoolKeepAlive, ReplicasStillUnloadingAreNotRetiredTwiceAndTheReloadServes) 
     inst->unloading = &unloading;
     return inst;
   };
+  Pool pool(options);
   pool.register_model("m", spec);
   ASSERT_EQ(call(pool, "m", 1), 1);
   ASSERT_EQ(pool.model_stats("m").replicas, 2);
@@ -245,7 +246,8 @@ TEST(PoolKeepAlive, ReplicasStillUnloadingAreNotRetiredTwiceAndTheReloadServes) 
   release.set_value();
   ASSERT_TRUE(eventually([&] { return pool.model_stats("m").replicas == 0; }, 30));
   EXPECT_EQ(call(pool, "m", 2), 2);  // the reload serves, on the replicas its cold start made
-  ASSERT_TRUE(wait_ticks(*probe, 5));
+  ASSERT_TRUE(eventually([&] { return loads.load() == 4; }, 30));
+  ASSERT_TRUE(wait_ticks(*probe, 5));  // time for a stale pill to retire one of them
   EXPECT_EQ(loads.load(), 4);
   EXPECT_EQ(pool.model_stats("m").replicas, 2);
 }
@@ -256,7 +258,7 @@ TEST(PoolKeepAlive, APillLeftByAReplicaWhoseLoadFailedDoesNotRetireTheNextColdSt
   faults::disarm_all();
   auto options = test_options(1000, /*keep_alive_s=*/300);
   auto probe = fixed_probe(options);
-  Pool pool(options);
+  // Everything the loader touches outlives the pool (declared first).
   std::promise<void> fail_now;
   std::shared_future<void> gate = fail_now.get_future().share();
   std::atomic<int> loads{0};
@@ -272,15 +274,17 @@ TEST(PoolKeepAlive, APillLeftByAReplicaWhoseLoadFailedDoesNotRetireTheNextColdSt
     inst->fn = identity;
     return inst;
   };
+  Pool pool(options);
   pool.register_model("m", spec);
   ASSERT_EQ(call(pool, "m", 1), 1);
-  ASSERT_EQ(loads.load(), 2);
+  ASSERT_TRUE(eventually([&] { return loads.load() == 2; }, 30));  // the second replica is loading
   faults::arm(faults::Fault::kClockJump, 1, "", 301);
   ASSERT_TRUE(eventually([&] { return pool.model_stats("m").replicas == 1; }, 30));  // the loaded one left
   fail_now.set_value();
   ASSERT_TRUE(eventually([&] { return pool.model_stats("m").replicas == 0; }, 30));
   EXPECT_EQ(call(pool, "m", 2), 2);
-  ASSERT_TRUE(wait_ticks(*probe, 5));
+  ASSERT_TRUE(eventually([&] { return loads.load() == 4; }, 30));
+  ASSERT_TRUE(wait_ticks(*probe, 5));  // time for a stale pill to retire one of them
   EXPECT_EQ(loads.load(), 4);
   EXPECT_EQ(pool.model_stats("m").replicas, 2);
 }
