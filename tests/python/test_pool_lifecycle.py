@@ -89,6 +89,8 @@ def test_keep_alive_unloads_idle_model_and_it_reloads_on_demand():
         pool.register("m", embedder(10, counter))
         pool.embed("m", ["x"])
         assert replicas(pool, "m") == 2
+        # The replica notes the model's last use just after it delivers: jump only after that.
+        assert wait_for(lambda: pool.stats()["models"]["m"]["busy_replicas"] == 0, 30)
         mpool.testing.inject("clock_jump", seconds=301)  # idle for longer than its keep-alive
         assert wait_for(lambda: replicas(pool, "m") == 0, 30)
         assert pool.stats()["devices"][0]["committed_mb"] == 0

@@ -240,6 +240,9 @@ TEST(PoolKeepAlive, ReplicasStillUnloadingAreNotRetiredTwiceAndTheReloadServes) 
   pool.register_model("m", spec);
   ASSERT_EQ(call(pool, "m", 1), 1);
   ASSERT_EQ(pool.model_stats("m").replicas, 2);
+  // The replica notes the model's last use just after it delivers; a jump
+  // before that would leave the model idle for less than its keep-alive.
+  ASSERT_TRUE(eventually([&] { return pool.model_stats("m").busy_replicas == 0; }, 30));
   faults::arm(faults::Fault::kClockJump, 1, "", 301);
   ASSERT_TRUE(eventually([&] { return unloading.load() == 2; }, 30));  // both took their pill
   ASSERT_TRUE(wait_ticks(*probe, 5));  // ticks while they are still unloading
@@ -278,6 +281,7 @@ TEST(PoolKeepAlive, APillLeftByAReplicaWhoseLoadFailedDoesNotRetireTheNextColdSt
   pool.register_model("m", spec);
   ASSERT_EQ(call(pool, "m", 1), 1);
   ASSERT_TRUE(eventually([&] { return loads.load() == 2; }, 30));  // the second replica is loading
+  ASSERT_TRUE(eventually([&] { return pool.model_stats("m").busy_replicas == 0; }, 30));  // last use noted
   faults::arm(faults::Fault::kClockJump, 1, "", 301);
   ASSERT_TRUE(eventually([&] { return pool.model_stats("m").replicas == 1; }, 30));  // the loaded one left
   fail_now.set_value();
