@@ -26,9 +26,10 @@ constexpr int64_t kAttentionPrefetchAhead = 16;
 
 // Every cache line of a `bytes`-long row of keys or values at p, into L2, for
 // the decode attention a few positions ahead: a paged cache's rows jump from
-// block to block, where the hardware's stream prefetcher starts over. 8 float32
-// or bf16 streams with 512-768-token prompts decoded 9-19% faster with it on
-// the Zen 4 host (docs/benchmarks.md, "Prefetching weights into L2").
+// block to block, where the hardware's stream prefetcher starts over. 8 streams
+// with 512-768-token prompts decoded 9-19% faster with it on the Zen 4 host
+// (bf16 +9-12%, float32 +10%, int8 +19%; docs/benchmarks.md, "Prefetching
+// weights into L2").
 inline void prefetch_row(const void* p, int64_t bytes) {
 #if defined(__x86_64__)
   const char* c = static_cast<const char*>(p);
