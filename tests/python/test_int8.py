@@ -21,7 +21,7 @@ import mpool.testing
 from corpus import CORPUS
 from decoder_models import ARCHS, DEEPSEEK_ARCHS, MOE_ARCHS, build_decoder
 
-ISAS = ("scalar", "avx2", "avx512")
+ISAS = ("scalar", "avx2", "avx2_int16", "avx512", "avx512_vnni")
 
 
 def int8_probe(weight: np.ndarray, x: np.ndarray, bias: np.ndarray | None = None, **options: str) -> dict[str, np.ndarray]:
@@ -70,7 +70,7 @@ def test_int8_linear_matches_the_dequantized_float_reference_within_1e3_on_every
 
 
 @pytest.mark.parametrize("k", [384, 2055])
-@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["avx2", "avx2_int16", "avx512", "avx512_vnni"])
 def test_int8_row_kernel_gives_a_row_the_same_bits_alone_in_a_pair_and_among_sixteen(isa: str, k: int) -> None:
     # A sequence decodes to the same tokens alone or in a batch only if its
     # products do not depend on the rows beside it: one row, two rows and
@@ -89,6 +89,69 @@ def test_int8_row_kernel_gives_a_row_the_same_bits_alone_in_a_pair_and_among_six
         alone = int8_probe(w, x[i : i + 1], bias, path="rows", isa=isa)["y"]
         assert np.array_equal(pair, many[i : i + 2]), f"rows {i}, {i + 1}: a pair differs from the same rows among 16"
         assert np.array_equal(alone, many[i : i + 1]), f"row {i}: alone differs from the same row among 16"
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx2_int16", "avx512", "avx512_vnni"])
+def test_int8_gemm_path_dequantizes_to_the_same_bits_on_every_isa(isa: str) -> None:
+    # The GEMM path widens each block of weights with the CPU's widest vectors
+    # before the float32 GEMM: every weight must be the same float32 q * scale as
+    # the scalar loop's, so the outputs agree to the bit. Widths cover the
+    # 64-weight steps and the masked or scalar tails.
+    if ISAS.index(isa) > best_isa():
+        pytest.skip(f"this CPU has no {isa}")
+    rng = np.random.default_rng(17)
+    for rows, k, n in [(20, 64, 9), (33, 7, 40), (24, 129, 33), (40, 1000, 70), (17, 2063, 300)]:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        scalar = int8_probe(w, x, path="gemm", isa="scalar")["y"]
+        wide = int8_probe(w, x, path="gemm", isa=isa)["y"]
+        assert np.array_equal(scalar, wide), f"{isa} {rows}x{k}x{n}: differs from the scalar dequantization"
+
+
+INT16_ISAS = ("avx2_int16", "avx512_vnni")
+
+
+def needs(isa: str) -> None:
+    if ISAS.index(isa) > best_isa():
+        pytest.skip(f"this CPU has no {isa}")
+
+
+@pytest.mark.parametrize("k", [4096, 4097, 8192, 8193, 20000])
+@pytest.mark.parametrize("isa", INT16_ISAS)
+def test_int8_int16_kernels_sum_rows_wider_than_their_exact_int32_segment_without_overflow(isa: str, k: int) -> None:
+    # Every weight and every x value at its largest (q = 127, x quantized to
+    # 32767) is the int32 lanes' worst case: 4,096 columns (AVX2, 8 lanes) or
+    # 8,192 (VNNI, 16 lanes) fill them to just under 2^31, so wider rows must
+    # carry their sums across segments in float32.
+    needs(isa)
+    w = np.ones((5, k), np.float32)
+    w[1] = -1
+    x = np.ones((3, k), np.float32)
+    x[2] = -3
+    out = int8_probe(w, x, path="rows", isa=isa)["y"].astype(np.float64)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert np.abs(out - ref).max() / np.abs(ref).max() <= 1e-6, f"k={k}: {out[:, :2]} vs {ref[:, :2]}"
+
+
+@pytest.mark.parametrize("isa", INT16_ISAS)
+def test_int8_int16_kernels_give_nan_for_a_non_finite_row_and_leave_the_others_alone(isa: str) -> None:
+    # x is quantized to int16 a row at a time: a row holding NaN or infinity has
+    # no scale, so its outputs are NaN; a row of zeros gives the bias; the rows
+    # beside them keep the bits they have alone.
+    needs(isa)
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((19, 100)).astype(np.float32)
+    bias = rng.standard_normal(19).astype(np.float32)
+    x = rng.standard_normal((6, 100)).astype(np.float32)
+    x[1, 7] = np.nan
+    x[3, 50] = np.inf
+    x[4] = 0
+    y = int8_probe(w, x, bias, path="rows", isa=isa)["y"]
+    assert np.isnan(y[1]).all() and np.isnan(y[3]).all()
+    assert np.array_equal(y[4], bias)
+    for i in (0, 2, 5):
+        alone = int8_probe(w, x[i : i + 1], bias, path="rows", isa=isa)["y"]
+        assert np.array_equal(alone[0], y[i]), f"row {i} changed beside non-finite rows"
 
 
 def test_int8_many_row_path_matches_the_reference_across_weight_blocks_on_each_float32_gemm_library(
@@ -117,7 +180,10 @@ def test_int8_linear_keeps_leading_dimensions_and_every_path_agrees() -> None:
     gemm = int8_probe(w, x, path="gemm")
     assert rows["y"].shape == (2, 3, 24)
     ref = reference(rows, x.reshape(6, 40), None).reshape(2, 3, 24)
-    assert np.abs(rows["y"] - ref).max() / np.abs(ref).max() <= 1e-5
+    # Float32 accumulation on both paths; the int16 row kernels also round x to
+    # int16 (2^-16 of max|x| a value).
+    rows_bound = 1e-4 if ISAS[best_isa()] in INT16_ISAS else 1e-5
+    assert np.abs(rows["y"] - ref).max() / np.abs(ref).max() <= rows_bound
     assert np.abs(gemm["y"] - ref).max() / np.abs(ref).max() <= 1e-4
 
 

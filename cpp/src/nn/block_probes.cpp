@@ -91,10 +91,11 @@ void register_all() {
   });
   // int8 weight-only linear: "weight" (out, in) quantized per row, applied to
   // "x" with an optional "bias"; option "isa" ("auto", "scalar", "avx2",
-  // "avx512") picks the row kernel and "path" ("auto", "rows", "gemm") the path.
-  // Returns y, the q and scales it used, and what the CPU has: "isa" (0 scalar,
-  // 1 avx2, 2 avx512, the best), "bf16_gemm" (1 when the many-row path splits
-  // into bf16 GEMMs) and "rows_max" (rows the auto path gives the row kernel).
+  // "avx2_int16", "avx512", "avx512_vnni") picks the row kernel and "path"
+  // ("auto", "rows", "gemm") the path. Returns y, the q and scales it used, and
+  // what the CPU has: "isa" (0 scalar, 1 avx2, 2 avx2_int16, 3 avx512,
+  // 4 avx512_vnni: the best), "bf16_gemm" (1 when the many-row path splits into
+  // bf16 GEMMs) and "rows_max" (rows the auto path gives the row kernel).
   register_probe("nn.linear_int8", [](const ProbeInput& in) {
     const int8::Quantized w = int8::quantize_rows(in.tensor("weight"), "probe tensor 'weight'");
     const std::string isa_name = in.get_or<std::string>("isa", "auto");
@@ -103,8 +104,12 @@ void register_all() {
     if (isa_name != "auto") {
       if (isa_name == "scalar") isa = int8::Isa::kScalar;
       else if (isa_name == "avx2") isa = int8::Isa::kAvx2;
+      else if (isa_name == "avx2_int16") isa = int8::Isa::kAvx2Int16;
       else if (isa_name == "avx512") isa = int8::Isa::kAvx512;
-      else throw Error(ErrorCode::kInvalidInput, "probe option 'isa' is not auto, scalar, avx2 or avx512");
+      else if (isa_name == "avx512_vnni") isa = int8::Isa::kAvx512Vnni;
+      else
+        throw Error(ErrorCode::kInvalidInput,
+                    "probe option 'isa' is not auto, scalar, avx2, avx2_int16, avx512 or avx512_vnni");
     }
     int8::Path path = int8::Path::kAuto;
     if (path_name == "rows") path = int8::Path::kRows;

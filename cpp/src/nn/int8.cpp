@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <limits>
 #include <cstring>
 #include <vector>
 
@@ -41,14 +42,20 @@ struct RowsArgs {
   const float* x;
   float* y;
   int64_t in, out, m;
+  // The VNNI kernel's x: each row as int16 (xq_stride wide, zero past `in`) times
+  // its scale; a row whose scale is NaN held a non-finite value.
+  const int16_t* xq = nullptr;
+  const float* xscales = nullptr;
+  int64_t xq_stride = 0;
 };
 
 // The scale and the bias in one explicit fused multiply-add: left to the
 // compiler, `acc * scale + bias` was contracted into one in some blockings and
 // not in others, so a row's bits depended on the rows beside it.
-inline void store(const RowsArgs& a, int64_t r, int64_t mi, float acc) {
-  a.y[mi * a.out + r] = a.bias ? std::fma(acc, a.scales[r], a.bias[r]) : acc * a.scales[r];
+inline void store(const RowsArgs& a, int64_t r, int64_t mi, float acc, float scale) {
+  a.y[mi * a.out + r] = a.bias ? std::fma(acc, scale, a.bias[r]) : acc * scale;
 }
+inline void store(const RowsArgs& a, int64_t r, int64_t mi, float acc) { store(a, r, mi, acc, a.scales[r]); }
 
 void rows_scalar(const RowsArgs& a, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
@@ -143,6 +150,171 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void block_avx512(const
     for (int j = 0; j < NX; ++j) store(a, r + i, mi + j, _mm512_reduce_add_ps(acc[i][j]));
 }
 
+// The VNNI kernel: x rows quantized to int16 (symmetric per row, scale =
+// max|x| / 32767), each weight widened to int16 and multiplied by vpdpwssd,
+// which sums pairs of exact products into int32 lanes. A lane takes one product
+// in 16 of a row, each at most 127 * 32767 in size, so 8,192 columns (512
+// products, under 2^31) are summed exactly in int32 before the lanes go to
+// float32; wider rows carry float32 sums from one such segment to the next.
+// Every x row is summed in the same order whatever rows run beside it.
+constexpr int64_t kVnniSegment = 8192;
+constexpr int64_t kVnniStep = 32;
+constexpr float kInt16Max = 32767.0f;
+
+template <int NR, int NX>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void step_vnni(const int8_t* w, int64_t in,
+                                                                                      const int16_t* x,
+                                                                                      int64_t stride, int64_t k,
+                                                                                      __mmask32 mask,
+                                                                                      __m512i (&acc)[NR][NX]) {
+  __m512i wv[NR];
+  for (int i = 0; i < NR; ++i) {
+    const __m256i raw = mask == static_cast<__mmask32>(0xFFFFFFFFu)
+                            ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i * in + k))
+                            : _mm256_maskz_loadu_epi8(mask, w + i * in + k);
+    wv[i] = _mm512_cvtepi8_epi16(raw);
+  }
+  for (int j = 0; j < NX; ++j) {
+    const __m512i xv = _mm512_loadu_si512(x + j * stride + k);  // zeros past `in`
+    for (int i = 0; i < NR; ++i) acc[i][j] = _mm512_dpwssd_epi32(acc[i][j], wv[i], xv);
+  }
+}
+
+template <int NR, int NX>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void block_vnni(const RowsArgs& a, int64_t r,
+                                                                                int64_t mi) {
+  const int64_t in = a.in, stride = a.xq_stride, vec_end = in - in % kVnniStep;
+  const int8_t* w = a.w + r * in;
+  const int16_t* x = a.xq + mi * stride;
+  __m512 sums[NR][NX];
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NX; ++j) sums[i][j] = _mm512_setzero_ps();
+  for (int64_t s0 = 0; s0 < in; s0 += kVnniSegment) {
+    const int64_t s1 = std::min(in, s0 + kVnniSegment), full_end = std::min(s1, vec_end);
+    __m512i acc[NR][NX];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NX; ++j) acc[i][j] = _mm512_setzero_si512();
+    int64_t k = s0;
+    for (; k < full_end; k += kVnniStep) {
+      // One block ahead: the next rows' same cache line (a hint; never faults).
+      if ((k & 63) == 0)
+        for (int i = 0; i < NR; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + (NR + i) * in + k), _MM_HINT_T0);
+      step_vnni<NR, NX>(w, in, x, stride, k, static_cast<__mmask32>(0xFFFFFFFFu), acc);
+    }
+    if (k < s1) step_vnni<NR, NX>(w, in, x, stride, k, static_cast<__mmask32>((1ull << (s1 - k)) - 1), acc);
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NX; ++j) sums[i][j] = _mm512_add_ps(sums[i][j], _mm512_cvtepi32_ps(acc[i][j]));
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NX; ++j) {
+      const float xs = a.xscales[mi + j];
+      store(a, r + i, mi + j, _mm512_reduce_add_ps(sums[i][j]), a.scales[r + i] * xs);
+    }
+}
+
+// The same with AVX2: vpmaddwd sums pairs of exact products into eight int32
+// lanes (vpaddd accumulates them), so a lane takes one product in 8 and 4,096
+// columns (512 products) are exact before float32.
+constexpr int64_t kAvx2Int16Segment = 4096;
+constexpr int64_t kAvx2Int16Step = 16;
+
+template <int NR, int NX>
+__attribute__((target("avx2,fma"))) inline void step_avx2_int16(const int8_t* w, int64_t in, const int16_t* x,
+                                                                int64_t stride, int64_t k, int64_t valid,
+                                                                __m256i (&acc)[NR][NX]) {
+  __m256i wv[NR];
+  for (int i = 0; i < NR; ++i) {
+    __m128i raw;
+    if (valid == kAvx2Int16Step) {
+      raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i * in + k));
+    } else {  // the row's last few weights, zeros after them (no byte-masked loads in AVX2)
+      alignas(16) int8_t tail[kAvx2Int16Step] = {};
+      std::memcpy(tail, w + i * in + k, static_cast<size_t>(valid));
+      raw = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
+    }
+    wv[i] = _mm256_cvtepi8_epi16(raw);
+  }
+  for (int j = 0; j < NX; ++j) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j * stride + k));  // zeros past `in`
+    for (int i = 0; i < NR; ++i) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(wv[i], xv));
+  }
+}
+
+template <int NR, int NX>
+__attribute__((target("avx2,fma"))) void block_avx2_int16(const RowsArgs& a, int64_t r, int64_t mi) {
+  const int64_t in = a.in, stride = a.xq_stride, vec_end = in - in % kAvx2Int16Step;
+  const int8_t* w = a.w + r * in;
+  const int16_t* x = a.xq + mi * stride;
+  __m256 sums[NR][NX];
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NX; ++j) sums[i][j] = _mm256_setzero_ps();
+  for (int64_t s0 = 0; s0 < in; s0 += kAvx2Int16Segment) {
+    const int64_t s1 = std::min(in, s0 + kAvx2Int16Segment), full_end = std::min(s1, vec_end);
+    __m256i acc[NR][NX];
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NX; ++j) acc[i][j] = _mm256_setzero_si256();
+    int64_t k = s0;
+    for (; k < full_end; k += kAvx2Int16Step) {
+      if ((k & 63) == 0)
+        for (int i = 0; i < NR; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + (NR + i) * in + k), _MM_HINT_T0);
+      step_avx2_int16<NR, NX>(w, in, x, stride, k, kAvx2Int16Step, acc);
+    }
+    if (k < s1) step_avx2_int16<NR, NX>(w, in, x, stride, k, s1 - k, acc);
+    for (int i = 0; i < NR; ++i)
+      for (int j = 0; j < NX; ++j) sums[i][j] = _mm256_add_ps(sums[i][j], _mm256_cvtepi32_ps(acc[i][j]));
+  }
+  for (int i = 0; i < NR; ++i)
+    for (int j = 0; j < NX; ++j) store(a, r + i, mi + j, hsum256(sums[i][j]), a.scales[r + i] * a.xscales[mi + j]);
+}
+
+// Rows of x as int16 for the int16 kernels, `stride` wide (a multiple of 32,
+// zeros past `in`), and their scales: NaN for a row holding a non-finite value,
+// 0 for a row of zeros. Eight lanes at a time; cvtps rounds to nearest even, as
+// nearbyint does in the default rounding mode for the last few.
+__attribute__((target("avx2,fma"))) void quantize_x_int16(const float* x, int64_t m, int64_t in, int64_t stride,
+                                                          int16_t* q, float* scales) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  const int64_t vec_end = in - in % 8;
+  for (int64_t mi = 0; mi < m; ++mi) {
+    const float* row = x + mi * in;
+    int16_t* out = q + mi * stride;
+    __m256 amax8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < vec_end; i += 8) {
+      const __m256 v = _mm256_and_ps(_mm256_loadu_ps(row + i), abs_mask);
+      bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(v, inf, _CMP_NLT_UQ));  // infinity or NaN
+      amax8 = _mm256_max_ps(amax8, v);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, amax8);
+    float amax = 0;
+    for (float v : lanes) amax = std::max(amax, v);
+    bool finite = _mm256_movemask_ps(bad8) == 0;
+    for (int64_t i = vec_end; i < in; ++i) {
+      const float v = std::fabs(row[i]);
+      finite = finite && std::isfinite(v);
+      amax = std::max(amax, v);
+    }
+    std::fill(out + in, out + stride, int16_t{0});
+    if (!finite || amax == 0) {
+      std::fill(out, out + in, int16_t{0});
+      scales[mi] = finite ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    const float inv = kInt16Max / amax;
+    const __m256 inv8 = _mm256_set1_ps(inv), hi = _mm256_set1_ps(kInt16Max), lo = _mm256_set1_ps(-kInt16Max);
+    for (int64_t i = 0; i < vec_end; i += 8) {
+      const __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(row + i), inv8), lo), hi);
+      const __m256i n = _mm256_cvtps_epi32(v);
+      const __m128i packed = _mm_packs_epi32(_mm256_castsi256_si128(n), _mm256_extracti128_si256(n, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), packed);
+    }
+    for (int64_t i = vec_end; i < in; ++i)
+      out[i] = static_cast<int16_t>(std::clamp(std::nearbyint(row[i] * inv), -kInt16Max, kInt16Max));
+    scales[mi] = amax / kInt16Max;
+  }
+}
+
 // Every x row against weight rows [r0, r1): kBlock rows at a time, the x rows
 // in groups of up to MaxX (each group reuses the block's rows from L1).
 template <int MaxX, template <int, int> class Block, int Rows = kBlock>
@@ -171,10 +343,19 @@ template <int NR, int NX>
 struct Avx512Block {
   static void run(const RowsArgs& a, int64_t r, int64_t mi) { block_avx512<NR, NX>(a, r, mi); }
 };
+template <int NR, int NX>
+struct Avx2Int16Block {
+  static void run(const RowsArgs& a, int64_t r, int64_t mi) { block_avx2_int16<NR, NX>(a, r, mi); }
+};
+template <int NR, int NX>
+struct VnniBlock {
+  static void run(const RowsArgs& a, int64_t r, int64_t mi) { block_vnni<NR, NX>(a, r, mi); }
+};
 
 bool cpu_has(const char* what) {
   __builtin_cpu_init();
   if (std::strcmp(what, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::strcmp(what, "avx512vnni") == 0) return cpu_has("avx512") && __builtin_cpu_supports("avx512vnni");
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
 }
@@ -204,12 +385,22 @@ void run_rows(const RowsArgs& a, Isa isa) {
     // are its width); measured for one and two x rows (768-byte rows: 16.7 ->
     // 23.5 GB/s for one, 18.2 -> 22.4 for two, on 2 threads).
     const bool narrow = a.in <= kernels::kSequentialRowBytes;
+    if (isa == Isa::kAvx512Vnni && a.m == 1)
+      return narrow ? rows_blocked<1, VnniBlock, 1>(a, r0, r1) : rows_blocked<1, VnniBlock, 8>(a, r0, r1);
+    if (isa == Isa::kAvx512Vnni && a.m <= 2)
+      return narrow ? rows_blocked<2, VnniBlock, 1>(a, r0, r1) : rows_blocked<2, VnniBlock, 8>(a, r0, r1);
+    if (isa == Isa::kAvx512Vnni) return rows_blocked<4, VnniBlock>(a, r0, r1);
     if (isa == Isa::kAvx512 && a.m == 1)
       return narrow ? rows_blocked<1, Avx512Block, 1>(a, r0, r1) : rows_blocked<1, Avx512Block, 8>(a, r0, r1);
     if (isa == Isa::kAvx512 && a.m <= 2)
       return narrow ? rows_blocked<2, Avx512Block, 1>(a, r0, r1) : rows_blocked<2, Avx512Block, 8>(a, r0, r1);
     if (isa == Isa::kAvx512) return rows_blocked<4, Avx512Block>(a, r0, r1);
+    if (isa == Isa::kAvx2 && a.m == 1)
+      return narrow ? rows_blocked<1, Avx2Block, 1>(a, r0, r1) : rows_blocked<1, Avx2Block, 8>(a, r0, r1);
+    if (isa == Isa::kAvx2Int16 && a.m == 1)
+      return narrow ? rows_blocked<1, Avx2Int16Block, 1>(a, r0, r1) : rows_blocked<1, Avx2Int16Block, 8>(a, r0, r1);
     if (isa == Isa::kAvx2) return rows_blocked<2, Avx2Block>(a, r0, r1);
+    if (isa == Isa::kAvx2Int16) return rows_blocked<2, Avx2Int16Block>(a, r0, r1);
 #endif
     (void)isa;
     rows_scalar(a, r0, r1);
@@ -289,12 +480,72 @@ void gemm_bf16(const at::Tensor& x, const at::Tensor& q, float* y) {
 }
 #endif
 
+// Rows [r0, r1) of q (k wide) times their scales, as float32 rows of `out`:
+// each weight the float32 `q * scale` that `dequantize` gives, in every ISA.
+void dequantize_scalar(const int8_t* q, const float* scales, float* out, int64_t r0, int64_t r1, int64_t k) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* src = q + r * k;
+    float* dst = out + (r - r0) * k;
+    const float s = scales[r];
+    for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<float>(src[i]) * s;
+  }
+}
+
+#ifdef MPOOL_X86_INT8
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void dequantize_avx512(const int8_t* q, const float* scales,
+                                                                                float* out, int64_t r0, int64_t r1,
+                                                                                int64_t k) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* src = q + r * k;
+    float* dst = out + (r - r0) * k;
+    const __m512 s = _mm512_set1_ps(scales[r]);
+    int64_t i = 0;
+    for (; i + 64 <= k; i += 64) {
+      const __m512i b = _mm512_loadu_si512(src + i);
+      _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_castsi512_si128(b))), s));
+      _mm512_storeu_ps(dst + i + 16,
+                       _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(b, 1))), s));
+      _mm512_storeu_ps(dst + i + 32,
+                       _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(b, 2))), s));
+      _mm512_storeu_ps(dst + i + 48,
+                       _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(b, 3))), s));
+    }
+    for (; i < k; i += 16) {
+      const __mmask16 mask = k - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (k - i)) - 1);
+      const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, src + i)));
+      _mm512_mask_storeu_ps(dst + i, mask, _mm512_mul_ps(w, s));
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void dequantize_avx2(const int8_t* q, const float* scales, float* out, int64_t r0,
+                                                         int64_t r1, int64_t k) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* src = q + r * k;
+    float* dst = out + (r - r0) * k;
+    const __m256 s = _mm256_set1_ps(scales[r]);
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) _mm256_storeu_ps(dst + i, _mm256_mul_ps(widen8(src + i), s));
+    for (; i < k; ++i) dst[i] = static_cast<float>(src[i]) * scales[r];
+  }
+}
+#endif
+
+void dequantize_rows(const int8_t* q, const float* scales, float* out, int64_t r0, int64_t r1, int64_t k, Isa isa) {
+#ifdef MPOOL_X86_INT8
+  if (isa == Isa::kAvx512 || isa == Isa::kAvx512Vnni) return dequantize_avx512(q, scales, out, r0, r1, k);
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx2Int16) return dequantize_avx2(q, scales, out, r0, r1, k);
+#endif
+  (void)isa;
+  dequantize_scalar(q, scales, out, r0, r1, k);
+}
+
 // y (m, n) = x (m, k) @ (q * scales)^T + bias through the process's float32
 // GEMM library (kernels::linear: oneDNN or ATen, see gemm.h), the weights
 // dequantized a block of rows at a time (about 2 MiB of float32, so a block
 // stays in cache between its widening and its GEMM) rather than whole each
 // call. Each weight is the same float32 `dequantize` gives.
-at::Tensor gemm_float32(const at::Tensor& x, const Quantized& w, const at::Tensor& bias) {
+at::Tensor gemm_float32(const at::Tensor& x, const Quantized& w, const at::Tensor& bias, Isa isa) {
   const int64_t m = x.size(0), k = x.size(1), n = w.q.size(0);
   const at::Tensor q = w.q.contiguous(), scales = w.scales.contiguous();
   const int8_t* qp = q.const_data_ptr<int8_t>();
@@ -307,12 +558,7 @@ at::Tensor gemm_float32(const at::Tensor& x, const Quantized& w, const at::Tenso
     float* wp = wb.data_ptr<float>();
     // at::parallel_for: the GEMM's own thread team, so no second pool spins beside it.
     at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k)), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int8_t* src = qp + (n0 + r) * k;
-        float* dst = wp + r * k;
-        const float s = sp[n0 + r];
-        for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<float>(src[i]) * s;
-      }
+      dequantize_rows(qp, sp, wp + r0 * k, n0 + r0, n0 + r1, k, isa);
     });
     const at::Tensor part = kernels::linear(x, wb.narrow(0, 0, rows), bias.defined() ? bias.narrow(0, n0, rows) : bias);
     if (rows == n) return part;
@@ -321,7 +567,7 @@ at::Tensor gemm_float32(const at::Tensor& x, const Quantized& w, const at::Tenso
   return y;
 }
 
-at::Tensor gemm(const at::Tensor& x, const Quantized& w, const at::Tensor& bias) {
+at::Tensor gemm(const at::Tensor& x, const Quantized& w, const at::Tensor& bias, Isa isa) {
 #ifdef MPOOL_X86_INT8
   const int64_t m = x.size(0), k = x.size(1), n = w.q.size(0);
   if (has_bf16_gemm() && m < INT_MAX && n < INT_MAX && k < INT_MAX) {
@@ -332,7 +578,7 @@ at::Tensor gemm(const at::Tensor& x, const Quantized& w, const at::Tensor& bias)
     return y;
   }
 #endif
-  return gemm_float32(x, w, bias);
+  return gemm_float32(x, w, bias, isa);
 }
 
 }  // namespace
@@ -359,7 +605,10 @@ at::Tensor dequantize(const Quantized& w) { return w.q.to(at::kFloat).mul_(w.sca
 
 Isa best_isa() {
 #ifdef MPOOL_X86_INT8
-  static const Isa isa = cpu_has("avx512") ? Isa::kAvx512 : cpu_has("avx2") ? Isa::kAvx2 : Isa::kScalar;
+  static const Isa isa = cpu_has("avx512vnni") ? Isa::kAvx512Vnni
+                         : cpu_has("avx512")   ? Isa::kAvx512
+                         : cpu_has("avx2")     ? Isa::kAvx2Int16
+                                               : Isa::kScalar;
   return isa;
 #else
   return Isa::kScalar;
@@ -368,7 +617,9 @@ Isa best_isa() {
 
 std::string isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx2Int16: return "avx2_int16";
     case Isa::kAvx512: return "avx512";
+    case Isa::kAvx512Vnni: return "avx512_vnni";
     case Isa::kAvx2: return "avx2";
     case Isa::kScalar: break;
   }
@@ -398,7 +649,9 @@ at::Tensor linear_with(const at::Tensor& x, const Quantized& w, const at::Tensor
   check(!bias.defined() || (bias.numel() == out && bias.scalar_type() == at::kFloat), ErrorCode::kInvalidInput,
         "int8 linear: the bias must be float32 (" + std::to_string(out) + ")");
 #ifdef MPOOL_X86_INT8
-  check(isa == Isa::kScalar || (isa == Isa::kAvx2 && cpu_has("avx2")) || (isa == Isa::kAvx512 && cpu_has("avx512")),
+  check(isa == Isa::kScalar || ((isa == Isa::kAvx2 || isa == Isa::kAvx2Int16) && cpu_has("avx2")) ||
+            (isa == Isa::kAvx512 && cpu_has("avx512")) ||
+            (isa == Isa::kAvx512Vnni && cpu_has("avx512vnni")),
         ErrorCode::kInvalidInput, "int8 linear: this CPU has no " + isa_name(isa));
 #else
   check(isa == Isa::kScalar, ErrorCode::kInvalidInput, "int8 linear: this CPU has no " + isa_name(isa));
@@ -409,12 +662,25 @@ at::Tensor linear_with(const at::Tensor& x, const Quantized& w, const at::Tensor
   const int64_t m = x2.size(0);
   if (path == Path::kAuto) path = m <= rows_kernel_max_rows() ? Path::kRows : Path::kGemm;
   if (m == 0 || out == 0) return at::zeros(shape, x2.options());
-  if (path == Path::kGemm) return gemm(x2, w, bias.defined() ? bias.view({out}) : bias).view(shape);
+  if (path == Path::kGemm) return gemm(x2, w, bias.defined() ? bias.view({out}) : bias, isa).view(shape);
   at::Tensor y = at::empty({m, out}, x2.options());
   const at::Tensor b = bias.defined() ? bias.contiguous() : bias;
   const at::Tensor q = w.q.contiguous(), s = w.scales.contiguous();
   RowsArgs args{q.const_data_ptr<int8_t>(), s.const_data_ptr<float>(), b.defined() ? b.const_data_ptr<float>() : nullptr,
                 x2.const_data_ptr<float>(), y.data_ptr<float>(), in, out, m};
+#ifdef MPOOL_X86_INT8
+  // The calling thread's buffers, reused from call to call.
+  thread_local std::vector<int16_t> xq;
+  thread_local std::vector<float> xscales;
+  if (isa == Isa::kAvx512Vnni || isa == Isa::kAvx2Int16) {
+    args.xq_stride = (in + kVnniStep - 1) / kVnniStep * kVnniStep;
+    xq.resize(static_cast<size_t>(m * args.xq_stride));
+    xscales.resize(static_cast<size_t>(m));
+    quantize_x_int16(args.x, m, in, args.xq_stride, xq.data(), xscales.data());
+    args.xq = xq.data();
+    args.xscales = xscales.data();
+  }
+#endif
   run_rows(args, isa);
   return y.view(shape);
 }

@@ -1,12 +1,15 @@
 #pragma once
 // int8 weight-only quantization of linear layers (register(..., dtype="int8")).
 // A weight (out, in) is stored as int8 rows q with one float32 scale per output
-// row (symmetric, per output channel): W ~ q * scales[:, None]. Activations stay
-// float32; every product is accumulated in float32, so a layer computes
-// x @ (q * scales)^T exactly up to float32 rounding, whatever path runs it:
+// row (symmetric, per output channel): W ~ q * scales[:, None]. A layer
+// computes x @ (q * scales)^T up to float32 rounding, and up to the int16
+// rounding of x where AVX-512 VNNI runs the rows:
 //   - a few rows (a decode step, a small batch of them): our kernel streams each
-//     int8 weight row once for all the rows, widening it in registers (AVX-512 or
-//     AVX2+FMA, chosen at run time; plain C++ elsewhere);
+//     int8 weight row once for all the rows. With AVX-512 VNNI, each x row is
+//     quantized to int16 (max|x| / 32767 a step) and the integer products are
+//     summed exactly (vpdpwssd), three times fewer instructions a weight than
+//     widening it to float32; with AVX2 the same through vpmaddwd. Else (AVX-512
+//     without VNNI, plain C++) the weights are widened to float32 in registers;
 //   - many rows (a prefill chunk, an embedding batch): a GEMM. Where the CPU has
 //     AMX-BF16 and the MKL inside torch exports its bf16 GEMM, q is widened to
 //     bfloat16 (exact: |q| <= 127) and x is split into two bfloat16 parts
@@ -36,14 +39,18 @@ Quantized quantize_rows(const at::Tensor& weight, std::string_view what = "");
 /// q * scales[:, None] as float32: the weight the kernels compute with.
 at::Tensor dequantize(const Quantized& w);
 
-/// The instruction sets of the row kernel.
-enum class Isa { kScalar, kAvx2, kAvx512 };
+/// The instruction sets of the row kernel. kAvx2Int16 and kAvx512Vnni quantize
+/// each x row to int16 (symmetric, max|x| / 32767: within 2^-16 of max|x| a
+/// value) and sum the integer products exactly (vpmaddwd, vpdpwssd) before
+/// float32; a row holding a non-finite value gives NaN outputs. The others
+/// widen the weights to float32. In order of preference where the CPU has them.
+enum class Isa { kScalar, kAvx2, kAvx2Int16, kAvx512, kAvx512Vnni };
 /// How linear() runs: kAuto picks by the number of rows.
 enum class Path { kAuto, kRows, kGemm };
 
 /// The widest row kernel this CPU runs.
 Isa best_isa();
-/// "scalar", "avx2" or "avx512".
+/// "scalar", "avx2", "avx2_int16", "avx512" or "avx512_vnni".
 std::string isa_name(Isa isa);
 /// Whether the many-row path uses the bfloat16 split GEMM (AMX-BF16 and MKL's
 /// cblas_gemm_bf16bf16f32 present) rather than a float32 one.
