@@ -229,14 +229,14 @@ def _stat(stats: Any, *names: str) -> Any:
 
 
 def bench_mpool(model_dir: Path, prompt: list[int], new_tokens: int, repeats: int, dtype: str,
-                threads: int) -> dict[str, Any]:
+                threads: int, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     import mpool
 
     pool = mpool.Pool()
     try:
         # No prefix cache: each repeat of the same prompt computes it again (TTFT is the prefill).
         pool.register("llm", str(model_dir), max_replicas=1, dtype=dtype, intra_op_threads=threads,
-                      options={"prefix_cache": False})
+                      options={"prefix_cache": False, "kv_cache_dtype": kv_cache_dtype})
         params = dict(max_tokens=new_tokens, temperature=0, ignore_eos=True)
         for _ in pool.generate("llm", prompt, **params):  # warm-up: loads the replica
             pass
@@ -280,7 +280,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bench_mpool_concurrent(model_dir: Path, prompts: list[list[int]], warmup: list[int], new_tokens: int, dtype: str,
-                           threads: int, prefix_cache: bool = True) -> dict[str, Any]:
+                           threads: int, prefix_cache: bool = True, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     import threading
 
     import mpool
@@ -290,7 +290,8 @@ def bench_mpool_concurrent(model_dir: Path, prompts: list[list[int]], warmup: li
     try:
         cache = n * (max(len(p) for p in prompts) + new_tokens)
         pool.register("llm", str(model_dir), max_replicas=1, dtype=dtype, intra_op_threads=threads,
-                      options={"max_batch": n, "kv_cache_tokens": cache, "prefix_cache": prefix_cache})
+                      options={"max_batch": n, "kv_cache_tokens": cache, "prefix_cache": prefix_cache,
+                               "kv_cache_dtype": kv_cache_dtype})
         params = dict(max_tokens=new_tokens, temperature=0, ignore_eos=True)
         for _ in pool.generate("llm", warmup, **dict(params, max_tokens=4)):  # loads the replica (and caches a prefix)
             pass
@@ -360,24 +361,28 @@ def main_concurrent(args: Any) -> None:
         model = model.to(torch.float32 if int8 else getattr(torch, args.dtype))
         weight_bytes = bytes_per_token(model, int8)
         active_params = bytes_per_token(model) / (2 if args.dtype == "bfloat16" else 4)
-        single = bench_mpool(model_dir, prompts[0], args.new_tokens, args.repeats, args.dtype, args.threads)
-        batched = bench_mpool_concurrent(model_dir, prompts, warmup, args.new_tokens, args.dtype, args.threads)
+        kv = args.kv_cache_dtype
+        single = bench_mpool(model_dir, prompts[0], args.new_tokens, args.repeats, args.dtype, args.threads, kv)
+        batched = bench_mpool_concurrent(model_dir, prompts, warmup, args.new_tokens, args.dtype, args.threads,
+                                         kv_cache_dtype=kv)
         unshared = (bench_mpool_concurrent(model_dir, prompts, warmup, args.new_tokens, args.dtype, args.threads,
-                                           prefix_cache=False) if args.shared_prefix else None)
+                                           prefix_cache=False, kv_cache_dtype=kv) if args.shared_prefix else None)
         static = bench_transformers_batch(model, prompts, args.new_tokens)
         bw = memory_bandwidth()
         read_bw = memory_read_bandwidth()
         flops = matmul_gflops(dtype=torch.float32 if int8 else getattr(torch, args.dtype)) * 1e9
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * (2 if args.dtype == "bfloat16" else 4)
+    kv_bf16 = args.kv_cache_dtype == "bfloat16" or (args.kv_cache_dtype == "auto" and args.dtype == "bfloat16")
+    kv_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * (2 if kv_bf16 else 4)
     mean_positions = statistics.mean(lengths) + args.new_tokens / 2
     step_bytes = weight_bytes + n * mean_positions * kv_position  # the weights once, every sequence's cache
     bw_bound = n * bw / step_bytes
     compute_bound = flops / (2 * active_params)
     print(f"machine: {cpu_name()}, torch {torch.__version__}, threads {args.threads}, mpool's float32 GEMMs: "
           f"{_float32_gemm()}")
-    print(f"model: {args.model}, {active_params / 1e6:.0f}M active params, {args.dtype}; {n} clients, prompts "
+    print(f"model: {args.model}, {active_params / 1e6:.0f}M active params, {args.dtype}, mpool's KV cache in "
+          f"{'bfloat16' if kv_bf16 else 'float32'}; {n} clients, prompts "
           f"{min(lengths)}-{max(lengths)} tokens, {args.new_tokens} new tokens each, greedy")
     print(f"a step reads the weights ({weight_bytes / 2**20:.0f} MiB) once and each sequence's KV cache "
           f"({n} x {mean_positions:.0f} positions on average, {n * mean_positions * kv_position / 2**20:.0f} MiB)")
@@ -419,6 +424,8 @@ def main() -> None:
                     help="both engines run in it; int8: mpool's int8 weights against transformers in float32")
     ap.add_argument("--engines", default="transformers,mpool", help="comma-separated subset of transformers,mpool")
     ap.add_argument("--concurrent", type=int, default=0, help="N clients at once (see above); 0: batch 1 only")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="with --concurrent: mpool's option kv_cache_dtype (auto: the model's dtype)")
     ap.add_argument("--shared-prefix", type=int, default=0,
                     help="with --concurrent: every prompt starts with the same P tokens; mpool runs with and "
                          "without its prefix cache")

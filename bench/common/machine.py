@@ -23,7 +23,7 @@ def cpu_name() -> str:
         return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
     name = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "?")
     flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "amx_tile") if f in flags]
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
     return f"{name} ({', '.join(isa) or 'no AVX2'}), {os.cpu_count()} logical CPUs"
 
 

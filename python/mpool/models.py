@@ -139,9 +139,11 @@ class NativeModel(Model):
     Face cache (nothing is downloaded). The family and capability are detected
     from its files; ``info`` says what was found. ``options`` are the family's own
     settings (e.g. ``{"prefill_chunk": 256, "max_batch": 16, "kv_cache_tokens": 8192,
-    "kv_block_size": 16, "prefix_cache": True}`` for decoders and LLaVA: prompt
-    tokens per prefill pass and per step of the continuous batch, sequences
-    batched at once, cache positions they share, positions per cache block, and
+    "kv_block_size": 16, "kv_cache_dtype": "auto", "prefix_cache": True}`` for
+    decoders and LLaVA: prompt tokens per prefill pass and per step of the
+    continuous batch, sequences batched at once, cache positions they share,
+    positions per cache block, the dtype the cache stores keys and values in
+    (``"auto"``: the model's; ``"float32"``; ``"bfloat16"``: half the cache), and
     whether prompts that start alike share that prefix's blocks;
     ``{"tokens_per_forward": 8192}`` for BERT-family encoders, and for decoders
     whose tokenizer is a tiktoken rank file ``{"tokenizer_pattern": regex}``, its

@@ -92,17 +92,20 @@ ANCHOR_SPEC = (ids_of(4, seed=999), dict(max_tokens=200, temperature=0, ignore_e
 
 
 @pytest.mark.parametrize(
-    "arch,dtype",
-    [("llama", "float32"), ("llama", "bfloat16"), ("llama", "int8"), ("qwen2_sliding", "float32"),
-     ("phi3_longrope", "float32"), ("qwen2_moe", "float32")],
+    "arch,dtype,kv",
+    [("llama", "float32", "auto"), ("llama", "bfloat16", "auto"), ("llama", "int8", "auto"),
+     ("llama", "float32", "bfloat16"), ("llama", "int8", "bfloat16"), ("qwen2_sliding", "float32", "auto"),
+     ("phi3_longrope", "float32", "auto"), ("qwen2_moe", "float32", "auto")],
 )
 def test_sixteen_sequences_joining_at_staggered_times_each_equal_their_solo_run(
-    models: dict[str, Path], arch: str, dtype: str
+    models: dict[str, Path], arch: str, dtype: str, kv: str
 ) -> None:
     specs = request_specs(16)
     with mpool.Pool() as pool:
-        # Prompts from 3 to 78 tokens run in prefill chunks of 16, interleaved with decode steps.
-        pool.register("m", models[arch], max_replicas=1, dtype=dtype, options={"prefill_chunk": 16, **EXACT})
+        # Prompts from 3 to 78 tokens run in prefill chunks of 16, interleaved with decode
+        # steps; kv: the dtype the cache stores keys and values in.
+        options = {"prefill_chunk": 16, "kv_cache_dtype": kv, **EXACT}
+        pool.register("m", models[arch], max_replicas=1, dtype=dtype, options=options)
         solo = [collect(pool.generate("m", ids, **params)) for ids, params in specs]
         solo_anchor = collect(pool.generate("m", ANCHOR_SPEC[0], **ANCHOR_SPEC[1]))
 

@@ -64,7 +64,7 @@ def test_decoder_prefill_chunk_option_keeps_the_greedy_output(decoders: dict[str
 
 def test_family_options_are_checked_against_the_family_declared_ones(decoders: dict[str, Path]) -> None:
     with mpool.Pool() as pool:
-        with pytest.raises(mpool.InvalidInput, match="option 'chunk' is not one the llama family takes \\(prefill_chunk, max_batch, kv_cache_tokens, kv_block_size, prefix_cache, tokenizer_pattern\\)"):
+        with pytest.raises(mpool.InvalidInput, match="option 'chunk' is not one the llama family takes \\(prefill_chunk, max_batch, kv_cache_tokens, kv_block_size, kv_cache_dtype, prefix_cache, tokenizer_pattern\\)"):
             pool.register("m", decoders["llama"], options={"chunk": 3})
         with pytest.raises(mpool.InvalidInput, match="option 'prefill_chunk' must be an int for the llama family"):
             pool.register("m", decoders["llama"], options={"prefill_chunk": "3"})

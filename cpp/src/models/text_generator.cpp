@@ -50,7 +50,7 @@ TextGenerator::TextGenerator(std::shared_ptr<const CausalLM> model, std::unique_
   const int64_t budget = settings_.kv_cache_tokens > 0 ? settings_.kv_cache_tokens : settings_.context;
   const int64_t bs = settings_.kv_block_size;
   check(bs >= 1, ErrorCode::kInvalidInput, "kv_block_size must be at least 1");
-  blocks_ = model_->new_block_pool(bs, std::max<int64_t>(1, (budget + bs - 1) / bs));
+  blocks_ = model_->new_block_pool(bs, std::max<int64_t>(1, (budget + bs - 1) / bs), settings_.kv_cache_dtype);
   publish_usage(0);
 }
 
@@ -122,7 +122,7 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
                                         const cap::TextSink& sink, cap::RequestContext& ctx) const {
   const Prepared p = prepare(prompt, requested);
   // The cache holds exactly what this request can reach.
-  nn::KvCache cache = model_->new_cache(p.prompt_len + p.setup.max_new_tokens);
+  nn::KvCache cache = model_->new_cache(p.prompt_len + p.setup.max_new_tokens, settings_.kv_cache_dtype);
   const int64_t chunk = settings_.prefill_chunk;
   bool prefilled = false;
   StepFn step = [&](const std::vector<int64_t>& ids) {

@@ -91,8 +91,8 @@ at::Tensor attend_rows(const at::Tensor& q, const std::vector<const KvCache*>& c
   std::vector<at::Tensor> ks, vs;
   for (size_t i = 0; i < caches.size(); ++i) {
     auto [k, v] = caches[i]->read(layer, first[i], total[i]);
-    ks.push_back(std::move(k));
-    vs.push_back(std::move(v));
+    ks.push_back(k.to(q.scalar_type()));  // a cache may store another dtype than the model computes in
+    vs.push_back(v.to(q.scalar_type()));
   }
   return attend_rows(q, ks, vs);
 }

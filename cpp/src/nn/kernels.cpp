@@ -662,13 +662,14 @@ at::Tensor decode_attention_paged(const at::Tensor& q, const at::Tensor& k_block
                                   const std::vector<int64_t>& first, const std::vector<int64_t>& total, double scale) {
 #ifdef MPOOL_X86_GEMV
   const bool wide = cpu_has_avx512();
-  const at::ScalarType type = q.scalar_type();
+  // The blocks may hold another dtype than q (a bfloat16 cache of a float32 model).
+  const at::ScalarType type = q.scalar_type(), stored = k_blocks.scalar_type();
   const auto b = static_cast<size_t>(q.dim() == 4 ? q.size(0) : 0);
   if (!cpu_has_avx2_fma() || q.dim() != 4 || q.size(2) != 1 || !(type == at::kFloat || type == at::kBFloat16) ||
-      !q.device().is_cpu() || b == 0 || tables.size() != b || first.size() != b || total.size() != b ||
-      k_blocks.dim() != 4 || v_blocks.dim() != 4 || !k_blocks.is_contiguous() || !v_blocks.is_contiguous() ||
-      k_blocks.scalar_type() != type || v_blocks.scalar_type() != type || !k_blocks.device().is_cpu() ||
-      !v_blocks.device().is_cpu() || !std::isfinite(scale))
+      !(stored == at::kFloat || stored == at::kBFloat16) || !q.device().is_cpu() || b == 0 || tables.size() != b ||
+      first.size() != b || total.size() != b || k_blocks.dim() != 4 || v_blocks.dim() != 4 ||
+      !k_blocks.is_contiguous() || !v_blocks.is_contiguous() || v_blocks.scalar_type() != stored ||
+      !k_blocks.device().is_cpu() || !v_blocks.device().is_cpu() || !std::isfinite(scale))
     return {};
   const int64_t heads = q.size(1), d = q.size(3), kvh = k_blocks.size(1), bs = k_blocks.size(2),
                 dv = v_blocks.size(3);
@@ -712,7 +713,7 @@ at::Tensor decode_attention_paged(const at::Tensor& q, const at::Tensor& k_block
       }
     });
   };
-  run_as_float_or_bf16(type, run);
+  run_as_float_or_bf16(stored, run);
   return out.to(type);
 #else
   (void)q, (void)k_blocks, (void)v_blocks, (void)tables, (void)first, (void)total, (void)scale;

@@ -87,21 +87,19 @@ KvCache KvCache::latent(int64_t layers, int64_t latent_dim, int64_t rope_dim, in
 std::pair<at::Tensor, at::Tensor> KvCache::append(size_t layer, int64_t start, const at::Tensor& k,
                                                   const at::Tensor& v, int64_t first) {
   check(kind == CacheKind::kKeyValue, ErrorCode::kInvalidInput, "append() is for key/value caches");
-  if (paged()) {
-    write_paged(*this, layer, /*axis=*/2, start, k, v);
-    return read_paged(*this, layer, /*axis=*/2, first, start + k.size(2));
-  }
-  return write_contiguous(layers.at(layer), /*axis=*/2, start, k, v, first, capacity);
+  auto [keys, values] = paged() ? (write_paged(*this, layer, /*axis=*/2, start, k, v),
+                                   read_paged(*this, layer, /*axis=*/2, first, start + k.size(2)))
+                                : write_contiguous(layers.at(layer), /*axis=*/2, start, k, v, first, capacity);
+  return {keys.to(k.scalar_type()), values.to(v.scalar_type())};  // a no-op where the cache stores k's dtype
 }
 
 std::pair<at::Tensor, at::Tensor> KvCache::append_latent(size_t layer, int64_t start, const at::Tensor& latent,
                                                          const at::Tensor& rope_key) {
   check(kind == CacheKind::kLatent, ErrorCode::kInvalidInput, "append_latent() is for latent caches");
-  if (paged()) {
-    write_paged(*this, layer, /*axis=*/1, start, latent, rope_key);
-    return read_paged(*this, layer, /*axis=*/1, 0, start + latent.size(1));
-  }
-  return write_contiguous(layers.at(layer), /*axis=*/1, start, latent, rope_key, 0, capacity);
+  auto [stored, rope] = paged() ? (write_paged(*this, layer, /*axis=*/1, start, latent, rope_key),
+                                   read_paged(*this, layer, /*axis=*/1, 0, start + latent.size(1)))
+                                : write_contiguous(layers.at(layer), /*axis=*/1, start, latent, rope_key, 0, capacity);
+  return {stored.to(latent.scalar_type()), rope.to(rope_key.scalar_type())};
 }
 
 void KvCache::write(size_t layer, int64_t start, const at::Tensor& k, const at::Tensor& v) {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "mpool/nn/kv_cache.h"
@@ -17,10 +18,13 @@ namespace mpool::models {
 class CausalLM {
  public:
   virtual ~CausalLM() = default;
-  /// An empty per-sequence cache for up to `capacity` positions.
-  virtual nn::KvCache new_cache(int64_t capacity) const = 0;
+  /// An empty per-sequence cache for up to `capacity` positions, storing in
+  /// `dtype` (unset: the model's dtype). The cache hands keys and values back in
+  /// the dtype they were written in.
+  virtual nn::KvCache new_cache(int64_t capacity, std::optional<at::ScalarType> dtype) const = 0;
   /// The blocks of a paged cache (KvCache::paged_in) for a replica's sequences.
-  virtual std::shared_ptr<nn::KvBlockPool> new_block_pool(int64_t block_size, int64_t blocks) const = 0;
+  virtual std::shared_ptr<nn::KvBlockPool> new_block_pool(int64_t block_size, int64_t blocks,
+                                                          std::optional<at::ScalarType> dtype) const = 0;
   /// Whether a position's cached state depends only on the tokens up to it, so
   /// sequences may share a prompt prefix's blocks. Not so where a sequence's
   /// later length changes its earlier positions (longrope's switch to its long

@@ -54,6 +54,8 @@ struct TextGeneratorSettings {
   int64_t kv_block_size = 16;
   /// Sequences share the blocks of a common prompt prefix (where the model allows).
   bool prefix_cache = true;
+  /// The dtype the KV cache stores keys and values in; unset: the model's.
+  std::optional<at::ScalarType> kv_cache_dtype;
 };
 
 /// A prompt with embeddings inserted: `inserts[i].first` is the index in `ids`

@@ -100,8 +100,10 @@ at::Tensor decode_attention_rows(const at::Tensor& q, const std::vector<at::Tens
 /// decode_attention_rows over paged caches: row i against positions [first[i],
 /// total[i]) kept in the blocks *tables[i] of k_blocks (blocks, kv_heads,
 /// block_size, d) and v_blocks (blocks, kv_heads, block_size, dv), read where
-/// they lie (no gather). Row i's result is the bits decode_attention gives for
-/// the same keys and values contiguous. Undefined where that does not apply.
+/// they lie (no gather). The blocks may be float32 or bfloat16 whatever q's
+/// dtype (a bfloat16 cache of a float32 model). Row i's result is the bits
+/// decode_attention gives for the same keys and values contiguous. Undefined
+/// where that does not apply.
 at::Tensor decode_attention_paged(const at::Tensor& q, const at::Tensor& k_blocks, const at::Tensor& v_blocks,
                                   const std::vector<const std::vector<int32_t>*>& tables,
                                   const std::vector<int64_t>& first, const std::vector<int64_t>& total, double scale);

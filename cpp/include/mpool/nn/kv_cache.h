@@ -87,7 +87,8 @@ struct KvCache {
                         const at::TensorOptions& options);
 
   /// Writes k and v (1, kv_heads, n, d) of layer `layer` at positions [start, start + n)
-  /// and returns the keys and values of positions [first, start + n).
+  /// and returns the keys and values of positions [first, start + n), in k's
+  /// and v's dtype (the cache may store another: its values, converted).
   std::pair<at::Tensor, at::Tensor> append(size_t layer, int64_t start, const at::Tensor& k, const at::Tensor& v,
                                            int64_t first = 0);
   /// Writes k and v (1, kv_heads, n, d) of layer `layer` at positions [start,
@@ -95,11 +96,12 @@ struct KvCache {
   /// nn::attend_rows over caches). Layer 0's write claims the positions' blocks.
   void write(size_t layer, int64_t start, const at::Tensor& k, const at::Tensor& v);
   /// Keys and values (1, kv_heads, total - first, d) of positions [first, total)
-  /// of layer `layer` (a paged cache's gathered out of its blocks).
+  /// of layer `layer` (a paged cache's gathered out of its blocks), in the
+  /// cache's dtype.
   std::pair<at::Tensor, at::Tensor> read(size_t layer, int64_t first, int64_t total) const;
   /// Writes a latent cache's `latent` (1, n, latent_dim) and `rope_key` (1, n, rope_dim)
   /// of layer `layer` at positions [start, start + n) and returns both for positions
-  /// [0, start + n).
+  /// [0, start + n), in the dtypes they were given in.
   std::pair<at::Tensor, at::Tensor> append_latent(size_t layer, int64_t start, const at::Tensor& latent,
                                                   const at::Tensor& rope_key);
   /// Forgets everything (the allocation stays; a paged cache's blocks are

@@ -86,16 +86,17 @@ Decoder::Decoder(DecoderConfig config, const nn::Weights& model, const nn::Weigh
                    c.is_mla() && c.mla.rope_interleave ? nn::RopeLayout::kInterleaved : nn::RopeLayout::kRotateHalf);
 }
 
-nn::KvCache Decoder::new_cache(int64_t capacity) const {
+nn::KvCache Decoder::new_cache(int64_t capacity, std::optional<at::ScalarType> dtype) const {
+  const auto options = at::TensorOptions().dtype(dtype.value_or(dtype_)).device(device_);
   if (config_.is_mla())
     return nn::KvCache::latent(config_.num_layers, config_.mla.kv_lora_rank, config_.mla.qk_rope_head_dim, capacity,
-                               at::TensorOptions().dtype(dtype_).device(device_));
-  return nn::KvCache::key_value(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity,
-                                at::TensorOptions().dtype(dtype_).device(device_));
+                               options);
+  return nn::KvCache::key_value(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity, options);
 }
 
-std::shared_ptr<nn::KvBlockPool> Decoder::new_block_pool(int64_t block_size, int64_t blocks) const {
-  const auto options = at::TensorOptions().dtype(dtype_).device(device_);
+std::shared_ptr<nn::KvBlockPool> Decoder::new_block_pool(int64_t block_size, int64_t blocks,
+                                                         std::optional<at::ScalarType> dtype) const {
+  const auto options = at::TensorOptions().dtype(dtype.value_or(dtype_)).device(device_);
   if (config_.is_mla())
     return nn::KvBlockPool::latent(config_.num_layers, config_.mla.kv_lora_rank, config_.mla.qk_rope_head_dim,
                                    block_size, blocks, options);

@@ -41,8 +41,9 @@ class Decoder final : public CausalLM {
   /// or "language_model.model." and "language_model.").
   Decoder(DecoderConfig config, const nn::Weights& base, const nn::Weights& head);
 
-  nn::KvCache new_cache(int64_t capacity) const override;
-  std::shared_ptr<nn::KvBlockPool> new_block_pool(int64_t block_size, int64_t blocks) const override;
+  nn::KvCache new_cache(int64_t capacity, std::optional<at::ScalarType> dtype) const override;
+  std::shared_ptr<nn::KvBlockPool> new_block_pool(int64_t block_size, int64_t blocks,
+                                                  std::optional<at::ScalarType> dtype) const override;
   bool prefix_reusable() const override { return config_.rope.type != "longrope"; }
   at::Tensor embed_tokens(const std::vector<int64_t>& ids) const override;
   at::Tensor extend_embeddings(const at::Tensor& embeddings, nn::KvCache& cache) const override;
@@ -116,8 +117,10 @@ inline constexpr int64_t kDefaultMaxBatch = 16;
 /// family generating with this decoder declares them.
 OptionSpec max_batch_option();
 OptionSpec kv_cache_tokens_option();
-/// Options "kv_block_size" and "prefix_cache" (the paged cache and its prefix reuse).
+/// Options "kv_block_size", "kv_cache_dtype" and "prefix_cache" (the paged
+/// cache, the dtype it stores in, and its prefix reuse).
 OptionSpec kv_block_size_option();
+OptionSpec kv_cache_dtype_option();
 OptionSpec prefix_cache_option();
 
 /// The TextGenerator's settings: the context (options.context_length, checked

@@ -84,6 +84,13 @@ OptionSpec kv_block_size_option() {
           "positions per block of a replica's paged KV cache (default 16, in [1, 1024])"};
 }
 
+OptionSpec kv_cache_dtype_option() {
+  return {"kv_cache_dtype", OptionSpec::Kind::kString,
+          "the dtype the KV cache stores keys and values in: auto (the model's, the default), float32 or bfloat16 "
+          "(half the cache's memory and bytes read a decode step of a float32 or int8 model; attention then sees "
+          "keys and values rounded to bfloat16)"};
+}
+
 OptionSpec prefix_cache_option() {
   return {"prefix_cache", OptionSpec::Kind::kBool,
           "sequences whose prompts start alike share the cache blocks of that prefix, computed once (default true)"};
@@ -124,12 +131,20 @@ TextGeneratorSettings generator_settings(const DecoderConfig& config, const fs::
   check(gen.kv_block_size >= 1 && gen.kv_block_size <= 1024, ErrorCode::kInvalidInput,
         "option kv_block_size must be in [1, 1024], got " + std::to_string(gen.kv_block_size));
   gen.prefix_cache = options.options.get_bool("prefix_cache", gen.prefix_cache);
+  const std::string kv_dtype = options.options.get_string("kv_cache_dtype", "auto");
+  if (kv_dtype == "float32")
+    gen.kv_cache_dtype = at::kFloat;
+  else if (kv_dtype == "bfloat16")
+    gen.kv_cache_dtype = at::kBFloat16;
+  else
+    check(kv_dtype == "auto", ErrorCode::kInvalidInput,
+          "option kv_cache_dtype must be auto, float32 or bfloat16, got '" + kv_dtype + "'");
   return gen;
 }
 
 double generation_bytes(const DecoderConfig& config, const TextGeneratorSettings& gen, at::ScalarType dtype,
                         int64_t tokens_per_forward) {
-  const size_t element = at::elementSize(dtype);
+  const size_t element = at::elementSize(gen.kv_cache_dtype.value_or(dtype));
   // The paged cache's blocks: kv_cache_tokens positions rounded up to whole blocks.
   const int64_t budget = gen.kv_cache_tokens > 0 ? gen.kv_cache_tokens : gen.context, bs = gen.kv_block_size;
   const int64_t kv_positions = (budget + bs - 1) / bs * bs;
@@ -250,8 +265,8 @@ Family family() {
                 {{"prefill_chunk", OptionSpec::Kind::kInt,
                   "prompt tokens per forward pass of a prefill (default 512): bounds activation memory, and "
                   "the prompt tokens one step of a continuous batch runs besides its decode rows"},
-                 max_batch_option(), kv_cache_tokens_option(), kv_block_size_option(), prefix_cache_option(),
-                 kit::tokenizer_pattern_option()}};
+                 max_batch_option(), kv_cache_tokens_option(), kv_block_size_option(), kv_cache_dtype_option(),
+                 prefix_cache_option(), kit::tokenizer_pattern_option()}};
 }
 
 void register_probes() {
@@ -337,7 +352,13 @@ void register_probes() {
     if (chunk <= 0)
       return nn::ProbeOutput{{"logits", decoder.all_logits(ids)},
                              {"positions", at::arange(static_cast<int64_t>(ids.size()), at::kLong)}};
-    nn::KvCache cache = decoder.new_cache(static_cast<int64_t>(ids.size()));
+    // Option kv_cache_dtype ("auto", "float32", "bfloat16"): what the cache stores in.
+    const std::string kv_dtype = in.get_or<std::string>("kv_cache_dtype", "auto");
+    check(kv_dtype == "auto" || kv_dtype == "float32" || kv_dtype == "bfloat16", ErrorCode::kInvalidInput,
+          "probe option kv_cache_dtype must be auto, float32 or bfloat16");
+    const std::optional<at::ScalarType> stored =
+        kv_dtype == "auto" ? std::nullopt : std::optional(kv_dtype == "float32" ? at::kFloat : at::kBFloat16);
+    nn::KvCache cache = decoder.new_cache(static_cast<int64_t>(ids.size()), stored);
     std::vector<at::Tensor> rows;
     std::vector<int64_t> positions;
     for (size_t i = 0; i < ids.size(); i += static_cast<size_t>(chunk)) {

@@ -231,7 +231,7 @@ Family family() {
       {"images_per_forward", OptionSpec::Kind::kInt,
        "images per forward pass of the vision tower (default 16): bounds activation memory"},
       decoder::max_batch_option(), decoder::kv_cache_tokens_option(), decoder::kv_block_size_option(),
-      decoder::prefix_cache_option(), kit::tokenizer_pattern_option()};
+      decoder::kv_cache_dtype_option(), decoder::prefix_cache_option(), kit::tokenizer_pattern_option()};
   return Family{"llava", {cap::Vision::kName, cap::TextToText::kName},
                 kit::serves_model_types(kModelTypes, "llava or llava_next"),
                 build, std::move(options)};
