@@ -136,19 +136,27 @@ def test_int8_int16_kernels_sum_rows_wider_than_their_exact_int32_segment_withou
 @pytest.mark.parametrize("isa", INT16_ISAS)
 def test_int8_int16_kernels_give_nan_for_a_non_finite_row_and_leave_the_others_alone(isa: str) -> None:
     # x is quantized to int16 a row at a time: a row holding NaN or infinity has
-    # no scale, so its outputs are NaN; a row of zeros gives the bias; the rows
+    # no scale, so its outputs are NaN; a row of zeros gives the bias; a row of
+    # subnormal values is still quantized (not turned into infinities); the rows
     # beside them keep the bits they have alone.
     needs(isa)
     rng = np.random.default_rng(3)
     w = rng.standard_normal((19, 100)).astype(np.float32)
     bias = rng.standard_normal(19).astype(np.float32)
-    x = rng.standard_normal((6, 100)).astype(np.float32)
+    x = rng.standard_normal((7, 100)).astype(np.float32)
     x[1, 7] = np.nan
     x[3, 50] = np.inf
     x[4] = 0
-    y = int8_probe(w, x, bias, path="rows", isa=isa)["y"]
+    x[6] *= np.float32(1e-38)  # subnormal values (and zeros): 32767 / max|x| overflows float32
+    x[6, ::5] = 0
+    out = int8_probe(w, x, bias, path="rows", isa=isa)
+    y = out["y"]
     assert np.isnan(y[1]).all() and np.isnan(y[3]).all()
     assert np.array_equal(y[4], bias)
+    tiny = int8_probe(w, x[6:7], path="rows", isa=isa)["y"][0]  # no bias to swamp it
+    ref = reference(out, x[6:7], None)[0]
+    # Its scale is itself subnormal (a few significant bits fewer): 2.5% here.
+    assert np.abs(tiny - ref).max() / np.abs(ref).max() <= 0.1
     for i in (0, 2, 5):
         alone = int8_probe(w, x[i : i + 1], bias, path="rows", isa=isa)["y"]
         assert np.array_equal(alone[0], y[i]), f"row {i} changed beside non-finite rows"

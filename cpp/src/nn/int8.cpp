@@ -6,6 +6,7 @@
 #include <climits>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <cstring>
 #include <vector>
 
@@ -302,6 +303,13 @@ __attribute__((target("avx2,fma"))) void quantize_x_int16(const float* x, int64_
       continue;
     }
     const float inv = kInt16Max / amax;
+    if (!std::isfinite(inv)) {  // amax so small (under ~1e-34) that 32767 / amax overflows: in double
+      const double inv64 = static_cast<double>(kInt16Max) / static_cast<double>(amax);
+      for (int64_t i = 0; i < in; ++i)
+        out[i] = static_cast<int16_t>(std::clamp(std::nearbyint(static_cast<double>(row[i]) * inv64), -32767.0, 32767.0));
+      scales[mi] = amax / kInt16Max;
+      continue;
+    }
     const __m256 inv8 = _mm256_set1_ps(inv), hi = _mm256_set1_ps(kInt16Max), lo = _mm256_set1_ps(-kInt16Max);
     for (int64_t i = 0; i < vec_end; i += 8) {
       const __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(row + i), inv8), lo), hi);
@@ -669,16 +677,17 @@ at::Tensor linear_with(const at::Tensor& x, const Quantized& w, const at::Tensor
   RowsArgs args{q.const_data_ptr<int8_t>(), s.const_data_ptr<float>(), b.defined() ? b.const_data_ptr<float>() : nullptr,
                 x2.const_data_ptr<float>(), y.data_ptr<float>(), in, out, m};
 #ifdef MPOOL_X86_INT8
-  // The calling thread's buffers, reused from call to call.
-  thread_local std::vector<int16_t> xq;
-  thread_local std::vector<float> xscales;
+  // This call's own buffers (uninitialized: every value is written), never
+  // shared with another call that might run on the same thread meanwhile.
+  std::unique_ptr<int16_t[]> xq;
+  std::unique_ptr<float[]> xscales;
   if (isa == Isa::kAvx512Vnni || isa == Isa::kAvx2Int16) {
     args.xq_stride = (in + kVnniStep - 1) / kVnniStep * kVnniStep;
-    xq.resize(static_cast<size_t>(m * args.xq_stride));
-    xscales.resize(static_cast<size_t>(m));
-    quantize_x_int16(args.x, m, in, args.xq_stride, xq.data(), xscales.data());
-    args.xq = xq.data();
-    args.xscales = xscales.data();
+    xq.reset(new int16_t[static_cast<size_t>(m * args.xq_stride)]);
+    xscales.reset(new float[static_cast<size_t>(m)]);
+    quantize_x_int16(args.x, m, in, args.xq_stride, xq.get(), xscales.get());
+    args.xq = xq.get();
+    args.xscales = xscales.get();
   }
 #endif
   run_rows(args, isa);
