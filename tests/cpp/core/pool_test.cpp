@@ -83,8 +83,8 @@ TEST(PoolColdStart, RefusesWithMemoryExhaustedNamingRequestedAndAvailable) {
 }
 
 TEST(PoolColdStart, ConcurrentFirstRequestsSpawnExactlyOnce) {
+  std::atomic<int> loads{0};  // before the pool: its replicas touch it until the pool is gone
   Pool pool(test_options(10000));
-  std::atomic<int> loads{0};
   auto spec = fn_spec(100, identity, &loads);
   auto loader = spec.loader;
   spec.loader = [loader](const std::string& d) {
@@ -106,8 +106,8 @@ TEST(PoolColdStart, ConcurrentFirstRequestsSpawnExactlyOnce) {
 }
 
 TEST(PoolEviction, EvictsIdleModelLeastRecentlyUsedToMakeRoom) {
+  std::atomic<int> alive{0};  // before the pool: its replicas touch it until the pool is gone
   Pool pool(test_options(1000));
-  std::atomic<int> alive{0};
   pool.register_model("a", fn_spec(400, identity, nullptr, &alive));
   pool.register_model("b", fn_spec(400, identity, nullptr, &alive));
   pool.register_model("c", fn_spec(400, identity, nullptr, &alive));
@@ -189,8 +189,8 @@ TEST(PoolKeepAlive, UnloadsModelIdleLongerThanKeepAlive) {
   faults::disarm_all();
   auto options = test_options(1000, /*keep_alive_s=*/300);
   auto probe = fixed_probe(options);
+  std::atomic<int> alive{0};  // before the pool: its replicas touch it until the pool is gone
   Pool pool(options);
-  std::atomic<int> alive{0};
   pool.register_model("m", fn_spec(100, identity, nullptr, &alive));
   ASSERT_EQ(call(pool, "m", 1), 1);
   EXPECT_EQ(pool.model_stats("m").replicas, 2);
@@ -397,8 +397,8 @@ TEST(PoolFailures, ModelExceptionIsModelErrorAndReplicaKeepsServing) {
 }
 
 TEST(PoolTimeouts, TimeoutCoversComputeAndCancelsTheModel) {
+  std::atomic<bool> saw_stop{false};  // before the pool: its replicas touch it until the pool is gone
   Pool pool(test_options(1000));
-  std::atomic<bool> saw_stop{false};
   pool.register_model("slow", fn_spec(100, [&](int x, RequestContext& ctx) {
                         while (!ctx.should_stop()) std::this_thread::sleep_for(1ms);
                         saw_stop = true;
@@ -481,11 +481,11 @@ TEST(PoolQueue, AdaptiveReplicasGrowUnderSustainedQueueUpToMax) {
 TEST(PoolStreams, ConsumerCancelMidStreamFreesTheReplica) {
   auto options = test_options(1000);
   options.cold_start_replicas = 1;
+  std::atomic<int> produced{0};  // before the pool: its stream's producer touches it until the pool is gone
   Pool pool(options);
   auto spec = fn_spec(100, identity);
   spec.max_replicas = 1;
   pool.register_model("m", spec);
-  std::atomic<int> produced{0};
   auto s = stream(pool, "m", 1000000, 2, &produced);
   EXPECT_EQ(s->next().value(), 0);
   EXPECT_EQ(s->next().value(), 1);
