@@ -94,7 +94,8 @@ ANCHOR_SPEC = (ids_of(4, seed=999), dict(max_tokens=200, temperature=0, ignore_e
 @pytest.mark.parametrize(
     "arch,dtype,kv",
     [("llama", "float32", "auto"), ("llama", "bfloat16", "auto"), ("llama", "int8", "auto"),
-     ("llama", "float32", "bfloat16"), ("llama", "int8", "bfloat16"), ("qwen2_sliding", "float32", "auto"),
+     ("llama", "float32", "bfloat16"), ("llama", "int8", "bfloat16"), ("llama", "bfloat16", "float32"),
+     ("qwen2_sliding", "float32", "auto"),
      ("phi3_longrope", "float32", "auto"), ("qwen2_moe", "float32", "auto")],
 )
 def test_sixteen_sequences_joining_at_staggered_times_each_equal_their_solo_run(

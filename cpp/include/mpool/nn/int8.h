@@ -3,7 +3,7 @@
 // A weight (out, in) is stored as int8 rows q with one float32 scale per output
 // row (symmetric, per output channel): W ~ q * scales[:, None]. A layer
 // computes x @ (q * scales)^T up to float32 rounding, and up to the int16
-// rounding of x where AVX-512 VNNI runs the rows:
+// rounding of x where the int16 row kernels (AVX-512 VNNI, AVX2) run the rows:
 //   - a few rows (a decode step, a small batch of them): our kernel streams each
 //     int8 weight row once for all the rows. With AVX-512 VNNI, each x row is
 //     quantized to int16 (max|x| / 32767 a step) and the integer products are
