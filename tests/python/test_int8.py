@@ -91,6 +91,36 @@ def test_int8_row_kernel_gives_a_row_the_same_bits_alone_in_a_pair_and_among_six
         assert np.array_equal(alone, many[i : i + 1]), f"row {i}: alone differs from the same row among 16"
 
 
+@pytest.mark.parametrize(("m", "k", "n"), [(75, 3072, 45), (300, 384, 200)])
+@pytest.mark.parametrize("isa", ["avx2", "avx2_int16", "avx512", "avx512_vnni"])
+def test_int8_row_kernel_past_sixteen_rows_gives_each_row_its_bits_alone_across_tiles(
+    isa: str, m: int, k: int, n: int
+) -> None:
+    # Past 16 rows (a prefill chunk, an embedding batch) the row kernel walks x
+    # in tiles of rows (about 192 KiB: 32 rows of 3,072 int16 values, 256 of
+    # 384) and the weights in tiles (about 32 KiB: 8 rows of 3,072, 84 of 384).
+    # These shapes end both in partial tiles, partial four-row blocks and a
+    # last group of fewer than four x rows. Each row must keep the bits it has
+    # alone, and match the reference; with the int16 ISAs (and no AMX-BF16
+    # GEMM) the auto path is this kernel.
+    if ISAS.index(isa) > best_isa():
+        pytest.skip(f"this CPU has no {isa}")
+    rng = np.random.default_rng(m + k)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    out = int8_probe(w, x, bias, path="rows", isa=isa)
+    many = out["y"]
+    ref = reference(out, x, bias)
+    assert np.abs(many - ref).max() / np.abs(ref).max() <= 1e-3
+    for i in sorted({0, 1, 30, 31, 32, 33, 63, 64, m - 4, m - 3, m - 1}):
+        alone = int8_probe(w, x[i : i + 1], bias, path="rows", isa=isa)["y"]
+        assert np.array_equal(alone[0], many[i]), f"row {i} of {m}: alone differs from the same row among them"
+    auto = int8_probe(w, x, bias, path="auto", isa=isa)
+    if isa in ("avx2_int16", "avx512_vnni") and not int(auto["bf16_gemm"]):
+        assert np.array_equal(auto["y"], many), "the auto path did not take the int16 row kernel for many rows"
+
+
 @pytest.mark.parametrize("isa", ["avx2", "avx2_int16", "avx512", "avx512_vnni"])
 def test_int8_gemm_path_dequantizes_to_the_same_bits_on_every_isa(isa: str) -> None:
     # The GEMM path widens each block of weights with the CPU's widest vectors

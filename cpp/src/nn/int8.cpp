@@ -8,6 +8,7 @@
 #include <limits>
 #include <memory>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "mpool/base/error.h"
@@ -343,6 +344,45 @@ void rows_blocked(const RowsArgs& a, int64_t r0, int64_t r1) {
   for (; r < r1; ++r) group.template operator()<1>(r);
 }
 
+// Many rows of x (a prefill chunk, an embedding batch): a tile of x rows
+// (about kXTileBytes, kept in L2) against the thread's weight rows a tile at a
+// time (about kWTileBytes, kept in L1/L2), and within those, each group of up
+// to MaxX x rows against every block of the weight tile. Each output is still
+// computed by one Block call, the same whatever the tiling, so its bits do not
+// depend on how many rows the call has.
+constexpr int64_t kXTileBytes = 192 << 10;
+constexpr int64_t kWTileBytes = 32 << 10;
+
+template <int MaxX, template <int, int> class Block, int NR>
+void group_of(const RowsArgs& a, int64_t r, int64_t mi, int64_t nx) {
+  if (nx == MaxX) return Block<NR, MaxX>::run(a, r, mi);
+  switch (nx) {
+    case 1: Block<NR, 1>::run(a, r, mi); break;
+    case 2: if constexpr (MaxX > 2) Block<NR, 2>::run(a, r, mi); break;
+    case 3: if constexpr (MaxX > 3) Block<NR, 3>::run(a, r, mi); break;
+    default: break;
+  }
+}
+
+template <int MaxX, template <int, int> class Block>
+void rows_tiled(const RowsArgs& a, int64_t r0, int64_t r1) {
+  const int64_t x_row_bytes = a.xq != nullptr ? a.xq_stride * 2 : a.in * 4;
+  const int64_t tm = std::max<int64_t>(MaxX, kXTileBytes / std::max<int64_t>(1, x_row_bytes) / MaxX * MaxX);
+  const int64_t tr = std::max<int64_t>(kBlock, kWTileBytes / std::max<int64_t>(1, a.in) / kBlock * kBlock);
+  for (int64_t m0 = 0; m0 < a.m; m0 += tm) {
+    const int64_t m1 = std::min(a.m, m0 + tm);
+    for (int64_t t0 = r0; t0 < r1; t0 += tr) {
+      const int64_t t1 = std::min(r1, t0 + tr);
+      for (int64_t mi = m0; mi < m1; mi += MaxX) {
+        const int64_t nx = std::min<int64_t>(MaxX, m1 - mi);
+        int64_t r = t0;
+        for (; r + kBlock <= t1; r += kBlock) group_of<MaxX, Block, kBlock>(a, r, mi, nx);
+        for (; r < t1; ++r) group_of<MaxX, Block, 1>(a, r, mi, nx);
+      }
+    }
+  }
+}
+
 template <int NR, int NX>
 struct Avx2Block {
   static void run(const RowsArgs& a, int64_t r, int64_t mi) { block_avx2<NR, NX>(a, r, mi); }
@@ -386,13 +426,22 @@ void run_rows(const RowsArgs& a, Isa isa) {
   // Chunks of whole blocks, at least ~64 KiB of weights each.
   const int64_t blocks = (a.out + kChunk - 1) / kChunk;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, a.in * kChunk));
-  kernels::parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
+  // Many rows (a prefill chunk, an embedding batch) on torch's team, as the ops
+  // around them; a decode step's few on TBB's (kernels.h).
+  const auto parallel = a.m > rows_kernel_max_rows() ? kernels::parallel_for_beside_torch : kernels::parallel_for;
+  parallel(blocks, grain, [&](int64_t b0, int64_t b1) {
     const int64_t r0 = b0 * kChunk, r1 = std::min(a.out, b1 * kChunk);
 #ifdef MPOOL_X86_INT8
     // Narrow rows one a pass, as kernels.h's row kernel does (int8: a row's bytes
     // are its width); measured for one and two x rows (768-byte rows: 16.7 ->
     // 23.5 GB/s for one, 18.2 -> 22.4 for two, on 2 threads).
     const bool narrow = a.in <= kernels::kSequentialRowBytes;
+    if (a.m > rows_kernel_max_rows()) {
+      if (isa == Isa::kAvx512Vnni) return rows_tiled<4, VnniBlock>(a, r0, r1);
+      if (isa == Isa::kAvx512) return rows_tiled<4, Avx512Block>(a, r0, r1);
+      if (isa == Isa::kAvx2) return rows_tiled<2, Avx2Block>(a, r0, r1);
+      if (isa == Isa::kAvx2Int16) return rows_tiled<2, Avx2Int16Block>(a, r0, r1);
+    }
     if (isa == Isa::kAvx512Vnni && a.m == 1)
       return narrow ? rows_blocked<1, VnniBlock, 1>(a, r0, r1) : rows_blocked<1, VnniBlock, 8>(a, r0, r1);
     if (isa == Isa::kAvx512Vnni && a.m <= 2)
@@ -564,8 +613,8 @@ at::Tensor gemm_float32(const at::Tensor& x, const Quantized& w, const at::Tenso
   for (int64_t n0 = 0; n0 < n; n0 += block) {
     const int64_t rows = std::min(block, n - n0);
     float* wp = wb.data_ptr<float>();
-    // at::parallel_for: the GEMM's own thread team, so no second pool spins beside it.
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k)), [&](int64_t r0, int64_t r1) {
+    // The GEMM's own thread team, so no second pool spins beside it.
+    kernels::parallel_for_beside_torch(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k)), [&](int64_t r0, int64_t r1) {
       dequantize_rows(qp, sp, wp + r0 * k, n0 + r0, n0 + r1, k, isa);
     });
     const at::Tensor part = kernels::linear(x, wb.narrow(0, 0, rows), bias.defined() ? bias.narrow(0, n0, rows) : bias);
@@ -645,6 +694,10 @@ bool has_bf16_gemm() {
 
 int64_t rows_kernel_max_rows() { return 16; }
 
+bool auto_takes_rows(int64_t m, Isa isa) {
+  return m <= rows_kernel_max_rows() || ((isa == Isa::kAvx512Vnni || isa == Isa::kAvx2Int16) && !has_bf16_gemm());
+}
+
 at::Tensor linear_with(const at::Tensor& x, const Quantized& w, const at::Tensor& bias, Isa isa, Path path) {
   check(w.q.defined() && w.q.dim() == 2 && w.q.scalar_type() == at::kChar && w.scales.defined() &&
             w.scales.scalar_type() == at::kFloat && w.scales.numel() == w.q.size(0),
@@ -668,7 +721,7 @@ at::Tensor linear_with(const at::Tensor& x, const Quantized& w, const at::Tensor
   shape.back() = out;
   const at::Tensor x2 = x.to(at::kFloat).reshape({-1, in}).contiguous();
   const int64_t m = x2.size(0);
-  if (path == Path::kAuto) path = m <= rows_kernel_max_rows() ? Path::kRows : Path::kGemm;
+  if (path == Path::kAuto) path = auto_takes_rows(m, isa) ? Path::kRows : Path::kGemm;
   if (m == 0 || out == 0) return at::zeros(shape, x2.options());
   if (path == Path::kGemm) return gemm(x2, w, bias.defined() ? bias.view({out}) : bias, isa).view(shape);
   at::Tensor y = at::empty({m, out}, x2.options());
@@ -685,7 +738,17 @@ at::Tensor linear_with(const at::Tensor& x, const Quantized& w, const at::Tensor
     args.xq_stride = (in + kVnniStep - 1) / kVnniStep * kVnniStep;
     xq.reset(new int16_t[static_cast<size_t>(m * args.xq_stride)]);
     xscales.reset(new float[static_cast<size_t>(m)]);
-    quantize_x_int16(args.x, m, in, args.xq_stride, xq.get(), xscales.get());
+    // Rows apart on the kernels' threads where there are enough of them to share.
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, in));
+    int16_t* qp = xq.get();
+    float* sp = xscales.get();
+    auto quantize = [&](int64_t r0, int64_t r1) {
+      quantize_x_int16(args.x + r0 * in, r1 - r0, in, args.xq_stride, qp + r0 * args.xq_stride, sp + r0);
+    };
+    if (m > rows_kernel_max_rows())
+      kernels::parallel_for_beside_torch(m, grain, quantize);
+    else
+      quantize(0, m);
     args.xq = xq.get();
     args.xscales = xscales.get();
   }

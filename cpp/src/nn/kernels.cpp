@@ -517,6 +517,17 @@ namespace {
 thread_local int tls_kernel_threads = 0;
 }  // namespace
 
+namespace detail {
+bool torch_team_parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
+}  // namespace detail
+
+void parallel_for_beside_torch(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
+  if (n <= 0) return;
+  if (tls_kernel_threads > 0 || &omp_set_num_threads == nullptr ||
+      !detail::torch_team_parallel_for(n, std::max<int64_t>(grain, 1), body))
+    parallel_for(n, grain, body);
+}
+
 SerialTorchOps::SerialTorchOps() {
   if (&omp_set_num_threads == nullptr || tls_kernel_threads > 0) return;  // no OpenMP team, or already serial
   saved_ = std::max(1, at::get_num_threads());

@@ -10,11 +10,12 @@
 //     summed exactly (vpdpwssd), three times fewer instructions a weight than
 //     widening it to float32; with AVX2 the same through vpmaddwd. Else (AVX-512
 //     without VNNI, plain C++) the weights are widened to float32 in registers;
-//   - many rows (a prefill chunk, an embedding batch): a GEMM. Where the CPU has
-//     AMX-BF16 and the MKL inside torch exports its bf16 GEMM, q is widened to
-//     bfloat16 (exact: |q| <= 127) and x is split into two bfloat16 parts
-//     (x = hi + lo to 2^-16 relative), two bf16 GEMMs with float32 output; else
-//     q * scales is widened to float32 for ATen's GEMM.
+//   - many rows (a prefill chunk, an embedding batch): where the CPU has AMX-BF16
+//     and the MKL inside torch exports its bf16 GEMM, q is widened to bfloat16
+//     (exact: |q| <= 127) and x is split into two bfloat16 parts (x = hi + lo
+//     to 2^-16 relative), two bf16 GEMMs with float32 output. Else, with an
+//     int16 ISA, the same int16 kernel in tiles (x rows kept in L2, weight rows
+//     in L1/L2); else q * scales is widened to float32 for ATen's GEMM.
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -55,8 +56,16 @@ std::string isa_name(Isa isa);
 /// Whether the many-row path uses the bfloat16 split GEMM (AMX-BF16 and MKL's
 /// cblas_gemm_bf16bf16f32 present) rather than a float32 one.
 bool has_bf16_gemm();
-/// Rows up to which kAuto takes the row kernel.
+/// Rows up to which the row kernel streams each weight row once for all of
+/// them (decode steps); kAuto gives it any number up to this.
 int64_t rows_kernel_max_rows();
+/// Whether kAuto runs `m` rows on the row kernel with `isa`: up to
+/// rows_kernel_max_rows(), and any number with the int16 ISAs unless the
+/// AMX-BF16 GEMM is there. Their integer products run at about twice the rate
+/// of a float32 GEMM over widened weights (measured on Zen 4, at 17 to 512 rows
+/// of the decoders' and MiniLM's shapes), and each row's bits stay its own
+/// whatever rows run beside it.
+bool auto_takes_rows(int64_t m, Isa isa);
 
 /// x (..., in), float32 on the CPU, @ (q * scales)^T + bias (float32, or
 /// undefined), as float32 (..., out).

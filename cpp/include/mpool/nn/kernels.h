@@ -21,6 +21,14 @@ namespace mpool::nn::kernels {
 /// speed. The decode-step kernels below use this; big GEMMs stay on ATen.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
 
+/// The same for a big kernel amid torch's own parallel ops (a prefill chunk, an
+/// embedding batch): on the calling thread's torch (OpenMP) team, the one those
+/// ops use. On TBB's threads, the OpenMP workers left spinning after each op
+/// took the cores from them: the int8 row kernel at 128 rows ran on one thread
+/// while libgomp spun on the other. parallel_for where torch has no OpenMP team
+/// or a SerialTorchOps scope holds this thread's ops serial.
+void parallel_for_beside_torch(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
+
 /// With AVX-512, a one-row product reads weight rows of up to this many bytes
 /// one row a pass (the block then streams from memory as one sequential run),
 /// wider ones eight rows a pass. Measured on an AMD Zen 4 (docs/benchmarks.md):
