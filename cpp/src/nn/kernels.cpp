@@ -515,6 +515,16 @@ void set_thread_intra_op_threads(int threads) {
 namespace {
 // The count parallel_for uses while a SerialTorchOps scope holds torch's at 1 (0: torch's).
 thread_local int tls_kernel_threads = 0;
+
+// Nonzero while this thread runs a parallel_for body: a big kernel called there
+// splits on TBB (nested in the same arena), never on a new OpenMP team of a TBB worker.
+thread_local int tls_in_tbb_body = 0;
+struct InTbbBody {
+  InTbbBody() { ++tls_in_tbb_body; }
+  ~InTbbBody() { --tls_in_tbb_body; }
+  InTbbBody(const InTbbBody&) = delete;
+  InTbbBody& operator=(const InTbbBody&) = delete;
+};
 }  // namespace
 
 namespace detail {
@@ -523,7 +533,7 @@ bool torch_team_parallel_for(int64_t n, int64_t grain, const std::function<void(
 
 void parallel_for_beside_torch(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
   if (n <= 0) return;
-  if (tls_kernel_threads > 0 || &omp_set_num_threads == nullptr ||
+  if (tls_kernel_threads > 0 || tls_in_tbb_body > 0 || &omp_set_num_threads == nullptr ||
       !detail::torch_team_parallel_for(n, std::max<int64_t>(grain, 1), body))
     parallel_for(n, grain, body);
 }
@@ -561,7 +571,11 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
   arena->execute([&] {
     tbb::parallel_for(
         tbb::blocked_range<int64_t>(0, n, static_cast<size_t>(grain)),
-        [&](const tbb::blocked_range<int64_t>& r) { body(r.begin(), r.end()); }, tbb::static_partitioner());
+        [&](const tbb::blocked_range<int64_t>& r) {
+          const InTbbBody inside;
+          body(r.begin(), r.end());
+        },
+        tbb::static_partitioner());
   });
 }
 

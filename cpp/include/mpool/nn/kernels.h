@@ -25,8 +25,9 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
 /// embedding batch): on the calling thread's torch (OpenMP) team, the one those
 /// ops use. On TBB's threads, the OpenMP workers left spinning after each op
 /// took the cores from them: the int8 row kernel at 128 rows ran on one thread
-/// while libgomp spun on the other. parallel_for where torch has no OpenMP team
-/// or a SerialTorchOps scope holds this thread's ops serial.
+/// while libgomp spun on the other. parallel_for where torch has no OpenMP team,
+/// a SerialTorchOps scope holds this thread's ops serial, or the call comes
+/// from inside a parallel_for body (a TBB worker must not start a team).
 void parallel_for_beside_torch(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
 
 /// With AVX-512, a one-row product reads weight rows of up to this many bytes
