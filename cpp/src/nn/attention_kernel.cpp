@@ -243,7 +243,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   // Each thread keeps its head's keys transposed: past 4 MiB of them (8,192 keys
   // of 128 columns), ATen's tiled attention, not a scratch buffer that size.
   if (d * keys_room > kMaxTransposedKeys) return {};
-  parallel_for(b * h * parts, 1, [&](int64_t begin, int64_t end) {
+  // On torch's team, as the GEMMs around it (kernels.h: parallel_for_beside_torch).
+  parallel_for_beside_torch(b * h * parts, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> kt, s;
     if (kt.size() < static_cast<size_t>(d * keys_room)) kt.resize(static_cast<size_t>(d * keys_room));
     if (s.size() < static_cast<size_t>(qk_rows * keys_room)) s.resize(static_cast<size_t>(qk_rows * keys_room));

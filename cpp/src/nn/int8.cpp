@@ -518,7 +518,8 @@ void gemm_bf16(const at::Tensor& x, const at::Tensor& q, float* y) {
   const int64_t m = x.size(0), k = x.size(1), n = q.size(0);
   std::vector<uint16_t> hi(static_cast<size_t>(m * k)), lo(static_cast<size_t>(m * k));
   const float* xp = x.const_data_ptr<float>();
-  kernels::parallel_for(m, std::max<int64_t>(1, 4096 / k), [&](int64_t r0, int64_t r1) {
+  // On torch's team, as MKL's GEMMs between them (kernels.h: parallel_for_beside_torch).
+  kernels::parallel_for_beside_torch(m, std::max<int64_t>(1, 4096 / k), [&](int64_t r0, int64_t r1) {
     split_bf16(xp + r0 * k, hi.data() + r0 * k, lo.data() + r0 * k, (r1 - r0) * k);
   });
   const int64_t block = std::clamp<int64_t>(((int64_t{1} << 20) / k) / 16 * 16, 16, n);
@@ -527,7 +528,7 @@ void gemm_bf16(const at::Tensor& x, const at::Tensor& q, float* y) {
   const int mi = static_cast<int>(m), ki = static_cast<int>(k), ni = static_cast<int>(n);
   for (int64_t n0 = 0; n0 < n; n0 += block) {
     const int64_t rows = std::min(block, n - n0);
-    kernels::parallel_for(rows, std::max<int64_t>(1, 16384 / k), [&](int64_t r0, int64_t r1) {
+    kernels::parallel_for_beside_torch(rows, std::max<int64_t>(1, 16384 / k), [&](int64_t r0, int64_t r1) {
       widen_bf16(qp + (n0 + r0) * k, wb.data() + r0 * k, (r1 - r0) * k);
     });
     const int nb = static_cast<int>(rows);
