@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import mpool
+import mpool.testing
 from mpool.errors import InvalidInput
 
 CPUS = len(os.sched_getaffinity(0))
@@ -183,3 +184,22 @@ def test_two_models_in_one_pool_each_run_with_their_own_count():
             pool.embed("b", ["y"])
     assert {n for _, _, n in seen_a} == {1}
     assert {n for _, _, n in seen_b} == {2}
+
+
+@pytest.mark.skipif(CPUS < 2, reason="needs 2 CPUs for a team of 2")
+def test_big_kernels_beside_torchs_ops_split_over_torchs_own_openmp_team() -> None:
+    # The int8 kernel's many-row tiles and the attention kernel run on the
+    # calling thread's torch (OpenMP) team, not on TBB's threads, where the
+    # OpenMP worker left spinning by torch's ops took a core from them. Only
+    # nn/torch_team.cpp is compiled with OpenMP: without it ATen's inline
+    # at::parallel_for would run serially and the kernels would fall back to
+    # TBB, whose threads carry no torch thread id. Each item records the torch
+    # thread id that ran it: team ids 0..threads-1, all of them used.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = mpool.testing.probe("nn.parallel_for_beside_torch", n=64)
+    finally:
+        torch.set_num_threads(before)
+    assert int(out["threads"]) == 2
+    assert sorted(set(out["thread_ids"].tolist())) == [0, 1]

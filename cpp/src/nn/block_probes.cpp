@@ -2,6 +2,8 @@
 // so that tests can compare it with the torch / transformers / diffusers code it
 // reproduces. Blocks with weights read them from a safetensors file the test
 // wrote ("checkpoint", with an optional "prefix").
+#include <ATen/Parallel.h>
+
 #include <chrono>
 #include <cmath>
 #include <mutex>
@@ -132,6 +134,21 @@ void register_all() {
   // or a "residual" tensor: Linear's act(x W^T + b) + residual, fused where
   // gemm.h can. Returns "y" as float32. Option "repeat" (benchmarks, plain
   // products only): that many more calls, timed; "seconds" per call.
+  // kernels::parallel_for_beside_torch over option "n" items, one a chunk: each
+  // item's at::get_thread_num() (torch's id of the team thread that ran it;
+  // 0 on any thread outside at::parallel_for) and "threads", this thread's
+  // torch intra-op count.
+  register_probe("nn.parallel_for_beside_torch", [](const ProbeInput& in) {
+    const int64_t n = in.get<int64_t>("n");
+    check(n >= 1 && n <= 4096, ErrorCode::kInvalidInput, "probe option 'n' must be 1 to 4096");
+    at::Tensor ids = at::full({n}, -1, at::kLong);
+    int64_t* p = ids.data_ptr<int64_t>();
+    kernels::parallel_for_beside_torch(n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) p[i] = at::get_thread_num();
+    });
+    return ProbeOutput{{"thread_ids", ids},
+                       {"threads", at::scalar_tensor(static_cast<int64_t>(at::get_num_threads()), at::kLong)}};
+  });
   register_probe("nn.linear", [](const ProbeInput& in) {
     const std::string name = in.get_or<std::string>("dtype", "float32");
     const auto dtype = loading::parse_scalar_type(name);

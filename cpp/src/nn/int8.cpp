@@ -739,7 +739,7 @@ at::Tensor linear_with(const at::Tensor& x, const Quantized& w, const at::Tensor
     args.xq_stride = (in + kVnniStep - 1) / kVnniStep * kVnniStep;
     xq.reset(new int16_t[static_cast<size_t>(m * args.xq_stride)]);
     xscales.reset(new float[static_cast<size_t>(m)]);
-    // Rows apart on the kernels' threads where there are enough of them to share.
+    // Many rows (past a decode step's) are quantized apart on torch's team.
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, in));
     int16_t* qp = xq.get();
     float* sp = xscales.get();
