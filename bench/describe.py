@@ -22,7 +22,9 @@ intra-op threads. Reported, medians of --repeats:
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -80,6 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="mpool-bench-describe-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the model is hundreds of MB
     model, proc = build(tmp / "llava")
     image = synthetic_image(7, 480, 640)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUERY}]}]

@@ -53,9 +53,11 @@ its embeddings to sentence-transformers' float32 ones (mean and worst text).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import threading
@@ -292,7 +294,9 @@ def main() -> None:
         import tempfile
 
         mixed = corpus("mixed", args.n)
-        folder = modernbert_like_minilm(path, tempfile.mkdtemp(prefix="mpool-bench-modernbert-"))
+        scratch = tempfile.mkdtemp(prefix="mpool-bench-modernbert-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        folder = modernbert_like_minilm(path, scratch)
         st_mb = SentenceTransformer(folder, device="cpu")
         st_mb.encode(mixed[:64])
         pool.register("modernbert", folder, max_replicas=1, intra_op_threads=args.threads)

@@ -19,7 +19,9 @@ same run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -131,6 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.torch_threads)
     tmp = Path(tempfile.mkdtemp(prefix="mpool-bench-images-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the model and images: about 500 MB
     (tmp / "images").mkdir()
     paths = write_images(tmp / "images", args.n)
     model, proc = save_model(tmp / "clip")

@@ -10,7 +10,9 @@ same thread count. Prints the median of each and the ratio (ours / HF speed).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -52,6 +54,7 @@ def main() -> None:
         trainers.BpeTrainer(vocab_size=8000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
     )
     tmp = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     bpe_path = os.path.join(tmp, "tokenizer.json")
     bpe.save(bpe_path)
 
