@@ -324,20 +324,24 @@ __attribute__((target("avx2,fma"))) void quantize_x_int16(const float* x, int64_
   }
 }
 
+// Weight rows [r, r + NR) against x rows [mi, mi + nx), nx <= MaxX: one Block call.
+template <int MaxX, template <int, int> class Block, int NR>
+void group_of(const RowsArgs& a, int64_t r, int64_t mi, int64_t nx) {
+  if (nx == MaxX) return Block<NR, MaxX>::run(a, r, mi);
+  switch (nx) {
+    case 1: Block<NR, 1>::run(a, r, mi); break;
+    case 2: if constexpr (MaxX > 2) Block<NR, 2>::run(a, r, mi); break;
+    case 3: if constexpr (MaxX > 3) Block<NR, 3>::run(a, r, mi); break;
+    default: break;
+  }
+}
+
 // Every x row against weight rows [r0, r1): kBlock rows at a time, the x rows
 // in groups of up to MaxX (each group reuses the block's rows from L1).
 template <int MaxX, template <int, int> class Block, int Rows = kBlock>
 void rows_blocked(const RowsArgs& a, int64_t r0, int64_t r1) {
   auto group = [&]<int NR>(int64_t r) {
-    int64_t mi = 0;
-    for (; mi + MaxX <= a.m; mi += MaxX) Block<NR, MaxX>::run(a, r, mi);
-    switch (a.m - mi) {
-      case 0: break;
-      case 1: Block<NR, 1>::run(a, r, mi); break;
-      case 2: if constexpr (MaxX > 2) Block<NR, 2>::run(a, r, mi); break;
-      case 3: if constexpr (MaxX > 3) Block<NR, 3>::run(a, r, mi); break;
-      default: break;
-    }
+    for (int64_t mi = 0; mi < a.m; mi += MaxX) group_of<MaxX, Block, NR>(a, r, mi, std::min<int64_t>(MaxX, a.m - mi));
   };
   int64_t r = r0;
   for (; r + Rows <= r1; r += Rows) group.template operator()<Rows>(r);
@@ -352,17 +356,6 @@ void rows_blocked(const RowsArgs& a, int64_t r0, int64_t r1) {
 // depend on how many rows the call has.
 constexpr int64_t kXTileBytes = 192 << 10;
 constexpr int64_t kWTileBytes = 32 << 10;
-
-template <int MaxX, template <int, int> class Block, int NR>
-void group_of(const RowsArgs& a, int64_t r, int64_t mi, int64_t nx) {
-  if (nx == MaxX) return Block<NR, MaxX>::run(a, r, mi);
-  switch (nx) {
-    case 1: Block<NR, 1>::run(a, r, mi); break;
-    case 2: if constexpr (MaxX > 2) Block<NR, 2>::run(a, r, mi); break;
-    case 3: if constexpr (MaxX > 3) Block<NR, 3>::run(a, r, mi); break;
-    default: break;
-  }
-}
 
 template <int MaxX, template <int, int> class Block>
 void rows_tiled(const RowsArgs& a, int64_t r0, int64_t r1) {
