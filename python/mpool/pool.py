@@ -204,7 +204,8 @@ class Pool:
         id of a native model, whose family and capability are detected from its files
         (``dtype``, ``device`` and, for decoders, ``context_length`` apply to those;
         ``dtype`` is "float32" (the CPU's default), "bfloat16" (CUDA's), "float16",
-        or, on the CPU for the BERT family, LLaVA and the decoders but DeepSeek-V3, "int8": int8 linear
+        or, on the CPU for the text families (BERT, JinaBERT, jina-embeddings-v3, ModernBERT,
+        NV-Embed, the decoders, LLaVA), "int8": int8 linear
         weights with float32 activations; ``context_length`` is
         the longest prompt plus output, which sizes each replica's KV cache;
         ``options`` are the family's own settings, see ``mpool.NativeModel``;

@@ -368,25 +368,146 @@ def test_int8_decoder_generates_through_the_pool_with_int8_bytes_and_consistent_
 
 
 def test_int8_is_refused_where_it_has_no_path(pool: mpool.Pool, tmp_path: Path) -> None:
-    mla = build_decoder(tmp_path, DEEPSEEK_ARCHS[0])
-    with pytest.raises(mpool.InvalidInput, match="int8' does not apply to latent attention"):
-        pool.register("mla", mla, dtype="int8")
     dense = build_decoder(tmp_path, "llama")
     with pytest.raises(mpool.InvalidInput, match="int8' runs on the CPU only; device 'cuda:0'"):
         pool.register("gpu", dense, dtype="int8", device="cuda:0")
     with pytest.raises(mpool.InvalidInput, match=r"dtype 'int4' is not supported .*int8\)"):
         pool.register("int4", dense, dtype="int4")
-    from test_native_modernbert import build_tiny
+    from two_tower_models import save_clip
 
-    with pytest.raises(mpool.InvalidInput, match="'int8' is not supported for ModernBERT models .*BERT family"):
-        pool.register("modernbert", build_tiny(tmp_path)[0], dtype="int8")
+    save_clip(tmp_path / "clip")
+    with pytest.raises(mpool.InvalidInput, match="'int8' is not supported for CLIP models .*text families: BERT"):
+        pool.register("clip", tmp_path / "clip", dtype="int8")
     assert pool.register("ok", dense, dtype="int8")["key"] == "ok"  # the pool is still healthy
 
 
-def test_int8_cross_encoder_scores_track_float32(pool: mpool.Pool, tmp_path: Path) -> None:
-    from test_rerank import QUERIES, build_classifier
+def _dense_latent_attention(tmp_path: Path, arch: str) -> Path:
+    # Every layer dense (first_k_dense_replace = the layer count): no router whose
+    # ties int8 rounding could flip, so the cosine measures latent attention's
+    # int8 projections alone.
+    return build_decoder(tmp_path, arch, first_k_dense_replace=3, name=f"{arch}_dense")
 
-    path = build_classifier(tmp_path, "bert")
+
+@pytest.mark.parametrize("arch", DEEPSEEK_ARCHS)
+def test_int8_latent_attention_logits_keep_mean_cosine_0998_over_64_teacher_forced_steps(
+    tmp_path: Path, arch: str
+) -> None:
+    cos = step_cosines(_dense_latent_attention(tmp_path, arch))
+    assert cos.mean() >= 0.998, f"{arch}: mean cosine {cos.mean():.5f}"
+    assert cos.min() >= 0.99, f"{arch}: worst step's cosine {cos.min():.5f}"
+    assert cos.mean() < 1 - 1e-7
+
+
+def test_int8_deepseek_v3_generates_through_the_pool_with_int8_bytes_and_its_kv_up_projection_float(
+    pool: mpool.Pool, tmp_path: Path
+) -> None:
+    path = build_decoder(tmp_path, DEEPSEEK_ARCHS[0])
+    f32 = pool.register("f32", path)
+    int8 = pool.register("int8", path, dtype="int8")
+    # Every linear goes int8 but kv_b_proj (the absorbed attention's per-head
+    # matrices) and the router: their float32 bytes stay, the rest are a quarter.
+    from safetensors import safe_open
+
+    kept = 0
+    quantized_rows = 0
+    quantized = 0
+    with safe_open(str(path / "model.safetensors"), "np") as f:
+        for name in f.keys():
+            t = f.get_tensor(name)
+            if name.endswith("kv_b_proj.weight") or name.endswith("mlp.gate.weight") or t.ndim < 2 or "embed" in name:
+                kept += t.size * 4
+            else:
+                quantized += t.size
+                quantized_rows += int(np.prod(t.shape[:-1]))
+    if json.loads((path / "config.json").read_text()).get("tie_word_embeddings"):
+        raise AssertionError("the test expects an untied head")
+    expected_mb = (kept + quantized + 4 * quantized_rows) / 2**20
+    assert int8["weight_mb"] == pytest.approx(expected_mb, rel=0.001), (int8["weight_mb"], expected_mb, f32["weight_mb"])
+    prompt = [int(i) for i in np.random.RandomState(5).randint(8, 400, size=12)]
+    tokens = [t for c in pool.generate("int8", prompt, max_tokens=20, temperature=0, ignore_eos=True) for t in c.token_ids]
+    assert len(tokens) == 20
+    logits = mpool.testing.probe("decoder.logits", path=str(path), ids=prompt + tokens, dtype="int8")["logits"]
+    assert list(logits[len(prompt) - 1 : -1].argmax(axis=1)) == tokens
+    # With its routed experts, int8 rounding may move a token to another expert
+    # group (cosine down to 0.2 on a flip in these random models); the typical
+    # step stays close.
+    cos = step_cosines(path)
+    assert np.median(cos) >= 0.997, f"median cosine {np.median(cos):.5f}"
+
+
+def _modernbert(tmp_path: Path) -> tuple[Path, str | None]:
+    from test_native_modernbert import build_tiny
+
+    return build_tiny(tmp_path)[0], None
+
+
+def _jinabert(feed_forward: str):
+    def build(tmp_path: Path) -> tuple[Path, str | None]:
+        from test_native_jinabert import build_jina
+
+        return build_jina(tmp_path, feed_forward=feed_forward)[0], None
+
+    return build
+
+
+def _jinav3_task_adapters(tmp_path: Path) -> tuple[Path, str | None]:
+    # The remote-code layout: every linear has per-task LoRA factors, which stay
+    # float32 and add to the int8 projection's output.
+    from test_jinav3_adapters import TASKS, build_remote
+
+    return build_remote(tmp_path)[0], next(iter(TASKS))
+
+
+def _nvembed(tmp_path: Path) -> tuple[Path, str | None]:
+    from test_native_nvembed import build_nvembed
+
+    return build_nvembed(tmp_path / "nv")[0], None
+
+
+EMBEDDERS = {
+    "modernbert": _modernbert,
+    "jinabert_geglu": _jinabert("geglu"),
+    "jinabert_original": _jinabert("original"),
+    "jinav3_task_adapters": _jinav3_task_adapters,
+    "nvembed": _nvembed,
+}
+
+
+@pytest.mark.parametrize("family", EMBEDDERS)
+def test_int8_embedders_of_each_text_family_keep_cosine_0999_against_float32_with_fewer_bytes(
+    pool: mpool.Pool, tmp_path: Path, family: str
+) -> None:
+    path, task = EMBEDDERS[family](tmp_path)
+    f32 = pool.register("f32", path)
+    int8 = pool.register("int8", path, dtype="int8")
+    assert int8["weight_mb"] < 0.8 * f32["weight_mb"], (int8["weight_mb"], f32["weight_mb"])
+    texts = [t for t in CORPUS if t.strip()]
+    kwargs = {"task": task} if task else {}
+    a = pool.embed("f32", texts, **kwargs)
+    b = pool.embed("int8", texts, **kwargs)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.mean() >= 0.999, f"{family}: mean cosine {cos.mean():.5f}"
+    assert cos.min() >= 0.998, f"{family}: worst text's cosine {cos.min():.5f}"
+    assert np.abs(a - b).max() > 0  # the int8 weights are in use
+
+
+def _bert_classifier(tmp_path: Path) -> Path:
+    from test_rerank import build_classifier
+
+    return build_classifier(tmp_path, "bert")
+
+
+def _modernbert_classifier(tmp_path: Path) -> Path:
+    from test_native_modernbert import build_tiny
+
+    return build_tiny(tmp_path, head="classifier", num_labels=1)[0]
+
+
+@pytest.mark.parametrize("build", [_bert_classifier, _modernbert_classifier], ids=["bert", "modernbert"])
+def test_int8_cross_encoder_scores_track_float32(pool: mpool.Pool, tmp_path: Path, build) -> None:
+    from test_rerank import QUERIES
+
+    path = build(tmp_path)
     f32 = pool.register("ce", str(path))
     int8 = pool.register("ce8", str(path), dtype="int8")
     assert int8["weight_mb"] < f32["weight_mb"]

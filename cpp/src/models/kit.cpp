@@ -23,7 +23,8 @@ WeightsDtype choose_dtype(const NativeOptions& options, const std::string& famil
   if (name == "int8") {
     check(allows_int8, ErrorCode::kInvalidInput,
           "dtype 'int8' is not supported for " + family +
-              " models (float32, bfloat16, float16); int8 weights apply to the BERT family, the decoders and LLaVA");
+              " models (float32, bfloat16, float16); int8 weights apply to the text families: BERT, JinaBERT, "
+              "jina-embeddings-v3, ModernBERT, NV-Embed, the decoders and LLaVA");
     for (const auto& d : options.devices)
       check(d.rfind("cpu", 0) == 0, ErrorCode::kInvalidInput,
             "dtype 'int8' runs on the CPU only; device '" + d + "' takes float32, bfloat16 or float16");

@@ -173,9 +173,6 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
                   const NativeOptions& options) {
   const DecoderConfig config = DecoderConfig::from(model_config);
   const kit::BuildInputs in = kit::build_inputs(directory, options, "decoder", /*allows_int8=*/true);
-  check(!in.int8 || !config.is_mla(), ErrorCode::kInvalidInput,
-        "dtype 'int8' does not apply to latent attention: this " + config.model_type +
-            " model's absorbed projections have no int8 path (use float32 or bfloat16)");
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
   const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;

@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const JinaBertConfig config = JinaBertConfig::from(model_config);
-  const kit::BuildInputs in = kit::build_inputs(directory, options, "JinaBert");
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "JinaBert", /*allows_int8=*/true);
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
   const at::ScalarType dtype = in.dtype;
@@ -36,7 +36,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // kDefaultScoreElements each, float32).
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, dtype, [&](const nn::Weights& w) { JinaBertEncoder(config, w); }, model.warnings);
+      in.checkpoint, dtype, [&](const nn::Weights& w) { JinaBertEncoder(config, w); }, model.warnings, in.int8);
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double inner = static_cast<double>(config.intermediate_size) *
                        (config.feed_forward == FeedForwardType::kOriginal ? 1.0 : 3.0);
@@ -50,9 +50,11 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.devices = options.devices;
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype](const std::string& device) {
+  const bool int8 = in.int8;
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, int8](const std::string& device) {
     const at::Device dev(device);
-    JinaBertEncoder encoder(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev));
+    JinaBertEncoder encoder(config,
+                            nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8));
     return std::make_shared<SentenceEmbedder>(std::make_unique<EncoderBackbone<JinaBertEncoder>>(std::move(encoder), dev),
                                               kit::open_tokenizer(tokenizer_file), settings);
   };

@@ -31,7 +31,7 @@ namespace fs = std::filesystem;
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const JinaV3Config config = JinaV3Config::from(model_config);
-  const kit::BuildInputs in = kit::build_inputs(directory, options, "jina-embeddings-v3");
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "jina-embeddings-v3", /*allows_int8=*/true);
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
   const at::ScalarType dtype = in.dtype;
@@ -65,7 +65,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
         encoder.attach_lora(lora);
         adapter_bytes = static_cast<double>(lora.bytes());
       },
-      model.warnings);
+      model.warnings, in.int8);
   const double weight_bytes = base_bytes + adapter_bytes;
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double act_bytes = tokens * static_cast<double>(config.intermediate_size + 6 * config.hidden_size) * 4.0 +
@@ -79,9 +79,11 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.devices = options.devices;
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, adapters](const std::string& device) {
+  const bool int8 = in.int8;
+  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, adapters, int8](const std::string& device) {
     const at::Device dev(device);
-    JinaV3Encoder encoder(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev));
+    JinaV3Encoder encoder(config,
+                          nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8));
     if (!adapters.empty()) {
       nn::LoraAdapters lora = nn::LoraAdapters::open(adapters, dtype, dev);
       encoder.attach_lora(lora);

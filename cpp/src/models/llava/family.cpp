@@ -173,8 +173,6 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
                   const NativeOptions& options) {
   const LlavaConfig config = LlavaConfig::from(model_config);
   const kit::BuildInputs in = kit::build_inputs(directory, options, "llava", /*allows_int8=*/true);
-  check(!in.int8 || !config.text.is_mla(), ErrorCode::kInvalidInput,
-        "dtype 'int8' does not apply to latent attention (this LLaVA's language model)");
   ImageTowerSettings images = image_tower_settings(directory, "LLaVA", config.vision.image_size);
   images.images_per_forward = images_per_forward_option(options);
   std::optional<AnyresSettings> anyres;

@@ -76,7 +76,7 @@ NativeModel build_reranker(const ModernBertConfig& config, const loading::ModelC
         ModernBertEncoder(config, w);
         ModernBertClassifier(config, w, labels);
       },
-      model.warnings);
+      model.warnings, in.int8);
   model.weight_mb = weight_bytes / (1024.0 * 1024.0);
   core::ModelSpec& spec = model.spec;
   spec.capabilities = {capabilities::Reranking::kName};
@@ -88,9 +88,11 @@ NativeModel build_reranker(const ModernBertConfig& config, const loading::ModelC
   const fs::path model_dir = in.layout.model_dir, tokenizer_file = in.tokenizer_file;
   const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
   const at::ScalarType dtype = in.dtype;
-  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype](const std::string& device) {
+  const bool int8 = in.int8;
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype,
+                 int8](const std::string& device) {
     const at::Device dev(device);
-    const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev);
+    const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8);
     auto scorer = std::make_unique<ModernBertScorer>(ModernBertEncoder(config, w),
                                                      ModernBertClassifier(config, w, settings.num_labels), dev);
     return std::make_shared<CrossEncoder>(std::move(scorer), kit::open_tokenizer(tokenizer_file, tokenizer_options),
@@ -102,7 +104,7 @@ NativeModel build_reranker(const ModernBertConfig& config, const loading::ModelC
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const ModernBertConfig config = ModernBertConfig::from(model_config);
-  const kit::BuildInputs in = kit::build_inputs(directory, options, "ModernBERT");
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "ModernBERT", /*allows_int8=*/true);
   if (is_sequence_classifier(model_config)) return build_reranker(config, model_config, in, options);
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
@@ -117,7 +119,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // backend materializes them (bounded as the BERT family's).
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, dtype, [&](const nn::Weights& w) { ModernBertEncoder(config, w); }, model.warnings);
+      in.checkpoint, dtype, [&](const nn::Weights& w) { ModernBertEncoder(config, w); }, model.warnings, in.int8);
   const double act_bytes =
       activation_bytes(config, static_cast<double>(settings.tokens_per_forward), settings.max_seq_length);
 
@@ -129,9 +131,12 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
   const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
-  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype](const std::string& device) {
+  const bool int8 = in.int8;
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype,
+                 int8](const std::string& device) {
     const at::Device dev(device);
-    ModernBertEncoder encoder(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev));
+    ModernBertEncoder encoder(config,
+                              nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8));
     return std::make_shared<SentenceEmbedder>(std::make_unique<ModernBertBackbone>(std::move(encoder), dev),
                                               kit::open_tokenizer(tokenizer_file, tokenizer_options), settings);
   };

@@ -55,7 +55,7 @@ double activation_bytes(const NvEmbedConfig& c, double tokens, double max_seq_le
 NativeModel build(const loading::ModelDirectory& directory, const loading::ModelConfig& model_config,
                   const NativeOptions& options) {
   const NvEmbedConfig config = NvEmbedConfig::from(model_config);
-  const kit::BuildInputs in = kit::build_inputs(directory, options, "NV-Embed");
+  const kit::BuildInputs in = kit::build_inputs(directory, options, "NV-Embed", /*allows_int8=*/true);
   const loading::ModelLayout& layout = in.layout;
   EmbedderSettings settings = embedder_settings(
       layout, config.text.hidden_size, static_cast<size_t>(config.text.max_position_embeddings), {PoolingMode::kMean});
@@ -69,7 +69,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   NativeModel model;
   model.warnings = in.warnings;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, in.dtype, [&](const nn::Weights& w) { NvEmbedNetwork(config, w); }, model.warnings);
+      in.checkpoint, in.dtype, [&](const nn::Weights& w) { NvEmbedNetwork(config, w); }, model.warnings, in.int8);
   model.weight_mb = weight_bytes / (1024.0 * 1024.0);
   core::ModelSpec& spec = model.spec;
   spec.capabilities = {cap::TextEmbedding::kName};
@@ -81,9 +81,11 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   const fs::path model_dir = layout.model_dir, tokenizer_file = in.tokenizer_file;
   const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
   const at::ScalarType dtype = in.dtype;
-  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype](const std::string& device) {
-    const NvEmbedNetwork net(config,
-                             nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, at::Device(device)));
+  const bool int8 = in.int8;
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype,
+                 int8](const std::string& device) {
+    const NvEmbedNetwork net(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, at::Device(device))
+                                         .with_int8_linears(int8));
     return std::make_shared<SentenceEmbedder>(std::make_unique<BidirectionalBackbone>(net.decoder),
                                               kit::open_tokenizer(tokenizer_file, tokenizer_options), settings,
                                               net.pooler);
