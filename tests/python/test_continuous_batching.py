@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import mpool
+import mpool.testing
 from decoder_models import build_decoder
 
 VOCAB = 400
@@ -84,8 +85,10 @@ def running_settles_at(pool: mpool.Pool, n: int) -> bool:
 # which the anchor alone nearly fills).
 ROOMY = {"kv_cache_tokens": 8192}
 # The identity tests run each request solo first, which caches its prompt's blocks;
-# the batch would then read them instead of computing them, in other chunk shapes
-# (equal tokens, not always equal bits): those tests turn the prefix cache off.
+# the batch would then read them instead of computing them, in other chunk shapes.
+# float32 and int8 prompts keep their bits in any chunking (the tests after
+# tokens_of); bfloat16's GEMMs do not, so these tests, which hold every dtype to
+# equal bits, turn the prefix cache off.
 EXACT = {**ROOMY, "prefix_cache": False}
 
 ANCHOR_SPEC = (ids_of(4, seed=999), dict(max_tokens=200, temperature=0, ignore_eos=True))
@@ -288,9 +291,88 @@ def test_soak_of_500_mixed_requests_frees_every_sequence_and_returns_the_memory(
 # --- the paged cache's prefix reuse ------------------------------------------------
 
 
+def collect_raw(stream: mpool.TextStream) -> tuple[Any, ...]:
+    """ids, finish reason and each step's logprobs as the floats the model gave."""
+    chunks = list(stream)
+    logprobs = [(lp.token_id, lp.logprob, list(lp.top))
+                for c in chunks for lp in (c.logprobs or [])]
+    return [i for c in chunks for i in c.token_ids], stream.finish_reason, logprobs
+
+
+# Prompts run under kernels::RowInvariant: float32 and int8 linears give a row
+# the bits it has alone, and a chunk of one row runs as any chunk. So a prompt
+# gives the same bits in any chunking: all at once, in chunks, or a cached prefix
+# and the rest. (bfloat16's GEMMs and latent attention's batched products are
+# not row-invariant: their reuse equals computing up to rounding.)
+INVARIANT_ARCHS = {
+    "llama": {},
+    "qwen2_sliding": {},
+    "phi3_longrope": {},
+    "qwen3": {},
+    "qwen2_moe": {},
+    "qwen3_moe": {},
+    "llama_bias": {},
+    # odd widths: vector tails in every row
+    "llama_odd": dict(arch="llama", hidden_size=36, num_attention_heads=6, num_key_value_heads=3, intermediate_size=37),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("arch", INVARIANT_ARCHS)
+def test_a_prompt_gives_the_same_logits_bits_in_any_chunking_in_float32_and_int8(
+    tmp_path: Path, arch: str, dtype: str
+) -> None:
+    overrides = dict(INVARIANT_ARCHS[arch])
+    path = build_decoder(tmp_path, overrides.pop("arch", arch), name=arch, **overrides)
+    ids = ids_of(120, seed=21)
+    for kv in ["auto"] + (["bfloat16"] if arch == "llama" else []):  # and a cache of another dtype
+        by_position: dict[int, dict[int, np.ndarray]] = {}
+        for chunk in (1, 5, 16, 17, 40, 512):
+            out = mpool.testing.probe("decoder.logits", path=str(path), ids=ids, chunk=chunk, dtype=dtype,
+                                      kv_cache_dtype=kv)
+            by_position[chunk] = dict(zip(out["positions"].tolist(), out["logits"]))
+        one_by_one = by_position[1]  # every position, each a chunk of one row
+        assert sorted(one_by_one) == list(range(120))
+        for chunk, logits in by_position.items():
+            for position, row in logits.items():
+                assert np.array_equal(row, one_by_one[position]), f"{kv} cache, chunks of {chunk}: position {position}"
+
+
+@pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama", "int8"), ("qwen2_moe", "float32"),
+                                        ("qwen2_sliding", "float32")])
+def test_requests_run_solo_then_batched_over_their_cached_prompts_give_the_same_logprob_bits(
+    models: dict[str, Path], arch: str, dtype: str
+) -> None:
+    # The prefix cache on (the default): the batched requests read their prompts'
+    # blocks that their solo runs published and compute only the rest, in other
+    # chunks (a prompt of a whole number of blocks recomputes just its last token).
+    specs = [(ids, {**params, "logprobs": 2}) for ids, params in request_specs(12)]
+    specs.append((ids_of(32, seed=77), dict(max_tokens=10, temperature=0, ignore_eos=True, logprobs=2)))
+    with mpool.Pool() as pool:
+        pool.register("m", models[arch], max_replicas=1, dtype=dtype,
+                      options={"prefill_chunk": 16, **ROOMY})
+        solo = [collect_raw(pool.generate("m", ids, **params)) for ids, params in specs]
+        again = collect_raw(pool.generate("m", *specs[-1][:1], **specs[-1][1]))
+        held, held_first = anchor(pool)
+        streams = [pool.generate("m", ids, timeout=120, **params) for ids, params in specs]
+        batched = [collect_raw(s) for s in streams]
+        collect(held, held_first)
+        usage = usage_settles_at(pool, batch_sequences=0)
+    # Each batched prompt read its whole blocks (all but the last token of a
+    # prompt of whole blocks); so did the solo run met again.
+    def read(n: int) -> int:
+        return n - 1 if n % 16 == 0 else n // 16 * 16
+
+    assert usage["prefix_cache_hit_tokens"] == sum(read(len(ids)) for ids, _ in specs) + read(32)
+    assert again == solo[-1]
+    for i, (got, want) in enumerate(zip(batched, solo)):
+        assert got == want, f"request {i} ({specs[i][1]}) differs batched over its cached prompt"
+
+
 def tokens_of(result: tuple[Any, ...]) -> tuple[Any, ...]:
-    """ids, text and finish reason: what prefix reuse keeps equal (its logprobs may
-    differ in the last bits, the suffix being computed in other chunk shapes)."""
+    """ids, text and finish reason: what prefix reuse keeps equal in every dtype (in
+    bfloat16 and latent attention its logprobs may differ in the last bits, the
+    suffix being computed in other chunk shapes)."""
     ids, text, _, finish = result
     return ids, text, finish
 

@@ -684,6 +684,31 @@ def test_decode_row_kernel_gives_a_row_the_same_bits_alone_and_among_many(dtype:
         assert np.array_equal(alone, many[i : i + 1]), f"row {i}: alone differs from the same row among {rows}"
 
 
+@pytest.mark.parametrize("k", [37, 768, 3072])
+def test_row_invariant_float32_linear_gives_every_row_of_hundreds_its_bits_alone_across_tiles(k: int) -> None:
+    # Under kernels::RowInvariant (a prompt's chunks), past 16 rows the float32
+    # linear runs the row kernel in tiles of x rows instead of the GEMM: a row's
+    # bits are the ones it has alone, wherever a chunk starts and however long.
+    rng = np.random.default_rng(k + 1)
+    rows = 300 if k < 3072 else 70  # several x tiles of about 192 KiB
+    w = rng.standard_normal((45, k)).astype(np.float32)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    b = rng.standard_normal(45).astype(np.float32)
+
+    def linear(xs: np.ndarray, invariant: bool) -> np.ndarray:
+        return mpool.testing.probe("nn.linear", {"x": xs, "weight": w, "bias": b}, row_invariant=invariant)["y"]
+
+    many = linear(x, True)
+    for i in sorted({0, 1, 15, 16, 17, 63, 64, rows // 2, rows - 1}):
+        assert np.array_equal(linear(x[i : i + 1], True), many[i : i + 1]), f"row {i} of {rows}"
+        assert np.array_equal(linear(x[i : i + 1], False), many[i : i + 1]), f"row {i} alone, outside the scope"
+    for start, n in [(5, 40), (17, 1), (100, 150)]:
+        if start + n <= rows:
+            assert np.array_equal(linear(x[start : start + n], True), many[start : start + n]), (start, n)
+    reference = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    assert np.abs(many - reference).max() <= 1e-4 * np.abs(reference).max()
+
+
 # --- the paged KV cache -------------------------------------------------------------
 
 

@@ -131,6 +131,9 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
     // The prompt: token embeddings with the inserts spliced in, in chunks.
     const at::Tensor input = spliced_embeddings(*model_, prompt);
     at::Tensor logits;
+    // Each prompt row gets the bits it gets in any chunking (a prefix the batch
+    // reads from the cache computes the same).
+    const nn::kernels::RowInvariant rows(/*prompt=*/true);
     for (int64_t at = 0; at < input.size(0); at += chunk) {
       ctx.throw_if_stopped();
       logits = model_->extend_embeddings(input.narrow(0, at, std::min<int64_t>(chunk, input.size(0) - at)), cache);
@@ -340,6 +343,10 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
       prefill_left -= n;
       stepped = true;
       const bool ok = guarded(*s.request, [&] {
+        // The bits of this prompt's rows in any chunking: a prefix read from the
+        // cache (computed by another prompt's chunks) and this rest agree with
+        // computing all of it here.
+        const nn::kernels::RowInvariant rows(/*prompt=*/true);
         const at::Tensor logits = model_->extend_embeddings(s.input.narrow(0, s.prefilled, n), s.cache);
         s.prefilled += n;
         publish_blocks(s);
@@ -364,6 +371,7 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
     if (!rows.empty()) {
       stepped = true;
       const nn::kernels::SerialTorchOps serial;  // the step's small torch ops off OpenMP's team
+      const nn::kernels::RowInvariant invariant;  // past 16 sequences too, each row's bits are its own
       std::vector<int64_t> ids;
       std::vector<nn::KvCache*> caches;
       for (auto* s : rows) {

@@ -37,8 +37,9 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t group = heads / kvh;
   // The backend: ATen picks flash / memory-efficient / math per device and dtype
   // from the inputs; this is the single call site, so a policy goes here.
-  if (n == 1 && !mask.defined() && (!causal || k.size(2) == 1)) {
+  if (n == 1 && !mask.defined() && (!causal || k.size(2) == 1) && !kernels::prompt_rows()) {
     // One query row per head (a decode step): mpool's kernel, off ATen's OpenMP team.
+    // (A prompt's chunk of one row runs as any chunk does: kernels::RowInvariant.)
     at::Tensor out = kernels::decode_attention(q, k, v, scale ? *scale : 1.0 / std::sqrt(static_cast<double>(d)));
     if (out.defined()) return out;
   }

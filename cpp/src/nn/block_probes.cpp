@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <mutex>
+#include <optional>
 
 #include "mpool/base/error.h"
 #include "mpool/loading/json.h"
@@ -156,6 +157,9 @@ void register_all() {
     const at::Tensor bias = in.optional_tensor("bias"), residual = in.optional_tensor("residual");
     const at::Tensor x = in.tensor("x").to(*dtype), weight = in.tensor("weight").to(*dtype).contiguous();
     const at::Tensor b = bias.defined() ? bias.to(*dtype) : bias;
+    // Option row_invariant (bool): under kernels::RowInvariant, as a prompt's chunks run.
+    std::optional<kernels::RowInvariant> invariant;
+    if (in.get_or<bool>("row_invariant", false)) invariant.emplace();
     if (!in.options.contains("act") && !residual.defined())
       return ProbeOutput{{"y", kernels::linear(x, weight, b).to(at::kFloat)},
                          {"seconds", seconds_per_call(in, [&] { return kernels::linear(x, weight, b); })}};

@@ -689,7 +689,8 @@ bool has_bf16_gemm() {
 int64_t rows_kernel_max_rows() { return 16; }
 
 bool auto_takes_rows(int64_t m, Isa isa) {
-  return m <= rows_kernel_max_rows() || ((isa == Isa::kAvx512Vnni || isa == Isa::kAvx2Int16) && !has_bf16_gemm());
+  return m <= rows_kernel_max_rows() || kernels::row_invariant() ||
+         ((isa == Isa::kAvx512Vnni || isa == Isa::kAvx2Int16) && !has_bf16_gemm());
 }
 
 at::Tensor linear_with(const at::Tensor& x, const Quantized& w, const at::Tensor& bias, Isa isa, Path path) {

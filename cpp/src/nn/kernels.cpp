@@ -145,6 +145,9 @@ bool cpu_has_avx512() {
   return yes;
 }
 
+// The rows of X a tile of many rows holds (RowInvariant's linear): about this many bytes.
+constexpr int64_t kRowTileBytes = 192 * 1024;
+
 // Every row of X (m of them) against weight rows [r0, r1). With AVX-512: for a
 // single row, one weight row a pass where rows are narrow (kSequentialRowBytes),
 // else eight (more streams in flight); for more rows, four weight rows against
@@ -538,6 +541,16 @@ void parallel_for_beside_torch(int64_t n, int64_t grain, const std::function<voi
     parallel_for(n, grain, body);
 }
 
+namespace {
+// 0: none; 1: RowInvariant; 2: RowInvariant(prompt).
+thread_local int tls_row_invariant = 0;
+}  // namespace
+
+RowInvariant::RowInvariant(bool prompt) : saved_(tls_row_invariant) { tls_row_invariant = prompt ? 2 : 1; }
+RowInvariant::~RowInvariant() { tls_row_invariant = saved_; }
+bool row_invariant() noexcept { return tls_row_invariant > 0; }
+bool prompt_rows() noexcept { return tls_row_invariant == 2; }
+
 SerialTorchOps::SerialTorchOps() {
   if (&omp_set_num_threads == nullptr || tls_kernel_threads > 0) return;  // no OpenMP team, or already serial
   saved_ = std::max(1, at::get_num_threads());
@@ -761,7 +774,8 @@ bool row_kernel_takes(const at::Tensor& x, const at::Tensor& weight, const at::T
   const int64_t in = weight.dim() == 2 ? weight.size(1) : -1;
   const at::ScalarType type = weight.scalar_type();
   const int64_t m = in > 0 && x.dim() >= 1 && x.size(-1) == in ? x.numel() / in : 0;
-  return cpu_has_avx2_fma() && m >= 1 && m <= row_kernel_max_rows() && x.device().is_cpu() &&
+  return cpu_has_avx2_fma() && m >= 1 && (m <= row_kernel_max_rows() || (type == at::kFloat && row_invariant())) &&
+         x.device().is_cpu() &&
          weight.device().is_cpu() && (type == at::kFloat || type == at::kBFloat16) && x.scalar_type() == type &&
          weight.is_contiguous() && (!bias.defined() || bias.scalar_type() == type);
 #else
@@ -795,9 +809,24 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
       const float* xp = xf.const_data_ptr<float>();
       const int64_t blocks = (out + 7) / 8;  // eight weight rows: one or two passes
       auto run = [&](const auto* w) {
-        parallel_for(blocks, std::max<int64_t>(1, 8 / m), [&](int64_t b0, int64_t b1) {
-          gemm_rows(w, xp, yp, in, out, m, b0 * 8, std::min(out, b1 * 8));
-        });
+        if (m <= row_kernel_max_rows()) {
+          parallel_for(blocks, std::max<int64_t>(1, 8 / m), [&](int64_t b0, int64_t b1) {
+            gemm_rows(w, xp, yp, in, out, m, b0 * 8, std::min(out, b1 * 8));
+          });
+          return;
+        }
+        // Many rows (RowInvariant): x in tiles of about kRowTileBytes (kept in
+        // L2), each against every weight row in blocks of eight (kept in L1 while
+        // the tile's rows pass), on torch's team beside its ops. A row's sums are
+        // the ones the kernel gives it alone.
+        const int64_t tile = std::max<int64_t>(
+            row_kernel_max_rows(), kRowTileBytes / std::max<int64_t>(1, in * static_cast<int64_t>(sizeof(float))));
+        for (int64_t t0 = 0; t0 < m; t0 += tile) {
+          const int64_t rows = std::min(tile, m - t0);
+          parallel_for_beside_torch(blocks, 1, [&](int64_t b0, int64_t b1) {
+            gemm_rows(w, xp + t0 * in, yp + t0 * out, in, out, rows, b0 * 8, std::min(out, b1 * 8));
+          });
+        }
       };
       if (type == at::kFloat)
         run(weight.const_data_ptr<float>());

@@ -1,5 +1,7 @@
 #include "mpool/nn/mlp.h"
 
+#include <cmath>
+
 #include "mpool/base/error.h"
 
 namespace mpool::nn {
@@ -13,6 +15,15 @@ at::Tensor activate(Activation act, const at::Tensor& x) {
     case Activation::kSilu: return at::silu(x);
   }
   return x;
+}
+
+at::Tensor sigmoid_per_element(const at::Tensor& x) {
+  const at::Tensor in = x.to(at::kCPU, at::kFloat).contiguous();
+  at::Tensor out = at::empty_like(in);
+  const float* src = in.const_data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  for (int64_t i = 0, n = in.numel(); i < n; ++i) dst[i] = 1.0f / (1.0f + std::exp(-src[i]));
+  return out.to(x.device(), x.scalar_type());
 }
 
 Mlp Mlp::load(const Weights& w, int64_t hidden, int64_t inner, Activation act, bool gated, bool bias,

@@ -32,7 +32,7 @@ Router Router::load(const Weights& in, std::string_view name, const MoeShape& sh
 }
 
 Routing Router::grouped_sigmoid(const at::Tensor& x) const {
-  const at::Tensor scores = at::sigmoid(gate(x.to(at::kFloat)));
+  const at::Tensor scores = sigmoid_per_element(gate(x.to(at::kFloat)));
   const int64_t tokens = scores.size(0), experts = scores.size(1), per_group = experts / groups;
   const at::Tensor choice = scores + bias;
   const at::Tensor group_scores = std::get<0>(at::topk(choice.view({tokens, groups, per_group}), 2, -1)).sum(-1);
@@ -154,7 +154,7 @@ Routing MoeFeedForward::route(const at::Tensor& x) const { return router_(x.resh
 at::Tensor MoeFeedForward::operator()(const at::Tensor& x) const {
   const at::Tensor flat = x.reshape({-1, x.size(-1)});
   at::Tensor out = experts_(flat, router_(flat));
-  if (shared_) out = out + at::sigmoid(shared_gate_(flat)) * (*shared_)(flat);
+  if (shared_) out = out + sigmoid_per_element(shared_gate_(flat)) * (*shared_)(flat);
   if (shared_experts_) out = out + (*shared_experts_)(flat);
   return out.view(x.sizes());
 }

@@ -148,6 +148,30 @@ class SerialTorchOps {
   int saved_ = 0;
 };
 
+/// While alive, a row's result does not depend on how many rows share its call
+/// or where a chunk of rows starts: float32 linear() runs the row kernel at any
+/// row count (in tiles past row_kernel_max_rows(), each row summed in the order
+/// it has alone) and int8's auto path its row kernel. With `prompt` (a prompt's
+/// chunks through a decoder), a chunk of one row also runs as a chunk: its
+/// attention by the many-row kernel under the chunk's mask, not the decode
+/// kernel. So a prompt computed in any chunks (a prefix read from the cache and
+/// the rest computed, or all of it at once) gives the same bits. bfloat16 GEMMs
+/// are not covered. Nests (the innermost wins).
+class RowInvariant {
+ public:
+  explicit RowInvariant(bool prompt = false);
+  ~RowInvariant();
+  RowInvariant(const RowInvariant&) = delete;
+  RowInvariant& operator=(const RowInvariant&) = delete;
+
+ private:
+  int saved_ = 0;
+};
+
+/// Whether a RowInvariant scope is active on this thread; and one with `prompt`.
+bool row_invariant() noexcept;
+bool prompt_rows() noexcept;
+
 /// Whether linear() has its fast path on this CPU.
 bool has_fast_gemv();
 

@@ -126,7 +126,8 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
   // A layer's mask: none for a decode step, the plain causal one where it applies,
   // else a built one (as {mask, causal}).
   auto mask_of = [&](int64_t window) -> std::pair<at::Tensor, bool> {
-    if (cache && n == 1) return {at::Tensor(), false};
+    // (A prompt's chunk of one row is masked as any chunk: kernels::RowInvariant.)
+    if (cache && n == 1 && !nn::kernels::prompt_rows()) return {at::Tensor(), false};
     if (!causal_run)  // bidirectional: padding only, windows do not apply
       return {key_mask.defined() ? nn::key_padding_mask(key_mask).view({b, 1, 1, total}) : at::Tensor(), false};
     const bool plain = window == 0 && (cache ? start == 0 : !key_mask.defined());
@@ -149,7 +150,8 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
       k = rope_.apply(k, cos, sin);
       if (cache) {
         // A decode step under a sliding window reads only the window's keys.
-        const int64_t first = n == 1 && window > 0 ? std::max<int64_t>(0, total - window) : 0;
+        const int64_t first =
+            n == 1 && window > 0 && !nn::kernels::prompt_rows() ? std::max<int64_t>(0, total - window) : 0;
         std::tie(k, v) = cache->append(li, start, k, v, first);
       }
       x = L.attention.output(nn::attend(q, k, v, mask, causal), x);  // + x, fused where it can be

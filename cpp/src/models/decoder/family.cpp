@@ -15,6 +15,7 @@
 #include "mpool/models/kit.h"
 #include "mpool/models/sentence_embedder.h"
 #include "mpool/models/text_generator.h"
+#include "mpool/nn/kernels.h"
 #include "mpool/nn/moe.h"
 #include "mpool/nn/probe.h"
 
@@ -358,6 +359,7 @@ void register_probes() {
     nn::KvCache cache = decoder.new_cache(static_cast<int64_t>(ids.size()), stored);
     std::vector<at::Tensor> rows;
     std::vector<int64_t> positions;
+    const nn::kernels::RowInvariant prompt_rows(/*prompt=*/true);  // as the generator's prompts run
     for (size_t i = 0; i < ids.size(); i += static_cast<size_t>(chunk)) {
       const size_t end = std::min(ids.size(), i + static_cast<size_t>(chunk));
       rows.push_back(decoder.extend(std::vector<int64_t>(ids.begin() + static_cast<ptrdiff_t>(i),
