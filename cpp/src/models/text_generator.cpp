@@ -131,9 +131,11 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
     // The prompt: token embeddings with the inserts spliced in, in chunks.
     const at::Tensor input = spliced_embeddings(*model_, prompt);
     at::Tensor logits;
-    // Each prompt row gets the bits it gets in any chunking (a prefix the batch
-    // reads from the cache computes the same).
-    const nn::kernels::RowInvariant rows(/*prompt=*/true);
+    // With the prefix cache, each prompt row gets the bits it gets in any chunking
+    // (a prefix the batch reads from the cache computes the same). Without it a
+    // prompt always runs in the same chunks, and float32 keeps oneDNN's GEMM.
+    std::optional<nn::kernels::RowInvariant> rows;
+    if (settings_.prefix_cache && model_->prefix_reusable()) rows.emplace(/*prompt=*/true);
     for (int64_t at = 0; at < input.size(0); at += chunk) {
       ctx.throw_if_stopped();
       logits = model_->extend_embeddings(input.narrow(0, at, std::min<int64_t>(chunk, input.size(0) - at)), cache);
@@ -343,10 +345,11 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
       prefill_left -= n;
       stepped = true;
       const bool ok = guarded(*s.request, [&] {
-        // The bits of this prompt's rows in any chunking: a prefix read from the
-        // cache (computed by another prompt's chunks) and this rest agree with
-        // computing all of it here.
-        const nn::kernels::RowInvariant rows(/*prompt=*/true);
+        // With the prefix cache, the bits of this prompt's rows in any chunking: a
+        // prefix read from the cache (computed by another prompt's chunks) and
+        // this rest agree with computing all of it here.
+        std::optional<nn::kernels::RowInvariant> rows;
+        if (reuse) rows.emplace(/*prompt=*/true);
         const at::Tensor logits = model_->extend_embeddings(s.input.narrow(0, s.prefilled, n), s.cache);
         s.prefilled += n;
         publish_blocks(s);
