@@ -134,8 +134,8 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
     // With the prefix cache, each prompt row gets the bits it gets in any chunking
     // (a prefix the batch reads from the cache computes the same). Without it a
     // prompt always runs in the same chunks, and float32 keeps oneDNN's GEMM.
-    std::optional<nn::kernels::RowInvariant> rows;
-    if (settings_.prefix_cache && model_->prefix_reusable()) rows.emplace(/*prompt=*/true);
+    std::optional<nn::kernels::RowInvariant> invariant;
+    if (settings_.prefix_cache && model_->prefix_reusable()) invariant.emplace(/*prompt=*/true);
     for (int64_t at = 0; at < input.size(0); at += chunk) {
       ctx.throw_if_stopped();
       logits = model_->extend_embeddings(input.narrow(0, at, std::min<int64_t>(chunk, input.size(0) - at)), cache);
@@ -348,8 +348,8 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
         // With the prefix cache, the bits of this prompt's rows in any chunking: a
         // prefix read from the cache (computed by another prompt's chunks) and
         // this rest agree with computing all of it here.
-        std::optional<nn::kernels::RowInvariant> rows;
-        if (reuse) rows.emplace(/*prompt=*/true);
+        std::optional<nn::kernels::RowInvariant> invariant;
+        if (reuse) invariant.emplace(/*prompt=*/true);
         const at::Tensor logits = model_->extend_embeddings(s.input.narrow(0, s.prefilled, n), s.cache);
         s.prefilled += n;
         publish_blocks(s);
