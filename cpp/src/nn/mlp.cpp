@@ -18,7 +18,10 @@ at::Tensor activate(Activation act, const at::Tensor& x) {
 }
 
 at::Tensor sigmoid_per_element(const at::Tensor& x) {
-  const at::Tensor in = x.to(at::kCPU, at::kFloat).contiguous();
+  // On a GPU no chunk runs the CPU kernels whose tails this avoids: its own sigmoid,
+  // with no copy to the host.
+  if (!x.device().is_cpu()) return at::sigmoid(x);
+  const at::Tensor in = x.to(at::kFloat).contiguous();
   at::Tensor out = at::empty_like(in);
   const float* src = in.const_data_ptr<float>();
   float* dst = out.data_ptr<float>();

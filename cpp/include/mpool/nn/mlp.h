@@ -21,7 +21,7 @@ at::Tensor activate(Activation act, const at::Tensor& x);
 /// an element's bits do not depend on where it sits or how many there are
 /// (ATen's vectorized kernel gives the elements of a loop's tail other bits).
 /// For the small gates of a mixture of experts, whose rows keep their bits in
-/// any chunk of a prompt (kernels::RowInvariant).
+/// any chunk of a prompt (kernels::RowInvariant). Off the CPU, at::sigmoid.
 at::Tensor sigmoid_per_element(const at::Tensor& x);
 
 /// The feed-forward slot of a transformer layer: (..., hidden) -> (..., hidden).
