@@ -233,3 +233,59 @@ def test_empty_batches_give_empty_outputs_and_zero_heads_are_invalid_input() -> 
     no_heads = np.zeros((1, 0, 3, 8), np.float32)
     with pytest.raises(mpool.InvalidInput, match="0 key/value heads"):
         testing.probe("nn.attend", {"q": no_heads, "k": no_heads, "v": no_heads})
+
+
+# (batch, heads, kv_heads, n, start, d, dv, window): a prompt's rows (positions
+# start .. start + n - 1) with widths off every vector length, grouped heads,
+# row counts off the 4- and 2-row passes, sliding windows narrower and wider
+# than a pass, and one row (a decode step's shape).
+PROMPT_SHAPES = [
+    (1, 4, 2, 37, 0, 64, 64, 0),
+    (2, 3, 3, 13, 9, 80, 72, 0),
+    (1, 2, 1, 23, 5, 17, 33, 3),
+    (1, 2, 2, 19, 40, 128, 128, 16),
+    (2, 2, 1, 6, 0, 5, 7, 1),
+    (1, 1, 1, 1, 30, 64, 64, 0),
+    (1, 2, 2, 70, 0, 48, 144, 64),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", PROMPT_SHAPES, ids=lambda s: "b{}_h{}_kv{}_n{}_start{}_d{}_dv{}_w{}".format(*s))
+def test_prompt_attention_gives_each_row_the_bits_of_its_decode_step(shape, isa) -> None:
+    """kernels::prompt_attention, a prompt's rows several at a time, gives each
+    row exactly what decode_attention gives that row alone against the keys
+    and values its decode step would read (positions up to its own, the last
+    `window` of them): a decode step's cached key and value then equal
+    prefill's, bit for bit. The values also match a float64 reference."""
+    b, h, kvh, n, start, d, dv, window = shape
+    t = start + n
+    g = torch.Generator().manual_seed(t * 7 + d)
+    q, k = torch.randn(b, h, n, d, generator=g) * 1.5, torch.randn(b, kvh, t, d, generator=g) * 1.5
+    v = torch.randn(b, kvh, t, dv, generator=g)
+    out = _run(q, k, v, path="prompt", isa=isa, window=window)["out"]
+    assert out.shape == (b, h, n, dv)
+    positions = torch.arange(start, t)
+    keys = torch.arange(t)
+    seen = (keys[None, :] <= positions[:, None]) & (
+        (keys[None, :] > positions[:, None] - window) if window > 0 else torch.ones(n, t, dtype=torch.bool)
+    )
+    ref = _reference(q, k, v, seen.expand(b, h, n, t), False, d**-0.5).numpy()
+    assert np.abs(out - ref).max() <= 2e-6 * max(1.0, float(np.abs(ref).max()))
+    for i in range(n):
+        p = start + i
+        first = max(0, p + 1 - window) if window > 0 else 0
+        step = _run(
+            q[:, :, i : i + 1].contiguous(),
+            k[:, :, first : p + 1].contiguous(),
+            v[:, :, first : p + 1].contiguous(),
+            isa=isa,
+        )
+        assert step["kernel"] == 1
+        assert np.array_equal(out[:, :, i : i + 1].view(np.int32), step["out"].view(np.int32)), f"row {i}"
+
+
+def test_prompt_attention_refuses_keys_that_do_not_end_at_the_last_row() -> None:
+    q, k = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 3, 8)
+    with pytest.raises(mpool.InvalidInput, match="prompt_attention does not take these inputs"):
+        _run(q, k, k, path="prompt")

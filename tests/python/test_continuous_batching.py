@@ -369,6 +369,40 @@ def test_requests_run_solo_then_batched_over_their_cached_prompts_give_the_same_
         assert got == want, f"request {i} ({specs[i][1]}) differs batched over its cached prompt"
 
 
+@pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama", "int8"), ("qwen2_moe", "float32"),
+                                        ("qwen2_sliding", "float32")])
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "batched"])
+def test_a_conversations_next_turn_over_blocks_its_decode_steps_wrote_gives_the_bits_of_computing_them(
+    models: dict[str, Path], arch: str, dtype: str, together: bool
+) -> None:
+    # Turn 1's answer is decoded step by step and its full blocks are published;
+    # turn 2's prompt (turn 1, its answer, a new message) reads them from the
+    # prefix cache. Prompts attend as their decode steps would, so those blocks
+    # hold what prefill computes: turn 2 gives the bits of a pool that computes
+    # the whole prompt, logprobs included, whether turn 1's steps ran alone or in
+    # a batch (one row of a step of several).
+    conversations = [ids_of(21 + 6 * i, seed=300 + i) for i in range(3 if together else 1)]
+    answer = dict(max_tokens=40, temperature=0, ignore_eos=True)
+    params = dict(max_tokens=10, temperature=0, ignore_eos=True, logprobs=2)
+    options = {"prefill_chunk": 16, **ROOMY}
+    with mpool.Pool() as pool:
+        pool.register("m", models[arch], max_replicas=1, dtype=dtype, options=options)
+        streams = [pool.generate("m", ids, timeout=120, **answer) for ids in conversations]
+        turns = [ids + collect(s)[0] + ids_of(9, seed=400 + i) for i, (ids, s) in enumerate(zip(conversations, streams))]
+        before = usage_settles_at(pool, batch_sequences=0)["prefix_cache_hit_tokens"]
+        reused = [collect_raw(pool.generate("m", ids, **params)) for ids in turns]
+        hits = usage_settles_at(pool, batch_sequences=0)["prefix_cache_hit_tokens"] - before
+    with mpool.Pool() as pool:
+        pool.register("m", models[arch], max_replicas=1, dtype=dtype, options=options)
+        computed = [collect_raw(pool.generate("m", ids, **params)) for ids in turns]
+    # Each turn read every full block of turn 1 and its answer, whose last
+    # position is the answer's last token (sampled, never run): at least two
+    # blocks written by decode steps.
+    assert hits == sum((len(c) + 40 - 1) // 16 * 16 for c in conversations)
+    for i, (got, want) in enumerate(zip(reused, computed)):
+        assert got == want, f"conversation {i}: the next turn differs over its cached answer"
+
+
 def tokens_of(result: tuple[Any, ...]) -> tuple[Any, ...]:
     """ids, text and finish reason: what prefix reuse keeps equal in every dtype (in
     bfloat16 and latent attention its logprobs may differ in the last bits, the

@@ -58,6 +58,13 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                           0.0, causal && !mask.defined(), scale, group > 1);
 }
 
+at::Tensor attend_prompt(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start, int64_t window,
+                         const at::Tensor& mask, bool causal) {
+  at::Tensor out =
+      kernels::prompt_attention(q, k, v, start, window, 1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  return out.defined() ? out : attend(q, k, v, mask, causal);
+}
+
 at::Tensor attend_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks, const std::vector<at::Tensor>& vs) {
   check(q.dim() == 4 && q.size(2) == 1 && ks.size() == static_cast<size_t>(q.size(0)) && vs.size() == ks.size(),
         ErrorCode::kInvalidInput, "attend_rows: q must be (b, heads, 1, d) with b keys and values");

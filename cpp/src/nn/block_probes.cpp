@@ -230,7 +230,8 @@ void register_all() {
   // their first `length` rows, a strided view as a KV cache hands out), an
   // optional "mask" tensor (boolean or additive, broadcastable to (b, heads, n,
   // t)). Option "path": "aten" runs ATen's scaled_dot_product_attention, "rows"
-  // kernels::attention (with "isa", that path). Option "repeat" times that many
+  // kernels::attention (with "isa", that path), "prompt" kernels::prompt_attention
+  // (q the last n positions of k and v; option "window", default 0). Option "repeat" times that many
   // more runs ("seconds", per run). Out: "out" (float32) and "kernel", 1 when one of
   // mpool's kernels ran it (the decode-step one or kernels::attention).
   register_probe("nn.attend", [](const ProbeInput& in) {
@@ -254,20 +255,24 @@ void register_all() {
     at::Tensor mask = in.optional_tensor("mask");  // integers (booleans arrive as int64): true = attend
     if (mask.defined()) mask = at::isFloatingType(mask.scalar_type()) ? mask.to(*dtype) : mask.to(at::kBool);
     const std::string path = in.get_or<std::string>("path", "");
-    check(path.empty() || path == "aten" || path == "rows", ErrorCode::kInvalidInput, "path must be aten or rows");
+    check(path.empty() || path == "aten" || path == "rows" || path == "prompt", ErrorCode::kInvalidInput,
+          "path must be aten, rows or prompt");
     if (!path.empty()) {
       const std::optional<bool> wide = isa.empty() ? std::nullopt : std::optional<bool>(isa == "avx512");
       auto run = [&] {
         if (path == "aten")
           return at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt,
                                                   0.0, causal && !mask.defined(), s, k.size(1) != q.size(1));
-        at::Tensor out = kernels::attention(q, k, v, mask, causal && !mask.defined(), s, wide);
-        check(out.defined(), ErrorCode::kInvalidInput, "kernels::attention does not take these inputs");
+        at::Tensor out = path == "prompt" ? kernels::prompt_attention(q, k, v, k.size(2) - q.size(2),
+                                                                      in.get_or<int64_t>("window", 0), s, wide)
+                                          : kernels::attention(q, k, v, mask, causal && !mask.defined(), s, wide);
+        check(out.defined(), ErrorCode::kInvalidInput, "kernels::" + std::string(path == "prompt" ? "prompt_" : "") +
+                                                           "attention does not take these inputs");
         return out;
       };
       at::Tensor out = run();
       return ProbeOutput{{"out", out.to(at::kFloat).contiguous()},
-                         {"kernel", at::scalar_tensor(path == "rows" ? 1 : 0, at::kInt)},
+                         {"kernel", at::scalar_tensor(path == "aten" ? 0 : 1, at::kInt)},
                          {"seconds", seconds_per_call(in, run)}};
     }
     const at::Tensor kernel = q.size(2) != 1 ? at::Tensor()

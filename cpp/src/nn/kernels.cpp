@@ -186,19 +186,6 @@ void gemm_rows(const W* w, const float* x, float* y, int64_t in, int64_t out, in
   for (; r < r1; ++r) pass.template operator()<1>(r);
 }
 
-// dot(a[0:n], x[0:n]) with float32 accumulation.
-template <class W>
-__attribute__((target("avx2,fma"))) inline float dot(const W* a, const float* x, int64_t n) {
-  const int64_t vec_end = n - n % 8;
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t i = 0; i < vec_end; i += 8) acc = _mm256_fmadd_ps(load8(a + i), _mm256_loadu_ps(x + i), acc);
-  float t = hsum(acc);
-  for (int64_t i = vec_end; i < n; ++i) t += to_float(a[i]) * x[i];
-  return t;
-}
-
-// One query row against its head's t key and value rows: out = softmax(scale q.k) v.
-// `scores` holds t floats, `acc` dv floats.
 // run(float{}) for float32, run(uint16_t{}) for bfloat16 (its bits).
 template <class F>
 void run_as_float_or_bf16(at::ScalarType type, F&& run) {
@@ -235,69 +222,127 @@ __attribute__((target("avx2,fma"))) inline float softmax_in_place(float* scores,
   return sum;
 }
 
-// `key(j)` and `value(j)` point at position j's row (contiguous or in blocks).
-template <class W, class KeyAt, class ValueAt>
-__attribute__((target("avx2,fma"))) void attend_row(const float* q, KeyAt key, ValueAt value, int64_t t, int64_t d,
-                                                    int64_t dv, float scale, float* scores, float* acc) {
-  float top = -INFINITY;
-  // Four keys at a time: four independent chains of fused multiply-adds, each
-  // key's dot product summed exactly as dot() sums it.
+// Query rows of one head that attend together: row r against the key and value
+// rows at positions [f[r], t[r]) (`key(j)` and `value(j)` point at position j's
+// row, contiguous or in blocks), its scores into scores[r][j - f[r]] and its
+// output into acc[r]. Every row's arithmetic is the same whatever rows run with
+// it (R = 1 is a decode step): each key's dot product is summed in one fixed
+// order (lanes over the columns, one horizontal tree, the column tail with
+// fused multiply-adds) whichever keys share its pass; the softmax runs over the
+// row's own range; and each output column is summed over the row's keys in
+// increasing position with fused multiply-adds, however the columns are cut
+// into registers. So a prompt's rows, R at a time, get the bits each would get
+// as a decode step.
+template <int R>
+struct KeyWalk {
+  // Row r's positions: [f[r], head_end[r]) alone, then [shared_begin,
+  // shared_end) with every row (where they all share some), then
+  // [tail_begin[r], t[r]) alone: each row's in increasing position.
+  int64_t lo, hi, shared_begin, shared_end, head_end[R], tail_begin[R];
+  KeyWalk(const int64_t* f, const int64_t* t) {
+    lo = f[0], hi = t[0], shared_begin = f[0], shared_end = t[0];
+    for (int r = 1; r < R; ++r) {
+      lo = std::min(lo, f[r]), hi = std::max(hi, t[r]);
+      shared_begin = std::max(shared_begin, f[r]), shared_end = std::min(shared_end, t[r]);
+    }
+    if (shared_begin >= shared_end) shared_begin = shared_end = hi;  // nothing shared: each row alone
+    for (int r = 0; r < R; ++r) {
+      head_end[r] = shared_begin < shared_end ? shared_begin : t[r];
+      tail_begin[r] = shared_begin < shared_end ? shared_end : t[r];
+    }
+  }
+};
+
+template <class W, int R, class KeyAt, class ValueAt>
+__attribute__((target("avx2,fma"))) void attend_rows(const float* const* q, KeyAt key, ValueAt value,
+                                                     const int64_t* f, const int64_t* t, int64_t d, int64_t dv,
+                                                     float scale, float* const* scores, float* const* acc) {
+  const KeyWalk<R> walk(f, t);
+  float top[R];
+  for (int r = 0; r < R; ++r) top[r] = -INFINITY;
+  // Keys four at a time (a last group of fewer reads its missing keys as the
+  // last one again, computed and never stored).
   const int64_t q_vec = d - d % 8;
-  int64_t j = 0;
-  const int64_t key_bytes = d * static_cast<int64_t>(sizeof(W)), slice_bytes = 64 * static_cast<int64_t>(sizeof(W));
-  for (; j + 4 <= t; j += 4) {
-    for (int64_t u = j + kAttentionPrefetchAhead; u < std::min(j + kAttentionPrefetchAhead + 4, t); ++u)
+  const int64_t key_bytes = d * static_cast<int64_t>(sizeof(W));
+  for (int64_t j = walk.lo; j < walk.hi; j += 4) {
+    for (int64_t u = j + kAttentionPrefetchAhead; u < std::min(j + kAttentionPrefetchAhead + 4, walk.hi); ++u)
       prefetch_row(key(u), key_bytes);
-    const W* rows[4] = {key(j), key(j + 1), key(j + 2), key(j + 3)};
-    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const W* rows[4];
+    for (int u = 0; u < 4; ++u) rows[u] = key(std::min(j + u, walk.hi - 1));
+    __m256 a[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < 4; ++u) a[r][u] = _mm256_setzero_ps();
     for (int64_t i = 0; i < q_vec; i += 8) {
-      const __m256 qv = _mm256_loadu_ps(q + i);
-      for (int u = 0; u < 4; ++u) a[u] = _mm256_fmadd_ps(load8(rows[u] + i), qv, a[u]);
+      __m256 kv[4];
+      for (int u = 0; u < 4; ++u) kv[u] = load8(rows[u] + i);
+      for (int r = 0; r < R; ++r) {
+        const __m256 qv = _mm256_loadu_ps(q[r] + i);
+        for (int u = 0; u < 4; ++u) a[r][u] = _mm256_fmadd_ps(kv[u], qv, a[r][u]);
+      }
     }
-    for (int u = 0; u < 4; ++u) {
-      float sum = hsum(a[u]);
-      for (int64_t i = q_vec; i < d; ++i) sum += to_float(rows[u][i]) * q[i];
-      scores[j + u] = sum * scale;
-      top = std::max(top, scores[j + u]);
-    }
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < 4; ++u) {
+        if (j + u < f[r] || j + u >= t[r]) continue;
+        float sum = hsum(a[r][u]);
+        for (int64_t i = q_vec; i < d; ++i) sum = std::fma(to_float(rows[u][i]), q[r][i], sum);
+        scores[r][j + u - f[r]] = sum * scale;
+        top[r] = std::max(top[r], sum * scale);
+      }
   }
-  for (; j < t; ++j) {
-    scores[j] = dot(key(j), q, d) * scale;
-    top = std::max(top, scores[j]);
-  }
-  const float sum = softmax_in_place(scores, t, top);
-  // The weighted values, 64 columns at a time in registers (each column summed
-  // over the keys in order, as one accumulator in memory would).
+  float inv[R];
+  for (int r = 0; r < R; ++r) inv[r] = 1.0f / softmax_in_place(scores[r], t[r] - f[r], top[r]);
+  // The weighted values, C registers of eight columns a row at a time (64
+  // columns for one row, 32 for more), then eight, then one.
+  constexpr int C = R == 1 ? 8 : 4;
+  const int64_t slice_bytes = 8 * C * static_cast<int64_t>(sizeof(W));
   int64_t i0 = 0;
-  for (; i0 + 64 <= dv; i0 += 64) {
-    __m256 a[8];
-    for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
-    for (int64_t jj = 0; jj < t; ++jj) {
-      if (jj + kAttentionPrefetchAhead < t) prefetch_row(value(jj + kAttentionPrefetchAhead) + i0, slice_bytes);
-      const W* row = value(jj) + i0;
-      const __m256 w = _mm256_set1_ps(scores[jj]);
-      for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(w, load8(row + 8 * u), a[u]);
+  for (; i0 + 8 * C <= dv; i0 += 8 * C) {
+    __m256 a[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < C; ++u) a[r][u] = _mm256_setzero_ps();
+    auto one = [&](int r, int64_t j) __attribute__((target("avx2,fma"))) {
+      const W* row = value(j) + i0;
+      const __m256 w = _mm256_set1_ps(scores[r][j - f[r]]);
+      for (int u = 0; u < C; ++u) a[r][u] = _mm256_fmadd_ps(w, load8(row + 8 * u), a[r][u]);
+    };
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = f[r]; j < walk.head_end[r]; ++j) one(r, j);
+    for (int64_t j = walk.shared_begin; j < walk.shared_end; ++j) {
+      if (j + kAttentionPrefetchAhead < walk.shared_end) prefetch_row(value(j + kAttentionPrefetchAhead) + i0, slice_bytes);
+      const W* row = value(j) + i0;
+      __m256 v[C];
+      for (int u = 0; u < C; ++u) v[u] = load8(row + 8 * u);
+      for (int r = 0; r < R; ++r) {
+        const __m256 w = _mm256_set1_ps(scores[r][j - f[r]]);
+        for (int u = 0; u < C; ++u) a[r][u] = _mm256_fmadd_ps(w, v[u], a[r][u]);
+      }
     }
-    for (int u = 0; u < 8; ++u) _mm256_storeu_ps(acc + i0 + 8 * u, a[u]);
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = walk.tail_begin[r]; j < t[r]; ++j) one(r, j);
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < C; ++u) _mm256_storeu_ps(acc[r] + i0 + 8 * u, a[r][u]);
   }
-  for (; i0 + 8 <= dv; i0 += 8) {
-    __m256 a = _mm256_setzero_ps();
-    for (int64_t jj = 0; jj < t; ++jj) a = _mm256_fmadd_ps(_mm256_set1_ps(scores[jj]), load8(value(jj) + i0), a);
-    _mm256_storeu_ps(acc + i0, a);
-  }
-  for (int64_t i = i0; i < dv; ++i) {
-    float a = 0;
-    for (int64_t jj = 0; jj < t; ++jj) a += scores[jj] * to_float(value(jj)[i]);
-    acc[i] = a;
-  }
-  const float inv = 1.0f / sum;
-  for (int64_t i = 0; i < dv; ++i) acc[i] *= inv;
+  for (; i0 + 8 <= dv; i0 += 8)
+    for (int r = 0; r < R; ++r) {
+      __m256 a = _mm256_setzero_ps();
+      for (int64_t j = f[r]; j < t[r]; ++j)
+        a = _mm256_fmadd_ps(_mm256_set1_ps(scores[r][j - f[r]]), load8(value(j) + i0), a);
+      _mm256_storeu_ps(acc[r] + i0, a);
+    }
+  for (int64_t i = i0; i < dv; ++i)
+    for (int r = 0; r < R; ++r) {
+      float a = 0;
+      for (int64_t j = f[r]; j < t[r]; ++j) a = std::fma(scores[r][j - f[r]], to_float(value(j)[i]), a);
+      acc[r][i] = a;
+    }
+  for (int r = 0; r < R; ++r)
+    for (int64_t i = 0; i < dv; ++i) acc[r][i] *= inv[r];
 }
 
-// attend_row with AVX-512: sixteen lanes for the query-key dots and the
-// weighted values (64 columns in four registers), the same softmax. Four keys'
-// dots are summed together (their halves, then one horizontal tree), the same
-// way for every key: a row's bits depend only on its query and its keys.
+// attend_rows with AVX-512: sixteen lanes for the query-key dots and the
+// weighted values (64 columns in four registers a row), the same softmax. Four
+// keys' dots are summed together (their halves, then one horizontal tree), the
+// same way for every key.
 __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline __m128 reduce4(const __m512 (&a)[4]) {
   __m256 h[4];
   for (int u = 0; u < 4; ++u)
@@ -306,74 +351,117 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) inline __m128 reduce4(c
   return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));  // key u in lane u
 }
 
-template <class W, class KeyAt, class ValueAt>
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_row_512(const float* q, KeyAt key, ValueAt value,
-                                                                              int64_t t, int64_t d, int64_t dv,
-                                                                              float scale, float* scores, float* acc) {
+template <class W, int R, class KeyAt, class ValueAt>
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_rows_512(
+    const float* const* q, KeyAt key, ValueAt value, const int64_t* f, const int64_t* t, int64_t d, int64_t dv,
+    float scale, float* const* scores, float* const* acc) {
   const __mmask16 all = 0xFFFF;
   const int64_t q_full = d - d % 16;
   const __mmask16 q_tail = static_cast<__mmask16>((1u << (d - q_full)) - 1);
-  float top = -INFINITY;
-  // Keys four at a time; a last group of fewer reads its missing keys as the
-  // last one again (computed, never stored).
+  const KeyWalk<R> walk(f, t);
+  float top[R];
+  for (int r = 0; r < R; ++r) top[r] = -INFINITY;
   const int64_t key_bytes = d * static_cast<int64_t>(sizeof(W)), slice_bytes = 64 * static_cast<int64_t>(sizeof(W));
-  for (int64_t j = 0; j < t; j += 4) {
-    for (int64_t u = j + kAttentionPrefetchAhead; u < std::min(j + kAttentionPrefetchAhead + 4, t); ++u)
+  for (int64_t j = walk.lo; j < walk.hi; j += 4) {
+    for (int64_t u = j + kAttentionPrefetchAhead; u < std::min(j + kAttentionPrefetchAhead + 4, walk.hi); ++u)
       prefetch_row(key(u), key_bytes);
     const W* rows[4];
-    for (int u = 0; u < 4; ++u) rows[u] = key(std::min(j + u, t - 1));
-    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int u = 0; u < 4; ++u) rows[u] = key(std::min(j + u, walk.hi - 1));
+    __m512 a[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < 4; ++u) a[r][u] = _mm512_setzero_ps();
     for (int64_t i = 0; i < q_full; i += 16) {
-      const __m512 qv = _mm512_loadu_ps(q + i);
-      for (int u = 0; u < 4; ++u) a[u] = _mm512_fmadd_ps(load16(rows[u] + i, all), qv, a[u]);
+      __m512 kv[4];
+      for (int u = 0; u < 4; ++u) kv[u] = load16(rows[u] + i, all);
+      for (int r = 0; r < R; ++r) {
+        const __m512 qv = _mm512_loadu_ps(q[r] + i);
+        for (int u = 0; u < 4; ++u) a[r][u] = _mm512_fmadd_ps(kv[u], qv, a[r][u]);
+      }
     }
     if (q_full < d) {
-      const __m512 qv = _mm512_maskz_loadu_ps(q_tail, q + q_full);
-      for (int u = 0; u < 4; ++u) a[u] = _mm512_fmadd_ps(load16(rows[u] + q_full, q_tail), qv, a[u]);
+      __m512 kv[4];
+      for (int u = 0; u < 4; ++u) kv[u] = load16(rows[u] + q_full, q_tail);
+      for (int r = 0; r < R; ++r) {
+        const __m512 qv = _mm512_maskz_loadu_ps(q_tail, q[r] + q_full);
+        for (int u = 0; u < 4; ++u) a[r][u] = _mm512_fmadd_ps(kv[u], qv, a[r][u]);
+      }
     }
-    alignas(16) float four[4];
-    _mm_store_ps(four, _mm_mul_ps(reduce4(a), _mm_set1_ps(scale)));
-    for (int64_t u = 0; u < 4 && j + u < t; ++u) {
-      scores[j + u] = four[u];
-      top = std::max(top, four[u]);
+    for (int r = 0; r < R; ++r) {
+      if (j + 4 <= f[r] || j >= t[r]) continue;
+      alignas(16) float four[4];
+      _mm_store_ps(four, _mm_mul_ps(reduce4(a[r]), _mm_set1_ps(scale)));
+      for (int64_t u = std::max<int64_t>(0, f[r] - j); u < 4 && j + u < t[r]; ++u) {
+        scores[r][j + u - f[r]] = four[u];
+        top[r] = std::max(top[r], four[u]);
+      }
     }
   }
-  const float sum = softmax_in_place(scores, t, top);
+  float inv[R];
+  for (int r = 0; r < R; ++r) inv[r] = 1.0f / softmax_in_place(scores[r], t[r] - f[r], top[r]);
   int64_t i0 = 0;
   for (; i0 + 64 <= dv; i0 += 64) {
-    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t jj = 0; jj < t; ++jj) {
-      if (jj + kAttentionPrefetchAhead < t) prefetch_row(value(jj + kAttentionPrefetchAhead) + i0, slice_bytes);
-      const W* row = value(jj) + i0;
-      const __m512 w = _mm512_set1_ps(scores[jj]);
-      for (int u = 0; u < 4; ++u) a[u] = _mm512_fmadd_ps(w, load16(row + 16 * u, all), a[u]);
+    __m512 a[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < 4; ++u) a[r][u] = _mm512_setzero_ps();
+    auto one = [&](int r, int64_t j) __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) {
+      const W* row = value(j) + i0;
+      const __m512 w = _mm512_set1_ps(scores[r][j - f[r]]);
+      for (int u = 0; u < 4; ++u) a[r][u] = _mm512_fmadd_ps(w, load16(row + 16 * u, all), a[r][u]);
+    };
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = f[r]; j < walk.head_end[r]; ++j) one(r, j);
+    for (int64_t j = walk.shared_begin; j < walk.shared_end; ++j) {
+      if (j + kAttentionPrefetchAhead < walk.shared_end) prefetch_row(value(j + kAttentionPrefetchAhead) + i0, slice_bytes);
+      const W* row = value(j) + i0;
+      __m512 v[4];
+      for (int u = 0; u < 4; ++u) v[u] = load16(row + 16 * u, all);
+      for (int r = 0; r < R; ++r) {
+        const __m512 w = _mm512_set1_ps(scores[r][j - f[r]]);
+        for (int u = 0; u < 4; ++u) a[r][u] = _mm512_fmadd_ps(w, v[u], a[r][u]);
+      }
     }
-    for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc + i0 + 16 * u, a[u]);
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = walk.tail_begin[r]; j < t[r]; ++j) one(r, j);
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc[r] + i0 + 16 * u, a[r][u]);
   }
   for (; i0 < dv; i0 += 16) {
     const __mmask16 m = dv - i0 >= 16 ? all : static_cast<__mmask16>((1u << (dv - i0)) - 1);
-    __m512 a = _mm512_setzero_ps();
-    for (int64_t jj = 0; jj < t; ++jj) a = _mm512_fmadd_ps(_mm512_set1_ps(scores[jj]), load16(value(jj) + i0, m), a);
-    _mm512_mask_storeu_ps(acc + i0, m, a);
+    for (int r = 0; r < R; ++r) {
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t j = f[r]; j < t[r]; ++j)
+        a = _mm512_fmadd_ps(_mm512_set1_ps(scores[r][j - f[r]]), load16(value(j) + i0, m), a);
+      _mm512_mask_storeu_ps(acc[r] + i0, m, a);
+    }
   }
-  const __m512 inv = _mm512_set1_ps(1.0f / sum);
-  for (int64_t i = 0; i < dv; i += 16) {
-    const __mmask16 m = dv - i >= 16 ? all : static_cast<__mmask16>((1u << (dv - i)) - 1);
-    _mm512_mask_storeu_ps(acc + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + i), inv));
+  for (int r = 0; r < R; ++r) {
+    const __m512 scale_out = _mm512_set1_ps(inv[r]);
+    for (int64_t i = 0; i < dv; i += 16) {
+      const __mmask16 m = dv - i >= 16 ? all : static_cast<__mmask16>((1u << (dv - i)) - 1);
+      _mm512_mask_storeu_ps(acc[r] + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc[r] + i), scale_out));
+    }
   }
 }
 
-// One query row against its keys and values: the AVX-512 row where `wide`
-// (the CPU has it, unless a test asks for the AVX2 one), else the AVX2 one.
-// Every decode attention path goes through here, so the same row gives the
-// same bits whichever path reads it.
+// R query rows against their keys and values: the AVX-512 rows where `wide`
+// (the CPU has it, unless a test asks for the AVX2 ones), else the AVX2 ones.
+// Every decode attention path and the prompt rows that must match them go
+// through here, so the same row gives the same bits whichever path reads it.
+template <class W, int R, class KeyAt, class ValueAt>
+void attend_rows_any(bool wide, const float* const* q, KeyAt key, ValueAt value, const int64_t* f, const int64_t* t,
+                     int64_t d, int64_t dv, float scale, float* const* scores, float* const* acc) {
+  if (wide)
+    attend_rows_512<W, R>(q, key, value, f, t, d, dv, scale, scores, acc);
+  else
+    attend_rows<W, R>(q, key, value, f, t, d, dv, scale, scores, acc);
+}
+
+// One query row against its t keys and values (a decode step).
 template <class W, class KeyAt, class ValueAt>
 void attend_row_any(bool wide, const float* q, KeyAt key, ValueAt value, int64_t t, int64_t d, int64_t dv, float scale,
                     float* scores, float* acc) {
-  if (wide)
-    attend_row_512<W>(q, key, value, t, d, dv, scale, scores, acc);
-  else
-    attend_row<W>(q, key, value, t, d, dv, scale, scores, acc);
+  const int64_t f = 0;
+  attend_rows_any<W, 1>(wide, &q, key, value, &f, &t, d, dv, scale, &scores, &acc);
 }
 
 // bf16 weights against bf16 rows of X with AVX512-BF16's pair dot product: 32
@@ -640,6 +728,77 @@ at::Tensor decode_attention_with(const at::Tensor& q, const at::Tensor& k, const
   return out.to(type);
 #else
   (void)q, (void)k, (void)v, (void)scale, (void)avx512;
+  return {};
+#endif
+}
+
+at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start,
+                            int64_t window, double scale, std::optional<bool> avx512) {
+#ifdef MPOOL_X86_GEMV
+  bool wide = cpu_has_avx512();
+  if (avx512.has_value()) {
+    if (*avx512 && !wide) return {};
+    wide = *avx512;
+  }
+  auto cpu_float = [](const at::Tensor& x) {
+    return x.defined() && x.dim() == 4 && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.stride(3) == 1;
+  };
+  if (!cpu_has_avx2_fma() || !cpu_float(q) || !cpu_float(k) || !cpu_float(v) || !std::isfinite(scale)) return {};
+  const int64_t b = q.size(0), heads = q.size(1), n = q.size(2), d = q.size(3);
+  const int64_t kvh = k.size(1), t = k.size(2), dv = v.size(3);
+  if (b == 0 || n == 0 || d == 0 || dv == 0 || kvh == 0 || heads % kvh != 0 || start < 0 || window < 0 ||
+      t != start + n || k.size(0) != b || v.size(0) != b || v.size(1) != kvh || v.size(2) != t || k.size(3) != d)
+    return {};
+  const int64_t group = heads / kvh;
+  at::Tensor out = at::empty({b, n, heads, dv}, q.options());
+  const float* qp = q.const_data_ptr<float>();
+  const float* kp = k.const_data_ptr<float>();
+  const float* vp = v.const_data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+  // R rows a pass share each key's and value's loads: four with AVX-512 (16 of
+  // 32 registers for their sums), two with AVX2 (of 16); the rows a head has
+  // past a multiple of R go one at a time, which gives them the same bits.
+  auto run = [&]<int R>() {
+    const int64_t blocks = (n + R - 1) / R;
+    // Heads outermost: a causal head's late rows cost more than its early ones,
+    // and every thread's share then holds whole heads (or equal runs of them).
+    parallel_for_beside_torch(b * heads * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(static_cast<size_t>(R * t));
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t block = item % blocks, head = (item / blocks) % heads, seq = item / blocks / heads;
+        const auto key = strided(kp + seq * k.stride(0) + (head / group) * k.stride(1), k.stride(2));
+        const auto value = strided(vp + seq * v.stride(0) + (head / group) * v.stride(1), v.stride(2));
+        auto rows = [&]<int N>(int64_t i0) {
+          const float* qr[N];
+          float* sr[N];
+          float* orow[N];
+          int64_t f[N], e[N];
+          for (int r = 0; r < N; ++r) {
+            const int64_t i = i0 + r, position = start + i;
+            qr[r] = qp + seq * q.stride(0) + head * q.stride(1) + i * q.stride(2);
+            sr[r] = scratch.data() + r * t;
+            orow[r] = op + ((seq * n + i) * heads + head) * dv;
+            e[r] = position + 1;
+            f[r] = window > 0 ? std::max<int64_t>(0, e[r] - window) : 0;
+          }
+          attend_rows_any<float, N>(wide, qr, key, value, f, e, d, dv, s, sr, orow);
+        };
+        const int64_t i0 = block * R;
+        if (i0 + R <= n)
+          rows.template operator()<R>(i0);
+        else
+          for (int64_t i = i0; i < n; ++i) rows.template operator()<1>(i);
+      }
+    });
+  };
+  if (wide)
+    run.template operator()<4>();
+  else
+    run.template operator()<2>();
+  return out.permute({0, 2, 1, 3});
+#else
+  (void)q, (void)k, (void)v, (void)start, (void)window, (void)scale, (void)avx512;
   return {};
 #endif
 }

@@ -117,6 +117,21 @@ at::Tensor decode_attention_paged(const at::Tensor& q, const at::Tensor& k_block
                                   const std::vector<const std::vector<int32_t>*>& tables,
                                   const std::vector<int64_t>& first, const std::vector<int64_t>& total, double scale);
 
+/// The attention of a prompt's rows as their decode steps compute it: q (b,
+/// heads, n, d) holds the rows of positions start .. start + n - 1, and k (b,
+/// kv_heads, start + n, d) and v (b, kv_heads, start + n, dv) the keys and values
+/// of every position up to the last; row i attends to positions
+/// [max(0, start + i + 1 - window), start + i + 1) (window 0: all of them). Each
+/// row's result is the bits decode_attention gives for that row alone against
+/// the same keys and values (the decode step of its position), a few rows at a
+/// time sharing the loads of each key. Float32 on the CPU, last dimensions
+/// contiguous; split over (sequence, head, rows) with parallel_for_beside_torch.
+/// Returns (b, heads, n, dv), a view of a (b, n, heads, dv) tensor, or an
+/// undefined tensor where it does not apply. `avx512` picks a path for tests
+/// (undefined where the CPU lacks it).
+at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start,
+                            int64_t window, double scale, std::optional<bool> avx512 = std::nullopt);
+
 /// Sets the calling thread's torch intra-op thread count to `threads` (>= 1),
 /// for this thread only: its OpenMP count and, where torch has MKL, its MKL
 /// count. at::set_num_threads would also store the process default that every
@@ -152,11 +167,12 @@ class SerialTorchOps {
 /// or where a chunk of rows starts: float32 linear() runs the row kernel at any
 /// row count (in tiles past row_kernel_max_rows(), each row summed in the order
 /// it has alone) and int8's auto path its row kernel. With `prompt` (a prompt's
-/// chunks through a decoder), a chunk of one row also runs as a chunk: its
-/// attention by the many-row kernel under the chunk's mask, not the decode
-/// kernel. So a prompt computed in any chunks (a prefix read from the cache and
-/// the rest computed, or all of it at once) gives the same bits. bfloat16 GEMMs
-/// are not covered. Nests (the innermost wins).
+/// chunks through a decoder), a chunk of one row also runs as a chunk, and a
+/// decoder's prompt rows attend as their decode steps would
+/// (prompt_attention). So a prompt computed in any chunks (a prefix read from
+/// the cache and the rest computed, or all of it at once) gives the same bits,
+/// and so does a cached block that decode steps wrote (a conversation's earlier
+/// answer). bfloat16 GEMMs are not covered. Nests (the innermost wins).
 class RowInvariant {
  public:
   explicit RowInvariant(bool prompt = false);

@@ -154,7 +154,13 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
             n == 1 && window > 0 && !nn::kernels::prompt_rows() ? std::max<int64_t>(0, total - window) : 0;
         std::tie(k, v) = cache->append(li, start, k, v, first);
       }
-      x = L.attention.output(nn::attend(q, k, v, mask, causal), x);  // + x, fused where it can be
+      // A prompt whose blocks the prefix cache keeps attends as its decode steps
+      // would (kernels::RowInvariant), so a block a decode step wrote (a
+      // conversation's earlier answer) holds what prefill would compute.
+      const at::Tensor attended = cache && nn::kernels::prompt_rows() && !key_mask.defined()
+                                      ? nn::attend_prompt(q, k, v, start, window, mask, causal)
+                                      : nn::attend(q, k, v, mask, causal);
+      x = L.attention.output(attended, x);  // + x, fused where it can be
     }
     x = L.feed_forward->plus(L.post_attention_norm(x), x);
   }
