@@ -300,9 +300,9 @@ def collect_raw(stream: mpool.TextStream) -> tuple[Any, ...]:
 
 
 # Prompts run under kernels::RowInvariant: float32 and int8 linears give a row
-# the bits it has alone, and a chunk of one row runs as any chunk. So a prompt
-# gives the same bits in any chunking: all at once, in chunks, or a cached prefix
-# and the rest. (bfloat16's GEMMs and latent attention's batched products are
+# the bits it has alone, and a prompt's rows attend as their decode steps do. So
+# a prompt gives the same bits in any chunking: all at once, in chunks, or a
+# cached prefix (prefilled or decoded) and the rest. (bfloat16's GEMMs and latent attention's batched products are
 # not row-invariant: their reuse equals computing up to rounding.)
 INVARIANT_ARCHS = {
     "llama": {},
