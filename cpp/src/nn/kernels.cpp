@@ -360,7 +360,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_rows_512(
   const __mmask16 q_tail = static_cast<__mmask16>((1u << (d - q_full)) - 1);
   const KeyWalk<R> walk(f, t);
   float top[R];
-  for (int r = 0; r < R; ++r) top[r] = -INFINITY;
+  __m128 tops[R];  // the maxima of whole groups of four, lane by lane
+  for (int r = 0; r < R; ++r) top[r] = -INFINITY, tops[r] = _mm_set1_ps(-INFINITY);
   const int64_t key_bytes = d * static_cast<int64_t>(sizeof(W)), slice_bytes = 64 * static_cast<int64_t>(sizeof(W));
   for (int64_t j = walk.lo; j < walk.hi; j += 4) {
     for (int64_t u = j + kAttentionPrefetchAhead; u < std::min(j + kAttentionPrefetchAhead + 4, walk.hi); ++u)
@@ -388,13 +389,24 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_rows_512(
     }
     for (int r = 0; r < R; ++r) {
       if (j + 4 <= f[r] || j >= t[r]) continue;
-      alignas(16) float four[4];
-      _mm_store_ps(four, _mm_mul_ps(reduce4(a[r]), _mm_set1_ps(scale)));
+      const __m128 four = _mm_mul_ps(reduce4(a[r]), _mm_set1_ps(scale));
+      if (j >= f[r] && j + 4 <= t[r]) {  // all four keys the row's
+        _mm_storeu_ps(scores[r] + (j - f[r]), four);
+        tops[r] = _mm_max_ps(four, tops[r]);  // a NaN score leaves the maximum as it was
+        continue;
+      }
+      alignas(16) float lanes[4];
+      _mm_store_ps(lanes, four);
       for (int64_t u = std::max<int64_t>(0, f[r] - j); u < 4 && j + u < t[r]; ++u) {
-        scores[r][j + u - f[r]] = four[u];
-        top[r] = std::max(top[r], four[u]);
+        scores[r][j + u - f[r]] = lanes[u];
+        top[r] = std::max(top[r], lanes[u]);
       }
     }
+  }
+  for (int r = 0; r < R; ++r) {
+    alignas(16) float lanes[4];
+    _mm_store_ps(lanes, tops[r]);
+    for (int u = 0; u < 4; ++u) top[r] = std::max(top[r], lanes[u]);
   }
   float inv[R];
   for (int r = 0; r < R; ++r) inv[r] = 1.0f / softmax_in_place(scores[r], t[r] - f[r], top[r]);
