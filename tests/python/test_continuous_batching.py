@@ -302,8 +302,9 @@ def collect_raw(stream: mpool.TextStream) -> tuple[Any, ...]:
 # Prompts run under kernels::RowInvariant: float32 and int8 linears give a row
 # the bits it has alone, and a prompt's rows attend as their decode steps do. So
 # a prompt gives the same bits in any chunking: all at once, in chunks, or a
-# cached prefix (prefilled or decoded) and the rest. (bfloat16's GEMMs and latent attention's batched products are
-# not row-invariant: their reuse equals computing up to rounding.)
+# cached prefix (prefilled or decoded) and the rest; latent attention's per-head
+# maps too (row by row). (bfloat16's GEMMs are not row-invariant: their reuse
+# equals computing up to rounding.)
 INVARIANT_ARCHS = {
     "llama": {},
     "qwen2_sliding": {},
@@ -312,6 +313,7 @@ INVARIANT_ARCHS = {
     "qwen2_moe": {},
     "qwen3_moe": {},
     "llama_bias": {},
+    "deepseek_v3": {},  # latent attention, its experts, the sigmoid router
     # odd widths: vector tails in every row
     "llama_odd": dict(arch="llama", hidden_size=36, num_attention_heads=6, num_key_value_heads=3, intermediate_size=37),
 }
@@ -339,18 +341,18 @@ def test_a_prompt_gives_the_same_logits_bits_in_any_chunking_in_float32_and_int8
 
 
 @pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama", "int8"), ("qwen2_moe", "float32"),
-                                        ("qwen2_sliding", "float32")])
+                                        ("qwen2_sliding", "float32"), ("deepseek_v3", "float32")])
 def test_requests_run_solo_then_batched_over_their_cached_prompts_give_the_same_logprob_bits(
-    models: dict[str, Path], arch: str, dtype: str
+    models: dict[str, Path], arch: str, dtype: str, tmp_path: Path
 ) -> None:
     # The prefix cache on (the default): the batched requests read their prompts'
     # blocks that their solo runs published and compute only the rest, in other
     # chunks (a prompt of a whole number of blocks recomputes just its last token).
     specs = [(ids, {**params, "logprobs": 2}) for ids, params in request_specs(12)]
     specs.append((ids_of(32, seed=77), dict(max_tokens=10, temperature=0, ignore_eos=True, logprobs=2)))
+    path = models[arch] if arch in models else build_decoder(tmp_path, arch)
     with mpool.Pool() as pool:
-        pool.register("m", models[arch], max_replicas=1, dtype=dtype,
-                      options={"prefill_chunk": 16, **ROOMY})
+        pool.register("m", path, max_replicas=1, dtype=dtype, options={"prefill_chunk": 16, **ROOMY})
         solo = [collect_raw(pool.generate("m", ids, **params)) for ids, params in specs]
         again = collect_raw(pool.generate("m", *specs[-1][:1], **specs[-1][1]))
         held, held_first = anchor(pool)
@@ -370,10 +372,11 @@ def test_requests_run_solo_then_batched_over_their_cached_prompts_give_the_same_
 
 
 @pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama", "int8"), ("qwen2_moe", "float32"),
-                                        ("qwen2_sliding", "float32")])
+                                        ("qwen2_sliding", "float32"), ("deepseek_v3", "float32"),
+                                        ("deepseek_v3", "int8")])
 @pytest.mark.parametrize("together", [False, True], ids=["alone", "batched"])
 def test_a_conversations_next_turn_over_blocks_its_decode_steps_wrote_gives_the_bits_of_computing_them(
-    models: dict[str, Path], arch: str, dtype: str, together: bool
+    models: dict[str, Path], arch: str, dtype: str, together: bool, tmp_path: Path
 ) -> None:
     # Turn 1's answer is decoded step by step and its full blocks are published;
     # turn 2's prompt (turn 1, its answer, a new message) reads them from the
@@ -385,15 +388,16 @@ def test_a_conversations_next_turn_over_blocks_its_decode_steps_wrote_gives_the_
     answer = dict(max_tokens=40, temperature=0, ignore_eos=True)
     params = dict(max_tokens=10, temperature=0, ignore_eos=True, logprobs=2)
     options = {"prefill_chunk": 16, **ROOMY}
+    path = models[arch] if arch in models else build_decoder(tmp_path, arch)
     with mpool.Pool() as pool:
-        pool.register("m", models[arch], max_replicas=1, dtype=dtype, options=options)
+        pool.register("m", path, max_replicas=1, dtype=dtype, options=options)
         streams = [pool.generate("m", ids, timeout=120, **answer) for ids in conversations]
         turns = [ids + collect(s)[0] + ids_of(9, seed=400 + i) for i, (ids, s) in enumerate(zip(conversations, streams))]
         before = usage_settles_at(pool, batch_sequences=0)["prefix_cache_hit_tokens"]
         reused = [collect_raw(pool.generate("m", ids, **params)) for ids in turns]
         hits = usage_settles_at(pool, batch_sequences=0)["prefix_cache_hit_tokens"] - before
     with mpool.Pool() as pool:
-        pool.register("m", models[arch], max_replicas=1, dtype=dtype, options=options)
+        pool.register("m", path, max_replicas=1, dtype=dtype, options=options)
         computed = [collect_raw(pool.generate("m", ids, **params)) for ids in turns]
     # Each turn read every full block of turn 1 and its answer, whose last
     # position is the answer's last token (sampled, never run): at least two
@@ -404,9 +408,10 @@ def test_a_conversations_next_turn_over_blocks_its_decode_steps_wrote_gives_the_
 
 
 def tokens_of(result: tuple[Any, ...]) -> tuple[Any, ...]:
-    """ids, text and finish reason: what prefix reuse keeps equal in every dtype (in
-    bfloat16 and latent attention its logprobs may differ in the last bits, the
-    suffix being computed in other chunk shapes)."""
+    """ids, text and finish reason: what prefix reuse keeps equal in every dtype
+    and against a pool without the prefix cache (whose float32 prompts run on the
+    GEMM, and bfloat16's reuse computes the suffix in other chunk shapes: the
+    logprobs may differ in the last bits)."""
     ids, text, _, finish = result
     return ids, text, finish
 

@@ -82,7 +82,11 @@ def test_latent_kv_cache_decode_equals_recomputing_the_full_sequence(models: dic
 
 
 @pytest.mark.parametrize("arch", DEEPSEEK_ARCHS)
-def test_absorbed_latent_attention_equals_the_expanded_per_head_form(models: dict[str, Path], arch: str) -> None:
+def test_absorbed_latent_attention_equals_the_expanded_per_head_form_batched_and_row_by_row(
+    models: dict[str, Path], arch: str
+) -> None:
+    # "rows": the absorbed maps row by row (kernels::rows_times, the row kernel)
+    # and attention as decode steps, as a prompt runs with the prefix cache.
     hidden = np.random.RandomState(7).randn(1, 20, 64).astype(np.float32)
     for layer in range(3):
         out = mpool.testing.probe(
@@ -90,7 +94,8 @@ def test_absorbed_latent_attention_equals_the_expanded_per_head_form(models: dic
         )
         scale = np.abs(out["expanded"]).max()
         assert scale > 0.1
-        assert np.abs(out["absorbed"] - out["expanded"]).max() / scale <= 1e-5, f"{arch} layer {layer}"
+        for form in ("absorbed", "rows"):
+            assert np.abs(out[form] - out["expanded"]).max() / scale <= 1e-5, f"{arch} layer {layer}, {form}"
 
 
 @pytest.mark.parametrize("arch", DEEPSEEK_ARCHS)

@@ -59,10 +59,10 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 }
 
 at::Tensor attend_prompt(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start, int64_t window,
-                         const at::Tensor& mask, bool causal) {
-  at::Tensor out =
-      kernels::prompt_attention(q, k, v, start, window, 1.0 / std::sqrt(static_cast<double>(q.size(3))));
-  return out.defined() ? out : attend(q, k, v, mask, causal);
+                         const at::Tensor& mask, bool causal, std::optional<double> scale) {
+  at::Tensor out = kernels::prompt_attention(q, k, v, start, window,
+                                             scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  return out.defined() ? out : attend(q, k, v, mask, causal, scale);
 }
 
 at::Tensor attend_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks, const std::vector<at::Tensor>& vs) {

@@ -476,6 +476,64 @@ void attend_row_any(bool wide, const float* q, KeyAt key, ValueAt value, int64_t
   attend_rows_any<W, 1>(wide, &q, key, value, &f, &t, d, dv, scale, &scores, &acc);
 }
 
+// Rows [r0, r0 + R) of x (m, k) times w (k, n): each output column an FMA
+// chain over k in order from zero (as std::fma one at a time would give), 64
+// columns a pass in four registers a row, the last pass masked.
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void rows_times_512(const float* x, const float* w, float* y,
+                                                                              int64_t k, int64_t n, int64_t r0) {
+  for (int64_t c0 = 0; c0 < n; c0 += 64) {
+    __mmask16 lanes[4];
+    for (int u = 0; u < 4; ++u) {
+      const int64_t left = n - c0 - 16 * u;
+      lanes[u] = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                 : left <= 0 ? static_cast<__mmask16>(0)
+                             : static_cast<__mmask16>((1u << left) - 1);
+    }
+    __m512 acc[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < 4; ++u) acc[r][u] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; ++i) {
+      __m512 wv[4];
+      for (int u = 0; u < 4; ++u) wv[u] = _mm512_maskz_loadu_ps(lanes[u], w + i * n + c0 + 16 * u);
+      for (int r = 0; r < R; ++r) {
+        const __m512 xb = _mm512_set1_ps(x[(r0 + r) * k + i]);
+        for (int u = 0; u < 4; ++u) acc[r][u] = _mm512_fmadd_ps(xb, wv[u], acc[r][u]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < 4; ++u) _mm512_mask_storeu_ps(y + (r0 + r) * n + c0 + 16 * u, lanes[u], acc[r][u]);
+  }
+}
+
+// The same with AVX2: 32 columns a pass in four registers a row, columns past
+// the last eight one at a time.
+template <int R>
+__attribute__((target("avx2,fma"))) void rows_times_avx2(const float* x, const float* w, float* y, int64_t k,
+                                                         int64_t n, int64_t r0) {
+  const int64_t n8 = n - n % 8;
+  for (int64_t c0 = 0; c0 < n8; c0 += 32) {
+    const int vecs = static_cast<int>(std::min<int64_t>(4, (n8 - c0) / 8));
+    __m256 acc[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < 4; ++u) acc[r][u] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k; ++i)
+      for (int r = 0; r < R; ++r) {
+        const __m256 xb = _mm256_set1_ps(x[(r0 + r) * k + i]);
+        for (int u = 0; u < vecs; ++u)
+          acc[r][u] = _mm256_fmadd_ps(xb, _mm256_loadu_ps(w + i * n + c0 + 8 * u), acc[r][u]);
+      }
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < vecs; ++u) _mm256_storeu_ps(y + (r0 + r) * n + c0 + 8 * u, acc[r][u]);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = n8; c < n; ++c) {
+      float a = 0;
+      for (int64_t i = 0; i < k; ++i) a = std::fma(x[(r0 + r) * k + i], w[i * n + c], a);
+      y[(r0 + r) * n + c] = a;
+    }
+}
+
 // bf16 weights against bf16 rows of X with AVX512-BF16's pair dot product: 32
 // products a step, exact (bf16 x bf16 fits a float), accumulated in float32.
 // Weight rows [r, r + R) against X rows [j0, j0 + NX), columns [c0, c1) of the
@@ -813,6 +871,51 @@ at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::
   (void)q, (void)k, (void)v, (void)start, (void)window, (void)scale, (void)avx512;
   return {};
 #endif
+}
+
+at::Tensor rows_times(const at::Tensor& x, const at::Tensor& w) {
+  if (!x.defined() || !w.defined() || x.dim() != 2 || w.dim() != 2 || !x.device().is_cpu() || !w.device().is_cpu() ||
+      x.scalar_type() != at::kFloat || w.scalar_type() != at::kFloat || x.size(1) != w.size(0) || !w.is_contiguous())
+    return {};
+  const at::Tensor xc = x.contiguous();
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(1);
+  at::Tensor out = at::empty({m, n}, x.options());
+  const float* xp = xc.const_data_ptr<float>();
+  const float* wp = w.const_data_ptr<float>();
+  float* yp = out.data_ptr<float>();
+  if (m == 0 || n == 0) return out;
+#ifdef MPOOL_X86_GEMV
+  if (cpu_has_avx512() || cpu_has_avx2_fma()) {
+    const bool wide = cpu_has_avx512();
+    const int64_t rows = wide ? 4 : 2, blocks = (m + rows - 1) / rows;
+    parallel_for_beside_torch(blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r0 = b * rows;
+        if (r0 + rows <= m) {
+          if (wide)
+            rows_times_512<4>(xp, wp, yp, k, n, r0);
+          else
+            rows_times_avx2<2>(xp, wp, yp, k, n, r0);
+        } else {
+          for (int64_t r = r0; r < m; ++r) {
+            if (wide)
+              rows_times_512<1>(xp, wp, yp, k, n, r);
+            else
+              rows_times_avx2<1>(xp, wp, yp, k, n, r);
+          }
+        }
+      }
+    });
+    return out;
+  }
+#endif
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t c = 0; c < n; ++c) {
+      float a = 0;
+      for (int64_t i = 0; i < k; ++i) a = std::fma(xp[r * k + i], wp[i * n + c], a);
+      yp[r * n + c] = a;
+    }
+  return out;
 }
 
 at::Tensor decode_attention_rows(const at::Tensor& q, const std::vector<at::Tensor>& ks,

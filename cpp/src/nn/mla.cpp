@@ -1,6 +1,7 @@
 #include "mpool/nn/mla.h"
 
 #include <cmath>
+#include <vector>
 
 #include "mpool/base/error.h"
 #include "mpool/nn/attention.h"
@@ -49,13 +50,34 @@ LatentProjection LatentAttention::project(const at::Tensor& x) const {
 }
 
 at::Tensor LatentAttention::attend(const at::Tensor& q_nope, const at::Tensor& q_rope, const at::Tensor& latent,
-                                   const at::Tensor& k_rope, const at::Tensor& mask, bool causal) const {
+                                   const at::Tensor& k_rope, const at::Tensor& mask, bool causal,
+                                   std::optional<int64_t> prompt_start) const {
   // q_nope . k_nope = (q_nope W_uk) . latent: the query moves into latent space,
   // and every head shares one key (latent ++ k_rope) and one value (latent).
-  const at::Tensor q = at::cat({at::matmul(q_nope, k_up_), q_rope}, -1);
+  const auto& s = shape_;
+  // Row by row where a row's bits must be its own (batched products sum in
+  // shapes that follow the row count): each head's maps through row kernels.
+  const bool rows = kernels::row_invariant() && q_nope.device().is_cpu() && q_nope.scalar_type() == at::kFloat &&
+                    k_up_.scalar_type() == at::kFloat;
+  auto per_head = [&](const at::Tensor& x, auto&& map) {  // (b, heads, n, in) -> (b, heads, n, out)
+    const int64_t b = x.size(0), n = x.size(2);
+    std::vector<at::Tensor> heads;
+    for (int64_t h = 0; h < s.heads; ++h) heads.push_back(map(x.select(1, h).reshape({b * n, x.size(3)}), h).view({b, n, -1}));
+    return at::stack(heads, 1);
+  };
+  const at::Tensor q_latent =
+      rows ? per_head(q_nope, [&](const at::Tensor& x, int64_t h) { return kernels::rows_times(x, k_up_[h]); })
+           : at::matmul(q_nope, k_up_);
+  const at::Tensor q = at::cat({q_latent, q_rope}, -1);
   const at::Tensor k = at::cat({latent, k_rope}, -1).unsqueeze(1);
-  const at::Tensor attended = nn::attend(q, k, latent.unsqueeze(1), mask, causal, shape_.scale);
-  return at::matmul(attended, v_up_t_);
+  const at::Tensor attended = prompt_start ? nn::attend_prompt(q, k, latent.unsqueeze(1), *prompt_start, 0, mask,
+                                                               causal, s.scale)
+                                           : nn::attend(q, k, latent.unsqueeze(1), mask, causal, s.scale);
+  if (!rows) return at::matmul(attended, v_up_t_);
+  // Each head's value map as a linear: its rows of kv_b_proj, (v_dim, kv_lora_rank).
+  return per_head(attended, [&](const at::Tensor& x, int64_t h) {
+    return kernels::linear(x, kv_b_.narrow(0, h * (s.qk_nope_dim + s.v_dim) + s.qk_nope_dim, s.v_dim));
+  });
 }
 
 at::Tensor LatentAttention::attend_expanded(const at::Tensor& q_nope, const at::Tensor& q_rope,

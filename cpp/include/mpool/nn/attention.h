@@ -39,12 +39,12 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 /// attend() for a prompt's rows as their decode steps compute them: q holds
 /// positions [start, start + n), k and v every position from 0, each row sees
 /// the positions at or before its own (with `window` > 0 only the last `window`
-/// of them), default scale. On the CPU in float32 each row gets the bits
+/// of them), `scale` as attend(). On the CPU in float32 each row gets the bits
 /// attend() gives it as a decode step (kernels::prompt_attention), so a cached
 /// block a decode step wrote holds what prefill would have computed; elsewhere
 /// it is attend(q, k, v, mask, causal) with the caller's mask for the same rows.
 at::Tensor attend_prompt(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start, int64_t window,
-                         const at::Tensor& mask, bool causal);
+                         const at::Tensor& mask, bool causal, std::optional<double> scale = std::nullopt);
 
 /// attend() for the one query row of each of several sequences with keys and
 /// values of their own lengths (a batch's decode step): q (b, heads, 1, d) row i

@@ -132,6 +132,14 @@ at::Tensor decode_attention_paged(const at::Tensor& q, const at::Tensor& k_block
 at::Tensor prompt_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start,
                             int64_t window, double scale, std::optional<bool> avx512 = std::nullopt);
 
+/// x (m, k) @ w (k, n) with w's rows contiguous (a matrix applied from the
+/// left's side, as latent attention's absorbed key map is): each output is
+/// summed over k in order with fused multiply-adds, so a row's bits never depend
+/// on the other rows, the row count or the instruction set (sixteen columns a
+/// lane group with AVX-512, eight with AVX2, one at a time otherwise). Float32
+/// on the CPU; undefined where it does not apply.
+at::Tensor rows_times(const at::Tensor& x, const at::Tensor& w);
+
 /// Sets the calling thread's torch intra-op thread count to `threads` (>= 1),
 /// for this thread only: its OpenMP count and, where torch has MKL, its MKL
 /// count. at::set_num_threads would also store the process default that every

@@ -51,8 +51,14 @@ class LatentAttention {
   /// rotated `k_rope` (b, t, qk_rope_dim), absorbed: scores against the latent
   /// itself, values read as latents and mapped per head afterwards. `mask` and
   /// `causal` as nn::attend. Returns (b, heads, n, v_dim).
+  /// Under kernels::RowInvariant (float32 on the CPU) each row's bits are its
+  /// own: the per-head maps are summed row by row (kernels::rows_times, the row
+  /// kernel), and with `prompt_start` (a prompt's rows at positions from there,
+  /// `latent` and `k_rope` every position from 0, causal) the rows attend as
+  /// their decode steps do (nn::attend_prompt).
   at::Tensor attend(const at::Tensor& q_nope, const at::Tensor& q_rope, const at::Tensor& latent,
-                    const at::Tensor& k_rope, const at::Tensor& mask = {}, bool causal = false) const;
+                    const at::Tensor& k_rope, const at::Tensor& mask = {}, bool causal = false,
+                    std::optional<int64_t> prompt_start = std::nullopt) const;
   /// The same through per-head keys and values expanded by kv_b_proj (the reference form).
   at::Tensor attend_expanded(const at::Tensor& q_nope, const at::Tensor& q_rope, const at::Tensor& latent,
                              const at::Tensor& k_rope, const at::Tensor& mask = {}, bool causal = false) const;

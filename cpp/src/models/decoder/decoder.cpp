@@ -133,6 +133,10 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
     const bool plain = window == 0 && (cache ? start == 0 : !key_mask.defined());
     return plain ? std::pair<at::Tensor, bool>{at::Tensor(), true} : std::pair{mask_for(window), false};
   };
+  // A prompt whose blocks the prefix cache keeps attends as its decode steps
+  // would (kernels::RowInvariant), so a block a decode step wrote (a
+  // conversation's earlier answer) holds what prefill would compute.
+  const bool prompt = cache && nn::kernels::prompt_rows() && !key_mask.defined();
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& L = layers_[li];
     const int64_t window = config_.sliding_window[li];
@@ -143,7 +147,8 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
       at::Tensor q_rope = rope_.apply(p.q_rope, cos, sin);
       at::Tensor latent = p.latent, k_rope = rope_.apply(p.k_rope, cos, sin).squeeze(1);
       if (cache) std::tie(latent, k_rope) = cache->append_latent(li, start, latent, k_rope);
-      x = x + L.mla->output(L.mla->attend(p.q_nope, q_rope, latent, k_rope, mask, causal));
+      x = x + L.mla->output(L.mla->attend(p.q_nope, q_rope, latent, k_rope, mask, causal,
+                                          prompt ? std::optional<int64_t>(start) : std::nullopt));
     } else {
       auto [q, k, v] = L.attention.project(L.input_norm(x));
       q = rope_.apply(q, cos, sin);
@@ -154,11 +159,7 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
             n == 1 && window > 0 && !nn::kernels::prompt_rows() ? std::max<int64_t>(0, total - window) : 0;
         std::tie(k, v) = cache->append(li, start, k, v, first);
       }
-      // A prompt whose blocks the prefix cache keeps attends as its decode steps
-      // would (kernels::RowInvariant), so a block a decode step wrote (a
-      // conversation's earlier answer) holds what prefill would compute.
-      const at::Tensor attended = cache && nn::kernels::prompt_rows() && !key_mask.defined()
-                                      ? nn::attend_prompt(q, k, v, start, window, mask, causal)
+      const at::Tensor attended = prompt ? nn::attend_prompt(q, k, v, start, window, mask, causal)
                                       : nn::attend(q, k, v, mask, causal);
       x = L.attention.output(attended, x);  // + x, fused where it can be
     }

@@ -320,7 +320,9 @@ void register_probes() {
 
   // A latent-attention layer (option "layer") on "hidden" (1, n, hidden), the
   // input of its attention at positions [0, n), causal: the output through the
-  // absorbed form the decoder runs and through the expanded per-head keys and values.
+  // absorbed form the decoder runs, the same as a prompt runs it under
+  // kernels::RowInvariant with the prefix cache ("rows": row-by-row maps,
+  // attention as decode steps), and through the expanded per-head keys and values.
   nn::register_probe("mla.attend", [](const nn::ProbeInput& in) {
     const int64_t layer = in.get<int64_t>("layer");
     const kit::ProbedModel m = kit::open_probed_model(in);
@@ -336,7 +338,13 @@ void register_probes() {
     const at::Tensor q_rope = decoder.rope().apply(p.q_rope, cos, sin);
     const at::Tensor k_rope = decoder.rope().apply(p.k_rope, cos, sin).squeeze(1);
     auto out = [&](const at::Tensor& attended) { return mla.output(attended).to(at::kCPU, at::kFloat); };
+    at::Tensor rows;
+    {
+      const nn::kernels::RowInvariant prompt(/*prompt=*/true);
+      rows = out(mla.attend(p.q_nope, q_rope, p.latent, k_rope, {}, true, /*prompt_start=*/0));
+    }
     return nn::ProbeOutput{{"absorbed", out(mla.attend(p.q_nope, q_rope, p.latent, k_rope, {}, true))},
+                           {"rows", rows},
                            {"expanded", out(mla.attend_expanded(p.q_nope, q_rope, p.latent, k_rope, {}, true))}};
   });
 
