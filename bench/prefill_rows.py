@@ -61,7 +61,8 @@ def main() -> None:
             tiles = flop / seconds(x, w, True, args.calls, args.repeats) / 1e9
             print(f"{name:>8} {m:>5} {gemm:>13.0f} {tiles:>18.0f} {tiles / gemm:>12.2f}x")
     heads, d = 12, 64
-    print(f"{'rows':>5} {'many-row GFLOP/s':>17} {'as decode steps GFLOP/s':>24} {'ATen GFLOP/s':>13} {'steps / many-row':>17}")
+    print(f"{'rows':>5} {'many-row GFLOP/s':>17} {'as decode steps GFLOP/s':>24} {'ATen GFLOP/s':>13}"
+          f" {'steps / many-row':>17}")
     for n in (int(r) for r in args.attention_rows.split(",")):
         q, k, v = (rng.standard_normal((1, heads, n, d)).astype(np.float32) for _ in range(3))
         flop = 4.0 * heads * n * n / 2 * d

@@ -392,7 +392,8 @@ def test_a_conversations_next_turn_over_blocks_its_decode_steps_wrote_gives_the_
     with mpool.Pool() as pool:
         pool.register("m", path, max_replicas=1, dtype=dtype, options=options)
         streams = [pool.generate("m", ids, timeout=120, **answer) for ids in conversations]
-        turns = [ids + collect(s)[0] + ids_of(9, seed=400 + i) for i, (ids, s) in enumerate(zip(conversations, streams))]
+        answers = [collect(s)[0] for s in streams]
+        turns = [ids + a + ids_of(9, seed=400 + i) for i, (ids, a) in enumerate(zip(conversations, answers))]
         before = usage_settles_at(pool, batch_sequences=0)["prefix_cache_hit_tokens"]
         reused = [collect_raw(pool.generate("m", ids, **params)) for ids in turns]
         hits = usage_settles_at(pool, batch_sequences=0)["prefix_cache_hit_tokens"] - before

@@ -308,7 +308,8 @@ __attribute__((target("avx2,fma"))) void attend_rows(const float* const* q, KeyA
     for (int r = 0; r < R; ++r)
       for (int64_t j = f[r]; j < walk.head_end[r]; ++j) one(r, j);
     for (int64_t j = walk.shared_begin; j < walk.shared_end; ++j) {
-      if (j + kAttentionPrefetchAhead < walk.shared_end) prefetch_row(value(j + kAttentionPrefetchAhead) + i0, slice_bytes);
+      if (j + kAttentionPrefetchAhead < walk.shared_end)
+        prefetch_row(value(j + kAttentionPrefetchAhead) + i0, slice_bytes);
       const W* row = value(j) + i0;
       __m256 v[C];
       for (int u = 0; u < C; ++u) v[u] = load8(row + 8 * u);
@@ -423,7 +424,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_rows_512(
     for (int r = 0; r < R; ++r)
       for (int64_t j = f[r]; j < walk.head_end[r]; ++j) one(r, j);
     for (int64_t j = walk.shared_begin; j < walk.shared_end; ++j) {
-      if (j + kAttentionPrefetchAhead < walk.shared_end) prefetch_row(value(j + kAttentionPrefetchAhead) + i0, slice_bytes);
+      if (j + kAttentionPrefetchAhead < walk.shared_end)
+        prefetch_row(value(j + kAttentionPrefetchAhead) + i0, slice_bytes);
       const W* row = value(j) + i0;
       __m512 v[4];
       for (int u = 0; u < 4; ++u) v[u] = load16(row + 16 * u, all);
