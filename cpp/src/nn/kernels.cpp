@@ -251,6 +251,16 @@ struct KeyWalk {
       tail_begin[r] = shared_begin < shared_end ? shared_end : t[r];
     }
   }
+  // one(r, j) for each row's positions outside the shared span, all(j) for each
+  // shared one, every row's in increasing position.
+  template <class One, class All>
+  __attribute__((always_inline)) inline void each(const int64_t* f, const int64_t* t, One&& one, All&& all) const {
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = f[r]; j < head_end[r]; ++j) one(r, j);
+    for (int64_t j = shared_begin; j < shared_end; ++j) all(j);
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = tail_begin[r]; j < t[r]; ++j) one(r, j);
+  }
 };
 
 template <class W, int R, class KeyAt, class ValueAt>
@@ -305,9 +315,7 @@ __attribute__((target("avx2,fma"))) void attend_rows(const float* const* q, KeyA
       const __m256 w = _mm256_set1_ps(scores[r][j - f[r]]);
       for (int u = 0; u < C; ++u) a[r][u] = _mm256_fmadd_ps(w, load8(row + 8 * u), a[r][u]);
     };
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = f[r]; j < walk.head_end[r]; ++j) one(r, j);
-    for (int64_t j = walk.shared_begin; j < walk.shared_end; ++j) {
+    walk.each(f, t, one, [&](int64_t j) __attribute__((target("avx2,fma"))) {
       if (j + kAttentionPrefetchAhead < walk.shared_end)
         prefetch_row(value(j + kAttentionPrefetchAhead) + i0, slice_bytes);
       const W* row = value(j) + i0;
@@ -317,9 +325,7 @@ __attribute__((target("avx2,fma"))) void attend_rows(const float* const* q, KeyA
         const __m256 w = _mm256_set1_ps(scores[r][j - f[r]]);
         for (int u = 0; u < C; ++u) a[r][u] = _mm256_fmadd_ps(w, v[u], a[r][u]);
       }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = walk.tail_begin[r]; j < t[r]; ++j) one(r, j);
+    });
     for (int r = 0; r < R; ++r)
       for (int u = 0; u < C; ++u) _mm256_storeu_ps(acc[r] + i0 + 8 * u, a[r][u]);
   }
@@ -421,9 +427,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_rows_512(
       const __m512 w = _mm512_set1_ps(scores[r][j - f[r]]);
       for (int u = 0; u < 4; ++u) a[r][u] = _mm512_fmadd_ps(w, load16(row + 16 * u, all), a[r][u]);
     };
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = f[r]; j < walk.head_end[r]; ++j) one(r, j);
-    for (int64_t j = walk.shared_begin; j < walk.shared_end; ++j) {
+    walk.each(f, t, one, [&](int64_t j) __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) {
       if (j + kAttentionPrefetchAhead < walk.shared_end)
         prefetch_row(value(j + kAttentionPrefetchAhead) + i0, slice_bytes);
       const W* row = value(j) + i0;
@@ -433,9 +437,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void attend_rows_512(
         const __m512 w = _mm512_set1_ps(scores[r][j - f[r]]);
         for (int u = 0; u < 4; ++u) a[r][u] = _mm512_fmadd_ps(w, v[u], a[r][u]);
       }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = walk.tail_begin[r]; j < t[r]; ++j) one(r, j);
+    });
     for (int r = 0; r < R; ++r)
       for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc[r] + i0 + 16 * u, a[r][u]);
   }
