@@ -371,23 +371,26 @@ def test_requests_run_solo_then_batched_over_their_cached_prompts_give_the_same_
         assert got == want, f"request {i} ({specs[i][1]}) differs batched over its cached prompt"
 
 
-@pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama", "int8"), ("qwen2_moe", "float32"),
-                                        ("qwen2_sliding", "float32"), ("deepseek_v3", "float32"),
-                                        ("deepseek_v3", "int8")])
+@pytest.mark.parametrize("arch,dtype,kv", [("llama", "float32", "auto"), ("llama", "int8", "auto"),
+                                           ("llama", "float32", "bfloat16"), ("qwen2_moe", "float32", "auto"),
+                                           ("qwen2_sliding", "float32", "auto"), ("deepseek_v3", "float32", "auto"),
+                                           ("deepseek_v3", "int8", "auto")])
 @pytest.mark.parametrize("together", [False, True], ids=["alone", "batched"])
 def test_a_conversations_next_turn_over_blocks_its_decode_steps_wrote_gives_the_bits_of_computing_them(
-    models: dict[str, Path], arch: str, dtype: str, together: bool, tmp_path: Path
+    models: dict[str, Path], arch: str, dtype: str, kv: str, together: bool, tmp_path: Path
 ) -> None:
     # Turn 1's answer is decoded step by step and its full blocks are published;
     # turn 2's prompt (turn 1, its answer, a new message) reads them from the
     # prefix cache. Prompts attend as their decode steps would, so those blocks
     # hold what prefill computes: turn 2 gives the bits of a pool that computes
     # the whole prompt, logprobs included, whether turn 1's steps ran alone or in
-    # a batch (one row of a step of several).
+    # a batch (one row of a step of several); and with a bfloat16 cache of a
+    # float32 model (decode steps read the rounded keys where they lie, prefill
+    # reads them back widened).
     conversations = [ids_of(21 + 6 * i, seed=300 + i) for i in range(3 if together else 1)]
     answer = dict(max_tokens=40, temperature=0, ignore_eos=True)
     params = dict(max_tokens=10, temperature=0, ignore_eos=True, logprobs=2)
-    options = {"prefill_chunk": 16, **ROOMY}
+    options = {"prefill_chunk": 16, "kv_cache_dtype": kv, **ROOMY}
     path = models[arch] if arch in models else build_decoder(tmp_path, arch)
     with mpool.Pool() as pool:
         pool.register("m", path, max_replicas=1, dtype=dtype, options=options)
