@@ -285,7 +285,9 @@ def test_prompt_attention_gives_each_row_the_bits_of_its_decode_step(shape, isa)
         assert np.array_equal(out[:, :, i : i + 1].view(np.int32), step["out"].view(np.int32)), f"row {i}"
 
 
-def test_prompt_attention_refuses_keys_that_do_not_end_at_the_last_row() -> None:
+def test_prompt_attention_refuses_keys_that_do_not_end_at_the_last_row_and_a_negative_window() -> None:
     q, k = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 3, 8)
     with pytest.raises(mpool.InvalidInput, match="prompt_attention does not take these inputs"):
         _run(q, k, k, path="prompt")
+    with pytest.raises(mpool.InvalidInput, match="probe option 'window' must be 0 .* got -2"):
+        _run(q, q, q, path="prompt", window=-2)

@@ -231,9 +231,10 @@ void register_all() {
   // optional "mask" tensor (boolean or additive, broadcastable to (b, heads, n,
   // t)). Option "path": "aten" runs ATen's scaled_dot_product_attention, "rows"
   // kernels::attention (with "isa", that path), "prompt" kernels::prompt_attention
-  // (q the last n positions of k and v; option "window", default 0). Option "repeat" times that many
-  // more runs ("seconds", per run). Out: "out" (float32) and "kernel", 1 when one of
-  // mpool's kernels ran it (the decode-step one or kernels::attention).
+  // (q the last n positions of k and v; option "window", default 0). Option
+  // "repeat" times that many more runs ("seconds", per run). Out: "out" (float32)
+  // and "kernel", 1 when one of mpool's kernels ran it (the decode-step one,
+  // kernels::attention or kernels::prompt_attention).
   register_probe("nn.attend", [](const ProbeInput& in) {
     const std::string name = in.get_or<std::string>("dtype", "float32");
     const auto dtype = loading::parse_scalar_type(name);
@@ -257,14 +258,17 @@ void register_all() {
     const std::string path = in.get_or<std::string>("path", "");
     check(path.empty() || path == "aten" || path == "rows" || path == "prompt", ErrorCode::kInvalidInput,
           "path must be aten, rows or prompt");
+    const int64_t window = in.get_or<int64_t>("window", 0);
+    check(window >= 0, ErrorCode::kInvalidInput,
+          "probe option 'window' must be 0 (no window) or a positive number of positions, got " +
+              std::to_string(window));
     if (!path.empty()) {
       const std::optional<bool> wide = isa.empty() ? std::nullopt : std::optional<bool>(isa == "avx512");
       auto run = [&] {
         if (path == "aten")
           return at::scaled_dot_product_attention(q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt,
                                                   0.0, causal && !mask.defined(), s, k.size(1) != q.size(1));
-        at::Tensor out = path == "prompt" ? kernels::prompt_attention(q, k, v, k.size(2) - q.size(2),
-                                                                      in.get_or<int64_t>("window", 0), s, wide)
+        at::Tensor out = path == "prompt" ? kernels::prompt_attention(q, k, v, k.size(2) - q.size(2), window, s, wide)
                                           : kernels::attention(q, k, v, mask, causal && !mask.defined(), s, wide);
         check(out.defined(), ErrorCode::kInvalidInput, "kernels::" + std::string(path == "prompt" ? "prompt_" : "") +
                                                            "attention does not take these inputs");

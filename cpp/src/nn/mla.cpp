@@ -1,6 +1,7 @@
 #include "mpool/nn/mla.h"
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "mpool/base/error.h"
@@ -62,8 +63,12 @@ at::Tensor LatentAttention::attend(const at::Tensor& q_nope, const at::Tensor& q
   auto per_head = [&](const at::Tensor& x, auto&& map) {  // (b, heads, n, in) -> (b, heads, n, out)
     const int64_t b = x.size(0), n = x.size(2);
     std::vector<at::Tensor> heads;
-    for (int64_t h = 0; h < s.heads; ++h)
-      heads.push_back(map(x.select(1, h).reshape({b * n, x.size(3)}), h).view({b, n, -1}));
+    for (int64_t h = 0; h < s.heads; ++h) {
+      const at::Tensor y = map(x.select(1, h).reshape({b * n, x.size(3)}), h);
+      check(y.defined(), ErrorCode::kModelError,
+            "latent attention: head " + std::to_string(h) + "'s row-by-row map does not take its inputs");
+      heads.push_back(y.view({b, n, -1}));
+    }
     return at::stack(heads, 1);
   };
   const at::Tensor q_latent =
