@@ -85,10 +85,11 @@ def running_settles_at(pool: mpool.Pool, n: int) -> bool:
 # which the anchor alone nearly fills).
 ROOMY = {"kv_cache_tokens": 8192}
 # The identity tests run each request solo first, which caches its prompt's blocks;
-# the batch would then read them instead of computing them, in other chunk shapes.
-# float32 and int8 prompts keep their bits in any chunking (the tests after
-# tokens_of); bfloat16's GEMMs do not, so these tests, which hold every dtype to
-# equal bits, turn the prefix cache off.
+# the batch then reads them instead of computing them, in other chunk shapes, and
+# prompts keep their bits in any chunking in every dtype (the tests after
+# tokens_of). The identity tests hold every dtype to equal bits through that
+# reuse; EXACT turns the prefix cache off where a test compares against a run
+# without it or counts blocks.
 EXACT = {**ROOMY, "prefix_cache": False}
 
 ANCHOR_SPEC = (ids_of(4, seed=999), dict(max_tokens=200, temperature=0, ignore_eos=True))
@@ -108,7 +109,7 @@ def test_sixteen_sequences_joining_at_staggered_times_each_equal_their_solo_run(
     with mpool.Pool() as pool:
         # Prompts from 3 to 78 tokens run in prefill chunks of 16, interleaved with decode
         # steps; kv: the dtype the cache stores keys and values in.
-        options = {"prefill_chunk": 16, "kv_cache_dtype": kv, **EXACT}
+        options = {"prefill_chunk": 16, "kv_cache_dtype": kv, **ROOMY}
         pool.register("m", models[arch], max_replicas=1, dtype=dtype, options=options)
         solo = [collect(pool.generate("m", ids, **params)) for ids, params in specs]
         solo_anchor = collect(pool.generate("m", ANCHOR_SPEC[0], **ANCHOR_SPEC[1]))
@@ -299,12 +300,11 @@ def collect_raw(stream: mpool.TextStream) -> tuple[Any, ...]:
     return [i for c in chunks for i in c.token_ids], stream.finish_reason, logprobs
 
 
-# Prompts run under kernels::RowInvariant: float32 and int8 linears give a row
-# the bits it has alone, and a prompt's rows attend as their decode steps do. So
-# a prompt gives the same bits in any chunking: all at once, in chunks, or a
-# cached prefix (prefilled or decoded) and the rest; latent attention's per-head
-# maps too (row by row). (bfloat16's GEMMs are not row-invariant: their reuse
-# equals computing up to rounding.)
+# Prompts run under kernels::RowInvariant: float32, bfloat16 and int8 linears
+# give a row the bits it has alone, and a prompt's rows attend as their decode
+# steps do. So a prompt gives the same bits in any chunking: all at once, in
+# chunks, or a cached prefix (prefilled or decoded) and the rest; latent
+# attention's per-head maps too (row by row).
 INVARIANT_ARCHS = {
     "llama": {},
     "qwen2_sliding": {},
@@ -319,9 +319,9 @@ INVARIANT_ARCHS = {
 }
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("arch", INVARIANT_ARCHS)
-def test_a_prompt_gives_the_same_logits_bits_in_any_chunking_in_float32_and_int8(
+def test_a_prompt_gives_the_same_logits_bits_in_any_chunking_in_every_dtype(
     tmp_path: Path, arch: str, dtype: str
 ) -> None:
     overrides = dict(INVARIANT_ARCHS[arch])
@@ -340,8 +340,10 @@ def test_a_prompt_gives_the_same_logits_bits_in_any_chunking_in_float32_and_int8
                 assert np.array_equal(row, one_by_one[position]), f"{kv} cache, chunks of {chunk}: position {position}"
 
 
-@pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama", "int8"), ("qwen2_moe", "float32"),
-                                        ("qwen2_sliding", "float32"), ("deepseek_v3", "float32")])
+@pytest.mark.parametrize("arch,dtype", [("llama", "float32"), ("llama", "bfloat16"), ("llama", "int8"),
+                                        ("qwen2_moe", "float32"), ("qwen2_moe", "bfloat16"),
+                                        ("qwen2_sliding", "float32"), ("deepseek_v3", "float32"),
+                                        ("deepseek_v3", "bfloat16")])
 def test_requests_run_solo_then_batched_over_their_cached_prompts_give_the_same_logprob_bits(
     models: dict[str, Path], arch: str, dtype: str, tmp_path: Path
 ) -> None:
@@ -372,7 +374,9 @@ def test_requests_run_solo_then_batched_over_their_cached_prompts_give_the_same_
 
 
 @pytest.mark.parametrize("arch,dtype,kv", [("llama", "float32", "auto"), ("llama", "int8", "auto"),
-                                           ("llama", "float32", "bfloat16"), ("qwen2_moe", "float32", "auto"),
+                                           ("llama", "float32", "bfloat16"), ("llama", "bfloat16", "auto"),
+                                           ("llama", "bfloat16", "float32"), ("qwen2_moe", "float32", "auto"),
+                                           ("qwen2_moe", "bfloat16", "auto"), ("qwen2_sliding", "bfloat16", "auto"),
                                            ("qwen2_sliding", "float32", "auto"), ("deepseek_v3", "float32", "auto"),
                                            ("deepseek_v3", "int8", "auto")])
 @pytest.mark.parametrize("together", [False, True], ids=["alone", "batched"])
@@ -413,9 +417,8 @@ def test_a_conversations_next_turn_over_blocks_its_decode_steps_wrote_gives_the_
 
 def tokens_of(result: tuple[Any, ...]) -> tuple[Any, ...]:
     """ids, text and finish reason: what prefix reuse keeps equal in every dtype
-    and against a pool without the prefix cache (whose float32 prompts run on the
-    GEMM, and bfloat16's reuse computes the suffix in other chunk shapes: the
-    logprobs may differ in the last bits)."""
+    against a pool without the prefix cache (whose float32 and bfloat16 prompts
+    run on the GEMM: the logprobs may differ in the last bits)."""
     ids, text, _, finish = result
     return ids, text, finish
 

@@ -684,19 +684,24 @@ def test_decode_row_kernel_gives_a_row_the_same_bits_alone_and_among_many(dtype:
         assert np.array_equal(alone, many[i : i + 1]), f"row {i}: alone differs from the same row among {rows}"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("k", [37, 768, 3072])
-def test_row_invariant_float32_linear_gives_every_row_of_hundreds_its_bits_alone_across_tiles(k: int) -> None:
-    # Under kernels::RowInvariant (a prompt's chunks), past 16 rows the float32
-    # linear runs the row kernel in tiles of x rows instead of the GEMM: a row's
-    # bits are the ones it has alone, wherever a chunk starts and however long.
+def test_row_invariant_linear_gives_every_row_of_hundreds_its_bits_alone_across_tiles(k: int, dtype: str) -> None:
+    # Under kernels::RowInvariant (a prompt's chunks), past 16 rows a float32 or
+    # bfloat16 linear runs the row kernel in tiles of x rows instead of the GEMM:
+    # a row's bits are the ones it has alone, wherever a chunk starts and however
+    # long (bfloat16 past 1,024 columns: in column spans, sums carried).
     rng = np.random.default_rng(k + 1)
-    rows = 300 if k < 3072 else 70  # several x tiles of about 192 KiB
+    rows = 300 if k < 3072 else 70  # several x tiles of about 192 KiB (float32)
+    if dtype == "bfloat16":
+        rows *= 2  # tiles of as many bytes hold twice the rows
     w = rng.standard_normal((45, k)).astype(np.float32)
     x = rng.standard_normal((rows, k)).astype(np.float32)
     b = rng.standard_normal(45).astype(np.float32)
 
     def linear(xs: np.ndarray, invariant: bool) -> np.ndarray:
-        return mpool.testing.probe("nn.linear", {"x": xs, "weight": w, "bias": b}, row_invariant=invariant)["y"]
+        return mpool.testing.probe("nn.linear", {"x": xs, "weight": w, "bias": b}, row_invariant=invariant,
+                                   dtype=dtype)["y"]
 
     many = linear(x, True)
     for i in sorted({0, 1, 15, 16, 17, 63, 64, rows // 2, rows - 1}):
@@ -705,8 +710,10 @@ def test_row_invariant_float32_linear_gives_every_row_of_hundreds_its_bits_alone
     for start, n in [(5, 40), (17, 1), (100, 150)]:
         if start + n <= rows:
             assert np.array_equal(linear(x[start : start + n], True), many[start : start + n]), (start, n)
-    reference = x.astype(np.float64) @ w.T.astype(np.float64) + b
-    assert np.abs(many - reference).max() <= 1e-4 * np.abs(reference).max()
+    cast = (lambda a: torch.from_numpy(a).to(torch.bfloat16).float().numpy()) if dtype == "bfloat16" else (lambda a: a)
+    reference = cast(x).astype(np.float64) @ cast(w).T.astype(np.float64) + cast(b)
+    tol = 2**-8 if dtype == "bfloat16" else 1e-4  # the output rounded to bf16, or float32 sums
+    assert np.abs(many - reference).max() <= tol * np.abs(reference).max()
 
 
 # --- the paged KV cache -------------------------------------------------------------

@@ -133,7 +133,7 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
     at::Tensor logits;
     // With the prefix cache, each prompt row gets the bits it gets in any chunking
     // (a prefix the batch reads from the cache computes the same). Without it a
-    // prompt always runs in the same chunks, and float32 keeps oneDNN's GEMM.
+    // prompt always runs in the same chunks, and float32 and bfloat16 keep the GEMM.
     std::optional<nn::kernels::RowInvariant> invariant;
     if (settings_.prefix_cache && model_->prefix_reusable()) invariant.emplace(/*prompt=*/true);
     for (int64_t at = 0; at < input.size(0); at += chunk) {

@@ -60,8 +60,16 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 at::Tensor attend_prompt(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start, int64_t window,
                          const at::Tensor& mask, bool causal, std::optional<double> scale) {
-  at::Tensor out = kernels::prompt_attention(q, k, v, start, window,
-                                             scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  const double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  at::Tensor out;
+  if (q.scalar_type() == at::kBFloat16 && q.device().is_cpu()) {
+    // A bfloat16 model's decode step widens its query and the cached keys and
+    // values to float32 exactly, and rounds its output once: the same here.
+    out = kernels::prompt_attention(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), start, window, s);
+    if (out.defined()) out = out.to(at::kBFloat16);
+  } else {
+    out = kernels::prompt_attention(q, k, v, start, window, s);
+  }
   return out.defined() ? out : attend(q, k, v, mask, causal, scale);
 }
 

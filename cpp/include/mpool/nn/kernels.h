@@ -172,15 +172,15 @@ class SerialTorchOps {
 };
 
 /// While alive, a row's result does not depend on how many rows share its call
-/// or where a chunk of rows starts: float32 linear() runs the row kernel at any
-/// row count (in tiles past row_kernel_max_rows(), each row summed in the order
-/// it has alone) and int8's auto path its row kernel. With `prompt` (a prompt's
+/// or where a chunk of rows starts: float32 and bfloat16 linear() run the row
+/// kernel at any row count (in tiles past row_kernel_max_rows(), each row summed
+/// in the order it has alone) and int8's auto path its row kernel. With `prompt` (a prompt's
 /// chunks through a decoder), a chunk of one row also runs as a chunk, and a
 /// decoder's prompt rows attend as their decode steps would
 /// (prompt_attention). So a prompt computed in any chunks (a prefix read from
 /// the cache and the rest computed, or all of it at once) gives the same bits,
 /// and so does a cached block that decode steps wrote (a conversation's earlier
-/// answer). bfloat16 GEMMs are not covered. Nests (the innermost wins).
+/// answer). Nests (the innermost wins).
 class RowInvariant {
  public:
   explicit RowInvariant(bool prompt = false);
