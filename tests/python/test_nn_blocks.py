@@ -692,9 +692,9 @@ def test_row_invariant_linear_gives_every_row_of_hundreds_its_bits_alone_across_
     # a row's bits are the ones it has alone, wherever a chunk starts and however
     # long (bfloat16 past 1,024 columns: in column spans, sums carried).
     rng = np.random.default_rng(k + 1)
-    rows = 300 if k < 3072 else 70  # several x tiles of about 192 KiB (float32)
-    if dtype == "bfloat16":
-        rows *= 2  # tiles of as many bytes hold twice the rows
+    # Several x tiles at 768 and 3,072 columns: about 192 KiB of float32 rows,
+    # 1 MiB of bfloat16 ones.
+    rows = {"float32": {37: 300, 768: 300, 3072: 70}, "bfloat16": {37: 300, 768: 1500, 3072: 400}}[dtype][k]
     w = rng.standard_normal((45, k)).astype(np.float32)
     x = rng.standard_normal((rows, k)).astype(np.float32)
     b = rng.standard_normal(45).astype(np.float32)
