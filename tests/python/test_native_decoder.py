@@ -138,6 +138,34 @@ def test_longrope_cache_recomputes_once_when_the_sequence_outgrows_the_original_
     assert hf_greedy(models["phi3_longrope"], ids[:28], 20) == _greedy_native(models["phi3_longrope"], ids[:28], 20)
 
 
+def test_dynamic_rope_prompt_chunks_past_the_trained_length_rotate_as_the_whole_prompt(models: dict[str, Path]) -> None:
+    # llama_dynamic_rope: 40 trained positions, factor 2. transformers rotates a
+    # prompt of 50 with the base of length 50 at every position, and each decode
+    # step with the base of its own length (keys cached before keep theirs). Prompt
+    # chunks of 16 must rotate as the whole prompt does, not as their own ends.
+    path = models["llama_dynamic_rope"]
+    ids = prompt_ids(50, seed=3)
+    _, full = decoder_logits(str(path), ids)
+    out = mpool.testing.probe("decoder.logits", path=str(path), ids=ids, chunk=16, whole_prompt=True)
+    rel = np.abs(out["logits"] - full[out["positions"]]).max() / np.abs(full).max()
+    assert rel <= 1e-5
+    want = hf_greedy(path, ids, 20)
+    # The next turn extends the first: a cached prefix would hold keys rotated
+    # with another base, so this model reads none.
+    turn = ids + want[:10] + prompt_ids(5, seed=9)
+    want_turn = hf_greedy(path, turn, 5)
+    for options in ({"prefill_chunk": 16}, {"prefill_chunk": 16, "prefix_cache": False}, {"prefill_chunk": 512}):
+        with mpool.Pool() as pool:
+            pool.register("m", path, max_replicas=1, options=options)
+            params = dict(temperature=0, ignore_eos=True)
+            assert run(pool.generate("m", ids, max_tokens=20, **params))[0] == want, options
+            assert run(pool.generate("m", turn, max_tokens=5, **params))[0] == want_turn, options
+            # Together in one batch: each prompt's chunks interleaved with the other's steps.
+            streams = [pool.generate("m", ids, max_tokens=20, **params), pool.generate("m", turn, max_tokens=5, **params)]
+            assert [run(s)[0] for s in streams] == [want, want_turn], options
+            assert pool.stats()["models"]["m"]["usage"].get("prefix_cache_hit_tokens", 0) == 0
+
+
 def _greedy_native(path: Path, ids: list[int], n: int, **params: Any) -> list[int]:
     with mpool.Pool() as p:
         p.register("m", path, max_replicas=1)

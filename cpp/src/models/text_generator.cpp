@@ -123,6 +123,7 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
   const Prepared p = prepare(prompt, requested);
   // The cache holds exactly what this request can reach.
   nn::KvCache cache = model_->new_cache(p.prompt_len + p.setup.max_new_tokens, settings_.kv_cache_dtype);
+  cache.prompt_length = p.prompt_len;
   const int64_t chunk = settings_.prefill_chunk;
   bool prefilled = false;
   StepFn step = [&](const std::vector<int64_t>& ids) {
@@ -278,6 +279,7 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
       const int64_t fresh = blocks_needed - static_cast<int64_t>(matched.size()) + (copies ? 1 : 0);
       if (fresh > pool.available() - pool.unheld(matched)) continue;
       w.cache = nn::KvCache::paged_in(blocks_, w.positions);
+      w.cache.prompt_length = w.prompt_len;
       w.cache.table.share(matched);
       w.cache.table.reserve(fresh);
       w.cache.length = start;

@@ -140,10 +140,11 @@ Rope::Rope(RopeConfig config, at::ScalarType dtype, at::Device device, RopeLayou
   if (!config_.depends_on_length()) std::tie(inv_freq_, scale_) = rope_inv_freq(config_, 0);
 }
 
-std::pair<at::Tensor, at::Tensor> Rope::tables(int64_t start, int64_t n) const {
+std::pair<at::Tensor, at::Tensor> Rope::tables(int64_t start, int64_t n, int64_t length) const {
   at::Tensor inv = inv_freq_;
   double scale = scale_;
-  if (config_.depends_on_length()) std::tie(inv, scale) = rope_inv_freq(config_, start + n);  // max(position) + 1
+  if (config_.depends_on_length())  // max(position) + 1
+    std::tie(inv, scale) = rope_inv_freq(config_, std::max(start + n, length));
   at::Tensor positions = at::arange(start, start + n, at::kLong).to(at::kFloat);
   auto [cos, sin] = rope_tables(positions, inv, scale, layout_);
   return {cos.to(device_, dtype_), sin.to(device_, dtype_)};

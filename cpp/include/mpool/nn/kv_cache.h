@@ -68,6 +68,11 @@ struct KvCache {
   std::vector<LayerCache> layers;
   int64_t length = 0;    ///< positions filled
   int64_t capacity = 0;  ///< positions allocated
+  /// The prompt's positions, where the caller knows them before its first chunk
+  /// (0: unknown). A model whose rotation depends on the sequence's length
+  /// (dynamic NTK RoPE) rotates every prompt chunk as the whole prompt at once
+  /// would, so a prompt's chunking does not change its keys.
+  int64_t prompt_length = 0;
   /// The input embeddings cached, kept only by a model that must recompute the
   /// whole sequence at some length (longrope, when it crosses to its long factors).
   std::vector<at::Tensor> replay;

@@ -44,8 +44,10 @@ class Rope {
  public:
   Rope() = default;
   Rope(RopeConfig config, at::ScalarType dtype, at::Device device, RopeLayout layout = RopeLayout::kRotateHalf);
-  /// cos and sin (n, rotary_dim) for positions [start, start + n).
-  std::pair<at::Tensor, at::Tensor> tables(int64_t start, int64_t n) const;
+  /// cos and sin (n, rotary_dim) for positions [start, start + n), in a
+  /// sequence of at least `length` positions (where the rotation depends on the
+  /// length: the larger of it and start + n, transformers' max position + 1).
+  std::pair<at::Tensor, at::Tensor> tables(int64_t start, int64_t n, int64_t length = 0) const;
   /// Rotates x (b, heads, n, head_dim) with tables from tables().
   at::Tensor apply(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
     return apply_rope(x, cos, sin, layout_);

@@ -113,7 +113,8 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
                         bool causal_run) const {
   check(causal_run || !cache, ErrorCode::kInvalidInput, "a bidirectional run takes no cache");
   const int64_t b = x.size(0), n = x.size(1), total = start + n;
-  auto [cos, sin] = rope_.tables(start, n);
+  // A prompt's chunk rotates as the whole prompt would (KvCache::prompt_length).
+  auto [cos, sin] = rope_.tables(start, n, cache ? cache->prompt_length : 0);
   // Masks: only built when the plain causal case does not apply; one per window.
   std::map<int64_t, at::Tensor> masks;
   auto mask_for = [&](int64_t window) -> at::Tensor {

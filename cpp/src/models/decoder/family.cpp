@@ -365,6 +365,9 @@ void register_probes() {
     const std::optional<at::ScalarType> stored =
         kv_dtype == "auto" ? std::nullopt : std::optional(kv_dtype == "float32" ? at::kFloat : at::kBFloat16);
     nn::KvCache cache = decoder.new_cache(static_cast<int64_t>(ids.size()), stored);
+    // Option whole_prompt (bool): the chunks are one prompt's (KvCache::prompt_length:
+    // a length-dependent RoPE rotates them as all the ids at once), not decode steps.
+    if (in.get_or<bool>("whole_prompt", false)) cache.prompt_length = static_cast<int64_t>(ids.size());
     std::vector<at::Tensor> rows;
     std::vector<int64_t> positions;
     const nn::kernels::RowInvariant prompt_rows(/*prompt=*/true);  // as the generator's prompts run
