@@ -17,7 +17,7 @@ import pytest
 
 import mpool
 from mpool import _core, _params
-from decoder_models import build_decoder
+from decoder_models import build_decoder, vocab_size
 
 RULES = {rule["name"]: rule for rule in _core._generation_param_rules()}
 PROMPT = [5, 6]  # token ids: no tokenizer involved
@@ -101,9 +101,18 @@ def test_every_generation_parameter_of_the_table_is_a_known_python_parameter():
 def test_python_and_native_accept_and_refuse_the_same_edge_values(native: Any, name: str) -> None:
     rule = RULES[name]
     accepted, refused = edge_values(rule)
+    if rule["kind"] == "token_ids":
+        accepted.append([0, vocab_size() - 1])  # the model's first and last token
     for value in accepted:
         assert python_verdict(name, value) is None, (name, value)
-        assert native_verdict(native, name, value) is None, (name, value)
+        verdict = native_verdict(native, name, value)
+        if rule["kind"] == "token_ids" and any(not 0 <= t < vocab_size() for t in value):
+            # Any int64 by the table; a model refuses ids outside its vocabulary, as it
+            # does a prompt's, naming the first.
+            first = next(i for i, t in enumerate(value) if not 0 <= t < vocab_size())
+            assert verdict is not None and verdict.startswith(f"{name}[{first}] is {value[first]}, outside the vocabulary")
+        else:
+            assert verdict is None, (name, value, verdict)
     for value in refused:
         ours = python_verdict(name, value)
         theirs = native_verdict(native, name, value)

@@ -166,6 +166,17 @@ def test_dynamic_rope_prompt_chunks_past_the_trained_length_rotate_as_the_whole_
             assert pool.stats()["models"]["m"]["usage"].get("prefix_cache_hit_tokens", 0) == 0
 
 
+@pytest.mark.parametrize("stop", [[-1], [5, 400], [10**12]], ids=repr)
+def test_a_stop_token_id_outside_the_vocabulary_is_invalid_input_naming_it(models: dict[str, Path], stop: list[int]) -> None:
+    # Such a token could never be sampled: a stop that silently never fires.
+    with mpool.Pool() as pool:
+        pool.register("m", models["llama"], max_replicas=1)
+        bad = len(stop) - 1
+        with pytest.raises(mpool.InvalidInput, match=rf"^stop_token_ids\[{bad}\] is {stop[bad]}, outside the vocabulary \[0, 400\)"):
+            run(pool.generate("m", [5, 6], max_tokens=2, stop_token_ids=stop))
+        assert len(run(pool.generate("m", [5, 6], max_tokens=2, temperature=0, stop_token_ids=[399]))[0]) >= 1
+
+
 def _greedy_native(path: Path, ids: list[int], n: int, **params: Any) -> list[int]:
     with mpool.Pool() as p:
         p.register("m", path, max_replicas=1)

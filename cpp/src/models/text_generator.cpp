@@ -95,6 +95,14 @@ TextGenerator::Prepared TextGenerator::prepare(const SplicedPrompt& prompt,
   Prepared out;
   out.params = settings_.defaults.apply(requested);
   validate_generation_params(out.params);
+  // A stop token outside the vocabulary could never be sampled: a mistake, said so.
+  const int64_t vocab = model_->vocab_size();
+  for (size_t i = 0; i < out.params.stop_token_ids.size(); ++i) {
+    const int64_t id = out.params.stop_token_ids[i];
+    check(id >= 0 && id < vocab, ErrorCode::kInvalidInput,
+          "stop_token_ids[" + std::to_string(i) + "] is " + std::to_string(id) + ", outside the vocabulary [0, " +
+              std::to_string(vocab) + ")");
+  }
   check(!prompt.ids.empty() || !prompt.inserts.empty(), ErrorCode::kInvalidInput, "the prompt is empty");
   int64_t prompt_len = static_cast<int64_t>(prompt.ids.size());
   for (const auto& [at, rows] : prompt.inserts) {
