@@ -138,12 +138,17 @@ def test_longrope_cache_recomputes_once_when_the_sequence_outgrows_the_original_
     assert hf_greedy(models["phi3_longrope"], ids[:28], 20) == _greedy_native(models["phi3_longrope"], ids[:28], 20)
 
 
-def test_dynamic_rope_prompt_chunks_past_the_trained_length_rotate_as_the_whole_prompt(models: dict[str, Path]) -> None:
+@pytest.mark.parametrize("arch", ["llama_dynamic_rope", "phi3_longrope"])
+def test_length_dependent_rope_prompt_chunks_past_the_trained_length_rotate_as_the_whole_prompt(
+    models: dict[str, Path], arch: str
+) -> None:
     # llama_dynamic_rope: 40 trained positions, factor 2. transformers rotates a
     # prompt of 50 with the base of length 50 at every position, and each decode
     # step with the base of its own length (keys cached before keep theirs). Prompt
     # chunks of 16 must rotate as the whole prompt does, not as their own ends.
-    path = models["llama_dynamic_rope"]
+    # phi3_longrope (original length 32): a prompt of 50 takes the long factors at
+    # every position from its first chunk on.
+    path = models[arch]
     ids = prompt_ids(50, seed=3)
     _, full = decoder_logits(str(path), ids)
     out = mpool.testing.probe("decoder.logits", path=str(path), ids=ids, chunk=16, whole_prompt=True)

@@ -181,7 +181,10 @@ at::Tensor Decoder::extend_embeddings(const at::Tensor& embeddings, nn::KvCache&
   const auto& rope = config_.rope;
   if (rope.type == "longrope") {
     const int64_t original = rope.original_max_position_embeddings;
-    if (cache.length > 0 && cache.length <= original && cache.length + n > original) {
+    // (A prompt longer than the original length rotates every chunk with the long
+    // factors already: KvCache::prompt_length.)
+    if (cache.length > 0 && cache.length <= original && cache.length + n > original &&
+        cache.prompt_length <= original) {
       // Crossing into the long factors: every cached key was rotated with the
       // short ones, so recompute the whole sequence (as transformers' Phi-3 does).
       std::vector<at::Tensor> all = cache.replay;
