@@ -690,7 +690,8 @@ def test_row_invariant_linear_gives_every_row_of_hundreds_its_bits_alone_across_
     # Under kernels::RowInvariant (a prompt's chunks), past 16 rows a float32 or
     # bfloat16 linear runs the row kernel in tiles of x rows instead of the GEMM:
     # a row's bits are the ones it has alone, wherever a chunk starts and however
-    # long (bfloat16 past 1,024 columns: in column spans, sums carried).
+    # long (bfloat16: four weight rows against four x rows, where one row alone
+    # or a decode batch of up to 16 takes other blockings).
     rng = np.random.default_rng(k + 1)
     # Several x tiles at 768 and 3,072 columns: about 192 KiB of float32 rows,
     # 1 MiB of bfloat16 ones.

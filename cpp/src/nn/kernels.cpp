@@ -1112,7 +1112,8 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
         // Many rows (RowInvariant): x in tiles of about kBf16RowTileBytes, each
         // against every weight row, four by four.
         const int64_t tile = std::max<int64_t>(
-            row_kernel_max_rows() + 1, kBf16RowTileBytes / std::max<int64_t>(1, in * static_cast<int64_t>(sizeof(uint16_t))));
+            row_kernel_max_rows() + 1,
+            kBf16RowTileBytes / std::max<int64_t>(1, in * static_cast<int64_t>(sizeof(uint16_t))));
         for (int64_t t0 = 0; t0 < m; t0 += tile) {
           const int64_t rows = std::min(tile, m - t0);
           parallel_for_beside_torch((out + 7) / 8, 1, [&](int64_t b0, int64_t b1) {

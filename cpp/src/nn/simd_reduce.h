@@ -5,11 +5,12 @@
 // block of many rows sixteen pairs here, and each pair gets the same bits
 // either way, for a row's bits never depend on the rows beside it.
 //
-// The tree (GCC's and clang's): s8[i] = a[i] + a[i + 8], s4[i] = s8[i] +
-// s8[i + 4], t[i] = s4[i] + s4[i + 2], sum = t[0] + t[1]. The network below
-// adds the same pairs, sixteen vectors' worth a step (float addition commutes
-// bit for bit, so only which values meet matters): 30 shuffles and 15 adds for
-// sixteen sums, against about 7 operations each one at a time.
+// The tree (GCC's, which builds this project; the bitwise row tests check it):
+// s8[i] = a[i] + a[i + 8], s4[i] = s8[i] + s8[i + 4], t[i] = s4[i] + s4[i + 2],
+// sum = t[0] + t[1]. The network below adds the same pairs, sixteen vectors'
+// worth a step (float addition commutes bit for bit, so only which values meet
+// matters): 30 shuffles and 15 adds for sixteen sums, against about 7
+// operations each one at a time.
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
