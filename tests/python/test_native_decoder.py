@@ -156,7 +156,7 @@ def test_length_dependent_rope_prompt_chunks_past_the_trained_length_rotate_as_t
     assert rel <= 1e-5
     want = hf_greedy(path, ids, 20)
     # The next turn extends the first: a cached prefix would hold keys rotated
-    # with another base, so this model reads none.
+    # with another base, so a sequence that may pass the trained length reads none.
     turn = ids + want[:10] + prompt_ids(5, seed=9)
     want_turn = hf_greedy(path, turn, 5)
     for options in ({"prefill_chunk": 16}, {"prefill_chunk": 16, "prefix_cache": False}, {"prefill_chunk": 512}):
@@ -169,6 +169,29 @@ def test_length_dependent_rope_prompt_chunks_past_the_trained_length_rotate_as_t
             streams = [pool.generate("m", ids, max_tokens=20, **params), pool.generate("m", turn, max_tokens=5, **params)]
             assert [run(s)[0] for s in streams] == [want, want_turn], options
             assert pool.stats()["models"]["m"]["usage"].get("prefix_cache_hit_tokens", 0) == 0
+
+
+@pytest.mark.parametrize("arch", ["llama_dynamic_rope", "phi3_longrope"])
+def test_length_dependent_rope_shares_prefix_blocks_among_sequences_within_the_trained_length(
+    models: dict[str, Path], arch: str
+) -> None:
+    # Trained lengths 40 (dynamic) and 32 (longrope's original): a sequence of up
+    # to that many positions (prompt and max_tokens) rotates as in any shorter one,
+    # so those share a system prompt's blocks; one that may grow past it reads none.
+    path = models[arch]
+    system = prompt_ids(16, seed=5)  # one block of 16
+    short = [system + prompt_ids(4 + i, seed=20 + i) for i in range(3)]  # 20-22 + 8 new <= 32
+    long_prompt = system + prompt_ids(6, seed=30)  # 22 + 20 new: past the trained length
+    params = dict(temperature=0, ignore_eos=True)
+    with mpool.Pool() as pool:
+        pool.register("m", path, max_replicas=1, options={"prefill_chunk": 16})
+        got = [run(pool.generate("m", ids, max_tokens=8, **params))[0] for ids in short]
+        hits = pool.stats()["models"]["m"]["usage"]["prefix_cache_hit_tokens"]
+        got_long = run(pool.generate("m", long_prompt, max_tokens=20, **params))[0]
+        assert pool.stats()["models"]["m"]["usage"]["prefix_cache_hit_tokens"] == hits
+    assert hits == 2 * 16  # the second and third read the first's block
+    assert got == [hf_greedy(path, ids, 8) for ids in short]
+    assert got_long == hf_greedy(path, long_prompt, 20)
 
 
 @pytest.mark.parametrize("stop", [[-1], [5, 400], [10**12]], ids=repr)

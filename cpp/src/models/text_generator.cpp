@@ -144,7 +144,8 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
     // (a prefix the batch reads from the cache computes the same). Without it a
     // prompt always runs in the same chunks, and float32 and bfloat16 keep the GEMM.
     std::optional<nn::kernels::RowInvariant> invariant;
-    if (settings_.prefix_cache && model_->prefix_reusable()) invariant.emplace(/*prompt=*/true);
+    if (settings_.prefix_cache && p.prompt_len + p.setup.max_new_tokens <= model_->prefix_reusable_positions())
+      invariant.emplace(/*prompt=*/true);
     for (int64_t at = 0; at < input.size(0); at += chunk) {
       ctx.throw_if_stopped();
       logits = model_->extend_embeddings(input.narrow(0, at, std::min<int64_t>(chunk, input.size(0) - at)), cache);
@@ -257,13 +258,17 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
 
   // What stats() reports, kept current at every change of what the batch holds.
   auto publish = [&] { publish_usage(static_cast<int64_t>(running.size())); };
-  const bool reuse = settings_.prefix_cache && model_->prefix_reusable();
+  // With the prefix cache, a sequence reads and publishes shared blocks unless it
+  // may outgrow the length up to which the model's cached positions do not
+  // depend on the sequence's length.
+  const int64_t reusable = model_->prefix_reusable_positions();
+  auto reuses = [&](const BatchSequence& s) { return settings_.prefix_cache && s.positions <= reusable; };
   nn::KvBlockPool& pool = *blocks_;
   const int64_t bs = pool.block_size();
   // Publishes each of a sequence's blocks that is full of known tokens, chained
   // on the one before, so later prompts that start the same way share it.
   auto publish_blocks = [&](BatchSequence& s) {
-    if (!reuse) return;
+    if (!reuses(s)) return;
     const auto& table = s.cache.table.blocks();
     while ((s.published + 1) * bs <= std::min<int64_t>(s.cache.length, static_cast<int64_t>(s.ids.size()))) {
       s.chain = pool.publish(s.chain, table[static_cast<size_t>(s.published)], s.ids.data() + s.published * bs);
@@ -276,7 +281,7 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
   // rest is reserved.
   auto claim = [&](BatchSequence& w) -> bool {
     std::vector<int32_t> matched;
-    if (reuse) matched = pool.match(w.ids.data(), static_cast<int64_t>(w.ids.size()));
+    if (reuses(w)) matched = pool.match(w.ids.data(), static_cast<int64_t>(w.ids.size()));
     const int64_t blocks_needed = (w.positions + bs - 1) / bs;
     for (bool copy_last : {true, false}) {
       if (!copy_last && !matched.empty() && static_cast<int64_t>(matched.size()) * bs >= w.prompt_len)
@@ -359,7 +364,7 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
         // prefix read from the cache (computed by another prompt's chunks) and
         // this rest agree with computing all of it here.
         std::optional<nn::kernels::RowInvariant> invariant;
-        if (reuse) invariant.emplace(/*prompt=*/true);
+        if (reuses(s)) invariant.emplace(/*prompt=*/true);
         const at::Tensor logits = model_->extend_embeddings(s.input.narrow(0, s.prefilled, n), s.cache);
         s.prefilled += n;
         publish_blocks(s);

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -25,11 +26,13 @@ class CausalLM {
   /// The blocks of a paged cache (KvCache::paged_in) for a replica's sequences.
   virtual std::shared_ptr<nn::KvBlockPool> new_block_pool(int64_t block_size, int64_t blocks,
                                                           std::optional<at::ScalarType> dtype) const = 0;
-  /// Whether a position's cached state depends only on the tokens up to it, so
-  /// sequences may share a prompt prefix's blocks. Not so where a sequence's
-  /// later length changes its earlier positions (longrope's switch to its long
-  /// factors recomputes them).
-  virtual bool prefix_reusable() const { return true; }
+  /// Sequences of up to this many positions (prompt and output) may share a
+  /// prompt prefix's blocks: a position's cached state depends only on the tokens
+  /// up to it. Past it a sequence's length changes its positions' state (a
+  /// length-dependent RoPE past its trained length: dynamic NTK's base, longrope's
+  /// long factors), and a sequence that may grow past it neither reads nor
+  /// publishes shared blocks.
+  virtual int64_t prefix_reusable_positions() const { return std::numeric_limits<int64_t>::max(); }
   /// Input embeddings (n, hidden) of `ids`, in the model's dtype and device.
   virtual at::Tensor embed_tokens(const std::vector<int64_t>& ids) const = 0;
   /// Runs `embeddings` (n, hidden) after the cache's contents, appends them to the

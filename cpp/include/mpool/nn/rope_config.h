@@ -2,6 +2,7 @@
 // Rotary position embedding settings, read from config.json in one place for
 // every family. Torch-free: the config readers use it, and it is fuzzed with them.
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,14 @@ struct RopeConfig {
   double softmax_scale_correction() const;
   /// Whether inv_freq depends on the sequence length (dynamic, longrope).
   bool depends_on_length() const noexcept { return type == "dynamic" || type == "longrope"; }
+  /// The longest sequence whose positions all rotate as they would in any
+  /// shorter one: dynamic's max_position_embeddings, longrope's original length,
+  /// else unbounded.
+  int64_t length_independent_positions() const noexcept {
+    if (type == "dynamic") return max_position_embeddings;
+    if (type == "longrope") return original_max_position_embeddings;
+    return std::numeric_limits<int64_t>::max();
+  }
 };
 
 /// Reads the rope settings of a model with heads of `head_dim` and

@@ -44,10 +44,9 @@ class Decoder final : public CausalLM {
   nn::KvCache new_cache(int64_t capacity, std::optional<at::ScalarType> dtype) const override;
   std::shared_ptr<nn::KvBlockPool> new_block_pool(int64_t block_size, int64_t blocks,
                                                   std::optional<at::ScalarType> dtype) const override;
-  /// Not where a key's rotation depends on the length of the sequence that
-  /// computed it (dynamic NTK and longrope RoPE): a cached block would hold
-  /// other keys than computing the prompt gives.
-  bool prefix_reusable() const override { return !config_.rope.depends_on_length(); }
+  /// Up to a length-dependent RoPE's trained length (dynamic NTK, longrope): past
+  /// it a key's rotation depends on the length of the sequence that computed it.
+  int64_t prefix_reusable_positions() const override { return config_.rope.length_independent_positions(); }
   at::Tensor embed_tokens(const std::vector<int64_t>& ids) const override;
   at::Tensor extend_embeddings(const at::Tensor& embeddings, nn::KvCache& cache) const override;
   /// The rows of a batch run through each projection together (the weights are
