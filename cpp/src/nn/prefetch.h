@@ -4,7 +4,8 @@
 // project's AMD Zen 4 host, one thread, T0 left 8-row bf16 products at 8.6 GB/s
 // and T1 gave 14.6; 4-row bf16 8.6 -> 20.5, 8-row float32 18.5 -> 27.4
 // (docs/benchmarks.md, "Prefetching weights into L2"). The int8 row kernels
-// keep T0: T1 measured 6% slower for their one-row decode there.
+// keep T0 for the next block (T1 measured 6% slower for their one-row decode
+// there) and add a T1 prefetch further ahead (int8.cpp, prefetch_next).
 #include <cstdint>
 
 #if defined(__x86_64__)
