@@ -254,3 +254,72 @@ def test_encode_batch_rejects_non_string_items(wordpiece, tmp_path):
     tok = mpool.Tokenizer.from_file(_write(tmp_path, wordpiece))
     with pytest.raises(mpool.InvalidInput):
         tok.encode_batch(["ok", 3])
+
+
+# --- arguments of the wrong type -------------------------------------------------
+
+
+def _minilm_tokenizer() -> mpool.Tokenizer:
+    path = mpool.default_embedding_model_path()
+    assert path is not None
+    return mpool.Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+
+
+WRONG_ARGUMENTS = [
+    ("from_file", lambda t: mpool.Tokenizer.from_file(3), r"path must be a str or os\.PathLike, got 3 \(int\)"),
+    ("from_str", lambda t: mpool.Tokenizer.from_str(b"{}"), r"json must be a str, got b'\{\}' \(bytes\)"),
+    ("encode", lambda t: t.encode("a", add_special_tokens="yes"), r"add_special_tokens must be True or False"),
+    ("encode_batch", lambda t: t.encode_batch("abc"), r"texts must be a list of str or bytes, got 'abc' \(str\)"),
+    ("encode_batch", lambda t: t.encode_batch(["a"], num_threads=-1), r"num_threads must be an int in \[0, 1024\]"),
+    ("decode", lambda t: t.decode([1, -1]), r"ids\[1\] must be an int in \[0, 4294967295\], got -1 \(int\)"),
+    ("decode", lambda t: t.decode([2**70]), r"ids\[0\] must be an int in \[0, 4294967295\]"),
+    ("decode", lambda t: t.decode([1.5]), r"ids\[0\] must be an int .*got 1\.5 \(float\)"),
+    ("decode", lambda t: t.decode("abc"), r"ids must be a list of token ids, got 'abc' \(str\)"),
+    ("decode", lambda t: t.decode([True]), r"ids\[0\] must be an int .*got True \(bool\)"),
+    ("decode_batch", lambda t: t.decode_batch([[1], [None]]), r"sequences\[1\]\[0\] must be an int"),
+    ("decode_stream", lambda t: t.decode_stream(skip_special_tokens="x"), r"skip_special_tokens must be True or False"),
+    ("decode_stream", lambda t: mpool.Tokenizer.decode_stream(3), r"self must be a Tokenizer, got 3 \(int\)"),
+    ("step", lambda t: t.decode_stream().step("x"), r"id must be an int in \[0, 4294967295\], got 'x' \(str\)"),
+    ("enable_truncation", lambda t: t.enable_truncation(-1), r"max_length must be an int in \[0, "),
+    ("enable_truncation", lambda t: t.enable_truncation(8, strategy=1), r"strategy must be a str, got 1 \(int\)"),
+    ("enable_padding", lambda t: t.enable_padding(length=5.0), r"length must be an int in \[0, .*got 5\.0 \(float\)"),
+    ("enable_padding", lambda t: t.enable_padding(pad_id=-2), r"pad_id must be an int in \[0, 4294967295\]"),
+    ("token_to_id", lambda t: t.token_to_id(5), r"token must be a str, got 5 \(int\)"),
+    ("id_to_token", lambda t: t.id_to_token("5"), r"id must be an int .*got '5' \(str\)"),
+    ("get_vocab_size", lambda t: t.get_vocab_size(1), r"with_added_tokens must be True or False, got 1 \(int\)"),
+    ("encode", lambda t: t.encode("a", foo=1),
+     r"Tokenizer\.encode\(\) takes \(text, pair=None, add_special_tokens=True\); got 1 positional argument and the keywords 'foo'"),
+    ("encode", lambda t: t.encode(), r"Tokenizer\.encode\(\) takes .*; got 0 positional arguments"),
+    ("from_file", lambda t: mpool.Tokenizer.from_file("a", "b"), r"Tokenizer\.from_file\(\) takes \(path\); got 2"),
+    ("no_padding", lambda t: t.no_padding(1), r"Tokenizer\.no_padding\(\) takes \(\); got 1 positional argument"),
+    ("step", lambda t: t.decode_stream().step(), r"DecodeStream\.step\(\) takes \(id\); got 0"),
+]
+
+
+@pytest.mark.parametrize("call,message", [(c, m) for _, c, m in WRONG_ARGUMENTS],
+                         ids=[f"{name}-{i}" for i, (name, _, _) in enumerate(WRONG_ARGUMENTS)])
+def test_tokenizer_arguments_of_the_wrong_type_or_shape_are_invalid_input_naming_the_parameter(call, message):
+    # Never pybind11's "incompatible function arguments" TypeError; and decode_stream
+    # with a bad argument used to crash the process (keep_alive on a failed call).
+    tokenizer = _minilm_tokenizer()
+    with pytest.raises(mpool.InvalidInput, match=message):
+        call(tokenizer)
+    assert tokenizer.decode(tokenizer.encode("hello world", add_special_tokens=False).ids) == "hello world"
+
+
+def test_tokenizer_takes_numpy_integers_and_path_likes_where_it_takes_ints_and_paths(tmp_path):
+    import numpy as np
+    from pathlib import Path
+
+    path = mpool.default_embedding_model_path()
+    assert path is not None
+    tokenizer = mpool.Tokenizer.from_file(Path(path) / "tokenizer.json")
+    tokenizer.no_padding()  # the bundled file pads to 128
+    ids = tokenizer.encode("hello world", add_special_tokens=False).ids
+    assert tokenizer.decode(np.array(ids, dtype=np.int64)) == "hello world"
+    assert tokenizer.decode(tuple(np.uint32(i) for i in ids)) == "hello world"
+    assert tokenizer.id_to_token(np.int32(ids[0])) == "hello"
+    stream = tokenizer.decode_stream(skip_special_tokens=False)
+    assert "".join(s for s in (stream.step(np.int64(i)) for i in ids) if s) == "hello world"
+    tokenizer.enable_padding(length=np.int64(4), pad_id=np.uint8(0))
+    assert len(tokenizer.encode("hello").ids) == 4

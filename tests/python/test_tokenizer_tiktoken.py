@@ -338,9 +338,9 @@ def test_kimi_k2_style_directory_registers_chats_and_streams(
 
 
 def test_a_tokenizer_pattern_that_is_not_a_str_is_invalid_input(tmp_path: Path) -> None:
-    with pytest.raises(mpool.InvalidInput, match="tokenizer_pattern must be a str, got int"):
+    with pytest.raises(mpool.InvalidInput, match=r"tokenizer_pattern must be a str, got 3 \(int\)"):
         mpool.Tokenizer.from_pretrained(str(tmp_path), tokenizer_pattern=3)
-    with pytest.raises(mpool.InvalidInput, match="dir_or_repo_id must be a str, got int"):
+    with pytest.raises(mpool.InvalidInput, match=r"dir_or_repo_id must be a str or os.PathLike, got 3 \(int\)"):
         mpool.Tokenizer.from_pretrained(3)
 
 
