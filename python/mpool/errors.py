@@ -66,6 +66,15 @@ class InvalidInput(PoolError, ValueError):
     code = "invalid_input"
 
 
+class InvalidArguments(InvalidInput, TypeError):
+    """A call's arguments do not fit the function's parameters: an unknown keyword,
+    a missing argument, one too many.
+
+    An ``InvalidInput``, and a ``TypeError`` too, which is what Python raises for
+    such a call.
+    """
+
+
 class NotCopyable(PoolError, TypeError):
     """A Pool cannot be copied or pickled: it owns native threads and loaded models.
 
@@ -96,4 +105,4 @@ ALL_ERRORS = (
 )
 
 # NotCopyable is raised by Python alone: it has no native error code of its own.
-__all__ = ["PoolError", "NotCopyable", *[c.__name__ for c in ALL_ERRORS]]
+__all__ = ["PoolError", "NotCopyable", "InvalidArguments", *[c.__name__ for c in ALL_ERRORS]]

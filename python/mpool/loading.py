@@ -12,6 +12,9 @@ import os
 from typing import Any, Iterable
 
 from . import _core
+from . import _validate as v
+from ._signature import checked_call
+from .errors import InvalidInput
 
 __all__ = ["LoadedWeights", "inspect", "safetensors_load"]
 
@@ -31,6 +34,15 @@ class LoadedWeights(dict):
     warnings: list[str]
 
 
+def _path(name: str, x: Any) -> str:
+    if isinstance(x, os.PathLike):
+        x = os.fspath(x)
+    if not isinstance(x, str):
+        raise InvalidInput(f"{name} must be a str or os.PathLike, got {x!r} ({type(x).__name__})")
+    return x
+
+
+@checked_call
 def safetensors_load(
     path_or_dir: str | os.PathLike[str],
     dtype: str | None = None,
@@ -47,9 +59,10 @@ def safetensors_load(
     InvalidInput naming it, and extra stored tensors become warnings.
     Malformed files and other formats (pickle, GGUF) raise InvalidInput.
     """
-    loaded = _core._safetensors_load(
-        os.fspath(path_or_dir), dtype, None if expected is None else list(expected)
-    )
+    names = None
+    if expected is not None:
+        names = [v.text(f"expected[{i}]", x) for i, x in enumerate(v.iterable("expected", expected, "tensor names"))]
+    loaded = _core._safetensors_load(_path("path_or_dir", path_or_dir), v.optional_text("dtype", dtype), names)
     out = LoadedWeights(loaded.arrays())
     out.zero_copy = frozenset(loaded.zero_copy)
     out.warnings = list(loaded.warnings)
@@ -58,6 +71,7 @@ def safetensors_load(
     return out
 
 
+@checked_call
 def inspect(path_or_repo_id: str | os.PathLike[str]) -> dict[str, Any]:
     """Report what a model directory (or a repo id in the local Hugging Face cache) holds.
 
@@ -81,5 +95,5 @@ def inspect(path_or_repo_id: str | os.PathLike[str]) -> dict[str, Any]:
     their number), ``experts`` and ``experts_per_token``; empty otherwise.
     """
     _core.register_builtin_families()  # the native families answer too
-    return json.loads(_core._inspect_json(os.fspath(path_or_repo_id)))
+    return json.loads(_core._inspect_json(_path("path_or_repo_id", path_or_repo_id)))
 

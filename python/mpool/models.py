@@ -10,6 +10,7 @@ from typing import Any
 from . import _core
 from . import _validate as v
 from ._params import image_defaults
+from ._signature import checked_calls
 from .errors import InvalidInput
 
 CAPABILITIES = ("text_embedding", "text_to_text", "image_embedding", "vision", "text_to_image", "rerank")
@@ -71,6 +72,7 @@ def _check_capabilities(capability: str | Sequence[str]) -> list[str]:
     return caps
 
 
+@checked_calls
 class PyModel(Model):
     """A Python-defined model served by native replica threads.
 
@@ -132,6 +134,7 @@ class PyModel(Model):
         self.protocol = {c: _PROTOCOL[c] for c in caps}
 
 
+@checked_calls
 class NativeModel(Model):
     """A model served entirely in C++: tokenizer, network and post-processing.
 

@@ -22,6 +22,7 @@ from . import _params as req
 from . import _validate as v
 from ._async import await_native
 from ._images import image_input
+from ._signature import checked_calls
 from ._progress import await_with_bar, new_progress, result_with_bar
 from ._params import MAX_IMAGE_SIDE, MAX_IMAGE_STEPS
 from ._streams import ImageStream, TextStream
@@ -82,6 +83,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+@checked_calls
 class Pool:
     """Many models in one process, each served by native replica threads.
 

@@ -717,3 +717,58 @@ def test_a_progress_callback_kept_past_its_request_raises_cancelled_and_never_to
     # In a subprocess: before the fix this read a dead stack frame, which may crash the interpreter.
     result = subprocess.run([sys.executable, "-c", STASH_SCRIPT], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+# --- calls that do not fit the signature ------------------------------------------
+
+
+MISFIT_CALLS = [
+    (lambda p: p.embed("emb", ["a"], foo=1), r"Pool\.embed\(\) got an unexpected keyword argument 'foo'; its parameters: key, texts, "),
+    (lambda p: p.embed("emb"), r"Pool\.embed\(\) missing a required argument: 'texts'"),
+    (lambda p: p.stats(1), r"Pool\.stats\(\) too many positional arguments; its parameters: none"),
+    (lambda p: p.register("x"), r"Pool\.register\(\) missing a required argument: 'model'"),
+    (lambda p: p.rerank("emb", "q", ["d"], top=1), r"Pool\.rerank\(\) got an unexpected keyword argument 'top'"),
+    (lambda p: asyncio.run(p.aembed("emb", ["a"], foo=1)), r"Pool\.aembed\(\) got an unexpected keyword argument 'foo'"),
+    (lambda p: mpool.Pool(budget=1), r"Pool\.__init__\(\) got an unexpected keyword argument 'budget'"),
+    (lambda p: mpool.PyModel("text_embedding", lambda d: HashEmbedder(), memory=1),
+     r"PyModel\.__init__\(\) (missing a required argument: 'memory_mb'|got an unexpected keyword argument 'memory')"),
+    (lambda p: mpool.NativeModel("/nowhere", threads=2), r"NativeModel\.__init__\(\) got an unexpected keyword argument 'threads'"),
+    (lambda p: mpool.inspect(), r"inspect\(\) missing a required argument: 'path_or_repo_id'"),
+]
+
+
+@pytest.mark.parametrize("call,message", MISFIT_CALLS, ids=[f"call{i}" for i in range(len(MISFIT_CALLS))])
+def test_a_call_that_does_not_fit_the_signature_is_invalid_arguments_naming_the_function(pool, call, message):
+    pool.register("emb", mpool.PyModel("text_embedding", lambda d: HashEmbedder(), memory_mb=1))
+    with pytest.raises(mpool.InvalidArguments, match=message) as e:
+        call(pool)
+    # An InvalidInput (a PoolError), and the TypeError Python raises for such calls.
+    assert isinstance(e.value, mpool.InvalidInput) and isinstance(e.value, TypeError)
+    assert pool.embed("emb", ["ok"]).shape == (1, 8)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: mpool.inspect(3), r"path_or_repo_id must be a str or os\.PathLike, got 3 \(int\)"),
+        (lambda: mpool.safetensors_load(b"/x"), r"path_or_dir must be a str or os\.PathLike, got b'/x' \(bytes\)"),
+        (lambda: mpool.safetensors_load("/x", dtype=16), r"dtype must be a str"),
+        (lambda: mpool.safetensors_load("/x", expected=[1]), r"expected\[0\] must be a str"),
+    ],
+    ids=["inspect-int", "safetensors-bytes", "safetensors-dtype", "safetensors-expected"],
+)
+def test_the_loading_functions_refuse_a_path_or_name_of_the_wrong_type_as_invalid_input(call, message):
+    with pytest.raises(mpool.InvalidInput, match=message):
+        call()
+
+
+def test_a_type_error_from_inside_a_call_that_fits_is_not_relabelled(pool):
+    # A Python model whose loader raises TypeError: the call's arguments fit, so the
+    # error is the model's (SpawnFailed), not InvalidArguments.
+    def loader(device):
+        raise TypeError("the loader's own bug")
+
+    pool.register("bad", mpool.PyModel("text_embedding", loader, memory_mb=1))
+    with pytest.raises(mpool.PoolError, match="the loader's own bug") as e:
+        pool.embed("bad", ["x"])
+    assert not isinstance(e.value, mpool.InvalidArguments)
