@@ -7,6 +7,7 @@ from typing import Any, NamedTuple, overload
 import numpy as np
 
 from . import _validate as v
+from ._signature import checked_call
 from .errors import InvalidInput
 
 __all__ = ["TopK", "similarity"]
@@ -41,6 +42,7 @@ def _matrix(name: str, x: Any) -> np.ndarray:
 def similarity(a: Any, b: Any = None, *, top_k: None = None) -> np.ndarray: ...
 @overload
 def similarity(a: Any, b: Any = None, *, top_k: int) -> TopK: ...
+@checked_call
 def similarity(a: Any, b: Any = None, *, top_k: int | None = None) -> np.ndarray | TopK:
     """Cosine similarity of each row of ``a`` (queries) with each row of ``b`` (``a`` itself by default).
 

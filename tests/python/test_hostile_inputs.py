@@ -734,6 +734,7 @@ MISFIT_CALLS = [
      r"PyModel\.__init__\(\) (missing a required argument: 'memory_mb'|got an unexpected keyword argument 'memory')"),
     (lambda p: mpool.NativeModel("/nowhere", threads=2), r"NativeModel\.__init__\(\) got an unexpected keyword argument 'threads'"),
     (lambda p: mpool.inspect(), r"inspect\(\) missing a required argument: 'path_or_repo_id'"),
+    (lambda p: mpool.similarity([[1.0]], foo=1), r"similarity\(\) got an unexpected keyword argument 'foo'; its parameters: a, b, top_k"),
 ]
 
 
