@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 
 from ._async import wait_chunks
+from ._signature import checked_calls
 from .errors import PoolError
 
 __all__ = ["ImageProgress", "ImageStream", "TextStream"]
 
 
+@checked_calls
 class TextStream:
     """Chunks of generated text. Iterating waits natively with the GIL released.
 
@@ -154,6 +156,7 @@ class _ProgressDisplay:
             self._bar = None
 
 
+@checked_calls
 class ImageStream:
     """Progress of an image generation, one ``ImageProgress`` per step;
     ``result()`` gives the image (a PIL image, or a float32 array with

@@ -25,6 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import _core
 from ._images import image_input
+from ._signature import checked_calls
 from .errors import InvalidInput
 
 __all__ = ["ChatTemplate", "split_images"]
@@ -206,6 +207,7 @@ def _read_json(path: Path) -> Any:
         raise InvalidInput(f"cannot read {path}: {e}") from e
 
 
+@checked_calls
 class ChatTemplate:
     """One model's chat template(s) plus the special tokens the template can use."""
 

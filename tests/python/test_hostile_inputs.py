@@ -734,6 +734,7 @@ MISFIT_CALLS = [
      r"PyModel\.__init__\(\) (missing a required argument: 'memory_mb'|got an unexpected keyword argument 'memory')"),
     (lambda p: mpool.NativeModel("/nowhere", threads=2), r"NativeModel\.__init__\(\) got an unexpected keyword argument 'threads'"),
     (lambda p: mpool.inspect(), r"inspect\(\) missing a required argument: 'path_or_repo_id'"),
+    (lambda p: p.generate("gen", "hi").text(1), r"TextStream\.text\(\) too many positional arguments; its parameters: none"),
     (lambda p: mpool.similarity([[1.0]], foo=1), r"similarity\(\) got an unexpected keyword argument 'foo'; its parameters: a, b, top_k"),
 ]
 
@@ -741,6 +742,7 @@ MISFIT_CALLS = [
 @pytest.mark.parametrize("call,message", MISFIT_CALLS, ids=[f"call{i}" for i in range(len(MISFIT_CALLS))])
 def test_a_call_that_does_not_fit_the_signature_is_invalid_arguments_naming_the_function(pool, call, message):
     pool.register("emb", mpool.PyModel("text_embedding", lambda d: HashEmbedder(), memory_mb=1))
+    pool.register("gen", mpool.PyModel("text_to_text", lambda d: WordStreamer(), memory_mb=1))
     with pytest.raises(mpool.InvalidArguments, match=message) as e:
         call(pool)
     # An InvalidInput (a PoolError), and the TypeError Python raises for such calls.
