@@ -225,6 +225,31 @@ def test_rope_interleaved_matches_a_plain_torch_rotate_every_two_reference() -> 
     assert rel_err(out["out"], ref) <= REL
 
 
+@pytest.mark.parametrize("layout", ["rotate_half", "interleaved"])
+@pytest.mark.parametrize("shape,rotated", [((2, 3, 5, 64), 64), ((1, 12, 1, 64), 64), ((1, 2, 7, 80), 32), ((3, 1, 1, 6), 6)])
+def test_rope_in_float32_has_the_bits_of_atens_products_and_sum(layout, shape, rotated) -> None:
+    # The CPU's one-pass float32 rotation against the operations it replaces, run
+    # by torch itself: rot * cos + rotated * sin, each product and the sum rounded
+    # (no fused multiply-add), the unrotated tail copied. Bit for bit.
+    torch.manual_seed(4)
+    x = torch.randn(*shape) * 3
+    inv = 1.0 / (10000 ** (torch.arange(0, rotated, 2).float() / rotated))
+    positions = torch.arange(shape[2]).float() + 5
+    out = mpool.testing.probe(
+        "nn.rope_apply", {"x": x.numpy(), "positions": positions.numpy(), "inv_freq": inv.numpy()}, layout=layout
+    )
+    cos, sin = torch.from_numpy(out["cos"]), torch.from_numpy(out["sin"])
+    rot = x[..., :rotated]
+    if layout == "rotate_half":
+        half = rotated // 2
+        turned = torch.cat([-rot[..., half:], rot[..., :half]], -1)
+    else:
+        pairs = rot.unflatten(-1, (rotated // 2, 2))
+        turned = torch.stack([-pairs[..., 1], pairs[..., 0]], -1).flatten(-2)
+    ref = torch.cat([rot * cos + turned * sin, x[..., rotated:]], -1)
+    assert np.array_equal(out["out"].view(np.uint32), ref.numpy().view(np.uint32))
+
+
 def test_multi_axis_rope_matches_diffusers_flux_position_embedding() -> None:
     from diffusers.models.embeddings import apply_rotary_emb
     from diffusers.models.transformers.transformer_flux import FluxPosEmbed
@@ -301,6 +326,28 @@ def test_unit_offset_rms_norm_matches_gemma() -> None:
         "nn.rms_norm", {"x": x.numpy(), "weight": norm.weight.detach().numpy()}, eps=1e-6, unit_offset=True
     )
     assert rel_err(out["out"], norm(x)) <= REL
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("unit_offset", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 768), (3, 5, 24), (2, 300, 512)])
+def test_rms_norm_has_the_bits_of_atens_operations(dtype, unit_offset, shape) -> None:
+    # The CPU's one-pass tail against the operations it replaces, run by torch:
+    # x * rsqrt(mean(x^2) + eps), then the weight (Llama: cast back, then scale;
+    # Gemma: scale by 1 + weight in float32, then cast back). Bit for bit, from a
+    # decode step's one row to prefill's many (which run on several threads).
+    torch.manual_seed(7)
+    t = getattr(torch, dtype)
+    x = (torch.randn(*shape) * 3).to(t)
+    w = (torch.randn(shape[-1]) * (0.1 if unit_offset else 1)).to(t)
+    out = mpool.testing.probe(
+        "nn.rms_norm", {"x": x.float().numpy(), "weight": w.float().numpy()}, eps=1e-6, unit_offset=unit_offset,
+        dtype=dtype,
+    )
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)
+    ref = (normed * (w.float() + 1)).to(t) if unit_offset else w * normed.to(t)
+    assert np.array_equal(out["out"].view(np.uint32), ref.float().numpy().view(np.uint32))
 
 
 def test_layer_norm_with_and_without_bias_matches_torch() -> None:

@@ -76,9 +76,13 @@ void register_all() {
     return ProbeOutput{
         {"out", activate(parse_activation(in.get<std::string>("name"), "probe"), in.tensor("x"))}};
   });
+  // Option "dtype": x and the weight in that dtype (default float32); "out" is float32.
   register_probe("nn.rms_norm", [](const ProbeInput& in) {
-    RMSNorm n{in.tensor("weight"), in.get<double>("eps"), in.get_or<bool>("unit_offset", false)};
-    return ProbeOutput{{"out", n(in.tensor("x"))}};
+    const std::string name = in.get_or<std::string>("dtype", "float32");
+    const auto dtype = loading::parse_scalar_type(name);
+    check(dtype.has_value(), ErrorCode::kInvalidInput, "unknown dtype '" + name + "'");
+    RMSNorm n{in.tensor("weight").to(*dtype), in.get<double>("eps"), in.get_or<bool>("unit_offset", false)};
+    return ProbeOutput{{"out", n(in.tensor("x").to(*dtype)).to(at::kFloat)}};
   });
   register_probe("nn.layer_norm", [](const ProbeInput& in) {
     LayerNorm n{in.tensor("weight"), in.optional_tensor("bias"),

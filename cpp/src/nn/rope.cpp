@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "mpool/base/error.h"
+#include "mpool/nn/kernels.h"
 
 namespace mpool::nn {
 namespace {
@@ -50,6 +52,78 @@ at::Tensor yarn_inv_freq(const RopeConfig& r) {
   return interpolation * (1 - keep) + extrapolation * keep;
 }
 
+
+// apply_rope for float32 on the CPU in one pass: what ATen's five operations
+// (negate, cat, two products, sum) compute, with the same three roundings a
+// value (the products, then their sum; the negation is exact), so the bits are
+// ATen's and a row's never depend on the rows beside it. Contraction into fused
+// multiply-adds would change them, so it is off in these functions.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+void rotate_row(const float* x, const float* c, const float* s, float* out, int64_t d, int64_t rd, int64_t cs,
+                RopeLayout layout) {
+  if (layout == RopeLayout::kRotateHalf) {
+    const int64_t half = rd / 2;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = x[i] * c[i * cs], b = x[i + half] * s[i * cs];
+      out[i] = a - b;
+    }
+    for (int64_t i = half; i < rd; ++i) {
+      const float a = x[i] * c[i * cs], b = x[i - half] * s[i * cs];
+      out[i] = a + b;
+    }
+  } else {
+    for (int64_t i = 0; i + 1 < rd; i += 2) {
+      const float a0 = x[i] * c[i * cs], b0 = x[i + 1] * s[i * cs];
+      const float a1 = x[i + 1] * c[(i + 1) * cs], b1 = x[i] * s[(i + 1) * cs];
+      out[i] = a0 - b0;
+      out[i + 1] = a1 + b1;
+    }
+  }
+  for (int64_t i = rd; i < d; ++i) out[i] = x[i];
+}
+#pragma GCC pop_options
+
+// x (b, h, n, d) of any strides with a contiguous last dimension, cos and sin
+// broadcastable to (b, h, n, rd); else an undefined tensor (ATen's path).
+at::Tensor rope_float32_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout) {
+  if (x.dim() != 4 || !x.device().is_cpu() || x.scalar_type() != at::kFloat || cos.scalar_type() != at::kFloat ||
+      sin.scalar_type() != at::kFloat || !cos.device().is_cpu() || !sin.device().is_cpu() || x.stride(3) != 1 ||
+      cos.dim() > 4 || sin.dim() > 4 || cos.sizes() != sin.sizes())
+    return {};
+  const int64_t rd = cos.size(-1), d = x.size(3);
+  if (rd > d || rd % 2 != 0) return {};
+  std::vector<int64_t> lead(x.sizes().begin(), x.sizes().end() - 1);
+  lead.push_back(rd);
+  for (int64_t i = 0; i < cos.dim(); ++i) {  // broadcastable, as ATen would check
+    const int64_t size = cos.size(cos.dim() - 1 - i), want = lead[3 - static_cast<size_t>(i)];
+    if (size != 1 && size != want) return {};
+  }
+  const at::Tensor c = cos.expand(lead), s = sin.expand(lead);
+  if (c.stride(3) != s.stride(3) || c.strides() != s.strides()) return {};
+  at::Tensor out = at::empty_like(x);  // x's memory order
+  if (out.stride(3) != 1) return {};
+  const int64_t b = x.size(0), h = x.size(1), n = x.size(2), rows = b * h * n;
+  const float* xp = x.const_data_ptr<float>();
+  const float* cp = c.const_data_ptr<float>();
+  const float* sp = s.const_data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  auto body = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t i = r / (h * n), j = (r / n) % h, k = r % n;
+      const int64_t table = i * c.stride(0) + j * c.stride(1) + k * c.stride(2);
+      rotate_row(xp + i * x.stride(0) + j * x.stride(1) + k * x.stride(2), cp + table, sp + table,
+                 op + i * out.stride(0) + j * out.stride(1) + k * out.stride(2), d, rd, c.stride(3), layout);
+    }
+  };
+  // Prefill's many rows on torch's team (as the products around them); a decode step's few inline.
+  if (rows * d >= (int64_t{1} << 16))
+    kernels::parallel_for_beside_torch(rows, std::max<int64_t>(1, (int64_t{1} << 14) / d), body);
+  else
+    body(0, rows);
+  return out;
+}
+
 }  // namespace
 
 std::pair<at::Tensor, double> rope_inv_freq(const RopeConfig& r, int64_t seq_len) {
@@ -91,6 +165,7 @@ std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions, const
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout) {
+  if (at::Tensor fused = rope_float32_cpu(x, cos, sin, layout); fused.defined()) return fused;
   if (x.dim() == 4 && cos.dim() == 2 && !x.is_contiguous() && x.transpose(1, 2).is_contiguous()) {
     // (b, heads, n, d) viewed on (b, n, heads, d) memory: rotate in the memory's
     // order (the tables broadcast over the heads), the same values without a
