@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -64,6 +65,16 @@ def text(name: str, x: Any, *, allow_empty: bool = True) -> str:
         except UnicodeEncodeError as e:
             raise InvalidInput(f"{name} is not valid Unicode ({e.reason} at index {e.start})") from None
     return str(x)
+
+
+def path(name: str, x: Any) -> str:
+    """A filesystem path or repo id: a str or an os.PathLike of a str (not bytes)."""
+    if not isinstance(x, (str, os.PathLike)):
+        raise InvalidInput(f"{name} must be a str or os.PathLike, got {_show(x)} ({type(x).__name__})")
+    p = os.fspath(x)
+    if not isinstance(p, str):  # a bytes path
+        raise InvalidInput(f"{name} must be a str path, got {_show(p)}")
+    return p
 
 
 def optional_text(name: str, x: Any) -> str | None:

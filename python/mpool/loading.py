@@ -14,7 +14,6 @@ from typing import Any, Iterable
 from . import _core
 from . import _validate as v
 from ._signature import checked_call
-from .errors import InvalidInput
 
 __all__ = ["LoadedWeights", "inspect", "safetensors_load"]
 
@@ -32,14 +31,6 @@ class LoadedWeights(dict):
 
     zero_copy: frozenset[str]
     warnings: list[str]
-
-
-def _path(name: str, x: Any) -> str:
-    if isinstance(x, os.PathLike):
-        x = os.fspath(x)
-    if not isinstance(x, str):
-        raise InvalidInput(f"{name} must be a str or os.PathLike, got {x!r} ({type(x).__name__})")
-    return x
 
 
 @checked_call
@@ -62,7 +53,7 @@ def safetensors_load(
     names = None
     if expected is not None:
         names = [v.text(f"expected[{i}]", x) for i, x in enumerate(v.iterable("expected", expected, "tensor names"))]
-    loaded = _core._safetensors_load(_path("path_or_dir", path_or_dir), v.optional_text("dtype", dtype), names)
+    loaded = _core._safetensors_load(v.path("path_or_dir", path_or_dir), v.optional_text("dtype", dtype), names)
     out = LoadedWeights(loaded.arrays())
     out.zero_copy = frozenset(loaded.zero_copy)
     out.warnings = list(loaded.warnings)
@@ -95,5 +86,5 @@ def inspect(path_or_repo_id: str | os.PathLike[str]) -> dict[str, Any]:
     their number), ``experts`` and ``experts_per_token``; empty otherwise.
     """
     _core.register_builtin_families()  # the native families answer too
-    return json.loads(_core._inspect_json(_path("path_or_repo_id", path_or_repo_id)))
+    return json.loads(_core._inspect_json(v.path("path_or_repo_id", path_or_repo_id)))
 

@@ -166,14 +166,7 @@ class NativeModel(Model):
         intra_op_threads: int | None = None,
     ) -> None:
         threads = v.optional_int_in("intra_op_threads", intra_op_threads, 1, MAX_INTRA_OP_THREADS)
-        if not isinstance(path_or_repo_id, (str, os.PathLike)):
-            raise InvalidInput(
-                f"path_or_repo_id must be a str or os.PathLike, got {path_or_repo_id!r} "
-                f"({type(path_or_repo_id).__name__})"
-            )
-        path = os.fspath(path_or_repo_id)
-        if not isinstance(path, str):  # a bytes path
-            raise InvalidInput(f"path_or_repo_id must be a str path, got {path!r}")
+        path = v.path("path_or_repo_id", path_or_repo_id)
         spec, info = _core.native_model(
             v.text("path_or_repo_id", path, allow_empty=False),
             v.optional_text("dtype", dtype),

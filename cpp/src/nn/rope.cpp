@@ -52,7 +52,6 @@ at::Tensor yarn_inv_freq(const RopeConfig& r) {
   return interpolation * (1 - keep) + extrapolation * keep;
 }
 
-
 // apply_rope for float32 on the CPU in one pass: what ATen's five operations
 // (negate, cat, two products, sum) compute, with the same three roundings a
 // value (the products, then their sum; the negation is exact), so the bits are
@@ -100,7 +99,7 @@ at::Tensor rope_float32_cpu(const at::Tensor& x, const at::Tensor& cos, const at
     if (size != 1 && size != want) return {};
   }
   const at::Tensor c = cos.expand(lead), s = sin.expand(lead);
-  if (c.stride(3) != s.stride(3) || c.strides() != s.strides()) return {};
+  if (c.strides() != s.strides()) return {};
   at::Tensor out = at::empty_like(x);  // x's memory order
   if (out.stride(3) != 1) return {};
   const int64_t b = x.size(0), h = x.size(1), n = x.size(2), rows = b * h * n;
