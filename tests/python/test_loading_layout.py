@@ -188,9 +188,12 @@ def test_sentence_transformers_prompts_are_reported(tmp_path):
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_LayerNorm", "type": "sentence_transformers.models.LayerNorm"},
     ]))
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (tmp_path / "2_Dense").mkdir()
+    (tmp_path / "2_Dense" / "config.json").write_text(json.dumps({"in_features": 8, "out_features": 4}))
     (tmp_path / "config_sentence_transformers.json").write_text(
         json.dumps({"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "query"})
     )
@@ -199,7 +202,9 @@ def test_sentence_transformers_prompts_are_reported(tmp_path):
     assert st["prompts"] == {"query": "query: ", "passage": "passage: "}
     assert st["default_prompt_name"] == "query"
     assert st["pooling"]["mode"] == "cls" and st["normalize"] is False
-    assert st["other_modules"] == ["sentence_transformers.models.Dense"]
+    assert st["dense"] == [{"path": "2_Dense", "in_features": 8, "out_features": 4, "bias": True,
+                            "activation_function": "torch.nn.modules.activation.Tanh", "use_residual": False}]
+    assert st["other_modules"] == ["sentence_transformers.models.LayerNorm"]
 
 
 def test_concurrent_loads_from_threads_all_match_the_reference():

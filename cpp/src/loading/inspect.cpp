@@ -350,9 +350,18 @@ json InspectReport::to_json() const {
       pooling = {{"mode", s.pooling->mode},
                  {"word_embedding_dimension", opt(s.pooling->word_embedding_dimension)},
                  {"include_prompt", s.pooling->include_prompt}};
+    json dense = json::array();
+    for (const auto& d : s.dense)
+      dense.push_back({{"path", d.path},
+                       {"in_features", d.in_features},
+                       {"out_features", d.out_features},
+                       {"bias", d.bias},
+                       {"activation_function", d.activation},
+                       {"use_residual", d.use_residual}});
     st = {{"modules", modules},
           {"transformer_path", s.transformer_path},
           {"pooling", pooling},
+          {"dense", dense},
           {"normalize", s.normalize},
           {"other_modules", s.other_modules},
           {"max_seq_length", opt(s.max_seq_length)},

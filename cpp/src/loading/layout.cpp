@@ -126,7 +126,26 @@ WeightsLayout describe_weights(const fs::path& dir, const std::string& prefix) {
 
 namespace {
 
+// sentence-transformers 6 writes "pooling_mode" (a name or a list of names);
+// earlier releases wrote one pooling_mode_* flag per mode. With neither, or no
+// flag true, sentence-transformers pools by the mean, and so does this.
 std::string pooling_mode(const JsonView& j) {
+  if (const auto mode = j.json().find("pooling_mode"); mode != j.json().end() && !mode->is_null()) {
+    if (mode->is_string()) return mode->get<std::string>();
+    std::vector<std::string> names;
+    if (mode->is_array())
+      for (const auto& m : *mode) {
+        if (!m.is_string()) {
+          names.clear();
+          break;
+        }
+        names.push_back(m.get<std::string>());
+      }
+    if (names.empty())
+      throw Error(ErrorCode::kInvalidInput,
+                  j.where("pooling_mode") + " must be a mode name or a non-empty list of them, got " + mode->dump());
+    return join(names, "+");
+  }
   static const std::pair<const char*, const char*> kModes[] = {
       {"pooling_mode_cls_token", "cls"},
       {"pooling_mode_mean_tokens", "mean"},
@@ -138,9 +157,31 @@ std::string pooling_mode(const JsonView& j) {
   std::vector<std::string> modes;
   for (const auto& [key, name] : kModes)
     if (j.get_or<bool>(key, false)) modes.emplace_back(name);
-  if (modes.empty())
-    throw Error(ErrorCode::kInvalidInput, j.file() + ": no pooling_mode_* flag is true");
-  return join(modes, "+");
+  return modes.empty() ? std::string("mean") : join(modes, "+");
+}
+
+DenseModuleConfig dense_config(const fs::path& root, const std::string& path) {
+  const JsonView cfg = load_json_object(root / path / "config.json");
+  DenseModuleConfig d;
+  d.path = path;
+  d.config_file = cfg.file();
+  d.in_features = cfg.get<std::int64_t>("in_features");
+  d.out_features = cfg.get<std::int64_t>("out_features");
+  if (d.in_features < 1 || d.out_features < 1)
+    throw Error(ErrorCode::kInvalidInput, cfg.file() + ": \"in_features\" and \"out_features\" must be >= 1, got " +
+                                              std::to_string(d.in_features) + " and " + std::to_string(d.out_features));
+  d.bias = cfg.get_or<bool>("bias", true);
+  // sentence-transformers' Dense defaults to Tanh, and None to Identity.
+  if (const auto act = cfg.json().find("activation_function"); act == cfg.json().end())
+    d.activation = "torch.nn.modules.activation.Tanh";
+  else if (act->is_null())
+    d.activation = "torch.nn.modules.linear.Identity";
+  else
+    d.activation = cfg.get<std::string>("activation_function");
+  d.use_residual = cfg.get_or<bool>("use_residual", false);
+  d.input_name = cfg.get_or<std::string>("module_input_name", "sentence_embedding");
+  d.output_name = cfg.get_or<std::string>("module_output_name", d.input_name);
+  return d;
 }
 
 SentenceTransformersLayout describe_sentence_transformers(const fs::path& root) {
@@ -165,8 +206,11 @@ SentenceTransformersLayout describe_sentence_transformers(const fs::path& root) 
       st.transformer_path = m.path;
     } else if (ends_with(m.type, ".Pooling")) {
       const JsonView cfg = load_json_object(root / m.path / "config.json");
-      st.pooling = PoolingConfig{pooling_mode(cfg), cfg.get_optional<std::int64_t>("word_embedding_dimension"),
-                                 cfg.get_or<bool>("include_prompt", true)};
+      std::optional<std::int64_t> width = cfg.get_optional<std::int64_t>("embedding_dimension");
+      if (!width) width = cfg.get_optional<std::int64_t>("word_embedding_dimension");
+      st.pooling = PoolingConfig{pooling_mode(cfg), width, cfg.get_or<bool>("include_prompt", true)};
+    } else if (ends_with(m.type, ".Dense")) {
+      st.dense.push_back(dense_config(root, m.path));
     } else if (ends_with(m.type, ".Normalize")) {
       st.normalize = true;
     } else {

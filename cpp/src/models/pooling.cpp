@@ -15,11 +15,12 @@ std::vector<PoolingMode> parse_pooling_modes(const std::string& modes, const std
     else if (m == "mean") out.push_back(PoolingMode::kMean);
     else if (m == "max") out.push_back(PoolingMode::kMax);
     else if (m == "mean_sqrt_len_tokens") out.push_back(PoolingMode::kMeanSqrtLen);
+    else if (m == "weightedmean") out.push_back(PoolingMode::kWeightedMean);
     else if (m == "lasttoken") out.push_back(PoolingMode::kLastToken);
     else
       throw Error(ErrorCode::kInvalidInput, source + ": pooling mode '" + m +
                                                 "' is not supported (supported: cls, mean, max, "
-                                                "mean_sqrt_len_tokens, lasttoken)");
+                                                "mean_sqrt_len_tokens, weightedmean, lasttoken)");
   }
   check(!out.empty(), ErrorCode::kInvalidInput, source + ": no pooling mode");
   return out;
@@ -30,10 +31,15 @@ at::Tensor pool(const at::Tensor& hidden_in, const at::Tensor& mask_in, const st
   at::Tensor mask = mask_in.to(hidden.device(), at::kFloat).unsqueeze(-1);  // (b, t, 1)
   at::Tensor counts = mask.sum(1).clamp_min(1e-9);                           // (b, 1)
   std::vector<at::Tensor> parts;
+  const int64_t width = hidden.size(2);
+  auto at_positions = [&](const at::Tensor& index) {  // (b) -> (b, h)
+    return hidden.gather(1, index.to(at::kLong).view({-1, 1, 1}).expand({-1, 1, width})).squeeze(1);
+  };
   for (auto mode : modes) {
     switch (mode) {
       case PoolingMode::kCls:
-        parts.push_back(hidden.select(1, 0));
+        // argmax gives the first of equal maxima: the first kept position.
+        parts.push_back(at_positions(mask.squeeze(-1).argmax(1)));
         break;
       case PoolingMode::kMean:
         parts.push_back((hidden * mask).sum(1) / counts);
@@ -41,14 +47,21 @@ at::Tensor pool(const at::Tensor& hidden_in, const at::Tensor& mask_in, const st
       case PoolingMode::kMeanSqrtLen:
         parts.push_back((hidden * mask).sum(1) / counts.sqrt());
         break;
+      case PoolingMode::kWeightedMean: {
+        const at::Tensor weights = at::arange(1, hidden.size(1) + 1, hidden.options()).view({1, -1, 1}) * mask;
+        parts.push_back((hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9));
+        break;
+      }
       case PoolingMode::kMax:
         // Padding must never win the max: sentence-transformers uses -1e9 there.
         parts.push_back(hidden.masked_fill(mask.eq(0), -1e9).amax(1));
         break;
       case PoolingMode::kLastToken: {
-        // The last attended position of each row (right padding).
-        at::Tensor last = mask.squeeze(-1).sum(1).to(at::kLong).sub(1).clamp_min(0);
-        parts.push_back(hidden.gather(1, last.view({-1, 1, 1}).expand({-1, 1, hidden.size(2)})).squeeze(1));
+        // The last kept position of each row; a row that keeps none gives zeros.
+        const at::Tensor kept = mask.squeeze(-1);
+        auto [any, from_end] = kept.flip(1).max(1);
+        const at::Tensor last = (hidden.size(1) - 1) - from_end;
+        parts.push_back(at_positions(last) * any.unsqueeze(1));
         break;
       }
     }

@@ -8,6 +8,8 @@
 #include "mpool/base/error.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/peft.h"
+#include "mpool/loading/safetensors.h"
+#include "mpool/nn/weights.h"
 #include "mpool/nn/lora.h"
 
 namespace mpool::models {
@@ -39,12 +41,112 @@ std::vector<std::pair<size_t, size_t>> plan_forward_passes(const std::vector<siz
 }
 
 size_t sequence_limit(const loading::ModelLayout& layout, size_t max_positions) {
+  // As sentence-transformers: sentence_bert_config.json's max_seq_length when
+  // there is one (it overrides the tokenizer's), else the tokenizer's
+  // model_max_length; never past the model's positions.
+  if (const auto& st = layout.sentence_transformers; st && st->max_seq_length && *st->max_seq_length > 0)
+    return std::min<size_t>(max_positions, static_cast<size_t>(*st->max_seq_length));
   size_t limit = max_positions;
   if (auto tc = loading::load_tokenizer_config(layout.tokenizer_dir); tc && tc->model_max_length)
     limit = std::min<size_t>(limit, static_cast<size_t>(*tc->model_max_length));
-  if (const auto& st = layout.sentence_transformers; st && st->max_seq_length)
-    limit = std::min<size_t>(limit, *st->max_seq_length);
   return limit;
+}
+
+namespace {
+
+bool ends_with(const std::string& s, std::string_view tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// modules.json, in order: a Transformer, then at most one Pooling, any Dense
+// modules, at most one Normalize. Anything else would be skipped, and the
+// embeddings would silently differ from the model's: it is refused.
+void check_modules(const loading::ModelLayout& layout, const loading::SentenceTransformersLayout& st) {
+  const std::string file = (layout.root / "modules.json").string();
+  static const char* kStages[] = {"Transformer", "Pooling", "Dense", "Normalize"};
+  int stage = -1;
+  for (const auto& m : st.modules) {
+    int s = -1;
+    for (int k = 0; k < 4; ++k)
+      if (ends_with(m.type, std::string(".") + kStages[k])) s = k;
+    if (s < 0)
+      throw Error(ErrorCode::kInvalidInput,
+                  file + ": module \"" + m.name + "\" is a " + m.type +
+                      ", which mpool does not run (it runs Transformer, Pooling, Dense and Normalize modules)");
+    if (s < stage || (s == stage && s != 2))
+      throw Error(ErrorCode::kInvalidInput,
+                  file + ": module \"" + m.name + "\" (" + kStages[s] + ") follows a " + kStages[stage] +
+                      " module; mpool runs a Transformer, then a Pooling, Dense modules and a Normalize, in that order");
+    stage = s;
+  }
+}
+
+DenseActivation dense_activation(const loading::DenseModuleConfig& d) {
+  static const std::pair<const char*, DenseActivation> kNames[] = {
+      {"Identity", DenseActivation::kIdentity}, {"Tanh", DenseActivation::kTanh},
+      {"ReLU", DenseActivation::kRelu},         {"GELU", DenseActivation::kGelu},
+      {"Sigmoid", DenseActivation::kSigmoid},   {"SiLU", DenseActivation::kSilu},
+  };
+  const std::string& a = d.activation;
+  if (a.rfind("torch.", 0) == 0) {
+    const std::string name = a.substr(a.rfind('.') + 1);
+    for (const auto& [n, act] : kNames)
+      if (name == n) return act;
+  }
+  throw Error(ErrorCode::kInvalidInput, d.config_file + ": \"activation_function\" is \"" + a +
+                                            "\"; mpool runs torch.nn's Identity, Tanh, ReLU, GELU, Sigmoid and SiLU");
+}
+
+// The Dense modules, each checked against the width it receives (`width`: the
+// pooled embedding's, then each module's output); their weights are checked on
+// the meta device, without reading them.
+std::vector<DenseStep> dense_steps(const loading::ModelLayout& layout, const loading::SentenceTransformersLayout& st,
+                                   int64_t width) {
+  std::vector<DenseStep> steps;
+  for (const auto& d : st.dense) {
+    for (const auto* name : {&d.input_name, &d.output_name})
+      check(*name == "sentence_embedding", ErrorCode::kInvalidInput,
+            d.config_file + ": this Dense module reads or writes \"" + *name +
+                "\"; mpool runs Dense modules over the pooled \"sentence_embedding\" only");
+    check(d.in_features == width, ErrorCode::kInvalidInput,
+          d.config_file + ": \"in_features\" is " + std::to_string(d.in_features) + ", but the embedding it receives is " +
+              std::to_string(width) + " wide");
+    DenseStep step{layout.root / d.path, d.config_file, d.in_features, d.out_features, d.bias, dense_activation(d),
+                   d.use_residual};
+    (void)DenseLayer::load(step, at::Device(at::kMeta));
+    steps.push_back(std::move(step));
+    width = d.out_features;
+  }
+  return steps;
+}
+
+}  // namespace
+
+DenseLayer DenseLayer::load(const DenseStep& step, at::Device device) {
+  const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(step.dir), at::kFloat, device);
+  DenseLayer layer;
+  layer.weight_ = w.get("linear.weight", {step.out_features, step.in_features});
+  if (step.bias) layer.bias_ = w.get("linear.bias", {step.out_features});
+  if (step.residual && step.in_features != step.out_features)
+    layer.projection_ = w.get("residual.weight", {step.out_features, step.in_features});
+  layer.activation_ = step.activation;
+  layer.residual_ = step.residual;
+  return layer;
+}
+
+at::Tensor DenseLayer::operator()(const at::Tensor& x_in) const {
+  const at::Tensor x = x_in.to(at::kFloat);
+  at::Tensor y = at::linear(x, weight_, bias_.defined() ? std::optional<at::Tensor>(bias_) : std::nullopt);
+  switch (activation_) {
+    case DenseActivation::kIdentity: break;
+    case DenseActivation::kTanh: y = at::tanh(y); break;
+    case DenseActivation::kRelu: y = at::relu(y); break;
+    case DenseActivation::kGelu: y = at::gelu(y); break;
+    case DenseActivation::kSigmoid: y = at::sigmoid(y); break;
+    case DenseActivation::kSilu: y = at::silu(y); break;
+  }
+  if (residual_) y = y + (projection_.defined() ? at::linear(x, projection_) : x);
+  return y;
 }
 
 EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t hidden_size, size_t max_seq_length,
@@ -53,6 +155,7 @@ EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t h
   s.pooling = std::move(default_pooling);
   s.max_seq_length = sequence_limit(layout, max_seq_length);
   if (const auto& st = layout.sentence_transformers) {
+    check_modules(layout, *st);
     if (st->pooling) {
       s.pooling = parse_pooling_modes(st->pooling->mode, "1_Pooling/config.json");
       s.include_prompt = st->pooling->include_prompt;
@@ -62,6 +165,10 @@ EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t h
     s.default_prompt_name = st->default_prompt_name;
   }
   s.dimension = hidden_size * static_cast<int64_t>(s.pooling.size());
+  if (const auto& st = layout.sentence_transformers; st && !st->dense.empty()) {
+    s.dense = dense_steps(layout, *st, s.dimension);
+    s.dimension = s.dense.back().out_features;
+  }
   if (layout.has_config) {
     const loading::ModelConfig config = loading::load_model_config(layout.model_dir);
     const auto dims = config.raw.get_optional<std::vector<int64_t>>("matryoshka_dimensions");
@@ -83,6 +190,7 @@ SentenceEmbedder::SentenceEmbedder(std::unique_ptr<Backbone> backbone, std::uniq
       pooler_(pooler ? std::move(pooler) : std::make_shared<ModePooler>(settings_.pooling)) {
   full_->set_truncation(std::nullopt);
   full_->set_padding(std::nullopt);
+  for (const DenseStep& step : settings_.dense) dense_.push_back(DenseLayer::load(step, backbone_->device()));
 }
 
 at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const capabilities::EmbedOptions& options,
@@ -170,6 +278,7 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
     at::Tensor pool_mask = mask.to(dev);
     if (prompt_tokens > 0) pool_mask.narrow(1, 0, std::min<int64_t>(prompt_tokens, width)).zero_();
     at::Tensor pooled = (*pooler_)(hidden, pool_mask, ids.to(dev));
+    for (const DenseLayer& dense : dense_) pooled = dense(pooled);
     if (options.normalize.value_or(settings_.normalize)) pooled = pooled / pooled.norm(2, -1, true).clamp_min(1e-12);
     pooled = pooled.to(at::kCPU, at::kFloat);
     // Each pooled row to its input's place: one scatter, not rows x (select, select, copy).

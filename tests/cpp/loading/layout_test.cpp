@@ -100,6 +100,64 @@ TEST(DescribeLayout, SentenceTransformersModulesPoolingAndPrompts) {
   EXPECT_EQ(l.tokenizer_files, std::vector<std::string>{"vocab.txt"});
 }
 
+TEST(DescribeLayout, SentenceTransformers6PoolingModeNamesDenseModulesAndTheirDefaults) {
+  TempDir dir;
+  const fs::path d = dir.path();
+  write_file(d / "modules.json", R"([
+    {"idx":0,"name":"0","path":"","type":"sentence_transformers.base.modules.transformer.Transformer"},
+    {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
+    {"idx":2,"name":"2","path":"2_Dense","type":"sentence_transformers.base.modules.dense.Dense"},
+    {"idx":3,"name":"3","path":"3_Dense","type":"sentence_transformers.models.Dense"}])");
+  write_file(d / "1_Pooling" / "config.json",
+             R"({"embedding_dimension":32,"pooling_mode":["cls","weightedmean"],"include_prompt":false})");
+  write_file(d / "2_Dense" / "config.json", R"({"in_features":64,"out_features":16,"bias":false,
+    "activation_function":"torch.nn.modules.activation.GELU","use_residual":true})");
+  write_file(d / "3_Dense" / "config.json", R"({"in_features":16,"out_features":8})");
+  const auto st = *describe_layout(d).sentence_transformers;
+  EXPECT_EQ(st.pooling->mode, "cls+weightedmean");
+  EXPECT_EQ(*st.pooling->word_embedding_dimension, 32);
+  EXPECT_FALSE(st.pooling->include_prompt);
+  ASSERT_EQ(st.dense.size(), 2u);
+  EXPECT_EQ(st.dense[0].path, "2_Dense");
+  EXPECT_EQ(st.dense[0].in_features, 64);
+  EXPECT_EQ(st.dense[0].out_features, 16);
+  EXPECT_FALSE(st.dense[0].bias);
+  EXPECT_EQ(st.dense[0].activation, "torch.nn.modules.activation.GELU");
+  EXPECT_TRUE(st.dense[0].use_residual);
+  // sentence-transformers' defaults: a bias, Tanh, no residual, the pooled embedding in and out.
+  EXPECT_TRUE(st.dense[1].bias);
+  EXPECT_EQ(st.dense[1].activation, "torch.nn.modules.activation.Tanh");
+  EXPECT_FALSE(st.dense[1].use_residual);
+  EXPECT_EQ(st.dense[1].input_name, "sentence_embedding");
+  EXPECT_EQ(st.dense[1].output_name, "sentence_embedding");
+  EXPECT_TRUE(st.other_modules.empty());
+  EXPECT_FALSE(st.normalize);
+}
+
+TEST(DescribeLayout, PoolingWithoutAnyModeIsTheMeanAsInSentenceTransformers) {
+  TempDir dir;
+  const fs::path d = dir.path();
+  write_file(d / "modules.json",
+             R"([{"idx":0,"name":"0","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}])");
+  write_file(d / "1_Pooling" / "config.json", R"({"word_embedding_dimension":8,"pooling_mode_cls_token":false})");
+  EXPECT_EQ(describe_layout(d).sentence_transformers->pooling->mode, "mean");
+  write_file(d / "1_Pooling" / "config.json", R"({"pooling_mode":[]})");
+  EXPECT_NE(message_of([&] { describe_layout(d); }).find("\"pooling_mode\" must be a mode name or a non-empty list"),
+            std::string::npos);
+}
+
+TEST(DescribeLayout, ADenseConfigWithoutItsWidthsNamesTheFile) {
+  TempDir dir;
+  const fs::path d = dir.path();
+  write_file(d / "modules.json", R"([{"idx":0,"name":"0","path":"2_Dense","type":"sentence_transformers.models.Dense"}])");
+  write_file(d / "2_Dense" / "config.json", R"({"in_features":16})");
+  const std::string message = message_of([&] { describe_layout(d); });
+  EXPECT_NE(message.find("2_Dense"), std::string::npos) << message;
+  EXPECT_NE(message.find("out_features"), std::string::npos) << message;
+  write_file(d / "2_Dense" / "config.json", R"({"in_features":16,"out_features":0})");
+  EXPECT_NE(message_of([&] { describe_layout(d); }).find("must be >= 1"), std::string::npos);
+}
+
 TEST(DescribeLayout, UndefinedDefaultPromptIsAnError) {
   TempDir dir;
   write_file(dir.path() / "modules.json", "[]");

@@ -72,11 +72,31 @@ struct SentenceTransformersModule {
   std::string type;
 };
 
+/// A Dense module's config.json (sentence-transformers' Dense: a linear layer,
+/// then an activation, then optionally a residual sum, over the pooled embedding).
+struct DenseModuleConfig {
+  /// The module's folder under the model root (its weights: model.safetensors there).
+  std::string path;
+  /// The config file, for errors.
+  std::string config_file;
+  std::int64_t in_features = 0;
+  std::int64_t out_features = 0;
+  bool bias = true;
+  /// The activation's torch class ("torch.nn.modules.activation.Tanh", the default).
+  std::string activation;
+  /// Adds the input (or its projection "residual.weight", when the widths differ).
+  bool use_residual = false;
+  /// The features it reads and writes ("sentence_embedding" unless a model says otherwise).
+  std::string input_name;
+  std::string output_name;
+};
+
 /// 1_Pooling/config.json.
 struct PoolingConfig {
   /// "mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens", "weightedmean" (several joined by "+").
   std::string mode;
-  /// Embedding width the pooling expects.
+  /// Embedding width the pooling expects ("embedding_dimension", formerly
+  /// "word_embedding_dimension").
   std::optional<std::int64_t> word_embedding_dimension;
   /// Whether prompt tokens are pooled too.
   bool include_prompt = true;
@@ -90,9 +110,11 @@ struct SentenceTransformersLayout {
   std::string transformer_path;
   /// The Pooling module's settings, when there is one.
   std::optional<PoolingConfig> pooling;
-  /// Whether a Normalize module ends the pipeline.
+  /// The Dense modules, in pipeline order.
+  std::vector<DenseModuleConfig> dense;
+  /// Whether the pipeline has a Normalize module.
   bool normalize = false;
-  /// Modules other than Transformer, Pooling and Normalize (Dense, ...), by type.
+  /// Modules other than Transformer, Pooling, Dense and Normalize, by type.
   std::vector<std::string> other_modules;
   /// sentence_bert_config.json max_seq_length.
   std::optional<std::int64_t> max_seq_length;

@@ -10,13 +10,17 @@
 namespace mpool::models {
 
 /// One pooling strategy.
-enum class PoolingMode { kCls, kMean, kMax, kMeanSqrtLen, kLastToken };
+enum class PoolingMode { kCls, kMean, kMax, kMeanSqrtLen, kWeightedMean, kLastToken };
 
-/// Parses a mode string ("mean", "cls", "max", "mean_sqrt_len_tokens", "lasttoken";
-/// several joined by "+" are concatenated, as sentence-transformers does).
+/// Parses a mode string ("mean", "cls", "max", "mean_sqrt_len_tokens",
+/// "weightedmean", "lasttoken"; several joined by "+" are concatenated, as
+/// sentence-transformers does).
 std::vector<PoolingMode> parse_pooling_modes(const std::string& modes, const std::string& source);
 
-/// (b, t, h) hidden states and (b, t) 0/1 mask -> (b, h * modes) float32.
+/// (b, t, h) hidden states and (b, t) 0/1 mask -> (b, h * modes) float32, as
+/// sentence-transformers 6 pools right-padded rows: "cls" takes the first
+/// position the mask keeps and "lasttoken" the last (so prompt tokens masked
+/// out are skipped), "weightedmean" weighs position p (from 1) by p.
 at::Tensor pool(const at::Tensor& hidden, const at::Tensor& mask, const std::vector<PoolingMode>& modes);
 
 /// How an embedder turns a batch's hidden states into sentence vectors. The

@@ -4,6 +4,7 @@
 // normalize) written once. Families supply the backbone.
 #include <ATen/ATen.h>
 
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
@@ -44,6 +45,36 @@ class EncoderBackbone final : public Backbone {
   at::Device device_;
 };
 
+/// The activations a sentence-transformers Dense module may name (its torch class).
+enum class DenseActivation { kIdentity, kTanh, kRelu, kGelu, kSigmoid, kSilu };
+
+/// A sentence-transformers Dense module after pooling, checked against the
+/// embedding it receives: y = act(x W^T + b), plus x (or x R^T) with a residual.
+struct DenseStep {
+  std::filesystem::path dir;  ///< its folder: the weights (linear.weight, linear.bias, residual.weight)
+  std::string config_file;    ///< for errors
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+  bool bias = true;
+  DenseActivation activation = DenseActivation::kTanh;
+  bool residual = false;
+};
+
+/// A Dense module's weights on a device (float32), applied to pooled embeddings.
+class DenseLayer {
+ public:
+  /// Loads `step`'s weights; InvalidInput names the file and tensor when one is
+  /// missing or of the wrong shape (a meta device checks them without reading).
+  static DenseLayer load(const DenseStep& step, at::Device device);
+  /// (b, in_features) -> (b, out_features) float32.
+  at::Tensor operator()(const at::Tensor& x) const;
+
+ private:
+  at::Tensor weight_, bias_, projection_;
+  DenseActivation activation_ = DenseActivation::kTanh;
+  bool residual_ = false;
+};
+
 /// How a model turns hidden states into sentence embeddings (from the
 /// sentence-transformers layout, or family defaults).
 struct EmbedderSettings {
@@ -66,6 +97,9 @@ struct EmbedderSettings {
   /// The LoRA adapters the backbone has attached (nn/lora.h), by index: a task
   /// that names one (loading::adapter_serves_task) runs its forward passes with it.
   std::vector<std::string> adapters;
+  /// sentence-transformers Dense modules, applied in order to the pooled
+  /// embedding before it is normalized; `dimension` is the last one's width.
+  std::vector<DenseStep> dense;
 };
 
 /// How inputs sorted by length (`widths`, ascending: each input's padded width)
@@ -83,8 +117,11 @@ std::vector<std::pair<size_t, size_t>> plan_forward_passes(const std::vector<siz
 size_t sequence_limit(const loading::ModelLayout& layout, size_t max_positions);
 
 /// The settings of a model directory: the sentence-transformers files (pooling,
-/// normalize, max_seq_length, prompts) when `layout` has them, over the family's
-/// `default_pooling`; the length is also bounded by tokenizer_config.json.
+/// Dense modules, normalize, max_seq_length, prompts) when `layout` has them,
+/// over the family's `default_pooling`; the length is also bounded by
+/// tokenizer_config.json. A modules.json that lists a module mpool does not run
+/// (anything but Transformer, Pooling, Dense and Normalize, in that order) is an
+/// InvalidInput naming it, never silently skipped.
 EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t hidden_size, size_t max_seq_length,
                                    std::vector<PoolingMode> default_pooling);
 
@@ -107,6 +144,7 @@ class SentenceEmbedder final : public core::Instance, public capabilities::TextE
   std::unique_ptr<tokenizer::Tokenizer> full_;
   EmbedderSettings settings_;
   std::shared_ptr<const Pooler> pooler_;
+  std::vector<DenseLayer> dense_;
 };
 
 }  // namespace mpool::models

@@ -1,0 +1,225 @@
+"""A sentence-transformers pipeline as sentence-transformers (the oracle) runs it.
+
+The models are saved by the installed sentence-transformers itself (its current
+file formats: `pooling_mode` names, Dense modules with their activation), over a
+tiny random BERT built by test_native_bert.build_tiny. A module mpool does not
+run is refused at registration, never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mpool
+from test_native_bert import build_tiny
+
+TEXTS = [
+    "magnets attract iron",
+    "a somewhat longer sentence about the weather in the mountains this week",
+    "short",
+    "Tokyo is the capital of Japan, and its largest city by far.",
+]
+HIDDEN = 32
+
+
+@pytest.fixture(scope="module")
+def transformer(tmp_path_factory):
+    """The Transformer module of a tiny random BERT, mean-pooled sentence-transformers layout."""
+    from sentence_transformers import SentenceTransformer
+
+    d, _, _ = build_tiny(tmp_path_factory.mktemp("base"), "bert", pooling="mean_tokens")
+    return SentenceTransformer(str(d), device="cpu")[0]
+
+
+def _save(tmp_path: Path, transformer, pooling, dense=(), normalize=True, include_prompt=True, prompts=None) -> tuple[Path, object]:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling
+
+    modules = [transformer, Pooling(HIDDEN, pooling_mode=pooling, include_prompt=include_prompt), *dense]
+    if normalize:
+        modules.append(Normalize())
+    st = SentenceTransformer(modules=modules, device="cpu", prompts=prompts)
+    out = tmp_path / "model"
+    st.save(str(out))
+    return out, st
+
+
+def _ours(path: Path, texts=TEXTS, **kwargs) -> np.ndarray:
+    with mpool.Pool() as pool:
+        pool.register("m", path, **kwargs)
+        return pool.embed("m", texts)
+
+
+def _dense(kind: str):
+    import torch
+    from sentence_transformers.models import Dense
+
+    torch.manual_seed(len(kind))
+    return {
+        "none": [],
+        "tanh": [Dense(HIDDEN, 16)],  # sentence-transformers' default: bias and Tanh (LaBSE, distiluse)
+        "identity-no-bias": [Dense(HIDDEN, 24, bias=False, activation_function=torch.nn.Identity())],  # sentence-t5
+        "relu-then-identity": [
+            Dense(HIDDEN, 24, activation_function=torch.nn.ReLU()),
+            Dense(24, 12, bias=False, activation_function=torch.nn.Identity()),
+        ],
+        "gelu-residual": [Dense(HIDDEN, HIDDEN, activation_function=torch.nn.GELU(), use_residual=True)],
+        "silu-projected-residual": [Dense(HIDDEN, 20, activation_function=torch.nn.SiLU(), use_residual=True)],
+        "sigmoid": [Dense(HIDDEN, 8, activation_function=torch.nn.Sigmoid())],
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    ("pooling", "dense", "normalize"),
+    [
+        ("mean", "none", True),
+        ("cls", "tanh", True),
+        ("max", "identity-no-bias", True),
+        ("mean_sqrt_len_tokens", "relu-then-identity", False),
+        ("weightedmean", "none", False),
+        ("weightedmean", "gelu-residual", True),
+        ("lasttoken", "silu-projected-residual", True),
+        (("cls", "mean"), "none", True),
+        ("mean", "sigmoid", False),
+    ],
+)
+def test_a_model_saved_by_sentence_transformers_embeds_as_it_does(tmp_path, transformer, pooling, dense, normalize):
+    layers = _dense(dense)
+    if layers and isinstance(pooling, tuple):
+        pytest.skip("the Dense stacks take one pooled width")
+    path, st = _save(tmp_path, transformer, pooling, layers, normalize)
+    ref = st.encode(TEXTS, convert_to_numpy=True)
+    ours = _ours(path)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=2e-6)
+
+
+def test_a_dense_model_in_int8_keeps_its_dense_layers_and_their_width(tmp_path, transformer):
+    path, st = _save(tmp_path, transformer, "mean", _dense("tanh"))
+    ref = st.encode(TEXTS, convert_to_numpy=True)
+    ours = _ours(path, dtype="int8")
+    assert ours.shape == ref.shape == (len(TEXTS), 16)
+    cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.99
+
+
+@pytest.mark.parametrize("pooling", ["cls", "lasttoken", "weightedmean", "mean"])
+def test_prompts_left_out_of_pooling_skip_their_tokens_as_sentence_transformers_does(tmp_path, transformer, pooling):
+    prompts = {"query": "query for the search: ", "document": ""}
+    path, st = _save(tmp_path, transformer, pooling, include_prompt=False, prompts=prompts)
+    with mpool.Pool() as pool:
+        pool.register("m", path)
+        for task in prompts:
+            np.testing.assert_allclose(
+                pool.embed("m", TEXTS, task=task), st.encode(TEXTS, prompt_name=task), rtol=1e-4, atol=2e-6
+            )
+
+
+def test_a_legacy_pooling_config_that_sets_no_mode_pools_by_the_mean_as_sentence_transformers_does(tmp_path, transformer):
+    from sentence_transformers import SentenceTransformer
+
+    path, _ = _save(tmp_path, transformer, "cls", normalize=False)
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": HIDDEN, "pooling_mode_cls_token": False, "pooling_mode_max_tokens": False})
+    )
+    ref = SentenceTransformer(str(path), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    np.testing.assert_allclose(_ours(path), ref, rtol=1e-4, atol=2e-6)
+
+
+def test_max_seq_length_of_sentence_bert_config_overrides_the_tokenizers_as_in_sentence_transformers(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    d, _, _ = build_tiny(tmp_path, "bert", pooling="mean_tokens")  # the tokenizer says 126
+    long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 12)
+    for limit in (20, 100):
+        (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": limit, "do_lower_case": False}))
+        tok_config = json.loads((d / "tokenizer_config.json").read_text())
+        tok_config["model_max_length"] = 60
+        (d / "tokenizer_config.json").write_text(json.dumps(tok_config))
+        st = SentenceTransformer(str(d), device="cpu")
+        assert st.max_seq_length == limit
+        np.testing.assert_allclose(_ours(d, [long_text, "short"]), st.encode([long_text, "short"]), rtol=1e-4, atol=2e-6)
+
+
+def _healthy_after(path: Path, match: str) -> None:
+    with mpool.Pool() as pool:
+        with pytest.raises(mpool.InvalidInput, match=match):
+            pool.register("m", path)
+        pool.register("minilm", mpool.default_embedding_model_path())
+        assert pool.embed("minilm", ["still healthy"]).shape == (1, 384)
+
+
+def test_a_module_mpool_does_not_run_is_invalid_input_naming_it_not_skipped(tmp_path, transformer):
+    path, _ = _save(tmp_path, transformer, "mean")
+    modules = json.loads((path / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "norm", "path": "2_LayerNorm", "type": "sentence_transformers.models.LayerNorm"})
+    for i, m in enumerate(modules):
+        m["idx"] = i
+    (path / "modules.json").write_text(json.dumps(modules))
+    _healthy_after(path, r"modules\.json: module \"norm\" is a sentence_transformers\.models\.LayerNorm, which mpool does not run")
+
+
+def test_modules_out_of_their_order_are_invalid_input(tmp_path, transformer):
+    path, _ = _save(tmp_path, transformer, "mean", _dense("tanh"))
+    modules = json.loads((path / "modules.json").read_text())
+    modules[2]["idx"], modules[3]["idx"] = 3, 2  # Normalize before Dense
+    (path / "modules.json").write_text(json.dumps(modules))
+    _healthy_after(path, r"modules\.json: module \"2\" \(Dense\) follows a Normalize module")
+
+
+def test_a_dense_activation_mpool_does_not_run_is_invalid_input_naming_the_config(tmp_path, transformer):
+    path, _ = _save(tmp_path, transformer, "mean", _dense("tanh"))
+    config = json.loads((path / "2_Dense" / "config.json").read_text())
+    config["activation_function"] = "torch.nn.modules.activation.Softplus"
+    (path / "2_Dense" / "config.json").write_text(json.dumps(config))
+    _healthy_after(path, r"2_Dense/config\.json: \"activation_function\" is \"torch\.nn\.modules\.activation\.Softplus\"")
+
+
+def test_a_dense_module_of_the_wrong_width_is_invalid_input(tmp_path, transformer):
+    path, _ = _save(tmp_path, transformer, "mean", _dense("tanh"))
+    config = json.loads((path / "2_Dense" / "config.json").read_text())
+    config["in_features"] = HIDDEN + 1
+    (path / "2_Dense" / "config.json").write_text(json.dumps(config))
+    _healthy_after(path, r"2_Dense/config\.json: \"in_features\" is 33, but the embedding it receives is 32 wide")
+
+
+def test_a_dense_module_over_token_embeddings_is_invalid_input(tmp_path, transformer):
+    path, _ = _save(tmp_path, transformer, "mean", _dense("tanh"))
+    config = json.loads((path / "2_Dense" / "config.json").read_text())
+    config["module_input_name"] = "token_embeddings"
+    (path / "2_Dense" / "config.json").write_text(json.dumps(config))
+    _healthy_after(path, r"reads or writes \"token_embeddings\"")
+
+
+def test_dense_weights_missing_misshapen_or_pickled_are_invalid_input_naming_the_file(tmp_path, transformer):
+    import torch
+    from safetensors.torch import save_file
+
+    path, _ = _save(tmp_path, transformer, "mean", _dense("tanh"))
+    weights = path / "2_Dense" / "model.safetensors"
+    save_file({"linear.weight": torch.zeros(16, HIDDEN)}, str(weights))  # no bias
+    _healthy_after(path, r"linear\.bias")
+    save_file({"linear.weight": torch.zeros(15, HIDDEN), "linear.bias": torch.zeros(16)}, str(weights))
+    _healthy_after(path, r"linear\.weight")
+    weights.unlink()
+    torch.save({"linear.weight": torch.zeros(16, HIDDEN)}, str(path / "2_Dense" / "pytorch_model.bin"))
+    _healthy_after(path, r"pytorch_model\.bin")
+    shutil.rmtree(path / "2_Dense")
+    _healthy_after(path, r"2_Dense")
+
+
+def test_inspect_lists_the_dense_modules(tmp_path, transformer):
+    path, _ = _save(tmp_path, transformer, ("cls", "mean"), normalize=False)
+    info = mpool.inspect(path)["sentence_transformers"]
+    assert info["pooling"]["mode"] == "cls+mean" and info["dense"] == []
+    path2, _ = _save(tmp_path / "2", transformer, "mean", _dense("relu-then-identity"))
+    dense = mpool.inspect(path2)["sentence_transformers"]["dense"]
+    assert [(d["in_features"], d["out_features"], d["bias"], d["activation_function"].rsplit(".", 1)[1]) for d in dense] == [
+        (HIDDEN, 24, True, "ReLU"),
+        (24, 12, False, "Identity"),
+    ]
