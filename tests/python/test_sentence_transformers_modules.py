@@ -146,6 +146,27 @@ def test_max_seq_length_of_sentence_bert_config_overrides_the_tokenizers_as_in_s
         np.testing.assert_allclose(_ours(d, [long_text, "short"]), st.encode([long_text, "short"]), rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.parametrize("tokenizer", ["cased-wordpiece", "bpe-without-normalizer", "already-lowercase"])
+def test_do_lower_case_lowercases_the_input_as_sentence_transformers_does(tmp_path, tokenizer):
+    from sentence_transformers import SentenceTransformer
+
+    model_type = "roberta" if tokenizer == "bpe-without-normalizer" else "bert"
+    d, _, _ = build_tiny(tmp_path, model_type, pooling="mean_tokens")
+    doc = json.loads((d / "tokenizer.json").read_text())
+    if tokenizer == "cased-wordpiece":
+        doc["normalizer"]["lowercase"] = False  # a cased BertNormalizer: sentence-transformers adds Lowercase ahead
+    elif tokenizer == "already-lowercase":
+        doc["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "Lowercase"}]}
+    (d / "tokenizer.json").write_text(json.dumps(doc))
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": True}))
+    texts = ["Magnets ATTRACT Iron", "ÉCOLE Élémentaire in PARIS", "ΣΊΣΥΦΟΣ and İstanbul"]
+    st = SentenceTransformer(str(d), device="cpu")
+    ref = st.encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(_ours(d, texts), ref, rtol=1e-4, atol=2e-6)
+    # and the lowercasing is what makes them equal: the upper-case texts embed like their lower-case forms
+    np.testing.assert_allclose(_ours(d, [t.lower() for t in texts[:1]]), ref[:1], rtol=1e-4, atol=2e-6)
+
+
 def _healthy_after(path: Path, match: str) -> None:
     with mpool.Pool() as pool:
         with pytest.raises(mpool.InvalidInput, match=match):

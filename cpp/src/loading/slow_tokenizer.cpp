@@ -500,7 +500,31 @@ TokenizerDocument tiktoken_tokenizer_json(const fs::path& dir, const fs::path& r
   return out;
 }
 
-TokenizerDocument read_tokenizer_document(const fs::path& dir, const TokenizerOptions& options) {
+std::string prepend_lowercase(const std::string& doc, const std::string& source) {
+  nlohmann::json j = parse_json_object(doc, source).json();
+  nlohmann::json& normalizer = j["normalizer"];
+  auto is_lowercase = [](const nlohmann::json& n) {
+    return n.is_object() && n.contains("type") && n["type"] == "Lowercase";
+  };
+  nlohmann::json sequence = nlohmann::json::array({{{"type", "Lowercase"}}});
+  if (is_lowercase(normalizer)) return doc;
+  if (normalizer.is_object() && normalizer.contains("type") && normalizer["type"] == "Sequence" &&
+      normalizer.contains("normalizers") && normalizer["normalizers"].is_array()) {
+    for (const auto& n : normalizer["normalizers"]) {
+      if (is_lowercase(n)) return doc;
+      sequence.push_back(n);
+    }
+  } else if (!normalizer.is_null()) {
+    sequence.push_back(normalizer);
+  }
+  normalizer = {{"type", "Sequence"}, {"normalizers", std::move(sequence)}};
+  return j.dump();
+}
+
+namespace {
+
+// The tokenizer.json document as the folder holds it (or converted from its slow files).
+TokenizerDocument read_tokenizer_document_as_stored(const fs::path& dir, const TokenizerOptions& options) {
   const fs::path file = dir / "tokenizer.json";
   const bool has_json = fs::is_regular_file(file);
   const std::optional<fs::path> rank_file = has_json ? std::nullopt : find_tiktoken_file(dir);
@@ -514,6 +538,14 @@ TokenizerDocument read_tokenizer_document(const fs::path& dir, const TokenizerOp
                         "merges.txt of a byte-level BPE tokenizer, or a tiktoken rank file (tiktoken.model, "
                         "*.tiktoken)");
   return {slow_tokenizer_json(dir).dump(), dir.string() + " (vocab.json + merges.txt)", {}};
+}
+
+}  // namespace
+
+TokenizerDocument read_tokenizer_document(const fs::path& dir, const TokenizerOptions& options) {
+  TokenizerDocument doc = read_tokenizer_document_as_stored(dir, options);
+  if (options.lowercase) doc.json = prepend_lowercase(doc.json, doc.source);
+  return doc;
 }
 
 }  // namespace mpool::loading

@@ -165,7 +165,7 @@ std::shared_ptr<ImageTextEmbedder> make_two_tower(const TwoTowerPlan& plan, std:
                                                   std::unique_ptr<Backbone> text, std::shared_ptr<const Pooler> pooler,
                                                   std::optional<capabilities::ContrastiveHead> head) {
   auto texts = std::make_unique<SentenceEmbedder>(
-      std::move(text), kit::open_tokenizer(plan.inputs.tokenizer_file), plan.text,
+      std::move(text), kit::open_tokenizer(plan.inputs.tokenizer_file, plan.inputs.tokenizer_options), plan.text,
       std::move(pooler));
   return std::make_shared<ImageTextEmbedder>(std::move(image), plan.image, std::move(texts), head);
 }

@@ -46,7 +46,7 @@ at::ScalarType pick_dtype(const NativeOptions& options, const std::string& famil
 fs::path require_tokenizer(const fs::path& dir, const loading::TokenizerOptions& options,
                            std::vector<std::string>* warnings) {
   const fs::path file = dir / "tokenizer.json";
-  if (fs::is_regular_file(file) && !options.pattern) return file;
+  if (fs::is_regular_file(file) && !options.pattern && !options.lowercase) return file;
   // InvalidInput without a rank file or the slow files; with them, the conversion
   // runs once here so that what it cannot convert fails at registration.
   loading::TokenizerDocument doc = loading::read_tokenizer_document(dir, options);
@@ -116,6 +116,9 @@ BuildInputs build_inputs(const loading::ModelDirectory& directory, const NativeO
                          const std::string& family, bool allows_int8) {
   const loading::ModelLayout& layout = directory.layout();
   loading::TokenizerOptions tokenizer_opts = tokenizer_options(options);
+  // sentence_bert_config.json's do_lower_case, as sentence-transformers applies it.
+  if (layout.sentence_transformers && layout.sentence_transformers->do_lower_case.value_or(false))
+    tokenizer_opts.lowercase = true;
   std::vector<std::string> warnings;
   fs::path tokenizer = require_tokenizer(layout.tokenizer_dir, tokenizer_opts, &warnings);
   const WeightsDtype dtype = choose_dtype(options, family, allows_int8);

@@ -213,3 +213,37 @@ TEST(SlowTokenizer, MissingTokenizerClassIsInvalidInputNamingTheKey) {
 }
 
 }  // namespace
+
+TEST(PrependLowercase, PutsLowercaseAheadOfTheNormalizerUnlessItHasOne) {
+  using mpool::loading::prepend_lowercase;
+  const auto normalizer = [](const std::string& doc) { return json::parse(doc)["normalizer"]; };
+  // None: Lowercase alone (in a Sequence).
+  EXPECT_EQ(normalizer(prepend_lowercase(R"({"normalizer":null,"model":{}})", "t")),
+            json::parse(R"({"type":"Sequence","normalizers":[{"type":"Lowercase"}]})"));
+  // One normalizer: Lowercase, then it.
+  EXPECT_EQ(normalizer(prepend_lowercase(R"({"normalizer":{"type":"BertNormalizer","lowercase":false}})", "t")),
+            json::parse(R"({"type":"Sequence","normalizers":[{"type":"Lowercase"},{"type":"BertNormalizer","lowercase":false}]})"));
+  // A Sequence: Lowercase joins it, first.
+  EXPECT_EQ(normalizer(prepend_lowercase(R"({"normalizer":{"type":"Sequence","normalizers":[{"type":"NFD"}]}})", "t")),
+            json::parse(R"({"type":"Sequence","normalizers":[{"type":"Lowercase"},{"type":"NFD"}]})"));
+  // Already a Lowercase, or a Sequence holding one: unchanged.
+  for (const std::string doc : {R"({"normalizer":{"type":"Lowercase"}})",
+                                R"({"normalizer":{"type":"Sequence","normalizers":[{"type":"NFD"},{"type":"Lowercase"}]}})"})
+    EXPECT_EQ(prepend_lowercase(doc, "t"), doc);
+  // The document must be a JSON object; the error names its source.
+  EXPECT_NE(message_of([] { prepend_lowercase("[1]", "dir/tokenizer.json"); }).find("dir/tokenizer.json"),
+            std::string::npos);
+}
+
+TEST(PrependLowercase, ATokenizerReadWithTheOptionLowercasesItsInput) {
+  TempDir dir;
+  write_file(dir.path() / "tokenizer.json", R"({"version":"1.0","normalizer":null,"pre_tokenizer":{"type":"Whitespace"},
+    "model":{"type":"WordPiece","unk_token":"[UNK]","continuing_subword_prefix":"##","max_input_chars_per_word":100,
+    "vocab":{"[UNK]":0,"hello":1,"Hello":2}}})");
+  mpool::loading::TokenizerOptions lower;
+  lower.lowercase = true;
+  const auto as_stored = Tokenizer::from_json(read_tokenizer_document(dir.path(), {}).json);
+  const auto lowered = Tokenizer::from_json(read_tokenizer_document(dir.path(), lower).json);
+  EXPECT_EQ(as_stored->encode("Hello").ids, std::vector<uint32_t>{2});
+  EXPECT_EQ(lowered->encode("Hello").ids, std::vector<uint32_t>{1});
+}

@@ -46,7 +46,16 @@ struct TokenizerOptions {
   /// The split pattern of a tiktoken rank file (over tokenizer_config.json's
   /// "pat_str"); InvalidInput for any other tokenizer.
   std::optional<std::string> pattern;
+  /// Lowercase the input before the tokenizer's own normalizer, as
+  /// sentence-transformers does for sentence_bert_config.json's do_lower_case:
+  /// a Lowercase normalizer goes first unless the normalizer is a Lowercase or a
+  /// Sequence holding one (prepend_lowercase).
+  bool lowercase = false;
 };
+
+/// `doc` (a tokenizer.json document) with a Lowercase normalizer ahead of its own,
+/// unless its normalizer is a Lowercase or a Sequence that holds one.
+std::string prepend_lowercase(const std::string& doc, const std::string& source);
 
 /// The tiktoken rank file of `dir`: tiktoken.model, else its one *.tiktoken file
 /// (several: InvalidInput), else tokenizer.model when it is a rank file rather

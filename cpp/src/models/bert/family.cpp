@@ -63,13 +63,14 @@ NativeModel build_reranker(const BertConfig& config, const loading::ModelConfig&
   spec.devices = options.devices;
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = in.layout.model_dir, tokenizer_file = in.tokenizer_file;
+  const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
   const at::ScalarType dtype = in.dtype;
   const bool int8 = in.int8;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, int8](const std::string& device) {
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype, int8](const std::string& device) {
     const at::Device dev(device);
     const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8);
     auto scorer = std::make_unique<BertScorer>(BertEncoder(config, w), BertClassifier(config, w, settings.num_labels), dev);
-    return std::make_shared<CrossEncoder>(std::move(scorer), kit::open_tokenizer(tokenizer_file), settings);
+    return std::make_shared<CrossEncoder>(std::move(scorer), kit::open_tokenizer(tokenizer_file, tokenizer_options), settings);
   };
   return model;
 }
@@ -81,6 +82,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   if (is_sequence_classifier(model_config)) return build_reranker(config, model_config, in, options);
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
+  const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
   const at::ScalarType dtype = in.dtype;
   EmbedderSettings settings =
       embedder_settings(layout, config.hidden_size, static_cast<size_t>(config.max_tokens()), {PoolingMode::kMean});
@@ -105,12 +107,12 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
   const bool int8 = in.int8;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, int8](const std::string& device) {
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype, int8](const std::string& device) {
     const at::Device dev(device);
     BertEncoder encoder(config,
                         nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8));
     return std::make_shared<SentenceEmbedder>(std::make_unique<EncoderBackbone<BertEncoder>>(std::move(encoder), dev),
-                                              kit::open_tokenizer(tokenizer_file), settings);
+                                              kit::open_tokenizer(tokenizer_file, tokenizer_options), settings);
   };
   return model;
 }

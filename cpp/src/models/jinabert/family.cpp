@@ -25,6 +25,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   const kit::BuildInputs in = kit::build_inputs(directory, options, "JinaBert", /*allows_int8=*/true);
   const loading::ModelLayout& layout = in.layout;
   const fs::path tokenizer_file = in.tokenizer_file;
+  const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
   const at::ScalarType dtype = in.dtype;
   EmbedderSettings settings =
       embedder_settings(layout, config.hidden_size, static_cast<size_t>(config.max_tokens()), {PoolingMode::kMean});
@@ -51,12 +52,12 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
   const bool int8 = in.int8;
-  spec.loader = [model_dir, tokenizer_file, config, settings, dtype, int8](const std::string& device) {
+  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype, int8](const std::string& device) {
     const at::Device dev(device);
     JinaBertEncoder encoder(config,
                             nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8));
     return std::make_shared<SentenceEmbedder>(std::make_unique<EncoderBackbone<JinaBertEncoder>>(std::move(encoder), dev),
-                                              kit::open_tokenizer(tokenizer_file), settings);
+                                              kit::open_tokenizer(tokenizer_file, tokenizer_options), settings);
   };
   return model;
 }

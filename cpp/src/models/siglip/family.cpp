@@ -41,7 +41,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   const SiglipConfig config = SiglipConfig::from(model_config);
   TwoTowerPlan plan = plan_two_tower(directory, options, "SigLIP", config.vision, config.text, config.projection_size);
   plan.text.normalize = true;
-  const auto tok = kit::open_tokenizer(plan.inputs.tokenizer_file);
+  const auto tok = kit::open_tokenizer(plan.inputs.tokenizer_file, plan.inputs.tokenizer_options);
   plan.text.pad_to_max_length_with = kit::pad_token_id(plan.inputs.layout.tokenizer_dir, *tok, config.pad_token_id);
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
