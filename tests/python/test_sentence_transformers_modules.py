@@ -120,6 +120,23 @@ def test_prompts_left_out_of_pooling_skip_their_tokens_as_sentence_transformers_
             )
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_a_prompt_without_a_closing_special_token_is_left_out_whole(tmp_path, transformer, pooling):
+    # A tokenizer that adds no special tokens (a decoder's, say): all of the prompt's tokens are prompt.
+    from sentence_transformers import SentenceTransformer
+
+    path, _ = _save(tmp_path, transformer, pooling, include_prompt=False, prompts={"query": "query for the search: "})
+    doc = json.loads((path / "tokenizer.json").read_text())
+    doc["post_processor"] = None
+    (path / "tokenizer.json").write_text(json.dumps(doc))
+    st = SentenceTransformer(str(path), device="cpu")
+    with mpool.Pool() as pool:
+        pool.register("m", path)
+        np.testing.assert_allclose(
+            pool.embed("m", TEXTS, task="query"), st.encode(TEXTS, prompt_name="query"), rtol=1e-4, atol=2e-6
+        )
+
+
 def test_a_legacy_pooling_config_that_sets_no_mode_pools_by_the_mean_as_sentence_transformers_does(tmp_path, transformer):
     from sentence_transformers import SentenceTransformer
 

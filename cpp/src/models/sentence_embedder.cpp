@@ -242,8 +242,14 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
                e.special_tokens_mask[k]);
     e = std::move(cut);
   }
-  size_t prompt_tokens = 0;  // [CLS] + prompt tokens, masked out of pooling when include_prompt is false
-  if (!prompt.empty() && !settings_.include_prompt) prompt_tokens = full_->encode(prompt).size() - 1;
+  // The prompt's tokens with the leading special ones ([CLS], <s>), masked out of
+  // pooling when include_prompt is false. As sentence-transformers measures it:
+  // the tokenized prompt, less a closing special token ([SEP], </s>) if it has one.
+  size_t prompt_tokens = 0;
+  if (!prompt.empty() && !settings_.include_prompt) {
+    const tokenizer::Encoding p = full_->encode(prompt);
+    prompt_tokens = p.size() - (p.size() > 0 && p.special_tokens_mask.back() ? 1 : 0);
+  }
 
   // Shortest first, split where padding would cost more than another pass.
   std::vector<size_t> order(enc.size());
