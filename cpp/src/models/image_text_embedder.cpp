@@ -136,8 +136,7 @@ TwoTowerPlan plan_two_tower(const loading::ModelDirectory& directory, const Nati
   plan.image.dimension = dimension;
   plan.image.images_per_forward = images_per_forward_option(options);
   plan.text = embedder_settings(plan.inputs.layout, text.hidden_size, static_cast<size_t>(text.max_positions),
-                                {PoolingMode::kMean});
-  plan.text.dimension = dimension;
+                                {PoolingMode::kMean}, dimension);
   plan.text.tokens_per_forward =
       static_cast<size_t>(bounded_option(options, "tokens_per_forward", kDefaultTokensPerForward, int64_t{1} << 24));
   return plan;

@@ -150,7 +150,7 @@ at::Tensor DenseLayer::operator()(const at::Tensor& x_in) const {
 }
 
 EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t hidden_size, size_t max_seq_length,
-                                   std::vector<PoolingMode> default_pooling) {
+                                   std::vector<PoolingMode> default_pooling, std::optional<int64_t> pooled_dimension) {
   EmbedderSettings s;
   s.pooling = std::move(default_pooling);
   s.max_seq_length = sequence_limit(layout, max_seq_length);
@@ -164,7 +164,7 @@ EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t h
     s.prompts = st->prompts;
     s.default_prompt_name = st->default_prompt_name;
   }
-  s.dimension = hidden_size * static_cast<int64_t>(s.pooling.size());
+  s.dimension = pooled_dimension.value_or(hidden_size * static_cast<int64_t>(s.pooling.size()));
   if (const auto& st = layout.sentence_transformers; st && !st->dense.empty()) {
     s.dense = dense_steps(layout, *st, s.dimension);
     s.dimension = s.dense.back().out_features;
@@ -242,13 +242,17 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
                e.special_tokens_mask[k]);
     e = std::move(cut);
   }
-  // The prompt's tokens with the leading special ones ([CLS], <s>), masked out of
-  // pooling when include_prompt is false. As sentence-transformers measures it:
-  // the tokenized prompt, less a closing special token ([SEP], </s>) if it has one.
+  // The leading positions masked out of pooling when include_prompt is false. As
+  // sentence-transformers measures them: the tokenized prompt with its leading
+  // special tokens ([CLS], <s>), less a closing one ([SEP], </s>) if it has one.
   size_t prompt_tokens = 0;
   if (!prompt.empty() && !settings_.include_prompt) {
-    const tokenizer::Encoding p = full_->encode(prompt);
-    prompt_tokens = p.size() - (p.size() > 0 && p.special_tokens_mask.back() ? 1 : 0);
+    if (settings_.prompt_span == EmbedderSettings::PromptSpan::kPromptTokensOnly) {
+      prompt_tokens = full_->encode(prompt, std::nullopt, /*add_special_tokens=*/false).size();
+    } else {
+      const tokenizer::Encoding p = full_->encode(prompt);
+      prompt_tokens = p.size() - (p.size() > 0 && p.special_tokens_mask.back() ? 1 : 0);
+    }
   }
 
   // Shortest first, split where padding would cost more than another pass.

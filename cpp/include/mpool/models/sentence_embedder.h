@@ -80,6 +80,12 @@ class DenseLayer {
 struct EmbedderSettings {
   std::vector<PoolingMode> pooling{PoolingMode::kMean};
   bool include_prompt = true;
+  /// How many leading positions a prompt left out of pooling covers.
+  enum class PromptSpan {
+    kSentenceTransformers,  ///< the tokenized prompt, less a closing special token if it has one
+    kPromptTokensOnly,      ///< len(tokenizer.tokenize(prompt)): the prompt's own tokens (NV-Embed's encode)
+  };
+  PromptSpan prompt_span = PromptSpan::kSentenceTransformers;
   bool normalize = false;
   size_t max_seq_length = 512;
   std::map<std::string, std::string> prompts;
@@ -121,9 +127,13 @@ size_t sequence_limit(const loading::ModelLayout& layout, size_t max_positions);
 /// over the family's `default_pooling`; the length is also bounded by
 /// tokenizer_config.json. A modules.json that lists a module mpool does not run
 /// (anything but Transformer, Pooling, Dense and Normalize, in that order) is an
-/// InvalidInput naming it, never silently skipped.
+/// InvalidInput naming it, never silently skipped. `pooled_dimension` is the
+/// width of a family's own pooler (NV-Embed's latent attention, a text tower's
+/// projection); by default hidden_size times the pooling modes. Dense modules
+/// take it from there, and `dimension` is the last one's width.
 EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t hidden_size, size_t max_seq_length,
-                                   std::vector<PoolingMode> default_pooling);
+                                   std::vector<PoolingMode> default_pooling,
+                                   std::optional<int64_t> pooled_dimension = std::nullopt);
 
 /// A loaded text-embedding model.
 class SentenceEmbedder final : public core::Instance, public capabilities::TextEmbedding {

@@ -57,12 +57,13 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   const NvEmbedConfig config = NvEmbedConfig::from(model_config);
   const kit::BuildInputs in = kit::build_inputs(directory, options, "NV-Embed", /*allows_int8=*/true);
   const loading::ModelLayout& layout = in.layout;
-  EmbedderSettings settings = embedder_settings(
-      layout, config.text.hidden_size, static_cast<size_t>(config.text.max_position_embeddings), {PoolingMode::kMean});
+  EmbedderSettings settings =
+      embedder_settings(layout, config.text.hidden_size, static_cast<size_t>(config.text.max_position_embeddings),
+                        {PoolingMode::kMean}, config.latent.hidden_dim);
   // NV-Embed's own pooling; the instruction's tokens are masked out of it.
   settings.include_prompt = false;
+  settings.prompt_span = EmbedderSettings::PromptSpan::kPromptTokensOnly;
   settings.normalize = settings.normalize || config.latent.output_normalize;  // or a 2_Normalize module
-  settings.dimension = config.latent.hidden_dim;
   settings.suffix = eos_token(layout.tokenizer_dir);
   settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
 
