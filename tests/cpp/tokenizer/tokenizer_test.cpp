@@ -114,6 +114,27 @@ TEST(TokenizerTest, WordPieceSplitsSubwordsAndAddsClsSep) {
   EXPECT_EQ(tok->decode(e.ids), "unaffable cafe hello!");
 }
 
+TEST(TokenizerTest, WordLevelMapsWholeWordsAndUnknownOnesToTheUnkToken) {
+  const std::string json = R"({"version":"1.0","pre_tokenizer":{"type":"Whitespace"},
+    "model":{"type":"WordLevel","unk_token":"[UNK]","vocab":{"[UNK]":0,"hello":1,"world":2,"!":3}}})";
+  auto tok = Tokenizer::from_json(json);
+  auto e = tok->encode("hello brave world!");
+  EXPECT_EQ(e.ids, (std::vector<uint32_t>{1, 0, 2, 3}));
+  EXPECT_EQ(e.tokens, (std::vector<std::string>{"hello", "[UNK]", "world", "!"}));
+  EXPECT_EQ(e.offsets[1], (std::pair<size_t, size_t>{6, 11}));  // the unknown word's own bytes
+  // Without the unk token in the vocabulary, an unknown word is an error naming it.
+  auto no_unk = Tokenizer::from_json(R"({"version":"1.0","pre_tokenizer":{"type":"Whitespace"},
+    "model":{"type":"WordLevel","unk_token":"[UNK]","vocab":{"hello":0}}})");
+  EXPECT_EQ(no_unk->encode("hello").ids, std::vector<uint32_t>{0});
+  try {
+    no_unk->encode("hello brave");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& err) {
+    EXPECT_EQ(err.code(), ErrorCode::kInvalidInput);
+    EXPECT_NE(std::string(err.what()).find("\"brave\" is not in the vocabulary"), std::string::npos) << err.what();
+  }
+}
+
 TEST(TokenizerTest, PairGetsSecondTypeIdAndTruncationKeepsBudget) {
   auto tok = Tokenizer::from_json(wordpiece_json());
   mpool::tokenizer::TruncationParams t;
