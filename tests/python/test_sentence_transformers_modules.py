@@ -184,6 +184,32 @@ def test_do_lower_case_lowercases_the_input_as_sentence_transformers_does(tmp_pa
     np.testing.assert_allclose(_ours(d, [t.lower() for t in texts[:1]]), ref[:1], rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.parametrize("prompt", [None, "query for the search: "])
+def test_a_tokenizer_that_truncates_on_the_left_keeps_the_end_of_long_texts_as_sentence_transformers_does(tmp_path, prompt):
+    from sentence_transformers import SentenceTransformer
+
+    d, _, _ = build_tiny(tmp_path, "bert", pooling="mean_tokens", prompts={"query": prompt} if prompt else None)
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    config["truncation_side"] = "left"
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    texts = [" ".join(f"word{i} the fox" for i in range(60)), "short", " ".join(["the quick brown fox"] * 20)]
+    st = SentenceTransformer(str(d), device="cpu")
+    assert st.tokenizer.truncation_side == "left"
+    kwargs = {"prompt_name": "query"} if prompt else {}
+    with mpool.Pool() as pool:
+        pool.register("m", d)
+        ours = pool.embed("m", texts, **({"task": "query"} if prompt else {}))
+    np.testing.assert_allclose(ours, st.encode(texts, **kwargs), rtol=1e-4, atol=2e-6)
+
+
+def test_a_truncation_side_that_is_neither_left_nor_right_is_invalid_input_naming_the_file(tmp_path):
+    d, _, _ = build_tiny(tmp_path, "bert", pooling="mean_tokens")
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    config["truncation_side"] = "middle"
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    _healthy_after(d, r"tokenizer_config\.json: \"truncation_side\" must be \"left\" or \"right\", got \"middle\"")
+
+
 def _healthy_after(path: Path, match: str) -> None:
     with mpool.Pool() as pool:
         with pytest.raises(mpool.InvalidInput, match=match):

@@ -188,6 +188,9 @@ TokenizerConfig parse_tokenizer_config(const JsonView& j, const std::optional<fs
   t.add_eos_token = j.get_optional<bool>("add_eos_token");
   t.do_lower_case = j.get_optional<bool>("do_lower_case");
   t.padding_side = j.get_optional<std::string>("padding_side");
+  t.truncation_side = j.get_optional<std::string>("truncation_side");
+  check(!t.truncation_side || *t.truncation_side == "left" || *t.truncation_side == "right", ErrorCode::kInvalidInput,
+        j.where("truncation_side") + " must be \"left\" or \"right\", got \"" + t.truncation_side.value_or("") + "\"");
   for (const auto& [name, source] : chat_templates_in(dir, &j)) t.chat_templates[name] = source.text;
   if (auto added = j.child("added_tokens_decoder")) {
     for (const auto& [id_text, token] : added->json().items()) {

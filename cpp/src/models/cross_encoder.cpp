@@ -57,6 +57,8 @@ CrossEncoderSettings cross_encoder_settings(const loading::ModelLayout& layout, 
   CrossEncoderSettings s;
   s.max_seq_length = sequence_limit(layout, max_positions);
   s.type_ids = tokenizer_sends_type_ids(layout);
+  if (auto tc = loading::load_tokenizer_config(layout.tokenizer_dir); tc && tc->truncation_side == "left")
+    s.truncate_left = true;
   const loading::JsonView& raw = config.raw;
   if (auto labels = raw.child("id2label"); labels && !labels->json().empty())
     s.num_labels = static_cast<int64_t>(labels->json().size());
@@ -109,8 +111,9 @@ at::Tensor CrossEncoder::score(const std::vector<capabilities::TextPair>& pairs,
   // tokenizer call (truncation=True) does; or refused when truncate is off.
   const size_t limit = settings_.max_seq_length;
   if (options.truncate)
-    tokenizer_->set_truncation(tokenizer::TruncationParams{limit, 0, tokenizer::TruncationStrategy::kLongestFirst,
-                                                           tokenizer::Direction::kRight});
+    tokenizer_->set_truncation(tokenizer::TruncationParams{
+        limit, 0, tokenizer::TruncationStrategy::kLongestFirst,
+        settings_.truncate_left ? tokenizer::Direction::kLeft : tokenizer::Direction::kRight});
   else
     tokenizer_->set_truncation(std::nullopt);
   std::vector<tokenizer::Encoding> enc = tokenizer_->encode_batch(first, &second, true, 1);

@@ -154,6 +154,8 @@ EmbedderSettings embedder_settings(const loading::ModelLayout& layout, int64_t h
   EmbedderSettings s;
   s.pooling = std::move(default_pooling);
   s.max_seq_length = sequence_limit(layout, max_seq_length);
+  if (auto tc = loading::load_tokenizer_config(layout.tokenizer_dir); tc && tc->truncation_side == "left")
+    s.truncate_left = true;
   if (const auto& st = layout.sentence_transformers) {
     check_modules(layout, *st);
     if (st->pooling) {
@@ -231,10 +233,18 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
                                                 " tokens; the model takes at most " + std::to_string(limit) +
                                                 " (pass truncate=True to cut it)");
     auto& e = enc[i];
-    size_t tail = 0;  // trailing special tokens ([SEP], </s>) stay
+    size_t head = 0, tail = 0;  // leading ([CLS], <s>) and trailing ([SEP], </s>) special tokens stay
     while (tail < e.size() && e.special_tokens_mask[e.size() - 1 - tail]) ++tail;
+    while (head < e.size() - tail && e.special_tokens_mask[head]) ++head;
     std::vector<size_t> keep(limit);
-    std::iota(keep.begin(), keep.end() - static_cast<std::ptrdiff_t>(tail), 0);
+    if (settings_.truncate_left && head + tail < limit) {
+      // The head, then the last tokens before the tail.
+      std::iota(keep.begin(), keep.begin() + static_cast<std::ptrdiff_t>(head), 0);
+      std::iota(keep.begin() + static_cast<std::ptrdiff_t>(head), keep.end() - static_cast<std::ptrdiff_t>(tail),
+                e.size() - tail - (limit - head - tail));
+    } else {
+      std::iota(keep.begin(), keep.end() - static_cast<std::ptrdiff_t>(tail), 0);
+    }
     for (size_t k = 0; k < tail; ++k) keep[limit - tail + k] = e.size() - tail + k;
     tokenizer::Encoding cut;
     for (size_t k : keep)

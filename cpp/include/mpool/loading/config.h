@@ -150,6 +150,9 @@ struct TokenizerConfig {
   std::optional<bool> do_lower_case;
   /// Padding side, "right" or "left".
   std::optional<std::string> padding_side;
+  /// The side too long an input is cut from, "right" (transformers' default) or
+  /// "left"; anything else is InvalidInput naming the file.
+  std::optional<std::string> truncation_side;
   /// Added tokens by id: content and whether they are special.
   std::map<std::int64_t, std::pair<std::string, bool>> added_tokens;
   /// The whole file.

@@ -39,6 +39,8 @@ struct CrossEncoderSettings {
   /// only when the tokenizer's model_input_names has token_type_ids (BERT-style
   /// tokenizer classes; not RoBERTa's or the generic fast tokenizer's); zeros otherwise.
   bool type_ids = true;
+  /// Cut too long a pair from the start (tokenizer_config.json's truncation_side "left").
+  bool truncate_left = false;
 };
 
 /// The settings of a classifier directory with `max_positions` positions:

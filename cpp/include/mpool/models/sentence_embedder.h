@@ -88,6 +88,9 @@ struct EmbedderSettings {
   PromptSpan prompt_span = PromptSpan::kSentenceTransformers;
   bool normalize = false;
   size_t max_seq_length = 512;
+  /// Cut too long an input from its start (tokenizer_config.json's
+  /// truncation_side "left"), keeping its special tokens, as the tokenizer would.
+  bool truncate_left = false;
   std::map<std::string, std::string> prompts;
   std::optional<std::string> default_prompt_name;
   /// Appended to every text (after its prompt and the text): NV-Embed's encode
