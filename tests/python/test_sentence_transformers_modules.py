@@ -236,28 +236,21 @@ def test_modules_out_of_their_order_are_invalid_input(tmp_path, transformer):
     _healthy_after(path, r"modules\.json: module \"2\" \(Dense\) follows a Normalize module")
 
 
-def test_a_dense_activation_mpool_does_not_run_is_invalid_input_naming_the_config(tmp_path, transformer):
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("activation_function", "torch.nn.modules.activation.Softplus",
+         r"2_Dense/config\.json: \"activation_function\" is \"torch\.nn\.modules\.activation\.Softplus\""),
+        ("in_features", HIDDEN + 1, r"2_Dense/config\.json: \"in_features\" is 33, but the embedding it receives is 32 wide"),
+        ("module_input_name", "token_embeddings", r"2_Dense/config\.json: this Dense module reads or writes \"token_embeddings\""),
+    ],
+)
+def test_a_dense_config_mpool_cannot_run_is_invalid_input_naming_the_file(tmp_path, transformer, key, value, match):
     path, _ = _save(tmp_path, transformer, "mean", _dense("tanh"))
     config = json.loads((path / "2_Dense" / "config.json").read_text())
-    config["activation_function"] = "torch.nn.modules.activation.Softplus"
+    config[key] = value
     (path / "2_Dense" / "config.json").write_text(json.dumps(config))
-    _healthy_after(path, r"2_Dense/config\.json: \"activation_function\" is \"torch\.nn\.modules\.activation\.Softplus\"")
-
-
-def test_a_dense_module_of_the_wrong_width_is_invalid_input(tmp_path, transformer):
-    path, _ = _save(tmp_path, transformer, "mean", _dense("tanh"))
-    config = json.loads((path / "2_Dense" / "config.json").read_text())
-    config["in_features"] = HIDDEN + 1
-    (path / "2_Dense" / "config.json").write_text(json.dumps(config))
-    _healthy_after(path, r"2_Dense/config\.json: \"in_features\" is 33, but the embedding it receives is 32 wide")
-
-
-def test_a_dense_module_over_token_embeddings_is_invalid_input(tmp_path, transformer):
-    path, _ = _save(tmp_path, transformer, "mean", _dense("tanh"))
-    config = json.loads((path / "2_Dense" / "config.json").read_text())
-    config["module_input_name"] = "token_embeddings"
-    (path / "2_Dense" / "config.json").write_text(json.dumps(config))
-    _healthy_after(path, r"reads or writes \"token_embeddings\"")
+    _healthy_after(path, match)
 
 
 def test_dense_weights_missing_misshapen_or_pickled_are_invalid_input_naming_the_file(tmp_path, transformer):
