@@ -108,6 +108,22 @@ def test_a_dense_model_in_int8_keeps_its_dense_layers_and_their_width(tmp_path, 
     assert cos.min() >= 0.99
 
 
+def test_the_memory_estimate_counts_the_dense_weights(tmp_path, transformer):
+    import torch
+    from sentence_transformers.models import Dense
+
+    torch.manual_seed(0)
+    wide = [Dense(HIDDEN, 4096), Dense(4096, 64, bias=False, activation_function=torch.nn.Identity())]
+    plain, _ = _save(tmp_path / "plain", transformer, "mean")
+    dense, _ = _save(tmp_path / "dense", transformer, "mean", wide)
+    with mpool.Pool() as pool:
+        a = pool.register("plain", plain)
+        b = pool.register("dense", dense)
+    dense_mb = 4 * (HIDDEN * 4096 + 4096 + 4096 * 64) / 2**20
+    assert b["weight_mb"] - a["weight_mb"] == pytest.approx(dense_mb, rel=1e-9)
+    assert b["memory_mb"] - a["memory_mb"] == pytest.approx(dense_mb, rel=1e-9)
+
+
 @pytest.mark.parametrize("pooling", ["cls", "lasttoken", "weightedmean", "mean"])
 def test_prompts_left_out_of_pooling_skip_their_tokens_as_sentence_transformers_does(tmp_path, transformer, pooling):
     prompts = {"query": "query for the search: ", "document": ""}

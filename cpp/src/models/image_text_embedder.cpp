@@ -145,6 +145,7 @@ TwoTowerPlan plan_two_tower(const loading::ModelDirectory& directory, const Nati
 void fill_two_tower_spec(NativeModel& model, const TwoTowerPlan& plan, const nn::VisionTowerConfig& vision,
                          const nn::TextTowerConfig& text, double weight_bytes, const NativeOptions& options,
                          TwoTowerLoader loader) {
+  weight_bytes += plan.text.dense_weight_bytes();
   // Activations of one forward pass in float32.
   const double image_bytes = image_forward_bytes(vision, plan.image.images_per_forward);
   const double tokens = static_cast<double>(plan.text.tokens_per_forward);

@@ -122,13 +122,24 @@ std::vector<DenseStep> dense_steps(const loading::ModelLayout& layout, const loa
 
 }  // namespace
 
+double DenseStep::weight_bytes() const {
+  const double matrix = static_cast<double>(out_features) * static_cast<double>(in_features);
+  const double projection = residual && in_features != out_features ? matrix : 0.0;
+  return 4.0 * (matrix + (bias ? static_cast<double>(out_features) : 0.0) + projection);
+}
+
+double EmbedderSettings::dense_weight_bytes() const {
+  double bytes = 0;
+  for (const DenseStep& step : dense) bytes += step.weight_bytes();
+  return bytes;
+}
+
 DenseLayer DenseLayer::load(const DenseStep& step, at::Device device) {
   const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(step.dir), at::kFloat, device);
   DenseLayer layer;
-  layer.weight_ = w.get("linear.weight", {step.out_features, step.in_features});
-  if (step.bias) layer.bias_ = w.get("linear.bias", {step.out_features});
+  layer.linear_ = nn::Linear::load(w, "linear", step.out_features, step.in_features, step.bias);
   if (step.residual && step.in_features != step.out_features)
-    layer.projection_ = w.get("residual.weight", {step.out_features, step.in_features});
+    layer.projection_ = nn::Linear::load(w, "residual", step.out_features, step.in_features, /*bias=*/false);
   layer.activation_ = step.activation;
   layer.residual_ = step.residual;
   return layer;
@@ -136,7 +147,7 @@ DenseLayer DenseLayer::load(const DenseStep& step, at::Device device) {
 
 at::Tensor DenseLayer::operator()(const at::Tensor& x_in) const {
   const at::Tensor x = x_in.to(at::kFloat);
-  at::Tensor y = at::linear(x, weight_, bias_.defined() ? std::optional<at::Tensor>(bias_) : std::nullopt);
+  at::Tensor y = linear_(x);
   switch (activation_) {
     case DenseActivation::kIdentity: break;
     case DenseActivation::kTanh: y = at::tanh(y); break;
@@ -145,7 +156,7 @@ at::Tensor DenseLayer::operator()(const at::Tensor& x_in) const {
     case DenseActivation::kSigmoid: y = at::sigmoid(y); break;
     case DenseActivation::kSilu: y = at::silu(y); break;
   }
-  if (residual_) y = y + (projection_.defined() ? at::linear(x, projection_) : x);
+  if (residual_) y = y + (projection_.defined() ? projection_(x) : x);
   return y;
 }
 

@@ -15,6 +15,7 @@
 #include "mpool/core/instance.h"
 #include "mpool/loading/layout.h"
 #include "mpool/models/pooling.h"
+#include "mpool/nn/linear.h"
 #include "mpool/tokenizer/tokenizer.h"
 
 namespace mpool::models {
@@ -58,6 +59,9 @@ struct DenseStep {
   bool bias = true;
   DenseActivation activation = DenseActivation::kTanh;
   bool residual = false;
+  /// Its float32 weights' size in bytes: the linear layer, its bias, and the
+  /// residual projection when the widths differ.
+  double weight_bytes() const;
 };
 
 /// A Dense module's weights on a device (float32), applied to pooled embeddings.
@@ -70,7 +74,8 @@ class DenseLayer {
   at::Tensor operator()(const at::Tensor& x) const;
 
  private:
-  at::Tensor weight_, bias_, projection_;
+  nn::Linear linear_;
+  nn::Linear projection_;  ///< the residual's, when the widths differ
   DenseActivation activation_ = DenseActivation::kTanh;
   bool residual_ = false;
 };
@@ -109,6 +114,9 @@ struct EmbedderSettings {
   /// sentence-transformers Dense modules, applied in order to the pooled
   /// embedding before it is normalized; `dimension` is the last one's width.
   std::vector<DenseStep> dense;
+  /// The Dense modules' weights in bytes: what a replica holds beside the
+  /// backbone's (each family adds it to its memory estimate).
+  double dense_weight_bytes() const;
 };
 
 /// How inputs sorted by length (`widths`, ascending: each input's padded width)

@@ -93,7 +93,8 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // scores).
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, dtype, [&](const nn::Weights& w) { BertEncoder(config, w); }, model.warnings, in.int8);
+      in.checkpoint, dtype, [&](const nn::Weights& w) { BertEncoder(config, w); }, model.warnings, in.int8) +
+      settings.dense_weight_bytes();
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double act_bytes = tokens * static_cast<double>(config.intermediate_size + 6 * config.hidden_size) * 4.0 +
                            tokens * static_cast<double>(std::min<size_t>(settings.max_seq_length, 512)) *

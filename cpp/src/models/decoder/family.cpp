@@ -190,7 +190,8 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // The head sits outside the base model: tied embeddings, or lm_head.weight.
   const bool has_head = config.tie_word_embeddings || checkpoint.find("lm_head.weight").has_value();
   const double weight_bytes = kit::measure_weights(
-      checkpoint, dtype, [&](const nn::Weights& w) { Decoder(config, w); }, model.warnings, in.int8);
+      checkpoint, dtype, [&](const nn::Weights& w) { Decoder(config, w); }, model.warnings, in.int8) +
+      settings.dense_weight_bytes();
 
   model.weight_mb = weight_bytes / (1024.0 * 1024.0);
   core::ModelSpec& spec = model.spec;

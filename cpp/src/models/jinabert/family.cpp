@@ -37,7 +37,8 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // kDefaultScoreElements each, float32).
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, dtype, [&](const nn::Weights& w) { JinaBertEncoder(config, w); }, model.warnings, in.int8);
+      in.checkpoint, dtype, [&](const nn::Weights& w) { JinaBertEncoder(config, w); }, model.warnings, in.int8) +
+      settings.dense_weight_bytes();
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double inner = static_cast<double>(config.intermediate_size) *
                        (config.feed_forward == FeedForwardType::kOriginal ? 1.0 : 3.0);

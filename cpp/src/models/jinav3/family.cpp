@@ -67,7 +67,7 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
         adapter_bytes = static_cast<double>(lora.bytes());
       },
       model.warnings, in.int8);
-  const double weight_bytes = base_bytes + adapter_bytes;
+  const double weight_bytes = base_bytes + adapter_bytes + settings.dense_weight_bytes();
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double act_bytes = tokens * static_cast<double>(config.intermediate_size + 6 * config.hidden_size) * 4.0 +
                            tokens * static_cast<double>(std::min<size_t>(settings.max_seq_length, 8192)) *

@@ -119,7 +119,8 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // backend materializes them (bounded as the BERT family's).
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, dtype, [&](const nn::Weights& w) { ModernBertEncoder(config, w); }, model.warnings, in.int8);
+      in.checkpoint, dtype, [&](const nn::Weights& w) { ModernBertEncoder(config, w); }, model.warnings, in.int8) +
+      settings.dense_weight_bytes();
   const double act_bytes =
       activation_bytes(config, static_cast<double>(settings.tokens_per_forward), settings.max_seq_length);
 

@@ -70,7 +70,8 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   NativeModel model;
   model.warnings = in.warnings;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, in.dtype, [&](const nn::Weights& w) { NvEmbedNetwork(config, w); }, model.warnings, in.int8);
+      in.checkpoint, in.dtype, [&](const nn::Weights& w) { NvEmbedNetwork(config, w); }, model.warnings, in.int8) +
+      settings.dense_weight_bytes();
   model.weight_mb = weight_bytes / (1024.0 * 1024.0);
   core::ModelSpec& spec = model.spec;
   spec.capabilities = {cap::TextEmbedding::kName};
