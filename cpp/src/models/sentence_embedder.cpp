@@ -9,6 +9,7 @@
 #include "mpool/loading/config.h"
 #include "mpool/loading/peft.h"
 #include "mpool/loading/safetensors.h"
+#include "mpool/models/kit.h"
 #include "mpool/nn/weights.h"
 #include "mpool/nn/lora.h"
 
@@ -132,6 +133,18 @@ double EmbedderSettings::dense_weight_bytes() const {
   double bytes = 0;
   for (const DenseStep& step : dense) bytes += step.weight_bytes();
   return bytes;
+}
+
+void fill_embedder_spec(NativeModel& model, const EmbedderSettings& settings, double backbone_bytes,
+                        double activation_bytes, const NativeOptions& options, core::Loader loader) {
+  const double weight_bytes = backbone_bytes + settings.dense_weight_bytes();
+  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
+  core::ModelSpec& spec = model.spec;
+  spec.capabilities = {capabilities::TextEmbedding::kName};
+  spec.memory_mb = kit::replica_memory_mb(weight_bytes, activation_bytes);
+  spec.devices = options.devices;
+  spec.batch_budget = settings.tokens_per_forward;
+  spec.loader = std::move(loader);
 }
 
 DenseLayer DenseLayer::load(const DenseStep& step, at::Device device) {

@@ -14,6 +14,7 @@
 #include "mpool/capabilities/interfaces.h"
 #include "mpool/core/instance.h"
 #include "mpool/loading/layout.h"
+#include "mpool/models/families.h"
 #include "mpool/models/pooling.h"
 #include "mpool/nn/linear.h"
 #include "mpool/tokenizer/tokenizer.h"
@@ -118,6 +119,13 @@ struct EmbedderSettings {
   /// backbone's (each family adds it to its memory estimate).
   double dense_weight_bytes() const;
 };
+
+/// A text embedder's spec: its weights (the backbone's `backbone_bytes` plus
+/// the Dense modules' of `settings`), one forward pass's `activation_bytes`,
+/// the text_embedding capability, a batch budget of tokens_per_forward, the
+/// devices `options` name, and `loader`.
+void fill_embedder_spec(NativeModel& model, const EmbedderSettings& settings, double backbone_bytes,
+                        double activation_bytes, const NativeOptions& options, core::Loader loader);
 
 /// How inputs sorted by length (`widths`, ascending: each input's padded width)
 /// split into forward passes: [begin, end) ranges in order. Each pass pads its

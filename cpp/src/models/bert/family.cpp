@@ -93,28 +93,21 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // scores).
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, dtype, [&](const nn::Weights& w) { BertEncoder(config, w); }, model.warnings, in.int8) +
-      settings.dense_weight_bytes();
+      in.checkpoint, dtype, [&](const nn::Weights& w) { BertEncoder(config, w); }, model.warnings, in.int8);
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double act_bytes = tokens * static_cast<double>(config.intermediate_size + 6 * config.hidden_size) * 4.0 +
                            tokens * static_cast<double>(std::min<size_t>(settings.max_seq_length, 512)) *
                                static_cast<double>(config.num_heads) * 4.0;
-
-  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
-  core::ModelSpec& spec = model.spec;
-  spec.capabilities = {capabilities::TextEmbedding::kName};
-  spec.memory_mb = kit::replica_memory_mb(weight_bytes, act_bytes);
-  spec.devices = options.devices;
-  spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
   const bool int8 = in.int8;
-  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype, int8](const std::string& device) {
+  fill_embedder_spec(model, settings, weight_bytes, act_bytes, options,
+                     [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype, int8](const std::string& device) {
     const at::Device dev(device);
     BertEncoder encoder(config,
                         nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8));
     return std::make_shared<SentenceEmbedder>(std::make_unique<EncoderBackbone<BertEncoder>>(std::move(encoder), dev),
                                               kit::open_tokenizer(tokenizer_file, tokenizer_options), settings);
-  };
+  });
   return model;
 }
 

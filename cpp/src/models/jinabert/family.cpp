@@ -37,29 +37,22 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   // kDefaultScoreElements each, float32).
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, dtype, [&](const nn::Weights& w) { JinaBertEncoder(config, w); }, model.warnings, in.int8) +
-      settings.dense_weight_bytes();
+      in.checkpoint, dtype, [&](const nn::Weights& w) { JinaBertEncoder(config, w); }, model.warnings, in.int8);
   const double tokens = static_cast<double>(settings.tokens_per_forward);
   const double inner = static_cast<double>(config.intermediate_size) *
                        (config.feed_forward == FeedForwardType::kOriginal ? 1.0 : 3.0);
   const double act_bytes = tokens * (inner + 6.0 * static_cast<double>(config.hidden_size)) * 4.0 +
                            3.0 * static_cast<double>(kDefaultScoreElements) * 4.0;
-
-  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
-  core::ModelSpec& spec = model.spec;
-  spec.capabilities = {capabilities::TextEmbedding::kName};
-  spec.memory_mb = kit::replica_memory_mb(weight_bytes, act_bytes);
-  spec.devices = options.devices;
-  spec.batch_budget = settings.tokens_per_forward;
   const fs::path model_dir = layout.model_dir;
   const bool int8 = in.int8;
-  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype, int8](const std::string& device) {
+  fill_embedder_spec(model, settings, weight_bytes, act_bytes, options,
+                     [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype, int8](const std::string& device) {
     const at::Device dev(device);
     JinaBertEncoder encoder(config,
                             nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8));
     return std::make_shared<SentenceEmbedder>(std::make_unique<EncoderBackbone<JinaBertEncoder>>(std::move(encoder), dev),
                                               kit::open_tokenizer(tokenizer_file, tokenizer_options), settings);
-  };
+  });
   return model;
 }
 

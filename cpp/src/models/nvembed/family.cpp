@@ -70,28 +70,22 @@ NativeModel build(const loading::ModelDirectory& directory, const loading::Model
   NativeModel model;
   model.warnings = in.warnings;
   const double weight_bytes = kit::measure_weights(
-      in.checkpoint, in.dtype, [&](const nn::Weights& w) { NvEmbedNetwork(config, w); }, model.warnings, in.int8) +
-      settings.dense_weight_bytes();
-  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
-  core::ModelSpec& spec = model.spec;
-  spec.capabilities = {cap::TextEmbedding::kName};
-  spec.memory_mb = kit::replica_memory_mb(
-      weight_bytes, activation_bytes(config, static_cast<double>(settings.tokens_per_forward),
-                                     static_cast<double>(settings.max_seq_length)));
-  spec.devices = options.devices;
-  spec.batch_budget = settings.tokens_per_forward;
+      in.checkpoint, in.dtype, [&](const nn::Weights& w) { NvEmbedNetwork(config, w); }, model.warnings, in.int8);
+  const double act_bytes = activation_bytes(config, static_cast<double>(settings.tokens_per_forward),
+                                            static_cast<double>(settings.max_seq_length));
   const fs::path model_dir = layout.model_dir, tokenizer_file = in.tokenizer_file;
   const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
   const at::ScalarType dtype = in.dtype;
   const bool int8 = in.int8;
-  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype,
-                 int8](const std::string& device) {
+  fill_embedder_spec(model, settings, weight_bytes, act_bytes, options,
+                     [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype,
+                      int8](const std::string& device) {
     const NvEmbedNetwork net(config, nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, at::Device(device))
                                          .with_int8_linears(int8));
     return std::make_shared<SentenceEmbedder>(std::make_unique<BidirectionalBackbone>(net.decoder),
                                               kit::open_tokenizer(tokenizer_file, tokenizer_options), settings,
                                               net.pooler);
-  };
+  });
   return model;
 }
 
