@@ -152,6 +152,10 @@ def labels(x: Sequence[str], template: str) -> list[str]:
         raise InvalidInput(
             f"template must hold exactly one empty {{}} where the label goes, got {template!r}"
         )
+    try:  # its format spec and conversion must take a str ("{:d}" cannot, "{:{}}" wants a second value)
+        template.format("label")
+    except (ValueError, IndexError, KeyError) as e:
+        raise InvalidInput(f"template {template!r} cannot format a str label ({e})") from None
     if isinstance(x, str) or not isinstance(x, Sequence):
         raise InvalidInput(f"labels must be a sequence of str, got {type(x).__name__}")
     items = list(x)
@@ -251,10 +255,10 @@ def image_defaults(defaults: Any) -> dict[str, float]:
 
 
 def _skip_layers(value: Any) -> list[int]:
-    if value is None or value is False:
+    if value is None:
         return []
-    if value is True:
-        return list(SKIP_LAYER_DEFAULTS)
+    if isinstance(value, (bool, np.bool_)):  # numpy.bool_ too, as every other flag
+        return list(SKIP_LAYER_DEFAULTS) if value else []
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
         raise InvalidInput(
             f"skip_layer_guidance must be True, False or a non-empty list of block indices, got {value!r}"
@@ -267,7 +271,7 @@ def _latents(value: Any) -> np.ndarray | None:
         return None
     try:
         array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=np.float32)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise InvalidInput(f"latents must be a numeric array, got {type(value).__name__}: {e}") from None
     if array.ndim not in (3, 4) or array.shape[0] != 1:
         raise InvalidInput(f"latents must be one latent of shape (1, channels, height, width), got {array.shape}")

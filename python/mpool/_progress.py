@@ -9,6 +9,7 @@ is drawn on the caller's thread (or its event loop), never on a replica thread.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ class _Bar:
     def __init__(self, total: int, unit: str) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, unit=unit)
+        # With no stderr (pythonw, a service, `2>&-`) there is nowhere to draw: no bar.
+        self._bar = tqdm(total=total, unit=unit, **({"disable": True} if sys.stderr is None else {}))
         self._seen = 0
 
     def show(self, done: int) -> None:

@@ -165,6 +165,12 @@ def _token_text(value: Any) -> str | None:
     return None
 
 
+def _refuse_bytes_content(i: int, content: Any) -> None:
+    # A template would see bytes as a type name (or bytearray as a list of ints): a text was meant.
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        raise InvalidInput(f"messages[{i}]['content'] must be a str or a list of parts, not {type(content).__name__}")
+
+
 def split_images(messages: Any) -> tuple[Any, list[tuple[str, Any]]]:
     """The messages as the template sees them, and their images in order.
 
@@ -179,7 +185,8 @@ def split_images(messages: Any) -> tuple[Any, list[tuple[str, Any]]]:
     out: list[Any] = []
     for i, message in enumerate(messages):
         content = message.get("content") if isinstance(message, Mapping) else None
-        if isinstance(content, (str, bytes)) or not isinstance(content, Sequence):
+        _refuse_bytes_content(i, content)
+        if isinstance(content, str) or not isinstance(content, Sequence):
             out.append(message)
             continue
         parts: list[Any] = []
@@ -321,6 +328,7 @@ class ChatTemplate:
                 raise InvalidInput(f"messages[{i}] must be a mapping, not {type(message).__name__}")
             if not isinstance(message.get("role"), str):
                 raise InvalidInput(f"messages[{i}] needs a string 'role'")
+            _refuse_bytes_content(i, message.get("content"))
             # Like transformers: keys whose value is None are dropped (e.g. OpenAI's content=None).
             plain = _plain({k: v for k, v in message.items() if v is not None})
             reasoning = next((plain[k] for k in _REASONING_KEYS if plain.get(k) is not None), None)

@@ -674,6 +674,9 @@ class Pool:
         """
         if template_kwargs is not None and not isinstance(template_kwargs, Mapping):
             raise InvalidInput(f"template_kwargs must be a dict or None, got {type(template_kwargs).__name__}")
+        for name in template_kwargs or {}:
+            if not isinstance(name, str):
+                raise InvalidInput(f"template_kwargs' keys must be str (template variable names), got {name!r}")
         # Checked before rendering, so a bad timeout or parameter fails the same way with any template.
         req.timeout(timeout)
         req.generation(params)

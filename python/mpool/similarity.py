@@ -22,8 +22,8 @@ class TopK(NamedTuple):
 
 def _matrix(name: str, x: Any) -> np.ndarray:
     try:
-        m = np.asarray(x)
-    except (TypeError, ValueError) as e:
+        m = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)  # a torch tensor, even one that needs grad
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise InvalidInput(f"{name} must be an array of embeddings: {e}") from None
     if m.dtype == object or not (np.issubdtype(m.dtype, np.floating) or np.issubdtype(m.dtype, np.integer)):
         raise InvalidInput(f"{name} must be a numeric array of embeddings, got dtype {m.dtype}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import fractions
 import functools
 import http.server
 import io
@@ -307,6 +308,48 @@ def test_bools_nan_negative_and_non_numbers_are_never_durations(full_pool, call,
     with pytest.raises(mpool.InvalidInput, match=r"must be a number of seconds"):
         call(full_pool, bad)
     assert full_pool.embed("emb", ["ok"]).shape == (1, 8)
+
+
+@pytest.mark.parametrize("huge", [10**400, fractions.Fraction(10**400)], ids=["int", "Fraction"])
+def test_a_number_beyond_floats_range_counts_as_infinite(full_pool, huge):
+    # As a duration it is no limit; where a finite number belongs it is InvalidInput naming the parameter.
+    assert full_pool.embed("emb", ["x"], timeout=huge).shape == (1, 8)
+    full_pool.set_keep_alive("emb", huge)
+    with mpool.Pool(request_timeout=huge) as other:
+        other.register("emb", mpool.PyModel("text_embedding", lambda d: HashEmbedder(), memory_mb=1))
+        assert other.embed("emb", "x").shape == (1, 8)
+    with pytest.raises(mpool.InvalidInput, match="temperature"):
+        full_pool.generate("gen", "x", temperature=huge)
+    with pytest.raises(mpool.InvalidInput, match="memory_mb"):
+        mpool.PyModel("text_embedding", lambda d: HashEmbedder(), memory_mb=huge)
+    with pytest.raises(mpool.InvalidInput, match="timeout"):
+        full_pool.embed("emb", ["x"], timeout=-huge)
+    with pytest.raises(mpool.InvalidInput, match="latents"):
+        full_pool.generate_image("paint", "fox", latents=[[[[10**400]]]])
+    assert full_pool.embed("emb", ["ok"]).shape == (1, 8)
+
+
+def test_template_kwargs_with_a_key_that_is_not_a_str_is_invalid_input(full_pool):
+    with pytest.raises(mpool.InvalidInput, match="template_kwargs"):
+        full_pool.chat("gen", MESSAGES, template_kwargs={1: 2})
+
+
+@pytest.mark.parametrize("content", [b"hi", bytearray(b"hi"), memoryview(b"hi")], ids=repr)
+def test_chat_content_given_as_bytes_is_invalid_input_not_rendered_as_a_type_name(full_pool, content):
+    with pytest.raises(mpool.InvalidInput, match=r"messages\[1\]\['content'\] must be a str"):
+        full_pool.chat("gen", [MESSAGES[0], {"role": "user", "content": content}])
+
+
+def test_numpy_bools_are_taken_as_skip_layer_guidance_like_every_other_flag(full_pool):
+    for flag in (np.bool_(True), np.bool_(False)):
+        assert full_pool.generate_image("paint", "fox", skip_layer_guidance=flag, guidance_scale=2.0).result() is not None
+
+
+def test_progress_with_no_stderr_embeds_without_a_bar(full_pool, monkeypatch):
+    # Under pythonw, some services and `2>&-`, sys.stderr is None: there is nowhere to draw.
+    monkeypatch.setattr(sys, "stderr", None)
+    assert full_pool.embed("emb", ["a", "b"], progress=True).shape == (2, 8)
+    assert run_async(full_pool.aembed("emb", ["a", "b"], progress=True)).shape == (2, 8)
 
 
 @pytest.mark.parametrize(

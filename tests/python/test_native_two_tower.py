@@ -309,7 +309,8 @@ def test_zero_shot_refuses_bad_templates_and_labels_with_invalid_input(clip_dir)
     img = np.zeros((8, 8, 3), np.uint8)
     with mpool.Pool() as pool:
         pool.register("clip", str(path))
-        for template in ["no placeholder", "{} and {}", "{0}", "{x}", 3]:
+        # "{:d}" and "{:{}}" hold one {} but cannot format a str label.
+        for template in ["no placeholder", "{} and {}", "{0}", "{x}", 3, "{:d}", "{:{}}", "{!r:d}"]:
             with pytest.raises(mpool.InvalidInput, match="template"):
                 pool.zero_shot("clip", img, ["cat"], template=template)  # type: ignore[arg-type]
         for labels in [[], "cat", ["cat", ""], ["cat", 3]]:

@@ -19,6 +19,13 @@ def test_scores_match_sentence_transformers_cos_sim() -> None:
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+def test_torch_tensors_that_need_grad_and_huge_ints_are_taken_or_refused_as_arrays() -> None:
+    a = torch.randn(3, 8, requires_grad=True)
+    np.testing.assert_allclose(mpool.similarity(a), util.cos_sim(a, a).detach().numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(mpool.InvalidInput, match="a must be"):
+        mpool.similarity([[10**400, 1]])
+
+
 def test_top_k_matches_sentence_transformers_semantic_search() -> None:
     rng = np.random.default_rng(1)
     queries, corpus = rng.normal(size=(4, 8)), rng.normal(size=(30, 8))
