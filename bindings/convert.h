@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "mpool/capabilities/types.h"
+#include "mpool/core/channel.h"
+#include "mpool/core/pending.h"
 #include "mpool/base/error.h"
 
 namespace mpool::bindings {
@@ -30,6 +32,40 @@ py::dict params_to_dict(const capabilities::GenerationParams& params);
 /// An mpool::Error for the Python exception being handled (its message, and its
 /// code if it is an mpool error); clears nothing, call inside the catch.
 Error error_from_python(const py::error_already_set& e, ErrorCode fallback);
+
+/// Waits, with the GIL released, in slices of 100 ms, until `source` (a
+/// core::Pending or core::Channel) has its next result or the request's deadline
+/// has passed. Between slices Python's signal handlers run (on the main thread):
+/// Ctrl-C cancels the request and raises KeyboardInterrupt, however long the
+/// work. Call it with the GIL held.
+template <class Source>
+void await_interruptibly(Source& source) {
+  constexpr double kSignalPollS = 0.1;
+  while (true) {
+    bool ready = false;
+    {
+      py::gil_scoped_release nogil;
+      ready = source.wait_for(kSignalPollS);
+    }
+    if (ready) return;
+    if (PyErr_CheckSignals() != 0) {
+      py::error_already_set interrupt;  // takes the handler's exception
+      {
+        py::gil_scoped_release nogil;
+        source.cancel();
+      }
+      throw interrupt;
+    }
+  }
+}
+
+/// A Pending's value (or its Error, thrown) after await_interruptibly.
+template <class T>
+T wait_interruptibly(core::Pending<T>& pending) {
+  await_interruptibly(pending);
+  py::gil_scoped_release nogil;
+  return pending.wait();
+}
 
 /// An undecoded image input, read out of Python so it can be decoded without
 /// the GIL. Paths and URLs are copied; encoded payloads (bytes, base64 strings,

@@ -381,14 +381,13 @@ void register_pool(py::module_& m) {
            [](core::Pool& pool, const std::string& key, std::vector<std::string> texts, std::optional<std::string> task,
               std::optional<double> timeout, bool truncate, std::optional<bool> normalize,
               std::optional<int64_t> dimensions) {
-             at::Tensor t;
+             std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
-               t = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize, dimensions},
-                              request_options(timeout))
-                       ->wait();
+               p = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize, dimensions},
+                              request_options(timeout));
              }
-             return tensor_to_numpy(t);
+             return tensor_to_numpy(wait_interruptibly(*p));
            },
            py::arg("key"), py::arg("texts"), py::arg("task") = py::none(), py::arg("timeout") = py::none(),
            py::arg("truncate") = true, py::arg("normalize") = py::none(), py::arg("dimensions") = py::none())
@@ -410,14 +409,13 @@ void register_pool(py::module_& m) {
       .def("score",
            [](core::Pool& pool, const std::string& key, std::vector<std::pair<std::string, std::string>> pairs,
               std::optional<double> timeout, bool truncate, bool raw) {
-             at::Tensor t;
+             std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
-               t = cap::score(pool, key, to_text_pairs(std::move(pairs)), cap::ScoreOptions{truncate, raw},
-                              request_options(timeout))
-                       ->wait();
+               p = cap::score(pool, key, to_text_pairs(std::move(pairs)), cap::ScoreOptions{truncate, raw},
+                              request_options(timeout));
              }
-             return tensor_to_numpy(t);
+             return tensor_to_numpy(wait_interruptibly(*p));
            },
            py::arg("key"), py::arg("pairs"), py::arg("timeout") = py::none(), py::arg("truncate") = true,
            py::arg("raw") = false)

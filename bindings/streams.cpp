@@ -54,14 +54,7 @@ double seconds_left(const core::RequestContext& context) {
 struct Future {
   std::shared_ptr<core::Pending<at::Tensor>> pending;
 
-  py::array result() {
-    at::Tensor t;
-    {
-      py::gil_scoped_release nogil;
-      t = pending->wait();
-    }
-    return tensor_to_numpy(t);
-  }
+  py::array result() { return tensor_to_numpy(wait_interruptibly(*pending)); }
   double remaining() const { return seconds_left(*pending->context()); }
   void add_done_callback(py::object fn) {
     PyCallback cb(std::move(fn));
@@ -80,6 +73,7 @@ struct PyTextStream {
   }
   TextChunk next() {
     std::optional<TextChunk> chunk;
+    await_interruptibly(*channel);
     {
       py::gil_scoped_release nogil;
       chunk = channel->next();
@@ -115,6 +109,7 @@ struct PyImageStream {
   ImageProgress next() {
     while (true) {
       std::optional<ImageEvent> event;
+      await_interruptibly(*channel);
       {
         py::gil_scoped_release nogil;
         event = channel->next();

@@ -10,6 +10,7 @@ bytes plus 2), so ``batch_budget=30`` makes sub-batches of 10 such texts.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import threading
 
@@ -103,6 +104,19 @@ def test_a_split_call_with_the_real_minilm_matches_one_unsplit_call(tmp_path):
         assert pool.stats()["models"]["split"]["counts"]["requests"] > 5  # many sub-batches
         assert pool.stats()["models"]["whole"]["counts"]["requests"] == 1
         np.testing.assert_allclose(split, whole, atol=2e-6)
+
+
+def test_a_native_model_s_refusal_in_a_split_call_names_the_caller_s_index_once():
+    path = mpool.default_embedding_model_path()
+    texts = [f"sentence number {i} about bulk embedding" for i in range(150)]
+    texts[97] = ""
+    with mpool.Pool() as pool:
+        pool.register("split", path, options={"tokens_per_forward": 256})
+        with pytest.raises(mpool.InvalidInput, match=r"^texts\[97\]: the text is empty$"):
+            pool.embed("split", texts)
+        texts[97] = "fine " * 300
+        with pytest.raises(mpool.InvalidInput, match=r"^texts\[97\]: the text has \d+ tokens; the model takes at most"):
+            pool.embed("split", texts, truncate=False)
 
 
 def test_a_failing_text_in_sub_batch_3_of_5_fails_the_call_naming_its_index_and_later_sub_batches_never_run():
@@ -199,6 +213,64 @@ def test_cancelling_the_asyncio_task_of_a_bulk_call_starts_no_further_sub_batch(
         ran = {t for c in model.calls for t in c}
         assert set(hold[:10]) <= ran and not ran & set(hold[10:])
         assert counts(pool)["cancellations"] == 1
+
+
+def _interrupt_main_once(entered: threading.Event) -> threading.Thread:
+    """Sends the main thread a Ctrl-C (KeyboardInterrupt) once ``entered`` is set."""
+
+    def send() -> None:
+        if entered.wait(30):
+            _thread.interrupt_main()
+
+    t = threading.Thread(target=send)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("call", ["embed", "embed_future"])
+def test_ctrl_c_during_a_split_call_raises_keyboard_interrupt_and_starts_no_further_sub_batch(call):
+    model = Recorder()
+    hold = [f"hold{i:03d}" for i in range(50)]  # five sub-batches; the first waits on model.hold
+    with mpool.Pool(cold_start_replicas=1) as pool:
+        register(pool, model)
+        sender = _interrupt_main_once(model.entered)
+        with pytest.raises(KeyboardInterrupt):
+            if call == "embed":
+                pool.embed("m", hold)  # no progress bar: the native wait itself looks for Ctrl-C
+            else:
+                pool._native.embed_async("m", hold).result()
+        sender.join()
+        model.hold.set()
+        pool.embed("m", ["after"])
+        pool.close()
+        ran = {t for c in model.calls for t in c}
+        assert set(hold[:10]) <= ran and not ran & set(hold[10:])
+        assert counts(pool)["cancellations"] == 1
+
+
+def test_ctrl_c_while_a_stream_waits_for_its_first_chunk_raises_keyboard_interrupt_and_cancels_it():
+    entered, hold, closed = threading.Event(), threading.Event(), threading.Event()
+    waited_out: list[bool] = []
+
+    class SlowFirstChunk:
+        def generate(self, prompt, params):
+            try:
+                entered.set()
+                waited_out.append(not hold.wait(30))  # a long prefill
+                yield {"text": "late"}
+            finally:
+                closed.set()
+
+    with mpool.Pool() as pool:
+        pool.register("g", mpool.PyModel("text_to_text", lambda d: SlowFirstChunk(), memory_mb=1))
+        sender = _interrupt_main_once(entered)
+        with pytest.raises(KeyboardInterrupt):
+            next(iter(pool.generate("g", "hi")))
+        sender.join()
+        hold.set()
+        assert closed.wait(30)
+        assert waited_out == [False]  # Ctrl-C ended the wait, not the model's 30 s
+        assert wait_for(lambda: pool.stats()["models"]["g"]["counts"]["cancellations"] == 1)
 
 
 def test_the_default_timeout_bounds_each_sub_batch_so_a_call_longer_than_it_completes():

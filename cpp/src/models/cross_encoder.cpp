@@ -101,9 +101,12 @@ at::Tensor CrossEncoder::score(const std::vector<capabilities::TextPair>& pairs,
   std::vector<std::string> first, second;
   first.reserve(pairs.size());
   second.reserve(pairs.size());
+  // "pair #i" among several; alone (as a split call's sub-batch retries each
+  // input, the pool naming the caller's index) just "the pair".
+  auto pair_name = [&](size_t i) { return pairs.size() == 1 ? std::string("the pair") : "pair #" + std::to_string(i); };
   for (size_t i = 0; i < pairs.size(); ++i) {
     check(!pairs[i].first.empty() && !pairs[i].second.empty(), ErrorCode::kInvalidInput,
-          "pair #" + std::to_string(i) + " has an empty " + (pairs[i].first.empty() ? "query" : "document"));
+          pair_name(i) + " has an empty " + (pairs[i].first.empty() ? "query" : "document"));
     first.push_back(pairs[i].first);
     second.push_back(pairs[i].second);
   }
@@ -119,7 +122,7 @@ at::Tensor CrossEncoder::score(const std::vector<capabilities::TextPair>& pairs,
   std::vector<tokenizer::Encoding> enc = tokenizer_->encode_batch(first, &second, true, 1);
   for (size_t i = 0; i < enc.size(); ++i)
     check(enc[i].size() <= limit, ErrorCode::kInvalidInput,
-          "pair #" + std::to_string(i) + " has " + std::to_string(enc[i].size()) + " tokens; the model takes at most " +
+          pair_name(i) + " has " + std::to_string(enc[i].size()) + " tokens; the model takes at most " +
               std::to_string(limit) + " (pass truncate=True to cut it)");
 
   // Shortest first, split where padding would cost more than another pass.

@@ -240,10 +240,13 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
                                                 (known.empty() ? std::string("none (it has no prompts)") : known));
     }
   }
+  // "text #i" among several; alone (a split call's sub-batch retries each input
+  // alone, and the pool names the caller's index) just "the text".
+  auto text_name = [&](size_t i) { return texts.size() == 1 ? std::string("the text") : "text #" + std::to_string(i); };
   std::vector<std::string> inputs;
   inputs.reserve(texts.size());
   for (size_t i = 0; i < texts.size(); ++i) {
-    check(!texts[i].empty(), ErrorCode::kInvalidInput, "text #" + std::to_string(i) + " is empty");
+    check(!texts[i].empty(), ErrorCode::kInvalidInput, text_name(i) + " is empty");
     inputs.push_back(prompt + texts[i] + settings_.suffix);
   }
   // Tokenize without truncation, then cut to max_seq_length keeping the closing
@@ -253,7 +256,7 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
   for (size_t i = 0; i < enc.size(); ++i) {
     if (enc[i].size() <= limit) continue;
     if (!options.truncate)
-      throw Error(ErrorCode::kInvalidInput, "text #" + std::to_string(i) + " has " + std::to_string(enc[i].size()) +
+      throw Error(ErrorCode::kInvalidInput, text_name(i) + " has " + std::to_string(enc[i].size()) +
                                                 " tokens; the model takes at most " + std::to_string(limit) +
                                                 " (pass truncate=True to cut it)");
     auto& e = enc[i];

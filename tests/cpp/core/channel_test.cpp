@@ -95,5 +95,44 @@ TEST(Pending, CallbackRunsOnceWhenResultArrives) {
   EXPECT_EQ(p->get(), 5);
 }
 
+// wait_for lets a waiter look up between slices (the bindings look for Ctrl-C):
+// it returns false while nothing is there, true once the result, the end or
+// the deadline is, and settles nothing itself.
+TEST(Pending, WaitForReturnsInSlicesUntilTheResultOrTheDeadlineAndSettlesNothing) {
+  auto p = std::make_shared<Pending<int>>(ctx());
+  EXPECT_FALSE(p->wait_for(0.01));
+  EXPECT_FALSE(p->done());
+  std::thread producer([&] { p->set_value(7); });
+  while (!p->wait_for(0.01)) {
+  }
+  producer.join();
+  EXPECT_EQ(p->wait(), 7);
+
+  auto late = std::make_shared<Pending<int>>(ctx(0.02));
+  while (!late->wait_for(0.005)) {
+  }
+  EXPECT_FALSE(late->done());  // the deadline passed; wait() settles it
+  EXPECT_THROW(late->wait(), Error);
+  EXPECT_TRUE(late->done());
+}
+
+TEST(Channel, WaitForReturnsOnceAChunkTheEndOrTheDeadlineIsThere) {
+  Channel<int> ch(ctx(), 2);
+  EXPECT_FALSE(ch.wait_for(0.01));
+  ASSERT_TRUE(ch.push(1));
+  EXPECT_TRUE(ch.wait_for(0.01));
+  EXPECT_EQ(ch.next().value(), 1);
+  std::thread producer([&] { ch.finish(); });
+  while (!ch.wait_for(0.01)) {
+  }
+  producer.join();
+  EXPECT_FALSE(ch.next().has_value());
+
+  Channel<int> late(ctx(0.02), 2);
+  while (!late.wait_for(0.005)) {
+  }
+  EXPECT_THROW(late.next(), Error);  // Timeout, settled by next()
+}
+
 }  // namespace
 }  // namespace mpool::core

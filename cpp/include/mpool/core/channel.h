@@ -2,6 +2,7 @@
 // A stream of chunks from one replica to one consumer: bounded (back-pressure,
 // nothing dropped), ending in exactly one of end, error, or cancel. StreamJob is
 // the Job that feeds it.
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -77,6 +78,15 @@ class Channel {
         lock.lock();
       }
     }
+  }
+  /// Waits at most `seconds` (and not past the deadline) for a chunk or the
+  /// end; true once next() would return without blocking. Settles nothing: a
+  /// consumer that waits in slices (to look for Ctrl-C) then calls next().
+  bool wait_for(double seconds) {
+    const Clock::time_point until = std::min(context_->deadline(), deadline_after(seconds));
+    std::unique_lock lock(mu_);
+    wait_until_sliced(not_empty_, lock, until, [&] { return !buffer_.empty() || ended_; });
+    return !buffer_.empty() || ended_ || Clock::now() >= context_->deadline();
   }
   /// next() without waiting: false when nothing is there yet; true with the
   /// chunk, or with nullopt at the normal end (throws like next()).

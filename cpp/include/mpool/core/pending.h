@@ -1,6 +1,7 @@
 #pragma once
 // The caller's side of a request with one result: wait (bounded by the request's
 // deadline) or get a callback. UnaryJob is the Job that fills it.
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <exception>
@@ -53,6 +54,18 @@ class Pending {
       cv_.wait(lock, [&] { return done_; });  // whoever settled completes it
     }
     return take(lock);
+  }
+
+  /// Waits at most `seconds` (and not past the deadline) for the result; true
+  /// once wait() would return without blocking: the result is there or the
+  /// deadline has passed. Settles nothing: a caller that waits in slices (to
+  /// look for Ctrl-C between them) ends with wait().
+  bool wait_for(double seconds) {
+    if (spin_until([&] { return ready_.load(std::memory_order_acquire); })) return true;
+    const Clock::time_point until = std::min(context_->deadline(), deadline_after(seconds));
+    std::unique_lock lock(mu_);
+    wait_until_sliced(cv_, lock, until, [&] { return done_; });
+    return done_ || Clock::now() >= context_->deadline();
   }
 
   /// Cancels the request if it has not settled; true if this call settled it.
