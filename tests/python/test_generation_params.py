@@ -124,3 +124,15 @@ def test_python_and_native_accept_and_refuse_the_same_edge_values(native: Any, n
             assert theirs.startswith("invalid argument"), (name, value, theirs)
         else:
             assert said in theirs, (name, value, ours, theirs)
+
+
+def _token_ids(native: Any, params: dict[str, Any]) -> list[int]:
+    return [t for chunk in native.generate("m", PROMPT, {"ignore_eos": True, **params}, 60.0) for t in chunk.token_ids]
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-38, 1e-21])
+def test_a_positive_temperature_too_small_for_float32_samples_the_greedy_tokens(native: Any, temperature: float) -> None:
+    # logits / T leaves float32 (or T rounds to 0 in it): the sampler must not turn that into NaN probabilities.
+    greedy = _token_ids(native, {"temperature": 0.0})
+    assert len(greedy) >= 4
+    assert _token_ids(native, {"temperature": temperature, "seed": 3}) == greedy

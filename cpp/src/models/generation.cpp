@@ -20,6 +20,11 @@ using capabilities::TokenLogprob;
 namespace {
 
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+// At or above this temperature logits / T stays within float32 for any logit
+// below 3.4e38 x T (3.4e18, beyond any model's); below it the sampler divides in
+// float64 after shifting the top logit to 0 (in float32 the quotient overflows
+// to inf, whose softmax is NaN, and a T under 1.4e-45 rounds to 0).
+constexpr double kTinyTemperature = 1e-20;
 
 }  // namespace
 
@@ -59,7 +64,15 @@ int64_t Sampler::next(at::Tensor logits) {
   if (params_.temperature == 0) {
     token = logits.argmax().item<int64_t>();
   } else {
-    if (params_.temperature != 1.0) logits = logits / params_.temperature;
+    if (params_.temperature < kTinyTemperature) {
+      // logits / T would overflow float32 (or T itself round to 0 in it): shift
+      // the top logit to 0 first and divide in float64, where the others go to
+      // large negatives or -inf and the distribution keeps its top tokens.
+      const at::Tensor wide = logits.to(at::kDouble);
+      logits = (wide - wide.max()) / params_.temperature;
+    } else if (params_.temperature != 1.0) {
+      logits = logits / params_.temperature;
+    }
     const int64_t vocab = logits.size(0);
     if (params_.top_k && *params_.top_k > 0 && *params_.top_k < vocab) {
       at::Tensor kth = std::get<0>(logits.topk(*params_.top_k)).select(0, *params_.top_k - 1);
