@@ -180,6 +180,27 @@ def test_every_pooling_mode_matches_sentence_transformers(tmp_path, model_type, 
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("pad_token_id", [1, 0, 5, "absent"])
+def test_roberta_positions_skip_every_pad_token_id_as_transformers_numbers_them(tmp_path, pad_token_id):
+    # transformers numbers roberta positions from input_ids != pad_token_id: the pad
+    # token written in a text, or a config pad id that real inputs use (0 is <s>), takes
+    # the padding position. A config without the key means RobertaConfig's 1.
+    from sentence_transformers import SentenceTransformer
+
+    d, _, _ = build_tiny(tmp_path, "roberta", pooling="mean_tokens")
+    config = json.loads((d / "config.json").read_text())
+    if pad_token_id == "absent":
+        del config["pad_token_id"]
+    else:
+        config["pad_token_id"] = pad_token_id
+    (d / "config.json").write_text(json.dumps(config))
+    texts = ["hello <pad> world of cats", "the <pad> <pad> train", "a plain sentence", CORPUS[3]]
+    ref = SentenceTransformer(str(d), device="cpu").encode(texts, convert_to_numpy=True)
+    with mpool.Pool() as pool:
+        pool.register("tiny", d)
+        np.testing.assert_allclose(pool.embed("tiny", texts), ref, rtol=1e-4, atol=1e-5)
+
+
 def test_prompts_are_selected_by_task_like_sentence_transformers(tmp_path):
     from sentence_transformers import SentenceTransformer
 

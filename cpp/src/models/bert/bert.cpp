@@ -50,8 +50,10 @@ at::Tensor BertEncoder::forward(const at::Tensor& input_ids, const at::Tensor& t
             std::to_string(config_.max_position_embeddings) + " positions");
   at::Tensor positions;
   if (config_.padding_offset_positions) {
-    // roberta: real tokens count from pad_token_id + 1; padding sits at pad_token_id.
-    at::Tensor m = attention_mask.to(at::kLong);
+    // roberta (transformers' create_position_ids_from_input_ids): tokens count
+    // from pad_token_id + 1, and any token whose id is pad_token_id (padding, or
+    // the pad token written in a text) sits at pad_token_id without counting.
+    const at::Tensor m = (input_ids != config_.pad_token_id).logical_and(attention_mask.to(at::kBool)).to(at::kLong);
     positions = m.cumsum(1) * m + config_.pad_token_id;
   } else {
     positions = at::arange(t, input_ids.options()).unsqueeze(0).expand({b, t});

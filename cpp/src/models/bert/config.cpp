@@ -19,8 +19,9 @@ BertConfig BertConfig::from(const loading::ModelConfig& c) {
   b.type_vocab_size = c.raw.get_or<int64_t>("type_vocab_size", 2);
   b.layer_norm_eps = c.layer_norm_eps.value_or(1e-12);
   b.hidden_act = nn::parse_activation(c.hidden_act.value_or("gelu"), "config.json: \"hidden_act\"");
-  b.pad_token_id = c.pad_token_id.empty() ? 0 : c.pad_token_id.front();
   b.padding_offset_positions = c.model_type != "bert";
+  // Absent (or null), transformers' RobertaConfig and XLMRobertaConfig say 1, BertConfig 0.
+  b.pad_token_id = c.pad_token_id.empty() ? (b.padding_offset_positions ? 1 : 0) : c.pad_token_id.front();
   check(b.type_vocab_size >= 0 && b.type_vocab_size <= loading::kMaxConfigDimension, ErrorCode::kInvalidInput,
         "config.json: \"type_vocab_size\" is " + std::to_string(b.type_vocab_size) + "; it must be in [0, " +
             std::to_string(loading::kMaxConfigDimension) + "]");
