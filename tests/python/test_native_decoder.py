@@ -8,6 +8,7 @@ KV cache against recomputing the whole sequence.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,49 @@ def test_legacy_rope_scaling_config_loads_like_rope_parameters(tmp_path: Path) -
     _, a = decoder_logits(str(modern), ids)
     _, b = decoder_logits(str(legacy), ids)
     np.testing.assert_array_equal(a, b)
+
+
+def _edit_config(path: Path, edit: Any) -> Path:
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "mistral_sliding", "qwen3_moe"])
+def test_a_partial_rotary_factor_is_ignored_where_transformers_rotates_whole_heads(tmp_path: Path, arch: str) -> None:
+    # Only Phi-3's modeling rotates part of each head; the others' default rope ignores the key.
+    check_prefill_logits(build_decoder(tmp_path, arch, partial_rotary_factor=0.5), arch)
+
+
+def test_a_partial_rotary_factor_with_a_scaled_rope_where_heads_rotate_whole_is_invalid_input(tmp_path: Path) -> None:
+    path = build_decoder(tmp_path, "llama")
+
+    def yarn_on_half_heads(c: dict) -> None:
+        c["rope_parameters"] = {**c["rope_parameters"], "rope_type": "yarn", "factor": 2.0, "partial_rotary_factor": 0.5}
+
+    _edit_config(path, yarn_on_half_heads)
+    with mpool.Pool() as pool, pytest.raises(mpool.InvalidInput, match="partial_rotary_factor.*rotates whole heads"):
+        pool.register("m", path)
+
+
+def test_phi3_reads_an_old_yarn_rope_type_as_longrope_as_phi3config_does(tmp_path: Path) -> None:
+    def yarn_named(c: dict) -> None:
+        c["rope_scaling"].pop("rope_type", None)
+        c["rope_scaling"]["type"] = "yarn"
+
+    path = _edit_config(build_decoder(tmp_path, "phi3_longrope", legacy_config=True), yarn_named)
+    check_prefill_logits(path, "phi3 yarn-named longrope")
+
+
+def test_a_top_level_original_max_position_embeddings_wins_over_the_rope_node_s(tmp_path: Path) -> None:
+    # 40 prompt tokens: past the top-level 32 (long factors), within the node's 64 (short ones).
+    def conflicting(c: dict) -> None:
+        c["rope_scaling"]["original_max_position_embeddings"] = 64
+
+    path = _edit_config(build_decoder(tmp_path, "phi3_longrope", legacy_config=True), conflicting)
+    assert json.loads((path / "config.json").read_text())["original_max_position_embeddings"] == 32
+    check_prefill_logits(path, "phi3 with two original lengths")
 
 
 def test_bfloat16_prefill_logits_track_transformers_bfloat16(models: dict[str, Path]) -> None:

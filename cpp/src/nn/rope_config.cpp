@@ -18,7 +18,8 @@ double RopeConfig::softmax_scale_correction() const {
   return m * m;
 }
 
-RopeConfig read_rope_config(const loading::ModelConfig& c, int64_t head_dim, int64_t max_position_embeddings) {
+RopeConfig read_rope_config(const loading::ModelConfig& c, int64_t head_dim, int64_t max_position_embeddings,
+                            const RopeRules& rules) {
   RopeConfig r;
   r.theta = c.rope_theta.value_or(10000.0);
   r.max_position_embeddings = max_position_embeddings;
@@ -28,17 +29,27 @@ RopeConfig read_rope_config(const loading::ModelConfig& c, int64_t head_dim, int
     r.type = node->has("rope_type") ? node->get<std::string>("rope_type") : node->get_or<std::string>("type", "default");
     if (node->has("partial_rotary_factor")) partial = node->get<double>("partial_rotary_factor");
   }
-  if (r.type == "su") r.type = "longrope";  // the name early Phi-3 files use
+  if (r.type == "su" || (rules.yarn_is_longrope && r.type == "yarn")) r.type = "longrope";  // early Phi-3 names
   check(partial > 0 && partial <= 1, ErrorCode::kInvalidInput,
         "config.json: \"partial_rotary_factor\" must be in (0, 1], got " + std::to_string(partial));
+  if (!rules.partial_rotary && partial != 1) {
+    check(r.type == "default", ErrorCode::kInvalidInput,
+          "config.json: \"partial_rotary_factor\" is " + std::to_string(partial) + " with rope type '" + r.type +
+              "'; this architecture rotates whole heads (its transformers class cannot run the two together)");
+    partial = 1;  // transformers' default rope for this architecture ignores it
+  }
   r.rotary_dim = static_cast<int64_t>(static_cast<double>(head_dim) * partial);
   check(r.rotary_dim >= 2 && r.rotary_dim % 2 == 0, ErrorCode::kInvalidInput,
         "config.json: the rotary part of each head (" + std::to_string(r.rotary_dim) + ") must be even and >= 2");
-  r.original_max_position_embeddings =
-      c.raw.get_or<int64_t>("original_max_position_embeddings", max_position_embeddings);
+  const std::optional<int64_t> top_level = c.raw.get_optional<int64_t>("original_max_position_embeddings");
+  r.original_max_position_embeddings = top_level.value_or(max_position_embeddings);
   if (!node || r.type == "default") return r;
   const std::string where = "config.json: rope type '" + r.type + "'";
-  if (node->has("original_max_position_embeddings"))
+  if (top_level)
+    r.original_max_position_embeddings = *top_level;  // over the node's, as transformers gives it priority
+  else if (rules.original_max_default)
+    r.original_max_position_embeddings = *rules.original_max_default;
+  else if (node->has("original_max_position_embeddings"))
     r.original_max_position_embeddings = node->get<int64_t>("original_max_position_embeddings");
   check(r.original_max_position_embeddings > 0 && r.original_max_position_embeddings <= loading::kMaxConfigDimension,
         ErrorCode::kInvalidInput,
@@ -58,7 +69,7 @@ RopeConfig read_rope_config(const loading::ModelConfig& c, int64_t head_dim, int
   if (r.type == "llama3") {
     r.low_freq_factor = node->get<double>("low_freq_factor");
     r.high_freq_factor = node->get<double>("high_freq_factor");
-    check(node->has("original_max_position_embeddings"), ErrorCode::kInvalidInput,
+    check(top_level || node->has("original_max_position_embeddings"), ErrorCode::kInvalidInput,
           where + " needs \"original_max_position_embeddings\"");
     check(r.high_freq_factor != r.low_freq_factor, ErrorCode::kInvalidInput,
           where + ": high_freq_factor must differ from low_freq_factor");

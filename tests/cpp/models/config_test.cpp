@@ -204,6 +204,41 @@ TEST(FamilyConfigs, RopeScalingBounds) {
       "\"factor\" must be > 0");
 }
 
+TEST(FamilyConfigs, RopeKeysReadAsEachFamilysTransformersClassReadsThem) {
+  // llama, mistral and qwen rotate whole heads under a default rope whatever
+  // partial_rotary_factor says; phi3 rotates its part.
+  const std::string llama = "{" + kLlama + R"(, "num_hidden_layers": 1, "partial_rotary_factor": 0.5)";
+  const auto whole = decoder::DecoderConfig::from(config(llama + "}"));
+  EXPECT_EQ(whole.rope.rotary_dim, whole.head_dim);
+  std::string phi3 = llama;
+  phi3.replace(phi3.find("llama"), 5, "phi3");
+  const auto part = decoder::DecoderConfig::from(config(phi3 + "}"));
+  EXPECT_EQ(part.rope.rotary_dim, part.head_dim / 2);
+  // A top-level original_max_position_embeddings wins over the rope node's.
+  const auto yarn = decoder::DecoderConfig::from(config(
+      "{" + kLlama + R"(, "num_hidden_layers": 1, "original_max_position_embeddings": 16,
+       "rope_scaling": {"type": "yarn", "factor": 2, "original_max_position_embeddings": 32}})"));
+  EXPECT_EQ(yarn.rope.original_max_position_embeddings, 16);
+  // Phi3Config renames an old "yarn" type to longrope, and its class defaults
+  // original_max_position_embeddings to 4096 when the file has no top-level key.
+  const std::string factors = R"("short_factor": [1, 1], "long_factor": [2, 2])";  // rotary dim 4
+  const auto renamed = decoder::DecoderConfig::from(
+      config(phi3 + R"(, "original_max_position_embeddings": 16, "rope_scaling": {"type": "yarn", )" + factors + "}}"));
+  EXPECT_EQ(renamed.rope.type, "longrope");
+  EXPECT_EQ(renamed.rope.original_max_position_embeddings, 16);
+  const auto class_default = decoder::DecoderConfig::from(
+      config(phi3 + R"(, "rope_scaling": {"type": "longrope", "original_max_position_embeddings": 32, )" + factors + "}}"));
+  EXPECT_EQ(class_default.rope.original_max_position_embeddings, 4096);
+}
+
+TEST(FamilyConfigs, RobertaWithoutAPadTokenIdTakesRobertaConfigsDefaultOfOne) {
+  EXPECT_EQ(bert::BertConfig::from(config("{" + kRoberta + R"(, "max_position_embeddings": 514})")).pad_token_id, 1);
+  EXPECT_EQ(bert::BertConfig::from(config("{" + kRoberta + R"(, "max_position_embeddings": 514, "pad_token_id": null})")).pad_token_id, 1);
+  std::string bert = kRoberta;
+  bert.replace(bert.find("roberta"), 7, "bert");
+  EXPECT_EQ(bert::BertConfig::from(config("{" + bert + R"(, "max_position_embeddings": 514})")).pad_token_id, 0);
+}
+
 const std::string kQwen3Moe =
     R"("model_type": "qwen3_moe", "vocab_size": 100, "hidden_size": 32, "num_attention_heads": 4,
        "intermediate_size": 64, "max_position_embeddings": 64, "num_hidden_layers": 4,
@@ -357,8 +392,11 @@ TEST(DeepseekConfigs, ErrorsNameTheKey) {
                  "\"routed_scaling_factor\" must be a finite number > 0");
   expect_invalid([&] { decoder::DecoderConfig::from(with(R"("n_shared_experts": -1)")); },
                  "\"n_shared_experts\" must be in [0, 65536], got -1");
-  expect_invalid([&] { decoder::DecoderConfig::from(with(R"("partial_rotary_factor": 0.5)")); },
-                 "\"partial_rotary_factor\" must be 1 for latent attention");
+  // Latent attention rotates the whole qk_rope_head_dim: a scaled rope on part of it is refused.
+  expect_invalid([&] {
+    decoder::DecoderConfig::from(with(R"("partial_rotary_factor": 0.5, "rope_scaling": {"type": "yarn", "factor": 2.0})"));
+  },
+                 "\"partial_rotary_factor\" is 0.500000 with rope type 'yarn'; this architecture rotates whole heads");
   expect_invalid([&] { decoder::DecoderConfig::from(with(R"("first_k_dense_replace": -1)")); },
                  "\"first_k_dense_replace\" must be >= 0, got -1");
 }

@@ -3,6 +3,7 @@
 // every family. Torch-free: the config readers use it, and it is fuzzed with them.
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,8 +46,27 @@ struct RopeConfig {
   }
 };
 
+/// What a family's modeling code makes of the shared rope keys: transformers'
+/// families differ.
+struct RopeRules {
+  /// Rotates head_dim x partial_rotary_factor of each head (phi3). Otherwise a
+  /// default rope rotates whole heads whatever the key says (as transformers'
+  /// llama, mistral and qwen do), and a scaled rope with a factor below 1 is
+  /// refused (transformers computes a shorter table those families cannot apply).
+  bool partial_rotary = true;
+  /// Reads rope type "yarn" as longrope, as Phi3Config renames it for old files
+  /// ("su" is always longrope).
+  bool yarn_is_longrope = false;
+  /// A scaled rope's original_max_position_embeddings when config.json has no
+  /// top-level key: Phi3Config's class default (4096) where the family's config
+  /// class has one, else the rope node's, else max_position_embeddings. A
+  /// top-level key always wins over the node's (transformers' standardize_rope_params).
+  std::optional<int64_t> original_max_default;
+};
+
 /// Reads the rope settings of a model with heads of `head_dim` and
 /// `max_position_embeddings` positions; errors name config.json and the key.
-RopeConfig read_rope_config(const loading::ModelConfig& config, int64_t head_dim, int64_t max_position_embeddings);
+RopeConfig read_rope_config(const loading::ModelConfig& config, int64_t head_dim, int64_t max_position_embeddings,
+                            const RopeRules& rules = {});
 
 }  // namespace mpool::nn

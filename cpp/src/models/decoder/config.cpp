@@ -214,12 +214,18 @@ DecoderConfig DecoderConfig::from(const loading::ModelConfig& c) {
       if (use && slides) l.sliding_window[static_cast<size_t>(i)] = window;
     }
   }
-  l.rope = nn::read_rope_config(c, deepseek ? l.mla.qk_rope_head_dim : l.head_dim, l.max_position_embeddings);
+  // Of these families only Phi-3's modeling rotates part of each head, renames
+  // "yarn" to longrope, and defaults original_max_position_embeddings (4096).
+  nn::RopeRules rope_rules;
+  const bool phi3 = c.model_type == "phi3";
+  rope_rules.partial_rotary = phi3;
+  rope_rules.yarn_is_longrope = phi3;
+  if (phi3) rope_rules.original_max_default = 4096;
+  l.rope = nn::read_rope_config(c, deepseek ? l.mla.qk_rope_head_dim : l.head_dim, l.max_position_embeddings,
+                                rope_rules);
   l.eos_token_id = c.eos_token_id;
   if (moe) l.moe = read_moe(c, l.num_layers);
   if (deepseek) {
-    check(l.rope.rotary_dim == l.mla.qk_rope_head_dim, ErrorCode::kInvalidInput,
-          "config.json: \"partial_rotary_factor\" must be 1 for latent attention (the whole qk_rope_head_dim rotates)");
     l.mla.softmax_scale = l.rope.softmax_scale_correction() / std::sqrt(static_cast<double>(l.head_dim));
     l.o_bias = l.qkv_bias = false;  // MLA's biases are its own (mla.bias)
     l.moe = read_deepseek_moe(c, l.num_layers);
