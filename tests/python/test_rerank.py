@@ -148,6 +148,24 @@ def test_an_activation_mpool_cannot_apply_is_refused_naming_the_file(tmp_path, p
         pool.register("ce", str(d))
 
 
+def test_a_bert_classifier_whose_tokenizer_types_pairs_beyond_its_type_vocab_is_refused_at_registration(tmp_path, pool):
+    # BertTokenizerFast gives the document type id 1; type_vocab_size 1 has no row for it
+    # (transformers fails on it too, with an index error at the first pair).
+    d = build_classifier(tmp_path, "bert")
+    config = json.loads((d / "config.json").read_text())
+    config["type_vocab_size"] = 1
+    (d / "config.json").write_text(json.dumps(config))
+    # The table itself must match the config's size, as a real checkpoint's would.
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(d / "model.safetensors")
+    name = next(k for k in weights if k.endswith("token_type_embeddings.weight"))
+    weights[name] = weights[name][:1].contiguous()
+    save_file(weights, d / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(mpool.InvalidInput, match=r"\"type_vocab_size\" is 1, but the tokenizer .* type id 1"):
+        pool.register("ce", str(d))
+
+
 def test_multi_label_classifier_scores_every_label_and_cannot_rerank(tmp_path, pool):
     d = build_classifier(tmp_path, "xlm-roberta", num_labels=3)
     pairs = _pairs()[:4]

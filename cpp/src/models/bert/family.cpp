@@ -43,6 +43,17 @@ NativeModel build_reranker(const BertConfig& config, const loading::ModelConfig&
   CrossEncoderSettings settings =
       cross_encoder_settings(in.layout, model_config, static_cast<size_t>(config.max_tokens()));
   settings.tokens_per_forward = kit::tokens_per_forward(options, settings.tokens_per_forward);
+  if (settings.type_ids) {
+    // The tokenizer's type ids for a pair must be rows of the model's table (a
+    // BERT tokenizer gives the document type 1, which type_vocab_size 1 lacks).
+    const tokenizer::Encoding pair =
+        kit::open_tokenizer(in.tokenizer_file, in.tokenizer_options)->encode("query", "document");
+    for (uint32_t type : pair.type_ids)
+      check(static_cast<int64_t>(type) < config.type_vocab_size, ErrorCode::kInvalidInput,
+            "config.json: \"type_vocab_size\" is " + std::to_string(config.type_vocab_size) + ", but the tokenizer (" +
+                in.tokenizer_file.filename().string() + ") gives a query-document pair token type id " +
+                std::to_string(type) + ", which the model has no embedding for");
+  }
   const int64_t labels = settings.num_labels;
   NativeModel model;
   const double weight_bytes = kit::measure_weights(
