@@ -139,6 +139,21 @@ def test_longrope_cache_recomputes_once_when_the_sequence_outgrows_the_original_
     assert hf_greedy(models["phi3_longrope"], ids[:28], 20) == _greedy_native(models["phi3_longrope"], ids[:28], 20)
 
 
+def test_longrope_outside_phi3_keeps_its_cached_keys_when_generation_outgrows_the_original_length(
+    tmp_path: Path,
+) -> None:
+    # transformers re-prefills at the crossing for Phi-3 only; a llama with longrope
+    # keeps the short-factor keys and rotates each new position as its own length says.
+    path = build_decoder(tmp_path, "llama", rope_scaling={
+        "rope_type": "longrope", "original_max_position_embeddings": 32,
+        "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5],
+        "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 12.0, 16.0],
+    })
+    for prompt in (24, 40):  # crossing while generating; a prompt already past 32
+        ids = prompt_ids(prompt, seed=1)
+        assert _greedy_native(path, ids, 24) == hf_greedy(path, ids, 24), prompt
+
+
 @pytest.mark.parametrize("arch", ["llama_dynamic_rope", "phi3_longrope"])
 def test_length_dependent_rope_prompt_chunks_past_the_trained_length_rotate_as_the_whole_prompt(
     models: dict[str, Path], arch: str

@@ -223,6 +223,7 @@ DecoderConfig DecoderConfig::from(const loading::ModelConfig& c) {
   if (phi3) rope_rules.original_max_default = 4096;
   l.rope = nn::read_rope_config(c, deepseek ? l.mla.qk_rope_head_dim : l.head_dim, l.max_position_embeddings,
                                 rope_rules);
+  l.longrope_recomputes = phi3 && l.rope.type == "longrope";
   l.eos_token_id = c.eos_token_id;
   if (moe) l.moe = read_moe(c, l.num_layers);
   if (deepseek) {

@@ -61,6 +61,12 @@ struct DecoderConfig : loading::TransformerSizes {
   bool qk_norm = false;    ///< per-head RMSNorm on q and k before RoPE (Qwen3)
   std::vector<int64_t> sliding_window;  ///< per layer; 0 = full attention
   nn::RopeConfig rope;
+  /// longrope: the step that outgrows the original length recomputes every
+  /// cached key with the long factors (transformers' Phi-3 generate drops its
+  /// cache there). Other families keep the keys as they were rotated: a token
+  /// rotates with the long factors once its own position, or its prompt, passes
+  /// the original length.
+  bool longrope_recomputes = false;
   std::vector<int64_t> eos_token_id;
   MoeConfig moe;
   MlaConfig mla;

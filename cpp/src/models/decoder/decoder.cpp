@@ -179,7 +179,7 @@ at::Tensor Decoder::extend_embeddings(const at::Tensor& embeddings, nn::KvCache&
   c10::InferenceMode guard;
   at::Tensor input = embeddings.to(device_, dtype_);
   const auto& rope = config_.rope;
-  if (rope.type == "longrope") {
+  if (config_.longrope_recomputes) {
     const int64_t original = rope.original_max_position_embeddings;
     // (A prompt longer than the original length rotates every chunk with the long
     // factors already: KvCache::prompt_length.)
@@ -216,7 +216,7 @@ at::Tensor Decoder::decode_batch(const std::vector<int64_t>& ids, const std::vec
   const auto& rope = config_.rope;
   for (size_t i = 0; i < ids.size(); ++i) {
     const int64_t length = caches[i]->length;
-    if (rope.type == "longrope" && length > 0 && length == rope.original_max_position_embeddings)
+    if (config_.longrope_recomputes && length > 0 && length == rope.original_max_position_embeddings)
       out[i] = extend({ids[i]}, *caches[i]);  // crosses to the long factors: recomputes its sequence
     else
       together.push_back(i);
@@ -230,7 +230,7 @@ at::Tensor Decoder::decode_batch(const std::vector<int64_t>& ids, const std::vec
       rows_caches.push_back(caches[together[k]]);
     }
     const at::Tensor x = embed_tokens(rows_ids).to(dtype_);
-    if (rope.type == "longrope")
+    if (config_.longrope_recomputes)
       for (size_t k = 0; k < rows_caches.size(); ++k)
         rows_caches[k]->replay.push_back(x.narrow(0, static_cast<int64_t>(k), 1));
     const at::Tensor logits = decode_rows(x.unsqueeze(1), rows_caches);
