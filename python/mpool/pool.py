@@ -688,7 +688,12 @@ class Pool:
         if images:
             params.setdefault("add_special_tokens", self._adds_bos(key, prompt))
             return self._describe(key, images, prompt, timeout, params)
-        params.setdefault("add_special_tokens", False)
+        # A text model's tokenizer.apply_chat_template adds no special tokens (the
+        # template writes them); a vision model's processor tokenizes a text-only
+        # chat as it does one with images.
+        with self._lock:
+            capabilities = self._capabilities.get(key) or []
+        params.setdefault("add_special_tokens", "vision" in capabilities and self._adds_bos(key, prompt))
         return self.generate(key, prompt, timeout=timeout, **params)
 
     def achat(

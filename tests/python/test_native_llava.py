@@ -182,6 +182,27 @@ def test_a_llava_model_also_generates_text_without_images_like_transformers(
     assert run(pool.chat("v", [{"role": "user", "content": "hi"}], max_tokens=4, temperature=0))[2][-1].stats.image_tokens == 0
 
 
+@pytest.mark.parametrize("content", ["Once upon a time", [{"type": "text", "text": "Once upon a time"}]], ids=["str", "parts"])
+def test_a_text_only_chat_is_tokenized_as_the_processor_s_apply_chat_template_does(
+    pool: mpool.Pool, models: dict[str, Path], content: Any
+) -> None:
+    # The processor tokenizes a chat without images as one with them: with bos, which
+    # llava-hf's templates do not write.
+    path = models["llama"]
+    pool.register("v", path)
+    messages = [{"role": "user", "content": content}]
+    processor = transformers.AutoProcessor.from_pretrained(str(path))
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        out = hf_model(path).generate(**inputs, do_sample=False, max_new_tokens=N_TOKENS, eos_token_id=None)
+    length = int(inputs["input_ids"].shape[1])
+    ours, _, chunks = run(pool.chat("v", messages, **GREEDY))
+    assert chunks[-1].stats.prompt_tokens == length
+    assert ours == [int(t) for t in out[0, length:]]
+
+
 def test_an_explicit_prompt_is_tokenized_with_bos_as_the_processor_does(pool: mpool.Pool, models: dict[str, Path]) -> None:
     pool.register("v", models["llama"])
     prompt = "USER: <image>\nWhat is it?\nASSISTANT:"
