@@ -76,6 +76,20 @@ def test_cfg_image_matches_diffusers_with_the_same_latents(saved, pool, key, neg
     assert_same(got, ref, f"{key} cfg negative={negative!r}")
 
 
+def test_clip_tokenizers_of_different_lengths_pad_both_prompts_to_the_first_s_as_diffusers(tmp_path) -> None:
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = sd3_pipeline()
+    pipe.tokenizer.model_max_length = 40  # tokenizer_2 keeps 77
+    pipe.save_pretrained(tmp_path)
+    pipe = StableDiffusion3Pipeline.from_pretrained(tmp_path)  # as saved: diffusers reads tokenizer/'s 40
+    ref = reference(pipe, "a photo of a cat", latents=latents(), num_inference_steps=2, guidance_scale=3.0)
+    with mpool.Pool() as p:
+        p.register("m", mpool.NativeModel(str(tmp_path)))
+        got = ours(p, "m", "a photo of a cat", steps=2, guidance_scale=3.0, latents=latents().numpy())
+    assert_same(got, ref, "CLIP lengths 40 and 77")
+
+
 def test_skip_layer_guidance_matches_diffusers(saved, pool) -> None:
     pipe, _ = saved["sd35"]
     ref = reference(pipe, "a red house", latents=latents(3), num_inference_steps=10, guidance_scale=5.0,

@@ -42,6 +42,15 @@ bool turbo_variant(const fs::path& root, const NativeOptions& options) {
 
 double dtype_bytes(at::ScalarType t) { return static_cast<double>(c10::elementSize(t)); }
 
+// Both CLIP prompts are padded to the first tokenizer's length, as diffusers'
+// SD3 pipelines pad them (tokenizer_max_length is tokenizer/'s model_max_length);
+// bounded by both encoders' positions.
+void share_clip_length(Sd3Plan& plan) {
+  const int64_t length = std::min({plan.clip_l_tokenizer.max_length, plan.clip_l.text.max_positions,
+                                   plan.clip_g.text.max_positions});
+  plan.clip_l_tokenizer.max_length = plan.clip_g_tokenizer.max_length = length;
+}
+
 void check_pooled(const Sd3Plan& plan, const std::string& where) {
   check(plan.clip_l.projection_dim + plan.clip_g.projection_dim == plan.mmdit.pooled_projection_dim,
         ErrorCode::kInvalidInput,
@@ -68,6 +77,7 @@ void plan_from_folders(Sd3Plan& plan, const loading::ModelDirectory& d) {
   plan.clip_g = clip::ClipTextConfig::from(loading::load_json_object(plan.clip_g_weights.path / "config.json"));
   plan.clip_l_tokenizer = prompt_tokenizer(component_dir(d, "tokenizer"), 77, plan.clip_l.text.max_positions);
   plan.clip_g_tokenizer = prompt_tokenizer(component_dir(d, "tokenizer_2"), 77, plan.clip_g.text.max_positions);
+  share_clip_length(plan);
   check_pooled(plan, d.root().string());
   if (d.find("text_encoder_3") && d.find("tokenizer_3")) {
     plan.t5_weights = WeightSource{component_dir(d, "text_encoder_3"), ""};
@@ -127,6 +137,7 @@ void plan_from_single_file(Sd3Plan& plan, const loading::ModelDirectory& d, cons
                                 clip_eos_id(kit::require_tokenizer(tok_g)), true);
   plan.clip_l_tokenizer = prompt_tokenizer(tok_l, 77, plan.clip_l.text.max_positions);
   plan.clip_g_tokenizer = prompt_tokenizer(tok_g, 77, plan.clip_g.text.max_positions);
+  share_clip_length(plan);
   check_pooled(plan, where);
   plan.t5_weights = text_encoder_source(file, checkpoint, "text_encoders.t5xxl.transformer.", options, "t5xxl_file",
                                         {"encoder.final_layer_norm.weight"});
