@@ -231,6 +231,21 @@ void register_tokenizer(py::module_& m) {
           },
           py::arg("ids"), py::arg("skip_special_tokens") = true)
       .def(
+          "decode_bytes",
+          [](const tk::Tokenizer& t, const py::object& ids, const py::object& skip_special_tokens) {
+            const std::vector<uint32_t> tokens = ids_arg(ids, "ids");
+            const bool skip = bool_arg(skip_special_tokens, "skip_special_tokens");
+            std::string out;
+            {
+              py::gil_scoped_release release;
+              out = t.decode_bytes(tokens, skip);
+            }
+            return py::bytes(out);
+          },
+          py::arg("ids"), py::arg("skip_special_tokens") = true,
+          "The bytes the ids decode to, before invalid UTF-8 becomes U+FFFD (a token that holds part of a "
+          "character gives that part).")
+      .def(
           "decode_batch",
           [](const tk::Tokenizer& t, const py::object& sequences, const py::object& skip_special_tokens,
              const py::object& num_threads) {
@@ -338,6 +353,7 @@ void register_tokenizer(py::module_& m) {
   refuse_other_calls(tokenizer_class, T, "encode", "text, pair=None, add_special_tokens=True");
   refuse_other_calls(tokenizer_class, T, "encode_batch", "texts, pairs=None, add_special_tokens=True, num_threads=0");
   refuse_other_calls(tokenizer_class, T, "decode", "ids, skip_special_tokens=True");
+  refuse_other_calls(tokenizer_class, T, "decode_bytes", "ids, skip_special_tokens=True");
   refuse_other_calls(tokenizer_class, T, "decode_batch", "sequences, skip_special_tokens=True, num_threads=0");
   refuse_other_calls(tokenizer_class, T, "decode_stream", "skip_special_tokens=True");
   refuse_other_calls(tokenizer_class, T, "enable_truncation",

@@ -175,6 +175,50 @@ def test_llama2_style_decoder_chain_matches_hf(tmp_path):
     assert_parity(tokenizers.Tokenizer.from_str(json.dumps(data)), tmp_path)
 
 
+def test_decode_bytes_gives_each_token_s_own_bytes_where_decode_writes_a_replacement(bytelevel, tmp_path):
+    # Byte level: a token's bytes through GPT-2's byte table (pre_tokenizers.ByteLevel.alphabet
+    # is that table's image); byte fallback: <0xNN> is byte NN. Whole texts decode to their UTF-8.
+    path = tmp_path / "tokenizer.json"
+    path.write_text(bytelevel)
+    ours = mpool.Tokenizer.from_file(str(path))
+    table = {ch: b for b, ch in _gpt2_byte_table().items()}
+    vocab = json.loads(bytelevel)["model"]["vocab"]
+    for token, i in vocab.items():
+        assert ours.decode_bytes([i], skip_special_tokens=False) == bytes(table[c] for c in token), token
+    text = "naïve café – 日本語 🙂"
+    ids = ours.encode(text).ids
+    assert b"".join(ours.decode_bytes([i]) for i in ids) == ours.decode_bytes(ids) == text.encode()
+    split = [i for i in ids if (b := ours.decode_bytes([i])) and not _valid_utf8(b)]
+    assert split and all("\ufffd" in ours.decode([i]) for i in split)  # what decode writes for them
+
+    vocab = {"<unk>": 0, "<0xE2>": 1, "<0x82>": 2, "<0xAC>": 3, "x": 4}
+    fallback = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    fallback.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    fallback.save(str(path))
+    ours = mpool.Tokenizer.from_file(str(path))
+    e2, b82, ac = (ours.token_to_id(t) for t in ("<0xE2>", "<0x82>", "<0xAC>"))
+    assert ours.decode_bytes([e2]) == b"\xe2" and ours.decode([e2]) == "\ufffd"
+    assert ours.decode_bytes([e2, b82, ac]) == "€".encode() and ours.decode([e2, b82, ac]) == "€"
+
+
+def _gpt2_byte_table() -> dict[int, str]:
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _valid_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("fuse_unk", [True, False])
 def test_bpe_unk_and_subword_affixes_match_hf(tmp_path, fuse_unk):
     tok = tokenizers.Tokenizer(

@@ -8,6 +8,14 @@ namespace {
 class ByteLevelDecoder : public Decoder {
  public:
   std::vector<std::string> decode_chain(std::vector<std::string> tokens) const override {
+    return {utf8_lossy(bytes_of(tokens))};
+  }
+  std::vector<std::string> decode_chain_raw(std::vector<std::string> tokens) const override {
+    return {bytes_of(tokens)};
+  }
+
+ private:
+  static std::string bytes_of(const std::vector<std::string>& tokens) {
     std::string bytes;
     for (const auto& t : tokens) {
       size_t mark = bytes.size();
@@ -25,7 +33,7 @@ class ByteLevelDecoder : public Decoder {
         bytes += t;
       }
     }
-    return {utf8_lossy(bytes)};
+    return bytes;
   }
 };
 
@@ -115,11 +123,19 @@ class MetaspaceDecoder : public Decoder {
 class ByteFallbackDecoder : public Decoder {
  public:
   std::vector<std::string> decode_chain(std::vector<std::string> tokens) const override {
+    return chain(std::move(tokens), false);
+  }
+  std::vector<std::string> decode_chain_raw(std::vector<std::string> tokens) const override {
+    return chain(std::move(tokens), true);
+  }
+
+ private:
+  static std::vector<std::string> chain(std::vector<std::string> tokens, bool raw) {
     std::vector<std::string> out;
     std::string pending;
     auto flush = [&] {
       if (pending.empty()) return;
-      if (find_invalid_utf8(pending) == std::string::npos) {
+      if (raw || find_invalid_utf8(pending) == std::string::npos) {
         out.push_back(pending);
       } else {
         for (size_t k = 0; k < pending.size(); ++k) out.emplace_back("\xEF\xBF\xBD");
@@ -208,6 +224,10 @@ class SequenceDecoder : public Decoder {
   explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps) : steps_(std::move(steps)) {}
   std::vector<std::string> decode_chain(std::vector<std::string> tokens) const override {
     for (const auto& d : steps_) tokens = d->decode_chain(std::move(tokens));
+    return tokens;
+  }
+  std::vector<std::string> decode_chain_raw(std::vector<std::string> tokens) const override {
+    for (const auto& d : steps_) tokens = d->decode_chain_raw(std::move(tokens));
     return tokens;
   }
 

@@ -531,6 +531,14 @@ std::vector<Encoding> Tokenizer::encode_batch(const std::vector<std::string>& te
 // ---------------------------------------------------------------- decoding and vocabulary
 
 std::string Tokenizer::decode(const std::vector<uint32_t>& ids, bool skip_special_tokens) const {
+  return decode_with(ids, skip_special_tokens, /*raw=*/false);
+}
+
+std::string Tokenizer::decode_bytes(const std::vector<uint32_t>& ids, bool skip_special_tokens) const {
+  return decode_with(ids, skip_special_tokens, /*raw=*/true);
+}
+
+std::string Tokenizer::decode_with(const std::vector<uint32_t>& ids, bool skip_special_tokens, bool raw) const {
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (uint32_t id : ids) {
@@ -549,7 +557,8 @@ std::string Tokenizer::decode(const std::vector<uint32_t>& ids, bool skip_specia
     return out;
   }
   std::string out;
-  for (auto& t : decoder_->decode_chain(std::move(tokens))) out += t;
+  for (auto& t : raw ? decoder_->decode_chain_raw(std::move(tokens)) : decoder_->decode_chain(std::move(tokens)))
+    out += t;
   return out;
 }
 

@@ -119,6 +119,11 @@ class Decoder {
   virtual ~Decoder() = default;
   /// One step of the decoding chain.
   virtual std::vector<std::string> decode_chain(std::vector<std::string> tokens) const = 0;
+  /// The same, keeping bytes that are not (yet) valid UTF-8 as they are where
+  /// decode_chain writes U+FFFD: what a byte-level token alone stands for.
+  virtual std::vector<std::string> decode_chain_raw(std::vector<std::string> tokens) const {
+    return decode_chain(std::move(tokens));
+  }
 };
 
 /// Builds a normalizer from its JSON node.

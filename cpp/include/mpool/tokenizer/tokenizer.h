@@ -76,6 +76,9 @@ class Tokenizer {
                                      int num_threads = 0) const;
   /// Decodes ids to text; unknown ids are ignored.
   std::string decode(const std::vector<uint32_t>& ids, bool skip_special_tokens = true) const;
+  /// The bytes the ids decode to, before any is replaced by U+FFFD: a byte-level
+  /// token that holds part of a character gives that part (OpenAI's logprob `bytes`).
+  std::string decode_bytes(const std::vector<uint32_t>& ids, bool skip_special_tokens = true) const;
   /// Decodes many id lists in parallel.
   std::vector<std::string> decode_batch(const std::vector<std::vector<uint32_t>>& ids, bool skip_special_tokens = true,
                                         int num_threads = 0) const;
@@ -105,6 +108,7 @@ class Tokenizer {
   Encoding encode_single(std::string_view text, uint32_t type_id) const;
   Encoding post_process(Encoding a, std::optional<Encoding> b, bool add_special_tokens) const;
   void pad_batch(std::vector<Encoding>& encodings) const;
+  std::string decode_with(const std::vector<uint32_t>& ids, bool skip_special_tokens, bool raw) const;
 
   struct Matcher;  // leftmost-longest matcher over added-token contents
 
