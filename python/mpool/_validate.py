@@ -40,10 +40,11 @@ def _is_bool(x: Any) -> bool:
 def _number(name: str, x: Any, what: str) -> float:
     if _is_bool(x) or not isinstance(x, numbers.Real):
         raise InvalidInput(f"{name} must be {what}, got {_show(x)} ({type(x).__name__})")
+    number: Any = x  # numbers.Real declares no comparison with int
     try:
-        value = float(x)
+        value = float(number)
     except OverflowError:  # an int or Fraction beyond float's range: as large as inf
-        value = math.inf if x > 0 else -math.inf
+        value = -math.inf if number < 0 else math.inf
     if math.isnan(value):
         raise InvalidInput(f"{name} must be {what}, got NaN")
     return value

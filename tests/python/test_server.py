@@ -179,18 +179,33 @@ def test_chat_stream_gives_the_same_text_and_usage_in_a_last_chunk_when_asked(se
 
 def test_chat_logprobs_give_each_tokens_logprob_and_the_top_alternatives(server, client):
     out = client.chat.completions.create(
-        model="llama", messages=[{"role": "user", "content": "hello"}], max_tokens=6, logprobs=True, top_logprobs=3,
+        model="llama", messages=[{"role": "user", "content": "hello"}], max_tokens=6, logprobs=True, top_logprobs=20,
         extra_body={"ignore_eos": True},
     )
     content = out.choices[0].logprobs.content
     assert len(content) == out.usage.completion_tokens == 6
+    partial = 0
     for entry in content:
-        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 20
         assert entry.top_logprobs[0].logprob >= entry.top_logprobs[-1].logprob
         assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)  # greedy: the chosen one is the best
-        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+        # Each token's own bytes (the test tokenizer has a token per byte: some hold part of a
+        # character, which OpenAI writes as bytes:\x..), each alternative its own.
+        for item in (entry, *entry.top_logprobs):
+            assert item.token == _openai_token(bytes(item.bytes))
+            partial += item.token.startswith("bytes:")
+        assert len({bytes(t.bytes) for t in entry.top_logprobs}) == 20
+    assert partial > 0
     without = client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "hello"}], max_tokens=3)
     assert without.choices[0].logprobs is None
+
+
+def _openai_token(raw: bytes) -> str:
+    """OpenAI's token string: its text, or bytes:\\x.. for part of a character."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 def test_completions_stop_and_seed_and_streaming_match(server, client):
@@ -389,6 +404,45 @@ def test_every_pool_error_maps_to_its_http_status_in_the_openai_error_shape():
             check_error(chat("gated"), 503, "shutting_down")
             ollama = httpx.post(f"{base}/api/chat", json={"model": "nope", "messages": []})
             assert ollama.status_code == 404 and "nope" in ollama.json()["error"]
+
+
+def test_bodies_too_deep_to_parse_and_lone_surrogates_in_messages_are_400s_in_each_api_s_shape(server):
+    deep = "[" * 100_000 + "]" * 100_000
+    for route, shape in (("/v1/embeddings", "openai"), ("/api/embed", "ollama")):
+        r = httpx.post(f"{server}{route}", content=deep, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"] if shape == "openai" else r.json()["error"]
+        assert "too deeply" in message
+    # The key of an unknown option is quoted back: a lone surrogate stays an escape in the reply.
+    body = '{"model": "words", "prompt": "a b", "stream": false, "options": {"\\ud800": 1}}'
+    r = httpx.post(f"{server}/api/generate", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "unknown option" in r.json()["error"], r.text
+    assert httpx.post(f"{server}/api/generate", json={"model": "words", "prompt": "a b", "stream": False}).json()[
+        "response"
+    ] == "a b "
+
+
+def test_a_refused_request_starts_no_job_and_leaves_the_models_keep_alive_and_state_as_they_were():
+    with mpool.Pool() as pool:
+        with running(create_app(config(py("words", "streamer"), py("hash", "embedder")), pool=pool)) as base:
+            pool.load("words")
+            pool.load("hash")
+            before = pool.stats()["models"]["words"]["counts"]["requests"]
+            for route, body in (
+                ("/api/generate", {"model": "words", "prompt": "a b", "keep_alive": 0, "options": {"bogus": 1}}),
+                ("/api/generate", {"model": "words", "prompt": "a b", "keep_alive": 0, "stream": "yes"}),
+                ("/api/chat", {"model": "words", "keep_alive": 0, "messages": [{"role": 5}]}),
+                ("/api/embed", {"model": "hash", "keep_alive": 0, "input": [3]}),
+                ("/api/embeddings", {"model": "hash", "keep_alive": 0, "prompt": 3}),
+                ("/v1/completions", {"model": "words", "prompt": "a b", "stream": "yes"}),
+                ("/v1/completions", {"model": "words", "prompt": "a b", "stream": True, "stream_options": 3}),
+            ):
+                r = httpx.post(f"{base}{route}", json=body)
+                assert r.status_code == 400, (route, r.text)
+            models = {m["key"]: m for m in pool.models()}
+            assert models["words"]["state"] == models["hash"]["state"] == "ready"
+            assert models["words"]["keep_alive"] == models["hash"]["keep_alive"] == 300
+            assert pool.stats()["models"]["words"]["counts"]["requests"] == before  # a refused request starts no job
 
 
 def check_error(r, status, code):

@@ -117,9 +117,17 @@ def error_headers(status: int) -> dict[str, str]:
     return {}
 
 
+def error_message(e: BaseException) -> str:
+    """``str(e)`` as UTF-8 can carry it: a lone surrogate the message quotes from the
+    request (a JSON ``"\\ud800"``) is written as its escape, not a failed response."""
+    return str(e).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def openai_error_body(e: PoolError, param: str | None = None) -> dict[str, Any]:
     status = error_status(e)
-    return {"error": {"message": str(e), "type": _TYPE.get(status, "server_error"), "param": param, "code": e.code}}
+    return {
+        "error": {"message": error_message(e), "type": _TYPE.get(status, "server_error"), "param": param, "code": e.code}
+    }
 
 
 async def json_response(data: Any, heavy: bool = False) -> Response:
@@ -141,7 +149,7 @@ def openai_error(e: PoolError) -> JSONResponse:
 def ollama_error(e: PoolError) -> JSONResponse:
     """Ollama's error shape: ``{"error": "message"}``."""
     status = error_status(e)
-    return JSONResponse({"error": str(e)}, status_code=status, headers=error_headers(status))
+    return JSONResponse({"error": error_message(e)}, status_code=status, headers=error_headers(status))
 
 
 async def body(request: Request) -> dict[str, Any]:
@@ -153,6 +161,8 @@ async def body(request: Request) -> dict[str, Any]:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as e:
         raise InvalidInput(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidInput("the request body nests arrays or objects too deeply to parse") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"the request body must be a JSON object, got {type(data).__name__}")
     return data

@@ -24,7 +24,10 @@ from starlette.routing import Route
 from .. import _validate as v
 from ..errors import InvalidInput, PoolError
 from .config import parse_duration
-from .http import EventStream, Fields, body, text_inputs, cancel_on_disconnect, handles, http_image, json_response, ndjson, ollama_error
+from .http import (
+    EventStream, Fields, body, cancel_on_disconnect, error_message, handles, http_image, json_response, ndjson, ollama_error,
+    text_inputs,
+)
 from .state import Generation, ModelInfo, ServerState, cap_max_tokens, chunks, open_stream, run_to_end, stop_list
 
 __all__ = ["routes"]
@@ -90,13 +93,16 @@ def _options(state: ServerState, f: Fields) -> dict[str, Any]:
     return params
 
 
-def _apply_keep_alive(state: ServerState, info: ModelInfo, f: Fields) -> float:
+def _keep_alive(info: ModelInfo, f: Fields) -> float:
     """As Ollama: each request sets the model's keep-alive, to its own value or, without
-    one, back to the model's registered keep-alive."""
+    one, back to the model's registered keep-alive. Read first, set (``_set_keep_alive``)
+    only once the whole request is valid: a refused request changes nothing."""
     x = f.data.get("keep_alive")
-    seconds = info.keep_alive if x is None else parse_duration("keep_alive", x)
+    return info.keep_alive if x is None else parse_duration("keep_alive", x)
+
+
+def _set_keep_alive(state: ServerState, info: ModelInfo, seconds: float) -> None:
     state.pool.set_keep_alive(info.key, seconds)
-    return seconds
 
 
 async def _load(state: ServerState, info: ModelInfo) -> float:
@@ -157,13 +163,14 @@ async def _lines(
             if chunk.text:
                 yield ndjson({**head, "created_at": _now(), **piece(chunk.text), "done": False})
     except PoolError as e:
-        yield ndjson({"error": str(e)})
+        yield ndjson({"error": error_message(e)})
         return
     finish = pool_stream.finish_reason or "stop"
     yield ndjson({**head, "created_at": _now(), **piece(""), **_final(g.info, start, load_s, pool_stream.stats, finish)})
 
 
 async def _load_or_unload(state: ServerState, info: ModelInfo, keep_alive: float, piece: dict[str, Any]) -> Response:
+    _set_keep_alive(state, info, keep_alive)
     if keep_alive == 0:
         await state.pool.aunload(info.key)
         reason = "unload"
@@ -173,10 +180,14 @@ async def _load_or_unload(state: ServerState, info: ModelInfo, keep_alive: float
     return JSONResponse({"model": info.key, "created_at": _now(), **piece, "done": True, "done_reason": reason})
 
 
-async def _generate(request: Request, state: ServerState, f: Fields, g: Generation, piece: Any, start: float) -> Response:
+async def _generate(
+    request: Request, state: ServerState, f: Fields, g: Generation, piece: Any, start: float, keep_alive: float
+) -> Response:
+    stream = f.flag("stream", default=True)  # the last field read: nothing starts for a refused request
+    _set_keep_alive(state, g.info, keep_alive)
     load_s = await cancel_on_disconnect(request, _load(state, g.info))
     pool_stream = open_stream(state, g)
-    if f.flag("stream", default=True):
+    if stream:
         return EventStream(_lines(g, pool_stream, start, load_s, piece), "application/x-ndjson")
     text, _, stats, finish = await cancel_on_disconnect(request, run_to_end(pool_stream))
     return JSONResponse(
@@ -199,7 +210,7 @@ async def _text_request(request: Request) -> tuple[float, ServerState, Fields, M
     f = Fields(await body(request))
     info = state.model(f.data.get("model"), "text_to_text")
     _refuse_common(f)
-    return start, state, f, info, _apply_keep_alive(state, info, f)
+    return start, state, f, info, _keep_alive(info, f)
 
 
 @handles(ollama_error)
@@ -214,7 +225,9 @@ async def chat(request: Request) -> Response:
     messages = [_message(i, m, max_bytes) for i, m in enumerate(raw_messages)]
     state.takes_images(info, any(isinstance(m["content"], list) for m in messages))
     g = Generation(info, _options(state, f), messages=messages)
-    return await _generate(request, state, f, g, lambda text: {"message": {"role": "assistant", "content": text}}, start)
+    return await _generate(
+        request, state, f, g, lambda text: {"message": {"role": "assistant", "content": text}}, start, keep_alive
+    )
 
 
 @handles(ollama_error)
@@ -246,7 +259,7 @@ async def generate(request: Request) -> Response:
             raise InvalidInput(f"model {info.key!r} has no chat template to place a system prompt in; use raw=true")
         else:
             g = Generation(info, params, prompt=prompt)
-    return await _generate(request, state, f, g, lambda text: {"response": text}, start)
+    return await _generate(request, state, f, g, lambda text: {"response": text}, start, keep_alive)
 
 
 def _has_template(state: ServerState, info: ModelInfo) -> bool:
@@ -263,15 +276,14 @@ async def embed(request: Request) -> Response:
     state = _state(request)
     f = Fields(await body(request))
     info = state.model(f.data.get("model"), "text_embedding")
-    _apply_keep_alive(state, info, f)
+    keep_alive = _keep_alive(info, f)
     texts = text_inputs(f, "input", state.cfg.limits.max_batch)
+    truncate = f.flag("truncate", default=True)
+    dimensions = f.integer("dimensions", 1, v.INT32_MAX)
+    _set_keep_alive(state, info, keep_alive)
     load_s = await cancel_on_disconnect(request, _load(state, info))
     vectors = await cancel_on_disconnect(
-        request,
-        state.pool.aembed(
-            info.key, texts, truncate=f.flag("truncate", default=True),
-            dimensions=f.integer("dimensions", 1, v.INT32_MAX),
-        ),
+        request, state.pool.aembed(info.key, texts, truncate=truncate, dimensions=dimensions)
     )
     count = await state.acount_tokens(info, texts)
     return await json_response({
@@ -289,8 +301,9 @@ async def embeddings(request: Request) -> Response:
     state = _state(request)
     f = Fields(await body(request))
     info = state.model(f.data.get("model"), "text_embedding")
-    _apply_keep_alive(state, info, f)
+    keep_alive = _keep_alive(info, f)
     prompt = f.text("prompt", required=True) or ""
+    _set_keep_alive(state, info, keep_alive)
     vectors = await cancel_on_disconnect(request, state.pool.aembed(info.key, [prompt]))
     return JSONResponse({"embedding": vectors[0].tolist()})
 

@@ -148,8 +148,8 @@ def _messages(x: Any, max_image: int) -> list[dict[str, Any]]:
 
 def _logprob_entry(state: ServerState, g: Generation, lp: Any) -> dict[str, Any]:
     def item(token_id: int, logprob: float) -> dict[str, Any]:
-        text = state.token_text(g.info, token_id)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+        return {"token": state.token_text(g.info, token_id), "logprob": logprob,
+                "bytes": list(state.token_bytes(g.info, token_id))}
 
     entry = item(lp.token_id, lp.logprob)
     entry["top_logprobs"] = [item(t, p) for t, p in lp.top[: g.top_logprobs or 0]]
@@ -288,12 +288,11 @@ def _legacy_logprobs(state: ServerState, g: Generation, logprobs: list[Any], sta
     tokens, token_logprobs, tops, offsets = [], [], [], []
     offset = start
     for lp in logprobs:
-        text = state.token_text(g.info, lp.token_id)
-        tokens.append(text)
+        tokens.append(state.token_text(g.info, lp.token_id))
         token_logprobs.append(lp.logprob)
         tops.append({state.token_text(g.info, t): p for t, p in lp.top[: g.top_logprobs or 0]})
         offsets.append(offset)
-        offset += len(text)
+        offset += len(state.token_bytes(g.info, lp.token_id).decode("utf-8", "replace"))
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
 
 
@@ -316,8 +315,11 @@ async def completions(request: Request) -> Response:
     gens = choices([Generation(info, params, prompt=p, top_logprobs=top) for p in prompts], n)
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": ident, "object": "text_completion", "created": created, "model": info.key}
+    # Every field is read before a stream opens: a refused request starts no job.
+    stream = f.flag("stream")
+    usage_in_stream = stream and bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
     streams = open_streams(state, gens)
-    if f.flag("stream"):
+    if stream:
         offsets = [0] * len(gens)
 
         def piece(i: int, chunk: Any) -> dict[str, Any]:
@@ -328,7 +330,6 @@ async def completions(request: Request) -> Response:
         def end(i: int, finish: str) -> dict[str, Any]:
             return {"index": i, "text": "", "logprobs": None, "finish_reason": _FINISH.get(finish, finish)}
 
-        usage_in_stream = bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
         return EventStream(_events(gens, streams, head, [], piece, end, usage_in_stream), "text/event-stream")
     out = []
     for i, (text, logprobs, _, finish) in enumerate(await _whole(request, streams)):

@@ -169,11 +169,21 @@ class ServerState:
             return self.count_tokens(info, texts)
         return await asyncio.get_running_loop().run_in_executor(None, self.count_tokens, info, texts)
 
-    def token_text(self, info: ModelInfo, token_id: int) -> str:
+    def token_bytes(self, info: ModelInfo, token_id: int) -> bytes:
+        """What the token decodes to alone, before invalid UTF-8 is replaced: a
+        byte-level token that holds part of a character gives that part."""
         tok = self.tokenizer(info)
         if tok is None:
-            return str(token_id)
-        return str(tok.decode([token_id], skip_special_tokens=False))
+            return str(token_id).encode()
+        return bytes(tok.decode_bytes([token_id], skip_special_tokens=False))
+
+    def token_text(self, info: ModelInfo, token_id: int) -> str:
+        """The token as OpenAI writes it: its text, or ``bytes:\\xe2\\x80`` for part of a character."""
+        raw = self.token_bytes(info, token_id)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
     async def preload(self) -> None:
         """Loads the preloaded models one after another; /ready turns true after."""
