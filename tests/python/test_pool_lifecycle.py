@@ -176,6 +176,15 @@ def test_adaptive_replicas_grow_under_sustained_queue_up_to_max():
         assert pool.stats()["models"]["m"]["counts"]["replicas_spawned"] == 3
 
 
+def test_a_model_whose_devices_the_pool_lacks_fails_to_spawn_saying_so_not_out_of_memory():
+    with mpool.Pool() as pool:
+        pool.register("gpu", embedder(10), devices=["cuda:7", "cuda:8"])
+        with pytest.raises(mpool.SpawnFailed, match=r"none of its devices \(cuda:7, cuda:8\) is present"):
+            pool.embed("gpu", ["x"])
+        pool.register("cpu", embedder(10))
+        assert pool.embed("cpu", ["x"]).shape[0] == 1
+
+
 def test_register_overrides_apply_to_that_registration_only_never_to_the_model_object():
     model = embedder(10)  # its own settings: keep_alive unset, not pinned, 4 replicas, cpu
     with mpool.Pool(keep_alive=300.0) as pool:

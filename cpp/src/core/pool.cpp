@@ -375,6 +375,15 @@ bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int cou
                   "request timed out while waiting for memory to load '" + model->key + "'");
   };
   still_wanted();
+  const auto& devices = model->spec.devices;
+  if (std::none_of(devices.begin(), devices.end(), [&](const std::string& d) { return governor_->has_device(d); })) {
+    // It can never load here: a wrong device, not a shortage of memory.
+    if (!allow_evict) return false;
+    std::string listed;
+    for (const auto& d : devices) listed += (listed.empty() ? "" : ", ") + d;
+    throw Error(ErrorCode::kSpawnFailed, "cannot load '" + model->key + "': none of its devices (" + listed +
+                                             ") is present in this pool");
+  }
   const double est = model->spec.memory_mb;
   for (int n = count; n >= 1; --n) {
     for (auto& device : model->spec.devices) {
