@@ -216,6 +216,21 @@ def test_request_beyond_free_cache_waits_then_completes_and_beyond_the_whole_cac
         assert collect(waiting) == solo
 
 
+def test_a_request_that_leaves_max_tokens_unset_stops_where_the_kv_cache_ends_not_refused(
+    models: dict[str, Path],
+) -> None:
+    # A cache smaller than the context: the default length asks for no particular
+    # length, so it ends with "length" at the cache's end; an explicit one beyond it is refused.
+    prompt = ids_of(10, 3)
+    with mpool.Pool() as pool:
+        pool.register("m", models["llama"], max_replicas=1, options={"kv_cache_tokens": 64})
+        chunks = list(pool.generate("m", prompt, temperature=0, ignore_eos=True))
+        assert sum(len(c.token_ids) for c in chunks) == 64 - len(prompt)
+        assert chunks[-1].finish_reason == "length"
+        with pytest.raises(mpool.InvalidInput, match=r"cache positions .* holds 64 \(option kv_cache_tokens\)"):
+            list(pool.generate("m", prompt, max_tokens=100, temperature=0, ignore_eos=True))
+
+
 def test_max_batch_bounds_the_sequences_a_replica_runs_at_once(models: dict[str, Path]) -> None:
     with mpool.Pool() as pool:
         pool.register("m", models["llama"], max_replicas=1, options={"max_batch": 2, **ROOMY})

@@ -120,7 +120,14 @@ TextGenerator::Prepared TextGenerator::prepare(const SplicedPrompt& prompt,
                  : std::string()));
   out.prompt_len = prompt_len;
   out.setup.prompt = prompt.ids;
-  out.setup.max_new_tokens = std::min(out.params.max_tokens, context - prompt_len);
+  int64_t room = context - prompt_len;
+  // max_tokens left at its default asks for no particular length: it stops where a
+  // replica's KV cache (kv_cache_tokens, smaller than the context if so
+  // registered) ends, rather than asking for more than the cache ever holds.
+  const auto& set = out.params.explicitly_set;
+  if (std::find(set.begin(), set.end(), "max_tokens") == set.end() && settings_.kv_cache_tokens > prompt_len)
+    room = std::min(room, settings_.kv_cache_tokens - prompt_len);
+  out.setup.max_new_tokens = std::min(out.params.max_tokens, room);
   out.setup.bounded_by_context = out.setup.max_new_tokens < out.params.max_tokens;
   out.setup.eos_ids = settings_.eos_ids;
   return out;
