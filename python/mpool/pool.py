@@ -209,7 +209,8 @@ class Pool:
         or, on the CPU for the text families (BERT, JinaBERT, jina-embeddings-v3, ModernBERT,
         NV-Embed, the decoders, LLaVA), "int8": int8 linear
         weights with float32 activations; ``context_length`` is
-        the longest prompt plus output, which sizes each replica's KV cache;
+        the longest prompt plus output, which sizes each replica's KV cache (a
+        family that generates no text refuses it);
         ``options`` are the family's own settings, see ``mpool.NativeModel``;
         ``tokenizer_pattern``: the split regex of a tiktoken rank file whose
         tokenizer_config.json names none, the option of that name). Returns

@@ -247,6 +247,14 @@ def test_bad_inputs_give_typed_errors_and_the_pool_stays_healthy():
         assert pool.embed("minilm", ["still healthy"]).shape == (1, 384)
 
 
+def test_context_length_on_a_model_that_generates_no_text_is_invalid_input_not_ignored():
+    with mpool.Pool() as pool:
+        with pytest.raises(mpool.InvalidInput, match=r"context_length applies to models that generate text; the bert family"):
+            pool.register("minilm", MINILM, context_length=4)
+        pool.register("minilm", MINILM)
+        assert pool.embed("minilm", ["fine"]).shape == (1, 384)
+
+
 def test_directory_with_a_missing_tensor_fails_to_spawn_naming_it(tmp_path):
     from safetensors.numpy import load_file, save_file
 
@@ -282,6 +290,29 @@ def test_cli_embed_uses_the_bundled_model_by_default(capsys):
     out = json.loads(capsys.readouterr().out)
     assert len(out["embeddings"]) == 1 and len(out["embeddings"][0]) == 384
     assert os.path.samefile(out["model"], MINILM)
+
+
+def test_cli_ctrl_c_exits_130_and_a_closed_pipe_141_without_a_traceback(capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    from mpool.__main__ import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mpool.Pool, "embed", interrupted)
+    assert main(["embed", "hello"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    monkeypatch.undo()
+    # A reader that stops after the first bytes (`| head -c 1`): far more than a pipe holds (64 KiB) follows.
+    texts = [f"text number {i}" for i in range(2500)]
+    with subprocess.Popen([sys.executable, "-m", "mpool", "embed", *texts], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout.read(1)
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 141 and "Traceback" not in err, err
 
 
 def test_bfloat16_replicas_stay_close_to_float32():

@@ -316,6 +316,17 @@ def test_a_turbo_folder_defaults_to_four_steps_without_guidance(saved, tmp_path)
         mpool.NativeModel(str(turbo), options={"variant": "fast"})
 
 
+@pytest.mark.parametrize(("output", "problem"), [("fox.txt", "image extension"), ("no/such/folder/fox.png", "does not exist")])
+def test_cli_image_refuses_an_output_it_could_not_write_before_loading_anything(tmp_path, output, problem) -> None:
+    import subprocess
+    import sys
+
+    # The model path does not exist either: the output is checked first.
+    run = subprocess.run([sys.executable, "-m", "mpool", "image", "--model", str(tmp_path / "none"), "a cat",
+                          "-o", str(tmp_path / output)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and problem in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
 def test_cli_image_writes_the_image_and_img2img(saved, tmp_path) -> None:
     import subprocess
     import sys

@@ -1,10 +1,12 @@
 #include "mpool/models/families.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <mutex>
 
 #include "mpool/base/error.h"
+#include "mpool/capabilities/interfaces.h"
 #include "mpool/loading/registry.h"
 #include "mpool/nn/probe.h"
 
@@ -42,7 +44,18 @@ bool fits(const OptionValue& v, OptionSpec::Kind kind) {
   return false;
 }
 
-void check_options(const Family& f, const FamilyOptions& options) {
+void check_options(const Family& f, const NativeOptions& native) {
+  // context_length bounds a generated sequence: a family that generates no text
+  // would ignore it, so it is refused rather than dropped.
+  const bool generates = std::find(f.capabilities.begin(), f.capabilities.end(),
+                                   capabilities::TextToText::kName) != f.capabilities.end();
+  if (native.context_length && !generates) {
+    std::string served;
+    for (const auto& c : f.capabilities) served += (served.empty() ? "" : ", ") + c;
+    throw Error(ErrorCode::kInvalidInput, "context_length applies to models that generate text; the " + f.name +
+                                              " family does not (it serves " + served + ")");
+  }
+  const FamilyOptions& options = native.options;
   for (const auto& [name, value] : options.values) {
     const OptionSpec* spec = nullptr;
     for (const auto& s : f.options)
@@ -138,7 +151,7 @@ NativeModel native_model(const std::string& path_or_repo_id, const NativeOptions
       for (const std::string& cls : f.pipeline_classes) {
         known += (known.empty() ? "" : ", ") + cls;
         if (cls != pipeline->class_name) continue;
-        check_options(f, options.options);
+        check_options(f, options);
         NativeModel model = f.build(directory, loading::ModelConfig{}, options);
         model.family = f.name;
         model.path = resolved.path.string();
@@ -156,7 +169,7 @@ NativeModel native_model(const std::string& path_or_repo_id, const NativeOptions
     for (const auto& [name, f] : builders().by_name)
       for (const std::string& tensor : f.single_file_tensors) {
         if (!checkpoint.find(tensor)) continue;
-        check_options(f, options.options);
+        check_options(f, options);
         NativeModel model = f.build(directory, loading::ModelConfig{}, options);
         model.family = f.name;
         model.path = resolved.path.string();
@@ -172,7 +185,7 @@ NativeModel native_model(const std::string& path_or_repo_id, const NativeOptions
     if (it == builders().by_name.end()) continue;  // registered by someone else: recognizes, cannot build
     if (match.supported) {
       const Family& f = it->second;
-      check_options(f, options.options);
+      check_options(f, options);
       NativeModel model = f.build(directory, config, options);
       model.family = f.name;
       model.path = resolved.path.string();
