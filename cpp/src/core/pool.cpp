@@ -311,6 +311,11 @@ void Pool::submit(const std::string& key, const std::string& capability, std::sh
   Lock lock(mu_);
   check(!shutting_down_, ErrorCode::kShuttingDown, "pool is shutting down; request for '" + key + "' refused");
   auto model = find_locked(key);
+  // A request made (make_context) for an earlier registration of this key, which
+  // was unregistered and registered again since: its outcome would count in the
+  // old model's metrics, so it must not count (or run) in the new one.
+  check(job->context().metrics() == model->metrics, ErrorCode::kModelNotFound,
+        "model '" + key + "' was unregistered (and registered again) while this request was made");
   auto& caps = model->spec.capabilities;
   check(capability.empty() || std::find(caps.begin(), caps.end(), capability) != caps.end(),
         ErrorCode::kInvalidInput,
@@ -385,6 +390,23 @@ bool Pool::spawn_locked(Lock& lock, const std::shared_ptr<Model>& model, int cou
                                              ") is present in this pool");
   }
   const double est = model->spec.memory_mb;
+  {
+    // One replica larger than every device's whole budget can never load: no
+    // eviction or wait could help, so it fails now and leaves the others loaded.
+    std::string budgets;
+    bool could_fit = false;
+    for (const auto& d : devices)
+      if (auto view = governor_->device(d)) {
+        could_fit = could_fit || est <= view->budget_mb;
+        budgets += "; " + d + ": " + fmt_mb(view->available_mb) + " available (budget " + fmt_mb(view->budget_mb) + ")";
+      }
+    if (!could_fit) {
+      if (!allow_evict) return false;
+      throw Error(ErrorCode::kMemoryExhausted, "cannot load '" + model->key + "': requested " + fmt_mb(est) +
+                                                   " for one replica, more than the whole budget of each of its "
+                                                   "devices" + budgets);
+    }
+  }
   for (int n = count; n >= 1; --n) {
     for (auto& device : model->spec.devices) {
       if (auto r = governor_->try_reserve(device, n * est)) {

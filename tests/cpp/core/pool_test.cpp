@@ -82,6 +82,39 @@ TEST(PoolColdStart, RefusesWithMemoryExhaustedNamingRequestedAndAvailable) {
   EXPECT_DOUBLE_EQ(pool.governor().device("cpu")->committed_mb, 0);
 }
 
+TEST(PoolColdStart, AReplicaLargerThanEveryBudgetFailsAtOnceAndEvictsNothing) {
+  Pool pool(test_options(1000));
+  pool.register_model("a", fn_spec(300, identity));
+  pool.register_model("b", fn_spec(300, identity));
+  EXPECT_EQ(call(pool, "a", 1), 1);
+  EXPECT_EQ(call(pool, "b", 2), 2);
+  pool.register_model("big", fn_spec(5000, identity));
+  try {
+    call(pool, "big", 1, 30.0);
+    FAIL() << "expected MemoryExhausted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kMemoryExhausted);
+    EXPECT_NE(std::string(e.what()).find("more than the whole budget"), std::string::npos) << e.what();
+  }
+  EXPECT_GE(pool.model_stats("a").replicas, 1);  // nothing was evicted for it
+  EXPECT_GE(pool.model_stats("b").replicas, 1);
+}
+
+TEST(PoolRegistry, ARequestMadeForAnEarlierRegistrationOfItsKeyIsModelNotFoundAndCountsNowhere) {
+  Pool pool(test_options(1000));
+  pool.register_model("k", fn_spec(100, identity));
+  auto pending = std::make_shared<Pending<int>>(pool.make_context("k", {}));
+  pool.unregister_model("k");
+  pool.register_model("k", fn_spec(100, identity));
+  EXPECT_EQ(error_code_of([&] {
+              pool.submit("k", "compute", std::make_shared<UnaryJob<int>>(pending, [](Instance&, RequestContext&) { return 0; }));
+            }),
+            static_cast<int>(ErrorCode::kModelNotFound));
+  EXPECT_EQ(pool.model_stats("k").metrics.requests, 0u);
+  EXPECT_EQ(call(pool, "k", 4), 4);
+  EXPECT_EQ(pool.model_stats("k").metrics.requests, pool.model_stats("k").metrics.succeeded);
+}
+
 TEST(PoolColdStart, ConcurrentFirstRequestsSpawnExactlyOnce) {
   std::atomic<int> loads{0};  // before the pool: its replicas touch it until the pool is gone
   Pool pool(test_options(10000));
