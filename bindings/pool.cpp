@@ -39,6 +39,15 @@ std::vector<cap::TextPair> to_text_pairs(std::vector<std::pair<std::string, std:
   return out;
 }
 
+// An off-loop image request (asyncio's) whose awaiting task was cancelled while
+// its images were fetched: `cancelled()` says so, and the request is never
+// queued. Called without the GIL; takes it for the call.
+void refuse_if_cancelled(const py::object& cancelled) {
+  py::gil_scoped_acquire gil;
+  if (!cancelled.is_none() && cancelled().cast<bool>())
+    throw Error(ErrorCode::kCancelled, "request cancelled while its images were fetched");
+}
+
 // Image requests: fetching and decoding count against the request's deadline.
 // The fetch may take min(fetch_timeout, the request's timeout), and the request
 // then gets what is left of its timeout. A request whose deadline passed while
@@ -422,13 +431,14 @@ void register_pool(py::module_& m) {
       .def("embed_images_async",
            [](core::Pool& pool, const std::string& key, py::list items, double timeout, double fetch_timeout,
               bool allow_private_urls, size_t max_image_bytes, std::optional<bool> normalize, bool explicit_timeout,
-              std::shared_ptr<core::Progress> progress) {
+              std::shared_ptr<core::Progress> progress, py::object cancelled) {
              ImageDeadline deadline(timeout, fetch_timeout, allow_private_urls, max_image_bytes);
              auto inputs = image_inputs(items);
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
                auto images = deadline.decode(inputs);
+               refuse_if_cancelled(cancelled);
                cap::BulkOptions bulk;
                bulk.whole_call_timeout = explicit_timeout;
                bulk.progress = std::move(progress);
@@ -439,24 +449,27 @@ void register_pool(py::module_& m) {
            },
            py::arg("key"), py::arg("items"), py::arg("timeout"), py::arg("fetch_timeout"),
            py::arg("allow_private_urls"), py::arg("max_image_bytes"), py::arg("normalize") = py::none(),
-           py::arg("explicit_timeout") = true, py::arg("progress") = py::none(),
+           py::arg("explicit_timeout") = true, py::arg("progress") = py::none(), py::arg("cancelled") = py::none(),
            "explicit_timeout: `timeout` is the caller's own and bounds the whole call; false: it is the pool's "
-           "default, which then bounds each sub-batch of a split call.")
+           "default, which then bounds each sub-batch of a split call. cancelled: a callable asked once the "
+           "images are decoded; true: the request is not queued (Cancelled).")
       .def("zero_shot_async",
            [](core::Pool& pool, const std::string& key, py::list items, std::vector<std::string> texts,
-              double timeout, double fetch_timeout, bool allow_private_urls, size_t max_image_bytes) {
+              double timeout, double fetch_timeout, bool allow_private_urls, size_t max_image_bytes,
+              py::object cancelled) {
              ImageDeadline deadline(timeout, fetch_timeout, allow_private_urls, max_image_bytes);
              auto inputs = image_inputs(items);
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
                py::gil_scoped_release nogil;
                auto images = deadline.decode(inputs);
+               refuse_if_cancelled(cancelled);
                p = cap::zero_shot(pool, key, std::move(images), std::move(texts), deadline.remaining());
              }
              return wrap_future(std::move(p));
            },
            py::arg("key"), py::arg("items"), py::arg("texts"), py::arg("timeout"), py::arg("fetch_timeout"),
-           py::arg("allow_private_urls"), py::arg("max_image_bytes"))
+           py::arg("allow_private_urls"), py::arg("max_image_bytes"), py::arg("cancelled") = py::none())
       .def("generate",
            [](core::Pool& pool, const std::string& key, py::object prompt, py::dict params,
               std::optional<double> timeout) {

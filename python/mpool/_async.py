@@ -9,6 +9,7 @@ front end with native streams and futures can use them.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -60,6 +61,37 @@ async def wait_chunks(poll: Callable[[], tuple[bool, Any]], native: Any) -> Asyn
             pass  # past the deadline: the next poll() raises Timeout
 
 
+async def submit_off_loop(submit: Callable[[Callable[[], bool]], Any]) -> Any:
+    """``submit(cancelled)`` (which decodes or fetches, asks ``cancelled()``, and
+    only then queues a native request) on the default executor. A task cancelled
+    meanwhile queues nothing; one cancelled as its request was queued cancels it."""
+    lock = threading.Lock()
+    state: dict[str, Any] = {"cancelled": False, "future": None}
+
+    def cancelled() -> bool:
+        with lock:
+            return bool(state["cancelled"])
+
+    def run() -> Any:
+        future = submit(cancelled)
+        with lock:
+            state["future"] = future
+            cancel = state["cancelled"]
+        if cancel:
+            future.cancel()
+        return future
+
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, run)
+    except asyncio.CancelledError:
+        with lock:
+            state["cancelled"] = True
+            future = state["future"]
+        if future is not None:
+            future.cancel()
+        raise
+
+
 async def await_native(
     future: Any, on_tick: Callable[[], None] | None = None, tick_s: float = 0.5
 ) -> np.ndarray:
@@ -76,7 +108,10 @@ async def await_native(
             done.set_result(None)
 
     def on_done() -> None:  # on the replica thread, with the GIL
-        loop.call_soon_threadsafe(settle)
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
     future.add_done_callback(on_done)
     try:

@@ -172,6 +172,7 @@ class Pool:
         normalize: bool | None = None,
         explicit_timeout: bool = True,
         progress: Progress | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Future: ...
     def zero_shot_async(
         self,
@@ -182,6 +183,7 @@ class Pool:
         fetch_timeout: float,
         allow_private_urls: bool,
         max_image_bytes: int,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Future: ...
     def generate(self, key: str, prompt: str | list[int], params: dict[str, Any], timeout: float | None) -> TextStream: ...
     def describe(

@@ -20,7 +20,7 @@ import numpy as np
 from . import _core
 from . import _params as req
 from . import _validate as v
-from ._async import await_native
+from ._async import await_native, submit_off_loop
 from ._images import image_input
 from ._signature import checked_calls
 from ._progress import await_with_bar, new_progress, result_with_bar
@@ -547,11 +547,11 @@ class Pool:
         """``embed_images`` for asyncio (decoding and fetching run off the loop too)."""
         key, items, effective = v.key(key), req.images(images), self._image_timeout(timeout)
         counter = new_progress(len(items)) if v.flag("progress", progress) else None
-        loop = asyncio.get_running_loop()
         # Decoding and fetching are bounded work (the fetch timeout): the default executor.
-        future = await loop.run_in_executor(
-            None, self._native.embed_images_async, key, items, effective, *self._fetch, _normalize(normalize),
-            timeout is not None, counter,
+        future = await submit_off_loop(
+            lambda cancelled: self._native.embed_images_async(
+                key, items, effective, *self._fetch, _normalize(normalize), timeout is not None, counter, cancelled
+            )
         )
         return await await_native(future) if counter is None else await await_with_bar(future, counter, "image")
 
@@ -588,9 +588,8 @@ class Pool:
         """``zero_shot`` for asyncio."""
         key, items, texts = v.key(key), req.images(images), req.labels(labels, template)
         effective = self._image_timeout(timeout)
-        loop = asyncio.get_running_loop()
-        future = await loop.run_in_executor(
-            None, self._native.zero_shot_async, key, items, texts, effective, *self._fetch
+        future = await submit_off_loop(
+            lambda cancelled: self._native.zero_shot_async(key, items, texts, effective, *self._fetch, cancelled)
         )
         return await await_native(future)
 

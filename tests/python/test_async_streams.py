@@ -91,3 +91,116 @@ def test_500_concurrent_agenerate_streams_on_one_loop_get_exact_texts_with_bound
     assert counts["timeouts"] == 0 and counts["cancellations"] == 0
     # Sampled at each stream's start, at the gate (all 500 waiting), at every chunk and after the run.
     assert max(samples) <= limit, (baseline, max(samples), limit)
+
+
+def _slow_image_server(fetching: threading.Event, release: threading.Event):
+    """A local HTTP server that sets ``fetching`` when asked, and sends its PNG once
+    ``release`` is set; (server, url)."""
+    import http.server
+    import io
+    import socketserver
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    png = buf.getvalue()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetching.set()
+            release.wait(60)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/x.png"
+
+
+def test_cancelling_aembed_images_while_its_image_is_fetched_cancels_the_request_it_then_makes():
+    import numpy as np
+
+    fetching, release, hold = threading.Event(), threading.Event(), threading.Event()
+
+    class Images:
+        dimension = 4
+
+        def embed_images(self, images):
+            hold.wait(60)
+            return np.ones((len(images), 4), np.float32)
+
+    server, url = _slow_image_server(fetching, release)
+    try:
+        with mpool.Pool(allow_private_urls=True) as pool:
+            pool.register("img", mpool.PyModel("image_embedding", lambda d: Images(), memory_mb=1, max_replicas=1))
+            pool.load("img")
+            counts = lambda: pool.stats()["models"]["img"]["counts"]  # noqa: E731
+            before = counts()
+
+            async def cancel_during_the_fetch() -> None:
+                task = asyncio.ensure_future(pool.aembed_images("img", [url]))
+                assert await asyncio.get_running_loop().run_in_executor(None, fetching.wait, 30)
+                task.cancel()  # the executor is in the fetch, held by the server
+                release.set()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+
+            asyncio.run(cancel_during_the_fetch())
+            hold.set()
+            pool.close()  # drains: a request queued after the fetch would run now
+            after = counts()
+            assert after["requests"] == before["requests"]  # none was queued for the cancelled call
+            assert after["succeeded"] == before["succeeded"]
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _wait(pred, seconds: float = 30.0) -> bool:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+def test_a_request_that_ends_after_its_event_loop_closed_reports_nothing_from_the_replica_thread():
+    import gc
+
+    import numpy as np
+
+    entered, gate = threading.Event(), threading.Event()
+
+    class Slow:
+        dimension = 4
+
+        def embed(self, texts, task=None):
+            entered.set()
+            gate.wait(60)
+            return np.ones((len(texts), 4), np.float32)
+
+    with mpool.Pool() as pool:
+        pool.register("m", mpool.PyModel("text_embedding", lambda d: Slow(), memory_mb=1))
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(pool.aembed("m", ["x"]))
+        task._log_destroy_pending = False  # it stays pending with its loop: that is the point
+        assert loop.run_until_complete(loop.run_in_executor(None, entered.wait, 30))
+        loop.close()  # e.g. a loop stopped by Ctrl-C, then closed
+        gate.set()  # the request ends now; its callback finds the loop closed
+        assert _wait(lambda: pool.stats()["models"]["m"]["counts"]["succeeded"] == 1)
+        del task
+        gc.collect()
