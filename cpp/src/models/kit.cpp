@@ -130,6 +130,17 @@ double replica_memory_mb(double weight_bytes, double other_bytes) {
   return (weight_bytes + other_bytes) / (1024.0 * 1024.0) + kReplicaOverheadMb;
 }
 
+void fill_spec(NativeModel& model, const char* capability, double weight_bytes, double activation_bytes,
+               size_t batch_budget, const NativeOptions& options, core::Loader loader) {
+  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
+  core::ModelSpec& spec = model.spec;
+  spec.capabilities = {capability};
+  spec.memory_mb = replica_memory_mb(weight_bytes, activation_bytes);
+  spec.devices = options.devices;
+  spec.batch_budget = batch_budget;
+  spec.loader = std::move(loader);
+}
+
 double measure_weights(const loading::Checkpoint& checkpoint, at::ScalarType dtype,
                        const std::function<void(const nn::Weights&)>& build, std::vector<std::string>& warnings,
                        bool int8) {

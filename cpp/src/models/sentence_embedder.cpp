@@ -137,14 +137,8 @@ double EmbedderSettings::dense_weight_bytes() const {
 
 void fill_embedder_spec(NativeModel& model, const EmbedderSettings& settings, double backbone_bytes,
                         double activation_bytes, const NativeOptions& options, core::Loader loader) {
-  const double weight_bytes = backbone_bytes + settings.dense_weight_bytes();
-  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
-  core::ModelSpec& spec = model.spec;
-  spec.capabilities = {capabilities::TextEmbedding::kName};
-  spec.memory_mb = kit::replica_memory_mb(weight_bytes, activation_bytes);
-  spec.devices = options.devices;
-  spec.batch_budget = settings.tokens_per_forward;
-  spec.loader = std::move(loader);
+  kit::fill_spec(model, capabilities::TextEmbedding::kName, backbone_bytes + settings.dense_weight_bytes(),
+                 activation_bytes, settings.tokens_per_forward, options, std::move(loader));
 }
 
 DenseLayer DenseLayer::load(const DenseStep& step, at::Device device) {

@@ -90,6 +90,12 @@ inline constexpr double kReplicaOverheadMb = 64.0;
 /// A replica's memory estimate: weights, plus caches and activations, plus the overhead.
 double replica_memory_mb(double weight_bytes, double other_bytes);
 
+/// A spec that serves one `capability`: its weights (`weight_bytes`, also
+/// model.weight_mb) and one forward pass's `activation_bytes` in the replica
+/// estimate, `batch_budget`, the devices `options` name, and `loader`.
+void fill_spec(NativeModel& model, const char* capability, double weight_bytes, double activation_bytes,
+               size_t batch_budget, const NativeOptions& options, core::Loader loader);
+
 /// The bytes of weights a model takes from `checkpoint` as `dtype`: `build` runs
 /// the model's constructor on a meta-device view (nothing is read), so the count
 /// covers exactly the tensors the model loads and checks every name and shape at

@@ -77,27 +77,22 @@ NativeModel build_reranker(const ModernBertConfig& config, const loading::ModelC
         ModernBertClassifier(config, w, labels);
       },
       model.warnings, in.int8);
-  model.weight_mb = weight_bytes / (1024.0 * 1024.0);
-  core::ModelSpec& spec = model.spec;
-  spec.capabilities = {capabilities::Reranking::kName};
-  spec.memory_mb = kit::replica_memory_mb(
-      weight_bytes,
-      activation_bytes(config, static_cast<double>(settings.tokens_per_forward), settings.max_seq_length));
-  spec.devices = options.devices;
-  spec.batch_budget = settings.tokens_per_forward;
+  const double act_bytes =
+      activation_bytes(config, static_cast<double>(settings.tokens_per_forward), settings.max_seq_length);
   const fs::path model_dir = in.layout.model_dir, tokenizer_file = in.tokenizer_file;
   const loading::TokenizerOptions tokenizer_options = in.tokenizer_options;
   const at::ScalarType dtype = in.dtype;
   const bool int8 = in.int8;
-  spec.loader = [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype,
-                 int8](const std::string& device) {
+  kit::fill_spec(model, capabilities::Reranking::kName, weight_bytes, act_bytes, settings.tokens_per_forward, options,
+                 [model_dir, tokenizer_file, tokenizer_options, config, settings, dtype,
+                  int8](const std::string& device) {
     const at::Device dev(device);
     const nn::Weights w = nn::Weights::open(loading::Checkpoint::open(model_dir), dtype, dev).with_int8_linears(int8);
     auto scorer = std::make_unique<ModernBertScorer>(ModernBertEncoder(config, w),
                                                      ModernBertClassifier(config, w, settings.num_labels), dev);
     return std::make_shared<CrossEncoder>(std::move(scorer), kit::open_tokenizer(tokenizer_file, tokenizer_options),
                                           settings);
-  };
+  });
   return model;
 }
 
