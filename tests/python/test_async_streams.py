@@ -7,6 +7,7 @@ import os
 import threading
 
 import mpool
+from models_for_tests import wait_for
 
 STREAMS = 500
 WORDS = 6
@@ -167,17 +168,6 @@ def test_cancelling_aembed_images_while_its_image_is_fetched_cancels_the_request
         server.server_close()
 
 
-def _wait(pred, seconds: float = 30.0) -> bool:
-    import time
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
-
-
 def test_a_request_that_ends_after_its_event_loop_closed_reports_nothing_from_the_replica_thread():
     import gc
 
@@ -201,6 +191,6 @@ def test_a_request_that_ends_after_its_event_loop_closed_reports_nothing_from_th
         assert loop.run_until_complete(loop.run_in_executor(None, entered.wait, 30))
         loop.close()  # e.g. a loop stopped by Ctrl-C, then closed
         gate.set()  # the request ends now; its callback finds the loop closed
-        assert _wait(lambda: pool.stats()["models"]["m"]["counts"]["succeeded"] == 1)
+        assert wait_for(lambda: pool.stats()["models"]["m"]["counts"]["succeeded"] == 1, 30)
         del task
         gc.collect()
