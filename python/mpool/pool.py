@@ -318,7 +318,8 @@ class Pool:
         Lowering it below what loaded models hold makes the device's pressure critical:
         maintenance evicts idle, unpinned replicas (one per tick, each on a fresh
         reading), and new loads evict, wait or raise MemoryExhausted. Busy and pinned
-        models are never evicted for it.
+        models are never evicted for it. ``device`` must be present on this host
+        (``stats()["devices"]``); another is an InvalidInput.
         """
         device = v.text("device", device, allow_empty=False)
         budget = None if mb is None else v.finite("mb", mb, lo=0)

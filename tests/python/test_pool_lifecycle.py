@@ -45,6 +45,50 @@ def test_memory_exhausted_names_requested_and_available_megabytes():
         assert pool.embed("small", ["ok"]).shape == (1, 8)  # the pool stays healthy
 
 
+def cpu_budget(pool):
+    return next(d for d in pool.stats()["devices"] if d["device"] == "cpu")["budget_mb"]
+
+
+def test_set_memory_budget_sets_and_none_restores_the_fraction_rule():
+    with mpool.Pool(memory_budget_mb={"cpu": 500}) as pool:
+        pool.set_memory_budget("cpu", 321.5)
+        assert cpu_budget(pool) == 321.5
+        pool.set_memory_budget("cpu", None)
+        assert cpu_budget(pool) not in (321.5, 500.0)  # memory_fraction of the total, less the reserve
+
+
+def test_set_memory_budget_lowered_below_loaded_evicts_the_idle_model():
+    with mpool.Pool(memory_budget_mb={"cpu": 1000}, maintenance_interval=0.01) as pool:
+        pool.register("m", embedder(400), max_replicas=1)
+        pool.embed("m", ["x"])
+        assert replicas(pool, "m") == 1
+        pool.set_memory_budget("cpu", 100)
+        assert wait_for(lambda: replicas(pool, "m") == 0, 30)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU", "cuda:-1", " cpu"])
+def test_set_memory_budget_refuses_a_malformed_device_name(device):
+    with mpool.Pool() as pool:
+        with pytest.raises(mpool.InvalidInput, match=r"is not \"cpu\" or \"cuda:N\""):
+            pool.set_memory_budget(device, 100)
+
+
+def test_set_memory_budget_refuses_a_device_this_host_lacks_and_names_those_present():
+    with mpool.Pool() as pool:
+        before = cpu_budget(pool)
+        with pytest.raises(mpool.InvalidInput, match=r"'cuda:999' is not present in this pool \(devices: cpu"):
+            pool.set_memory_budget("cuda:999", 100)
+        assert cpu_budget(pool) == before
+        assert [d["device"] for d in pool.stats()["devices"]].count("cuda:999") == 0
+
+
+def test_pool_budgets_may_name_an_absent_gpu_but_not_a_malformed_device():
+    with mpool.Pool(memory_budget_mb={"cpu": 700, "cuda:999": 100}) as pool:  # one config for GPU and CPU hosts
+        assert cpu_budget(pool) == 700
+    with pytest.raises(mpool.InvalidInput, match=r"memory_budget_mb: device 'gpu0' is not"):
+        mpool.Pool(memory_budget_mb={"gpu0": 100})
+
+
 def test_idle_model_is_evicted_to_make_room_least_recently_used_first():
     with mpool.Pool(memory_budget_mb={"cpu": 1000}) as pool:
         for k in "abc":

@@ -192,6 +192,14 @@ int available_cpus() noexcept {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+namespace {
+/// "cpu" or "cuda:N" (N: up to four digits).
+bool is_device_name(const std::string& d) {
+  return d == "cpu" || (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() < 10 &&
+                        d.find_first_not_of("0123456789", 5) == std::string::npos);
+}
+}  // namespace
+
 Pool::Pool(PoolOptions options)
     : options_(std::move(options)),
       governor_(std::make_shared<MemoryGovernor>(options_.probe, options_.memory)) {
@@ -212,6 +220,9 @@ Pool::Pool(PoolOptions options)
         "scale_up_queue_depth must be >= 0");
   check(options_.scale_up_after_s >= 0, ErrorCode::kInvalidInput, "scale_up_after must be >= 0 seconds");
   check(options_.scale_down_after_s >= 0, ErrorCode::kInvalidInput, "scale_down_after must be >= 0 seconds");
+  for (const auto& [device, mb] : options_.memory.budget_mb)
+    check(is_device_name(device), ErrorCode::kInvalidInput,
+          "memory_budget_mb: device '" + device + "' is not \"cpu\" or \"cuda:N\"");
   maintenance_ = std::thread([this] { maintenance_loop(); });
 }
 
@@ -234,12 +245,9 @@ void Pool::register_model(const std::string& key, ModelSpec spec) {
         "model '" + key + "': intra_op_threads must be in [1, " + std::to_string(kMaxIntraOpThreads) +
             "] (0: the pool's), got " + std::to_string(spec.intra_op_threads));
   check(!spec.devices.empty(), ErrorCode::kInvalidInput, "model '" + key + "' lists no device");
-  for (auto& d : spec.devices) {
-    bool ok = d == "cpu" || (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() < 10 &&
-                             d.find_first_not_of("0123456789", 5) == std::string::npos);
-    check(ok, ErrorCode::kInvalidInput,
+  for (auto& d : spec.devices)
+    check(is_device_name(d), ErrorCode::kInvalidInput,
           "model '" + key + "': device '" + d + "' is not \"cpu\" or \"cuda:N\"");
-  }
   auto model = std::make_shared<Model>();
   model->key = key;
   model->pinned = spec.pinned;
@@ -1010,8 +1018,19 @@ void Pool::set_keep_alive(const std::string& key, double keep_alive_s) {
 }
 
 void Pool::set_memory_budget(const std::string& device, std::optional<double> mb) {
-  check(device == "cpu" || device.rfind("cuda:", 0) == 0, ErrorCode::kInvalidInput,
-        "device '" + device + "' is not \"cpu\" or \"cuda:N\"");
+  check(is_device_name(device), ErrorCode::kInvalidInput, "device '" + device + "' is not \"cpu\" or \"cuda:N\"");
+  // A budget for a device this host lacks would never apply: most likely a
+  // wrong ordinal, so it is refused rather than kept silently. (Budgets given
+  // to the constructor may name absent devices: one configuration can serve
+  // hosts with and without GPUs.)
+  governor_->refresh();
+  if (!governor_->has_device(device)) {
+    std::string present;
+    for (const auto& d : governor_->snapshot()) present += (present.empty() ? "" : ", ") + d.device;
+    throw Error(ErrorCode::kInvalidInput, "device '" + device + "' is not present in this pool (devices: " +
+                                              (present.empty() ? std::string("none") : present) +
+                                              "); its memory budget would never apply");
+  }
   governor_->set_budget(device, mb);
   governor_->refresh();
   wake_maintenance();

@@ -139,6 +139,7 @@ class Pool {
   /// Sets a device's memory budget in MB (nullopt: back to memory_fraction of
   /// its total). Lowering it below what is committed makes the device's pressure
   /// critical: maintenance then evicts idle replicas, and new loads wait or fail.
+  /// A device that is malformed or not present is an InvalidInput.
   void set_memory_budget(const std::string& device, std::optional<double> mb);
 
   /// Snapshot of all models and devices.
