@@ -827,7 +827,8 @@ class Pool:
         A setting left None takes the model's own default (its ``defaults``), else
         512 x 512, 20 steps, guidance 7.0. img2img: ``init_image`` (any image
         source, resized to the requested size) and ``strength`` (default 0.8; 1.0
-        starts from pure noise). ``latents``: the initial latents, as diffusers'
+        starts from pure noise; a native model refuses 0, which runs no step, as
+        diffusers does). ``latents``: the initial latents, as diffusers'
         argument of that name. ``skip_layer_guidance``: True for blocks 7, 8, 9, or
         the block indices, with its ``skip_layer_scale`` (2.8) applied between
         ``skip_layer_start`` (0.01) and ``skip_layer_stop`` (0.2) of the steps.

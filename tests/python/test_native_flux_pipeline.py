@@ -150,6 +150,21 @@ def test_img2img_matches_diffusers_flux_img2img_with_the_same_seed(saved, key, s
     assert_same(got, ref, f"{key} img2img")
 
 
+def test_img2img_strength_that_leaves_no_step_is_refused_as_diffusers_refuses_it(saved, pool) -> None:
+    from diffusers import FluxImg2ImgPipeline
+    from PIL import Image
+
+    pipe, _ = saved["schnell"]
+    init = Image.new("RGB", (W, H), (10, 200, 30))
+    with pytest.raises(ValueError, match="steps is 0 which is < 1"):
+        FluxImg2ImgPipeline(**pipe.components)("x", image=init, height=H, width=W, strength=0.0,
+                                               num_inference_steps=4, guidance_scale=0.0, output_type="np")
+    with pytest.raises(mpool.InvalidInput, match="strength 0.000000 leaves none of the 4 steps to run"):
+        pool.img2img("schnell", init, "x", strength=0.0, width=W, height=H, steps=4).result()
+    one_step = list(pool.img2img("schnell", init, "x", strength=0.01, width=W, height=H, steps=4, seed=1))
+    assert [(p.step, p.total) for p in one_step] == [(1, 1)]  # diffusers runs int(4 - 0.04) = 3 .. 4: one step
+
+
 def test_stream_reports_each_step_with_a_preview_and_the_model_defaults(saved, pool) -> None:
     stream = pool.generate_image("schnell", "a cat", width=W, height=H, seed=1)
     steps = [p for p in stream]

@@ -169,12 +169,20 @@ def test_flow_match_schedule_equals_diffusers_bit_for_bit(config: dict) -> None:
             assert float(ours["mu"]) == pytest.approx(mu, rel=1e-12)
 
 
-@pytest.mark.parametrize("steps,strength", [(8, 0.3), (8, 1.0), (10, 0.55), (4, 0.0), (28, 0.8), (3, 0.5)])
+@pytest.mark.parametrize("steps,strength", [(8, 0.3), (8, 1.0), (10, 0.55), (4, 0.01), (28, 0.8), (3, 0.5)])
 def test_img2img_start_step_is_diffusers_get_timesteps(steps: int, strength: float) -> None:
     init = min(steps * strength, steps)
     expected = int(max(steps - init, 0))
     ours = mpool.testing.probe("nn.flow_match_schedule", config={"shift": 3.0}, steps=steps, strength=strength)
     assert int(ours["start"]) == expected
+
+
+@pytest.mark.parametrize("steps", [1, 4, 28])
+def test_img2img_strength_that_leaves_no_step_is_refused_as_diffusers_does(steps: int) -> None:
+    # diffusers' img2img pipelines raise ValueError when get_timesteps leaves fewer than one step.
+    with pytest.raises(mpool.InvalidInput, match=f"strength 0.000000 leaves none of the {steps} steps"):
+        mpool.testing.probe("nn.flow_match_schedule", config={"shift": 3.0}, steps=steps, strength=0.0)
+    assert int(mpool.testing.probe("nn.flow_match_schedule", config={}, steps=steps, strength=1e-9)["start"]) == steps - 1
 
 
 def test_flow_match_config_refuses_what_it_does_not_compute() -> None:

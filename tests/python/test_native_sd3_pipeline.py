@@ -225,6 +225,24 @@ def test_settings_only_the_model_can_check_are_invalid_input(pool) -> None:
         pool.generate_image("sd3", "x", skip_layer_guidance=[9], guidance_scale=3.0, steps=1).result()
     with pytest.raises(mpool.InvalidInput, match="multiple of 8 in"):
         pool.generate_image("sd3", "x", width=1024, height=32, steps=1).result()
+    with pytest.raises(mpool.InvalidInput, match="strength 0.000000 leaves none of the 4 steps"):
+        pool.img2img("sd3", np.zeros((SIZE, SIZE, 3), np.uint8), "x", strength=0.0, steps=4).result()
+
+
+def test_img2img_strength_zero_is_refused_as_diffusers_refuses_it(saved, pool) -> None:
+    from diffusers import StableDiffusion3Img2ImgPipeline
+    from PIL import Image
+
+    pipe, _ = saved["sd3"]
+    init = Image.new("RGB", (SIZE, SIZE), (10, 200, 30))
+    # diffusers makes no image either: its FLUX and SD img2img raise ValueError ("the number of
+    # pipeline steps is 0"); its SD3 img2img (0.42) fails inside attention on the empty timesteps.
+    with pytest.raises((ValueError, RuntimeError)):
+        StableDiffusion3Img2ImgPipeline(**pipe.components)("x", image=init, strength=0.0, num_inference_steps=4,
+                                                           height=SIZE, width=SIZE, output_type="np")
+    with pytest.raises(mpool.InvalidInput, match="needs strength > 0"):
+        pool.img2img("sd3", init, "x", strength=0.0, steps=4).result()
+    assert pool.generate_image("sd3", "x", steps=1, seed=0).result().size == (SIZE, SIZE)  # the replica still serves
 
 
 def test_inspect_says_sd3_builds_the_pipeline_and_registration_refuses_other_pipelines(saved, tmp_path) -> None:

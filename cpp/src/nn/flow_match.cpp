@@ -131,7 +131,13 @@ int64_t img2img_start_step(int64_t steps, double strength) {
   check(std::isfinite(strength) && strength >= 0 && strength <= 1, ErrorCode::kInvalidInput,
         "strength must be in [0, 1], got " + std::to_string(strength));
   const double init = std::min(static_cast<double>(steps) * strength, static_cast<double>(steps));
-  return static_cast<int64_t>(std::max(static_cast<double>(steps) - init, 0.0));
+  const auto start = static_cast<int64_t>(std::max(static_cast<double>(steps) - init, 0.0));
+  // As diffusers: a strength that leaves no step to run is refused, not
+  // answered with the init image after a VAE round trip.
+  check(start < steps, ErrorCode::kInvalidInput,
+        "strength " + std::to_string(strength) + " leaves none of the " + std::to_string(steps) +
+            " steps to run; img2img needs strength > 0");
+  return start;
 }
 
 }  // namespace mpool::nn
