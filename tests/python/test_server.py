@@ -406,6 +406,18 @@ def test_every_pool_error_maps_to_its_http_status_in_the_openai_error_shape():
             assert ollama.status_code == 404 and "nope" in ollama.json()["error"]
 
 
+def test_an_unknown_route_is_404_and_a_wrong_method_is_405_with_allow_in_each_api_s_shape(server):
+    check_error(httpx.post(f"{server}/v1/nothing", json={}), 404, "unknown_route")
+    assert httpx.get(f"{server}/api/nothing").status_code == 404
+    wrong = httpx.get(f"{server}/v1/embeddings")
+    check_error(wrong, 405, "method_not_allowed")
+    assert wrong.headers["allow"] == "POST" and "GET is not served at /v1/embeddings" in wrong.json()["error"]["message"]
+    ollama = httpx.delete(f"{server}/api/tags")
+    assert ollama.status_code == 405 and set(ollama.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    assert "DELETE is not served at /api/tags" in ollama.json()["error"]
+    assert httpx.get(f"{server}/api/tags").status_code == 200
+
+
 def test_bodies_too_deep_to_parse_and_lone_surrogates_in_messages_are_400s_in_each_api_s_shape(server):
     deep = "[" * 100_000 + "]" * 100_000
     for route, shape in (("/v1/embeddings", "openai"), ("/api/embed", "ollama")):

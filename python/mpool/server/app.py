@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..pool import Pool
 from . import ollama_api, openai_api
 from .config import ServerConfig
-from .http import BodyTooLarge, RouteNotFound, Unauthorized, ollama_error, openai_error
+from .http import BodyTooLarge, MethodNotAllowed, RouteNotFound, Unauthorized, ollama_error, openai_error
 from .metrics import HttpMetrics, exposition, registry_for
 from .state import ServerState, register_models
 
@@ -120,6 +120,16 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return _error_response(request.url.path, RouteNotFound(f"no route {request.method} {request.url.path}"))
 
 
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    allow = getattr(exc, "headers", None) or {}
+    response = _error_response(
+        request.url.path,
+        MethodNotAllowed(f"{request.method} is not served at {request.url.path}; allowed: {allow.get('Allow', '')}"),
+    )
+    response.headers.update(allow)
+    return response
+
+
 async def _body_too_large(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BodyTooLarge)
     return _error_response(request.url.path, exc)
@@ -170,7 +180,7 @@ def create_app(config: ServerConfig | None = None, *, pool: Pool | None = None) 
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={404: _not_found, 405: _not_found, BodyTooLarge: _body_too_large},
+        exception_handlers={404: _not_found, 405: _method_not_allowed, BodyTooLarge: _body_too_large},
     )
     app.state.mpool = state
     app.state.registry = registry_for(the_pool)

@@ -69,11 +69,18 @@ class RouteNotFound(InvalidInput):
     code = "unknown_route"
 
 
+class MethodNotAllowed(InvalidInput):
+    """A route that exists, asked with a method it does not serve: HTTP 405 (with ``Allow``)."""
+
+    code = "method_not_allowed"
+
+
 # Pool errors by HTTP status, most specific class first.
 _STATUS: tuple[tuple[type[PoolError], int], ...] = (
     (BodyTooLarge, 413),
     (Unauthorized, 401),
     (RouteNotFound, 404),
+    (MethodNotAllowed, 405),
     (NotCopyable, 400),
     (InvalidInput, 400),
     (ModelNotFound, 404),
@@ -91,6 +98,7 @@ _TYPE = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
