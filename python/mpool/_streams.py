@@ -8,6 +8,7 @@ here knows the Pool.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -217,6 +218,11 @@ class ImageStream:
         try:
             async for p in wait_chunks(self._native.poll, self._native):
                 yield self._wrap(p)
+        except asyncio.CancelledError:
+            # The task waiting on it (aresult(), async for) was cancelled, as
+            # asyncio.wait_for's timeout does: so is the generation.
+            self._native.cancel()
+            raise
         finally:
             if self._display is not None:
                 self._display.close()
@@ -225,7 +231,8 @@ class ImageStream:
         return self._chunks()
 
     async def aresult(self) -> Any:
-        """``result()`` without blocking the event loop or holding a thread while it waits."""
+        """``result()`` without blocking the event loop or holding a thread while it
+        waits. Cancelling the task that awaits it cancels the generation."""
         if self._image is None:
             async for _ in self:
                 pass

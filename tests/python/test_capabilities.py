@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import mpool
+from models_for_tests import wait_for
 
 
 class MeanColorEmbedder:
@@ -175,6 +176,39 @@ def test_closing_an_image_stream_cancels_the_generation(pool):
     while pool.stats()["models"]["sd"]["busy_replicas"] and time.monotonic() < end:
         time.sleep(0.01)
     assert pool.stats()["models"]["sd"]["busy_replicas"] == 0
+
+
+def test_cancelling_the_task_awaiting_an_image_streams_aresult_cancels_the_generation(pool):
+    import asyncio
+    import time
+
+    started = threading.Event()
+
+    class Endless:
+        def generate_image(self, prompt, config, progress):
+            started.set()
+            step = 0
+            while True:
+                step += 1
+                progress(step, 10**9)
+                time.sleep(0.002)
+
+    pool.register("sd", mpool.PyModel("text_to_image", lambda d: Endless(), memory_mb=1, max_replicas=1))
+
+    stream = pool.generate_image("sd", "fox", steps=5, timeout=float("inf"))  # kept: dropping it cancels too
+
+    async def main():
+        task = asyncio.ensure_future(stream.aresult())
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    counts = lambda: pool.stats()["models"]["sd"]["counts"]  # noqa: E731
+    assert wait_for(lambda: counts()["cancellations"] == 1 and pool.stats()["models"]["sd"]["busy_replicas"] == 0, 30)
+    with pytest.raises(mpool.Cancelled):
+        stream.result()
 
 
 def test_model_returning_wrong_shape_is_model_error(pool):
