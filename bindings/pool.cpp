@@ -23,6 +23,7 @@
 namespace mpool::bindings {
 
 py::object wrap_future(std::shared_ptr<core::Pending<at::Tensor>> p);
+py::object wrap_load_future(std::shared_ptr<core::Pending<bool>> p);
 py::object wrap_text_stream(std::shared_ptr<capabilities::TextStream> c);
 py::object wrap_image_stream(std::shared_ptr<capabilities::ImageStream> c);
 
@@ -327,9 +328,25 @@ void register_pool(py::module_& m) {
       .def(
           "load",
           [](core::Pool& pool, const std::string& key, std::optional<double> timeout) {
-            pool.load(key, request_options(timeout));
+            std::shared_ptr<core::Pending<bool>> p;
+            {
+              py::gil_scoped_release nogil;
+              p = pool.load_async(key, request_options(timeout));
+            }
+            wait_interruptibly(*p);  // Ctrl-C cancels the load request
           },
-          py::arg("key"), py::arg("timeout") = py::none(), py::call_guard<py::gil_scoped_release>())
+          py::arg("key"), py::arg("timeout") = py::none())
+      .def(
+          "load_async",
+          [](core::Pool& pool, const std::string& key, std::optional<double> timeout) {
+            std::shared_ptr<core::Pending<bool>> p;
+            {
+              py::gil_scoped_release nogil;
+              p = pool.load_async(key, request_options(timeout));
+            }
+            return wrap_load_future(std::move(p));
+          },
+          py::arg("key"), py::arg("timeout") = py::none())
       .def("unload", &core::Pool::unload, py::arg("key"), py::arg("timeout"),
            py::call_guard<py::gil_scoped_release>())
       .def("set_pinned", &core::Pool::set_pinned, py::call_guard<py::gil_scoped_release>())

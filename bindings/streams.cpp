@@ -50,11 +50,11 @@ double seconds_left(const core::RequestContext& context) {
   return std::chrono::duration<double>(context.deadline() - core::Clock::now()).count();
 }
 
-/// A native future of a tensor (embeddings).
-struct Future {
-  std::shared_ptr<core::Pending<at::Tensor>> pending;
+/// A native future: of a tensor (embeddings, scores), or of a load (no value).
+template <class T>
+struct NativeFuture {
+  std::shared_ptr<core::Pending<T>> pending;
 
-  py::array result() { return tensor_to_numpy(wait_interruptibly(*pending)); }
   double remaining() const { return seconds_left(*pending->context()); }
   void add_done_callback(py::object fn) {
     PyCallback cb(std::move(fn));
@@ -62,6 +62,20 @@ struct Future {
     pending->on_done([cb] { cb("mpool future callback"); });
   }
 };
+using Future = NativeFuture<at::Tensor>;
+using LoadFuture = NativeFuture<bool>;
+
+/// Binds a NativeFuture; `result` turns the waited value into Python's.
+template <class T, class Result>
+void bind_future(py::module_& m, const char* name, const char* doc, Result result) {
+  py::class_<NativeFuture<T>>(m, name, doc)
+      .def("result", result, "Waits (GIL released) until the result or the request's deadline.")
+      .def("done", [](const NativeFuture<T>& f) { return f.pending->done(); })
+      .def("cancel", [](NativeFuture<T>& f) { return f.pending->cancel(); }, py::call_guard<py::gil_scoped_release>())
+      .def("remaining", &NativeFuture<T>::remaining, "Seconds left before the request's deadline.")
+      .def("add_done_callback", &NativeFuture<T>::add_done_callback,
+           "Calls fn() (on the delivering thread, with the GIL) once the result is there.");
+}
 
 /// Text stream: iterating yields TextChunk until the end.
 struct PyTextStream {
@@ -194,13 +208,13 @@ void register_streams(py::module_& m) {
       .def("__repr__", [](const ImageProgress& p) {
         return "ImageProgress(step=" + std::to_string(p.step) + ", total=" + std::to_string(p.total) + ")";
       });
-  py::class_<Future>(m, "Future", "A pending embedding result.")
-      .def("result", &Future::result, "Waits (GIL released) until the result or the request's deadline.")
-      .def("done", [](const Future& f) { return f.pending->done(); })
-      .def("cancel", [](Future& f) { return f.pending->cancel(); }, py::call_guard<py::gil_scoped_release>())
-      .def("remaining", &Future::remaining, "Seconds left before the request's deadline.")
-      .def("add_done_callback", &Future::add_done_callback,
-           "Calls fn() (on the delivering thread, with the GIL) once the result is there.");
+  bind_future<at::Tensor>(m, "Future", "A pending embedding or scoring result.",
+                          [](Future& f) { return tensor_to_numpy(wait_interruptibly(*f.pending)); });
+  bind_future<bool>(m, "LoadFuture", "A pending load: its result is None once a replica serves the model.",
+                    [](LoadFuture& f) {
+                      wait_interruptibly(*f.pending);
+                      return py::none();
+                    });
   py::class_<PyTextStream>(m, "TextStream", "Chunks of generated text; iterate it.")
       .def("__iter__", [](py::object self) { return self; })
       .def("__next__", &PyTextStream::next)
@@ -222,6 +236,7 @@ void register_streams(py::module_& m) {
 
 // Factories used by pool.cpp (kept here so the stream types stay private).
 py::object wrap_future(std::shared_ptr<core::Pending<at::Tensor>> p) { return py::cast(Future{std::move(p)}); }
+py::object wrap_load_future(std::shared_ptr<core::Pending<bool>> p) { return py::cast(LoadFuture{std::move(p)}); }
 py::object wrap_text_stream(std::shared_ptr<capabilities::TextStream> c) {
   return py::cast(PyTextStream(std::move(c)), py::return_value_policy::move);
 }

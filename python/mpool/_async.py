@@ -13,8 +13,6 @@ import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-import numpy as np
-
 __all__ = ["await_native", "wait_chunks", "wake"]
 
 # Past a native deadline, the loop waits this much longer before the next poll()
@@ -94,7 +92,7 @@ async def submit_off_loop(submit: Callable[[Callable[[], bool]], Any]) -> Any:
 
 async def await_native(
     future: Any, on_tick: Callable[[], None] | None = None, tick_s: float = 0.5
-) -> np.ndarray:
+) -> Any:
     """Awaits a native future: completion arrives by callback, never by a blocked thread.
 
     ``on_tick`` (a progress display) is called on the loop at least every

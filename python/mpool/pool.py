@@ -281,13 +281,14 @@ class Pool:
         What would fail a first request fails this call: ``SpawnFailed`` (the
         loader's error), ``MemoryExhausted``, ``Timeout`` (``timeout``: the pool's
         request timeout by default). It counts as one request in ``stats()``.
+        Ctrl-C cancels the request; replicas it already started finish loading.
         """
         self._native.load(v.key(key), req.timeout(timeout))
 
     async def aload(self, key: str, timeout: float | None = None) -> None:
-        """``load`` without blocking the event loop."""
-        key, checked = v.key(key), req.timeout(timeout)
-        await asyncio.get_running_loop().run_in_executor(None, self._native.load, key, checked)
+        """``load`` without blocking the event loop or holding a thread. Cancelling it
+        cancels the load request; replicas it already started finish loading."""
+        await await_native(self._native.load_async(v.key(key), req.timeout(timeout)))
 
     def unload(self, key: str, timeout: float = 30.0) -> bool:
         """Unloads every replica of ``key`` once its queued work is done (0: do not wait for it)."""

@@ -333,6 +333,63 @@ def test_aload_loads_without_blocking_the_event_loop():
         assert asyncio.run(main(pool)) == "ready"
 
 
+def test_aload_holds_no_thread_and_cancelling_it_cancels_the_load_request_not_the_replica():
+    import asyncio
+
+    gate, entered = threading.Event(), threading.Event()
+
+    def loader(device):
+        entered.set()
+        gate.wait(60)
+        return HashEmbedder()
+
+    async def cancel_while_loading(pool):
+        before = threading.active_count()
+        task = asyncio.ensure_future(pool.aload("m", timeout=float("inf")))
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
+        assert threading.active_count() == before + 1  # the executor thread that waited on `entered`, no other
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with mpool.Pool(cold_start_replicas=1) as pool:
+        pool.register("m", mpool.PyModel("text_embedding", loader, memory_mb=1))
+        asyncio.run(cancel_while_loading(pool))
+        counts = pool.stats()["models"]["m"]["counts"]
+        assert (counts["cancellations"], counts["succeeded"]) == (1, 0)
+        gate.set()  # the replica the load started still comes up
+        assert wait_for(lambda: pool.models()[0]["state"] == "ready", 30)
+        asyncio.run(pool.aload("m"))
+        assert pool.stats()["models"]["m"]["counts"]["succeeded"] == 1
+
+
+def test_ctrl_c_during_load_raises_keyboard_interrupt_and_cancels_the_load_request():
+    import _thread
+
+    gate, entered = threading.Event(), threading.Event()
+
+    def loader(device):
+        entered.set()
+        gate.wait(60)
+        return HashEmbedder()
+
+    def interrupt() -> None:
+        if entered.wait(30):
+            _thread.interrupt_main()
+
+    with mpool.Pool(cold_start_replicas=1) as pool:
+        pool.register("m", mpool.PyModel("text_embedding", loader, memory_mb=1))
+        sender = threading.Thread(target=interrupt)
+        sender.start()
+        with pytest.raises(KeyboardInterrupt):
+            pool.load("m", timeout=float("inf"))
+        sender.join()
+        assert pool.stats()["models"]["m"]["counts"]["cancellations"] == 1
+        gate.set()
+        pool.load("m")
+        assert pool.models()[0]["state"] == "ready"
+
+
 def test_stats_idle_s_is_zero_while_a_request_runs_and_grows_after():
     gate = threading.Event()
     with mpool.Pool() as pool:

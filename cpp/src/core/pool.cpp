@@ -964,12 +964,14 @@ double Pool::keep_alive_of(const Model& model) const {
   return model.keep_alive_s.load();
 }
 
-void Pool::load(const std::string& key, const RequestOptions& options) {
+std::shared_ptr<Pending<bool>> Pool::load_async(const std::string& key, const RequestOptions& options) {
   auto pending = std::make_shared<Pending<bool>>(make_context(key, options));
   auto nothing = [](Instance&, RequestContext&) { return true; };
   submit(key, std::string{}, std::make_shared<UnaryJob<bool>>(pending, nothing));
-  pending->wait();
+  return pending;
 }
+
+void Pool::load(const std::string& key, const RequestOptions& options) { load_async(key, options)->wait(); }
 
 int Pool::intra_op_threads_of(const Model& model) const {
   return model.spec.intra_op_threads > 0 ? model.spec.intra_op_threads : options_.intra_op_threads;

@@ -18,6 +18,7 @@
 #include "mpool/core/memory.h"
 #include "mpool/core/metrics.h"
 #include "mpool/core/model_spec.h"
+#include "mpool/core/pending.h"
 
 namespace mpool::core {
 
@@ -127,6 +128,9 @@ class Pool {
   /// `options`' deadline. Throws what a request would: ModelNotFound, SpawnFailed,
   /// MemoryExhausted, Overloaded, Timeout, ShuttingDown.
   void load(const std::string& key, const RequestOptions& options = {});
+  /// `load` without waiting: the pending request (true once a replica served it).
+  /// Cancelling it cancels the request; replicas already loading finish loading.
+  std::shared_ptr<Pending<bool>> load_async(const std::string& key, const RequestOptions& options = {});
 
   /// Retires every replica of `key` once its queued work is done; returns when they
   /// are gone or after `timeout_s` (false then).
