@@ -39,6 +39,32 @@ ONIG_PROPS = ["L", "Lu", "Ll", "Lt", "Lm", "Lo", "M", "Mn", "Mc", "Me", "N", "Nd
               "Ps", "Pe", "Pi", "Pf", "Po", "S", "Sm", "Sc", "Sk", "So", "Z", "Zs", "Zl", "Zp", "C", "Cc", "Cf",
               "Co", "Cn"]
 ONIG_ESCAPES = {"s": r"\s", "w": r"\w", "d": r"\d"}
+# Inside a bracket class Oniguruma's \w and \W are other sets than outside one
+# (superscript and fraction digits are left out); the translator uses these there.
+ONIG_IN_CLASS = {"[\\w]": r"[\w]", "[\\W]": r"[\W]"}
+# Script names (Oniguruma reads \p{Han} as the Script property, PCRE2 as
+# Script_Extensions); a name the reference does not compile is skipped.
+ONIG_SCRIPTS = [
+    "Adlam", "Ahom", "Anatolian_Hieroglyphs", "Arabic", "Armenian", "Avestan", "Balinese", "Bamum", "Bassa_Vah",
+    "Batak", "Bengali", "Bhaiksuki", "Bopomofo", "Brahmi", "Braille", "Buginese", "Buhid", "Canadian_Aboriginal",
+    "Carian", "Caucasian_Albanian", "Chakma", "Cham", "Cherokee", "Chorasmian", "Common", "Coptic", "Cuneiform",
+    "Cypriot", "Cypro_Minoan", "Cyrillic", "Deseret", "Devanagari", "Dives_Akuru", "Dogra", "Duployan",
+    "Egyptian_Hieroglyphs", "Elbasan", "Elymaic", "Ethiopic", "Georgian", "Glagolitic", "Gothic", "Grantha", "Greek",
+    "Gujarati", "Gunjala_Gondi", "Gurmukhi", "Han", "Hangul", "Hanifi_Rohingya", "Hanunoo", "Hatran", "Hebrew",
+    "Hiragana", "Imperial_Aramaic", "Inherited", "Inscriptional_Pahlavi", "Inscriptional_Parthian", "Javanese",
+    "Kaithi", "Kannada", "Katakana", "Kawi", "Kayah_Li", "Kharoshthi", "Khitan_Small_Script", "Khmer", "Khojki",
+    "Khudawadi", "Lao", "Latin", "Lepcha", "Limbu", "Linear_A", "Linear_B", "Lisu", "Lycian", "Lydian", "Mahajani",
+    "Makasar", "Malayalam", "Mandaic", "Manichaean", "Marchen", "Masaram_Gondi", "Medefaidrin", "Meetei_Mayek",
+    "Mende_Kikakui", "Meroitic_Cursive", "Meroitic_Hieroglyphs", "Miao", "Modi", "Mongolian", "Mro", "Multani",
+    "Myanmar", "Nabataean", "Nag_Mundari", "Nandinagari", "New_Tai_Lue", "Newa", "Nko", "Nushu", "Nyiakeng_Puachue_Hmong",
+    "Ogham", "Ol_Chiki", "Old_Hungarian", "Old_Italic", "Old_North_Arabian", "Old_Permic", "Old_Persian", "Old_Sogdian",
+    "Old_South_Arabian", "Old_Turkic", "Old_Uyghur", "Oriya", "Osage", "Osmanya", "Pahawh_Hmong", "Palmyrene",
+    "Pau_Cin_Hau", "Phags_Pa", "Phoenician", "Psalter_Pahlavi", "Rejang", "Runic", "Samaritan", "Saurashtra", "Sharada",
+    "Shavian", "Siddham", "SignWriting", "Sinhala", "Sogdian", "Sora_Sompeng", "Soyombo", "Sundanese", "Syloti_Nagri",
+    "Syriac", "Tagalog", "Tagbanwa", "Tai_Le", "Tai_Tham", "Tai_Viet", "Takri", "Tamil", "Tangsa", "Tangut", "Telugu",
+    "Thaana", "Thai", "Tibetan", "Tifinagh", "Tirhuta", "Toto", "Ugaritic", "Vai", "Vithkuqi", "Wancho", "Warang_Citi",
+    "Yezidi", "Yi", "Zanabazar_Square",
+]
 
 CHUNK = 0x10000
 
@@ -115,6 +141,7 @@ FLAGS = {
     "kRegexSpace": 1 << 7,  # Rust regex \s (Whitespace pre-tokenizer)
     "kCombiningClassNonzero": 1 << 8,  # nonzero canonical combining class in the normalizers' tables
     "kPrimaryComposite": 1 << 9,  # NFC composes to it: it decomposes and NFC leaves it alone
+    "kAddedWordChar": 1 << 10,  # next to a single_word added token, keeps it from matching
 }
 
 
@@ -155,6 +182,16 @@ def probe_flags(nfd: list[str]) -> list[int]:
                 flags[c] |= FLAGS["kRegexSpace"]
             elif p not in alone:
                 flags[c] |= FLAGS["kRegexWord"]
+    # A single_word added token matches only between non-word characters: probe
+    # each code point on both sides of one.
+    probe = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    probe.add_tokens([tokenizers.AddedToken("<t>", single_word=True, normalized=False)])
+    marker = probe.token_to_id("<t>")
+    for make in (lambda c: chr(c) + "<t>", lambda c: "<t>" + chr(c)):
+        for part in chunks():
+            for c, enc in zip(part, probe.encode_batch([make(c) for c in part], add_special_tokens=False)):
+                if marker not in enc.ids:
+                    flags[c] |= FLAGS["kAddedWordChar"]
     # A nonzero combining class shows as canonical reordering: after U+0301 (class 230)
     # a mark of class 1..229 moves ahead of it; before U+0334 (class 1) one above 1 moves behind.
     nfd_n = normalizers.NFD()
@@ -204,6 +241,15 @@ def main() -> None:
     onig = {name: removed_by(pre_tokenizers.Split(Regex(rf"\p{{{name}}}"), behavior="removed")) for name in ONIG_PROPS}
     for esc, pat in ONIG_ESCAPES.items():
         onig["\\" + esc] = removed_by(pre_tokenizers.Split(Regex(pat), behavior="removed"))
+    for key, pat in ONIG_IN_CLASS.items():
+        onig[key] = removed_by(pre_tokenizers.Split(Regex(pat), behavior="removed"))
+    for name in ONIG_SCRIPTS:
+        try:
+            split = pre_tokenizers.Split(Regex(rf"\p{{{name}}}"), behavior="removed")
+        except Exception:  # noqa: BLE001 - a script the reference's Oniguruma lacks
+            print(f"skipped \\p{{{name}}}: the reference does not compile it", file=sys.stderr)
+            continue
+        onig[name] = removed_by(split)
     with open(OUT, "w") as f:
         f.write(f"// Generated by scripts/gen_unicode_tables.py from tokenizers {tokenizers.__version__}. Do not edit.\n")
         f.write("// Per-code-point behaviour of HF tokenizers, probed on every code point.\n\n")

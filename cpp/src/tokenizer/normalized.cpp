@@ -83,7 +83,12 @@ std::string translate_oniguruma(const std::string& p) {
   std::string out;
   bool in_class = false;
   auto emit = [&](std::string_view name, bool negated, const std::string& original) {
-    std::string body = in_class && negated ? oniguruma_class(name, true) : quick_class_body(std::string(name));
+    std::string body;
+    if (in_class && (name == "\\w")) {
+      body = oniguruma_class(negated ? "[\\W]" : "[\\w]", false);  // Oniguruma's in-class \w is its own set
+    } else {
+      body = in_class && negated ? oniguruma_class(name, true) : quick_class_body(std::string(name));
+    }
     if (body.empty()) {
       out += original;
     } else if (in_class) {
@@ -99,6 +104,18 @@ std::string translate_oniguruma(const std::string& p) {
       if (n == 'w' || n == 's' || n == 'd' || n == 'W' || n == 'S' || n == 'D') {
         char lower = static_cast<char>(n | 0x20);
         emit(std::string("\\") + lower, n != lower, p.substr(i, 2));
+        ++i;
+        continue;
+      }
+      // Ruby syntax: \h is a hex digit (PCRE2: horizontal space), \v only U+000B.
+      if (n == 'h' || n == 'H') {
+        out += in_class ? (n == 'h' ? "0-9A-Fa-f" : "\\x{0}-\\x{2F}\\x{3A}-\\x{40}\\x{47}-\\x{60}\\x{67}-\\x{10FFFF}")
+                        : (n == 'h' ? "[0-9A-Fa-f]" : "[^0-9A-Fa-f]");
+        ++i;
+        continue;
+      }
+      if (n == 'v') {
+        out += "\\x{B}";
         ++i;
         continue;
       }
@@ -146,7 +163,8 @@ Regex::Regex(const std::string& pattern, bool literal) {
   int err = 0;
   PCRE2_SIZE err_off = 0;
   // PCRE2_LITERAL admits UTF but not UCP, which a literal does not need anyway.
-  uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
+  // Oniguruma's Ruby syntax makes ^ and $ line anchors.
+  uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP | PCRE2_MULTILINE);
   auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(source.data()), source.size(), opts, &err, &err_off,
                              nullptr);
   if (code == nullptr) {

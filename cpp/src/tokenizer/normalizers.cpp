@@ -31,8 +31,10 @@ class BertNormalizer : public Normalizer {
       for (char32_t c : chars) {
         if (is_chinese_char(c)) {
           any = true;
-          dest.push_back({U' ', 1});
-          dest.push_back({c, 0});
+          // As HF: the first space stands for c, and c and the second space are
+          // inserted after it, so all three take c's alignment.
+          dest.push_back({U' ', 0});
+          dest.push_back({c, 1});
           dest.push_back({U' ', 1});
         } else {
           dest.push_back({c, 0});

@@ -88,8 +88,6 @@ struct Tokenizer::Matcher {
 
 namespace {
 
-bool is_word_char(char32_t c) { return c == U'_' || is_alphabetic(c) || is_numeric(c); }
-
 struct AddedSplit {
   std::optional<uint32_t> id;
   size_t start, end;
@@ -111,11 +109,11 @@ std::vector<AddedSplit> find_added(std::string_view sentence, const std::vector<
         size_t k = start - 1;
         while (k > 0 && (static_cast<unsigned char>(sentence[k]) & 0xC0) == 0x80) --k;
         size_t j = k;
-        start_space = !is_word_char(next_code_point(sentence, j));
+        start_space = !is_added_word_char(next_code_point(sentence, j));
       }
       if (stop < sentence.size()) {
         size_t j = stop;
-        stop_space = !is_word_char(next_code_point(sentence, j));
+        stop_space = !is_added_word_char(next_code_point(sentence, j));
       }
       if (!start_space || !stop_space) continue;
     }

@@ -164,6 +164,8 @@ bool is_regex_word(char32_t c) { return (flags(c) & tables::kRegexWord) != 0; }
 
 bool is_regex_space(char32_t c) { return (flags(c) & tables::kRegexSpace) != 0; }
 
+bool is_added_word_char(char32_t c) { return (flags(c) & tables::kAddedWordChar) != 0; }
+
 std::vector<std::pair<char32_t, char32_t>> class_body_ranges(const std::string& body) {
   std::vector<std::pair<char32_t, char32_t>> out;
   for (size_t i = 0; i < body.size();) {
@@ -219,7 +221,6 @@ bool is_letter(char32_t c) {
   return cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO;
 }
 
-bool is_alphabetic(char32_t c) { return is_letter(c) || category(c) == UTF8PROC_CATEGORY_NL; }
 
 namespace {
 // The reference's full mapping of c in table, or nullptr (and n = 0) when it leaves c alone.

@@ -48,8 +48,9 @@ std::string utf8_lossy(std::string_view bytes);
 bool is_whitespace(char32_t c);
 /// Rust char::is_numeric (Digits).
 bool is_numeric(char32_t c);
-/// Rust char::is_alphabetic approximated by letter categories plus Nl (utf8proc).
-bool is_alphabetic(char32_t c);
+/// A word character for single_word added tokens (Rust char::is_alphanumeric or
+/// '_', probed from the reference): next to one, such a token does not match.
+bool is_added_word_char(char32_t c);
 /// ASCII punctuation or the unicode_categories crate's is_punctuation (BertPreTokenizer, Punctuation).
 bool is_punctuation(char32_t c);
 /// Removed by BertNormalizer's clean_text: NUL, U+FFFD and its controls (unicode_categories "other"
