@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "mpool/capabilities/types.h"
+#include "native_gil.h"
 #include "mpool/core/channel.h"
 #include "mpool/core/pending.h"
 #include "mpool/base/error.h"
@@ -44,14 +45,14 @@ void await_interruptibly(Source& source) {
   while (true) {
     bool ready = false;
     {
-      py::gil_scoped_release nogil;
+      GilRelease nogil;
       ready = source.wait_for(kSignalPollS);
     }
     if (ready) return;
     if (PyErr_CheckSignals() != 0) {
       py::error_already_set interrupt;  // takes the handler's exception
       {
-        py::gil_scoped_release nogil;
+        GilRelease nogil;
         source.cancel();
       }
       throw interrupt;
@@ -63,7 +64,7 @@ void await_interruptibly(Source& source) {
 template <class T>
 T wait_interruptibly(core::Pending<T>& pending) {
   await_interruptibly(pending);
-  py::gil_scoped_release nogil;
+  GilRelease nogil;
   return pending.wait();
 }
 

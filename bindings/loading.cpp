@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "module.h"
+#include "native_gil.h"
 #include "mpool/base/error.h"
 #include "mpool/loading/config.h"
 #include "mpool/loading/inspect.h"
@@ -106,13 +107,13 @@ void register_loading(py::module_& m) {
       .def_readonly("warnings", &LoadResult::warnings, "Unexpected tensors and index inconsistencies.");
 
   m.def("_safetensors_load", &load_for_numpy, py::arg("path"), py::arg("dtype") = py::none(),
-        py::arg("expected") = py::none(), py::arg("populate") = true, py::call_guard<py::gil_scoped_release>(),
+        py::arg("expected") = py::none(), py::arg("populate") = true, py::call_guard<GilRelease>(),
         "Loads a safetensors file, index or directory; bfloat16 and float8 come back as float32.");
 
   m.def(
       "_inspect_json",
       [](const std::string& path_or_repo_id) { return loading::inspect_model(path_or_repo_id).to_json().dump(); },
-      py::arg("path_or_repo_id"), py::call_guard<py::gil_scoped_release>(),
+      py::arg("path_or_repo_id"), py::call_guard<GilRelease>(),
       "Reports on a model directory or cached repo id, as JSON text.");
 
   m.def(
@@ -120,7 +121,7 @@ void register_loading(py::module_& m) {
       [](const std::string& dir) {
         std::map<std::string, loading::ChatTemplateSource> templates;
         {
-          py::gil_scoped_release nogil;
+          GilRelease nogil;
           templates = loading::load_chat_templates(dir);
         }
         py::dict out;
@@ -135,7 +136,7 @@ void register_loading(py::module_& m) {
       [](const std::string& dir) {
         std::string out;
         {
-          py::gil_scoped_release nogil;
+          GilRelease nogil;
           out = loading::describe_layout(dir).tokenizer_dir.string();
         }
         return out.empty() ? dir : out;

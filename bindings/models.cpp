@@ -54,7 +54,7 @@ void register_models(py::module_& m) {
         models::NativeOptions native;
         native.options = family_options(options);
         {
-          py::gil_scoped_release nogil;
+          GilRelease nogil;
           native.dtype = std::move(dtype);
           native.devices = std::move(devices);
           native.context_length = context_length;
@@ -90,7 +90,7 @@ void register_models(py::module_& m) {
         }
         nn::ProbeOutput out;
         {
-          py::gil_scoped_release nogil;
+          GilRelease nogil;
           out = nn::run_probe(name, input);
         }
         py::dict result;

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include <atomic>
+#include <chrono>
 #include <mutex>
 #include <new>
 #include <thread>
@@ -23,6 +24,18 @@ alignas(std::mutex) unsigned char g_guard_storage[sizeof(std::mutex)];
 std::mutex* g_guard = new (g_guard_storage) std::mutex();
 
 }  // namespace
+
+namespace {
+// threading.main_thread()'s ident, the thread that finalizes the interpreter.
+std::atomic<unsigned long> g_main_thread{0};
+}  // namespace
+
+GilRelease::~GilRelease() noexcept(false) {
+  if (!python_alive() && PyThread_get_thread_ident() != g_main_thread.load(std::memory_order_relaxed)) {
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  }
+  PyEval_RestoreThread(state_);
+}
 
 NativeGil::NativeGil() {
   if (PyGILState_GetThisThreadState() != nullptr) {
@@ -66,7 +79,7 @@ class GilChurn {
   ~GilChurn() { stop(); }
   void stop() {
     stop_ = true;
-    py::gil_scoped_release nogil;
+    GilRelease nogil;
     for (auto& t : threads_)
       if (t.joinable()) t.join();
   }
@@ -81,6 +94,7 @@ class GilChurn {
 }  // namespace
 
 void register_native_gil(py::module_& m) {
+  g_main_thread.store(py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>());
   // Python's own hooks, so they run before CPython takes its runtime locks for
   // the fork (3.13 takes the thread-list lock itself before fork()).
   auto os = py::module_::import("os");

@@ -31,4 +31,21 @@ class NativeGil {
   PyGILState_STATE state_{};
 };
 
+/// py::gil_scoped_release for every binding, safe at interpreter exit. Before
+/// 3.14, CPython ends a thread (pthread_exit: a forced unwind) that takes the GIL
+/// back once finalization has begun. py::gil_scoped_release's destructor is
+/// noexcept, so that unwind aborted the process. This one lets it pass (up to
+/// pybind11's dispatcher, which rethrows it), and parks for good a thread other
+/// than the main one that already sees the interpreter finalizing, as 3.14 does.
+class GilRelease {
+ public:
+  GilRelease() : state_(PyEval_SaveThread()) {}
+  ~GilRelease() noexcept(false);
+  GilRelease(const GilRelease&) = delete;
+  GilRelease& operator=(const GilRelease&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+
 }  // namespace mpool::bindings

@@ -213,7 +213,7 @@ struct ReleaseGilDelete {
       return;
     }
     if (PyGILState_Check()) {
-      py::gil_scoped_release nogil;
+      GilRelease nogil;
       delete pool;
     } else {
       delete pool;
@@ -258,7 +258,7 @@ void register_pool(py::module_& m) {
         std::unique_lock lock(closing_mu);
         return closing_cv.wait_for(lock, core::to_duration(timeout_s), [] { return closing == 0; });
       },
-      py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
+      py::arg("timeout"), py::call_guard<GilRelease>(),
       "Waits until pools whose last reference dropped on one of their own threads are shut down.");
   m.def("_drain_image_releases", &drain_released_images,
         "Releases the image arrays that finished requests shared (done at each image request, pool shutdown "
@@ -278,7 +278,7 @@ void register_pool(py::module_& m) {
             core::check_duration("timeout", timeout);
             return p.wait_past(seen, timeout);
           },
-          py::arg("seen"), py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
+          py::arg("seen"), py::arg("timeout"), py::call_guard<GilRelease>(),
           "Waits (GIL released) until more than `seen` inputs are done, the call ended, or `timeout` s; "
           "returns the inputs done.");
   py::class_<core::ModelSpec>(m, "ModelSpec", "How to load a model, where, and how much memory a replica takes.")
@@ -321,16 +321,16 @@ void register_pool(py::module_& m) {
            py::arg("scale_up_queue_depth"), py::arg("scale_up_after"), py::arg("scale_down_after"),
            py::arg("maintenance_interval"), py::arg("intra_op_threads") = 0)
       .def("register", &core::Pool::register_model, py::arg("key"), py::arg("spec"),
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<GilRelease>())
       .def("unregister", &core::Pool::unregister_model, py::arg("key"), py::arg("timeout"),
-           py::call_guard<py::gil_scoped_release>())
-      .def("has_model", &core::Pool::has_model, py::call_guard<py::gil_scoped_release>())
+           py::call_guard<GilRelease>())
+      .def("has_model", &core::Pool::has_model, py::call_guard<GilRelease>())
       .def(
           "load",
           [](core::Pool& pool, const std::string& key, std::optional<double> timeout) {
             std::shared_ptr<core::Pending<bool>> p;
             {
-              py::gil_scoped_release nogil;
+              GilRelease nogil;
               p = pool.load_async(key, request_options(timeout));
             }
             wait_interruptibly(*p);  // Ctrl-C cancels the load request
@@ -341,23 +341,23 @@ void register_pool(py::module_& m) {
           [](core::Pool& pool, const std::string& key, std::optional<double> timeout) {
             std::shared_ptr<core::Pending<bool>> p;
             {
-              py::gil_scoped_release nogil;
+              GilRelease nogil;
               p = pool.load_async(key, request_options(timeout));
             }
             return wrap_load_future(std::move(p));
           },
           py::arg("key"), py::arg("timeout") = py::none())
       .def("unload", &core::Pool::unload, py::arg("key"), py::arg("timeout"),
-           py::call_guard<py::gil_scoped_release>())
-      .def("set_pinned", &core::Pool::set_pinned, py::call_guard<py::gil_scoped_release>())
-      .def("set_keep_alive", &core::Pool::set_keep_alive, py::call_guard<py::gil_scoped_release>())
+           py::call_guard<GilRelease>())
+      .def("set_pinned", &core::Pool::set_pinned, py::call_guard<GilRelease>())
+      .def("set_keep_alive", &core::Pool::set_keep_alive, py::call_guard<GilRelease>())
       .def("set_memory_budget", &core::Pool::set_memory_budget, py::arg("device"), py::arg("mb"),
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<GilRelease>())
       .def(
           "shutdown",
           [](core::Pool& pool, double drain_timeout) {
             {
-              py::gil_scoped_release nogil;
+              GilRelease nogil;
               pool.shutdown(drain_timeout);
             }
             drain_released_images();  // the arrays the finished requests shared
@@ -374,7 +374,7 @@ void register_pool(py::module_& m) {
       .def("stats", [](const core::Pool& pool) {
         core::PoolStats s;
         {
-          py::gil_scoped_release nogil;
+          GilRelease nogil;
           s = pool.stats();
         }
         py::dict out, models;
@@ -392,7 +392,7 @@ void register_pool(py::module_& m) {
               std::optional<int64_t> dimensions, std::shared_ptr<core::Progress> progress) {
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
-               py::gil_scoped_release nogil;
+               GilRelease nogil;
                cap::BulkOptions bulk;
                bulk.progress = std::move(progress);
                p = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize, dimensions},
@@ -409,7 +409,7 @@ void register_pool(py::module_& m) {
               std::optional<int64_t> dimensions) {
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
-               py::gil_scoped_release nogil;
+               GilRelease nogil;
                p = cap::embed(pool, key, std::move(texts), cap::EmbedOptions{std::move(task), truncate, normalize, dimensions},
                               request_options(timeout));
              }
@@ -422,7 +422,7 @@ void register_pool(py::module_& m) {
               std::optional<double> timeout, bool truncate, bool raw, std::shared_ptr<core::Progress> progress) {
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
-               py::gil_scoped_release nogil;
+               GilRelease nogil;
                cap::BulkOptions bulk;
                bulk.progress = std::move(progress);
                p = cap::score(pool, key, to_text_pairs(std::move(pairs)), cap::ScoreOptions{truncate, raw},
@@ -437,7 +437,7 @@ void register_pool(py::module_& m) {
               std::optional<double> timeout, bool truncate, bool raw) {
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
-               py::gil_scoped_release nogil;
+               GilRelease nogil;
                p = cap::score(pool, key, to_text_pairs(std::move(pairs)), cap::ScoreOptions{truncate, raw},
                               request_options(timeout));
              }
@@ -453,7 +453,7 @@ void register_pool(py::module_& m) {
              auto inputs = image_inputs(items);
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
-               py::gil_scoped_release nogil;
+               GilRelease nogil;
                auto images = deadline.decode(inputs);
                refuse_if_cancelled(cancelled);
                cap::BulkOptions bulk;
@@ -478,7 +478,7 @@ void register_pool(py::module_& m) {
              auto inputs = image_inputs(items);
              std::shared_ptr<core::Pending<at::Tensor>> p;
              {
-               py::gil_scoped_release nogil;
+               GilRelease nogil;
                auto images = deadline.decode(inputs);
                refuse_if_cancelled(cancelled);
                p = cap::zero_shot(pool, key, std::move(images), std::move(texts), deadline.remaining());
@@ -498,7 +498,7 @@ void register_pool(py::module_& m) {
              auto gp = params_from_dict(params);
              std::shared_ptr<cap::TextStream> s;
              {
-               py::gil_scoped_release nogil;
+               GilRelease nogil;
                s = cap::generate(pool, key, std::move(p), std::move(gp), request_options(timeout));
              }
              return wrap_text_stream(std::move(s));
@@ -512,7 +512,7 @@ void register_pool(py::module_& m) {
              auto gp = params_from_dict(params);
              std::shared_ptr<cap::TextStream> s;
              {
-               py::gil_scoped_release nogil;
+               GilRelease nogil;
                auto images = deadline.decode(inputs);
                s = cap::describe(pool, key, std::move(images), std::move(prompt), std::move(gp), deadline.remaining());
              }
@@ -548,7 +548,7 @@ void register_pool(py::module_& m) {
                throw Error(ErrorCode::kInvalidInput, "generate_image() takes at most one init_image");
              std::shared_ptr<cap::ImageStream> s;
              {
-               py::gil_scoped_release nogil;
+               GilRelease nogil;
                if (!inputs.empty()) c.init_image = std::move(deadline.decode(inputs).front());
                s = cap::generate_image(pool, key, std::move(prompt), std::move(c), deadline.remaining());
              }

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "module.h"
+#include "native_gil.h"
 #include "mpool/base/error.h"
 #include "mpool/imageio/preprocess.h"
 #include "mpool/loading/json.h"
@@ -29,7 +30,7 @@ void register_preprocess(py::module_& m) {
         std::vector<float> out;
         int64_t oh = 0, ow = 0;
         {
-          py::gil_scoped_release nogil;
+          GilRelease nogil;
           const auto config = loading::preprocess_config(
               loading::parse_image_processor_config(loading::load_json_object(config_file)), config_file);
           out = imageio::preprocess(rgb.data(), h, w, config, "image", &oh, &ow);

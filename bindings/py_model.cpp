@@ -67,13 +67,13 @@ struct ProgressReport {
     } leave{*this};
     cap::ImageProgress p{step, total, std::nullopt};
     if (!preview.is_none()) p.preview = numpy_to_tensor(preview, at::kByte, "progress preview");
-    py::gil_scoped_release nogil;  // the sink may wait for a slow consumer
+    GilRelease nogil;  // the sink may wait for a slow consumer
     return (*sink)(std::move(p)) && !ctx->should_stop();
   }
 
   // When generate_image returns (GIL held): no call reaches the sink or context after this.
   void close() {
-    py::gil_scoped_release nogil;  // a call in flight may need the GIL to finish
+    GilRelease nogil;  // a call in flight may need the GIL to finish
     std::unique_lock lock(mu);
     open = false;
     idle.wait(lock, [&] { return in_flight == 0; });
@@ -234,7 +234,7 @@ class PyInstance final : public core::Instance,
         if (text.empty() && ids.empty()) continue;
         bool more;
         {
-          py::gil_scoped_release nogil;  // the sink may wait for a slow consumer
+          GilRelease nogil;  // the sink may wait for a slow consumer
           more = sink(cap::TextPiece{std::move(text), std::move(ids), {}});
         }
         if (!more) break;

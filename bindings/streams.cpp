@@ -42,7 +42,7 @@ struct PyCallback {
 template <class Channel>
 void on_ready(Channel& channel, py::object fn) {
   PyCallback cb(std::move(fn));
-  py::gil_scoped_release nogil;
+  GilRelease nogil;
   channel.on_ready([cb] { cb("mpool stream ready callback"); });
 }
 
@@ -58,7 +58,7 @@ struct NativeFuture {
   double remaining() const { return seconds_left(*pending->context()); }
   void add_done_callback(py::object fn) {
     PyCallback cb(std::move(fn));
-    py::gil_scoped_release nogil;
+    GilRelease nogil;
     pending->on_done([cb] { cb("mpool future callback"); });
   }
 };
@@ -71,7 +71,7 @@ void bind_future(py::module_& m, const char* name, const char* doc, Result resul
   py::class_<NativeFuture<T>>(m, name, doc)
       .def("result", result, "Waits (GIL released) until the result or the request's deadline.")
       .def("done", [](const NativeFuture<T>& f) { return f.pending->done(); })
-      .def("cancel", [](NativeFuture<T>& f) { return f.pending->cancel(); }, py::call_guard<py::gil_scoped_release>())
+      .def("cancel", [](NativeFuture<T>& f) { return f.pending->cancel(); }, py::call_guard<GilRelease>())
       .def("remaining", &NativeFuture<T>::remaining, "Seconds left before the request's deadline.")
       .def("add_done_callback", &NativeFuture<T>::add_done_callback,
            "Calls fn() (on the delivering thread, with the GIL) once the result is there.");
@@ -89,7 +89,7 @@ struct PyTextStream {
     std::optional<TextChunk> chunk;
     await_interruptibly(*channel);
     {
-      py::gil_scoped_release nogil;
+      GilRelease nogil;
       chunk = channel->next();
     }
     if (!chunk) throw py::stop_iteration();
@@ -100,7 +100,7 @@ struct PyTextStream {
     std::optional<TextChunk> chunk;
     bool got;
     {
-      py::gil_scoped_release nogil;
+      GilRelease nogil;
       got = channel->try_next(chunk);
     }
     if (!got) return py::make_tuple(false, py::none());
@@ -125,7 +125,7 @@ struct PyImageStream {
       std::optional<ImageEvent> event;
       await_interruptibly(*channel);
       {
-        py::gil_scoped_release nogil;
+        GilRelease nogil;
         event = channel->next();
       }
       if (!event) throw py::stop_iteration();
@@ -139,7 +139,7 @@ struct PyImageStream {
       std::optional<ImageEvent> event;
       bool got;
       {
-        py::gil_scoped_release nogil;
+        GilRelease nogil;
         got = channel->try_next(event);
       }
       if (!got) return py::make_tuple(false, py::none());
@@ -222,7 +222,7 @@ void register_streams(py::module_& m) {
       .def("on_ready", [](PyTextStream& s, py::object fn) { on_ready(*s.channel, std::move(fn)); },
            "Calls fn() once (with the GIL, on the producing thread) when a chunk or the end is there.")
       .def("remaining", &PyTextStream::remaining, "Seconds left before the request's deadline.")
-      .def("cancel", &PyTextStream::cancel, py::call_guard<py::gil_scoped_release>());
+      .def("cancel", &PyTextStream::cancel, py::call_guard<GilRelease>());
   py::class_<PyImageStream>(m, "ImageStream", "Progress chunks of an image generation, then the image.")
       .def("__iter__", [](py::object self) { return self; })
       .def("__next__", &PyImageStream::next)
@@ -231,7 +231,7 @@ void register_streams(py::module_& m) {
            "Calls fn() once (with the GIL, on the producing thread) when an event or the end is there.")
       .def("remaining", &PyImageStream::remaining, "Seconds left before the request's deadline.")
       .def("final_image", &PyImageStream::final_image)
-      .def("cancel", &PyImageStream::cancel, py::call_guard<py::gil_scoped_release>());
+      .def("cancel", &PyImageStream::cancel, py::call_guard<GilRelease>());
 }
 
 // Factories used by pool.cpp (kept here so the stream types stay private).

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "module.h"
+#include "native_gil.h"
 #include "mpool/loading/layout.h"
 #include "mpool/loading/slow_tokenizer.h"
 #include "mpool/base/error.h"
@@ -155,7 +156,7 @@ void register_tokenizer(py::module_& m) {
           "step",
           [](tk::DecodeStream& stream, const py::object& id) {
             const auto token = static_cast<uint32_t>(int_arg(id, "id", 0, kMaxId));
-            py::gil_scoped_release release;
+            GilRelease release;
             return stream.step(token);
           },
           py::arg("id"));
@@ -165,7 +166,7 @@ void register_tokenizer(py::module_& m) {
           "from_file",
           [](const py::object& path) {
             const std::string file = path_arg(path, "path");
-            py::gil_scoped_release release;
+            GilRelease release;
             return tk::Tokenizer::from_file(file);
           },
           py::arg("path"))
@@ -178,7 +179,7 @@ void register_tokenizer(py::module_& m) {
             const std::string dir_or_repo_id = path_arg(where, "dir_or_repo_id");
             std::optional<std::string> tokenizer_pattern;
             if (!pattern.is_none()) tokenizer_pattern = str_arg(pattern, "tokenizer_pattern");
-            py::gil_scoped_release nogil;
+            GilRelease nogil;
             auto layout = loading::describe_layout(loading::resolve_model(dir_or_repo_id).path);
             const loading::TokenizerDocument doc =
                 loading::read_tokenizer_document(layout.tokenizer_dir, {std::move(tokenizer_pattern)});
@@ -189,7 +190,7 @@ void register_tokenizer(py::module_& m) {
           "from_str",
           [](const py::object& json) {
             const std::string text = str_arg(json, "json");
-            py::gil_scoped_release release;
+            GilRelease release;
             return tk::Tokenizer::from_json(text, "<string>");
           },
           py::arg("json"))
@@ -201,7 +202,7 @@ void register_tokenizer(py::module_& m) {
             std::optional<std::string> pair;
             if (!pair_obj.is_none()) pair = text_arg(pair_obj, "pair");
             const bool special = bool_arg(add_special_tokens, "add_special_tokens");
-            py::gil_scoped_release release;
+            GilRelease release;
             std::optional<std::string_view> p;
             if (pair) p = *pair;
             return t.encode(text, p, special);
@@ -216,7 +217,7 @@ void register_tokenizer(py::module_& m) {
             if (!pairs.is_none()) b = to_strings(pairs, "pairs");
             const bool special = bool_arg(add_special_tokens, "add_special_tokens");
             const auto threads = static_cast<int>(int_arg(num_threads, "num_threads", 0, kMaxThreads));
-            py::gil_scoped_release release;
+            GilRelease release;
             return t.encode_batch(a, b ? &*b : nullptr, special, threads);
           },
           py::arg("texts"), py::arg("pairs") = py::none(), py::arg("add_special_tokens") = true,
@@ -226,7 +227,7 @@ void register_tokenizer(py::module_& m) {
           [](const tk::Tokenizer& t, const py::object& ids, const py::object& skip_special_tokens) {
             const std::vector<uint32_t> tokens = ids_arg(ids, "ids");
             const bool skip = bool_arg(skip_special_tokens, "skip_special_tokens");
-            py::gil_scoped_release release;
+            GilRelease release;
             return t.decode(tokens, skip);
           },
           py::arg("ids"), py::arg("skip_special_tokens") = true)
@@ -237,7 +238,7 @@ void register_tokenizer(py::module_& m) {
             const bool skip = bool_arg(skip_special_tokens, "skip_special_tokens");
             std::string out;
             {
-              py::gil_scoped_release release;
+              GilRelease release;
               out = t.decode_bytes(tokens, skip);
             }
             return py::bytes(out);
@@ -254,7 +255,7 @@ void register_tokenizer(py::module_& m) {
               all.push_back(ids_arg(ids, "sequences[" + std::to_string(all.size()) + "]"));
             const bool skip = bool_arg(skip_special_tokens, "skip_special_tokens");
             const auto threads = static_cast<int>(int_arg(num_threads, "num_threads", 0, kMaxThreads));
-            py::gil_scoped_release release;
+            GilRelease release;
             return t.decode_batch(all, skip, threads);
           },
           py::arg("sequences"), py::arg("skip_special_tokens") = true, py::arg("num_threads") = 0)

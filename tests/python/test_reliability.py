@@ -358,3 +358,50 @@ def test_merged_embedding_batch_serves_everyone_when_its_first_request_is_cancel
             np.testing.assert_array_equal(f.result(), HashEmbedder().embed([f"t{i}"]))
         with pytest.raises(mpool.Cancelled):
             first.result()
+
+
+# --- interpreter exit while daemon threads are inside the bindings -----------------
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_interpreter_exit_while_daemon_threads_poll_stats_and_run_bulk_aembed_exits_cleanly(round_):
+    # Before 3.14 CPython ends a thread that takes the GIL back after finalization
+    # began (pthread_exit); through a noexcept GIL-release destructor that aborted.
+    import os
+
+    result = run_script(
+        f"""
+        import asyncio, sys, threading, time
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        import mpool
+        from models_for_tests import HashEmbedder
+
+        pool = mpool.Pool(maintenance_interval=0.01)
+        pool.register("m", mpool.PyModel("text_embedding", lambda d: HashEmbedder(), memory_mb=1, max_replicas=3,
+                                         batch_budget=30))
+        texts = [f"t{{i:05d}}" for i in range(2000)]
+
+        def poll():
+            while True:
+                pool.stats()
+
+        async def bulk():
+            while True:
+                calls = [asyncio.create_task(pool.aembed("m", texts)) for _ in range(4)]
+                await asyncio.gather(*calls, return_exceptions=True)
+
+        def embed():
+            while True:
+                try:
+                    pool.embed("m", texts[:50])
+                except mpool.PoolError:
+                    pass
+
+        for target in (poll, lambda: asyncio.run(bulk()), embed):
+            threading.Thread(target=target, daemon=True).start()
+        time.sleep(0.3 + 0.2 * {round_})
+        print("main exits")
+        """
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "main exits" in result.stdout
