@@ -411,6 +411,21 @@ def test_stop_string_split_across_tokens_stops_generation_and_is_not_emitted(
     assert chunks[-1].finish_reason == "stop"
 
 
+@pytest.mark.parametrize("max_tokens", [1, 3, 11, 24])
+def test_a_stop_string_that_never_completes_leaves_the_text_at_max_tokens_unchanged(
+    pool: mpool.Pool, models: dict[str, Path], max_tokens: int
+) -> None:
+    pool.register("m", models["qwen2"])
+    ids = prompt_ids(seed=7)
+    out, full, _ = run(pool.generate("m", ids, max_tokens=max_tokens, temperature=0, ignore_eos=True))
+    assert full, "the greedy text is empty"
+    # The text ends with the stop string's first character: held back until the end.
+    stop = full[-1] + "\x01\x02"
+    got, text, chunks = run(pool.generate("m", ids, max_tokens=max_tokens, temperature=0, ignore_eos=True, stop=[stop]))
+    assert (got, text) == (out, full)
+    assert chunks[-1].finish_reason == "length" and chunks[-1].stats.completion_tokens == max_tokens
+
+
 def test_stop_token_ids_and_the_generation_config_eos_end_generation(
     pool: mpool.Pool, models: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -211,12 +211,14 @@ bool SequenceState::advance(const at::Tensor& logits, const capabilities::TextSi
     send(text_.flush());
     return true;
   }
-  if (!send(text_.ready())) return true;  // consumer gone, or max_tokens reached by the stream's count
   if (generated_ >= max_new_tokens_) {
+    // The last token and any text held back for a stop string that never came,
+    // in one piece: as a piece of its own, the tail would count past max_tokens.
     done_.finish_reason = "length";
     send(text_.flush());
     return true;
   }
+  if (!send(text_.ready())) return true;  // consumer gone, or max_tokens reached by the stream's count
   return false;
 }
 
