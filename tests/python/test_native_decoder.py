@@ -411,6 +411,22 @@ def test_stop_string_split_across_tokens_stops_generation_and_is_not_emitted(
     assert chunks[-1].finish_reason == "stop"
 
 
+@pytest.mark.parametrize("arch", ["phi3_longrope", "llama_dynamic_rope"])
+def test_a_prompts_tokens_and_logprobs_do_not_depend_on_max_tokens_in_bfloat16(models: dict[str, Path], arch: str) -> None:
+    # These RoPEs make positions past the original length depend on the sequence's
+    # length, so a long max_tokens keeps the sequence from sharing cached blocks;
+    # the prompt must still be computed the same way.
+    with mpool.Pool() as pool:
+        pool.register("m", models[arch], max_replicas=1, dtype="bfloat16", options={"prefill_chunk": 8})
+        for seed in range(6):
+            ids = prompt_ids(6 + seed, seed=500 + seed)
+            short = run(pool.generate("m", ids, max_tokens=4, temperature=0, ignore_eos=True, logprobs=1))
+            long_ = run(pool.generate("m", ids, max_tokens=40, temperature=0, ignore_eos=True, logprobs=1))
+            assert short[0] == long_[0][:4]
+            lps = lambda chunks: [lp.logprob for c in chunks for lp in c.logprobs]  # noqa: E731
+            assert lps(short[2]) == lps(long_[2])[:4]
+
+
 @pytest.mark.parametrize("max_tokens", [1, 3, 11, 24])
 def test_a_stop_string_that_never_completes_leaves_the_text_at_max_tokens_unchanged(
     pool: mpool.Pool, models: dict[str, Path], max_tokens: int

@@ -150,9 +150,10 @@ cap::Completion TextGenerator::generate(const SplicedPrompt& prompt, const cap::
     // With the prefix cache, each prompt row gets the bits it gets in any chunking
     // (a prefix the batch reads from the cache computes the same). Without it a
     // prompt always runs in the same chunks, and float32 and bfloat16 keep the GEMM.
+    // Keyed on the option alone, not on whether this sequence may reuse blocks:
+    // a prompt's numbers must not depend on its max_tokens.
     std::optional<nn::kernels::RowInvariant> invariant;
-    if (settings_.prefix_cache && p.prompt_len + p.setup.max_new_tokens <= model_->prefix_reusable_positions())
-      invariant.emplace(/*prompt=*/true);
+    if (settings_.prefix_cache) invariant.emplace(/*prompt=*/true);
     for (int64_t at = 0; at < input.size(0); at += chunk) {
       ctx.throw_if_stopped();
       logits = model_->extend_embeddings(input.narrow(0, at, std::min<int64_t>(chunk, input.size(0) - at)), cache);
@@ -370,8 +371,9 @@ void TextGenerator::generate_batch(std::shared_ptr<cap::GenerationRequest> first
         // With the prefix cache, the bits of this prompt's rows in any chunking: a
         // prefix read from the cache (computed by another prompt's chunks) and
         // this rest agree with computing all of it here.
+        // (On the option, not on reuses(s): the numbers must not depend on max_tokens.)
         std::optional<nn::kernels::RowInvariant> invariant;
-        if (reuses(s)) invariant.emplace(/*prompt=*/true);
+        if (settings_.prefix_cache) invariant.emplace(/*prompt=*/true);
         const at::Tensor logits = model_->extend_embeddings(s.input.narrow(0, s.prefilled, n), s.cache);
         s.prefilled += n;
         publish_blocks(s);
