@@ -28,29 +28,76 @@ std::mutex* g_guard = new (g_guard_storage) std::mutex();
 namespace {
 // threading.main_thread()'s ident, the thread that finalizes the interpreter.
 std::atomic<unsigned long> g_main_thread{0};
+// Set by the exit hook (after the live pools closed): from then on a thread
+// other than the main one parks instead of taking the GIL.
+std::atomic<bool> g_exiting{false};
+// Threads between announcing a GIL acquisition and having it.
+std::atomic<int> g_taking{0};
+
+bool on_main_thread() { return PyThread_get_thread_ident() == g_main_thread.load(); }
+
+[[noreturn]] void park_for_good() {
+  for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
+// Before 3.14, CPython ends (pthread_exit: a forced unwind through our frames,
+// which aborts the process) a thread that takes the GIL once finalization began,
+// also one already waiting for it. So every acquisition is announced first: the
+// exit hook sets g_exiting and then lets every announced one finish, and one
+// announced after it parks. A thread that sees the interpreter finalizing parks.
+void announce_take() {
+  g_taking.fetch_add(1);
+  if ((g_exiting.load() || !python_alive()) && !on_main_thread()) {
+    g_taking.fetch_sub(1);
+    park_for_good();
+  }
+}
+
+void taken() { g_taking.fetch_sub(1); }
+
+// The exit hook: runs after mpool.pool's (atexit is last in, first out), while
+// threads may still take the GIL.
+void let_gil_takers_finish() {
+  g_exiting.store(true);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (g_taking.load() > 0 && std::chrono::steady_clock::now() < until) {
+    PyThreadState* self = PyEval_SaveThread();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    PyEval_RestoreThread(self);
+  }
+}
 }  // namespace
 
 GilRelease::~GilRelease() noexcept(false) {
-  if (!python_alive() && PyThread_get_thread_ident() != g_main_thread.load(std::memory_order_relaxed)) {
-    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
-  }
+  announce_take();
   PyEval_RestoreThread(state_);
+  taken();
 }
 
 NativeGil::NativeGil() {
+  announce_take();
   if (PyGILState_GetThisThreadState() != nullptr) {
     state_ = PyGILState_Ensure();  // this thread has a state: no creation, no thread-list lock
+    taken();
     return;
   }
   {
     std::lock_guard<std::mutex> lock(*g_guard);
     created_ = PyThreadState_New(PyInterpreterState_Main());
   }
-  if (created_ == nullptr) throw std::bad_alloc();
+  if (created_ == nullptr) {
+    taken();
+    throw std::bad_alloc();
+  }
   PyEval_RestoreThread(created_);
+  taken();
 }
 
 NativeGil::~NativeGil() {
+  // Not holding the GIL here means CPython is ending this thread (it ran Python
+  // code that gave the GIL up and found the interpreter finalizing) and the
+  // unwind is passing through: leave the thread state alone, as CPython does.
+  if (!PyGILState_Check()) return;
   if (created_ == nullptr) {
     PyGILState_Release(state_);
     return;
@@ -95,6 +142,9 @@ class GilChurn {
 
 void register_native_gil(py::module_& m) {
   g_main_thread.store(py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>());
+  // Registered when _core is imported, before mpool.pool registers the hook that
+  // closes live pools: so it runs after that one.
+  py::module_::import("atexit").attr("register")(py::cpp_function([] { let_gil_takers_finish(); }));
   // Python's own hooks, so they run before CPython takes its runtime locks for
   // the fork (3.13 takes the thread-list lock itself before fork()).
   auto os = py::module_::import("os");
