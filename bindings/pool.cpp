@@ -363,7 +363,7 @@ void register_pool(py::module_& m) {
             drain_released_images();  // the arrays the finished requests shared
           },
           py::arg("drain_timeout"))
-      .def("shutting_down", &core::Pool::shutting_down)
+      .def("shutting_down", &core::Pool::shutting_down, py::call_guard<GilRelease>())  // takes the pool mutex
       .def(
           "_abandon_after_fork",
           // In a fork()ed child this pool's threads do not exist and its mutexes may be
