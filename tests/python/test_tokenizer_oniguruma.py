@@ -49,6 +49,15 @@ def replaced(pattern: str, text: str) -> tuple[str, str]:
         (r"\H+", "a 9f G"),
         (r"[^\H]+", "a 9f G"),
         (r"\v", "a\nb\x0bc\x0cd"),  # \v is U+000B only
+        # Class intersection (&&) and nested classes, which PCRE2 10.42 reads otherwise.
+        (r"[\p{L}&&[^a-z]]+", "abcDEF中文 xyZ"),
+        (r"[a-z&&[^aeiou]]+", "hello world"),
+        (r"[^a-z&&[^aeiou]]+", "hello world"),
+        (r"[a[0-9]]+", "a1b2 c3"),
+        (r"[[:alpha:]&&[^a]]+", "banana split"),
+        (r"[\w&&\D]+", "ab12_c³"),
+        (r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+", "Hello 世界 Ölçü ひらがな"),
+        (r"[]a&&[^b]]+", "]a]b"),
     ],
 )
 def test_replace_pattern_matches_as_oniguruma_does(pattern, text):
@@ -88,3 +97,39 @@ def test_bert_normalizer_chinese_spacing_keeps_hf_offsets(text):
     ours = mpool.Tokenizer.from_str(hf.to_str())
     h, o = hf.encode(text), ours.encode(text)
     assert (o.ids, [tuple(x) for x in o.offsets]) == (h.ids, h.offsets)
+
+
+# Kimi-K2's split pattern: scripts, class intersection, case-insensitive groups.
+KIMI = "|".join([
+    r"[\p{Han}]+",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"\p{N}{1,3}", r" ?[^\s\p{L}\p{N}]+[\r\n]*", r"\s*[\r\n]+", r"\s+(?!\S)", r"\s+",
+])
+
+
+def test_a_bpe_trained_with_kimi_k2s_split_pattern_gives_hf_ids_on_the_corpus():
+    from tokenizers import decoders, trainers
+
+    from corpus import CORPUS
+
+    hf = tokenizers.Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(KIMI), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    ours = mpool.Tokenizer.from_str(hf.to_str())
+    texts = list(CORPUS) + ["我爱你。你好、世界「東京」", "Hello World", "naïve Ölçü", "I'M here, you'RE there"]
+    assert [e.ids for e in ours.encode_batch(texts)] == [e.ids for e in hf.encode_batch(texts)]
+
+
+def test_regex_classes_nested_too_deep_are_invalid_input_naming_the_offset():
+    hf = tokenizers.Tokenizer(models.BPE(vocab={"a": 0}, merges=[]))
+    hf.normalizer = normalizers.Replace(Regex("x" + "[" * 40 + "a" + "]" * 40), "X")
+    with pytest.raises(mpool.InvalidInput, match=r"nested deeper than 16 at offset \d+"):
+        mpool.Tokenizer.from_str(hf.to_str())

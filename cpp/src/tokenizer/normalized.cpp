@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "mpool/base/error.h"
 #include "mpool/tokenizer/unicode.h"
@@ -16,6 +17,36 @@ namespace mpool::tokenizer {
 // ---------------------------------------------------------------- Regex
 
 namespace {
+
+// The code points PCRE2's class `cls` (UTF, UCP) matches, found by running it
+// over every code point (surrogates never); nullopt when it does not compile.
+std::optional<std::vector<bool>> pcre_members(const std::string& cls) {
+  static const std::string every = [] {
+    std::string t;
+    for (char32_t c = 0; c < 0x110000; ++c)
+      if (c < 0xD800 || c > 0xDFFF) append_utf8(t, c);
+    return t;
+  }();
+  std::vector<bool> in(0x110000, false);
+  const std::string run = cls + "+";
+  int err = 0;
+  PCRE2_SIZE err_off = 0;
+  auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(run.data()), run.size(), PCRE2_UTF | PCRE2_UCP, &err,
+                             &err_off, nullptr);
+  if (code == nullptr) return std::nullopt;
+  pcre2_match_data* md = pcre2_match_data_create(1, nullptr);
+  size_t pos = 0;
+  while (pos < every.size() &&
+         pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(every.data()), every.size(), pos, PCRE2_NO_UTF_CHECK, md,
+                     nullptr) > 0) {
+    PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+    for (size_t i = ov[0]; i < ov[1];) in[next_code_point(every, i)] = true;
+    pos = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
+  }
+  pcre2_match_data_free(md);
+  pcre2_code_free(code);
+  return in;
+}
 
 // Oniguruma's class `name` as a PCRE2 class body that is quick to match: PCRE2
 // checks a long explicit range list one range after another, but its own
@@ -30,31 +61,10 @@ std::string quick_class_body(const std::string& name) {
   if (auto it = cache.find(name); it != cache.end()) return it->second;
   std::string full = oniguruma_class(name, false);
   if (full.empty()) return cache[name] = full;
-  static const std::string every = [] {
-    std::string t;
-    for (char32_t c = 0; c < 0x110000; ++c)
-      if (c < 0xD800 || c > 0xDFFF) append_utf8(t, c);
-    return t;
-  }();
   std::string own = name[0] == '\\' ? name : "\\p{" + name + "}";
-  std::string run = "[" + own + "]+";
-  int err = 0;
-  PCRE2_SIZE err_off = 0;
-  auto* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(run.data()), run.size(), PCRE2_UTF | PCRE2_UCP, &err,
-                             &err_off, nullptr);
-  if (code == nullptr) return cache[name] = full;
-  std::vector<bool> pcre(0x110000, false);
-  pcre2_match_data* md = pcre2_match_data_create(1, nullptr);
-  size_t pos = 0;
-  while (pos < every.size() &&
-         pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(every.data()), every.size(), pos, PCRE2_NO_UTF_CHECK, md,
-                     nullptr) > 0) {
-    PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-    for (size_t i = ov[0]; i < ov[1];) pcre[next_code_point(every, i)] = true;
-    pos = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
-  }
-  pcre2_match_data_free(md);
-  pcre2_code_free(code);
+  const std::optional<std::vector<bool>> probed = pcre_members("[" + own + "]");
+  if (!probed) return cache[name] = full;
+  const std::vector<bool>& pcre = *probed;
   std::vector<bool> onig(0x110000, false);
   for (auto [lo, hi] : class_body_ranges(full))
     for (char32_t c = lo; c <= hi; ++c) onig[c] = true;
@@ -72,6 +82,156 @@ std::string quick_class_body(const std::string& name) {
     c = hi;
   }
   return cache[name] = body;
+}
+
+std::string translate_oniguruma(const std::string& p);
+
+// Oniguruma's bracket class opening at p[open]: the index of its closing ']', or
+// npos. Nested classes and POSIX brackets ([:alpha:]) are skipped whole.
+constexpr int kMaxClassNesting = 16;
+
+size_t onig_class_end(const std::string& p, size_t open, int depth = 0) {
+  if (depth > kMaxClassNesting)
+    throw Error(ErrorCode::kInvalidInput, "regex classes nested deeper than " + std::to_string(kMaxClassNesting) +
+                                              " at offset " + std::to_string(open));
+  size_t j = open + 1;
+  if (j < p.size() && p[j] == '^') ++j;
+  if (j < p.size() && p[j] == ']') ++j;  // a literal ']' first
+  while (j < p.size()) {
+    if (p[j] == '\\') {
+      j += 2;
+      continue;
+    }
+    if (p[j] == '[') {
+      if (p.compare(j, 2, "[:") == 0) {
+        size_t e = p.find(":]", j + 2);
+        if (e != std::string::npos) {
+          j = e + 2;
+          continue;
+        }
+      }
+      size_t e = onig_class_end(p, j, depth + 1);
+      if (e == std::string::npos) return e;
+      j = e + 1;
+      continue;
+    }
+    if (p[j] == ']') return j;
+    ++j;
+  }
+  return std::string::npos;
+}
+
+// Whether the class p[open..close] uses what PCRE2 10.42 reads otherwise: an
+// intersection (&&) or a nested class.
+bool onig_class_needs_sets(const std::string& p, size_t open, size_t close) {
+  for (size_t j = open + 1; j < close; ++j) {
+    if (p[j] == '\\') {
+      ++j;
+    } else if (p.compare(j, 2, "&&") == 0) {
+      return true;
+    } else if (p[j] == '[') {
+      if (p.compare(j, 2, "[:") != 0 || p.find(":]", j + 2) == std::string::npos) return true;
+      j = p.find(":]", j + 2) + 1;
+    }
+  }
+  return false;
+}
+
+// The code points of Oniguruma's class p[open..close]: each &&-separated part is
+// the union of its plain items (one PCRE2 class, after translation) and its
+// nested classes; the class is the intersection of its parts, complemented by a
+// leading '^'.
+std::vector<bool> onig_class_set(const std::string& p, size_t open, size_t close) {
+  std::vector<bool> result, part(0x110000, false);
+  bool have_result = false, part_used = false;
+  std::string plain;
+  auto add_plain = [&] {
+    if (plain.empty()) return;
+    std::string cls = translate_oniguruma("[" + std::string(plain[0] == '^' ? "\\" : "") + plain + "]");
+    auto in = pcre_members(cls);
+    if (!in) throw Error(ErrorCode::kInvalidInput, "invalid regex class [" + plain + "]");
+    for (size_t c = 0; c < part.size(); ++c)
+      if ((*in)[c]) part[c] = true;
+    plain.clear();
+    part_used = true;
+  };
+  auto end_part = [&] {
+    add_plain();
+    if (!part_used) return;  // an empty side of && constrains nothing
+    if (!have_result) {
+      result = part;
+      have_result = true;
+    } else {
+      for (size_t c = 0; c < result.size(); ++c) result[c] = result[c] && part[c];
+    }
+    part.assign(0x110000, false);
+    part_used = false;
+  };
+  size_t j = open + 1;
+  const bool negate = j < close && p[j] == '^';
+  if (negate) ++j;
+  if (j < close && p[j] == ']') {
+    plain += "\\]";
+    ++j;
+  }
+  while (j < close) {
+    if (p[j] == '\\' && j + 1 < close) {
+      plain += p.substr(j, 2);
+      j += 2;
+    } else if (p.compare(j, 2, "&&") == 0) {
+      end_part();
+      j += 2;
+    } else if (p[j] == '[' && p.compare(j, 2, "[:") == 0 && p.find(":]", j + 2) < close) {
+      size_t e = p.find(":]", j + 2) + 2;
+      plain += p.substr(j, e - j);
+      j = e;
+    } else if (p[j] == '[') {
+      size_t e = onig_class_end(p, j);
+      std::vector<bool> nested = onig_class_set(p, j, e);
+      for (size_t c = 0; c < part.size(); ++c)
+        if (nested[c]) part[c] = true;
+      part_used = true;
+      j = e + 1;
+    } else {
+      plain += p[j++];
+    }
+  }
+  end_part();
+  if (!have_result) result.assign(0x110000, false);
+  if (negate)
+    for (size_t c = 0; c < result.size(); ++c) result[c] = !result[c] && !(c >= 0xD800 && c <= 0xDFFF);
+  return result;
+}
+
+// A set of code points as an explicit PCRE2 class (one that matches nothing when empty).
+std::string explicit_class(const std::vector<bool>& in) {
+  std::string body;
+  for (char32_t c = 0; c < 0x110000; ++c) {
+    if (!in[c]) continue;
+    char32_t hi = c;
+    while (hi + 1 < 0x110000 && in[hi + 1]) ++hi;
+    char buf[48];
+    std::snprintf(buf, sizeof(buf), hi == c ? "\\x{%X}" : "\\x{%X}-\\x{%X}", static_cast<unsigned>(c),
+                  static_cast<unsigned>(hi));
+    body += buf;
+    c = hi;
+  }
+  return body.empty() ? "(?!)" : "[" + body + "]";
+}
+
+// Oniguruma's class p[open..close] with && or nesting, as PCRE2 reads it: an
+// explicit set, computed once per class.
+std::string onig_class_as_set(const std::string& p, size_t open, size_t close) {
+  static std::mutex mu;
+  static std::map<std::string, std::string> cache;
+  const std::string key = p.substr(open, close + 1 - open);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
+  }
+  std::string out = explicit_class(onig_class_set(p, open, close));
+  std::lock_guard<std::mutex> lock(mu);
+  return cache[key] = out;
 }
 
 // The reference matches with Oniguruma, whose property tables are of another
@@ -139,6 +299,12 @@ std::string translate_oniguruma(const std::string& p) {
       continue;
     }
     if (!in_class && c == '[') {
+      const size_t close = onig_class_end(p, i);
+      if (close != std::string::npos && onig_class_needs_sets(p, i, close)) {
+        out += onig_class_as_set(p, i, close);
+        i = close;
+        continue;
+      }
       in_class = true;
       out.push_back(c);
       // A ']' right after '[' or '[^' is a literal member, not the end.
