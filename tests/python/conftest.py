@@ -71,3 +71,15 @@ def each_float32_gemm(request):
     mpool.set_float32_gemm(request.param)
     yield request.param
     mpool.set_float32_gemm(before)
+
+
+@pytest.fixture
+def sigint_raises():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test. A runner
+    started in the background (`cmd &` without job control) inherits SIGINT
+    ignored, and then `_thread.interrupt_main()` does nothing at all."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

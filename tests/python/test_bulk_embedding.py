@@ -228,7 +228,7 @@ def _interrupt_main_once(entered: threading.Event) -> threading.Thread:
 
 
 @pytest.mark.parametrize("call", ["embed", "embed_future"])
-def test_ctrl_c_during_a_split_call_raises_keyboard_interrupt_and_starts_no_further_sub_batch(call):
+def test_ctrl_c_during_a_split_call_raises_keyboard_interrupt_and_starts_no_further_sub_batch(call, sigint_raises):
     model = Recorder()
     hold = [f"hold{i:03d}" for i in range(50)]  # five sub-batches; the first waits on model.hold
     with mpool.Pool(cold_start_replicas=1) as pool:
@@ -248,7 +248,7 @@ def test_ctrl_c_during_a_split_call_raises_keyboard_interrupt_and_starts_no_furt
         assert counts(pool)["cancellations"] == 1
 
 
-def test_ctrl_c_while_a_stream_waits_for_its_first_chunk_raises_keyboard_interrupt_and_cancels_it():
+def test_ctrl_c_while_a_stream_waits_for_its_first_chunk_raises_keyboard_interrupt_and_cancels_it(sigint_raises):
     entered, hold, closed = threading.Event(), threading.Event(), threading.Event()
     waited_out: list[bool] = []
 

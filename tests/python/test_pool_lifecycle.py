@@ -363,7 +363,7 @@ def test_aload_holds_no_thread_and_cancelling_it_cancels_the_load_request_not_th
         assert pool.stats()["models"]["m"]["counts"]["succeeded"] == 1
 
 
-def test_ctrl_c_during_load_raises_keyboard_interrupt_and_cancels_the_load_request():
+def test_ctrl_c_during_load_raises_keyboard_interrupt_and_cancels_the_load_request(sigint_raises):
     import _thread
 
     gate, entered = threading.Event(), threading.Event()
