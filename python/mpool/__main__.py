@@ -4,8 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
+
+
+def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """{dest: its long option} of a command's flags (``top_n`` -> ``--top-n``)."""
+    # --model is left out: "model 'x' ..." speaks of the model, not of the flag.
+    return {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest not in ("help", "model")}
+
+
+def _report(args: argparse.Namespace, e: BaseException, lead: str = "") -> None:
+    """Prints a pool error, naming the command's flags rather than the Python
+    parameters behind them: ``--top-n must be ...``, not ``top_n must be ...``."""
+    message = str(e)
+    for dest, flag in getattr(args, "_flags", {}).items():
+        if "_" in dest:  # an identifier no prose uses: wherever it stands
+            message = re.sub(rf"(?<![\w-]){re.escape(dest)}(?![\w-])", flag, message)
+        elif re.match(rf"{re.escape(dest)}(?=[ =\[:])", message):  # a plain word: only leading the message
+            message = flag + message[len(dest):]
+    print(f"{lead}mpool: {type(e).__name__}: {message}", file=sys.stderr)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -41,7 +60,7 @@ def _embed(args: argparse.Namespace) -> int:
             pool.register("model", model, dtype=args.dtype)
             vectors = pool.embed("model", args.texts, task=args.task, dimensions=args.dimensions)
         except mpool.PoolError as e:
-            print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
+            _report(args, e)
             return 1
     if args.json:
         print(json.dumps({"model": model, "embeddings": vectors.tolist()}))
@@ -64,7 +83,7 @@ def _rerank(args: argparse.Namespace) -> int:
             pool.register("model", args.model, dtype=args.dtype)
             ranked = pool.rerank("model", args.query, args.documents, top_n=args.top_n)
         except mpool.PoolError as e:
-            print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
+            _report(args, e)
             return 1
     if args.json:
         results = [{"index": r.index, "score": r.score, "document": args.documents[r.index]} for r in ranked]
@@ -88,7 +107,7 @@ def _embed_image(args: argparse.Namespace) -> int:
             vectors = pool.embed_images("model", args.images)
             probs = pool.zero_shot("model", args.images, args.labels, template=args.template) if args.labels else None
         except mpool.PoolError as e:
-            print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
+            _report(args, e)
             return 1
     if args.json:
         out: dict[str, Any] = {"model": args.model, "embeddings": vectors.tolist()}
@@ -142,7 +161,7 @@ def _stream_text(args: argparse.Namespace, start: Any) -> int:
                     sys.stdout.write(chunk.text)
                     sys.stdout.flush()
         except mpool.PoolError as e:
-            print(f"\nmpool: {type(e).__name__}: {e}", file=sys.stderr)
+            _report(args, e, "\n")
             return 1
         except KeyboardInterrupt:  # closing the stream above cancelled the generation
             print(file=sys.stderr)
@@ -203,7 +222,7 @@ def _image(args: argparse.Namespace) -> int:
             with stream:
                 image = stream.result()
         except mpool.PoolError as e:
-            print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
+            _report(args, e)
             return 1
         except KeyboardInterrupt:  # closing the stream above cancelled the generation
             print(file=sys.stderr)
@@ -223,7 +242,7 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         report = mpool.inspect(args.path)
     except mpool.PoolError as e:
-        print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
+        _report(args, e)
         return 1
     print(json.dumps(report, indent=2, default=str))
     return 0
@@ -262,7 +281,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise mpool.InvalidInput("no models to serve: give --model KEY=PATH or a --config file with [models.KEY]")
         serve(cfg, log_level=args.log_level)
     except mpool.PoolError as e:
-        print(f"mpool: {type(e).__name__}: {e}", file=sys.stderr)
+        _report(args, e)
         return 1
     return 0
 
@@ -358,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=_info)
     args = parser.parse_args(argv)
+    args._flags = _flag_names(sub.choices[args.command])
     try:
         return args.fn(args)
     except KeyboardInterrupt:  # Ctrl-C: the pool call it interrupted was cancelled

@@ -292,6 +292,22 @@ def test_cli_embed_uses_the_bundled_model_by_default(capsys):
     assert os.path.samefile(out["model"], MINILM)
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--dimensions", "0"], "mpool: InvalidInput: --dimensions must be an int in [1, "),
+        (["--dimensions", "1000"], "mpool: InvalidInput: --dimensions=1000 is more than the model's 384"),
+        (["--dtype", "int4"], "mpool: InvalidInput: --dtype 'int4' is not supported"),
+        (["--task", "nope"], "mpool: InvalidInput: unknown task 'nope'"),  # not leading: the word stays
+    ],
+)
+def test_cli_errors_name_the_flag_not_the_python_parameter(capsys, flags, said):
+    from mpool.__main__ import main
+
+    assert main(["embed", "hello", *flags]) == 1
+    assert capsys.readouterr().err.startswith(said)
+
+
 def test_cli_ctrl_c_exits_130_and_a_closed_pipe_141_without_a_traceback(capsys, monkeypatch):
     import subprocess
     import sys
