@@ -9,6 +9,7 @@ front end with native streams and futures can use them.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -36,6 +37,35 @@ def wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> Calla
     return ready
 
 
+async def _done_within(fut: asyncio.Future[None], timeout: float) -> bool:
+    """Waits until ``fut`` is done or ``timeout`` seconds passed (inf: no limit);
+    True if it is done. Never cancels ``fut``.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it returns normally, swallowing
+    the cancellation, when the task waiting in it is cancelled in the same loop
+    iteration that ``fut`` completes in. The task then went on waiting for a
+    stream nobody cancelled. Here a cancelled task always raises CancelledError.
+    """
+    if fut.done():
+        return True
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[None] = loop.create_future()
+
+    def open_gate(_: object = None) -> None:
+        if not gate.done():
+            gate.set_result(None)
+
+    fut.add_done_callback(open_gate)
+    timer = loop.call_later(timeout, open_gate) if math.isfinite(timeout) else None
+    try:
+        await gate
+    finally:
+        fut.remove_done_callback(open_gate)
+        if timer is not None:
+            timer.cancel()
+    return fut.done()
+
+
 async def wait_chunks(poll: Callable[[], tuple[bool, Any]], native: Any) -> AsyncGenerator[Any, None]:
     """Yields a stream's items without holding any thread while it waits.
 
@@ -53,10 +83,8 @@ async def wait_chunks(poll: Callable[[], tuple[bool, Any]], native: Any) -> Asyn
             continue
         waiter: asyncio.Future[None] = loop.create_future()
         native.on_ready(wake(loop, waiter))
-        try:
-            await asyncio.wait_for(waiter, timeout=max(native.remaining(), 0.0) + _DEADLINE_SLACK_S)
-        except asyncio.TimeoutError:
-            pass  # past the deadline: the next poll() raises Timeout
+        # Past the deadline, the next poll() raises Timeout.
+        await _done_within(waiter, max(native.remaining(), 0.0) + _DEADLINE_SLACK_S)
 
 
 async def submit_off_loop(submit: Callable[[Callable[[], bool]], Any]) -> Any:
@@ -116,14 +144,10 @@ async def await_native(
         while True:
             wait = max(future.remaining(), 0.0) + _DEADLINE_SLACK_S
             ticking = on_tick is not None and wait > tick_s
-            try:
-                await asyncio.wait_for(asyncio.shield(done), timeout=tick_s if ticking else wait)
-                break
-            except asyncio.TimeoutError:
-                if not ticking:
-                    break  # past the deadline: result() below settles it as Timeout
-                assert on_tick is not None
-                on_tick()
+            if await _done_within(done, tick_s if ticking else wait) or not ticking:
+                break  # done, or past the deadline: result() below settles it as Timeout
+            assert on_tick is not None
+            on_tick()
     except asyncio.CancelledError:
         future.cancel()
         raise

@@ -6,6 +6,8 @@ import asyncio
 import os
 import threading
 
+import pytest
+
 import mpool
 from models_for_tests import wait_for
 
@@ -194,3 +196,130 @@ def test_a_request_that_ends_after_its_event_loop_closed_reports_nothing_from_th
         assert wait_for(lambda: pool.stats()["models"]["m"]["counts"]["succeeded"] == 1, 30)
         del task
         gc.collect()
+
+
+class _FakeNativeStream:
+    """A native stream as ``_async.wait_chunks`` sees it: nothing there at first,
+    then its end. The test calls the registered ``on_ready`` callback itself."""
+
+    def __init__(self) -> None:
+        self.ready = None
+        self.polls = 0
+        self.cancels = 0
+
+    def poll(self):
+        self.polls += 1
+        return (False, None) if self.polls == 1 else (True, None)
+
+    def on_ready(self, fn):
+        self.ready = fn
+
+    def remaining(self):
+        return float("inf")
+
+    def cancel(self):
+        self.cancels += 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raise StopIteration
+
+    def final_image(self):
+        import numpy as np
+
+        return np.zeros((1, 1, 3), np.uint8)
+
+
+def _cancel_as_the_stream_wakes(consume, native, hops: int) -> asyncio.Task:
+    """Runs ``consume()`` until it waits on ``native``; then the native thread's
+    wake-up arrives and, ``hops`` loop steps later, the task is cancelled. Some
+    of these orders made asyncio.wait_for (before Python 3.12) return normally
+    and lose the cancel, and each hop count tries another of them."""
+
+    async def main():
+        task = asyncio.ensure_future(consume())
+        while native.ready is None:
+            await asyncio.sleep(0)
+        native.ready()  # what the producing thread does: call_soon_threadsafe(settle)
+        for _ in range(hops):
+            await asyncio.sleep(0)
+        accepted = task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return task, accepted
+
+    task, accepted = asyncio.run(main())
+    assert accepted, "the task ended before it was cancelled: this hop count tests nothing"
+    return task
+
+
+@pytest.mark.parametrize("hops", [0, 1])
+def test_an_image_streams_aresult_cancelled_as_a_chunk_wakes_it_raises_cancelled_and_cancels_the_generation(hops):
+    native = _FakeNativeStream()
+    stream = mpool.ImageStream(native)
+    task = _cancel_as_the_stream_wakes(stream.aresult, native, hops)
+    assert task.cancelled()
+    assert native.cancels == 1
+
+
+@pytest.mark.parametrize("hops", [0, 1])
+def test_a_text_streams_async_for_cancelled_as_a_chunk_wakes_it_raises_cancelled_and_cancels_the_generation(hops):
+    native = _FakeNativeStream()
+    stream = mpool.TextStream(native)
+
+    async def consume():
+        return [chunk async for chunk in stream]
+
+    task = _cancel_as_the_stream_wakes(consume, native, hops)
+    assert task.cancelled()
+    assert native.cancels == 1
+    assert stream.finish_reason == "cancelled"
+
+
+class _FakeNativeFuture:
+    def __init__(self) -> None:
+        self.done_callback = None
+        self.cancels = 0
+
+    def add_done_callback(self, fn):
+        self.done_callback = fn
+
+    def remaining(self):
+        return float("inf")
+
+    def cancel(self):
+        self.cancels += 1
+
+    def result(self):
+        return "value"
+
+
+@pytest.mark.parametrize("hops", [0, 1, 2])
+def test_a_task_awaiting_a_native_future_cancelled_as_the_result_arrives_is_cancelled_and_cancels_the_call(hops):
+    from mpool._async import await_native
+
+    future = _FakeNativeFuture()
+
+    async def main():
+        task = asyncio.ensure_future(await_native(future))
+        while future.done_callback is None:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the task now waits
+        future.done_callback()
+        for _ in range(hops):
+            await asyncio.sleep(0)
+        accepted = task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return task, accepted
+
+    task, accepted = asyncio.run(main())
+    assert accepted, "the task ended before it was cancelled: this hop count tests nothing"
+    assert task.cancelled()
+    assert future.cancels == 1
