@@ -168,8 +168,16 @@ std::optional<TextPiece> TextAssembler::ready() {
 }
 
 std::optional<TextPiece> TextAssembler::flush() {
+  if (mid_character_) {
+    // The generation ended inside a character: its bytes go out as U+FFFD, as
+    // decoding all the ids writes them (and as transformers' streamer ends).
+    mid_character_ = false;
+    held_ += decoder_.flush();
+    size_t cut = std::string::npos;
+    for (const auto& s : stops_) cut = std::min(cut, held_.find(s));
+    if (cut != std::string::npos) held_.resize(cut);
+  }
   releasable_ = held_.size();
-  mid_character_ = false;
   if (held_.empty() && ids_.empty()) return std::nullopt;
   return ready();
 }

@@ -614,4 +614,14 @@ std::optional<std::string> DecodeStream::step(uint32_t id) {
   return fresh;
 }
 
+std::string DecodeStream::flush() {
+  if (ids_.size() <= prefix_index_) return {};
+  std::string text = tokenizer_.decode(ids_, skip_special_);
+  if (text.size() <= prefix_.size() || text.compare(0, prefix_.size(), prefix_) != 0) return {};
+  std::string fresh = text.substr(prefix_.size());
+  prefix_ = std::move(text);  // all of ids_ is returned now
+  prefix_index_ = ids_.size();
+  return fresh;
+}
+
 }  // namespace mpool::tokenizer

@@ -227,6 +227,22 @@ TEST(TokenizerTest, DecodeStreamNeverEmitsHalfACharacter) {
   EXPECT_EQ(joined, text);
 }
 
+TEST(TokenizerTest, DecodeStreamFlushGivesAnUnfinishedCharacterAsDecodeWritesIt) {
+  auto tok = Tokenizer::from_json(byte_level_json());
+  auto e = tok->encode("ab \xF0\x9F\x98\x80");  // the emoji's four bytes are four tokens
+  ASSERT_GE(e.ids.size(), 3u);
+  for (size_t cut = 1; cut <= e.ids.size(); ++cut) {
+    std::vector<uint32_t> ids(e.ids.begin(), e.ids.begin() + static_cast<long>(cut));
+    DecodeStream stream(*tok);
+    std::string joined;
+    for (uint32_t id : ids)
+      if (auto piece = stream.step(id)) joined += *piece;
+    joined += stream.flush();
+    EXPECT_EQ(joined, tok->decode(ids)) << "first " << cut << " ids";
+    EXPECT_EQ(stream.flush(), "") << "a second flush gives nothing more";
+  }
+}
+
 TEST(TokenizerTest, BatchEncodeMatchesSequentialEncode) {
   auto tok = Tokenizer::from_json(wordpiece_json());
   std::vector<std::string> texts;

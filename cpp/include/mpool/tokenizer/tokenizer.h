@@ -136,6 +136,10 @@ class DecodeStream {
       : tokenizer_(tokenizer), skip_special_(skip_special_tokens) {}
   /// The new text that id completes, or nullopt while a character is incomplete.
   std::optional<std::string> step(uint32_t id);
+  /// The text of the ids that step() has not yet returned, written as decode()
+  /// writes them (an unfinished character's bytes as U+FFFD): for the end of a
+  /// stream, so that all it returned equals decode() of all its ids.
+  std::string flush();
 
  private:
   const Tokenizer& tokenizer_;
