@@ -405,3 +405,45 @@ def test_interpreter_exit_while_daemon_threads_poll_stats_and_run_bulk_aembed_ex
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "main exits" in result.stdout
+
+
+def test_a_model_released_by_maintenance_runs_its_python_finalizers_outside_the_pool_lock():
+    # The last reference to an unregistered PyModel used to go under the pool's
+    # mutex on the maintenance thread: a finalizer there that called the pool
+    # (stats() takes that mutex) hung the thread, and close() after it.
+    result = run_script(
+        """
+        import threading, time
+        import numpy as np
+        import mpool
+
+        class Embedder:
+            dimension = 2
+            def embed(self, texts, task=None):
+                return np.ones((len(texts), 2), np.float32)
+
+        pool = mpool.Pool(maintenance_interval=0.02)
+        seen = {}
+
+        class Loader:
+            def __call__(self, device):
+                return Embedder()
+            def __del__(self):
+                seen["thread"] = threading.current_thread().name
+                seen["models"] = len(pool.stats()["models"])
+
+        for round in range(3):
+            seen.clear()
+            pool.register("m", mpool.PyModel("text_embedding", Loader(), memory_mb=1))
+            pool.embed("m", ["a"])
+            pool.unregister("m", timeout=0)  # returns before the replica exits
+            until = time.monotonic() + 30
+            while "models" not in seen and time.monotonic() < until:
+                time.sleep(0.01)
+            assert seen.get("models") == 0, seen
+        pool.close()
+        print("ok")
+        """,
+        timeout=90,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

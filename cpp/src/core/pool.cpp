@@ -585,16 +585,19 @@ void Pool::reap_locked() {
   };
   for (auto& [key, m] : models_) reap(*m);
   for (auto& m : unregistered_) reap(*m);
-  unregistered_.erase(std::remove_if(unregistered_.begin(), unregistered_.end(),
-                                     [](auto& m) { return m->replicas.empty(); }),
-                      unregistered_.end());
+  auto gone = std::stable_partition(unregistered_.begin(), unregistered_.end(),
+                                    [](auto& m) { return !m->replicas.empty(); });
+  for (auto it = gone; it != unregistered_.end(); ++it) graveyard_.push_back(std::move(*it));
+  unregistered_.erase(gone, unregistered_.end());
 }
 
 void Pool::join_exited() {
   std::vector<std::thread> threads;
+  std::vector<std::shared_ptr<Model>> models;  // released last, outside mu_
   {
     std::lock_guard lock(mu_);
     threads.swap(exited_);
+    models.swap(graveyard_);
     // A dead replica may itself be here, in a callback: it is never joined by itself.
     auto self = std::find_if(threads.begin(), threads.end(),
                              [](auto& t) { return t.get_id() == std::this_thread::get_id(); });
@@ -1073,6 +1076,18 @@ void Pool::maintain_locked(Lock& lock) {
   governor_->refresh();
   Deferred deferred;
   std::vector<std::shared_ptr<Model>> models;
+  // A model unregistered while an eviction below waited may have its last
+  // reference here (or lose its other ones meanwhile): all go to the graveyard,
+  // released outside mu_ (the lock is held whenever this scope ends).
+  struct Bury {
+    std::vector<std::shared_ptr<Model>>& models;
+    std::vector<std::shared_ptr<Model>>& graveyard;
+    ~Bury() {
+      for (auto& m : models) graveyard.push_back(std::move(m));
+    }
+  } bury{models, graveyard_};
+  models.reserve(models_.size());
+  graveyard_.reserve(graveyard_.size() + models_.size());
   for (auto& [key, m] : models_) models.push_back(m);
   for (auto& m : models) {
     if (m->removed || shutting_down_) continue;  // changed while an eviction waited

@@ -212,6 +212,11 @@ class Pool {
   std::map<std::string, std::shared_ptr<Model>> models_;
   std::vector<std::shared_ptr<Model>> unregistered_;  // removed, replicas still exiting (mu_)
   std::vector<std::thread> exited_;  // threads of dead replicas, joined outside mu_ (mu_)
+  // Unregistered models whose replicas are all gone, released by join_exited
+  // outside mu_: a model's last reference may hold Python objects (a PyModel's
+  // loader), and releasing those runs arbitrary Python code, which may call the
+  // pool (mu_)
+  std::vector<std::shared_ptr<Model>> graveyard_;
   bool shutting_down_ = false;
   bool shut_down_ = false;
   const int cpus_ = available_cpus();
