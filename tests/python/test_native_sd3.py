@@ -56,8 +56,9 @@ def run_both(model, path: Path, inputs: dict[str, torch.Tensor], skip_layers=Non
         {"qk_norm": "rms_norm", "dual_attention_layers": [0, 1]},
         {"num_layers": 2, "patch_size": 1, "in_channels": 16, "out_channels": 16, "pos_embed_max_size": 20},
         {"out_channels": 8, "num_attention_heads": 2, "attention_head_dim": 16},
+        {"pos_embed_max_size": None},
     ],
-    ids=["sd3", "qk_norm", "mmdit_x", "patch1_16ch", "wider_heads_8out"],
+    ids=["sd3", "qk_norm", "mmdit_x", "patch1_16ch", "wider_heads_8out", "no_position_table"],
 )
 def test_mmdit_velocity_matches_diffusers(tmp_path: Path, overrides: dict) -> None:
     model = save_mmdit(tmp_path, **overrides)
@@ -85,6 +86,16 @@ def test_mmdit_without_stored_position_table_computes_the_same_one(tmp_path: Pat
     del tensors["pos_embed.pos_embed"]
     save_file(tensors, weights)
     assert run_both(model, tmp_path, mmdit_inputs(model, 1, 10, 6, 4)) <= RTOL
+
+
+def test_mmdit_whose_config_sets_no_position_table_takes_a_grid_per_size_for_any_size(tmp_path: Path) -> None:
+    # pos_embed_max_size null: diffusers' PatchEmbed keeps no table (none is saved)
+    # and computes each latent size's grid; it was read as the default 96 and cropped.
+    model = save_mmdit(tmp_path, pos_embed_max_size=None)
+    p = model.config.patch_size
+    for h, w in [(20 * p, 3 * p), (p, 13 * p)]:  # past the 12 of the suite's tables
+        err = run_both(model, tmp_path, mmdit_inputs(model, 1, h, w, 4))
+        assert err <= RTOL, f"{h}x{w}: relative error {err:.2e}"
 
 
 def test_mmdit_refuses_a_latent_larger_than_its_position_table(tmp_path: Path) -> None:

@@ -24,7 +24,12 @@ MMDiTConfig MMDiTConfig::from(const loading::JsonView& c) {
   m.joint_attention_dim = nn::read_size(c, "joint_attention_dim", m.joint_attention_dim, kMaxWidth);
   m.caption_projection_dim = nn::read_size(c, "caption_projection_dim", m.caption_projection_dim, kMaxWidth);
   m.pooled_projection_dim = nn::read_size(c, "pooled_projection_dim", m.pooled_projection_dim, kMaxWidth);
-  m.pos_embed_max_size = nn::read_size(c, "pos_embed_max_size", m.pos_embed_max_size, 4096);
+  // Absent: diffusers' default (96). Null: no table at all.
+  const auto& raw = c.json();
+  if (raw.is_object() && raw.contains("pos_embed_max_size") && raw.at("pos_embed_max_size").is_null())
+    m.pos_embed_max_size = 0;
+  else
+    m.pos_embed_max_size = nn::read_size(c, "pos_embed_max_size", m.pos_embed_max_size, 4096);
   m.dual_attention_layers = c.get_or<std::vector<int64_t>>("dual_attention_layers", {});
   for (int64_t layer : m.dual_attention_layers)
     check(layer >= 0 && layer < m.num_layers, ErrorCode::kInvalidInput,

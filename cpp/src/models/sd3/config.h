@@ -21,7 +21,12 @@ struct MMDiTConfig {
   int64_t joint_attention_dim = 4096;     ///< width of the text context (T5's, CLIP's padded to it)
   int64_t caption_projection_dim = 1152;  ///< the context after context_embedder: the inner width
   int64_t pooled_projection_dim = 2048;   ///< CLIP-L's and CLIP-G's pooled vectors together
-  int64_t pos_embed_max_size = 96;        ///< the position table's side, in patches
+  /// The position table's side, in patches; 0 when the config sets it null: then
+  /// no table, and each latent size gets its own grid (diffusers' PatchEmbed
+  /// without pos_embed_max_size), for any size.
+  int64_t pos_embed_max_size = 96;
+  /// Without a table, the most patches a side may have (a bound, not a table size).
+  static constexpr int64_t kMaxPatchesWithoutTable = 4096;
   std::vector<int64_t> dual_attention_layers;  ///< MMDiT-X (SD3.5-medium): layers with a second image attention
   bool qk_norm = false;                        ///< "rms_norm" (SD3.5): per-head RMSNorm of q and k
 

@@ -60,8 +60,12 @@ MMDiT MMDiT::load(const nn::Weights& w, const MMDiTConfig& c) {
   m.config_ = c;
   const int64_t dim = c.inner_dim(), p = c.patch_size, side = c.pos_embed_max_size;
   m.patch_ = nn::Conv2d::load(w, "pos_embed.proj", c.in_channels, dim, p, p, 0);
-  at::Tensor stored = w.get_optional("pos_embed.pos_embed", {1, side * side, dim});
-  if (stored.defined()) {
+  // Without a table (null in the config) diffusers keeps none in the file either:
+  // the positions of each latent size are computed in forward.
+  at::Tensor stored = side > 0 ? w.get_optional("pos_embed.pos_embed", {1, side * side, dim}) : at::Tensor();
+  if (side == 0) {
+    // nothing to load
+  } else if (stored.defined()) {
     m.positions_ = stored.view({side, side, dim});
   } else {
     // base size: the training sample size in patches, as diffusers' PatchEmbed.
@@ -90,12 +94,13 @@ at::Tensor MMDiT::operator()(const at::Tensor& latents, const at::Tensor& timest
         "MMDiT: latents must be (batch, " + std::to_string(c.in_channels) + ", height, width), got " +
             c10::str(latents.sizes()));
   const int64_t b = latents.size(0), gh = latents.size(2) / p, gw = latents.size(3) / p;
-  check(latents.size(2) % p == 0 && latents.size(3) % p == 0 && gh >= 1 && gw >= 1 && gh <= c.pos_embed_max_size &&
-            gw <= c.pos_embed_max_size,
+  const int64_t max_patches = c.pos_embed_max_size > 0 ? c.pos_embed_max_size : MMDiTConfig::kMaxPatchesWithoutTable;
+  check(latents.size(2) % p == 0 && latents.size(3) % p == 0 && gh >= 1 && gw >= 1 && gh <= max_patches &&
+            gw <= max_patches,
         ErrorCode::kInvalidInput,
         "MMDiT: a latent of " + std::to_string(latents.size(2)) + "x" + std::to_string(latents.size(3)) +
             " must be a multiple of the patch size " + std::to_string(p) + " and at most " +
-            std::to_string(c.pos_embed_max_size * p) + " a side");
+            std::to_string(max_patches * p) + " a side");
   check(context.dim() == 3 && context.size(0) == b && context.size(2) == c.joint_attention_dim &&
             pooled.dim() == 2 && pooled.size(0) == b && pooled.size(1) == c.pooled_projection_dim &&
             timestep.dim() == 1 && timestep.size(0) == b,
@@ -107,8 +112,15 @@ at::Tensor MMDiT::operator()(const at::Tensor& latents, const at::Tensor& timest
   const int64_t dim = c.inner_dim();
   // Patches in row-major order plus the centred window of the position table.
   at::Tensor x = patch_(latents).flatten(2).transpose(1, 2);
-  const int64_t top = (c.pos_embed_max_size - gh) / 2, left = (c.pos_embed_max_size - gw) / 2;
-  x = x + positions_.slice(0, top, top + gh).slice(1, left, left + gw).reshape({1, gh * gw, dim});
+  if (c.pos_embed_max_size > 0) {
+    const int64_t top = (c.pos_embed_max_size - gh) / 2, left = (c.pos_embed_max_size - gw) / 2;
+    x = x + positions_.slice(0, top, top + gh).slice(1, left, left + gw).reshape({1, gh * gw, dim});
+  } else {
+    // base size: the training sample size in patches, as diffusers' PatchEmbed.
+    x = x + nn::sincos_2d_embedding(dim, gh, gw, static_cast<double>(c.sample_size / p), 1.0)
+                .to(x.device(), x.scalar_type())
+                .reshape({1, gh * gw, dim});
+  }
   const at::Tensor sinusoids =
       nn::timestep_embedding(timestep.to(at::kFloat), 256, nn::TimestepOptions{true, 0.0, 1.0, 10000.0});
   const at::Tensor conditioning =

@@ -53,7 +53,11 @@ struct Sd3Plan {
   /// Pixels per latent (the VAE's) times the patch size: width and height must be multiples.
   int64_t size_multiple() const noexcept { return latent.scale() * mmdit.patch_size; }
   /// The largest side the MMDiT's positions cover.
-  int64_t max_side() const noexcept { return mmdit.pos_embed_max_size * size_multiple(); }
+  /// The largest image side: the position table's, or without one 4096 pixels.
+  int64_t max_side() const noexcept {
+    return mmdit.pos_embed_max_size > 0 ? mmdit.pos_embed_max_size * size_multiple()
+                                        : (4096 / size_multiple()) * size_multiple();
+  }
 };
 
 /// The MMDiT's view: renamed from the original names when the plan says so.
