@@ -66,7 +66,10 @@ def image_input(image: Any, index: int = 0) -> tuple[str, Any]:
     if hasattr(image, "convert") and hasattr(image, "size") and hasattr(image, "mode"):  # PIL.Image
         if image.size[0] == 0 or image.size[1] == 0:
             raise InvalidInput(f"{what}: the image is empty (size {image.size})")
-        return ("array", _pil_rgb(image))
+        try:
+            return ("array", _pil_rgb(image))
+        except (ValueError, OSError) as e:  # a mode Pillow cannot convert, a truncated lazy file
+            raise InvalidInput(f"{what}: cannot make RGB pixels of this PIL image (mode {image.mode!r}): {e}") from e
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3, 4):
             raise InvalidInput(

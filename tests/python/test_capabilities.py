@@ -123,6 +123,22 @@ def test_bad_images_raise_invalid_input_naming_the_image(pool, image, match):
     assert pool.embed_images("clip", [np.zeros((2, 2, 3), np.uint8)]).shape == (1, 5)
 
 
+def test_a_pil_image_pillow_cannot_make_rgb_is_invalid_input_naming_the_image_and_mode(pool):
+    import io
+
+    from PIL import Image
+
+    pool.register("clip", mpool.PyModel("image_embedding", lambda d: MeanColorEmbedder(), memory_mb=1))
+    premultiplied = Image.new("LA", (3, 3), (10, 200)).convert("La")  # Pillow has no La -> RGB(A)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, "PNG")
+    truncated = Image.open(io.BytesIO(buffer.getvalue()[:60]))  # opened lazily: pixels fail on load
+    for image, match in [(premultiplied, r"image #1: .*mode 'La'"), (truncated, r"image #1: .*mode 'RGB'")]:
+        with pytest.raises(mpool.InvalidInput, match=match):
+            pool.embed_images("clip", [np.zeros((2, 2, 3), np.uint8), image])
+    assert pool.embed_images("clip", [np.zeros((2, 2, 3), np.uint8)]).shape == (1, 5)
+
+
 def test_missing_url_is_invalid_input_with_the_http_status(url_pool, image_server):
     pool = url_pool
     pool.register("clip", mpool.PyModel("image_embedding", lambda d: MeanColorEmbedder(), memory_mb=1))

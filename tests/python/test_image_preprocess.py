@@ -88,6 +88,44 @@ def test_other_clip_settings_match(tmp_path: Path, settings: dict[str, Any]) -> 
     compare(_core._preprocess_image(saved(processor, tmp_path), image), ref, std)
 
 
+@pytest.mark.parametrize(
+    ("cls", "settings"),
+    [
+        # CLIPFeatureExtractor-era files: bare integers (shortest edge; a square crop).
+        (CLIPImageProcessorPil, {"feature_extractor_type": "CLIPFeatureExtractor", "size": 40, "crop_size": 36}),
+        (CLIPImageProcessorPil, {"image_processor_type": "CLIPImageProcessor", "size": 30, "crop_size": 44}),
+        # Keys left out take the class's values (size, crop, mean and std, normalizing).
+        (CLIPImageProcessorPil, {"image_processor_type": "CLIPImageProcessor"}),
+        (CLIPImageProcessorPil, {"image_processor_type": "CLIPImageProcessorFast", "size": {"shortest_edge": 50}}),
+        (SiglipImageProcessorPil, {"image_processor_type": "SiglipImageProcessor", "size": {"height": 40, "width": 60}}),
+        (SiglipImageProcessorPil, {"image_processor_type": "SiglipImageProcessor"}),
+    ],
+    ids=["clip_feature_extractor_integers", "clip_integers", "clip_bare", "clip_fast_no_crop_key", "siglip_no_mean",
+         "siglip_bare"],
+)
+def test_a_file_with_integer_sizes_or_keys_left_out_reads_as_transformers_reads_it(
+    tmp_path: Path, cls: Any, settings: dict[str, Any]
+) -> None:
+    import json
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
+    processor = cls.from_pretrained(tmp_path)
+    image = photo_like(77, 120, seed=5)
+    ref = processor(images=Image.fromarray(image), return_tensors="np")["pixel_values"][0]
+    compare(_core._preprocess_image(str(tmp_path / "preprocessor_config.json"), image), ref, processor.image_std)
+
+
+def test_a_bare_integer_size_of_a_processor_class_mpool_does_not_know_is_refused_saying_what_to_write(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(json.dumps({"image_processor_type": "ViTImageProcessor", "size": 32}))
+    with pytest.raises(mpool.InvalidInput, match=r"\"size\" is a bare integer.*'ViTImageProcessor'.*shortest_edge"):
+        _core._preprocess_image(str(path), np.zeros((4, 4, 3), np.uint8))
+
+
 def test_unsupported_settings_are_refused_naming_the_file_and_key(tmp_path: Path) -> None:
     path = saved(CLIPImageProcessorPil(resample=4), tmp_path)  # box
     with pytest.raises(mpool.InvalidInput, match="preprocessor_config.json: \"resample\" 4 is not supported"):

@@ -559,13 +559,64 @@ Checkpoint ModelDirectory::checkpoint(std::string_view name) const {
   return whole;
 }
 
+namespace {
+
+// What a transformers image processor class takes for a key its file leaves out
+// (the class attributes), for the classes of the image families mpool serves.
+struct ProcessorClassDefaults {
+  ImageSize size;
+  std::optional<ImageSize> crop_size;
+  bool do_center_crop;
+  std::vector<double> mean, std;
+};
+
+std::optional<ProcessorClassDefaults> processor_class_defaults(const std::optional<std::string>& type) {
+  if (!type) return std::nullopt;
+  std::string name = *type;
+  if (ends_with(name, "Fast")) name.resize(name.size() - 4);
+  const std::vector<double> clip_mean{0.48145466, 0.4578275, 0.40821073}, clip_std{0.26862954, 0.26130258, 0.27577711};
+  ImageSize shortest_224, square_224;
+  shortest_224.shortest_edge = 224;
+  square_224.height = square_224.width = 224;
+  if (name == "CLIPImageProcessor" || name == "CLIPFeatureExtractor" || name == "LlavaImageProcessor" ||
+      name == "LlavaNextImageProcessor")
+    return ProcessorClassDefaults{shortest_224, square_224, true, clip_mean, clip_std};
+  if (name == "SiglipImageProcessor")
+    return ProcessorClassDefaults{square_224, std::nullopt, false, {0.5, 0.5, 0.5}, {0.5, 0.5, 0.5}};
+  return std::nullopt;
+}
+
+}  // namespace
+
 imageio::PreprocessConfig preprocess_config(const ImageProcessorConfig& c, const std::string& where) {
   imageio::PreprocessConfig p;
-  p.do_resize = c.do_resize.value_or(c.size.has_value());
+  // A key the file leaves out takes its processor class's value, as transformers
+  // does; for a class not known here only what the file says applies.
+  const std::optional<ProcessorClassDefaults> defaults = processor_class_defaults(c.image_processor_type);
+  std::optional<ImageSize> size = c.size ? c.size : defaults ? std::optional<ImageSize>(defaults->size) : std::nullopt;
+  if (size && size->value) {
+    // A bare integer: these classes read it as the shortest edge (transformers'
+    // get_size_dict with default_to_square false).
+    check(defaults.has_value(), ErrorCode::kInvalidInput,
+          where + ": \"size\" is a bare integer, which transformers reads by the processor class, and class '" +
+              c.image_processor_type.value_or("(none)") +
+              "' is not one mpool knows (CLIP, LLaVA, LLaVA-NeXT or SigLIP image processors); write it as "
+              "{\"shortest_edge\": n} or {\"height\": h, \"width\": w}");
+    ImageSize edge;
+    edge.shortest_edge = *size->value;
+    size = edge;
+  }
+  std::optional<ImageSize> crop = c.crop_size ? c.crop_size : defaults ? defaults->crop_size : std::nullopt;
+  if (crop && crop->value) {  // a bare integer crop is a square for every class
+    ImageSize square;
+    square.height = square.width = *crop->value;
+    crop = square;
+  }
+  p.do_resize = c.do_resize.value_or(size.has_value());
   if (p.do_resize) {
-    check(c.size.has_value(), ErrorCode::kInvalidInput, where + ": \"do_resize\" is set but \"size\" is missing");
-    const ImageSize& s = *c.size;
-    check(!s.longest_edge && !s.value, ErrorCode::kInvalidInput,
+    check(size.has_value(), ErrorCode::kInvalidInput, where + ": \"do_resize\" is set but \"size\" is missing");
+    const ImageSize& s = *size;
+    check(!s.longest_edge, ErrorCode::kInvalidInput,
           where + ": \"size\" must give \"shortest_edge\", or \"height\" and \"width\"");
     p.shortest_edge = s.shortest_edge;
     if (!s.shortest_edge) {
@@ -574,24 +625,26 @@ imageio::PreprocessConfig preprocess_config(const ImageProcessorConfig& c, const
     }
   }
   p.resample = static_cast<imageio::Resample>(c.resample.value_or(3));
-  p.do_center_crop = c.do_center_crop.value_or(c.crop_size.has_value());
+  p.do_center_crop = c.do_center_crop.value_or(defaults ? defaults->do_center_crop : crop.has_value());
   if (p.do_center_crop) {
-    check(c.crop_size && c.crop_size->height && c.crop_size->width, ErrorCode::kInvalidInput,
+    check(crop && crop->height && crop->width, ErrorCode::kInvalidInput,
           where + ": \"do_center_crop\" needs \"crop_size\" with \"height\" and \"width\"");
-    p.crop_height = *c.crop_size->height;
-    p.crop_width = *c.crop_size->width;
+    p.crop_height = *crop->height;
+    p.crop_width = *crop->width;
   }
   p.do_rescale = c.do_rescale.value_or(true);
   p.rescale_factor = c.rescale_factor.value_or(1.0 / 255.0);
-  p.do_normalize = c.do_normalize.value_or(!c.image_mean.empty());
+  const std::vector<double>& mean = !c.image_mean.empty() || !defaults ? c.image_mean : defaults->mean;
+  const std::vector<double>& stdev = !c.image_std.empty() || !defaults ? c.image_std : defaults->std;
+  p.do_normalize = c.do_normalize.value_or(defaults.has_value() || !c.image_mean.empty());
   if (p.do_normalize) {
     auto three = [&](const std::vector<double>& v, const char* key) {
       check(v.size() == 3 || v.size() == 1, ErrorCode::kInvalidInput,
             where + ": \"" + key + "\" needs 3 values (one per RGB channel), got " + std::to_string(v.size()));
       return v.size() == 3 ? std::array<double, 3>{v[0], v[1], v[2]} : std::array<double, 3>{v[0], v[0], v[0]};
     };
-    p.mean = three(c.image_mean, "image_mean");
-    p.std = three(c.image_std, "image_std");
+    p.mean = three(mean, "image_mean");
+    p.std = three(stdev, "image_std");
   }
   p.validate(where);
   return p;
