@@ -350,6 +350,36 @@ def test_clip_texts_longer_than_the_positions_are_cut_or_refused(clip_dir):
     assert rel_err(ours, ref) <= 1e-4
 
 
+@pytest.mark.parametrize("layout", ["dict_keys_only", "null_configs_and_dict_keys", "dict_keys_over_other_values"])
+def test_clip_config_with_towers_in_the_older_config_dict_keys_reads_as_transformers_reads_it(tmp_path, layout):
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    model, tok, _ = save_clip(tmp_path, hidden=24, heads=3, image_size=24, patch_size=4, act="gelu", seed=3)
+    config = json.loads((tmp_path / "config.json").read_text())
+    if layout == "dict_keys_over_other_values":  # the _dict values win over the *_config ones
+        config["text_config_dict"] = dict(config["text_config"])
+        config["vision_config_dict"] = dict(config["vision_config"])
+        config["vision_config"]["hidden_size"] = 768
+        config["text_config"]["hidden_act"] = "quick_gelu"
+    else:
+        config["text_config_dict"] = config.pop("text_config")
+        config["vision_config_dict"] = config.pop("vision_config")
+        if layout == "null_configs_and_dict_keys":
+            config["text_config"] = config["vision_config"] = None
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reference = CLIPModel.from_pretrained(str(tmp_path)).eval()
+    assert reference.config.vision_config.hidden_size == model.config.vision_config.hidden_size
+    image = np.asarray(photo_like(4, 40, 30))
+    proc = CLIPImageProcessor.from_pretrained(str(tmp_path))
+    with torch.no_grad():
+        ref_image = features(reference.get_image_features(pixel_values=hf_pixels(proc, [image])))
+        ref_text = features(reference.get_text_features(**tok(TEXTS, padding=True, return_tensors="pt")))
+    with mpool.Pool() as pool:
+        pool.register("clip", str(tmp_path))
+        assert rel_err(pool.embed_images("clip", [image], normalize=False), ref_image) <= 1e-4
+        assert rel_err(pool.embed("clip", TEXTS, normalize=False), ref_text) <= 1e-4
+
+
 def test_a_two_tower_model_without_an_image_processor_is_refused_at_registration(tmp_path):
     path = tmp_path / "clip"
     save_clip(path)

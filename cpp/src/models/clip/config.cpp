@@ -1,5 +1,8 @@
 #include "models/clip/config.h"
 
+#include <memory>
+#include <string>
+
 #include "mpool/base/error.h"
 
 namespace mpool::models::clip {
@@ -16,6 +19,19 @@ nn::EncoderDefaults text_defaults() {
   text.vocab_size = 49408;
   text.max_positions = 77;
   return text;
+}
+
+// A tower's settings as transformers' CLIPConfig reads them: "<tower>_config",
+// with the values of "<tower>_config_dict" over it where an older file has one
+// (such files may hold the towers in the _dict keys alone).
+std::optional<loading::JsonView> tower_config(const loading::JsonView& raw, const std::string& tower) {
+  const auto base = raw.child(tower + "_config");
+  const auto dict = raw.child(tower + "_config_dict");
+  if (!dict) return base;
+  auto merged = std::make_shared<nlohmann::json>(base ? base->json() : nlohmann::json::object());
+  merged->update(dict->json());
+  const nlohmann::json* node = merged.get();
+  return loading::JsonView(std::move(merged), node, raw.file(), tower + "_config_dict");
 }
 
 }  // namespace
@@ -42,7 +58,7 @@ ClipConfig ClipConfig::from(const loading::ModelConfig& c) {
   vision.image_size = 224;
   vision.patch_size = 32;
   const loading::JsonView empty;
-  const auto t = c.raw.child("text_config"), v = c.raw.child("vision_config");
+  const auto t = tower_config(c.raw, "text"), v = tower_config(c.raw, "vision");
   ClipConfig out;
   out.text = nn::read_text_tower_config(t ? *t : empty, text);
   out.vision = nn::read_vision_tower_config(v ? *v : empty, vision);
