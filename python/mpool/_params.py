@@ -349,7 +349,7 @@ def image_settings(
     if output_type not in ("pil", "np"):
         raise InvalidInput(f"output_type must be 'pil' or 'np', got {output_type!r}")
     return ImageSettings(
-        prompt=v.text("prompt", prompt, allow_empty=False),
+        prompt=v.text("prompt", prompt, allow_empty=True),  # "" is unconditional, as in diffusers
         width=width,
         height=height,
         steps=v.int_in("steps", steps, 1, MAX_IMAGE_STEPS),

@@ -825,7 +825,7 @@ class Pool:
     ) -> ImageStream:
         """Streams one ``ImageProgress`` per step; ``.result()`` returns the image.
 
-        A setting left None takes the model's own default (its ``defaults``), else
+        An empty ``prompt`` draws unconditionally, as diffusers does. A setting left None takes the model's own default (its ``defaults``), else
         512 x 512, 20 steps, guidance 7.0. img2img: ``init_image`` (any image
         source, resized to the requested size) and ``strength`` (default 0.8; 1.0
         starts from pure noise; a native model refuses 0, which runs no step, as

@@ -114,6 +114,15 @@ def test_seeded_image_matches_diffusers_with_the_same_generator_seed(saved, pool
     assert_same(got, ref, f"{key} seeded")
 
 
+@pytest.mark.parametrize("key", ["schnell", "dev"])
+def test_an_empty_prompt_draws_unconditionally_as_diffusers_does(saved, pool, key) -> None:
+    pipe, _ = saved[key]
+    guidance = 3.0 if key == "dev" else 0.0
+    ref = reference(pipe, "", num_inference_steps=3, guidance_scale=guidance, generator=torch.Generator().manual_seed(4))
+    got = ours(pool, key, "", steps=3, guidance_scale=guidance, seed=4)
+    assert_same(got, ref, f"{key} empty prompt")
+
+
 def test_true_cfg_with_a_negative_prompt_matches_diffusers(saved, pool) -> None:
     pipe, _ = saved["dev"]
     ref = reference(pipe, "a bowl of fruit", num_inference_steps=4, guidance_scale=3.0, true_cfg_scale=2.5,

@@ -144,6 +144,14 @@ def test_seeded_text_to_image_matches_diffusers_generator(saved, pool) -> None:
     assert_same(got, ref, "seed")
 
 
+@pytest.mark.parametrize("key", ["sd3", "no_t5"])
+def test_an_empty_prompt_draws_unconditionally_as_diffusers_does(saved, pool, key) -> None:
+    pipe, _ = saved[key]
+    ref = reference(pipe, "", num_inference_steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(4))
+    got = ours(pool, key, "", steps=3, guidance_scale=2.0, seed=4)
+    assert_same(got, ref, f"{key} empty prompt")
+
+
 def test_the_same_seed_gives_the_same_image_and_another_seed_another(pool) -> None:
     a = pool.generate_image("sd3", "a car", steps=3, seed=5).result()
     b = pool.generate_image("sd3", "a car", steps=3, seed=5).result()
