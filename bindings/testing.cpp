@@ -10,6 +10,7 @@
 #include "mpool/capabilities/interfaces.h"
 #include "mpool/core/faults.h"
 #include "mpool/core/model_spec.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::bindings {
 namespace {
@@ -70,6 +71,8 @@ void register_testing(py::module_& m) {
       },
       py::arg("name"), py::arg("count"), py::arg("key"), py::arg("seconds"));
   m.def("clear_faults", &core::faults::disarm_all);
+  m.def("layer_boundaries", &nn::stop_points_passed,
+        "Layer boundaries a request's forward passes reached in this process (nn::stop_point).");
   m.def(
       "faults_fired", [](const std::string& name) { return core::faults::fired(fault_named(name)); },
       py::arg("name"));

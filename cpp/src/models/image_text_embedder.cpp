@@ -7,6 +7,7 @@
 
 #include "mpool/base/error.h"
 #include "mpool/nn/kernels.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::models {
 
@@ -63,6 +64,7 @@ at::Tensor ImageTextEmbedder::embed(const std::vector<std::string>& texts, const
 at::Tensor ImageTextEmbedder::embed_images(const std::vector<capabilities::Image>& images,
                                            const capabilities::ImageEmbedOptions& options,
                                            capabilities::RequestContext& ctx) {
+  const nn::StopScope stop(ctx);  // a pass ends within a layer once the request stops
   const int64_t n = static_cast<int64_t>(images.size());
   at::Tensor out = at::empty({n, settings_.dimension}, at::kFloat);
   const bool normalize = options.normalize.value_or(settings_.normalize);

@@ -12,6 +12,7 @@
 #include "mpool/models/kit.h"
 #include "mpool/nn/weights.h"
 #include "mpool/nn/lora.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::models {
 
@@ -215,6 +216,7 @@ SentenceEmbedder::SentenceEmbedder(std::unique_ptr<Backbone> backbone, std::uniq
 
 at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const capabilities::EmbedOptions& options,
                                    capabilities::RequestContext& ctx) {
+  const nn::StopScope stop(ctx);  // a pass ends within a layer once the request stops
   // The task: the request's, else the model's default prompt, else none. It
   // selects the prompt and, where the model has LoRA adapters, the adapter.
   std::string prompt;

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "mpool/base/error.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::nn {
 
@@ -42,6 +43,7 @@ at::Tensor PreNormEncoder::run_layers(at::Tensor x, int64_t from, int64_t to, co
                                       bool causal) const {
   const int64_t n = to < 0 ? num_layers() : std::min(to, num_layers());
   for (int64_t i = std::max<int64_t>(from, 0); i < n; ++i) {
+    stop_point();
     const Layer& L = layers_[static_cast<size_t>(i)];
     x = L.attention(L.norm1(x), mask, causal, {}, x);  // residual sums fused where they can be
     x = L.mlp(L.norm2(x), x);

@@ -18,8 +18,9 @@ enum class Fault {
   kSlowLoad,           ///< the loader takes `seconds` longer
   kConsumerStalls,     ///< a stream's consumer stops reading for `seconds` before its next chunk
   kClockJump,          ///< the pool's clock jumps `seconds` forward (fires at once when armed)
+  kCancelAtLayer,      ///< a forward pass's request is cancelled at a layer boundary (nn::stop_point)
 };
-inline constexpr int kFaultKinds = 8;
+inline constexpr int kFaultKinds = 9;
 
 /// "loader_throws", "forward_throws", ... (the names Python uses).
 const char* fault_name(Fault fault) noexcept;

@@ -43,8 +43,11 @@ class RequestContext {
   void throw_if_stopped() const;
   /// The Error matching why the request stopped (Timeout or Cancelled).
   Error stop_error() const;
-  /// Asks the model to stop at its next check.
-  void request_cancel() noexcept { cancelled_.store(true, std::memory_order_release); }
+  /// Asks the model to stop at its next check (a group's: every member's request).
+  void request_cancel() noexcept {
+    cancelled_.store(true, std::memory_order_release);
+    for (auto& m : members_) m->request_cancel();
+  }
 
   /// Records the terminal outcome once; returns false if one was already recorded.
   bool settle(Outcome outcome) noexcept;

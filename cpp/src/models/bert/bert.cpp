@@ -1,6 +1,7 @@
 #include "models/bert/bert.h"
 
 #include "mpool/base/error.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::models::bert {
 
@@ -63,6 +64,7 @@ at::Tensor BertEncoder::forward(const at::Tensor& input_ids, const at::Tensor& t
   x = embedding_norm_(x);
   const at::Tensor keep = nn::key_padding_mask(attention_mask);
   for (const auto& L : layers_) {
+    nn::stop_point();
     x = L.attention_norm(L.attention(x, keep, false, {}, x));  // residual sums fused where they can be
     x = L.output_norm(L.mlp(x, x));
   }

@@ -9,6 +9,7 @@
 #include "mpool/base/error.h"
 #include "mpool/nn/kernels.h"
 #include "mpool/nn/moe.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::models::decoder {
 
@@ -139,6 +140,7 @@ at::Tensor Decoder::run(at::Tensor x, int64_t start, nn::KvCache* cache, const a
   // conversation's earlier answer) holds what prefill would compute.
   const bool prompt = cache && nn::kernels::prompt_rows() && !key_mask.defined();
   for (size_t li = 0; li < layers_.size(); ++li) {
+    nn::stop_point();
     const Layer& L = layers_[li];
     const int64_t window = config_.sliding_window[li];
     const auto [mask, causal] = mask_of(window);

@@ -4,6 +4,7 @@
 
 #include "mpool/base/error.h"
 #include "mpool/nn/positions.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::models::jinabert {
 
@@ -84,6 +85,7 @@ at::Tensor JinaBertEncoder::forward(const at::Tensor& input_ids, const at::Tenso
   x = embedding_norm_(x);
   const at::Tensor keep = nn::key_padding_mask(attention_mask);
   for (const auto& L : layers_) {
+    nn::stop_point();
     x = L.attention_norm(attend(L.attention, x, keep) + x);
     x = L.output_norm(L.mlp(x, x));
   }

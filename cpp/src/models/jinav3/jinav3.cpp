@@ -1,6 +1,7 @@
 #include "models/jinav3/jinav3.h"
 
 #include "mpool/base/error.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::models::jinav3 {
 
@@ -98,6 +99,7 @@ at::Tensor JinaV3Encoder::forward(const at::Tensor& input_ids, const at::Tensor&
   const at::Tensor keep = nn::key_padding_mask(attention_mask);
   const auto [cos, sin] = rope_.tables(0, t);
   for (const auto& L : layers_) {
+    nn::stop_point();
     auto [q, k, v] = L.attention.project(x);
     const at::Tensor attended = nn::attend(rope_.apply(q, cos, sin), rope_.apply(k, cos, sin), v, keep);
     x = L.attention_norm(L.attention.output(attended, x));  // residual sums fused where they can be

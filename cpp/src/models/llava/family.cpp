@@ -21,6 +21,7 @@
 #include "mpool/models/kit.h"
 #include "mpool/models/text_generator.h"
 #include "mpool/nn/probe.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::models::llava {
 namespace {
@@ -107,6 +108,7 @@ class LlavaModel final : public core::Instance, public cap::Vision, public cap::
 
   // LLaVA-1.5: one tower input per image, images_per_forward at a time.
   std::vector<at::Tensor> image_features(const std::vector<cap::Image>& images, cap::RequestContext& ctx) const {
+    const nn::StopScope stop(ctx);  // the vision tower ends within a layer once the request stops
     std::vector<at::Tensor> features;
     const int64_t n = static_cast<int64_t>(images.size());
     const int64_t step = std::max<int64_t>(1, images_.images_per_forward);
@@ -125,6 +127,7 @@ class LlavaModel final : public core::Instance, public cap::Vision, public cap::
   // LLaVA-NeXT: each image tiled at its best grid, images_per_forward tiles at a
   // time, the tiles' features packed into one sequence per image.
   std::vector<at::Tensor> tiled_features(const std::vector<cap::Image>& images, cap::RequestContext& ctx) const {
+    const nn::StopScope stop(ctx);
     std::vector<at::Tensor> features;
     const int64_t step = std::max<int64_t>(1, images_.images_per_forward);
     for (size_t i = 0; i < images.size(); ++i) {

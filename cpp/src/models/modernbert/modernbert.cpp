@@ -7,6 +7,7 @@
 #include "mpool/base/error.h"
 #include "mpool/nn/attention.h"
 #include "mpool/nn/mlp.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::models::modernbert {
 namespace {
@@ -143,6 +144,7 @@ at::Tensor ModernBertEncoder::forward(const at::Tensor& input_ids, const at::Ten
   if (any_sliding) std::tie(local_cos, local_sin) = local_rope_.tables(0, t);
 
   for (const Layer& L : layers_) {
+    nn::stop_point();
     const at::Tensor normed = L.attn_norm ? (*L.attn_norm)(x) : x;
     // (n, 3h) -> (3, b, heads, t, d)
     const at::Tensor qkv =

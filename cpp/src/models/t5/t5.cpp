@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "mpool/base/error.h"
+#include "mpool/nn/stop.h"
 
 namespace mpool::models::t5 {
 namespace {
@@ -103,6 +104,7 @@ at::Tensor T5Encoder::forward(const at::Tensor& input_ids, const at::Tensor& att
   // h turns float32 after a float32 wo (float16 weights); each block's input is
   // the normed h in the weights' dtype, as T5LayerNorm casts it.
   for (const Layer& l : layers_) {
+    nn::stop_point();
     h = clamp_half(h + l.attention(l.attention_norm(h).to(dtype), bias));
     h = clamp_half(h + l.mlp(l.mlp_norm(h).to(dtype)));
   }
