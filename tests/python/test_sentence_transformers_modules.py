@@ -136,6 +136,26 @@ def test_prompts_left_out_of_pooling_skip_their_tokens_as_sentence_transformers_
             )
 
 
+@pytest.mark.parametrize("pooling", ["mean", "max", "cls", "lasttoken"])
+def test_a_prompt_longer_than_max_seq_length_is_measured_truncated_as_sentence_transformers_does(
+    tmp_path, transformer, pooling
+):
+    # The prompt alone fills max_seq_length: sentence-transformers measures it
+    # truncated like a text, so the closing [SEP] is what gets pooled. mpool
+    # masked every position (zero rows; -1e9 with max).
+    from sentence_transformers import SentenceTransformer
+
+    prompts = {"long": "represent this sentence for searching relevant passages about many things: "}
+    path, _ = _save(tmp_path, transformer, pooling, normalize=False, include_prompt=False, prompts=prompts)
+    config = json.loads((path / "sentence_bert_config.json").read_text())
+    config["max_seq_length"] = 10
+    (path / "sentence_bert_config.json").write_text(json.dumps(config))
+    ref = SentenceTransformer(str(path), device="cpu").encode(TEXTS, prompt_name="long")
+    with mpool.Pool() as pool:
+        pool.register("m", path)
+        np.testing.assert_allclose(pool.embed("m", TEXTS, task="long"), ref, rtol=1e-4, atol=2e-6)
+
+
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_a_prompt_without_a_closing_special_token_is_left_out_whole(tmp_path, transformer, pooling):
     # A tokenizer that adds no special tokens (a decoder's, say): all of the prompt's tokens are prompt.
@@ -162,6 +182,41 @@ def test_a_legacy_pooling_config_that_sets_no_mode_pools_by_the_mean_as_sentence
     )
     ref = SentenceTransformer(str(path), device="cpu").encode(TEXTS, convert_to_numpy=True)
     np.testing.assert_allclose(_ours(path), ref, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("mean", "max"), ("cls", "mean", "max"), ("max", "mean_sqrt_len", "lasttoken"), ("cls", "weightedmean", "max")],
+    ids="+".join,
+)
+def test_a_legacy_pooling_config_of_several_modes_concatenates_them_in_sentence_transformers_order(
+    tmp_path, transformer, flags
+):
+    # sentence-transformers joins cls, max, mean, mean_sqrt_len, weightedmean,
+    # lasttoken in that order whatever the file's key order; max came after mean here.
+    from sentence_transformers import SentenceTransformer
+
+    keys = {
+        "cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens",
+        "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens", "weightedmean": "pooling_mode_weightedmean_tokens",
+        "lasttoken": "pooling_mode_lasttoken",
+    }
+    path, _ = _save(tmp_path, transformer, "cls", normalize=False)
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": HIDDEN, **{keys[f]: True for f in flags}})
+    )
+    ref = SentenceTransformer(str(path), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    assert ref.shape[1] == HIDDEN * len(flags)
+    np.testing.assert_allclose(_ours(path), ref, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("limit", [0, -5])
+def test_a_max_seq_length_below_one_is_invalid_input_naming_the_key(tmp_path, transformer, limit):
+    path, _ = _save(tmp_path, transformer, "mean")
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": limit}))
+    with mpool.Pool() as pool:
+        with pytest.raises(mpool.InvalidInput, match=rf'sentence_bert_config.json: "max_seq_length" must be at least 1.*{limit}'):
+            pool.register("m", path)
 
 
 def test_max_seq_length_of_sentence_bert_config_overrides_the_tokenizers_as_in_sentence_transformers(tmp_path):

@@ -146,10 +146,12 @@ std::string pooling_mode(const JsonView& j) {
                   j.where("pooling_mode") + " must be a mode name or a non-empty list of them, got " + mode->dump());
     return join(names, "+");
   }
+  // In the order sentence-transformers concatenates them (its forward(), and
+  // _LEGACY_POOLING_MODE_KWARGS): max before mean.
   static const std::pair<const char*, const char*> kModes[] = {
       {"pooling_mode_cls_token", "cls"},
-      {"pooling_mode_mean_tokens", "mean"},
       {"pooling_mode_max_tokens", "max"},
+      {"pooling_mode_mean_tokens", "mean"},
       {"pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"},
       {"pooling_mode_weightedmean_tokens", "weightedmean"},
       {"pooling_mode_lasttoken", "lasttoken"},
@@ -221,6 +223,9 @@ SentenceTransformersLayout describe_sentence_transformers(const fs::path& root) 
     if (!fs::is_regular_file(p)) continue;
     const JsonView cfg = load_json_object(p);
     st.max_seq_length = cfg.get_optional<std::int64_t>("max_seq_length");
+    if (st.max_seq_length && *st.max_seq_length < 1)
+      throw Error(ErrorCode::kInvalidInput, cfg.where("max_seq_length") + " must be at least 1 (or null: the "
+                                                "tokenizer's limit), got " + std::to_string(*st.max_seq_length));
     st.do_lower_case = cfg.get_optional<bool>("do_lower_case");
     break;
   }

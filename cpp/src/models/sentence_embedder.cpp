@@ -277,14 +277,25 @@ at::Tensor SentenceEmbedder::embed(const std::vector<std::string>& texts, const 
   }
   // The leading positions masked out of pooling when include_prompt is false. As
   // sentence-transformers measures them: the tokenized prompt with its leading
-  // special tokens ([CLS], <s>), less a closing one ([SEP], </s>) if it has one.
+  // special tokens ([CLS], <s>), truncated as a text is, less a closing one
+  // ([SEP], </s>) if what is left ends with one. (A prompt longer than
+  // max_seq_length so leaves the closing token to pool, as there.)
   size_t prompt_tokens = 0;
   if (!prompt.empty() && !settings_.include_prompt) {
     if (settings_.prompt_span == EmbedderSettings::PromptSpan::kPromptTokensOnly) {
-      prompt_tokens = full_->encode(prompt, std::nullopt, /*add_special_tokens=*/false).size();
+      prompt_tokens = std::min(full_->encode(prompt, std::nullopt, /*add_special_tokens=*/false).size(), limit);
     } else {
       const tokenizer::Encoding p = full_->encode(prompt);
-      prompt_tokens = p.size() - (p.size() > 0 && p.special_tokens_mask.back() ? 1 : 0);
+      size_t n = p.size();
+      bool ends_special = n > 0 && p.special_tokens_mask.back();
+      if (n > limit) {
+        // Cut as the texts are: closing special tokens stay at the end; without
+        // any, the last kept token is the limit-th (or the last, cut on the left).
+        const bool closing = ends_special;
+        n = limit;
+        if (!closing && !settings_.truncate_left) ends_special = limit > 0 && p.special_tokens_mask[limit - 1];
+      }
+      prompt_tokens = n - (n > 0 && ends_special ? 1 : 0);
     }
   }
 

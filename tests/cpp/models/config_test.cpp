@@ -56,6 +56,26 @@ TEST(FamilyConfigs, AcceptSmallConfigs) {
   EXPECT_EQ(b.pad_token_id, 1);
 }
 
+TEST(FamilyConfigs, KeysLeftOutTakeEachConfigClassesDefault) {
+  auto with_type = [](const std::string& type, const std::string& extra) {
+    std::string j = "{" + kLlama + R"(, "num_hidden_layers": 2)" + extra + "}";
+    j.replace(j.find("llama"), 5, type);
+    return decoder::DecoderConfig::from(config(j));
+  };
+  // MistralConfig slides by 4096 unless the file says null; Qwen2Config's 4096
+  // applies once use_sliding_window is on; Phi3Config and LlamaConfig have none.
+  EXPECT_EQ(with_type("mistral", "").sliding_window, std::vector<int64_t>({4096, 4096}));
+  EXPECT_EQ(with_type("mistral", R"(, "sliding_window": null)").sliding_window, std::vector<int64_t>({0, 0}));
+  EXPECT_EQ(with_type("qwen2", R"(, "use_sliding_window": true)").sliding_window, std::vector<int64_t>({4096, 4096}));
+  EXPECT_EQ(with_type("qwen2", "").sliding_window, std::vector<int64_t>({0, 0}));
+  EXPECT_EQ(with_type("phi3", "").sliding_window, std::vector<int64_t>({0, 0}));
+  EXPECT_EQ(with_type("llama", "").sliding_window, std::vector<int64_t>({0, 0}));
+  // Phi3Config's rms_norm_eps is 1e-5; the others' 1e-6.
+  EXPECT_DOUBLE_EQ(with_type("phi3", "").rms_norm_eps, 1e-5);
+  EXPECT_DOUBLE_EQ(with_type("mistral", "").rms_norm_eps, 1e-6);
+  EXPECT_DOUBLE_EQ(with_type("llama", "").rms_norm_eps, 1e-6);
+}
+
 TEST(FamilyConfigs, LayerCountIsBoundedBeforeAnythingIsAllocatedPerLayer) {
   // 4e12 layers: the per-layer sliding-window table alone would be 32 TB.
   expect_invalid([] { decoder::DecoderConfig::from(config("{" + kLlama + R"(, "num_hidden_layers": 4000000000000})")); },

@@ -168,7 +168,7 @@ DecoderConfig DecoderConfig::from(const loading::ModelConfig& c) {
   check(deepseek || c.head_dim.value_or(0) > 0 || l.hidden_size % l.num_heads == 0, ErrorCode::kInvalidInput,
         "config.json: hidden_size " + std::to_string(l.hidden_size) + " is not divisible by num_attention_heads " +
             std::to_string(l.num_heads) + " and no head_dim is given");
-  l.rms_norm_eps = c.rms_norm_eps.value_or(1e-6);
+  l.rms_norm_eps = c.rms_norm_eps.value_or(c.model_type == "phi3" ? 1e-5 : 1e-6);  // each config class's default
   l.tie_word_embeddings = c.tie_word_embeddings.value_or(false);
   const std::string act = c.hidden_act.value_or("silu");
   check(act == "silu" || act == "swish", ErrorCode::kInvalidInput,
@@ -187,7 +187,11 @@ DecoderConfig DecoderConfig::from(const loading::ModelConfig& c) {
   // use_sliding_window and from max_window_layers on, Qwen3-MoE with
   // use_sliding_window in every layer, Qwen2-MoE with use_sliding_window in the
   // even layers below max_window_layers.
-  const int64_t window = c.raw.get_or<int64_t>("sliding_window", 0);
+  // A key left out takes its config class's default (4096 for Mistral and the
+  // Qwen families, where Qwen's still needs use_sliding_window); null is none.
+  const bool window_by_default = c.model_type == "mistral" || c.model_type == "qwen2" || c.model_type == "qwen3" || moe;
+  const bool window_absent = !c.raw.json().contains("sliding_window");
+  const int64_t window = window_absent ? (window_by_default ? 4096 : 0) : c.raw.get_or<int64_t>("sliding_window", 0);
   l.sliding_window.assign(static_cast<size_t>(l.num_layers), 0);
   if (c.raw.has("layer_types")) {
     auto types = c.raw.get<std::vector<std::string>>("layer_types");
