@@ -141,6 +141,24 @@ def test_raw_scores_are_the_logits_and_a_saved_activation_is_followed(tmp_path, 
     np.testing.assert_allclose(pool.score("tanh", pairs), expected, atol=1e-5)
 
 
+def test_a_cross_encoders_default_prompt_goes_before_each_query_as_predict_puts_it(tmp_path, pool):
+    d = build_classifier(tmp_path, "bert")
+    saved = tmp_path / "prompted"
+    prompts = {"rr": "Judge relevance: ", "other": "unused: "}
+    cross_encoder(d, prompts=prompts, default_prompt_name="rr").save(str(saved))
+    written = json.loads((saved / "config_sentence_transformers.json").read_text())
+    assert written["default_prompt_name"] == "rr"
+    pairs = _pairs()[:6]
+    expected = cross_encoder(saved).predict(pairs)
+    assert np.abs(expected - cross_encoder(d).predict(pairs)).max() > 1e-4  # the prompt changes the scores
+    pool.register("ce", str(saved))
+    np.testing.assert_allclose(pool.score("ce", pairs), expected, atol=1e-5)
+    written["default_prompt_name"] = "missing"
+    (saved / "config_sentence_transformers.json").write_text(json.dumps(written))
+    with pytest.raises(mpool.InvalidInput, match=r"config_sentence_transformers.json: \"default_prompt_name\" .*missing.*\"prompts\""):
+        pool.register("bad", str(saved))
+
+
 def test_an_activation_mpool_cannot_apply_is_refused_naming_the_file(tmp_path, pool):
     d = build_classifier(tmp_path, "bert")
     (d / "config_sentence_transformers.json").write_text(json.dumps({"activation_fn": "my.module.Swish"}))

@@ -1,5 +1,7 @@
 #include "mpool/models/cross_encoder.h"
 
+#include <map>
+
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -74,6 +76,15 @@ CrossEncoderSettings cross_encoder_settings(const loading::ModelLayout& layout, 
   if (fs::exists(st_config)) {
     const loading::JsonView st = loading::load_json_object(st_config);
     if (auto path = st.get_optional<std::string>("activation_fn")) named = {{*path, st.where("activation_fn")}};
+    // The default prompt goes before each pair's first text, as CrossEncoder's
+    // predict does (prepend_prompt_to_texts).
+    const auto prompts = st.get_or<std::map<std::string, std::string>>("prompts", {});
+    if (auto name = st.get_optional<std::string>("default_prompt_name")) {
+      const auto it = prompts.find(*name);
+      check(it != prompts.end(), ErrorCode::kInvalidInput,
+            st.where("default_prompt_name") + " names prompt \"" + *name + "\", which \"prompts\" does not define");
+      s.prompt = it->second;
+    }
   }
   if (!named) {
     if (auto st = raw.child("sentence_transformers")) {
@@ -109,7 +120,7 @@ at::Tensor CrossEncoder::score(const std::vector<capabilities::TextPair>& pairs,
   for (size_t i = 0; i < pairs.size(); ++i) {
     check(!pairs[i].first.empty() && !pairs[i].second.empty(), ErrorCode::kInvalidInput,
           pair_name(i) + " has an empty " + (pairs[i].first.empty() ? "query" : "document"));
-    first.push_back(pairs[i].first);
+    first.push_back(settings_.prompt + pairs[i].first);
     second.push_back(pairs[i].second);
   }
   // The pair is cut longest-first to the model's length, as CrossEncoder's

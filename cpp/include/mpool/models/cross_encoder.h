@@ -41,6 +41,9 @@ struct CrossEncoderSettings {
   bool type_ids = true;
   /// Cut too long a pair from the start (tokenizer_config.json's truncation_side "left").
   bool truncate_left = false;
+  /// config_sentence_transformers.json's default prompt, put before each pair's
+  /// first text (the query); empty when it names none.
+  std::string prompt;
 };
 
 /// The settings of a classifier directory with `max_positions` positions:
