@@ -451,7 +451,7 @@ def test_a_streams_text_is_the_tokenizers_decode_of_its_ids_also_when_it_ends_in
     # the stream used to drop them.
     pool.register("m", models["qwen2"])
     oracle = shared_tokenizer()
-    ends_inside = 0
+    ends_inside = stopped_at_the_end = 0
     for seed in range(12):
         for max_tokens in (1, 2, 5, 24):
             ids, text, _ = run(
@@ -460,7 +460,15 @@ def test_a_streams_text_is_the_tokenizers_decode_of_its_ids_also_when_it_ends_in
             expected = oracle.decode(ids, skip_special_tokens=True)
             assert text == expected, (seed, max_tokens, ids)
             ends_inside += expected.endswith("\ufffd")
+            if expected.endswith("\ufffd") and expected.count("\ufffd") == 1:
+                # A stop string the unfinished character completes: cut there, as a stop.
+                got, cut, chunks = run(pool.generate(
+                    "m", prompt_ids(seed=seed), max_tokens=max_tokens, temperature=20.0, seed=seed, ignore_eos=True,
+                    stop=["\ufffd"]))
+                assert (got, cut, chunks[-1].finish_reason) == (ids, expected[:-1], "stop")
+                stopped_at_the_end += 1
     assert ends_inside >= 3  # the case this test is about did come up
+    assert stopped_at_the_end >= 1
 
 
 def test_stop_token_ids_and_the_generation_config_eos_end_generation(

@@ -167,7 +167,8 @@ std::optional<TextPiece> TextAssembler::ready() {
   return piece;
 }
 
-std::optional<TextPiece> TextAssembler::flush() {
+std::optional<TextPiece> TextAssembler::flush(bool* stopped) {
+  if (stopped) *stopped = false;
   if (mid_character_) {
     // The generation ended inside a character: its bytes go out as U+FFFD, as
     // decoding all the ids writes them (and as transformers' streamer ends).
@@ -175,7 +176,10 @@ std::optional<TextPiece> TextAssembler::flush() {
     held_ += decoder_.flush();
     size_t cut = std::string::npos;
     for (const auto& s : stops_) cut = std::min(cut, held_.find(s));
-    if (cut != std::string::npos) held_.resize(cut);
+    if (cut != std::string::npos) {
+      held_.resize(cut);
+      if (stopped) *stopped = true;
+    }
   }
   releasable_ = held_.size();
   if (held_.empty() && ids_.empty()) return std::nullopt;
@@ -222,8 +226,10 @@ bool SequenceState::advance(const at::Tensor& logits, const capabilities::TextSi
   if (generated_ >= max_new_tokens_) {
     // The last token and any text held back for a stop string that never came,
     // in one piece: as a piece of its own, the tail would count past max_tokens.
-    done_.finish_reason = "length";
-    send(text_.flush());
+    bool stopped = false;
+    std::optional<TextPiece> last = text_.flush(&stopped);
+    done_.finish_reason = stopped ? "stop" : "length";
+    send(std::move(last));
     return true;
   }
   if (!send(text_.ready())) return true;  // consumer gone, or max_tokens reached by the stream's count

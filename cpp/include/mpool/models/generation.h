@@ -52,8 +52,9 @@ class TextAssembler {
   bool push(int64_t id, std::optional<capabilities::TokenLogprob> logprob);
   /// The piece that can be sent now, if any.
   std::optional<capabilities::TextPiece> ready();
-  /// Everything still held at the end of generation.
-  std::optional<capabilities::TextPiece> flush();
+  /// Everything still held at the end of generation; `stopped` (if given) is set
+  /// when the end of an unfinished character completed a stop string, cut there.
+  std::optional<capabilities::TextPiece> flush(bool* stopped = nullptr);
 
  private:
   tokenizer::DecodeStream decoder_;
