@@ -67,6 +67,17 @@ def test_prefill_logits_match_transformers_within_1e4_fp32(models: dict[str, Pat
     check_prefill_logits(models[arch], arch)
 
 
+@pytest.mark.parametrize("rope_type", ["linear", "dynamic"])
+def test_mscale_all_dim_scales_the_softmax_for_any_scaled_rope_as_transformers_does(
+    models: dict[str, Path], tmp_path: Path, rope_type: str
+) -> None:
+    # transformers' yarn_apply_mscale folds mscale_all_dim into MLA's softmax
+    # scale for every rope type but the default; mpool read it for yarn alone.
+    params = {"rope_type": rope_type, "factor": 2.0, "mscale_all_dim": 1.0, "rope_theta": 10000.0}
+    path = variant(models["deepseek_v3"], tmp_path / rope_type, rope_parameters=params)
+    check_prefill_logits(path, f"deepseek_v3 {rope_type} rope with mscale_all_dim")
+
+
 @pytest.mark.parametrize("arch", DEEPSEEK_ARCHS)
 def test_greedy_generation_is_token_identical_to_transformers_for_64_tokens(
     pool: mpool.Pool, models: dict[str, Path], arch: str

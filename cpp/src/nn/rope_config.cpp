@@ -125,6 +125,12 @@ RopeConfig read_rope_config(const loading::ModelConfig& c, int64_t head_dim, int
     throw Error(ErrorCode::kInvalidInput,
                 where + " is not supported (default, linear, dynamic, yarn, llama3, longrope)");
   }
+  // transformers' yarn_apply_mscale folds mscale_all_dim into an MLA softmax scale
+  // for any scaled rope, not yarn alone (read there above, with yarn's rules).
+  if (r.type != "yarn" && node->has("mscale_all_dim") && !node->json().at("mscale_all_dim").is_null()) {
+    r.mscale_all_dim = node->get<double>("mscale_all_dim");
+    check(std::isfinite(r.mscale_all_dim), ErrorCode::kInvalidInput, where + ": \"mscale_all_dim\" must be finite");
+  }
   return r;
 }
 
