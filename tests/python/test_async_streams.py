@@ -232,17 +232,21 @@ class _FakeNativeStream:
         return np.zeros((1, 1, 3), np.uint8)
 
 
-def _cancel_as_the_stream_wakes(consume, native, hops: int) -> asyncio.Task:
-    """Runs ``consume()`` until it waits on ``native``; then the native thread's
-    wake-up arrives and, ``hops`` loop steps later, the task is cancelled. Some
-    of these orders made asyncio.wait_for (before Python 3.12) return normally
-    and lose the cancel, and each hop count tries another of them."""
+def _cancel_as_woken(start, waiting, wake, hops: int, settle: int = 0) -> asyncio.Task:
+    """Runs ``start()`` as a task until ``waiting()`` (it registered its wake-up),
+    lets it settle ``settle`` loop steps, then the native side's wake-up arrives
+    (``wake()``, as a producing thread's call_soon_threadsafe) and, ``hops`` loop
+    steps later, the task is cancelled. Some of these orders made
+    asyncio.wait_for (before Python 3.12) return normally and lose the cancel;
+    each hop count tries another of them."""
 
     async def main():
-        task = asyncio.ensure_future(consume())
-        while native.ready is None:
+        task = asyncio.ensure_future(start())
+        while not waiting():
             await asyncio.sleep(0)
-        native.ready()  # what the producing thread does: call_soon_threadsafe(settle)
+        for _ in range(settle):
+            await asyncio.sleep(0)
+        wake()
         for _ in range(hops):
             await asyncio.sleep(0)
         accepted = task.cancel()
@@ -255,6 +259,10 @@ def _cancel_as_the_stream_wakes(consume, native, hops: int) -> asyncio.Task:
     task, accepted = asyncio.run(main())
     assert accepted, "the task ended before it was cancelled: this hop count tests nothing"
     return task
+
+
+def _cancel_as_the_stream_wakes(consume, native, hops: int) -> asyncio.Task:
+    return _cancel_as_woken(consume, lambda: native.ready is not None, lambda: native.ready(), hops)
 
 
 @pytest.mark.parametrize("hops", [0, 1])
@@ -303,23 +311,9 @@ def test_a_task_awaiting_a_native_future_cancelled_as_the_result_arrives_is_canc
     from mpool._async import await_native
 
     future = _FakeNativeFuture()
-
-    async def main():
-        task = asyncio.ensure_future(await_native(future))
-        while future.done_callback is None:
-            await asyncio.sleep(0)
-        await asyncio.sleep(0)  # the task now waits
-        future.done_callback()
-        for _ in range(hops):
-            await asyncio.sleep(0)
-        accepted = task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        return task, accepted
-
-    task, accepted = asyncio.run(main())
-    assert accepted, "the task ended before it was cancelled: this hop count tests nothing"
+    task = _cancel_as_woken(
+        lambda: await_native(future), lambda: future.done_callback is not None, lambda: future.done_callback(), hops,
+        settle=1,  # the task now waits
+    )
     assert task.cancelled()
     assert future.cancels == 1
