@@ -26,6 +26,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string decoded = tok->decode(e.ids, false);
     mpool::tokenizer::DecodeStream stream(*tok, true);
     for (uint32_t id : e.ids) stream.step(id);
+    (void)stream.flush();
     for (uint32_t id : p.ids) (void)tok->id_to_token(id);
   } catch (const mpool::Error&) {
   }
