@@ -28,6 +28,7 @@ __all__ = [
     "MAX_IMAGE_STEPS",
     "ImageSettings",
     "generation",
+    "generation_param",
     "image_defaults",
     "image_settings",
     "images",
@@ -90,6 +91,12 @@ def generation(kwargs: Mapping[str, Any]) -> dict[str, Any]:
             continue
         out[name] = _GENERATION_PARAMS[name](name, value)
     return out
+
+
+def generation_param(name: str, value: Any, where: str | None = None) -> Any:
+    """One generation parameter checked as ``generation`` checks it; errors name ``where``
+    (the name a front end's request used for it), else ``name``."""
+    return _GENERATION_PARAMS[name](where or name, value)
 
 
 def task(x: str | None) -> str | None:

@@ -164,3 +164,16 @@ class FileEndless:
 
 def file_endless() -> mpool.PyModel:
     return mpool.PyModel("text_to_text", lambda d: FileEndless(), memory_mb=1)
+
+
+class NotANumber:
+    """A text_embedding model whose second dimension is NaN for texts that say 'nan'."""
+
+    dimension = 2
+
+    def embed(self, texts, task=None):
+        return np.array([[1.0, np.nan if "nan" in t else 0.0] for t in texts], dtype=np.float32)
+
+
+def not_a_number() -> mpool.PyModel:
+    return mpool.PyModel("text_embedding", lambda device: NotANumber(), memory_mb=1)

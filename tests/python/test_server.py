@@ -442,6 +442,10 @@ def test_a_refused_request_starts_no_job_and_leaves_the_models_keep_alive_and_st
             before = pool.stats()["models"]["words"]["counts"]["requests"]
             for route, body in (
                 ("/api/generate", {"model": "words", "prompt": "a b", "keep_alive": 0, "options": {"bogus": 1}}),
+                ("/api/generate", {"model": "words", "prompt": "a b", "keep_alive": 0, "options": {"temperature": "hot"}}),
+                ("/api/chat", {"model": "words", "keep_alive": "3h", "messages": [{"role": "user", "content": "a"}],
+                               "options": {"top_p": 5}}),
+                ("/api/generate", {"model": "words", "prompt": "a b", "keep_alive": "99999999h"}),
                 ("/api/generate", {"model": "words", "prompt": "a b", "keep_alive": 0, "stream": "yes"}),
                 ("/api/chat", {"model": "words", "keep_alive": 0, "messages": [{"role": 5}]}),
                 ("/api/embed", {"model": "hash", "keep_alive": 0, "input": [3]}),
@@ -455,6 +459,40 @@ def test_a_refused_request_starts_no_job_and_leaves_the_models_keep_alive_and_st
             assert models["words"]["state"] == models["hash"]["state"] == "ready"
             assert models["words"]["keep_alive"] == models["hash"]["keep_alive"] == 300
             assert pool.stats()["models"]["words"]["counts"]["requests"] == before  # a refused request starts no job
+
+
+def test_ollama_option_errors_name_the_option_and_a_keep_alive_past_the_longest_duration_is_400(server):
+    r = httpx.post(f"{server}/api/generate", json={"model": "words", "prompt": "a", "options": {"repeat_penalty": -1}})
+    assert r.status_code == 400 and "options.repeat_penalty" in r.json()["error"], r.text
+    r = httpx.post(f"{server}/api/generate", json={"model": "words", "prompt": "a", "keep_alive": 1e12, "stream": False})
+    assert r.status_code == 400 and "keep_alive" in r.json()["error"], r.text
+    # The longest keep-alive accepted still lists in /api/ps (its expiry was past datetime's range).
+    r = httpx.post(f"{server}/api/generate", json={"model": "words", "prompt": "a", "keep_alive": "2562047h",
+                                                  "stream": False})
+    assert r.status_code == 200, r.text
+    r = httpx.get(f"{server}/api/ps")
+    assert r.status_code == 200 and any(m["name"] == "words" for m in r.json()["models"]), r.text
+    httpx.post(f"{server}/api/generate", json={"model": "words", "prompt": "a", "stream": False})  # back to default
+
+
+@pytest.mark.parametrize("size", ["\u00b2x\u00b2", "\u0668x\u0668", "８x８"])
+def test_an_image_size_in_other_digits_than_ascii_is_a_400(server, size):
+    r = httpx.post(f"{server}/v1/images/generations", json={"model": "painter", "prompt": "x", "size": size})
+    check_error(r, 400, "invalid_input")
+
+
+def test_a_model_that_returns_nan_embeddings_is_a_500_model_error_in_each_api_s_shape():
+    with running(create_app(config(py("nan", "not_a_number")))) as base:
+        for encoding in ("float", "base64"):
+            r = httpx.post(f"{base}/v1/embeddings", json={"model": "nan", "input": ["ok", "nan"], "encoding_format": encoding})
+            check_error(r, 500, "model_error")
+            assert "embedding 1" in r.json()["error"]["message"]
+        for route, body in (("/api/embed", {"model": "nan", "input": ["nan"]}),
+                            ("/api/embeddings", {"model": "nan", "prompt": "nan"})):
+            r = httpx.post(f"{base}{route}", json=body)
+            assert r.status_code == 500 and "non-finite" in r.json()["error"], r.text
+        r = httpx.post(f"{base}/v1/embeddings", json={"model": "nan", "input": ["ok"]})
+        assert r.status_code == 200 and r.json()["data"][0]["embedding"] == [1.0, 0.0]
 
 
 def check_error(r, status, code):

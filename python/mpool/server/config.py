@@ -53,6 +53,10 @@ _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+# Go's time.Duration limit (2**63 ns), which Ollama's durations share.
+MAX_DURATION_S = 2**63 / 1e9
+
+
 def parse_duration(name: str, x: Any) -> float:
     """Seconds from a number or an Ollama-style duration string ("30s", "5m", "1h", "-1").
 
@@ -70,6 +74,9 @@ def parse_duration(name: str, x: Any) -> float:
             raise InvalidInput(f"{name} must be a number of seconds, got NaN")
     else:
         raise InvalidInput(f"{name} must be seconds or a duration string, got {v._show(x)}")
+    if seconds > MAX_DURATION_S:  # Ollama's (Go's) durations end at about 292 years too
+        raise InvalidInput(f"{name} is {x!r}, longer than the longest duration, {MAX_DURATION_S:.0f} s; "
+                           "a negative value keeps the model loaded for good")
     return -1.0 if seconds < 0 else seconds
 
 

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .. import _params as P
 from .. import _validate as v
 from ..errors import InvalidInput, PoolError
 from .config import parse_duration
@@ -28,7 +29,17 @@ from .http import (
     EventStream, Fields, body, cancel_on_disconnect, error_message, handles, http_image, json_response, ndjson, ollama_error,
     text_inputs,
 )
-from .state import Generation, ModelInfo, ServerState, cap_max_tokens, chunks, open_stream, run_to_end, stop_list
+from .state import (
+    Generation,
+    ModelInfo,
+    ServerState,
+    cap_max_tokens,
+    chunks,
+    finite_embeddings,
+    open_stream,
+    run_to_end,
+    stop_list,
+)
 
 __all__ = ["routes"]
 
@@ -62,6 +73,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _timestamp(seconds: float) -> str:
+    """An RFC 3339 UTC time, clamped to the last one datetime can write (year 9999)."""
+    try:
+        when = datetime.fromtimestamp(seconds, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        when = datetime.max.replace(tzinfo=timezone.utc)
+    return when.isoformat().replace("+00:00", "Z")
+
+
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
@@ -85,7 +105,10 @@ def _options(state: ServerState, f: Fields) -> dict[str, Any]:
             if stop:
                 params["stop"] = stop
         elif name in _SAMPLING:
-            params[_SAMPLING[name]] = value
+            # Checked here, naming the option: a refused request must not reach the
+            # keep-alive or the load below it.
+            if value is not None:
+                params[_SAMPLING[name]] = P.generation_param(_SAMPLING[name], value, where)
         else:
             known = sorted({"num_predict", "stop", *_SAMPLING, *_RUNTIME_OPTIONS, *_NEUTRAL})
             raise InvalidInput(f"{where}: unknown option; known: {', '.join(known)}")
@@ -282,9 +305,9 @@ async def embed(request: Request) -> Response:
     dimensions = f.integer("dimensions", 1, v.INT32_MAX)
     _set_keep_alive(state, info, keep_alive)
     load_s = await cancel_on_disconnect(request, _load(state, info))
-    vectors = await cancel_on_disconnect(
+    vectors = finite_embeddings(await cancel_on_disconnect(
         request, state.pool.aembed(info.key, texts, truncate=truncate, dimensions=dimensions)
-    )
+    ), info.key)
     count = await state.acount_tokens(info, texts)
     return await json_response({
         "model": info.key,
@@ -304,7 +327,7 @@ async def embeddings(request: Request) -> Response:
     keep_alive = _keep_alive(info, f)
     prompt = f.text("prompt", required=True) or ""
     _set_keep_alive(state, info, keep_alive)
-    vectors = await cancel_on_disconnect(request, state.pool.aembed(info.key, [prompt]))
+    vectors = finite_embeddings(await cancel_on_disconnect(request, state.pool.aembed(info.key, [prompt])), info.key)
     return JSONResponse({"embedding": vectors[0].tolist()})
 
 
@@ -354,9 +377,7 @@ async def ps(request: Request) -> Response:
         keep = m["keep_alive"]
         idle = m["idle_s"]
         never = m["pinned"] or keep < 0 or keep == float("inf")
-        expires = "0001-01-01T00:00:00Z" if never else datetime.fromtimestamp(
-            time.time() + max(keep - idle, 0.0), timezone.utc
-        ).isoformat().replace("+00:00", "Z")
+        expires = "0001-01-01T00:00:00Z" if never else _timestamp(time.time() + max(keep - idle, 0.0))
         out.append({
             "name": m["key"],
             "model": m["key"],

@@ -37,6 +37,7 @@ from .state import (
     ServerState,
     cap_max_tokens,
     choices,
+    finite_embeddings,
     merged,
     open_streams,
     run_to_end,
@@ -66,9 +67,9 @@ async def embeddings(request: Request) -> Response:
         raise InvalidInput(f"encoding_format must be 'float' or 'base64', got {encoding!r}")
     dimensions = f.integer("dimensions", 1, v.INT32_MAX)
     task = f.text("task")  # an mpool extension: the model's prompt / adapter
-    vectors = await cancel_on_disconnect(
+    vectors = finite_embeddings(await cancel_on_disconnect(
         request, state.pool.aembed(info.key, texts, task=task, dimensions=dimensions)
-    )
+    ), info.key)
     tokens = await state.acount_tokens(info, texts)
     data = []
     for i, row in enumerate(vectors):
@@ -354,7 +355,8 @@ def _size(state: ServerState, x: Any) -> tuple[int | None, int | None]:
     if not isinstance(x, str) or x.count("x") != 1:
         raise InvalidInput(f"size must be 'WIDTHxHEIGHT' (e.g. '512x512') or 'auto', got {v._show(x)}")
     w, h = x.split("x")
-    if not (w.isdigit() and h.isdigit()):
+    # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and "٨".
+    if not (w.isascii() and h.isascii() and w.isdigit() and h.isdigit()):
         raise InvalidInput(f"size must be 'WIDTHxHEIGHT' (e.g. '512x512') or 'auto', got {x!r}")
     cap = state.cfg.limits.max_image_side
     width, height = int(w), int(h)

@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .. import _validate as v
-from ..errors import InvalidInput, ModelNotFound, PoolError
+from ..errors import InvalidInput, ModelError, ModelNotFound, PoolError
 from ..models import Model
 from ..pool import Pool
 from .config import ModelEntry, ServerConfig
@@ -239,6 +241,16 @@ def choices(prompts: list[Generation], n: int) -> list[Generation]:
                 params["seed"] = (params["seed"] + j) % (1 << 64)
             out.append(Generation(g.info, params, g.messages, g.prompt, g.top_logprobs, j))
     return out
+
+
+def finite_embeddings(vectors: np.ndarray, key: str) -> np.ndarray:
+    """Embeddings a JSON body can carry: a NaN or inf from the model is the model's
+    error (500, named), not a body the encoder cannot write."""
+    bad = ~np.isfinite(vectors)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise ModelError(f"model {key!r} returned a non-finite value (NaN or inf) in embedding {row}")
+    return vectors
 
 
 def cap_max_tokens(cfg: ServerConfig, name: str, x: Any) -> int:
