@@ -495,6 +495,25 @@ def test_a_model_that_returns_nan_embeddings_is_a_500_model_error_in_each_api_s_
         assert r.status_code == 200 and r.json()["data"][0]["embedding"] == [1.0, 0.0]
 
 
+def test_a_streamed_request_the_model_refuses_is_a_400_before_any_event_in_each_api(server):
+    # The prompt is longer than the context: only the loaded model can tell. A
+    # streamed request used to answer 200 and then an error event.
+    long = "the quick brown fox jumps over the lazy dog " * 400
+    r = httpx.post(f"{server}/v1/chat/completions", json={
+        "model": "llama", "stream": True, "messages": [{"role": "user", "content": long}]})
+    check_error(r, 400, "invalid_input")
+    assert "context" in r.json()["error"]["message"]
+    r = httpx.post(f"{server}/v1/completions", json={"model": "llama", "stream": True, "prompt": long})
+    check_error(r, 400, "invalid_input")
+    for route, body in (("/api/chat", {"model": "llama", "messages": [{"role": "user", "content": long}]}),
+                        ("/api/generate", {"model": "llama", "prompt": long})):
+        r = httpx.post(f"{server}{route}", json=body)
+        assert r.status_code == 400 and "context" in r.json()["error"], r.text
+    # A stream the model takes still streams.
+    r = httpx.post(f"{server}/v1/completions", json={"model": "llama", "stream": True, "prompt": "a b", "max_tokens": 3})
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+
+
 def check_error(r, status, code):
     assert r.status_code == status, r.text
     err = r.json()["error"]

@@ -305,6 +305,30 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     raise ClientGone()
 
 
+async def primed(request: Request, source: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``source`` with its first item already taken, before any header goes out: a
+    stream the pool refuses (a prompt longer than the context, found once the model
+    runs) raises here and answers with its own status, not 200 and an error event.
+    A client that leaves meanwhile cancels the wait."""
+    it = source.__aiter__()
+
+    async def first() -> tuple[bool, Any]:
+        async for item in it:  # leaving the loop keeps the generator open for the rest
+            return True, item
+        return False, None
+
+    got, item = await cancel_on_disconnect(request, first())
+
+    async def rest() -> AsyncIterator[T]:
+        if not got:
+            return
+        yield item
+        async for more in it:
+            yield more
+
+    return rest()
+
+
 class EventStream(Response):
     """A streamed body (SSE or NDJSON) whose producer is cancelled the moment the
     client disconnects, whatever the ASGI server's version: closing the producer

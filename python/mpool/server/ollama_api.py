@@ -27,7 +27,7 @@ from ..errors import InvalidInput, PoolError
 from .config import parse_duration
 from .http import (
     EventStream, Fields, body, cancel_on_disconnect, error_message, handles, http_image, json_response, ndjson, ollama_error,
-    text_inputs,
+    primed, text_inputs,
 )
 from .state import (
     Generation,
@@ -178,11 +178,12 @@ def _final(info: ModelInfo, start: float, load_s: float, stats: Any, finish: str
 
 
 async def _lines(
-    g: Generation, pool_stream: Any, start: float, load_s: float, piece: Any
+    g: Generation, pool_stream: Any, source: AsyncIterator[Any], start: float, load_s: float, piece: Any
 ) -> AsyncIterator[str]:
+    """NDJSON lines of ``pool_stream``'s chunks (``source``: ``chunks(pool_stream)``, primed)."""
     head = {"model": g.info.key}
     try:
-        async for chunk in chunks(pool_stream):
+        async for chunk in source:
             if chunk.text:
                 yield ndjson({**head, "created_at": _now(), **piece(chunk.text), "done": False})
     except PoolError as e:
@@ -211,7 +212,8 @@ async def _generate(
     load_s = await cancel_on_disconnect(request, _load(state, g.info))
     pool_stream = open_stream(state, g)
     if stream:
-        return EventStream(_lines(g, pool_stream, start, load_s, piece), "application/x-ndjson")
+        source = await primed(request, chunks(pool_stream))  # a refused request is its own status, not a 200
+        return EventStream(_lines(g, pool_stream, source, start, load_s, piece), "application/x-ndjson")
     text, _, stats, finish = await cancel_on_disconnect(request, run_to_end(pool_stream))
     return JSONResponse(
         {"model": g.info.key, "created_at": _now(), **piece(text), **_final(g.info, start, load_s, stats, finish)}

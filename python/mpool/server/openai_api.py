@@ -28,6 +28,7 @@ from .http import (
     json_response,
     openai_error,
     openai_error_body,
+    primed,
     sse,
     text_inputs,
 )
@@ -221,7 +222,8 @@ async def chat_completions(request: Request) -> Response:
     if stream:
         opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                    for i in range(len(gens))]
-        events = _events(gens, streams, head, opening, piece, end, usage_in_stream)
+        source = await primed(request, merged(streams))  # a refused request is its own status, not a 200
+        events = _events(gens, streams, head, opening, piece, end, usage_in_stream, source)
         return EventStream(events, "text/event-stream")
     out = []
     for i, (text, logprobs, _, finish) in enumerate(await _whole(request, streams)):
@@ -246,12 +248,14 @@ async def _events(
     piece: Any,
     end: Any,
     usage_in_stream: bool,
+    source: AsyncIterator[tuple[int, Any]],
 ) -> AsyncIterator[str]:
-    """SSE events of several choices, each chunk as it comes, then each choice's end."""
+    """SSE events of several choices, each chunk as it comes (``source``: ``merged(streams)``,
+    primed), then each choice's end."""
     for choice in opening:
         yield sse({**head, "choices": [choice]})
     try:
-        async for i, chunk in merged(streams):
+        async for i, chunk in source:
             if chunk is None:
                 last: dict[str, Any] = {**head, "choices": [end(i, streams[i].finish_reason or "stop")]}
                 if usage_in_stream:
@@ -331,7 +335,8 @@ async def completions(request: Request) -> Response:
         def end(i: int, finish: str) -> dict[str, Any]:
             return {"index": i, "text": "", "logprobs": None, "finish_reason": _FINISH.get(finish, finish)}
 
-        return EventStream(_events(gens, streams, head, [], piece, end, usage_in_stream), "text/event-stream")
+        source = await primed(request, merged(streams))  # a refused request is its own status, not a 200
+        return EventStream(_events(gens, streams, head, [], piece, end, usage_in_stream, source), "text/event-stream")
     out = []
     for i, (text, logprobs, _, finish) in enumerate(await _whole(request, streams)):
         out.append({
