@@ -234,6 +234,30 @@ def test_completions_stop_and_seed_and_streaming_match(server, client):
     assert all(len(t) <= 2 for t in legacy.top_logprobs) and legacy.text_offset[0] == 0
 
 
+def test_logprob_offsets_and_bytes_agree_with_the_text_when_tokens_split_characters(server, client):
+    # Near-uniform draws from the tiny byte-level model: tokens split characters and
+    # special tokens come up. text_offset must be where each token starts in the text
+    # (streamed or not), and the chosen tokens' bytes must join into the content.
+    split = 0
+    for seed in range(6):
+        kw = dict(model="llama", prompt="Once", max_tokens=16, temperature=30.0, seed=seed, logprobs=1,
+                  extra_body={"ignore_eos": True})
+        whole = client.completions.create(**kw).choices[0]
+        offsets = []
+        for c in client.completions.create(stream=True, **kw):
+            if c.choices and c.choices[0].logprobs:
+                offsets += c.choices[0].logprobs.text_offset
+        assert whole.logprobs.text_offset == offsets, seed
+        assert offsets == sorted(offsets) and offsets[-1] <= len(whole.text)
+        split += any(t.startswith("bytes:") for t in whole.logprobs.tokens)
+        chat = client.chat.completions.create(
+            model="llama", messages=[{"role": "user", "content": "Once"}], max_tokens=16, temperature=30.0, seed=seed,
+            logprobs=True, extra_body={"ignore_eos": True})
+        joined = b"".join(bytes(t.bytes) for t in chat.choices[0].logprobs.content)
+        assert joined.decode("utf-8", "replace") == chat.choices[0].message.content, seed
+    assert split >= 1  # the case this test is about came up
+
+
 def _png(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 

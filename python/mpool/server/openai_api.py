@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import io
 import time
 import uuid
@@ -290,14 +291,18 @@ def _completion_prompts(x: Any, max_batch: int) -> list[str | list[int]]:
 
 
 def _legacy_logprobs(state: ServerState, g: Generation, logprobs: list[Any], start: int) -> dict[str, Any]:
+    """OpenAI's legacy logprobs; ``text_offset`` is where each token starts in the
+    text from ``start`` on: a token inside a character starts at that character."""
     tokens, token_logprobs, tops, offsets = [], [], [], []
-    offset = start
+    so_far = b""
     for lp in logprobs:
         tokens.append(state.token_text(g.info, lp.token_id))
         token_logprobs.append(lp.logprob)
         tops.append({state.token_text(g.info, t): p for t, p in lp.top[: g.top_logprobs or 0]})
-        offsets.append(offset)
-        offset += len(state.token_bytes(g.info, lp.token_id).decode("utf-8", "replace"))
+        # What the stream has written by then: invalid bytes as U+FFFD, a character
+        # still unfinished not yet.
+        offsets.append(start + len(codecs.getincrementaldecoder("utf-8")("replace").decode(so_far, final=False)))
+        so_far += state.token_bytes(g.info, lp.token_id)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
 
 

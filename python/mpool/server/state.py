@@ -171,17 +171,20 @@ class ServerState:
             return self.count_tokens(info, texts)
         return await asyncio.get_running_loop().run_in_executor(None, self.count_tokens, info, texts)
 
-    def token_bytes(self, info: ModelInfo, token_id: int) -> bytes:
+    def token_bytes(self, info: ModelInfo, token_id: int, skip_special: bool = True) -> bytes:
         """What the token decodes to alone, before invalid UTF-8 is replaced: a
-        byte-level token that holds part of a character gives that part."""
+        byte-level token that holds part of a character gives that part. A special
+        token gives nothing unless ``skip_special`` is off: the completion's text
+        leaves special tokens out, and joined in order the bytes are that text."""
         tok = self.tokenizer(info)
         if tok is None:
             return str(token_id).encode()
-        return bytes(tok.decode_bytes([token_id], skip_special_tokens=False))
+        return bytes(tok.decode_bytes([token_id], skip_special_tokens=skip_special))
 
     def token_text(self, info: ModelInfo, token_id: int) -> str:
-        """The token as OpenAI writes it: its text, or ``bytes:\\xe2\\x80`` for part of a character."""
-        raw = self.token_bytes(info, token_id)
+        """The token as OpenAI writes it: its text (a special token's name too), or
+        ``bytes:\\xe2\\x80`` for part of a character."""
+        raw = self.token_bytes(info, token_id, skip_special=False)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
