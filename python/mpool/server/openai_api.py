@@ -152,7 +152,7 @@ def _messages(x: Any, max_image: int) -> list[dict[str, Any]]:
 def _logprob_entry(state: ServerState, g: Generation, lp: Any) -> dict[str, Any]:
     def item(token_id: int, logprob: float) -> dict[str, Any]:
         return {"token": state.token_text(g.info, token_id), "logprob": logprob,
-                "bytes": list(state.token_bytes(g.info, token_id))}
+                "bytes": list(state.token_bytes(g.info, token_id, skip_special=False))}
 
     entry = item(lp.token_id, lp.logprob)
     entry["top_logprobs"] = [item(t, p) for t, p in lp.top[: g.top_logprobs or 0]]
@@ -302,7 +302,7 @@ def _legacy_logprobs(state: ServerState, g: Generation, logprobs: list[Any], sta
         # What the stream has written by then: invalid bytes as U+FFFD, a character
         # still unfinished not yet.
         offsets.append(start + len(codecs.getincrementaldecoder("utf-8")("replace").decode(so_far, final=False)))
-        so_far += state.token_bytes(g.info, lp.token_id)
+        so_far += state.token_bytes(g.info, lp.token_id, skip_special=True)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops, "text_offset": offsets}
 
 

@@ -171,11 +171,11 @@ class ServerState:
             return self.count_tokens(info, texts)
         return await asyncio.get_running_loop().run_in_executor(None, self.count_tokens, info, texts)
 
-    def token_bytes(self, info: ModelInfo, token_id: int, skip_special: bool = True) -> bytes:
+    def token_bytes(self, info: ModelInfo, token_id: int, skip_special: bool) -> bytes:
         """What the token decodes to alone, before invalid UTF-8 is replaced: a
         byte-level token that holds part of a character gives that part. A special
-        token gives nothing unless ``skip_special`` is off: the completion's text
-        leaves special tokens out, and joined in order the bytes are that text."""
+        token gives its name, or nothing with ``skip_special`` (what it adds to the
+        completion's text, which leaves special tokens out)."""
         tok = self.tokenizer(info)
         if tok is None:
             return str(token_id).encode()
