@@ -103,7 +103,10 @@ def server(llama_dir):
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    # Closed after the test: its pooled connections would otherwise be left to the
+    # garbage collector, whose ResourceWarning (an error here) lands wherever it runs.
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
 # --- OpenAI shapes ------------------------------------------------------------------
@@ -244,9 +247,10 @@ def test_logprob_offsets_and_bytes_agree_with_the_text_when_tokens_split_charact
                   extra_body={"ignore_eos": True})
         whole = client.completions.create(**kw).choices[0]
         offsets = []
-        for c in client.completions.create(stream=True, **kw):
-            if c.choices and c.choices[0].logprobs:
-                offsets += c.choices[0].logprobs.text_offset
+        with client.completions.create(stream=True, **kw) as events:
+            for c in events:
+                if c.choices and c.choices[0].logprobs:
+                    offsets += c.choices[0].logprobs.text_offset
         assert whole.logprobs.text_offset == offsets, seed
         assert offsets == sorted(offsets) and offsets[-1] <= len(whole.text)
         split += any(t.startswith("bytes:") for t in whole.logprobs.tokens)
