@@ -61,8 +61,9 @@ def cluster():
         ray.shutdown()
 
 
-def test_two_replicas_serve_the_openai_routes_and_stream_through_serve(cluster):
+def test_two_replicas_serve_the_openai_routes_and_stream_through_serve(cluster, request):
     client = openai.OpenAI(base_url=f"{cluster}/v1", api_key="unused", max_retries=0)
+    request.addfinalizer(client.close)
     assert {m.id for m in client.models.list()} == {"hash", "words", "gate", "endless"}
     out = client.embeddings.create(model="hash", input=["a", "b"], encoding_format="float")
     assert [d.embedding for d in out.data] == server_models.HashEmbedder().embed(["a", "b"]).tolist()

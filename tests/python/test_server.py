@@ -649,9 +649,11 @@ def test_api_keys_are_required_except_on_probes_and_compared_exactly():
             assert ok.status_code == 200
         assert httpx.get(f"{base}/health").status_code == 200 and httpx.get(f"{base}/ready").status_code == 200
         assert httpx.get(f"{base}/metrics").status_code == 401
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=f"{base}/v1", api_key="nope", max_retries=0).models.list()
-        assert len(openai.OpenAI(base_url=f"{base}/v1", api_key="key-two", max_retries=0).models.list().data) == 1
+        with openai.OpenAI(base_url=f"{base}/v1", api_key="nope", max_retries=0) as refused:
+            with pytest.raises(openai.AuthenticationError):
+                refused.models.list()
+        with openai.OpenAI(base_url=f"{base}/v1", api_key="key-two", max_retries=0) as accepted:
+            assert len(accepted.models.list().data) == 1
 
 
 def test_limits_refuse_large_bodies_batches_token_counts_and_image_sizes():
@@ -867,6 +869,7 @@ def test_images_in_chat_messages_reach_a_vision_model_as_the_pool_would_send_the
             )
             assert out.choices[0].message.content == expected
             assert out.usage.prompt_tokens > 25  # the image's 25 patch tokens are part of the prompt
+            client.close()
             ollama = httpx.post(f"{base}/api/chat", json={
                 "model": "v", "stream": False, "options": {"num_predict": 8},
                 "messages": [{"role": "user", "content": "what is this?", "images": [b64]}],
