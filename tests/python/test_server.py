@@ -544,6 +544,21 @@ def test_a_streamed_request_the_model_refuses_is_a_400_before_any_event_in_each_
     assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
 
 
+def test_ollama_names_with_the_latest_tag_and_the_older_function_fields_and_a_non_string_model(server):
+    r = httpx.post(f"{server}/api/generate", json={"model": "words:latest", "prompt": "a b", "stream": False})
+    assert r.status_code == 200 and r.json()["response"] == "a b ", r.text
+    r = httpx.post(f"{server}/api/show", json={"model": "words:latest"})
+    assert r.status_code == 200, r.text
+    chat = {"model": "words", "messages": [{"role": "user", "content": "a"}]}
+    for field, value in (("functions", [{"name": "f", "parameters": {}}]), ("function_call", "auto")):
+        r = httpx.post(f"{server}/v1/chat/completions", json={**chat, field: value})
+        check_error(r, 400, "invalid_input")
+        assert field in r.json()["error"]["message"]
+    r = httpx.post(f"{server}/v1/chat/completions", json={**chat, "model": 5})
+    check_error(r, 400, "invalid_input")
+    assert "model must be a string" in r.json()["error"]["message"]
+
+
 def check_error(r, status, code):
     assert r.status_code == status, r.text
     err = r.json()["error"]

@@ -167,6 +167,8 @@ def _chat_request(state: ServerState, f: Fields) -> tuple[list[Generation], bool
     info = state.model(f.data.get("model"), "text_to_text")
     f.refuse("tools", "tool calls are not supported by this server", (None, []))
     f.refuse("tool_choice", "tool calls are not supported by this server", (None, "none"))
+    f.refuse("functions", "function calls are not supported by this server", (None, []))  # tools' older form
+    f.refuse("function_call", "function calls are not supported by this server", (None, "none"))
     fmt = f.mapping("response_format")
     if fmt and fmt.get("type") != "text":
         raise InvalidInput(f"response_format {fmt.get('type')!r} is not supported; only 'text'")

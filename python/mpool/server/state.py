@@ -114,9 +114,13 @@ class ServerState:
                     f"{field_name} {key!r} differs from the model id the request was routed for ({routed!r}); "
                     "send one of them, or the same"
                 )
-        if not isinstance(key, str) or not key:
+        if key is not None and not isinstance(key, str):
+            raise InvalidInput(f"{field_name} must be a string, the key of a served model, got {v._show(key)}")
+        if not key:
             raise InvalidInput(f"{field_name} is required: the key of a served model (GET /v1/models lists them)")
         info = self.models.get(key)
+        if info is None and key.endswith(":latest"):  # Ollama's clients name the default tag
+            info = self.models.get(key[: -len(":latest")])
         if info is None:
             known = ", ".join(sorted(self.models)) or "none"
             raise ModelNotFound(f"no model is served as {key!r}; served: {known}")
