@@ -559,6 +559,19 @@ def test_ollama_names_with_the_latest_tag_and_the_older_function_fields_and_a_no
     assert "model must be a string" in r.json()["error"]["message"]
 
 
+def test_openai_s_own_bounds_stream_options_needs_stream_and_penalties_stay_within_two(server):
+    chat = {"model": "words", "messages": [{"role": "user", "content": "a"}]}
+    for extra, named in (({"stream_options": {"include_usage": True}}, "stream_options"),
+                         ({"presence_penalty": 3}, "presence_penalty"), ({"frequency_penalty": -2.5}, "frequency_penalty")):
+        for route, body in (("/v1/chat/completions", chat), ("/v1/completions", {"model": "words", "prompt": "a"})):
+            r = httpx.post(f"{server}{route}", json={**body, **extra})
+            check_error(r, 400, "invalid_input")
+            assert named in r.json()["error"]["message"]
+    r = httpx.post(f"{server}/v1/completions", json={"model": "words", "prompt": "a", "presence_penalty": 2,
+                                                     "frequency_penalty": -2})
+    assert r.status_code == 200, r.text
+
+
 def check_error(r, status, code):
     assert r.status_code == status, r.text
     err = r.json()["error"]

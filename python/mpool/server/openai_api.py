@@ -98,6 +98,9 @@ def _sampling(state: ServerState, f: Fields, max_tokens: Any, max_name: str) -> 
     for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
         if f.has(name):
             params[name] = f.data[name]
+    for name in ("presence_penalty", "frequency_penalty"):  # OpenAI's range, narrower than the pool's
+        if f.has(name):
+            params[name] = v.finite(f.name(name), f.data[name], lo=-2.0, hi=2.0)
     if f.has("top_k"):
         params["top_k"] = f.data["top_k"]
     if f.has("seed"):
@@ -108,6 +111,13 @@ def _sampling(state: ServerState, f: Fields, max_tokens: Any, max_name: str) -> 
     if f.has("ignore_eos"):
         params["ignore_eos"] = f.data["ignore_eos"]
     return params
+
+
+def _usage_in_stream(f: Fields, stream: bool) -> bool:
+    """``stream_options.include_usage``; as OpenAI, ``stream_options`` needs ``stream``."""
+    if not stream and f.data.get("stream_options") is not None:
+        raise InvalidInput("stream_options is only allowed when stream is true")
+    return stream and bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
 
 
 def _openai_content(i: int, content: Any, max_image: int) -> Any:
@@ -181,7 +191,7 @@ def _chat_request(state: ServerState, f: Fields) -> tuple[list[Generation], bool
     messages = _messages(f.data.get("messages"), state.cfg.limits.max_image_bytes)
     state.takes_images(info, any(isinstance(m["content"], list) for m in messages))
     stream = f.flag("stream")
-    usage_in_stream = stream and bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
+    usage_in_stream = _usage_in_stream(f, stream)
     one = Generation(info, params, messages=messages, top_logprobs=(top or 0) if want else None)
     return choices([one], _n(state, f)), stream, usage_in_stream
 
@@ -329,7 +339,7 @@ async def completions(request: Request) -> Response:
     head = {"id": ident, "object": "text_completion", "created": created, "model": info.key}
     # Every field is read before a stream opens: a refused request starts no job.
     stream = f.flag("stream")
-    usage_in_stream = stream and bool(Fields(f.mapping("stream_options"), "stream_options.").flag("include_usage"))
+    usage_in_stream = _usage_in_stream(f, stream)
     streams = open_streams(state, gens)
     if stream:
         offsets = [0] * len(gens)
